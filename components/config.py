@@ -1,0 +1,254 @@
+"""The one storeflow configuration model, read by every stage, pipeline, server and CLI command.
+
+Values come, lowest precedence first, from the defaults below, a YAML file (``storeflow.yaml`` in the
+working directory, or the path in ``STOREFLOW_CONFIG``), environment variables (``STOREFLOW_`` prefix,
+``__`` between nesting levels, e.g. ``STOREFLOW_REGISTRY__TRACKING_URI``) and explicit overrides (the
+pipeline passes its ``config_json`` parameter that way, so a cluster run and a local run see the same
+settings). Embedded defaults need no servers; production parts are reached by changing values only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from storeflow.components.version import __version__
+
+CONFIG_ENV = "STOREFLOW_CONFIG"
+DEFAULT_CONFIG_FILE = "storeflow.yaml"
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never silently becomes a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(Section):
+    state_dir: Path = Field(Path(".storeflow"), validate_default=True, description="Local state: data, Feast repo, MLflow db, logs.")
+    shop_domain: str = Field("demo-store.myshopify.com", description="The store this project models.")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Absolute so that pipeline tasks (separate processes, other working dirs) find the same state.
+        return value.expanduser().resolve()
+
+
+class ImageConfig(Section):
+    repository: str = "ghcr.io/storeflow/storeflow"
+    tag: str = __version__
+
+    @field_validator("tag")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not value or value == "latest":
+            raise ValueError("image.tag must be a pinned version, never empty or 'latest'")
+        return value
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+class SyntheticStoreConfig(Section):
+    customers: int = Field(5_000, gt=0)
+    orders: int = Field(50_000, gt=0)
+    days: int = Field(730, gt=30, description="Length of the order history.")
+    products: int = Field(400, gt=0)
+    end: datetime = Field(datetime(2026, 11, 1), description="Time of the last possible order (UTC).")
+    seed: int = 7
+
+
+class IngestConfig(Section):
+    source: Literal["synthetic", "jsonl", "csv"] = "synthetic"
+    path: Path | None = Field(None, description="Input file for jsonl/csv sources.")
+    synthetic: SyntheticStoreConfig = SyntheticStoreConfig()
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> IngestConfig:
+        if self.source != "synthetic" and self.path is None:
+            raise ValueError(f"ingest.path is required when ingest.source is '{self.source}'")
+        return self
+
+
+class ValidateConfig(Section):
+    currencies: list[str] = Field(
+        default_factory=lambda: ["USD", "EUR", "GBP", "CAD", "AUD", "JPY", "CHF", "SEK", "DKK", "NZD"],
+        description="ISO 4217 codes the store accepts; anything else fails the gate.",
+    )
+    max_clock_skew_minutes: int = Field(10, ge=0, description="Timestamps later than now + skew are 'future'.")
+    max_failures_listed: int = Field(20, gt=0, description="Rows named per rule in the report.")
+
+
+class FeastConfig(Section):
+    project: str = "storeflow"
+    repo_dir: Path | None = Field(None, description="Feature repo; default <state_dir>/feature_repo.")
+    registry: str | None = Field(None, description="Registry path or SQL URL; default file in repo_dir.")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+    ttl_days: int = Field(400, gt=0, description="How old a feature row may be and still join.")
+
+
+class LabelConfig(Section):
+    horizon_days: int = Field(90, gt=0, description="Label: the customer orders again within this many days.")
+    cutoff_every_days: int = Field(28, gt=0, description="Spacing of training cutoffs (and feature snapshots).")
+    min_history_days: int = Field(90, ge=0, description="First cutoff is this long after the first order.")
+    holdout_cutoffs: int = Field(2, gt=0, description="The latest cutoffs are held out for evaluation.")
+
+
+class FeaturesConfig(Section):
+    feast: FeastConfig = FeastConfig()
+    label: LabelConfig = LabelConfig()
+    customer_features: list[str] = Field(
+        default_factory=lambda: [
+            "recency_days",
+            "frequency",
+            "monetary",
+            "avg_order_value",
+            "refund_rate",
+            "days_since_first_order",
+            "category_affinity",
+            "orders_last_90d",
+            "discount_share",
+        ]
+    )
+
+
+class TrainConfig(Section):
+    estimator: str = Field(
+        "sklearn.ensemble.HistGradientBoostingClassifier", description="Import path of a scikit-learn estimator."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"max_iter": 200, "learning_rate": 0.08, "max_leaf_nodes": 31, "random_state": 0}
+    )
+
+
+class EvaluateConfig(Section):
+    metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
+    margin: float = Field(0.002, ge=0, description="A challenger must beat the champion by this much.")
+    bootstrap_samples: int = Field(400, ge=50)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
+class RegistryConfig(Section):
+    tracking_uri: str | None = Field(None, description="Default: sqlite:///<state_dir>/mlflow.db")
+    artifact_location: str | None = Field(None, description="Default: <state_dir>/mlartifacts")
+    experiment: str = "storeflow-training"
+    model_name: str = "storeflow-repeat-purchase"
+
+
+class KfpConfig(Section):
+    host: str | None = None
+    namespace: str = "kubeflow"
+    experiment: str = "storeflow"
+    service_account: str | None = "storeflow-pipeline-runner"
+    pipeline_root: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything storeflow reads. Construct with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOREFLOW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        populate_by_name=True,
+    )
+    _file_values: ClassVar[dict[str, Any]] = {}
+
+    project: ProjectConfig = ProjectConfig()
+    image: ImageConfig = ImageConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    kfp: KfpConfig = KfpConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Overrides beat the environment, which beats the YAML file, which beats the defaults.
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(cls._file_values)))
+
+    # Derived locations: one place decides where state lives.
+    @property
+    def data_dir(self) -> Path:
+        return self.project.state_dir / "data"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.features.feast.repo_dir or self.project.state_dir / "feature_repo"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.project.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.registry.artifact_location or (self.project.state_dir / "mlartifacts").as_uri()
+
+    def to_json(self) -> str:
+        """Serialize for a pipeline parameter; :func:`load_settings` reads it back unchanged."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+class ConfigError(ValueError):
+    """A config file, variable or override is wrong; the message names the key and the problem."""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | str | None = None) -> Settings:
+    """Load settings from file, environment and ``overrides`` (a dict or its JSON text)."""
+    file_path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    if file_path.exists():
+        data = _read_file(file_path)
+    elif path or os.environ.get(CONFIG_ENV):
+        raise ConfigError(f"config file {file_path} does not exist")
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config JSON is not valid: {exc}") from exc
+        if not isinstance(overrides, dict):
+            raise ConfigError("config JSON must be an object")
+    Settings._file_values = data
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid storeflow config: {problems}") from exc

@@ -1,0 +1,105 @@
+"""The normalized store tables every source is ingested into, and how they are stored.
+
+One schema per table (pyarrow), shared by ingest (writes), validate (checks) and features (reads).
+Ids are Shopify's numeric ids (the number at the end of ``gid://shopify/Order/123``); money is in the
+shop's currency; timestamps are UTC at microsecond precision (Feast's DuckDB store needs no finer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "orders": pa.schema(
+        [
+            ("order_id", pa.int64()),
+            ("name", pa.string()),
+            ("customer_id", pa.int64()),  # null: guest checkout or missing (validate flags it)
+            ("email", pa.string()),
+            ("created_at", TS),
+            ("updated_at", TS),
+            ("cancelled_at", TS),
+            ("currency", pa.string()),  # presentment currency the customer paid in
+            ("total_price", pa.float64()),  # shop money
+            ("subtotal_price", pa.float64()),
+            ("total_discounts", pa.float64()),
+            ("financial_status", pa.string()),
+            ("risk_level", pa.string()),  # highest of risk.assessments: LOW, MEDIUM, HIGH, NONE, or null
+        ]
+    ),
+    "line_items": pa.schema(
+        [
+            ("line_item_id", pa.int64()),
+            ("order_id", pa.int64()),
+            ("product_id", pa.int64()),
+            ("sku", pa.string()),
+            ("title", pa.string()),
+            ("quantity", pa.int64()),
+            ("price", pa.float64()),
+        ]
+    ),
+    "customers": pa.schema(
+        [
+            ("customer_id", pa.int64()),
+            ("email", pa.string()),
+            ("created_at", TS),
+            ("updated_at", TS),
+        ]
+    ),
+    "products": pa.schema(
+        [
+            ("product_id", pa.int64()),
+            ("title", pa.string()),
+            ("product_type", pa.string()),
+            ("vendor", pa.string()),
+            ("created_at", TS),
+        ]
+    ),
+    "refunds": pa.schema(
+        [
+            ("refund_id", pa.int64()),
+            ("order_id", pa.int64()),
+            ("created_at", TS),
+            ("amount", pa.float64()),
+        ]
+    ),
+}
+
+TABLES = tuple(SCHEMAS)
+
+
+def conform(name: str, frame: pd.DataFrame) -> pa.Table:
+    """Cast a frame to its table schema; a missing column is an error naming the table and column."""
+    schema = SCHEMAS[name]
+    missing = [f.name for f in schema if f.name not in frame.columns]
+    if missing:
+        raise ValueError(f"table '{name}' is missing column(s): {', '.join(missing)}")
+    columns = []
+    for field in schema:
+        values = frame[field.name]
+        if pa.types.is_timestamp(field.type):
+            values = pd.to_datetime(values, utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+        columns.append(pa.array(values, type=field.type, from_pandas=True))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def table_path(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / "raw" / f"{name}.parquet"
+
+
+def read_table(data_dir: Path, name: str) -> pd.DataFrame:
+    """Read one ingested table; a clear error if ingest has not run."""
+    path = table_path(data_dir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"table '{name}' not found at {path}: run the ingest stage first")
+    return pq.read_table(path, schema=SCHEMAS[name]).to_pandas()
+
+
+def empty_frame(name: str) -> pd.DataFrame:
+    return SCHEMAS[name].empty_table().to_pandas()
