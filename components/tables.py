@@ -89,16 +89,25 @@ def conform(name: str, frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def table_path(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / "raw" / f"{name}.parquet"
+def snapshot_dir(data_dir: Path, content_hash: str) -> Path:
+    """Ingest writes each distinct input once, to an immutable snapshot named by its content hash."""
+    return Path(data_dir) / "snapshots" / content_hash
 
 
-def read_table(data_dir: Path, name: str) -> pd.DataFrame:
-    """Read one ingested table; a clear error if ingest has not run."""
-    path = table_path(data_dir, name)
+def table_path(snapshot: Path, name: str) -> Path:
+    return Path(snapshot) / f"{name}.parquet"
+
+
+def read_table(snapshot: Path, name: str) -> pd.DataFrame:
+    """Read one table of an ingested snapshot; a clear error if ingest has not written it."""
+    path = table_path(snapshot, name)
     if not path.exists():
         raise FileNotFoundError(f"table '{name}' not found at {path}: run the ingest stage first")
     return pq.read_table(path, schema=SCHEMAS[name]).to_pandas()
+
+
+def read_tables(snapshot: Path) -> dict[str, pd.DataFrame]:
+    return {name: read_table(snapshot, name) for name in TABLES}
 
 
 def empty_frame(name: str) -> pd.DataFrame:
