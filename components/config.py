@@ -159,6 +159,54 @@ class KfpConfig(Section):
     pipeline_root: str | None = None
 
 
+class DeployConfig(Section):
+    """KServe rollout of a registered model version; canary steps and the bounds that gate them."""
+
+    namespace: str = Field("storeflow", description="Namespace of the InferenceService.")
+    inference_service: str = Field("storeflow-repeat-purchase", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$")
+    mode: Literal["Serverless", "Standard"] = Field(
+        "Serverless", description="serving.kserve.io/deploymentMode; an existing InferenceService's annotation wins."
+    )
+    serving_runtime: str = "storeflow-predictor"
+    model_format: str = "storeflow"
+    service_account: str = "storeflow-serving"
+    config_map: str = Field("storeflow-config", description="STOREFLOW_* variables for the serving containers.")
+    feast_config_map: str = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(3, ge=1)
+    predictor_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    )
+    transformer_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}
+    )
+    canary_steps: list[int] = Field(default_factory=lambda: [10, 50, 100], description="Canary traffic percents.")
+    analysis_interval_seconds: float = Field(120, gt=0, description="Wait between canary analyses.")
+    analysis_window: str = Field("5m", pattern=r"^[1-9][0-9]*[smh]$", description="PromQL range per analysis.")
+    max_holds_per_step: int = Field(10, ge=1, description="Analyses without enough data before rolling back.")
+    min_requests: int = Field(200, ge=1, description="Requests each version needs in the window to be judged.")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="Canary error rate minus champion's.")
+    max_p99_latency_ratio: float = Field(1.25, ge=1, description="Canary p99 over champion p99.")
+    max_score_psi: float = Field(0.2, ge=0, description="Population stability index of prediction scores.")
+    error_status_regex: str = Field("5..|error", description="storeflow_requests_total status values that are errors.")
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        if not value or value[-1] != 100 or any(not 0 < s <= 100 for s in value) or value != sorted(set(value)):
+            raise ValueError(f"deploy.canary_steps must rise strictly within 1..100 and end at 100, got {value}")
+        return value
+
+    @field_validator("predictor_resources", "transformer_resources")
+    @classmethod
+    def _requests_and_limits(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for kind in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(value.get(kind, {})):
+                raise ValueError(f"resources need {kind} for cpu and memory, got {value}")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -180,6 +228,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     kfp: KfpConfig = KfpConfig()
+    deploy: DeployConfig = DeployConfig()
 
     @classmethod
     def settings_customise_sources(
