@@ -1,0 +1,85 @@
+"""Holdout metrics and the champion/challenger decision: pure functions over labels and scores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+METRICS = {"roc_auc": roc_auc_score, "pr_auc": average_precision_score}
+
+
+def holdout_metrics(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log loss, Brier score and expected calibration error."""
+    prob_true, prob_pred = calibration_curve(labels, scores, n_bins=bins, strategy="quantile")
+    # calibration_curve drops empty bins; with quantile bins the rest hold about equal weight.
+    ece = float(np.mean(np.abs(prob_true - prob_pred)))
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "log_loss": float(log_loss(labels, np.clip(scores, 1e-15, 1 - 1e-15))),
+        "brier": float(brier_score_loss(labels, scores)),
+        "calibration_error": ece,
+        "positive_rate": float(np.mean(labels)),
+        "rows": float(len(labels)),
+    }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    challenger: float
+    champion: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    samples: int
+
+
+def paired_bootstrap(
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, metric: str, samples: int,
+    confidence: float, seed: int,
+) -> Comparison:
+    """Bootstrap CI of (challenger - champion) on the same resampled rows each time."""
+    score = METRICS[metric]
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    diffs = []
+    for _ in range(samples):
+        weights = rng.multinomial(n, np.full(n, 1 / n))  # a resample, as integer row weights
+        if labels[weights > 0].min() == labels[weights > 0].max():
+            continue  # a resample with a single class has no AUC
+        diffs.append(score(labels, challenger, sample_weight=weights) - score(labels, champion, sample_weight=weights))
+    if not diffs:
+        raise ValueError("no bootstrap resample had both label classes; the holdout is too small")
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    a, b = float(score(labels, challenger)), float(score(labels, champion))
+    return Comparison(metric, a, b, a - b, float(low), float(high), len(diffs))
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    comparison: Comparison | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(comparison: Comparison | None, margin: float) -> Decision:
+    """Promote only a first model, or a challenger that wins by ``margin`` with a CI above zero."""
+    if comparison is None:
+        return Decision(True, "no champion yet: the first model becomes champion")
+    c = comparison
+    if c.difference < margin:
+        return Decision(False, f"{c.metric} {c.challenger:.4f} vs champion {c.champion:.4f}: "
+                               f"difference {c.difference:+.4f} is below the margin {margin:.4f}", c)
+    if c.ci_low <= 0:
+        return Decision(False, f"{c.metric} difference {c.difference:+.4f} but its confidence interval "
+                               f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] includes zero", c)
+    return Decision(True, f"{c.metric} {c.challenger:.4f} beats champion {c.champion:.4f} by {c.difference:+.4f} "
+                          f"(CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}])", c)

@@ -1,0 +1,114 @@
+"""Features stage: compute point-in-time snapshots, register them in Feast, build the training set
+with Feast's point-in-time join, then materialize the newest snapshot to the online store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.features.compute import (
+    customer_features,
+    cutoff_times,
+    labelled_cutoffs,
+    product_features,
+    serving_time,
+)
+from storeflow.components.features.repo import (
+    CUSTOMER_KEY,
+    CUSTOMER_VIEW,
+    PRODUCT_VIEW,
+    SERVICE,
+    apply,
+    feature_refs,
+    feature_store,
+    source_path,
+)
+from storeflow.components.tables import read_tables
+
+__all__ = ["FeatureResult", "build_features", "feature_store", "frame_hash", "load_training_set"]
+
+
+class FeatureError(ValueError):
+    """The snapshot cannot yield a training set (too little history, a single class, ...)."""
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    training_set: Path
+    dataset_hash: str
+    feature_refs: list[str]
+    rows: int
+    positive_rate: float
+    cutoffs: list[str]
+    served_as_of: str
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "training_set": str(self.training_set)})
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureResult:
+        data = json.loads(text)
+        return cls(**{**data, "training_set": Path(data["training_set"])})
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """Content hash of a frame (row order included), recorded with every model trained on it."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()
+
+
+def _write_source(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
+    tmp.replace(path)
+
+
+def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
+    tables = read_tables(Path(snapshot))
+    label = settings.features.label
+    cutoffs = cutoff_times(tables["orders"], label)
+    if len(cutoffs) <= label.holdout_cutoffs:
+        raise FeatureError(
+            f"only {len(cutoffs)} training cutoff(s) fit in the order history; need more than "
+            f"features.label.holdout_cutoffs={label.holdout_cutoffs}. Ingest more history or lower "
+            f"features.label.horizon_days / cutoff_every_days"
+        )
+    as_of = serving_time(tables["orders"])
+    _write_source(customer_features(tables, [*cutoffs, as_of]), source_path(settings, CUSTOMER_VIEW))
+    _write_source(product_features(tables, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
+    store = apply(settings)
+
+    entities = labelled_cutoffs(tables, cutoffs, label.horizon_days)
+    if entities["label"].nunique() < 2:
+        raise FeatureError("every training row has the same label; the model would learn nothing")
+    training = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(SERVICE)
+    ).to_df()
+    training = training.sort_values(["event_timestamp", CUSTOMER_KEY], kind="stable").reset_index(drop=True)
+    digest = frame_hash(training)
+    out = settings.data_dir / "training" / f"{digest[:16]}.parquet"
+    _write_source(training, out)
+
+    # The online store gets the newest snapshot only: what a prediction made now should see.
+    store.materialize(start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1))
+    return FeatureResult(
+        training_set=out,
+        dataset_hash=digest,
+        feature_refs=feature_refs(settings),
+        rows=len(training),
+        positive_rate=float(training["label"].mean()),
+        cutoffs=[c.isoformat() for c in cutoffs],
+        served_as_of=as_of.isoformat(),
+    )
+
+
+def load_training_set(result: FeatureResult) -> pd.DataFrame:
+    return pd.read_parquet(result.training_set)

@@ -1,0 +1,150 @@
+"""Point-in-time customer and product features, computed in DuckDB over ingested tables.
+
+Every feature row is stamped with the snapshot time ``as_of`` and sees only events strictly before it,
+so a training row whose cutoff equals ``as_of`` can never learn from the future. Feast's
+point-in-time join then picks, for each (customer, cutoff), the latest snapshot at or before it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+
+from storeflow.components.config import LabelConfig
+
+CUSTOMER_FEATURES_SQL = """
+WITH snap AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
+o AS (
+    SELECT order_id, customer_id, created_at, total_price, subtotal_price, total_discounts
+    FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL
+),
+base AS (
+    SELECT o.customer_id, snap.as_of,
+           count(*) AS frequency,
+           sum(o.total_price) AS gross,
+           avg(o.total_price) AS avg_order_value,
+           max(o.created_at) AS last_order,
+           min(o.created_at) AS first_order,
+           count(*) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL 90 DAY) AS orders_last_90d,
+           sum(o.total_discounts) / nullif(sum(o.subtotal_price), 0) AS discount_share
+    FROM o JOIN snap ON o.created_at < snap.as_of
+    GROUP BY ALL
+),
+ref AS (
+    SELECT o.customer_id, snap.as_of,
+           count(DISTINCT r.order_id) AS refunded_orders,
+           sum(r.amount) AS refunded
+    FROM refunds r JOIN o USING (order_id) JOIN snap ON r.created_at < snap.as_of AND o.created_at < snap.as_of
+    GROUP BY ALL
+),
+cat AS (
+    SELECT customer_id, as_of, max(units) / sum(units) AS category_affinity
+    FROM (
+        SELECT o.customer_id, snap.as_of, coalesce(p.product_type, '') AS product_type,
+               sum(li.quantity) AS units
+        FROM line_items li JOIN o USING (order_id) JOIN snap ON o.created_at < snap.as_of
+        LEFT JOIN products p USING (product_id)
+        GROUP BY ALL
+    ) GROUP BY ALL
+)
+SELECT base.customer_id,
+       base.as_of AS event_timestamp,
+       date_diff('second', base.last_order, base.as_of) / 86400.0 AS recency_days,
+       base.frequency::BIGINT AS frequency,
+       (base.gross - coalesce(ref.refunded, 0))::DOUBLE AS monetary,
+       base.avg_order_value::DOUBLE AS avg_order_value,
+       (coalesce(ref.refunded_orders, 0) / base.frequency)::DOUBLE AS refund_rate,
+       date_diff('second', base.first_order, base.as_of) / 86400.0 AS days_since_first_order,
+       coalesce(cat.category_affinity, 0)::DOUBLE AS category_affinity,
+       base.orders_last_90d::BIGINT AS orders_last_90d,
+       coalesce(base.discount_share, 0)::DOUBLE AS discount_share
+FROM base
+LEFT JOIN ref USING (customer_id, as_of)
+LEFT JOIN cat USING (customer_id, as_of)
+ORDER BY event_timestamp, customer_id
+"""
+
+PRODUCT_FEATURES_SQL = """
+WITH snap AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times)
+SELECT li.product_id, snap.as_of AS event_timestamp,
+       (sum(li.quantity) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL 7 DAY) / 7.0)::DOUBLE
+           AS units_per_day_7d,
+       (sum(li.quantity) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL 30 DAY) / 30.0)::DOUBLE
+           AS units_per_day_30d,
+       (sum(li.quantity * li.price) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL 30 DAY))::DOUBLE
+           AS revenue_30d
+FROM line_items li JOIN orders o USING (order_id)
+JOIN snap ON o.created_at < snap.as_of AND o.created_at >= snap.as_of - INTERVAL 30 DAY
+WHERE li.product_id IS NOT NULL AND o.cancelled_at IS NULL
+GROUP BY ALL
+ORDER BY event_timestamp, product_id
+"""
+
+LABELS_SQL = """
+WITH cut AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
+o AS (SELECT customer_id, created_at FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL)
+SELECT o.customer_id, cut.as_of AS event_timestamp,
+       max(CASE WHEN o.created_at >= cut.as_of AND o.created_at < cut.as_of + to_days($horizon) THEN 1 ELSE 0 END)
+           ::BIGINT AS label
+FROM o JOIN cut ON o.created_at < cut.as_of + to_days($horizon)
+GROUP BY ALL
+HAVING min(o.created_at) < cut.as_of
+ORDER BY event_timestamp, customer_id
+"""
+
+
+def _connect(tables: dict[str, pd.DataFrame], times: list[datetime]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for name, frame in tables.items():
+        con.register(name, frame)
+    con.register("snapshot_times", pd.DataFrame({"as_of": pd.to_datetime(times, utc=True)}))
+    return con
+
+
+def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:
+    # Feast's DuckDB store compares timestamps at microsecond precision; nanoseconds break the join.
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
+    return frame
+
+
+def customer_features(tables: dict[str, pd.DataFrame], as_of: list[datetime]) -> pd.DataFrame:
+    """One row per (customer, snapshot) with behaviour strictly before the snapshot."""
+    with _connect(tables, as_of) as con:
+        return _microseconds(con.execute(CUSTOMER_FEATURES_SQL).df())
+
+
+def product_features(tables: dict[str, pd.DataFrame], as_of: list[datetime]) -> pd.DataFrame:
+    """Sales velocity per (product, snapshot) over the 7 and 30 days before it."""
+    with _connect(tables, as_of) as con:
+        return _microseconds(con.execute(PRODUCT_FEATURES_SQL).df())
+
+
+def labelled_cutoffs(tables: dict[str, pd.DataFrame], cutoffs: list[datetime], horizon_days: int) -> pd.DataFrame:
+    """Training entities: every customer with an order before a cutoff, labelled 1 if they order again
+    within ``horizon_days`` from it."""
+    with _connect(tables, cutoffs) as con:
+        return _microseconds(con.execute(LABELS_SQL, {"horizon": horizon_days}).df())
+
+
+def cutoff_times(orders: pd.DataFrame, label: LabelConfig) -> list[datetime]:
+    """Evenly spaced cutoffs, each with a full label horizon of observed history after it."""
+    created = pd.to_datetime(orders["created_at"], utc=True)
+    if created.empty:
+        return []
+    first, last = created.min().to_pydatetime(), created.max().to_pydatetime()
+    horizon, step = timedelta(days=label.horizon_days), timedelta(days=label.cutoff_every_days)
+    latest = last - horizon
+    cutoffs: list[datetime] = []
+    cutoff = latest
+    while cutoff >= first + timedelta(days=label.min_history_days):
+        cutoffs.append(cutoff.replace(microsecond=0))
+        cutoff -= step
+    return sorted(cutoffs)
+
+
+def serving_time(orders: pd.DataFrame) -> datetime:
+    """The snapshot materialized to the online store: just after the newest order."""
+    return (pd.to_datetime(orders["created_at"], utc=True).max() + pd.Timedelta(seconds=1)).floor("s").to_pydatetime()

@@ -1,0 +1,56 @@
+"""Register stage: every trained model becomes a new, never-overwritten MLflow model version.
+
+Aliases say which is which: ``challenger`` always points at the newest version, ``champion`` moves
+only when evaluation says so (MLflow 3 deprecates stages; aliases replace them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from storeflow.components.config import Settings
+from storeflow.components.evaluate import EvaluationResult
+from storeflow.components.train import TrainResult
+
+__all__ = ["RegistrationResult", "register"]
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    model_name: str
+    version: str
+    promoted: bool
+    champion_version: str | None
+    previous_champion: str | None
+    source: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RegistrationResult:
+        return cls(**json.loads(text))
+
+
+def register(settings: Settings, trained: TrainResult, evaluation: EvaluationResult) -> RegistrationResult:
+    import mlflow
+
+    from storeflow.components import tracking
+
+    client = tracking.connect(settings)
+    name = settings.registry.model_name
+    previous = tracking.current_champion(client, name)
+    version = mlflow.register_model(trained.model_uri, name, tags={
+        "storeflow.decision": "promote" if evaluation.promote else "keep-champion",
+        "storeflow.reason": evaluation.reason[:5000],
+        "storeflow.run_id": trained.run_id,
+    })
+    for key, value in evaluation.challenger_metrics.items():
+        client.set_model_version_tag(name, version.version, f"holdout.{key}", f"{value:.6f}")
+    client.set_registered_model_alias(name, tracking.CHALLENGER, version.version)
+    if evaluation.promote:
+        client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+    champion = version.version if evaluation.promote else previous
+    return RegistrationResult(name, str(version.version), evaluation.promote, champion and str(champion),
+                              previous, version.source)

@@ -1,0 +1,103 @@
+"""Train stage: fit the configured scikit-learn estimator on the training split and track it in MLflow
+(params, dataset hash, Feast feature references, git commit, signature, input example)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.features import FeatureResult, load_training_set
+from storeflow.components.features.dataset import LABEL, split_holdout
+
+__all__ = ["TrainResult", "build_estimator", "train"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_uri: str
+    features: list[str]
+    train_rows: int
+    metrics: dict[str, float]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainResult:
+        return cls(**json.loads(text))
+
+
+def build_estimator(path: str, params: dict[str, Any]):
+    """Instantiate ``module.Class`` with params; errors name the bad path or parameter."""
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"train.estimator '{path}' cannot be imported: {exc}") from exc
+    try:
+        estimator = cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"train.params do not fit {path}: {exc}") from exc
+    if not hasattr(estimator, "predict_proba"):
+        raise ValueError(f"train.estimator '{path}' has no predict_proba; a propensity model needs one")
+    return estimator
+
+
+def train(settings: Settings, features: FeatureResult) -> TrainResult:
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.metrics import roc_auc_score
+
+    from storeflow.components import tracking
+
+    columns = list(settings.features.customer_features)
+    split = split_holdout(load_training_set(features), settings.features.label)
+    x, y = split.train[columns], split.train[LABEL].to_numpy()
+    estimator = build_estimator(settings.train.estimator, settings.train.params)
+    estimator.fit(x, y)
+    scores = estimator.predict_proba(x)[:, 1]
+    metrics = {"train_roc_auc": float(roc_auc_score(y, scores)), "train_rows": float(len(x)),
+               "train_positive_rate": float(y.mean())}
+
+    client = tracking.connect(settings)
+    experiment = tracking.experiment_id(settings, client)
+    tags = {"storeflow.dataset_hash": features.dataset_hash, "storeflow.feature_refs": ",".join(features.feature_refs)}
+    if commit := tracking.git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
+        mlflow.log_params({"estimator": settings.train.estimator, **settings.train.params,
+                           "label_horizon_days": settings.features.label.horizon_days})
+        mlflow.log_metrics(metrics)
+        dataset = mlflow.data.from_pandas(split.train, source=str(features.training_set), targets=LABEL,
+                                          name=f"training-{features.dataset_hash[:12]}")
+        mlflow.log_input(dataset, context="training")
+        example = x.head(5)
+        info = mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(example, estimator.predict_proba(example)[:, 1]),
+            input_example=example,
+            pip_requirements=tracking.pip_requirements(),
+            pyfunc_predict_fn="predict_proba",
+            serialization_format="skops",
+            skops_trusted_types=tracking.skops_trusted_types(estimator),
+        )
+    return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, features=columns,
+                       train_rows=len(x), metrics=metrics)
+
+
+def load_model(model_uri: str):
+    """The scikit-learn estimator behind a logged model URI (runs:/, models:/ or a path)."""
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(model_uri)
+
+
+def holdout(settings: Settings, features: FeatureResult) -> pd.DataFrame:
+    return split_holdout(load_training_set(features), settings.features.label).holdout

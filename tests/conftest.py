@@ -1,0 +1,82 @@
+"""Shared fixtures: small stores built in memory, and settings isolated in a temporary state dir."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from storeflow.components.config import Settings, load_settings
+from storeflow.components.tables import TABLES, conform, table_path
+
+END = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def small_store(customers: int = 150, days: int = 400, seed: int = 3) -> dict[str, pd.DataFrame]:
+    """A tiny store whose loyal customers reorder more often, so the label is learnable."""
+    rng = np.random.default_rng(seed)
+    start = END - timedelta(days=days)
+    rows, items, refunds = [], [], []
+    order_id = 1000
+    for customer in range(1, customers + 1):
+        rate = rng.choice([1 / 120, 1 / 45, 1 / 15])  # orders per day
+        t = start + timedelta(days=float(rng.uniform(0, days / 2)))
+        quit_at = start + timedelta(days=float(rng.uniform(days * 0.3, days * 1.5)))
+        while t < min(END, quit_at):
+            order_id += 1
+            total = float(np.round(rng.gamma(2.0, 30.0), 2))
+            rows.append(dict(order_id=order_id, name=f"#{order_id}", customer_id=customer,
+                             email=f"c{customer}@example.com", created_at=t, updated_at=t, cancelled_at=None,
+                             currency="USD", total_price=total, subtotal_price=total, total_discounts=0.0,
+                             financial_status="PAID", risk_level="LOW"))
+            items.append(dict(line_item_id=order_id * 10, order_id=order_id, product_id=int(rng.integers(1, 6)),
+                              sku="SKU", title="Thing", quantity=int(rng.integers(1, 3)), price=total))
+            if rng.random() < 0.05:
+                refunds.append(dict(refund_id=order_id, order_id=order_id, created_at=t + timedelta(days=3),
+                                    amount=total))
+            t += timedelta(days=float(rng.exponential(1 / rate)))
+    products = [dict(product_id=i, title=f"P{i}", product_type=["Tea", "Mugs", "Gifts"][i % 3], vendor="V",
+                     created_at=start) for i in range(1, 6)]
+    customers_rows = [dict(customer_id=c, email=f"c{c}@example.com", created_at=start, updated_at=start)
+                      for c in range(1, customers + 1)]
+    frames = dict(orders=rows, line_items=items, customers=customers_rows, products=products, refunds=refunds)
+    return {name: conform(name, pd.DataFrame(frames[name], columns=None)).to_pandas() if frames[name]
+            else conform(name, pd.DataFrame(columns=[f for f in _columns(name)])).to_pandas()
+            for name in TABLES}
+
+
+def _columns(name: str) -> list[str]:
+    from storeflow.components.tables import SCHEMAS
+
+    return SCHEMAS[name].names
+
+
+def write_snapshot(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        conform(name, frame).to_pandas().to_parquet(table_path(directory, name), index=False)
+    return directory
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with all state under a temporary directory and a quick model."""
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in __import__("os").environ if k.startswith("STOREFLOW_")]:
+        monkeypatch.delenv(key)
+    return load_settings(
+        {
+            "project": {"state_dir": str(tmp_path / "state")},
+            "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+            "train": {"params": {"max_iter": 40, "random_state": 0}},
+            "evaluate": {"bootstrap_samples": 100},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def store_tables() -> dict[str, pd.DataFrame]:
+    return small_store()
