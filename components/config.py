@@ -157,6 +157,11 @@ class KfpConfig(Section):
     experiment: str = "storeflow"
     service_account: str | None = "storeflow-pipeline-runner"
     pipeline_root: str | None = None
+    token_path: Path = Field(Path("/var/run/secrets/kfp/token"),
+                             description="Projected service-account token, used when present (in-cluster).")
+    state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster.")
+    state_mount_path: Path = Field(Path("/var/lib/storeflow"), description="Where tasks see project.state_dir.")
+    enable_caching: bool = False
 
 
 class DeployConfig(Section):
@@ -172,6 +177,7 @@ class DeployConfig(Section):
     service_account: str = "storeflow-serving"
     config_map: str = Field("storeflow-config", description="STOREFLOW_* variables for the serving containers.")
     feast_config_map: str = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
+    online_store_secret: str = Field("storeflow-online-store", description="Secret with the Redis connection-string.")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(3, ge=1)
     predictor_resources: dict[str, dict[str, str]] = Field(

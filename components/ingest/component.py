@@ -1,0 +1,14 @@
+"""KFP component: ingest the configured Shopify source into an immutable snapshot."""
+
+from storeflow.components.container import component
+
+
+@component
+def ingest(config_json: str) -> str:
+    """Returns the snapshot directory every later stage reads."""
+    from storeflow.components.config import load_settings
+    from storeflow.components.ingest import ingest as run
+
+    result = run(load_settings(config_json))
+    print(f"snapshot {result.snapshot} ({'reused' if result.reused else 'new'}): {result.row_counts}")
+    return str(result.snapshot)

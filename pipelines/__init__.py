@@ -1,0 +1,1 @@
+"""KFP pipelines built from storeflow components, and the tools that compile, run and submit them."""

@@ -1,0 +1,49 @@
+"""The ``storeflow`` command line. Heavy libraries are imported inside commands, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="storeflow: Kubeflow Pipelines + KServe ML for Shopify stores.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+console = Console()
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML value), repeatable."),
+]
+
+
+def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None):
+    """Load settings, turning config errors into a one-line message and exit code 2."""
+    import yaml
+
+    from storeflow.components.config import ConfigError, load_settings
+
+    data: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            console.print(f"[red]--set expects dotted.key=value, got {item!r}[/red]")
+            raise typer.Exit(2)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return load_settings(data, path=config)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+# Commands live next to what they drive; each module keeps its top-level imports light.
+from storeflow.pipelines import commands as _pipeline_commands  # noqa: E402
+
+_pipeline_commands.register(app)

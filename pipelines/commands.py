@@ -1,0 +1,158 @@
+"""CLI commands that compile, run, submit and schedule pipelines, and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
+
+HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
+TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
+                                                    help="Bearer token (default: in-cluster token file if present).")]
+
+
+def compile_(
+    check: Annotated[bool, typer.Option("--check", help="Fail if the checked-in YAML is stale; write nothing.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output dir (default: the repo's manifests/).")] = None,
+) -> None:
+    """Compile the pipelines and components to manifests/ (pipeline and component YAML)."""
+    from storeflow.pipelines.compile import MANIFESTS, check as check_stale, compile_to
+
+    if check:
+        result = check_stale(out or MANIFESTS)
+        if result.stale:
+            console.print(f"[red]stale compiled YAML: {', '.join(result.stale)}[/red] (run `storeflow compile`)")
+            console.print(result.diff, markup=False, highlight=False)
+            raise typer.Exit(1)
+        console.print("compiled YAML is up to date")
+        return
+    for path in compile_to(out or MANIFESTS):
+        console.print(f"wrote {path}")
+
+
+def run(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Run the training pipeline on this machine with kfp.local (the same pipeline a cluster runs)."""
+    settings = settings_from(config, set_)
+    _run_training(settings)
+
+
+def _run_training(settings):
+    from storeflow.pipelines.local import PipelineFailed, run_local
+    from storeflow.pipelines.training import STAGES, training_pipeline
+
+    console.print(f"[bold]storeflow training pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
+    try:
+        result = run_local(training_pipeline, settings, STAGES, console=console)
+    except PipelineFailed as failed:
+        console.print(f"[red]pipeline failed at task {failed.failed_task or '?'}[/red]")
+        _print_failure_tail(failed.log)
+        console.print(f"full log: {failed.log}")
+        raise typer.Exit(1) from failed
+    _print_summary(settings, result)
+    return result
+
+
+def _print_failure_tail(log: Path, lines: int = 40) -> None:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text()).splitlines()
+    console.print("\n".join(text[-lines:]), markup=False, highlight=False)
+
+
+def _print_summary(settings, result) -> None:
+    import json
+
+    from rich.table import Table
+
+    registration = json.loads(result.output)
+    table = Table(title=f"model {registration['model_name']} v{registration['version']}")
+    table.add_column("metric")
+    table.add_column("challenger", justify="right")
+    table.add_column("champion before", justify="right")
+    evaluation = _evaluation_of(settings, registration)
+    champion_metrics = evaluation.get("champion_metrics") or {}
+    for name, value in evaluation.get("challenger_metrics", {}).items():
+        before = champion_metrics.get(name)
+        table.add_row(name, f"{value:.4f}", "-" if before is None else f"{before:.4f}")
+    console.print(table)
+    verdict = "[green]promoted to champion[/green]" if registration["promoted"] else "[yellow]champion kept[/yellow]"
+    console.print(f"{verdict}: {evaluation.get('reason', '')}")
+    console.print(f"champion: v{registration['champion_version']} · challenger: v{registration['version']}")
+    console.print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
+    console.print(f"Feast repo: {settings.feature_repo_dir}")
+    console.print(f"pipeline log: {result.log} · {result.seconds:.1f} s")
+
+
+def _evaluation_of(settings, registration: dict) -> dict:
+    """The evaluation recorded on the registered version (tags), for the summary table."""
+    from storeflow.components import tracking
+
+    client = tracking.connect(settings)
+    name = registration["model_name"]
+    version = client.get_model_version(name, registration["version"])
+
+    def holdout_tags(tags: dict) -> dict:
+        return {k.removeprefix("holdout."): float(v) for k, v in tags.items() if k.startswith("holdout.")}
+
+    challenger = holdout_tags(version.tags)
+    champion: dict = {}
+    if registration.get("previous_champion"):
+        champion = holdout_tags(client.get_model_version(name, registration["previous_champion"]).tags)
+    return {"challenger_metrics": challenger, "champion_metrics": champion,
+            "reason": version.tags.get("storeflow.reason", "")}
+
+
+def submit(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    host: HostOption = None,
+    token: TokenOption = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name")] = None,
+) -> None:
+    """Submit the compiled training pipeline to a Kubeflow Pipelines API."""
+    from storeflow.pipelines.submit import submit as do_submit
+
+    settings = settings_from(config, set_)
+    try:
+        submitted = do_submit(settings, host=host, token=token, run_name=run_name)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"submitted run {submitted.run_id}: {submitted.url}")
+
+
+def schedule(
+    cron: Annotated[str, typer.Argument(help="KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    host: HostOption = None,
+    token: TokenOption = None,
+    name: Annotated[str, typer.Option("--name")] = "storeflow-retraining",
+) -> None:
+    """Schedule recurring retraining on the cluster (a KFP recurring run)."""
+    from storeflow.pipelines.submit import schedule as do_schedule
+
+    settings = settings_from(config, set_)
+    try:
+        job_id = do_schedule(settings, cron, host=host, token=token, name=name)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"recurring run {job_id} created: {cron}")
+
+
+def demo(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Run the training pipeline end to end on embedded defaults, then print where to look."""
+    settings = settings_from(config, set_)
+    _run_training(settings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compile")(compile_)
+    app.command("run")(run)
+    app.command("submit")(submit)
+    app.command("schedule")(schedule)
+    app.command("demo")(demo)

@@ -1,0 +1,62 @@
+"""Compile pipelines and components to the YAML checked in under ``manifests/``.
+
+The YAML is what a cluster runs; CI fails when it is stale (``storeflow compile --check``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+
+
+def _targets() -> dict[str, object]:
+    from storeflow.components.evaluate.component import evaluate
+    from storeflow.components.features.component import features
+    from storeflow.components.ingest.component import ingest
+    from storeflow.components.register.component import register
+    from storeflow.components.train.component import train
+    from storeflow.components.validate.component import validate
+    from storeflow.pipelines.training import training_pipeline
+
+    targets: dict[str, object] = {"pipelines/training.yaml": training_pipeline}
+    for op in (ingest, validate, features, train, evaluate, register):
+        targets[f"components/{op.name}.yaml"] = op
+    return targets
+
+
+def compile_to(out_dir: Path) -> list[Path]:
+    from kfp import compiler
+
+    written = []
+    for relative, target in _targets().items():
+        path = out_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(target, str(path))
+        written.append(path)
+    return written
+
+
+@dataclass(frozen=True)
+class Staleness:
+    stale: list[str]
+    diff: str
+
+
+def check(out_dir: Path = MANIFESTS) -> Staleness:
+    """Compile into a temporary dir and compare with ``out_dir``; lists files that differ or are missing."""
+    stale, diffs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fresh in compile_to(Path(tmp)):
+            relative = fresh.relative_to(tmp)
+            current = out_dir / relative
+            new_text = fresh.read_text()
+            old_text = current.read_text() if current.exists() else ""
+            if new_text != old_text:
+                stale.append(str(relative))
+                diffs.extend(difflib.unified_diff(old_text.splitlines(), new_text.splitlines(),
+                                                  f"checked-in/{relative}", f"compiled/{relative}", lineterm="", n=1))
+    return Staleness(stale, "\n".join(diffs[:200]))
