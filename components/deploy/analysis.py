@@ -1,0 +1,110 @@
+"""Automated canary analysis: one pure decision per look at the metrics, so every branch is testable.
+
+At each traffic step the canary is judged against the champion it would replace, never against fixed
+numbers alone: a busy Black-Friday hour slows both versions, and only the difference is the canary's fault.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from storeflow.components.config import Settings
+from storeflow.components.deploy.prometheus import VersionMetrics
+
+Action = Literal["hold", "advance", "promote", "rollback"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    percent: int  # canary traffic after the action (100 on promote, 0 on rollback)
+    reasons: tuple[str, ...] = field(default=())
+
+
+def score_psi(canary: tuple[tuple[float, float], ...], champion: tuple[tuple[float, float], ...]) -> float | None:
+    """Population stability index of two cumulative score histograms with the same buckets; None if empty.
+
+    Empty buckets get a small floor so that one unseen bucket gives a large, finite index.
+    """
+    if not canary or not champion:
+        return None
+    if [le for le, _ in canary] != [le for le, _ in champion]:
+        raise ValueError(f"score histograms have different buckets: {[le for le, _ in canary]} vs {[le for le, _ in champion]}")
+
+    def shares(cumulative: tuple[tuple[float, float], ...]) -> list[float] | None:
+        counts = [cumulative[0][1]] + [b[1] - a[1] for a, b in zip(cumulative, cumulative[1:])]
+        total = cumulative[-1][1]
+        return [max(c, 0.0) / total for c in counts] if total > 0 else None
+
+    p, q = shares(canary), shares(champion)
+    if p is None or q is None:
+        return None
+    floor = 1e-4
+    return sum((max(a, floor) - max(b, floor)) * math.log(max(a, floor) / max(b, floor)) for a, b in zip(p, q))
+
+
+def _beyond(value: float, bound: float) -> bool:
+    # Inclusive and tolerant of float noise: 0.03 - 0.02 must count as "at" a 0.01 bound.
+    return value > bound and not math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def decide(
+    settings: Settings, percent: int, holds: int, canary: VersionMetrics, champion: VersionMetrics
+) -> Decision:
+    """What to do with a canary now serving ``percent`` after ``holds`` inconclusive looks at this step.
+
+    Bounds are inclusive: a canary exactly at a bound passes.
+    """
+    deploy = settings.deploy
+    steps = deploy.canary_steps
+    if percent not in steps[:-1]:
+        raise ValueError(f"canary at {percent}% is not one of the configured steps {steps[:-1]} below 100")
+
+    missing = [
+        f"{who} served {m.requests:g} requests in {deploy.analysis_window}, fewer than {deploy.min_requests}"
+        for who, m in (("canary", canary), ("champion", champion))
+        if m.requests < deploy.min_requests
+    ]
+    if not missing:
+        missing = [
+            f"{who} has no {what} data"
+            for who, m in (("canary", canary), ("champion", champion))
+            for what, value in (("error rate", m.error_rate), ("p99 latency", m.p99_latency_seconds))
+            if value is None
+        ]
+    psi = None if missing else score_psi(canary.score_buckets, champion.score_buckets)
+    if not missing and psi is None:
+        missing = ["no prediction-score histogram for both versions"]
+    if missing:
+        if holds + 1 >= deploy.max_holds_per_step:
+            reason = f"insufficient data after {holds + 1} analyses at {percent}%: " + "; ".join(missing)
+            return Decision("rollback", 0, (reason,))
+        return Decision("hold", percent, tuple(missing))
+
+    assert canary.error_rate is not None and champion.error_rate is not None  # checked above
+    assert canary.p99_latency_seconds is not None and champion.p99_latency_seconds is not None
+    violations = []
+    error_increase = canary.error_rate - champion.error_rate
+    if _beyond(error_increase, deploy.max_error_rate_increase):
+        violations.append(
+            f"error rate {canary.error_rate:.4f} exceeds champion's {champion.error_rate:.4f} "
+            f"by {error_increase:.4f} > {deploy.max_error_rate_increase}"
+        )
+    latency_limit = champion.p99_latency_seconds * deploy.max_p99_latency_ratio
+    if _beyond(canary.p99_latency_seconds, latency_limit):
+        violations.append(
+            f"p99 latency {canary.p99_latency_seconds:.4f}s exceeds {deploy.max_p99_latency_ratio} x "
+            f"champion's {champion.p99_latency_seconds:.4f}s"
+        )
+    if _beyond(psi, deploy.max_score_psi):
+        violations.append(f"prediction-score PSI {psi:.4f} against champion exceeds {deploy.max_score_psi}")
+    if violations:
+        return Decision("rollback", 0, tuple(violations))
+
+    following = steps[steps.index(percent) + 1]
+    passed = (f"canary within bounds at {percent}%",)
+    if following == 100:
+        return Decision("promote", 100, passed)
+    return Decision("advance", following, passed)

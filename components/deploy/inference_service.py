@@ -1,0 +1,307 @@
+"""InferenceService bodies for a registered model version: pure functions, no cluster access.
+
+Two KServe rollout styles share one vocabulary (start a canary, set its percent, promote, roll back):
+
+* Serverless: the new model replaces ``spec.predictor`` and ``spec.predictor.canaryTrafficPercent`` splits
+  traffic with the last rolled-out revision; removing the field promotes, 0 sends all traffic back.
+* Standard (RawDeployment, KServe 0.20+): ``spec.predictor`` stays the champion and ``spec.canary[]`` holds
+  the challenger predictor (named) with ``trafficPercent``; promotion moves the canary predictor, name
+  included, into ``spec.predictor`` (KServe retargets without restarting pods); rollback drops ``spec.canary``.
+
+Every write is a JSON merge patch (RFC 7386): the kubernetes client sends CustomObjects patches that way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from storeflow.components.config import Settings
+
+GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+PREVIOUS_SPEC = "storeflow.io/previous-spec"
+STATE = "storeflow.io/rollout-state"
+MODEL_NAME = "storeflow.io/model-name"
+MODEL_VERSION = "storeflow.io/model-version"
+MODEL_URI = "storeflow.io/model-uri"
+CHAMPION_VERSION = "storeflow.io/champion-version"
+PIPELINE_RUN = "storeflow.io/pipeline-run-id"
+ROLLBACK_REASON = "storeflow.io/rollback-reason"
+FEAST_MOUNT = "/etc/storeflow/feast"
+
+Mode = Literal["Serverless", "Standard"]
+
+
+class DeployError(RuntimeError):
+    """A rollout cannot proceed; the message names the object and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """A registered MLflow model version and where KServe's storage initializer downloads it from."""
+
+    name: str
+    version: str
+    storage_uri: str
+
+
+def _label_value(value: str) -> str:
+    # Label values: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends; annotations keep the full value.
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in value)[:63]
+    return cleaned.strip("-_.")
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def canary_name(model: ModelVersionRef) -> str:
+    """Standard-mode predictor name: one Deployment per model version, ``<isvc>-v<version>-predictor``."""
+    return f"v{_label_value(model.version).lower()}"
+
+
+def predictor_spec(settings: Settings, model: ModelVersionRef) -> dict[str, Any]:
+    """The predictor serving ``model``: the storeflow runtime, the project image, /mnt/models from storageUri."""
+    deploy = settings.deploy
+    return {
+        "serviceAccountName": deploy.service_account,
+        "minReplicas": deploy.min_replicas,
+        "maxReplicas": deploy.max_replicas,
+        "labels": {"storeflow.io/model-version": _label_value(model.version)},
+        "model": {
+            "modelFormat": {"name": deploy.model_format},
+            "runtime": deploy.serving_runtime,
+            "storageUri": model.storage_uri,
+            "image": settings.image.reference,
+            # The server labels its metrics with this; canary analysis selects each version by it.
+            "env": [
+                {"name": "STOREFLOW_MODEL_NAME", "value": model.name},
+                {"name": "STOREFLOW_MODEL_VERSION", "value": model.version},
+            ],
+            "resources": deploy.predictor_resources,
+            "securityContext": _security_context(),
+        },
+    }
+
+
+def transformer_spec(settings: Settings) -> dict[str, Any]:
+    """Feast feature lookup in front of the predictor; model-agnostic, so it never takes part in a canary."""
+    deploy = settings.deploy
+    name = deploy.inference_service
+    return {
+        "serviceAccountName": deploy.service_account,
+        "minReplicas": deploy.min_replicas,
+        "maxReplicas": deploy.max_replicas,
+        "containers": [
+            {
+                "name": "kserve-container",
+                "image": settings.image.reference,
+                "command": ["python", "-m", "storeflow.serving.transformer"],
+                "args": ["--model_name", name, "--predictor_host", f"{name}-predictor"],  # same namespace
+                "env": [
+                    {"name": "STOREFLOW_FEATURES__FEAST__REPO_DIR", "value": FEAST_MOUNT},
+                    # feature_store.yaml reads ${REDIS_CONNECTION_STRING}; the value never leaves the Secret.
+                    {
+                        "name": "REDIS_CONNECTION_STRING",
+                        "valueFrom": {"secretKeyRef": {"name": deploy.online_store_secret, "key": "connection-string"}},
+                    },
+                ],
+                "envFrom": [{"configMapRef": {"name": deploy.config_map}}],
+                "resources": deploy.transformer_resources,
+                "securityContext": _security_context(),
+                "volumeMounts": [
+                    {"name": "feast-config", "mountPath": FEAST_MOUNT, "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "feast-config", "configMap": {"name": deploy.feast_config_map}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+
+
+def _tracking(model: ModelVersionRef, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    labels = {
+        "app.kubernetes.io/part-of": "storeflow",
+        MODEL_NAME: _label_value(model.name),
+        MODEL_VERSION: _label_value(model.version),
+        "storeflow.io/pipeline-run": _label_value(run_id),
+    }
+    annotations = {MODEL_NAME: model.name, MODEL_VERSION: model.version, MODEL_URI: model.storage_uri, PIPELINE_RUN: run_id}
+    return labels, annotations
+
+
+def new_inference_service(settings: Settings, model: ModelVersionRef, run_id: str) -> dict[str, Any]:
+    """The first deployment: no champion exists, so the model takes all traffic at once."""
+    labels, annotations = _tracking(model, run_id)
+    annotations |= {
+        MODE_ANNOTATION: settings.deploy.mode,
+        "serving.kserve.io/enable-prometheus-scraping": "true",
+        STATE: "promoted",
+    }
+    predictor = predictor_spec(settings, model)
+    if settings.deploy.mode == "Standard":
+        predictor["name"] = canary_name(model)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": settings.deploy.inference_service,
+            "namespace": settings.deploy.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {"predictor": predictor, "transformer": transformer_spec(settings)},
+    }
+
+
+def deployment_mode(isvc: dict[str, Any], default: Mode) -> Mode:
+    """The mode KServe runs this object in: its annotation (fixed at creation) beats the config."""
+    value = (isvc.get("metadata", {}).get("annotations") or {}).get(MODE_ANNOTATION, default)
+    if value in ("Standard", "RawDeployment"):
+        return "Standard"
+    if value == "Serverless":
+        return "Serverless"
+    raise DeployError(f"InferenceService {isvc['metadata'].get('name')}: unsupported {MODE_ANNOTATION} {value!r}")
+
+
+def _annotations(isvc: dict[str, Any]) -> dict[str, str]:
+    return isvc.get("metadata", {}).get("annotations") or {}
+
+
+def serving_version(isvc: dict[str, Any]) -> str | None:
+    """The model version the object was last rolled to (canary or promoted)."""
+    return _annotations(isvc).get(MODEL_VERSION)
+
+
+def rollout_state(isvc: dict[str, Any]) -> str:
+    return _annotations(isvc).get(STATE, "promoted")
+
+
+def canary_percent(isvc: dict[str, Any], mode: Mode) -> int | None:
+    """Traffic percent the spec gives the canary, or None when no canary is in flight."""
+    spec = isvc.get("spec", {})
+    if mode == "Serverless":
+        return spec.get("predictor", {}).get("canaryTrafficPercent")
+    canaries = spec.get("canary") or []
+    return canaries[0]["trafficPercent"] if canaries else None
+
+
+def _replacing(old: Any, new: Any) -> Any:
+    """Merge-patch value that turns ``old`` into exactly ``new``: keys only ``old`` has become null."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {key: _replacing(old.get(key), value) for key, value in new.items()}
+    patch |= {key: None for key in old.keys() - new.keys()}
+    return patch
+
+
+def start_canary_patch(
+    isvc: dict[str, Any], settings: Settings, model: ModelVersionRef, run_id: str, percent: int
+) -> dict[str, Any]:
+    """Send ``percent`` of traffic to ``model``, remembering the champion's spec for a rollback without MLflow."""
+    mode = deployment_mode(isvc, settings.deploy.mode)
+    spec = isvc["spec"]
+    if rollout_state(isvc) == "canary":
+        raise DeployError(
+            f"InferenceService {isvc['metadata']['name']} already runs a canary of version "
+            f"{serving_version(isvc)}: promote or roll it back first"
+        )
+    champion = {k: v for k, v in spec["predictor"].items() if k != "canaryTrafficPercent"}
+    previous = {
+        "modelVersion": serving_version(isvc),
+        "predictor": champion,
+        "transformer": spec.get("transformer"),
+    }
+    labels, annotations = _tracking(model, run_id)
+    annotations |= {
+        PREVIOUS_SPEC: json.dumps(previous, sort_keys=True, separators=(",", ":")),
+        CHAMPION_VERSION: serving_version(isvc) or "",
+        STATE: "canary",
+        ROLLBACK_REASON: None,
+    }
+    challenger = predictor_spec(settings, model)
+    new_spec: dict[str, Any] = {"transformer": _replacing(spec.get("transformer"), transformer_spec(settings))}
+    if mode == "Serverless":
+        new_spec["predictor"] = _replacing(spec["predictor"], challenger | {"canaryTrafficPercent": percent})
+    else:
+        # Canary predictors may not carry autoscaling fields; KServe derives their replicas from the percent.
+        challenger = {k: v for k, v in challenger.items() if k not in ("minReplicas", "maxReplicas")}
+        new_spec["canary"] = [{"trafficPercent": percent, "predictor": challenger | {"name": canary_name(model)}}]
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": new_spec}
+
+
+def set_percent_patch(isvc: dict[str, Any], mode: Mode, percent: int) -> dict[str, Any]:
+    """Move the in-flight canary to ``percent`` of traffic."""
+    if canary_percent(isvc, mode) is None:
+        raise DeployError(f"InferenceService {isvc['metadata']['name']} has no canary in flight")
+    if mode == "Serverless":
+        return {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+    canary = isvc["spec"]["canary"][0]
+    return {"spec": {"canary": [canary | {"trafficPercent": percent}]}}
+
+
+def promote_patch(isvc: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """Give the canary all traffic and make it the champion."""
+    if canary_percent(isvc, mode) is None:
+        raise DeployError(f"InferenceService {isvc['metadata']['name']} has no canary to promote")
+    meta = {"annotations": {STATE: "promoted", CHAMPION_VERSION: serving_version(isvc)}}
+    if mode == "Serverless":
+        return {"metadata": meta, "spec": {"predictor": {"canaryTrafficPercent": None}}}
+    stable = isvc["spec"]["predictor"]
+    promoted = isvc["spec"]["canary"][0]["predictor"]
+    scaling = {k: stable[k] for k in ("minReplicas", "maxReplicas") if k in stable}
+    return {"metadata": meta, "spec": {"predictor": _replacing(stable, promoted | scaling), "canary": None}}
+
+
+def previous_spec(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The champion spec saved when the canary started; rollback needs nothing else (no MLflow)."""
+    raw = _annotations(isvc).get(PREVIOUS_SPEC)
+    if not raw:
+        raise DeployError(
+            f"InferenceService {isvc['metadata']['name']} has no {PREVIOUS_SPEC} annotation: nothing to roll back to"
+        )
+    try:
+        previous = json.loads(raw)
+        previous["predictor"]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeployError(f"InferenceService {isvc['metadata']['name']}: {PREVIOUS_SPEC} is not a saved spec") from exc
+    return previous
+
+
+def rollback_patch(isvc: dict[str, Any], mode: Mode, reason: str) -> dict[str, Any]:
+    """Send all traffic back to the champion and restore its spec from the annotation.
+
+    Serverless keeps ``canaryTrafficPercent: 0``: traffic stays pinned on the champion's revision while the
+    restored spec's (identical-model) revision starts, instead of flowing to the bad latest-ready revision.
+    """
+    previous = previous_spec(isvc)
+    spec = isvc["spec"]
+    version = previous.get("modelVersion")
+    annotations = {
+        STATE: "rolled-back",
+        ROLLBACK_REASON: reason,
+        MODEL_VERSION: version,
+        CHAMPION_VERSION: version,
+        MODEL_URI: previous["predictor"].get("model", {}).get("storageUri"),
+    }
+    labels = {MODEL_VERSION: _label_value(version) if version else None}
+    new_spec: dict[str, Any] = {}
+    if previous.get("transformer") is not None:
+        new_spec["transformer"] = _replacing(spec.get("transformer"), previous["transformer"])
+    if mode == "Serverless":
+        new_spec["predictor"] = _replacing(spec["predictor"], previous["predictor"] | {"canaryTrafficPercent": 0})
+    else:
+        new_spec["predictor"] = _replacing(spec["predictor"], previous["predictor"])
+        new_spec["canary"] = None
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": new_spec}

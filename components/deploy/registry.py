@@ -1,0 +1,64 @@
+"""The MLflow side of a rollout: where a model version's files are, and why a canary was rolled back.
+
+``mlflow`` is imported inside the functions: it costs seconds and the CLI's status/rollback must stay quick
+(and must work when the tracking server is down).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlparse
+
+from storeflow.components.config import Settings
+from storeflow.components.deploy.inference_service import DeployError, ModelVersionRef
+
+log = logging.getLogger(__name__)
+
+# Schemes KServe's storage initializer downloads from inside the cluster.
+CLUSTER_SCHEMES = ("s3", "gs", "https", "http", "pvc", "hf", "oci", "azure", "abfs")
+
+
+def cluster_storage_uri(uri: str, what: str) -> str:
+    """``uri`` if a pod can download it; a local path would make the predictor start without a model."""
+    scheme = urlparse(uri).scheme
+    if scheme not in CLUSTER_SCHEMES:
+        raise DeployError(
+            f"{what} is stored at {uri!r}, which KServe's storage initializer cannot download "
+            f"(scheme {scheme or 'none'!r}; use one of {', '.join(CLUSTER_SCHEMES)}): "
+            "set registry.artifact_location to an object store"
+        )
+    return uri
+
+
+def resolve_model_version(settings: Settings, version: str) -> ModelVersionRef:
+    """Look ``version`` of the configured registered model up and resolve ``models:/`` to its artifact URI."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = settings.registry.model_name
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        client.get_model_version(name, version)
+        uri = client.get_model_version_download_uri(name, version)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise DeployError(f"model version {name}/{version} is not registered at {settings.tracking_uri}") from exc
+        raise DeployError(f"cannot read model version {name}/{version} from {settings.tracking_uri}: {exc}") from exc
+    return ModelVersionRef(name=name, version=str(version), storage_uri=cluster_storage_uri(uri, f"{name}/{version}"))
+
+
+def record_rollout(settings: Settings, version: str, tags: dict[str, str]) -> bool:
+    """Tag the model version with the rollout outcome; False (logged) when MLflow cannot be reached.
+
+    The rollout itself never depends on this: its state lives on the InferenceService.
+    """
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        for key, value in tags.items():
+            client.set_model_version_tag(settings.registry.model_name, version, key, value)
+    except Exception as exc:  # noqa: BLE001 - any MLflow failure must not undo a finished rollback
+        log.warning("could not tag %s/%s with %s: %s", settings.registry.model_name, version, tags, exc)
+        return False
+    return True
