@@ -213,6 +213,36 @@ class DeployConfig(Section):
         return value
 
 
+class ServingConfig(Section):
+    """``storeflow serve`` and the KServe transformer/predictor: model, auth, canary, batching, logs."""
+
+    host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 only when asked (in a pod).")
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes, each with its own model copy.")
+    model_alias: str = Field("champion", description="Registry alias served when model_version is unset.")
+    model_version: str | None = Field(None, description="Pin a registered version instead of the alias.")
+    canary_version: str | None = Field(None, description="A second version served beside the main one.")
+    canary_percent: int = Field(0, ge=0, le=100, description="Share of customers (sticky by id) sent to the canary.")
+    auth: Literal["shopify", "off"] = Field("shopify", description="'off' only for local development.")
+    shopify_client_id: str = Field("", description="App client id: the session token's audience.")
+    shopify_secret_env: str = Field("SHOPIFY_API_SECRET", description="Variable holding the app secret.")
+    shopify_old_secret_env: str = Field("SHOPIFY_API_SECRET_OLD", description="Previous secret, during rotation.")
+    allowed_shops: list[str] = Field(default_factory=list, description="Shop domains allowed; empty: project.shop_domain.")
+    cors_origins: list[str] = Field(default_factory=lambda: ["https://extensions.shopifycdn.com"])
+    max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
+    max_instances: int = Field(64, gt=0, description="Customers per request.")
+    feature_cache_seconds: float = Field(60, ge=0, description="Online features kept in memory at most this long.")
+    feature_refresh_seconds: float = Field(10, gt=0, description="How often to check Feast for a new materialization.")
+    batch_max_size: int = Field(64, ge=1, description="Micro-batch: rows per model call at most.")
+    batch_max_wait_ms: float = Field(2, ge=0, description="Micro-batch: longest wait for more rows.")
+    prediction_log: bool = True
+    prediction_log_dir: Path | None = Field(None, description="Default <state_dir>/predictions.")
+    prediction_log_queue: int = Field(10_000, gt=0, description="Records waiting to be written; more are dropped.")
+    prediction_log_rotate_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    prediction_log_keep_files: int = Field(20, gt=0)
+    quiet: bool = Field(True, description="No per-request log lines (KServe logs ~6 by default).")
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -235,6 +265,7 @@ class Settings(BaseSettings):
     registry: RegistryConfig = RegistryConfig()
     kfp: KfpConfig = KfpConfig()
     deploy: DeployConfig = DeployConfig()
+    serving: ServingConfig = ServingConfig()
 
     @classmethod
     def settings_customise_sources(
