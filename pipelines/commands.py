@@ -71,7 +71,7 @@ def _print_summary(settings, result) -> None:
     table = Table(title=f"model {registration['model_name']} v{registration['version']}")
     table.add_column("metric")
     table.add_column("challenger", justify="right")
-    table.add_column("champion before", justify="right")
+    table.add_column("champion (same holdout)", justify="right")
     evaluation = _evaluation_of(settings, registration)
     champion_metrics = evaluation.get("champion_metrics") or {}
     for name, value in evaluation.get("challenger_metrics", {}).items():
@@ -94,13 +94,10 @@ def _evaluation_of(settings, registration: dict) -> dict:
     name = registration["model_name"]
     version = client.get_model_version(name, registration["version"])
 
-    def holdout_tags(tags: dict) -> dict:
-        return {k.removeprefix("holdout."): float(v) for k, v in tags.items() if k.startswith("holdout.")}
+    def tagged(prefix: str) -> dict:
+        return {k.removeprefix(prefix): float(v) for k, v in version.tags.items() if k.startswith(prefix)}
 
-    challenger = holdout_tags(version.tags)
-    champion: dict = {}
-    if registration.get("previous_champion"):
-        champion = holdout_tags(client.get_model_version(name, registration["previous_champion"]).tags)
+    challenger, champion = tagged("holdout."), tagged("champion_holdout.")
     return {"challenger_metrics": challenger, "champion_metrics": champion,
             "reason": version.tags.get("storeflow.reason", "")}
 

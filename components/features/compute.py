@@ -51,12 +51,12 @@ cat AS (
 )
 SELECT base.customer_id,
        base.as_of AS event_timestamp,
-       date_diff('second', base.last_order, base.as_of) / 86400.0 AS recency_days,
+       date_diff('microsecond', base.last_order, base.as_of) / 86400e6 AS recency_days,
        base.frequency::BIGINT AS frequency,
        (base.gross - coalesce(ref.refunded, 0))::DOUBLE AS monetary,
        base.avg_order_value::DOUBLE AS avg_order_value,
        (coalesce(ref.refunded_orders, 0) / base.frequency)::DOUBLE AS refund_rate,
-       date_diff('second', base.first_order, base.as_of) / 86400.0 AS days_since_first_order,
+       date_diff('microsecond', base.first_order, base.as_of) / 86400e6 AS days_since_first_order,
        coalesce(cat.category_affinity, 0)::DOUBLE AS category_affinity,
        base.orders_last_90d::BIGINT AS orders_last_90d,
        coalesce(base.discount_share, 0)::DOUBLE AS discount_share

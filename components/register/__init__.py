@@ -48,6 +48,9 @@ def register(settings: Settings, trained: TrainResult, evaluation: EvaluationRes
     })
     for key, value in evaluation.challenger_metrics.items():
         client.set_model_version_tag(name, version.version, f"holdout.{key}", f"{value:.6f}")
+    # The champion scored on this very holdout, so the two can be compared later as the gate saw them.
+    for key, value in (evaluation.champion_metrics or {}).items():
+        client.set_model_version_tag(name, version.version, f"champion_holdout.{key}", f"{value:.6f}")
     client.set_registered_model_alias(name, tracking.CHALLENGER, version.version)
     if evaluation.promote:
         client.set_registered_model_alias(name, tracking.CHAMPION, version.version)

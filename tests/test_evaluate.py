@@ -1,0 +1,61 @@
+"""The champion/challenger gate: metrics and every branch of the promotion decision."""
+
+import numpy as np
+import pytest
+
+from storeflow.components.evaluate.metrics import Comparison, decide, holdout_metrics, paired_bootstrap
+
+
+def _scores(seed: int, n: int = 2000, signal: float = 1.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    noise = rng.normal(0, 1, n)
+    return labels, 1 / (1 + np.exp(-(signal * (labels - 0.5) * 2 + noise)))
+
+
+def test_holdout_metrics_are_those_of_sklearn() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels, scores = _scores(0)
+    metrics = holdout_metrics(labels, scores)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(labels, scores))
+    assert 0 < metrics["calibration_error"] < 0.5 and metrics["log_loss"] > 0
+    assert metrics["rows"] == 2000
+
+
+def test_clearly_better_challenger_has_interval_above_zero() -> None:
+    labels, good = _scores(1, signal=1.5)
+    rng = np.random.default_rng(2)
+    weak = np.clip(good + rng.normal(0, 0.6, len(good)), 0, 1)
+    comparison = paired_bootstrap(labels, good, weak, "roc_auc", samples=200, confidence=0.95, seed=0)
+    assert comparison.difference > 0.05 and comparison.ci_low > 0
+    assert decide(comparison, margin=0.01).promote
+
+
+def test_identical_models_are_never_promoted() -> None:
+    labels, scores = _scores(3)
+    comparison = paired_bootstrap(labels, scores, scores, "pr_auc", samples=100, confidence=0.95, seed=0)
+    assert comparison.difference == 0
+    decision = decide(comparison, margin=0.0)
+    assert not decision.promote and "includes zero" in decision.reason
+
+
+def test_decision_branches() -> None:
+    assert decide(None, 0.01).promote  # first model becomes champion
+    below_margin = Comparison("roc_auc", 0.805, 0.80, 0.005, 0.001, 0.01, 100)
+    assert not decide(below_margin, 0.01).promote
+    assert "below the margin" in decide(below_margin, 0.01).reason
+    straddles = Comparison("roc_auc", 0.83, 0.80, 0.03, -0.002, 0.06, 100)
+    assert not decide(straddles, 0.01).promote
+    wins = Comparison("roc_auc", 0.83, 0.80, 0.03, 0.01, 0.05, 100)
+    assert decide(wins, 0.01).promote
+    loses = Comparison("roc_auc", 0.70, 0.80, -0.10, -0.12, -0.08, 100)
+    assert not decide(loses, 0.0).promote
+
+
+def test_single_class_holdout_is_a_clear_error() -> None:
+    labels = np.ones(50, dtype=int)
+    scores = np.linspace(0, 1, 50)
+    with pytest.raises(ValueError, match="both label classes"):
+        paired_bootstrap(labels, scores, scores, "roc_auc", 50, 0.95, 0)

@@ -1,0 +1,83 @@
+"""Features: Feast point-in-time training sets that never see the future, and a fresh online store."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import write_snapshot
+from storeflow.components.features import FeatureError, build_features, feature_store
+from storeflow.components.features.compute import customer_features
+from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, store_tables):
+    from storeflow.components.config import load_settings
+
+    root = tmp_path_factory.mktemp("features")
+    tables = {name: frame.copy() for name, frame in store_tables.items()}
+    settings = load_settings({"project": {"state_dir": str(root / "state")},
+                              "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30,
+                                                     "min_history_days": 60}}})
+    # A huge order placed one second after the first cutoff must not reach that cutoff's row.
+    probe = build_features(settings, write_snapshot(tables, root / "plain"))
+    cutoff = pd.Timestamp(probe.cutoffs[0])
+    customer = int(tables["orders"]["customer_id"].iloc[0])
+    late = tables["orders"].iloc[[0]].copy()
+    late["order_id"] = 99_999_999
+    late["created_at"] = late["updated_at"] = cutoff + timedelta(seconds=1)
+    late["total_price"] = late["subtotal_price"] = 1_000_000.0
+    tables["orders"] = pd.concat([tables["orders"], late], ignore_index=True)
+    result = build_features(settings, write_snapshot(tables, root / "with-late-order"))
+    return settings, tables, result, cutoff, customer
+
+
+def test_no_feature_value_observed_after_a_cutoff_reaches_its_row(built) -> None:
+    settings, tables, result, cutoff, customer = built
+    training = pd.read_parquet(result.training_set)
+    orders = tables["orders"]
+    # Independently recount each row's history from raw orders strictly before its cutoff.
+    merged = training.merge(orders[["customer_id", "created_at", "total_price"]], on="customer_id")
+    before = merged[merged["created_at"] < merged["event_timestamp"]]
+    expected = before.groupby(["customer_id", "event_timestamp"]).agg(
+        frequency=("total_price", "size"), last=("created_at", "max"))
+    got = training.set_index(["customer_id", "event_timestamp"])
+    assert (got["frequency"] == expected["frequency"].reindex(got.index)).all()
+    recency = (got.index.get_level_values(1) - expected["last"].reindex(got.index)).dt.total_seconds() / 86400
+    assert got["recency_days"].to_numpy() == pytest.approx(recency.to_numpy())
+    row = got.loc[(customer, cutoff)]
+    assert row["monetary"] < 1_000_000  # the late order is invisible at this cutoff
+    later = got.xs(customer, level=0)
+    assert later[later.index > cutoff]["monetary"].max() > 1_000_000  # ...and visible afterwards
+
+
+def test_training_set_is_labelled_and_hashed(built) -> None:
+    settings, tables, result, cutoff, customer = built
+    training = pd.read_parquet(result.training_set)
+    assert set(settings.features.customer_features) <= set(training.columns)
+    assert training["label"].isin([0, 1]).all() and 0 < result.positive_rate < 1
+    assert result.rows == len(training) and len(result.dataset_hash) == 64
+    assert result.feature_refs == feature_refs(settings)
+    assert training[settings.features.customer_features].notna().all().all()
+
+
+def test_online_store_serves_the_newest_snapshot(built) -> None:
+    settings, tables, result, cutoff, customer = built
+    store = feature_store(settings)
+    online = store.get_online_features(features=feature_refs(settings),
+                                       entity_rows=[{CUSTOMER_KEY: customer}, {CUSTOMER_KEY: 424242}]).to_df()
+    newest = customer_features(tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+    expected = newest.set_index(CUSTOMER_KEY).loc[customer]
+    assert online.loc[0, "frequency"] == expected["frequency"]
+    assert online.loc[0, "monetary"] == pytest.approx(expected["monetary"])
+    assert pd.isna(online.loc[1, "frequency"])  # unknown customer: no row, not an error
+
+
+def test_too_little_history_is_a_clear_error(settings, store_tables, tmp_path: Path) -> None:
+    orders = store_tables["orders"]
+    recent = orders[orders["created_at"] > orders["created_at"].max() - timedelta(days=70)]
+    tables = {**store_tables, "orders": recent}
+    with pytest.raises(FeatureError, match="training cutoff"):
+        build_features(settings, write_snapshot(tables, tmp_path / "short"))
