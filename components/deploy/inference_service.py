@@ -29,6 +29,7 @@ MODEL_URI = "storeflow.io/model-uri"
 CHAMPION_VERSION = "storeflow.io/champion-version"
 PIPELINE_RUN = "storeflow.io/pipeline-run-id"
 ROLLBACK_REASON = "storeflow.io/rollback-reason"
+STOP = "serving.kserve.io/stop"
 FEAST_MOUNT = "/etc/storeflow/feast"
 
 Mode = Literal["Serverless", "Standard"]
@@ -77,6 +78,7 @@ def predictor_spec(settings: Settings, model: ModelVersionRef) -> dict[str, Any]
         "maxReplicas": deploy.max_replicas,
         "labels": {"storeflow.io/model-version": _label_value(model.version)},
         "model": {
+            "name": "kserve-container",  # KServe's container name; the CRD requires it in spec.canary[]
             "modelFormat": {"name": deploy.model_format},
             "runtime": deploy.serving_runtime,
             "storageUri": model.storage_uri,
@@ -162,6 +164,17 @@ def new_inference_service(settings: Settings, model: ModelVersionRef, run_id: st
             "annotations": annotations,
         },
         "spec": {"predictor": predictor, "transformer": transformer_spec(settings)},
+    }
+
+
+def first_deploy_patch(isvc: dict[str, Any], settings: Settings, model: ModelVersionRef, run_id: str) -> dict[str, Any]:
+    """Fill the stopped bootstrap object kustomize created: no champion yet, so no canary either."""
+    mode = deployment_mode(isvc, settings.deploy.mode)
+    desired = new_inference_service(settings.model_copy(update={"deploy": settings.deploy.model_copy(update={"mode": mode})}), model, run_id)
+    annotations = desired["metadata"]["annotations"] | {STOP: None}
+    return {
+        "metadata": {"labels": desired["metadata"]["labels"], "annotations": annotations},
+        "spec": _replacing(isvc["spec"], desired["spec"]),
     }
 
 

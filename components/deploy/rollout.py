@@ -88,6 +88,10 @@ def run(
 
     mode = isvc_spec.deployment_mode(current, deploy.mode)
     champion = isvc_spec.serving_version(current)
+    if isvc_spec.rollout_state(current) == "bootstrap":
+        isvcs.patch(name, isvc_spec.first_deploy_patch(current, settings, model, run_id))
+        recorded = record(settings, model.version, {"storeflow.deploy.state": "promoted", "storeflow.deploy.run_id": run_id})
+        return RolloutResult("created", model.version, None, name, mode, recorded_in_mlflow=recorded)
     if champion is None:
         raise DeployError(
             f"InferenceService {deploy.namespace}/{name} has no {isvc_spec.MODEL_VERSION} annotation: "
