@@ -1,0 +1,155 @@
+"""The kustomize overlays render, every object passes its schema, and every container is pinned and confined.
+
+Rendering runs the installed ``kubectl kustomize``; core kinds are validated with kubernetes-validate
+(strict: unknown fields fail), KServe kinds against the CRD openAPIV3Schema in tests/data/crds. This
+checks the manifests, not a cluster: nothing is applied anywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from test_deploy import assert_valid
+
+from storeflow.components.config import load_settings
+from storeflow.components.deploy.inference_service import ModelVersionRef, predictor_spec, transformer_spec
+
+KUSTOMIZE = Path(__file__).parents[1] / "kustomize"
+OVERLAYS = ["dev", "staging", "production"]
+KUBERNETES_VERSION = "1.32.0"  # the kubectl installed here; the schemas kubernetes-validate checks against
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed: cannot render kustomize overlays")
+
+
+@lru_cache
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    out = subprocess.run(["kubectl", "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container storeflow declares in an object, wherever its kind keeps them."""
+    spec = obj.get("spec", {})
+    if obj["kind"] == "Deployment":
+        pod = spec["template"]["spec"]
+        return pod.get("containers", []) + pod.get("initContainers", [])
+    if obj["kind"] == "ServingRuntime":
+        return spec.get("containers", [])
+    if obj["kind"] == "InferenceService":
+        found = [spec["predictor"]["model"]] if "model" in spec["predictor"] else []
+        return found + spec["predictor"].get("containers", []) + spec.get("transformer", {}).get("containers", [])
+    return []
+
+
+def container_problems(obj: dict[str, Any]) -> list[str]:
+    problems = []
+    for c in containers(obj):
+        where = f"{obj['kind']}/{obj['metadata']['name']} container {c.get('name', '<model>')}"
+        for kind in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(c.get("resources", {}).get(kind, {})):
+                problems.append(f"{where}: no cpu/memory {kind}")
+        sc = c.get("securityContext", {})
+        if sc.get("runAsNonRoot") is not True or sc.get("runAsUser", 0) == 0:
+            problems.append(f"{where}: may run as root")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allows privilege escalation")
+        image = c.get("image", "")
+        if image or obj["kind"] != "InferenceService":  # the ISVC model container takes the runtime's image
+            name, _, tag = image.rpartition(":")
+            if "@sha256:" not in image and (not name or "/" in tag or tag in ("", "latest")):
+                problems.append(f"{where}: image {image!r} is not pinned to a version")
+    return problems
+
+
+def test_container_check_catches_root_floating_and_unbounded_containers():
+    bad = {"kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "redis:latest"},
+                                                          {"name": "d", "image": "registry:5000/redis"}]}}}}
+    problems = container_problems(bad)
+    assert "Deployment/x container c: no cpu/memory requests" in problems
+    assert "Deployment/x container c: may run as root" in problems
+    assert "Deployment/x container c: image 'redis:latest' is not pinned to a version" in problems
+    assert "Deployment/x container d: image 'registry:5000/redis' is not pinned to a version" in problems
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_object_validates(overlay):
+    objects = render(overlay)
+    kinds = {o["kind"] for o in objects}
+    assert {"InferenceService", "ServingRuntime", "Deployment", "Service", "Role", "RoleBinding", "NetworkPolicy",
+            "ConfigMap", "ServiceAccount"} <= kinds
+    for obj in objects:
+        if obj["apiVersion"].startswith("serving.kserve.io/"):
+            assert_valid(obj)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_container_is_unbounded_root_or_floating(overlay):
+    objects = render(overlay)
+    assert sum(len(containers(o)) for o in objects) >= 5
+    assert [p for o in objects for p in container_problems(o)] == []
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_values_are_shipped(overlay):
+    assert [o["metadata"]["name"] for o in render(overlay) if o["kind"] == "Secret"] == []
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_runner_may_only_get_and_patch_its_inference_service(overlay):
+    objects = render(overlay)
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "storeflow-pipeline-runner")
+    assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                              "resourceNames": ["storeflow-repeat-purchase"], "verbs": ["get", "patch"]}]
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    namespace = role["metadata"]["namespace"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "storeflow-pipeline-runner", "namespace": namespace}]
+
+
+@needs_kubectl
+@pytest.mark.parametrize(("overlay", "namespace", "steps"), [
+    ("dev", "storeflow-dev", [50, 100]), ("staging", "storeflow-staging", [10, 50, 100]),
+    ("production", "storeflow", [5, 25, 50, 100]),
+])
+def test_overlay_config_drives_the_same_predictor_the_pipeline_deploys(overlay, namespace, steps, monkeypatch, tmp_path):
+    """The storeflow ConfigMap of an overlay loads as Settings, and the deploy code then builds the
+    replicas and resources that overlay's InferenceService declares: kustomize and pipeline agree."""
+    objects = render(overlay)
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "storeflow-config")
+    monkeypatch.chdir(tmp_path)
+    for key, value in config["data"].items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert (settings.deploy.namespace, settings.deploy.canary_steps) == (namespace, steps)
+
+    isvc = next(o for o in objects if o["kind"] == "InferenceService")
+    assert isvc["metadata"]["namespace"] == namespace
+    built = predictor_spec(settings, ModelVersionRef("m", "1", "s3://b/m"))
+    declared = isvc["spec"]["predictor"]
+    assert (built["minReplicas"], built["maxReplicas"]) == (declared["minReplicas"], declared["maxReplicas"])
+    assert built["model"]["resources"] == declared["model"]["resources"]
+    assert built["model"]["securityContext"] == declared["model"]["securityContext"]
+    transformer = transformer_spec(settings)["containers"][0]
+    assert transformer["args"] == isvc["spec"]["transformer"]["containers"][0]["args"]
+    assert transformer["env"] == isvc["spec"]["transformer"]["containers"][0]["env"]
+
+
+@needs_kubectl
+def test_production_pins_the_image_version_it_names():
+    images = {c["image"] for o in render("production") for c in containers(o) if c.get("image")}
+    assert images == {"ghcr.io/storeflow/storeflow:0.1.0", "ghcr.io/mlflow/mlflow:v3.17.2"}
