@@ -6,7 +6,9 @@ The champion alias moves inside ``register`` (decided by ``evaluate``), never by
 so no runner's condition handling can promote a losing challenger.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
+
+from storeflow.components.config import load_settings
 
 from storeflow.components.evaluate.component import evaluate
 from storeflow.components.features.component import features
@@ -16,20 +18,30 @@ from storeflow.components.train.component import train
 from storeflow.components.validate.component import validate
 
 PIPELINE_NAME = "storeflow-training"
+STAGES = ("ingest", "validate", "features", "train", "evaluate", "register")
+
+
+def on_cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Cluster wiring kfp.local ignores: the shared state volume, the display name, no cache.
+
+    Caching stays off: stages read external state (Feast, MLflow), so equal inputs need not mean
+    equal results.
+    """
+    kfp_cfg = load_settings().kfp
+    kubernetes.mount_pvc(task, pvc_name=kfp_cfg.state_pvc, mount_path=str(kfp_cfg.state_mount_path))
+    return task.set_display_name(name).set_caching_options(False)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
 def training_pipeline(config_json: str = "{}") -> str:
-    ingested = ingest(config_json=config_json).set_display_name("ingest")
-    validated = validate(config_json=config_json, snapshot=ingested.output).set_display_name("validate")
-    built = features(config_json=config_json, snapshot=validated.outputs["Output"]).set_display_name("features")
-    trained = train(config_json=config_json, features=built.output).set_display_name("train")
-    evaluated = evaluate(config_json=config_json, features=built.output, trained=trained.output)
-    evaluated.set_display_name("evaluate")
-    registered = register(
-        config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]
-    ).set_display_name("register")
+    ingested = on_cluster(ingest(config_json=config_json), "ingest")
+    validated = on_cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
+    built = on_cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]), "features")
+    trained = on_cluster(train(config_json=config_json, features=built.output), "train")
+    evaluated = on_cluster(evaluate(config_json=config_json, features=built.output, trained=trained.output),
+                           "evaluate")
+    registered = on_cluster(
+        register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
+        "register",
+    )
     return registered.output
-
-
-STAGES = ("ingest", "validate", "features", "train", "evaluate", "register")

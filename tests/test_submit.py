@@ -1,0 +1,92 @@
+"""`storeflow submit` / `schedule`: the exact requests kfp.Client sends to a Kubeflow Pipelines API.
+
+The API is a recording stand-in on 127.0.0.1 (tests/kfp_api.py) answering in the real v2beta1 shapes;
+no cluster was contacted.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kfp_api import KfpApi
+from storeflow.components.config import load_settings
+from storeflow.pipelines.cli import app
+from storeflow.pipelines.compile import MANIFESTS
+from storeflow.pipelines.submit import schedule, submit
+
+
+@pytest.fixture
+def cluster_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    return load_settings({"project": {"state_dir": str(tmp_path / "laptop-state")},
+                          "kfp": {"namespace": "shop-ml", "experiment": "storeflow-prod",
+                                  "token_path": str(tmp_path / "no-token")},
+                          "registry": {"tracking_uri": "http://mlflow.storeflow.svc:5000"}})
+
+
+def test_submit_sends_the_compiled_pipeline_with_cluster_settings(cluster_settings) -> None:
+    with KfpApi() as api:
+        submitted = submit(cluster_settings, host=api.url, token="s3cret", run_name="nightly")
+    assert submitted.run_id == "0b5c9a3e-0000-4000-8000-00000000abcd"
+    assert submitted.url.endswith("/#/runs/details/0b5c9a3e-0000-4000-8000-00000000abcd")
+    assert all(r.headers["authorization"] == "Bearer s3cret" for r in api.requests)
+    calls = [r for r in api.requests if "healthz" not in r.path]
+    assert len(calls) == 3
+    lookup, make_experiment, create = calls
+    assert lookup.method == "GET" and "namespace=shop-ml" in lookup.path and "storeflow-prod" in lookup.path
+    assert (make_experiment.method, make_experiment.path) == ("POST", "/apis/v2beta1/experiments")
+    assert make_experiment.body == {"display_name": "storeflow-prod", "namespace": "shop-ml"}
+    assert (create.method, create.path) == ("POST", "/apis/v2beta1/runs")
+    assert create.body["display_name"] == "nightly"
+    assert create.body["service_account"] == "storeflow-pipeline-runner"
+    assert create.body["experiment_id"] == "6f1e2c3a-0000-4000-8000-000000000001"  # the one just created
+    compiled = yaml.safe_load_all((MANIFESTS / "pipelines" / "training.yaml").read_text())
+    assert create.body["pipeline_spec"] == next(compiled)
+    sent = json.loads(create.body["runtime_config"]["parameters"]["config_json"])
+    assert sent["project"]["state_dir"] == "/var/lib/storeflow"  # the task's mounted volume, not the laptop
+    assert sent["registry"]["tracking_uri"] == "http://mlflow.storeflow.svc:5000"
+
+
+def test_in_cluster_token_file_is_used(cluster_settings, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("projected-token\n")
+    cluster_settings.kfp.token_path = token
+    with KfpApi() as api:
+        submit(cluster_settings, host=api.url)
+    assert api.requests[-1].headers["authorization"] == "Bearer projected-token"
+
+
+def test_schedule_creates_a_recurring_run(cluster_settings) -> None:
+    with KfpApi() as api:
+        job = schedule(cluster_settings, "0 0 3 * * *", host=api.url, token="t")
+    assert job == "9d8c7b6a-0000-4000-8000-00000000feed"
+    body = api.requests[-1].body
+    assert api.requests[-1].path == "/apis/v2beta1/recurringruns"
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
+    assert body["display_name"] == "storeflow-retraining"
+
+
+def test_bad_cron_and_missing_host_are_named(cluster_settings) -> None:
+    with pytest.raises(ValueError, match="6 fields"):
+        schedule(cluster_settings, "0 3 * * *", host="http://127.0.0.1:9", token="t")
+    result = CliRunner().invoke(app, ["submit"])
+    assert result.exit_code == 2 and "no Kubeflow Pipelines host" in result.output
+
+
+def test_compiled_yaml_is_current_and_pinned() -> None:
+    from kfp import components
+
+    from storeflow.pipelines.compile import check
+
+    staleness = check()
+    assert not staleness.stale, f"run `storeflow compile`; stale: {staleness.stale}\n{staleness.diff}"
+    for path in (MANIFESTS / "components").glob("*.yaml"):
+        assert components.load_component_from_file(str(path)).name
+    text = (MANIFESTS / "pipelines" / "training.yaml").read_text()
+    images = {line.split("image:")[1].strip() for line in text.splitlines() if "image:" in line}
+    assert images and all(":" in i and not i.endswith(":latest") for i in images)
+    assert components.load_component_from_file(str(MANIFESTS / "pipelines" / "training.yaml"))
