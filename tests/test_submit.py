@@ -43,8 +43,10 @@ def test_submit_sends_the_compiled_pipeline_with_cluster_settings(cluster_settin
     assert create.body["display_name"] == "nightly"
     assert create.body["service_account"] == "storeflow-pipeline-runner"
     assert create.body["experiment_id"] == "6f1e2c3a-0000-4000-8000-000000000001"  # the one just created
-    compiled = yaml.safe_load_all((MANIFESTS / "pipelines" / "training.yaml").read_text())
-    assert create.body["pipeline_spec"] == next(compiled)
+    pipeline_spec, platform_spec = yaml.safe_load_all((MANIFESTS / "pipelines" / "training.yaml").read_text())
+    assert create.body["pipeline_spec"] == {"pipeline_spec": pipeline_spec, "platform_spec": platform_spec}
+    mounts = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["pvcMount"][0]["mountPath"] == "/var/lib/storeflow" for e in mounts.values())
     sent = json.loads(create.body["runtime_config"]["parameters"]["config_json"])
     assert sent["project"]["state_dir"] == "/var/lib/storeflow"  # the task's mounted volume, not the laptop
     assert sent["registry"]["tracking_uri"] == "http://mlflow.storeflow.svc:5000"
