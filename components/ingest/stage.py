@@ -1,0 +1,100 @@
+"""The ingest stage: one input (synthetic store, bulk JSONL or orders CSV) -> one immutable snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from storeflow.components.config import Settings, SyntheticStoreConfig
+from storeflow.components.ingest.bulk_jsonl import read_bulk_jsonl
+from storeflow.components.ingest.errors import IngestError
+from storeflow.components.ingest.orders_csv import read_orders_csv
+from storeflow.components.ingest.snapshot import MANIFEST, content_hash, read_manifest, write_snapshot
+from storeflow.components.ingest.synthetic import GENERATOR_VERSION, generate_store
+from storeflow.components.tables import SCHEMAS, snapshot_dir
+
+log = logging.getLogger(__name__)
+
+SUFFIX = {"synthetic": ".jsonl", "jsonl": ".jsonl", "csv": ".csv"}
+
+
+@dataclass
+class IngestResult:
+    snapshot: Path
+    content_hash: str
+    row_counts: dict[str, int]
+    reused: bool  # the same input was ingested before: nothing was written
+    source: str
+
+
+def ingest(settings: Settings) -> IngestResult:
+    """Ingest ``settings.ingest`` into ``<data_dir>/snapshots/<sha256 of the input>``.
+
+    The same input always maps to the same snapshot, so a re-run reuses it untouched. Bad input raises
+    :class:`IngestError` (file, line or row, problem) before anything is written.
+    """
+    config = settings.ingest
+    if config.source == "synthetic":
+        files = [synthetic_store(config.synthetic, settings.data_dir)]
+    else:
+        files = input_files(Path(config.path), SUFFIX[config.source])
+    started = time.perf_counter()
+    digest = content_hash(files)
+    snapshot = snapshot_dir(settings.data_dir, digest)
+    if snapshot.exists():
+        return _reuse(snapshot, digest, config.source)
+
+    tables = read_bulk_jsonl(files) if config.source != "csv" else _read_csvs(files)
+    tables = {name: tables[name].drop_duplicates(ignore_index=True) for name in SCHEMAS}
+    metadata = {
+        "content_hash": digest,
+        "source": config.source,
+        "inputs": [str(path) for path in files],
+    }
+    if not write_snapshot(snapshot, tables, metadata):
+        return _reuse(snapshot, digest, config.source)
+    counts = {name: len(frame) for name, frame in tables.items()}
+    log.info("ingested %s into %s in %.1fs: %s", config.source, snapshot, time.perf_counter() - started, counts)
+    return IngestResult(snapshot, digest, counts, reused=False, source=config.source)
+
+
+def synthetic_store(config: SyntheticStoreConfig, data_dir: Path) -> Path:
+    """The generated store for ``config``, cached under ``<data_dir>/synthetic`` so re-runs skip generation."""
+    key = hashlib.sha256(f"{GENERATOR_VERSION}:{config.model_dump_json()}".encode()).hexdigest()[:16]
+    path = Path(data_dir) / "synthetic" / f"store-{key}.jsonl"
+    if not path.exists():
+        started = time.perf_counter()
+        generate_store(config, path)
+        log.info("generated synthetic store %s in %.1fs", path, time.perf_counter() - started)
+    return path
+
+
+def input_files(path: Path, suffix: str) -> list[Path]:
+    """A file, or every ``*<suffix>`` file of a directory (e.g. one JSONL result per bulk query)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(suffix))
+        if not files:
+            raise IngestError(f"directory has no {suffix} files", path)
+        return files
+    if not path.is_file():
+        raise IngestError("input does not exist", path)
+    return [path]
+
+
+def _read_csvs(files: list[Path]) -> dict[str, pd.DataFrame]:
+    parts = [read_orders_csv(path) for path in files]
+    return {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in SCHEMAS}
+
+
+def _reuse(snapshot: Path, digest: str, source: str) -> IngestResult:
+    if not (snapshot / MANIFEST).exists():
+        raise IngestError(f"snapshot exists without {MANIFEST} (not written by ingest?): remove it and re-run", snapshot)
+    manifest = read_manifest(snapshot)
+    counts = {name: entry["rows"] for name, entry in manifest["tables"].items()}
+    log.info("input already ingested: reusing %s", snapshot)
+    return IngestResult(snapshot, digest, counts, reused=True, source=source)

@@ -1,0 +1,387 @@
+"""A synthetic Shopify store, written as the bulk JSONL that ``bulk_query.graphql`` would return.
+
+Why synthetic: the pipeline, its tests and demos need a store with realistic behaviour and no
+credentials. Behaviour is a small generative model, vectorized with numpy so a 10x store takes seconds:
+
+* customers arrive over the whole history (store growth, weekly cycle, November/December peaks);
+* each buys again at a customer-specific rate (gamma-distributed: a few loyal, many occasional)
+  until they churn (one-time buyers, plus an exponential lifetime for the rest), so the chance of a
+  repeat purchase decays with time since the last order: recency, frequency and monetary value
+  predict the repeat-purchase label, with Poisson noise keeping it far from trivial;
+* customers who refund a lot come back less, discount seekers use more codes (BFCM above all);
+* baskets lean to a favourite product category; a few orders are risky, and most high-risk ones
+  are cancelled; customers pay in several presentment currencies (shop money is USD).
+
+Deterministic by ``config.seed``: the same config always writes the same bytes, so the ingest
+content hash (and snapshot) is stable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from storeflow.components.config import SyntheticStoreConfig
+
+# Bump when the same config would produce different output, so cached stores are regenerated.
+GENERATOR_VERSION = 1
+
+DAY = 86_400
+SHOP_CURRENCY = "USD"
+# Presentment currency: share of customers, and units per USD.
+CURRENCIES = {"USD": (0.62, 1.0), "EUR": (0.14, 0.92), "GBP": (0.10, 0.79), "CAD": (0.08, 1.36), "AUD": (0.06, 1.52)}
+# Product type: (share of products, median price in USD).
+CATEGORIES = {
+    "Coffee": (0.30, 18.0),
+    "Tea": (0.18, 14.0),
+    "Brewing Gear": (0.14, 45.0),
+    "Mugs": (0.12, 22.0),
+    "Snacks": (0.12, 7.5),
+    "Apparel": (0.09, 34.0),
+    "Gift Cards": (0.05, 50.0),
+}
+VENDORS = ["Northside Roasters", "Kettle & Co", "Field Goods", "Daybreak Supply", "Mori Ceramics"]
+EMAIL_DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "icloud.com", "proton.me", "hey.com"]
+
+ONE_TIME_SHARE = 0.3  # customers whose only repeats are rare win-backs
+WINBACK_SHARE = 0.06  # repeat orders that ignore churn
+RATE_SHAPE = 0.6  # gamma shape of buying rates: small = a few loyal, many occasional
+MEAN_LIFETIME_DAYS = 420  # the others churn after an exponential lifetime
+FAVOURITE_CATEGORY_SHARE = 0.65
+REFUND_SHARE = 0.05
+RISK_LEVELS = np.array(["LOW", "MEDIUM", "HIGH"])
+RISK_SHARES = [0.93, 0.05, 0.02]
+FREE_SHIPPING_FROM, SHIPPING = 50.0, 6.95
+
+# Shopify-like id ranges, so ids look like the real thing and never collide across resources.
+ID_BASE = {"Order": 5_100_000_000_000, "Customer": 7_200_000_000_000, "Product": 8_300_000_000,
+           "LineItem": 13_400_000_000_000, "Refund": 910_000_000_000}
+
+
+@dataclass
+class _Store:
+    """Columns of every record, numpy arrays indexed by record."""
+
+    customer_created: np.ndarray
+    customer_updated: np.ndarray
+    emails: list[str]
+    product_type: np.ndarray
+    product_price: np.ndarray
+    product_vendor: np.ndarray
+    product_created: np.ndarray
+    order_customer: np.ndarray
+    order_time: np.ndarray
+    order_currency: np.ndarray
+    order_subtotal: np.ndarray
+    order_discount: np.ndarray
+    order_total: np.ndarray
+    order_risk: np.ndarray
+    order_risk_app: np.ndarray  # a second (app) assessment, "" where there is none
+    order_cancelled: np.ndarray  # seconds, -1 where not cancelled
+    order_refund_time: np.ndarray  # seconds, -1 where not refunded
+    order_refund_amount: np.ndarray
+    order_status: np.ndarray
+    item_order: np.ndarray
+    item_product: np.ndarray
+    item_quantity: np.ndarray
+
+
+def generate_store(config: SyntheticStoreConfig, path: Path) -> Path:
+    """Write the store as bulk JSONL to ``path`` (atomically) and return ``path``."""
+    store = _simulate(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            _write_jsonl(store, out)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _end_seconds(config: SyntheticStoreConfig) -> int:
+    end = config.end if config.end.tzinfo else config.end.replace(tzinfo=timezone.utc)
+    return int(end.timestamp())
+
+
+def _daily_intensity(start: int, days: int) -> np.ndarray:
+    """Relative order volume per day: growth x weekly cycle x seasonal peaks."""
+    day = np.arange(days)
+    dates = (np.datetime64(start, "s") + day * np.timedelta64(DAY, "s")).astype("datetime64[D]")
+    weekday = (dates.astype(np.int64) + 3) % 7  # 0 = Monday
+    month = dates.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    dom = (dates - dates.astype("datetime64[M]")).astype(np.int64) + 1
+    weekly = np.array([1.05, 1.0, 1.0, 0.98, 0.95, 0.88, 1.14])[weekday]
+    seasonal = np.ones(days)
+    seasonal[month == 11] = 1.3
+    seasonal[(month == 11) & (dom >= 24)] = 2.6  # Black Friday / Cyber Monday week
+    seasonal[(month == 12) & (dom <= 20)] = 1.7  # gift shopping
+    seasonal[(month == 12) & (dom > 24)] = 0.8
+    seasonal[(month == 7) | (month == 8)] = 0.9
+    growth = np.exp(0.3 * day / 365)
+    return weekly * seasonal * growth
+
+
+def _simulate(config: SyntheticStoreConfig) -> _Store:
+    rng = np.random.default_rng(config.seed)
+    end = _end_seconds(config)
+    start = end - config.days * DAY
+    intensity = _daily_intensity(start, config.days)
+    cdf = np.concatenate([[0.0], np.cumsum(intensity)])
+    cdf /= cdf[-1]
+    edges = start + DAY * np.arange(config.days + 1, dtype=np.float64)
+
+    def time_at(u: np.ndarray) -> np.ndarray:
+        """Seconds at seasonal quantile u; the hour of day follows a diurnal profile."""
+        day = np.floor(np.interp(u, cdf, edges))
+        day = start + DAY * np.floor((day - start) / DAY)
+        hour = rng.choice(24, size=len(u), p=_HOURS)
+        return (day + hour * 3600 + rng.integers(0, 3600, len(u))).astype(np.int64)
+
+    # Customers: arrival, loyalty, churn, habits.
+    n_customers = config.customers
+    buyers = min(n_customers, config.orders)
+    first_u = np.sort(rng.random(n_customers))
+    first_order = time_at(first_u)
+    first_order = np.minimum(first_order, end - 1)
+    rate = rng.gamma(RATE_SHAPE, 1.0, n_customers)
+    refund_propensity = rng.beta(1.0, 1.0 / REFUND_SHARE - 1.0, n_customers)
+    rate *= np.exp(-6.0 * refund_propensity)  # unhappy customers come back less
+    discount_seeker = rng.random(n_customers) < 0.25
+    one_time = rng.random(n_customers) < ONE_TIME_SHARE
+    lifetime = rng.exponential(MEAN_LIFETIME_DAYS * DAY, n_customers)
+    churn_u = np.interp(np.minimum(first_order + lifetime, end), edges, cdf)
+    exposure = np.where(one_time, 0.0, np.maximum(churn_u - first_u, 0.0))
+    exposure[buyers:] = 0.0
+    # Most repeats fall in the active window; a few are win-backs at any time after the first order,
+    # churned and one-time buyers included, so a long silence lowers the odds but never to zero.
+    active_until = np.where(exposure > 0, first_u + exposure, first_u)
+    reachable = np.where(np.arange(n_customers) < buyers, 1.0 - first_u, 0.0)
+    repeats = config.orders - buyers
+    winbacks = rng.binomial(repeats, WINBACK_SHARE)
+    counts = _spread(rng, repeats - winbacks, rate * exposure)
+    sporadic = _spread(rng, winbacks, reachable)
+    favourite = rng.choice(len(CATEGORIES), n_customers, p=_shares(CATEGORIES))
+    currency = rng.choice(list(CURRENCIES), n_customers, p=_shares(CURRENCIES))
+
+    # Orders: each buyer's first order, then repeats spread over their active window.
+    repeat_customer = np.concatenate([np.repeat(np.arange(n_customers), counts),
+                                      np.repeat(np.arange(n_customers), sporadic)])
+    lo = first_u[repeat_customer]
+    hi = np.concatenate([np.repeat(active_until, counts), np.ones(sporadic.sum())])
+    repeat_time = np.maximum(time_at(lo + rng.random(len(lo)) * (hi - lo)), first_order[repeat_customer] + 3600)
+    order_customer = np.concatenate([np.arange(buyers), repeat_customer])
+    order_time = np.minimum(np.concatenate([first_order[:buyers], repeat_time]), end - 1)
+    chronological = np.argsort(order_time, kind="stable")
+    order_customer, order_time = order_customer[chronological], order_time[chronological]
+    n_orders = len(order_time)
+
+    # Products, and baskets leaning to the favourite category.
+    categories = list(CATEGORIES)
+    product_type = np.sort(rng.choice(len(categories), config.products, p=_shares(CATEGORIES)))
+    median_price = np.array([price for _, price in CATEGORIES.values()])
+    product_price = np.round(median_price[product_type] * rng.lognormal(0, 0.35, config.products), 0) - 0.01
+    product_price = np.maximum(product_price, 2.99)
+    first_product = np.searchsorted(product_type, np.arange(len(categories)))
+    per_category = np.bincount(product_type, minlength=len(categories))
+    items_per_order = np.minimum(1 + rng.poisson(0.7, n_orders), 8)
+    item_order = np.repeat(np.arange(n_orders), items_per_order)
+    n_items = len(item_order)
+    category = np.where(
+        rng.random(n_items) < FAVOURITE_CATEGORY_SHARE,
+        favourite[order_customer[item_order]],
+        rng.choice(len(categories), n_items, p=_shares(CATEGORIES)),
+    )
+    category = np.where(per_category[category] > 0, category, product_type[0])
+    popularity = rng.random(n_items) ** 1.6  # a few best sellers per category
+    item_product = first_product[category] + (popularity * per_category[category]).astype(np.int64)
+    item_quantity = np.minimum(rng.geometric(0.72, n_items), 6)
+    subtotal = np.round(np.bincount(item_order, product_price[item_product] * item_quantity, n_orders), 2)
+
+    # Discounts (BFCM and discount seekers), shipping, totals.
+    dates = order_time.astype("datetime64[s]").astype("datetime64[D]")
+    month = dates.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    dom = (dates - dates.astype("datetime64[M]")).astype(np.int64) + 1
+    bfcm = ((month == 11) & (dom >= 24)) | ((month == 12) & (dom <= 2))
+    discount_p = np.where(discount_seeker[order_customer], 0.55, 0.12) + np.where(bfcm, 0.35, 0.0)
+    has_discount = rng.random(n_orders) < np.minimum(discount_p, 0.95)
+    discount = np.round(subtotal * np.where(has_discount, rng.choice([0.1, 0.15, 0.2, 0.25], n_orders), 0.0), 2)
+    shipping = np.where(subtotal - discount >= FREE_SHIPPING_FROM, 0.0, SHIPPING)
+    total = np.round(subtotal - discount + shipping, 2)
+
+    # Risk, cancellations, refunds.
+    risk = rng.choice(len(RISK_LEVELS), n_orders, p=RISK_SHARES)
+    app_risk = np.where(rng.random(n_orders) < 0.15, rng.choice(len(RISK_LEVELS), n_orders, p=[0.7, 0.2, 0.1]), -1)
+    worst = np.maximum(risk, app_risk)
+    cancelled = np.where(
+        ((worst == 2) & (rng.random(n_orders) < 0.6)) | (rng.random(n_orders) < 0.005),
+        np.minimum(order_time + rng.integers(3600, 2 * DAY, n_orders), end),
+        -1,
+    )
+    refunded = (cancelled < 0) & (rng.random(n_orders) < refund_propensity[order_customer])
+    full = rng.random(n_orders) < 0.7
+    refund_amount = np.where(refunded, np.round(total * np.where(full, 1.0, rng.uniform(0.2, 0.7, n_orders)), 2), 0.0)
+    refund_time = np.where(refunded, np.minimum(order_time + rng.integers(2 * DAY, 30 * DAY, n_orders), end), -1)
+    status = np.where(cancelled >= 0, "VOIDED",
+                      np.where(refunded, np.where(full, "REFUNDED", "PARTIALLY_REFUNDED"), "PAID"))
+
+    last_order = np.full(n_customers, -1, dtype=np.int64)
+    np.maximum.at(last_order, order_customer, order_time)
+    customer_created = first_order - rng.integers(0, 600, n_customers)
+    local = [f"shopper{index}" for index in range(n_customers)]
+    domains = rng.choice(EMAIL_DOMAINS, n_customers)
+    return _Store(
+        customer_created=customer_created,
+        customer_updated=np.maximum(last_order, customer_created),
+        emails=[f"{name}@{domain}" for name, domain in zip(local, domains.tolist())],
+        product_type=np.array(categories)[product_type],
+        product_price=product_price,
+        product_vendor=rng.choice(VENDORS, config.products),
+        product_created=start - rng.integers(DAY, 365 * DAY, config.products),
+        order_customer=order_customer,
+        order_time=order_time,
+        order_currency=currency[order_customer],
+        order_subtotal=subtotal,
+        order_discount=discount,
+        order_total=total,
+        order_risk=RISK_LEVELS[risk],
+        order_risk_app=np.where(app_risk >= 0, RISK_LEVELS[np.maximum(app_risk, 0)], ""),
+        order_cancelled=cancelled,
+        order_refund_time=refund_time,
+        order_refund_amount=refund_amount,
+        order_status=status,
+        item_order=item_order,
+        item_product=item_product,
+        item_quantity=item_quantity,
+    )
+
+
+def _spread(rng: np.random.Generator, total: int, weight: np.ndarray) -> np.ndarray:
+    """Split exactly ``total`` orders over customers in proportion to ``weight``."""
+    if total <= 0 or weight.sum() <= 0:
+        return np.zeros(len(weight), dtype=np.int64)
+    return rng.multinomial(total, weight / weight.sum())
+
+
+def _shares(table: dict[str, tuple[float, float]]) -> np.ndarray:
+    shares = np.array([share for share, _ in table.values()])
+    return shares / shares.sum()
+
+
+_HOURS = np.array([2, 1, 1, 1, 1, 2, 3, 4, 5, 6, 6, 6, 7, 7, 6, 6, 6, 6, 7, 8, 9, 9, 7, 4], dtype=float)
+_HOURS /= _HOURS.sum()
+
+
+# --- writing: one %-template per record type filled from per-column Python lists, several times faster
+# than building a dict per record for orjson. Free text (emails, titles, vendors) is JSON-encoded by
+# orjson once per distinct value; every other field is digits, ids or enum names that need no escaping.
+
+ORDER_LINE = (
+    '{"id":"gid://shopify/Order/%d","name":"#%d","email":%s,"createdAt":%s,"updatedAt":%s,"cancelledAt":%s,'
+    '"currencyCode":"%s","displayFinancialStatus":"%s",'
+    '"totalPriceSet":{"shopMoney":{"amount":"%r","currencyCode":"%s"},"presentmentMoney":{"amount":"%r","currencyCode":"%s"}},'
+    '"subtotalPriceSet":{"shopMoney":{"amount":"%r","currencyCode":"%s"},"presentmentMoney":{"amount":"%r","currencyCode":"%s"}},'
+    '"totalDiscountsSet":{"shopMoney":{"amount":"%r","currencyCode":"%s"},"presentmentMoney":{"amount":"%r","currencyCode":"%s"}},'
+    '"customer":{"id":"gid://shopify/Customer/%d"},"risk":{"assessments":[%s]},"refunds":[%s]}'
+)
+REFUND = '{"id":"gid://shopify/Refund/%d","createdAt":%s,"totalRefundedSet":{"shopMoney":{"amount":"%r"}}}'
+LINE_ITEM_LINE = (
+    '{"id":"gid://shopify/LineItem/%d","quantity":%d,"sku":%s,"title":%s,'
+    '"originalUnitPriceSet":{"shopMoney":{"amount":"%r"}},"product":{"id":"gid://shopify/Product/%d"},'
+    '"__parentId":"gid://shopify/Order/%d"}'
+)
+CUSTOMER_LINE = '{"id":"gid://shopify/Customer/%d","defaultEmailAddress":{"emailAddress":%s},"createdAt":%s,"updatedAt":%s}'
+PRODUCT_LINE = '{"id":"gid://shopify/Product/%d","title":%s,"productType":%s,"vendor":%s,"createdAt":%s}'
+
+
+def _json(values: list) -> list[str]:
+    return [orjson.dumps(value).decode() for value in values]
+
+
+def _iso(seconds: np.ndarray) -> list[str]:
+    """JSON timestamps as Shopify writes them ("2024-11-29T18:03:12Z"); null where seconds < 0."""
+    text = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s").astype(object)
+    text = '"' + text + 'Z"'
+    text[seconds < 0] = "null"
+    return text.tolist()
+
+
+def _money(values: np.ndarray) -> list[float]:
+    """Rounded to cents; ``%r`` then prints Shopify's Decimal style ("24.99", "25.0")."""
+    return np.round(values, 2).tolist()
+
+
+def _write_jsonl(store: _Store, out) -> None:
+    n_orders, n_customers, n_products = len(store.order_time), len(store.emails), len(store.product_price)
+    order_ids = (ID_BASE["Order"] + np.arange(n_orders) * 7 + 3).tolist()
+    customer_ids = (ID_BASE["Customer"] + np.arange(n_customers) * 5 + 1).tolist()
+    product_ids = (ID_BASE["Product"] + np.arange(n_products) * 3 + 2).tolist()
+    emails = _json(store.emails)
+    per_usd = {code: units for code, (_, units) in CURRENCIES.items()}
+    rate = np.array([per_usd[code] for code in store.order_currency.tolist()])
+    currency = store.order_currency.tolist()
+
+    risk = ['{"riskLevel":"%s"}' % level for level in store.order_risk.tolist()]
+    app = store.order_risk_app.tolist()
+    assessments = [f'{own},{{"riskLevel":"{extra}"}}' if extra else own for own, extra in zip(risk, app)]
+    refunded = store.order_refund_time >= 0
+    refunds = [""] * n_orders
+    refund_ids = ID_BASE["Refund"] + 11 * np.arange(1, refunded.sum() + 1)
+    for index, refund in zip(np.flatnonzero(refunded).tolist(), zip(
+        refund_ids.tolist(), _iso(store.order_refund_time[refunded]), _money(store.order_refund_amount[refunded])
+    )):
+        refunds[index] = REFUND % refund
+    updated = np.maximum.reduce([store.order_time, store.order_refund_time, store.order_cancelled])
+    money = {
+        name: (_money(values), _money(values * rate))
+        for name, values in (("total", store.order_total), ("subtotal", store.order_subtotal),
+                             ("discount", store.order_discount))
+    }
+    customer_of = store.order_customer.tolist()
+    order_lines = [
+        ORDER_LINE % (order_ids[i], 1001 + i, emails[c], created, updated_at, cancelled, SHOP_CURRENCY, status,
+                      total, SHOP_CURRENCY, total_p, cur, sub, SHOP_CURRENCY, sub_p, cur,
+                      disc, SHOP_CURRENCY, disc_p, cur, customer_ids[c], risks, refund)
+        for i, (c, created, updated_at, cancelled, status, cur, total, total_p, sub, sub_p, disc, disc_p, risks, refund)
+        in enumerate(zip(customer_of, _iso(store.order_time), _iso(updated), _iso(store.order_cancelled),
+                         store.order_status.tolist(), currency, *money["total"], *money["subtotal"],
+                         *money["discount"], assessments, refunds))
+    ]
+
+    titles = _json([f"{kind} no. {index + 1}" for index, kind in enumerate(store.product_type.tolist())])
+    skus = _json([f"SKU-{index + 1:05d}" for index in range(n_products)])
+    prices = _money(store.product_price)
+    item_ids = (ID_BASE["LineItem"] + np.arange(len(store.item_order)) * 2 + 1).tolist()
+    item_lines = [
+        LINE_ITEM_LINE % (item_id, quantity, skus[p], titles[p], prices[p], product_ids[p], order_ids[o])
+        for item_id, quantity, p, o in zip(item_ids, store.item_quantity.tolist(), store.item_product.tolist(),
+                                           store.item_order.tolist())
+    ]
+    customer_lines = [
+        CUSTOMER_LINE % row
+        for row in zip(customer_ids, emails, _iso(store.customer_created), _iso(store.customer_updated))
+    ]
+    product_lines = [
+        PRODUCT_LINE % row
+        for row in zip(product_ids, titles, _json(store.product_type.tolist()), _json(store.product_vendor.tolist()),
+                       _iso(store.product_created))
+    ]
+
+    # Like Shopify's (ungrouped) output: each order, then its line items; then customers and products.
+    item_start = np.searchsorted(store.item_order, np.arange(n_orders + 1)).tolist()
+    batch: list[str] = []
+    for index, line in enumerate(order_lines):
+        batch.append(line)
+        batch.extend(item_lines[item_start[index]:item_start[index + 1]])
+        if len(batch) >= 100_000:
+            out.write(("\n".join(batch) + "\n").encode())
+            batch.clear()
+    batch += customer_lines + product_lines
+    out.write(("\n".join(batch) + "\n").encode())
