@@ -1,0 +1,129 @@
+"""The rules of the validation gate: each is a pure function over the snapshot tables.
+
+A rule returns one finding per table it fails on (none when it passes). Rules catch what would
+silently corrupt features and labels downstream: the same order twice, orders that belong to nobody,
+money below zero, events from the future, currencies the store does not take, line items whose order
+is gone, or nothing to learn from at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from storeflow.components.config import ValidateConfig
+from storeflow.components.tables import SCHEMAS
+from storeflow.components.validate.report import RuleFinding
+
+Tables = dict[str, pd.DataFrame]
+
+# The id column that names a row of each table in a report.
+ID_COLUMNS = {"orders": "order_id", "line_items": "line_item_id", "customers": "customer_id",
+              "products": "product_id", "refunds": "refund_id"}
+MONEY_COLUMNS = ("total_price", "subtotal_price", "total_discounts")
+
+
+@dataclass(frozen=True)
+class Context:
+    config: ValidateConfig
+    now: datetime
+
+
+def _finding(rule: str, table: str, rows: pd.DataFrame, message: str, config: ValidateConfig,
+             count: int | None = None) -> RuleFinding:
+    id_column = ID_COLUMNS[table]
+    ids = rows[id_column].drop_duplicates().head(config.max_failures_listed)
+    examples = [None if pd.isna(value) else int(value) for value in ids]
+    return RuleFinding(rule, table, len(rows) if count is None else count, message, id_column, examples)
+
+
+def empty_input(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    if len(tables["orders"]):
+        return []
+    return [RuleFinding("empty_input", "orders", 0, "no orders: the input is empty or holds no orders")]
+
+
+def duplicate_order_ids(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    orders = tables["orders"]
+    repeated = orders[orders["order_id"].duplicated(keep=False)]
+    if repeated.empty:
+        return []
+    ids = repeated["order_id"].nunique()
+    return [_finding("duplicate_order_ids", "orders", repeated,
+                     f"{ids} order id(s) on {len(repeated)} conflicting rows", ctx.config, count=ids)]
+
+
+def duplicate_ids(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    """The other tables' ids must be unique too: a conflicting customer or product breaks joins."""
+    findings = []
+    for table in ("line_items", "customers", "products", "refunds"):
+        frame, column = tables[table], ID_COLUMNS[table]
+        repeated = frame[frame[column].notna() & frame[column].duplicated(keep=False)]
+        if not repeated.empty:
+            ids = repeated[column].nunique()
+            findings.append(_finding("duplicate_ids", table, repeated,
+                                     f"{ids} {column}(s) on {len(repeated)} conflicting rows", ctx.config, count=ids))
+    return findings
+
+
+def missing_customer_ids(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    orders = tables["orders"]
+    missing = orders[orders["customer_id"].isna()]
+    if missing.empty:
+        return []
+    return [_finding("missing_customer_ids", "orders", missing,
+                     f"{len(missing)} order(s) without a customer (guest checkout or no email)", ctx.config)]
+
+
+def negative_totals(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    orders = tables["orders"]
+    negative = orders[(orders[list(MONEY_COLUMNS)] < 0).any(axis=1)]
+    if negative.empty:
+        return []
+    return [_finding("negative_totals", "orders", negative,
+                     f"{len(negative)} order(s) with a negative {'/'.join(MONEY_COLUMNS)}", ctx.config)]
+
+
+def future_timestamps(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    limit = pd.Timestamp(ctx.now) + pd.Timedelta(minutes=ctx.config.max_clock_skew_minutes)
+    findings = []
+    for table, schema in SCHEMAS.items():
+        columns = [f.name for f in schema if f.name in tables[table] and str(f.type).startswith("timestamp")]
+        if not columns:
+            continue
+        late = tables[table][columns].gt(limit).any(axis=1)
+        if late.any():
+            which = [column for column in columns if tables[table][column].gt(limit).any()]
+            findings.append(_finding("future_timestamps", table, tables[table][late],
+                                     f"{int(late.sum())} row(s) with {'/'.join(which)} after {limit.isoformat()}",
+                                     ctx.config))
+    return findings
+
+
+def unknown_currencies(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    orders = tables["orders"]
+    unknown = orders[~orders["currency"].isin(ctx.config.currencies)]
+    if unknown.empty:
+        return []
+    codes = ", ".join(repr(code) if isinstance(code, str) else "missing" for code in unknown["currency"].unique())
+    return [_finding("unknown_currencies", "orders", unknown,
+                     f"{len(unknown)} order(s) in currencies outside validate.currencies ({codes})", ctx.config)]
+
+
+def orphan_line_items(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    items = tables["line_items"]
+    orphans = items[~items["order_id"].isin(tables["orders"]["order_id"])]
+    if orphans.empty:
+        return []
+    return [_finding("orphan_line_items", "line_items", orphans,
+                     f"{len(orphans)} line item(s) whose order is not in the input", ctx.config)]
+
+
+RULES: dict[str, Callable[[Tables, Context], list[RuleFinding]]] = {
+    rule.__name__: rule
+    for rule in (empty_input, duplicate_order_ids, duplicate_ids, missing_customer_ids, negative_totals,
+                 future_timestamps, unknown_currencies, orphan_line_items)
+}

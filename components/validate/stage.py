@@ -1,0 +1,46 @@
+"""The validate stage: check a snapshot, write the report beside it, stop the pipeline on failure."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from storeflow.components.config import ValidateConfig
+from storeflow.components.tables import TABLES, empty_frame, read_tables
+from storeflow.components.validate.report import ValidationFailed, ValidationReport
+from storeflow.components.validate.rules import RULES, Context
+
+REPORT_FILE = "validation_report.json"
+
+
+def validate_tables(tables: dict[str, pd.DataFrame], config: ValidateConfig, now: datetime) -> ValidationReport:
+    """Run every rule over the tables (a missing table counts as empty). Pure: reads and writes nothing."""
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    tables = {name: tables[name] if name in tables else empty_frame(name) for name in TABLES}
+    context = Context(config, now)
+    findings = [finding for rule in RULES.values() for finding in rule(tables, context)]
+    return ValidationReport(
+        passed=not findings,
+        checked_at=now,
+        rules=list(RULES),
+        findings=findings,
+        row_counts={name: len(frame) for name, frame in tables.items()},
+    )
+
+
+def validate(snapshot: Path, config: ValidateConfig, now: datetime | None = None) -> ValidationReport:
+    """Validate an ingested snapshot, write ``<snapshot>/validation_report.json``; raise
+    :class:`ValidationFailed` (message: the readable report) if any rule fails."""
+    snapshot = Path(snapshot)
+    report = validate_tables(read_tables(snapshot), config, now or datetime.now(timezone.utc))
+    report.snapshot = str(snapshot)
+    path = snapshot / REPORT_FILE
+    tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(report.to_json())
+    tmp.replace(path)
+    if not report.passed:
+        raise ValidationFailed(report)
+    return report
