@@ -47,3 +47,6 @@ def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None)
 from storeflow.pipelines import commands as _pipeline_commands  # noqa: E402
 
 _pipeline_commands.register(app)
+from storeflow.serving import commands as _serving_commands  # noqa: E402
+
+_serving_commands.register(app)

@@ -1,0 +1,167 @@
+"""Shopify request verification, shared by the prediction server and (later) the webhook receiver.
+
+Signatures are checked by ``shopifyapp``, Shopify's own package, never by hand:
+
+* checkout UI extensions send ``Authorization: Bearer <session token>``, an HS256 JWT signed with the
+  app secret. shopifyapp checks the signature, ``exp``/``nbf`` with 10 s leeway and ``aud`` == client id;
+  on top we require ``exp`` at all, ``iss`` and ``dest`` on the same shop, and that shop in the allow-list.
+* app proxy requests carry ``signature`` = HMAC-SHA256 over the sorted query parameters; shopifyapp
+  also rejects a ``timestamp`` more than 90 s away from now (replays).
+* webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body (:meth:`ShopifyVerifier.verify_webhook`).
+
+A failure raises :class:`AuthError` carrying shopifyapp's log code (``invalid_id_token``,
+``expired_id_token``, ``invalid_aud``, ``invalid_signature``, ``timestamp_too_old``...) or ours
+(``missing_credentials``, ``shop_not_allowed``, ``missing_exp``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlparse
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
+
+SHOP_SUFFIX = ".myshopify.com"
+
+
+class AuthError(Exception):
+    """The request is not from Shopify (or not from an allowed shop); answer 401."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the kind of Shopify surface, the shop domain and, when known, the customer."""
+
+    kind: str
+    shop: str
+    customer_id: str | None = None
+
+
+def shop_domain(value: str | None) -> str:
+    """``https://x.myshopify.com/``, ``x.myshopify.com`` or ``x`` → ``x.myshopify.com``."""
+    if not value:
+        return ""
+    host = urlparse(value).hostname if "://" in value else value.split("/")[0]
+    host = (host or "").strip().lower()
+    return host if host.endswith(SHOP_SUFFIX) or not host else host + SHOP_SUFFIX
+
+
+class ShopifyVerifier:
+    """Verifies checkout UI extension session tokens, app proxy signatures and webhooks for one app."""
+
+    def __init__(self, client_id: str, client_secret: str, allowed_shops: Iterable[str],
+                 old_client_secret: str | None = None):
+        from shopify_app import ShopifyApp
+
+        if not client_id or not client_secret:
+            raise ValueError("Shopify auth needs serving.shopify_client_id and the app secret "
+                             "(or serving.auth: off for local development)")
+        self.app = ShopifyApp(client_id=client_id, client_secret=client_secret,
+                              old_client_secret=old_client_secret or None)
+        self.allowed_shops = frozenset(shop_domain(s) for s in allowed_shops if s)
+        if not self.allowed_shops:
+            raise ValueError("Shopify auth needs at least one allowed shop")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> ShopifyVerifier:
+        env = os.environ if environ is None else environ
+        cfg = settings.serving
+        secret = env.get(cfg.shopify_secret_env, "")
+        if not secret:
+            raise ValueError(f"Shopify auth is on but ${cfg.shopify_secret_env} (the app secret) is not set; "
+                             "set it, or serving.auth: off for local development only")
+        return cls(cfg.shopify_client_id, secret, cfg.allowed_shops or [settings.project.shop_domain],
+                   env.get(cfg.shopify_old_secret_env))
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        """Verify a storefront request: a Bearer session token, else an app proxy signature."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        if "authorization" in lower:
+            return self.verify_checkout(method, url, lower, body)
+        if "signature" in parse_qs(urlparse(url).query, keep_blank_values=True):
+            return self.verify_app_proxy(method, url, lower, body)
+        raise AuthError("missing_credentials", "send Authorization: Bearer <session token> "
+                                               "or an app proxy signature")
+
+    def verify_checkout(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        result = self.app.verify_checkout_ui_ext_req(
+            {"method": method, "headers": dict(headers), "url": url, "body": body})
+        if not result.ok or result.id_token is None:
+            raise AuthError(result.log.code, "session token rejected")
+        claims = result.id_token.claims
+        if "exp" not in claims:
+            raise AuthError("missing_exp", "session token has no expiry")
+        dest, iss = shop_domain(claims.get("dest")), shop_domain(claims.get("iss"))
+        if iss and iss != dest:
+            raise AuthError("shop_mismatch", "session token iss and dest name different shops")
+        self._allowed(dest)
+        return Principal("checkout_ui_extension", dest, claims.get("sub"))
+
+    def verify_app_proxy(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        result = self.app.verify_app_proxy_req({"method": method, "headers": dict(headers), "url": url,
+                                                "body": body})
+        if not result.ok:
+            raise AuthError(result.log.code, "app proxy signature rejected")
+        shop = shop_domain(result.shop)
+        self._allowed(shop)
+        return Principal("app_proxy", shop, result.logged_in_customer_id or None)
+
+    def verify_webhook(self, method: str, url: str, headers: Mapping[str, str], body: str) -> Principal:
+        result = self.app.verify_webhook_req({"method": method, "headers": dict(headers), "url": url,
+                                              "body": body})
+        if not result.ok:
+            raise AuthError(result.log.code, "webhook signature rejected")
+        shop = shop_domain(result.shop)
+        self._allowed(shop)
+        return Principal("webhook", shop)
+
+    def _allowed(self, shop: str) -> None:
+        if shop not in self.allowed_shops:
+            raise AuthError("shop_not_allowed", f"shop {shop or '<none>'} is not served here")
+
+
+class ShopifyAuthMiddleware:
+    """ASGI middleware: requests whose path ``protect`` selects must pass ``verifier`` or get a 401 JSON.
+
+    The verified shop is passed on as the ``x-storeflow-shop`` request header (any such header sent by
+    the client is dropped first).
+    """
+
+    def __init__(self, app, verifier: ShopifyVerifier, protect):
+        self.app = app
+        self.verifier = verifier
+        self.protect = protect
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
+            return await self.app(scope, receive, send)
+        raw = [(k, v) for k, v in scope["headers"] if k != b"x-storeflow-shop"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope['path']}"
+        url += f"?{query}" if query else ""
+        try:
+            principal = self.verifier.verify(scope["method"], url, headers)
+        except AuthError as exc:
+            return await send_json(send, 401, {"error": f"unauthorized: {exc.detail}", "code": exc.code},
+                               {b"www-authenticate": b'Bearer realm="storeflow"'})
+        scope = {**scope, "headers": [*raw, (b"x-storeflow-shop", principal.shop.encode())]}
+        return await self.app(scope, receive, send)
+
+
+async def send_json(send, status: int, content: dict, extra: Mapping[bytes, bytes] | None = None) -> None:
+    body = json.dumps(content).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *(extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,71 @@
+"""Adaptive micro-batching: concurrent requests share one model call.
+
+Idle, a request runs at once (no added latency). While a model call is running, newly arrived rows
+queue up and go together in the next call, so under load the per-call cost (~0.4-1 ms for
+``predict_proba`` whether 1 or 64 rows) is paid once per batch instead of once per request. Model
+calls run on one dedicated thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+class MicroBatcher:
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_rows: int = 64, max_wait_s: float = 0.0,
+                 name: str = "model"):
+        self.fn = fn
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.calls = 0
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Scores for ``rows`` (2-D), computed together with whatever else is waiting."""
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((rows, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        last_size = 1
+        while True:
+            batch = [await queue.get()]
+            size = len(batch[0][0])
+            if self.max_wait_s and last_size > 1 and queue.empty():
+                # Under load (the last call was shared) wait a moment for company.
+                await asyncio.sleep(self.max_wait_s)
+            while not queue.empty() and size < self.max_rows:
+                item = queue.get_nowait()
+                batch.append(item)
+                size += len(item[0])
+            last_size = len(batch)
+            rows = batch[0][0] if len(batch) == 1 else np.vstack([r for r, _ in batch])
+            try:
+                scores = await loop.run_in_executor(self._executor, self.fn, rows)
+                self.calls += 1
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for part, future in batch:
+                if not future.done():
+                    future.set_result(scores[start:start + len(part)])
+                start += len(part)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,38 @@
+"""``storeflow serve``: the local KServe server for the registered model (see :mod:`storeflow.serving.server`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def serve(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Registered version to serve.")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="Registry alias to serve (default serving.model_alias).")] = None,
+    canary_version: Annotated[Optional[str], typer.Option(help="Second version served beside the main one.")] = None,
+    canary_percent: Annotated[Optional[int], typer.Option(min=0, max=100, help="Customers sent to the canary.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Listen address (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Listen port (default serving.port).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Local development only: skip Shopify auth.")] = False,
+) -> None:
+    """Serve predictions (KServe V1 + V2) for the registered model, with Feast features and Shopify auth."""
+    overrides = list(set_ or []) + (["serving.auth=off"] if no_auth else [])
+    settings = settings_from(config, overrides)
+    from storeflow.serving.server import serve as run
+
+    try:
+        run(settings, version=version, alias=alias, canary_version=canary_version, canary_percent=canary_percent,
+            host=host, port=port, workers=workers)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc

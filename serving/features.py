@@ -1,0 +1,167 @@
+"""Customer feature rows from the Feast online store, for the transformer.
+
+Lookups never block the event loop: Feast runs on one dedicated thread, and the misses of all requests
+waiting at the same moment go to Feast as one ``get_online_features`` call. Rows are kept in memory
+for at most ``serving.feature_cache_seconds`` and dropped as soon as Feast records a new
+materialization of the customer view (checked every ``serving.feature_refresh_seconds``), so a
+``feast materialize`` is visible within seconds whatever the online store (SQLite or Redis).
+
+Unknown customers (never materialized, e.g. a first-time buyer) get :data:`FALLBACK` - the features
+of a customer with no order history - and ``fallback: true`` in the response instead of an error.
+A known customer with some features missing gets the fallback value for those and the flag too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_refs, feature_store
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
+
+MAX_CUSTOMER_ID = 2**63 - 1
+_GID = re.compile(r"^(?:gid://shopify/Customer/)?([0-9]{1,19})$")
+
+# A customer with no order history: nothing bought, nothing refunded, first seen now.
+FALLBACK: dict[str, float] = {
+    "recency_days": 0.0,
+    "frequency": 0.0,
+    "monetary": 0.0,
+    "avg_order_value": 0.0,
+    "refund_rate": 0.0,
+    "days_since_first_order": 0.0,
+    "category_affinity": 0.0,
+    "orders_last_90d": 0.0,
+    "discount_share": 0.0,
+}
+
+
+class BadCustomerId(ValueError):
+    pass
+
+
+def parse_customer_id(value: object) -> int:
+    """``gid://shopify/Customer/123``, ``"123"`` or ``123`` → 123; anything else raises BadCustomerId."""
+    if isinstance(value, bool):
+        raise BadCustomerId(f"customer_id must be a Shopify customer gid or number, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (str, bytes)):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        match = _GID.match(text.strip())
+        if not match:
+            raise BadCustomerId(f"customer_id must look like gid://shopify/Customer/123 or 123, got {text[:80]!r}")
+        number = int(match.group(1))
+    else:
+        raise BadCustomerId(f"customer_id must be a Shopify customer gid or number, got {type(value).__name__}")
+    if not 0 < number <= MAX_CUSTOMER_ID:
+        raise BadCustomerId(f"customer_id {number} is out of range")
+    return number
+
+
+class OnlineFeatures:
+    """Cached, coalescing reader of the customer feature view."""
+
+    def __init__(self, settings: Settings, store=None):
+        self.columns = list(settings.features.customer_features)
+        self.refs = feature_refs(settings)
+        self.project = settings.features.feast.project
+        self.ttl = settings.serving.feature_cache_seconds
+        self.refresh_every = settings.serving.feature_refresh_seconds
+        self.fallback = np.array([FALLBACK.get(c, 0.0) for c in self.columns], dtype=np.float64)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
+        self.store = store if store is not None else feature_store(settings)
+        self._cache: dict[int, tuple[float, np.ndarray, bool]] = {}
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._flush_scheduled = False
+        self._marker = self._materialized_marker()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="feast-watch")
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def rows(self, customer_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature matrix (rows in ``customer_ids`` order, columns as configured) and a fallback mask."""
+        now = time.monotonic()
+        found: dict[int, tuple[np.ndarray, bool]] = {}
+        missing = []
+        for cid in customer_ids:
+            hit = self._cache.get(cid)
+            if hit is not None and now - hit[0] < self.ttl:
+                found[cid] = hit[1], hit[2]
+            else:
+                missing.append(cid)
+        if missing:
+            futures = [self._request(cid) for cid in dict.fromkeys(missing)]
+            for cid, result in zip(dict.fromkeys(missing), await asyncio.gather(*futures)):
+                found[cid] = result
+        matrix = np.vstack([found[c][0] for c in customer_ids])
+        return matrix, np.array([found[c][1] for c in customer_ids], dtype=bool)
+
+    def _request(self, cid: int) -> asyncio.Future:
+        future = self._waiting.get(cid)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._waiting[cid] = loop.create_future()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return future
+
+    async def _flush(self) -> None:
+        # Everything that missed during this loop iteration goes to Feast together.
+        self._flush_scheduled = False
+        batch, self._waiting = self._waiting, {}
+        ids = list(batch)
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self._executor, self._fetch, ids)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for cid, future in batch.items():
+            if not future.done():
+                future.set_result(rows[cid])
+
+    def _fetch(self, ids: list[int]) -> dict[int, tuple[np.ndarray, bool]]:
+        data = self.store.get_online_features(
+            features=self.refs, entity_rows=[{CUSTOMER_KEY: cid} for cid in ids]).to_dict()
+        now = time.monotonic()
+        out = {}
+        for i, cid in enumerate(ids):
+            values = [data[c][i] for c in self.columns]
+            missing = [v is None for v in values]
+            row = np.array([self.fallback[j] if m else float(v) for j, (v, m) in enumerate(zip(values, missing))])
+            out[cid] = row, any(missing)
+            self._cache[cid] = now, row, any(missing)
+        return out
+
+    def _materialized_marker(self):
+        try:
+            view = self.store.registry.get_feature_view(CUSTOMER_VIEW, self.project, allow_cache=False)
+        except Exception:  # noqa: BLE001 - a missing view just means nothing is materialized yet
+            return None
+        intervals = view.materialization_intervals
+        return (len(intervals), intervals[-1]) if intervals else None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.refresh_every):
+            try:
+                marker = self._executor.submit(self._materialized_marker).result()
+            except Exception:  # noqa: BLE001 - executor shut down, or registry briefly unreadable
+                continue
+            if marker != self._marker:
+                self._marker = marker
+                self._cache.clear()

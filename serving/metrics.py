@@ -1,0 +1,49 @@
+"""Prometheus metrics the canary analysis and dashboards read (names are a contract: keep them).
+
+* ``storeflow_requests_total{model_version,status}``: answered inference requests; ``status`` is the
+  HTTP status code (``200``, ``400``, ``401``, ``500``...), ``model_version`` ``none`` when no model answered.
+* ``storeflow_request_latency_seconds{model_version}``: whole-request latency, histogram.
+* ``storeflow_feature_lookup_seconds``: Feast online lookup (cache included) per request, histogram.
+* ``storeflow_prediction_score{model_version}``: served scores, histogram on [0, 1] (for PSI).
+* ``storeflow_fallback_rows_total``: customers answered with the fallback row.
+* ``storeflow_prediction_log_dropped_total``: prediction-log records dropped (queue full or write error).
+
+With several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``storeflow serve`` does): ``/metrics`` then
+sums all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, exposition, multiprocess, values
+
+# Decided when prometheus_client was first imported; Feast sets PROMETHEUS_MULTIPROC_DIR on import
+# (for its own server) whether or not values are really kept in files, so the variable alone misleads.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+REQUESTS = Counter("storeflow_requests", "Inference requests answered.", ["model_version", "status"])
+LATENCY = Histogram("storeflow_request_latency_seconds", "Inference request latency.", ["model_version"],
+                    buckets=LATENCY_BUCKETS)
+FEATURE_LOOKUP = Histogram("storeflow_feature_lookup_seconds", "Feast online feature lookup per request.",
+                           buckets=LOOKUP_BUCKETS)
+SCORES = Histogram("storeflow_prediction_score", "Served propensity scores.", ["model_version"],
+                   buckets=SCORE_BUCKETS)
+FALLBACK_ROWS = Counter("storeflow_fallback_rows", "Customers scored with the fallback feature row.")
+LOG_DROPPED = Counter("storeflow_prediction_log_dropped", "Prediction log records dropped.")
+
+
+def exposition_body(accept: str | None) -> tuple[bytes, str]:
+    """The /metrics body: every worker's metrics in multiprocess mode, this process's otherwise."""
+    from prometheus_client import REGISTRY
+
+    registry = REGISTRY
+    if MULTIPROCESS and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    encoder, content_type = exposition.choose_encoder(accept)
+    return encoder(registry), content_type

@@ -1,0 +1,149 @@
+"""The predictor: a registered MLflow model behind KServe's Model contract.
+
+In the cluster it is its own container, ``python -m storeflow.serving.predictor --model_name <name>``,
+reading the MLflow model directory that KServe's storage initializer put at ``/mnt/models``
+(``--model_dir`` to change). It answers V2 requests whose input ``features`` is FP64 ``[n, k]``
+(columns in the model's training order, see the model metadata) with output ``score`` FP64 ``[n]``,
+and V1 ``{"instances": [[...k floats], ...]}`` with ``{"predictions": [score, ...]}``.
+Locally the transformer calls :meth:`StoreflowPredictor.score` in process, through a micro-batcher.
+
+Loading needs no ``import mlflow`` for the models storeflow logs (sklearn flavor, skops format): the
+``MLmodel`` file names the skops file and the types to trust. Other flavors fall back to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+DEFAULT_MODEL_DIR = "/mnt/models"
+FEATURES_INPUT = "features"
+SCORE_OUTPUT = "score"
+
+# We pass float arrays in training column order on purpose; the check only costs time per call.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+
+def read_mlmodel(model_dir: Path) -> dict:
+    path = Path(model_dir) / "MLmodel"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} is not an MLflow model directory (no MLmodel file)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_estimator(model_dir: Path):
+    """The scikit-learn estimator of an MLflow model directory."""
+    model_dir = Path(model_dir)
+    flavor = read_mlmodel(model_dir).get("flavors", {}).get("sklearn", {})
+    if flavor.get("serialization_format") == "skops":
+        import skops.io
+
+        return skops.io.load(model_dir / flavor["pickled_model"], trusted=flavor.get("skops_trusted_types") or [])
+    import mlflow.sklearn  # slow import, startup only
+
+    return mlflow.sklearn.load_model(str(model_dir))
+
+
+def registered_version(model_dir: Path) -> tuple[str | None, str | None]:
+    """(registered model name, version) recorded beside a downloaded model, when MLflow wrote it."""
+    meta = Path(model_dir) / "registered_model_meta"
+    if not meta.exists():
+        return None, None
+    data = yaml.safe_load(meta.read_text()) or {}
+    version = data.get("model_version")
+    return data.get("model_name"), None if version is None else str(version)
+
+
+class StoreflowPredictor(Model):
+    """Propensity scores from one registered model version."""
+
+    def __init__(self, name: str, model_dir: Path | str, version: str | None = None,
+                 registered_name: str | None = None):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.version = version
+        self.registered_name = registered_name
+        self.estimator = None
+        self.columns: list[str] = []
+
+    def load(self) -> bool:
+        self.estimator = load_estimator(self.model_dir)
+        names = getattr(self.estimator, "feature_names_in_", None)
+        self.columns = [str(n) for n in names] if names is not None else []
+        meta_name, meta_version = registered_version(self.model_dir)
+        self.version = self.version or meta_version or "unknown"
+        self.registered_name = self.registered_name or meta_name or self.name
+        self.ready = True
+        return self.ready
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """P(repeat purchase) per row; synchronous, called on the batcher's thread."""
+        return np.asarray(self.estimator.predict_proba(rows)[:, 1], dtype=np.float64)
+
+    def _matrix(self, payload) -> np.ndarray:
+        try:
+            if isinstance(payload, InferRequest):
+                tensor = payload.get_input_by_name(FEATURES_INPUT)
+                if tensor is None:
+                    raise InvalidInput(f"input '{FEATURES_INPUT}' (FP64 [n, {len(self.columns)}]) is required")
+                rows = np.asarray(tensor.as_numpy(), dtype=np.float64)
+            elif isinstance(payload, dict) and isinstance(payload.get("instances"), list):
+                rows = np.asarray(payload["instances"], dtype=np.float64)
+            else:
+                raise InvalidInput('expected V1 {"instances": [[...], ...]} or a V2 request')
+        except InvalidInput:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"features must be numbers: {exc}") from exc
+        width = len(self.columns) or rows.shape[-1]
+        if rows.ndim != 2 or rows.shape[1] != width or rows.shape[0] == 0:
+            raise InvalidInput(f"features must have shape [n, {width}], got {list(rows.shape)}")
+        if not np.isfinite(rows).all():
+            raise InvalidInput("features must be finite (no NaN or inf)")
+        return rows
+
+    async def predict(self, payload, headers=None):
+        rows = self._matrix(payload)
+        scores = self.score(rows)
+        if isinstance(payload, InferRequest):
+            output = InferOutput(SCORE_OUTPUT, list(scores.shape), "FP64")
+            output.set_data_from_numpy(scores, binary_data=False)
+            return InferResponse(payload.id or "", self.name, [output], model_version=self.version)
+        return {"predictions": scores.tolist(), "model_name": self.registered_name, "model_version": self.version}
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": FEATURES_INPUT, "datatype": "FP64", "shape": [-1, len(self.columns)],
+                 "parameters": {"columns": ",".join(self.columns)}}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": SCORE_OUTPUT, "datatype": "FP64", "shape": [-1]}]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from kserve import ModelServer, model_server
+
+    from storeflow.serving.server import quiet_logging
+
+    parser = argparse.ArgumentParser(parents=[model_server.parser])
+    parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
+    parser.add_argument("--model_version", default=os.environ.get("STOREFLOW_MODEL_VERSION"))
+    args, _ = parser.parse_known_args(argv)
+    quiet_logging()
+    model = StoreflowPredictor(args.model_name, args.model_dir, version=args.model_version)
+    model.load()
+    ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
+                enable_latency_logging=False).start([model])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,112 @@
+"""Prediction log for monitoring: one JSON line per scored customer, written off the request path.
+
+Location: ``serving.prediction_log_dir`` (default ``<state_dir>/predictions``). Each server process
+writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S>-<pid>.jsonl``; a file is closed and a new one
+started past ``serving.prediction_log_rotate_bytes``, and only the newest
+``serving.prediction_log_keep_files`` of the process are kept. Lines are UTF-8 JSON objects:
+
+.. code-block:: json
+
+    {"ts": "2026-06-01T12:00:00.123456+00:00", "request_id": "abc", "model_name": "storeflow-repeat-purchase",
+     "model_version": "3", "customer_id": 123, "fallback": false, "score": 0.734,
+     "features": {"recency_days": 12.0, "frequency": 4.0, ...}, "cart": {"subtotal": 42.5, "item_count": 2},
+     "shop": "demo-store.myshopify.com"}
+
+``features`` holds exactly what the model saw (fallback values included), in training column order;
+``cart`` and ``shop`` may be null. Readers should skip a last line without a newline (a file being
+written). Appending is asynchronous: requests put records on a bounded queue
+(``serving.prediction_log_queue``) and a writer thread drains it; when the queue is full or a write
+fails the records are dropped and counted in ``storeflow_prediction_log_dropped_total``, so logging
+can never slow or fail a prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+from storeflow.serving.metrics import LOG_DROPPED
+
+_STOP = object()
+
+
+class PredictionLog:
+    def __init__(self, directory: Path, max_queue: int = 10_000, rotate_bytes: int = 64 << 20, keep_files: int = 20):
+        self.directory = Path(directory)
+        self.rotate_bytes = rotate_bytes
+        self.keep_files = keep_files
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._file = None
+        self._files: list[Path] = []
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="prediction-log")
+        self._thread.start()
+
+    def append(self, records: list[dict]) -> None:
+        """Queue records without blocking; count what does not fit."""
+        for record in records:
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self._drop(1)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop."""
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        LOG_DROPPED.inc(count)
+
+    def _drain(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            records = [item for item in batch if item is not _STOP]
+            if records:
+                try:
+                    self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                                         for r in records))
+                except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
+                    self._drop(len(records))
+                    self._file = None
+            if stop:
+                if self._file is not None:
+                    self._file.close()
+                return
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None or self._file.tell() >= self.rotate_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        path = self.directory / f"predictions-{stamp}-{os.getpid()}.jsonl"
+        self._file = path.open("ab")
+        self._files.append(path)
+        while len(self._files) > self.keep_files:
+            old = self._files.pop(0)
+            old.unlink(missing_ok=True)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()

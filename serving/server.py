@@ -1,0 +1,267 @@
+"""``storeflow serve``: a KServe ModelServer app for the registered model, on 127.0.0.1 unless told.
+
+KServe's ``ModelServer.start`` always binds 0.0.0.0, so we let KServe build its FastAPI app (its
+DataPlane, V1/V2 routes, error handlers) and run uvicorn on it ourselves, on ``serving.host``.
+Around KServe's routes: CORS for Shopify's extension CDN, Shopify auth, a body-size limit, version
+pinning (``/v2/models/<name>/versions/<v>/...``), our Prometheus metrics and 4xx answers for malformed
+input that KServe's decoders would otherwise turn into 500s.
+
+The parent resolves the MLflow alias/version and downloads the model (``import mlflow`` happens only
+here); each uvicorn worker builds its app from that plan (env ``STOREFLOW_SERVING_PLAN``) without MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
+
+PLAN_ENV = "STOREFLOW_SERVING_PLAN"
+INFER_PATH = re.compile(r"^/v1/models/[^/]+:(predict|explain)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+VERSION_PATH = re.compile(r"^(/v2/models/[^/]+)/versions/([^/]+)(/infer|/ready)?$")
+
+
+@dataclass
+class ServedModel:
+    version: str
+    model_dir: str
+
+
+@dataclass
+class Plan:
+    """What a worker serves; JSON in the environment so spawned workers need no MLflow."""
+
+    settings_json: str
+    model_name: str
+    registered_name: str
+    main_version: str
+    models: list[ServedModel] = field(default_factory=list)
+    canary_version: str | None = None
+    canary_percent: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        return cls(**{**data, "models": [ServedModel(**m) for m in data["models"]]})
+
+
+def quiet_logging(quiet: bool = True) -> None:
+    """No per-request log lines: KServe logs latency and access lines (~6) for every request."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's default class
+    if not quiet:
+        return
+    for name in ("kserve", "kserve.trace", "uvicorn.access", "uvicorn.error", "feast", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def prediction_log(settings: Settings):
+    from storeflow.serving.predlog import PredictionLog
+
+    cfg = settings.serving
+    if not cfg.prediction_log:
+        return None
+    return PredictionLog(cfg.prediction_log_dir or settings.project.state_dir / "predictions",
+                         cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files)
+
+
+# -- plan (parent process) ------------------------------------------------------------------------------
+def resolve(settings: Settings, version: str | None = None, alias: str | None = None,
+            canary_version: str | None = None, canary_percent: int | None = None) -> Plan:
+    """Find the served versions in the MLflow registry and download them under the state dir."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from storeflow.components import tracking
+
+    cfg = settings.serving
+    client = tracking.connect(settings)
+    name = settings.registry.model_name
+    version = version or cfg.model_version
+    alias = alias or cfg.model_alias
+    try:
+        main = str(version) if version else str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        raise ValueError(f"no version of {name} has alias '{alias}' in {settings.tracking_uri}; "
+                         "register a model first, or pass a version") from exc
+    canary_version = canary_version if canary_version is not None else cfg.canary_version
+    canary_percent = cfg.canary_percent if canary_percent is None else canary_percent
+    served = []
+    for v in dict.fromkeys([main, *([str(canary_version)] if canary_version else [])]):
+        try:
+            client.get_model_version(name, v)
+        except MlflowException as exc:
+            raise ValueError(f"{name} has no version {v} in {settings.tracking_uri}") from exc
+        target = settings.project.state_dir / "serving" / "models" / name / v
+        if not (target / "MLmodel").exists():
+            target.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v}", dst_path=str(target))
+        served.append(ServedModel(v, str(target)))
+    return Plan(settings.to_json(), name, name, main, served,
+                str(canary_version) if canary_version else None, canary_percent if canary_version else 0)
+
+
+# -- app (each worker) ----------------------------------------------------------------------------------
+def build_app(plan: Plan):
+    """Load the models and return KServe's FastAPI app with storeflow's middlewares installed."""
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.model_server import app
+    from kserve.protocol.rest.server import RESTServer
+
+    from storeflow.components.config import load_settings
+    from storeflow.serving.features import OnlineFeatures
+    from storeflow.serving.predictor import StoreflowPredictor
+    from storeflow.serving.transformer import StoreflowTransformer
+
+    _limit_threads()
+    settings = load_settings(plan.settings_json)
+    cfg = settings.serving
+    quiet_logging(cfg.quiet)
+    predictors = {}
+    for served in plan.models:
+        predictor = StoreflowPredictor(f"{plan.model_name}-v{served.version}", served.model_dir,
+                                       version=served.version, registered_name=plan.registered_name)
+        predictor.load()
+        predictors[served.version] = predictor
+    transformer = StoreflowTransformer(
+        plan.model_name, OnlineFeatures(settings), predictors, main_version=plan.main_version,
+        canary_version=plan.canary_version, canary_percent=plan.canary_percent,
+        registered_name=plan.registered_name, prediction_log=prediction_log(settings),
+        max_instances=cfg.max_instances, batch_max_rows=cfg.batch_max_size,
+        batch_max_wait_s=cfg.batch_max_wait_ms / 1000)
+    server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
+    server.register_model(transformer)
+    transformer.enable_latency_logging = False
+    install(server, settings, served_versions=transformer.versions)
+    RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
+               cfg.port).create_application()
+    if cfg.quiet:
+        # KServe's TimingMiddleware only writes a log line per request.
+        app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
+    import atexit
+
+    atexit.register(transformer.stop)
+    app.state.storeflow = transformer
+    return app
+
+
+def worker_app():
+    """uvicorn factory for ``--workers`` > 1."""
+    return build_app(Plan.from_json(os.environ[PLAN_ENV]))
+
+
+def install(server, settings: Settings, served_versions: list[str] | None) -> None:
+    """Add storeflow's routes, error handlers and middlewares to KServe's app (before it starts)."""
+    from kserve.model_server import app
+    from starlette.middleware.cors import CORSMiddleware
+
+    from storeflow.serving.http import (
+        BodyLimitMiddleware,
+        RequestMetricsMiddleware,
+        VersionPathMiddleware,
+        bad_request_handler,
+        metrics_route,
+        unknown_version_handler,
+    )
+    from storeflow.serving.transformer import UnknownVersion
+
+    cfg = settings.serving
+    # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
+    app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(UnknownVersion, unknown_version_handler)
+    for exc in (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError):
+        app.add_exception_handler(exc, bad_request_handler)
+
+    def protect(path: str) -> bool:
+        return bool(INFER_PATH.match(path))
+
+    # Added innermost first: the request passes CORS → metrics → size limit → auth → version pin.
+    app.add_middleware(VersionPathMiddleware, served_versions=served_versions)
+    if cfg.auth == "shopify":
+        from storeflow.serving.auth import ShopifyAuthMiddleware, ShopifyVerifier
+
+        app.add_middleware(ShopifyAuthMiddleware, verifier=ShopifyVerifier.from_settings(settings), protect=protect)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=protect)
+    app.add_middleware(RequestMetricsMiddleware, protect=protect)
+    app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+                       expose_headers=["x-storeflow-model-version"], max_age=7200)
+
+
+def _limit_threads() -> None:
+    # One OpenMP thread per worker: HistGradientBoosting's thread pool stalls for up to seconds under load.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def _uvicorn_options(cfg) -> dict:
+    import importlib.util
+
+    return dict(host=cfg.host, port=cfg.port, log_config=None, access_log=not cfg.quiet, timeout_keep_alive=65,
+                loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                http="httptools" if importlib.util.find_spec("httptools") else "h11")
+
+
+def serve(settings: Settings, *, version: str | None = None, alias: str | None = None,
+          canary_version: str | None = None, canary_percent: int | None = None, host: str | None = None,
+          port: int | None = None, workers: int | None = None, plan: Plan | None = None,
+          ready_file: Path | None = None) -> None:
+    """Serve until interrupted. ``canary_version``/``canary_percent`` add a sticky canary split."""
+    import uvicorn
+
+    updates = {k: v for k, v in dict(host=host, port=port, workers=workers).items() if v is not None}
+    if updates:
+        serving = type(settings.serving).model_validate({**settings.serving.model_dump(), **updates})
+        settings = settings.model_copy(update={"serving": serving})
+    cfg = settings.serving
+    if cfg.auth == "shopify":
+        from storeflow.serving.auth import ShopifyVerifier
+
+        ShopifyVerifier.from_settings(settings)  # fail here, once, with the reason
+    plan = plan or resolve(settings, version, alias, canary_version, canary_percent)
+    plan.settings_json = settings.to_json()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    options = _uvicorn_options(cfg)
+    if cfg.workers == 1:
+        config = uvicorn.Config(build_app(plan), **options)
+        server = uvicorn.Server(config)
+        _announce(config, server, ready_file)
+        server.run()
+        return
+    import tempfile
+
+    os.environ[PLAN_ENV] = plan.to_json()
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="storeflow-metrics-"))
+    uvicorn.run("storeflow.serving.server:worker_app", factory=True, workers=cfg.workers, **options)
+
+
+def _announce(config, server, ready_file: Path | None) -> None:
+    if ready_file is None:
+        return
+    # Tests and scripts wait for this file instead of polling the port.
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets=sockets)
+        Path(ready_file).write_text(f"http://{config.host}:{config.port}")
+
+    server.startup = startup
