@@ -53,7 +53,7 @@ WINBACK_SHARE = 0.06  # repeat orders that ignore churn
 RATE_SHAPE = 0.6  # gamma shape of buying rates: small = a few loyal, many occasional
 MEAN_LIFETIME_DAYS = 420  # the others churn after an exponential lifetime
 FAVOURITE_CATEGORY_SHARE = 0.65
-REFUND_SHARE = 0.05
+REFUND_SHARE = 0.065  # mean refund propensity; ~5% of orders, as refunders buy less often
 RISK_LEVELS = np.array(["LOW", "MEDIUM", "HIGH"])
 RISK_SHARES = [0.93, 0.05, 0.02]
 FREE_SHIPPING_FROM, SHIPPING = 50.0, 6.95
