@@ -42,7 +42,7 @@ def normalize_email(email: pd.Series) -> pd.Series:
 def read_orders_csv(path: Path) -> dict[str, pd.DataFrame]:
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise IngestError(f"not a readable orders CSV: {exc}", path) from None
     raw.columns = [str(column).strip() for column in raw.columns]

@@ -20,7 +20,7 @@ from storeflow.components.tables import SCHEMAS, snapshot_dir
 
 log = logging.getLogger(__name__)
 
-SUFFIX = {"synthetic": ".jsonl", "jsonl": ".jsonl", "csv": ".csv"}
+SUFFIX = {"synthetic": ".jsonl", "jsonl": ".jsonl", "csv": ".csv", "shopify": ".jsonl"}
 
 
 @dataclass
@@ -41,6 +41,10 @@ def ingest(settings: Settings) -> IngestResult:
     config = settings.ingest
     if config.source == "synthetic":
         files = [synthetic_store(config.synthetic, settings.data_dir)]
+    elif config.source == "shopify":  # an incremental bulk pull, merged into one raw JSONL
+        from storeflow.components.shopify.sync import pull
+
+        files = [pull(settings).store]
     else:
         files = input_files(Path(config.path), SUFFIX[config.source])
     started = time.perf_counter()

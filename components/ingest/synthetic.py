@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -29,7 +30,7 @@ import orjson
 from storeflow.components.config import SyntheticStoreConfig
 
 # Bump when the same config would produce different output, so cached stores are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 DAY = 86_400
 SHOP_CURRENCY = "USD"
@@ -318,7 +319,7 @@ def _money(values: np.ndarray) -> list[float]:
     return np.round(values, 2).tolist()
 
 
-def _write_jsonl(store: _Store, out) -> None:
+def _write_jsonl(store: _Store, out: BinaryIO) -> None:
     n_orders, n_customers, n_products = len(store.order_time), len(store.emails), len(store.product_price)
     order_ids = (ID_BASE["Order"] + np.arange(n_orders) * 7 + 3).tolist()
     customer_ids = (ID_BASE["Customer"] + np.arange(n_customers) * 5 + 1).tolist()
