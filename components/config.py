@@ -73,13 +73,13 @@ class SyntheticStoreConfig(Section):
 
 
 class IngestConfig(Section):
-    source: Literal["synthetic", "jsonl", "csv"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "csv", "shopify"] = "synthetic"
     path: Path | None = Field(None, description="Input file for jsonl/csv sources.")
     synthetic: SyntheticStoreConfig = SyntheticStoreConfig()
 
     @model_validator(mode="after")
     def _path_for_files(self) -> IngestConfig:
-        if self.source != "synthetic" and self.path is None:
+        if self.source in ("jsonl", "csv") and self.path is None:
             raise ValueError(f"ingest.path is required when ingest.source is '{self.source}'")
         return self
 
@@ -243,6 +243,86 @@ class ServingConfig(Section):
     quiet: bool = Field(True, description="No per-request log lines (KServe logs ~6 by default).")
 
 
+class ShopifyConfig(Section):
+    """Live Shopify connection (components/shopify): bulk export, webhooks, privacy requests.
+
+    Credentials are never settings: the shop domain and Admin API token are read from the variables
+    named here (a Kubernetes Secret mounted as env on a cluster), so they never reach config_json or logs.
+    """
+
+    api_version: str = Field("2026-01", pattern=r"^20[0-9]{2}-(01|04|07|10)$",
+                             description="Admin API version, pinned; bulkOperation(id:) needs 2026-01+.")
+    shop_domain_env: str = Field("SHOPIFY_SHOP_DOMAIN", description="Variable with the shop; default project.shop_domain.")
+    access_token_env: str = Field("SHOPIFY_ACCESS_TOKEN", description="Variable with the Admin API access token.")
+    credentials_secret: str = Field("storeflow-shopify", description="Secret (keys shop-domain, access-token) "
+                                                                     "given to the ingest task on a cluster.")
+    admin_origin: str | None = Field(None, description="Send Admin API calls here instead of https://<shop> "
+                                                       "(a proxy or a recording server).")
+    poll_interval_seconds: float = Field(5, gt=0, description="Wait between bulk operation status polls.")
+    poll_timeout_seconds: float = Field(6 * 3600, gt=0, description="Give up on a bulk operation after this.")
+    max_retries: int = Field(8, ge=0, description="Retries of a throttled or failed Admin API call.")
+    max_backoff_seconds: float = Field(60, gt=0)
+    overlap_seconds: int = Field(300, ge=0, description="Each incremental pull re-reads this much before the "
+                                                        "watermark (late writes); merging by id makes it harmless.")
+    webhook_host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 only when asked (in a pod).")
+    webhook_port: int = Field(8090, ge=0, le=65535)
+    webhook_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger webhook bodies get 413.")
+    apply_batch_size: int = Field(1000, gt=0, description="Journaled events applied to Feast per batch at most.")
+    apply_idle_seconds: float = Field(0.2, gt=0, description="How often the applier looks for new events.")
+
+
+class FeatureThreshold(Section):
+    warning: float = Field(gt=0)
+    critical: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeatureThreshold:
+        if self.critical < self.warning:
+            raise ValueError(f"critical ({self.critical}) must not be below warning ({self.warning})")
+        return self
+
+
+class MonitorConfig(Section):
+    """``storeflow monitor``: served traffic (prediction logs) against the served model's training set.
+
+    Per column, PSI decides the level (0.1 / 0.25 are the usual "moderate" / "significant" shift); overall,
+    the share of columns Evidently finds drifted. ``score`` in ``feature_thresholds`` sets prediction drift.
+    Any critical level (drift or decay) starts one retraining per model version and window.
+    """
+
+    window_hours: float = Field(24, gt=0, description="Trailing window of prediction logs; also the retraining cooldown.")
+    min_rows: int = Field(100, ge=1, description="Fewer logged predictions: status insufficient-data, no verdict.")
+    max_rows: int = Field(100_000, ge=1_000, description="Uniform sample of the window analysed (error is reported).")
+    reference_rows: int = Field(100_000, ge=1_000, description="Sample of the training set used as reference.")
+    reference_cutoffs: int | None = Field(
+        2, ge=1, description="Reference = the training set's latest cutoffs (nearest to serving); None: all of it.")
+    drift_method: str | None = Field(None, description="Evidently drift method for every column; None: by type and size.")
+    psi_warning: float = Field(0.1, gt=0)
+    psi_critical: float = Field(0.25, gt=0)
+    feature_thresholds: dict[str, FeatureThreshold] = Field(default_factory=dict, description="PSI per column.")
+    drift_share_warning: float = Field(0.3, gt=0, le=1, description="Share of drifted columns (Evidently).")
+    drift_share_critical: float = Field(0.5, gt=0, le=1)
+    min_labelled_rows: int = Field(200, ge=10, description="Matured, labelled predictions needed to judge decay.")
+    auc_drop_warning: float = Field(0.03, ge=0, description="Holdout ROC-AUC minus served ROC-AUC.")
+    auc_drop_critical: float = Field(0.07, ge=0)
+    calibration_warning: float = Field(0.05, ge=0, description="Expected calibration error of served scores.")
+    calibration_critical: float = Field(0.1, ge=0)
+    retrain: Literal["off", "local", "cluster"] = Field(
+        "local", description="On critical: kfp.local training run, a run on kfp.host, or report only.")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway; else a textfile beside the report.")
+    job: str = Field("storeflow-monitoring", description="Pushgateway job label.")
+    report_dir: Path | None = Field(None, description="Default <state_dir>/monitoring.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitorConfig:
+        for name in ("psi", "drift_share", "auc_drop", "calibration"):
+            warning, critical = getattr(self, f"{name}_warning"), getattr(self, f"{name}_critical")
+            if critical < warning:
+                raise ValueError(f"monitor.{name}_critical ({critical}) must not be below {name}_warning ({warning})")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -266,6 +346,8 @@ class Settings(BaseSettings):
     kfp: KfpConfig = KfpConfig()
     deploy: DeployConfig = DeployConfig()
     serving: ServingConfig = ServingConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    shopify: ShopifyConfig = ShopifyConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -50,3 +50,6 @@ _pipeline_commands.register(app)
 from storeflow.serving import commands as _serving_commands  # noqa: E402
 
 _serving_commands.register(app)
+from storeflow.components.shopify import commands as _shopify_commands  # noqa: E402
+
+_shopify_commands.register(app)

@@ -32,9 +32,22 @@ def on_cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     return task.set_display_name(name).set_caching_options(False)
 
 
+def shopify_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The Admin API token reaches the ingest task only, as env from a Secret: never a parameter or a log.
+
+    Optional, so runs that ingest a synthetic store or files need no Secret.
+    """
+    shopify = load_settings().shopify
+    return kubernetes.use_secret_as_env(
+        task, secret_name=shopify.credentials_secret,
+        secret_key_to_env={"shop-domain": shopify.shop_domain_env, "access-token": shopify.access_token_env},
+        optional=True,
+    )
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
 def training_pipeline(config_json: str = "{}") -> str:
-    ingested = on_cluster(ingest(config_json=config_json), "ingest")
+    ingested = shopify_credentials(on_cluster(ingest(config_json=config_json), "ingest"))
     validated = on_cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
     built = on_cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]), "features")
     trained = on_cluster(train(config_json=config_json, features=built.output), "train")

@@ -1,0 +1,140 @@
+"""Admin GraphQL calls through Shopify's ``shopifyapp`` package, with cost-based throttling.
+
+shopifyapp sends the request (access token header, 429/5xx retries) and redacts the token from its
+logs. On top we honour the GraphQL cost model: a ``THROTTLED`` error (HTTP 200) waits until the bucket
+has refilled enough for the query (``extensions.cost.throttleStatus``), and a nearly empty bucket
+slows the next call down before Shopify has to refuse it. Network errors back off exponentially.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from storeflow.components.config import Settings
+from storeflow.serving.auth import shop_domain
+
+log = logging.getLogger(__name__)
+
+SHOP_SUFFIX = ".myshopify.com"
+
+
+class ShopifyError(RuntimeError):
+    """The Admin API refused or failed a call; the message says which and why (never the token)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    shop: str  # x.myshopify.com
+    access_token: str
+
+    def __repr__(self) -> str:  # never print the token, not even in a traceback
+        return f"Credentials(shop={self.shop!r}, access_token=<redacted>)"
+
+
+def credentials(settings: Settings, environ: Mapping[str, str] | None = None) -> Credentials:
+    """Shop and token from the environment (a mounted Secret on a cluster), never from config."""
+    env = os.environ if environ is None else environ
+    cfg = settings.shopify
+    token = env.get(cfg.access_token_env, "")
+    if not token:
+        raise ShopifyError(f"${cfg.access_token_env} (the Admin API access token) is not set; on a cluster it "
+                           f"comes from Secret {cfg.credentials_secret!r}, key access-token")
+    return Credentials(shop_domain(env.get(cfg.shop_domain_env) or settings.project.shop_domain), token)
+
+
+class _OriginTransport(httpx.HTTPTransport):
+    """Sends every request to another origin (a proxy or a recording server), path unchanged."""
+
+    def __init__(self, origin: str):
+        super().__init__()
+        self.origin = httpx.URL(origin)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port)
+        return super().handle_request(request)
+
+
+def _cost(body: dict) -> dict:
+    return (body.get("extensions") or {}).get("cost") or {}
+
+
+def _refill_seconds(cost: dict, needed: float | None = None) -> float:
+    """Seconds until the bucket holds ``needed`` points (default: this query's requested cost)."""
+    status = cost.get("throttleStatus") or {}
+    available, rate = status.get("currentlyAvailable"), status.get("restoreRate")
+    needed = cost.get("requestedQueryCost") if needed is None else needed
+    if available is None or not rate or needed is None:
+        return 0.0
+    return max(0.0, (float(needed) - float(available)) / float(rate))
+
+
+class AdminClient:
+    """One shop's Admin GraphQL API at the pinned ``shopify.api_version``."""
+
+    def __init__(self, settings: Settings, creds: Credentials, sleep: Callable[[float], None] = time.sleep):
+        self.cfg = settings.shopify
+        self.creds = creds
+        self.sleep = sleep
+        transport = _OriginTransport(self.cfg.admin_origin) if self.cfg.admin_origin else None
+        self.http = httpx.Client(transport=transport, timeout=httpx.Timeout(60.0, connect=10.0))
+        self.last_cost: dict = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict:
+        """Run a query or mutation; returns ``data``. Raises :class:`ShopifyError` once retries are used up."""
+        from shopify_app import admin_graphql_request
+
+        problem = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                log.info("Admin API retry %d/%d after: %s", attempt, self.cfg.max_retries, problem)
+            result = admin_graphql_request(
+                query, shop=self.creds.shop.removesuffix(SHOP_SUFFIX), access_token=self.creds.access_token,
+                api_version=self.cfg.api_version, variables=variables, http_client=self.http,
+            )
+            body = _json(result.response.body)
+            cost = _cost(body)
+            if result.ok:
+                self.last_cost = cost
+                # Keep a reserve for the next call of the same size rather than run into THROTTLED.
+                self._wait(_refill_seconds(cost, 2 * float(cost.get("requestedQueryCost") or 0)))
+                return result.data or {}
+            codes = [(e.get("extensions") or {}).get("code") for e in body.get("errors") or [] if isinstance(e, dict)]
+            status = result.response.status
+            if "THROTTLED" in codes:
+                problem = "THROTTLED"
+                self._wait(max(_refill_seconds(cost), 1.0))
+            elif result.log.code in ("network_error", "rate_limited") or status >= 500:
+                problem = f"{result.log.code} (HTTP {status})"
+                self._wait(min(2.0 ** attempt, self.cfg.max_backoff_seconds))
+            else:
+                raise ShopifyError(f"Admin API {self.cfg.api_version} call failed for {self.creds.shop}: "
+                                   f"{result.log.code}, HTTP {status}: {_messages(body) or result.log.detail}")
+        raise ShopifyError(f"Admin API call for {self.creds.shop} still failing after {self.cfg.max_retries} "
+                           f"retries: {problem}")
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleep(min(seconds, self.cfg.max_backoff_seconds))
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _messages(body: dict) -> str:
+    return "; ".join(str(e.get("message", e)) for e in body.get("errors") or [] if isinstance(e, dict))

@@ -1,0 +1,247 @@
+"""The applier: turns committed journal events into state, after the delivery was acknowledged.
+
+Order and refund events upsert the live order tables, then the affected customers' features are
+recomputed with ``compute.customer_features`` (the newest snapshot plus everything received live, as of
+now) and written to the Feast online store and appended to the offline history, in one Feast write per
+batch. Privacy and app/uninstalled events are handled in arrival order. An event is marked applied
+only after its effects are written, so a crash re-applies it; recomputing from state makes that
+harmless, and the journal's webhook-id key makes a re-delivered event a no-op before it gets here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.features.compute import customer_features
+from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, feature_store, source_path
+from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+from storeflow.components.shopify import layout, online, privacy
+from storeflow.components.shopify.journal import connect, now
+from storeflow.components.shopify.payloads import ORDER_TOPICS, REFUND_TOPICS, order_rows, refund_row
+from storeflow.components.tables import TABLES, conform, empty_frame, read_tables
+
+log = logging.getLogger(__name__)
+
+
+class Applier:
+    def __init__(self, settings: Settings, committed: threading.Event | None = None):
+        self.settings = settings
+        self.conn = connect(layout.journal_path(settings))
+        self.committed = committed or threading.Event()
+        self.lock = threading.Lock()
+        self.store = feature_store(settings)
+        if CUSTOMER_VIEW not in {v.name for v in self.store.list_feature_views()}:
+            self.store = feast_apply(settings)
+        self._snapshot: tuple[Path, dict[str, pd.DataFrame]] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="webhook-applier")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.committed.set()
+        if self._thread:
+            self._thread.join()
+        self.conn.close()
+
+    def _loop(self) -> None:
+        idle = self.settings.shopify.apply_idle_seconds
+        while not self._stop.is_set():
+            self.committed.wait(idle)
+            self.committed.clear()
+            try:
+                self.drain()
+            except Exception:  # noqa: BLE001 - keep the events; try again on the next tick
+                self.failures += 1
+                log.exception("applying webhook events failed; they stay journaled and are retried")
+                self._stop.wait(min(30.0, idle * 2 ** min(self.failures, 8)))
+
+    def drain(self) -> int:
+        """Apply every committed event; returns how many were applied."""
+        total = 0
+        while True:
+            with self.lock:
+                count = self.apply_batch()
+            total += count
+            if not count:
+                return total
+
+    def pending(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM events WHERE applied_at IS NULL").fetchone()[0]
+
+    # --- one batch -----------------------------------------------------------------------------------
+
+    def apply_batch(self) -> int:
+        rows = self.conn.execute(
+            "SELECT webhook_id, shop, topic, body FROM events WHERE applied_at IS NULL ORDER BY received_at, rowid "
+            "LIMIT ?", (self.settings.shopify.apply_batch_size,)).fetchall()
+        touched: set[int] = set()
+        done: list[tuple[str, str]] = []
+        for webhook_id, shop, topic, body in rows:
+            payload = orjson.loads(body) if body is not None else None
+            if payload is None:
+                done.append((webhook_id, "erased"))
+                continue
+            if topic in ORDER_TOPICS or topic in REFUND_TOPICS:
+                customer = self._upsert(topic, payload)
+                if customer is not None:
+                    self.conn.execute("UPDATE events SET customer_id = ? WHERE webhook_id = ?", (customer, webhook_id))
+                    touched.add(customer)
+                done.append((webhook_id, "live"))
+                continue
+            # Everything that follows must see the features written so far, in arrival order.
+            self._refresh(touched)
+            touched.clear()
+            self._mark(done)
+            done = [(webhook_id, self._handle(topic, shop, payload))]
+            self._mark(done)
+            done = []
+        self._refresh(touched)
+        self._mark(done)
+        return len(rows)
+
+    def _mark(self, done: list[tuple[str, str]]) -> None:
+        if done:
+            stamp = now()
+            with self.conn:
+                self.conn.executemany("UPDATE events SET applied_at = ?, outcome = ? WHERE webhook_id = ?",
+                                      [(stamp, outcome, webhook_id) for webhook_id, outcome in done])
+
+    def _handle(self, topic: str, shop: str, payload: dict) -> str:
+        if topic == "app/uninstalled":
+            with self.conn:
+                self.conn.execute("INSERT INTO shops (shop, uninstalled_at) VALUES (?, ?) "
+                                  "ON CONFLICT(shop) DO UPDATE SET uninstalled_at = excluded.uninstalled_at",
+                                  (shop, now()))
+            log.info("app uninstalled from %s: syncing stops", shop)
+            return "sync stopped"
+        if topic == "shop/redact":
+            self._snapshot = None
+            return json.dumps(privacy.redact_shop(self.settings, self.conn, self.store, shop))
+        customer = payload["customer"]
+        subject = privacy.Subject(int(customer["id"]), customer.get("email") or None,
+                                  {int(o) for o in payload.get("orders_to_redact") or payload.get("orders_requested") or []})
+        if topic == "customers/redact":
+            self._snapshot = None
+            return json.dumps(privacy.redact_customer(self.settings, self.conn, self.store, subject))
+        request = (payload.get("data_request") or {}).get("id")
+        path = privacy.export_customer(self.settings, self.conn, self.store, subject, request)
+        return f"exported {path.name}"
+
+    # --- live orders ---------------------------------------------------------------------------------
+
+    def _upsert(self, topic: str, payload: dict) -> int | None:
+        """Store the order or refund; returns whose features change (None: unknown customer)."""
+        with self.conn:
+            if topic in ORDER_TOPICS:
+                order, items = order_rows(payload)
+                current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
+                                            (order["order_id"],)).fetchone()
+                if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
+                    return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
+                    (order["order_id"], order["customer_id"], order["email"], order["updated_at"], json.dumps(order)))
+                self.conn.execute("DELETE FROM live_line_items WHERE order_id = ?", (order["order_id"],))
+                self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
+                                      [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
+                return order["customer_id"]
+            refund = refund_row(payload)
+            self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
+                              (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+        return self._customer_of_order(refund["order_id"])
+
+    def _customer_of_order(self, order_id: int) -> int | None:
+        row = self.conn.execute("SELECT customer_id FROM live_orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row:
+            return row[0]
+        orders = self._snapshot_tables()["orders"]
+        match = orders.loc[orders["order_id"] == order_id, "customer_id"].dropna()
+        return int(match.iloc[0]) if len(match) else None
+
+    # --- features ------------------------------------------------------------------------------------
+
+    def _snapshot_tables(self) -> dict[str, pd.DataFrame]:
+        """The newest ingested snapshot (cached until another appears or a redaction rewrote it)."""
+        root = self.settings.data_dir / "snapshots"
+        snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
+        if not snaps:
+            return {name: empty_frame(name) for name in TABLES}
+        newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
+        if self._snapshot is None or self._snapshot[0] != newest:
+            self._snapshot = (newest, read_tables(newest))
+        return self._snapshot[1]
+
+    def customer_tables(self, customers: set[int]) -> dict[str, pd.DataFrame]:
+        """The customers' orders: the snapshot's, with what arrived live replacing the same order ids."""
+        snap = self._snapshot_tables()
+        ids = sorted(customers)
+        marks = ",".join("?" * len(ids))
+        live_orders = [json.loads(r) for (r,) in self.conn.execute(
+            f"SELECT row FROM live_orders WHERE customer_id IN ({marks})", ids)]
+        live_ids = [o["order_id"] for o in live_orders]
+        snap_orders = snap["orders"][snap["orders"]["customer_id"].isin(ids) & ~snap["orders"]["order_id"].isin(live_ids)]
+        order_ids = [*snap_orders["order_id"].tolist(), *live_ids]
+        omarks = ",".join("?" * len(order_ids))
+        live_items = [json.loads(r) for (r,) in self.conn.execute(
+            f"SELECT row FROM live_line_items WHERE order_id IN ({omarks})", order_ids)] if order_ids else []
+        live_refunds = [json.loads(r) for (r,) in self.conn.execute(
+            f"SELECT row FROM live_refunds WHERE order_id IN ({omarks})", order_ids)] if order_ids else []
+        refunds = snap["refunds"][snap["refunds"]["order_id"].isin(order_ids)
+                                  & ~snap["refunds"]["refund_id"].isin([r["refund_id"] for r in live_refunds])]
+        return {
+            "orders": _concat("orders", snap_orders, live_orders),
+            "line_items": _concat("line_items", snap["line_items"][snap["line_items"]["order_id"].isin(
+                snap_orders["order_id"])], live_items),
+            "refunds": _concat("refunds", refunds, live_refunds),
+            "products": snap["products"],
+            "customers": snap["customers"][snap["customers"]["customer_id"].isin(ids)],
+        }
+
+    def _refresh(self, customers: set[int]) -> None:
+        """Recompute and write the customers' features: online (next prediction) and offline (history)."""
+        if not customers:
+            return
+        as_of = datetime.now(timezone.utc).replace(microsecond=0) + pd.Timedelta(seconds=1)
+        frame = customer_features(self.customer_tables(customers), [as_of])
+        if frame.empty:
+            return
+        frame = frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]]
+        online.write(self.store, frame)
+        self._append_offline(frame)
+
+    def _append_offline(self, frame: pd.DataFrame) -> None:
+        path = source_path(self.settings, CUSTOMER_VIEW)
+        if path.exists():
+            self.store.write_to_offline_store(CUSTOMER_VIEW, frame)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
+
+
+def _ts(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text).tz_convert("UTC") if pd.Timestamp(text).tzinfo else pd.Timestamp(text, tz="UTC")
+
+
+def _concat(name: str, frame: pd.DataFrame, live: list[dict]) -> pd.DataFrame:
+    parts = [conform(name, frame).to_pandas()]
+    if live:
+        parts.append(conform(name, pd.DataFrame(live)).to_pandas())
+    return pd.concat(parts, ignore_index=True)
+

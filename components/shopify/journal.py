@@ -1,0 +1,150 @@
+"""The webhook event journal: SQLite in WAL mode, the webhook id as primary key.
+
+A delivery is answered 200 only after its row is committed (``synchronous=FULL``), so an accepted event
+survives a crash; the applier turns committed rows into Feast writes afterwards. Shopify retries a
+failed delivery up to 8 times over 4 hours with the same ``X-Shopify-Webhook-Id``: the primary key makes
+a retry or duplicate a no-op. Commits are grouped: one writer thread commits every event waiting, so a
+burst costs one fsync per batch rather than per event. ``secure_delete`` overwrites erased rows
+(privacy requests) instead of leaving them in free pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    webhook_id   TEXT PRIMARY KEY,
+    shop         TEXT NOT NULL,
+    topic        TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    triggered_at TEXT,
+    customer_id  INTEGER,          -- whose data the body holds, when known (privacy requests find it)
+    body         BLOB,             -- NULL once applied data was erased
+    applied_at   TEXT,
+    outcome      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_unapplied ON events(received_at) WHERE applied_at IS NULL;
+CREATE INDEX IF NOT EXISTS events_customer ON events(customer_id);
+CREATE TABLE IF NOT EXISTS live_orders (
+    order_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT, updated_at TEXT, row TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS live_orders_customer ON live_orders(customer_id);
+CREATE TABLE IF NOT EXISTS live_line_items (
+    line_item_id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS live_refunds (
+    refund_id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shops (shop TEXT PRIMARY KEY, uninstalled_at TEXT);
+"""
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Event:
+    webhook_id: str
+    shop: str
+    topic: str
+    body: bytes
+    customer_id: int | None = None
+    triggered_at: str | None = None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def uninstalled_at(path: Path, shop: str) -> str | None:
+    """When app/uninstalled arrived for ``shop`` (and no reinstall since), else None."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        row = conn.execute("SELECT uninstalled_at FROM shops WHERE shop = ?", (shop,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+class Journal:
+    """Durable, de-duplicated intake. :meth:`record` resolves after the event's commit."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        self.committed = threading.Event()  # set after each commit: wakes the applier
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._write, daemon=True, name="webhook-journal")
+        self._thread.start()
+
+    async def record(self, event: Event) -> bool:
+        """True if new, False if this webhook id was journaled before."""
+        future: Future = Future()
+        self._queue.put((event, future))
+        return await asyncio.wrap_future(future)
+
+    def record_now(self, event: Event) -> bool:
+        future: Future = Future()
+        self._queue.put((event, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.conn.close()
+
+    def _write(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 5000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            items = [item for item in batch if item is not _STOP]
+            if items:
+                self._commit(items)
+            if stop:
+                return
+
+    def _commit(self, items: list[tuple[Event, Future]]) -> None:
+        received = now()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            fresh = [
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO events (webhook_id, shop, topic, received_at, triggered_at, customer_id, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (e.webhook_id, e.shop, e.topic, received, e.triggered_at, e.customer_id, e.body),
+                ).rowcount == 1
+                for e, _ in items
+            ]
+            self.conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - every waiting request must hear about it (-> 503)
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            for _, future in items:
+                future.set_exception(exc)
+            return
+        for (_, future), is_new in zip(items, fresh):
+            future.set_result(is_new)
+        self.committed.set()

@@ -1,0 +1,45 @@
+"""Where the Shopify connection keeps its state; one place so that privacy erasure can find all of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storeflow.components.config import Settings
+
+
+def raw_dir(settings: Settings) -> Path:
+    """Raw bulk exports: the merged store JSONL, its watermark, an export in progress."""
+    return settings.data_dir / "shopify"
+
+
+def store_jsonl(settings: Settings) -> Path:
+    """Every record pulled so far, newest version per id: the input ingest snapshots."""
+    return raw_dir(settings) / "store.jsonl"
+
+
+def sync_state(settings: Settings) -> Path:
+    """The ``updated_at`` watermark, stored with the data it describes."""
+    return raw_dir(settings) / "sync.json"
+
+
+def pending_dir(settings: Settings) -> Path:
+    """An export not finished yet; a re-run resumes its operations and downloads."""
+    return raw_dir(settings) / "pending"
+
+
+def connection_dir(settings: Settings) -> Path:
+    return settings.project.state_dir / "shopify"
+
+
+def journal_path(settings: Settings) -> Path:
+    """SQLite (WAL): webhook events, orders received live, shop install state."""
+    return connection_dir(settings) / "webhooks.db"
+
+
+def data_requests_dir(settings: Settings) -> Path:
+    """Exports answering customers/data_request, for the merchant to hand over."""
+    return connection_dir(settings) / "data_requests"
+
+
+def prediction_log_dir(settings: Settings) -> Path:
+    return settings.serving.prediction_log_dir or settings.project.state_dir / "predictions"
