@@ -53,3 +53,6 @@ _serving_commands.register(app)
 from storeflow.components.shopify import commands as _shopify_commands  # noqa: E402
 
 _shopify_commands.register(app)
+from storeflow.components.monitor import commands as _monitor_commands  # noqa: E402
+
+_monitor_commands.register(app)

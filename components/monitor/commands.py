@@ -1,0 +1,104 @@
+"""``storeflow monitor`` (the monitoring pipeline, once) and ``storeflow simulate-shift`` (demo traffic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Optional
+
+import typer
+
+from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
+
+
+def register(app: typer.Typer) -> None:
+    app.command("monitor")(monitor)
+    app.command("simulate-shift")(simulate_shift)
+
+
+def monitor(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model_version: Annotated[Optional[str], typer.Option("--model-version", help="Default: the champion.")] = None,
+    window_end: Annotated[Optional[datetime], typer.Option("--window-end", help="UTC end of the window (default now).")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run the stages here, without kfp.local.")] = False,
+) -> None:
+    """Compare recent prediction logs with the training reference; retrain when critical (monitor.retrain)."""
+    import json
+
+    settings = settings_from(config, set_)
+    end = window_end.isoformat() if window_end else ""
+    if in_process:
+        from storeflow.components.monitor import monitor as run, retrain_if_needed
+
+        result = run(settings, model_version=model_version, end=window_end)
+        summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary).to_json())
+        report = result.report_html
+    else:
+        from storeflow.pipelines.local import PipelineFailed, run_local
+        from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
+
+        console.print(f"[bold]storeflow monitoring pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
+        try:
+            run = run_local(monitoring_pipeline, settings, STAGES, console=console, window_end=end,
+                            model_version=model_version or "")
+        except PipelineFailed as failed:
+            console.print(f"[red]monitoring failed at task {failed.failed_task or '?'}[/red]; log: {failed.log}")
+            raise typer.Exit(1) from failed
+        decision = json.loads(run.output)
+        summary, report = _latest_summary(settings)
+    _print(summary, decision, report)
+
+
+def _latest_summary(settings):
+    import json
+
+    root = (settings.monitor.report_dir or settings.project.state_dir / "monitoring") / "reports"
+    latest = max(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(latest.read_text()), latest.parent / "report.html"
+
+
+def _print(summary: dict, decision: dict, report) -> None:
+    from rich.table import Table
+
+    colour = {"ok": "green", "warning": "yellow", "critical": "red"}[summary["level"]]
+    console.print(f"model v{summary['model_version']} · window {summary['window']['start'][:16]} → "
+                  f"{summary['window']['end'][:16]} · {summary['rows']['window']} predictions · "
+                  f"status {summary['status']} · [{colour}]{summary['level']}[/{colour}]")
+    drift = summary.get("drift")
+    if drift:
+        table = Table(title=f"drift: {drift['drifted_count']} feature(s) drifted ({drift['drifted_share']:.0%})")
+        for name in ("column", "method", "drift score", "drifted", "PSI", "level"):
+            table.add_column(name)
+        for c in [*drift["columns"], *([drift["prediction"]] if drift.get("prediction") else [])]:
+            table.add_row(c["column"], c["method"] or c["status"], "-" if c["drift_score"] is None else
+                          f"{c['drift_score']:.3f}", "yes" if c["drifted"] else "", "-" if c["psi"] is None else
+                          f"{c['psi']:.3f}", c["level"])
+        console.print(table)
+    decay = summary.get("decay") or {}
+    if decay.get("roc_auc") is not None:
+        console.print(f"served ROC-AUC {decay['roc_auc']:.3f} (holdout {decay.get('holdout_roc_auc') or float('nan'):.3f}),"
+                      f" calibration error {decay['calibration_error']:.3f}")
+    for line in summary["notes"]:
+        console.print(f"· {line}", markup=False)
+    console.print(f"retraining: {'[bold]started[/bold]' if decision.get('started') else 'not started'} "
+                  f"({decision.get('reason')})")
+    console.print(f"report: {report}")
+
+
+def simulate_shift(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    requests: Annotated[int, typer.Option(min=1, help="Predictions to log.")] = 2000,
+    no_shift: Annotated[bool, typer.Option("--no-shift", help="Traffic as the store is, without the promotion.")] = False,
+) -> None:
+    """Log champion predictions for customers after a simulated holiday promotion (demo drift)."""
+    from storeflow.components.monitor import simulate_shift as run
+
+    settings = settings_from(config, set_)
+    try:
+        sim = run(settings, requests=requests, shift=not no_shift)
+    except (FileNotFoundError, LookupError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"logged {sim.records} predictions by v{sim.model_version} for {sim.customers} customers"
+                  f"{' after a holiday promotion' if sim.shifted else ''}: {sim.path}")

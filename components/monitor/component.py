@@ -1,0 +1,49 @@
+"""KFP components: analyse one window of prediction logs, then ask for retraining when it is critical."""
+
+from kfp import dsl
+
+from storeflow.components.container import component
+
+
+@component
+def monitor(config_json: str, window_end: str, model_version: str, report: dsl.Output[dsl.HTML],
+            metrics: dsl.Output[dsl.Metrics]) -> str:
+    """Returns the monitoring summary JSON; the Evidently report and drift figures are artifacts."""
+    import json
+    import shutil
+    from datetime import datetime
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.monitor import monitor as run
+
+    end = datetime.fromisoformat(window_end) if window_end else None
+    result = run(load_settings(config_json), model_version=model_version or None, end=end)
+    shutil.copyfile(result.report_html, report.path)
+    summary = result.summary
+    metrics.log_metric("level", {"ok": 0, "warning": 1, "critical": 2}[summary["level"]])
+    metrics.log_metric("rows", summary["rows"]["window"])
+    if summary["drift"]:
+        metrics.log_metric("drift_share", summary["drift"]["drifted_share"])
+        for column in [*summary["drift"]["columns"], summary["drift"]["prediction"]]:
+            if column and column["psi"] is not None:
+                metrics.log_metric(f"psi.{column['column']}", column["psi"])
+    if summary["decay"].get("roc_auc") is not None:
+        metrics.log_metric("served_roc_auc", summary["decay"]["roc_auc"])
+        metrics.log_metric("served_calibration_error", summary["decay"]["calibration_error"])
+    print(f"monitoring v{summary['model_version']}: {summary['status']} / {summary['level']}: "
+          f"{'; '.join(summary['reasons'] + summary['notes']) or 'no drift'}; report {result.report_html}")
+    return json.dumps(summary)
+
+
+@component
+def retrain(config_json: str, summary: str) -> str:
+    """Starts the training pipeline when the summary is critical, once per model version and window.
+    Returns the RetrainDecision JSON."""
+    import json
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.monitor import retrain_if_needed
+
+    decision = retrain_if_needed(load_settings(config_json), json.loads(summary))
+    print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
+    return decision.to_json()

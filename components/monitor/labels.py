@@ -1,0 +1,50 @@
+"""Ground truth for served predictions, once it exists: did the customer order again within the label
+horizon after the prediction time? The same definition the training labels use (``features.compute``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from storeflow.components.tables import read_table
+
+LABELS_SQL = """
+WITH o AS (SELECT customer_id, created_at FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL),
+p AS (SELECT row, customer_id, CAST(ts AS TIMESTAMPTZ) AS ts FROM predictions)
+SELECT p.row,
+       CASE WHEN count(o.created_at) > 0 THEN 1 ELSE 0 END AS label
+FROM p LEFT JOIN o ON o.customer_id = p.customer_id AND o.created_at > p.ts
+                  AND o.created_at <= p.ts + to_days($horizon)
+WHERE p.ts + to_days($horizon) <= $observed_until
+GROUP BY p.row
+ORDER BY p.row
+"""
+
+
+def latest_snapshot(data_dir: Path) -> Path | None:
+    """The most recently written ingest snapshot (it holds the newest orders)."""
+    root = Path(data_dir) / "snapshots"
+    found = [d for d in root.iterdir() if (d / "orders.parquet").exists()] if root.is_dir() else []
+    return max(found, key=lambda d: (d / "orders.parquet").stat().st_mtime, default=None)
+
+
+def attach_labels(predictions: pd.DataFrame, snapshot: Path | None, horizon_days: int) -> pd.Series:
+    """A label per prediction (index aligned), null while its horizon is not yet covered by the snapshot."""
+    import duckdb
+
+    labels = pd.Series(pd.NA, index=predictions.index, dtype="Int64")
+    if snapshot is None or predictions.empty:
+        return labels
+    orders = read_table(snapshot, "orders")
+    if orders.empty:
+        return labels
+    observed_until = pd.to_datetime(orders["created_at"], utc=True).max()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("orders", orders)
+        frame = predictions[["customer_id", "ts"]].reset_index(drop=True)
+        con.register("predictions", frame.assign(row=range(len(frame))))
+        found = con.execute(LABELS_SQL, {"horizon": horizon_days, "observed_until": observed_until}).df()
+    labels.iloc[found["row"].to_numpy()] = found["label"].to_numpy()
+    return labels

@@ -1,0 +1,93 @@
+"""The action: a critical monitoring level starts the training pipeline, at most once per model version
+and window, however often monitoring runs (a marker file is created exclusively before anything starts).
+
+The training pipeline's evaluation gate and the canary decide what ships; monitoring only asks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from storeflow.components.config import Settings
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    started: bool
+    reason: str
+    marker: str | None = None
+    mode: str | None = None
+    run: dict | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def window_id(end: datetime, window_hours: float) -> int:
+    """Windows are fixed periods of ``monitor.window_hours`` since the epoch: the retraining cooldown."""
+    return math.floor(end.timestamp() / (window_hours * 3600))
+
+
+def marker_path(settings: Settings, model_version: str, end: datetime) -> Path:
+    root = settings.monitor.report_dir or settings.project.state_dir / "monitoring"
+    return (root / "retraining" /
+            f"{settings.registry.model_name}-v{model_version}-w{window_id(end, settings.monitor.window_hours)}.json")
+
+
+def _start_local(settings: Settings) -> dict:
+    from storeflow.pipelines.local import run_local
+    from storeflow.pipelines.training import STAGES, training_pipeline
+
+    result = run_local(training_pipeline, settings, STAGES)
+    return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
+
+
+def _start_cluster(settings: Settings) -> dict:
+    from storeflow.pipelines.submit import submit
+
+    submitted = submit(settings, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    return {"run_id": submitted.run_id, "url": submitted.url}
+
+
+LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}
+
+
+def retrain_if_needed(settings: Settings, summary: dict,
+                      launchers: dict[str, Callable[[Settings], dict]] | None = None) -> RetrainDecision:
+    """Start training when ``summary['level']`` is critical, unless this window already started one."""
+    mode = settings.monitor.retrain
+    if summary.get("level") != "critical":
+        return RetrainDecision(False, f"level is {summary.get('level')}, not critical")
+    if mode == "off":
+        return RetrainDecision(False, "critical, but monitor.retrain is off", mode=mode)
+    version = str(summary.get("model_version") or "none")
+    end = datetime.fromisoformat(summary["window"]["end"])
+    marker = marker_path(settings, version, end)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    record = {"model_version": version, "window": summary["window"], "reasons": summary.get("reasons", []),
+              "mode": mode, "started_at": datetime.now(timezone.utc).isoformat()}
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return RetrainDecision(False, f"retraining already started for v{version} in this window", str(marker), mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(record))
+    launch = (launchers or LAUNCHERS)[mode]
+    try:
+        run = launch(settings)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        # Nothing started (no KFP host, no compiled package, unreachable API): let the next run try again.
+        marker.unlink(missing_ok=True)
+        raise RuntimeError(f"could not start retraining ({mode}): {exc}") from exc
+    except Exception as exc:
+        # A run started and failed: keep the marker so a broken pipeline is not restarted every run.
+        marker.write_text(json.dumps({**record, "error": str(exc)[:2000]}))
+        raise
+    marker.write_text(json.dumps({**record, "run": run}, default=str))
+    return RetrainDecision(True, "; ".join(summary.get("reasons", [])) or "critical", str(marker), mode, run)

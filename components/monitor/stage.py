@@ -1,0 +1,244 @@
+"""The monitoring stage: one window of served traffic against the served model's training set.
+
+Statuses a person reads first (``summary['status']``): ``analysed``; ``no-data`` (no predictions by the
+model version in the window); ``insufficient-data`` (fewer than ``monitor.min_rows``); ``no-reference``
+(the version's training set cannot be found); ``no-columns`` (every feature missing or null). Only
+``analysed`` carries a drift verdict; the others never raise, so a scheduled run always leaves a report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.monitor import drift as drift_mod
+from storeflow.components.monitor.labels import attach_labels, latest_snapshot
+from storeflow.components.monitor.predictions import Window, log_dir, read_window
+from storeflow.components.monitor.reference import NoReference, Reference, champion_version, load_reference
+from storeflow.components.monitor.retrain import window_id
+
+
+@dataclass
+class MonitorResult:
+    summary: dict
+    report_html: Path
+    report_json: Path | None
+    summary_json: Path
+    metrics_target: str
+
+    @property
+    def level(self) -> str:
+        return self.summary["level"]
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+    def to_json(self) -> str:
+        return json.dumps({"summary": self.summary, "report_html": str(self.report_html),
+                           "report_json": self.report_json and str(self.report_json),
+                           "summary_json": str(self.summary_json), "metrics": self.metrics_target})
+
+
+def decay(labelled: pd.DataFrame, reference: Reference | None, settings: Settings) -> dict:
+    """ROC-AUC and calibration of matured predictions, against the version's own holdout AUC."""
+    from storeflow.components.evaluate.metrics import holdout_metrics
+
+    cfg = settings.monitor
+    out: dict = {"labelled": int(len(labelled)), "status": "awaiting-labels", "level": "ok"}
+    if len(labelled) < cfg.min_labelled_rows:
+        out["reason"] = (f"{len(labelled)} predictions have matured labels "
+                         f"(horizon {settings.features.label.horizon_days} d); need {cfg.min_labelled_rows}")
+        return out
+    labels = labelled["label"].astype(int).to_numpy()
+    if labels.min() == labels.max():
+        return {**out, "status": "single-class", "reason": "every matured prediction has the same outcome"}
+    metrics = holdout_metrics(labels, labelled["score"].to_numpy())
+    holdout_auc = (reference.holdout if reference else {}).get("roc_auc")
+    drop = None if holdout_auc is None else holdout_auc - metrics["roc_auc"]
+    auc_level = drift_mod.level(drop, cfg.auc_drop_warning, cfg.auc_drop_critical)
+    cal_level = drift_mod.level(metrics["calibration_error"], cfg.calibration_warning, cfg.calibration_critical)
+    return {**out, "status": "measured", "roc_auc": metrics["roc_auc"], "holdout_roc_auc": holdout_auc,
+            "auc_drop": drop, "calibration_error": metrics["calibration_error"], "brier": metrics["brier"],
+            "positive_rate": metrics["positive_rate"], "auc_level": auc_level, "calibration_level": cal_level,
+            "level": drift_mod.worst(auc_level, cal_level)}
+
+
+def _reasons(drift: drift_mod.DriftResult | None, decay_: dict) -> list[str]:
+    reasons = []
+    if drift is not None:
+        if drift.share_level != "ok":
+            reasons.append(f"{drift.share_level}: {drift.drifted_share:.0%} of features drifted")
+        for column in [*drift.columns, *([drift.prediction] if drift.prediction else [])]:
+            if column.level != "ok":
+                name = "prediction score" if column.column == drift_mod.SCORE else column.column
+                reasons.append(f"{column.level}: {name} PSI {column.psi:.3f}")
+    if decay_.get("level", "ok") != "ok":
+        if decay_["auc_level"] != "ok":
+            reasons.append(f"{decay_['auc_level']}: served ROC-AUC {decay_['roc_auc']:.3f} is "
+                           f"{decay_['auc_drop']:.3f} below holdout")
+        if decay_["calibration_level"] != "ok":
+            reasons.append(f"{decay_['calibration_level']}: calibration error {decay_['calibration_error']:.3f}")
+    return reasons
+
+
+def _banner(summary: dict) -> str:
+    colour = {"ok": "#1b7f3b", "warning": "#b26a00", "critical": "#b00020"}.get(summary["level"], "#555")
+    rows = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"] + summary["notes"])
+    window = summary["window"]
+    return (f'<div style="font-family:sans-serif;padding:12px 16px;border-left:6px solid {colour};margin:8px">'
+            f"<h2 style=\"margin:0\">storeflow monitoring · model {html.escape(str(summary['model_name']))} "
+            f"v{html.escape(str(summary['model_version']))} · <span style=\"color:{colour}\">"
+            f"{html.escape(summary['status'])} / {html.escape(summary['level'])}</span></h2>"
+            f"<p>window {html.escape(window['start'])} → {html.escape(window['end'])} · "
+            f"{summary['rows']['window']} predictions, {summary['rows']['sampled']} analysed, "
+            f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul></div>")
+
+
+def _write_html(path: Path, summary: dict, snapshot) -> None:
+    """Evidently's standalone HTML with a summary banner on top; a plain page when Evidently did not run."""
+    banner = _banner(summary)
+    if snapshot is None:
+        text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>storeflow monitoring</title></head>"
+                f"<body>{banner}<pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre></body></html>")
+    else:
+        snapshot.save_html(str(path))
+        text = path.read_text()
+        at = text.find("<body")
+        close = text.find(">", at) + 1 if at >= 0 else 0
+        text = text[:close] + banner + text[close:]
+    path.write_text(text)
+
+
+def monitor(settings: Settings, *, model_version: str | None = None, end: datetime | None = None,
+            snapshot: Path | None = None, out_dir: Path | None = None, publish: bool = True,
+            log_to_mlflow: bool = True) -> MonitorResult:
+    """Analyse the trailing ``monitor.window_hours`` of prediction logs ending at ``end`` (default now) for
+    ``model_version`` (default the champion, else the most served version), write the report, summary and
+    metrics, and record them on the model version. Never raises for bad data: see the module docstring."""
+    from storeflow.components.monitor.metrics import publish as publish_metrics
+
+    cfg = settings.monitor
+    end = (end or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    start = end - timedelta(hours=cfg.window_hours)
+    notes: list[str] = []
+    version = model_version
+    if version is None:
+        try:
+            version = champion_version(settings)
+        except Exception as exc:  # noqa: BLE001 - registry unreachable: fall back to the logs
+            notes.append(f"champion lookup failed ({exc}); monitoring the most served version")
+
+    reference, no_reference = None, None
+
+    def reference_for(v: str | None) -> None:
+        nonlocal reference, no_reference
+        if v is None or v == "none":
+            no_reference = "no model version to compare (no champion and no logged version)"
+            return
+        try:
+            reference = load_reference(settings, v, cfg.reference_rows, cfg.seed, cfg.reference_cutoffs)
+        except NoReference as exc:
+            no_reference = str(exc)
+
+    reference_for(version)
+    columns = reference.columns if reference else list(settings.features.customer_features)
+    window: Window = read_window(log_dir(settings), start, end, columns, version, cfg.max_rows, cfg.seed)
+    if version is None and window.model_version is not None:
+        version = window.model_version
+        reference_for(version)
+    if window.rows_by_version and version not in window.rows_by_version:
+        notes.append("versions served in the window: "
+                     + ", ".join(f"v{v} ({n})" for v, n in window.rows_by_version.items()))
+
+    current = window.frame
+    labelled = pd.DataFrame()
+    if not current.empty:
+        label_snapshot = snapshot or latest_snapshot(settings.data_dir)
+        current = current.assign(label=attach_labels(current, label_snapshot, settings.features.label.horizon_days))
+        labelled = current[current["label"].notna()]
+
+    drift = None
+    if window.rows == 0:
+        status = "no-data"
+        notes.append(f"no logged predictions for v{version} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
+                     f"UTC in {log_dir(settings)} ({len(window.files)} log file(s))")
+    elif window.rows < cfg.min_rows:
+        status = "insufficient-data"
+        notes.append(f"{window.rows} predictions in the window; monitor.min_rows is {cfg.min_rows}")
+    elif reference is None:
+        status = "no-reference"
+        notes.append(no_reference or "no reference")
+    else:
+        drift = drift_mod.analyse(reference.frame, current, columns, window.present_features, cfg)
+        status = "analysed" if drift.report is not None else "no-columns"
+        for column in drift.columns:
+            if column.status != "analysed":
+                notes.append(f"{column.column}: {column.status} in the served traffic, not compared")
+    decay_ = decay(labelled, reference, settings) if status == "analysed" else {"labelled": len(labelled),
+                                                                                 "status": "skipped", "level": "ok"}
+    level = drift_mod.worst(drift.level if drift else "ok", decay_.get("level", "ok"))
+    if window.sampled:
+        notes.append(f"analysed a uniform sample of {len(current)} of {window.rows} predictions: each column's "
+                     f"distribution is within {window.cdf_error_95:.4f} (CDF distance, 95%) of the full window's")
+    summary = {
+        "status": status, "level": level, "reasons": _reasons(drift, decay_), "notes": notes,
+        "model_name": settings.registry.model_name, "model_version": version,
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "hours": cfg.window_hours,
+                   "id": window_id(end, cfg.window_hours)},
+        "rows": {"window": window.rows, "sampled": int(len(current)), "labelled": int(len(labelled)),
+                 "by_version": window.rows_by_version},
+        "sample_cdf_error_95": window.cdf_error_95,
+        "reference": None if reference is None else {
+            "training_set": str(reference.training_set), "dataset_hash": reference.dataset_hash,
+            "run_id": reference.run_id, "rows": int(len(reference.frame))},
+        "drift": drift.to_dict() if drift else None,
+        "decay": decay_,
+    }
+    summary = json.loads(json.dumps(summary, default=_plain))
+
+    root = out_dir or (cfg.report_dir or settings.project.state_dir / "monitoring") / "reports"
+    out = Path(root) / f"v{version}-{end:%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    report_html, report_json = out / "report.html", None
+    _write_html(report_html, summary, drift.report if drift else None)
+    if drift and drift.report is not None:
+        report_json = out / "report.json"
+        drift.report.save_json(str(report_json))
+    summary_json = out / "summary.json"
+    summary_json.write_text(json.dumps(summary, indent=2))
+    target = publish_metrics(summary, out / "metrics.prom", cfg.pushgateway, cfg.job) if publish else ""
+    if log_to_mlflow and reference is not None:
+        _record_on_version(settings, reference, summary, [report_html, summary_json, *([report_json] if report_json else [])])
+    return MonitorResult(summary, report_html, report_json, summary_json, target)
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (datetime, Path)):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _record_on_version(settings: Settings, reference: Reference, summary: dict, files: list[Path]) -> None:
+    """Reports as artifacts of the version's run, and the latest verdict as version tags."""
+    from storeflow.components import tracking
+
+    client = tracking.connect(settings)
+    folder = f"monitoring/{summary['window']['end'][:19].replace(':', '')}"
+    for path in files:
+        client.log_artifact(reference.run_id, str(path), artifact_path=folder)
+    tags = {"storeflow.monitor.status": summary["status"], "storeflow.monitor.level": summary["level"],
+            "storeflow.monitor.window_end": summary["window"]["end"], "storeflow.monitor.report": folder}
+    if summary["drift"]:
+        tags["storeflow.monitor.drift_share"] = f"{summary['drift']['drifted_share']:.4f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(reference.model_name, reference.model_version, key, value)
