@@ -323,34 +323,6 @@ class MonitorConfig(Section):
         return self
 
 
-class ShopifyConfig(Section):
-    """Live Shopify connection (components/shopify): bulk export, webhooks, privacy requests.
-
-    Credentials are never settings: the shop domain and Admin API token are read from the variables
-    named here (a Kubernetes Secret mounted as env on a cluster), so they never reach config_json or logs.
-    """
-
-    api_version: str = Field("2026-01", pattern=r"^20[0-9]{2}-(01|04|07|10)$",
-                             description="Admin API version, pinned; bulkOperation(id:) needs 2026-01+.")
-    shop_domain_env: str = Field("SHOPIFY_SHOP_DOMAIN", description="Variable with the shop; default project.shop_domain.")
-    access_token_env: str = Field("SHOPIFY_ACCESS_TOKEN", description="Variable with the Admin API access token.")
-    credentials_secret: str = Field("storeflow-shopify", description="Secret (keys shop-domain, access-token) "
-                                                                     "given to the ingest task on a cluster.")
-    admin_origin: str | None = Field(None, description="Send Admin API calls here instead of https://<shop> "
-                                                       "(a proxy or a recording server).")
-    poll_interval_seconds: float = Field(5, gt=0, description="Wait between bulk operation status polls.")
-    poll_timeout_seconds: float = Field(6 * 3600, gt=0, description="Give up on a bulk operation after this.")
-    max_retries: int = Field(8, ge=0, description="Retries of a throttled or failed Admin API call.")
-    max_backoff_seconds: float = Field(60, gt=0)
-    overlap_seconds: int = Field(300, ge=0, description="Each incremental pull re-reads this much before the "
-                                                        "watermark (late writes); merging by id makes it harmless.")
-    webhook_host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 only when asked (in a pod).")
-    webhook_port: int = Field(8090, ge=0, le=65535)
-    webhook_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger webhook bodies get 413.")
-    apply_batch_size: int = Field(1000, gt=0, description="Journaled events applied to Feast per batch at most.")
-    apply_idle_seconds: float = Field(0.2, gt=0, description="How often the applier looks for new events.")
-
-
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -374,7 +346,6 @@ class Settings(BaseSettings):
     kfp: KfpConfig = KfpConfig()
     deploy: DeployConfig = DeployConfig()
     serving: ServingConfig = ServingConfig()
-    shopify: ShopifyConfig = ShopifyConfig()
     monitor: MonitorConfig = MonitorConfig()
     shopify: ShopifyConfig = ShopifyConfig()
 
