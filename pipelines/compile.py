@@ -19,11 +19,14 @@ def _targets() -> dict[str, object]:
     from storeflow.components.ingest.component import ingest
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
+    from storeflow.components.monitor.component import monitor, retrain
     from storeflow.components.validate.component import validate
+    from storeflow.pipelines.monitoring import monitoring_pipeline
     from storeflow.pipelines.training import training_pipeline
 
-    targets: dict[str, object] = {"pipelines/training.yaml": training_pipeline}
-    for op in (ingest, validate, features, train, evaluate, register):
+    targets: dict[str, object] = {"pipelines/training.yaml": training_pipeline,
+                                  "pipelines/monitoring.yaml": monitoring_pipeline}
+    for op in (ingest, validate, features, train, evaluate, register, monitor, retrain):
         targets[f"components/{op.name}.yaml"] = op
     return targets
 
