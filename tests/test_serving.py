@@ -1,0 +1,387 @@
+"""`storeflow serve` end to end: a real registered model, a real Feast online store, a real KServe server
+on 127.0.0.1, called with tritonclient (V2), kserve's InferenceRESTClient (V1/V2) and plain HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from conftest import small_store, write_snapshot
+from storeflow.components.config import load_settings
+from storeflow.serving.features import FALLBACK
+from storeflow.serving.transformer import canary_bucket
+
+pytestmark = pytest.mark.slow
+
+MODEL = "storeflow-repeat-purchase"
+CLIENT_ID = "storeflow-test-app"
+SECRET = "shpss_test_0123456789abcdef0123456789abcdef"
+SHOP = "demo-store.myshopify.com"
+CANARY_PERCENT = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A registered champion (v1) and challenger (v2), and a materialized online store."""
+    from storeflow.components.evaluate import evaluate
+    from storeflow.components.features import build_features
+    from storeflow.components.register import register
+    from storeflow.components.train import train
+
+    root = tmp_path_factory.mktemp("serving")
+    overrides = {
+        "project": {"state_dir": str(root / "state")},
+        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        "train": {"params": {"max_iter": 40, "random_state": 0}},
+        "evaluate": {"bootstrap_samples": 100},
+        "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP], "canary_version": "2",
+                    "canary_percent": CANARY_PERCENT, "feature_refresh_seconds": 0.5},
+    }
+    settings = load_settings(overrides)
+    features = build_features(settings, write_snapshot(small_store(), root / "snapshot"))
+    first = train(settings, features)
+    register(settings, first, evaluate(settings, features, first))
+    second = train(settings.model_copy(update={"train": settings.train.model_copy(
+        update={"params": {"max_iter": 20, "random_state": 1}})}), features)
+    register(settings, second, dataclasses.replace(evaluate(settings, features, second), promote=False))
+    return root, overrides, settings
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    root, overrides, _ = trained
+    port = _free_port()
+    ready = root / "ready"
+    script = ("import json, sys; from storeflow.components.config import load_settings; "
+              "from storeflow.serving.server import serve; "
+              "serve(load_settings(json.loads(sys.argv[1])), port=int(sys.argv[2]), ready_file=sys.argv[3])")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET}
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(overrides), str(port), str(ready)],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def token(**claims) -> str:
+    now = int(time.time())
+    payload = {"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "gid://shopify/Customer/1",
+               "exp": now + 300, "nbf": now, "iat": now, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {token()}"}
+
+
+@pytest.fixture(scope="module")
+def expected(trained):
+    """Scores straight from the registered models on the online store's features."""
+    import mlflow.sklearn
+
+    from storeflow.components import tracking
+    from storeflow.components.features.repo import feature_refs, feature_store
+
+    _, _, settings = trained
+    tracking.connect(settings)
+    models = {v: mlflow.sklearn.load_model(f"models:/{MODEL}/{v}") for v in ("1", "2")}
+    store = feature_store(settings)
+    columns = settings.features.customer_features
+
+    def score(customer_id: int, version: str) -> float:
+        data = store.get_online_features(features=feature_refs(settings),
+                                         entity_rows=[{"customer_id": customer_id}]).to_dict()
+        row = [FALLBACK[c] if data[c][0] is None else data[c][0] for c in columns]
+        import pandas as pd
+
+        return float(models[version].predict_proba(pd.DataFrame([row], columns=columns))[0, 1])
+
+    return score
+
+
+def version_for(customer_id: int) -> str:
+    return "2" if canary_bucket(customer_id) < CANARY_PERCENT else "1"
+
+
+def post(server, path, body=None, headers=None, content=None):
+    headers = {"Content-Type": "application/json", **auth(), **(headers or {})}
+    return httpx.post(f"http://{server}{path}", json=body, content=content, headers=headers, timeout=30)
+
+
+# -- protocols ---------------------------------------------------------------------------------------------
+def test_v2_tritonclient_binary_tensors_match_the_registered_model(server, expected):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server)
+    ids = [3, 17, 42]
+    tensor = triton.InferInput("customer_id", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array([f"gid://shopify/Customer/{i}".encode() for i in ids], dtype=np.object_))
+    result = client.infer(MODEL, [tensor], headers=auth())
+    scores = result.as_numpy("score")
+    versions = [v.decode() for v in result.as_numpy("model_version")]
+    assert versions == [version_for(i) for i in ids]
+    assert scores == pytest.approx([expected(i, version_for(i)) for i in ids], abs=1e-6)
+    assert not result.as_numpy("fallback").any()
+
+
+def test_v2_tritonclient_pure_json(server, expected):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server)
+    tensor = triton.InferInput("customer_id", [1], "INT64")
+    tensor.set_data_from_numpy(np.array([5], dtype=np.int64), binary_data=False)
+    out = triton.InferRequestedOutput("score", binary_data=False)
+    result = client.infer(MODEL, [tensor], outputs=[out], headers={**auth(), "Content-Type": "application/json"})
+    assert result.as_numpy("score")[0] == pytest.approx(expected(5, version_for(5)), abs=1e-6)
+    assert result.get_response()["model_version"] == version_for(5)
+
+
+def test_kserve_rest_client_v1_and_v2(server, expected):
+    import asyncio
+
+    from kserve import InferenceRESTClient, RESTConfig
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    async def call():
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        try:
+            one = await v1.infer(f"http://{server}", {"instances": [
+                {"customer_id": "gid://shopify/Customer/8", "cart": {"subtotal": 54.5, "item_count": 2}}]},
+                model_name=MODEL, headers=auth())
+            tensor = InferInput("customer_id", [1], "BYTES", ["8"])
+            two = await v2.infer(f"http://{server}", InferRequest(MODEL, [tensor]), model_name=MODEL, headers=auth())
+            return one, two
+        finally:
+            await v1.close()
+            await v2.close()
+
+    one, two = asyncio.run(call())
+    answer = one["predictions"][0]
+    assert answer["customer_id"] == "gid://shopify/Customer/8"
+    assert answer["model_name"] == MODEL and answer["model_version"] == version_for(8)
+    assert answer["score"] == pytest.approx(expected(8, version_for(8)), abs=1e-6)
+    assert two.outputs[0].as_numpy()[0] == pytest.approx(answer["score"], abs=1e-9)
+
+
+def test_unknown_customer_gets_the_fallback_row_and_a_flag(server, expected):
+    response = post(server, f"/v1/models/{MODEL}:predict", {"instances": [{"customer_id": 987654321}]})
+    assert response.status_code == 200
+    answer = response.json()["predictions"][0]
+    assert answer["fallback"] is True
+    assert answer["score"] == pytest.approx(expected(987654321, answer["model_version"]), abs=1e-6)
+
+
+def test_canary_split_is_sticky_per_customer_and_pinning_works(server):
+    ids = list(range(1, 61))
+    body = {"instances": [{"customer_id": i} for i in ids]}
+    first = post(server, f"/v1/models/{MODEL}:predict", body).json()["predictions"]
+    again = post(server, f"/v1/models/{MODEL}:predict", body).json()["predictions"]
+    versions = [p["model_version"] for p in first]
+    assert versions == [p["model_version"] for p in again] == [version_for(i) for i in ids]
+    assert {"1", "2"} == set(versions)
+    pinned = post(server, f"/v2/models/{MODEL}/versions/2/infer",
+                  {"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [7]}]})
+    assert pinned.status_code == 200 and pinned.json()["model_version"] == "2"
+    assert pinned.headers["x-storeflow-model-version"] == "2"
+
+
+def test_health_metadata_and_metrics(server):
+    base = f"http://{server}"
+    assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{base}/v1/models/{MODEL}").json()["ready"] is True
+    meta = httpx.get(f"{base}/v2/models/{MODEL}").json()
+    assert meta["name"] == MODEL and meta["inputs"][0]["name"] == "customer_id"
+    post(server, f"/v1/models/{MODEL}:predict", {"instances": [{"customer_id": 3}]})
+    httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [{"customer_id": 3}]})  # no auth
+    text = httpx.get(f"{base}/metrics").text
+    assert f'storeflow_requests_total{{model_version="{version_for(3)}",status="200"}}' in text
+    assert 'storeflow_requests_total{model_version="none",status="401"}' in text
+    assert "storeflow_request_latency_seconds_bucket" in text
+    assert "storeflow_feature_lookup_seconds_count" in text
+    assert f'storeflow_prediction_score_bucket{{le="0.5",model_version="{version_for(3)}"}}' in text
+
+
+def test_listens_on_loopback_only_by_default(server):
+    port = int(server.rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", port), timeout=2).close()
+
+
+# -- auth and CORS -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer not-a-token"},
+    {"Authorization": f"Bearer {jwt.encode({'aud': CLIENT_ID, 'dest': SHOP, 'exp': 2**31}, 'wrong-secret-0123456789abcdef0123', algorithm='HS256')}"},
+    {"Authorization": f"Bearer {token(exp=int(time.time()) - 60)}"},
+    {"Authorization": f"Bearer {token(dest='https://intruder.myshopify.com', iss='https://intruder.myshopify.com')}"},
+], ids=["none", "garbage", "bad-signature", "expired", "other-shop"])
+def test_requests_without_valid_shopify_credentials_get_401_json(server, headers):
+    for path in (f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"):
+        response = httpx.post(f"http://{server}{path}", json={"instances": [{"customer_id": 1}]}, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"].startswith("unauthorized")
+
+
+def test_signed_app_proxy_request_is_served(server):
+    import hashlib
+    import hmac
+
+    params = {"shop": SHOP, "logged_in_customer_id": "3", "path_prefix": "/apps/storeflow",
+              "timestamp": str(int(time.time()))}
+    message = "".join(f"{k}={v}" for k, v in sorted(params.items()))
+    params["signature"] = hmac.new(SECRET.encode(), message.encode(), hashlib.sha256).hexdigest()
+    response = httpx.post(f"http://{server}/v1/models/{MODEL}:predict", params=params,
+                          json={"instances": [{"customer_id": 3}]})
+    assert response.status_code == 200, response.text
+    params["logged_in_customer_id"] = "4"
+    response = httpx.post(f"http://{server}/v1/models/{MODEL}:predict", params=params,
+                          json={"instances": [{"customer_id": 3}]})
+    assert response.status_code == 401
+
+
+def test_cors_allows_shopify_extensions_only(server):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    url = f"http://{server}/v1/models/{MODEL}:predict"
+    ok = httpx.options(url, headers={"Origin": "https://extensions.shopifycdn.com", **preflight})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://extensions.shopifycdn.com"
+    evil = httpx.options(url, headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in evil.headers
+    real = post(server, f"/v1/models/{MODEL}:predict", {"instances": [{"customer_id": 1}]},
+                headers={"Origin": "https://extensions.shopifycdn.com"})
+    assert real.headers["access-control-allow-origin"] == "https://extensions.shopifycdn.com"
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+V1 = f"/v1/models/{MODEL}:predict"
+V2 = f"/v2/models/{MODEL}/infer"
+
+
+def v2(*inputs):
+    return {"inputs": [dict(zip(("name", "shape", "datatype", "data"), i)) for i in inputs]}
+
+
+BAD = [
+    (V1, None, b"{not json", "request format"),
+    (V1, {"instances": "gid://shopify/Customer/1"}, None, "instances"),
+    (V1, {"instances": []}, None, "1 to 64"),
+    (V1, {"instances": [{"customer_id": i} for i in range(1, 70)]}, None, "1 to 64"),
+    (V1, {"instances": [{"customer_id": "gid://shopify/Product/1"}]}, None, "customer_id"),
+    (V1, {"instances": [{"customer_id": -4}]}, None, "out of range"),
+    (V1, {"instances": [{"customer_id": 2**70}]}, None, "customer_id"),
+    (V1, {"instances": [{"customer": 1}]}, None, "unknown field"),
+    (V1, {"instances": [{"customer_id": 1, "cart": {"subtotal": "NaN"}}]}, None, "subtotal"),
+    (V1, None, b'{"instances": [{"customer_id": 1, "cart": {"subtotal": NaN}}]}', ""),
+    (V1, None, b'{"instances": [{"customer_id": 1, "cart": {"subtotal": 1e999}}]}', ""),
+    (V1, {"instances": [{"customer_id": 1, "cart": {"item_count": 1.5}}]}, None, "item_count"),
+    (V2, v2(("customer_id", [2], "BYTES", ["1"])), None, ""),
+    (V2, v2(("customer_id", [1, 2], "INT64", [1, 2])), None, "shape"),
+    (V2, v2(("customer_id", [1], "FP64", [1.5])), None, "customer_id"),
+    (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_subtotal", [1], "FP64", ["inf"])), None, ""),
+    (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_subtotal", [2], "FP64", [1.0, 2.0])), None, ""),
+    (V2, v2(("features", [1, 9], "FP64", [0.0] * 9)), None, "unknown input"),
+    (V2, {"inputs": "x"}, None, ""),
+    (V2, None, b"\x00\x01binary", ""),
+    (f"/v2/models/{MODEL}/versions/99/infer", v2(("customer_id", [1], "INT64", [1])), None, "version 99"),
+    ("/v2/models/no-such-model/infer", v2(("customer_id", [1], "INT64", [1])), None, "no-such-model"),
+    ("/v1/models/no-such-model:predict", {"instances": [{"customer_id": 1}]}, None, "no-such-model"),
+    (V1, None, b'{"instances": [' + b'{"customer_id": 1},' * 5000 + b"{}]}", "larger than"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "raw", "says"), BAD, ids=[f"{i}" for i in range(len(BAD))])
+def test_bad_input_gets_a_4xx_json_naming_the_problem(server, path, body, raw, says):
+    response = post(server, path, body, content=raw)
+    assert 400 <= response.status_code < 500, response.text
+    assert says.lower() in json.dumps(response.json()).lower()
+    assert post(server, V1, {"instances": [{"customer_id": 1}]}).status_code == 200
+
+
+def test_binary_v2_header_lies_get_4xx(server):
+    headers = {"Inference-Header-Content-Length": "500", "Content-Type": "application/octet-stream"}
+    response = post(server, V2, content=b'{"inputs": []}', headers=headers)
+    assert 400 <= response.status_code < 500
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20)
+instance = st.fixed_dictionaries({}, optional={
+    "customer_id": st.integers() | st.text(max_size=40) | st.just("gid://shopify/Customer/3") | json_values,
+    "cart": json_values | st.fixed_dictionaries({}, optional={"subtotal": json_values, "item_count": json_values}),
+})
+tensor = st.fixed_dictionaries({
+    "name": st.sampled_from(["customer_id", "cart_subtotal", "cart_item_count", "x"]),
+    "shape": st.lists(st.integers(-2, 70), max_size=3),
+    "datatype": st.sampled_from(["BYTES", "INT64", "FP64", "FP32", "BOOL", "UINT8", "nope"]),
+    "data": json_values,
+})
+bodies = st.one_of(
+    st.tuples(st.just(V1), st.fixed_dictionaries({"instances": st.lists(instance, max_size=5) | json_values})),
+    st.tuples(st.just(V2), st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=3)},
+                                                 optional={"parameters": json_values, "outputs": json_values})),
+    st.tuples(st.sampled_from([V1, V2]), json_values),
+)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=bodies, raw=st.binary(max_size=64))
+def test_fuzzed_requests_never_get_5xx(server, case, raw):
+    path, body = case
+    response = post(server, path, body)
+    assert response.status_code < 500, response.text
+    response.json()
+    garbled = post(server, path, content=raw)
+    assert garbled.status_code < 500, garbled.text
+
+
+# -- prediction log ----------------------------------------------------------------------------------------
+def test_every_answer_is_in_the_prediction_log(trained, server):
+    root, _, settings = trained
+    post(server, V1, {"instances": [{"customer_id": 11, "cart": {"subtotal": 20.0, "item_count": 1}}]})
+    deadline = time.monotonic() + 30
+    records = []
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for f in sorted((root / "state" / "predictions").glob("*.jsonl"))
+                   for line in f.read_text().splitlines() if line]
+        if any(r["customer_id"] == 11 and r["cart"] for r in records):
+            break
+        time.sleep(0.2)
+    record = next(r for r in records if r["customer_id"] == 11 and r["cart"])
+    assert record["cart"] == {"subtotal": 20.0, "item_count": 1}
+    assert record["model_version"] == version_for(11)
+    assert list(record["features"]) == settings.features.customer_features
+    assert 0 <= record["score"] <= 1 and record["ts"].endswith("+00:00")
