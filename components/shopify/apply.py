@@ -216,7 +216,7 @@ class Applier:
         """Recompute and write the customers' features: online (next prediction) and offline (history)."""
         if not customers:
             return
-        as_of = datetime.now(timezone.utc).replace(microsecond=0) + pd.Timedelta(seconds=1)
+        as_of = datetime.now(timezone.utc) + pd.Timedelta(seconds=1)  # 1 s of clock skew; µs keep batches apart
         frame = customer_features(self.customer_tables(customers), [as_of])
         if frame.empty:
             return

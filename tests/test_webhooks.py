@@ -1,0 +1,141 @@
+"""The webhook receiver: signatures (shopifyapp), durable de-duplicated intake, online features that
+change with each order, retries that change nothing twice, 4xx for bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from shopify_webhook_helpers import SECRET, SHOP, delivery, order, refund
+from starlette.testclient import TestClient
+
+from storeflow.components.config import load_settings
+from storeflow.components.features.repo import CUSTOMER_VIEW, feature_store, source_path
+from storeflow.components.shopify import layout
+from storeflow.components.shopify.admin import ShopifyError
+from storeflow.components.shopify.sync import pull
+from storeflow.components.shopify.webhooks import create_app
+from storeflow.serving.auth import ShopifyVerifier
+
+ADA = 7390245781931
+
+
+@pytest.fixture
+def hooks(settings, monkeypatch):
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+    return load_settings({**json.loads(settings.to_json()), "project": {
+        "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
+        "serving": {"shopify_client_id": "storeflow-test-app"}})
+
+
+@pytest.fixture
+def client(hooks):
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as c:
+        yield c
+
+
+def post(client, topic, payload, webhook_id, **kw):
+    return client.post("/webhooks", **delivery(topic, payload, webhook_id, **kw))
+
+
+def online(hooks, customer_id):
+    refs = [f"{CUSTOMER_VIEW}:{n}" for n in ("frequency", "monetary", "refund_rate")]
+    return feature_store(hooks).get_online_features(features=refs, entity_rows=[{"customer_id": customer_id}]).to_dict()
+
+
+def journal(hooks, sql):
+    with sqlite3.connect(layout.journal_path(hooks)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_shopify_public_vector_verifies_and_a_changed_body_does_not():
+    verifier = ShopifyVerifier("app", "secret", [SHOP])
+    headers = {"X-Shopify-Hmac-Sha256": "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ=", "X-Shopify-Shop-Domain": SHOP}
+    assert verifier.verify_webhook("POST", "https://x/webhooks", headers, "foo").shop == SHOP
+    with pytest.raises(Exception, match="invalid_hmac"):
+        verifier.verify_webhook("POST", "https://x/webhooks", headers, "fop")
+
+
+def test_each_new_order_changes_the_next_prediction_and_the_offline_history(client, hooks):
+    assert post(client, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-1").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    first = online(hooks, ADA)
+    assert first["frequency"] == [1] and first["monetary"] == [pytest.approx(40.0)]
+
+    post(client, "orders/create", order(9002, ADA, "ada@example.com", 25.0, hours_ago=0.5), "wh-2")
+    post(client, "refunds/create", refund(77001, 9001, 40.0), "wh-3")
+    client.app.state.applier.drain()
+    second = online(hooks, ADA)
+    assert second["frequency"] == [2]
+    assert second["monetary"] == [pytest.approx(25.0)]  # 65 ordered, 40 refunded
+    assert second["refund_rate"] == [pytest.approx(0.5)]
+    history = __import__("pandas").read_parquet(source_path(hooks, CUSTOMER_VIEW))
+    rows = history[history["customer_id"] == ADA].sort_values("event_timestamp")
+    assert rows["frequency"].iloc[0] == 1  # one row per applied batch, oldest first
+    assert (rows["frequency"].iloc[-1], rows["refund_rate"].iloc[-1]) == (2, pytest.approx(0.5))
+
+
+def test_retried_and_duplicate_deliveries_change_nothing_twice(client, hooks):
+    payload = order(9001, ADA, "ada@example.com", 40.0)
+    assert post(client, "orders/create", payload, "wh-1").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    before = online(hooks, ADA)
+    history_before = len(__import__("pandas").read_parquet(source_path(hooks, CUSTOMER_VIEW)))
+
+    statuses = [post(client, "orders/create", payload, "wh-1").json()["status"] for _ in range(8)]  # Shopify's 8 retries
+    paid = post(client, "orders/paid", payload, "wh-paid-1")  # the same order again, as another topic
+    client.app.state.applier.drain()
+
+    assert statuses == ["duplicate"] * 8 and paid.json()["status"] == "accepted"
+    assert online(hooks, ADA) == before
+    assert journal(hooks, "SELECT count(*) FROM events WHERE webhook_id = 'wh-1'") == [(1,)]
+    assert journal(hooks, "SELECT count(*) FROM live_orders") == [(1,)]
+    assert len(__import__("pandas").read_parquet(source_path(hooks, CUSTOMER_VIEW))) == history_before + 1  # orders/paid re-derived, same values
+    history = __import__("pandas").read_parquet(source_path(hooks, CUSTOMER_VIEW))
+    assert set(history[history["customer_id"] == ADA]["frequency"]) == {1}
+
+
+def test_an_accepted_event_is_committed_before_the_answer(hooks):
+    with TestClient(create_app(hooks, apply=False)) as c:
+        response = post(c, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-durable")
+        # Another connection (another process, after a crash) sees it at once.
+        rows = journal(hooks, "SELECT topic, customer_id, applied_at FROM events WHERE webhook_id = 'wh-durable'")
+    assert response.status_code == 200
+    assert rows == [("orders/create", ADA, None)]
+
+
+@pytest.mark.parametrize(("change", "status", "code", "named"), [
+    (lambda d: d["headers"].pop("X-Shopify-Hmac-Sha256"), 400, "missing_header", "x-shopify-hmac-sha256"),
+    (lambda d: d["headers"].pop("X-Shopify-Webhook-Id"), 400, "missing_header", "x-shopify-webhook-id"),
+    (lambda d: d["headers"].pop("X-Shopify-Topic"), 400, "missing_header", "x-shopify-topic"),
+    (lambda d: d["headers"].update({"X-Shopify-Hmac-Sha256": "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ="}), 401,
+     "invalid_hmac", "signature"),
+    (lambda d: d.update(delivery("orders/create", b'{"id": 1,', "wh-bad")), 400, "malformed_json", "not valid JSON"),
+    (lambda d: d.update(delivery("products/update", {"id": 1}, "wh-bad")), 400, "unknown_topic", "products/update"),
+    (lambda d: d.update(delivery("orders/create", {"name": "#1"}, "wh-bad")), 400, "bad_payload", "'id'"),
+    (lambda d: d.update(delivery("orders/create", {"id": 1}, "wh-bad", shop="other.myshopify.com")), 401,
+     "shop_not_allowed", "other.myshopify.com"),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem_and_loses_nothing(client, hooks, change, status, code, named):
+    post(client, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-1")
+    client.app.state.applier.drain()
+    before = online(hooks, ADA)
+    bad = delivery("orders/create", order(9002, ADA, "ada@example.com", 99.0), "wh-bad")
+    change(bad)
+
+    response = client.post("/webhooks", **bad)
+
+    assert response.status_code == status
+    assert response.json()["code"] == code and named in response.text
+    client.app.state.applier.drain()
+    assert journal(hooks, "SELECT webhook_id FROM events") == [("wh-1",)]
+    assert online(hooks, ADA) == before
+
+
+def test_app_uninstalled_stops_syncing(client, hooks):
+    post(client, "app/uninstalled", {"id": 548380009, "name": "Kettle & Leaf", "myshopify_domain": SHOP}, "wh-bye")
+    client.app.state.applier.drain()
+    with pytest.raises(ShopifyError, match="uninstalled from kettle-and-leaf.myshopify.com"):
+        pull(hooks)
