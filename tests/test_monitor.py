@@ -1,0 +1,248 @@
+"""Monitoring without a trained model: reading the prediction log, Evidently drift levels, ground truth,
+the Prometheus exposition and the once-per-window retraining rule."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import write_snapshot
+from storeflow.components.config import MonitorConfig
+from storeflow.components.monitor import drift, metrics, retrain_if_needed, window_id
+from storeflow.components.monitor.labels import attach_labels
+from storeflow.components.monitor.predictions import read_window
+
+COLUMNS = ["recency_days", "frequency", "avg_order_value"]
+END = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+
+
+def _frame(n: int, seed: int, value_lift: float = 1.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"recency_days": rng.exponential(40, n), "frequency": rng.poisson(4, n).astype(float),
+                         "avg_order_value": rng.gamma(2, 30 * value_lift, n), "score": rng.beta(2, 5, n)})
+
+
+def _log(directory: Path, frame: pd.DataFrame, version: str = "1", end: datetime = END, name: str = "a",
+         drop: tuple[str, ...] = ()) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"predictions-20260601T000000-{name}.jsonl"
+    with path.open("a") as out:
+        for i, row in frame.reset_index(drop=True).iterrows():
+            out.write(json.dumps({
+                "ts": (end - timedelta(minutes=1 + i % 600)).isoformat(), "request_id": str(i),
+                "model_name": "m", "model_version": version, "customer_id": int(i), "fallback": False,
+                "score": float(row["score"]),
+                "features": {c: (None if pd.isna(row[c]) else float(row[c])) for c in COLUMNS if c not in drop},
+                "cart": None, "shop": "demo-store.myshopify.com"}) + "\n")
+    return path
+
+
+# -- the prediction log -------------------------------------------------------------------------------
+
+def test_window_reads_the_most_served_version_and_skips_unfinished_lines(tmp_path: Path) -> None:
+    path = _log(tmp_path, _frame(300, 0), version="3")
+    _log(tmp_path, _frame(50, 1), version="4", name="b")
+    _log(tmp_path, _frame(20, 2), version="3", end=END - timedelta(days=2), name="c")  # before the window
+    with path.open("a") as out:
+        out.write('{"ts": "2026-06-01T11:00:00+00:00", "model_version": "3", "sco')  # being written
+    window = read_window(tmp_path, END - timedelta(hours=24), END, COLUMNS, None, max_rows=10_000)
+    assert window.model_version == "3" and window.rows == 300
+    assert window.rows_by_version == {"3": 300, "4": 50}
+    assert list(window.frame.columns[:4]) == ["ts", "customer_id", "fallback", "score"]
+    assert window.frame["avg_order_value"].notna().all() and not window.sampled
+
+
+def test_large_window_is_sampled_with_a_stated_error(tmp_path: Path) -> None:
+    _log(tmp_path, _frame(3000, 0))
+    window = read_window(tmp_path, END - timedelta(hours=24), END, COLUMNS, "1", max_rows=1000)
+    assert window.rows == 3000 and len(window.frame) == 1000 and window.sampled
+    assert window.cdf_error_95 == pytest.approx(np.sqrt(np.log(40) / 2000))
+
+
+def test_feature_absent_from_every_line_is_reported_missing(tmp_path: Path) -> None:
+    _log(tmp_path, _frame(200, 0), drop=("frequency",))
+    window = read_window(tmp_path, END - timedelta(hours=24), END, COLUMNS, "1", max_rows=1000)
+    assert window.present_features == ["recency_days", "avg_order_value"]
+
+
+def test_empty_or_absent_log_dir_is_an_empty_window(tmp_path: Path) -> None:
+    window = read_window(tmp_path / "nowhere", END - timedelta(hours=1), END, COLUMNS, None, max_rows=1000)
+    assert window.rows == 0 and window.frame.empty and window.rows_by_version == {}
+
+
+# -- drift levels (Evidently) -------------------------------------------------------------------------
+
+def test_shifted_order_values_are_critical_and_unshifted_traffic_is_ok() -> None:
+    reference, cfg = _frame(3000, 0), MonitorConfig()
+    same = drift.analyse(reference, _frame(2000, 1), COLUMNS, COLUMNS, cfg)
+    assert same.level == "ok" and same.drifted_count == 0
+    assert all(c.status == "analysed" and c.psi is not None and c.method for c in same.columns)
+
+    shifted = drift.analyse(reference, _frame(2000, 1, value_lift=1.8), COLUMNS, COLUMNS, cfg)
+    by_name = {c.column: c for c in shifted.columns}
+    assert by_name["avg_order_value"].drifted and by_name["avg_order_value"].level == "critical"
+    assert by_name["avg_order_value"].psi > cfg.psi_critical
+    assert not by_name["recency_days"].drifted and by_name["recency_days"].level == "ok"
+    assert shifted.drifted_share == pytest.approx(1 / 3) and shifted.share_level == "warning"
+    assert shifted.level == "critical" and shifted.prediction is not None
+
+
+def test_thresholds_come_from_config() -> None:
+    reference, current = _frame(3000, 0), _frame(2000, 1, value_lift=1.8)
+    lenient = MonitorConfig(feature_thresholds={"avg_order_value": {"warning": 5, "critical": 10}},
+                            drift_share_warning=0.5, drift_share_critical=0.9)
+    result = drift.analyse(reference, current, COLUMNS, COLUMNS, lenient)
+    assert result.level == "ok"
+    with pytest.raises(ValueError, match="must not be below"):
+        MonitorConfig(psi_warning=0.3, psi_critical=0.2)
+
+
+def test_missing_and_all_null_columns_get_a_status_not_a_crash() -> None:
+    current = _frame(500, 1).drop(columns=["frequency"]).assign(recency_days=np.nan)
+    result = drift.analyse(_frame(1000, 0), current, COLUMNS, ["recency_days", "avg_order_value"], MonitorConfig())
+    statuses = {c.column: c.status for c in result.columns}
+    assert statuses == {"avg_order_value": "analysed", "recency_days": "all-null", "frequency": "missing"}
+    assert result.report is not None
+
+    nothing = drift.analyse(_frame(100, 0), current.drop(columns=["score"]), ["recency_days"], ["recency_days"],
+                            MonitorConfig())
+    assert nothing.report is None and nothing.columns[0].status == "all-null" and nothing.level == "ok"
+
+
+# -- ground truth -------------------------------------------------------------------------------------
+
+def test_labels_come_from_later_orders_once_the_horizon_has_passed(tmp_path: Path, store_tables) -> None:
+    snapshot = write_snapshot(store_tables, tmp_path / "snap")
+    orders = store_tables["orders"]
+    last = orders["created_at"].max()
+    first = orders.sort_values("created_at").groupby("customer_id").first()
+    returning = int(orders.groupby("customer_id").size().idxmax())
+    t0 = first.loc[returning, "created_at"]
+    quiet = orders.groupby("customer_id")["created_at"].max().idxmin()  # last order long ago
+    predictions = pd.DataFrame({
+        "customer_id": [returning, int(quiet), returning],
+        "ts": [t0 + timedelta(seconds=1), orders.groupby("customer_id")["created_at"].max().min()
+               + timedelta(seconds=1), last - timedelta(days=5)]})
+    labels = attach_labels(predictions, snapshot, horizon_days=60)
+    assert labels.iloc[0] == 1 and labels.iloc[1] == 0  # came back / never did
+    assert pd.isna(labels.iloc[2])  # its 60 days are not over yet
+
+
+# -- Prometheus ---------------------------------------------------------------------------------------
+
+SUMMARY = {"model_version": "7", "level": "critical", "rows": {"window": 5000, "sampled": 5000, "labelled": 300},
+           "drift": {"drifted_share": 0.5, "columns": [
+               {"column": "avg_order_value", "method": "Wasserstein distance (normed)", "drift_score": 0.4,
+                "psi": 0.31},
+               {"column": "frequency", "method": None, "drift_score": None, "psi": None}],
+               "prediction": {"column": "score", "method": "Wasserstein distance (normed)", "drift_score": 0.2,
+                              "psi": 0.12}},
+           "decay": {"roc_auc": 0.71, "calibration_error": 0.04}}
+
+
+def _samples(text: str) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_textfile_exposition_has_drift_share_scores_psi_and_level(tmp_path: Path) -> None:
+    target = metrics.publish(SUMMARY, tmp_path / "metrics.prom", None, "job")
+    samples = _samples(Path(target).read_text())
+    assert samples[("storeflow_drift_share", (("model_version", "7"),))] == 0.5
+    assert samples[("storeflow_feature_psi", (("feature", "avg_order_value"), ("model_version", "7")))] == 0.31
+    assert samples[("storeflow_feature_psi", (("feature", "score"), ("model_version", "7")))] == 0.12
+    assert samples[("storeflow_drift_score", (("feature", "avg_order_value"),
+                                              ("method", "Wasserstein distance (normed)"),
+                                              ("model_version", "7")))] == 0.4
+    assert samples[("storeflow_monitor_level", (("model_version", "7"),))] == 2
+    assert samples[("storeflow_served_auc", (("model_version", "7"),))] == 0.71
+    assert not any(k[0] == "storeflow_feature_psi" and ("feature", "frequency") in k[1] for k in samples)
+
+
+def test_pushgateway_gets_the_same_gauges_grouped_by_version() -> None:
+    received: dict = {}
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server API
+            received["path"] = self.path
+            received["body"] = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert metrics.publish(SUMMARY, Path("unused.prom"), url, "storeflow-monitoring") == url
+        thread.join(5)
+    finally:
+        server.server_close()
+    assert received["path"] == "/metrics/job/storeflow-monitoring/model_version/7"
+    assert _samples(received["body"])[("storeflow_drift_share", (("model_version", "7"),))] == 0.5
+
+
+# -- retraining, once per window ----------------------------------------------------------------------
+
+def _summary(level: str, end: datetime = END, version: str = "3") -> dict:
+    return {"level": level, "model_version": version, "reasons": ["critical: avg_order_value PSI 0.4"],
+            "window": {"start": (end - timedelta(hours=24)).isoformat(), "end": end.isoformat()}}
+
+
+def test_critical_starts_one_training_run_per_version_and_window(settings) -> None:
+    started: list = []
+    launchers = {"local": lambda s: started.append(s) or {"run": len(started)}}
+    first = retrain_if_needed(settings, _summary("critical"), launchers)
+    again = retrain_if_needed(settings, _summary("critical", END + timedelta(minutes=30)), launchers)
+    assert first.started and first.run == {"run": 1} and not again.started
+    assert "already started" in again.reason and len(started) == 1
+    assert json.loads(Path(first.marker).read_text())["run"] == {"run": 1}
+
+    next_window = END + timedelta(hours=settings.monitor.window_hours)
+    assert window_id(next_window, settings.monitor.window_hours) != window_id(END, settings.monitor.window_hours)
+    assert retrain_if_needed(settings, _summary("critical", next_window), launchers).started
+    assert retrain_if_needed(settings, _summary("critical", version="4"), launchers).started  # a new champion
+    assert len(started) == 3
+
+
+def test_warning_or_off_never_retrains(settings) -> None:
+    launchers = {"local": lambda s: pytest.fail("must not start"), "cluster": lambda s: pytest.fail("must not")}
+    assert not retrain_if_needed(settings, _summary("warning"), launchers).started
+    off = settings.model_copy(deep=True)
+    off.monitor.retrain = "off"
+    assert "off" in retrain_if_needed(off, _summary("critical"), launchers).reason
+
+
+def test_failed_launch_leaves_the_window_open_for_a_retry(settings) -> None:
+    cluster = settings.model_copy(deep=True)
+    cluster.monitor.retrain = "cluster"
+
+    def unreachable(s):
+        raise ValueError("no Kubeflow Pipelines host")
+
+    with pytest.raises(RuntimeError, match="no Kubeflow Pipelines host"):
+        retrain_if_needed(cluster, _summary("critical"), {"cluster": unreachable})
+    assert retrain_if_needed(cluster, _summary("critical"), {"cluster": lambda s: {"run_id": "r1"}}).started
+
+
+def test_cluster_mode_submits_the_compiled_training_pipeline(settings, monkeypatch) -> None:
+    from storeflow.pipelines import submit
+
+    calls = []
+    monkeypatch.setattr(submit, "submit", lambda s, **kw: calls.append(kw) or submit.Submitted(
+        "run-1", "http://kfp/#/runs/details/run-1"))
+    cluster = settings.model_copy(deep=True)
+    cluster.monitor.retrain = "cluster"
+    decision = retrain_if_needed(cluster, _summary("critical"))
+    assert decision.started and decision.run["run_id"] == "run-1" and len(calls) == 1
