@@ -69,11 +69,12 @@ def holiday_promotion(tables: dict[str, pd.DataFrame], as_of: datetime, share: f
 
 def simulate_shift(settings: Settings, *, requests: int = 2_000, shift: bool = True, share: float = 0.6,
                    value_lift: float = 1.8, discount: float = 0.3, promo_days: int = 21, hours: float = 2.0,
-                   end: datetime | None = None, model_version: str | None = None, snapshot: Path | None = None,
-                   seed: int = 0) -> Simulated:
+                   end: datetime | None = None, as_of: datetime | None = None, model_version: str | None = None,
+                   snapshot: Path | None = None, seed: int = 0) -> Simulated:
     """Write ``requests`` predictions by the champion (or ``model_version``) for customers of the latest
     snapshot, after a holiday promotion when ``shift`` (else as the store is), logged over the ``hours``
-    before ``end`` (default now) in ``serving.prediction_log_dir``. Returns the log file written."""
+    before ``end`` (default now) in ``serving.prediction_log_dir``. Features are those at ``as_of`` (default
+    the snapshot's serving time; an earlier one makes traffic whose outcome the snapshot already knows)."""
     from storeflow.components import tracking
     from storeflow.components.train import load_model
 
@@ -81,10 +82,9 @@ def simulate_shift(settings: Settings, *, requests: int = 2_000, shift: bool = T
     if snapshot is None:
         raise FileNotFoundError(f"no ingested snapshot under {settings.data_dir}: run the training pipeline first")
     tables = read_tables(snapshot)
-    as_of = serving_time(tables["orders"])
+    as_of = as_of or serving_time(tables["orders"])
     if shift:
         tables = holiday_promotion(tables, as_of, share, value_lift, discount, promo_days, seed)
-        as_of = serving_time(tables["orders"])
     rows = customer_features(tables, [as_of])
 
     client = tracking.connect(settings)
