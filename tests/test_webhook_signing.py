@@ -1,4 +1,5 @@
-"""Signed Shopify webhook deliveries for the webhook and privacy tests (the signature Shopify computes)."""
+"""Signed Shopify webhook deliveries (the signature Shopify computes), used by the webhook and privacy tests,
+and Shopify's public HMAC vector checked through shopifyapp."""
 
 from __future__ import annotations
 
@@ -51,3 +52,18 @@ def refund(refund_id: int, order_id: int, amount: float) -> dict:
     return {"id": refund_id, "order_id": order_id, "created_at": datetime.now(timezone.utc).isoformat(),
             "note": "damaged", "transactions": [{"id": refund_id + 1, "amount": f"{amount:.2f}", "kind": "refund",
                                                  "status": "success"}], "refund_line_items": []}
+
+
+def test_shopify_public_vector_verifies_and_a_changed_body_does_not():
+    from storeflow.serving.auth import AuthError, ShopifyVerifier
+
+    verifier = ShopifyVerifier("app", "secret", [SHOP])
+    headers = {"X-Shopify-Hmac-Sha256": "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ=", "X-Shopify-Shop-Domain": SHOP}
+    assert verifier.verify_webhook("POST", "https://x/webhooks", headers, "foo").shop == SHOP
+    assert sign(b"foo", "secret") == headers["X-Shopify-Hmac-Sha256"]
+    try:
+        verifier.verify_webhook("POST", "https://x/webhooks", headers, "fop")
+    except AuthError as exc:
+        assert exc.code == "invalid_hmac"
+    else:
+        raise AssertionError("a changed body verified")

@@ -140,7 +140,7 @@ class Applier:
             return json.dumps(privacy.redact_customer(self.settings, self.conn, self.store, subject))
         request = (payload.get("data_request") or {}).get("id")
         path = privacy.export_customer(self.settings, self.conn, self.store, subject, request)
-        return f"exported {path.name}"
+        return f"exported for data request {request}"  # the file name holds the customer id: not here
 
     # --- live orders ---------------------------------------------------------------------------------
 

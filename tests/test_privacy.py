@@ -1,0 +1,151 @@
+"""The mandatory privacy webhooks: after customers/redact no trace of the customer is left in any file
+under the state dir (raw export, snapshots, Feast offline and online stores, training sets, prediction
+logs, event journal, earlier data-request exports); shop/redact leaves no customer at all."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from starlette.testclient import TestClient
+from test_shopify_sync import TOKEN, FakeShopify  # noqa: F401 - the recorded Admin API
+from test_webhook_signing import SECRET, SHOP, delivery, order
+
+from storeflow.components.config import load_settings
+from storeflow.components.features.compute import customer_features
+from storeflow.components.features.repo import CUSTOMER_VIEW, feature_store
+from storeflow.components.ingest import ingest
+from storeflow.components.shopify import layout
+from storeflow.components.shopify.webhooks import create_app
+from storeflow.components.tables import read_tables
+
+ADA, ADA_EMAIL = 7390245781931, "ada.lovelace@example.com"
+GRACE, GRACE_EMAIL = 7390277763243, "grace.hopper@example.org"
+ADA_ORDERS = [5931473289387, 5931520442539]
+
+
+def traces(state: Path, customer_id: int, email: str) -> list[str]:
+    """Files holding the id (text, or int64 either byte order) or the email, decoded parquet included."""
+    needles = [str(customer_id).encode(), email.encode(), struct.pack("<q", customer_id), struct.pack(">q", customer_id)]
+    found = []
+    for path in sorted(p for p in state.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.suffix == ".parquet":
+            data += pq.read_table(path).to_pandas().to_csv().encode()
+        if any(needle in data for needle in needles):
+            found.append(str(path.relative_to(state)))
+    return found
+
+
+@pytest.fixture
+def shop(settings, monkeypatch):
+    """A shop with two customers in every store: pulled, ingested, live orders, features, logs, exports."""
+    server = FakeShopify()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield from _populated(settings, monkeypatch, server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _populated(settings, monkeypatch, server):
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    hooks = load_settings({**json.loads(settings.to_json()),
+                           "project": {"state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
+                           "ingest": {"source": "shopify"}, "shopify": {"admin_origin": server.origin},
+                           "serving": {"shopify_client_id": "storeflow-test-app"}})
+    snapshot = ingest(hooks).snapshot
+    training = hooks.data_dir / "training" / "0123abcd.parquet"
+    training.parent.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+    customer_features(read_tables(snapshot), [now]).to_parquet(training)
+    logs = hooks.project.state_dir / "predictions"
+    logs.mkdir()
+    (logs / "predictions-20260501T000000-1.jsonl").write_text("".join(
+        json.dumps({"ts": now.isoformat(), "customer_id": c, "score": 0.5, "features": {"frequency": 2}}) + "\n"
+        for c in (ADA, GRACE, ADA)))
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as client:
+        client.post("/webhooks", **delivery("orders/create", order(9001, ADA, ADA_EMAIL, 30.0), "wh-ada"))
+        client.post("/webhooks", **delivery("orders/create", order(9002, GRACE, GRACE_EMAIL, 50.0), "wh-grace"))
+        client.app.state.applier.drain()
+        yield hooks, client
+
+
+def online(hooks, customer_id):
+    return feature_store(hooks).get_online_features(features=[f"{CUSTOMER_VIEW}:frequency"],
+                                                    entity_rows=[{"customer_id": customer_id}]).to_dict()["frequency"]
+
+
+def redact_request(customer_id, email, orders):
+    return {"shop_id": 954889, "shop_domain": SHOP, "customer": {"id": customer_id, "email": email, "phone": "555-625-1199"},
+            "orders_to_redact": orders}
+
+
+def test_customer_redact_leaves_no_trace_of_the_customer_and_keeps_everyone_else(shop):
+    hooks, client = shop
+    state = hooks.project.state_dir
+    request = {"shop_id": 954889, "shop_domain": SHOP, "orders_requested": ADA_ORDERS,
+               "customer": {"id": ADA, "email": ADA_EMAIL, "phone": "555-625-1199"}, "data_request": {"id": 9999}}
+    client.post("/webhooks", **delivery("customers/data_request", request, "wh-request"))
+    client.app.state.applier.drain()
+    assert online(hooks, ADA) == [3]  # two pulled orders and one live
+    before = traces(state, ADA, ADA_EMAIL)
+    for store in ("data/shopify/store.jsonl", "orders.parquet", "customers.parquet", "customer_features.parquet",
+                  "training/0123abcd.parquet", "online.db", "predictions/", "shopify/webhooks.db",
+                  "shopify/data_requests/customer-7390245781931-request-9999.json"):
+        assert any(store in path for path in before), f"test setup: no trace in {store}"
+
+    response = client.post("/webhooks", **delivery("customers/redact", redact_request(ADA, ADA_EMAIL, ADA_ORDERS), "wh-redact"))
+    client.app.state.applier.drain()
+
+    assert response.status_code == 200
+    assert traces(state, ADA, ADA_EMAIL) == []
+    assert online(hooks, ADA) == [None]
+    # Everyone else is untouched, and every store is still readable.
+    assert online(hooks, GRACE) == [2]  # one pulled order, one live
+    kept = traces(state, GRACE, GRACE_EMAIL)
+    for store in ("data/shopify/store.jsonl", "orders.parquet", "customer_features.parquet", "training/0123abcd.parquet",
+                  "online.db", "predictions/", "shopify/webhooks.db"):
+        assert any(store in path for path in kept), f"{store} lost the other customer"
+    snapshot = next((hooks.data_dir / "snapshots").iterdir())
+    tables = read_tables(snapshot)
+    assert set(tables["orders"]["customer_id"]) == {GRACE} and len(tables["line_items"]) == 2
+    assert set(tables["customers"]["customer_id"]) == {GRACE}
+    lines = [json.loads(line)["customer_id"] for line in (state / "predictions").glob("*.jsonl").__next__().open()]
+    assert lines == [GRACE]
+    # A retried redact delivery is recognised (its id is kept; its body is gone).
+    again = client.post("/webhooks", **delivery("customers/redact", redact_request(ADA, ADA_EMAIL, ADA_ORDERS), "wh-redact"))
+    assert again.json()["status"] == "duplicate"
+
+
+def test_data_request_exports_what_is_held_about_the_customer(shop):
+    hooks, client = shop
+    request = {"shop_id": 954889, "shop_domain": SHOP, "orders_requested": ADA_ORDERS,
+               "customer": {"id": ADA, "email": ADA_EMAIL}, "data_request": {"id": 9999}}
+    client.post("/webhooks", **delivery("customers/data_request", request, "wh-request"))
+    client.app.state.applier.drain()
+
+    export = json.loads((layout.data_requests_dir(hooks) / f"customer-{ADA}-request-9999.json").read_text())["data"]
+    assert {r["id"] for r in export["raw_records"] if "Order/" in r["id"]} == {f"gid://shopify/Order/{o}" for o in ADA_ORDERS}
+    assert {o["order_id"] for o in export["snapshot"]["orders"]} == set(ADA_ORDERS)
+    assert [o["order_id"] for o in export["live_orders"]] == [9001]
+    assert export["online_features"]["frequency"] == 3
+    assert len(export["predictions"]) == 2
+    assert GRACE_EMAIL not in json.dumps(export)
+
+
+def test_shop_redact_removes_every_customer(shop):
+    hooks, client = shop
+    client.post("/webhooks", **delivery("shop/redact", {"shop_id": 954889, "shop_domain": SHOP}, "wh-shop-redact"))
+    client.app.state.applier.drain()
+
+    state = hooks.project.state_dir
+    assert traces(state, ADA, ADA_EMAIL) == [] and traces(state, GRACE, GRACE_EMAIL) == []
+    assert online(hooks, GRACE) == [None]
