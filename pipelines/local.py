@@ -11,6 +11,7 @@ import io
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class _TaskStream(io.TextIOBase):
         self.failed_task: str | None = None
 
     def write(self, text: str) -> int:
-        self._log.write(text)
+        self._log.write(ANSI.sub("", text))  # a plain log file, readable without a terminal
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
@@ -112,7 +113,9 @@ def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], con
                raise_on_error=True)
     log_path = run_dir / "pipeline.log"
     started = time.perf_counter()
-    with _captured(log_path, stages, console) as stream:
+    with _captured(log_path, stages, console) as stream, warnings.catch_warnings():
+        # Tasks run in this environment on purpose (it has storeflow installed, as the image does).
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         try:
             output = pipeline(config_json=settings.to_json(), **arguments)
         except RuntimeError as exc:

@@ -41,13 +41,13 @@ def _model_columns(model, fallback: list[str]) -> list[str]:
 def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) -> EvaluationResult:
     from storeflow.components import tracking
 
+    client = tracking.connect(settings)  # before loading: model URIs resolve against this tracking server
     frame = holdout(settings, features)
     labels = frame[LABEL].to_numpy()
     challenger = load_model(trained.model_uri)
     challenger_scores = challenger.predict_proba(frame[trained.features])[:, 1]
     challenger_metrics = holdout_metrics(labels, challenger_scores)
 
-    client = tracking.connect(settings)
     champion_version = tracking.current_champion(client, settings.registry.model_name)
     if champion_version is None:
         decision: Decision = decide(None, settings.evaluate.margin)
