@@ -86,12 +86,17 @@ def read_window(directory: Path, start: datetime, end: datetime, columns: list[s
     window.rows = window.rows_by_version.get(str(model_version), 0)
     if window.rows == 0:
         return window
-    extract = "".join(f", TRY_CAST(json_extract_string(features, '$.\"{c}\"') AS DOUBLE) AS \"{c}\""
-                      f", json_exists(features, '$.\"{c}\"') AS \"__has_{c}\"" for c in columns)
-    query = f"SELECT ts, customer_id, fallback, score{extract} FROM windowed WHERE model_version = $1"
+    rows = "SELECT ts, customer_id, fallback, score, features FROM windowed WHERE model_version = $1"
     if window.rows > max_rows:
-        query = f"SELECT * FROM ({query}) USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE ({int(seed)})"
+        # Sample before parsing features: JSON extraction is the costly part.
+        rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE ({int(seed)})"
         window.sampled = True
+    paths = ", ".join("'$.\"" + c.replace("'", "''").replace('"', '\\"') + "\"'" for c in columns)
+    # json_extract gives SQL NULL for an absent key and JSON null for a null value: both matter.
+    values = "".join(f", TRY_CAST(v[{i + 1}] AS DOUBLE) AS \"{c}\", v[{i + 1}] IS NOT NULL AS \"__has_{c}\""
+                     for i, c in enumerate(columns))
+    query = (f"SELECT ts, customer_id, fallback, score{values} FROM "
+             f"(SELECT *, json_extract(features, [{paths}]) AS v FROM ({rows}))") if columns else rows
     frame = con.execute(query, [str(model_version)]).df()
     # A key absent from every line is a missing column; present but null everywhere is all-null.
     window.present_features = [c for c in columns if bool(frame[f"__has_{c}"].any())]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -41,11 +43,27 @@ def marker_path(settings: Settings, model_version: str, end: datetime) -> Path:
 
 
 def _start_local(settings: Settings) -> dict:
+    if os.environ.get("_KFP_RUNTIME") == "true":
+        # Inside a KFP task the kfp SDK is importable in runtime mode only (no pipelines): train in a
+        # child process that sees the whole SDK.
+        env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+        code = "import sys; from storeflow.components.monitor.retrain import _train_here; _train_here(sys.stdin.read())"
+        done = subprocess.run([sys.executable, "-c", code], input=settings.to_json(), env=env, text=True,
+                              capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
     from storeflow.pipelines.local import run_local
     from storeflow.pipelines.training import STAGES, training_pipeline
 
     result = run_local(training_pipeline, settings, STAGES)
     return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
+
+
+def _train_here(config_json: str) -> None:
+    from storeflow.components.config import load_settings
+
+    print(json.dumps(_start_local(load_settings(config_json))))
 
 
 def _start_cluster(settings: Settings) -> dict:
