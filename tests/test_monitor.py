@@ -246,3 +246,30 @@ def test_cluster_mode_submits_the_compiled_training_pipeline(settings, monkeypat
     cluster.monitor.retrain = "cluster"
     decision = retrain_if_needed(cluster, _summary("critical"))
     assert decision.started and decision.run["run_id"] == "run-1" and len(calls) == 1
+
+
+# -- Grafana dashboard --------------------------------------------------------------------------------
+
+@pytest.mark.skipif(__import__("shutil").which("kubectl") is None, reason="kubectl renders kustomize")
+def test_grafana_dashboard_ships_and_queries_only_metrics_storeflow_exports() -> None:
+    import re
+    import subprocess
+
+    import yaml
+
+    from storeflow.serving import metrics as serving_metrics
+
+    base = Path(__file__).parents[1] / "kustomize" / "base"
+    rendered = subprocess.run(["kubectl", "kustomize", str(base)], capture_output=True, text=True, check=True).stdout
+    config_map = next(d for d in yaml.safe_load_all(rendered)
+                      if d and d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard"))
+    dashboard = json.loads(config_map["data"]["storeflow.json"])
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", m) for q in queries for m in re.findall(r"storeflow_\w+", q)}
+
+    exported = {m.describe()[0].name for m in (serving_metrics.REQUESTS, serving_metrics.LATENCY)}
+    exported |= {f.name for f in metrics.build_registry(SUMMARY).collect()}
+    assert used <= exported, f"dashboard queries unknown metrics {used - exported}"
+    assert any("storeflow_request_latency_seconds_bucket" in q and "model_version" in q for q in queries)
+    assert any("storeflow_requests_total" in q and "by (model_version)" in q for q in queries)
+    assert {"storeflow_drift_share", "storeflow_feature_psi"} <= used
