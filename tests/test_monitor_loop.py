@@ -4,6 +4,7 @@ exist, and the closed loop: shift injected → drift detected → one training r
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def test_shift_is_detected_and_answered_by_exactly_one_evaluated_challenger(serv
     page = first.report_html.read_text()
     assert page.lstrip().lower().startswith("<!doctype html") or "<html" in page[:500].lower()
     assert "critical" in page and "discount_share" in page
+    assert re.search(r"<script[^>]*\bsrc=", page, re.IGNORECASE) is None  # no CDN: opens offline
     version = client.get_model_version(settings.registry.model_name, champion)
     assert version.tags["storeflow.monitor.level"] == "critical"
     artifacts = client.list_artifacts(version.run_id, "monitoring")

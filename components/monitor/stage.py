@@ -214,9 +214,22 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
         drift.report.save_json(str(report_json))
     summary_json = out / "summary.json"
     summary_json.write_text(json.dumps(summary, indent=2))
-    target = publish_metrics(summary, out / "metrics.prom", cfg.pushgateway, cfg.job) if publish else ""
+    target, late_notes = "", []
+    if publish:
+        try:
+            target = publish_metrics(summary, out / "metrics.prom", cfg.pushgateway, cfg.job)
+        except OSError as exc:  # gateway down: keep the figures beside the report instead
+            late_notes.append(f"Pushgateway {cfg.pushgateway} unreachable ({exc}); metrics written to a textfile")
+            target = publish_metrics(summary, out / "metrics.prom", None, cfg.job)
     if log_to_mlflow and reference is not None:
-        _record_on_version(settings, reference, summary, [report_html, summary_json, *([report_json] if report_json else [])])
+        try:
+            _record_on_version(settings, reference, summary,
+                               [report_html, summary_json, *([report_json] if report_json else [])])
+        except Exception as exc:  # noqa: BLE001 - the report stands without the registry copy
+            late_notes.append(f"could not record the report on {reference.model_name} v{reference.model_version}: {exc}")
+    if late_notes:
+        summary["notes"] += late_notes
+        summary_json.write_text(json.dumps(summary, indent=2))
     return MonitorResult(summary, report_html, report_json, summary_json, target)
 
 
