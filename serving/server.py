@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PLAN_ENV = "STOREFLOW_SERVING_PLAN"
 INFER_PATH = re.compile(r"^/v1/models/[^/]+:(predict|explain)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+HOT_ROUTES = ("/v2/models/{model_name}/infer", "/v1/models/{model_name}:predict")
 VERSION_PATH = re.compile(r"^(/v2/models/[^/]+)/versions/([^/]+)(/infer|/ready)?$")
 
 
@@ -152,6 +153,9 @@ def build_app(plan: Plan):
     if cfg.quiet:
         # KServe's TimingMiddleware only writes a log line per request.
         app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
+    # Same routes, inference first: FastAPI tries routes in order and KServe registers ~40.
+    hot = [r for r in app.router.routes if getattr(r, "path", "") in HOT_ROUTES]
+    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
     import atexit
 
     atexit.register(transformer.stop)
@@ -251,7 +255,8 @@ def serve(settings: Settings, *, version: str | None = None, alias: str | None =
 
     os.environ[PLAN_ENV] = plan.to_json()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="storeflow-metrics-"))
-    uvicorn.run("storeflow.serving.server:worker_app", factory=True, workers=cfg.workers, **options)
+    uvicorn.run("storeflow.serving.server:worker_app", factory=True, workers=cfg.workers,
+                timeout_worker_healthcheck=180, **options)  # workers import Feast and load models: slow to answer
 
 
 def _announce(config, server, ready_file: Path | None) -> None:
