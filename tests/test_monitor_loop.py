@@ -83,8 +83,7 @@ def test_bad_data_gives_a_status_never_a_crash(served) -> None:
     unknown = monitor(settings, model_version="99")
     assert unknown.status == "no-data" and "v" + champion in " ".join(unknown.summary["notes"])
 
-    simulate_shift(settings, requests=300, shift=False, model_version=champion)
-    log = next((settings.project.state_dir / "predictions").glob("*.jsonl"))
+    log = simulate_shift(settings, requests=300, shift=False, model_version=champion).path
     stray = log.with_name("predictions-stray.jsonl")
     stray.write_text(log.read_text().replace(f'"model_version":"{champion}"', '"model_version":"42"'))
     orphan = monitor(settings, model_version="42")
