@@ -153,14 +153,25 @@ def build_app(plan: Plan):
     if cfg.quiet:
         # KServe's TimingMiddleware only writes a log line per request.
         app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
-    # Same routes, inference first: FastAPI tries routes in order and KServe registers ~40.
-    hot = [r for r in app.router.routes if getattr(r, "path", "") in HOT_ROUTES]
-    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
+    _hot_routes_first(app.router)
     import atexit
 
     atexit.register(transformer.stop)
     app.state.storeflow = transformer
     return app
+
+
+def _hot_routes_first(router) -> None:
+    """Same routes, inference first: FastAPI tries them in order and KServe registers ~40."""
+
+    def rank(route) -> int:
+        inner = getattr(route, "original_router", None)  # FastAPI's included routers
+        if inner is not None:
+            _hot_routes_first(inner)
+            return 0 if any(getattr(r, "path", "") in HOT_ROUTES for r in inner.routes) else 1
+        return 0 if getattr(route, "path", "") in HOT_ROUTES else 1
+
+    router.routes[:] = sorted(router.routes, key=rank)
 
 
 def worker_app():

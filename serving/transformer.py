@@ -259,6 +259,13 @@ class StoreflowTransformer(Model):
         import asyncio
 
         versions = [scoring.pinned or self.version_for(cid) for cid in scoring.ids]
+        if len(set(versions)) == 1:  # the common case: one version, one batcher call
+            try:
+                scoring.scores = await self.batchers[versions[0]](scoring.rows)
+            except Exception as exc:  # noqa: BLE001 - a model failure is ours: 500 with the reason
+                raise InferenceError(f"model failed: {type(exc).__name__}: {exc}") from exc
+            scoring.versions = versions
+            return
         scores = np.empty(len(versions), dtype=np.float64)
         groups: dict[str, list[int]] = {}
         for i, version in enumerate(versions):
@@ -296,11 +303,8 @@ class StoreflowTransformer(Model):
         answered = ",".join(dict.fromkeys(scoring.versions))
         if response_headers is not None:
             response_headers[VERSION_HEADER] = answered
-        for version in set(scoring.versions):
-            hist = metrics.SCORES.labels(model_version=version)
-            for score, v in zip(scoring.scores, scoring.versions):
-                if v == version:
-                    hist.observe(float(score))
+        for score, version in zip(scoring.scores.tolist(), scoring.versions):
+            metrics.SCORES.labels(version).observe(score)
         fallbacks = int(scoring.fallback.sum())
         if fallbacks:
             metrics.FALLBACK_ROWS.inc(fallbacks)
