@@ -153,3 +153,37 @@ def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
     app.command("schedule")(schedule)
     app.command("demo")(demo)
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("status")(status)
+
+
+def _show(result: dict) -> None:
+    import json
+
+    console.print_json(json.dumps(result, default=str))
+
+
+def promote(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Promote the running canary of the store's InferenceService to all traffic."""
+    from storeflow.components.deploy import promote as do_promote
+
+    _show(do_promote(settings_from(config, set_)))
+
+
+def rollback(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded on the MLflow version.")] = "manual rollback",
+) -> None:
+    """Roll the InferenceService back to the previous champion (works with MLflow down)."""
+    from storeflow.components.deploy import rollback as do_rollback
+
+    _show(do_rollback(settings_from(config, set_), reason=reason))
+
+
+def status(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Show the InferenceService's versions, traffic split and rollout state."""
+    from storeflow.components.deploy import status as do_status
+
+    _show(do_status(settings_from(config, set_)))

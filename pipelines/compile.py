@@ -14,6 +14,7 @@ MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
 
 def _targets() -> dict[str, object]:
+    from storeflow.components.deploy.component import deploy
     from storeflow.components.evaluate.component import evaluate
     from storeflow.components.features.component import features
     from storeflow.components.ingest.component import ingest
@@ -26,7 +27,7 @@ def _targets() -> dict[str, object]:
 
     targets: dict[str, object] = {"pipelines/training.yaml": training_pipeline,
                                   "pipelines/monitoring.yaml": monitoring_pipeline}
-    for op in (ingest, validate, features, train, evaluate, register, monitor, retrain):
+    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain):
         targets[f"components/{op.name}.yaml"] = op
     return targets
 

@@ -95,6 +95,9 @@ def _captured(log_path: Path, stages: Sequence[str], console: Console | None) ->
             yield stream
         finally:
             sys.stdout = real_stdout
+            for task_id in ids.values():  # a branch not taken (e.g. deploy after a losing challenger)
+                if not progress.tasks[task_id].started:
+                    progress.update(task_id, state="[dim]skipped[/dim]")
 
 
 def _stage_of(task: str, ids: dict[str, int]) -> str | None:

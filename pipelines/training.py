@@ -1,14 +1,17 @@
-"""The training pipeline: ingest → validate → features → train → evaluate → register.
+"""The training pipeline: ingest → validate → features → train → evaluate → register → deploy.
 
 Every stage is a storeflow component in the project image. Settings travel as one ``config_json``
 parameter, so a run on a cluster and a ``kfp.local`` run on a laptop read the same config model.
 The champion alias moves inside ``register`` (decided by ``evaluate``), never by a pipeline branch,
-so no runner's condition handling can promote a losing challenger.
+and ``deploy`` rolls out only a version ``register`` made champion. No pipeline branch decides either:
+kfp.local (2.17.0 here) fails to resolve a ``dsl.If`` on an upstream task's output and silently skips
+the branch, so a decision made by a component holds the same on every runner.
 """
 
 from kfp import dsl, kubernetes
 
 from storeflow.components.config import load_settings
+from storeflow.components.deploy.component import deploy
 
 from storeflow.components.evaluate.component import evaluate
 from storeflow.components.features.component import features
@@ -18,7 +21,7 @@ from storeflow.components.train.component import train
 from storeflow.components.validate.component import validate
 
 PIPELINE_NAME = "storeflow-training"
-STAGES = ("ingest", "validate", "features", "train", "evaluate", "register")
+STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "deploy")
 
 
 def on_cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -57,4 +60,5 @@ def training_pipeline(config_json: str = "{}") -> str:
         register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
         "register",
     )
+    on_cluster(deploy(config_json=config_json, registration=registered.output), "deploy")
     return registered.output

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from storeflow.components import tracking
 from storeflow.components.config import load_settings
+from storeflow.components.deploy.local import rollout_record
 from storeflow.pipelines.cli import app
 from storeflow.pipelines.local import PipelineFailed, run_local
 from storeflow.pipelines.training import STAGES, training_pipeline
@@ -64,7 +65,12 @@ def test_losing_challenger_is_not_promoted_when_the_pipeline_runs_locally(first_
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     assert client.get_model_version(name, "2").tags["storeflow.decision"] == "keep-champion"
-    assert "Task 'register' finished with status" in second.log.read_text()
+    log = second.log.read_text()
+    assert "Task 'register' finished with status" in log
+    # The winner of the first run was rolled out, the loser of the second was not.
+    rollouts = [json.loads(line) for line in rollout_record(losing).read_text().splitlines()]
+    assert [r["model_version"] for r in rollouts] == ["1"]
+    assert "v2 did not become champion: nothing to roll out" in log
 
 
 def test_failing_gate_stops_the_run_and_leaves_the_registry_untouched(tmp_path: Path) -> None:

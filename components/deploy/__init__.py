@@ -2,7 +2,7 @@
 
 from storeflow.components.deploy.analysis import Decision, decide, score_psi
 from storeflow.components.deploy.commands import promote, rollback, status
-from storeflow.components.deploy.component import deploy_stage
+from storeflow.components.deploy.stage import deploy_stage
 from storeflow.components.deploy.inference_service import DeployError, ModelVersionRef, new_inference_service
 from storeflow.components.deploy.prometheus import Prometheus, PrometheusError, VersionMetrics
 

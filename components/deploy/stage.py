@@ -1,4 +1,4 @@
-"""The pipeline's deploy step as a plain function; the lead's KFP wrapper calls :func:`deploy_stage`."""
+"""The pipeline's deploy step as a plain function; the KFP wrapper in component.py calls :func:`deploy_stage`."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ class RegistrationResult:
     champion_version: str | None
     previous_champion: str | None
     source: str
+    run_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,4 +57,4 @@ def register(settings: Settings, trained: TrainResult, evaluation: EvaluationRes
         client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
     champion = version.version if evaluation.promote else previous
     return RegistrationResult(name, str(version.version), evaluation.promote, champion and str(champion),
-                              previous, version.source)
+                              previous, version.source, trained.run_id)

@@ -1,0 +1,27 @@
+"""KFP component: roll a newly promoted champion out (KServe canary, or the local record)."""
+
+from storeflow.components.container import component
+
+
+@component
+def deploy(config_json: str, registration: str) -> str:
+    """Returns the rollout outcome as JSON."""
+    import json
+
+    from storeflow.components.config import load_settings
+
+    settings = load_settings(config_json)
+    registered = json.loads(registration)
+    if not registered["promoted"]:
+        print(f"v{registered['version']} did not become champion: nothing to roll out")
+        return json.dumps({"outcome": "skipped", "model_version": registered["version"]})
+    if settings.deploy.target == "kserve":
+        from storeflow.components.deploy import deploy_stage
+
+        outcome = deploy_stage(settings, registered["version"], registered.get("run_id", ""))
+    else:
+        from storeflow.components.deploy.local import record_local_rollout
+
+        outcome = record_local_rollout(settings, registered["version"], registered.get("run_id", ""))
+    print(f"deploy v{registered['version']}: {outcome.get('outcome')}")
+    return json.dumps(outcome)
