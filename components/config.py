@@ -167,6 +167,9 @@ class KfpConfig(Section):
 class DeployConfig(Section):
     """KServe rollout of a registered model version; canary steps and the bounds that gate them."""
 
+    target: Literal["local", "kserve"] = Field(
+        "local", description="kserve: roll out to the InferenceService; local: record it for `storeflow serve`."
+    )
     namespace: str = Field("storeflow", description="Namespace of the InferenceService.")
     inference_service: str = Field("storeflow-repeat-purchase", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$")
     mode: Literal["Serverless", "Standard"] = Field(
