@@ -141,10 +141,26 @@ def schedule(
     console.print(f"recurring run {job_id} created: {cron}")
 
 
-def demo(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Run the training pipeline end to end on embedded defaults, then print where to look."""
+def demo(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Also run the monitoring loop after training.")] = True,
+) -> None:
+    """Train end to end on embedded defaults; then shift the store's traffic and let monitoring answer it."""
+    from storeflow.components.monitor import commands as monitoring
+
     settings = settings_from(config, set_)
+    console.rule("1 · training pipeline: synthetic Shopify store → registered champion")
     _run_training(settings)
+    if loop:
+        console.rule("2 · a holiday promotion shifts what the served model sees")
+        monitoring.simulate_shift(config, set_)
+        console.rule("3 · monitoring pipeline: Evidently drift report → retraining when critical")
+        monitoring.monitor(config, set_)
+    console.rule("where to look")
+    console.print(f"state: {settings.project.state_dir}  (snapshots, Feast repo, mlflow.db, runs/, monitoring/)")
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    console.print("serve the champion: storeflow serve --no-auth   ·   compiled pipelines: manifests/pipelines/")
 
 
 def register(app: typer.Typer) -> None:
