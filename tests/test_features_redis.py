@@ -1,0 +1,33 @@
+"""Production config, same code: the Feast online store on a real Redis (started on loopback)."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import write_snapshot
+from redis_server import redis_server
+from storeflow.components.config import load_settings
+from storeflow.components.features import build_features, feature_store
+from storeflow.components.features.compute import customer_features
+from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs, store_config
+
+
+def test_redis_online_store_serves_materialized_features(tmp_path: Path, store_tables) -> None:
+    import pandas as pd
+
+    with redis_server(tmp_path) as address:
+        settings = load_settings({
+            "project": {"state_dir": str(tmp_path / "state")},
+            "features": {"feast": {"online_store": "redis", "redis_connection_string": address},
+                         "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        })
+        assert store_config(settings)["online_store"] == {"type": "redis", "connection_string": address}
+        result = build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+        customer = int(store_tables["orders"]["customer_id"].iloc[0])
+        online = feature_store(settings).get_online_features(
+            features=feature_refs(settings), entity_rows=[{CUSTOMER_KEY: customer}]).to_df()
+        newest = customer_features(store_tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+        expected = newest.set_index(CUSTOMER_KEY).loc[customer]
+        assert online.loc[0, "frequency"] == expected["frequency"]
+        assert online.loc[0, "monetary"] == pytest.approx(expected["monetary"])
+        assert not (settings.feature_repo_dir / "data" / "online.db").exists()  # nothing went to SQLite
