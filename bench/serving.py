@@ -91,7 +91,7 @@ def start(name: str, work: Path, port: int) -> subprocess.Popen:
         _mlserver_repo(work, port)
         cmd = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(work / "mlserver")]
     else:
-        cmd = [PY, __file__, "--serve", name, "--work", str(work), "--port", str(port)]
+        cmd = [PY, __file__, "--serve", name, "--bench-dir", str(work), "--port", str(port)]
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -275,11 +275,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--only", default="storeflow,kserve,mlserver,bare")
     parser.add_argument("--serve")
-    parser.add_argument("--work")
+    parser.add_argument("--bench-dir")
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.serve:
-        return serve_inline(args.serve, Path(args.work), args.port)
+        return serve_inline(args.serve, Path(args.bench_dir), args.port)
 
     work = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
     print(f"building the model in {work} ...", flush=True)
@@ -317,6 +317,10 @@ def main() -> None:
             stop(proc)
     out = ROOT / "bench" / "results" / "serving.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and args.only != parser.get_default("only"):  # a partial run keeps the other servers' rows
+        ran = set(args.only.split(","))
+        rows = [r for r in json.loads(out.read_text())["rows"] if r["server"] not in ran] + rows
+        check = check or json.loads(out.read_text()).get("check")
     out.write_text(json.dumps({"rows": rows, "check": check, "duration_s": args.duration,
                                "cpus": os.cpu_count()}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -14,6 +14,7 @@ A known customer with some features missing gets the fallback value for those an
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -156,8 +157,27 @@ class OnlineFeatures:
         intervals = view.materialization_intervals
         return (len(intervals), intervals[-1]) if intervals else None
 
+    def _registry_stamp(self):
+        """mtime of a file registry (cheap); None for SQL/remote registries, which are always re-read."""
+        try:
+            path = self.store.config.registry.path
+        except AttributeError:
+            return None
+        if not isinstance(path, str) or "://" in path:
+            return None
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+
     def _watch(self) -> None:
+        # Re-reading the registry parses all of it (holding the GIL); skip that while the file is unchanged.
+        stamp = self._registry_stamp()
         while not self._stop.wait(self.refresh_every):
+            current = self._registry_stamp()
+            if current is not None and current == stamp:
+                continue
+            stamp = current
             try:
                 marker = self._executor.submit(self._materialized_marker).result()
             except Exception:  # noqa: BLE001 - executor shut down, or registry briefly unreadable

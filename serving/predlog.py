@@ -1,7 +1,7 @@
 """Prediction log for monitoring: one JSON line per scored customer, written off the request path.
 
 Location: ``serving.prediction_log_dir`` (default ``<state_dir>/predictions``). Each server process
-writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S>-<pid>.jsonl``; a file is closed and a new one
+writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S%f>-<pid>.jsonl``; a file is closed and a new one
 started past ``serving.prediction_log_rotate_bytes``, and only the newest
 ``serving.prediction_log_keep_files`` of the process are kept. Lines are UTF-8 JSON objects:
 
