@@ -368,6 +368,7 @@ class StoreflowTransformer(Model):
 def main(argv: list[str] | None = None) -> None:
     """Cluster entry point: Feast lookup here, the model in the predictor container."""
     import argparse
+    import sys
 
     from kserve import ModelServer, model_server
     from kserve.predictor_config import PredictorConfig
@@ -381,7 +382,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_logging(settings.serving.quiet)
     model = StoreflowTransformer(args.model_name, OnlineFeatures(settings), registered_name=settings.registry.model_name,
                                  prediction_log=prediction_log(settings), max_instances=settings.serving.max_instances)
-    protocol = args.predictor_protocol if args.predictor_protocol != "v1" or args.protocol != "v1" else "v2"
+    # KServe defaults to v1; our predictor speaks both, and V2 keeps tensors typed, so v2 unless asked.
+    argv = sys.argv[1:] if argv is None else argv
+    asked = any(a.startswith(("--predictor_protocol", "--protocol")) for a in argv)
+    protocol = (args.predictor_protocol if args.predictor_protocol != "v1" else args.protocol) if asked else "v2"
     config = PredictorConfig(predictor_host=args.predictor_host, predictor_protocol=protocol,
                              predictor_use_ssl=args.predictor_use_ssl,
                              predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
