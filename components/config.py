@@ -378,8 +378,13 @@ class Settings(BaseSettings):
         return self.registry.tracking_uri or f"sqlite:///{self.project.state_dir / 'mlflow.db'}"
 
     @property
-    def artifact_location(self) -> str:
-        return self.registry.artifact_location or (self.project.state_dir / "mlartifacts").as_uri()
+    def artifact_location(self) -> str | None:
+        """Explicit, else next to the embedded store; None lets a tracking server choose (proxied artifacts)."""
+        if self.registry.artifact_location:
+            return self.registry.artifact_location
+        if self.registry.tracking_uri and not self.registry.tracking_uri.startswith(("sqlite:", "file:")):
+            return None
+        return (self.project.state_dir / "mlartifacts").as_uri()
 
     def to_json(self) -> str:
         """Serialize for a pipeline parameter; :func:`load_settings` reads it back unchanged."""
