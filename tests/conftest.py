@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from storeflow.components.config import Settings, load_settings
-from storeflow.components.tables import TABLES, conform, table_path
+from storeflow.components.tables import SCHEMAS, TABLES, conform, table_path
 
 END = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -43,15 +43,8 @@ def small_store(customers: int = 150, days: int = 400, seed: int = 3) -> dict[st
     customers_rows = [dict(customer_id=c, email=f"c{c}@example.com", created_at=start, updated_at=start)
                       for c in range(1, customers + 1)]
     frames = dict(orders=rows, line_items=items, customers=customers_rows, products=products, refunds=refunds)
-    return {name: conform(name, pd.DataFrame(frames[name], columns=None)).to_pandas() if frames[name]
-            else conform(name, pd.DataFrame(columns=[f for f in _columns(name)])).to_pandas()
+    return {name: conform(name, pd.DataFrame(frames[name], columns=SCHEMAS[name].names)).to_pandas()
             for name in TABLES}
-
-
-def _columns(name: str) -> list[str]:
-    from storeflow.components.tables import SCHEMAS
-
-    return SCHEMAS[name].names
 
 
 def write_snapshot(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
