@@ -10,6 +10,9 @@ nothing. Bad input gets a 4xx JSON naming the problem; nothing already stored is
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import sqlite3
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -79,12 +82,13 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         return JSONResponse({"status": "accepted" if fresh else "duplicate", "webhook_id": event.webhook_id})
 
     async def health(request: Request) -> JSONResponse:
-        applier = request.app.state.applier
-        return JSONResponse({"status": "ok", "pending": applier.pending() if applier else None})
+        pending = request.app.state.reader.execute("SELECT count(*) FROM events WHERE applied_at IS NULL").fetchone()[0]
+        return JSONResponse({"status": "ok", "pending": pending})
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         app.state.journal = Journal(layout.journal_path(settings))
+        app.state.reader = sqlite3.connect(layout.journal_path(settings), timeout=30)
         app.state.applier = None
         if apply:
             from storeflow.components.shopify.apply import Applier
@@ -97,17 +101,41 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
             if app.state.applier:
                 app.state.applier.stop()
             app.state.journal.close()
+            app.state.reader.close()
 
     return Starlette(routes=[Route(PATH, receive, methods=["POST"]), Route("/healthz", health, methods=["GET"])],
                      lifespan=lifespan)
+
+
+def run_applier(settings_json: str) -> None:
+    """The applier as its own process: Feast writes never hold the receiver's GIL."""
+    from storeflow.components.config import load_settings
+    from storeflow.components.shopify.apply import Applier
+
+    settings = load_settings(settings_json)
+    applier = Applier(settings)
+    while True:
+        try:
+            if not applier.drain():
+                time.sleep(settings.shopify.apply_idle_seconds)
+        except Exception:  # noqa: BLE001 - events stay journaled; retry
+            log.exception("applying webhook events failed; retrying")
+            time.sleep(5)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     cfg = settings.shopify
-    app = create_app(settings)
+    app = create_app(settings, apply=False)
+    applier = multiprocessing.get_context("spawn").Process(target=run_applier, args=(settings.to_json(),),
+                                                           name="webhook-applier", daemon=True)
+    applier.start()
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
              port or cfg.webhook_port, PATH)
-    uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
-                access_log=False, log_level="warning")
+    try:
+        uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
+                    access_log=False, log_level="warning")
+    finally:
+        applier.terminate()
+        applier.join(10)

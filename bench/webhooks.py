@@ -1,0 +1,192 @@
+"""Load test of ``storeflow webhooks``: bursts of signed orders/create deliveries on 127.0.0.1.
+
+Starts the real receiver (the CLI command) in a subprocess with a temporary state dir, sends
+``--rate`` deliveries per second for ``--seconds`` (open loop: each send is scheduled at its time, not
+after the previous answer) plus ``--duplicates`` of them delivered again (Shopify's retries), waits until
+the applier has turned every event into Feast writes, then checks that no event was lost or applied twice.
+Writes bench/results/webhooks.json.
+
+    .venv/bin/python bench/webhooks.py --rate 1000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+SECRET = "bench-secret"
+SHOP = "bench-store.myshopify.com"
+RESULTS = Path(__file__).parent / "results" / "webhooks.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deliveries(count: int, customers: int) -> list[tuple[str, bytes, dict]]:
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    out = []
+    for i in range(count):
+        customer = 1_000_000 + i % customers
+        body = json.dumps({
+            "id": 5_000_000_000 + i, "name": f"#{i}", "email": f"c{customer}@example.com", "created_at": now,
+            "updated_at": now, "cancelled_at": None, "currency": "USD", "financial_status": "paid",
+            "total_price": "42.50", "subtotal_price": "42.50", "total_discounts": "0.00",
+            "customer": {"id": customer, "email": f"c{customer}@example.com"},
+            "line_items": [{"id": 9_000_000_000 + i, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 1,
+                            "price": "42.50"}],
+        }).encode()
+        webhook_id = f"bench-{i:06d}"
+        headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
+                   "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode(),
+                   "X-Shopify-Shop-Domain": SHOP, "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-API-Version": "2026-01"}
+        out.append((webhook_id, body, headers))
+    return out
+
+
+def request_bytes(port: int, body: bytes, headers: dict) -> bytes:
+    lines = [f"POST /webhooks HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def send_all(port: int, plan: list[tuple[float, tuple[str, bytes, dict]]], connections: int) -> list[tuple[str, int, float]]:
+    """Open-loop sender on plain keep-alive HTTP/1.1 connections (a Python HTTP client would be the
+    bottleneck at this rate): each delivery starts at its scheduled time on the next free connection."""
+    queue: asyncio.Queue = asyncio.Queue()
+    results: list[tuple[str, int, float]] = []
+    start = time.perf_counter()
+
+    async def worker():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while True:
+            item = await queue.get()
+            if item is None:
+                writer.close()
+                return
+            (webhook_id, body, headers), due = item
+            writer.write(request_bytes(port, body, headers))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            answer = await reader.readexactly(length)
+            if status == 200 and b'"duplicate"' in answer:
+                status = 208
+            results.append((webhook_id, status, time.perf_counter() - due))
+
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    for at, delivery in plan:
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((delivery, start + at))  # latency counts from the scheduled time
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=1000, help="deliveries per second")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--duplicates", type=float, default=0.05, help="share re-delivered with the same webhook id")
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+
+    unique = int(args.rate * args.seconds)
+    base = deliveries(unique, args.customers)
+    rng = random.Random(0)
+    again = rng.sample(range(unique), int(unique * args.duplicates))
+    plan = [(i / args.rate, d) for i, d in enumerate(base)]
+    plan += [(min(i / args.rate + rng.uniform(0.05, 1.0), args.seconds), base[i]) for i in again]
+    plan.sort(key=lambda item: item[0])
+
+    state = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
+    port = free_port()
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(state / "none.yaml")}
+    (state / "none.yaml").write_text("{}\n")
+    cli = Path(sys.executable).with_name("storeflow")
+    server = subprocess.Popen(
+        [str(cli), "webhooks", "--port", str(port), "-s", f"project.state_dir={state / 'state'}",
+         "-s", f"project.shop_domain={SHOP}", "-s", "serving.shopify_client_id=bench"],
+        env=env, cwd=state)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit("receiver did not start")
+        started = time.perf_counter()
+        results = asyncio.run(send_all(port, plan, args.connections))
+        send_seconds = time.perf_counter() - started
+        while httpx.get(f"{base_url}/healthz", timeout=5).json()["pending"]:
+            time.sleep(0.2)
+        applied_seconds = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    with sqlite3.connect(state / "state" / "shopify" / "webhooks.db") as conn:
+        events = conn.execute("SELECT count(*), count(applied_at) FROM events").fetchone()
+        ids = {row[0] for row in conn.execute("SELECT webhook_id FROM events")}
+        live_orders = conn.execute("SELECT count(*) FROM live_orders").fetchone()[0]
+    statuses: dict[str, int] = {}
+    for _, status, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    sent_ids = {webhook_id for webhook_id, _, _ in base}
+    latencies = [latency for _, status, latency in results if status in (200, 208)]
+    report = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "target_rate_per_s": args.rate, "seconds": args.seconds,
+        "deliveries": len(plan), "unique_webhooks": unique, "redeliveries": len(again),
+        "achieved_rate_per_s": round(len(results) / send_seconds, 1),
+        "send_seconds": round(send_seconds, 2), "all_applied_after_s": round(applied_seconds, 2),
+        "statuses": statuses,  # 200 accepted, 208 answered 200 as a duplicate
+        "latency_ms": {f"p{int(q * 100)}": round(percentile(latencies, q) * 1000, 1) for q in (0.5, 0.95, 0.99)}
+        | {"max": round(max(latencies) * 1000, 1) if latencies else None},
+        "journaled_events": events[0], "applied_events": events[1], "live_orders": live_orders,
+        "lost": len(sent_ids - ids), "duplicated": events[0] - len(ids) + max(0, live_orders - unique),
+        "ok": ids == sent_ids and events == (unique, unique) and live_orders == unique
+        and statuses.get("200") == unique and statuses.get("208") == len(again),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
