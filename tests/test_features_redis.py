@@ -31,3 +31,28 @@ def test_redis_online_store_serves_materialized_features(tmp_path: Path, store_t
         assert online.loc[0, "frequency"] == expected["frequency"]
         assert online.loc[0, "monetary"] == pytest.approx(expected["monetary"])
         assert not (settings.feature_repo_dir / "data" / "online.db").exists()  # nothing went to SQLite
+
+
+def test_privacy_erasure_reaches_the_redis_online_store(tmp_path: Path, store_tables) -> None:
+    """customers/redact and shop/redact erase Feast's Redis rows, not only SQLite's."""
+    from storeflow.components.shopify.online import erase_all, erase_customers
+
+    with redis_server(tmp_path) as address:
+        settings = load_settings({
+            "project": {"state_dir": str(tmp_path / "state")},
+            "features": {"feast": {"online_store": "redis", "redis_connection_string": address},
+                         "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        })
+        build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+        store = feature_store(settings)
+        first, second = (int(c) for c in store_tables["orders"]["customer_id"].drop_duplicates().iloc[:2])
+
+        def frequency(customer: int):
+            return store.get_online_features(features=feature_refs(settings),
+                                             entity_rows=[{CUSTOMER_KEY: customer}]).to_dict()["frequency"][0]
+
+        assert frequency(first) is not None and frequency(second) is not None
+        assert erase_customers(store, [first]) == 1
+        assert frequency(first) is None and frequency(second) is not None
+        assert erase_all(store) >= 1
+        assert frequency(second) is None
