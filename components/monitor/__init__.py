@@ -6,9 +6,18 @@ action, once per model version and window), :func:`simulate_shift` (demo traffic
 Nothing here imports Evidently at module level; it loads only when a window is analysed.
 """
 
-from storeflow.components.monitor.retrain import RetrainDecision, marker_path, retrain_if_needed, window_id
-from storeflow.components.monitor.simulate import Simulated, simulate_shift
-from storeflow.components.monitor.stage import MonitorResult, monitor
+from importlib import import_module
 
-__all__ = ["MonitorResult", "RetrainDecision", "Simulated", "marker_path", "monitor", "retrain_if_needed",
-           "simulate_shift", "window_id"]
+# Loaded on first use: `storeflow --help` imports this package for its commands and must stay instant.
+_EXPORTS = {
+    "RetrainDecision": "retrain", "marker_path": "retrain", "retrain_if_needed": "retrain", "window_id": "retrain",
+    "Simulated": "simulate", "simulate_shift": "simulate",
+    "MonitorResult": "stage", "monitor": "stage",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
