@@ -22,6 +22,6 @@ def test_the_cli_starts_without_heavy_imports() -> None:
     import sys
 
     code = ("import sys, storeflow.pipelines.cli; "
-            "print(sorted(m for m in ('mlflow', 'evidently', 'feast', 'kserve') if m in sys.modules))")
+            "print(sorted(m for m in ('mlflow', 'evidently', 'feast', 'kserve', 'pandas', 'kfp') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
