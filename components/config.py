@@ -199,6 +199,14 @@ class DeployConfig(Section):
     max_score_psi: float = Field(0.2, ge=0, description="Population stability index of prediction scores.")
     error_status_regex: str = Field("5..|error", description="storeflow_requests_total status values that are errors.")
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # target local: the same steps and bounds, judged on a `storeflow serve` the rollout starts itself.
+    local_requests_per_step: int = Field(
+        1000, ge=1, description="Local canary: synthetic requests per analysis (one customer each); a step "
+                               "holds and sends another batch until both versions reach min_requests.")
+    local_concurrency: int = Field(4, ge=1, le=32, description="Local canary: requests in flight at once.")
+    local_step_timeout_seconds: float = Field(
+        15, gt=0, description="Local canary: longest traffic time per step; still holding then means rollback.")
+    local_start_timeout_seconds: float = Field(90, gt=0, description="Local canary: longest server start.")
 
     @field_validator("canary_steps")
     @classmethod

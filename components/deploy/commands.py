@@ -11,7 +11,14 @@ from storeflow.components.deploy.kube import InferenceServices, connect
 
 
 def promote(settings: Settings, *, isvcs: InferenceServices | None = None) -> dict[str, Any]:
-    """Give the in-flight canary all traffic now, skipping the remaining analysis steps."""
+    """Give the in-flight canary all traffic now, skipping the remaining analysis steps.
+
+    Target local (and no cluster client given): the challenger takes the ``champion`` alias.
+    """
+    if settings.deploy.target == "local" and isvcs is None:
+        from storeflow.components.deploy import local
+
+        return local.promote(settings)
     promoted, recorded = rollout.promote(isvcs or connect(settings), settings, registry.record_rollout)
     return status_of(promoted, settings) | {"recorded_in_mlflow": recorded}
 
@@ -22,13 +29,25 @@ def rollback(
     """Send all traffic back to the champion, restoring its spec from the InferenceService itself.
 
     Works with MLflow down: only the tag recording the reason is skipped (``recorded_in_mlflow`` false).
+    Target local (and no cluster client given): the ``champion`` alias returns to the version it replaced.
     """
+    if settings.deploy.target == "local" and isvcs is None:
+        from storeflow.components.deploy import local
+
+        return local.rollback(settings, reason)
     restored, recorded = rollout.rollback(isvcs or connect(settings), settings, reason, registry.record_rollout)
     return status_of(restored, settings) | {"recorded_in_mlflow": recorded}
 
 
 def status(settings: Settings, *, isvcs: InferenceServices | None = None) -> dict[str, Any]:
-    """Which versions serve, at what traffic split, and whether KServe reports the service Ready."""
+    """Which versions serve, at what traffic split, and whether KServe reports the service Ready.
+
+    Target local (and no cluster client given): the registry aliases and the last local rollout.
+    """
+    if settings.deploy.target == "local" and isvcs is None:
+        from storeflow.components.deploy import local
+
+        return local.status(settings)
     isvcs = isvcs or connect(settings)
     return status_of(isvcs.require(settings.deploy.inference_service), settings)
 

@@ -1,4 +1,4 @@
-"""KFP component: roll a newly promoted champion out (KServe canary, or the local record)."""
+"""KFP component: roll a newly promoted champion out (KServe canary, or a canary on `storeflow serve`)."""
 
 from storeflow.components.container import component
 
@@ -20,8 +20,11 @@ def deploy(config_json: str, registration: str) -> str:
 
         outcome = deploy_stage(settings, registered["version"], registered.get("run_id", ""))
     else:
-        from storeflow.components.deploy.local import record_local_rollout
+        from storeflow.components.deploy.local import deploy_local
 
-        outcome = record_local_rollout(settings, registered["version"], registered.get("run_id", ""))
+        outcome = deploy_local(settings, registered["version"], registered.get("run_id", ""),
+                               registered.get("previous_champion"))
+    for step in outcome.get("steps") or []:
+        print(f"  canary {step['percent']}%: {step['action']}: {'; '.join(step['reasons'])}")
     print(f"deploy v{registered['version']}: {outcome.get('outcome')}")
     return json.dumps(outcome)

@@ -1,4 +1,10 @@
-"""The local deploy target: no cluster, so the rollout is a record that `storeflow serve` and people read."""
+"""The local deploy target: a real canary on `storeflow serve` (see :mod:`local_canary`), its outcome on
+the MLflow aliases and version tags, and a record people read (``<state_dir>/serving/rollouts.jsonl``).
+
+Locally the ``champion`` alias *is* the deployment (`storeflow serve` serves it), so promote and rollback
+move that alias; the record keeps the history, including which version each promotion replaced, so a
+rollback knows where to go back to. ``mlflow`` is imported only inside functions (the CLI stays quick).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,127 @@ from pathlib import Path
 from typing import Any
 
 from storeflow.components.config import Settings
+from storeflow.components.deploy.inference_service import DeployError
+from storeflow.components.deploy.registry import record_rollout
+
+STEPS_TAG_LIMIT = 5000  # MLflow tag values are bounded; the record keeps the full steps
 
 
 def rollout_record(settings: Settings) -> Path:
     return settings.project.state_dir / "serving" / "rollouts.jsonl"
 
 
-def record_local_rollout(settings: Settings, model_version: str, run_id: str) -> dict[str, Any]:
-    """Append the promoted version to the local rollout history; the local server serves the champion alias."""
-    entry = {"outcome": "promoted-locally", "model_name": settings.registry.model_name,
-             "model_version": str(model_version), "run_id": run_id,
+def _append(settings: Settings, entry: dict[str, Any]) -> dict[str, Any]:
+    entry = {"model_name": settings.registry.model_name, **entry,
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = rollout_record(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as out:
-        out.write(json.dumps(entry) + "\n")
+        out.write(json.dumps(entry, default=str) + "\n")
     return entry
+
+
+def rollouts(settings: Settings) -> list[dict[str, Any]]:
+    """The local rollout history, oldest first."""
+    path = rollout_record(settings)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def record_local_rollout(settings: Settings, model_version: str, run_id: str) -> dict[str, Any]:
+    """Record a version that became champion with nothing to canary against (the first one)."""
+    record_rollout(settings, str(model_version), {"storeflow.deploy.state": "promoted",
+                                                  "storeflow.deploy.target": "local"})
+    return _append(settings, {"outcome": "promoted-locally", "model_version": str(model_version), "run_id": run_id,
+                              "previous_champion": None})
+
+
+def _client(settings: Settings):
+    from storeflow.components import tracking
+
+    return tracking.connect(settings)
+
+
+def deploy_local(settings: Settings, model_version: str, run_id: str, previous_champion: str | None) -> dict[str, Any]:
+    """Roll out a new champion locally: canary it against ``previous_champion``, then keep or undo the alias.
+
+    Promoted: the ``champion`` alias (set by register) stays. Rolled back: it returns to the previous
+    version. Either way the outcome, each analysis and its reasons go to the record and the version's tags.
+    """
+    from storeflow.components import tracking
+    from storeflow.components.deploy.local_canary import run_local_canary
+
+    version = str(model_version)
+    if not previous_champion or str(previous_champion) == version:
+        return record_local_rollout(settings, version, run_id)
+    result = run_local_canary(settings, version, str(previous_champion))
+    reason = "; ".join(result.reasons)
+    tags = {"storeflow.deploy.state": result.outcome, "storeflow.deploy.target": "local",
+            "storeflow.deploy.reason": reason[:STEPS_TAG_LIMIT],
+            "storeflow.deploy.steps": json.dumps(result.steps, default=str)[:STEPS_TAG_LIMIT]}
+    if result.outcome == "rolled-back":
+        _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION,
+                                                     result.previous_champion)
+    recorded = record_rollout(settings, version, tags)
+    return _append(settings, {"outcome": result.outcome, "model_version": version, "run_id": run_id,
+                              "previous_champion": result.previous_champion, "steps": result.steps,
+                              "reasons": result.reasons, "seconds": result.seconds,
+                              "recorded_in_mlflow": recorded})
+
+
+# -- storeflow status | promote | rollback, when deploy.target is local ---------------------------------------
+def _aliases(settings: Settings) -> dict[str, str | None]:
+    from mlflow.exceptions import MlflowException
+
+    client, name, found = _client(settings), settings.registry.model_name, {}
+    for alias in ("champion", "challenger"):
+        try:
+            found[alias] = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            found[alias] = None
+    return found
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """What `storeflow serve` would serve now (the champion alias) and the last local rollout."""
+    aliases = _aliases(settings)
+    history = rollouts(settings)
+    return {"target": "local", "model_name": settings.registry.model_name,
+            "champion_version": aliases["champion"], "challenger_version": aliases["challenger"],
+            "last_rollout": history[-1] if history else None, "rollouts": len(history),
+            "record": str(rollout_record(settings))}
+
+
+def promote(settings: Settings) -> dict[str, Any]:
+    """Make the challenger champion now, without a canary (an operator's override of a rollback)."""
+    from storeflow.components import tracking
+
+    aliases = _aliases(settings)
+    challenger, champion = aliases["challenger"], aliases["champion"]
+    if challenger is None or challenger == champion:
+        raise DeployError(f"no challenger to promote: champion v{champion}, challenger v{challenger}")
+    _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, challenger)
+    recorded = record_rollout(settings, challenger, {"storeflow.deploy.state": "promoted",
+                                                     "storeflow.deploy.target": "local",
+                                                     "storeflow.deploy.reason": "manual promote"})
+    _append(settings, {"outcome": "promoted-manually", "model_version": challenger, "previous_champion": champion,
+                       "reasons": ["manual promote"], "recorded_in_mlflow": recorded})
+    return status(settings) | {"recorded_in_mlflow": recorded}
+
+
+def rollback(settings: Settings, reason: str = "manual rollback") -> dict[str, Any]:
+    """Give the champion alias back to the version the current champion's last promotion replaced."""
+    from storeflow.components import tracking
+
+    champion = _aliases(settings)["champion"]
+    previous = next((r.get("previous_champion") for r in reversed(rollouts(settings))
+                     if r.get("model_version") == champion and r.get("outcome", "").startswith("promoted")), None)
+    if champion is None or not previous:
+        raise DeployError(f"nothing to roll back to: champion v{champion} replaced no earlier version "
+                          f"in {rollout_record(settings)}")
+    _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, previous)
+    recorded = record_rollout(settings, champion, {"storeflow.deploy.state": "rolled-back",
+                                                   "storeflow.deploy.target": "local",
+                                                   "storeflow.deploy.reason": reason[:STEPS_TAG_LIMIT]})
+    _append(settings, {"outcome": "rolled-back-manually", "model_version": champion, "previous_champion": previous,
+                       "reasons": [reason], "recorded_in_mlflow": recorded})
+    return status(settings) | {"recorded_in_mlflow": recorded}
