@@ -153,14 +153,50 @@ def demo(
     console.rule("1 · training pipeline: synthetic Shopify store → registered champion")
     _run_training(settings)
     if loop:
+        from storeflow.components.deploy.local import rollouts
+
         console.rule("2 · a holiday promotion shifts what the served model sees")
         monitoring.simulate_shift(config, set_)
+        before = len(rollouts(settings))
         console.rule("3 · monitoring pipeline: Evidently drift report → retraining when critical")
         monitoring.monitor(config, set_)
+        if settings.deploy.target == "local":
+            console.rule("4 · canary on storeflow serve: the challenger at each traffic step, judged on /metrics")
+            _demo_canary(settings, before)
     console.rule("where to look")
     console.print(f"state: {settings.project.state_dir}  (snapshots, Feast repo, mlflow.db, runs/, monitoring/)")
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print("serve the champion: storeflow serve --no-auth   ·   compiled pipelines: manifests/pipelines/")
+
+
+def _demo_canary(settings, rollouts_before: int) -> None:
+    """Show a local canary: the retraining's own rollout if it promoted a version, else the challenger's,
+    made champion by hand as an operator would (`storeflow promote`) and judged by the same canary."""
+    from storeflow.components import tracking
+    from storeflow.components.deploy.local import deploy_local, rollouts, status
+
+    canaried = [r for r in rollouts(settings)[rollouts_before:] if r.get("steps")]
+    if not canaried:
+        now = status(settings)
+        champion, challenger = now["champion_version"], now["challenger_version"]
+        if not challenger or challenger == champion:
+            console.print("no challenger beside the champion: nothing to canary")
+            return
+        console.print(f"the gate kept champion v{champion}; promoting challenger v{challenger} by hand, "
+                      "and the canary decides whether it stays")
+        tracking.connect(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION,
+                                                              challenger)
+        canaried = [deploy_local(settings, challenger, "", champion)]
+    for rollout in canaried:
+        console.print(f"v{rollout['model_version']} against champion v{rollout['previous_champion']}:")
+        for step in rollout["steps"]:
+            counts = (f" canary {step['canary_requests']:g} / champion {step['champion_requests']:g} requests"
+                      if "canary_requests" in step else "")
+            console.print(f"  {step['percent']:>3}% → {step['action']:<8}{counts}: {'; '.join(step['reasons'])}",
+                          markup=False, highlight=False)
+        colour = "green" if rollout["outcome"] == "promoted" else "yellow"
+        console.print(f"[{colour}]{rollout['outcome']}[/{colour}] in {rollout.get('seconds', 0):.1f} s · "
+                      "`storeflow status` shows the record")
 
 
 def register(app: typer.Typer) -> None:
@@ -180,11 +216,21 @@ def _show(result: dict) -> None:
     console.print_json(json.dumps(result, default=str))
 
 
+def _deploy_command(action, settings, **kwargs) -> None:
+    from storeflow.components.deploy import DeployError
+
+    try:
+        _show(action(settings, **kwargs))
+    except DeployError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
 def promote(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Promote the running canary of the store's InferenceService to all traffic."""
+    """Promote the running canary to all traffic (deploy.target local: the challenger becomes champion)."""
     from storeflow.components.deploy import promote as do_promote
 
-    _show(do_promote(settings_from(config, set_)))
+    _deploy_command(do_promote, settings_from(config, set_))
 
 
 def rollback(
@@ -192,14 +238,14 @@ def rollback(
     set_: SetOption = None,
     reason: Annotated[str, typer.Option("--reason", help="Recorded on the MLflow version.")] = "manual rollback",
 ) -> None:
-    """Roll the InferenceService back to the previous champion (works with MLflow down)."""
+    """Roll back to the previous champion (InferenceService, works with MLflow down; or the local alias)."""
     from storeflow.components.deploy import rollback as do_rollback
 
-    _show(do_rollback(settings_from(config, set_), reason=reason))
+    _deploy_command(do_rollback, settings_from(config, set_), reason=reason)
 
 
 def status(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Show the InferenceService's versions, traffic split and rollout state."""
+    """Show which versions serve and the rollout state (InferenceService, or the local record and aliases)."""
     from storeflow.components.deploy import status as do_status
 
-    _show(do_status(settings_from(config, set_)))
+    _deploy_command(do_status, settings_from(config, set_))
