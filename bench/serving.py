@@ -37,25 +37,33 @@ CONCURRENCY = (1, 8, 32)
 
 # -- model and data ----------------------------------------------------------------------------------------
 def build(work: Path) -> dict:
-    """Register a model (default training params) on a small synthetic store; export what others need."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import small_store, write_snapshot
+    """Register a model (default training params) on a small synthetic store; export what others need.
 
+    The real stages (synthetic ingest → features → train → evaluate → register), nothing from tests/.
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.evaluate import evaluate
     from storeflow.components.features import build_features
     from storeflow.components.features.repo import feature_refs, feature_store
+    from storeflow.components.ingest import ingest
     from storeflow.components.register import register
     from storeflow.components.train import train
 
     overrides = {"project": {"state_dir": str(work / "state")},
+                 "ingest": {"source": "synthetic", "synthetic": {"customers": 400, "orders": 4000, "days": 400}},
                  "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
                  "evaluate": {"bootstrap_samples": 100},
                  "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]}}
     settings = load_settings(overrides)
-    features = build_features(settings, write_snapshot(small_store(customers=400), work / "snapshot"))
+    snapshot = ingest(settings).snapshot
+    features = build_features(settings, snapshot)
     trained = train(settings, features)
     register(settings, trained, evaluate(settings, features, trained))
+    import pandas as pd
+
+    from storeflow.components.tables import table_path
+
+    customer_ids = sorted(int(i) for i in pd.read_parquet(table_path(snapshot, "customers"))["customer_id"])
 
     import joblib
     import mlflow.sklearn
@@ -63,11 +71,12 @@ def build(work: Path) -> dict:
     estimator = mlflow.sklearn.load_model(trained.model_uri)
     joblib.dump(estimator, work / "model.joblib")
     columns = list(settings.features.customer_features)
-    ids = list(range(1, 401))
+    ids = customer_ids
     data = feature_store(settings).get_online_features(
         features=feature_refs(settings), entity_rows=[{"customer_id": i} for i in ids]).to_dict()
     known = [i for n, i in enumerate(ids) if data[columns[0]][n] is not None]
-    rows = {i: [float(data[c][ids.index(i)]) for c in columns] for i in known}
+    position = {i: n for n, i in enumerate(ids)}
+    rows = {i: [float(data[c][position[i]]) for c in columns] for i in known}
     (work / "config.yaml").write_text(json.dumps(overrides))
     return {"settings": settings, "estimator": estimator, "rows": rows, "columns": columns}
 
@@ -211,18 +220,30 @@ def serve_inline(name: str, work: Path, port: int) -> None:
 
 
 # -- load ---------------------------------------------------------------------------------------------------
-def lua(bodies: list[bytes], headers: dict[str, str], path: Path) -> Path:
+def lua(bodies: list[bytes], headers: dict[str, str], path: Path, per_body: list[dict[str, str]] | None = None) -> Path:
+    """A wrk script cycling through ``bodies``; ``per_body`` adds headers to each (e.g. its own session token)."""
     items = ",\n".join("[[" + b.decode() + "]]" for b in bodies)
+    extra = ",\n".join("{" + ", ".join(f'["{k}"] = "{v}"' for k, v in h.items()) + "}" for h in per_body or [])
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     path.write_text(f"""wrk.method = "POST"
 {header_lines}
 local bodies = {{
 {items}
 }}
+local extra = {{
+{extra}
+}}
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1])
+  local i = (n % #bodies) + 1
+  if #extra == 0 then
+    return wrk.format(nil, nil, nil, bodies[i])
+  end
+  local headers = {{}}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  for k, v in pairs(extra[i]) do headers[k] = v end
+  return wrk.format(nil, nil, headers, bodies[i])
 end
 """)
     return path
@@ -244,12 +265,14 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def session_token() -> str:
+def session_token(customer_id: int | None = None) -> str:
+    """A checkout extension session token, as Shopify would sign it for this customer's checkout."""
     import jwt
 
     now = int(time.time())
-    return jwt.encode({"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "bench",
-                       "exp": now + 600, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
+    sub = f"gid://shopify/Customer/{customer_id}" if customer_id else "bench"
+    return jwt.encode({"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": sub,
+                       "exp": now + 900, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
 
 
 def check_predictions(port: int, data: dict) -> dict:
@@ -294,9 +317,9 @@ def main() -> None:
     for name in args.only.split(","):
         port = _free_port()
         headers = {"Content-Type": "application/json"}
-        if name == "storeflow":
-            headers["Authorization"] = f"Bearer {session_token()}"
-        script = lua(by_id if name in ("storeflow", "bare") else by_row, headers, work / f"{name}.lua")
+        # Every customer's checkout has its own session token, as in a store.
+        tokens = [{"Authorization": f"Bearer {session_token(i)}"} for i in ids] if name == "storeflow" else None
+        script = lua(by_id if name in ("storeflow", "bare") else by_row, headers, work / f"{name}.lua", tokens)
         health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
         print(f"starting {name} ...", flush=True)
         proc = start(name, work, port)

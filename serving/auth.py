@@ -9,6 +9,11 @@ Signatures are checked by ``shopifyapp``, Shopify's own package, never by hand:
   also rejects a ``timestamp`` more than 90 s away from now (replays).
 * webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body (:meth:`ShopifyVerifier.verify_webhook`).
 
+A verified session token is remembered (keyed by the whole token string, at most
+:data:`TOKEN_CACHE_SIZE` of them) until its ``exp``: a checkout extension sends the same token with every
+request of its ~1 minute life, and re-checking an HMAC we already checked costs ~100 us a request.
+Rejections are never cached; app proxy signatures (timestamped per request) are always checked.
+
 A failure raises :class:`AuthError` carrying shopifyapp's log code (``invalid_id_token``,
 ``expired_id_token``, ``invalid_aud``, ``invalid_signature``, ``timestamp_too_old``...) or ours
 (``missing_credentials``, ``shop_not_allowed``, ``missing_exp``).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
 SHOP_SUFFIX = ".myshopify.com"
+TOKEN_CACHE_SIZE = 50_000
 
 
 class AuthError(Exception):
@@ -71,6 +78,7 @@ class ShopifyVerifier:
         self.allowed_shops = frozenset(shop_domain(s) for s in allowed_shops if s)
         if not self.allowed_shops:
             raise ValueError("Shopify auth needs at least one allowed shop")
+        self._tokens: dict[str, tuple[float, Principal]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> ShopifyVerifier:
@@ -93,7 +101,22 @@ class ShopifyVerifier:
         raise AuthError("missing_credentials", "send Authorization: Bearer <session token> "
                                                "or an app proxy signature")
 
+    def cached_checkout(self, authorization: str) -> Principal | None:
+        """The principal of an ``Authorization`` value verified before and not expired yet, else None."""
+        hit = self._tokens.get(authorization)
+        if hit is None:
+            return None
+        if time.time() < hit[0]:
+            return hit[1]
+        self._tokens.pop(authorization, None)
+        return None
+
     def verify_checkout(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        authorization = headers.get("authorization")
+        if isinstance(authorization, str):
+            principal = self.cached_checkout(authorization)
+            if principal is not None:
+                return principal
         result = self.app.verify_checkout_ui_ext_req(
             {"method": method, "headers": dict(headers), "url": url, "body": body})
         if not result.ok or result.id_token is None:
@@ -105,7 +128,18 @@ class ShopifyVerifier:
         if iss and iss != dest:
             raise AuthError("shop_mismatch", "session token iss and dest name different shops")
         self._allowed(dest)
-        return Principal("checkout_ui_extension", dest, claims.get("sub"))
+        principal = Principal("checkout_ui_extension", dest, claims.get("sub"))
+        if isinstance(authorization, str) and isinstance(claims["exp"], (int, float)):
+            self._remember(authorization, float(claims["exp"]), principal)
+        return principal
+
+    def _remember(self, authorization: str, exp: float, principal: Principal) -> None:
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            now = time.time()
+            self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[authorization] = (exp, principal)
 
     def verify_app_proxy(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
         result = self.app.verify_app_proxy_req({"method": method, "headers": dict(headers), "url": url,
@@ -145,18 +179,27 @@ class ShopifyAuthMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
             return await self.app(scope, receive, send)
-        raw = [(k, v) for k, v in scope["headers"] if k != b"x-storeflow-shop"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope['path']}"
-        url += f"?{query}" if query else ""
-        try:
-            principal = self.verifier.verify(scope["method"], url, headers)
-        except AuthError as exc:
-            return await send_json(send, 401, {"error": f"unauthorized: {exc.detail}", "code": exc.code},
-                               {b"www-authenticate": b'Bearer realm="storeflow"'})
-        scope = {**scope, "headers": [*raw, (b"x-storeflow-shop", principal.shop.encode())]}
-        return await self.app(scope, receive, send)
+        raw, authorization = [], None
+        for key, value in scope["headers"]:
+            if key == b"x-storeflow-shop":
+                continue
+            if key == b"authorization":
+                authorization = value
+            raw.append((key, value))
+        # Fast path: a session token verified before (see the module docstring).
+        principal = None if authorization is None else self.verifier.cached_checkout(authorization.decode("latin-1"))
+        if principal is None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+            query = scope.get("query_string", b"").decode("latin-1")
+            url = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope['path']}"
+            url += f"?{query}" if query else ""
+            try:
+                principal = self.verifier.verify(scope["method"], url, headers)
+            except AuthError as exc:
+                return await send_json(send, 401, {"error": f"unauthorized: {exc.detail}", "code": exc.code},
+                                       {b"www-authenticate": b'Bearer realm="storeflow"'})
+        raw.append((b"x-storeflow-shop", principal.shop.encode()))
+        return await self.app({**scope, "headers": raw}, receive, send)
 
 
 async def send_json(send, status: int, content: dict, extra: Mapping[bytes, bytes] | None = None) -> None:

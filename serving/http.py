@@ -1,8 +1,17 @@
-"""ASGI pieces around KServe's routes: request metrics, body limit, version pinning, 4xx handlers."""
+"""ASGI pieces around KServe's routes: request metrics, body limit, version pinning, 4xx handlers.
+
+Also :func:`v2_infer_route`: KServe's own V2 infer handler (``V2Endpoints.infer``: DataPlane decode,
+``Model.__call__``, encode) registered as a plain route. FastAPI's APIRoute would solve five
+dependencies (path, query, header, cookie and body params) for it on every request; this route reads
+the body and validates it against KServe's ``InferenceRequest`` model the way FastAPI does (same
+``json`` parser, same 422 answers), and hands the rest to KServe unchanged.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Union
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -28,12 +37,62 @@ async def bad_request_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=400, content={"error": f"malformed request: {type(exc).__name__}: {exc}"})
 
 
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind.startswith("application/") and (kind.endswith("/json") or kind.endswith("+json"))
+
+
+def v2_infer_route(dataplane, model_repository_extension=None):
+    """An endpoint for ``/v2/models/{model_name}/infer`` calling KServe's V2 handler without FastAPI's DI."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import ORJSONResponse
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from kserve.protocol.rest.v2_endpoints import V2Endpoints
+    from pydantic import TypeAdapter, ValidationError
+
+    endpoints = V2Endpoints(dataplane, model_repository_extension)
+    body_type = TypeAdapter(Union[InferenceRequest, bytes])  # KServe's declared body type
+
+    async def infer(request: Request) -> Response:
+        body = await request.body()
+        payload = body
+        if body and _is_json(request.headers.get("content-type")):
+            try:
+                data = json.loads(body)
+            except json.JSONDecodeError as exc:
+                raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
+                                               "msg": "JSON decode error", "input": {},
+                                               "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+            except UnicodeDecodeError as exc:
+                raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
+                                               "msg": "JSON decode error", "input": {},
+                                               "ctx": {"error": str(exc)}}]) from exc
+            try:
+                payload = body_type.validate_python(data)
+            except ValidationError as exc:
+                errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+                raise RequestValidationError(errors, body=data) from exc
+        raw = Response()  # KServe fills in body and headers, as on FastAPI's sub-response
+        result = await endpoints.infer(request, raw, request.path_params["model_name"], payload)
+        if isinstance(result, Response):
+            result.headers["content-length"] = str(len(result.body))
+            return result
+        return ORJSONResponse(jsonable_encoder(result))
+
+    return infer
+
+
 class RequestMetricsMiddleware:
     """``storeflow_requests_total`` and ``storeflow_request_latency_seconds`` for inference paths."""
 
     def __init__(self, app, protect):
         self.app = app
         self.protect = protect
+        self._counters: dict = {}  # labelled children, looked up once (labels() costs ~5 us)
+        self._latency: dict = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
@@ -52,9 +111,16 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, observe)
         finally:
-            version = seen["version"]
-            metrics.REQUESTS.labels(model_version=version, status=str(seen["status"])).inc()
-            metrics.LATENCY.labels(model_version=version).observe(time.perf_counter() - started)
+            version, status = seen["version"], seen["status"]
+            counter = self._counters.get((version, status))
+            if counter is None:
+                counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
+                                                                                    status=str(status))
+            histogram = self._latency.get(version)
+            if histogram is None:
+                histogram = self._latency[version] = metrics.LATENCY.labels(model_version=version)
+            counter.inc()
+            histogram.observe(time.perf_counter() - started)
 
 
 class BodyLimitMiddleware:

@@ -197,12 +197,16 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
         bad_request_handler,
         metrics_route,
         unknown_version_handler,
+        v2_infer_route,
     )
     from storeflow.serving.transformer import UnknownVersion
 
     cfg = settings.serving
     # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
     app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
+    # Ahead of KServe's own V2 infer route (same handler, see storeflow.serving.http): first match wins.
+    app.add_route("/v2/models/{model_name}/infer", v2_infer_route(server.dataplane, server.model_repository_extension),
+                  methods=["POST"], include_in_schema=False)
     app.add_exception_handler(UnknownVersion, unknown_version_handler)
     for exc in (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError):
         app.add_exception_handler(exc, bad_request_handler)

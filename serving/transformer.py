@@ -122,6 +122,7 @@ class StoreflowTransformer(Model):
         self.max_instances = max_instances
         self.batchers = {v: MicroBatcher(p.score, batch_max_rows, batch_max_wait_s, name=f"v{v}")
                          for v, p in self.predictors.items()}
+        self._score_histograms: dict = {}
         self.ready = True
 
     @property
@@ -303,8 +304,9 @@ class StoreflowTransformer(Model):
         answered = ",".join(dict.fromkeys(scoring.versions))
         if response_headers is not None:
             response_headers[VERSION_HEADER] = answered
-        for score, version in zip(scoring.scores.tolist(), scoring.versions):
-            metrics.SCORES.labels(version).observe(score)
+        scores = scoring.scores.tolist()
+        for score, version in zip(scores, scoring.versions):
+            self._score_histogram(version).observe(score)
         fallbacks = int(scoring.fallback.sum())
         if fallbacks:
             metrics.FALLBACK_ROWS.inc(fallbacks)
@@ -317,6 +319,14 @@ class StoreflowTransformer(Model):
                 for ref, score, fb, version in zip(scoring.refs, scoring.scores, scoring.fallback, scoring.versions)]}
         request = scoring.v2_request
         n = len(scoring.ids)
+        if not request.use_binary_outputs and not request.request_outputs:
+            # What InferResponse.to_rest() would give for these three JSON outputs, without building it.
+            return orjson.dumps({
+                "id": request.id or "", "model_name": self.name, "model_version": answered,
+                "outputs": [{"name": SCORE_OUTPUT, "shape": [n], "datatype": "FP64", "data": scores},
+                            {"name": "model_version", "shape": [n], "datatype": "BYTES", "data": scoring.versions},
+                            {"name": "fallback", "shape": [n], "datatype": "BOOL", "data": scoring.fallback.tolist()}],
+                "parameters": {"registered_model": self.registered_name}})
         outputs = [InferOutput(SCORE_OUTPUT, [n], "FP64"), InferOutput("model_version", [n], "BYTES"),
                    InferOutput("fallback", [n], "BOOL")]
         outputs[0].set_data_from_numpy(scoring.scores.astype(np.float64), binary_data=False)
@@ -333,6 +343,12 @@ class StoreflowTransformer(Model):
         if json_length is not None and response_headers is not None:
             response_headers["inference-header-content-length"] = str(json_length)
         return body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _score_histogram(self, version: str):
+        histogram = self._score_histograms.get(version)
+        if histogram is None:
+            histogram = self._score_histograms[version] = metrics.SCORES.labels(version)
+        return histogram
 
     def _log(self, scoring: Scoring, headers) -> None:
         ts = now_iso()
