@@ -21,8 +21,6 @@ SetOption = Annotated[
 
 def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None):
     """Load settings, turning config errors into a one-line message and exit code 2."""
-    import yaml
-
     from storeflow.components.config import ConfigError, load_settings
 
     data: dict = {}
@@ -35,12 +33,25 @@ def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None)
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _value(raw)
     try:
         return load_settings(data, path=config)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def _value(raw: str):
+    """A --set value: JSON when it parses (numbers, true/false, lists, objects), else the plain string.
+
+    Not YAML: YAML 1.1 turns words such as ``off``/``no``/``on`` into booleans (``serving.auth=off``).
+    """
+    import json
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 # Commands live next to what they drive; each module keeps its top-level imports light.

@@ -1,0 +1,31 @@
+"""Command-line config handling: --set values, and config mistakes as one clear line with exit code 2."""
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from storeflow.pipelines.cli import app, settings_from
+
+
+def test_set_values_are_json_or_plain_strings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = settings_from(None, ["serving.auth=off", "ingest.synthetic.customers=600",
+                                    "validate.currencies=[\"USD\", \"EUR\"]", "project.state_dir=state"])
+    assert settings.serving.auth == "off"  # not YAML's boolean False
+    assert settings.ingest.synthetic.customers == 600
+    assert settings.validate_.currencies == ["USD", "EUR"]
+    assert settings.project.state_dir == tmp_path / "state"
+
+
+def test_config_mistakes_exit_2_naming_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(typer.Exit) as bad_set:
+        settings_from(None, ["no-equals-sign"])
+    assert bad_set.value.exit_code == 2
+    result = CliRunner().invoke(app, ["submit", "--set", "train.estimatr=x"])
+    assert result.exit_code == 2 and "train.estimatr" in result.output
+    (tmp_path / "broken.yaml").write_text("ingest: [\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "broken.yaml")])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
