@@ -28,4 +28,4 @@ def test_config_mistakes_exit_2_naming_the_problem(tmp_path: Path, monkeypatch: 
     assert result.exit_code == 2 and "train.estimatr" in result.output
     (tmp_path / "broken.yaml").write_text("ingest: [\n")
     result = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "broken.yaml")])
-    assert result.exit_code == 2 and "not valid YAML" in result.output
+    assert result.exit_code == 2 and "not valid YAML" in " ".join(result.output.split())
