@@ -1,8 +1,12 @@
 """Serving benchmark: storeflow vs a stock KServe model vs MLServer vs a bare ASGI app, side by side.
 
-Same registered model, single-row V2 requests, wrk at concurrency 1, 8 and 32 (15 s each), 2 workers
-per server, all on 127.0.0.1. storeflow answers with a Feast lookup + Shopify auth; the others get the
-feature row in the request. Writes ``bench/results/serving.json``:
+Same registered model (trained by the real stages on a 400-customer synthetic store), single-row V2
+requests, wrk at concurrency 1, 8 and 32 (15 s each), 2 workers per server, all on 127.0.0.1. storeflow
+answers with a Feast lookup + Shopify auth (each customer's checkout sends its own session token); the
+others get the feature row in the request. wrk cycles through ~400 customers, so after the warm-up
+storeflow's in-memory caches (features, verified tokens, scores by feature row) answer most requests:
+the steady state of a store whose customers come back within a minute, not a cold start.
+Writes ``bench/results/serving.json``:
 ``{"rows": [{"server", "concurrency", "rps", "p50_ms", "p99_ms", "non_2xx"}], "check": {...}}``.
 
     .venv/bin/python bench/serving.py [--duration 15] [--only storeflow,kserve]

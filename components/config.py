@@ -246,6 +246,8 @@ class ServingConfig(Section):
     feature_refresh_seconds: float = Field(10, gt=0, description="How often to check Feast for a new materialization.")
     batch_max_size: int = Field(64, ge=1, description="Micro-batch: rows per model call at most.")
     batch_max_wait_ms: float = Field(2, ge=0, description="Micro-batch: longest wait for more rows.")
+    score_memo_rows: int = Field(100_000, ge=0, description="Scores remembered per model version by exact "
+                                                            "feature row (pure function of it); 0 turns it off.")
     prediction_log: bool = True
     prediction_log_dir: Path | None = Field(None, description="Default <state_dir>/predictions.")
     prediction_log_queue: int = Field(10_000, gt=0, description="Records waiting to be written; more are dropped.")

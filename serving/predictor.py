@@ -140,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_logging()
     model = StoreflowPredictor(args.model_name, args.model_dir, version=args.model_version)
     model.load()
-    ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
-                enable_latency_logging=False).start([model])
+    server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
+                         enable_latency_logging=False)
+    quiet_logging()  # ModelServer() re-applied KServe's logging config
+    server.start([model])
 
 
 if __name__ == "__main__":

@@ -66,7 +66,11 @@ def quiet_logging(quiet: bool = True) -> None:
         return
     for name in ("kserve", "kserve.trace", "uvicorn.access", "uvicorn.error", "feast", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.access").disabled = True
+    access = logging.getLogger("uvicorn.access")
+    access.disabled = True
+    # uvicorn decides per connection whether to log access lines by ``hasHandlers()``, not the level.
+    access.handlers = []
+    access.propagate = False
 
 
 def prediction_log(settings: Settings):
@@ -143,8 +147,12 @@ def build_app(plan: Plan):
         canary_version=plan.canary_version, canary_percent=plan.canary_percent,
         registered_name=plan.registered_name, prediction_log=prediction_log(settings),
         max_instances=cfg.max_instances, batch_max_rows=cfg.batch_max_size,
-        batch_max_wait_s=cfg.batch_max_wait_ms / 1000)
+        batch_max_wait_s=cfg.batch_max_wait_ms / 1000, score_memo_rows=cfg.score_memo_rows)
     server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
+    # ModelServer() re-applies KServe's logging config (uvicorn.access at INFO with a handler): quiet it again.
+    # In a ``--workers`` > 1 worker uvicorn has configured logging before this factory runs, so nothing
+    # else would turn the access log back off (it cost ~10% of a worker's CPU).
+    quiet_logging(cfg.quiet)
     server.register_model(transformer)
     transformer.enable_latency_logging = False
     install(server, settings, served_versions=transformer.versions)

@@ -108,9 +108,10 @@ class StoreflowTransformer(Model):
     def __init__(self, name: str, features: OnlineFeatures, predictors: dict[str, StoreflowPredictor] | None = None,
                  main_version: str | None = None, canary_version: str | None = None, canary_percent: int = 0,
                  registered_name: str | None = None, prediction_log: PredictionLog | None = None,
-                 max_instances: int = 64, batch_max_rows: int = 64, batch_max_wait_s: float = 0.0):
+                 max_instances: int = 64, batch_max_rows: int = 64, batch_max_wait_s: float = 0.0,
+                 score_memo_rows: int = 100_000):
         super().__init__(name, return_response_headers=True)
-        from storeflow.serving.batching import MicroBatcher
+        from storeflow.serving.batching import MicroBatcher, ScoreMemo
 
         self.features = features
         self.predictors = predictors or {}
@@ -120,7 +121,8 @@ class StoreflowTransformer(Model):
         self.registered_name = registered_name or name
         self.log = prediction_log
         self.max_instances = max_instances
-        self.batchers = {v: MicroBatcher(p.score, batch_max_rows, batch_max_wait_s, name=f"v{v}")
+        self.batchers = {v: ScoreMemo(MicroBatcher(p.score, batch_max_rows, batch_max_wait_s, name=f"v{v}"),
+                                      score_memo_rows)
                          for v, p in self.predictors.items()}
         self._score_histograms: dict = {}
         self.ready = True
@@ -409,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                              predictor_health_check=args.enable_predictor_health_check)
     server = ModelServer(http_port=args.http_port, workers=1, enable_grpc=False, enable_latency_logging=False,
                          predictor_config=config)
+    quiet_logging(settings.serving.quiet)  # ModelServer() re-applied KServe's logging config
     install(server, settings, served_versions=None)
     server.start([model])
 
