@@ -13,8 +13,8 @@ validated and logged for monitoring and future models, not a model input today):
   the response's ``model_version`` is the answering version (comma-joined if a request was split).
 
 Every response carries the ``x-storeflow-model-version`` header. Locally (``storeflow serve``) the
-predictors run in this process behind micro-batchers, with a sticky canary split (hash of the customer
-id); in the cluster, ``python -m storeflow.serving.transformer --model_name <name> --predictor_host
+predictors run in this process behind micro-batchers (with scores remembered by exact feature row, see
+:mod:`storeflow.serving.batching`), with a sticky canary split (hash of the customer id); in the cluster, ``python -m storeflow.serving.transformer --model_name <name> --predictor_host
 <host>`` sends the feature rows to the predictor container over V2 (or V1 with
 ``--predictor_protocol v1``) and the InferenceService does the canary split.
 """
