@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -28,6 +29,9 @@ def serve(
     """Serve predictions (KServe V1 + V2) for the registered model, with Feast features and Shopify auth."""
     overrides = list(set_ or []) + (["serving.auth=off"] if no_auth else [])
     settings = settings_from(config, overrides)
+    # kserve parses sys.argv when imported, and argparse takes our --config for an abbreviation of its
+    # --configure_logging. Typer has read our arguments already: kserve gets none.
+    sys.argv = sys.argv[:1]
     from storeflow.serving.server import serve as run
 
     try:

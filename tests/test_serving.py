@@ -385,3 +385,38 @@ def test_every_answer_is_in_the_prediction_log(trained, server):
     assert record["model_version"] == version_for(11)
     assert list(record["features"]) == settings.features.customer_features
     assert 0 <= record["score"] <= 1 and record["ts"].endswith("+00:00")
+
+
+def test_the_documented_command_line_serves(trained, expected) -> None:
+    """`storeflow serve --config FILE --no-auth --port P`, exactly as the README shows it."""
+    import yaml
+
+    root, overrides, _ = trained
+    config = root / "serve-cli.yaml"
+    config.write_text(yaml.safe_dump({**overrides, "serving": {**overrides["serving"], "canary_percent": 0}}))
+    port = _free_port()
+    log = (root / "serve-cli.log").open("w")
+    cli = Path(sys.executable).with_name("storeflow")
+    proc = subprocess.Popen([str(cli), "serve", "--config", str(config), "--no-auth", "--port", str(port)],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("serve did not start:\n" + (root / "serve-cli.log").read_text()[-3000:])
+            time.sleep(0.3)
+        customer = int(small_store()["orders"]["customer_id"].iloc[0])
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict", timeout=30,
+                            json={"instances": [{"customer_id": f"gid://shopify/Customer/{customer}"}]}).json()
+        prediction = answer["predictions"][0]
+        assert prediction["model_version"] == "1"  # no credentials needed: --no-auth
+        assert prediction["score"] == pytest.approx(expected(customer, "1"), abs=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
