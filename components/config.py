@@ -196,6 +196,10 @@ class DeployConfig(Section):
     min_requests: int = Field(200, ge=1, description="Requests each version needs in the window to be judged.")
     max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="Canary error rate minus champion's.")
     max_p99_latency_ratio: float = Field(1.25, ge=1, description="Canary p99 over champion p99.")
+    min_p99_latency_increase_seconds: float = Field(
+        0.02, ge=0, description="p99 increases smaller than this are noise, whatever the ratio (a few ms on "
+        "a fast model would otherwise fail the ratio)."
+    )
     max_score_psi: float = Field(0.2, ge=0, description="Population stability index of prediction scores.")
     error_status_regex: str = Field("5..|error", description="storeflow_requests_total status values that are errors.")
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"

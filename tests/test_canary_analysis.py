@@ -102,7 +102,14 @@ def test_error_rate_is_judged_against_the_champion(policy):
 def test_p99_latency_bound_is_inclusive(policy):
     assert decide(policy, 10, 0, metrics(p99=0.125), CHAMPION).action == "advance"
     decision = decide(policy, 10, 0, metrics(p99=0.126), CHAMPION)
-    assert decision == Decision("rollback", 0, ("p99 latency 0.1260s exceeds 1.25 x champion's 0.1000s",))
+    assert decision == Decision("rollback", 0, (
+        "p99 latency 0.1260s exceeds 1.25 x champion's 0.1000s (and it by more than 0.02s)",))
+
+
+def test_small_absolute_p99_increase_is_noise_whatever_the_ratio(policy):
+    fast = metrics(p99=0.010)
+    assert decide(policy, 10, 0, metrics(p99=0.030), fast).action == "advance"  # 3x, but only +20 ms
+    assert decide(policy, 10, 0, metrics(p99=0.031), fast).action == "rollback"
 
 
 def test_latency_beyond_last_bucket_rolls_back(policy):

@@ -351,7 +351,7 @@ def test_standard_rollback_drops_the_canary(settings, cluster):
     kube, isvcs, prom = cluster(recorded("Standard"), versions={"3": HEALTHY, "4": HEALTHY | {"p99": 0.5}})
     result = run_stage(settings, isvcs, prom)
     assert result["outcome"] == "rolled-back"
-    assert result["reasons"] == ["p99 latency 0.5000s exceeds 1.25 x champion's 0.0800s"]
+    assert result["reasons"] == ["p99 latency 0.5000s exceeds 1.25 x champion's 0.0800s (and it by more than 0.02s)"]
     start, rollback = kube.writes()
     assert_valid(merge_patch(recorded("Standard"), start[3]))
     assert rollback[3]["spec"]["canary"] is None

@@ -92,11 +92,13 @@ def decide(
             f"error rate {canary.error_rate:.4f} exceeds champion's {champion.error_rate:.4f} "
             f"by {error_increase:.4f} > {deploy.max_error_rate_increase}"
         )
-    latency_limit = champion.p99_latency_seconds * deploy.max_p99_latency_ratio
+    latency_limit = max(champion.p99_latency_seconds * deploy.max_p99_latency_ratio,
+                        champion.p99_latency_seconds + deploy.min_p99_latency_increase_seconds)
     if _beyond(canary.p99_latency_seconds, latency_limit):
         violations.append(
             f"p99 latency {canary.p99_latency_seconds:.4f}s exceeds {deploy.max_p99_latency_ratio} x "
-            f"champion's {champion.p99_latency_seconds:.4f}s"
+            f"champion's {champion.p99_latency_seconds:.4f}s (and it by more than "
+            f"{deploy.min_p99_latency_increase_seconds}s)"
         )
     if _beyond(psi, deploy.max_score_psi):
         violations.append(f"prediction-score PSI {psi:.4f} against champion exceeds {deploy.max_score_psi}")
