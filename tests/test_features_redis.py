@@ -12,15 +12,19 @@ from storeflow.components.features.compute import customer_features
 from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs, store_config
 
 
+def _redis_settings(tmp_path: Path, address: str):
+    return load_settings({
+        "project": {"state_dir": str(tmp_path / "state")},
+        "features": {"feast": {"online_store": "redis", "redis_connection_string": address},
+                     "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+    })
+
+
 def test_redis_online_store_serves_materialized_features(tmp_path: Path, store_tables) -> None:
     import pandas as pd
 
     with redis_server(tmp_path) as address:
-        settings = load_settings({
-            "project": {"state_dir": str(tmp_path / "state")},
-            "features": {"feast": {"online_store": "redis", "redis_connection_string": address},
-                         "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        })
+        settings = _redis_settings(tmp_path, address)
         assert store_config(settings)["online_store"] == {"type": "redis", "connection_string": address}
         result = build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
         customer = int(store_tables["orders"]["customer_id"].iloc[0])
@@ -38,11 +42,7 @@ def test_privacy_erasure_reaches_the_redis_online_store(tmp_path: Path, store_ta
     from storeflow.components.shopify.online import erase_all, erase_customers
 
     with redis_server(tmp_path) as address:
-        settings = load_settings({
-            "project": {"state_dir": str(tmp_path / "state")},
-            "features": {"feast": {"online_store": "redis", "redis_connection_string": address},
-                         "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        })
+        settings = _redis_settings(tmp_path, address)
         build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
         store = feature_store(settings)
         first, second = (int(c) for c in store_tables["orders"]["customer_id"].drop_duplicates().iloc[:2])

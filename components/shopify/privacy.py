@@ -53,19 +53,24 @@ def _raw_files(settings: Settings) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix == ".jsonl" or p.name.endswith(".jsonl.part")))
 
 
-def _customer_orders_in_raw(path: Path, subject: Subject) -> set[str]:
-    orders = {f"gid://shopify/Order/{o}" for o in subject.order_ids}
+def _jsonl_records(path: Path):
+    """JSON objects of a JSONL file; an unparsable line (one being written) is passed over."""
     with path.open("rb") as handle:
         for line in handle:
             try:
-                record = orjson.loads(line)
+                yield orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            customer = (record.get("customer") or {}).get("id")
-            if record.get("id", "").startswith("gid://shopify/Order/") and (
-                customer == subject.gid or (subject.email and record.get("email") == subject.email)
-            ):
-                orders.add(record["id"])
+
+
+def _customer_orders_in_raw(path: Path, subject: Subject) -> set[str]:
+    orders = {f"gid://shopify/Order/{o}" for o in subject.order_ids}
+    for record in _jsonl_records(path):
+        customer = (record.get("customer") or {}).get("id")
+        if record.get("id", "").startswith("gid://shopify/Order/") and (
+            customer == subject.gid or (subject.email and record.get("email") == subject.email)
+        ):
+            orders.add(record["id"])
     return orders
 
 
@@ -327,14 +332,7 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
     predictions = []
     directory = layout.prediction_log_dir(settings)
     for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
-        with path.open("rb") as handle:
-            for line in handle:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if record.get("customer_id") == subject.customer_id:
-                    predictions.append(record)
+        predictions += [r for r in _jsonl_records(path) if r.get("customer_id") == subject.customer_id]
     found["predictions"] = predictions
     found["live_orders"] = [json.loads(row) for (row,) in conn.execute(
         "SELECT row FROM live_orders WHERE customer_id = ?", (subject.customer_id,))]
