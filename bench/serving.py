@@ -5,7 +5,9 @@ requests, wrk at concurrency 1, 8 and 32 (15 s each), 2 workers per server, all 
 answers with a Feast lookup + Shopify auth (each customer's checkout sends its own session token); the
 others get the feature row in the request. wrk cycles through ~400 customers, so after the warm-up
 storeflow's in-memory caches (features, verified tokens, scores by feature row) answer most requests:
-the steady state of a store whose customers come back within a minute, not a cold start.
+the steady state of a store whose customers come back within a minute, not a cold start. The row
+``storeflow-uncached`` is the same server with the feature cache and the score memo off: every request
+reads Feast's online store and calls the model (only verified session tokens stay cached).
 Writes ``bench/results/serving.json``:
 ``{"rows": [{"server", "concurrency", "rps", "p50_ms", "p99_ms", "non_2xx"}], "check": {...}}``.
 
@@ -95,10 +97,12 @@ def _free_port() -> int:
 def start(name: str, work: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (work / f"{name}.log").open("w")
-    if name == "storeflow":
+    if name.startswith("storeflow"):
         env["SHOPIFY_API_SECRET"] = SECRET
         cmd = [str(Path(PY).parent / "storeflow"), "serve", "-c", str(work / "config.yaml"), "--workers", "2",
                "--port", str(port)]
+        if name == "storeflow-uncached":
+            cmd += ["--set", "serving.score_memo_rows=0", "--set", "serving.feature_cache_seconds=0"]
     elif name == "mlserver":
         _mlserver_venv()
         _mlserver_repo(work, port)
@@ -300,7 +304,7 @@ def check_predictions(port: int, data: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument("--only", default="storeflow,kserve,mlserver,bare")
+    parser.add_argument("--only", default="storeflow,storeflow-uncached,kserve,mlserver,bare")
     parser.add_argument("--serve")
     parser.add_argument("--bench-dir")
     parser.add_argument("--port", type=int)
@@ -322,8 +326,9 @@ def main() -> None:
         port = _free_port()
         headers = {"Content-Type": "application/json"}
         # Every customer's checkout has its own session token, as in a store.
-        tokens = [{"Authorization": f"Bearer {session_token(i)}"} for i in ids] if name == "storeflow" else None
-        script = lua(by_id if name in ("storeflow", "bare") else by_row, headers, work / f"{name}.lua", tokens)
+        storeflow = name.startswith("storeflow")
+        tokens = [{"Authorization": f"Bearer {session_token(i)}"} for i in ids] if storeflow else None
+        script = lua(by_id if storeflow or name == "bare" else by_row, headers, work / f"{name}.lua", tokens)
         health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
         print(f"starting {name} ...", flush=True)
         proc = start(name, work, port)
@@ -331,8 +336,8 @@ def main() -> None:
             wait_ready(proc, health)
             url = f"http://127.0.0.1:{port}{v2}"
             wrk(url, script, 8, 2)  # warm-up: caches, JIT-free paths, connections
-            if name == "storeflow":
-                check = check_predictions(port, data)
+            if storeflow:
+                check = {**(check or {}), name: check_predictions(port, data)}
             for c in CONCURRENCY:
                 result = {"server": name, "concurrency": c, **wrk(url, script, c, args.duration)}
                 print(json.dumps(result), flush=True)
