@@ -352,7 +352,8 @@ def main() -> None:
     if out.exists() and args.only != parser.get_default("only"):  # a partial run keeps the other servers' rows
         ran = set(args.only.split(","))
         rows = [r for r in json.loads(out.read_text())["rows"] if r["server"] not in ran] + rows
-        check = check or json.loads(out.read_text()).get("check")
+        earlier = json.loads(out.read_text()).get("check") or {}
+        check = {**(earlier if "max_abs_diff" not in earlier else {"storeflow": earlier}), **(check or {})}
     out.write_text(json.dumps({"rows": rows, "check": check, "duration_s": args.duration,
                                "cpus": os.cpu_count()}, indent=2) + "\n")
     print(f"wrote {out}")
