@@ -290,7 +290,11 @@ def _analyse_step(settings: Settings, server: LocalServer, version: str, previou
                          deadline, rng)
             window = {v: c.minus(baseline.get(v)) for v, c in server.metrics(http, deploy.error_status_regex).items()}
             canary, champion = version_metrics(window.get(version)), version_metrics(window.get(previous))
-            decision = decide(settings, percent, holds, canary, champion)
+            # The analysis window here is this step so far, not the cluster's PromQL range: say so.
+            elapsed = f"{max(1, round(time.monotonic() - started))}s"
+            step_settings = settings.model_copy(
+                update={"deploy": deploy.model_copy(update={"analysis_window": elapsed})})
+            decision = decide(step_settings, percent, holds, canary, champion)
             if decision.action == "hold" and time.monotonic() > deadline:
                 decision = Decision("rollback", 0, (
                     f"insufficient data after {deploy.local_step_timeout_seconds:g} s at {percent}%: "
