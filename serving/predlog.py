@@ -30,9 +30,9 @@ from pathlib import Path
 
 import orjson
 
+from storeflow.components.queues import STOP, batches
 from storeflow.serving.metrics import LOG_DROPPED
 
-_STOP = object()
 
 
 class PredictionLog:
@@ -58,7 +58,7 @@ class PredictionLog:
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop."""
         try:
-            self._queue.put(_STOP, timeout=timeout)
+            self._queue.put(STOP, timeout=timeout)
         except queue.Full:
             pass
         self._thread.join(timeout)
@@ -68,26 +68,14 @@ class PredictionLog:
         LOG_DROPPED.inc(count)
 
     def _drain(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in batch)
-            records = [item for item in batch if item is not _STOP]
-            if records:
-                try:
-                    self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-                                         for r in records))
-                except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
-                    self._drop(len(records))
-                    self._file = None
-            if stop:
-                if self._file is not None:
-                    self._file.close()
-                return
+        for records in batches(self._queue, 1000):
+            try:
+                self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records))
+            except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
+                self._drop(len(records))
+                self._file = None
+        if self._file is not None:
+            self._file.close()
 
     def _write(self, data: bytes) -> None:
         if self._file is None or self._file.tell() >= self.rotate_bytes:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from storeflow.components.queues import STOP, batches
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     webhook_id   TEXT PRIMARY KEY,
@@ -43,7 +45,6 @@ CREATE TABLE IF NOT EXISTS live_refunds (
 CREATE TABLE IF NOT EXISTS shops (shop TEXT PRIMARY KEY, uninstalled_at TEXT);
 """
 
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,13 @@ class Journal:
         return future.result()
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._thread.join()
         self.conn.close()
 
     def _write(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < 5000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in batch)
-            items = [item for item in batch if item is not _STOP]
-            if items:
-                self._commit(items)
-            if stop:
-                return
+        for items in batches(self._queue, 5000):
+            self._commit(items)
 
     def _commit(self, items: list[tuple[Event, Future]]) -> None:
         received = now()
