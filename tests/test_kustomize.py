@@ -153,3 +153,14 @@ def test_overlay_config_drives_the_same_predictor_the_pipeline_deploys(overlay, 
 def test_production_pins_the_image_version_it_names():
     images = {c["image"] for o in render("production") for c in containers(o) if c.get("image")}
     assert images == {"ghcr.io/storeflow/storeflow:0.1.0", "ghcr.io/mlflow/mlflow:v3.17.2"}
+
+
+@needs_kubectl
+def test_the_base_alone_never_floats_and_names_this_release():
+    """`kubectl apply -k kustomize/base` (no overlay) still runs pinned images: the release of this package."""
+    from storeflow.components.config import ImageConfig
+
+    objects = render("../base")
+    assert [p for o in objects for p in container_problems(o)] == []
+    storeflow = {c["image"] for o in objects for c in containers(o) if "storeflow/storeflow" in c.get("image", "")}
+    assert storeflow == {ImageConfig().reference}
