@@ -248,6 +248,9 @@ class ServingConfig(Section):
     max_instances: int = Field(64, gt=0, description="Customers per request.")
     feature_cache_seconds: float = Field(60, ge=0, description="Online features kept in memory at most this long.")
     feature_refresh_seconds: float = Field(10, gt=0, description="How often to check Feast for a new materialization.")
+    model_runtime: Literal["auto", "treelite", "sklearn"] = Field(
+        "auto", description="Tree models: Treelite when it reproduces scikit-learn's scores exactly (auto), "
+                            "always (treelite: refuse to start otherwise) or never (sklearn).")
     batch_max_size: int = Field(64, ge=1, description="Micro-batch: rows per model call at most.")
     batch_max_wait_ms: float = Field(2, ge=0, description="Micro-batch: longest wait for more rows.")
     score_memo_rows: int = Field(100_000, ge=0, description="Scores remembered per model version by exact "

@@ -7,6 +7,8 @@
 * ``storeflow_prediction_score{model_version}``: served scores, histogram on [0, 1] (for PSI).
 * ``storeflow_fallback_rows_total``: customers answered with the fallback row.
 * ``storeflow_prediction_log_dropped_total``: prediction-log records dropped (queue full or write error).
+* ``storeflow_model_info{model_version,runtime}``: 1 per served version; ``runtime`` is what scores it
+  (``treelite`` or ``sklearn``, see :mod:`storeflow.serving.runtime`).
 
 With several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``storeflow serve`` does): ``/metrics`` then
 sums all workers.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, exposition, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition, multiprocess, values
 
 # Decided when prometheus_client was first imported; Feast sets PROMETHEUS_MULTIPROC_DIR on import
 # (for its own server) whether or not values are really kept in files, so the variable alone misleads.
@@ -34,6 +36,8 @@ FEATURE_LOOKUP = Histogram("storeflow_feature_lookup_seconds", "Feast online fea
 SCORES = Histogram("storeflow_prediction_score", "Served propensity scores.", ["model_version"],
                    buckets=SCORE_BUCKETS)
 FALLBACK_ROWS = Counter("storeflow_fallback_rows", "Customers scored with the fallback feature row.")
+MODEL_INFO = Gauge("storeflow_model_info", "Served model versions and the runtime scoring each.",
+                   ["model_version", "runtime"], multiprocess_mode="max")
 LOG_DROPPED = Counter("storeflow_prediction_log_dropped", "Prediction log records dropped.")
 
 

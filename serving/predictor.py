@@ -13,6 +13,7 @@ Loading needs no ``import mlflow`` for the models storeflow logs (sklearn flavor
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +23,8 @@ import yaml
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from storeflow.serving.runtime import Scorer, build_scorer
 
 DEFAULT_MODEL_DIR = "/mnt/models"
 FEATURES_INPUT = "features"
@@ -51,6 +54,17 @@ def load_estimator(model_dir: Path):
     return mlflow.sklearn.load_model(str(model_dir))
 
 
+def input_example(model_dir: Path, columns: list[str]) -> np.ndarray | None:
+    """The rows MLflow logged beside the model (``input_example.json``, split orient), in ``columns`` order."""
+    path = Path(model_dir) / "input_example.json"
+    try:
+        data = json.loads(path.read_text())
+        index = [data["columns"].index(c) for c in columns] if columns else list(range(len(data["columns"])))
+        return np.asarray([[row[i] for i in index] for row in data["data"]], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None  # no example, or not a plain table: the threshold probes still check the runtime
+
+
 def registered_version(model_dir: Path) -> tuple[str | None, str | None]:
     """(registered model name, version) recorded beside a downloaded model, when MLflow wrote it."""
     meta = Path(model_dir) / "registered_model_meta"
@@ -65,18 +79,21 @@ class StoreflowPredictor(Model):
     """Propensity scores from one registered model version."""
 
     def __init__(self, name: str, model_dir: Path | str, version: str | None = None,
-                 registered_name: str | None = None):
+                 registered_name: str | None = None, runtime: str = "auto"):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.version = version
         self.registered_name = registered_name
+        self.runtime = runtime
         self.estimator = None
+        self.scorer: Scorer | None = None
         self.columns: list[str] = []
 
     def load(self) -> bool:
         self.estimator = load_estimator(self.model_dir)
         names = getattr(self.estimator, "feature_names_in_", None)
         self.columns = [str(n) for n in names] if names is not None else []
+        self.scorer = build_scorer(self.estimator, self.runtime, input_example(self.model_dir, self.columns))
         meta_name, meta_version = registered_version(self.model_dir)
         self.version = self.version or meta_version or "unknown"
         self.registered_name = self.registered_name or meta_name or self.name
@@ -85,7 +102,7 @@ class StoreflowPredictor(Model):
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """P(repeat purchase) per row; synchronous, called on the batcher's thread."""
-        return np.asarray(self.estimator.predict_proba(rows)[:, 1], dtype=np.float64)
+        return self.scorer.score(rows)
 
     def _matrix(self, payload) -> np.ndarray:
         try:
@@ -136,10 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
     parser.add_argument("--model_version", default=os.environ.get("STOREFLOW_MODEL_VERSION"))
+    parser.add_argument("--model_runtime", default=os.environ.get("STOREFLOW_MODEL_RUNTIME", "auto"),
+                        choices=["auto", "treelite", "sklearn"])
     args, _ = parser.parse_known_args(argv)
     quiet_logging()
-    model = StoreflowPredictor(args.model_name, args.model_dir, version=args.model_version)
+    model = StoreflowPredictor(args.model_name, args.model_dir, version=args.model_version,
+                               runtime=args.model_runtime)
     model.load()
+    print(f"storeflow predictor: {model.registered_name} v{model.version} scored by {model.scorer.runtime} "
+          f"({model.scorer.reason})", flush=True)
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
                          enable_latency_logging=False)
     quiet_logging()  # ModelServer() re-applied KServe's logging config

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import struct
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,6 +129,7 @@ def build_app(plan: Plan):
     from kserve.protocol.rest.server import RESTServer
 
     from storeflow.components.config import load_settings
+    from storeflow.serving import metrics
     from storeflow.serving.features import OnlineFeatures
     from storeflow.serving.predictor import StoreflowPredictor
     from storeflow.serving.transformer import StoreflowTransformer
@@ -139,9 +141,13 @@ def build_app(plan: Plan):
     predictors = {}
     for served in plan.models:
         predictor = StoreflowPredictor(f"{plan.model_name}-v{served.version}", served.model_dir,
-                                       version=served.version, registered_name=plan.registered_name)
+                                       version=served.version, registered_name=plan.registered_name,
+                                       runtime=cfg.model_runtime)
         predictor.load()
         predictors[served.version] = predictor
+        metrics.MODEL_INFO.labels(served.version, predictor.scorer.runtime).set(1)
+        print(f"storeflow serve: {plan.registered_name} v{served.version} scored by {predictor.scorer.runtime}"
+              f" ({predictor.scorer.reason})", file=sys.stderr, flush=True)
     transformer = StoreflowTransformer(
         plan.model_name, OnlineFeatures(settings), predictors, main_version=plan.main_version,
         canary_version=plan.canary_version, canary_percent=plan.canary_percent,

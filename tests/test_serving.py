@@ -231,6 +231,9 @@ def test_health_metadata_and_metrics(server):
     assert "storeflow_request_latency_seconds_bucket" in text
     assert "storeflow_feature_lookup_seconds_count" in text
     assert f'storeflow_prediction_score_bucket{{le="0.5",model_version="{version_for(3)}"}}' in text
+    # Both served versions are trees, so both are scored by the compiled runtime (exactly, see above).
+    assert 'storeflow_model_info{model_version="1",runtime="treelite"} 1.0' in text
+    assert 'storeflow_model_info{model_version="2",runtime="treelite"} 1.0' in text
 
 
 def test_listens_on_loopback_only_by_default(server):

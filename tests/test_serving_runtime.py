@@ -1,0 +1,76 @@
+"""The compiled tree runtime scores exactly like scikit-learn, or is not used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+from storeflow.serving.runtime import RuntimeUnavailable, build_scorer
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    # Money-like values with cents and small counts: thresholds fall between close float64 values.
+    x = np.column_stack([rng.gamma(2.0, 60.0, 3000).round(2), rng.poisson(3, 3000).astype(float),
+                         rng.uniform(0, 400, 3000), rng.beta(1, 5, 3000)])
+    logit = 0.01 * x[:, 0] - 0.5 * x[:, 1] + 0.004 * x[:, 2] + 3 * x[:, 3] + rng.normal(0, 1, 3000)
+    return x, (logit > np.median(logit)).astype(int)
+
+
+@pytest.mark.parametrize("estimator", [
+    HistGradientBoostingClassifier(max_iter=60, random_state=0),
+    RandomForestClassifier(n_estimators=25, random_state=0),
+    GradientBoostingClassifier(n_estimators=30, random_state=0),
+], ids=lambda e: type(e).__name__)
+def test_tree_models_are_scored_by_treelite_with_the_same_scores(data, estimator):
+    x, y = data
+    estimator.fit(x, y)
+    scorer = build_scorer(estimator)
+    assert scorer.runtime == "treelite", scorer.reason
+    rng = np.random.default_rng(1)
+    # Unseen rows, rows exactly on training values (where thresholds sit between), one row at a time too.
+    fresh = np.column_stack([rng.uniform(0, 600, 500), rng.integers(0, 12, 500), rng.uniform(-50, 500, 500),
+                             rng.uniform(0, 1, 500)])
+    rows = np.vstack([fresh, x[:500]])
+    expected = estimator.predict_proba(rows)[:, 1]
+    assert np.max(np.abs(scorer.score(rows) - expected)) <= 1e-12
+    assert scorer.score(rows[:1])[0] == pytest.approx(expected[0], abs=1e-12)
+
+
+def test_models_treelite_cannot_import_keep_scikit_learn_and_say_why(data):
+    x, y = data
+    estimator = LogisticRegression(max_iter=500).fit(x, y)
+    scorer = build_scorer(estimator)
+    assert scorer.runtime == "sklearn"
+    assert "LogisticRegression" in scorer.reason
+    assert np.array_equal(scorer.score(x[:5]), estimator.predict_proba(x[:5])[:, 1])
+    with pytest.raises(RuntimeUnavailable, match="serving.model_runtime is treelite"):
+        build_scorer(estimator, "treelite")
+
+
+def test_sklearn_mode_is_respected(data):
+    x, y = data
+    estimator = HistGradientBoostingClassifier(max_iter=10).fit(x, y)
+    assert build_scorer(estimator, "sklearn").runtime == "sklearn"
+
+
+def test_a_runtime_that_rounds_to_float32_is_caught_by_the_threshold_probes(data, monkeypatch):
+    """What an ONNX tree ensemble does (float32 inputs and thresholds): off by whole leaves near splits."""
+    import treelite.gtil
+
+    x, y = data
+    estimator = HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y)
+    exact = treelite.gtil.predict
+
+    def float32_walk(model, rows, **kwargs):
+        return exact(model, rows.astype(np.float32).astype(np.float64), **kwargs)
+
+    monkeypatch.setattr(treelite.gtil, "predict", float32_walk)
+    scorer = build_scorer(estimator)
+    assert scorer.runtime == "sklearn"
+    assert "scores differ" in scorer.reason
+    with pytest.raises(RuntimeUnavailable, match="scores differ"):
+        build_scorer(estimator, "treelite")
