@@ -1,7 +1,10 @@
 """Customer feature rows from the Feast online store, for the transformer.
 
 Lookups never block the event loop: Feast runs on one dedicated thread, and the misses of all requests
-waiting at the same moment go to Feast as one ``get_online_features`` call. Rows are kept in memory
+waiting at the same moment go to Feast as one read. The read is the configured Feast online store's own
+``online_read`` (SQLite, Redis...), the call ``get_online_features`` makes: its request planning and
+response building around it cost more than the read itself (~55 vs ~30 us per customer on SQLite), and
+for one feature view read by entity key they decide nothing (Feast 0.67 applies no TTL online either). Rows are kept in memory
 for at most ``serving.feature_cache_seconds`` and dropped as soon as Feast records a new
 materialization of the customer view (checked every ``serving.feature_refresh_seconds``), so a
 ``feast materialize`` is visible within seconds whatever the online store (SQLite or Redis).
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_refs, feature_store
+from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_store
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -73,13 +76,14 @@ class OnlineFeatures:
 
     def __init__(self, settings: Settings, store=None):
         self.columns = list(settings.features.customer_features)
-        self.refs = feature_refs(settings)
         self.project = settings.features.feast.project
         self.ttl = settings.serving.feature_cache_seconds
         self.refresh_every = settings.serving.feature_refresh_seconds
         self.fallback = np.array([FALLBACK.get(c, 0.0) for c in self.columns], dtype=np.float64)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
         self.store = store if store is not None else feature_store(settings)
+        self._online = None  # the configured online store, opened on the Feast thread
+        self._view = None  # the customer FeatureView, re-read when Feast records a new materialization
         self._cache: dict[int, tuple[float, np.ndarray, bool]] = {}
         self._waiting: dict[int, asyncio.Future] = {}
         self._flush_scheduled = False
@@ -137,16 +141,33 @@ class OnlineFeatures:
                 future.set_result(rows[cid])
 
     def _fetch(self, ids: list[int]) -> dict[int, tuple[np.ndarray, bool]]:
-        data = self.store.get_online_features(
-            features=self.refs, entity_rows=[{CUSTOMER_KEY: cid} for cid in ids]).to_dict()
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        if self._online is None:
+            from feast.infra.online_stores.helpers import get_online_store_from_config
+
+            self._online = get_online_store_from_config(self.store.config.online_store)
+        view = self._view  # the watcher thread may reset it meanwhile
+        if view is None:
+            view = self._view = self.store.get_feature_view(CUSTOMER_VIEW)
+        keys = [EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(int64_val=cid)]) for cid in ids]
+        # A copy: Feast's Redis store appends its timestamp key to the list it is given.
+        read = self._online.online_read(self.store.config, view, keys, list(self.columns))
         now = time.monotonic()
         out = {}
-        for i, cid in enumerate(ids):
-            values = [data[c][i] for c in self.columns]
-            missing = [v is None for v in values]
-            row = np.array([self.fallback[j] if m else float(v) for j, (v, m) in enumerate(zip(values, missing))])
-            out[cid] = row, any(missing)
-            self._cache[cid] = now, row, any(missing)
+        for cid, (_, values) in zip(ids, read):
+            row, missing = self.fallback.copy(), False
+            for j, column in enumerate(self.columns):
+                value = values.get(column) if values else None
+                kind = value.WhichOneof("val") if value is not None else None
+                if kind is None or kind == "null_val":
+                    missing = True
+                else:
+                    row[j] = float(getattr(value, kind))
+            out[cid] = row, missing
+            if self.ttl:
+                self._cache[cid] = now, row, missing
         return out
 
     def _materialized_marker(self):
@@ -184,4 +205,5 @@ class OnlineFeatures:
                 continue
             if marker != self._marker:
                 self._marker = marker
+                self._view = None  # a re-apply may have changed it
                 self._cache.clear()

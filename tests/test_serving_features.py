@@ -1,0 +1,74 @@
+"""The serving feature reader returns exactly what Feast's get_online_features returns, on SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_snapshot
+from redis_server import redis_server
+from storeflow.components.config import load_settings
+from storeflow.components.features import build_features, feature_store
+from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs
+from storeflow.serving.features import FALLBACK, OnlineFeatures
+
+UNKNOWN = 987_654_321
+
+
+def _settings(tmp_path: Path, **feast) -> object:
+    return load_settings({
+        "project": {"state_dir": str(tmp_path / "state")},
+        "features": {"feast": feast, "label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        "serving": {"feature_cache_seconds": 0},
+    })
+
+
+def _feast_rows(settings, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    columns = list(settings.features.customer_features)
+    data = feature_store(settings).get_online_features(
+        features=feature_refs(settings), entity_rows=[{CUSTOMER_KEY: i} for i in ids]).to_dict()
+    rows = np.array([[FALLBACK[c] if data[c][n] is None else float(data[c][n]) for c in columns]
+                     for n in range(len(ids))])
+    missing = np.array([any(data[c][n] is None for c in columns) for n in range(len(ids))])
+    return rows, missing
+
+
+def _check_same_as_feast(settings, store_tables) -> None:
+    ids = [int(i) for i in store_tables["customers"]["customer_id"]] + [UNKNOWN]
+    reader = OnlineFeatures(settings)
+    try:
+        asyncio.run(reader.rows(ids[:5]))  # a first read must leave the reader as it was (Feast's Redis store
+        rows, fallback = asyncio.run(reader.rows(ids))  # appends to the feature list it is given)
+    finally:
+        reader.close()
+    expected_rows, expected_missing = _feast_rows(settings, ids)
+    assert np.array_equal(rows, expected_rows)
+    assert np.array_equal(fallback, expected_missing), (np.flatnonzero(fallback != expected_missing), fallback[-3:], expected_missing[-3:])
+    assert fallback[-1] and not fallback[:-1].all()  # the unknown customer, and real ones found
+    assert rows[-1].tolist() == [FALLBACK[c] for c in settings.features.customer_features]
+
+
+def test_reader_equals_feast_on_the_sqlite_online_store(tmp_path: Path, store_tables) -> None:
+    settings = _settings(tmp_path)
+    build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    _check_same_as_feast(settings, store_tables)
+
+
+def test_reader_equals_feast_on_the_redis_online_store(tmp_path: Path, store_tables) -> None:
+    with redis_server(tmp_path) as address:
+        settings = _settings(tmp_path, online_store="redis", redis_connection_string=address)
+        build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+        _check_same_as_feast(settings, store_tables)
+
+
+def test_a_store_without_the_feature_view_fails_the_lookup_with_feasts_reason(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    reader = OnlineFeatures(settings)
+    try:
+        with pytest.raises(Exception, match="customer"):
+            asyncio.run(reader.rows([1]))
+    finally:
+        reader.close()
