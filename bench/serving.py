@@ -274,12 +274,14 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
 
 
 def session_token(customer_id: int | None = None) -> str:
-    """A checkout extension session token, as Shopify would sign it for this customer's checkout."""
+    """A session token as Shopify signs it: a customer's checkout extension's, or (no customer) an admin
+    extension's, whose staff may score any customer (the prediction check asks for 50 at once)."""
     import jwt
 
     now = int(time.time())
-    sub = f"gid://shopify/Customer/{customer_id}" if customer_id else "bench"
-    return jwt.encode({"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": sub,
+    iss, sub = (f"https://{SHOP}", f"gid://shopify/Customer/{customer_id}") if customer_id else \
+        (f"https://{SHOP}/admin", "7001")
+    return jwt.encode({"iss": iss, "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": sub,
                        "exp": now + 900, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
 
 

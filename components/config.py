@@ -240,6 +240,10 @@ class ServingConfig(Section):
     canary_percent: int = Field(0, ge=0, le=100, description="Share of customers (sticky by id) sent to the canary.")
     auth: Literal["shopify", "off"] = Field("shopify", description="'off' only for local development.")
     shopify_client_id: str = Field("", description="App client id: the session token's audience.")
+    customer_scope: Literal["own", "shop"] = Field(
+        "own", description="own: a storefront caller (checkout UI extension, app proxy) scores only its "
+                           "logged-in customer, staff (admin UI extensions) any; shop: any caller, any customer "
+                           "of its shop.")
     shopify_secret_env: str = Field("SHOPIFY_API_SECRET", description="Variable holding the app secret.")
     shopify_old_secret_env: str = Field("SHOPIFY_API_SECRET_OLD", description="Previous secret, during rotation.")
     allowed_shops: list[str] = Field(default_factory=list, description="Shop domains allowed; empty: project.shop_domain.")

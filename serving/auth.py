@@ -5,6 +5,9 @@ Signatures are checked by ``shopifyapp``, Shopify's own package, never by hand:
 * checkout UI extensions send ``Authorization: Bearer <session token>``, an HS256 JWT signed with the
   app secret. shopifyapp checks the signature, ``exp``/``nbf`` with 10 s leeway and ``aud`` == client id;
   on top we require ``exp`` at all, ``iss`` and ``dest`` on the same shop, and that shop in the allow-list.
+  Its ``sub`` is the logged-in customer (``gid://shopify/Customer/N``), absent for a guest. Admin UI
+  extensions send the same kind of token with ``iss`` ``https://<shop>/admin`` and a staff member's id
+  as ``sub``; those go through shopifyapp's admin verifier.
 * app proxy requests carry ``signature`` = HMAC-SHA256 over the sorted query parameters; shopifyapp
   also rejects a ``timestamp`` more than 90 s away from now (replays).
 * webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body (:meth:`ShopifyVerifier.verify_webhook`).
@@ -17,6 +20,10 @@ Rejections are never cached; app proxy signatures (timestamped per request) are 
 A failure raises :class:`AuthError` carrying shopifyapp's log code (``invalid_id_token``,
 ``expired_id_token``, ``invalid_aud``, ``invalid_signature``, ``timestamp_too_old``...) or ours
 (``missing_credentials``, ``shop_not_allowed``, ``missing_exp``).
+
+Which customers a caller may score (``serving.customer_scope``) is decided after the body is parsed, by
+:func:`allowed_customer`: with ``own`` (the default) a storefront caller - checkout UI extension or app
+proxy - may score only its logged-in customer; staff (admin UI extensions) any customer of their shop.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ class AuthError(Exception):
         self.detail = detail
 
 
+STOREFRONT_KINDS = frozenset({"checkout_ui_extension", "app_proxy"})
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the kind of Shopify surface, the shop domain and, when known, the customer."""
@@ -52,6 +62,16 @@ class Principal:
     kind: str
     shop: str
     customer_id: str | None = None
+
+
+def allowed_customer(principal: Principal, scope: str) -> str | None:
+    """The one customer this caller may score (``""``: none, a guest), or None when it may score any.
+
+    ``scope`` ``own``: storefront callers are bound to their logged-in customer; ``shop``: nobody is.
+    """
+    if scope != "own" or principal.kind not in STOREFRONT_KINDS:
+        return None
+    return principal.customer_id or ""
 
 
 def shop_domain(value: str | None) -> str:
@@ -117,8 +137,10 @@ class ShopifyVerifier:
             principal = self.cached_checkout(authorization)
             if principal is not None:
                 return principal
-        result = self.app.verify_checkout_ui_ext_req(
-            {"method": method, "headers": dict(headers), "url": url, "body": body})
+        request = {"method": method, "headers": dict(headers), "url": url, "body": body}
+        admin = _issued_by_admin(authorization)
+        verify = self.app.verify_admin_ui_ext_req if admin else self.app.verify_checkout_ui_ext_req
+        result = verify(request)
         if not result.ok or result.id_token is None:
             raise AuthError(result.log.code, "session token rejected")
         claims = result.id_token.claims
@@ -128,7 +150,8 @@ class ShopifyVerifier:
         if iss and iss != dest:
             raise AuthError("shop_mismatch", "session token iss and dest name different shops")
         self._allowed(dest)
-        principal = Principal("checkout_ui_extension", dest, claims.get("sub"))
+        principal = Principal("admin_ui_extension", dest) if admin else \
+            Principal("checkout_ui_extension", dest, claims.get("sub"))
         if isinstance(authorization, str) and isinstance(claims["exp"], (int, float)):
             self._remember(authorization, float(claims["exp"]), principal)
         return principal
@@ -164,24 +187,40 @@ class ShopifyVerifier:
             raise AuthError("shop_not_allowed", f"shop {shop or '<none>'} is not served here")
 
 
+def _issued_by_admin(authorization) -> bool:
+    """Whether a Bearer token's (not yet verified) ``iss`` is a shop's admin; the verifier then checks it."""
+    if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
+        return False
+    import jwt
+
+    try:
+        claims = jwt.decode(authorization[7:], options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    iss = claims.get("iss")
+    return isinstance(iss, str) and urlparse(iss).path.rstrip("/") == "/admin"
+
+
 class ShopifyAuthMiddleware:
     """ASGI middleware: requests whose path ``protect`` selects must pass ``verifier`` or get a 401 JSON.
 
-    The verified shop is passed on as the ``x-storeflow-shop`` request header (any such header sent by
-    the client is dropped first).
+    The verified shop is passed on as the ``x-storeflow-shop`` request header, and the one customer the
+    caller may score (see :func:`allowed_customer`) as ``x-storeflow-customer``; any such headers sent
+    by the client are dropped first.
     """
 
-    def __init__(self, app, verifier: ShopifyVerifier, protect):
+    def __init__(self, app, verifier: ShopifyVerifier, protect, customer_scope: str = "own"):
         self.app = app
         self.verifier = verifier
         self.protect = protect
+        self.customer_scope = customer_scope
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
             return await self.app(scope, receive, send)
         raw, authorization = [], None
         for key, value in scope["headers"]:
-            if key == b"x-storeflow-shop":
+            if key in (b"x-storeflow-shop", b"x-storeflow-customer"):
                 continue
             if key == b"authorization":
                 authorization = value
@@ -199,6 +238,9 @@ class ShopifyAuthMiddleware:
                 return await send_json(send, 401, {"error": f"unauthorized: {exc.detail}", "code": exc.code},
                                        {b"www-authenticate": b'Bearer realm="storeflow"'})
         raw.append((b"x-storeflow-shop", principal.shop.encode()))
+        customer = allowed_customer(principal, self.customer_scope)
+        if customer is not None:
+            raw.append((b"x-storeflow-customer", customer.encode()))
         return await self.app({**scope, "headers": raw}, receive, send)
 
 

@@ -209,11 +209,12 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
         RequestMetricsMiddleware,
         VersionPathMiddleware,
         bad_request_handler,
+        forbidden_customer_handler,
         metrics_route,
         unknown_version_handler,
         v2_infer_route,
     )
-    from storeflow.serving.transformer import UnknownVersion
+    from storeflow.serving.transformer import ForbiddenCustomer, UnknownVersion
 
     cfg = settings.serving
     # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
@@ -222,6 +223,7 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     app.add_route("/v2/models/{model_name}/infer", v2_infer_route(server.dataplane, server.model_repository_extension),
                   methods=["POST"], include_in_schema=False)
     app.add_exception_handler(UnknownVersion, unknown_version_handler)
+    app.add_exception_handler(ForbiddenCustomer, forbidden_customer_handler)
     for exc in (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError):
         app.add_exception_handler(exc, bad_request_handler)
 
@@ -233,7 +235,8 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     if cfg.auth == "shopify":
         from storeflow.serving.auth import ShopifyAuthMiddleware, ShopifyVerifier
 
-        app.add_middleware(ShopifyAuthMiddleware, verifier=ShopifyVerifier.from_settings(settings), protect=protect)
+        app.add_middleware(ShopifyAuthMiddleware, verifier=ShopifyVerifier.from_settings(settings), protect=protect,
+                           customer_scope=cfg.customer_scope)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=protect)
     app.add_middleware(RequestMetricsMiddleware, protect=protect)
     app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],

@@ -40,6 +40,7 @@ from storeflow.serving.predlog import PredictionLog, now_iso
 VERSION_HEADER = "x-storeflow-model-version"
 PIN_HEADER = "x-storeflow-pin-version"
 SHOP_HEADER = "x-storeflow-shop"
+CUSTOMER_HEADER = "x-storeflow-customer"  # set by the auth middleware: the one customer the caller may score
 V2_INPUTS = {"customer_id", "cart_subtotal", "cart_item_count"}
 MAX_CART_SUBTOTAL = 1e9
 MAX_CART_ITEMS = 100_000
@@ -47,6 +48,24 @@ MAX_CART_ITEMS = 100_000
 
 class UnknownVersion(LookupError):
     """A request pinned a model version this server does not serve (404)."""
+
+
+class ForbiddenCustomer(PermissionError):
+    """A storefront caller asked for a customer other than its logged-in one (403)."""
+
+
+def check_customers(ids: list[int], allowed: str | None) -> None:
+    """Raise ForbiddenCustomer unless every id is the ``allowed`` customer (None: any customer)."""
+    if allowed is None:
+        return
+    if not allowed:
+        raise ForbiddenCustomer("this storefront session has no logged-in customer, so it can score none "
+                                "(a staff or server-side caller can)")
+    own = parse_customer_id(allowed)
+    others = sorted({cid for cid in ids if cid != own})
+    if others:
+        raise ForbiddenCustomer(f"this storefront session may score only its logged-in customer {own}, "
+                                f"not {', '.join(map(str, others[:5]))}")
 
 
 def canary_bucket(customer_id: int) -> int:
@@ -145,6 +164,10 @@ class StoreflowTransformer(Model):
                 refs, ids, carts = self._parse_v1(payload)
         except BadCustomerId as exc:
             raise InvalidInput(str(exc)) from exc
+        try:
+            check_customers(ids, headers.get(CUSTOMER_HEADER))
+        except BadCustomerId as exc:  # a token whose sub is not a customer gid
+            raise ForbiddenCustomer(f"this storefront session's customer is not a Shopify customer id: {exc}") from exc
         scoring = Scoring(payload if isinstance(payload, InferRequest) else None, refs, ids, carts,
                           headers.get(PIN_HEADER), headers.get(SHOP_HEADER))
         if scoring.pinned is not None and self.predictors and scoring.pinned not in self.predictors:

@@ -149,3 +149,31 @@ def test_shop_domain_normalisation():
     assert shop_domain("https://Demo-Store.myshopify.com/") == "demo-store.myshopify.com"
     assert shop_domain("demo-store") == "demo-store.myshopify.com"
     assert shop_domain(None) == ""
+
+
+def test_admin_extension_tokens_are_staff_and_bound_to_no_customer(verifier):
+    from storeflow.serving.auth import allowed_customer
+
+    admin = verifier.verify_checkout("POST", "https://x/infer", {
+        "authorization": f"Bearer {session_token(iss=f'https://{SHOP}/admin', sub='7001')}"})
+    assert admin.kind == "admin_ui_extension" and admin.shop == SHOP and admin.customer_id is None
+    checkout = verifier.verify_checkout("POST", "https://x/infer", {"authorization": f"Bearer {session_token()}"})
+    guest = verifier.verify_checkout("POST", "https://x/infer", {"authorization": f"Bearer {session_token(sub=None)}"})
+    assert allowed_customer(admin, "own") is None
+    assert allowed_customer(checkout, "own") == "gid://shopify/Customer/42"
+    assert allowed_customer(guest, "own") == ""
+    assert allowed_customer(checkout, "shop") is None and allowed_customer(guest, "shop") is None
+    with pytest.raises(AuthError, match="invalid_aud"):  # the admin verifier checks the audience too
+        verifier.verify_checkout("POST", "https://x/infer", {
+            "authorization": f"Bearer {session_token(iss=f'https://{SHOP}/admin', aud='other-app')}"})
+
+
+def test_customer_check_names_the_customers_a_session_may_not_score():
+    from storeflow.serving.transformer import ForbiddenCustomer, check_customers
+
+    check_customers([42, 42], "gid://shopify/Customer/42")
+    check_customers([1, 2], None)
+    with pytest.raises(ForbiddenCustomer, match="only its logged-in customer 42, not 7, 9"):
+        check_customers([42, 9, 7], "gid://shopify/Customer/42")
+    with pytest.raises(ForbiddenCustomer, match="no logged-in customer"):
+        check_customers([42], "")

@@ -97,11 +97,16 @@ def token(**claims) -> str:
     now = int(time.time())
     payload = {"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "gid://shopify/Customer/1",
                "exp": now + 300, "nbf": now, "iat": now, **claims}
-    return jwt.encode(payload, SECRET, algorithm="HS256")
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, SECRET, algorithm="HS256")  # None: absent
+
+
+def admin_token(**claims) -> str:
+    """An admin UI extension's token: staff may score any customer of the shop."""
+    return token(iss=f"https://{SHOP}/admin", sub="7001", **claims)
 
 
 def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {token()}"}
+    return {"Authorization": f"Bearer {admin_token()}"}
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +254,9 @@ def test_listens_on_loopback_only_by_default(server):
     {"Authorization": f"Bearer {jwt.encode({'aud': CLIENT_ID, 'dest': SHOP, 'exp': 2**31}, 'wrong-secret-0123456789abcdef0123', algorithm='HS256')}"},
     {"Authorization": f"Bearer {token(exp=int(time.time()) - 60)}"},
     {"Authorization": f"Bearer {token(dest='https://intruder.myshopify.com', iss='https://intruder.myshopify.com')}"},
-], ids=["none", "garbage", "bad-signature", "expired", "other-shop"])
+    {"Authorization": f"Bearer {admin_token(exp=int(time.time()) - 60)}"},
+    {"Authorization": f"Bearer {admin_token(aud='another-app')}"},
+], ids=["none", "garbage", "bad-signature", "expired", "other-shop", "admin-expired", "admin-other-app"])
 def test_requests_without_valid_shopify_credentials_get_401_json(server, headers):
     for path in (f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"):
         response = httpx.post(f"http://{server}{path}", json={"instances": [{"customer_id": 1}]}, headers=headers)
@@ -257,21 +264,52 @@ def test_requests_without_valid_shopify_credentials_get_401_json(server, headers
         assert response.json()["error"].startswith("unauthorized")
 
 
-def test_signed_app_proxy_request_is_served(server):
+def _proxy_params(customer: str) -> dict[str, str]:
     import hashlib
     import hmac
 
-    params = {"shop": SHOP, "logged_in_customer_id": "3", "path_prefix": "/apps/storeflow",
+    params = {"shop": SHOP, "logged_in_customer_id": customer, "path_prefix": "/apps/storeflow",
               "timestamp": str(int(time.time()))}
     message = "".join(f"{k}={v}" for k, v in sorted(params.items()))
-    params["signature"] = hmac.new(SECRET.encode(), message.encode(), hashlib.sha256).hexdigest()
+    return {**params, "signature": hmac.new(SECRET.encode(), message.encode(), hashlib.sha256).hexdigest()}
+
+
+def test_signed_app_proxy_request_is_served(server):
+    params = _proxy_params("3")
     response = httpx.post(f"http://{server}/v1/models/{MODEL}:predict", params=params,
                           json={"instances": [{"customer_id": 3}]})
     assert response.status_code == 200, response.text
-    params["logged_in_customer_id"] = "4"
+    params["logged_in_customer_id"] = "4"  # tampered: the signature no longer matches
     response = httpx.post(f"http://{server}/v1/models/{MODEL}:predict", params=params,
                           json={"instances": [{"customer_id": 3}]})
     assert response.status_code == 401
+
+
+def test_storefront_callers_score_only_their_logged_in_customer(server):
+    predict = f"http://{server}/v1/models/{MODEL}:predict"
+    own = {"Authorization": f"Bearer {token(sub='gid://shopify/Customer/3')}"}
+    ok = httpx.post(predict, json={"instances": [{"customer_id": "gid://shopify/Customer/3"}]}, headers=own)
+    assert ok.status_code == 200, ok.text
+    for ids in ([4], [3, 4]):
+        refused = httpx.post(predict, json={"instances": [{"customer_id": i} for i in ids]}, headers=own)
+        assert refused.status_code == 403
+        assert refused.json()["error"] == ("forbidden: this storefront session may score only its logged-in "
+                                           "customer 3, not 4")
+    # A client cannot widen its scope by sending the internal header itself.
+    forged = httpx.post(predict, json={"instances": [{"customer_id": 4}]},
+                        headers={**own, "x-storeflow-customer": "4"})
+    assert forged.status_code == 403
+    guest = {"Authorization": f"Bearer {token(sub=None)}"}
+    refused = httpx.post(predict, json={"instances": [{"customer_id": 3}]}, headers=guest)
+    assert refused.status_code == 403 and "no logged-in customer" in refused.json()["error"]
+    # App proxy: logged_in_customer_id is the customer; empty for a guest.
+    assert httpx.post(predict, params=_proxy_params("3"), json={"instances": [{"customer_id": 4}]}).status_code == 403
+    assert httpx.post(predict, params=_proxy_params(""), json={"instances": [{"customer_id": 3}]}).status_code == 403
+    # Staff (admin UI extension) may score any customer of the shop, several at once.
+    staff = httpx.post(predict, json={"instances": [{"customer_id": 3}, {"customer_id": 4}]}, headers=auth())
+    assert staff.status_code == 200, staff.text
+    text = httpx.get(f"http://{server}/metrics").text
+    assert 'storeflow_requests_total{model_version="none",status="403"}' in text
 
 
 def test_cors_allows_shopify_extensions_only(server):
