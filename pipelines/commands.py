@@ -12,6 +12,7 @@ from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_f
 HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
                                                     help="Bearer token (default: in-cluster token file if present).")]
+PipelineOption = Annotated[str, typer.Option("--pipeline", help="training or monitoring.")]
 
 
 def compile_(
@@ -108,13 +109,14 @@ def submit(
     host: HostOption = None,
     token: TokenOption = None,
     run_name: Annotated[Optional[str], typer.Option("--run-name")] = None,
+    pipeline: PipelineOption = "training",
 ) -> None:
-    """Submit the compiled training pipeline to a Kubeflow Pipelines API."""
+    """Submit a compiled pipeline (training by default) to a Kubeflow Pipelines API."""
     from storeflow.pipelines.submit import submit as do_submit
 
     settings = settings_from(config, set_)
     try:
-        submitted = do_submit(settings, host=host, token=token, run_name=run_name)
+        submitted = do_submit(settings, host=host, token=token, run_name=run_name, pipeline=pipeline)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -127,14 +129,15 @@ def schedule(
     set_: SetOption = None,
     host: HostOption = None,
     token: TokenOption = None,
-    name: Annotated[str, typer.Option("--name")] = "storeflow-retraining",
+    name: Annotated[Optional[str], typer.Option("--name", help="Default storeflow-retraining / storeflow-monitoring.")] = None,
+    pipeline: PipelineOption = "training",
 ) -> None:
-    """Schedule recurring retraining on the cluster (a KFP recurring run)."""
+    """Schedule a recurring run on the cluster: retraining (default) or monitoring (--pipeline monitoring)."""
     from storeflow.pipelines.submit import schedule as do_schedule
 
     settings = settings_from(config, set_)
     try:
-        job_id = do_schedule(settings, cron, host=host, token=token, name=name)
+        job_id = do_schedule(settings, cron, host=host, token=token, name=name, pipeline=pipeline)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

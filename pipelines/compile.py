@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+PIPELINES = ("training", "monitoring")
 
 
 def _targets() -> dict[str, object]:
@@ -64,3 +65,23 @@ def check(out_dir: Path = MANIFESTS) -> Staleness:
                 diffs.extend(difflib.unified_diff(old_text.splitlines(), new_text.splitlines(),
                                                   f"checked-in/{relative}", f"compiled/{relative}", lineterm="", n=1))
     return Staleness(stale, "\n".join(diffs[:200]))
+
+
+def pipeline_package(name: str, manifests: Path = MANIFESTS) -> Path:
+    """The compiled YAML of pipeline ``name``: the checked-in file, or, where the source tree is not
+    (an installed package, the project image), the same pipeline compiled now into a temporary file.
+
+    The two are the same bytes: ``check()`` fails CI whenever the checked-in YAML differs from a compile.
+    """
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; pipelines are {', '.join(PIPELINES)}")
+    relative = f"pipelines/{name}.yaml"
+    checked_in = manifests / relative
+    if checked_in.exists():
+        return checked_in
+    from kfp import compiler
+
+    fresh = Path(tempfile.mkdtemp(prefix="storeflow-pipeline-")) / relative
+    fresh.parent.mkdir(parents=True)
+    compiler.Compiler().compile(_targets()[relative], str(fresh))
+    return fresh

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storeflow.components.config import Settings
-from storeflow.pipelines.compile import MANIFESTS
+from storeflow.pipelines.compile import pipeline_package
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ def client(settings: Settings, host: str | None = None, token: str | None = None
 
 
 def submit(settings: Settings, host: str | None = None, token: str | None = None, run_name: str | None = None,
-           package: Path = MANIFESTS / "pipelines" / "training.yaml", parameters: dict | None = None) -> Submitted:
+           pipeline: str = "training", package: Path | None = None, parameters: dict | None = None) -> Submitted:
+    """Start one run of ``pipeline`` (training or monitoring); ``package`` overrides its compiled YAML."""
+    package = package or pipeline_package(pipeline)
     if not package.exists():
         raise FileNotFoundError(f"{package} does not exist: run `storeflow compile` first")
     host = host or settings.kfp.host
@@ -60,12 +62,13 @@ def submit(settings: Settings, host: str | None = None, token: str | None = None
 
 
 def schedule(settings: Settings, cron: str, host: str | None = None, token: str | None = None,
-             name: str = "storeflow-retraining",
-             package: Path = MANIFESTS / "pipelines" / "training.yaml") -> str:
-    """Create a recurring run (KFP cron: six fields, seconds first) of the training pipeline."""
+             name: str | None = None, pipeline: str = "training", package: Path | None = None) -> str:
+    """Create a recurring run (KFP cron: six fields, seconds first) of ``pipeline`` (training or monitoring)."""
     fields = cron.split()
     if len(fields) != 6:
         raise ValueError(f"cron expression {cron!r} must have 6 fields (seconds minutes hours day month weekday)")
+    package = package or pipeline_package(pipeline)
+    name = name or {"training": "storeflow-retraining"}.get(pipeline, f"storeflow-{pipeline}")
     kfp_client = client(settings, host, token)
     experiment = kfp_client.create_experiment(settings.kfp.experiment, namespace=settings.kfp.namespace)
     job = kfp_client.create_recurring_run(

@@ -72,6 +72,30 @@ def test_schedule_creates_a_recurring_run(cluster_settings) -> None:
     assert body["display_name"] == "storeflow-retraining"
 
 
+def test_monitoring_pipeline_is_submitted_and_scheduled_too(cluster_settings) -> None:
+    with KfpApi() as api:
+        submit(cluster_settings, host=api.url, token="t", pipeline="monitoring")
+        schedule(cluster_settings, "0 0 * * * *", host=api.url, token="t", pipeline="monitoring")
+    create = next(r for r in api.requests if r.path == "/apis/v2beta1/runs")
+    spec = yaml.safe_load_all((MANIFESTS / "pipelines" / "monitoring.yaml").read_text())
+    assert create.body["pipeline_spec"]["pipeline_spec"] == next(spec)
+    recurring = api.requests[-1].body
+    assert recurring["display_name"] == "storeflow-monitoring"
+    assert recurring["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "storeflow-monitoring"
+    with pytest.raises(ValueError, match="unknown pipeline 'scoring'"):
+        submit(cluster_settings, host="http://127.0.0.1:9", token="t", pipeline="scoring")
+
+
+def test_without_the_source_tree_the_pipeline_is_compiled_on_the_spot(tmp_path: Path) -> None:
+    """In the project image there is no manifests/ (monitor.retrain: cluster submits from there)."""
+    from storeflow.pipelines.compile import pipeline_package
+
+    fresh = pipeline_package("training", manifests=tmp_path / "not-here")
+    assert fresh.exists() and fresh != MANIFESTS / "pipelines" / "training.yaml"
+    assert fresh.read_text() == (MANIFESTS / "pipelines" / "training.yaml").read_text()
+    assert pipeline_package("training") == MANIFESTS / "pipelines" / "training.yaml"
+
+
 def test_bad_cron_and_missing_host_are_named(cluster_settings) -> None:
     with pytest.raises(ValueError, match="6 fields"):
         schedule(cluster_settings, "0 3 * * *", host="http://127.0.0.1:9", token="t")
