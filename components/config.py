@@ -91,6 +91,10 @@ class ValidateConfig(Section):
     )
     max_clock_skew_minutes: int = Field(10, ge=0, description="Timestamps later than now + skew are 'future'.")
     max_failures_listed: int = Field(20, gt=0, description="Rows named per rule in the report.")
+    warn_only: list[str] = Field(
+        default_factory=lambda: ["missing_customer_ids"],
+        description="Rules reported as warnings instead of stopping the pipeline. Guest checkouts (orders "
+                    "without a customer) are normal in a store and features leave them out.")
 
 
 class FeastConfig(Section):

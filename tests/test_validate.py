@@ -16,6 +16,7 @@ from storeflow.components.validate import RULES, ValidationFailed, validate, val
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 CONFIG = ValidateConfig()
+STRICT = ValidateConfig(warn_only=[])  # every rule stops the pipeline
 EXPORT = Path(__file__).parent / "data" / "shopify" / "orders_export.csv"
 
 
@@ -78,7 +79,7 @@ def test_a_clean_store_passes_every_rule():
     ids=["duplicate", "missing-customer", "negative", "currency", "orphan", "empty", "future"],
 )
 def test_each_rule_names_its_rows(tables, expected):
-    report = validate_tables(tables, CONFIG, NOW)
+    report = validate_tables(tables, STRICT, NOW)
     assert not report.passed
     assert failures(report) == expected
 
@@ -114,7 +115,7 @@ def test_validate_writes_the_report_beside_the_snapshot_and_raises_with_its_text
     snapshot = ingest(settings).snapshot  # the export holds one guest order
 
     with pytest.raises(ValidationFailed) as error:
-        validate(snapshot, CONFIG, now=NOW)
+        validate(snapshot, STRICT, now=NOW)
 
     report = error.value.report
     assert str(error.value) == report.render()
@@ -125,6 +126,29 @@ def test_validate_writes_the_report_beside_the_snapshot_and_raises_with_its_text
     assert written["passed"] is False and written["failed_rules"] == ["missing_customer_ids"]
     assert written["findings"][0]["examples"] == [5512345678904]
     assert written["checked_at"] == NOW.isoformat()
+
+
+def test_guest_orders_are_a_warning_by_default_and_the_pipeline_goes_on(settings: Settings):
+    settings.ingest = IngestConfig(source="csv", path=EXPORT)
+    snapshot = ingest(settings).snapshot  # the export holds one guest order
+    report = validate(snapshot, CONFIG, now=NOW)
+    assert report.passed and report.findings == []
+    assert [(w.rule, w.count, w.examples) for w in report.warnings] == [("missing_customer_ids", 1, [5512345678904])]
+    text = report.render()
+    assert text.splitlines()[0].endswith(", 1 warning(s)")
+    assert "  - warning: missing_customer_ids [orders]: 1 order(s) without a customer" in text
+    written = json.loads((snapshot / "validation_report.json").read_text())
+    assert written["passed"] is True and written["warnings"][0]["rule"] == "missing_customer_ids"
+    # A failing rule still stops it, and the warning is still shown.
+    tables = store([order(1), order(2, customer_id=None), order(3, currency="XYZ")])
+    failed = validate_tables(tables, CONFIG, NOW)
+    assert not failed.passed and failed.failed_rules == ["unknown_currencies"]
+    assert "warning: missing_customer_ids" in failed.render()
+
+
+def test_warn_only_must_name_real_rules():
+    with pytest.raises(ValueError, match="unknown rule\\(s\\) missing_customers; rules are empty_input"):
+        validate_tables(store(), ValidateConfig(warn_only=["missing_customers"]), NOW)
 
 
 def test_validate_passes_and_records_a_clean_snapshot(tmp_path: Path):

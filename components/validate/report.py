@@ -34,6 +34,7 @@ class ValidationReport:
     findings: list[RuleFinding]  # only failures
     row_counts: dict[str, int]
     snapshot: str | None = None
+    warnings: list[RuleFinding] = field(default_factory=list)  # findings of validate.warn_only rules
 
     @property
     def failed_rules(self) -> list[str]:
@@ -42,11 +43,13 @@ class ValidationReport:
     def render(self) -> str:
         where = f" for snapshot {self.snapshot}" if self.snapshot else ""
         counts = ", ".join(f"{rows} {name}" for name, rows in self.row_counts.items())
+        warnings = [f"  - warning: {finding.render()}" for finding in self.warnings]
         if self.passed:
-            return f"Validation passed{where}: {len(self.rules)} rules checked on {counts}"
+            head = f"Validation passed{where}: {len(self.rules)} rules checked on {counts}"
+            return "\n".join([head + (f", {len(warnings)} warning(s)" if warnings else ""), *warnings])
         head = (f"Validation FAILED{where}: {len(self.failed_rules)} of {len(self.rules)} rules failed "
                 f"({', '.join(self.failed_rules)}) on {counts}")
-        return "\n".join([head, *(f"  - {finding.render()}" for finding in self.findings)])
+        return "\n".join([head, *(f"  - {finding.render()}" for finding in self.findings), *warnings])
 
     __str__ = render
 

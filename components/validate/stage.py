@@ -20,14 +20,20 @@ def validate_tables(tables: dict[str, pd.DataFrame], config: ValidateConfig, now
     """Run every rule over the tables (a missing table counts as empty). Pure: reads and writes nothing."""
     now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
     tables = {name: tables[name] if name in tables else empty_frame(name) for name in TABLES}
+    unknown = sorted(set(config.warn_only) - set(RULES))
+    if unknown:
+        raise ValueError(f"validate.warn_only names unknown rule(s) {', '.join(unknown)}; "
+                         f"rules are {', '.join(RULES)}")
     context = Context(config, now)
-    findings = [finding for rule in RULES.values() for finding in rule(tables, context)]
+    found = [finding for rule in RULES.values() for finding in rule(tables, context)]
+    failures = [f for f in found if f.rule not in config.warn_only]
     return ValidationReport(
-        passed=not findings,
+        passed=not failures,
         checked_at=now,
         rules=list(RULES),
-        findings=findings,
+        findings=failures,
         row_counts={name: len(frame) for name, frame in tables.items()},
+        warnings=[f for f in found if f.rule in config.warn_only],
     )
 
 
