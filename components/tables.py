@@ -89,9 +89,18 @@ def conform(name: str, frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def snapshot_dir(data_dir: Path, content_hash: str) -> Path:
-    """Ingest writes each distinct input once, to an immutable snapshot named by its content hash."""
-    return Path(data_dir) / "snapshots" / content_hash
+def schema_fingerprint() -> str:
+    """Changes whenever a table's schema does (part of every snapshot's name)."""
+    import hashlib
+
+    text = "\n".join(f"{name}: {schema}" for name, schema in SCHEMAS.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def snapshot_dir(data_dir: Path, content_hash: str, reader: str = "") -> Path:
+    """Ingest writes each distinct input once, to an immutable snapshot named by its content hash and
+    by the reader (parser version and table schemas) that made it: a new reader re-ingests."""
+    return Path(data_dir) / "snapshots" / (f"{content_hash}-{reader}" if reader else content_hash)
 
 
 def table_path(snapshot: Path, name: str) -> Path:

@@ -13,6 +13,7 @@ import pytest
 from storeflow.components.config import IngestConfig, Settings
 from storeflow.components.ingest import IngestError, bulk_queries, ingest, read_bulk_jsonl
 from storeflow.components.ingest.bulk_jsonl import BULK_SCHEMA
+from storeflow.components.ingest.stage import reader_key
 from storeflow.components.tables import TABLES, read_table, read_tables
 
 BULK = Path(__file__).parent / "data" / "shopify" / "bulk"
@@ -84,7 +85,7 @@ def test_ingest_writes_a_snapshot_named_by_the_input_hash_with_a_manifest(settin
 
     expected_hash = hashlib.sha256((BULK / "orders.jsonl").read_bytes()).hexdigest()
     assert result.content_hash == expected_hash
-    assert result.snapshot == settings.data_dir / "snapshots" / expected_hash
+    assert result.snapshot == settings.data_dir / "snapshots" / f"{expected_hash}-{reader_key('jsonl')}"
     assert not result.reused and result.source == "jsonl"
     assert result.row_counts == {"orders": 3, "line_items": 4, "customers": 0, "products": 0, "refunds": 1}
     manifest = json.loads((result.snapshot / "_manifest.json").read_text())
@@ -93,6 +94,19 @@ def test_ingest_writes_a_snapshot_named_by_the_input_hash_with_a_manifest(settin
         entry = manifest["tables"][name]
         assert entry["rows"] == result.row_counts[name] == len(read_table(result.snapshot, name))
         assert entry["sha256"] == hashlib.sha256((result.snapshot / entry["file"]).read_bytes()).hexdigest()
+
+
+def test_a_changed_reader_ingests_the_same_input_anew_and_keeps_the_old_snapshot(settings: Settings, monkeypatch):
+    from storeflow.components.ingest import bulk_jsonl
+
+    first = ingest(use(settings, "jsonl", BULK / "orders.jsonl"))
+    before = {path: path.stat().st_mtime_ns for path in first.snapshot.iterdir()}
+    monkeypatch.setattr(bulk_jsonl, "READER_VERSION", bulk_jsonl.READER_VERSION + 1)
+    second = ingest(use(settings, "jsonl", BULK / "orders.jsonl"))
+    assert not second.reused and second.snapshot != first.snapshot
+    assert second.content_hash == first.content_hash  # same input bytes
+    assert {path: path.stat().st_mtime_ns for path in first.snapshot.iterdir()} == before
+    assert json.loads((second.snapshot / "_manifest.json").read_text())["reader"] == reader_key("jsonl")
 
 
 def test_reingesting_the_same_input_reuses_the_snapshot_untouched(settings: Settings, tmp_path: Path):
@@ -163,7 +177,7 @@ def test_bad_input_names_file_line_and_problem_and_writes_nothing(
 
     assert str(error.value).startswith(f"{path}: line {len(good) + 1}: ")
     assert problem in str(error.value)
-    assert sorted(p.name for p in (settings.data_dir / "snapshots").iterdir()) == [earlier.content_hash]
+    assert sorted(p.name for p in (settings.data_dir / "snapshots").iterdir()) == [earlier.snapshot.name]
     assert {path: path.stat().st_mtime_ns for path in earlier.snapshot.iterdir()} == before
 
 

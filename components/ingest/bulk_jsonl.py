@@ -23,6 +23,10 @@ from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import split_gids
 from storeflow.components.tables import SCHEMAS, TS, empty_frame
 
+# Part of every snapshot's name: bump it when a change here changes what a snapshot holds, so inputs
+# ingested before are parsed again instead of reused.
+READER_VERSION = 1
+
 _str = pa.string()
 
 

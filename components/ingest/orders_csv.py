@@ -25,6 +25,9 @@ import pandas as pd
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
 
+# Part of every snapshot's name: bump it when a change here changes what a snapshot holds.
+READER_VERSION = 1
+
 REQUIRED = [
     "Name", "Email", "Financial Status", "Currency", "Subtotal", "Total", "Discount Amount", "Created at",
     "Lineitem quantity", "Lineitem name", "Lineitem price", "Id",

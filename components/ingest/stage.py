@@ -16,7 +16,7 @@ from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.orders_csv import read_orders_csv
 from storeflow.components.ingest.snapshot import MANIFEST, content_hash, read_manifest, write_snapshot
 from storeflow.components.ingest.synthetic import GENERATOR_VERSION, generate_store
-from storeflow.components.tables import SCHEMAS, snapshot_dir
+from storeflow.components.tables import SCHEMAS, schema_fingerprint, snapshot_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ class IngestResult:
 
 
 def ingest(settings: Settings) -> IngestResult:
-    """Ingest ``settings.ingest`` into ``<data_dir>/snapshots/<sha256 of the input>``.
+    """Ingest ``settings.ingest`` into ``<data_dir>/snapshots/<sha256 of the input>-<reader key>``.
 
-    The same input always maps to the same snapshot, so a re-run reuses it untouched. Bad input raises
+    The same input read by the same reader always maps to the same snapshot, so a re-run reuses it
+    untouched; a reader change (its ``READER_VERSION``, the table schemas) ingests it anew. Bad input raises
     :class:`IngestError` (file, line or row, problem) before anything is written.
     """
     config = settings.ingest
@@ -49,7 +50,7 @@ def ingest(settings: Settings) -> IngestResult:
         files = input_files(Path(config.path), SUFFIX[config.source])
     started = time.perf_counter()
     digest = content_hash(files)
-    snapshot = snapshot_dir(settings.data_dir, digest)
+    snapshot = snapshot_dir(settings.data_dir, digest, reader_key(config.source))
     if snapshot.exists():
         return _reuse(snapshot, digest, config.source)
 
@@ -57,6 +58,7 @@ def ingest(settings: Settings) -> IngestResult:
     tables = {name: tables[name].drop_duplicates(ignore_index=True) for name in SCHEMAS}
     metadata = {
         "content_hash": digest,
+        "reader": reader_key(config.source),
         "source": config.source,
         "inputs": [str(path) for path in files],
     }
@@ -65,6 +67,14 @@ def ingest(settings: Settings) -> IngestResult:
     counts = {name: len(frame) for name, frame in tables.items()}
     log.info("ingested %s into %s in %.1fs: %s", config.source, snapshot, time.perf_counter() - started, counts)
     return IngestResult(snapshot, digest, counts, reused=False, source=config.source)
+
+
+def reader_key(source: str) -> str:
+    """What parsed the input: the source's reader version and the table schemas (see snapshot_dir)."""
+    from storeflow.components.ingest import bulk_jsonl, orders_csv
+
+    reader = orders_csv if source == "csv" else bulk_jsonl
+    return f"r{reader.READER_VERSION}.{schema_fingerprint()}"
 
 
 def synthetic_store(config: SyntheticStoreConfig, data_dir: Path) -> Path:
