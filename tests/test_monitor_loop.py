@@ -106,3 +106,8 @@ def test_decay_is_measured_once_predictions_have_matured_labels(served) -> None:
     assert decay["level"] == "critical" and any("calibration error" in r for r in result.summary["reasons"])
     text = (result.report_html.parent / "metrics.prom").read_text()
     assert f'storeflow_served_auc{{model_version="{champion}"}} {decay["roc_auc"]}' in text
+    # Evidently's classification report on the matured predictions, linked from the main report.
+    page = result.report_html.parent / decay["report_html"]
+    assert page.name == "classification.html" and "RocAuc" in page.read_text()
+    assert f'ROC-AUC {decay["roc_auc"]:.3f}' in result.report_html.read_text()
+    assert 'href="classification.html"' in result.report_html.read_text()

@@ -89,6 +89,18 @@ def _reasons(drift: drift_mod.DriftResult | None, decay_: dict) -> list[str]:
     return reasons
 
 
+def _classification_report(labelled: pd.DataFrame):
+    """Evidently's binary classification report (ROC-AUC, log loss, precision/recall...) on the matured
+    predictions: the served score against the outcome the later orders gave it."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.presets import ClassificationPreset
+
+    frame = pd.DataFrame({"label": labelled["label"].astype(int).to_numpy(),
+                          "score": labelled["score"].astype(float).to_numpy()})
+    definition = DataDefinition(classification=[BinaryClassification(target="label", prediction_probas="score")])
+    return Report([ClassificationPreset()]).run(Dataset.from_pandas(frame, data_definition=definition), None)
+
+
 def _banner(summary: dict) -> str:
     colour = {"ok": "#1b7f3b", "warning": "#b26a00", "critical": "#b00020"}.get(summary["level"], "#555")
     rows = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"] + summary["notes"])
@@ -99,7 +111,18 @@ def _banner(summary: dict) -> str:
             f"{html.escape(summary['status'])} / {html.escape(summary['level'])}</span></h2>"
             f"<p>window {html.escape(window['start'])} → {html.escape(window['end'])} · "
             f"{summary['rows']['window']} predictions, {summary['rows']['sampled']} analysed, "
-            f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul></div>")
+            f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul>{_decay_link(summary)}</div>")
+
+
+def _decay_link(summary: dict) -> str:
+    page = (summary.get("decay") or {}).get("report_html")
+    if not page:
+        return ""
+    decay = summary["decay"]
+    holdout = decay.get("holdout_roc_auc")
+    versus = f" (holdout {holdout:.3f})" if holdout is not None else ""
+    return (f'<p>decay on {decay["labelled"]} matured predictions: ROC-AUC {decay["roc_auc"]:.3f}{versus} · '
+            f'<a href="{html.escape(page)}">classification report</a></p>')
 
 
 def _write_html(path: Path, summary: dict, snapshot) -> None:
@@ -208,6 +231,11 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     out = Path(root) / f"v{version}-{end:%Y%m%dT%H%M%SZ}"
     out.mkdir(parents=True, exist_ok=True)
     report_html, report_json = out / "report.html", None
+    classification_html = None
+    if decay_.get("status") == "measured":
+        classification_html = out / "classification.html"
+        _classification_report(labelled).save_html(str(classification_html))
+        summary["decay"]["report_html"] = classification_html.name
     _write_html(report_html, summary, drift.report if drift else None)
     if drift and drift.report is not None:
         report_json = out / "report.json"
@@ -224,7 +252,8 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     if log_to_mlflow and reference is not None:
         try:
             _record_on_version(settings, reference, summary,
-                               [report_html, summary_json, *([report_json] if report_json else [])])
+                               [report_html, summary_json, *([report_json] if report_json else []),
+                                *([classification_html] if classification_html else [])])
         except Exception as exc:  # noqa: BLE001 - the report stands without the registry copy
             late_notes.append(f"could not record the report on {reference.model_name} v{reference.model_version}: {exc}")
     if late_notes:
