@@ -99,8 +99,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class KubeStub:
+    """The API server's answers for one InferenceService. ``conflicts``: that many PATCHes find the
+    object changed by someone else first (its resourceVersion moves on), as in a real race."""
+
     def __init__(self, obj: dict[str, Any] | None, deny: set[str] = frozenset()) -> None:
-        self.obj, self.requests = obj, []
+        self.obj, self.requests, self.conflicts = obj, [], 0
+        if obj is not None:  # a stored object always has one (a rendered manifest does not)
+            obj["metadata"].setdefault("resourceVersion", "1")
+            obj["metadata"].setdefault("generation", 1)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -126,8 +132,20 @@ class KubeStub:
                     return self._answer(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
                 if self.command == "PATCH":
                     assert self.headers["Content-Type"] == "application/merge-patch+json"
+                    meta = stub.obj["metadata"]
+                    if stub.conflicts:
+                        stub.conflicts -= 1
+                        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+                    precondition = (body.get("metadata") or {}).get("resourceVersion")
+                    if precondition is not None and precondition != meta["resourceVersion"]:
+                        return self._answer(409, {
+                            "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
+                            "message": "Operation cannot be fulfilled on inferenceservices.serving.kserve.io "
+                                       f'"{meta["name"]}": the object has been modified; please apply your '
+                                       "changes to the latest version and try again"})
                     stub.obj = merge_patch(stub.obj, body)
                     stub.obj["metadata"]["generation"] += 1
+                    stub.obj["metadata"]["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
                 return self._answer(200, stub.obj)
 
             do_GET = do_POST = do_PATCH = _handle  # noqa: N815
@@ -263,6 +281,7 @@ def test_serverless_canary_advances_and_promotes(settings, cluster):
                         "storeflow.io/model-uri": V4.storage_uri, "storeflow.io/pipeline-run-id": "run-42",
                         "storeflow.io/champion-version": "3", "storeflow.io/rollout-state": "canary",
                         "storeflow.io/rollback-reason": None},
+        "resourceVersion": "48213377",  # the version it was made from: a change in between gets a 409
     }
     predictor = start[3]["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 10
@@ -270,15 +289,32 @@ def test_serverless_canary_advances_and_promotes(settings, cluster):
     assert predictor["model"]["storageUri"] == V4.storage_uri
     assert predictor["model"]["env"][1] == {"name": "STOREFLOW_MODEL_VERSION", "value": "4"}
     assert start[3]["spec"]["transformer"] == champion["spec"]["transformer"]  # model-agnostic: unchanged
-    assert advance[3] == {"spec": {"predictor": {"canaryTrafficPercent": 50}}}
+    assert advance[3] == {"spec": {"predictor": {"canaryTrafficPercent": 50}}, "metadata": {"resourceVersion": "48213378"}}
     assert promote[3] == {
-        "metadata": {"annotations": {"storeflow.io/rollout-state": "promoted", "storeflow.io/champion-version": "4"}},
+        "metadata": {"annotations": {"storeflow.io/rollout-state": "promoted", "storeflow.io/champion-version": "4"},
+                     "resourceVersion": "48213379"},
         "spec": {"predictor": {"canaryTrafficPercent": None}},
     }
     assert "canaryTrafficPercent" not in kube.obj["spec"]["predictor"]
     assert kube.obj["spec"]["predictor"]["model"]["storageUri"] == V4.storage_uri
     assert_valid(kube.obj)
     assert record.tags == [("4", {"storeflow.deploy.state": "promoted"})]
+
+
+def test_a_change_between_read_and_patch_is_never_overwritten(settings, cluster):
+    """Someone else's write lands between storeflow's read and patch: the API server answers 409 to the
+    stale patch, storeflow re-reads and patches again; a service that keeps changing is an error."""
+    kube, isvcs, prom = cluster(recorded("Serverless"))
+    kube.conflicts = 1
+    result = run_stage(settings, isvcs, prom, Recorder())
+    assert result["outcome"] == "promoted"
+    patches = [r for r in kube.requests if r[0] == "PATCH"]
+    assert [p[3]["metadata"]["resourceVersion"] for p in patches[:2]] == ["48213377", "48213378"]  # stale, then fresh
+    assert len(patches) == 4  # start twice (one refused), advance, promote
+    kube.conflicts = 99
+    with pytest.raises(DeployError, match="kept changing while storeflow patched it \\(3 conflicts\\)"):
+        isvcs.update("storeflow-repeat-purchase", lambda latest: {"metadata": {"labels": {"x": "y"}}})
+    assert "x" not in kube.obj["metadata"].get("labels", {})
 
 
 def test_serverless_rollback_restores_champion_without_mlflow(settings, cluster, monkeypatch):
@@ -299,6 +335,7 @@ def test_serverless_rollback_restores_champion_without_mlflow(settings, cluster,
         "annotations": {"storeflow.io/rollout-state": "rolled-back", "storeflow.io/rollback-reason": result["reasons"][0],
                         "storeflow.io/model-version": "3", "storeflow.io/champion-version": "3",
                         "storeflow.io/model-uri": V3_URI},
+        "resourceVersion": "48213378",
     }
     assert rollback[3]["spec"]["predictor"]["canaryTrafficPercent"] == 0
     restored = kube.obj["spec"]["predictor"]

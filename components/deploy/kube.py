@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from storeflow.components.config import Settings
 from storeflow.components.deploy.inference_service import GROUP, PLURAL, VERSION, DeployError
+
+
+CONFLICT_TRIES = 3
 
 
 @dataclass
@@ -52,6 +56,31 @@ class InferenceServices:
             return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, merge_patch)
         except ApiException as exc:
             raise self._error("patch", name, exc) from exc
+
+    def update(self, name: str, make_patch: Callable[[dict[str, Any]], dict[str, Any]],
+               current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Read-modify-write without lost updates: the merge patch made from ``current`` (read if not
+        given) carries its ``resourceVersion``, so the API server refuses it with 409 if the object
+        changed in between (another rollout, an operator's edit); then the patch is made again from a
+        fresh read, up to :data:`CONFLICT_TRIES` times (client-go's RetryOnConflict)."""
+        from kubernetes.client.exceptions import ApiException
+
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            current = current if current is not None else self.require(name)
+            patch = make_patch(current)
+            version = (current.get("metadata") or {}).get("resourceVersion")
+            if version:
+                patch = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": version}}
+            try:
+                return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise self._error("patch", name, exc) from exc
+                if attempt == CONFLICT_TRIES:
+                    raise DeployError(f"InferenceService {self.namespace}/{name} kept changing while storeflow "
+                                      f"patched it ({CONFLICT_TRIES} conflicts); is another rollout running?") from exc
+                current = None
+        raise AssertionError("unreachable")
 
     def _error(self, verb: str, name: str, exc: Any) -> DeployError:
         return DeployError(

@@ -46,7 +46,7 @@ def rollback(
     current = isvcs.require(name)
     mode = isvc_spec.deployment_mode(current, settings.deploy.mode)
     canary_version = isvc_spec.serving_version(current)
-    restored = isvcs.patch(name, isvc_spec.rollback_patch(current, mode, reason))
+    restored = isvcs.update(name, lambda latest: isvc_spec.rollback_patch(latest, mode, reason), current)
     recorded = bool(canary_version) and record(
         settings, canary_version, {"storeflow.deploy.state": "rolled-back", "storeflow.deploy.reason": reason}
     )
@@ -57,13 +57,17 @@ def promote(isvcs: InferenceServices, settings: Settings, record: Record) -> tup
     """Give the canary all traffic; its version becomes the champion."""
     name = settings.deploy.inference_service
     current = isvcs.require(name)
-    if isvc_spec.rollout_state(current) != "canary":
-        raise DeployError(
-            f"InferenceService {name} has no canary to promote (state {isvc_spec.rollout_state(current)})"
-        )
     mode = isvc_spec.deployment_mode(current, settings.deploy.mode)
-    promoted = isvcs.patch(name, isvc_spec.promote_patch(current, mode))
     version = isvc_spec.serving_version(current)
+
+    def promotion(latest: dict[str, Any]) -> dict[str, Any]:
+        if isvc_spec.rollout_state(latest) != "canary" or isvc_spec.serving_version(latest) != version:
+            raise DeployError(
+                f"InferenceService {name} has no canary to promote (state {isvc_spec.rollout_state(latest)})"
+            )
+        return isvc_spec.promote_patch(latest, mode)
+
+    promoted = isvcs.update(name, promotion, current)
     recorded = bool(version) and record(settings, version, {"storeflow.deploy.state": "promoted"})
     return promoted, recorded
 
@@ -89,7 +93,7 @@ def run(
     mode = isvc_spec.deployment_mode(current, deploy.mode)
     champion = isvc_spec.serving_version(current)
     if isvc_spec.rollout_state(current) == "bootstrap":
-        isvcs.patch(name, isvc_spec.first_deploy_patch(current, settings, model, run_id))
+        isvcs.update(name, lambda latest: isvc_spec.first_deploy_patch(latest, settings, model, run_id), current)
         recorded = record(settings, model.version, {"storeflow.deploy.state": "promoted", "storeflow.deploy.run_id": run_id})
         return RolloutResult("created", model.version, None, name, mode, recorded_in_mlflow=recorded)
     if champion is None:
@@ -102,13 +106,18 @@ def run(
         return result
 
     percent = deploy.canary_steps[0]
+    def start(latest: dict[str, Any]) -> dict[str, Any]:
+        if isvc_spec.serving_version(latest) != champion and latest is not current:
+            raise DeployError(f"InferenceService {name} changed hands during the rollout of v{model.version}")
+        return isvc_spec.start_canary_patch(latest, settings, model, run_id, percent)
+
     if percent == 100:  # a single step: no canary wanted
-        isvcs.patch(name, isvc_spec.start_canary_patch(current, settings, model, run_id, percent))
+        isvcs.update(name, start, current)
         promoted, result.recorded_in_mlflow = promote(isvcs, settings, record)
         result.outcome = "promoted"
         return result
 
-    isvcs.patch(name, isvc_spec.start_canary_patch(current, settings, model, run_id, percent))
+    isvcs.update(name, start, current)
     holds = 0
     while True:
         sleep(deploy.analysis_interval_seconds)
@@ -134,7 +143,7 @@ def run(
         if decision.action == "hold":
             holds += 1
         elif decision.action == "advance":
-            isvcs.patch(name, isvc_spec.set_percent_patch(isvcs.require(name), mode, decision.percent))
+            isvcs.update(name, lambda latest: isvc_spec.set_percent_patch(latest, mode, decision.percent))
             percent, holds = decision.percent, 0
         elif decision.action == "promote":
             _, result.recorded_in_mlflow = promote(isvcs, settings, record)
