@@ -255,6 +255,8 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
     max_instances: int = Field(64, gt=0, description="Customers per request.")
     feature_cache_seconds: float = Field(60, ge=0, description="Online features kept in memory at most this long.")
+    feature_cache_rows: int = Field(200_000, gt=0, description="Customers' feature rows kept in memory at most "
+                                                               "(~250 bytes each, per worker).")
     feature_refresh_seconds: float = Field(10, gt=0, description="How often to check Feast for a new materialization.")
     model_runtime: Literal["auto", "treelite", "sklearn"] = Field(
         "auto", description="Tree models: Treelite when it reproduces scikit-learn's scores exactly (auto), "

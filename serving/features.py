@@ -5,7 +5,7 @@ waiting at the same moment go to Feast as one read. The read is the configured F
 ``online_read`` (SQLite, Redis...), the call ``get_online_features`` makes: its request planning and
 response building around it cost more than the read itself (~55 vs ~30 us per customer on SQLite), and
 for one feature view read by entity key they decide nothing (Feast 0.67 applies no TTL online either). Rows are kept in memory
-for at most ``serving.feature_cache_seconds`` and dropped as soon as Feast records a new
+for at most ``serving.feature_cache_seconds`` (``serving.feature_cache_rows`` of them at most) and dropped as soon as Feast records a new
 materialization of the customer view (checked every ``serving.feature_refresh_seconds``), so a
 ``feast materialize`` is visible within seconds whatever the online store (SQLite or Redis).
 
@@ -78,6 +78,7 @@ class OnlineFeatures:
         self.columns = list(settings.features.customer_features)
         self.project = settings.features.feast.project
         self.ttl = settings.serving.feature_cache_seconds
+        self.max_rows = settings.serving.feature_cache_rows
         self.refresh_every = settings.serving.feature_refresh_seconds
         self.fallback = np.array([FALLBACK.get(c, 0.0) for c in self.columns], dtype=np.float64)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
@@ -168,7 +169,14 @@ class OnlineFeatures:
             out[cid] = row, missing
             if self.ttl:
                 self._cache[cid] = now, row, missing
+        if len(self._cache) > self.max_rows:
+            self._evict(now)
         return out
+
+    def _evict(self, now: float) -> None:
+        """Past ``serving.feature_cache_rows``: drop expired rows; if that is not enough, start over."""
+        fresh = {cid: hit for cid, hit in self._cache.items() if now - hit[0] < self.ttl}
+        self._cache = fresh if len(fresh) <= self.max_rows // 2 else {}
 
     def _materialized_marker(self):
         try:

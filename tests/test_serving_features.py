@@ -72,3 +72,19 @@ def test_a_store_without_the_feature_view_fails_the_lookup_with_feasts_reason(tm
             asyncio.run(reader.rows([1]))
     finally:
         reader.close()
+
+
+def test_the_feature_cache_stays_within_its_row_bound(tmp_path: Path, store_tables) -> None:
+    settings = _settings(tmp_path)
+    settings.serving.feature_cache_seconds, settings.serving.feature_cache_rows = 60, 40
+    build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    ids = [int(i) for i in store_tables["customers"]["customer_id"]]
+    reader = OnlineFeatures(settings)
+    try:
+        for start in range(0, len(ids), 25):  # 150 customers in batches of 25
+            asyncio.run(reader.rows(ids[start:start + 25]))
+            assert len(reader._cache) <= 40
+        rows, _ = asyncio.run(reader.rows(ids))
+    finally:
+        reader.close()
+    assert np.array_equal(rows, _feast_rows(settings, ids)[0])  # evictions lose nothing but time
