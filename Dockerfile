@@ -8,11 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 
 RUN useradd --uid 10001 --create-home storeflow
 WORKDIR /opt/storeflow
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY components components
 COPY pipelines pipelines
 COPY serving serving
-RUN pip install --no-cache-dir . && python -c "import storeflow.components.config"
+RUN pip install --no-cache-dir -c requirements.lock . && python -c "import storeflow.components.config"
 
 USER 10001
 # KFP overrides the command per task; KServe runs `python -m storeflow.serving.predictor|transformer`.

@@ -5,16 +5,22 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench compile check-manifests clean
+.PHONY: install lock demo test bench compile check-manifests clean
 
 install: $(STAMP)
 
-# Reinstall only when the dependency list changes; uv resolves and installs in seconds.
-$(STAMP): pyproject.toml
+# Reinstall only when the dependencies change; uv installs in seconds. Every version comes from
+# requirements.lock, so a clean clone installs what CI tested (the compiled manifests name the kfp SDK).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	test -x $(UV) || $(BIN)/pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --python $(BIN)/python --quiet -e '.[test]'
+	test -x $(UV) || $(BIN)/pip install --quiet --disable-pip-version-check 'uv==0.13.9'
+	$(UV) pip install --python $(BIN)/python --quiet -c requirements.lock -e '.[test]'
 	touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: re-resolve the lock, then `make compile`.
+lock:
+	test -x $(UV) || $(MAKE) install
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 -q --custom-compile-command "make lock" -o requirements.lock
 
 demo: install
 	$(BIN)/storeflow demo

@@ -4,7 +4,7 @@ Every stage is a storeflow component in the project image. Settings travel as on
 parameter, so a run on a cluster and a ``kfp.local`` run on a laptop read the same config model.
 The champion alias moves inside ``register`` (decided by ``evaluate``), never by a pipeline branch,
 and ``deploy`` rolls out only a version ``register`` made champion. No pipeline branch decides either:
-kfp.local (2.17.0 here) fails to resolve a ``dsl.If`` on an upstream task's output and silently skips
+kfp.local (measured on 2.17.0) fails to resolve a ``dsl.If`` on an upstream task's output and silently skips
 the branch, so a decision made by a component holds the same on every runner.
 """
 
