@@ -266,6 +266,20 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
+def ensure_wrk() -> str:
+    """wrk's path; on a fresh machine Debian's package is installed first (as root), as .ci/run does for Redis."""
+    import shutil
+
+    found = shutil.which("wrk")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing Debian's wrk (the load generator) ...", flush=True)
+        subprocess.run("apt-get update -qq && apt-get install -y -qq wrk >/dev/null", shell=True, check=False)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("bench/serving.py needs wrk on PATH (Debian: apt-get install wrk)")
+    return found
+
+
 def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
     out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
@@ -318,6 +332,7 @@ def main() -> None:
     if args.serve:
         return serve_inline(args.serve, Path(args.bench_dir), args.port)
 
+    ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
     print(f"building the model in {work} ...", flush=True)
     data = build(work)
