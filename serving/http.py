@@ -83,6 +83,9 @@ def v2_infer_route(dataplane, model_repository_extension=None):
         result = await endpoints.infer(request, raw, request.path_params["model_name"], payload)
         if isinstance(result, Response):
             result.headers["content-length"] = str(len(result.body))
+            if "content-type" not in result.headers:  # KServe drops it from bytes answers
+                binary = "inference-header-content-length" in result.headers
+                result.headers["content-type"] = "application/octet-stream" if binary else "application/json"
             return result
         return ORJSONResponse(jsonable_encoder(result))
 

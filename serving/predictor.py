@@ -29,6 +29,9 @@ from storeflow.serving.runtime import Scorer, build_scorer
 DEFAULT_MODEL_DIR = "/mnt/models"
 FEATURES_INPUT = "features"
 SCORE_OUTPUT = "score"
+# The answering version, on every response. Behind a transformer it is how the version gets back:
+# KServe's V2 REST client (InferResponse.from_bytes) drops the body's model_version.
+VERSION_HEADER = "x-storeflow-model-version"
 
 # We pass float arrays in training column order on purpose; the check only costs time per call.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -80,7 +83,7 @@ class StoreflowPredictor(Model):
 
     def __init__(self, name: str, model_dir: Path | str, version: str | None = None,
                  registered_name: str | None = None, runtime: str = "auto"):
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)
         self.model_dir = Path(model_dir)
         self.version = version
         self.registered_name = registered_name
@@ -126,9 +129,11 @@ class StoreflowPredictor(Model):
             raise InvalidInput("features must be finite (no NaN or inf)")
         return rows
 
-    async def predict(self, payload, headers=None):
+    async def predict(self, payload, headers=None, response_headers=None):
         rows = self._matrix(payload)
         scores = self.score(rows)
+        if response_headers is not None:
+            response_headers[VERSION_HEADER] = self.version
         if isinstance(payload, InferRequest):
             output = InferOutput(SCORE_OUTPUT, list(scores.shape), "FP64")
             output.set_data_from_numpy(scores, binary_data=False)

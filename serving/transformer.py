@@ -34,10 +34,9 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 from storeflow.serving import metrics
 from storeflow.serving.features import BadCustomerId, OnlineFeatures, parse_customer_id
-from storeflow.serving.predictor import FEATURES_INPUT, SCORE_OUTPUT, StoreflowPredictor
+from storeflow.serving.predictor import FEATURES_INPUT, SCORE_OUTPUT, VERSION_HEADER, StoreflowPredictor
 from storeflow.serving.predlog import PredictionLog, now_iso
 
-VERSION_HEADER = "x-storeflow-model-version"
 PIN_HEADER = "x-storeflow-pin-version"
 SHOP_HEADER = "x-storeflow-shop"
 CUSTOMER_HEADER = "x-storeflow-customer"  # set by the auth middleware: the one customer the caller may score
@@ -181,6 +180,11 @@ class StoreflowTransformer(Model):
         metrics.FEATURE_LOOKUP.observe(time.perf_counter() - started)
         return scoring
 
+    def validate(self, payload):
+        # preprocess validated the request and returns a Scoring; KServe's check of the predictor
+        # protocol's shape ("inputs" in payload) would raise TypeError on it behind a --predictor_host.
+        return payload if isinstance(payload, Scoring) else super().validate(payload)
+
     def _check_count(self, n: int) -> None:
         if not 1 <= n <= self.max_instances:
             raise InvalidInput(f"send 1 to {self.max_instances} customers per request, got {n}")
@@ -312,8 +316,10 @@ class StoreflowTransformer(Model):
             tensor = InferInput(FEATURES_INPUT, list(rows.shape), "FP64")
             tensor.set_data_from_numpy(rows, binary_data=False)
             payload = InferRequest(self.name, [tensor], request_id=headers.get("x-request-id") if headers else None)
+        # The predictor's own response headers (date, server, content-length...) stay out of ours.
+        upstream: dict[str, str] = {}
         try:
-            answer = await super().predict(payload, headers, response_headers)
+            answer = await super().predict(payload, headers, upstream)
         except Exception as exc:  # noqa: BLE001 - predictor unreachable or failing
             raise InferenceError(f"predictor failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(answer, InferResponse):
@@ -321,6 +327,9 @@ class StoreflowTransformer(Model):
             scores, version = output.as_numpy().astype(np.float64).reshape(-1), answer.model_version
         else:
             scores, version = np.asarray(answer["predictions"], dtype=np.float64), answer.get("model_version")
+        if len(scores) != len(rows):
+            raise InferenceError(f"predictor answered {len(scores)} scores for {len(rows)} customers")
+        version = upstream.get(VERSION_HEADER) or version
         scoring.scores = scores
         scoring.versions = [str(version or "unknown")] * len(scores)
 

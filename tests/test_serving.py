@@ -199,6 +199,15 @@ def test_kserve_rest_client_v1_and_v2(server, expected):
     assert two.outputs[0].as_numpy()[0] == pytest.approx(answer["score"], abs=1e-9)
 
 
+def test_v2_json_answers_say_they_are_json(server):
+    """KServe drops the content type of answers it gets as bytes; clients that check it must see JSON."""
+    response = post(server, f"/v2/models/{MODEL}/infer",
+                    {"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [5]}]})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+
+
 def test_unknown_customer_gets_the_fallback_row_and_a_flag(server, expected):
     response = post(server, f"/v1/models/{MODEL}:predict", {"instances": [{"customer_id": 987654321}]})
     assert response.status_code == 200

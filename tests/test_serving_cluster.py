@@ -1,0 +1,221 @@
+"""The cluster's serving split, on loopback: the InferenceService's predictor and transformer containers,
+each started with the command its spec gives it (ServingRuntime ``storeflow-predictor``, the deploy
+stage's ``transformer_spec``), the transformer reaching the predictor over HTTP through
+``--predictor_host`` as KServe wires it. No cluster is involved: the two processes run here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import numpy as np
+import pytest
+import yaml
+
+from conftest import small_store, write_snapshot
+from storeflow.components.config import load_settings
+from storeflow.serving.features import FALLBACK
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "storeflow-repeat-purchase"
+CLIENT_ID = "storeflow-cluster-test"
+SECRET = "shpss_cluster_0123456789abcdef0123456789abcdef"
+SHOP = "demo-store.myshopify.com"
+KNOWN = [3, 17, 42]
+UNKNOWN = 987654321
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_token() -> str:
+    now = int(time.time())
+    return jwt.encode({"iss": f"https://{SHOP}/admin", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "7001",
+                       "exp": now + 300, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """Version 1 registered, its MLflow model directory downloaded (what the storage initializer does),
+    the online store materialized, and the config file the containers read through STOREFLOW_CONFIG."""
+    import mlflow
+
+    from storeflow.components import tracking
+    from storeflow.components.evaluate import evaluate
+    from storeflow.components.features import build_features
+    from storeflow.components.register import register
+    from storeflow.components.train import train
+
+    root = tmp_path_factory.mktemp("cluster")
+    overrides = {
+        "project": {"state_dir": str(root / "state")},
+        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        "train": {"params": {"max_iter": 40, "random_state": 0}},
+        "evaluate": {"bootstrap_samples": 50},
+        "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]},
+    }
+    settings = load_settings(overrides)
+    features = build_features(settings, write_snapshot(small_store(), root / "snapshot"))
+    trained = train(settings, features)
+    version = register(settings, trained, evaluate(settings, features, trained)).version
+    tracking.connect(settings)
+    model_dir = root / "mnt-models"
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{version}", dst_path=str(model_dir))
+    config = root / "storeflow.yaml"
+    config.write_text(yaml.safe_dump(overrides))
+    return root, settings, str(version), model_dir, config
+
+
+def _start(cmd: list[str], root: Path, name: str, port: int, env: dict[str, str]):
+    log = (root / f"{name}.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{name} did not start:\n" + (root / f"{name}.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                return proc, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+
+
+def _stop(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def predictor(registered):
+    """``kserve-container`` of the ServingRuntime, with the env the deploy stage's predictor spec sets."""
+    from storeflow.components.deploy.inference_service import ModelVersionRef, predictor_spec
+
+    root, settings, version, model_dir, _ = registered
+    runtime = yaml.safe_load((ROOT / "kustomize" / "base" / "serving-runtime.yaml").read_text())
+    container = runtime["spec"]["containers"][0]
+    ref = ModelVersionRef(name=MODEL, version=version, storage_uri="s3://mlflow/models/1")
+    env = {e["name"]: e["value"] for e in predictor_spec(settings, ref)["model"]["env"]}
+    port = _free_port()
+    args = [a.replace("{{.Name}}", MODEL) for a in container["args"]]
+    cmd = [sys.executable, *container["command"][1:], *args, "--model_dir", str(model_dir), "--http_port", str(port)]
+    proc, log = _start(cmd, root, "predictor", port, env)
+    yield f"127.0.0.1:{port}"
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def transformer(request, registered, predictor):
+    """The transformer container as ``transformer_spec`` runs it, its predictor host pointed at ours."""
+    from storeflow.components.deploy.inference_service import transformer_spec
+
+    root, settings, _, _, config = registered
+    container = transformer_spec(settings)["containers"][0]
+    args = list(container["args"])
+    args[args.index("--predictor_host") + 1] = predictor
+    port = _free_port()
+    cmd = [sys.executable, *container["command"][1:], *args, "--http_port", str(port)]
+    if request.param == "v1":
+        cmd += ["--predictor_protocol", "v1"]
+    env = {"STOREFLOW_CONFIG": str(config), "SHOPIFY_API_SECRET": SECRET}
+    proc, log = _start(cmd, root, f"transformer-{request.param}", port, env)
+    yield f"127.0.0.1:{port}"
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="module")
+def expected(registered):
+    """Scores straight from the registered model on the online store's features."""
+    import mlflow.sklearn
+    import pandas as pd
+
+    from storeflow.components import tracking
+    from storeflow.components.features.repo import feature_refs, feature_store
+
+    _, settings, version, _, _ = registered
+    tracking.connect(settings)
+    model = mlflow.sklearn.load_model(f"models:/{MODEL}/{version}")
+    columns = settings.features.customer_features
+    ids = [*KNOWN, UNKNOWN]
+    data = feature_store(settings).get_online_features(
+        features=feature_refs(settings), entity_rows=[{"customer_id": i} for i in ids]).to_dict()
+    rows = [[FALLBACK[c] if data[c][n] is None else data[c][n] for c in columns] for n in range(len(ids))]
+    scores = model.predict_proba(pd.DataFrame(rows, columns=columns))[:, 1]
+    return dict(zip(ids, scores.tolist()))
+
+
+def test_scores_through_the_transformer_equal_the_registered_model(transformer, registered, expected):
+    import tritonclient.http as triton
+
+    version = registered[2]
+    ids = [*KNOWN, UNKNOWN]
+    tensor = triton.InferInput("customer_id", [len(ids)], "BYTES")
+    tensor.set_data_from_numpy(np.array([f"gid://shopify/Customer/{i}".encode() for i in ids], dtype=np.object_))
+    result = triton.InferenceServerClient(transformer).infer(
+        MODEL, [tensor], headers={"Authorization": f"Bearer {admin_token()}"})
+    assert result.as_numpy("score") == pytest.approx([expected[i] for i in ids], abs=1e-6)
+    assert result.as_numpy("fallback").tolist() == [False, False, False, True]
+    assert [v.decode() for v in result.as_numpy("model_version")] == [version] * len(ids)
+
+
+def test_v1_answers_name_the_predictors_version_and_carry_only_our_headers(transformer, registered, expected):
+    response = httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict",
+                          json={"instances": [{"customer_id": f"gid://shopify/Customer/{KNOWN[0]}"}]},
+                          headers={"Authorization": f"Bearer {admin_token()}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()["predictions"][0]
+    assert answer["model_version"] == registered[2] and answer["fallback"] is False
+    assert answer["score"] == pytest.approx(expected[KNOWN[0]], abs=1e-6)
+    assert response.headers["x-storeflow-model-version"] == registered[2]
+    # The predictor's own date/server/content-* headers must not be copied into the transformer's answer.
+    assert [k for k, _ in response.headers.raw].count(b"date") == 1
+    assert response.headers["content-length"] == str(len(response.content))
+
+
+def test_the_transformer_labels_its_metrics_with_the_answering_version(transformer, registered):
+    """Canary analysis tells champion and canary apart by this label, read from the transformer."""
+    httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", json={"instances": [{"customer_id": KNOWN[1]}]},
+               headers={"Authorization": f"Bearer {admin_token()}"}, timeout=30).raise_for_status()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"http://{transformer}/metrics").text)}
+    answered = {s.labels["model_version"] for s in families["storeflow_requests"].samples
+                if s.name == "storeflow_requests_total" and s.labels["status"] == "200" and s.value > 0}
+    assert answered == {registered[2]}
+
+
+def test_the_transformer_still_wants_shopify_credentials(transformer):
+    response = httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict",
+                          json={"instances": [{"customer_id": KNOWN[0]}]}, timeout=30)
+    assert response.status_code == 401 and response.json()["code"] == "missing_credentials"
+
+
+def test_the_predictor_scores_feature_rows_and_rejects_bad_ones(predictor, registered, expected):
+    _, settings, version, _, _ = registered
+    width = len(settings.features.customer_features)
+    url = f"http://{predictor}/v2/models/{MODEL}/infer"
+    fallback = [FALLBACK[c] for c in settings.features.customer_features]
+    good = httpx.post(url, json={"inputs": [{"name": "features", "shape": [1, width], "datatype": "FP64",
+                                             "data": fallback}]}, timeout=30)
+    assert good.status_code == 200, good.text
+    assert good.json()["model_version"] == version == good.headers["x-storeflow-model-version"]
+    assert good.json()["outputs"][0]["data"][0] == pytest.approx(expected[UNKNOWN], abs=1e-6)
+    bad = httpx.post(url, json={"inputs": [{"name": "features", "shape": [1, width - 1], "datatype": "FP64",
+                                            "data": fallback[:-1]}]}, timeout=30)
+    assert 400 <= bad.status_code < 500 and f"[n, {width}]" in bad.text
