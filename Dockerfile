@@ -6,7 +6,9 @@ ARG STOREFLOW_GIT_COMMIT=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     OMP_NUM_THREADS=1 STOREFLOW_GIT_COMMIT=${STOREFLOW_GIT_COMMIT}
 
-RUN useradd --uid 10001 --create-home storeflow
+# UID 1000, as every kustomize container runs: pipeline tasks (which run as the image's user) and serving
+# pods write the same state volume with one owner.
+RUN useradd --uid 1000 --create-home storeflow
 WORKDIR /opt/storeflow
 COPY pyproject.toml README.md requirements.lock ./
 COPY components components
@@ -14,6 +16,6 @@ COPY pipelines pipelines
 COPY serving serving
 RUN pip install --no-cache-dir -c requirements.lock . && python -c "import storeflow.components.config"
 
-USER 10001
+USER 1000
 # KFP overrides the command per task; KServe runs `python -m storeflow.serving.predictor|transformer`.
 CMD ["storeflow", "--help"]

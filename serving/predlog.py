@@ -1,7 +1,8 @@
 """Prediction log for monitoring: one JSON line per scored customer, written off the request path.
 
 Location: ``serving.prediction_log_dir`` (default ``<state_dir>/predictions``). Each server process
-writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S%f>-<pid>.jsonl``; a file is closed and a new one
+writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S%f>-<host>-<pid>.jsonl`` (replicas of the
+transformer share one volume on a cluster, each as pid 1 of its own pod); a file is closed and a new one
 started past ``serving.prediction_log_rotate_bytes``, and only the newest
 ``serving.prediction_log_keep_files`` of the process are kept. Lines are UTF-8 JSON objects:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,7 +90,7 @@ class PredictionLog:
             self._file.close()
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        path = self.directory / f"predictions-{stamp}-{os.getpid()}.jsonl"
+        path = self.directory / f"predictions-{stamp}-{socket.gethostname()}-{os.getpid()}.jsonl"
         self._file = path.open("ab")
         self._files.append(path)
         while len(self._files) > self.keep_files:

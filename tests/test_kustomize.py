@@ -147,6 +147,41 @@ def test_overlay_config_drives_the_same_predictor_the_pipeline_deploys(overlay, 
     transformer = transformer_spec(settings)["containers"][0]
     assert transformer["args"] == isvc["spec"]["transformer"]["containers"][0]["args"]
     assert transformer["env"] == isvc["spec"]["transformer"]["containers"][0]["env"]
+    assert transformer["volumeMounts"] == isvc["spec"]["transformer"]["containers"][0]["volumeMounts"]
+    assert transformer_spec(settings)["volumes"] == isvc["spec"]["transformer"]["volumes"]
+
+
+def _claims(obj: dict[str, Any]) -> dict[str, str]:
+    """PVC claim name by volume name, for the pods an object declares."""
+    spec = obj.get("spec", {})
+    pods = {"Deployment": [spec.get("template", {}).get("spec", {})],
+            "InferenceService": [spec.get("predictor", {}), spec.get("transformer", {})]}.get(obj["kind"], [])
+    return {v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for pod in pods for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_state_volume_pods_and_pipeline_tasks_share_is_shipped(overlay):
+    """Every claimed PVC exists (a missing one leaves pods Pending), the pipeline's state volume is
+    ReadWriteMany, and the transformer logs predictions exactly where a cluster monitoring task reads them."""
+    from storeflow.components.monitor.predictions import log_dir
+    from storeflow.pipelines.submit import cluster_config_json
+
+    objects = render(overlay)
+    pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    claimed = {claim for o in objects for claim in _claims(o).values()}
+    settings = load_settings()
+    assert settings.kfp.state_pvc in claimed and claimed <= set(pvcs)
+    assert pvcs[settings.kfp.state_pvc]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    isvc = next(o for o in objects if o["kind"] == "InferenceService")
+    transformer = isvc["spec"]["transformer"]["containers"][0]
+    mounted = {m["mountPath"]: _claims(isvc).get(m["name"]) for m in transformer["volumeMounts"]}
+    assert mounted[str(settings.kfp.state_mount_path)] == settings.kfp.state_pvc
+    env = {e["name"]: e.get("value") for e in transformer["env"]}
+    task_settings = load_settings(cluster_config_json(settings))
+    assert Path(env["STOREFLOW_SERVING__PREDICTION_LOG_DIR"]) == log_dir(task_settings)
 
 
 @needs_kubectl

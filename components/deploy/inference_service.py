@@ -98,6 +98,7 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
     """Feast feature lookup in front of the predictor; model-agnostic, so it never takes part in a canary."""
     deploy = settings.deploy
     name = deploy.inference_service
+    state_path = settings.kfp.state_mount_path  # the same volume, at the same path, as the pipeline tasks
     return {
         "serviceAccountName": deploy.service_account,
         "minReplicas": deploy.min_replicas,
@@ -110,6 +111,8 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                 "args": ["--model_name", name, "--predictor_host", f"{name}-predictor"],  # same namespace
                 "env": [
                     {"name": "STOREFLOW_FEATURES__FEAST__REPO_DIR", "value": FEAST_MOUNT},
+                    # The prediction log goes to the state volume, where the monitoring pipeline reads it.
+                    {"name": "STOREFLOW_SERVING__PREDICTION_LOG_DIR", "value": str(state_path / "predictions")},
                     # feature_store.yaml reads ${REDIS_CONNECTION_STRING}; the value never leaves the Secret.
                     {
                         "name": "REDIS_CONNECTION_STRING",
@@ -121,12 +124,14 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                 "securityContext": _security_context(),
                 "volumeMounts": [
                     {"name": "feast-config", "mountPath": FEAST_MOUNT, "readOnly": True},
+                    {"name": "state", "mountPath": str(state_path)},
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
             }
         ],
         "volumes": [
             {"name": "feast-config", "configMap": {"name": deploy.feast_config_map}},
+            {"name": "state", "persistentVolumeClaim": {"claimName": settings.kfp.state_pvc}},
             {"name": "tmp", "emptyDir": {}},
         ],
     }
