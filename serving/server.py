@@ -281,6 +281,7 @@ def serve(settings: Settings, *, version: str | None = None, alias: str | None =
         from storeflow.serving.auth import ShopifyVerifier
 
         ShopifyVerifier.from_settings(settings)  # fail here, once, with the reason
+    _own_metrics_dir()
     plan = plan or resolve(settings, version, alias, canary_version, canary_percent)
     plan.settings_json = settings.to_json()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -291,12 +292,25 @@ def serve(settings: Settings, *, version: str | None = None, alias: str | None =
         _announce(config, server, ready_file)
         server.run()
         return
-    import tempfile
-
     os.environ[PLAN_ENV] = plan.to_json()
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="storeflow-metrics-"))
     uvicorn.run("storeflow.serving.server:worker_app", factory=True, workers=cfg.workers,
                 timeout_worker_healthcheck=180, **options)  # workers import Feast and load models: slow to answer
+
+
+def _own_metrics_dir() -> None:
+    """A fresh Prometheus multiprocess directory for this server and its workers.
+
+    ``/metrics`` sums every file in that directory. One inherited from the parent process (Feast sets
+    one on import, so any Python that imported Feast hands it down) holds the files of servers that ran
+    before, e.g. the previous step of a local canary, whose counts would then be read as this server's.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="storeflow-metrics-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = path
 
 
 def _announce(config, server, ready_file: Path | None) -> None:

@@ -73,7 +73,14 @@ def server(trained):
     script = ("import json, sys; from storeflow.components.config import load_settings; "
               "from storeflow.serving.server import serve; "
               "serve(load_settings(json.loads(sys.argv[1])), port=int(sys.argv[2]), ready_file=sys.argv[3])")
-    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET}
+    # Metrics files of a server that ran before, in the multiprocess directory this one inherits.
+    stale = root / "inherited-metrics"
+    stale.mkdir()
+    subprocess.run([sys.executable, "-c", "from prometheus_client import Counter; "
+                    "Counter('storeflow_requests', '', ['model_version', 'status']).labels('99', '200').inc(7)"],
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(stale)}, check=True)
+    assert list(stale.glob("*.db"))
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "PROMETHEUS_MULTIPROC_DIR": str(stale)}
     log = (root / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(overrides), str(port), str(ready)],
                             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -248,6 +255,7 @@ def test_health_metadata_and_metrics(server):
     # Both served versions are trees, so both are scored by the compiled runtime (exactly, see above).
     assert 'storeflow_model_info{model_version="1",runtime="treelite"} 1.0' in text
     assert 'storeflow_model_info{model_version="2",runtime="treelite"} 1.0' in text
+    assert 'model_version="99"' not in text  # another server's counts, left in the inherited metrics dir
 
 
 def test_listens_on_loopback_only_by_default(server):

@@ -79,7 +79,9 @@ def registered(tmp_path_factory):
 
 def _start(cmd: list[str], root: Path, name: str, port: int, env: dict[str, str]):
     log = (root / f"{name}.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    # Each container has its own /tmp: no Prometheus multiprocess directory inherited from this process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")} | env
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
