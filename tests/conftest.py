@@ -54,20 +54,45 @@ def write_snapshot(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
     return directory
 
 
+def quick_overrides(root: Path, **sections) -> dict:
+    """Config of a quick test run: state under ``root``, label windows that fit a small store, a small
+    model; ``sections`` add or replace whole config sections."""
+    return {
+        "project": {"state_dir": str(root / "state")},
+        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+        "train": {"params": {"max_iter": 40, "random_state": 0}},
+        "evaluate": {"bootstrap_samples": 100},
+        **sections,
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc, log) -> None:
+    """Stop a server a test started (SIGTERM, then SIGKILL after 20 s) and close its log."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with all state under a temporary directory and a quick model."""
     monkeypatch.chdir(tmp_path)
     for key in [k for k in __import__("os").environ if k.startswith("STOREFLOW_")]:
         monkeypatch.delenv(key)
-    return load_settings(
-        {
-            "project": {"state_dir": str(tmp_path / "state")},
-            "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-            "train": {"params": {"max_iter": 40, "random_state": 0}},
-            "evaluate": {"bootstrap_samples": 100},
-        }
-    )
+    return load_settings(quick_overrides(tmp_path))
 
 
 @pytest.fixture(scope="session")

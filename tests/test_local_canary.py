@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import small_store, write_snapshot
+from conftest import quick_overrides, small_store, write_snapshot
 from storeflow.components import tracking
 from storeflow.components.config import load_settings
 from storeflow.components.deploy import commands
@@ -30,18 +30,15 @@ def store(tmp_path_factory):
     from storeflow.components.train import train
 
     root = tmp_path_factory.mktemp("local-canary")
-    settings = load_settings({
-        "project": {"state_dir": str(root / "state")},
-        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        "train": {"params": {"max_iter": 40, "random_state": 0}},
-        "evaluate": {"bootstrap_samples": 100},
+    settings = load_settings(quick_overrides(
+        root,
         # Few requests so the test is quick: a step holds until each version has min_requests. With
         # ~100 customers behind the 10% canary, score PSI between two healthy versions is ~0.2-0.5 from
         # sampling alone (about buckets / customers), and the p99 of ~50 requests is their slowest one on a
         # shared runner; the bounds are sized for that. A shifted model's PSI is above 2.
-        "deploy": {"min_requests": 50, "local_requests_per_step": 400, "max_score_psi": 1.0,
-                   "max_p99_latency_ratio": 2.0},
-    })
+        deploy={"min_requests": 50, "local_requests_per_step": 400, "max_score_psi": 1.0,
+                "max_p99_latency_ratio": 2.0},
+    ))
     features = build_features(settings, write_snapshot(small_store(customers=1000), root / "snapshot"))
     first = train(settings, features)
     register(settings, first, evaluate(settings, features, first))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from conftest import small_store, write_snapshot
+from conftest import free_port, quick_overrides, small_store, stop_process, write_snapshot
 from storeflow.components.config import load_settings
 from storeflow.serving.features import FALLBACK
 from storeflow.serving.transformer import canary_bucket
@@ -32,12 +32,6 @@ SHOP = "demo-store.myshopify.com"
 CANARY_PERCENT = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A registered champion (v1) and challenger (v2), and a materialized online store."""
@@ -47,14 +41,9 @@ def trained(tmp_path_factory):
     from storeflow.components.train import train
 
     root = tmp_path_factory.mktemp("serving")
-    overrides = {
-        "project": {"state_dir": str(root / "state")},
-        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        "train": {"params": {"max_iter": 40, "random_state": 0}},
-        "evaluate": {"bootstrap_samples": 100},
-        "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP], "canary_version": "2",
-                    "canary_percent": CANARY_PERCENT, "feature_refresh_seconds": 0.5},
-    }
+    overrides = quick_overrides(root, serving={
+        "shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP], "canary_version": "2",
+        "canary_percent": CANARY_PERCENT, "feature_refresh_seconds": 0.5})
     settings = load_settings(overrides)
     features = build_features(settings, write_snapshot(small_store(), root / "snapshot"))
     first = train(settings, features)
@@ -68,7 +57,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(trained):
     root, overrides, _ = trained
-    port = _free_port()
+    port = free_port()
     ready = root / "ready"
     script = ("import json, sys; from storeflow.components.config import load_settings; "
               "from storeflow.serving.server import serve; "
@@ -92,12 +81,7 @@ def server(trained):
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(proc, log)
 
 
 def token(**claims) -> str:
@@ -452,7 +436,7 @@ def test_the_documented_command_line_serves(trained, expected) -> None:
     root, overrides, _ = trained
     config = root / "serve-cli.yaml"
     config.write_text(yaml.safe_dump({**overrides, "serving": {**overrides["serving"], "canary_percent": 0}}))
-    port = _free_port()
+    port = free_port()
     log = (root / "serve-cli.log").open("w")
     cli = Path(sys.executable).with_name("storeflow")
     proc = subprocess.Popen([str(cli), "serve", "--config", str(config), "--no-auth", "--port", str(port)],

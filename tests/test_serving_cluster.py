@@ -6,7 +6,6 @@ stage's ``transformer_spec``), the transformer reaching the predictor over HTTP 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import small_store, write_snapshot
+from conftest import free_port, quick_overrides, small_store, stop_process, write_snapshot
 from storeflow.components.config import load_settings
 from storeflow.serving.features import FALLBACK
 
@@ -31,12 +30,6 @@ SECRET = "shpss_cluster_0123456789abcdef0123456789abcdef"
 SHOP = "demo-store.myshopify.com"
 KNOWN = [3, 17, 42]
 UNKNOWN = 987654321
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_token() -> str:
@@ -58,13 +51,7 @@ def registered(tmp_path_factory):
     from storeflow.components.train import train
 
     root = tmp_path_factory.mktemp("cluster")
-    overrides = {
-        "project": {"state_dir": str(root / "state")},
-        "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        "train": {"params": {"max_iter": 40, "random_state": 0}},
-        "evaluate": {"bootstrap_samples": 50},
-        "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]},
-    }
+    overrides = quick_overrides(root, serving={"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]})
     settings = load_settings(overrides)
     features = build_features(settings, write_snapshot(small_store(), root / "snapshot"))
     trained = train(settings, features)
@@ -95,15 +82,6 @@ def _start(cmd: list[str], root: Path, name: str, port: int, env: dict[str, str]
         time.sleep(0.3)
 
 
-def _stop(proc, log) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
 @pytest.fixture(scope="module")
 def predictor(registered):
     """``kserve-container`` of the ServingRuntime, with the env the deploy stage's predictor spec sets."""
@@ -114,12 +92,12 @@ def predictor(registered):
     container = runtime["spec"]["containers"][0]
     ref = ModelVersionRef(name=MODEL, version=version, storage_uri="s3://mlflow/models/1")
     env = {e["name"]: e["value"] for e in predictor_spec(settings, ref)["model"]["env"]}
-    port = _free_port()
+    port = free_port()
     args = [a.replace("{{.Name}}", MODEL) for a in container["args"]]
     cmd = [sys.executable, *container["command"][1:], *args, "--model_dir", str(model_dir), "--http_port", str(port)]
     proc, log = _start(cmd, root, "predictor", port, env)
     yield f"127.0.0.1:{port}"
-    _stop(proc, log)
+    stop_process(proc, log)
 
 
 @pytest.fixture(scope="module", params=["v2", "v1"])
@@ -131,14 +109,14 @@ def transformer(request, registered, predictor):
     container = transformer_spec(settings)["containers"][0]
     args = list(container["args"])
     args[args.index("--predictor_host") + 1] = predictor
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, *container["command"][1:], *args, "--http_port", str(port)]
     if request.param == "v1":
         cmd += ["--predictor_protocol", "v1"]
     env = {"STOREFLOW_CONFIG": str(config), "SHOPIFY_API_SECRET": SECRET}
     proc, log = _start(cmd, root, f"transformer-{request.param}", port, env)
     yield f"127.0.0.1:{port}"
-    _stop(proc, log)
+    stop_process(proc, log)
 
 
 @pytest.fixture(scope="module")
