@@ -4,11 +4,18 @@ change with each order, retries that change nothing twice, 4xx for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pandas as pd
 
 import pytest
+from conftest import free_port
 from test_webhook_signing import SECRET, SHOP, delivery, order, refund
 from starlette.testclient import TestClient
 
@@ -132,3 +139,44 @@ def test_app_uninstalled_stops_syncing(client, hooks):
     client.app.state.applier.drain()
     with pytest.raises(ShopifyError, match="uninstalled from kettle-and-leaf.myshopify.com"):
         pull(hooks)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its new parent has not reaped it yet
+
+
+@pytest.mark.slow
+def test_stopping_the_receiver_stops_its_applier(tmp_path):
+    """SIGTERM, what a supervisor or Kubernetes sends, must not leave the applier process behind."""
+    port = free_port()
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
+    cli = Path(sys.executable).with_name("storeflow")
+    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port), "-s", f"project.state_dir={tmp_path / 'state'}",
+                                 "-s", f"project.shop_domain={SHOP}", "-s", "serving.shopify_client_id=test"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert receiver.poll() is None and time.monotonic() < deadline, "the receiver did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        children = [int(p) for p in open(f"/proc/{receiver.pid}/task/{receiver.pid}/children").read().split()]
+        assert children and all(_alive(c) for c in children)
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+    deadline = time.monotonic() + 15
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [c for c in children if _alive(c)]
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, "the applier outlived its receiver"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -107,14 +108,18 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
                      lifespan=lifespan)
 
 
-def run_applier(settings_json: str) -> None:
-    """The applier as its own process: Feast writes never hold the receiver's GIL."""
+def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
+    """The applier as its own process: Feast writes never hold the receiver's GIL.
+
+    It ends when the receiver has gone: uvicorn re-raises the SIGTERM it handled, so the receiver dies
+    without running its ``finally`` and would leave this process applying on its own.
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.shopify.apply import Applier
 
     settings = load_settings(settings_json)
     applier = Applier(settings)
-    while True:
+    while receiver_pid is None or os.getppid() == receiver_pid:
         try:
             if not applier.drain():
                 time.sleep(settings.shopify.apply_idle_seconds)
@@ -128,7 +133,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
     cfg = settings.shopify
     app = create_app(settings, apply=False)
-    applier = multiprocessing.get_context("spawn").Process(target=run_applier, args=(settings.to_json(),),
+    applier = multiprocessing.get_context("spawn").Process(target=run_applier, args=(settings.to_json(), os.getpid()),
                                                            name="webhook-applier", daemon=True)
     applier.start()
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
