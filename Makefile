@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 # After changing dependencies in pyproject.toml: re-resolve the lock, then `make compile`.
 lock:
 	test -x $(UV) || $(MAKE) install
-	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 -q --custom-compile-command "make lock" -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 --universal -q --custom-compile-command "make lock" -o requirements.lock
 
 demo: install
 	$(BIN)/storeflow demo
