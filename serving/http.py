@@ -36,6 +36,10 @@ async def forbidden_customer_handler(_: Request, exc: Exception) -> JSONResponse
     return JSONResponse(status_code=403, content={"error": f"forbidden: {exc}"})
 
 
+async def predictor_unavailable_handler(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"retry-after": "1"})
+
+
 async def bad_request_handler(_: Request, exc: Exception) -> JSONResponse:
     # Raised while KServe decodes a malformed body (bad binary header, shape/data mismatch...).
     return JSONResponse(status_code=400, content={"error": f"malformed request: {type(exc).__name__}: {exc}"})

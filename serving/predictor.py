@@ -175,4 +175,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    from storeflow.serving.predictor import main as _main  # the imported module, not this __main__ copy
+
+    _main()

@@ -211,10 +211,11 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
         bad_request_handler,
         forbidden_customer_handler,
         metrics_route,
+        predictor_unavailable_handler,
         unknown_version_handler,
         v2_infer_route,
     )
-    from storeflow.serving.transformer import ForbiddenCustomer, UnknownVersion
+    from storeflow.serving.transformer import ForbiddenCustomer, PredictorUnavailable, UnknownVersion
 
     cfg = settings.serving
     # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
@@ -224,6 +225,7 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
                   methods=["POST"], include_in_schema=False)
     app.add_exception_handler(UnknownVersion, unknown_version_handler)
     app.add_exception_handler(ForbiddenCustomer, forbidden_customer_handler)
+    app.add_exception_handler(PredictorUnavailable, predictor_unavailable_handler)
     for exc in (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError):
         app.add_exception_handler(exc, bad_request_handler)
 

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import numpy as np
 import orjson
 from kserve import Model
@@ -51,6 +52,10 @@ class UnknownVersion(LookupError):
 
 class ForbiddenCustomer(PermissionError):
     """A storefront caller asked for a customer other than its logged-in one (403)."""
+
+
+class PredictorUnavailable(RuntimeError):
+    """The predictor container could not be reached (503 with Retry-After: worth retrying)."""
 
 
 def check_customers(ids: list[int], allowed: str | None) -> None:
@@ -320,7 +325,10 @@ class StoreflowTransformer(Model):
         upstream: dict[str, str] = {}
         try:
             answer = await super().predict(payload, headers, upstream)
-        except Exception as exc:  # noqa: BLE001 - predictor unreachable or failing
+        except httpx.TransportError as exc:  # not reached at all: down, restarting, timed out
+            raise PredictorUnavailable(f"predictor {self.predictor_config.predictor_host} is unavailable: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - the predictor answered with an error
             raise InferenceError(f"predictor failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(answer, InferResponse):
             output = answer.get_output_by_name(SCORE_OUTPUT)
@@ -449,4 +457,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m` runs this file as __main__, a second copy of the module: run the imported one, so the
+    # exceptions preprocess raises (ForbiddenCustomer...) are the classes the server's handlers know.
+    from storeflow.serving.transformer import main as _main
+
+    _main()

@@ -100,22 +100,26 @@ def predictor(registered):
     stop_process(proc, log)
 
 
-@pytest.fixture(scope="module", params=["v2", "v1"])
-def transformer(request, registered, predictor):
-    """The transformer container as ``transformer_spec`` runs it, its predictor host pointed at ours."""
+def _start_transformer(registered, predictor_host: str, name: str, *extra: str):
+    """The transformer container as ``transformer_spec`` runs it, its predictor host pointed at ``predictor_host``."""
     from storeflow.components.deploy.inference_service import transformer_spec
 
     root, settings, _, _, config = registered
     container = transformer_spec(settings)["containers"][0]
     args = list(container["args"])
-    args[args.index("--predictor_host") + 1] = predictor
+    args[args.index("--predictor_host") + 1] = predictor_host
     port = free_port()
-    cmd = [sys.executable, *container["command"][1:], *args, "--http_port", str(port)]
-    if request.param == "v1":
-        cmd += ["--predictor_protocol", "v1"]
+    cmd = [sys.executable, *container["command"][1:], *args, "--http_port", str(port), *extra]
     env = {"STOREFLOW_CONFIG": str(config), "SHOPIFY_API_SECRET": SECRET}
-    proc, log = _start(cmd, root, f"transformer-{request.param}", port, env)
-    yield f"127.0.0.1:{port}"
+    proc, log = _start(cmd, root, name, port, env)
+    return f"127.0.0.1:{port}", proc, log
+
+
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def transformer(request, registered, predictor):
+    extra = ["--predictor_protocol", "v1"] if request.param == "v1" else []
+    address, proc, log = _start_transformer(registered, predictor, f"transformer-{request.param}", *extra)
+    yield address
     stop_process(proc, log)
 
 
@@ -180,6 +184,19 @@ def test_the_transformer_labels_its_metrics_with_the_answering_version(transform
     assert answered == {registered[2]}
 
 
+def test_a_checkout_session_scores_only_its_own_customer_on_the_cluster_too(transformer):
+    now = int(time.time())
+    checkout = jwt.encode({"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID,
+                           "sub": f"gid://shopify/Customer/{KNOWN[0]}", "exp": now + 300, "nbf": now, "iat": now},
+                          SECRET, algorithm="HS256")
+    url = f"http://{transformer}/v1/models/{MODEL}:predict"
+    headers = {"Authorization": f"Bearer {checkout}"}
+    own = httpx.post(url, json={"instances": [{"customer_id": KNOWN[0]}]}, headers=headers, timeout=30)
+    assert own.status_code == 200, own.text
+    other = httpx.post(url, json={"instances": [{"customer_id": KNOWN[1]}]}, headers=headers, timeout=30)
+    assert other.status_code == 403 and "only its logged-in customer" in other.json()["error"]
+
+
 def test_the_transformer_still_wants_shopify_credentials(transformer):
     response = httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict",
                           json={"instances": [{"customer_id": KNOWN[0]}]}, timeout=30)
@@ -199,3 +216,17 @@ def test_the_predictor_scores_feature_rows_and_rejects_bad_ones(predictor, regis
     bad = httpx.post(url, json={"inputs": [{"name": "features", "shape": [1, width - 1], "datatype": "FP64",
                                             "data": fallback[:-1]}]}, timeout=30)
     assert 400 <= bad.status_code < 500 and f"[n, {width}]" in bad.text
+
+
+def test_a_transformer_whose_predictor_is_down_says_so_with_a_503(registered):
+    """Down or restarting (nothing listens on its port): retryable, and the answer names the predictor."""
+    nobody = f"127.0.0.1:{free_port()}"
+    address, proc, log = _start_transformer(registered, nobody, "transformer-orphan")
+    try:
+        response = httpx.post(f"http://{address}/v1/models/{MODEL}:predict",
+                              json={"instances": [{"customer_id": KNOWN[0]}]},
+                              headers={"Authorization": f"Bearer {admin_token()}"}, timeout=30)
+    finally:
+        stop_process(proc, log)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert f"predictor {nobody} is unavailable" in response.json()["error"]
