@@ -266,8 +266,8 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def ensure_wrk() -> str:
-    """wrk's path; on a fresh machine Debian's package is installed first (as root), as .ci/run does for Redis."""
+def ensure_wrk() -> None:
+    """wrk on PATH; on a fresh machine Debian's package is installed first (as root), as .ci/run does for Redis."""
     import shutil
 
     found = shutil.which("wrk")
@@ -277,7 +277,6 @@ def ensure_wrk() -> str:
         found = shutil.which("wrk")
     if found is None:
         raise SystemExit("bench/serving.py needs wrk on PATH (Debian: apt-get install wrk)")
-    return found
 
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
