@@ -23,20 +23,15 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import CLIENT_ID, MODEL, SECRET, SHOP, free_port, session_token, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-MODEL = "storeflow-repeat-purchase"
-CLIENT_ID = "bench-app"
-SECRET = "shpss_bench_0123456789abcdef0123456789abcdef"
-SHOP = "demo-store.myshopify.com"
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 CONCURRENCY = (1, 8, 32)
 
@@ -88,12 +83,6 @@ def build(work: Path) -> dict:
 
 
 # -- servers -----------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(name: str, work: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (work / f"{name}.log").open("w")
@@ -112,33 +101,6 @@ def start(name: str, work: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 240) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
-
-
 def _mlserver_venv() -> None:
     if (MLSERVER_VENV / "bin" / "mlserver").exists():
         return
@@ -154,7 +116,7 @@ def _mlserver_repo(work: Path, port: int) -> None:
     repo = work / "mlserver"
     (repo / "model").mkdir(parents=True, exist_ok=True)
     (repo / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(),
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
         "parallel_workers": 2, "debug": False}))
     (repo / "model" / "model-settings.json").write_text(json.dumps({
         "name": MODEL, "implementation": "mlserver_sklearn.SKLearnModel",
@@ -290,18 +252,6 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def session_token(customer_id: int | None = None) -> str:
-    """A session token as Shopify signs it: a customer's checkout extension's, or (no customer) an admin
-    extension's, whose staff may score any customer (the prediction check asks for 50 at once)."""
-    import jwt
-
-    now = int(time.time())
-    iss, sub = (f"https://{SHOP}", f"gid://shopify/Customer/{customer_id}") if customer_id else \
-        (f"https://{SHOP}/admin", "7001")
-    return jwt.encode({"iss": iss, "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": sub,
-                       "exp": now + 900, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
-
-
 def check_predictions(port: int, data: dict) -> dict:
     """storeflow's answers against the registered model on the same features (tolerance 1e-6)."""
     import numpy as np
@@ -343,7 +293,7 @@ def main() -> None:
                                       "data": data["rows"][i]}]}).encode() for i in ids]
     rows, check = [], None
     for name in args.only.split(","):
-        port = _free_port()
+        port = free_port()
         headers = {"Content-Type": "application/json"}
         # Every customer's checkout has its own session token, as in a store.
         storeflow = name.startswith("storeflow")

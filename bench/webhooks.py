@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import platform
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,16 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from common import free_port, request_bytes, webhook_headers
 
 SECRET = "bench-secret"
 SHOP = "bench-store.myshopify.com"
 RESULTS = Path(__file__).parent / "results" / "webhooks.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deliveries(count: int, customers: int) -> list[tuple[str, bytes, dict]]:
@@ -56,17 +47,8 @@ def deliveries(count: int, customers: int) -> list[tuple[str, bytes, dict]]:
                             "price": "42.50"}],
         }).encode()
         webhook_id = f"bench-{i:06d}"
-        headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
-                   "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode(),
-                   "X-Shopify-Shop-Domain": SHOP, "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-API-Version": "2026-01"}
-        out.append((webhook_id, body, headers))
+        out.append((webhook_id, body, webhook_headers("orders/create", webhook_id, body, secret=SECRET, shop=SHOP)))
     return out
-
-
-def request_bytes(port: int, body: bytes, headers: dict) -> bytes:
-    lines = [f"POST /webhooks HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}",
-             *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def send_all(port: int, plan: list[tuple[float, tuple[str, bytes, dict]]], connections: int) -> list[tuple[str, int, float]]:
@@ -84,7 +66,7 @@ async def send_all(port: int, plan: list[tuple[float, tuple[str, bytes, dict]]],
                 writer.close()
                 return
             (webhook_id, body, headers), due = item
-            writer.write(request_bytes(port, body, headers))
+            writer.write(request_bytes(port, "/webhooks", body, headers))
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])

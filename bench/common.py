@@ -1,0 +1,103 @@
+"""Helpers the benchmarks share: the bench app's identity, free ports, Shopify credentials as Shopify
+signs them (session tokens, webhook HMACs), raw HTTP/1.1 requests and server processes.
+
+Imported by name (``from common import ...``): a benchmark runs as ``python bench/<name>.py``, which
+puts this folder first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import signal
+import socket
+import subprocess
+import time
+
+MODEL = "storeflow-repeat-purchase"
+CLIENT_ID = "bench-app"
+SECRET = "shpss_bench_0123456789abcdef0123456789abcdef"
+SHOP = "demo-store.myshopify.com"
+API_VERSION = "2026-01"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- Shopify credentials -------------------------------------------------------------------------------------
+def session_claims(customer_id: int | None = None, *, staff: bool = False, issued: float | None = None,
+                   lifetime: int = 900, shop: str = SHOP) -> dict:
+    """The claims of a session token: a checkout extension's (``customer_id`` None: a guest's) or, with
+    ``staff``, an admin extension's, whose staff may score any customer of the shop."""
+    now = int(time.time() if issued is None else issued)
+    claims = {"iss": f"https://{shop}/admin" if staff else f"https://{shop}", "dest": f"https://{shop}",
+              "aud": CLIENT_ID, "exp": now + lifetime, "nbf": now, "iat": now}
+    if staff:
+        claims["sub"] = "7001"
+    elif customer_id is not None:
+        claims["sub"] = f"gid://shopify/Customer/{customer_id}"
+    return claims
+
+
+def session_token(customer_id: int | None = None, *, secret: str = SECRET, issued: float | None = None,
+                  lifetime: int = 900) -> str:
+    """A session token as Shopify signs it (HS256 with the app secret): a customer's checkout extension's,
+    or (no customer) an admin extension's."""
+    import jwt
+
+    claims = session_claims(customer_id, staff=customer_id is None, issued=issued, lifetime=lifetime)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def webhook_hmac(body: bytes, secret: str) -> str:
+    """``X-Shopify-Hmac-Sha256``: base64 HMAC-SHA256 of the raw body with the app secret."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def webhook_headers(topic: str, webhook_id: str, body: bytes, *, secret: str, shop: str) -> dict[str, str]:
+    """The headers Shopify sends with a webhook delivery, signed over ``body``."""
+    return {"Content-Type": "application/json", "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": webhook_hmac(body, secret), "X-Shopify-Shop-Domain": shop,
+            "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-API-Version": API_VERSION}
+
+
+def request_bytes(port: int, path: str, body: bytes, headers: dict, content_length: int | None = None) -> bytes:
+    """A raw HTTP/1.1 POST; ``content_length`` declares another length than the body's (hostile clients)."""
+    length = len(body) if content_length is None else content_length
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {length}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# -- server processes ----------------------------------------------------------------------------------------
+def stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own session, with every process it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 240) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
