@@ -3,12 +3,15 @@
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import write_snapshot
+from storeflow.components.config import LabelConfig
 from storeflow.components.features import FeatureError, build_features, feature_store
 from storeflow.components.features.compute import customer_features
+from storeflow.components.features.dataset import HistoryError, required_history_days, split_holdout
 from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs
 
 
@@ -79,5 +82,28 @@ def test_too_little_history_is_a_clear_error(settings, store_tables, tmp_path: P
     orders = store_tables["orders"]
     recent = orders[orders["created_at"] > orders["created_at"].max() - timedelta(days=70)]
     tables = {**store_tables, "orders": recent}
-    with pytest.raises(FeatureError, match="training cutoff"):
+    with pytest.raises(FeatureError, match="needs at least .* days"):
         build_features(settings, write_snapshot(tables, tmp_path / "short"))
+
+
+def _cutoff_frame(cutoffs: int, every_days: int = 30) -> pd.DataFrame:
+    times = pd.date_range("2026-01-01", periods=cutoffs, freq=f"{every_days}D", tz="UTC")
+    return pd.DataFrame({"customer_id": np.tile([1, 2], cutoffs), "event_timestamp": np.repeat(times, 2),
+                         "label": np.tile([0, 1], cutoffs)})
+
+
+def test_no_training_label_window_overlaps_the_holdout() -> None:
+    label = LabelConfig(horizon_days=60, cutoff_every_days=30, min_history_days=60, holdout_cutoffs=2)
+    split = split_holdout(_cutoff_frame(6), label)
+    holdout_start = split.holdout["event_timestamp"].min()
+    train_label_ends = split.train["event_timestamp"] + timedelta(days=label.horizon_days)
+    assert (train_label_ends <= holdout_start).all() and not split.train.empty
+
+
+def test_history_too_short_for_an_honest_holdout_stops_and_says_what_is_needed() -> None:
+    # Three cutoffs 30 days apart with 60-day labels: no training label closes before the holdout.
+    # This used to train silently on overlapping label windows.
+    label = LabelConfig(horizon_days=60, cutoff_every_days=30, min_history_days=60, holdout_cutoffs=2)
+    with pytest.raises(HistoryError, match=r"needs at least 210 days.*features\.label\.horizon_days"):
+        split_holdout(_cutoff_frame(3), label)
+    assert required_history_days(label) == 210

@@ -19,6 +19,7 @@ from storeflow.components.features.compute import (
     product_features,
     serving_time,
 )
+from storeflow.components.features.dataset import HistoryError, split_cutoffs
 from storeflow.components.features.repo import (
     CUSTOMER_KEY,
     CUSTOMER_VIEW,
@@ -75,12 +76,10 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     tables = read_tables(Path(snapshot))
     label = settings.features.label
     cutoffs = cutoff_times(tables["orders"], label)
-    if len(cutoffs) <= label.holdout_cutoffs:
-        raise FeatureError(
-            f"only {len(cutoffs)} training cutoff(s) fit in the order history; need more than "
-            f"features.label.holdout_cutoffs={label.holdout_cutoffs}. Ingest more history or lower "
-            f"features.label.horizon_days / cutoff_every_days"
-        )
+    try:  # before any work: a history too short for an honest holdout stops here, saying what is needed
+        split_cutoffs(cutoffs, label)
+    except HistoryError as exc:
+        raise FeatureError(str(exc)) from exc
     as_of = serving_time(tables["orders"])
     _write_source(customer_features(tables, [*cutoffs, as_of]), source_path(settings, CUSTOMER_VIEW))
     _write_source(product_features(tables, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from storeflow.components.config import LabelConfig
+from storeflow.components.features.labels import in_label_window
 
 CUSTOMER_FEATURES_SQL = """
 WITH snap AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
@@ -82,12 +83,11 @@ GROUP BY ALL
 ORDER BY event_timestamp, product_id
 """
 
-LABELS_SQL = """
+LABELS_SQL = f"""
 WITH cut AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
 o AS (SELECT customer_id, created_at FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL)
 SELECT o.customer_id, cut.as_of AS event_timestamp,
-       max(CASE WHEN o.created_at >= cut.as_of AND o.created_at < cut.as_of + to_days($horizon) THEN 1 ELSE 0 END)
-           ::BIGINT AS label
+       max(CASE WHEN {in_label_window("o.created_at", "cut.as_of")} THEN 1 ELSE 0 END)::BIGINT AS label
 FROM o JOIN cut ON o.created_at < cut.as_of + to_days($horizon)
 GROUP BY ALL
 HAVING min(o.created_at) < cut.as_of

@@ -1,5 +1,5 @@
 """Ground truth for served predictions, once it exists: did the customer order again within the label
-horizon after the prediction time? The same definition the training labels use (``features.compute``)."""
+horizon from the prediction time? The one definition training labels use (``features.labels``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from storeflow.components.features.labels import in_label_window
 from storeflow.components.tables import read_table
 
-LABELS_SQL = """
+LABELS_SQL = f"""
 WITH o AS (SELECT customer_id, created_at FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL),
 p AS (SELECT row, customer_id, CAST(ts AS TIMESTAMPTZ) AS ts FROM predictions)
 SELECT p.row,
        CASE WHEN count(o.created_at) > 0 THEN 1 ELSE 0 END AS label
-FROM p LEFT JOIN o ON o.customer_id = p.customer_id AND o.created_at > p.ts
-                  AND o.created_at <= p.ts + to_days($horizon)
+FROM p LEFT JOIN o ON o.customer_id = p.customer_id AND {in_label_window("o.created_at", "p.ts")}
 WHERE p.ts + to_days($horizon) <= $observed_until
 GROUP BY p.row
 ORDER BY p.row
