@@ -59,3 +59,20 @@ def test_single_class_holdout_is_a_clear_error() -> None:
     scores = np.linspace(0, 1, 50)
     with pytest.raises(ValueError, match="both label classes"):
         paired_bootstrap(labels, scores, scores, "roc_auc", 50, 0.95, 0)
+
+
+def test_bootstrap_resamples_customers_so_repeated_rows_do_not_narrow_the_interval() -> None:
+    labels, good = _scores(4, n=600, signal=0.6)
+    weak = np.clip(good + np.random.default_rng(5).normal(0, 0.4, len(good)), 0, 1)
+    customers = np.arange(len(labels))
+
+    def width(repeat: int, grouped: bool) -> float:
+        # The same customers seen at ``repeat`` holdout cutoffs (identical rows, as a worst case).
+        args = [np.tile(a, repeat) for a in (labels, good, weak)]
+        groups = np.tile(customers, repeat) if grouped else None
+        c = paired_bootstrap(*args, "roc_auc", samples=300, confidence=0.95, seed=0, groups=groups)
+        return c.ci_high - c.ci_low
+
+    once = width(1, grouped=True)
+    assert width(3, grouped=True) == pytest.approx(once, rel=0.2)  # 3 rows per customer add no evidence
+    assert width(3, grouped=False) < 0.75 * once  # resampling rows would claim ~1/sqrt(3) of it

@@ -10,7 +10,7 @@ import numpy as np
 from storeflow.components.config import Settings
 from storeflow.components.evaluate.metrics import Decision, decide, holdout_metrics, paired_bootstrap
 from storeflow.components.features import FeatureResult
-from storeflow.components.features.dataset import LABEL
+from storeflow.components.features.dataset import CUSTOMER, LABEL
 from storeflow.components.train import TrainResult, holdout, load_model
 
 __all__ = ["EvaluationResult", "evaluate"]
@@ -63,7 +63,7 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     champion_scores = champion.predict_proba(frame[columns])[:, 1]
     cfg = settings.evaluate
     comparison = paired_bootstrap(labels, challenger_scores, np.asarray(champion_scores), cfg.metric,
-                                  cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+                                  cfg.bootstrap_samples, cfg.confidence, cfg.seed, groups=frame[CUSTOMER].to_numpy())
     decision = decide(comparison, cfg.margin)
     return EvaluationResult(decision.promote, decision.reason, challenger_metrics,
                             holdout_metrics(labels, champion_scores), champion_version,

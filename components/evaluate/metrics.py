@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
@@ -40,15 +41,20 @@ class Comparison:
 
 def paired_bootstrap(
     labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, metric: str, samples: int,
-    confidence: float, seed: int,
+    confidence: float, seed: int, groups: np.ndarray | None = None,
 ) -> Comparison:
-    """Bootstrap CI of (challenger - champion) on the same resampled rows each time."""
+    """Bootstrap CI of (challenger - champion) on the same resample each time.
+
+    ``groups`` (customer ids) are resampled instead of rows: a customer appears once per holdout
+    cutoff, and those rows share most of their history and label window, so resampling rows would
+    count one customer's luck several times and make the interval too narrow."""
     score = METRICS[metric]
     rng = np.random.default_rng(seed)
-    n = len(labels)
+    codes, uniques = pd.factorize(np.arange(len(labels)) if groups is None else np.asarray(groups))
+    n = len(uniques)
     diffs = []
     for _ in range(samples):
-        weights = rng.multinomial(n, np.full(n, 1 / n))  # a resample, as integer row weights
+        weights = rng.multinomial(n, np.full(n, 1 / n))[codes]  # a resample of groups, as row weights
         if labels[weights > 0].min() == labels[weights > 0].max():
             continue  # a resample with a single class has no AUC
         diffs.append(score(labels, challenger, sample_weight=weights) - score(labels, champion, sample_weight=weights))
