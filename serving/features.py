@@ -9,6 +9,13 @@ for at most ``serving.feature_cache_seconds`` (``serving.feature_cache_rows`` of
 materialization of the customer view (checked every ``serving.feature_refresh_seconds``), so a
 ``feast materialize`` is visible within seconds whatever the online store (SQLite or Redis).
 
+An erasure (customers/redact, shop/redact) bumps the erasure epoch (:mod:`storeflow.components.erasure`).
+The reader maps the epoch file and compares it on every lookup, a memory read and no system call, so
+the first lookup after an erasure on this host already misses the cache and reads the erased store;
+on a volume shared across hosts, where a mapping may not see another host's write, the watcher also
+reads the file every ``serving.feature_refresh_seconds``. A read that was under way when the epoch
+moved answers its requests but caches nothing.
+
 Unknown customers (never materialized, e.g. a first-time buyer) get :data:`FALLBACK` - the features
 of a customer with no order history - and ``fallback: true`` in the response instead of an error.
 A known customer with some features missing gets the fallback value for those and the flag too.
@@ -26,7 +33,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from storeflow.components.erasure import EpochView, read_epoch
 from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_store
+from storeflow.components.shopify.layout import erasure_epoch
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -89,6 +98,9 @@ class OnlineFeatures:
         self._waiting: dict[int, asyncio.Future] = {}
         self._flush_scheduled = False
         self._marker = self._materialized_marker()
+        self._epoch_path = erasure_epoch(settings)
+        self._epoch_view = self._map_epoch()
+        self._epoch = self._current_epoch()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="feast-watch")
         self._watcher.start()
@@ -97,8 +109,24 @@ class OnlineFeatures:
         self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _map_epoch(self) -> EpochView | None:
+        try:
+            return EpochView(self._epoch_path)
+        except OSError:  # a read-only state volume: the watcher's reads still see erasures
+            return None
+
+    def _current_epoch(self) -> int:
+        return self._epoch_view.value() if self._epoch_view is not None else read_epoch(self._epoch_path)
+
+    def _forget_if_erased(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._cache.clear()
+
     async def rows(self, customer_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix (rows in ``customer_ids`` order, columns as configured) and a fallback mask."""
+        if self._epoch_view is not None:
+            self._forget_if_erased(self._epoch_view.value())
         now = time.monotonic()
         found: dict[int, tuple[np.ndarray, bool]] = {}
         missing = []
@@ -152,6 +180,7 @@ class OnlineFeatures:
         view = self._view  # the watcher thread may reset it meanwhile
         if view is None:
             view = self._view = self.store.get_feature_view(CUSTOMER_VIEW)
+        epoch = self._epoch
         keys = [EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(int64_val=cid)]) for cid in ids]
         # A copy: Feast's Redis store appends its timestamp key to the list it is given.
         read = self._online.online_read(self.store.config, view, keys, list(self.columns))
@@ -167,7 +196,8 @@ class OnlineFeatures:
                 else:
                     row[j] = float(getattr(value, kind))
             out[cid] = row, missing
-            if self.ttl:
+        if self.ttl and epoch == self._epoch == self._current_epoch():  # no erasure since the read began
+            for cid, (row, missing) in out.items():
                 self._cache[cid] = now, row, missing
         if len(self._cache) > self.max_rows:
             self._evict(now)
@@ -203,6 +233,7 @@ class OnlineFeatures:
         # Re-reading the registry parses all of it (holding the GIL); skip that while the file is unchanged.
         stamp = self._registry_stamp()
         while not self._stop.wait(self.refresh_every):
+            self._forget_if_erased(read_epoch(self._epoch_path))
             current = self._registry_stamp()
             if current is not None and current == stamp:
                 continue

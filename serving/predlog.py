@@ -19,6 +19,10 @@ written). Appending is asynchronous: requests put records on a bounded queue
 (``serving.prediction_log_queue``) and a writer thread drains it; when the queue is full or a write
 fails the records are dropped and counted in ``storeflow_prediction_log_dropped_total``, so logging
 can never slow or fail a prediction.
+
+Erasure (customers/redact) rewrites these files in place while the writer has them open: each batch is
+appended under the file's lock (:mod:`storeflow.components.erasure`), so the eraser never sees half a
+batch, no line slips in between its read and its rewrite, and later lines land in the same file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import orjson
 
+from storeflow.components.erasure import append_locked
 from storeflow.components.queues import STOP, batches
 from storeflow.serving.metrics import LOG_DROPPED
 
@@ -44,7 +49,7 @@ class PredictionLog:
         self.keep_files = keep_files
         self.dropped = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._file = None
+        self._fd: int | None = None
         self._files: list[Path] = []
         self._thread = threading.Thread(target=self._drain, daemon=True, name="prediction-log")
         self._thread.start()
@@ -75,23 +80,25 @@ class PredictionLog:
                 self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records))
             except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
                 self._drop(len(records))
-                self._file = None
-        if self._file is not None:
-            self._file.close()
+                self._close_file()
+        self._close_file()
 
     def _write(self, data: bytes) -> None:
-        if self._file is None or self._file.tell() >= self.rotate_bytes:
+        if self._fd is None or os.lseek(self._fd, 0, os.SEEK_CUR) >= self.rotate_bytes:
             self._rotate()
-        self._file.write(data)
-        self._file.flush()
+        append_locked(self._fd, data)
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _rotate(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._close_file()
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         path = self.directory / f"predictions-{stamp}-{socket.gethostname()}-{os.getpid()}.jsonl"
-        self._file = path.open("ab")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._files.append(path)
         while len(self._files) > self.keep_files:
             old = self._files.pop(0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from storeflow.components.config import Settings
 
@@ -43,3 +45,22 @@ def data_requests_dir(settings: Settings) -> Path:
 
 def prediction_log_dir(settings: Settings) -> Path:
     return settings.serving.prediction_log_dir or settings.project.state_dir / "predictions"
+
+
+def erasure_epoch(settings: Settings) -> Path:
+    """Counter bumped after every erasure; running servers drop their caches when it moves."""
+    return connection_dir(settings) / "erasure-epoch"
+
+
+def erasure_roots(settings: Settings) -> list[Path]:
+    """Every place storeflow writes customer data: the state dir, and the configurable locations that
+    may lie outside it. Erasure is verified by scanning all of them."""
+    roots = [settings.project.state_dir, settings.feature_repo_dir, prediction_log_dir(settings)]
+    if settings.monitor.report_dir:
+        roots.append(settings.monitor.report_dir)
+    artifacts = settings.artifact_location
+    if artifacts and artifacts.startswith("file:"):
+        roots.append(Path(url2pathname(urlparse(artifacts).path)))
+    if settings.tracking_uri.startswith("sqlite:///"):
+        roots.append(Path(settings.tracking_uri.removeprefix("sqlite:///")))
+    return roots

@@ -1,12 +1,22 @@
 """The mandatory privacy webhooks: erase a customer or a whole shop everywhere storeflow keeps data,
 and export what is held about a customer.
 
-Stores covered (each rewritten atomically, so a reader never sees a half-erased file): the raw bulk
-JSONL (and an export in progress), every ingested snapshot (the customer's row, orders, their line items
-and refunds), every parquet file with a ``customer_id`` column under the state dir (Feast offline
-sources, training sets), the Feast online store, prediction logs, the webhook journal (live orders,
-event bodies; the webhook ids stay so that a retried delivery is still recognised) and earlier
-data-request exports. Registered models hold no personal data and stay.
+Stores erased: every raw JSONL under the data dir (the synthetic store, the pulled bulk export and an
+export in progress, any copy), every ingested snapshot (the customer's row, orders, their line items
+and refunds), every parquet file with a ``customer_id`` or ``email`` column (Feast offline sources,
+training sets), the Feast online store (SQLite or Redis), prediction logs (rewritten in place under the
+writer's lock, so a running server goes on logging to the file monitoring reads), the webhook journal
+(live orders, event bodies; the webhook ids stay so that a retried delivery is still recognised) and
+earlier data-request exports. Then the erasure epoch moves, so running servers drop cached features.
+Each file is rewritten atomically or under its writer's lock, so a reader never sees half an erasure.
+
+The customer is found by Shopify id and email, and by the ids ingest derived for the same email (an
+orders-export CSV has no customer ids). Registered models and monitoring reports hold no identities
+and stay; MLflow artifacts (input examples: feature values, no ids) are scanned like everything else.
+
+Erasure proves itself: afterwards every file under :func:`layout.erasure_roots` is scanned
+(:mod:`storeflow.components.shopify.traces`) for the ids and emails, and any trace left, in a store
+this module does not know, fails the request with :class:`ErasureIncomplete` naming the files.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -25,8 +36,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from storeflow.components.config import Settings
+from storeflow.components.erasure import bump_epoch, rewrite_in_place
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_snapshot
 from storeflow.components.shopify import layout, online
+from storeflow.components.shopify.traces import EMAIL, Needles, find_traces
 from storeflow.components.tables import TABLES, read_tables
 
 log = logging.getLogger(__name__)
@@ -39,18 +52,63 @@ class Subject:
     customer_id: int
     email: str | None = None
     order_ids: set[int] = field(default_factory=set)
+    aliases: set[int] = field(default_factory=set)  # ids ingest derived for the same email
 
     @property
     def gid(self) -> str:
         return f"gid://shopify/Customer/{self.customer_id}"
+
+    @property
+    def ids(self) -> set[int]:
+        return {self.customer_id, *self.aliases}
+
+    @property
+    def needles(self) -> Needles:
+        return Needles(frozenset(self.ids), frozenset([self.email] if self.email else []))
+
+
+class ErasureIncomplete(RuntimeError):
+    """Traces of the erased are still on disk after every known store was erased."""
+
+
+def verify(settings: Settings, needles: Needles, request: str) -> None:
+    """Scan every file storeflow writes; raise naming each one that still holds the erased."""
+    left = find_traces(layout.erasure_roots(settings), needles)
+    if left:
+        raise ErasureIncomplete(f"{request}: erased data is still in {len(left)} place(s): "
+                                + "; ".join(str(t) for t in left[:20]))
+
+
+def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> Subject:
+    """The subject with their email (when only a store knows it) and every other id held for that email."""
+    email = subject.email
+    frames = [read_tables(snapshot) for snapshot in _snapshots(settings)]
+    if email is None:
+        for tables in frames:
+            row = tables["customers"][tables["customers"]["customer_id"].eq(subject.customer_id).fillna(False)]
+            email = next((e for e in row["email"].dropna()), email)
+    aliases: set[int] = set()
+    if email:
+        wanted = email.strip().lower()
+        for tables in frames:
+            for name in ("customers", "orders"):
+                frame = tables[name]
+                mine = frame["email"].fillna("").str.strip().str.lower().eq(wanted)
+                aliases |= {int(c) for c in frame.loc[mine, "customer_id"].dropna()}
+        aliases |= {int(c) for (c,) in conn.execute(
+            "SELECT DISTINCT customer_id FROM live_orders WHERE lower(trim(email)) = ? AND customer_id IS NOT NULL",
+            (wanted,))}
+    return Subject(subject.customer_id, email, set(subject.order_ids), (aliases | subject.aliases) - {subject.customer_id})
 
 
 # --- raw bulk JSONL ---------------------------------------------------------------------------------
 
 
 def _raw_files(settings: Settings) -> list[Path]:
-    root = layout.raw_dir(settings)
-    return sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix == ".jsonl" or p.name.endswith(".jsonl.part")))
+    """Bulk JSONL anywhere under the data dir: the synthetic store, the pulled export, parts, copies."""
+    root = settings.data_dir
+    return sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix == ".jsonl" or p.name.endswith(".jsonl.part"))
+                  ) if root.exists() else []
 
 
 def _jsonl_records(path: Path):
@@ -65,10 +123,13 @@ def _jsonl_records(path: Path):
 
 def _customer_orders_in_raw(path: Path, subject: Subject) -> set[str]:
     orders = {f"gid://shopify/Order/{o}" for o in subject.order_ids}
+    email = subject.email.strip().lower() if subject.email else None
     for record in _jsonl_records(path):
+        if not isinstance(record, dict):
+            continue
         customer = (record.get("customer") or {}).get("id")
-        if record.get("id", "").startswith("gid://shopify/Order/") and (
-            customer == subject.gid or (subject.email and record.get("email") == subject.email)
+        if str(record.get("id", "")).startswith("gid://shopify/Order/") and (
+            customer == subject.gid or (email and str(record.get("email") or "").strip().lower() == email)
         ):
             orders.add(record["id"])
     return orders
@@ -97,12 +158,13 @@ def _mentions(line: bytes, needles: list[bytes]) -> bool:
 
 
 def erase_raw(settings: Settings, subject: Subject) -> int:
+    """Drop the customer's record, their orders and those orders' children (``__parentId``) from raw JSONL."""
     removed = 0
     for path in _raw_files(settings):
         orders = _customer_orders_in_raw(path, subject) if path.suffix == ".jsonl" else set()
-        ids = [f'"{gid}"'.encode() for gid in orders | {subject.gid}]
-        needles = ids + ([subject.email.encode()] if subject.email else [])
-        removed += _rewrite_lines(path, lambda line: not _mentions(line, needles))
+        ids = [f'"{gid}"'.encode() for gid in orders | {f"gid://shopify/Customer/{c}" for c in subject.ids}]
+        needles = subject.needles
+        removed += _rewrite_lines(path, lambda line: not (_mentions(line, ids) or needles.in_bytes(line)))
     return removed
 
 
@@ -117,12 +179,13 @@ def _snapshots(settings: Settings) -> list[Path]:
 def _masks(tables: dict[str, pd.DataFrame], subject: Subject) -> dict[str, pd.Series]:
     """Rows about the subject: their customer row, their orders, and those orders' line items and refunds."""
     orders = tables["orders"]
-    mine = orders["customer_id"].eq(subject.customer_id).fillna(False) | orders["order_id"].isin(subject.order_ids)
+    mine = orders["customer_id"].isin(subject.ids) | orders["order_id"].isin(subject.order_ids)
     customers = tables["customers"]
-    me = customers["customer_id"].eq(subject.customer_id).fillna(False)
+    me = customers["customer_id"].isin(subject.ids)
     if subject.email:
-        mine |= orders["email"].eq(subject.email).fillna(False)
-        me |= customers["email"].eq(subject.email).fillna(False)
+        wanted = subject.email.strip().lower()
+        mine |= orders["email"].fillna("").str.strip().str.lower().eq(wanted)
+        me |= customers["email"].fillna("").str.strip().str.lower().eq(wanted)
     order_ids = set(orders.loc[mine, "order_id"])
     return {"orders": mine, "customers": me, "line_items": tables["line_items"]["order_id"].isin(order_ids),
             "refunds": tables["refunds"]["order_id"].isin(order_ids)}
@@ -178,9 +241,9 @@ def erase_parquet(settings: Settings, subject: Subject) -> int:
         frame = table.to_pandas()
         mine = pd.Series(False, index=frame.index)
         if "customer_id" in names:
-            mine |= frame["customer_id"].eq(subject.customer_id).fillna(False)
+            mine |= frame["customer_id"].isin(subject.ids)
         if "email" in names and subject.email:
-            mine |= frame["email"].eq(subject.email).fillna(False)
+            mine |= frame["email"].fillna("").str.strip().str.lower().eq(subject.email.strip().lower())
         if mine.any():
             tmp = path.with_name(f".{path.name}.redact")
             pq.write_table(table.filter(pd.Series(~mine).to_numpy()), tmp)
@@ -192,25 +255,28 @@ def erase_parquet(settings: Settings, subject: Subject) -> int:
 # --- prediction logs, data-request exports ------------------------------------------------------------
 
 
-def erase_prediction_logs(settings: Settings, subject: Subject) -> int:
+def _prediction_logs(settings: Settings) -> list[Path]:
     directory = layout.prediction_log_dir(settings)
-    if not directory.exists():
-        return 0
+    return sorted(directory.glob("*.jsonl")) if directory.exists() else []
+
+
+def erase_prediction_logs(settings: Settings, subject: Subject) -> int:
+    """In place, under the writer's lock: a running server keeps appending to the file monitoring reads."""
+    needles = subject.needles
 
     def keep(line: bytes) -> bool:
         try:
             record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return True  # a line being written; it is re-checked on the next request
-        return record.get("customer_id") != subject.customer_id and not (
-            subject.email and subject.email.encode() in line)
+        except orjson.JSONDecodeError:  # a torn line (a writer killed mid-write): kept unless it names them
+            return not needles.in_bytes(line)
+        return not (isinstance(record, dict) and record.get("customer_id") in subject.ids) and not needles.in_bytes(line)
 
-    return sum(_rewrite_lines(path, keep) for path in sorted(directory.glob("*.jsonl")))
+    return sum(rewrite_in_place(path, keep) for path in _prediction_logs(settings))
 
 
 def erase_exports(settings: Settings, subject: Subject) -> int:
     directory = layout.data_requests_dir(settings)
-    files = list(directory.glob(f"customer-{subject.customer_id}-*.json")) if directory.exists() else []
+    files = [p for c in sorted(subject.ids) for p in directory.glob(f"customer-{c}-*.json")] if directory.exists() else []
     for path in files:
         path.unlink()
     return len(files)
@@ -220,21 +286,23 @@ def erase_exports(settings: Settings, subject: Subject) -> int:
 
 
 def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
-    orders = {o for (o,) in conn.execute("SELECT order_id FROM live_orders WHERE customer_id = ? OR email = ?",
-                                         (subject.customer_id, subject.email))} | subject.order_ids
+    ids = sorted(subject.ids)
+    who = ",".join("?" * len(ids))
+    orders = {o for (o,) in conn.execute(f"SELECT order_id FROM live_orders WHERE customer_id IN ({who}) "
+                                         "OR lower(trim(email)) = lower(trim(?))", (*ids, subject.email))} | subject.order_ids
     marks = ",".join("?" * len(orders)) or "NULL"
     needles = [subject.email.encode()] if subject.email else []
-    needles += [f'"id":{subject.customer_id}'.encode(), f'"customer_id":{subject.customer_id}'.encode()]
+    needles += [f'"{key}":{c}'.encode() for c in ids for key in ("id", "customer_id")]
     removed = 0
     with conn:
         removed += conn.execute(f"DELETE FROM live_line_items WHERE order_id IN ({marks})", [*orders]).rowcount
         removed += conn.execute(f"DELETE FROM live_refunds WHERE order_id IN ({marks})", [*orders]).rowcount
         removed += conn.execute(f"DELETE FROM live_orders WHERE order_id IN ({marks})", [*orders]).rowcount
         for (webhook_id, body) in conn.execute("SELECT webhook_id, body FROM events WHERE body IS NOT NULL").fetchall():
-            if _mentions(bytes(body), needles) or _order_event(bytes(body), orders):
+            if _mentions(bytes(body), needles) or subject.needles.in_bytes(bytes(body)) or _order_event(bytes(body), orders):
                 conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
                 removed += 1
-        conn.execute("UPDATE events SET customer_id = NULL WHERE customer_id = ?", (subject.customer_id,))
+        conn.execute(f"UPDATE events SET customer_id = NULL WHERE customer_id IN ({who})", ids)
     _compact(conn)
     return removed
 
@@ -260,30 +328,58 @@ def _compact(conn: sqlite3.Connection) -> None:
 
 
 def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject: Subject) -> dict[str, int]:
-    """customers/redact: remove the customer from every store; returns what was removed where."""
+    """customers/redact: remove the customer from every store, then prove it; returns what was removed where.
+
+    Raises :class:`ErasureIncomplete` (naming the files) when the final scan still finds them anywhere.
+    """
+    subject = resolve(settings, conn, subject)
     note = f"customer redacted at {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
     removed = {
         "raw_records": erase_raw(settings, subject),
         "snapshot_rows": erase_snapshots(settings, subject, note),
         "parquet_rows": erase_parquet(settings, subject),
-        "online_rows": online.erase_customers(store, [subject.customer_id]) if store is not None else 0,
+        "online_rows": online.erase_customers(store, sorted(subject.ids)) if store is not None else 0,
         "prediction_log_lines": erase_prediction_logs(settings, subject),
         "data_request_exports": erase_exports(settings, subject),
         "journal_rows": erase_journal(conn, subject),
     }
+    bump_epoch(layout.erasure_epoch(settings))  # after the online store: a re-read finds nothing
+    verify(settings, subject.needles, "customers/redact")
     log.info("customers/redact done: %s", removed)
     return removed
 
 
+def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
+    """Every customer id and email the stores hold, gathered before shop/redact removes them."""
+    ids: set[int] = set()
+    emails: set[str] = set()
+    for snapshot in _snapshots(settings):
+        tables = read_tables(snapshot)
+        for name in ("customers", "orders"):
+            ids |= {int(c) for c in tables[name]["customer_id"].dropna()}
+            emails |= set(tables[name]["email"].dropna())
+    for path in _raw_files(settings):
+        data = path.read_bytes()
+        emails |= {m.group().decode() for m in EMAIL.finditer(data.lower())}
+        ids |= {int(m) for m in re.findall(rb"gid://shopify/Customer/([0-9]+)", data)}
+    for path in _prediction_logs(settings):
+        ids |= {r["customer_id"] for r in _jsonl_records(path) if isinstance(r, dict) and isinstance(r.get("customer_id"), int)}
+    for customer, email in conn.execute("SELECT customer_id, email FROM live_orders"):
+        ids |= {customer} if customer is not None else set()
+        emails |= {email} if email else set()
+    return Needles(frozenset(ids), frozenset(emails))
+
+
 def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) -> dict[str, int]:
-    """shop/redact (48 hours after uninstall): remove everything held about the shop."""
+    """shop/redact (48 hours after uninstall): remove everything held about the shop's customers, then
+    prove it by scanning for every id and email the stores held. Raises :class:`ErasureIncomplete`."""
+    needles = shop_needles(settings, conn)
     removed: dict[str, int] = {}
-    for name, path in {"raw": layout.raw_dir(settings), "snapshots": settings.data_dir / "snapshots",
-                       "training_sets": settings.data_dir / "training",
-                       "predictions": layout.prediction_log_dir(settings),
-                       "data_requests": layout.data_requests_dir(settings)}.items():
+    for name, path in {"data": settings.data_dir, "data_requests": layout.data_requests_dir(settings)}.items():
         removed[name] = sum(1 for p in path.rglob("*") if p.is_file()) if path.exists() else 0
         shutil.rmtree(path, ignore_errors=True)
+    # Emptied in place, not removed: a running server goes on logging to the file monitoring reads.
+    removed["prediction_log_lines"] = sum(rewrite_in_place(path, lambda line: False) for path in _prediction_logs(settings))
     sources = list(settings.feature_repo_dir.glob("data/*.parquet"))
     for path in sources:
         path.unlink()
@@ -295,6 +391,8 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
         removed["journal_rows"] += conn.execute(
             "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL", (shop,)).rowcount
     _compact(conn)
+    bump_epoch(layout.erasure_epoch(settings))
+    verify(settings, needles, "shop/redact")
     log.info("shop/redact for %s done: %s", shop, removed)
     return removed
 

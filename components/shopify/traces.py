@@ -1,0 +1,145 @@
+"""Find what is left of customers in a directory tree: the check that makes erasure prove itself.
+
+Erasure knows the stores it was written for; this scan knows none of them. It reads every file under
+the given roots and reports each one that still holds a customer's gid, email, or id (as text, as a
+little- or big-endian int64 in any binary file, and, decoded, as a value of a column whose name says
+``customer`` in Parquet and SQLite, where integers are not stored as eight plain bytes). Zip archives
+(e.g. skops models) are scanned member by member. A store added later is covered without being named
+here, so an erasure that forgets it fails instead of succeeding quietly.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import struct
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+PARQUET_MAGIC = b"PAR1"
+# Past this many needles of a kind, candidates are found by shape and looked up in a set (shop/redact
+# checks every customer the shop had); below it each needle is searched for literally.
+LITERAL_LIMIT = 64
+EMAIL = re.compile(rb"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
+NUMBER = re.compile(rb"(?<![0-9])[0-9]{1,19}(?![0-9])")
+
+
+@dataclass(frozen=True)
+class Needles:
+    """What identifies the erased: their customer ids and emails (compared case-insensitively)."""
+
+    customer_ids: frozenset[int] = frozenset()
+    emails: frozenset[str] = frozenset()
+    _literal: re.Pattern | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "emails", frozenset(e.strip().lower() for e in self.emails if e and e.strip()))
+        parts = []
+        if len(self.emails) <= LITERAL_LIMIT:
+            parts += [re.escape(e.encode()) for e in self.emails]
+        if len(self.customer_ids) <= LITERAL_LIMIT:
+            parts += [rb"(?<![0-9])" + str(c).encode() + rb"(?![0-9])" for c in self.customer_ids]
+        object.__setattr__(self, "_literal", re.compile(b"|".join(parts)) if parts else None)
+
+    def __bool__(self) -> bool:
+        return bool(self.customer_ids or self.emails)
+
+    def in_bytes(self, data: bytes) -> bool:
+        """As text anywhere (the gid holds the number, so the number covers it), or as a packed int64."""
+        lowered = data.lower()
+        if self._literal is not None and self._literal.search(lowered):
+            return True
+        if len(self.emails) > LITERAL_LIMIT and any(m.group().decode() in self.emails for m in EMAIL.finditer(lowered)):
+            return True
+        if len(self.customer_ids) > LITERAL_LIMIT:
+            return any(int(m.group()) in self.customer_ids for m in NUMBER.finditer(data))
+        return any(struct.pack(order, c) in data for c in self.customer_ids for order in ("<q", ">q"))
+
+    def in_value(self, column: str, value: object) -> bool:
+        if isinstance(value, (bytes, str)):
+            return self.in_bytes(value.encode() if isinstance(value, str) else value)
+        return "customer" in column.lower() and isinstance(value, int) and value in self.customer_ids
+
+
+@dataclass(frozen=True)
+class Trace:
+    path: Path
+    where: str  # "bytes", a Parquet column, a SQLite table.column, or a zip member
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.where})"
+
+
+def files_under(roots: Iterable[Path]) -> list[Path]:
+    """Every regular file under the roots, each once (roots may nest); symlinks are not followed."""
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            found.add(root.resolve())
+        elif root.is_dir():
+            found.update(p.resolve() for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return sorted(found)
+
+
+def find_traces(roots: Iterable[Path], needles: Needles) -> list[Trace]:
+    """Every file under ``roots`` that still holds one of ``needles``, with where in it."""
+    traces = []
+    for path in files_under(roots):
+        try:
+            traces += list(_file_traces(path, needles))
+        except FileNotFoundError:  # removed while scanning (a rotated log, a finished temp file)
+            continue
+    return traces
+
+
+def _file_traces(path: Path, needles: Needles) -> Iterator[Trace]:
+    data = path.read_bytes()
+    if needles.in_bytes(data):
+        yield Trace(path, "bytes")
+    if data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC):
+        yield from (Trace(path, f"column {c}") for c in _parquet_columns(path, needles))
+    elif data.startswith(SQLITE_MAGIC):
+        yield from (Trace(path, f"column {c}") for c in _sqlite_columns(path, needles))
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if needles.in_bytes(archive.read(member)):
+                    yield Trace(path, f"member {member}")
+
+
+def _parquet_columns(path: Path, needles: Needles) -> Iterator[str]:
+    table = pq.read_table(path)
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_integer(column.type) and "customer" in name.lower() and needles.customer_ids:
+            if pc.any(pc.is_in(column, pa.array(sorted(needles.customer_ids), column.type))).as_py():
+                yield name
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
+            values = column.drop_null().to_pylist()
+            if values and needles.in_bytes("\n".join(v if isinstance(v, str) else v.decode("latin-1")
+                                                      for v in values).encode()):
+                yield name
+
+
+def _sqlite_columns(path: Path, needles: Needles) -> Iterator[str]:
+    """Decoded rows, read-only; the WAL and free pages are files/bytes the byte scan already saw."""
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            columns = [d[0] for d in cursor.description]
+            hits = {c for row in cursor for c, v in zip(columns, row) if v is not None and needles.in_value(c, v)}
+            yield from (f"{table}.{c}" for c in sorted(hits))
+    except sqlite3.DatabaseError as exc:  # a journal file or a locked db: say so rather than pass it
+        yield f"unreadable ({exc})"
+    finally:
+        conn.close()
