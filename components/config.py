@@ -299,6 +299,13 @@ class ShopifyConfig(Section):
     webhook_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger webhook bodies get 413.")
     apply_batch_size: int = Field(1000, gt=0, description="Journaled events applied to Feast per batch at most.")
     apply_idle_seconds: float = Field(0.2, gt=0, description="How often the applier looks for new events.")
+    webhook_body_timeout_seconds: float = Field(10, gt=0, description="A body not fully received by then gets 408 "
+                                                                      "and the connection closed (Shopify gives up after 5 s).")
+    apply_max_lag_seconds: float = Field(120, gt=0, description="/healthz says 503 behind once the oldest pending "
+                                                                "event waited longer than this.")
+    applier_restart_seconds: float = Field(1, gt=0, description="Wait before restarting a dead applier process; "
+                                                                "doubles per crash in a row.")
+    applier_restart_max_seconds: float = Field(60, gt=0, description="Longest wait between applier restarts.")
 
 
 class FeatureThreshold(Section):

@@ -6,15 +6,21 @@ now) and written to the Feast online store and appended to the offline history, 
 batch. Privacy and app/uninstalled events are handled in arrival order. An event is marked applied
 only after its effects are written, so a crash re-applies it; recomputing from state makes that
 harmless, and the journal's webhook-id key makes a re-delivered event a no-op before it gets here.
+
+An event that fails on its own data (it passed an older receiver's check, or a case the check misses)
+is parked in the journal's ``dead_letters`` with the reason, and the events after it go on applying;
+failures of the stores themselves (SQLite busy, disk) leave the batch pending, retried with backoff.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pandas as pd
@@ -24,11 +30,23 @@ from storeflow.components.features.compute import customer_features
 from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, feature_store, source_path
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.shopify import layout, online, privacy
-from storeflow.components.shopify.journal import connect, now
-from storeflow.components.shopify.payloads import ORDER_TOPICS, REFUND_TOPICS, order_rows, refund_row
-from storeflow.components.tables import TABLES, conform, empty_frame, read_tables
+from storeflow.components.shopify.journal import connect, now, park, transaction
+from storeflow.components.shopify.payloads import ORDER_TOPICS, REFUND_TOPICS, customer_request, order_rows, refund_row
+from storeflow.components.tables import SCHEMAS, TABLES, conform, empty_frame, read_tables
 
 log = logging.getLogger(__name__)
+
+LIVE_TOPICS = ORDER_TOPICS | REFUND_TOPICS
+# Not the event's fault: the whole batch stays pending and is retried with backoff instead of parked.
+INFRASTRUCTURE = (sqlite3.OperationalError, OSError, MemoryError)
+REASON_CHARS = 500
+
+
+class Pending(NamedTuple):
+    webhook_id: str
+    shop: str
+    topic: str
+    body: bytes | None
 
 
 class Applier:
@@ -65,6 +83,7 @@ class Applier:
             self.committed.clear()
             try:
                 self.drain()
+                self.failures = 0
             except Exception:  # noqa: BLE001 - keep the events; try again on the next tick
                 self.failures += 1
                 log.exception("applying webhook events failed; they stay journaled and are retried")
@@ -80,50 +99,109 @@ class Applier:
             if not count:
                 return total
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def pending(self) -> int:
         return self.conn.execute("SELECT count(*) FROM events WHERE applied_at IS NULL").fetchone()[0]
 
     # --- one batch -----------------------------------------------------------------------------------
 
     def apply_batch(self) -> int:
-        rows = self.conn.execute(
+        """Apply the oldest pending events: runs of orders and refunds together, anything else alone."""
+        rows = [Pending(*row) for row in self.conn.execute(
             "SELECT webhook_id, shop, topic, body FROM events WHERE applied_at IS NULL ORDER BY received_at, rowid "
-            "LIMIT ?", (self.settings.shopify.apply_batch_size,)).fetchall()
-        touched: set[int] = set()
-        done: list[tuple[str, str]] = []
-        for webhook_id, shop, topic, body in rows:
-            payload = orjson.loads(body) if body is not None else None
-            if payload is None:
-                done.append((webhook_id, "erased"))
-                continue
-            if topic in ORDER_TOPICS or topic in REFUND_TOPICS:
-                customer = self._upsert(topic, payload)
-                if customer is not None:
-                    self.conn.execute("UPDATE events SET customer_id = ? WHERE webhook_id = ?", (customer, webhook_id))
-                    touched.add(customer)
-                done.append((webhook_id, "live"))
+            "LIMIT ?", (self.settings.shopify.apply_batch_size,)).fetchall()]
+        run: list[Pending] = []
+        for event in rows:
+            if event.body is None or event.topic in LIVE_TOPICS:
+                run.append(event)
                 continue
             # Everything that follows must see the features written so far, in arrival order.
-            self._refresh(touched)
-            touched.clear()
-            self._mark(done)
-            done = [(webhook_id, self._handle(topic, shop, payload))]
-            self._mark(done)
-            done = []
-        self._refresh(touched)
-        self._mark(done)
+            self._apply_live(run)
+            run = []
+            self._apply_one(event)
+        self._apply_live(run)
         return len(rows)
+
+    def _apply_live(self, events: list[Pending]) -> None:
+        """Upsert orders and refunds and recompute their customers' features, in one transaction.
+
+        An event that cannot be stored is parked on its own. When the features cannot be computed the
+        transaction is undone and the run split in halves until the event behind it is alone and parked.
+        Features are written after the commit and the events marked after that: a crash in between
+        re-applies them, which recomputes the same values.
+        """
+        if not events:
+            return
+        try:
+            with transaction(self.conn):
+                touched, done = self._upsert_all(events)
+                frame = self._features(touched)
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the data of some event here: find it, park it, go on
+            if len(events) == 1:
+                self._park(events[0], exc)
+                return
+            half = len(events) // 2
+            self._apply_live(events[:half])
+            self._apply_live(events[half:])
+            return
+        self._write_features(frame)
+        self._mark(done)
+
+    def _upsert_all(self, events: list[Pending]) -> tuple[set[int], list[tuple[str, str]]]:
+        touched: set[int] = set()
+        done: list[tuple[str, str]] = []
+        for event in events:
+            if event.body is None:
+                done.append((event.webhook_id, "erased"))
+                continue
+            self.conn.execute("SAVEPOINT event")
+            try:
+                customer = self._upsert(event.topic, orjson.loads(event.body))
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this event only: undo its writes, park it
+                self.conn.execute("ROLLBACK TO event")
+                self.conn.execute("RELEASE event")
+                park(self.conn, event.webhook_id, _reason(exc))
+                log.warning("webhook %s (%s) parked as a dead letter: %s", event.webhook_id, event.topic, _reason(exc))
+                continue
+            if customer is not None:
+                self.conn.execute("UPDATE events SET customer_id = ? WHERE webhook_id = ?", (customer, event.webhook_id))
+                touched.add(customer)
+            self.conn.execute("RELEASE event")
+            done.append((event.webhook_id, "live"))
+        return touched, done
+
+    def _apply_one(self, event: Pending) -> None:
+        """A privacy or app event, alone and in arrival order; one that fails on its data is parked."""
+        try:
+            outcome = self._handle(event.topic, event.shop, orjson.loads(event.body))
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._park(event, exc)
+            return
+        self._mark([(event.webhook_id, outcome)])
+
+    def _park(self, event: Pending, exc: Exception) -> None:
+        with transaction(self.conn):
+            park(self.conn, event.webhook_id, _reason(exc))
+        log.error("webhook %s (%s) parked as a dead letter: %s", event.webhook_id, event.topic, _reason(exc))
 
     def _mark(self, done: list[tuple[str, str]]) -> None:
         if done:
             stamp = now()
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.executemany("UPDATE events SET applied_at = ?, outcome = ? WHERE webhook_id = ?",
                                       [(stamp, outcome, webhook_id) for webhook_id, outcome in done])
 
     def _handle(self, topic: str, shop: str, payload: dict) -> str:
         if topic == "app/uninstalled":
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.execute("INSERT INTO shops (shop, uninstalled_at) VALUES (?, ?) "
                                   "ON CONFLICT(shop) DO UPDATE SET uninstalled_at = excluded.uninstalled_at",
                                   (shop, now()))
@@ -132,37 +210,37 @@ class Applier:
         if topic == "shop/redact":
             self._snapshot = None
             return json.dumps(privacy.redact_shop(self.settings, self.conn, self.store, shop))
-        customer = payload["customer"]
-        subject = privacy.Subject(int(customer["id"]), customer.get("email") or None,
-                                  {int(o) for o in payload.get("orders_to_redact") or payload.get("orders_requested") or []})
+        customer_id, email, orders, request = customer_request(topic, payload)
+        subject = privacy.Subject(customer_id, email, orders)
         if topic == "customers/redact":
             self._snapshot = None
             return json.dumps(privacy.redact_customer(self.settings, self.conn, self.store, subject))
-        request = (payload.get("data_request") or {}).get("id")
-        path = privacy.export_customer(self.settings, self.conn, self.store, subject, request)
+        privacy.export_customer(self.settings, self.conn, self.store, subject, request)
         return f"exported for data request {request}"  # the file name holds the customer id: not here
 
     # --- live orders ---------------------------------------------------------------------------------
 
     def _upsert(self, topic: str, payload: dict) -> int | None:
-        """Store the order or refund; returns whose features change (None: unknown customer)."""
-        with self.conn:
-            if topic in ORDER_TOPICS:
-                order, items = order_rows(payload)
-                current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
-                                            (order["order_id"],)).fetchone()
-                if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
-                    return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
-                    (order["order_id"], order["customer_id"], order["email"], order["updated_at"], json.dumps(order)))
-                self.conn.execute("DELETE FROM live_line_items WHERE order_id = ?", (order["order_id"],))
-                self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
-                                      [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
-                return order["customer_id"]
-            refund = refund_row(payload)
-            self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
-                              (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+        """Store the order or refund (inside the caller's transaction); returns whose features change."""
+        if topic in ORDER_TOPICS:
+            order, items = order_rows(payload)
+            conform("orders", pd.DataFrame([order]))  # what the features will read must read back
+            conform("line_items", pd.DataFrame(items, columns=SCHEMAS["line_items"].names))
+            current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
+                                        (order["order_id"],)).fetchone()
+            if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
+                return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
+                (order["order_id"], order["customer_id"], order["email"], order["updated_at"], json.dumps(order)))
+            self.conn.execute("DELETE FROM live_line_items WHERE order_id = ?", (order["order_id"],))
+            self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
+                                  [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
+            return order["customer_id"]
+        refund = refund_row(payload)
+        conform("refunds", pd.DataFrame([refund]))
+        self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
+                          (refund["refund_id"], refund["order_id"], json.dumps(refund)))
         return self._customer_of_order(refund["order_id"])
 
     def _customer_of_order(self, order_id: int) -> int | None:
@@ -212,15 +290,20 @@ class Applier:
             "customers": snap["customers"][snap["customers"]["customer_id"].isin(ids)],
         }
 
-    def _refresh(self, customers: set[int]) -> None:
-        """Recompute and write the customers' features: online (next prediction) and offline (history)."""
+    def _features(self, customers: set[int]) -> pd.DataFrame | None:
+        """The customers' features as of now, from the snapshot and what arrived live (None: nobody)."""
         if not customers:
-            return
+            return None
         as_of = datetime.now(timezone.utc) + pd.Timedelta(seconds=1)  # 1 s of clock skew; µs keep batches apart
         frame = customer_features(self.customer_tables(customers), [as_of])
         if frame.empty:
+            return None
+        return frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]]
+
+    def _write_features(self, frame: pd.DataFrame | None) -> None:
+        """Online (the next prediction) and offline (history)."""
+        if frame is None:
             return
-        frame = frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]]
         online.write(self.store, frame)
         self._append_offline(frame)
 
@@ -237,6 +320,10 @@ class Applier:
 
 def _ts(text: str) -> pd.Timestamp:
     return pd.Timestamp(text).tz_convert("UTC") if pd.Timestamp(text).tzinfo else pd.Timestamp(text, tz="UTC")
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
 
 
 def _concat(name: str, frame: pd.DataFrame, live: list[dict]) -> pd.DataFrame:

@@ -1,7 +1,9 @@
-"""``storeflow webhooks`` (the receiver) and ``storeflow sync`` (one incremental bulk pull)."""
+"""``storeflow webhooks`` (the receiver), ``storeflow dead-letters`` (events the applier parked) and
+``storeflow sync`` (one incremental bulk pull)."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
@@ -11,6 +13,7 @@ from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_f
 
 def register(app: typer.Typer) -> None:
     app.command()(webhooks)
+    app.command("dead-letters")(dead_letters)
     app.command()(sync)
 
 
@@ -29,6 +32,30 @@ def webhooks(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def dead_letters(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    requeue: Annotated[Optional[list[str]], typer.Option(help="Hand this parked webhook id back to the applier "
+                                                                 "(repeatable).")] = None,
+    requeue_all: Annotated[bool, typer.Option(help="Hand every parked event back to the applier.")] = False,
+) -> None:
+    """List webhook events the applier parked (one JSON line each: id, shop, topic, times, reason), or requeue them."""
+    settings = settings_from(config, set_)
+    from storeflow.components.shopify import layout
+    from storeflow.components.shopify.journal import connect, read_dead_letters, requeue as hand_back
+
+    if not (requeue or requeue_all):
+        for row in read_dead_letters(layout.journal_path(settings)):
+            typer.echo(json.dumps(row))
+        return
+    conn = connect(layout.journal_path(settings))
+    try:
+        count = hand_back(conn, None if requeue_all else list(requeue or []))
+    finally:
+        conn.close()
+    console.print(f"requeued {count} event(s); the running applier picks them up")
 
 
 def sync(config: ConfigOption = None, set_: SetOption = None) -> None:

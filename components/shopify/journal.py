@@ -5,7 +5,8 @@ survives a crash; the applier turns committed rows into Feast writes afterwards.
 failed delivery up to 8 times over 4 hours with the same ``X-Shopify-Webhook-Id``: the primary key makes
 a retry or duplicate a no-op. Commits are grouped: one writer thread commits every event waiting, so a
 burst costs one fsync per batch rather than per event. ``secure_delete`` overwrites erased rows
-(privacy requests) instead of leaving them in free pages.
+(privacy requests) instead of leaving them in free pages. An event the applier cannot apply is parked
+in ``dead_letters`` with its reason (:func:`park`), so the events after it still apply.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 import queue
 import sqlite3
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +46,19 @@ CREATE TABLE IF NOT EXISTS live_line_items (
 CREATE TABLE IF NOT EXISTS live_refunds (
     refund_id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, row TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shops (shop TEXT PRIMARY KEY, uninstalled_at TEXT);
+-- Events the applier could not apply, with why; the event row stays (outcome 'dead_letter') with its body.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    webhook_id TEXT PRIMARY KEY REFERENCES events(webhook_id),
+    parked_at  TEXT NOT NULL,
+    reason     TEXT NOT NULL
+);
+-- A reason may quote the body it came from: erasing the body (privacy requests) erases the reason too.
+CREATE TRIGGER IF NOT EXISTS dead_letter_erased AFTER UPDATE OF body ON events WHEN NEW.body IS NULL
+BEGIN
+    UPDATE dead_letters SET reason = 'erased' WHERE webhook_id = NEW.webhook_id;
+END;
 """
+DEAD_LETTER = "dead_letter"  # events.outcome of a parked event
 
 
 
@@ -67,8 +82,74 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on a :func:`connect` connection (autocommit otherwise): all or nothing."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What the applier has not done yet, for /healthz."""
+
+    pending: int
+    oldest_pending_seconds: float | None
+    dead_letters: int
+
+
+def backlog(conn: sqlite3.Connection) -> Backlog:
+    pending, oldest = conn.execute("SELECT count(*), min(received_at) FROM events WHERE applied_at IS NULL").fetchone()
+    age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
+    parked = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    return Backlog(pending, age, parked)
+
+
+def park(conn: sqlite3.Connection, webhook_id: str, reason: str) -> None:
+    """Take an event out of the applier's way, with why; inside the caller's transaction."""
+    stamp = now()
+    conn.execute("INSERT OR REPLACE INTO dead_letters (webhook_id, parked_at, reason) VALUES (?, ?, ?)",
+                 (webhook_id, stamp, reason))
+    conn.execute("UPDATE events SET applied_at = ?, outcome = ? WHERE webhook_id = ?", (stamp, DEAD_LETTER, webhook_id))
+
+
+def dead_letters(conn: sqlite3.Connection) -> list[dict]:
+    """Every parked event, oldest first: webhook id, shop, topic, when received and parked, and why."""
+    rows = conn.execute("SELECT d.webhook_id, e.shop, e.topic, e.received_at, d.parked_at, d.reason FROM dead_letters d "
+                        "JOIN events e USING (webhook_id) ORDER BY d.parked_at, d.rowid").fetchall()
+    return [dict(zip(("webhook_id", "shop", "topic", "received_at", "parked_at", "reason"), row)) for row in rows]
+
+
+def read_dead_letters(path: Path) -> list[dict]:
+    """:func:`dead_letters` of the journal at ``path`` (none when nothing was ever received)."""
+    if not path.exists():
+        return []
+    conn = connect(path)
+    try:
+        return dead_letters(conn)
+    finally:
+        conn.close()
+
+
+def requeue(conn: sqlite3.Connection, webhook_ids: list[str] | None = None) -> int:
+    """Hand parked events (all, or those named) back to the applier, e.g. after a fix; returns how many."""
+    chosen = [r["webhook_id"] for r in dead_letters(conn)] if webhook_ids is None else webhook_ids
+    count = 0
+    with transaction(conn):
+        for webhook_id in chosen:
+            if conn.execute("DELETE FROM dead_letters WHERE webhook_id = ?", (webhook_id,)).rowcount:
+                conn.execute("UPDATE events SET applied_at = NULL, outcome = NULL WHERE webhook_id = ?", (webhook_id,))
+                count += 1
+    return count
 
 
 def uninstalled_at(path: Path, shop: str) -> str | None:

@@ -1,72 +1,144 @@
 """``storeflow webhooks``: the ASGI receiver for Shopify webhooks (Starlette).
 
-Per delivery: the HMAC (``X-Shopify-Hmac-Sha256`` over the raw body) is checked by shopifyapp through
-:class:`storeflow.serving.auth.ShopifyVerifier` (constant-time compare, old secret during rotation, shop
-allow-list); topic, webhook id and JSON shape are checked; then the event is committed to the journal
-and only then answered 200. A delivery whose webhook id was seen before is answered 200 and changes
-nothing. Bad input gets a 4xx JSON naming the problem; nothing already stored is touched.
+Per delivery, cheapest and least trusting first: headers are checked for shape (an HMAC that is not a
+base64 SHA-256 digest is 401 before anything is read or computed); the body is read as it arrives, never
+past ``shopify.webhook_max_body_bytes`` + 1 bytes (413) nor longer than
+``shopify.webhook_body_timeout_seconds`` (408; both close the connection); the HMAC (``X-Shopify-Hmac-Sha256`` over the raw body) is
+checked by shopifyapp through :class:`storeflow.serving.auth.ShopifyVerifier` (constant-time compare, old
+secret during rotation, shop allow-list); only then is the body parsed and every field the topic needs
+validated (:mod:`.payloads`); then the event is committed to the journal and only then answered 200.
+A delivery whose webhook id was seen before is answered 200 and changes nothing. Bad input gets a 4xx
+JSON naming the problem; nothing already stored is touched.
+
+``/healthz`` reports the applier: 503 ``behind`` when it is down or the oldest pending event has waited
+longer than ``shopify.apply_max_lag_seconds``, with the pending count, the oldest age and the number of
+dead letters. ``/livez`` only says the receiver answers (a backlog is no reason to restart it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
 import logging
-import multiprocessing
-import os
+import re
 import sqlite3
-import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from storeflow.components.config import Settings
 from storeflow.components.shopify import layout
-from storeflow.components.shopify.journal import Event, Journal
+from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
+from storeflow.components.shopify.supervisor import ApplierSupervisor
 from storeflow.serving.auth import AuthError, ShopifyVerifier, shop_domain
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks"
-REQUIRED_HEADERS = ("x-shopify-hmac-sha256", "x-shopify-topic", "x-shopify-webhook-id", "x-shopify-shop-domain")
+HMAC_HEADER = "x-shopify-hmac-sha256"
+REQUIRED_HEADERS = (HMAC_HEADER, "x-shopify-topic", "x-shopify-webhook-id", "x-shopify-shop-domain")
+TEXT_HEADERS = ("x-shopify-topic", "x-shopify-webhook-id", "x-shopify-shop-domain", "x-shopify-triggered-at")
+MAX_HEADER_CHARS = 255
+SHOP_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+CLOSE = {"Connection": "close"}  # the rest of the body is unread: this connection cannot carry another request
 
 
-def _problem(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": detail, "code": code}, status_code=status)
+class BodyTooLarge(Exception):
+    pass
 
 
-def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, apply: bool = True) -> Starlette:
-    """The receiver. ``apply=False`` only journals (the applier runs elsewhere, e.g. a second process)."""
+def _problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": detail, "code": code}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body as it arrives, stopping as soon as it passes ``limit`` bytes (:class:`BodyTooLarge`)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+def _is_digest(value: str) -> bool:
+    """A base64 SHA-256 digest, the only thing shopifyapp can compare (anything else raised in it)."""
+    if not value.isascii():
+        return False
+    try:
+        return len(base64.b64decode(value, validate=True)) == hashlib.sha256().digest_size
+    except (binascii.Error, ValueError):
+        return False
+
+
+def header_problem(headers: Headers) -> JSONResponse | None:
+    """Missing or malformed headers, before any work is done on the body."""
+    missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
+    if missing:
+        return _problem(400, "missing_header", f"missing header(s): {', '.join(missing)}")
+    if not _is_digest(headers[HMAC_HEADER]):
+        return _problem(401, "invalid_hmac", f"{HMAC_HEADER} is not a base64-encoded SHA-256 digest")
+    for name in TEXT_HEADERS:
+        value = headers.get(name)
+        if value is not None and not (value.isascii() and value.isprintable() and len(value) <= MAX_HEADER_CHARS):
+            return _problem(400, "bad_header", f"{name} must be printable ASCII of at most {MAX_HEADER_CHARS} characters")
+    if not SHOP_HEADER.fullmatch(headers["x-shopify-shop-domain"]):
+        return _problem(400, "bad_header", "x-shopify-shop-domain is not a shop domain")
+    return None
+
+
+def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, apply: bool = True,
+               supervisor: ApplierSupervisor | None = None) -> Starlette:
+    """The receiver. ``apply=True`` applies in a thread of this process; ``apply=False`` only journals, and
+    ``supervisor`` (if given) runs the applier as a process and restarts it (what ``serve`` does)."""
     verifier = verifier or ShopifyVerifier.from_settings(settings)
-    limit = settings.shopify.webhook_max_body_bytes
+    cfg = settings.shopify
+    limit = cfg.webhook_max_body_bytes
+    too_large = f"body over {limit} bytes"
 
     async def receive(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            return _problem(413, "body_too_large", f"body over {limit} bytes")
-        raw = await request.body()
-        if len(raw) > limit:
-            return _problem(413, "body_too_large", f"body over {limit} bytes")
+            return _problem(413, "body_too_large", too_large, CLOSE)
+        problem = header_problem(request.headers)
+        if problem is not None:
+            problem.headers.update(CLOSE)  # answered without reading the body
+            return problem
+        try:
+            async with asyncio.timeout(cfg.webhook_body_timeout_seconds):
+                raw = await read_body(request, limit)
+        except BodyTooLarge:
+            return _problem(413, "body_too_large", too_large, CLOSE)
+        except TimeoutError:
+            return _problem(408, "body_timeout", f"body not received within {cfg.webhook_body_timeout_seconds} s",
+                            CLOSE)
+        except ClientDisconnect:
+            return _problem(400, "client_disconnected", "the client went away before sending the whole body")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return _problem(400, "not_utf8", "body is not UTF-8 JSON")
-        missing = [h for h in REQUIRED_HEADERS if not request.headers.get(h)]
-        if missing:
-            return _problem(400, "missing_header", f"missing header(s): {', '.join(missing)}")
         try:
             principal = verifier.verify_webhook(request.method, str(request.url), dict(request.headers), text)
         except AuthError as exc:
             return _problem(401, exc.code, f"webhook rejected: {exc.detail}")
+        except RecursionError:  # shopifyapp json.loads the body (to redact its log) before comparing the HMAC
+            return _problem(400, "too_deep", "body nests too deeply to be a webhook; not checked further")
         topic = request.headers["x-shopify-topic"]
         if topic not in TOPICS:
             return _problem(400, "unknown_topic", f"topic {topic!r} is not handled here; handled: {sorted(TOPICS)}")
         try:
-            payload: Any = orjson.loads(raw)
+            payload: Any = orjson.loads(raw)  # after the HMAC; orjson refuses over 1024 levels (no recursion)
         except orjson.JSONDecodeError as exc:
             return _problem(400, "malformed_json", f"body is not valid JSON: {exc}")
         try:
@@ -83,64 +155,63 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         return JSONResponse({"status": "accepted" if fresh else "duplicate", "webhook_id": event.webhook_id})
 
     async def health(request: Request) -> JSONResponse:
-        pending = request.app.state.reader.execute("SELECT count(*) FROM events WHERE applied_at IS NULL").fetchone()[0]
-        return JSONResponse({"status": "ok", "pending": pending})
+        state = backlog(request.app.state.reader)
+        applier = request.app.state.applier_state()
+        late = state.oldest_pending_seconds is not None and state.oldest_pending_seconds > cfg.apply_max_lag_seconds
+        behind = applier == "down" or late
+        oldest = round(state.oldest_pending_seconds, 3) if state.oldest_pending_seconds is not None else None
+        return JSONResponse({"status": "behind" if behind else "ok", "applier": applier, "pending": state.pending,
+                             "oldest_pending_seconds": oldest, "dead_letters": state.dead_letters},
+                            status_code=503 if behind else 200)
+
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         app.state.journal = Journal(layout.journal_path(settings))
         app.state.reader = sqlite3.connect(layout.journal_path(settings), timeout=30)
         app.state.applier = None
+        app.state.supervisor = supervisor
+        app.state.applier_state = _applier_state(app)
         if apply:
             from storeflow.components.shopify.apply import Applier
 
             app.state.applier = Applier(settings, app.state.journal.committed)
             app.state.applier.start()
+        if supervisor is not None:
+            supervisor.start()
         try:
             yield
         finally:
             if app.state.applier:
                 app.state.applier.stop()
+            if supervisor is not None:
+                supervisor.stop()
             app.state.journal.close()
             app.state.reader.close()
 
-    return Starlette(routes=[Route(PATH, receive, methods=["POST"]), Route("/healthz", health, methods=["GET"])],
-                     lifespan=lifespan)
+    return Starlette(routes=[Route(PATH, receive, methods=["POST"]), Route("/healthz", health, methods=["GET"]),
+                             Route("/livez", live, methods=["GET"])], lifespan=lifespan)
 
 
-def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
-    """The applier as its own process: Feast writes never hold the receiver's GIL.
-
-    It ends when the receiver has gone: uvicorn re-raises the SIGTERM it handled, so the receiver dies
-    without running its ``finally`` and would leave this process applying on its own.
-    """
-    from storeflow.components.config import load_settings
-    from storeflow.components.shopify.apply import Applier
-
-    settings = load_settings(settings_json)
-    applier = Applier(settings)
-    while receiver_pid is None or os.getppid() == receiver_pid:
-        try:
-            if not applier.drain():
-                time.sleep(settings.shopify.apply_idle_seconds)
-        except Exception:  # noqa: BLE001 - events stay journaled; retry
-            log.exception("applying webhook events failed; retrying")
-            time.sleep(5)
+def _applier_state(app: Starlette) -> Callable[[], str]:
+    """``running`` / ``down`` for an applier this receiver runs; ``external`` when it runs none."""
+    def state() -> str:
+        runner = app.state.applier or app.state.supervisor
+        if runner is None:
+            return "external"
+        up = runner.alive() if app.state.applier else runner.running
+        return "running" if up else "down"
+    return state
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     cfg = settings.shopify
-    app = create_app(settings, apply=False)
-    applier = multiprocessing.get_context("spawn").Process(target=run_applier, args=(settings.to_json(), os.getpid()),
-                                                           name="webhook-applier", daemon=True)
-    applier.start()
+    app = create_app(settings, apply=False, supervisor=ApplierSupervisor(settings))
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
              port or cfg.webhook_port, PATH)
-    try:
-        uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
-                    access_log=False, log_level="warning")
-    finally:
-        applier.terminate()
-        applier.join(10)
+    uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
+                access_log=False, log_level="warning")

@@ -1,0 +1,111 @@
+"""The applier as its own process, restarted when it dies.
+
+Under ``storeflow webhooks`` the receiver only journals; a spawned process applies (Feast writes never
+hold the receiver's GIL). If that process dies (a crash, the OOM killer, kill -9), the receiver starts a
+new one after ``shopify.applier_restart_seconds``, doubling per crash in a row up to
+``shopify.applier_restart_max_seconds``; the journal keeps every event meanwhile, and /healthz says
+``behind`` while no applier runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+import time
+
+from storeflow.components.config import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5  # how soon stop() is noticed by the watcher
+
+
+def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
+    """The applier process's loop: apply, or sleep when there is nothing to apply.
+
+    It ends when the receiver has gone: uvicorn re-raises the SIGTERM it handled, so the receiver dies
+    without running its ``finally`` and would leave this process applying on its own.
+    """
+    from storeflow.components.config import load_settings
+    from storeflow.components.shopify.apply import Applier
+
+    settings = load_settings(settings_json)
+    applier = Applier(settings)
+    failures = 0
+    while receiver_pid is None or os.getppid() == receiver_pid:
+        try:
+            if not applier.drain():
+                time.sleep(settings.shopify.apply_idle_seconds)
+            failures = 0
+        except Exception:  # noqa: BLE001 - events stay journaled; retry
+            failures += 1
+            log.exception("applying webhook events failed; retrying")
+            time.sleep(min(settings.shopify.applier_restart_max_seconds,
+                           settings.shopify.applier_restart_seconds * 2 ** min(failures, 8)))
+
+
+class ApplierSupervisor:
+    """Starts the applier process and restarts it, with backoff, whenever it exits."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.restarts = 0
+        self._process: multiprocessing.Process | None = None
+        self._running = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether an applier process is up (False while waiting to restart one)."""
+        return self._running
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="applier-supervisor")
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(10)
+        self._running = False
+
+    def _spawn(self) -> None:
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=run_applier, args=(self.settings.to_json(), os.getpid()), name="webhook-applier", daemon=True)
+        self._process.start()
+        self._running = True
+
+    def _watch(self) -> None:
+        cfg = self.settings.shopify
+        delay = cfg.applier_restart_seconds
+        started = time.monotonic()
+        while not self._stop.is_set():
+            assert self._process is not None
+            if not multiprocessing.connection.wait([self._process.sentinel], POLL_SECONDS):
+                continue
+            self._process.join()
+            self._running = False
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started > cfg.applier_restart_max_seconds:
+                delay = cfg.applier_restart_seconds  # it had been up a while: not a crash loop
+            log.error("the webhook applier (pid %s) exited with %s; restarting it in %.1f s",
+                      self._process.pid, self._process.exitcode, delay)
+            if self._stop.wait(delay):
+                return
+            self._spawn()
+            self.restarts += 1
+            started = time.monotonic()
+            delay = min(delay * 2, cfg.applier_restart_max_seconds)

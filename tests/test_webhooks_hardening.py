@@ -1,0 +1,284 @@
+"""The webhook receiver under hostile or broken input (issue 11): no 5xx from unauthenticated bytes, reads
+bounded in size and time, a poison event parked instead of blocking the rest, health that says when the
+applier is behind."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+from test_webhook_signing import SHOP, delivery, order, refund
+from test_webhooks import ADA, client, hooks, journal, online, post  # noqa: F401 - fixtures
+
+from storeflow.components.config import load_settings
+from storeflow.components.shopify import layout
+from storeflow.components.shopify.journal import Event, Journal, connect, read_dead_letters, requeue
+from storeflow.components.shopify.webhooks import create_app
+
+GRACE = 7390277763243
+BOGUS_HMAC = "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ="  # a well-formed digest of something else
+
+
+def with_shopify(settings, **shopify):
+    data = json.loads(settings.to_json())
+    return load_settings({**data, "shopify": {**data.get("shopify", {}), **shopify}})
+
+
+def stored_by_an_older_receiver(settings, topic: str, payload: dict, webhook_id: str) -> None:
+    """Journal an event as the receiver did before it validated every field."""
+    journal_ = Journal(layout.journal_path(settings))
+    try:
+        journal_.record_now(Event(webhook_id, SHOP, topic, json.dumps(payload).encode(), ADA))
+    finally:
+        journal_.close()
+
+
+# --- 500s from unauthenticated or malformed input ------------------------------------------------------
+
+def test_a_non_ascii_hmac_header_is_a_401_naming_the_header(client):
+    bad = delivery("orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-1")
+    bad["headers"]["X-Shopify-Hmac-Sha256"] = "\u00e9".encode() + BOGUS_HMAC[2:].encode()  # raw UTF-8 bytes
+
+    response = client.post("/webhooks", **bad)
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_hmac" and "x-shopify-hmac-sha256" in response.json()["error"]
+
+
+def test_a_deeply_nested_body_with_a_bogus_hmac_is_a_4xx_not_a_crash(client, hooks):
+    deep = b"[" * 5000 + b"]" * 5000
+    bad = delivery("orders/create", deep, "wh-deep")
+    bad["headers"]["X-Shopify-Hmac-Sha256"] = BOGUS_HMAC
+
+    response = client.post("/webhooks", **bad)
+
+    assert 400 <= response.status_code < 500
+    assert response.json()["code"] in ("too_deep", "invalid_hmac")
+    assert journal(hooks, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_deeply_nested_signed_body_is_a_400(client):
+    response = client.post("/webhooks", **delivery("orders/create", b'{"id": 1, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                                                   "wh-deep"))
+    assert response.status_code == 400 and response.json()["code"] in ("too_deep", "malformed_json")
+
+
+@pytest.mark.parametrize(("topic", "change", "field"), [
+    ("orders/create", {"line_items": 7}, "line_items"),
+    ("orders/create", {"created_at": "yesterday"}, "created_at"),
+    ("orders/create", {"total_price_set": [1]}, "total_price_set"),
+    ("orders/create", {"customer": {"id": "7390245781931"}}, "customer.id"),
+    ("orders/create", {"id": 2**64}, "id"),
+    ("orders/paid", {"email": 5}, "email"),
+    ("refunds/create", {"transactions": [{"kind": "refund", "amount": "lots"}]}, "transactions[0].amount"),
+    ("customers/redact", {"orders_to_redact": "all"}, "orders_to_redact"),
+])
+def test_a_signed_payload_with_a_wrong_type_is_a_400_naming_the_field(client, hooks, topic, change, field):
+    base = (refund(77001, 9001, 5.0) if topic.startswith("refunds")
+            else {"customer": {"id": ADA}, "orders_to_redact": []} if topic.startswith("customers")
+            else order(9001, ADA, "ada@example.com", 40.0))
+
+    response = post(client, topic, {**base, **change}, "wh-typed")
+
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_payload" and f"'{field}'" in response.json()["error"]
+    assert journal(hooks, "SELECT count(*) FROM events") == [(0,)]
+
+
+# --- poison events ---------------------------------------------------------------------------------------
+
+def test_an_event_that_fails_to_apply_is_parked_and_the_later_ones_apply(client, hooks):
+    bad = {**order(9001, ADA, "ada@example.com", 40.0), "created_at": "yesterday", "updated_at": None}
+    stored_by_an_older_receiver(hooks, "orders/create", bad, "wh-poison")
+    post(client, "orders/create", order(9002, ADA, "ada@example.com", 25.0), "wh-2")
+    post(client, "orders/create", order(9003, GRACE, "grace@example.org", 60.0), "wh-3")
+
+    client.app.state.applier.drain()
+
+    assert online(hooks, ADA)["frequency"] == [1] and online(hooks, GRACE)["monetary"] == [pytest.approx(60.0)]
+    assert journal(hooks, "SELECT webhook_id, outcome FROM events ORDER BY webhook_id") == [
+        ("wh-2", "live"), ("wh-3", "live"), ("wh-poison", "dead_letter")]
+    assert journal(hooks, "SELECT count(*) FROM live_orders WHERE order_id = 9001") == [(0,)]
+    [parked] = read_dead_letters(layout.journal_path(hooks))
+    assert parked["webhook_id"] == "wh-poison" and "created_at" in parked["reason"]
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json() | {"oldest_pending_seconds": None} == {
+        "status": "ok", "applier": "running", "pending": 0, "oldest_pending_seconds": None, "dead_letters": 1}
+
+
+def test_a_batch_whose_features_fail_is_split_until_only_the_bad_event_is_parked(client, hooks, monkeypatch):
+    """Features are computed for the whole batch at once; a failure there (here: one customer's) must not
+    hold back, or park, the other customers' events in the same batch."""
+    from storeflow.components.shopify import apply
+
+    real = apply.customer_features
+
+    def fails_for_grace(tables, as_of):
+        if GRACE in set(tables["orders"]["customer_id"]):
+            raise ValueError("cannot compute features for this customer")
+        return real(tables, as_of)
+
+    monkeypatch.setattr(apply, "customer_features", fails_for_grace)
+    client.app.state.applier.stop()  # journal everything first: one batch
+    client.app.state.applier = apply.Applier(hooks)
+    for i, customer in enumerate([ADA, ADA, GRACE, ADA, ADA, ADA, ADA, ADA]):
+        post(client, "orders/create", order(9100 + i, customer, f"{customer}@example.com", 10.0), f"wh-{i}")
+
+    assert client.app.state.applier.drain() == 8
+
+    assert journal(hooks, "SELECT webhook_id FROM dead_letters") == [("wh-2",)]
+    assert journal(hooks, "SELECT count(*) FROM events WHERE outcome = 'live'") == [(7,)]
+    assert online(hooks, ADA)["frequency"] == [7]
+    assert journal(hooks, f"SELECT count(*) FROM live_orders WHERE customer_id = {GRACE}") == [(0,)]
+
+
+def test_a_parked_event_can_be_requeued_and_nothing_is_lost(client, hooks):
+    bad = {**order(9001, ADA, "ada@example.com", 40.0), "line_items": 7}
+    stored_by_an_older_receiver(hooks, "orders/create", bad, "wh-poison")
+    client.app.state.applier.drain()
+    conn = connect(layout.journal_path(hooks))
+    try:
+        assert conn.execute("SELECT body IS NOT NULL FROM events WHERE webhook_id = 'wh-poison'").fetchone() == (1,)
+        conn.execute("UPDATE events SET body = ? WHERE webhook_id = 'wh-poison'",  # the merchant fixed it
+                     (json.dumps({**bad, "line_items": []}).encode(),))
+        assert requeue(conn) == 1
+    finally:
+        conn.close()
+
+    client.app.state.applier.drain()
+
+    assert journal(hooks, "SELECT outcome FROM events") == [("live",)] and read_dead_letters(layout.journal_path(hooks)) == []
+    assert online(hooks, ADA)["frequency"] == [1]
+
+
+def test_erasing_a_parked_events_body_erases_its_reason(client, hooks):
+    stored_by_an_older_receiver(hooks, "orders/create", {**order(9001, ADA, "ada@example.com", 40.0), "email": 5},
+                                "wh-poison")
+    client.app.state.applier.drain()
+    with connect(layout.journal_path(hooks)) as conn:
+        conn.execute("UPDATE events SET body = NULL WHERE webhook_id = 'wh-poison'")  # what privacy erasure does
+    assert [r["reason"] for r in read_dead_letters(layout.journal_path(hooks))] == ["erased"]
+
+
+# --- health ------------------------------------------------------------------------------------------------
+
+def test_health_says_behind_when_the_oldest_pending_event_waited_too_long(hooks):
+    with TestClient(create_app(with_shopify(hooks, apply_max_lag_seconds=60), apply=False)) as c:
+        post(c, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-1")
+        assert c.get("/healthz").status_code == 200
+        with connect(layout.journal_path(hooks)) as conn:
+            conn.execute("UPDATE events SET received_at = '2026-01-01T00:00:00+00:00'")
+
+        health = c.get("/healthz")
+        live = c.get("/livez")
+
+    assert health.status_code == 503
+    body = health.json()
+    assert (body["status"], body["pending"], body["applier"]) == ("behind", 1, "external")
+    assert body["oldest_pending_seconds"] > 3600
+    assert live.status_code == 200
+
+
+def test_health_says_behind_when_the_applier_thread_died(client, hooks):
+    client.app.state.applier.stop()
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json()["applier"] == "down"
+
+
+# --- bounded reads ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def listening(app) -> Iterator[int]:
+    """The app under uvicorn (httptools, as ``storeflow webhooks`` runs it) on a free loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            threading.Event().wait(0.05)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def request_head(port: int, extra: str) -> bytes:
+    headers = delivery("orders/create", b"{}", "wh-big")["headers"]
+    lines = [f"POST /webhooks HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items()), extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bool]:
+    """What the server answered, and whether it then closed the connection."""
+    sock.setblocking(True)
+    sock.settimeout(30)
+    data = b""
+    while True:
+        try:
+            part = sock.recv(65536)
+        except ConnectionResetError:
+            return data, True
+        if not part:
+            return data, True
+        data += part
+        if b"\r\n\r\n" in data and data.endswith(b"}"):
+            try:
+                more = sock.recv(1)
+            except ConnectionResetError:
+                return data, True
+            return data, more == b""
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_is_still_arriving(hooks):
+    limit = 64 * 1024
+    frame = b"%x\r\n%s\r\n" % (limit, b"a" * limit)
+    frames = 1024  # 64 MiB: far more than any socket buffer on the way
+    with listening(create_app(with_shopify(hooks, webhook_max_body_bytes=limit), apply=False)) as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(request_head(port, "Transfer-Encoding: chunked"))
+        sock.setblocking(False)
+        sent, offset = 0, 0
+        while sent < frames:
+            readable, writable, _ = select.select([sock], [sock], [], 30)
+            if readable:
+                break
+            assert writable, "the server neither read nor answered"
+            try:
+                offset += sock.send(frame[offset:])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if offset == len(frame):
+                sent, offset = sent + 1, 0
+        else:
+            sock.setblocking(True)
+            sock.sendall(b"0\r\n\r\n")
+        answer, closed = read_answer(sock)
+        sock.close()
+
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer
+    assert sent < frames // 2, f"the server read {sent} of {frames} frames before answering"
+    assert closed
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closed(hooks):
+    with listening(create_app(with_shopify(hooks, webhook_body_timeout_seconds=0.5), apply=False)) as port:
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        for sock in socks:
+            sock.sendall(request_head(port, "Content-Length: 1000") + b'{"id": 1')  # and then nothing
+        answers = [read_answer(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+
+    assert all(answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer for answer, _ in answers)
+    assert all(closed for _, closed in answers)
