@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storeflow.components.config import Settings
+from storeflow.pipelines.api_errors import api_errors, probe
 from storeflow.pipelines.compile import pipeline_package
 
 
@@ -34,11 +35,14 @@ def client(settings: Settings, host: str | None = None, token: str | None = None
     if not host:
         raise ValueError("no Kubeflow Pipelines host: pass --host or set kfp.host")
     kwargs: dict = {"host": host, "namespace": settings.kfp.namespace}
+    token_file = Path(settings.kfp.token_path)
     if token:
         kwargs["existing_token"] = token
-    elif Path(settings.kfp.token_path).exists():
-        kwargs["credentials"] = kfp.client.ServiceAccountTokenVolumeCredentials(path=str(settings.kfp.token_path))
-    return kfp.Client(**kwargs)
+    elif token_file.exists():
+        kwargs["credentials"] = kfp.client.ServiceAccountTokenVolumeCredentials(path=str(token_file))
+    probe(host, token or (token_file.read_text().strip() if token_file.exists() else None))
+    with api_errors(host):
+        return kfp.Client(**kwargs)
 
 
 def submit(settings: Settings, host: str | None = None, token: str | None = None, run_name: str | None = None,
@@ -49,15 +53,16 @@ def submit(settings: Settings, host: str | None = None, token: str | None = None
         raise FileNotFoundError(f"{package} does not exist: run `storeflow compile` first")
     host = host or settings.kfp.host
     kfp_client = client(settings, host, token)
-    result = kfp_client.create_run_from_pipeline_package(
-        str(package),
-        arguments={"config_json": cluster_config_json(settings), **(parameters or {})},
-        run_name=run_name,
-        experiment_name=settings.kfp.experiment,
-        namespace=settings.kfp.namespace,
-        service_account=settings.kfp.service_account,
-        enable_caching=settings.kfp.enable_caching,
-    )
+    with api_errors(str(host)):
+        result = kfp_client.create_run_from_pipeline_package(
+            str(package),
+            arguments={"config_json": cluster_config_json(settings), **(parameters or {})},
+            run_name=run_name,
+            experiment_name=settings.kfp.experiment,
+            namespace=settings.kfp.namespace,
+            service_account=settings.kfp.service_account,
+            enable_caching=settings.kfp.enable_caching,
+        )
     return Submitted(run_id=result.run_id, url=f"{str(host).rstrip('/')}/#/runs/details/{result.run_id}")
 
 
@@ -70,15 +75,16 @@ def schedule(settings: Settings, cron: str, host: str | None = None, token: str 
     package = package or pipeline_package(pipeline)
     name = name or {"training": "storeflow-retraining"}.get(pipeline, f"storeflow-{pipeline}")
     kfp_client = client(settings, host, token)
-    experiment = kfp_client.create_experiment(settings.kfp.experiment, namespace=settings.kfp.namespace)
-    job = kfp_client.create_recurring_run(
-        experiment_id=experiment.experiment_id,
-        job_name=name,
-        cron_expression=cron,
-        pipeline_package_path=str(package),
-        params={"config_json": cluster_config_json(settings)},
-        service_account=settings.kfp.service_account,
-        enable_caching=settings.kfp.enable_caching,
-        max_concurrency=1,
-    )
+    with api_errors(str(host or settings.kfp.host)):
+        experiment = kfp_client.create_experiment(settings.kfp.experiment, namespace=settings.kfp.namespace)
+        job = kfp_client.create_recurring_run(
+            experiment_id=experiment.experiment_id,
+            job_name=name,
+            cron_expression=cron,
+            pipeline_package_path=str(package),
+            params={"config_json": cluster_config_json(settings)},
+            service_account=settings.kfp.service_account,
+            enable_caching=settings.kfp.enable_caching,
+            max_concurrency=1,
+        )
     return job.recurring_run_id

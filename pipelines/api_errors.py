@@ -1,0 +1,62 @@
+"""A Kubeflow Pipelines API that cannot be used from here, said in one line naming the host and what to check.
+
+kfp.Client answers an unreachable API with a urllib3 traceback and an unauthorized one with half a minute
+of healthz retries, then a traceback; ``submit`` and ``schedule`` probe once and translate instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+HEALTHZ = "/apis/v2beta1/healthz"
+EXAMPLE_HOST = "https://kubeflow.example.com/pipeline"
+
+
+class KfpApiError(ValueError):
+    """A ValueError, so the CLI prints the one line (exit 2) and monitoring's retrain retries next window."""
+
+
+def unreachable(host: str, exc: Exception) -> KfpApiError:
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    cause = re.sub(r"\[Errno -?\d+\] ", "", first_line)
+    return KfpApiError(f"cannot reach the Kubeflow Pipelines API at {host} ({cause}): check --host / kfp.host "
+                       "and that this machine reaches it (VPN, kubectl port-forward)")
+
+
+def refused(host: str, status: int, reason: str) -> KfpApiError:
+    check = {401: "check the token (--token / STOREFLOW_KFP_TOKEN, or kfp.token_path in-cluster)",
+             403: "the token is not allowed this: check that its service account or profile may use "
+                  "kfp.namespace and kfp.experiment"}.get(
+        status, f"check that --host / kfp.host is the pipelines API itself, e.g. {EXAMPLE_HOST}")
+    return KfpApiError(f"the Kubeflow Pipelines API at {host} answered HTTP {status} {reason}: {check}")
+
+
+def probe(host: str, bearer: str | None, timeout: float = 10) -> None:
+    """One GET of the API's healthz with the caller's token; raises :class:`KfpApiError` unless it answers 2xx."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    try:
+        answer = httpx.get(f"{host.rstrip('/')}{HEALTHZ}", headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise unreachable(host, exc) from exc
+    if not answer.is_success:
+        raise refused(host, answer.status_code, answer.reason_phrase)
+
+
+@contextlib.contextmanager
+def api_errors(host: str) -> Iterator[None]:
+    """kfp's connection and auth failures as :class:`KfpApiError`; any other API error passes unchanged."""
+    import kfp_server_api
+    import urllib3
+
+    try:
+        yield
+    except kfp_server_api.ApiException as exc:
+        if exc.status in (401, 403):
+            raise refused(host, exc.status, exc.reason) from exc
+        raise
+    except urllib3.exceptions.HTTPError as exc:
+        raise unreachable(host, exc) from exc

@@ -1,0 +1,97 @@
+"""`storeflow submit` / `schedule` against an API that cannot be used: one line naming the host and what to
+check, never kfp's traceback. The APIs are a closed port and loopback servers that refuse every request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import free_port
+from storeflow.components.config import load_settings
+from storeflow.pipelines.api_errors import HEALTHZ, KfpApiError
+from storeflow.pipelines.cli import app
+from storeflow.pipelines.submit import submit
+
+COMMANDS = {"submit": ["submit"], "schedule": ["schedule", "0 0 3 * * *"]}
+
+
+@contextmanager
+def refusing_api(status: int, healthz_status: int | None = None) -> Iterator[str]:
+    """Answers ``status`` to every request (healthz gets ``healthz_status`` when given); yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            code = healthz_status if healthz_status and self.path.startswith(HEALTHZ) else status
+            body = b'{"multi_user": false}' if code == 200 else b'{"error": "no", "code": 16}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, host: str) -> tuple[int, list[str]]:
+    monkeypatch.chdir(tmp_path)
+    args = [*COMMANDS[command], "--host", host, "--token", "t0ken",
+            "--set", f"kfp.token_path={tmp_path / 'no-token'}", "--set", f"project.state_dir={tmp_path / 'state'}"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_closed_port_is_one_line_naming_the_host(tmp_path, monkeypatch, command) -> None:
+    host = f"http://127.0.0.1:{free_port()}"
+    code, lines = _cli(tmp_path, monkeypatch, command, host)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"cannot reach the Kubeflow Pipelines API at {host}" in lines[0]
+    assert "refused" in lines[0].lower() and "check --host / kfp.host" in lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(("status", "check"), [(401, "check the token (--token / STOREFLOW_KFP_TOKEN"),
+                                                (403, "service account or profile")])
+def test_an_unauthorized_api_is_one_line_saying_what_to_check(tmp_path, monkeypatch, command, status, check) -> None:
+    with refusing_api(status) as host:
+        code, lines = _cli(tmp_path, monkeypatch, command, host)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the Kubeflow Pipelines API at {host} answered HTTP {status}" in lines[0] and check in lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_refusal_past_an_open_healthz_is_one_line_too(tmp_path, monkeypatch, command) -> None:
+    """Healthz needs no token on some installs; the run and experiment calls do."""
+    with refusing_api(401, healthz_status=200) as host:
+        code, lines = _cli(tmp_path, monkeypatch, command, host)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"at {host} answered HTTP 401" in lines[0] and "--token" in lines[0]
+
+
+def test_a_wrong_path_on_the_host_names_the_api_path(tmp_path) -> None:
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                              "kfp": {"token_path": str(tmp_path / "no-token")}})
+    with refusing_api(404) as host, pytest.raises(KfpApiError) as refused:
+        submit(settings, host=host, token="t")
+    assert "\n" not in str(refused.value)
+    assert f"{host} answered HTTP 404" in str(refused.value) and "is the pipelines API itself" in str(refused.value)
