@@ -53,7 +53,7 @@ def test_a_clean_store_passes_every_rule():
     report = validate_tables(store(), CONFIG, NOW)
     assert report.passed and report.findings == [] and report.rules == list(RULES)
     assert report.row_counts == {"orders": 3, "line_items": 3, "customers": 1, "products": 1, "refunds": 1}
-    assert str(report).startswith("Validation passed: 8 rules checked on 3 orders")
+    assert str(report).startswith(f"Validation passed: {len(RULES)} rules checked on 3 orders")
 
 
 @pytest.mark.parametrize(
@@ -65,8 +65,10 @@ def test_a_clean_store_passes_every_rule():
          {("missing_customer_ids", "orders"): (2, [2, 3])}),
         (store([order(1), order(2, total_price=-5.0), order(3, total_discounts=-1.0)]),
          {("negative_totals", "orders"): (2, [2, 3])}),
-        (store([order(1), order(2, currency="XYZ"), order(3, currency=None)]),
+        (store([order(1), order(2, currency="XYZ"), order(3, currency="usd")]),
          {("unknown_currencies", "orders"): (2, [2, 3])}),
+        (store([order(1, customer_id=None), order(2, customer_id=None)], items=[]),
+         {("no_customers", "orders"): (2, []), ("missing_customer_ids", "orders"): (2, [1, 2])}),
         (store(orders=[order(1), order(2), order(3)],
                items=[{"line_item_id": 11, "order_id": 1, "product_id": 5, "sku": "S", "title": "T", "quantity": 1,
                        "price": 1.0}, {"line_item_id": 44, "order_id": 4, "product_id": 5, "sku": "S",
@@ -76,12 +78,36 @@ def test_a_clean_store_passes_every_rule():
         (store([order(1), order(2, updated_at=NOW + timedelta(minutes=11)), order(3, created_at=NOW + timedelta(minutes=9))]),
          {("future_timestamps", "orders"): (1, [2])}),  # 9 minutes ahead is within the 10-minute skew
     ],
-    ids=["duplicate", "missing-customer", "negative", "currency", "orphan", "empty", "future"],
+    ids=["duplicate", "missing-customer", "negative", "currency", "no-customers", "orphan", "empty", "future"],
 )
 def test_each_rule_names_its_rows(tables, expected):
     report = validate_tables(tables, STRICT, NOW)
     assert not report.passed
     assert failures(report) == expected
+
+
+def test_values_the_stages_need_are_required_and_each_null_column_is_named_with_its_count():
+    tables = store([order(1), order(2, created_at=None, total_price=None), order(3, created_at=None, currency=None)],
+                   items=[{"line_item_id": 11, "order_id": 1, "product_id": None, "sku": None, "title": "T",
+                           "quantity": None, "price": 2.0}])
+    report = validate_tables(tables, CONFIG, NOW)
+    assert not report.passed and report.failed_rules == ["required_values"]
+    assert [(f.table, f.message, f.examples) for f in report.findings] == [
+        ("orders", "2 of 3 orders row(s) have no created_at", [2, 3]),
+        ("orders", "1 of 3 orders row(s) have no total_price", [2]),
+        ("orders", "1 of 3 orders row(s) have no currency", [3]),
+        ("line_items", "1 of 1 line_items row(s) have no quantity", [11]),  # product_id may be null (deleted)
+    ]
+    assert "required_values [orders]: 2 of 3 orders row(s) have no created_at: order_id 2, 3" in report.render()
+
+
+def test_duplicates_dropped_at_ingest_are_a_warning_even_when_every_rule_is_strict():
+    report = validate_tables(store(), STRICT, NOW, duplicates_dropped={"line_items": 2, "orders": 1, "refunds": 0})
+    assert report.passed and report.findings == []
+    assert [(w.rule, w.table, w.count) for w in report.warnings] == [
+        ("duplicate_lines", "orders", 1), ("duplicate_lines", "line_items", 2)]
+    assert "  - warning: duplicate_lines [orders]: 1 exact duplicate row(s) in the input, dropped at ingest" in (
+        report.render())
 
 
 def test_other_tables_duplicate_ids_and_future_timestamps_are_named_per_table():
@@ -98,7 +124,7 @@ def test_examples_are_capped_but_the_count_is_not_and_the_text_says_so():
     (finding,) = report.findings
     assert (finding.count, finding.examples) == (30, [1, 2, 3])
     text = report.render()
-    assert text.splitlines()[0].startswith("Validation FAILED: 1 of 8 rules failed (unknown_currencies)")
+    assert text.splitlines()[0].startswith(f"Validation FAILED: 1 of {len(RULES)} rules failed (unknown_currencies)")
     assert "unknown_currencies [orders]: 30 order(s) in currencies outside validate.currencies ('XYZ')" in text
     assert "order_id 1, 2, 3 (+27 more)" in text
 

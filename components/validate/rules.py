@@ -2,14 +2,15 @@
 
 A rule returns one finding per table it fails on (none when it passes). Rules catch what would
 silently corrupt features and labels downstream: the same order twice, orders that belong to nobody,
-money below zero, events from the future, currencies the store does not take, line items whose order
-is gone, or nothing to learn from at all.
+values the stages need left empty (a field renamed or missing in the input), money below zero, events
+from the future, currencies the store does not take, line items whose order is gone, or nothing to
+learn from at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
@@ -24,19 +25,31 @@ Tables = dict[str, pd.DataFrame]
 ID_COLUMNS = {"orders": "order_id", "line_items": "line_item_id", "customers": "customer_id",
               "products": "product_id", "refunds": "refund_id"}
 MONEY_COLUMNS = ("total_price", "subtotal_price", "total_discounts")
+# Values the stages cannot do without (ids and joins, label times, money, currency). A null one is a
+# field missing or renamed in the input; customer_id may be null (a guest order, see no_customers).
+REQUIRED = {
+    "orders": ("order_id", "created_at", "total_price", "currency"),
+    "line_items": ("line_item_id", "order_id", "quantity", "price"),
+    "customers": ("customer_id",),
+    "products": ("product_id",),
+    "refunds": ("refund_id", "order_id", "amount"),
+}
+# Rules that report what ingest already repaired: always warnings, whatever validate.warn_only says.
+NOTICES = frozenset({"duplicate_lines"})
 
 
 @dataclass(frozen=True)
 class Context:
     config: ValidateConfig
     now: datetime
+    duplicates_dropped: Mapping[str, int] = field(default_factory=dict)  # per table, from the ingest manifest
 
 
 def _finding(rule: str, table: str, rows: pd.DataFrame, message: str, config: ValidateConfig,
              count: int | None = None) -> RuleFinding:
     id_column = ID_COLUMNS[table]
-    ids = rows[id_column].drop_duplicates().head(config.max_failures_listed)
-    examples = [None if pd.isna(value) else int(value) for value in ids]
+    ids = rows[id_column].dropna().drop_duplicates().head(config.max_failures_listed)
+    examples = [int(value) for value in ids]
     return RuleFinding(rule, table, len(rows) if count is None else count, message, id_column, examples)
 
 
@@ -67,6 +80,37 @@ def duplicate_ids(tables: Tables, ctx: Context) -> list[RuleFinding]:
             findings.append(_finding("duplicate_ids", table, repeated,
                                      f"{ids} {column}(s) on {len(repeated)} conflicting rows", ctx.config, count=ids))
     return findings
+
+
+def duplicate_lines(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    """Exact duplicates (the same record exported twice) that ingest dropped: the data is right, but say so."""
+    counts = {table: ctx.duplicates_dropped.get(table, 0) for table in SCHEMAS}
+    return [RuleFinding("duplicate_lines", table, count,
+                        f"{count} exact duplicate row(s) in the input, dropped at ingest (one of each kept)")
+            for table, count in counts.items() if count]
+
+
+def required_values(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    findings = []
+    for table, columns in REQUIRED.items():
+        frame = tables[table]
+        for column in columns:
+            null = frame[column].isna()
+            if null.any():
+                findings.append(_finding("required_values", table, frame[null],
+                                         f"{int(null.sum())} of {len(frame)} {table} row(s) have no {column}",
+                                         ctx.config))
+    return findings
+
+
+def no_customers(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    """Guest orders are normal (missing_customer_ids), but with no customer at all there is nothing to learn."""
+    orders = tables["orders"]
+    if orders.empty or orders["customer_id"].notna().any():
+        return []
+    return [RuleFinding("no_customers", "orders", len(orders),
+                        f"none of the {len(orders)} order(s) has a customer_id: no repeat purchases to learn "
+                        "(the customer field missing or renamed in the input?)")]
 
 
 def missing_customer_ids(tables: Tables, ctx: Context) -> list[RuleFinding]:
@@ -105,10 +149,10 @@ def future_timestamps(tables: Tables, ctx: Context) -> list[RuleFinding]:
 
 def unknown_currencies(tables: Tables, ctx: Context) -> list[RuleFinding]:
     orders = tables["orders"]
-    unknown = orders[~orders["currency"].isin(ctx.config.currencies)]
+    unknown = orders[orders["currency"].notna() & ~orders["currency"].isin(ctx.config.currencies)]
     if unknown.empty:
-        return []
-    codes = ", ".join(repr(code) if isinstance(code, str) else "missing" for code in unknown["currency"].unique())
+        return []  # a missing currency is required_values'
+    codes = ", ".join(map(repr, unknown["currency"].unique()))
     return [_finding("unknown_currencies", "orders", unknown,
                      f"{len(unknown)} order(s) in currencies outside validate.currencies ({codes})", ctx.config)]
 
@@ -124,6 +168,6 @@ def orphan_line_items(tables: Tables, ctx: Context) -> list[RuleFinding]:
 
 RULES: dict[str, Callable[[Tables, Context], list[RuleFinding]]] = {
     rule.__name__: rule
-    for rule in (empty_input, duplicate_order_ids, duplicate_ids, missing_customer_ids, negative_totals,
-                 future_timestamps, unknown_currencies, orphan_line_items)
+    for rule in (empty_input, duplicate_lines, duplicate_order_ids, duplicate_ids, required_values, no_customers,
+                 missing_customer_ids, negative_totals, future_timestamps, unknown_currencies, orphan_line_items)
 }
