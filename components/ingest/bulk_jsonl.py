@@ -9,6 +9,7 @@ file is bad do we walk it line by line (orjson) to name the exact line and probl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,9 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from storeflow.components.ingest.encoding import decode_line, numbered_lines
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import split_gids
 from storeflow.components.tables import SCHEMAS, TS, empty_frame
+
+log = logging.getLogger(__name__)
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds, so inputs
 # ingested before are parsed again instead of reused.
@@ -79,6 +83,16 @@ RECORD_TYPES = {"Order": "orders", "LineItem": "line_items", "Customer": "custom
 # Highest wins; PENDING is "not assessed yet", so it never outranks a result and alone means unknown.
 RISK_RANK = {"NONE": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3}
 
+# Fields Shopify never leaves null on these records (non-null in the Admin API) and that the stages need.
+# Null on every record of a file, the file is not an export of bulk_query.graphql (a renamed field?).
+REQUIRED_FIELDS = {
+    "Order": ("createdAt", "currencyCode", "totalPriceSet.shopMoney.amount"),
+    "LineItem": ("quantity", "originalUnitPriceSet.shopMoney.amount"),
+}
+# Nullable, but null on every record of a file means it was not exported: a warning (validate decides).
+EXPECTED_FIELDS = {"Order": ("customer.id",)}
+ALWAYS = "every record of a bulk export of bulk_query.graphql has it: a renamed field?"
+
 _PARSE = pajson.ParseOptions(explicit_schema=BULK_SCHEMA, unexpected_field_behavior="ignore")
 
 
@@ -103,13 +117,27 @@ def _read_file(path: Path) -> dict[str, pd.DataFrame]:
     if path.stat().st_size == 0:
         return {}
     try:
-        table = pajson.read_json(path, parse_options=_PARSE)
-    except pa.ArrowInvalid as exc:
-        raise _locate_parse_error(path, exc) from None
-    try:
-        return _normalize(_flatten(table))
+        table = _flatten(_read_json(path))
+        if table["id"].null_count == table.num_rows:
+            raise _absent(path, table, "", ["id"], 0, ALWAYS)
+        return _normalize(path, table)
     except _BadRow as bad:
-        raise IngestError(bad.problem, path, f"line {_line_of_row(path, bad.row)}") from None
+        raise IngestError(bad.problem, path, f"line {_line_of_row(path, bad.row)[0]}") from None
+    except pa.ArrowException as exc:
+        # The reader does not check UTF-8: bytes that are not fail later, converting a column
+        # ("Unknown error: Wrapping ... failed"), so conversion errors are located line by line too.
+        raise _locate_parse_error(path, exc) from None
+
+
+def _read_json(path: Path) -> pa.Table:
+    try:
+        return pajson.read_json(path, parse_options=_PARSE)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+    # A line longer than the reader's block (1 MiB; an order with very many refunds): blocks that hold it.
+    longest = max(len(line) for _, _, line in numbered_lines(path))
+    return pajson.read_json(path, read_options=pajson.ReadOptions(block_size=longest + 1), parse_options=_PARSE)
 
 
 def _flatten(table: pa.Table) -> pa.Table:
@@ -119,9 +147,10 @@ def _flatten(table: pa.Table) -> pa.Table:
     return table
 
 
-def _normalize(table: pa.Table) -> dict[str, pd.DataFrame]:
+def _normalize(path: Path, table: pa.Table) -> dict[str, pd.DataFrame]:
     kind, number = split_gids(table["id"])
-    _check(pc.is_null(kind), table["id"], "missing or malformed id {!r} (expected gid://shopify/<Type>/<number>)")
+    _check(pc.is_null(table["id"]), table["id"], "record has no id (expected gid://shopify/<Type>/<number>)")
+    _check(pc.is_null(kind), table["id"], "malformed id {!r} (expected gid://shopify/<Type>/<number>)")
     known = pc.is_in(kind, pa.array(list(RECORD_TYPES)))
     _check(pc.invert(known), kind, "unsupported record type {!r} (expected one of " + ", ".join(RECORD_TYPES) + ")")
     frames = {}
@@ -129,10 +158,31 @@ def _normalize(table: pa.Table) -> dict[str, pd.DataFrame]:
         mask = pc.fill_null(pc.equal(kind, resource), False)
         if pc.any(mask).as_py():
             rownum = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
-            frames[name] = _BUILDERS[name](table.filter(mask), number.filter(mask).to_pandas(), rownum)
+            rows = table.filter(mask)
+            _check_fields(path, rows, resource, int(rownum[0]))
+            frames[name] = _BUILDERS[name](rows, number.filter(mask).to_pandas(), rownum)
     if "orders" in frames:
         frames["orders"], frames["refunds"] = frames["orders"]
     return frames
+
+
+def _check_fields(path: Path, rows: pa.Table, resource: str, first_row: int) -> None:
+    """Fail on REQUIRED_FIELDS and warn on EXPECTED_FIELDS that no ``resource`` record of the file has."""
+    def absent(fields: Sequence[str]) -> list[str]:
+        return [field for field in fields if rows[field].null_count == rows.num_rows]
+
+    if missing := absent(REQUIRED_FIELDS.get(resource, ())):
+        raise _absent(path, rows, resource, missing, first_row, ALWAYS)
+    if missing := absent(EXPECTED_FIELDS.get(resource, ())):
+        log.warning("%s", _absent(path, rows, resource, missing, first_row, "only guest orders, or a renamed field?"))
+
+
+def _absent(path: Path, rows: pa.Table, resource: str, fields: list[str], first_row: int, why: str) -> IngestError:
+    """No record of the file has ``fields``: name them, and the fields the first such record has instead."""
+    number, text = _line_of_row(path, first_row)
+    records = f"{resource} records" if resource else "records"
+    return IngestError(f"none of its {rows.num_rows} {records} has {', '.join(fields)} ({why}); the first one, "
+                       f"line {number}, has {', '.join(orjson.loads(text))}", path)
 
 
 def _col(rows: pa.Table, name: str) -> pd.Series:
@@ -277,18 +327,18 @@ _BUILDERS = {"orders": _orders, "line_items": _line_items, "customers": _custome
 # --- the slow path: only for files pyarrow rejected, to say which line is wrong and why ---
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The non-blank lines as text; an error naming line and byte offset at the first that is not UTF-8."""
+    for number, offset, line in numbered_lines(path):
+        if line.strip():
+            yield number, decode_line(path, number, offset, line)
 
 
-def _line_of_row(path: Path, row: int) -> int:
-    """pyarrow skips blank lines, so row k is the k-th non-blank line."""
-    for index, (number, _) in enumerate(_lines(path)):
+def _line_of_row(path: Path, row: int) -> tuple[int, str]:
+    """pyarrow skips blank lines, so row k is the k-th non-blank line: its number and text."""
+    for index, (number, text) in enumerate(_lines(path)):
         if index == row:
-            return number
+            return number, text
     raise AssertionError(f"row {row} beyond the end of {path}")
 
 
@@ -297,7 +347,7 @@ def _locate_parse_error(path: Path, exc: Exception) -> IngestError:
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as err:
-            return IngestError(f"not valid JSON ({err})", path, f"line {number}")
+            return IngestError(f"not valid JSON ({err.msg} at column {err.colno})", path, f"line {number}")
         if not isinstance(record, dict):
             return IngestError(f"expected a JSON object, got {type(record).__name__}", path, f"line {number}")
         problem = _type_problem(record, BULK_SCHEMA)

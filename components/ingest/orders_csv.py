@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from storeflow.components.ingest.csv_rows import read_csv_strings
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
 
@@ -44,10 +45,7 @@ def normalize_email(email: pd.Series) -> pd.Series:
 
 def read_orders_csv(path: Path) -> dict[str, pd.DataFrame]:
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise IngestError(f"not a readable orders CSV: {exc}", path) from None
+    raw = read_csv_strings(path)  # UTF-8, no row cut short: else an error naming the line
     raw.columns = [str(column).strip() for column in raw.columns]
     missing = [column for column in REQUIRED if column not in raw.columns]
     if missing:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +30,7 @@ class IngestResult:
     row_counts: dict[str, int]
     reused: bool  # the same input was ingested before: nothing was written
     source: str
+    duplicates_dropped: dict[str, int] = field(default_factory=dict)  # exact duplicate rows, per table
 
 
 def ingest(settings: Settings) -> IngestResult:
@@ -55,18 +56,34 @@ def ingest(settings: Settings) -> IngestResult:
         return _reuse(snapshot, digest, config.source)
 
     tables = read_bulk_jsonl(files) if config.source != "csv" else _read_csvs(files)
-    tables = {name: tables[name].drop_duplicates(ignore_index=True) for name in SCHEMAS}
+    tables, dropped = drop_exact_duplicates(tables)
+    if dropped:
+        log.warning("%s: dropped exact duplicate rows (the same record more than once; one of each kept): %s",
+                    ", ".join(map(str, files)), dropped)
     metadata = {
         "content_hash": digest,
         "reader": reader_key(config.source),
         "source": config.source,
         "inputs": [str(path) for path in files],
+        "duplicates_dropped": dropped,  # validate reports them
     }
     if not write_snapshot(snapshot, tables, metadata):
         return _reuse(snapshot, digest, config.source)
     counts = {name: len(frame) for name, frame in tables.items()}
     log.info("ingested %s into %s in %.1fs: %s", config.source, snapshot, time.perf_counter() - started, counts)
-    return IngestResult(snapshot, digest, counts, reused=False, source=config.source)
+    return IngestResult(snapshot, digest, counts, reused=False, source=config.source, duplicates_dropped=dropped)
+
+
+def drop_exact_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Exact duplicate rows (a record exported twice) add nothing: keep one of each, count the rest per
+    table. Conflicting versions of a record differ, so they stay (validate's duplicate id rules)."""
+    kept, dropped = {}, {}
+    for name in SCHEMAS:
+        repeated = tables[name].duplicated()
+        kept[name] = tables[name][~repeated].reset_index(drop=True)
+        if count := int(repeated.sum()):
+            dropped[name] = count
+    return kept, dropped
 
 
 def reader_key(source: str) -> str:
@@ -111,4 +128,5 @@ def _reuse(snapshot: Path, digest: str, source: str) -> IngestResult:
     manifest = read_manifest(snapshot)
     counts = {name: entry["rows"] for name, entry in manifest["tables"].items()}
     log.info("input already ingested: reusing %s", snapshot)
-    return IngestResult(snapshot, digest, counts, reused=True, source=source)
+    return IngestResult(snapshot, digest, counts, reused=True, source=source,
+                        duplicates_dropped=manifest.get("duplicates_dropped", {}))
