@@ -66,6 +66,22 @@ def webhook_headers(topic: str, webhook_id: str, body: bytes, *, secret: str, sh
             "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-API-Version": API_VERSION}
 
 
+def order_payload(order_id: int, customer: int | None, created_at: str, line_item_ids: list[int], *,
+                  updated_at: str | None = None, financial_status: str = "paid", name: str | None = None,
+                  price: str = "42.50") -> dict:
+    """An orders/create (or orders/updated) body in Shopify's REST shape: one tea at ``price`` per line item."""
+    email = f"c{customer}@example.com" if customer is not None else None
+    total = f"{float(price) * len(line_item_ids):.2f}"
+    return {
+        "id": order_id, "name": name or f"#{order_id}", "email": email, "created_at": created_at,
+        "updated_at": updated_at or created_at, "cancelled_at": None, "currency": "USD",
+        "financial_status": financial_status, "total_price": total, "subtotal_price": total, "total_discounts": "0.00",
+        "customer": {"id": customer, "email": email} if customer is not None else None,
+        "line_items": [{"id": item, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 1, "price": price}
+                       for item in line_item_ids],
+    }
+
+
 def request_bytes(port: int, path: str, body: bytes, headers: dict, content_length: int | None = None) -> bytes:
     """A raw HTTP/1.1 POST; ``content_length`` declares another length than the body's (hostile clients)."""
     length = len(body) if content_length is None else content_length

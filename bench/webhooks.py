@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from common import free_port, request_bytes, webhook_headers
+from common import free_port, order_payload, request_bytes, webhook_headers
 
 SECRET = "bench-secret"
 SHOP = "bench-store.myshopify.com"
@@ -38,14 +38,7 @@ def deliveries(count: int, customers: int) -> list[tuple[str, bytes, dict]]:
     out = []
     for i in range(count):
         customer = 1_000_000 + i % customers
-        body = json.dumps({
-            "id": 5_000_000_000 + i, "name": f"#{i}", "email": f"c{customer}@example.com", "created_at": now,
-            "updated_at": now, "cancelled_at": None, "currency": "USD", "financial_status": "paid",
-            "total_price": "42.50", "subtotal_price": "42.50", "total_discounts": "0.00",
-            "customer": {"id": customer, "email": f"c{customer}@example.com"},
-            "line_items": [{"id": 9_000_000_000 + i, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 1,
-                            "price": "42.50"}],
-        }).encode()
+        body = json.dumps(order_payload(5_000_000_000 + i, customer, now, [9_000_000_000 + i], name=f"#{i}")).encode()
         webhook_id = f"bench-{i:06d}"
         out.append((webhook_id, body, webhook_headers("orders/create", webhook_id, body, secret=SECRET, shop=SHOP)))
     return out
