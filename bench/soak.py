@@ -73,7 +73,7 @@ def deliveries_report(answers: dict[str, list[str]], valid_ids: set[str], journa
     twice = sum(1 for a in answers.values() if a.count("accepted") > 1)
     return {
         "acknowledged": len(valid), "applied": len(applied), "duplicated": twice + (journal_rows - len(journal)) + store_excess,
-        "dead_lettered": len(valid & dead_ids), "pending": sum(1 for i in valid if journal.get(i, (None,))[0] is None),
+        "dead_lettered": len(valid & dead_ids), "pending": sum(1 for i in valid - dead_ids if i in journal and journal[i][0] is None),
         "lost": len(valid - set(journal)),
         "hostile_acknowledged": len(hostile), "hostile_applied": sum(
             1 for i in hostile if journal.get(i, (None,))[0] is not None and i not in dead_ids),

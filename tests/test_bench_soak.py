@@ -129,7 +129,8 @@ def test_deliveries_report_counts_acknowledged_applied_duplicated(bench):
     answers = {"a": ["accepted", "duplicate"], "b": ["accepted"], "c": ["accepted"], "d": ["accepted", "accepted"],
                "h": ["accepted"]}
     journal = {"a": ("t", "live"), "b": ("t", "live"), "c": (None, None), "d": ("t", "live"), "h": ("t", "dead")}
-    out = report(answers, {"a", "b", "c", "d", "lost"}, journal, {"h"}, journal_rows=5, store_excess=0)
-    assert (out["acknowledged"], out["applied"], out["pending"], out["duplicated"]) == (4, 3, 1, 1)
+    answers["gone"] = ["accepted"]
+    out = report(answers, {"a", "b", "c", "d", "gone"}, journal, {"h"}, journal_rows=5, store_excess=0)
+    assert (out["acknowledged"], out["applied"], out["pending"], out["lost"], out["duplicated"]) == (5, 3, 1, 1, 1)
     assert (out["hostile_acknowledged"], out["hostile_dead_lettered"], out["redelivered_answered_duplicate"]) == (1, 1, 1)
     assert report({"a": ["accepted"]}, {"a"}, {"a": ("t", "live")}, set(), journal_rows=1, store_excess=2)["duplicated"] == 2
