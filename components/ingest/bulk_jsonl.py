@@ -9,6 +9,7 @@ file is bad do we walk it line by line (orjson) to name the exact line and probl
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -220,7 +221,10 @@ def _times(rows: pa.Table, name: str, rownum: np.ndarray) -> pd.Series:
 
 
 def _amount(rows: pa.Table, name: str, rownum: np.ndarray) -> pd.Series:
-    return _parsed(rows, name, pa.float64(), "a number", rownum).astype("float64")
+    amount = _parsed(rows, name, pa.float64(), "a number", rownum).astype("float64")
+    given = pc.is_valid(rows[name]).to_numpy(zero_copy_only=False)
+    _check(pa.array(given & ~np.isfinite(amount.to_numpy())), rows[name], f"{name} {{!r}} is not a finite number", rownum)
+    return amount
 
 
 def _ref(rows: pa.Table, name: str, resource: str, rownum: np.ndarray) -> pd.Series:
@@ -353,7 +357,26 @@ def _locate_parse_error(path: Path, exc: Exception) -> IngestError:
         problem = _type_problem(record, BULK_SCHEMA)
         if problem:
             return IngestError(problem, path, f"line {number}")
+    for number, line in _lines(path):  # orjson keeps the last of repeated keys, pyarrow rejects them
+        if repeated := _repeated_keys(line):
+            return IngestError(f"key(s) {', '.join(map(repr, repeated))} given twice in one object", path,
+                               f"line {number}")
     return IngestError(f"cannot be parsed as bulk JSONL: {exc}", path)
+
+
+def _repeated_keys(line: str) -> list[str]:
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        keys = [key for key, _ in items]
+        repeated.extend(key for key in dict.fromkeys(keys) if keys.count(key) > 1)
+        return dict(items)
+
+    try:
+        json.loads(line, object_pairs_hook=pairs)
+    except RecursionError:  # nested deeper than Python's json goes (orjson went deeper)
+        return []
+    return repeated
 
 
 def _type_problem(value: object, expected: pa.Schema | pa.DataType, where: str = "") -> str | None:

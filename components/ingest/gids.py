@@ -9,13 +9,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-GID_PATTERN = r"^gid://shopify/(?P<type>[A-Za-z]+)/(?P<id>[0-9]+)(?:\?.*)?$"
+GID_PATTERN = r"^gid://shopify/(?P<type>[A-Za-z]+)/(?P<id>[0-9]{1,19})(?:\?.*)?$"
+_INT64_MAX = str(2**63 - 1)  # 19 digits; digit strings of one length compare as their numbers
 
 
 def split_gids(values: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """Split gids into (resource type, numeric id) arrow arrays; null where a value is null or malformed."""
+    """Split gids into (resource type, numeric id) arrow arrays; null where a value is null or malformed
+    (a number beyond int64 too, so readers name its line instead of failing the whole cast)."""
     parts = pc.extract_regex(values, GID_PATTERN)
-    return pc.struct_field(parts, "type"), pc.cast(pc.struct_field(parts, "id"), pa.int64())
+    kind, digits = pc.struct_field(parts, "type"), pc.struct_field(parts, "id")
+    try:
+        return kind, pc.cast(digits, pa.int64())
+    except pa.ArrowInvalid:  # a 19-digit number beyond int64
+        fits = pc.or_(pc.less(pc.utf8_length(digits), len(_INT64_MAX)), pc.less_equal(digits, _INT64_MAX))
+        return pc.if_else(fits, kind, None), pc.cast(pc.if_else(fits, digits, None), pa.int64())
 
 
 def stable_id(keys: pd.Series, namespace: str) -> pd.Series:
