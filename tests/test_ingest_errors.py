@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def fails_and_keeps_earlier(settings: Settings, source: str, bad: Path) -> Inges
     assert [path.name for path in (settings.data_dir / "snapshots").iterdir()] == [earlier.name]
     assert {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in earlier.iterdir()} == stamps
     return error.value
+
+
+def test_a_bad_update_of_an_ingested_directory_fails_and_the_earlier_snapshot_stays_whole(
+    settings: Settings, tmp_path: Path
+):
+    inputs = tmp_path / "exports"
+    shutil.copytree(DATA / "bulk", inputs)
+    earlier = ingest(use(settings, "jsonl", inputs))
+    stamps = {path.name: path.read_bytes() for path in earlier.snapshot.iterdir()}
+    good = (inputs / "orders.jsonl").read_bytes()
+    (inputs / "orders.jsonl").write_bytes(good + b'{"id":"gid://shopify/Order/9","name":"#9\xff"}\n')
+
+    with pytest.raises(IngestError, match=r"orders\.jsonl: line \d+: not UTF-8"):
+        ingest(settings)
+
+    assert [path.name for path in (settings.data_dir / "snapshots").iterdir()] == [earlier.snapshot.name]
+    assert {path.name: path.read_bytes() for path in earlier.snapshot.iterdir()} == stamps
+    (inputs / "orders.jsonl").write_bytes(good)  # the export fixed: the earlier snapshot serves again
+    again = ingest(settings)
+    assert again.reused and again.snapshot == earlier.snapshot and again.row_counts == earlier.row_counts
 
 
 def test_jsonl_that_is_not_utf8_names_file_line_and_byte_offset(settings: Settings, tmp_path: Path):
