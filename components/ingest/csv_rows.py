@@ -12,7 +12,6 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -22,7 +21,7 @@ from storeflow.components.ingest.errors import IngestError
 
 
 def read_csv_strings(path: Path) -> pd.DataFrame:
-    """Every row of ``path`` under its header, each cell a string or NaN (empty)."""
+    """Every row of ``path`` under its header, each cell a string or None (empty)."""
     path = Path(path)
     header = _header(path)
     try:
@@ -36,8 +35,7 @@ def read_csv_strings(path: Path) -> pd.DataFrame:
         )
     except pa.ArrowInvalid as exc:
         raise _locate(path, len(header), exc) from None
-    frame = table.to_pandas()
-    return frame.where(frame.notna(), np.nan)  # empty cells as NaN, as pandas' own reader gives them
+    return table.to_pandas()
 
 
 def _header(path: Path) -> list[str]:
