@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from storeflow.components.ingest.encoding import check_utf8, decode_line, numbered_lines
+from storeflow.components.ingest.encoding import check_utf8, decode_line
 from storeflow.components.ingest.errors import IngestError
 
 
@@ -39,11 +39,11 @@ def read_csv_strings(path: Path) -> pd.DataFrame:
 
 
 def _header(path: Path) -> list[str]:
-    lines = numbered_lines(path)
-    first = next(lines, None)
-    if first is None or not first[2].strip():
-        raise IngestError("empty file: no header row", path, "line 1")
-    header = next(csv.reader([decode_line(path, *first)]))
+    with path.open("rb") as handle:
+        first = handle.readline()
+    if not first.strip():
+        raise IngestError("no header row (the file is empty or starts with a blank line)", path, "line 1")
+    header = next(csv.reader([decode_line(path, 1, 0, first)]))
     repeated = [name for name, count in Counter(header).items() if count > 1]
     if repeated:
         raise IngestError(f"header repeats column(s) {', '.join(map(repr, repeated))}", path, "line 1")
