@@ -127,6 +127,21 @@ class FeaturesConfig(Section):
             "category_affinity",
             "orders_last_90d",
             "discount_share",
+            # counts and spend in recent windows, and their trend (features.compute.RECENT_WINDOW_DAYS)
+            "orders_30d",
+            "orders_180d",
+            "orders_365d",
+            "spend_30d",
+            "spend_90d",
+            "spend_180d",
+            "spend_365d",
+            "order_trend",
+            "inter_purchase_days_mean",
+            "inter_purchase_days_std",
+            "recency_over_gap",
+            # the BG/NBD baseline's own outputs (features.btyd), fitted before the holdout
+            "btyd_p_alive",
+            "btyd_expected_purchases",
         ]
     )
 
@@ -144,6 +159,9 @@ class EvaluateConfig(Section):
     metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
     margin: float = Field(0.002, ge=0, description="A challenger must beat the champion by this much.")
     bootstrap_samples: int = Field(400, ge=50)
+    baseline_gate: bool = Field(True, description="A challenger that a baseline (BG/NBD, Pareto/NBD, order count "
+                                                  "then recency) beats is never promoted. Off only where the "
+                                                  "gate is not under test (stores too small to judge).")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
 

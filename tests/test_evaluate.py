@@ -76,3 +76,18 @@ def test_bootstrap_resamples_customers_so_repeated_rows_do_not_narrow_the_interv
     once = width(1, grouped=True)
     assert width(3, grouped=True) == pytest.approx(once, rel=0.2)  # 3 rows per customer add no evidence
     assert width(3, grouped=False) < 0.75 * once  # resampling rows would claim ~1/sqrt(3) of it
+
+
+def test_a_challenger_a_baseline_beats_is_never_promoted_and_the_reason_says_so() -> None:
+    loses = Comparison("roc_auc", 0.80, 0.82, -0.02, -0.03, -0.01, 100)
+    first = decide(None, 0.0, baseline=loses, baseline_name="bgnbd")
+    assert not first.promote and "LOSES to the bgnbd baseline" in first.reason
+    wins_champion = Comparison("roc_auc", 0.83, 0.80, 0.03, 0.01, 0.05, 100)
+    assert not decide(wins_champion, 0.01, baseline=loses, baseline_name="bgnbd").promote
+    ahead = Comparison("roc_auc", 0.83, 0.82, 0.01, -0.002, 0.02, 100)
+    decision = decide(None, 0.0, baseline=ahead, baseline_name="pareto_nbd")
+    assert decision.promote and "beats the best baseline, pareto_nbd" in decision.reason
+    assert "CI includes zero" in decision.reason
+    # With the gate off (stores too small to judge) a loss is reported, not enforced.
+    reported = decide(None, 0.0, baseline=loses, baseline_name="bgnbd", baseline_gate=False)
+    assert reported.promote and "LOSES" in reported.reason

@@ -82,7 +82,7 @@ def test_too_little_history_is_a_clear_error(settings, store_tables, tmp_path: P
     orders = store_tables["orders"]
     recent = orders[orders["created_at"] > orders["created_at"].max() - timedelta(days=70)]
     tables = {**store_tables, "orders": recent}
-    with pytest.raises(FeatureError, match="needs at least .* days"):
+    with pytest.raises(FeatureError, match="need at least .* days"):
         build_features(settings, write_snapshot(tables, tmp_path / "short"))
 
 
@@ -92,18 +92,22 @@ def _cutoff_frame(cutoffs: int, every_days: int = 30) -> pd.DataFrame:
                          "label": np.tile([0, 1], cutoffs)})
 
 
-def test_no_training_label_window_overlaps_the_holdout() -> None:
+def test_no_training_label_window_overlaps_calibration_or_holdout() -> None:
     label = LabelConfig(horizon_days=60, cutoff_every_days=30, min_history_days=60, holdout_cutoffs=2)
     split = split_holdout(_cutoff_frame(6), label)
-    holdout_start = split.holdout["event_timestamp"].min()
-    train_label_ends = split.train["event_timestamp"] + timedelta(days=label.horizon_days)
-    assert (train_label_ends <= holdout_start).all() and not split.train.empty
+    horizon = timedelta(days=label.horizon_days)
+    calibration = split.calibration["event_timestamp"].unique()
+    assert len(calibration) == 1 and not split.train.empty
+    assert (split.train["event_timestamp"] + horizon <= calibration[0]).all()
+    assert calibration[0] + horizon <= split.holdout["event_timestamp"].min()
 
 
 def test_history_too_short_for_an_honest_holdout_stops_and_says_what_is_needed() -> None:
-    # Three cutoffs 30 days apart with 60-day labels: no training label closes before the holdout.
-    # This used to train silently on overlapping label windows.
+    # Four cutoffs 30 days apart with 60-day labels: no training label closes before the calibration
+    # cutoff does, and with three no calibration label closes before the holdout. This used to train
+    # silently on label windows that overlap the holdout.
     label = LabelConfig(horizon_days=60, cutoff_every_days=30, min_history_days=60, holdout_cutoffs=2)
-    with pytest.raises(HistoryError, match=r"needs at least 210 days.*features\.label\.horizon_days"):
-        split_holdout(_cutoff_frame(3), label)
-    assert required_history_days(label) == 210
+    for cutoffs in (3, 4):
+        with pytest.raises(HistoryError, match=r"need at least 270 days.*features\.label\.horizon_days"):
+            split_holdout(_cutoff_frame(cutoffs), label)
+    assert required_history_days(label) == 270

@@ -72,3 +72,23 @@ def test_bad_estimator_config_is_named() -> None:
         build_estimator("sklearn.ensemble.HistGradientBoostingClassifier", {"max_itr": 3})
     with pytest.raises(ValueError, match="no predict_proba"):
         build_estimator("sklearn.linear_model.LinearRegression", {})
+
+
+def test_challenger_that_loses_to_a_baseline_is_registered_flagged_and_never_promoted(settings, features) -> None:
+    gated = settings.model_copy(deep=True)
+    gated.evaluate.baseline_gate = True
+    trained, evaluation, registered = _cycle(gated, features, *CONSTANT)  # a constant loses to every baseline
+    assert evaluation.loses_to_baseline and not evaluation.promote and not registered.promoted
+    assert "LOSES to the" in evaluation.reason and evaluation.best_baseline in evaluation.reason
+    client = tracking.connect(settings)
+    name = settings.registry.model_name
+    tags = client.get_model_version(name, registered.version).tags
+    assert tags["storeflow.baseline"] == f"loses-to-baseline:{evaluation.best_baseline}"
+    assert tags["storeflow.decision"] == "keep-champion"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == registered.version
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(name, "champion")  # not even a first model gets the alias
+    # Every baseline was scored on the same holdout rows as the challenger.
+    for baseline in ("bgnbd", "pareto_nbd", "frequency_recency"):
+        assert float(tags[f"baseline_holdout.{baseline}.rows"]) == evaluation.challenger_metrics["rows"]
+        assert float(tags[f"baseline_holdout.{baseline}.roc_auc"]) > 0.6

@@ -1,19 +1,29 @@
-"""Evaluate stage: score the challenger and the current champion on the same holdout and decide."""
+"""Evaluate stage: score the challenger, the current champion and the baselines on the same holdout
+rows and decide. A challenger must beat the best baseline and the champion."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from storeflow.components.config import Settings
-from storeflow.components.evaluate.metrics import Decision, decide, holdout_metrics, paired_bootstrap
+from storeflow.components.evaluate.metrics import (
+    Comparison,
+    Decision,
+    decide,
+    holdout_metrics,
+    paired_bootstrap,
+    ranking_metrics,
+)
 from storeflow.components.features import FeatureResult
+from storeflow.components.features.btyd import BASELINES, RANKINGS
 from storeflow.components.features.dataset import CUSTOMER, LABEL
 from storeflow.components.train import TrainResult, holdout, load_model
 
-__all__ = ["EvaluationResult", "evaluate"]
+__all__ = ["EvaluationResult", "baseline_metrics", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,13 @@ class EvaluationResult:
     champion_metrics: dict[str, float] | None
     champion_version: str | None
     comparison: dict | None
+    baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_baseline: str | None = None
+    baseline_comparison: dict | None = None
+
+    @property
+    def loses_to_baseline(self) -> bool:
+        return self.baseline_comparison is not None and self.baseline_comparison["difference"] <= 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -38,6 +55,23 @@ def _model_columns(model, fallback: list[str]) -> list[str]:
     return list(names) if names is not None else fallback
 
 
+def baseline_metrics(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Each baseline scored on the holdout rows (rankings get ROC-AUC and PR-AUC only)."""
+    labels = frame[LABEL].to_numpy()
+    found = {}
+    for name, column in BASELINES.items():
+        if column in frame and frame[column].notna().all():
+            scores = frame[column].to_numpy()
+            found[name] = ranking_metrics(labels, scores) if name in RANKINGS else holdout_metrics(labels, scores)
+    return found
+
+
+def _bootstrap(settings: Settings, frame: pd.DataFrame, challenger: np.ndarray, other: np.ndarray) -> Comparison:
+    cfg = settings.evaluate
+    return paired_bootstrap(frame[LABEL].to_numpy(), challenger, np.asarray(other), cfg.metric, cfg.bootstrap_samples,
+                            cfg.confidence, cfg.seed, groups=frame[CUSTOMER].to_numpy())
+
+
 def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) -> EvaluationResult:
     from storeflow.components import tracking
 
@@ -47,11 +81,18 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     challenger = load_model(trained.model_uri)
     challenger_scores = challenger.predict_proba(frame[trained.features])[:, 1]
     challenger_metrics = holdout_metrics(labels, challenger_scores)
+    cfg = settings.evaluate
+
+    baselines = baseline_metrics(frame)
+    best = max(baselines, key=lambda name: baselines[name][cfg.metric], default=None)
+    versus = None if best is None else _bootstrap(settings, frame, challenger_scores, frame[BASELINES[best]])
+    found = {"baseline_metrics": baselines, "best_baseline": best,
+             "baseline_comparison": None if versus is None else asdict(versus)}
 
     champion_version = tracking.current_champion(client, settings.registry.model_name)
     if champion_version is None:
-        decision: Decision = decide(None, settings.evaluate.margin)
-        return EvaluationResult(decision.promote, decision.reason, challenger_metrics, None, None, None)
+        decision: Decision = decide(None, cfg.margin, versus, best or "", cfg.baseline_gate)
+        return EvaluationResult(decision.promote, decision.reason, challenger_metrics, None, None, None, **found)
 
     champion = load_model(f"models:/{settings.registry.model_name}/{champion_version}")
     columns = _model_columns(champion, trained.features)
@@ -59,12 +100,10 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     if missing:
         return EvaluationResult(
             False, f"champion v{champion_version} needs features the holdout lacks ({', '.join(missing)}); "
-            "not promoting automatically", challenger_metrics, None, champion_version, None)
+            "not promoting automatically", challenger_metrics, None, champion_version, None, **found)
     champion_scores = champion.predict_proba(frame[columns])[:, 1]
-    cfg = settings.evaluate
-    comparison = paired_bootstrap(labels, challenger_scores, np.asarray(champion_scores), cfg.metric,
-                                  cfg.bootstrap_samples, cfg.confidence, cfg.seed, groups=frame[CUSTOMER].to_numpy())
-    decision = decide(comparison, cfg.margin)
+    comparison = _bootstrap(settings, frame, challenger_scores, champion_scores)
+    decision = decide(comparison, cfg.margin, versus, best or "", cfg.baseline_gate)
     return EvaluationResult(decision.promote, decision.reason, challenger_metrics,
                             holdout_metrics(labels, champion_scores), champion_version,
-                            asdict(comparison))
+                            asdict(comparison), **found)

@@ -25,7 +25,15 @@ def holdout_metrics(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> d
         "calibration_error": ece,
         "positive_rate": float(np.mean(labels)),
         "rows": float(len(labels)),
+        "positives": float(np.sum(labels)),
+        "predicted_positives": float(np.sum(scores)),  # expected repeat buyers, if scores are probabilities
     }
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and PR-AUC only: for a ranking whose scores are not probabilities."""
+    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores)),
+            "positive_rate": float(np.mean(labels)), "rows": float(len(labels)), "positives": float(np.sum(labels))}
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,32 @@ class Decision:
         return asdict(self)
 
 
-def decide(comparison: Comparison | None, margin: float) -> Decision:
-    """Promote only a first model, or a challenger that wins by ``margin`` with a CI above zero."""
+def versus_baseline(comparison: Comparison | None, name: str) -> str:
+    """How the challenger stands against the best baseline, in words."""
+    if comparison is None:
+        return "no baseline could be scored on this holdout"
+    c = comparison
+    interval = f"CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+    if c.difference <= 0:
+        return (f"it LOSES to the {name} baseline: {c.metric} {c.challenger:.4f} vs {c.champion:.4f} "
+                f"({c.difference:+.4f}, {interval}); a model that a baseline beats is never promoted")
+    sure = "with a CI above zero" if c.ci_low > 0 else "but the CI includes zero"
+    return f"it beats the best baseline, {name}, {c.metric} {c.challenger:.4f} vs {c.champion:.4f} ({c.difference:+.4f}, {sure}: {interval})"
+
+
+def decide(comparison: Comparison | None, margin: float, baseline: Comparison | None = None,
+           baseline_name: str = "", baseline_gate: bool = True) -> Decision:
+    """Promote only a challenger that beats the best baseline (higher on the metric; unless the gate
+    is off, when losing is only reported) and is the first model or wins against the champion by
+    ``margin`` with a CI above zero."""
+    if baseline_gate and baseline is not None and baseline.difference <= 0:
+        return Decision(False, f"not promoted: {versus_baseline(baseline, baseline_name)}", comparison)
+    against = "" if baseline is None else f"; {versus_baseline(baseline, baseline_name)}"
+    decision = _against_champion(comparison, margin)
+    return Decision(decision.promote, decision.reason + against, comparison)
+
+
+def _against_champion(comparison: Comparison | None, margin: float) -> Decision:
     if comparison is None:
         return Decision(True, "no champion yet: the first model becomes champion")
     c = comparison

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from storeflow.components.config import Settings
+from storeflow.components.features import btyd
 from storeflow.components.features.compute import (
     customer_features,
     cutoff_times,
@@ -48,6 +49,7 @@ class FeatureResult:
     positive_rate: float
     cutoffs: list[str]
     served_as_of: str
+    baseline_parameters: dict[str, float] = field(default_factory=dict)  # BTYD fits, before the holdout
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "training_set": str(self.training_set)})
@@ -77,11 +79,16 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     label = settings.features.label
     cutoffs = cutoff_times(tables["orders"], label)
     try:  # before any work: a history too short for an honest holdout stops here, saying what is needed
-        split_cutoffs(cutoffs, label)
+        holdout_cutoffs = split_cutoffs(cutoffs, label).holdout
     except HistoryError as exc:
         raise FeatureError(str(exc)) from exc
     as_of = serving_time(tables["orders"])
-    _write_source(customer_features(tables, [*cutoffs, as_of]), source_path(settings, CUSTOMER_VIEW))
+    snapshots = customer_features(tables, [*cutoffs, as_of])
+    # The baselines see only history before the holdout; their outputs are features at every snapshot.
+    holdout_start = pd.Timestamp(holdout_cutoffs[0])
+    fitted = btyd.fit(snapshots[snapshots["event_timestamp"] == holdout_start], holdout_start.to_pydatetime())
+    snapshots = pd.concat([snapshots, btyd.btyd_features(fitted, snapshots, label.horizon_days)], axis=1)
+    _write_source(snapshots, source_path(settings, CUSTOMER_VIEW))
     _write_source(product_features(tables, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
     store = apply(settings)
 
@@ -91,6 +98,10 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     training = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(SERVICE)
     ).to_df()
+    held = snapshots[snapshots["event_timestamp"].isin(pd.to_datetime(holdout_cutoffs, utc=True))]
+    baselines = pd.concat([held[[CUSTOMER_KEY, "event_timestamp"]],
+                           btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
+    training = training.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")
     training = training.sort_values(["event_timestamp", CUSTOMER_KEY], kind="stable").reset_index(drop=True)
     digest = frame_hash(training)
     out = settings.data_dir / "training" / f"{digest[:16]}.parquet"
@@ -106,6 +117,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
         positive_rate=float(training["label"].mean()),
         cutoffs=[c.isoformat() for c in cutoffs],
         served_as_of=as_of.isoformat(),
+        baseline_parameters=fitted.parameters(),
     )
 
 

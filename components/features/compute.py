@@ -15,10 +15,15 @@ import pandas as pd
 from storeflow.components.config import LabelConfig
 from storeflow.components.features.labels import in_label_window
 
+RECENT_WINDOW_DAYS = (30, 90, 180, 365)  # orders_<d>d and spend_<d>d: counts and spend in recent windows
+
 CUSTOMER_FEATURES_SQL = """
 WITH snap AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
 o AS (
-    SELECT order_id, customer_id, created_at, total_price, subtotal_price, total_discounts
+    SELECT order_id, customer_id, created_at, total_price, subtotal_price, total_discounts,
+           -- days since the customer's previous order: known from this order's time on
+           date_diff('microsecond', lag(created_at) OVER (PARTITION BY customer_id ORDER BY created_at, order_id),
+                     created_at) / 86400e6 AS gap_days
     FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL
 ),
 base AS (
@@ -28,7 +33,9 @@ base AS (
            avg(o.total_price) AS avg_order_value,
            max(o.created_at) AS last_order,
            min(o.created_at) AS first_order,
-           count(*) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL 90 DAY) AS orders_last_90d,
+           avg(o.gap_days) AS gap_mean,
+           stddev_samp(o.gap_days) AS gap_std,
+{windows}
            sum(o.total_discounts) / nullif(sum(o.subtotal_price), 0) AS discount_share
     FROM o JOIN snap ON o.created_at < snap.as_of
     GROUP BY ALL
@@ -59,8 +66,18 @@ SELECT base.customer_id,
        (coalesce(ref.refunded_orders, 0) / base.frequency)::DOUBLE AS refund_rate,
        date_diff('microsecond', base.first_order, base.as_of) / 86400e6 AS days_since_first_order,
        coalesce(cat.category_affinity, 0)::DOUBLE AS category_affinity,
-       base.orders_last_90d::BIGINT AS orders_last_90d,
-       coalesce(base.discount_share, 0)::DOUBLE AS discount_share
+       base.orders_90d::BIGINT AS orders_last_90d,
+       coalesce(base.discount_share, 0)::DOUBLE AS discount_share,
+{window_columns}
+       -- one order so far: the only gap known is at least the customer's age
+       coalesce(base.gap_mean, date_diff('microsecond', base.first_order, base.as_of) / 86400e6)::DOUBLE
+           AS inter_purchase_days_mean,
+       coalesce(base.gap_std, 0)::DOUBLE AS inter_purchase_days_std,
+       (date_diff('microsecond', base.last_order, base.as_of) / 86400e6
+           / greatest(coalesce(base.gap_mean, date_diff('microsecond', base.first_order, base.as_of) / 86400e6), 1))
+           ::DOUBLE AS recency_over_gap,
+       -- orders in the last half year minus the half year before it: buying more, or fading
+       (base.orders_180d - (base.orders_365d - base.orders_180d))::DOUBLE AS order_trend
 FROM base
 LEFT JOIN ref USING (customer_id, as_of)
 LEFT JOIN cat USING (customer_id, as_of)
@@ -82,6 +99,15 @@ WHERE li.product_id IS NOT NULL AND o.cancelled_at IS NULL
 GROUP BY ALL
 ORDER BY event_timestamp, product_id
 """
+
+_WINDOWS = "\n".join(
+    f"           count(*) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL {d} DAY) AS orders_{d}d,\n"
+    f"           coalesce(sum(o.total_price) FILTER (WHERE o.created_at >= snap.as_of - INTERVAL {d} DAY), 0)"
+    f" AS spend_{d}d," for d in RECENT_WINDOW_DAYS)
+_WINDOW_COLUMNS = "\n".join(  # the 90-day count is the older orders_last_90d
+    (f"       base.orders_{d}d::DOUBLE AS orders_{d}d," if d != 90 else "")
+    + f" base.spend_{d}d::DOUBLE AS spend_{d}d," for d in RECENT_WINDOW_DAYS)
+CUSTOMER_FEATURES_SQL = CUSTOMER_FEATURES_SQL.format(windows=_WINDOWS, window_columns=_WINDOW_COLUMNS)
 
 LABELS_SQL = f"""
 WITH cut AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),

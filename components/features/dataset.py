@@ -20,43 +20,61 @@ class HistoryError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    train: pd.DataFrame
+    train: pd.DataFrame  # the estimator is fitted here
+    calibration: pd.DataFrame  # the latest training cutoff: its probabilities are calibrated here
     holdout: pd.DataFrame
 
 
+@dataclass(frozen=True)
+class Cutoffs:
+    train: list[pd.Timestamp]
+    calibration: pd.Timestamp
+    holdout: list[pd.Timestamp]
+
+
 def required_history_days(label: LabelConfig) -> int:
-    """Days of order history an honest holdout needs: the first cutoff's lead-in, one training label
-    window that closes before the holdout starts, the holdout's cutoffs and its own label window."""
-    return (label.min_history_days + 2 * label.horizon_days
+    """Days of order history an honest holdout needs: the first cutoff's lead-in, a training label window
+    that closes before the calibration cutoff, the calibration label window that closes before the
+    holdout starts, the holdout's cutoffs and its own label window."""
+    return (label.min_history_days + 3 * label.horizon_days
             + (label.holdout_cutoffs - 1) * label.cutoff_every_days)
 
 
-def split_cutoffs(cutoffs: list[datetime], label: LabelConfig) -> tuple[list[datetime], list[datetime]]:
-    """(training cutoffs, holdout cutoffs): the latest ``holdout_cutoffs`` are held out; a cutoff trains
-    only when its label window ``[t, t + horizon)`` closes by the first holdout cutoff."""
+def _closed_by(cutoffs: list[pd.Timestamp], end: pd.Timestamp, label: LabelConfig) -> list[pd.Timestamp]:
+    """Cutoffs whose label window ``[t, t + horizon)`` closes by ``end``."""
+    return [c for c in cutoffs if c + timedelta(days=label.horizon_days) <= end]
+
+
+def split_cutoffs(cutoffs: list[datetime], label: LabelConfig) -> Cutoffs:
+    """The latest ``holdout_cutoffs`` are held out; the latest cutoff whose labels close by the holdout
+    calibrates; training takes the cutoffs whose labels close by the calibration cutoff. No label window
+    of one part overlaps a later part."""
     cutoffs = sorted(pd.Timestamp(c) for c in cutoffs)
     if len(cutoffs) > label.holdout_cutoffs:
         holdout = cutoffs[-label.holdout_cutoffs:]
-        train = [c for c in cutoffs if c + timedelta(days=label.horizon_days) <= holdout[0]]
+        before = _closed_by(cutoffs, holdout[0], label)
+        train = _closed_by(before, before[-1], label) if before else []
         if train:
-            return train, holdout
+            return Cutoffs(train, before[-1], holdout)
     covered = (cutoffs[-1] - cutoffs[0]).days + label.min_history_days + label.horizon_days if cutoffs else 0
     raise HistoryError(
-        f"the order history holds {len(cutoffs)} cutoff(s) (about {covered} days usable); a holdout "
-        f"whose labels no training label overlaps needs at least {required_history_days(label)} days "
-        f"(features.label.min_history_days {label.min_history_days} + 2 x horizon_days {label.horizon_days} "
-        f"+ (holdout_cutoffs {label.holdout_cutoffs} - 1) x cutoff_every_days {label.cutoff_every_days}). "
-        "Ingest more history, or lower features.label.horizon_days, holdout_cutoffs or min_history_days"
+        f"the order history holds {len(cutoffs)} cutoff(s) (about {covered} days usable); training, "
+        f"calibration and holdout label windows that never overlap need at least "
+        f"{required_history_days(label)} days (features.label.min_history_days {label.min_history_days} "
+        f"+ 3 x horizon_days {label.horizon_days} + (holdout_cutoffs {label.holdout_cutoffs} - 1) x "
+        f"cutoff_every_days {label.cutoff_every_days}). Ingest more history, or lower "
+        "features.label.horizon_days, holdout_cutoffs or min_history_days"
     )
 
 
 def split_holdout(frame: pd.DataFrame, label: LabelConfig) -> Split:
-    """Hold out the latest cutoffs; train only on cutoffs whose label window closed before the
-    holdout begins, so no training label peeks into the holdout period (never a fallback)."""
-    train_cutoffs, holdout_cutoffs = split_cutoffs(list(frame[TIME].unique()), label)
-    train = frame[frame[TIME].isin(train_cutoffs)]
-    holdout = frame[frame[TIME] >= holdout_cutoffs[0]]
-    for name, part in (("train", train), ("holdout", holdout)):
-        if part[LABEL].nunique() < 2:
+    """Hold out the latest cutoffs; train and calibrate only on cutoffs whose label windows closed before
+    the holdout begins, so no training label peeks into the holdout period (never a fallback)."""
+    parts = split_cutoffs(list(frame[TIME].unique()), label)
+    split = Split(train=frame[frame[TIME].isin(parts.train)].reset_index(drop=True),
+                  calibration=frame[frame[TIME] == parts.calibration].reset_index(drop=True),
+                  holdout=frame[frame[TIME] >= parts.holdout[0]].reset_index(drop=True))
+    for name in ("train", "calibration", "holdout"):
+        if getattr(split, name)[LABEL].nunique() < 2:
             raise HistoryError(f"the {name} split has a single label class; the store's history is too short")
-    return Split(train=train.reset_index(drop=True), holdout=holdout.reset_index(drop=True))
+    return split

@@ -34,6 +34,17 @@ class RegistrationResult:
         return cls(**json.loads(text))
 
 
+BASELINE_TAG = "storeflow.baseline"
+
+
+def baseline_verdict(evaluation: EvaluationResult) -> str:
+    """``loses-to-baseline:<name>``, ``beats-baselines:<best>`` or ``no-baseline`` (tag value)."""
+    if evaluation.baseline_comparison is None:
+        return "no-baseline"
+    verdict = "loses-to-baseline" if evaluation.loses_to_baseline else "beats-baselines"
+    return f"{verdict}:{evaluation.best_baseline}"
+
+
 def register(settings: Settings, trained: TrainResult, evaluation: EvaluationResult) -> RegistrationResult:
     import mlflow
 
@@ -42,8 +53,9 @@ def register(settings: Settings, trained: TrainResult, evaluation: EvaluationRes
     client = tracking.connect(settings)
     name = settings.registry.model_name
     previous = tracking.current_champion(client, name)
+    promoted = evaluation.promote  # evaluate never promotes what a baseline beats (evaluate.baseline_gate)
     version = mlflow.register_model(trained.model_uri, name, tags={
-        "storeflow.decision": "promote" if evaluation.promote else "keep-champion",
+        "storeflow.decision": "promote" if promoted else "keep-champion",
         "storeflow.reason": evaluation.reason[:5000],
         "storeflow.run_id": trained.run_id,
     })
@@ -52,9 +64,14 @@ def register(settings: Settings, trained: TrainResult, evaluation: EvaluationRes
     # The champion scored on this very holdout, so the two can be compared later as the gate saw them.
     for key, value in (evaluation.champion_metrics or {}).items():
         client.set_model_version_tag(name, version.version, f"champion_holdout.{key}", f"{value:.6f}")
+    # The baselines scored on the same rows, and a flag on a challenger that one of them beats.
+    for baseline, values in evaluation.baseline_metrics.items():
+        for key, value in values.items():
+            client.set_model_version_tag(name, version.version, f"baseline_holdout.{baseline}.{key}", f"{value:.6f}")
+    client.set_model_version_tag(name, version.version, BASELINE_TAG, baseline_verdict(evaluation))
     client.set_registered_model_alias(name, tracking.CHALLENGER, version.version)
-    if evaluation.promote:
+    if promoted:
         client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
-    champion = version.version if evaluation.promote else previous
-    return RegistrationResult(name, str(version.version), evaluation.promote, champion and str(champion),
+    champion = version.version if promoted else previous
+    return RegistrationResult(name, str(version.version), promoted, champion and str(champion),
                               previous, version.source, trained.run_id)

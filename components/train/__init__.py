@@ -14,7 +14,7 @@ from storeflow.components.config import Settings
 from storeflow.components.features import FeatureResult, load_training_set
 from storeflow.components.features.dataset import LABEL, split_holdout
 
-__all__ = ["TrainResult", "build_estimator", "train"]
+__all__ = ["TrainResult", "build_estimator", "calibrated", "train"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,16 @@ def build_estimator(path: str, params: dict[str, Any]):
     return estimator
 
 
+def calibrated(estimator, x: pd.DataFrame, y):
+    """Platt-scale a fitted estimator on the latest pre-holdout cutoff. Older cutoffs can have another
+    base rate (a growing store's, a season's); a logistic fit with an intercept makes the predicted
+    number of repeat buyers equal the actual one on the calibration rows."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    return CalibratedClassifierCV(FrozenEstimator(estimator), method="sigmoid").fit(x, y)
+
+
 def train(settings: Settings, features: FeatureResult) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
@@ -59,11 +69,14 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
     columns = list(settings.features.customer_features)
     split = split_holdout(load_training_set(features), settings.features.label)
     x, y = split.train[columns], split.train[LABEL].to_numpy()
-    estimator = build_estimator(settings.train.estimator, settings.train.params)
-    estimator.fit(x, y)
+    estimator = calibrated(build_estimator(settings.train.estimator, settings.train.params).fit(x, y),
+                           split.calibration[columns], split.calibration[LABEL].to_numpy())
     scores = estimator.predict_proba(x)[:, 1]
+    calibration_scores = estimator.predict_proba(split.calibration[columns])[:, 1]
     metrics = {"train_roc_auc": float(roc_auc_score(y, scores)), "train_rows": float(len(x)),
-               "train_positive_rate": float(y.mean())}
+               "train_positive_rate": float(y.mean()), "calibration_rows": float(len(split.calibration)),
+               "calibration_positives": float(split.calibration[LABEL].sum()),
+               "calibration_predicted_positives": float(calibration_scores.sum())}
 
     client = tracking.connect(settings)
     experiment = tracking.experiment_id(settings, client)

@@ -1,0 +1,105 @@
+"""Buy-till-you-die baselines (pymc-marketing's CLV models) and the order-count-then-recency ranking.
+
+Why here: their outputs are features of the model (probability alive, expected purchases), and the
+same fitted models are the baselines a challenger must beat on the very holdout rows it is judged on.
+The models are fitted once, by MAP, on every customer's history strictly before the first holdout
+cutoff, so no holdout label reaches them; scoring any (customer, cutoff) row then needs only its own
+frequency, recency and age. pymc-marketing costs ~10 s to import: it is imported inside functions
+and only by the features stage, never by serving, which reads the outputs from Feast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+WEEK_DAYS = 7.0  # BTYD time unit: weeks, as in the published CDNOW estimates
+BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
+# Baseline scores written beside each training row (not model inputs): P(an order within the horizon).
+BASELINES = {"bgnbd": "baseline_bgnbd", "pareto_nbd": "baseline_pareto_nbd",
+             "frequency_recency": "baseline_frequency_recency"}
+RANKINGS = frozenset({"frequency_recency"})  # scores that rank but are not probabilities
+
+
+def rfm(features: pd.DataFrame) -> pd.DataFrame:
+    """BTYD inputs from customer feature rows: repeat orders (frequency), weeks from first to last order
+    (recency) and weeks from first order to the row's time (T)."""
+    age = features["days_since_first_order"].to_numpy(dtype=float) / WEEK_DAYS
+    since_last = features["recency_days"].to_numpy(dtype=float) / WEEK_DAYS
+    return pd.DataFrame({"customer_id": np.arange(len(features)),
+                         "frequency": features["frequency"].to_numpy(dtype=float) - 1,
+                         "recency": np.clip(age - since_last, 0, None), "T": np.maximum(age, 1e-6)})
+
+
+@dataclass
+class Fitted:
+    """The fitted BG/NBD and Pareto/NBD models and the cutoff whose history they saw."""
+
+    bgnbd: object
+    pareto_nbd: object | None
+    fitted_before: datetime
+
+    def parameters(self) -> dict[str, float]:
+        found = {f"bgnbd.{k}": float(v) for k, v in self.bgnbd.fit_summary().items()}
+        if self.pareto_nbd is not None:
+            found |= {f"pareto_nbd.{k}": float(v) for k, v in self.pareto_nbd.fit_summary().items()}
+        return found
+
+
+def _flat(values) -> np.ndarray:
+    return np.asarray(values).reshape(-1)
+
+
+def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) -> Fitted:
+    """MAP fits on one snapshot's rows (one per customer, all history strictly before ``fitted_before``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pymc_marketing.clv import BetaGeoModel, ParetoNBDModel
+
+        data = rfm(snapshot)
+        bgnbd = BetaGeoModel(data=data)
+        bgnbd.fit(method="map", progressbar=False)
+        pareto_nbd = None
+        if pareto:
+            pareto_nbd = ParetoNBDModel(data=data)
+            pareto_nbd.fit(method="map", progressbar=False)
+    return Fitted(bgnbd, pareto_nbd, fitted_before)
+
+
+def btyd_features(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """BG/NBD probability alive and expected orders within the horizon, one row per feature row."""
+    if features.empty:
+        return pd.DataFrame({name: pd.Series(dtype=float) for name in BTYD_FEATURES})
+    data = rfm(features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alive = _flat(fitted.bgnbd.expected_probability_alive(data=data))
+        purchases = _flat(fitted.bgnbd.expected_purchases(data=data, future_t=horizon_days / WEEK_DAYS))
+    return pd.DataFrame({"btyd_p_alive": alive, "btyd_expected_purchases": purchases}, index=features.index)
+
+
+def frequency_recency_rank(features: pd.DataFrame) -> np.ndarray:
+    """Order count first, then the most recent order: a ranking score in [0, 1) (no probability)."""
+    order = np.lexsort((-features["recency_days"].to_numpy(), features["frequency"].to_numpy()))
+    rank = np.empty(len(order))
+    rank[order] = np.arange(len(order))
+    return rank / max(len(order), 1)
+
+
+def baseline_scores(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """Each baseline's score per row: BG/NBD's and Pareto/NBD's P(an order within the horizon), and the
+    frequency-then-recency ranking (a rank, so only its ROC-AUC and PR-AUC mean anything)."""
+    data = rfm(features)
+    weeks = horizon_days / WEEK_DAYS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = {BASELINES["bgnbd"]: 1 - _flat(fitted.bgnbd.expected_probability_no_purchase(t=weeks, data=data))}
+        if fitted.pareto_nbd is not None:
+            none = fitted.pareto_nbd.expected_purchase_probability(data=data, n_purchases=0, future_t=weeks)
+            scores[BASELINES["pareto_nbd"]] = 1 - _flat(none)
+    scores[BASELINES["frequency_recency"]] = frequency_recency_rank(features)
+    return pd.DataFrame(scores, index=features.index).clip(0, 1)
