@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds, so inputs
 # ingested before are parsed again instead of reused.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: rejects non-UTF-8, absent required fields, NaN/inf amounts; manifest counts duplicates
 
 _str = pa.string()
 

@@ -27,7 +27,7 @@ from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: rejects rows cut short, open quotes, non-UTF-8; manifest counts duplicates
 
 REQUIRED = [
     "Name", "Email", "Financial Status", "Currency", "Subtotal", "Total", "Discount Amount", "Created at",
