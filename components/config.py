@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -24,16 +27,67 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from storeflow.components.secrets import PasswordOf, is_literal, redis_password, reference, url_password
 from storeflow.components.version import __version__
 
 CONFIG_ENV = "STOREFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "storeflow.yaml"
+ENV_PREFIX = "STOREFLOW_"
+ENV_DELIMITER = "__"
+# Where cluster tasks and the serving containers find the online store's and the Feast registry's
+# connection values (Kubernetes Secrets given as env); a cluster config refers to them as ${NAME}.
+REDIS_CONNECTION_STRING_ENV = "REDIS_CONNECTION_STRING"
+FEAST_REGISTRY_URL_ENV = "FEAST_REGISTRY_URL"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Marks a connection setting: where its password goes it holds ``${VAR}``, never the password.
+
+    A literal password is an error (naming the setting), except when the whole value is the setting's own
+    ``STOREFLOW_*`` variable: then the setting becomes a reference to that variable (see
+    :meth:`Settings._env_values_by_reference`). So settings, config_json and logs never hold a secret.
+    """
+
+    password_of: PasswordOf
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def check(self, value: str | None) -> str | None:
+        if value is not None and is_literal(self.password_of(value)):
+            raise ValueError("holds a password: write ${VAR} where the password goes and set VAR in the "
+                             "environment, or give the whole value in its STOREFLOW_ variable")
+        return value
+
+
+@dataclass(frozen=True)
+class NoPassword:
+    """Marks a URL setting whose client reads credentials from its own environment variables (``hint``)."""
+
+    hint: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def check(self, value: str | None) -> str | None:
+        if value is not None and url_password(value):
+            raise ValueError(f"must not carry a password: {self.hint}")
+        return value
+
+
+RedisConnection = Annotated[str, Credential(redis_password)]
+CredentialUrl = Annotated[str | None, Credential(url_password)]
+MLFLOW_CREDENTIALS = ("MLflow reads a tracking server's credentials from MLFLOW_TRACKING_USERNAME / "
+                      "MLFLOW_TRACKING_PASSWORD, a database driver its own (PGPASSWORD for PostgreSQL), "
+                      "S3 clients AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
 
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, so a typo never silently becomes a default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Errors never echo the value: a rejected setting may hold a password.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class ProjectConfig(Section):
@@ -100,9 +154,14 @@ class ValidateConfig(Section):
 class FeastConfig(Section):
     project: str = "storeflow"
     repo_dir: Path | None = Field(None, description="Feature repo; default <state_dir>/feature_repo.")
-    registry: str | None = Field(None, description="Registry path or SQL URL; default file in repo_dir.")
+    registry: CredentialUrl = Field(
+        None, description="Registry path or SQL URL (password as ${VAR}); default file in repo_dir.")
+    registry_secret: str = Field("storeflow-feast-registry", description="Secret (key url) given to the tasks "
+                                 f"that use Feast on a cluster, as {FEAST_REGISTRY_URL_ENV}; optional.")
     online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_connection_string: str = "127.0.0.1:6379"
+    redis_connection_string: RedisConnection = Field(
+        "127.0.0.1:6379", description="Feast's host:port[,key=value...]; password as password=${VAR}, or the whole "
+                                      f"value as ${{{REDIS_CONNECTION_STRING_ENV}}} on a cluster.")
     ttl_days: int = Field(400, gt=0, description="How old a feature row may be and still join.")
 
 
@@ -167,14 +226,19 @@ class EvaluateConfig(Section):
 
 
 class RegistryConfig(Section):
-    tracking_uri: str | None = Field(None, description="Default: sqlite:///<state_dir>/mlflow.db")
-    artifact_location: str | None = Field(None, description="Default: <state_dir>/mlartifacts")
+    tracking_uri: Annotated[str | None, NoPassword(MLFLOW_CREDENTIALS)] = Field(
+        None, description="Default: sqlite:///<state_dir>/mlflow.db")
+    artifact_location: Annotated[str | None, NoPassword(MLFLOW_CREDENTIALS)] = Field(
+        None, description="Default: <state_dir>/mlartifacts")
+    credentials_secret: str = Field(
+        "storeflow-mlflow-client", description="Secret (keys username, password) given to the tasks that use "
+        "MLflow on a cluster, as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; optional.")
     experiment: str = "storeflow-training"
     model_name: str = "storeflow-repeat-purchase"
 
 
 class KfpConfig(Section):
-    host: str | None = None
+    host: Annotated[str | None, NoPassword("a token comes from --token / STOREFLOW_KFP_TOKEN or kfp.token_path")] = None
     namespace: str = "kubeflow"
     experiment: str = "storeflow"
     service_account: str | None = "storeflow-pipeline-runner"
@@ -382,11 +446,12 @@ class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STOREFLOW_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
         extra="forbid",
         validate_assignment=True,
         populate_by_name=True,
+        hide_input_in_errors=True,
     )
     _file_values: ClassVar[dict[str, Any]] = {}
 
@@ -416,6 +481,30 @@ class Settings(BaseSettings):
         # Overrides beat the environment, which beats the YAML file, which beats the defaults.
         return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(cls._file_values)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _env_values_by_reference(cls, data: Any) -> Any:
+        """A connection setting whose password came in its own ``STOREFLOW_*`` variable keeps only the
+        reference ``${STOREFLOW_...}``: child processes (pipeline tasks, servers) inherit the variable, and
+        config_json, feature_store.yaml and logs carry the name, not the password."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for path, marker in credential_fields(cls):
+            *parents, leaf = path
+            node = data
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    break
+                node[key] = node = dict(node[key])
+            else:
+                value = node.get(leaf)
+                if isinstance(value, str) and is_literal(marker.password_of(value)):
+                    variable = _environment_name(path)
+                    if variable is not None and os.environ[variable] == value:
+                        node[leaf] = reference(variable)
+        return data
+
     # Derived locations: one place decides where state lives.
     @property
     def data_dir(self) -> Path:
@@ -441,6 +530,23 @@ class Settings(BaseSettings):
     def to_json(self) -> str:
         """Serialize for a pipeline parameter; :func:`load_settings` reads it back unchanged."""
         return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def credential_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Credential]]:
+    """The paths of every :class:`Credential` setting under ``model``, with its marker."""
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from credential_fields(field.annotation, path)
+        for marker in field.metadata:
+            if isinstance(marker, Credential):
+                yield path, marker
+
+
+def _environment_name(path: tuple[str, ...]) -> str | None:
+    """The ``STOREFLOW_*`` variable (as spelled in the environment) that sets ``path``, if it is set."""
+    wanted = (ENV_PREFIX + ENV_DELIMITER.join(path)).upper()
+    return next((name for name in os.environ if name.upper() == wanted), None)
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,8 @@
 """Submit compiled pipelines to a Kubeflow Pipelines API with ``kfp.Client``.
 
 The run gets the submitter's settings as its ``config_json``, with the state dir moved to where tasks
-mount the state volume. A token comes from ``--token`` or, in-cluster, the projected service-account
+mount the state volume. Passwords are never in it: connection settings refer to the variables the tasks get
+from Kubernetes Secrets (``${REDIS_CONNECTION_STRING}``, ``${FEAST_REGISTRY_URL}``). A token comes from ``--token`` or, in-cluster, the projected service-account
 token file; otherwise the client's own auth applies (e.g. a port-forwarded, unauthenticated API).
 """
 
@@ -10,9 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from storeflow.components.config import Settings
+from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
+from storeflow.components.features.repo import connection_settings
+from storeflow.components.secrets import references
 from storeflow.pipelines.api_errors import api_errors, probe
 from storeflow.pipelines.compile import pipeline_package
+
+CLUSTER_VARIABLES = frozenset({REDIS_CONNECTION_STRING_ENV, FEAST_REGISTRY_URL_ENV})  # see training.feast_credentials
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,16 @@ class Submitted:
 
 
 def cluster_config_json(settings: Settings) -> str:
-    """The settings a task sees on the cluster: same values, state on the mounted volume."""
+    """The settings a task sees on the cluster: same values, state on the mounted volume.
+
+    Fails, before anything is sent, when a connection setting refers to a variable the tasks will not have
+    (e.g. the submitter's own ``${STOREFLOW_...}``): the run would fail later, deep in a task.
+    """
+    for key, value in connection_settings(settings):
+        if unknown := [name for name in references(value) if name not in CLUSTER_VARIABLES]:
+            raise ValueError(f"{key} refers to {', '.join(unknown)}, which cluster tasks do not have; on a "
+                             f"cluster refer to {' or '.join(f'${{{v}}}' for v in sorted(CLUSTER_VARIABLES))} "
+                             f"(Secrets {settings.deploy.online_store_secret}, {settings.features.feast.registry_secret})")
     moved = settings.model_copy(deep=True)
     moved.project.state_dir = settings.kfp.state_mount_path
     return moved.to_json()
@@ -52,11 +66,12 @@ def submit(settings: Settings, host: str | None = None, token: str | None = None
     if not package.exists():
         raise FileNotFoundError(f"{package} does not exist: run `storeflow compile` first")
     host = host or settings.kfp.host
+    config_json = cluster_config_json(settings)
     kfp_client = client(settings, host, token)
     with api_errors(str(host)):
         result = kfp_client.create_run_from_pipeline_package(
             str(package),
-            arguments={"config_json": cluster_config_json(settings), **(parameters or {})},
+            arguments={"config_json": config_json, **(parameters or {})},
             run_name=run_name,
             experiment_name=settings.kfp.experiment,
             namespace=settings.kfp.namespace,
@@ -74,6 +89,7 @@ def schedule(settings: Settings, cron: str, host: str | None = None, token: str 
         raise ValueError(f"cron expression {cron!r} must have 6 fields (seconds minutes hours day month weekday)")
     package = package or pipeline_package(pipeline)
     name = name or {"training": "storeflow-retraining"}.get(pipeline, f"storeflow-{pipeline}")
+    config_json = cluster_config_json(settings)
     kfp_client = client(settings, host, token)
     with api_errors(str(host or settings.kfp.host)):
         experiment = kfp_client.create_experiment(settings.kfp.experiment, namespace=settings.kfp.namespace)
@@ -82,7 +98,7 @@ def schedule(settings: Settings, cron: str, host: str | None = None, token: str 
             job_name=name,
             cron_expression=cron,
             pipeline_package_path=str(package),
-            params={"config_json": cluster_config_json(settings)},
+            params={"config_json": config_json},
             service_account=settings.kfp.service_account,
             enable_caching=settings.kfp.enable_caching,
             max_concurrency=1,

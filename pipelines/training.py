@@ -10,7 +10,7 @@ the branch, so a decision made by a component holds the same on every runner.
 
 from kfp import dsl, kubernetes
 
-from storeflow.components.config import load_settings
+from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, load_settings
 from storeflow.components.deploy.component import deploy
 
 from storeflow.components.evaluate.component import evaluate
@@ -48,17 +48,44 @@ def shopify_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     )
 
 
+def feast_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The online store's and the Feast registry's connection values reach the tasks that open Feast as env
+    from their Secrets, under the names a cluster config refers to (``${REDIS_CONNECTION_STRING}``,
+    ``${FEAST_REGISTRY_URL}``), so config_json carries only the names. Optional: the embedded stores need none.
+    """
+    settings = load_settings()
+    kubernetes.use_secret_as_env(task, secret_name=settings.deploy.online_store_secret,
+                                 secret_key_to_env={"connection-string": REDIS_CONNECTION_STRING_ENV}, optional=True)
+    return kubernetes.use_secret_as_env(task, secret_name=settings.features.feast.registry_secret,
+                                        secret_key_to_env={"url": FEAST_REGISTRY_URL_ENV}, optional=True)
+
+
+def mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A tracking server's login reaches the tasks that use MLflow as the variables MLflow reads itself.
+
+    Optional, so an unauthenticated tracking server (the kustomize base's) needs no Secret.
+    """
+    return kubernetes.use_secret_as_env(
+        task, secret_name=load_settings().registry.credentials_secret,
+        secret_key_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
+        optional=True,
+    )
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
 def training_pipeline(config_json: str = "{}") -> str:
     ingested = shopify_credentials(on_cluster(ingest(config_json=config_json), "ingest"))
     validated = on_cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
-    built = on_cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]), "features")
-    trained = on_cluster(train(config_json=config_json, features=built.output), "train")
-    evaluated = on_cluster(evaluate(config_json=config_json, features=built.output, trained=trained.output),
-                           "evaluate")
-    registered = on_cluster(
+    built = feast_credentials(on_cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]),
+                                         "features"))
+    trained = mlflow_credentials(on_cluster(train(config_json=config_json, features=built.output), "train"))
+    evaluated = mlflow_credentials(on_cluster(
+        evaluate(config_json=config_json, features=built.output, trained=trained.output), "evaluate"))
+    registered = mlflow_credentials(on_cluster(
         register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
         "register",
-    )
-    on_cluster(deploy(config_json=config_json, registration=registered.output), "deploy")
+    ))
+    # deploy target local serves through Feast; kserve only reads MLflow.
+    feast_credentials(mlflow_credentials(on_cluster(deploy(config_json=config_json, registration=registered.output),
+                                                    "deploy")))
     return registered.output

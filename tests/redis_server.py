@@ -19,13 +19,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server(directory: Path):
+def redis_server(directory: Path, password: str | None = None):
+    """Yields host:port; with ``password``, clients must authenticate (redis-server --requirepass)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
     port = _free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--dir", str(directory), *auth], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -52,3 +52,55 @@ def test_file_sources_need_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="ingest.path is required"):
         load_settings({"ingest": {"source": "csv"}})
+
+
+PASSWORD = "pw-7d1c0e9b2a"  # planted: it must appear in no message, no config_json
+
+
+def test_a_password_in_its_own_variable_travels_as_the_variables_name(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's reproduction: config_json (a pipeline parameter) held the Redis password."""
+    monkeypatch.chdir(tmp_path)
+    variable = "STOREFLOW_FEATURES__FEAST__REDIS_CONNECTION_STRING"
+    monkeypatch.setenv(variable, f"127.0.0.1:6379,password={PASSWORD}")
+    settings = load_settings()
+    assert settings.features.feast.redis_connection_string == f"${{{variable}}}"
+    assert PASSWORD not in settings.to_json() and PASSWORD not in repr(settings)
+    assert load_settings(settings.to_json()) == settings  # a task reads the reference back, and its env
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"features": {"feast": {"redis_connection_string": f"redis:6379,password={PASSWORD}"}}},
+     "features.feast.redis_connection_string"),
+    ({"features": {"feast": {"registry": f"postgresql://feast:{PASSWORD}@db:5432/feast"}}}, "features.feast.registry"),
+])
+def test_a_written_out_password_is_refused_without_echoing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               overrides: dict, key: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{key}: .*holds a password: write \$\{{VAR\}}") as refused:
+        load_settings(overrides)
+    assert PASSWORD not in str(refused.value) and PASSWORD not in str(refused.value.__cause__)
+    (tmp_path / "storeflow.yaml").write_text(f"features:\n  feast:\n    redis_connection_string: h:1,password={PASSWORD}\n")
+    with pytest.raises(ConfigError, match="features.feast.redis_connection_string: .*holds a password"):
+        load_settings()
+
+
+def test_passwords_by_reference_are_kept_as_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"features": {"feast": {"redis_connection_string": "redis:6379,password=${REDIS_PASSWORD}",
+                                                     "registry": "postgresql://feast:${PGPASS}@db/feast"}}})
+    assert settings.features.feast.redis_connection_string == "redis:6379,password=${REDIS_PASSWORD}"
+    assert load_settings(settings.to_json()).features.feast.registry == "postgresql://feast:${PGPASS}@db/feast"
+
+
+def test_urls_whose_clients_read_their_own_credentials_refuse_a_password(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STOREFLOW_REGISTRY__TRACKING_URI", f"https://ci:{PASSWORD}@mlflow.example.com")
+    with pytest.raises(ConfigError, match="registry.tracking_uri: .*MLFLOW_TRACKING_PASSWORD") as refused:
+        load_settings()
+    assert PASSWORD not in str(refused.value) and PASSWORD not in str(refused.value.__cause__)
+    monkeypatch.delenv("STOREFLOW_REGISTRY__TRACKING_URI")
+    with pytest.raises(ConfigError, match="kfp.host: .*STOREFLOW_KFP_TOKEN"):
+        load_settings({"kfp": {"host": f"https://admin:{PASSWORD}@kubeflow.example.com/pipeline"}})
+    assert load_settings({"registry": {"tracking_uri": "https://ci@mlflow.example.com"}})  # a user name is no secret

@@ -116,3 +116,26 @@ def test_compiled_yaml_is_current_and_pinned() -> None:
     images = {line.split("image:")[1].strip() for line in text.splitlines() if "image:" in line}
     assert images and all(":" in i and not i.endswith(":latest") for i in images)
     assert components.load_component_from_file(str(MANIFESTS / "pipelines" / "training.yaml"))
+
+
+def test_a_connection_setting_the_cluster_cannot_resolve_is_refused_before_sending(
+        cluster_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password in the submitter's own STOREFLOW_ variable is only a reference: the cluster's tasks get the
+    online store's connection string from its Secret as ${REDIS_CONNECTION_STRING}, never from the laptop."""
+    variable = "STOREFLOW_FEATURES__FEAST__REDIS_CONNECTION_STRING"
+    monkeypatch.setenv(variable, "redis.storeflow.svc:6379,password=laptop-pw-5c1d")
+    laptop = load_settings({**json.loads(cluster_settings.to_json()), "features": {"feast": {"online_store": "redis"}}})
+    with KfpApi() as api:
+        with pytest.raises(ValueError, match=rf"features.feast.redis_connection_string refers to {variable}, which "
+                                             r"cluster tasks do not have; on a cluster refer to .*REDIS_CONNECTION_STRING"):
+            submit(laptop, host=api.url, token="t")
+        assert api.requests == []
+        laptop.features.feast.redis_connection_string = "${REDIS_CONNECTION_STRING}"
+        submit(laptop, host=api.url, token="t")
+    sent = next(r for r in api.requests if r.path == "/apis/v2beta1/runs").body["runtime_config"]["parameters"]
+    assert json.loads(sent["config_json"])["features"]["feast"]["redis_connection_string"] == "${REDIS_CONNECTION_STRING}"
+    executors = yaml.safe_load_all((MANIFESTS / "pipelines" / "training.yaml").read_text())
+    secrets = {name: [s["secretName"] for s in e.get("secretAsEnv", [])]
+               for name, e in list(executors)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()}
+    assert "storeflow-online-store" in secrets["exec-features"] and "storeflow-mlflow-client" in secrets["exec-train"]
+    assert secrets["exec-validate"] == []  # a task gets only the Secrets it uses

@@ -4,17 +4,24 @@ The repo is a real Feast repo on disk (``feature_store.yaml`` beside the data), 
 a Feast feature server work against it too. Embedded defaults: DuckDB offline store, SQLite online
 store, file registry. Production: set ``features.feast.online_store: redis`` (and ``registry`` to a SQL
 URL or object-store path); nothing else changes.
+
+Passwords stay ``${VAR}`` references in feature_store.yaml (Feast expands them from the environment when
+it loads the file), and the file is private to its owner all the same.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import yaml
 
 from storeflow.components.config import Settings
+from storeflow.components.secrets import require
 
 if TYPE_CHECKING:  # feast costs seconds to import; keep it out of module load
     from feast import FeatureService, FeatureStore, FeatureView
@@ -28,6 +35,7 @@ PRODUCT_VIEW = "product_sales"
 SERVICE = "repeat_purchase"
 PRODUCT_FEATURES = ("units_per_day_7d", "units_per_day_30d", "revenue_30d")
 INTEGER_FEATURES = frozenset({"frequency", "orders_last_90d"})
+FILE_REGISTRY_SCHEMES = frozenset({"", "file", "s3", "gs", "hdfs"})  # Feast's file registry stores
 
 
 def source_path(settings: Settings, view: str) -> Path:
@@ -35,7 +43,7 @@ def source_path(settings: Settings, view: str) -> Path:
 
 
 def store_config(settings: Settings) -> dict:
-    """The feature_store.yaml content for these settings."""
+    """The feature_store.yaml content for these settings: passwords as the ``${VAR}`` the settings hold."""
     feast_cfg = settings.features.feast
     repo = settings.feature_repo_dir
     if feast_cfg.online_store == "redis":
@@ -45,11 +53,32 @@ def store_config(settings: Settings) -> dict:
     return {
         "project": feast_cfg.project,
         "provider": "local",
-        "registry": feast_cfg.registry or str(repo / "data" / "registry.db"),
+        "registry": registry_config(feast_cfg.registry) if feast_cfg.registry else str(repo / "data" / "registry.db"),
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
     }
+
+
+def registry_config(registry: str) -> str | dict:
+    """A path or object-store URL is a file registry; a database URL (``postgresql://…``) a SQL registry.
+
+    The scheme is read through the environment, as Feast will (``${FEAST_REGISTRY_URL}`` on a cluster); the
+    value written keeps its references.
+    """
+    scheme = urlsplit(os.path.expandvars(registry)).scheme
+    if scheme in FILE_REGISTRY_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
+        return registry
+    return {"registry_type": "sql", "path": registry}
+
+
+def connection_settings(settings: Settings) -> list[tuple[str, str]]:
+    """The connection settings feature_store.yaml uses, as (dotted key, value)."""
+    feast_cfg = settings.features.feast
+    used = [("features.feast.registry", feast_cfg.registry)]
+    if feast_cfg.online_store == "redis":
+        used.append(("features.feast.redis_connection_string", feast_cfg.redis_connection_string))
+    return [(key, value) for key, value in used if value]
 
 
 def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureService]:
@@ -96,16 +125,32 @@ def feature_refs(settings: Settings) -> list[str]:
 
 
 def feature_store(settings: Settings) -> FeatureStore:
-    """Open the repo, writing feature_store.yaml when it is missing or differs from the settings."""
+    """Open the repo, writing feature_store.yaml when it is missing or differs from the settings.
+
+    A variable the settings refer to must be set here: Feast would keep an unset ``${VAR}`` as text.
+    """
     from feast import FeatureStore
 
+    require(connection_settings(settings))
     repo = settings.feature_repo_dir
     (repo / "data").mkdir(parents=True, exist_ok=True)
     config_file = repo / "feature_store.yaml"
     wanted = yaml.safe_dump(store_config(settings), sort_keys=False)
-    if not config_file.exists() or config_file.read_text() != wanted:
-        config_file.write_text(wanted)
+    if not config_file.exists() or config_file.read_text() != wanted or config_file.stat().st_mode & 0o077:
+        _write_private(config_file, wanted)
     return FeatureStore(repo_path=str(repo))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` at once (readers never see half a file) with an owner-only (0600) file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def apply(settings: Settings) -> FeatureStore:
