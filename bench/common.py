@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 MODEL = "storeflow-repeat-purchase"
 CLIENT_ID = "bench-app"
@@ -91,6 +93,12 @@ def request_bytes(port: int, path: str, body: bytes, headers: dict, content_leng
 
 
 # -- server processes ----------------------------------------------------------------------------------------
+def serve_command(work: Path, port: int) -> list[str]:
+    """``storeflow serve`` as the benchmarks run it: the bench store's config, 2 workers, on ``port``."""
+    return [str(Path(sys.executable).with_name("storeflow")), "serve", "-c", str(work / "config.yaml"), "--workers", "2",
+            "--port", str(port)]
+
+
 def stop(proc: subprocess.Popen) -> None:
     """End a server started in its own session, with every process it started."""
     try:

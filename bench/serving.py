@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import CLIENT_ID, MODEL, SECRET, SHOP, free_port, session_token, stop, wait_ready
+from common import CLIENT_ID, MODEL, SECRET, SHOP, free_port, serve_command, session_token, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -88,8 +88,7 @@ def start(name: str, work: Path, port: int) -> subprocess.Popen:
     log = (work / f"{name}.log").open("w")
     if name.startswith("storeflow"):
         env["SHOPIFY_API_SECRET"] = SECRET
-        cmd = [str(Path(PY).parent / "storeflow"), "serve", "-c", str(work / "config.yaml"), "--workers", "2",
-               "--port", str(port)]
+        cmd = serve_command(work, port)
         if name == "storeflow-uncached":
             cmd += ["--set", "serving.score_memo_rows=0", "--set", "serving.feature_cache_seconds=0"]
     elif name == "mlserver":

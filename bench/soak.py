@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import SECRET, free_port, request_bytes, stop, wait_ready
+from common import SECRET, free_port, request_bytes, serve_command, stop, wait_ready
 from soak_traffic import (
     HOSTILE_ORDER_IDS,
     KINDS,
@@ -48,6 +48,7 @@ from soak_traffic import (
     V2,
     VALID_DELIVERIES,
     Call,
+    Kind,
     Traffic,
     bearer,
     v2_body,
@@ -96,6 +97,7 @@ class Stats:
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     answers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     valid: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)  # draws not sent: their server's queue was full
 
     def add(self, call: Call, status: str, seconds: float, answer: str | None) -> None:
         self.statuses[call.kind][status] += 1
@@ -114,7 +116,7 @@ def kind_table(stats: Stats) -> dict:
         out[name] = {"target": kind.target, "requests": sum(counts.values()), "statuses": dict(sorted(counts.items())),
                      "5xx": sum(n for s, n in counts.items() if s.startswith("5")),
                      "unexpected": sum(n for s, n in counts.items() if not kind.expected(s)),
-                     "expected": sorted(kind.expect),
+                     "expected": sorted(kind.expect), "skipped_queue_full": stats.skipped[name],
                      "p50_ms": percentile(stats.latency[name], 0.5), "p99_ms": percentile(stats.latency[name], 0.99)}
     return out
 
@@ -195,12 +197,11 @@ async def _settled(reading: asyncio.Future) -> str:
 
 
 # -- processes -----------------------------------------------------------------------------------------------
-def start_webhooks(work: Path, port: int) -> subprocess.Popen:
+def start(work: Path, name: str, command: list[str]) -> subprocess.Popen:
+    """A server in its own session (so :func:`common.stop` ends its workers too), logging to ``<name>.log``."""
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "OMP_NUM_THREADS": "1"}
-    log = (work / "webhooks.log").open("w")
-    return subprocess.Popen([str(Path(sys.executable).with_name("storeflow")), "webhooks", "-c", str(work / "config.yaml"),
-                             "--port", str(port)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log = (work / f"{name}.log").open("w")
+    return subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def tree_rss(pid: int) -> dict[int, tuple[str, int]]:
@@ -261,17 +262,23 @@ async def drive(plan: Plan, traffic: Traffic, ports: dict[str, int], pids: dict[
     clients = {target: httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[target]}", timeout=plan.timeout,
                                          limits=httpx.Limits(max_connections=conc))
                for target, conc in concurrency.items()}
-    gates = {"serve": asyncio.Semaphore(plan.serve_concurrency), "webhooks": asyncio.Semaphore(plan.webhook_concurrency),
-             "raw": asyncio.Semaphore(plan.raw_connections), "slow": asyncio.Semaphore(plan.slow_connections)}
-    in_flight = asyncio.Semaphore(2 * (plan.serve_concurrency + plan.webhook_concurrency + plan.raw_connections
-                                       + plan.slow_connections))
+    sizes = {"serve": plan.serve_concurrency, "webhooks": plan.webhook_concurrency, "raw": plan.raw_connections,
+             "slow": plan.slow_connections}
+    gates = {name: asyncio.Semaphore(size) for name, size in sizes.items()}
+    # Requests waiting per gate are bounded too: a server that slows down gets fewer requests, the other
+    # server still gets its share (the skipped draws are counted).
+    queue_caps = {name: size * (1 if name == "slow" else 2) for name, size in sizes.items()}
+    queued: Counter = Counter()
     kinds, weights = KINDS, [k.weight for k in KINDS]
     rss: dict[str, dict] = {}
     series: list[dict] = []
 
-    async def one(call: Call) -> None:
+    def gate_of(kind: Kind) -> str:
+        return kind.target if kind.transport == "http" else kind.transport
+
+    async def one(call: Call, gate: str) -> None:
         try:
-            async with gates[call.target if call.transport == "http" else call.transport]:
+            async with gates[gate]:
                 started = time.perf_counter()
                 try:
                     if call.transport == "http":
@@ -282,7 +289,7 @@ async def drive(plan: Plan, traffic: Traffic, ports: dict[str, int], pids: dict[
                     status, answer = f"client-error:{type(exc).__name__}", None
                 stats.add(call, status, time.perf_counter() - started, answer)
         finally:
-            in_flight.release()
+            queued[gate] -= 1
 
     async def sample() -> None:
         begun = time.monotonic()
@@ -302,11 +309,14 @@ async def drive(plan: Plan, traffic: Traffic, ports: dict[str, int], pids: dict[
         delay = begun + sent / plan.rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        await in_flight.acquire()
         kind = traffic.rng.choices(kinds, weights)[0]
-        while kind.name == "slow_body" and gates["slow"].locked():  # slow connections are capped: send another
-            kind = traffic.rng.choices(kinds, weights)[0]
-        task = asyncio.ensure_future(one(kind.build(traffic)))
+        gate = gate_of(kind)
+        if queued[gate] >= queue_caps[gate]:
+            stats.skipped[kind.name] += 1
+            await asyncio.sleep(0.002)
+            continue
+        queued[gate] += 1
+        task = asyncio.ensure_future(one(kind.make(traffic), gate))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         sent += 1
@@ -398,7 +408,7 @@ def main() -> int:
     plan = Plan(seconds=args.seconds, rate=args.rate, warmup=min(60.0, max(5.0, args.seconds / 10)),
                 slow_hold=min(20.0, args.seconds / 3))
 
-    import serving as serving_bench  # bench/serving.py: the model and the serve command, as it benches them
+    import serving as serving_bench  # bench/serving.py: the store and the model it benches
 
     work = Path(tempfile.mkdtemp(prefix="storeflow-soak-"))
     print(f"building the store and the model in {work} ...", flush=True)
@@ -412,7 +422,10 @@ def main() -> int:
     traffic = Traffic(customers=ids[cut:], redactable=ids[:cut], webhook_max_body=settings.shopify.webhook_max_body_bytes,
                       rng=random.Random(args.seed))
     ports = {"serve": free_port(), "webhooks": free_port()}
-    procs = {"serve": serving_bench.start("storeflow", work, ports["serve"]), "webhooks": start_webhooks(work, ports["webhooks"])}
+    # The newest version (alias challenger): whether it beat a champion is the gate's business, not the soak's.
+    procs = {"serve": start(work, "serve", [*serve_command(work, ports["serve"]), "--alias", "challenger"]),
+             "webhooks": start(work, "webhooks", [str(Path(sys.executable).with_name("storeflow")), "webhooks",
+                                                  "-c", str(work / "config.yaml"), "--port", str(ports["webhooks"])])}
     stats = Stats()
     try:
         wait_ready(procs["serve"], f"http://127.0.0.1:{ports['serve']}/v2/health/ready")
@@ -472,7 +485,7 @@ def build_report(plan, store, machine, kinds, run, deliveries, journal, health, 
         "plan": {"seconds": plan.seconds, "rate_per_s": plan.rate, "max_requests": plan.max_requests,
                  "warmup_s": plan.warmup, "serve_concurrency": plan.serve_concurrency,
                  "webhook_concurrency": plan.webhook_concurrency, "slow_connections": plan.slow_connections,
-                 "slow_hold_s": plan.slow_hold, "serve_workers": 2},
+                 "slow_hold_s": plan.slow_hold, "serve_workers": 2, "served": "alias challenger (the newest version)"},
         "headline": headline,
         "targets_met": {"no_5xx": fivexx == 0, "rss_growth_under_10pct": all(
             r["growth_pct"] is not None and r["growth_pct"] < 10 for r in rss.values()),

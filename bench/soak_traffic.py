@@ -1,7 +1,7 @@
 """The soak's traffic: every kind of request bench/soak.py sends, valid and hostile, as data.
 
-Each kind is a builder (a :class:`Traffic` in, a :class:`Call` out: path, body, headers, transport), a
-weight in the mix, and the statuses it should get. Builders know nothing of sockets or servers, so
+Each kind is a builder (a :class:`Traffic` in, a :class:`Call` out: path, body, headers), a weight in
+the mix, the statuses it should get and how it is sent (httpx, or a socket). Builders know nothing of sockets or servers, so
 tests/test_bench_soak.py checks that each builds what its name claims.
 """
 
@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import jwt
@@ -93,13 +93,13 @@ class Traffic:
         return f"soak-{self.sent_webhooks:08d}"
 
     def delivery(self, kind: str, topic: str, body: bytes, *, secret: str = SECRET, hmac: str | bytes | None = None,
-                 entity: int | None = None, transport: str = "http") -> Call:
+                 entity: int | None = None) -> Call:
         """A delivery with a new webhook id; a valid one (``kind`` in :data:`VALID_DELIVERIES`) may be sent again."""
         webhook_id = self.next_webhook_id()
         headers = webhook_headers(topic, webhook_id, body, secret=secret, shop=SHOP)
         if hmac is not None:
             headers["X-Shopify-Hmac-Sha256"] = hmac
-        call = Call(kind, "webhooks", WEBHOOKS, body, headers, transport, webhook_id=webhook_id, entity=entity)
+        call = Call(kind, "webhooks", WEBHOOKS, body, headers, webhook_id=webhook_id, entity=entity)
         if kind in VALID_DELIVERIES:
             self.delivered.append(call)
             if len(self.delivered) > 4000:  # re-deliveries come from the recent ones; memory stays bounded
@@ -220,10 +220,8 @@ def serve_kinds() -> list[tuple[str, float, frozenset, Callable[[Traffic], Call]
         ("app_proxy_non_ascii_signature", 1, unauthorized, proxy("app_proxy_non_ascii_signature", lambda t: "%C3%A9")),
         ("v2_nested_1000", 1, bad, with_token("v2_nested_1000", lambda t: nested(NESTED_DEPTH))),
         ("huge_content_length", 0.5, too_large, with_token(
-            "huge_content_length", lambda t: v2_body(t.customer()), transport="raw",
-            content_length=HUGE_DECLARED_BYTES)),
-        ("body_10mb", 0.1, too_large, with_token("body_10mb", lambda t: t.big("serve", BIG_BODY_BYTES),
-                                                  transport="raw")),
+            "huge_content_length", lambda t: v2_body(t.customer()), content_length=HUGE_DECLARED_BYTES)),
+        ("body_10mb", 0.1, too_large, with_token("body_10mb", lambda t: t.big("serve", BIG_BODY_BYTES))),
         ("malformed_json", 1, bad, with_token("malformed_json", lambda t: v2_body(t.customer())[:-7])),
         ("wrong_types", 1, bad, with_token("wrong_types", lambda t: t.rng.choice(WRONG_TYPES))),
         ("random_bytes", 1, bad, with_token("random_bytes", lambda t: t.rng.randbytes(t.rng.randint(1, 4096)))),
@@ -303,11 +301,11 @@ def webhook_kinds() -> list[tuple[str, float, frozenset, Callable[[Traffic], Cal
         return t.delivery(kind, "orders/create", body, **({} if signed else {"hmac": "AAAA" * 11}))
 
     def oversized(t: Traffic) -> Call:
-        return t.delivery("oversized_body", "orders/create", t.big("webhook", 2 * t.webhook_max_body), transport="raw")
+        return t.delivery("oversized_body", "orders/create", t.big("webhook", 2 * t.webhook_max_body))
 
     def slow_body(t: Traffic) -> Call:
         """Signed, so the receiver must wait for the whole body before it can check anything."""
-        return t.delivery("slow_body", "orders/create", b'{"id": 1}' + b" " * 4087, transport="slow")
+        return t.delivery("slow_body", "orders/create", b'{"id": 1}' + b" " * 4087)
 
     ok, unauthorized = frozenset({"200"}), frozenset({"401"})
     refused_or_parked = frozenset({"4xx", "200"})  # 400 at the door, or accepted and dead-lettered
@@ -335,10 +333,17 @@ class Kind:
     weight: float
     expect: frozenset  # status keys; "4xx" admits any 400-499
     build: Callable[[Traffic], Call]
+    transport: str = "http"
+
+    def make(self, traffic: Traffic) -> Call:
+        return replace(self.build(traffic), transport=self.transport)
 
     def expected(self, status: str) -> bool:
         return status in self.expect or ("4xx" in self.expect and len(status) == 3 and status.startswith("4"))
 
 
-KINDS = [Kind(name, "serve", w, e, b) for name, w, e, b in serve_kinds()] + \
-        [Kind(name, "webhooks", w, e, b) for name, w, e, b in webhook_kinds()]
+# Sent on sockets: a declared length other than the body's, answers that come before the body is sent,
+# bodies dribbled at 16 bytes a second.
+SOCKET_KINDS = {"huge_content_length": "raw", "body_10mb": "raw", "oversized_body": "raw", "slow_body": "slow"}
+KINDS = [Kind(name, target, w, e, b, SOCKET_KINDS.get(name, "http"))
+         for target, kinds in (("serve", serve_kinds()), ("webhooks", webhook_kinds())) for name, w, e, b in kinds]

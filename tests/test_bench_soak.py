@@ -32,7 +32,7 @@ def build(bench):
     traffic = bench["soak_traffic"].Traffic(customers=list(range(1, 40)), redactable=[500, 501],
                                             webhook_max_body=WEBHOOK_LIMIT, rng=random.Random(7))
     kinds = {kind.name: kind for kind in bench["soak_traffic"].KINDS}
-    return lambda name: kinds[name].build(traffic)
+    return lambda name: kinds[name].make(traffic)
 
 
 @pytest.fixture
