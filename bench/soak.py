@@ -471,7 +471,7 @@ def build_report(plan, store, machine, kinds, run, deliveries, journal, health, 
     requests = sum(t["requests"] for t in targets.values())
     fivexx = sum(t["5xx"] for t in targets.values())
     headline = {
-        "requests": requests, "5xx": fivexx,
+        "requests": requests, "skipped_queue_full": sum(r["skipped_queue_full"] for r in kinds.values()), "5xx": fivexx,
         "5xx_by_kind": {k: r["5xx"] for k, r in kinds.items() if r["5xx"]},
         "connection_errors": sum(t["connection_errors"] for t in targets.values()),
         "unexpected_by_kind": {k: r["unexpected"] for k, r in kinds.items() if r["unexpected"]},
@@ -521,6 +521,8 @@ def print_report(report: dict) -> None:
     summary = Table(title="headline", show_header=False)
     summary.add_row("5xx (target 0)", f"{head['5xx']} {head['5xx_by_kind'] or ''}")
     summary.add_row("connection errors", str(head["connection_errors"]))
+    summary.add_row("answers outside each kind's expected statuses", str(head["unexpected_by_kind"] or 0))
+    summary.add_row("draws not sent (their server's queue was full)", str(head["skipped_queue_full"]))
     for target, r in report["rss"].items():
         summary.add_row(f"RSS {target} (target < 10 %)", f"{r['start_mb']} -> {r['end_mb']} MB ({r['growth_pct']} %)")
     d = report["deliveries"]
