@@ -9,6 +9,7 @@ and every request the API received are searched for each planted value.
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _hits(root: Path) -> list[str]:
 @pytest.fixture
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    for key in [k for k in __import__("os").environ if k.startswith("STOREFLOW_")]:
+    for key in [k for k in os.environ if k.startswith("STOREFLOW_")]:
         monkeypatch.delenv(key)
     return tmp_path
 
