@@ -88,3 +88,25 @@ def test_the_feature_cache_stays_within_its_row_bound(tmp_path: Path, store_tabl
     finally:
         reader.close()
     assert np.array_equal(rows, _feast_rows(settings, ids)[0])  # evictions lose nothing but time
+
+
+def test_a_customer_erased_while_cached_gets_the_fallback_on_the_next_lookup(tmp_path: Path, store_tables) -> None:
+    from storeflow.components.shopify import journal, layout, privacy
+
+    settings = _settings(tmp_path)
+    settings.serving.feature_cache_seconds, settings.serving.feature_refresh_seconds = 600, 600  # cache, never poll
+    build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    erased, kept = (int(i) for i in store_tables["customers"]["customer_id"][:2])
+    reader = OnlineFeatures(settings)
+    conn = journal.connect(layout.journal_path(settings))
+    try:
+        rows, fallback = asyncio.run(reader.rows([erased, kept]))
+        assert not fallback.any()
+        privacy.redact_customer(settings, conn, feature_store(settings), privacy.Subject(erased))
+        after, fallback = asyncio.run(reader.rows([erased, kept]))
+    finally:
+        conn.close()
+        reader.close()
+    assert fallback.tolist() == [True, False]
+    assert after[0].tolist() == reader.fallback.tolist()
+    assert np.array_equal(after[1], rows[1])

@@ -1,9 +1,10 @@
 """Find what is left of customers in a directory tree: the check that makes erasure prove itself.
 
 Erasure knows the stores it was written for; this scan knows none of them. It reads every file under
-the given roots and reports each one that still holds a customer's gid, email, or id (as text, as a
-little- or big-endian int64 in any binary file, and, decoded, as a value of a column whose name says
-``customer`` in Parquet and SQLite, where integers are not stored as eight plain bytes). Zip archives
+the given roots and reports each one that still holds a customer's gid, email, or id: as text in any
+file; as a little- or big-endian int64 in other binary files and in SQLite blobs (Feast's entity keys);
+decoded, as a value of a column whose name says ``customer`` in Parquet and SQLite (where order ids and
+the like are int64s too, and SQLite stores integers in fewer bytes). Zip archives
 (e.g. skops models) are scanned member by member. A store added later is covered without being named
 here, so an erasure that forgets it fails instead of succeeding quietly.
 """
@@ -29,6 +30,10 @@ PARQUET_MAGIC = b"PAR1"
 LITERAL_LIMIT = 64
 EMAIL = re.compile(rb"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
 NUMBER = re.compile(rb"(?<![0-9])[0-9]{1,19}(?![0-9])")
+# A shorter id as a bare number in text is no evidence (any count or price may read so); it is looked
+# for as a gid, as a JSON ``customer_id`` value, and decoded in customer columns. Shopify's ids are
+# 13 digits, the ids ingest derives from emails longer still.
+SEARCHABLE_ID = 10**6
 
 
 @dataclass(frozen=True)
@@ -45,22 +50,26 @@ class Needles:
         if len(self.emails) <= LITERAL_LIMIT:
             parts += [re.escape(e.encode()) for e in self.emails]
         if len(self.customer_ids) <= LITERAL_LIMIT:
-            parts += [rb"(?<![0-9])" + str(c).encode() + rb"(?![0-9])" for c in self.customer_ids]
+            for c in self.customer_ids:
+                number = str(c).encode() + rb"(?![0-9])"
+                parts += [rb"(?<![0-9])" + number] if c >= SEARCHABLE_ID else [
+                    rb"gid://shopify/customer/" + number, rb'"customer_id": ?"?' + number]
         object.__setattr__(self, "_literal", re.compile(b"|".join(parts)) if parts else None)
 
     def __bool__(self) -> bool:
         return bool(self.customer_ids or self.emails)
 
-    def in_bytes(self, data: bytes) -> bool:
-        """As text anywhere (the gid holds the number, so the number covers it), or as a packed int64."""
+    def in_bytes(self, data: bytes, packed: bool = True) -> bool:
+        """As text anywhere (the gid holds the number, so the number covers it), or (``packed``) as an int64."""
         lowered = data.lower()
         if self._literal is not None and self._literal.search(lowered):
             return True
         if len(self.emails) > LITERAL_LIMIT and any(m.group().decode() in self.emails for m in EMAIL.finditer(lowered)):
             return True
         if len(self.customer_ids) > LITERAL_LIMIT:
-            return any(int(m.group()) in self.customer_ids for m in NUMBER.finditer(data))
-        return any(struct.pack(order, c) in data for c in self.customer_ids for order in ("<q", ">q"))
+            return any((n := int(m.group())) >= SEARCHABLE_ID and n in self.customer_ids for m in NUMBER.finditer(data))
+        return packed and any(struct.pack(order, c) in data for c in self.customer_ids if c >= SEARCHABLE_ID
+                              for order in ("<q", ">q"))
 
     def in_value(self, column: str, value: object) -> bool:
         if isinstance(value, (bytes, str)):
@@ -102,9 +111,11 @@ def find_traces(roots: Iterable[Path], needles: Needles) -> list[Trace]:
 
 def _file_traces(path: Path, needles: Needles) -> Iterator[Trace]:
     data = path.read_bytes()
-    if needles.in_bytes(data):
+    parquet = data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC)
+    # Parquet and SQLite hold other ids (orders...) as plain int64 too: their columns are decoded below.
+    if needles.in_bytes(data, packed=not (parquet or data.startswith(SQLITE_MAGIC))):
         yield Trace(path, "bytes")
-    if data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC):
+    if parquet:
         yield from (Trace(path, f"column {c}") for c in _parquet_columns(path, needles))
     elif data.startswith(SQLITE_MAGIC):
         yield from (Trace(path, f"column {c}") for c in _sqlite_columns(path, needles))

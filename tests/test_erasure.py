@@ -1,0 +1,192 @@
+"""Erasure that really erases: the stores the webhook tests do not plant (the synthetic raw store, a
+stray copy), a prediction log a live writer is appending to, and the scan that makes a forgotten store
+fail the request instead of passing quietly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storeflow.components.ingest import ingest
+from storeflow.components.monitor.predictions import log_files
+from storeflow.components.shopify import journal, layout, privacy
+from storeflow.components.shopify.traces import Needles, find_traces
+from storeflow.components.tables import read_tables
+from storeflow.serving.predlog import PredictionLog
+
+ERASED, KEPT = 7_200_000_000_042, 7_200_000_000_043
+
+
+def on_disk(roots: list[Path], customer_id: int, email: str | None) -> list[str]:
+    """An independent look at every file: the id as text or packed int64, the gid, the email; Parquet
+    decoded, SQLite dumped as SQL text (integers there are variable-length), zip members opened."""
+    needles = [str(customer_id).encode(), struct.pack("<q", customer_id), struct.pack(">q", customer_id)]
+    needles += [email.lower().encode()] if email else []
+    found = []
+    for path in sorted({p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}):
+        data = path.read_bytes()
+        if path.suffix == ".parquet":
+            data += pq.read_table(path).to_pandas().to_csv().encode()
+        elif data.startswith(b"SQLite format 3"):
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+            data += "\n".join(conn.iterdump()).encode()
+            conn.close()
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data += b"".join(archive.read(m) for m in archive.namelist())
+        if any(needle in data.lower() or needle in data for needle in needles):
+            found.append(str(path))
+    return found
+
+
+def wait_for(condition, what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
+        time.sleep(0.02)
+
+
+def _journal(settings) -> sqlite3.Connection:
+    return journal.connect(layout.journal_path(settings))
+
+
+# --- the synthetic raw store -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def synthetic(settings):
+    settings.ingest.synthetic.customers, settings.ingest.synthetic.orders = 40, 300
+    snapshot = ingest(settings).snapshot
+    customers = read_tables(snapshot)["customers"]
+    with_orders = set(read_tables(snapshot)["orders"]["customer_id"].dropna())
+    row = customers[customers["customer_id"].isin(with_orders)].iloc[0]
+    return settings, int(row["customer_id"]), str(row["email"])
+
+
+def test_customer_redact_erases_the_synthetic_raw_store(synthetic):
+    settings, customer, email = synthetic
+    raw = next((settings.data_dir / "synthetic").glob("store-*.jsonl"))
+    assert email.encode() in raw.read_bytes() and str(customer).encode() in raw.read_bytes()
+    lines_before = raw.read_bytes().count(b"\n")
+
+    conn = _journal(settings)
+    removed = privacy.redact_customer(settings, conn, None, privacy.Subject(customer, email))
+    conn.close()
+
+    assert on_disk([settings.project.state_dir], customer, email) == []
+    assert removed["raw_records"] > 1  # the customer and their orders
+    assert 0 < raw.read_bytes().count(b"\n") < lines_before  # everyone else is still there
+    assert ingest(settings).row_counts["customers"] == 39  # the erased store re-ingests without them
+
+
+def test_shop_redact_leaves_no_email_of_the_store_anywhere(synthetic):
+    settings, _, _ = synthetic
+    raw = next((settings.data_dir / "synthetic").glob("store-*.jsonl"))
+    emails = {json.loads(line).get("email") for line in raw.open()} - {None}
+    assert len(emails) == 40
+
+    conn = _journal(settings)
+    privacy.redact_shop(settings, conn, None, "kettle-and-leaf.myshopify.com")
+    conn.close()
+
+    everything = [p for p in settings.project.state_dir.rglob("*") if p.is_file()]
+    left = [str(p) for p in everything if any(e.encode() in p.read_bytes() for e in emails)]
+    assert left == []
+
+
+def test_a_store_erasure_does_not_know_fails_the_request_naming_the_file(synthetic):
+    settings, customer, email = synthetic
+    copy = settings.project.state_dir / "exports" / "customers-backup.csv"
+    copy.parent.mkdir()
+    copy.write_text(f"id,email\n{customer},{email}\n{KEPT},someone.else@example.com\n")
+
+    conn = _journal(settings)
+    with pytest.raises(privacy.ErasureIncomplete, match="customers-backup.csv"):
+        privacy.redact_customer(settings, conn, None, privacy.Subject(customer, email))
+    conn.close()
+    # What it does know is erased all the same; only the unknown copy is left, for someone to look at.
+    assert on_disk([settings.project.state_dir], customer, email) == [str(copy)]
+
+
+# --- the scan -----------------------------------------------------------------------------------------
+
+
+def test_the_scan_finds_ids_in_every_encoding_storeflow_writes(tmp_path: Path):
+    needles = Needles(frozenset({ERASED}), frozenset({"Ada@Example.com"}))
+    pq.write_table(pa.table({"customer_id": [KEPT, ERASED], "x": [1.0, 2.0]}), tmp_path / "features.parquet")
+    pq.write_table(pa.table({"customer_id": [KEPT], "order_id": [ERASED]}), tmp_path / "orders.parquet")
+    conn = sqlite3.connect(tmp_path / "journal.db")
+    conn.execute("CREATE TABLE live_orders (order_id INTEGER, customer_id INTEGER)")
+    conn.execute("INSERT INTO live_orders VALUES (?, ?)", (1, ERASED))
+    conn.commit()
+    conn.close()
+    with zipfile.ZipFile(tmp_path / "model.skops", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", json.dumps({"example": {"customer": f"gid://shopify/Customer/{ERASED}"}}) * 50)
+    (tmp_path / "report.html").write_text("<td>ada@example.com</td>")
+    (tmp_path / "longer.json").write_text(json.dumps({"id": ERASED * 10, "n": ERASED + 1}))
+
+    found = {(t.path.name, t.where) for t in find_traces([tmp_path], needles)}
+
+    assert ("features.parquet", "column customer_id") in found
+    assert not any(name == "orders.parquet" for name, _ in found)  # an order id is no customer id
+    assert ("journal.db", "column live_orders.customer_id") in found
+    assert any(name == "model.skops" and where.startswith("member") for name, where in found)
+    assert ("report.html", "bytes") in found
+    assert not any(name == "longer.json" for name, _ in found)  # other numbers that contain the id
+
+
+# --- the prediction log a running server writes ----------------------------------------------------------
+
+
+def test_erasing_a_prediction_log_a_live_writer_appends_to(settings):
+    directory = layout.prediction_log_dir(settings)
+    writer = PredictionLog(directory, max_queue=100_000)
+    kept_written = 0
+    stop = threading.Event()
+
+    def serve_traffic():
+        nonlocal kept_written
+        for _ in range(3000):
+            writer.append([{"customer_id": ERASED, "score": 0.1}, {"customer_id": KEPT, "score": 0.2}])
+            kept_written += 1
+            stop.wait(0.0005)
+
+    traffic = threading.Thread(target=serve_traffic)
+    traffic.start()
+    conn = _journal(settings)
+    try:
+        while not log_files(directory):
+            stop.wait(0.01)
+        erasures = 0
+        while traffic.is_alive():  # erase again and again while lines stream in
+            erasures += privacy.erase_prediction_logs(settings, privacy.Subject(ERASED)) > 0
+    finally:
+        stop.set()
+        traffic.join()
+    writer.append([{"customer_id": KEPT, "score": 0.25}])  # the erased customer has stopped buying
+    # Every line queued before it is then on disk too (a writer left on a replaced file never gets there).
+    wait_for(lambda: b'"score":0.25' in b"".join(p.read_bytes() for p in log_files(directory)),
+             "the writer's line in the log monitoring reads")
+    privacy.redact_customer(settings, conn, None, privacy.Subject(ERASED))
+    conn.close()
+    writer.append([{"customer_id": KEPT, "score": 0.3}])  # the server goes on serving
+    writer.close()
+    kept_written += 2
+
+    lines = [json.loads(line) for path in log_files(directory) for line in path.read_bytes().splitlines()]
+    assert writer.dropped == 0 and erasures > 5
+    assert ERASED not in {r["customer_id"] for r in lines}
+    assert on_disk([settings.project.state_dir], ERASED, None) == []
+    # Every line of everyone else is where monitoring reads it, the last one too: the writer kept
+    # appending to the file on disk, not to a replaced one.
+    assert sum(r["customer_id"] == KEPT for r in lines) == kept_written
+    assert lines[-1]["score"] == 0.3
