@@ -5,16 +5,25 @@ applier is behind."""
 from __future__ import annotations
 
 import json
+import os
 import select
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
+from conftest import free_port
 from starlette.testclient import TestClient
-from test_webhook_signing import SHOP, delivery, order, refund
+from test_webhook_signing import SECRET, SHOP, delivery, order, refund
 from test_webhooks import ADA, client, hooks, journal, online, post  # noqa: F401 - fixtures
 
 from storeflow.components.config import load_settings
@@ -137,6 +146,54 @@ def test_a_batch_whose_features_fail_is_split_until_only_the_bad_event_is_parked
     assert journal(hooks, "SELECT count(*) FROM events WHERE outcome = 'live'") == [(7,)]
     assert online(hooks, ADA)["frequency"] == [7]
     assert journal(hooks, f"SELECT count(*) FROM live_orders WHERE customer_id = {GRACE}") == [(0,)]
+
+
+def test_when_every_event_fails_alike_nothing_is_parked_and_all_stay_pending(client, hooks, monkeypatch):
+    """A fault in the code or config (here: features that cannot be computed for anyone) is not the
+    events' fault: parking every delivery would hide it; they wait, and health says the applier is behind."""
+    from storeflow.components.shopify import apply
+
+    def broken(tables, as_of):
+        raise KeyError("a feature the config names but compute does not produce")
+
+    monkeypatch.setattr(apply, "customer_features", broken)
+    client.app.state.applier.stop()
+    client.app.state.applier = apply.Applier(hooks)
+    for i in range(20):
+        post(client, "orders/create", order(9100 + i, ADA + i, f"c{i}@example.com", 10.0), f"wh-{i}")
+
+    with pytest.raises(KeyError, match="compute does not produce"):
+        client.app.state.applier.drain()
+
+    assert journal(hooks, "SELECT count(*), count(applied_at) FROM events") == [(20, 0)]
+    assert journal(hooks, "SELECT count(*) FROM dead_letters") == [(0,)]
+    assert journal(hooks, "SELECT count(*) FROM live_orders") == [(0,)]  # undone with their transactions
+
+
+def test_a_lone_event_that_fails_waits_until_another_applies_then_is_parked(client, hooks, monkeypatch):
+    from storeflow.components.shopify import apply
+
+    real = apply.customer_features
+
+    def fails_for_grace(tables, as_of):
+        if GRACE in set(tables["orders"]["customer_id"]):
+            raise ValueError("cannot compute features for this customer")
+        return real(tables, as_of)
+
+    monkeypatch.setattr(apply, "customer_features", fails_for_grace)
+    client.app.state.applier.stop()
+    client.app.state.applier = apply.Applier(hooks)
+    post(client, "orders/create", order(9100, GRACE, "grace@example.org", 10.0), "wh-grace")
+    with pytest.raises(ValueError):
+        client.app.state.applier.drain()
+    assert journal(hooks, "SELECT outcome FROM events") == [(None,)]
+
+    post(client, "orders/create", order(9101, ADA, "ada@example.com", 10.0), "wh-ada")
+    client.app.state.applier.drain()
+
+    assert journal(hooks, "SELECT webhook_id, outcome FROM events ORDER BY webhook_id") == [
+        ("wh-ada", "live"), ("wh-grace", "dead_letter")]
+    assert "cannot compute features" in read_dead_letters(layout.journal_path(hooks))[0]["reason"]
 
 
 def test_a_parked_event_can_be_requeued_and_nothing_is_lost(client, hooks):
@@ -282,3 +339,74 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closed(
 
     assert all(answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer for answer, _ in answers)
     assert all(closed for _, closed in answers)
+
+
+# --- a supervised applier ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_killed_applier_is_restarted_and_applies_what_arrived_meanwhile(tmp_path):
+    """kill -9 of the applier process under the real ``storeflow webhooks``: health says so, the receiver
+    starts another one and every event delivered meanwhile is applied, without restarting the receiver."""
+    port = free_port()
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
+    cli = Path(sys.executable).with_name("storeflow")
+    state = tmp_path / "state"
+    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port), "-s", f"project.state_dir={state}",
+                                 "-s", f"project.shop_domain={SHOP}", "-s", "serving.shopify_client_id=test",
+                                 "-s", "shopify.applier_restart_seconds=5"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.status_code == 200, receiver)
+        assert health.json()["applier"] == "running"
+        [first] = appliers(receiver.pid)
+        os.kill(first, signal.SIGKILL)
+
+        down = until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.json()["applier"] == "down", receiver)
+        assert down.status_code == 503 and down.json()["status"] == "behind"
+        answers = [httpx.post(f"{base}/webhooks", **delivery("orders/create", order(9000 + i, ADA + i, f"c{i}@example.com",
+                                                                                     10.0), f"wh-{i}")).status_code
+                   for i in range(30)]
+        caught_up = until(lambda: _get(f"{base}/healthz"),
+                          lambda r: r is not None and r.status_code == 200 and r.json()["pending"] == 0, receiver)
+
+        assert answers == [200] * 30
+        assert caught_up.json() | {"oldest_pending_seconds": None} == {
+            "status": "ok", "applier": "running", "pending": 0, "oldest_pending_seconds": None, "dead_letters": 0}
+        assert receiver.poll() is None and len(appliers(receiver.pid)) == 1 and appliers(receiver.pid) != [first]
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+    with sqlite3.connect(state / "shopify" / "webhooks.db") as conn:
+        assert conn.execute("SELECT count(*), count(applied_at), sum(outcome = 'live') FROM events").fetchone() == (30, 30, 30)
+        assert conn.execute("SELECT count(*) FROM live_orders").fetchone() == (30,)
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return None
+
+
+def until(probe, done, process: subprocess.Popen, seconds: float = 180):
+    """Probe until ``done`` (a correctness deadline, not a speed target: generous on a loaded machine)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = probe()
+        if done(result):
+            return result
+        assert process.poll() is None, "the receiver exited"
+        assert time.monotonic() < deadline, f"gave up waiting; last answer: {result and result.text}"
+        time.sleep(0.1)
+
+
+def appliers(pid: int) -> list[int]:
+    """The receiver's spawned children (not multiprocessing's resource tracker), whichever thread started them."""
+    found = []
+    for child in " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")).split():
+        cmdline = open(f"/proc/{child}/cmdline", "rb").read()
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(child))
+    return found

@@ -8,8 +8,9 @@ only after its effects are written, so a crash re-applies it; recomputing from s
 harmless, and the journal's webhook-id key makes a re-delivered event a no-op before it gets here.
 
 An event that fails on its own data (it passed an older receiver's check, or a case the check misses)
-is parked in the journal's ``dead_letters`` with the reason, and the events after it go on applying;
-failures of the stores themselves (SQLite busy, disk) leave the batch pending, retried with backoff.
+is parked in the journal's ``dead_letters`` with the reason, and the events after it go on applying.
+Failures that are not one event's (SQLite busy, disk, or every event failing alike: a code or config
+fault) leave the batch pending, retried with backoff, and /healthz says the applier is behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +33,8 @@ from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, appl
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.shopify import layout, online, privacy
 from storeflow.components.shopify.journal import connect, now, park, transaction
-from storeflow.components.shopify.payloads import ORDER_TOPICS, REFUND_TOPICS, customer_request, order_rows, refund_row
+from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, customer_request, order_rows,
+                                                  refund_row)
 from storeflow.components.tables import SCHEMAS, TABLES, conform, empty_frame, read_tables
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,16 @@ LIVE_TOPICS = ORDER_TOPICS | REFUND_TOPICS
 # Not the event's fault: the whole batch stays pending and is retried with backoff instead of parked.
 INFRASTRUCTURE = (sqlite3.OperationalError, OSError, MemoryError)
 REASON_CHARS = 500
+# A run where this many events failed alone and none applied is probably not their data: stop splitting.
+LONE_FAILURES_BEFORE_DOUBT = 8
+
+
+@dataclass
+class _Split:
+    """What splitting a failing run found: events that failed alone, and how many applied."""
+
+    failed: list[tuple[Pending, Exception]] = field(default_factory=list)
+    applied: int = 0
 
 
 class Pending(NamedTuple):
@@ -127,29 +140,41 @@ class Applier:
     def _apply_live(self, events: list[Pending]) -> None:
         """Upsert orders and refunds and recompute their customers' features, in one transaction.
 
-        An event that cannot be stored is parked on its own. When the features cannot be computed the
-        transaction is undone and the run split in halves until the event behind it is alone and parked.
-        Features are written after the commit and the events marked after that: a crash in between
-        re-applies them, which recomputes the same values.
+        A payload that does not validate is parked on its own. Any other failure undoes the
+        transaction and the run is split in halves, down to single events. Those that fail alone are
+        parked only if some other event of the run applied: then it is their data. If every event
+        fails, it is not (a code or config fault): nothing is parked, the error goes to the caller and
+        the run stays pending. Features are written after the commit and the events marked after that;
+        a crash in between re-applies them, which recomputes the same values.
         """
         if not events:
             return
+        split = _Split()
+        self._split(events, split)
+        if split.failed and not split.applied:
+            raise split.failed[0][1]
+        for event, exc in split.failed:
+            self._park(event, exc)
+
+    def _split(self, events: list[Pending], split: _Split) -> None:
         try:
             with transaction(self.conn):
                 touched, done = self._upsert_all(events)
                 frame = self._features(touched)
         except INFRASTRUCTURE:
             raise
-        except Exception as exc:  # noqa: BLE001 - the data of some event here: find it, park it, go on
+        except Exception as exc:  # noqa: BLE001 - narrowed down below
             if len(events) == 1:
-                self._park(events[0], exc)
-                return
-            half = len(events) // 2
-            self._apply_live(events[:half])
-            self._apply_live(events[half:])
+                split.failed.append((events[0], exc))
+            elif split.applied or len(split.failed) < LONE_FAILURES_BEFORE_DOUBT:
+                half = len(events) // 2
+                self._split(events[:half], split)
+                self._split(events[half:], split)
+            # else: many lone failures and no success yet: leave this run pending rather than bisect it all
             return
         self._write_features(frame)
         self._mark(done)
+        split.applied += len(done)
 
     def _upsert_all(self, events: list[Pending]) -> tuple[set[int], list[tuple[str, str]]]:
         touched: set[int] = set()
@@ -161,9 +186,7 @@ class Applier:
             self.conn.execute("SAVEPOINT event")
             try:
                 customer = self._upsert(event.topic, orjson.loads(event.body))
-            except INFRASTRUCTURE:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this event only: undo its writes, park it
+            except (PayloadError, orjson.JSONDecodeError) as exc:  # this event's data: undo its writes, park it
                 self.conn.execute("ROLLBACK TO event")
                 self.conn.execute("RELEASE event")
                 park(self.conn, event.webhook_id, _reason(exc))
@@ -177,12 +200,11 @@ class Applier:
         return touched, done
 
     def _apply_one(self, event: Pending) -> None:
-        """A privacy or app event, alone and in arrival order; one that fails on its data is parked."""
+        """A privacy or app event, alone and in arrival order. One whose payload does not validate is parked;
+        any other failure is retried (an erasure must not be skipped because a store was unavailable)."""
         try:
             outcome = self._handle(event.topic, event.shop, orjson.loads(event.body))
-        except INFRASTRUCTURE:
-            raise
-        except Exception as exc:  # noqa: BLE001
+        except (PayloadError, orjson.JSONDecodeError) as exc:
             self._park(event, exc)
             return
         self._mark([(event.webhook_id, outcome)])
