@@ -353,6 +353,8 @@ class ServingConfig(Section):
     prediction_log_rotate_bytes: int = Field(64 * 1024 * 1024, gt=0)
     prediction_log_keep_files: int = Field(20, gt=0)
     quiet: bool = Field(True, description="No per-request log lines (KServe logs ~6 by default).")
+    request_log: bool = Field(False, description="One JSON log line per request (path, status, model version, "
+                                                 "duration); error answers are logged either way.")
 
 
 class ShopifyConfig(Section):

@@ -21,20 +21,27 @@ A failure raises :class:`AuthError` carrying shopifyapp's log code (``invalid_id
 ``expired_id_token``, ``invalid_aud``, ``invalid_signature``, ``timestamp_too_old``...) or ours
 (``missing_credentials``, ``shop_not_allowed``, ``missing_exp``).
 
-Which customers a caller may score (``serving.customer_scope``) is decided after the body is parsed, by
-:func:`allowed_customer`: with ``own`` (the default) a storefront caller - checkout UI extension or app
-proxy - may score only its logged-in customer; staff (admin UI extensions) any customer of their shop.
+Input that is not even well-formed credentials (a non-ASCII app proxy signature, a Host header that
+is no host...) is an :class:`AuthError` too (``malformed_credentials``), never an exception escaping.
+
+Which shop's data a caller may read is decided by :func:`may_read_shop`: its own shop's only. A
+deployment holds one shop's data (``project.shop_domain``), so a verified caller of another allowed
+shop is refused (403 ``other_shop``) before anything is looked up. Which customers a caller may score
+(``serving.customer_scope``) is decided after the body is parsed, by :func:`allowed_customer`: with
+``own`` (the default) a storefront caller - checkout UI extension or app proxy - may score only its
+logged-in customer; staff (admin UI extensions) any customer of their shop.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
+
+from storeflow.serving.errors import send_error
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -62,6 +69,15 @@ class Principal:
     kind: str
     shop: str
     customer_id: str | None = None
+
+
+def may_read_shop(principal: Principal, shop: str) -> bool:
+    """Whether this caller may read ``shop``'s data (its customers' features and scores): only its own.
+
+    Being in ``serving.allowed_shops`` lets a shop's callers in; it does not let shop B read shop A.
+    The one place that decides it, e.g. to let an agency's staff read several shops one day.
+    """
+    return principal.shop == shop
 
 
 def allowed_customer(principal: Principal, scope: str) -> str | None:
@@ -114,10 +130,13 @@ class ShopifyVerifier:
     def verify(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
         """Verify a storefront request: a Bearer session token, else an app proxy signature."""
         lower = {k.lower(): v for k, v in headers.items()}
-        if "authorization" in lower:
-            return self.verify_checkout(method, url, lower, body)
-        if "signature" in parse_qs(urlparse(url).query, keep_blank_values=True):
-            return self.verify_app_proxy(method, url, lower, body)
+        try:
+            if "authorization" in lower:
+                return self.verify_checkout(method, url, lower, body)
+            if "signature" in parse_qs(urlparse(url).query, keep_blank_values=True):
+                return self.verify_app_proxy(method, url, lower, body)
+        except MALFORMED as exc:
+            raise _malformed(exc) from exc
         raise AuthError("missing_credentials", "send Authorization: Bearer <session token> "
                                                "or an app proxy signature")
 
@@ -146,6 +165,8 @@ class ShopifyVerifier:
         claims = result.id_token.claims
         if "exp" not in claims:
             raise AuthError("missing_exp", "session token has no expiry")
+        if not all(isinstance(claims.get(k), (str, type(None))) for k in ("dest", "iss", "sub")):
+            raise AuthError("invalid_id_token", "session token claims dest, iss and sub must be strings")
         dest, iss = shop_domain(claims.get("dest")), shop_domain(claims.get("iss"))
         if iss and iss != dest:
             raise AuthError("shop_mismatch", "session token iss and dest name different shops")
@@ -174,8 +195,11 @@ class ShopifyVerifier:
         return Principal("app_proxy", shop, result.logged_in_customer_id or None)
 
     def verify_webhook(self, method: str, url: str, headers: Mapping[str, str], body: str) -> Principal:
-        result = self.app.verify_webhook_req({"method": method, "headers": dict(headers), "url": url,
-                                              "body": body})
+        try:
+            result = self.app.verify_webhook_req({"method": method, "headers": dict(headers), "url": url,
+                                                  "body": body})
+        except MALFORMED as exc:
+            raise _malformed(exc) from exc
         if not result.ok:
             raise AuthError(result.log.code, "webhook signature rejected")
         shop = shop_domain(result.shop)
@@ -185,6 +209,16 @@ class ShopifyVerifier:
     def _allowed(self, shop: str) -> None:
         if shop not in self.allowed_shops:
             raise AuthError("shop_not_allowed", f"shop {shop or '<none>'} is not served here")
+
+
+# What shopifyapp and urllib raise on input that is not well-formed credentials at all: hmac.compare_digest
+# refuses a non-ASCII signature (TypeError), urlparse a Host header like "[x" (ValueError), shopifyapp a
+# signed token whose dest is not a string (AttributeError).
+MALFORMED = (TypeError, ValueError, UnicodeError, AttributeError)
+
+
+def _malformed(exc: Exception) -> AuthError:
+    return AuthError("malformed_credentials", f"credentials are not well-formed ({type(exc).__name__}: {exc})")
 
 
 def _issued_by_admin(authorization) -> bool:
@@ -202,17 +236,19 @@ def _issued_by_admin(authorization) -> bool:
 
 
 class ShopifyAuthMiddleware:
-    """ASGI middleware: requests whose path ``protect`` selects must pass ``verifier`` or get a 401 JSON.
+    """ASGI middleware: requests whose path ``protect`` selects must pass ``verifier`` or get a 401, and
+    come from the shop whose data is served (``data_shop``, see :func:`may_read_shop`) or get a 403.
 
     The verified shop is passed on as the ``x-storeflow-shop`` request header, and the one customer the
     caller may score (see :func:`allowed_customer`) as ``x-storeflow-customer``; any such headers sent
     by the client are dropped first.
     """
 
-    def __init__(self, app, verifier: ShopifyVerifier, protect, customer_scope: str = "own"):
+    def __init__(self, app, verifier: ShopifyVerifier, protect, data_shop: str, customer_scope: str = "own"):
         self.app = app
         self.verifier = verifier
         self.protect = protect
+        self.data_shop = shop_domain(data_shop)
         self.customer_scope = customer_scope
 
     async def __call__(self, scope, receive, send):
@@ -235,18 +271,14 @@ class ShopifyAuthMiddleware:
             try:
                 principal = self.verifier.verify(scope["method"], url, headers)
             except AuthError as exc:
-                return await send_json(send, 401, {"error": f"unauthorized: {exc.detail}", "code": exc.code},
-                                       {b"www-authenticate": b'Bearer realm="storeflow"'})
+                return await send_error(send, 401, exc.code, f"unauthorized: {exc.detail}",
+                                        [(b"www-authenticate", b'Bearer realm="storeflow"')])
+        if not may_read_shop(principal, self.data_shop):
+            return await send_error(send, 403, "other_shop",
+                                    f"forbidden: this server holds the data of {self.data_shop}; a caller "
+                                    f"from {principal.shop} may read only its own shop's")
         raw.append((b"x-storeflow-shop", principal.shop.encode()))
         customer = allowed_customer(principal, self.customer_scope)
         if customer is not None:
             raw.append((b"x-storeflow-customer", customer.encode()))
         return await self.app({**scope, "headers": raw}, receive, send)
-
-
-async def send_json(send, status: int, content: dict, extra: Mapping[bytes, bytes] | None = None) -> None:
-    body = json.dumps(content).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *(extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

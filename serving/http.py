@@ -1,4 +1,5 @@
-"""ASGI pieces around KServe's routes: request metrics, body limit, version pinning, 4xx handlers.
+"""ASGI pieces around KServe's routes: served routes only, request metrics and logs, body limit, version
+pinning, and the one error shape (:mod:`storeflow.serving.errors`) for every error answer.
 
 Also :func:`v2_infer_route`: KServe's own V2 infer handler (``V2Endpoints.infer``: DataPlane decode,
 ``Model.__call__``, encode) registered as a plain route. FastAPI's APIRoute would solve five
@@ -10,17 +11,31 @@ the body and validates it against KServe's ``InferenceRequest`` model the way Fa
 from __future__ import annotations
 
 import json
+import logging
+import struct
 import time
 from typing import Union
 
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from storeflow.serving import metrics
-from storeflow.serving.auth import send_json
-from storeflow.serving.transformer import PIN_HEADER, VERSION_HEADER
+from storeflow.serving.errors import error_response, send_error, status_code
+from storeflow.serving.logs import request_logger
+from storeflow.serving.routes import VERSION_PATH, is_served
+from storeflow.serving.transformer import (
+    PIN_HEADER,
+    VERSION_HEADER,
+    ForbiddenCustomer,
+    PredictorUnavailable,
+    UnknownVersion,
+)
 
 _VERSION_HEADER = VERSION_HEADER.encode()
+_REQUEST_ID = b"x-request-id"
+# What KServe's decoders (and numpy under them) raise on a malformed body: the client's fault, 400.
+MALFORMED_BODY = (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError)
 
 
 async def metrics_route(request: Request) -> Response:
@@ -28,21 +43,84 @@ async def metrics_route(request: Request) -> Response:
     return Response(content=body, headers={"content-type": content_type})
 
 
-async def unknown_version_handler(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"error": str(exc)})
+def _error_table() -> dict[type, tuple[int, str]]:
+    """Exception class → (status, code); a class's nearest listed ancestor decides (Starlette's lookup)."""
+    from kserve.errors import (
+        InferenceError,
+        InvalidInput,
+        ModelNotFound,
+        ModelNotReady,
+        ServerNotLive,
+        ServerNotReady,
+        UnsupportedProtocol,
+    )
+
+    return {
+        InvalidInput: (400, "bad_request"),
+        **{exc: (400, "malformed_request") for exc in MALFORMED_BODY},
+        ForbiddenCustomer: (403, "forbidden_customer"),
+        UnknownVersion: (404, "version_not_served"),
+        ModelNotFound: (404, "model_not_found"),
+        InferenceError: (500, "inference_failed"),
+        NotImplementedError: (501, "not_implemented"),
+        UnsupportedProtocol: (501, "not_implemented"),
+        PredictorUnavailable: (503, "predictor_unavailable"),
+        ModelNotReady: (503, "model_not_ready"),
+        ServerNotReady: (503, "server_not_ready"),
+        ServerNotLive: (503, "server_not_live"),
+        Exception: (500, "internal"),
+    }
 
 
-async def forbidden_customer_handler(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=403, content={"error": f"forbidden: {exc}"})
+def error_handlers() -> dict:
+    """FastAPI exception handlers answering the one error shape, none of them logging (the request
+    observer writes the request's one line); KServe's would log a traceback at ERROR for each 4xx."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    table = _error_table()
+
+    async def known(_: Request, exc: Exception) -> Response:
+        status, code = next(table[c] for c in type(exc).__mro__ if c in table)
+        if code == "malformed_request":
+            message = f"malformed request: {type(exc).__name__}: {exc}"
+        elif code == "forbidden_customer":
+            message = f"forbidden: {exc}"
+        elif code == "internal":
+            message = f"internal error: {type(exc).__name__}"  # the details go to the log, not the caller
+        else:
+            message = str(exc)
+        return error_response(status, code, message, {"retry-after": "1"} if status == 503 else None)
+
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        return error_response(exc.status_code, status_code(exc.status_code), str(exc.detail), exc.headers)
+
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors()[:5])
+        return error_response(422, "invalid_request", f"request does not match the protocol: {problems}")
+
+    return {**dict.fromkeys(table, known), HTTPException: http_error, RequestValidationError: invalid}
 
 
-async def predictor_unavailable_handler(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"retry-after": "1"})
+class FinalHandlers(dict):
+    """An app's ``exception_handlers`` in which storeflow's stay once set.
+
+    KServe's RESTServer registers its own handlers (``{"error": str}``, a traceback at ERROR) when it
+    builds the app; on the cluster entry points that happens inside ``ModelServer.start``, after
+    storeflow's ``install``, so a plain dict would end up with KServe's.
+    """
+
+    def __init__(self, current: dict, final: dict):
+        super().__init__({**current, **final})
+        self.final = frozenset(final)
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self.final:
+            super().__setitem__(key, value)
 
 
-async def bad_request_handler(_: Request, exc: Exception) -> JSONResponse:
-    # Raised while KServe decodes a malformed body (bad binary header, shape/data mismatch...).
-    return JSONResponse(status_code=400, content={"error": f"malformed request: {type(exc).__name__}: {exc}"})
+def install_error_handlers(app) -> None:
+    app.exception_handlers = FinalHandlers(app.exception_handlers, error_handlers())
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -57,6 +135,7 @@ def v2_infer_route(dataplane, model_repository_extension=None):
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import ORJSONResponse
+    from kserve.errors import InvalidInput
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
     from kserve.protocol.rest.v2_endpoints import V2Endpoints
     from pydantic import TypeAdapter, ValidationError
@@ -70,6 +149,7 @@ def v2_infer_route(dataplane, model_repository_extension=None):
         if body and _is_json(request.headers.get("content-type")):
             try:
                 data = json.loads(body)
+                payload = body_type.validate_python(data)
             except json.JSONDecodeError as exc:
                 raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
                                                "msg": "JSON decode error", "input": {},
@@ -78,8 +158,8 @@ def v2_infer_route(dataplane, model_repository_extension=None):
                 raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
                                                "msg": "JSON decode error", "input": {},
                                                "ctx": {"error": str(exc)}}]) from exc
-            try:
-                payload = body_type.validate_python(data)
+            except RecursionError as exc:  # json and pydantic recurse per nesting level
+                raise InvalidInput("request body is JSON nested too deeply for a V2 request") from exc
             except ValidationError as exc:
                 errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
                 raise RequestValidationError(errors, body=data) from exc
@@ -96,42 +176,93 @@ def v2_infer_route(dataplane, model_repository_extension=None):
     return infer
 
 
-class RequestMetricsMiddleware:
-    """``storeflow_requests_total`` and ``storeflow_request_latency_seconds`` for inference paths."""
+class RequestObserver:
+    """Outermost of storeflow's middlewares, which every request passes:
 
-    def __init__(self, app, protect):
+    * 404 for a path storeflow does not serve (:func:`storeflow.serving.routes.is_served`): KServe's
+      model repository control routes (``/v2/repository/models/<m>/unload``...) take no credentials;
+    * ``storeflow_requests_total`` and ``storeflow_request_latency_seconds`` for the paths ``meter``
+      selects (inference; none on the predictor, whose requests the transformer counts);
+    * one JSON log line (:mod:`storeflow.serving.logs`) for every error answer, and for every request
+      when ``request_log`` is on; nothing at all for a success otherwise;
+    * the 500 for an exception nothing else handled (logged once, with its traceback).
+    """
+
+    def __init__(self, app, meter=None, request_log: bool = False):
         self.app = app
-        self.protect = protect
+        self.meter = meter
+        self.request_log = request_log
+        self.log = request_logger()
         self._counters: dict = {}  # labelled children, looked up once (labels() costs ~5 us)
         self._latency: dict = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        seen = {"status": 500, "version": "none"}
+        path = scope["path"]
+        metered = self.meter is not None and scope["method"] != "OPTIONS" and self.meter(path)
+        seen = [0, "none", b""]  # status (0: not answered yet), answering version, error body
 
         async def observe(message):
             if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
+                seen[0] = message["status"]
                 for key, value in message.get("headers", ()):
                     if key == _VERSION_HEADER:
-                        seen["version"] = value.decode("latin-1")
+                        seen[1] = value.decode("latin-1")
+            elif seen[0] >= 400 and len(seen[2]) < 8192:
+                seen[2] += message.get("body", b"")
             await send(message)
 
+        failure = None
         try:
-            await self.app(scope, receive, observe)
+            if metered or is_served(path):  # inference paths are served: one regex on the hot path
+                await self.app(scope, receive, observe)
+            else:
+                await send_error(observe, 404, "not_found", f"no route {scope['method']} {path[:200]} here")
+        except Exception as exc:
+            if seen[0]:  # answered already: nothing left to say to the caller
+                raise
+            failure = exc
+            await send_error(observe, 500, "internal", f"internal error: {type(exc).__name__}")
         finally:
-            version, status = seen["version"], seen["status"]
-            counter = self._counters.get((version, status))
-            if counter is None:
-                counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
-                                                                                    status=str(status))
-            histogram = self._latency.get(version)
-            if histogram is None:
-                histogram = self._latency[version] = metrics.LATENCY.labels(model_version=version)
-            counter.inc()
-            histogram.observe(time.perf_counter() - started)
+            status = seen[0] or 500
+            if metered:
+                self._observe(seen[1], status, time.perf_counter() - started)
+            if status >= 400 or self.request_log:
+                self._write(scope, status, seen[1], seen[2], time.perf_counter() - started, failure)
+
+    def _observe(self, version: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((version, status))
+        if counter is None:
+            counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
+                                                                                status=str(status))
+        histogram = self._latency.get(version)
+        if histogram is None:
+            histogram = self._latency[version] = metrics.LATENCY.labels(model_version=version)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def _write(self, scope, status: int, version: str, body: bytes, seconds: float, failure) -> None:
+        fields = {"method": scope["method"], "path": scope["path"], "status": status, "model_version": version,
+                  "duration_ms": round(seconds * 1000, 3)}
+        request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
+        if request_id is not None:
+            fields["request_id"] = request_id
+        if status >= 400:
+            fields.update(_error_fields(status, body))
+        level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+        self.log.log(level, "%s %s %s", scope["method"], scope["path"], status, extra=fields,
+                     exc_info=failure)
+
+
+def _error_fields(status: int, body: bytes) -> dict[str, str]:
+    """``code`` and ``error`` of an error answer's body (the one shape), for its log line."""
+    try:
+        answer = orjson.loads(body)
+        return {"code": str(answer["code"]), "error": str(answer["error"])}
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return {"code": status_code(status), "error": body[:500].decode("utf-8", "replace")}
 
 
 class BodyLimitMiddleware:
@@ -145,15 +276,15 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or not self.protect(scope["path"]):
             return await self.app(scope, receive, send)
-        too_big = {"error": f"request body is larger than {self.max_bytes} bytes"}
+        too_big = f"request body is larger than {self.max_bytes} bytes"
         for key, value in scope["headers"]:
             if key == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    return await send_json(send, 400, {"error": "content-length is not a number"})
+                    return await send_error(send, 400, "bad_request", "content-length is not a number")
                 if declared > self.max_bytes:
-                    return await send_json(send, 413, too_big)
+                    return await send_error(send, 413, "body_too_large", too_big)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -162,7 +293,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await send_json(send, 413, too_big)
+                return await send_error(send, 413, "body_too_large", too_big)
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -190,8 +321,6 @@ class VersionPathMiddleware:
         self.served = served_versions
 
     async def __call__(self, scope, receive, send):
-        from storeflow.serving.server import VERSION_PATH
-
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         match = VERSION_PATH.match(scope["path"])
@@ -199,11 +328,11 @@ class VersionPathMiddleware:
             return await self.app(scope, receive, send)
         base, version, suffix = match.group(1), match.group(2), match.group(3) or ""
         if self.served is None:
-            return await send_json(send, 404, {"error": "versions are routed by the InferenceService here; "
-                                                        f"use {base}{suffix}"})
+            return await send_error(send, 404, "version_not_served",
+                                    f"versions are routed by the InferenceService here; use {base}{suffix}")
         if version not in self.served:
-            return await send_json(send, 404, {"error": f"model version {version} is not served here "
-                                                        f"(serving {', '.join(self.served)})"})
+            return await send_error(send, 404, "version_not_served", f"model version {version[:80]} is not served "
+                                                                     f"here (serving {', '.join(self.served)})")
         headers = [(k, v) for k, v in scope["headers"] if k != PIN_HEADER.encode()]
         headers.append((PIN_HEADER.encode(), version.encode()))
         path = base + suffix

@@ -152,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from kserve import ModelServer, model_server
+    from kserve.model_server import app
 
-    from storeflow.serving.server import quiet_logging
+    from storeflow.components.config import load_settings
+    from storeflow.serving.logs import quiet_logging
+    from storeflow.serving.server import install_common
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
                          enable_latency_logging=False)
     quiet_logging()  # ModelServer() re-applied KServe's logging config
+    # No Shopify auth here (only the transformer calls it, inside the pod), but only the served routes,
+    # the one error shape and the request logs; its requests are counted by the transformer.
+    install_common(app, load_settings())
     server.start([model])
 
 

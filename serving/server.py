@@ -2,9 +2,11 @@
 
 KServe's ``ModelServer.start`` always binds 0.0.0.0, so we let KServe build its FastAPI app (its
 DataPlane, V1/V2 routes, error handlers) and run uvicorn on it ourselves, on ``serving.host``.
-Around KServe's routes: CORS for Shopify's extension CDN, Shopify auth, a body-size limit, version
-pinning (``/v2/models/<name>/versions/<v>/...``), our Prometheus metrics and 4xx answers for malformed
-input that KServe's decoders would otherwise turn into 500s.
+Around KServe's routes: only the routes serving needs (KServe's model repository control routes are
+404), CORS for Shopify's extension CDN, Shopify auth scoped to the project's shop, a body-size limit,
+version pinning (``/v2/models/<name>/versions/<v>/...``), our Prometheus metrics, JSON request logs and
+one error shape (:mod:`storeflow.serving.errors`), 4xx for malformed input that KServe's decoders would
+otherwise turn into 500s.
 
 The parent resolves the MLflow alias/version and downloads the model (``import mlflow`` happens only
 here); each uvicorn worker builds its app from that plan (env ``STOREFLOW_SERVING_PLAN``) without MLflow.
@@ -13,12 +15,8 @@ here); each uvicorn worker builds its app from that plan (env ``STOREFLOW_SERVIN
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
-import struct
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,10 +24,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
+from storeflow.serving.logs import quiet_logging
+from storeflow.serving.routes import HOT_ROUTES, is_inference
+
 PLAN_ENV = "STOREFLOW_SERVING_PLAN"
-INFER_PATH = re.compile(r"^/v1/models/[^/]+:(predict|explain)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
-HOT_ROUTES = ("/v2/models/{model_name}/infer", "/v1/models/{model_name}:predict")
-VERSION_PATH = re.compile(r"^(/v2/models/[^/]+)/versions/([^/]+)(/infer|/ready)?$")
 
 
 @dataclass
@@ -57,21 +55,6 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         return cls(**{**data, "models": [ServedModel(**m) for m in data["models"]]})
-
-
-def quiet_logging(quiet: bool = True) -> None:
-    """No per-request log lines: KServe logs latency and access lines (~6) for every request."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's default class
-    if not quiet:
-        return
-    for name in ("kserve", "kserve.trace", "uvicorn.access", "uvicorn.error", "feast", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    access = logging.getLogger("uvicorn.access")
-    access.disabled = True
-    # uvicorn decides per connection whether to log access lines by ``hasHandlers()``, not the level.
-    access.handlers = []
-    access.propagate = False
 
 
 def prediction_log(settings: Settings):
@@ -204,18 +187,8 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     from kserve.model_server import app
     from starlette.middleware.cors import CORSMiddleware
 
-    from storeflow.serving.http import (
-        BodyLimitMiddleware,
-        RequestMetricsMiddleware,
-        VersionPathMiddleware,
-        bad_request_handler,
-        forbidden_customer_handler,
-        metrics_route,
-        predictor_unavailable_handler,
-        unknown_version_handler,
-        v2_infer_route,
-    )
-    from storeflow.serving.transformer import ForbiddenCustomer, PredictorUnavailable, UnknownVersion
+    from storeflow.serving.auth import shop_domain
+    from storeflow.serving.http import BodyLimitMiddleware, VersionPathMiddleware, metrics_route, v2_infer_route
 
     cfg = settings.serving
     # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
@@ -223,27 +196,32 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     # Ahead of KServe's own V2 infer route (same handler, see storeflow.serving.http): first match wins.
     app.add_route("/v2/models/{model_name}/infer", v2_infer_route(server.dataplane, server.model_repository_extension),
                   methods=["POST"], include_in_schema=False)
-    app.add_exception_handler(UnknownVersion, unknown_version_handler)
-    app.add_exception_handler(ForbiddenCustomer, forbidden_customer_handler)
-    app.add_exception_handler(PredictorUnavailable, predictor_unavailable_handler)
-    for exc in (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error, UnicodeError):
-        app.add_exception_handler(exc, bad_request_handler)
-
-    def protect(path: str) -> bool:
-        return bool(INFER_PATH.match(path))
-
-    # Added innermost first: the request passes CORS → metrics → size limit → auth → version pin.
+    # Added innermost first: the request passes CORS → observer → size limit → auth → version pin.
     app.add_middleware(VersionPathMiddleware, served_versions=served_versions)
     if cfg.auth == "shopify":
         from storeflow.serving.auth import ShopifyAuthMiddleware, ShopifyVerifier
 
-        app.add_middleware(ShopifyAuthMiddleware, verifier=ShopifyVerifier.from_settings(settings), protect=protect,
+        verifier = ShopifyVerifier.from_settings(settings)
+        data_shop = shop_domain(settings.project.shop_domain)
+        if data_shop not in verifier.allowed_shops:
+            print(f"storeflow: serving.allowed_shops does not include project.shop_domain {data_shop}, the shop "
+                  "whose data is served: every caller will be refused (403 other_shop)", file=sys.stderr, flush=True)
+        app.add_middleware(ShopifyAuthMiddleware, verifier=verifier, protect=is_inference, data_shop=data_shop,
                            customer_scope=cfg.customer_scope)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=protect)
-    app.add_middleware(RequestMetricsMiddleware, protect=protect)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=is_inference)
+    install_common(app, settings, meter=is_inference)
     app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
                        expose_headers=["x-storeflow-model-version"], max_age=7200)
+
+
+def install_common(app, settings: Settings, meter=None) -> None:
+    """What every storeflow server has, the cluster predictor too: only the served routes, the one error
+    shape, request metrics (for the paths ``meter`` selects) and JSON request logs."""
+    from storeflow.serving.http import RequestObserver, install_error_handlers
+
+    install_error_handlers(app)
+    app.add_middleware(RequestObserver, meter=meter, request_log=settings.serving.request_log)
 
 
 def _limit_threads() -> None:

@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.predictor_config import PredictorConfig
 
     from storeflow.components.config import load_settings
-    from storeflow.serving.server import install, quiet_logging, prediction_log
+    from storeflow.serving.logs import quiet_logging
+    from storeflow.serving.server import install, prediction_log
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     args, _ = parser.parse_known_args(argv)

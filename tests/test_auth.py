@@ -177,3 +177,37 @@ def test_customer_check_names_the_customers_a_session_may_not_score():
         check_customers([42, 9, 7], "gid://shopify/Customer/42")
     with pytest.raises(ForbiddenCustomer, match="no logged-in customer"):
         check_customers([42], "")
+
+
+@pytest.mark.parametrize("url", [
+    f"https://serve.example/apps/storeflow?shop={SHOP}&timestamp={{now}}&signature=%C3%A9",  # non-ASCII
+    f"https://serve.example/apps/storeflow?shop={SHOP}&timestamp={{now}}&signature=%FF",
+    "https://[serve.example/apps/storeflow?signature=ab",  # a Host header that is no host
+], ids=["non-ascii-signature", "latin1-signature", "bad-host"])
+def test_malformed_app_proxy_requests_are_auth_errors_not_crashes(verifier, url):
+    with pytest.raises(AuthError) as info:
+        verifier.verify("GET", url.format(now=int(time.time())), {})
+    assert info.value.code == "malformed_credentials"
+
+
+@pytest.mark.parametrize("claims", [{"dest": 123}, {"iss": 7}, {"sub": ["gid://shopify/Customer/1"]}],
+                         ids=["dest-number", "iss-number", "sub-list"])
+def test_signed_tokens_with_non_string_shop_or_customer_claims_are_rejected(verifier, claims):
+    """Only the secret's holder can sign these; still an AuthError, never an exception escaping."""
+    import json
+
+    now = int(time.time())
+    payload = {"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "gid://shopify/Customer/1",
+               "exp": now + 60, "nbf": now, **claims}
+    token = jwt.PyJWS().encode(json.dumps(payload).encode(), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError) as info:
+        verifier.verify("POST", URL, bearer(token))
+    assert info.value.code in ("invalid_id_token", "malformed_credentials")
+
+
+def test_a_caller_reads_only_its_own_shops_data():
+    from storeflow.serving.auth import Principal, may_read_shop
+
+    for kind in ("admin_ui_extension", "checkout_ui_extension", "app_proxy"):
+        assert may_read_shop(Principal(kind, SHOP), SHOP)
+        assert not may_read_shop(Principal(kind, "other-store.myshopify.com"), SHOP)

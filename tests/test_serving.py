@@ -117,7 +117,7 @@ def expected(trained):
     def score(customer_id: int, version: str) -> float:
         data = store.get_online_features(features=feature_refs(settings),
                                          entity_rows=[{"customer_id": customer_id}]).to_dict()
-        row = [FALLBACK[c] if data[c][0] is None else data[c][0] for c in columns]
+        row = [FALLBACK.get(c, 0.0) if data[c][0] is None else data[c][0] for c in columns]
         import pandas as pd
 
         return float(models[version].predict_proba(pd.DataFrame([row], columns=columns))[0, 1])

@@ -27,14 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "storeflow-repeat-purchase"
 CLIENT_ID = "storeflow-cluster-test"
 SECRET = "shpss_cluster_0123456789abcdef0123456789abcdef"
-SHOP = "demo-store.myshopify.com"
+SHOP = "demo-store.myshopify.com"  # project.shop_domain: the shop whose data is served
+OTHER = "other-store.myshopify.com"  # allowed to call too, owns none of the data here
 KNOWN = [3, 17, 42]
 UNKNOWN = 987654321
 
 
-def admin_token() -> str:
+def admin_token(shop: str = SHOP) -> str:
     now = int(time.time())
-    return jwt.encode({"iss": f"https://{SHOP}/admin", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "7001",
+    return jwt.encode({"iss": f"https://{shop}/admin", "dest": f"https://{shop}", "aud": CLIENT_ID, "sub": "7001",
                        "exp": now + 300, "nbf": now, "iat": now}, SECRET, algorithm="HS256")
 
 
@@ -51,7 +52,7 @@ def registered(tmp_path_factory):
     from storeflow.components.train import train
 
     root = tmp_path_factory.mktemp("cluster")
-    overrides = quick_overrides(root, serving={"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]})
+    overrides = quick_overrides(root, serving={"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP, OTHER]})
     settings = load_settings(overrides)
     features = build_features(settings, write_snapshot(small_store(), root / "snapshot"))
     trained = train(settings, features)
@@ -139,7 +140,7 @@ def expected(registered):
     ids = [*KNOWN, UNKNOWN]
     data = feature_store(settings).get_online_features(
         features=feature_refs(settings), entity_rows=[{"customer_id": i} for i in ids]).to_dict()
-    rows = [[FALLBACK[c] if data[c][n] is None else data[c][n] for c in columns] for n in range(len(ids))]
+    rows = [[FALLBACK.get(c, 0.0) if data[c][n] is None else data[c][n] for c in columns] for n in range(len(ids))]
     scores = model.predict_proba(pd.DataFrame(rows, columns=columns))[:, 1]
     return dict(zip(ids, scores.tolist()))
 
@@ -207,7 +208,7 @@ def test_the_predictor_scores_feature_rows_and_rejects_bad_ones(predictor, regis
     _, settings, version, _, _ = registered
     width = len(settings.features.customer_features)
     url = f"http://{predictor}/v2/models/{MODEL}/infer"
-    fallback = [FALLBACK[c] for c in settings.features.customer_features]
+    fallback = [FALLBACK.get(c, 0.0) for c in settings.features.customer_features]
     good = httpx.post(url, json={"inputs": [{"name": "features", "shape": [1, width], "datatype": "FP64",
                                              "data": fallback}]}, timeout=30)
     assert good.status_code == 200, good.text
@@ -230,3 +231,98 @@ def test_a_transformer_whose_predictor_is_down_says_so_with_a_503(registered):
         stop_process(proc, log)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert f"predictor {nobody} is unavailable" in response.json()["error"]
+    assert response.json()["code"] == "predictor_unavailable" and set(response.json()) == {"error", "code"}
+
+
+# -- hardening: the same checks as tests/test_serving_hardening.py, on both containers ----------------------
+CONTROL = [f"/v2/repository/models/{MODEL}/unload", f"/v2/repository/models/{MODEL}/load", "/v2/repository/index"]
+
+
+def _error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "code"} and all(isinstance(v, str) and v for v in body.values()), body
+    assert code is None or body["code"] == code, body
+    return body
+
+
+def _features_request(settings, rows: int = 1) -> dict:
+    width = len(settings.features.customer_features)
+    return {"inputs": [{"name": "features", "shape": [rows, width], "datatype": "FP64",
+                        "data": [FALLBACK.get(c, 0.0) for c in settings.features.customer_features] * rows}]}
+
+
+def test_control_routes_are_off_on_both_containers(predictor, transformer, registered):
+    settings = registered[1]
+    for address in (predictor, transformer):
+        for path in CONTROL:
+            _error(httpx.post(f"http://{address}{path}", timeout=30), 404, "not_found")
+        assert httpx.get(f"http://{address}/openapi.json").status_code == 404
+        assert httpx.get(f"http://{address}/v2/models/{MODEL}/ready").json()["ready"] is True
+    assert httpx.post(f"http://{predictor}/v2/models/{MODEL}/infer", json=_features_request(settings),
+                      timeout=30).status_code == 200
+    assert httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", json={"instances": [KNOWN[0]]}, timeout=30,
+                      headers={"Authorization": f"Bearer {admin_token()}"}).status_code == 200
+
+
+def test_bodies_nested_1000_deep_are_400s_on_both_containers(predictor, transformer):
+    deep = b'{"inputs": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    headers = {"content-type": "application/json", "Authorization": f"Bearer {admin_token()}"}
+    for address in (predictor, transformer):
+        _error(httpx.post(f"http://{address}/v2/models/{MODEL}/infer", content=deep, headers=headers, timeout=30), 400)
+
+
+def test_another_allowed_shop_gets_403_from_the_transformer(transformer):
+    response = httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", json={"instances": [KNOWN[0]]},
+                          headers={"Authorization": f"Bearer {admin_token(OTHER)}"}, timeout=30)
+    assert OTHER in _error(response, 403, "other_shop")["error"]
+
+
+def test_error_answers_of_both_containers_have_the_one_shape(predictor, transformer, registered):
+    settings = registered[1]
+    bad_rows = {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64", "data": [0.0, 1.0]}]}
+    _error(httpx.post(f"http://{predictor}/v2/models/{MODEL}/infer", json=bad_rows, timeout=30), 400)
+    _error(httpx.post(f"http://{predictor}/v1/models/{MODEL}:predict", json={"instances": "x"}, timeout=30), 400)
+    _error(httpx.post(f"http://{predictor}/v2/models/nope/infer", json=_features_request(settings), timeout=30), 404)
+    _error(httpx.post(f"http://{predictor}/v2/models/{MODEL}/infer", json={"inputs": "x"}, timeout=30), 422)
+    _error(httpx.delete(f"http://{predictor}/v2/models/{MODEL}"), 405)
+    admin = {"Authorization": f"Bearer {admin_token()}"}
+    _error(httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", json={"instances": ["x"]}, headers=admin,
+                      timeout=30), 400)
+    _error(httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", json={"instances": [1]}, timeout=30), 401)
+    _error(httpx.post(f"http://{transformer}/v2/models/{MODEL}/versions/1/infer", json={}, headers=admin,
+                      timeout=30), 404, "version_not_served")
+    _error(httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict", content=b" " * 70_000, headers=admin,
+                      timeout=30), 413, "body_too_large")
+
+
+def _lines_after(path: Path, offset: int, marker: str) -> list[str]:
+    deadline = time.monotonic() + 20
+    while True:
+        text = path.read_bytes()[offset:].decode()
+        if marker in text or time.monotonic() > deadline:
+            return text.splitlines()
+        time.sleep(0.05)
+
+
+def test_a_bad_request_is_one_json_log_line_on_each_container(predictor, transformer, registered, request):
+    import json
+    import uuid
+
+    root, settings = registered[0], registered[1]
+    logs = {predictor: root / "predictor.log", transformer: root / f"transformer-{request.node.callspec.params['transformer']}.log"}
+    bad = {predictor: ("/v2/models/{m}/infer", {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64",
+                                                            "data": [0.0, 1.0]}]}),
+           transformer: ("/v1/models/{m}:predict", {"instances": ["x"]})}
+    for address, log in logs.items():
+        offset, request_id = log.stat().st_size, uuid.uuid4().hex
+        path, body = bad[address]
+        response = httpx.post(f"http://{address}{path.format(m=MODEL)}", json=body, timeout=30,
+                              headers={"x-request-id": request_id, "Authorization": f"Bearer {admin_token()}"})
+        assert response.status_code == 400
+        lines = _lines_after(log, offset, request_id)
+        assert len(lines) == 1, lines
+        line = json.loads(lines[0])
+        assert (line["status"], line["request_id"], line["level"]) == (400, request_id, "WARNING")
+        assert "exc_info" not in line and "Traceback" not in lines[0]

@@ -1,0 +1,149 @@
+"""Hypothesis over what an unauthenticated caller controls in serving/auth.py: Bearer tokens (garbage,
+malformed JWTs, validly signed tokens with odd claims), app proxy query strings (any unicode or bytes in
+keys, values and signatures), webhook headers. Verification either names a caller or raises
+``AuthError``; through the middleware, the answer is the inner app's, or a 401/403 in the one error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from urllib.parse import quote_from_bytes
+
+import jwt
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from storeflow.serving.auth import AuthError, Principal, ShopifyAuthMiddleware, ShopifyVerifier
+from storeflow.serving.routes import is_inference
+
+CLIENT_ID = "fuzz-client-id"
+SECRET = "shpss_fuzz_0123456789abcdef0123456789abcdef"
+SHOP = "demo-store.myshopify.com"
+OTHER = "other-store.myshopify.com"
+URL = "https://serve.example/v1/models/m:predict"
+VERIFIER = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP, OTHER])
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+text = st.text(max_size=60)
+# JSON values a signed token's claims may hold: Shopify sends strings and numbers, an attacker anything.
+claim = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+                     max_leaves=6)
+segment = st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode())
+malformed_jwt = st.lists(segment, min_size=1, max_size=4).map(".".join)
+
+
+@st.composite
+def signed_token(draw) -> str:
+    """A token signed with the app secret (as a leaked-secret or a Shopify bug would give) whose claims
+    are partly valid, partly anything."""
+    now = int(time.time())
+    base = {"iss": f"https://{draw(st.sampled_from([SHOP, OTHER]))}" + draw(st.sampled_from(["", "/admin"])),
+            "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "gid://shopify/Customer/1", "exp": now + 60,
+            "nbf": now}
+    for key in draw(st.sets(st.sampled_from([*base, "iat", "jti"]), max_size=4)):
+        base[key] = draw(claim)
+    payload = draw(st.one_of(st.just(base), claim))  # PyJWS signs any bytes, as an attacker with the key would
+    return jwt.PyJWS().encode(json.dumps(payload).encode(), SECRET, algorithm="HS256")
+
+
+authorization = st.one_of(
+    text,
+    text.map(lambda t: f"Bearer {t}"),
+    malformed_jwt.map(lambda t: f"Bearer {t}"),
+    signed_token().map(lambda t: f"Bearer {t}"),
+    st.binary(max_size=40).map(lambda b: "Bearer " + b.decode("latin-1")),  # what ASGI gives for any bytes
+)
+query_part = st.one_of(text.map(lambda t: quote_from_bytes(t.encode())), st.binary(max_size=20).map(quote_from_bytes),
+                       text)
+query = st.lists(st.tuples(st.one_of(st.sampled_from(["signature", "shop", "timestamp", "logged_in_customer_id",
+                                                      "path_prefix"]), query_part), query_part),
+                 max_size=6).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
+
+
+def _verify_never_escapes(method: str, url: str, headers: dict[str, str]) -> None:
+    try:
+        principal = VERIFIER.verify(method, url, headers)
+    except AuthError as exc:
+        assert exc.code and isinstance(exc.code, str)
+        return
+    assert isinstance(principal, Principal) and principal.shop in (SHOP, OTHER)
+
+
+@FUZZ
+@given(value=authorization)
+def test_any_authorization_header_is_a_principal_or_an_auth_error(value):
+    _verify_never_escapes("POST", URL, {"Authorization": value})
+
+
+@FUZZ
+@given(qs=query, host=st.one_of(st.just("serve.example"), text))
+def test_any_app_proxy_query_is_a_principal_or_an_auth_error(qs, host):
+    _verify_never_escapes("GET", f"https://{host}/apps/storeflow?signature=x&{qs}", {"host": host})
+
+
+@FUZZ
+@given(hmac_value=st.one_of(text, st.binary(max_size=48).map(lambda b: b.decode("latin-1"))), shop=text,
+       body=text)
+def test_any_webhook_signature_header_is_a_principal_or_an_auth_error(hmac_value, shop, body):
+    headers = {"X-Shopify-Hmac-Sha256": hmac_value, "X-Shopify-Shop-Domain": shop, "X-Shopify-Topic": "orders/create",
+               "X-Shopify-Api-Version": "2026-01", "X-Shopify-Webhook-Id": "w1", "Content-Type": "application/json"}
+    try:
+        VERIFIER.verify_webhook("POST", "https://serve.example/webhooks", headers, body)
+    except AuthError:
+        pass
+
+
+def _through_middleware(headers: list[tuple[bytes, bytes]], query_string: bytes) -> tuple[int, dict | None]:
+    """One request through ShopifyAuthMiddleware in front of an app that answers 200 with what it was told."""
+    seen = {}
+
+    async def inner(scope, receive, send):
+        seen.update({k.decode(): v.decode() for k, v in scope["headers"] if k.startswith(b"x-storeflow-")})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    middleware = ShopifyAuthMiddleware(inner, VERIFIER, protect=is_inference, data_shop=SHOP)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/models/m:predict", "scheme": "http",
+             "query_string": query_string, "headers": headers}
+    asyncio.run(middleware(scope, receive, send))
+    status = sent[0]["status"]
+    if status == 200:
+        return status, seen
+    assert dict(sent[0]["headers"])[b"content-type"] == b"application/json"
+    return status, json.loads(sent[1]["body"])
+
+
+@FUZZ
+@given(value=authorization, qs=query, host=st.binary(max_size=20))
+def test_the_middleware_answers_401_or_403_in_the_one_shape_or_passes_its_own_shop_on(value, qs, host):
+    headers = [(b"host", host), (b"authorization", value.encode("utf-8", "surrogatepass"))]
+    for case in (headers, headers[:1]):  # with the Bearer token; app proxy only
+        status, body = _through_middleware(case, f"signature=x&{qs}".encode("utf-8", "surrogatepass"))
+        if status == 200:
+            assert body["x-storeflow-shop"] == SHOP  # never another shop's data
+            continue
+        assert status in (401, 403)
+        assert set(body) == {"error", "code"} and all(isinstance(v, str) for v in body.values())
+        if status == 403:
+            assert body["code"] == "other_shop" and OTHER in body["error"]
+
+
+def test_an_other_shops_valid_token_is_refused_with_other_shop():
+    """Both shops may call (allowed_shops); the data here is SHOP's, so OTHER's staff get a 403 naming it."""
+    now = int(time.time())
+    token = jwt.encode({"iss": f"https://{OTHER}/admin", "dest": f"https://{OTHER}", "aud": CLIENT_ID, "sub": "7",
+                        "exp": now + 60, "nbf": now}, SECRET, algorithm="HS256")
+    status, body = _through_middleware([(b"authorization", f"Bearer {token}".encode())], b"")
+    assert (status, body["code"]) == (403, "other_shop")
+    assert body["error"] == (f"forbidden: this server holds the data of {SHOP}; a caller from {OTHER} may read "
+                             "only its own shop's")
