@@ -5,6 +5,7 @@ fail the request instead of passing quietly."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import struct
 import threading
@@ -27,23 +28,26 @@ ERASED, KEPT = 7_200_000_000_042, 7_200_000_000_043
 
 
 def on_disk(roots: list[Path], customer_id: int, email: str | None) -> list[str]:
-    """An independent look at every file: the id as text or packed int64, the gid, the email; Parquet
-    decoded, SQLite dumped as SQL text (integers there are variable-length), zip members opened."""
-    needles = [str(customer_id).encode(), struct.pack("<q", customer_id), struct.pack(">q", customer_id)]
-    needles += [email.lower().encode()] if email else []
+    """An independent look at every file: the id as a whole number in text (not the digits of a longer
+    number or a fraction) or packed int64, the email; Parquet decoded, SQLite dumped as SQL text
+    (integers there are variable-length), zip members opened."""
+    number = re.compile(rb"(?<![0-9.])" + str(customer_id).encode() + rb"(?![0-9])")
+    packed = [struct.pack("<q", customer_id), struct.pack(">q", customer_id)]
     found = []
     for path in sorted({p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}):
         data = path.read_bytes()
+        text = data
         if path.suffix == ".parquet":
-            data += pq.read_table(path).to_pandas().to_csv().encode()
+            text = pq.read_table(path).to_pandas().to_csv().encode()
+            data = b""  # other int64 columns (order ids...) hold plain 8-byte values too
         elif data.startswith(b"SQLite format 3"):
             conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-            data += "\n".join(conn.iterdump()).encode()
+            text = data + "\n".join(conn.iterdump()).encode()
             conn.close()
         elif zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                data += b"".join(archive.read(m) for m in archive.namelist())
-        if any(needle in data.lower() or needle in data for needle in needles):
+                text = data = b"".join(archive.read(m) for m in archive.namelist())
+        if number.search(text) or any(p in data for p in packed) or (email and email.lower().encode() in text.lower()):
             found.append(str(path))
     return found
 
@@ -190,3 +194,119 @@ def test_erasing_a_prediction_log_a_live_writer_appends_to(settings):
     # appending to the file on disk, not to a replaced one.
     assert sum(r["customer_id"] == KEPT for r in lines) == kept_written
     assert lines[-1]["score"] == 0.3
+
+
+# --- everything the demo writes, with a server running ----------------------------------------------------
+
+MODEL = "storeflow-repeat-purchase"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A quick demo: the training pipeline on a small synthetic store, `storeflow serve` on the result,
+    served traffic, and a monitoring run over it (its reports and their MLflow copies)."""
+    import subprocess
+    import sys
+
+    from conftest import free_port, quick_overrides, stop_process
+    from storeflow.components.config import load_settings
+    from storeflow.components.monitor.stage import monitor
+    from storeflow.pipelines.local import run_local
+    from storeflow.pipelines.training import STAGES, training_pipeline
+
+    root = tmp_path_factory.mktemp("erasure-demo")
+    overrides = quick_overrides(root, ingest={"synthetic": {"customers": 300, "orders": 2500, "products": 40}},
+                                project={"state_dir": str(root / "state"), "shop_domain": SHOP},
+                                serving={"auth": "off", "feature_cache_seconds": 600, "feature_refresh_seconds": 600})
+    settings = load_settings(overrides)
+    run_local(training_pipeline, settings, STAGES)
+
+    port, ready = free_port(), root / "ready"
+    script = ("import json, sys; from storeflow.components.config import load_settings; "
+              "from storeflow.serving.server import serve; "
+              "serve(load_settings(json.loads(sys.argv[1])), port=int(sys.argv[2]), ready_file=sys.argv[3])")
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(overrides), str(port), str(ready)],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, "server", 180)
+        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+        base = f"http://127.0.0.1:{port}"
+        snapshot = next(p for p in (settings.data_dir / "snapshots").iterdir() if p.is_dir())
+        served = [int(c) for c in read_tables(snapshot)["customers"]["customer_id"][:150]]
+        for start in range(0, len(served), 50):
+            _predict(base, *served[start:start + 50])
+        wait_for(lambda: sum(_logged(settings, c) for c in served[:1] + served[-1:]) == 2, "served traffic logged")
+        monitor(settings, publish=False)
+        yield settings, base, served, overrides
+    finally:
+        stop_process(proc, log)
+
+
+SHOP = "kettle-and-leaf.myshopify.com"
+
+
+def _predict(base: str, *customer_ids: int) -> dict:
+    import httpx
+
+    answer = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [{"customer_id": c} for c in customer_ids]},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["predictions"][0]
+
+
+def _logged(settings, customer_id: int) -> int:
+    """Lines for the customer in the files monitoring reads."""
+    return sum(json.loads(line)["customer_id"] == customer_id
+               for path in log_files(layout.prediction_log_dir(settings)) for line in path.read_bytes().splitlines())
+
+
+@pytest.mark.slow
+def test_redact_leaves_nothing_of_the_customer_in_anything_the_demo_wrote(demo, monkeypatch):
+    from starlette.testclient import TestClient
+    from test_webhook_signing import SECRET, delivery
+
+    from storeflow.components.shopify.webhooks import create_app
+
+    settings, base, served, overrides = demo
+    snapshot = next(p for p in (settings.data_dir / "snapshots").iterdir() if p.is_dir())
+    customers = read_tables(snapshot)["customers"].set_index("customer_id")["email"]
+    erased, kept = served[0], served[1]
+    email = customers[erased]
+    all_emails = set(customers.dropna())
+    roots = layout.erasure_roots(settings)
+
+    assert _predict(base, erased)["fallback"] is False
+    wait_for(lambda: _logged(settings, erased) == 2, "second served line of the customer")
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    from storeflow.components.config import load_settings
+
+    receiver = load_settings({**overrides, "serving": {"shopify_client_id": "storeflow-test-app"}})
+    with TestClient(create_app(receiver), base_url="https://storeflow.example") as client:
+        def deliver(topic, payload, webhook_id):
+            assert client.post("/webhooks", **delivery(topic, payload, webhook_id, shop=SHOP)).status_code == 200
+            client.app.state.applier.drain()
+
+        deliver("customers/data_request", {"shop_domain": SHOP, "customer": {"id": erased, "email": email},
+                                           "data_request": {"id": 77}}, "wh-request")
+        planted = on_disk(roots, erased, email)
+        for store in ("data/synthetic/store-", "snapshots/", "data/training/", "customer_features.parquet", "online.db",
+                      "predictions/", "shopify/webhooks.db", "data_requests/"):
+            assert any(store in path for path in planted), f"test setup: nothing of the customer in {store}"
+
+        deliver("customers/redact", {"shop_domain": SHOP, "customer": {"id": erased, "email": email},
+                                     "orders_to_redact": []}, "wh-redact")
+
+        assert on_disk(roots, erased, email) == []
+        # The running server (features cached for 600 s) forgot them, and goes on logging where monitoring reads.
+        assert _predict(base, erased)["fallback"] is True
+        before = _logged(settings, kept)
+        assert _predict(base, kept)["fallback"] is False
+        wait_for(lambda: _logged(settings, kept) == before + 1, "new prediction in the log monitoring reads")
+
+        deliver("shop/redact", {"shop_domain": SHOP}, "wh-shop-redact")
+        left = [str(p) for root in roots if root.exists() for p in root.rglob("*")
+                if p.is_file() and any(e.encode() in p.read_bytes().lower() for e in all_emails)]
+        assert left == []
+        assert on_disk(roots, kept, customers[kept]) == []
+        assert _predict(base, kept)["fallback"] is True
