@@ -1,21 +1,38 @@
 # The one storeflow image: every pipeline component, the KServe predictor and transformer, the webhook
-# receiver. Tag it with the package version (image.tag in the config); never :latest.
-FROM python:3.11-slim-bookworm
+# receiver. Tag it with the package version (image.tag in the config); never :latest. `make image` builds it.
+#
+# BASE_IMAGE: python:3.11-slim-bookworm, or an equivalent bookworm base from docker/build-base.sh where no
+# container registry is reachable. Classic builder compatible (DOCKER_BUILDKIT=0): no RUN --mount.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
-ARG STOREFLOW_GIT_COMMIT=""
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    OMP_NUM_THREADS=1 STOREFLOW_GIT_COMMIT=${STOREFLOW_GIT_COMMIT}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_NUM_THREADS=1
 
 # UID 1000, as every kustomize container runs: pipeline tasks (which run as the image's user) and serving
 # pods write the same state volume with one owner.
 RUN useradd --uid 1000 --create-home storeflow
+# PyTensor (pymc-marketing's BTYD fits in the features stage) compiles its ops with g++ at run time, into
+# $HOME/.pytensor; without a compiler it falls back to pure Python and the stage runs for many minutes.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/storeflow
-COPY pyproject.toml README.md requirements.lock ./
+
+# Dependencies first, every version from the lock: a code change rebuilds only the layers below.
+COPY pyproject.toml requirements.lock ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /tmp/dependencies.txt \
+ && pip install -c requirements.lock -r /tmp/dependencies.txt && rm /tmp/dependencies.txt
+
+COPY README.md ./
 COPY components components
 COPY pipelines pipelines
 COPY serving serving
-RUN pip install --no-cache-dir -c requirements.lock . && python -c "import storeflow.components.config"
+RUN pip install --no-deps --no-build-isolation -c requirements.lock . && pip check \
+ && python -c "import storeflow.components.config, storeflow.pipelines.cli, storeflow.serving.transformer"
 
+# Last, so that a new commit rebuilds no layer above.
+ARG STOREFLOW_GIT_COMMIT=""
+ENV STOREFLOW_GIT_COMMIT=${STOREFLOW_GIT_COMMIT}
 USER 1000
 # KFP overrides the command per task; KServe runs `python -m storeflow.serving.predictor|transformer`.
 CMD ["storeflow", "--help"]

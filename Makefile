@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock demo test bench compile check-manifests clean
+.PHONY: install lock demo test bench compile check-manifests clean image
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: install
 
 compile: install
 	$(BIN)/storeflow compile
+
+# The project image, tagged image.repository:image.tag from the config; prints that reference.
+# BASE=auto|debootstrap|<image>: see docker/build-image.sh (auto falls back to a debootstrap base offline).
+BASE ?= auto
+image: install
+	@BASE="$(BASE)" STOREFLOW_PYTHON="$(BIN)/python" bash docker/build-image.sh
 
 clean:
 	rm -rf .storeflow .pytest_cache
