@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from storeflow.components.config import Settings
 from storeflow.components.features.compute import customer_features
@@ -246,8 +247,8 @@ class Applier:
         """Store the order or refund (inside the caller's transaction); returns whose features change."""
         if topic in ORDER_TOPICS:
             order, items = order_rows(payload)
-            conform("orders", pd.DataFrame([order]))  # what the features will read must read back
-            conform("line_items", pd.DataFrame(items, columns=SCHEMAS["line_items"].names))
+            _rows("orders", [order])  # what the features will read must read back
+            _rows("line_items", items)
             current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
                                         (order["order_id"],)).fetchone()
             if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
@@ -260,7 +261,7 @@ class Applier:
                                   [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
             return order["customer_id"]
         refund = refund_row(payload)
-        conform("refunds", pd.DataFrame([refund]))
+        _rows("refunds", [refund])
         self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
                           (refund["refund_id"], refund["order_id"], json.dumps(refund)))
         return self._customer_of_order(refund["order_id"])
@@ -348,9 +349,15 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
 
 
+def _rows(name: str, rows: list[dict]) -> pa.Table:
+    """Live rows as the table's schema. Object columns keep Python ints exact: pandas would turn an id
+    column with a null into float64 and ids above 2**53 would change (or fail near 2**63)."""
+    return conform(name, pd.DataFrame(rows, columns=SCHEMAS[name].names, dtype=object))
+
+
 def _concat(name: str, frame: pd.DataFrame, live: list[dict]) -> pd.DataFrame:
     parts = [conform(name, frame).to_pandas()]
     if live:
-        parts.append(conform(name, pd.DataFrame(live)).to_pandas())
+        parts.append(_rows(name, live).to_pandas())
     return pd.concat(parts, ignore_index=True)
 
