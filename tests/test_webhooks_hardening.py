@@ -68,9 +68,19 @@ def test_a_deeply_nested_body_with_a_bogus_hmac_is_a_4xx_not_a_crash(client, hoo
 
     response = client.post("/webhooks", **bad)
 
-    assert 400 <= response.status_code < 500
-    assert response.json()["code"] in ("too_deep", "invalid_hmac")
+    assert response.status_code == 401 and response.json()["code"] == "invalid_hmac"  # never parsed
     assert journal(hooks, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_delivery_signed_with_the_old_secret_is_accepted_during_rotation(hooks):
+    from storeflow.serving.auth import ShopifyVerifier
+
+    rotated = ShopifyVerifier("storeflow-test-app", "whsec-new-secret", [SHOP], old_client_secret=SECRET)
+    with TestClient(create_app(hooks, verifier=rotated, apply=False)) as c:
+        old = post(c, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-old")
+        new = post(c, "orders/create", order(9002, ADA, "ada@example.com", 40.0), "wh-new", secret="whsec-new-secret")
+        other = post(c, "orders/create", order(9003, ADA, "ada@example.com", 40.0), "wh-x", secret="whsec-someone-else")
+    assert [old.status_code, new.status_code, other.status_code] == [200, 200, 401]
 
 
 def test_a_deeply_nested_signed_body_is_a_400(client):
