@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from storeflow.components.erasure import EpochView, read_epoch
+from storeflow.components.features.compute import RECENT_WINDOW_DAYS
 from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_store
 from storeflow.components.shopify.layout import erasure_epoch
 
@@ -54,6 +55,15 @@ FALLBACK: dict[str, float] = {
     "category_affinity": 0.0,
     "orders_last_90d": 0.0,
     "discount_share": 0.0,
+    **{f"orders_{d}d": 0.0 for d in RECENT_WINDOW_DAYS if d != 90},  # 90 days: orders_last_90d
+    **{f"spend_{d}d": 0.0 for d in RECENT_WINDOW_DAYS},
+    "order_trend": 0.0,
+    "inter_purchase_days_mean": 0.0,
+    "inter_purchase_days_std": 0.0,
+    "recency_over_gap": 0.0,
+    # BG/NBD: a customer with no repeat purchase is alive; nothing seen, nothing expected yet
+    "btyd_p_alive": 1.0,
+    "btyd_expected_purchases": 0.0,
 }
 
 

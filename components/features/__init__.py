@@ -27,6 +27,7 @@ from storeflow.components.features.repo import (
     PRODUCT_VIEW,
     SERVICE,
     apply,
+    btyd_model_path,
     feature_refs,
     feature_store,
     source_path,
@@ -88,6 +89,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     holdout_start = pd.Timestamp(holdout_cutoffs[0])
     fitted = btyd.fit(snapshots[snapshots["event_timestamp"] == holdout_start], holdout_start.to_pydatetime())
     snapshots = pd.concat([snapshots, btyd.btyd_features(fitted, snapshots, label.horizon_days)], axis=1)
+    btyd.save(fitted, btyd_model_path(settings))
     _write_source(snapshots, source_path(settings, CUSTOMER_VIEW))
     _write_source(product_features(tables, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
     store = apply(settings)

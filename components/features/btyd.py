@@ -10,9 +10,12 @@ and only by the features stage, never by serving, which reads the outputs from F
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,14 +75,64 @@ def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) ->
 
 def btyd_features(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
     """BG/NBD probability alive and expected orders within the horizon, one row per feature row."""
+    return _scored(fitted.bgnbd, features, horizon_days)
+
+
+def _scored(bgnbd, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
     if features.empty:
-        return pd.DataFrame({name: pd.Series(dtype=float) for name in BTYD_FEATURES})
+        return pd.DataFrame({name: pd.Series(dtype=float) for name in BTYD_FEATURES}, index=features.index)
     data = rfm(features)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        alive = _flat(fitted.bgnbd.expected_probability_alive(data=data))
-        purchases = _flat(fitted.bgnbd.expected_purchases(data=data, future_t=horizon_days / WEEK_DAYS))
+        alive = _flat(bgnbd.expected_probability_alive(data=data))
+        purchases = _flat(bgnbd.expected_purchases(data=data, future_t=horizon_days / WEEK_DAYS))
     return pd.DataFrame({"btyd_p_alive": alive, "btyd_expected_purchases": purchases}, index=features.index)
+
+
+def save(fitted: Fitted, path: Path) -> None:
+    """Keep the fitted BG/NBD model (pymc-marketing's netCDF) beside the feature sources, so features
+    computed later (webhook updates, simulations) score with the very model the training rows saw.
+    The file holds only anonymous (frequency, recency, T) rows: no customer id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted.bgnbd.save(str(tmp))
+    tmp.replace(path)
+
+
+class LiveScorer:
+    """BTYD features for rows computed after the features stage, from the model it saved at ``path``.
+
+    The model is loaded on first use and again whenever the file changes (a new training run); until a
+    features run has saved one, the BTYD features are missing (NaN) and serving treats them as such."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._loaded: tuple[int, object] | None = None
+
+    def _model(self):
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != stamp:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    import arviz as az
+                    from pymc_marketing.clv import BetaGeoModel
+
+                    # build_from_idata, not load: pymc-marketing 0.19's load leaves the pymc model unbuilt.
+                    self._loaded = (stamp, BetaGeoModel.build_from_idata(az.from_netcdf(str(self.path))))
+            return self._loaded[1]
+
+    def features(self, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+        model = self._model()
+        if model is None:
+            return pd.DataFrame({name: np.nan for name in BTYD_FEATURES}, index=features.index)
+        return _scored(model, features, horizon_days)
 
 
 def frequency_recency_rank(features: pd.DataFrame) -> np.ndarray:

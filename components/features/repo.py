@@ -42,6 +42,11 @@ def source_path(settings: Settings, view: str) -> Path:
     return settings.feature_repo_dir / "data" / f"{view}.parquet"
 
 
+def btyd_model_path(settings: Settings) -> Path:
+    """The BG/NBD model the features stage fitted (features.btyd.save), beside the sources it fed."""
+    return settings.feature_repo_dir / "data" / "btyd_bgnbd.nc"
+
+
 def store_config(settings: Settings) -> dict:
     """The feature_store.yaml content for these settings: passwords as the ``${VAR}`` the settings hold."""
     feast_cfg = settings.features.feast

@@ -18,7 +18,9 @@ import orjson
 import pandas as pd
 
 from storeflow.components.config import Settings
+from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import customer_features, serving_time
+from storeflow.components.features.repo import btyd_model_path
 from storeflow.components.monitor.labels import latest_snapshot
 from storeflow.components.monitor.predictions import log_dir
 from storeflow.components.tables import conform, read_tables
@@ -86,6 +88,7 @@ def simulate_shift(settings: Settings, *, requests: int = 2_000, shift: bool = T
     if shift:
         tables = holiday_promotion(tables, as_of, share, value_lift, discount, promo_days, seed)
     rows = customer_features(tables, [as_of])
+    rows = rows.join(LiveScorer(btyd_model_path(settings)).features(rows, settings.features.label.horizon_days))
 
     client = tracking.connect(settings)
     name = settings.registry.model_name

@@ -29,8 +29,10 @@ import pandas as pd
 import pyarrow as pa
 
 from storeflow.components.config import Settings
+from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import customer_features
-from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, feature_store, source_path
+from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, btyd_model_path,
+                                                feature_store, source_path)
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.shopify import layout, online, privacy
 from storeflow.components.shopify.journal import connect, now, park, transaction
@@ -73,6 +75,7 @@ class Applier:
         if CUSTOMER_VIEW not in {v.name for v in self.store.list_feature_views()}:
             self.store = feast_apply(settings)
         self._snapshot: tuple[Path, dict[str, pd.DataFrame]] | None = None
+        self.btyd = LiveScorer(btyd_model_path(settings))  # the features stage's BG/NBD, reloaded when retrained
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -321,6 +324,7 @@ class Applier:
         frame = customer_features(self.customer_tables(customers), [as_of])
         if frame.empty:
             return None
+        frame = frame.join(self.btyd.features(frame, self.settings.features.label.horizon_days))
         return frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]]
 
     def _write_features(self, frame: pd.DataFrame | None) -> None:
