@@ -267,6 +267,8 @@ class DeployConfig(Section):
     config_map: str = Field("storeflow-config", description="STOREFLOW_* variables for the serving containers.")
     feast_config_map: str = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
     online_store_secret: str = Field("storeflow-online-store", description="Secret with the Redis connection-string.")
+    shopify_app_secret: str = Field("storeflow-shopify-app", description="Secret (keys client-id, api-secret) with "
+                                                                       "which the transformer checks session tokens.")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(3, ge=1)
     predictor_resources: dict[str, dict[str, str]] = Field(

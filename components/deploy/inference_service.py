@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from storeflow.components.config import Settings
+from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -94,6 +94,10 @@ def predictor_spec(settings: Settings, model: ModelVersionRef) -> dict[str, Any]
     }
 
 
+def _from_secret(env: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
 def transformer_spec(settings: Settings) -> dict[str, Any]:
     """Feast feature lookup in front of the predictor; model-agnostic, so it never takes part in a canary."""
     deploy = settings.deploy
@@ -113,11 +117,13 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                     {"name": "STOREFLOW_FEATURES__FEAST__REPO_DIR", "value": FEAST_MOUNT},
                     # The prediction log goes to the state volume, where the monitoring pipeline reads it.
                     {"name": "STOREFLOW_SERVING__PREDICTION_LOG_DIR", "value": str(state_path / "predictions")},
-                    # feature_store.yaml reads ${REDIS_CONNECTION_STRING}; the value never leaves the Secret.
-                    {
-                        "name": "REDIS_CONNECTION_STRING",
-                        "valueFrom": {"secretKeyRef": {"name": deploy.online_store_secret, "key": "connection-string"}},
-                    },
+                    # feature_store.yaml reads ${REDIS_CONNECTION_STRING} and ${FEAST_REGISTRY_URL}; the values
+                    # never leave their Secrets.
+                    _from_secret(REDIS_CONNECTION_STRING_ENV, deploy.online_store_secret, "connection-string"),
+                    _from_secret(FEAST_REGISTRY_URL_ENV, settings.features.feast.registry_secret, "url"),
+                    # Session tokens are checked against the app's client id (audience) and secret.
+                    _from_secret("STOREFLOW_SERVING__SHOPIFY_CLIENT_ID", deploy.shopify_app_secret, "client-id"),
+                    _from_secret(settings.serving.shopify_secret_env, deploy.shopify_app_secret, "api-secret"),
                 ],
                 "envFrom": [{"configMapRef": {"name": deploy.config_map}}],
                 "resources": deploy.transformer_resources,
