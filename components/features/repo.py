@@ -138,12 +138,23 @@ def feature_store(settings: Settings) -> FeatureStore:
 
     require(connection_settings(settings))
     repo = settings.feature_repo_dir
-    (repo / "data").mkdir(parents=True, exist_ok=True)
     config_file = repo / "feature_store.yaml"
+    if config_file.exists() and not writable(repo):
+        # A mounted repo (the transformer's storeflow-feast ConfigMap) is the operator's: read, never rewritten.
+        return FeatureStore(repo_path=str(repo))
+    (repo / "data").mkdir(parents=True, exist_ok=True)
     wanted = yaml.safe_dump(store_config(settings), sort_keys=False)
     if not config_file.exists() or config_file.read_text() != wanted or config_file.stat().st_mode & 0o077:
         _write_private(config_file, wanted)
     return FeatureStore(repo_path=str(repo))
+
+
+def writable(directory: Path) -> bool:
+    """False on a read-only mount (a ConfigMap volume) or a directory this user may not write."""
+    try:
+        return os.access(directory, os.W_OK) and not os.statvfs(directory).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
 
 
 def _write_private(path: Path, text: str) -> None:
