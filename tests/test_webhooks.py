@@ -180,3 +180,29 @@ def test_stopping_the_receiver_stops_its_applier(tmp_path):
     for pid in left:
         os.kill(pid, 9)
     assert not left, "the applier outlived its receiver"
+
+
+def test_an_order_edited_then_cancelled_replaces_the_order_it_updates(client, hooks):
+    """Shopify sends orders/updated for every edit and orders/cancelled on cancellation (each the whole
+    order): both were refused as unknown topics, so a cancelled order kept counting."""
+    first = order(9001, ADA, "ada@example.com", 40.0, hours_ago=2)
+    second = order(9002, ADA, "ada@example.com", 25.0, hours_ago=1)
+    for n, payload in enumerate((first, second)):
+        assert post(client, "orders/create", payload, f"wh-c{n}").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    assert online(hooks, ADA)["frequency"] == [2]
+
+    edited = {**second, "total_price": "35.00", "subtotal_price": "35.00",
+              "updated_at": (pd.Timestamp(second["updated_at"]) + pd.Timedelta(minutes=5)).isoformat()}
+    edited["total_price_set"] = {"shop_money": {"amount": "35.00", "currency_code": "USD"},
+                                 "presentment_money": {"amount": "35.00", "currency_code": "USD"}}
+    assert post(client, "orders/updated", edited, "wh-u1").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    assert online(hooks, ADA)["monetary"] == [pytest.approx(75.0)]
+
+    cancelled = {**edited, "cancelled_at": edited["updated_at"], "financial_status": "refunded",
+                 "updated_at": (pd.Timestamp(edited["updated_at"]) + pd.Timedelta(minutes=5)).isoformat()}
+    assert post(client, "orders/cancelled", cancelled, "wh-x1").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    assert online(hooks, ADA)["frequency"] == [1]  # the cancelled order no longer counts
+    assert journal(hooks, "SELECT count(*) FROM live_orders") == [(2,)]

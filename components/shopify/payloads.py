@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-ORDER_TOPICS = frozenset({"orders/create", "orders/paid"})
+# Each carries the whole order; the newest updated_at wins, so an edit or a cancellation replaces it.
+ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
 REFUND_TOPICS = frozenset({"refunds/create"})
 PRIVACY_TOPICS = frozenset({"customers/redact", "customers/data_request", "shop/redact"})
 TOPICS = ORDER_TOPICS | REFUND_TOPICS | PRIVACY_TOPICS | {"app/uninstalled"}
