@@ -460,3 +460,24 @@ def test_local_artifact_location_is_refused_with_advice():
 def test_unknown_model_version_is_named(settings):
     with pytest.raises(DeployError, match="model version storeflow-repeat-purchase/99 is not registered"):
         resolve_model_version(settings, "99")
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "Standard"])
+def test_after_a_kserve_rollback_the_champion_alias_names_what_serves(settings, cluster, mode):
+    """register moves the alias to the challenger before its canary; a rollback on KServe left it there, so
+    monitoring and the next evaluation judged a version that was not serving. Real MLflow (SQLite)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    name = settings.registry.model_name
+    client.create_registered_model(name)
+    for _ in range(4):
+        client.create_model_version(name, source="s3://models/m", run_id=None)
+    client.set_registered_model_alias(name, "champion", "4")  # as register does for the challenger
+    kube, isvcs, prom = cluster(recorded(mode), versions={"3": HEALTHY, "4": HEALTHY | {"errors": 90}})
+    result = run_stage(settings, isvcs, prom, record_rollout)
+
+    assert result["outcome"] == "rolled-back" and result["recorded_in_mlflow"] is True
+    assert kube.obj["metadata"]["annotations"]["storeflow.io/model-version"] == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    assert client.get_model_version(name, "4").tags["storeflow.deploy.state"] == "rolled-back"

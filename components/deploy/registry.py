@@ -47,17 +47,26 @@ def resolve_model_version(settings: Settings, version: str) -> ModelVersionRef:
     return ModelVersionRef(name=name, version=str(version), storage_uri=cluster_storage_uri(uri, f"{name}/{version}"))
 
 
-def record_rollout(settings: Settings, version: str, tags: dict[str, str]) -> bool:
-    """Tag the model version with the rollout outcome; False (logged) when MLflow cannot be reached.
+# Rollout states after which the version is what the InferenceService serves: the champion alias names it.
+SERVING_STATES = frozenset({"promoted", "restored"})
 
-    The rollout itself never depends on this: its state lives on the InferenceService.
+
+def record_rollout(settings: Settings, version: str, tags: dict[str, str]) -> bool:
+    """Tag the model version with the rollout outcome and, when it now serves (promoted, or restored by a
+    rollback), point the ``champion`` alias at it: one truth for monitoring and the next evaluation.
+    False (logged) when MLflow cannot be reached; the rollout itself never depends on this (its state lives
+    on the InferenceService), and the next record that reaches MLflow sets the alias right again.
     """
     try:
         from mlflow import MlflowClient
 
+        from storeflow.components.tracking import CHAMPION
+
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
         for key, value in tags.items():
             client.set_model_version_tag(settings.registry.model_name, version, key, value)
+        if tags.get("storeflow.deploy.state") in SERVING_STATES:
+            client.set_registered_model_alias(settings.registry.model_name, CHAMPION, version)
     except Exception as exc:  # noqa: BLE001 - any MLflow failure must not undo a finished rollback
         log.warning("could not tag %s/%s with %s: %s", settings.registry.model_name, version, tags, exc)
         return False

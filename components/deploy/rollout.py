@@ -41,7 +41,8 @@ class RolloutResult:
 def rollback(
     isvcs: InferenceServices, settings: Settings, reason: str, record: Record
 ) -> tuple[dict[str, Any], bool]:
-    """Restore the champion from the saved spec (no MLflow needed), then tag the canary version if possible."""
+    """Restore the champion from the saved spec (no MLflow needed), then, if MLflow answers, tag the canary
+    version and record the restored version as serving (which moves the ``champion`` alias back to it)."""
     name = settings.deploy.inference_service
     current = isvcs.require(name)
     mode = isvc_spec.deployment_mode(current, settings.deploy.mode)
@@ -50,6 +51,9 @@ def rollback(
     recorded = bool(canary_version) and record(
         settings, canary_version, {"storeflow.deploy.state": "rolled-back", "storeflow.deploy.reason": reason}
     )
+    serving = isvc_spec.serving_version(restored)
+    if serving and serving != canary_version:
+        recorded = record(settings, serving, {"storeflow.deploy.state": "restored"}) and recorded
     return restored, recorded
 
 
