@@ -237,6 +237,46 @@ class RegistryConfig(Section):
     model_name: str = "storeflow-repeat-purchase"
 
 
+class TaskResources(Section):
+    """Kubernetes requests and limits and a timeout for one pipeline task (quantities as Kubernetes writes them)."""
+
+    cpu_request: str = Field("250m", description="CPU the scheduler reserves for the task, e.g. 500m or 2.")
+    cpu_limit: str = Field("1", description="CPU the task may use at most.")
+    memory_request: str = Field("512Mi", description="Memory the scheduler reserves, e.g. 512Mi or 4Gi.")
+    memory_limit: str = Field("1Gi", description="Memory above which the task is OOM-killed.")
+    timeout_seconds: int = Field(3600, gt=0, description="The task fails when it runs longer than this.")
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Any:
+        # `--set kfp.resources.train.cpu_limit=4` parses as a number; Kubernetes quantities are strings.
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# Per-stage defaults: features (point-in-time join, materialization) and train (the estimator) hold the
+# training set in memory; the others move small records or talk to a service.
+DEFAULT_TASK_RESOURCES: dict[str, dict[str, Any]] = {
+    "ingest": {"memory_request": "1Gi", "memory_limit": "2Gi"},
+    "validate": {"memory_request": "1Gi", "memory_limit": "2Gi"},
+    "features": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "4Gi", "memory_limit": "8Gi"},
+    "train": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "4Gi", "memory_limit": "8Gi"},
+    "evaluate": {"cpu_request": "500m", "memory_request": "1Gi", "memory_limit": "2Gi"},
+    "register": {},
+    "deploy": {"timeout_seconds": 7200},  # a canary waits at every traffic step
+    "monitor": {"memory_request": "1Gi", "memory_limit": "2Gi"},
+    "retrain": {"timeout_seconds": 7200},  # retrain: local runs the whole training pipeline in this task
+}
+
+
+class TaskRetry(Section):
+    """Retry policy of the tasks that call a network service (the pipelines name which)."""
+
+    num_retries: int = Field(3, ge=0, description="Retries after a failed attempt; 0 disables retrying.")
+    backoff_duration: str = Field("30s", description="Wait before the first retry (a Go duration, e.g. 30s, 2m).")
+    backoff_factor: float = Field(2.0, ge=1.0, description="Each further wait is the previous one times this.")
+    backoff_max_duration: str = Field("10m", description="No wait between retries is longer than this.")
+
+
 class KfpConfig(Section):
     host: Annotated[str | None, NoPassword("a token comes from --token / STOREFLOW_KFP_TOKEN or kfp.token_path")] = None
     namespace: str = "kubeflow"
@@ -248,6 +288,29 @@ class KfpConfig(Section):
     state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster.")
     state_mount_path: Path = Field(Path("/var/lib/storeflow"), description="Where tasks see project.state_dir.")
     enable_caching: bool = False
+    resources: dict[str, TaskResources] = Field(
+        default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
+        description="Per pipeline task (ingest, validate, features, train, evaluate, register, deploy, monitor, "
+        "retrain): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
+        "default, the other values keep theirs.")
+    retry: TaskRetry = Field(TaskRetry(), description="Retries with backoff of the tasks that call network services.")
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _stage_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(DEFAULT_TASK_RESOURCES))
+        if unknown:
+            raise ValueError(f"unknown pipeline task(s) {', '.join(unknown)}; tasks are "
+                             f"{', '.join(DEFAULT_TASK_RESOURCES)}")
+        merged = {}
+        for stage, defaults in DEFAULT_TASK_RESOURCES.items():
+            given = value.get(stage, {})
+            if isinstance(given, TaskResources):
+                given = given.model_dump(exclude_unset=True)
+            merged[stage] = {**defaults, **given}
+        return merged
 
 
 class DeployConfig(Section):
