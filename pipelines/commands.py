@@ -16,21 +16,28 @@ PipelineOption = Annotated[str, typer.Option("--pipeline", help="training or mon
 
 
 def compile_(
+    config: ConfigOption = None,
+    set_: SetOption = None,
     check: Annotated[bool, typer.Option("--check", help="Fail if the checked-in YAML is stale; write nothing.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output dir (default: the repo's manifests/).")] = None,
 ) -> None:
-    """Compile the pipelines and components to manifests/ (pipeline and component YAML)."""
+    """Compile the pipelines and components to manifests/ (pipeline and component YAML).
+
+    The image, volume, Secret names, resources, retries and timeouts come from --config/--set only; without
+    them the config model's defaults (the checked-in manifests), never a config file or env lying around.
+    """
     from storeflow.pipelines.compile import MANIFESTS, check as check_stale, compile_to
 
+    settings = settings_from(config, set_) if config or set_ else None
     if check:
-        result = check_stale(out or MANIFESTS)
+        result = check_stale(out or MANIFESTS, settings)
         if result.stale:
             console.print(f"[red]stale compiled YAML: {', '.join(result.stale)}[/red] (run `storeflow compile`)")
             console.print(result.diff, markup=False, highlight=False)
             raise typer.Exit(1)
         console.print("compiled YAML is up to date")
         return
-    for path in compile_to(out or MANIFESTS):
+    for path in compile_to(out or MANIFESTS, settings):
         console.print(f"wrote {path}")
 
 

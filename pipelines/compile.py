@@ -14,7 +14,9 @@ MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 PIPELINES = ("training", "monitoring")
 
 
-def _targets() -> dict[str, object]:
+def _targets(settings=None) -> dict[str, object]:
+    """What ``compile`` writes, built for ``settings`` (default: the config model's defaults)."""
+    from storeflow.components.container import with_image
     from storeflow.components.deploy.component import deploy
     from storeflow.components.evaluate.component import evaluate
     from storeflow.components.features.component import features
@@ -23,21 +25,24 @@ def _targets() -> dict[str, object]:
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor, retrain
     from storeflow.components.validate.component import validate
-    from storeflow.pipelines.monitoring import monitoring_pipeline
-    from storeflow.pipelines.training import training_pipeline
+    from storeflow.pipelines.monitoring import build_monitoring_pipeline
+    from storeflow.pipelines.training import DEFAULTS, build_training_pipeline
 
-    targets: dict[str, object] = {"pipelines/training.yaml": training_pipeline,
-                                  "pipelines/monitoring.yaml": monitoring_pipeline}
+    settings = settings or DEFAULTS
+    targets: dict[str, object] = {"pipelines/training.yaml": build_training_pipeline(settings),
+                                  "pipelines/monitoring.yaml": build_monitoring_pipeline(settings)}
     for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain):
-        targets[f"components/{op.name}.yaml"] = op
+        targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 
 
-def compile_to(out_dir: Path) -> list[Path]:
+def compile_to(out_dir: Path, settings=None) -> list[Path]:
+    """Compile every pipeline and component for the cluster ``settings`` describe (image, volume, Secrets,
+    resources, retries, timeouts); ``None``: the config model's defaults, which the checked-in YAML holds."""
     from kfp import compiler
 
     written = []
-    for relative, target in _targets().items():
+    for relative, target in _targets(settings).items():
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(target, str(path))
@@ -51,11 +56,11 @@ class Staleness:
     diff: str
 
 
-def check(out_dir: Path = MANIFESTS) -> Staleness:
+def check(out_dir: Path = MANIFESTS, settings=None) -> Staleness:
     """Compile into a temporary dir and compare with ``out_dir``; lists files that differ or are missing."""
     stale, diffs = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for fresh in compile_to(Path(tmp)):
+        for fresh in compile_to(Path(tmp), settings):
             relative = fresh.relative_to(tmp)
             current = out_dir / relative
             new_text = fresh.read_text()

@@ -7,18 +7,38 @@ place whichever runner (kfp.local or a cluster) executes the pipeline.
 
 from kfp import dsl
 
+from storeflow.components.config import Settings
 from storeflow.components.monitor.component import monitor, retrain
-from storeflow.pipelines.training import feast_credentials, mlflow_credentials, on_cluster
+from storeflow.pipelines.training import DEFAULTS, feast_credentials, mlflow_credentials, on_cluster
 
 PIPELINE_NAME = "storeflow-monitoring"
 STAGES = ("monitor", "retrain")
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Drift and decay of served predictions; retraining when critical.")
-def monitoring_pipeline(config_json: str = "{}", window_end: str = "", model_version: str = "") -> str:
-    checked = mlflow_credentials(on_cluster(
-        monitor(config_json=config_json, window_end=window_end, model_version=model_version), "monitor"))
-    # retrain: local runs the training pipeline in this task, so it needs what training's tasks need.
-    decided = feast_credentials(mlflow_credentials(on_cluster(
-        retrain(config_json=config_json, summary=checked.outputs["Output"]), "retrain")))
-    return decided.output
+def build_monitoring_pipeline(settings: Settings = DEFAULTS):
+    """The monitoring pipeline wired for the cluster ``settings`` describe (see ``training.on_cluster``)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Drift and decay of served predictions; retraining when critical.")
+    def monitoring_pipeline(config_json: str = "{}", window_end: str = "", model_version: str = "") -> str:
+        """Analyse one window of served predictions; start retraining when drift or decay is critical.
+
+        Args:
+            config_json: storeflow settings for this run as a JSON object (the storeflow config model);
+                keys given here override the task's environment and config file. '{}' runs with those alone.
+            window_end: End of the analysed window as an ISO 8601 timestamp; empty means now.
+            model_version: The registered model version whose predictions are analysed; empty means the
+                current champion.
+        """
+        checked = mlflow_credentials(on_cluster(
+            monitor(config_json=config_json, window_end=window_end, model_version=model_version), "monitor",
+            settings), settings)
+        # retrain: local runs the training pipeline in this task, so it needs what training's tasks need.
+        decided = feast_credentials(mlflow_credentials(on_cluster(
+            retrain(config_json=config_json, summary=checked.outputs["Output"]), "retrain", settings), settings),
+            settings)
+        return decided.output
+
+    return monitoring_pipeline
+
+
+monitoring_pipeline = build_monitoring_pipeline()

@@ -10,7 +10,7 @@ the branch, so a decision made by a component holds the same on every runner.
 
 from kfp import dsl, kubernetes
 
-from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, load_settings
+from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
 from storeflow.components.deploy.component import deploy
 
 from storeflow.components.evaluate.component import evaluate
@@ -23,24 +23,50 @@ from storeflow.components.validate.component import validate
 PIPELINE_NAME = "storeflow-training"
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "deploy")
 
+# Tasks that call a network service, so a failed attempt is often a passing outage worth retrying:
+# ingest (the Shopify Admin API), train/evaluate/register (the MLflow tracking server and registry),
+# deploy (KServe's API server, Prometheus and MLflow), monitor (MLflow, the prediction-log store) and
+# retrain (the KFP API). validate and features read only the snapshot, the volume and Feast's stores;
+# a failure there is a data error that a retry repeats.
+RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain"})
 
-def on_cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-    """Cluster wiring kfp.local ignores: the shared state volume, the display name, no cache.
+# Where the config is not given (kfp.local runs, the module-level pipelines), the config model's defaults:
+# never the environment or a config file read at import time.
+DEFAULTS = Settings.model_construct()
 
-    Caching stays off: stages read external state (Feast, MLflow), so equal inputs need not mean
-    equal results.
+
+def on_cluster(task: dsl.PipelineTask, name: str, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
+    """Cluster wiring kfp.local ignores, from the settings the pipeline is compiled with: the project image,
+    the shared state volume, the display name, CPU/memory requests and limits and a timeout
+    (``kfp.resources.<name>``), retries with backoff for the tasks in :data:`RETRIED` (``kfp.retry``).
+
+    Caching is off on every task: each stage reads or writes state outside its inputs. ``ingest`` reads a
+    live store; ``validate`` and ``features`` read a snapshot *path* on the shared volume (the path, not
+    the content, is the input) and ``features`` writes Feast's registry and online store, which a cache hit
+    would skip; ``train`` and ``evaluate`` log runs to MLflow and compare with the *current* champion;
+    ``register``, ``deploy``, ``monitor`` and ``retrain`` change or read registry, serving and log state.
+    Equal inputs need not mean equal results, so a cached output could be wrong or skip a side effect.
     """
-    kfp_cfg = load_settings().kfp
+    kfp_cfg = settings.kfp
+    sized = kfp_cfg.resources[name]
+    task.set_container_image(settings.image.reference)
     kubernetes.mount_pvc(task, pvc_name=kfp_cfg.state_pvc, mount_path=str(kfp_cfg.state_mount_path))
+    task.set_cpu_request(sized.cpu_request).set_cpu_limit(sized.cpu_limit)
+    task.set_memory_request(sized.memory_request).set_memory_limit(sized.memory_limit)
+    kubernetes.set_timeout(task, sized.timeout_seconds)
+    if name in RETRIED and kfp_cfg.retry.num_retries:
+        retry = kfp_cfg.retry
+        task.set_retry(num_retries=retry.num_retries, backoff_duration=retry.backoff_duration,
+                       backoff_factor=retry.backoff_factor, backoff_max_duration=retry.backoff_max_duration)
     return task.set_display_name(name).set_caching_options(False)
 
 
-def shopify_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def shopify_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """The Admin API token reaches the ingest task only, as env from a Secret: never a parameter or a log.
 
     Optional, so runs that ingest a synthetic store or files need no Secret.
     """
-    shopify = load_settings().shopify
+    shopify = settings.shopify
     return kubernetes.use_secret_as_env(
         task, secret_name=shopify.credentials_secret,
         secret_key_to_env={"shop-domain": shopify.shop_domain_env, "access-token": shopify.access_token_env},
@@ -48,44 +74,66 @@ def shopify_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     )
 
 
-def feast_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def feast_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """The online store's and the Feast registry's connection values reach the tasks that open Feast as env
     from their Secrets, under the names a cluster config refers to (``${REDIS_CONNECTION_STRING}``,
     ``${FEAST_REGISTRY_URL}``), so config_json carries only the names. Optional: the embedded stores need none.
     """
-    settings = load_settings()
     kubernetes.use_secret_as_env(task, secret_name=settings.deploy.online_store_secret,
                                  secret_key_to_env={"connection-string": REDIS_CONNECTION_STRING_ENV}, optional=True)
     return kubernetes.use_secret_as_env(task, secret_name=settings.features.feast.registry_secret,
                                         secret_key_to_env={"url": FEAST_REGISTRY_URL_ENV}, optional=True)
 
 
-def mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def mlflow_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """A tracking server's login reaches the tasks that use MLflow as the variables MLflow reads itself.
 
     Optional, so an unauthenticated tracking server (the kustomize base's) needs no Secret.
     """
     return kubernetes.use_secret_as_env(
-        task, secret_name=load_settings().registry.credentials_secret,
+        task, secret_name=settings.registry.credentials_secret,
         secret_key_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
         optional=True,
     )
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
-def training_pipeline(config_json: str = "{}") -> str:
-    ingested = shopify_credentials(on_cluster(ingest(config_json=config_json), "ingest"))
-    validated = on_cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
-    built = feast_credentials(on_cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]),
-                                         "features"))
-    trained = mlflow_credentials(on_cluster(train(config_json=config_json, features=built.output), "train"))
-    evaluated = mlflow_credentials(on_cluster(
-        evaluate(config_json=config_json, features=built.output, trained=trained.output), "evaluate"))
-    registered = mlflow_credentials(on_cluster(
-        register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
-        "register",
-    ))
-    # deploy target local serves through Feast; kserve only reads MLflow.
-    feast_credentials(mlflow_credentials(on_cluster(deploy(config_json=config_json, registration=registered.output),
-                                                    "deploy")))
-    return registered.output
+def build_training_pipeline(settings: Settings = DEFAULTS):
+    """The training pipeline wired for the cluster ``settings`` describe (image, volume, Secrets, resources)."""
+
+    def cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        return on_cluster(task, name, settings)
+
+    def mlflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return mlflow_credentials(task, settings)
+
+    def feast(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return feast_credentials(task, settings)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
+    def training_pipeline(config_json: str = "{}") -> str:
+        """Ingest, validate, build features, train, evaluate, register and deploy one model version.
+
+        Args:
+            config_json: storeflow settings for this run as a JSON object (the storeflow config model,
+                e.g. {"ingest": {"source": "synthetic"}}); keys given here override the task's environment
+                and config file. '{}' runs with those alone.
+        """
+        ingested = shopify_credentials(cluster(ingest(config_json=config_json), "ingest"), settings)
+        validated = cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
+        built = feast(cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]), "features"))
+        trained = mlflow(cluster(train(config_json=config_json, features=built.output), "train"))
+        evaluated = mlflow(cluster(
+            evaluate(config_json=config_json, features=built.output, trained=trained.output), "evaluate"))
+        registered = mlflow(cluster(
+            register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
+            "register",
+        ))
+        # deploy target local serves through Feast; kserve only reads MLflow.
+        feast(mlflow(cluster(deploy(config_json=config_json, registration=registered.output), "deploy")))
+        return registered.output
+
+    return training_pipeline
+
+
+# kfp.local runs (`storeflow run`, tests) ignore the cluster wiring; compile builds from its own settings.
+training_pipeline = build_training_pipeline()

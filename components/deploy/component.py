@@ -5,7 +5,17 @@ from storeflow.components.container import component
 
 @component
 def deploy(config_json: str, registration: str) -> str:
-    """Returns the rollout outcome as JSON."""
+    """Roll a newly promoted champion out (KServe canary, or a canary on `storeflow serve`).
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        registration: RegistrationResult JSON from the register task; a version that did not become
+            champion is not rolled out.
+
+    Returns:
+        The rollout outcome as JSON.
+    """
     import json
 
     from storeflow.components.config import load_settings

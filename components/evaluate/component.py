@@ -10,7 +10,18 @@ from storeflow.components.container import component
 @component
 def evaluate(config_json: str, features: str, trained: str,
              metrics: dsl.Output[dsl.Metrics]) -> NamedTuple("Evaluation", evaluation=str, promote=bool):
-    """Returns the EvaluationResult JSON and whether the challenger should become champion."""
+    """Compare the challenger with the champion on the same holdout, with a bootstrap confidence interval.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        features: FeatureResult JSON from the features task (the holdout comes from its training set).
+        trained: TrainResult JSON from the train task (the challenger's MLflow run and model URI).
+        metrics: The challenger's holdout metrics.
+
+    Returns:
+        evaluation: The EvaluationResult as JSON. promote: whether the challenger should become champion.
+    """
     from collections import namedtuple
 
     from storeflow.components.config import load_settings

@@ -5,7 +5,16 @@ from storeflow.components.container import component
 
 @component
 def features(config_json: str, snapshot: str) -> str:
-    """Returns the FeatureResult as JSON (training set path, dataset hash, feature references)."""
+    """Build Feast features and the point-in-time training set from a validated snapshot; materialize online.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        snapshot: Validated snapshot directory (validate's output).
+
+    Returns:
+        The FeatureResult as JSON (training set path, dataset hash, feature references).
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.features import build_features
 

@@ -5,7 +5,15 @@ from storeflow.components.container import component
 
 @component
 def ingest(config_json: str) -> str:
-    """Returns the snapshot directory every later stage reads."""
+    """Ingest the configured source (Shopify Admin API, files or a synthetic store) into a snapshot.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+
+    Returns:
+        The snapshot directory every later stage reads.
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.ingest import ingest as run
 

@@ -8,7 +8,20 @@ from storeflow.components.container import component
 @component
 def monitor(config_json: str, window_end: str, model_version: str, report: dsl.Output[dsl.HTML],
             metrics: dsl.Output[dsl.Metrics]) -> str:
-    """Returns the monitoring summary JSON; the Evidently report and drift figures are artifacts."""
+    """Analyse one window of prediction logs for drift (Evidently, PSI) and decay.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        window_end: End of the analysed window as an ISO 8601 timestamp; empty means now.
+        model_version: The registered model version whose predictions are analysed; empty means the
+            version the logs are read for by default (the champion).
+        report: The Evidently drift report (HTML).
+        metrics: Drift and decay figures of the window.
+
+    Returns:
+        The monitoring summary as JSON.
+    """
     import json
     import shutil
     from datetime import datetime
@@ -37,8 +50,16 @@ def monitor(config_json: str, window_end: str, model_version: str, report: dsl.O
 
 @component
 def retrain(config_json: str, summary: str) -> str:
-    """Starts the training pipeline when the summary is critical, once per model version and window.
-    Returns the RetrainDecision JSON."""
+    """Start the training pipeline when the summary is critical, once per model version and window.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        summary: Monitoring summary JSON from the monitor task.
+
+    Returns:
+        The RetrainDecision as JSON.
+    """
     import json
 
     from storeflow.components.config import load_settings

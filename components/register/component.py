@@ -5,7 +5,17 @@ from storeflow.components.container import component
 
 @component
 def register(config_json: str, trained: str, evaluation: str) -> str:
-    """Returns the RegistrationResult as JSON (model name, version, whether it became champion)."""
+    """Register the trained model as a new version; move the champion alias only when evaluation says so.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        trained: TrainResult JSON from the train task.
+        evaluation: EvaluationResult JSON from the evaluate task (the promotion decision).
+
+    Returns:
+        The RegistrationResult as JSON (model name, version, whether it became champion).
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.evaluate import EvaluationResult
     from storeflow.components.register import register as run

@@ -5,7 +5,16 @@ from storeflow.components.container import component
 
 @component
 def train(config_json: str, features: str) -> str:
-    """Returns the TrainResult as JSON (MLflow run id and model URI)."""
+    """Fit the configured estimator on the training set and track the run in MLflow.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        features: FeatureResult JSON from the features task (training set path and hash).
+
+    Returns:
+        The TrainResult as JSON (MLflow run id and model URI).
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.features import FeatureResult
     from storeflow.components.train import train as run

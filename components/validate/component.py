@@ -7,7 +7,17 @@ from storeflow.components.container import component
 
 @component
 def validate(config_json: str, snapshot: str, report: dsl.Output[dsl.Markdown]) -> str:
-    """Returns the snapshot again once it passes, so later stages depend on the gate."""
+    """Check the snapshot's schema and quality; fail the run before anything is trained.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        snapshot: Snapshot directory written by ingest.
+        report: The validation report (Markdown).
+
+    Returns:
+        The snapshot again once it passes, so later stages depend on the gate.
+    """
     from storeflow.components.config import load_settings
     from storeflow.components.validate import ValidationFailed
     from storeflow.components.validate import validate as run

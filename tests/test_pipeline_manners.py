@@ -1,0 +1,140 @@
+"""Cluster manners in the compiled YAML: per-task resources, retries with backoff, timeouts; the cluster
+values come from the settings given to `storeflow compile --config/--set`; every input is described."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from storeflow.components.config import DEFAULT_TASK_RESOURCES, load_settings
+from storeflow.pipelines.cli import app
+from storeflow.pipelines.training import RETRIED
+
+PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
+                  "monitoring": ("monitor", "retrain")}
+
+
+def _compile(out: Path, *args: str) -> None:
+    result = CliRunner().invoke(app, ["compile", "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+
+
+def _pipeline(out: Path, name: str) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all((out / "pipelines" / f"{name}.yaml").read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _container(spec: dict, task: str) -> dict:
+    executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+    return spec["deploymentSpec"]["executors"][executor]["container"]
+
+
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compiled")
+    _compile(out)
+    return out
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINE_TASKS))
+def test_every_task_has_the_configured_resources_timeout_and_retry(defaults: Path, pipeline: str) -> None:
+    spec, platform = _pipeline(defaults, pipeline)
+    configured = load_settings({}).kfp
+    for task in PIPELINE_TASKS[pipeline]:
+        sized = configured.resources[task]
+        resources = _container(spec, task)["resources"]
+        assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"],
+                resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == (
+            sized.cpu_request, sized.cpu_limit, sized.memory_request, sized.memory_limit), task
+        executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+        assert platform[executor]["activeDeadlineSeconds"] == str(sized.timeout_seconds), task
+        retry = spec["root"]["dag"]["tasks"][task].get("retryPolicy")
+        if task in RETRIED:
+            assert retry == {"maxRetryCount": configured.retry.num_retries, "backoffDuration": "30s",
+                             "backoffFactor": 2.0, "backoffMaxDuration": "600s"}, task
+        else:
+            assert retry is None, task
+        assert spec["root"]["dag"]["tasks"][task]["cachingOptions"] == {}, task  # caching off
+    # features and train hold the training set in memory: they get more than the tasks that move records
+    if pipeline == "training":
+        register = _container(spec, "register")["resources"]
+        for big in ("features", "train"):
+            assert _container(spec, big)["resources"]["memoryLimit"] > register["memoryLimit"]
+            assert _container(spec, big)["resources"]["cpuLimit"] > register["cpuLimit"]
+
+
+def test_network_tasks_retry_and_data_tasks_do_not() -> None:
+    assert {"ingest", "evaluate", "register", "deploy"} <= RETRIED
+    assert not {"validate", "features"} & RETRIED
+
+
+def test_compile_config_and_set_change_the_compiled_cluster_values(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump({
+        "image": {"repository": "registry.example.com/shop/storeflow", "tag": "9.9.9"},
+        "kfp": {"state_pvc": "shop-state", "resources": {"train": {"memory_limit": "32Gi", "timeout_seconds": 900}}},
+        "shopify": {"credentials_secret": "shop-admin-token"},
+    }))
+    out = tmp_path / "out"
+    _compile(out, "--config", str(config), "--set", "kfp.resources.features.cpu_limit=3",
+             "--set", "kfp.retry.num_retries=5", "--set", "kfp.retry.backoff_duration=1m")
+    spec, platform = _pipeline(out, "training")
+    for task in PIPELINE_TASKS["training"]:
+        assert _container(spec, task)["image"] == "registry.example.com/shop/storeflow:9.9.9", task
+        executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+        assert [m["constant"] for m in platform[executor]["pvcMount"]] == ["shop-state"], task
+    train = _container(spec, "train")["resources"]
+    assert train["resourceMemoryLimit"] == "32Gi"
+    assert train["resourceCpuLimit"] == DEFAULT_TASK_RESOURCES["train"]["cpu_limit"]  # the other values keep theirs
+    assert platform["exec-train"]["activeDeadlineSeconds"] == "900"
+    assert _container(spec, "features")["resources"]["resourceCpuLimit"] == "3"
+    ingest = spec["root"]["dag"]["tasks"]["ingest"]["retryPolicy"]
+    assert (ingest["maxRetryCount"], ingest["backoffDuration"]) == (5, "60s")
+    assert platform["exec-ingest"]["secretAsEnv"][0]["secretName"] == "shop-admin-token"
+    component = yaml.safe_load((out / "components" / "train.yaml").read_text())
+    assert component["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == (
+        "registry.example.com/shop/storeflow:9.9.9")
+    # and the checked-in defaults are not what this compile wrote
+    default_spec, _ = _pipeline(Path(__file__).parents[1] / "manifests", "training")
+    assert _container(default_spec, "train")["image"] != "registry.example.com/shop/storeflow:9.9.9"
+
+
+def test_compile_ignores_a_config_lying_around(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --config/--set the compiled cluster values are the config model's defaults, whatever the cwd
+    or environment holds (they were read at import time before)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "storeflow.yaml").write_text(yaml.safe_dump({"image": {"repository": "stray/image"}}))
+    monkeypatch.setenv("STOREFLOW_KFP__STATE_PVC", "stray-pvc")
+    _compile(tmp_path / "out")
+    spec, platform = _pipeline(tmp_path / "out", "training")
+    assert not _container(spec, "ingest")["image"].startswith("stray/")
+    assert [m["constant"] for m in platform["exec-ingest"]["pvcMount"]] == ["storeflow-state"]
+
+
+def test_unknown_task_in_resources_is_a_config_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["compile", "--out", str(tmp_path), "--set", "kfp.resources.trian.cpu_limit=2"])
+    assert result.exit_code == 2 and "trian" in result.output
+
+
+def _inputs(component_spec: dict) -> dict:
+    inputs = component_spec.get("inputDefinitions", {})
+    return {**inputs.get("parameters", {}), **inputs.get("artifacts", {})}
+
+
+def test_every_pipeline_and_component_input_has_a_description(defaults: Path) -> None:
+    checked = 0
+    for path in sorted((defaults / "pipelines").glob("*.yaml")):
+        spec, _ = yaml.safe_load_all(path.read_text())
+        for name, component_spec in [("root", spec["root"]), *spec["components"].items()]:
+            for input_name, definition in _inputs(component_spec).items():
+                assert definition.get("description", "").strip(), f"{path.name}: {name}.{input_name}"
+                checked += 1
+    for path in sorted((defaults / "components").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        for input_name, definition in _inputs(spec["root"]).items():
+            assert definition.get("description", "").strip(), f"{path.name}: {input_name}"
+            checked += 1
+    assert checked > 20
+    spec, _ = yaml.safe_load_all((defaults / "pipelines" / "monitoring.yaml").read_text())
+    assert "ISO 8601" in spec["root"]["inputDefinitions"]["parameters"]["window_end"]["description"]
