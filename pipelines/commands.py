@@ -23,8 +23,9 @@ def compile_(
 ) -> None:
     """Compile the pipelines and components to manifests/ (pipeline and component YAML).
 
-    The image, volume, Secret names, resources, retries and timeouts come from --config/--set only; without
-    them the config model's defaults (the checked-in manifests), never a config file or env lying around.
+    The image, volume, Secret names, resources, retries and timeouts come from the settings --config/--set
+    give (read as every command reads them: file, environment, then --set). With neither, the config model's
+    defaults, which the checked-in manifests hold: never a config file or environment that happens to be around.
     """
     from storeflow.pipelines.compile import MANIFESTS, check as check_stale, compile_to
 
