@@ -23,7 +23,7 @@ def _settings(state: Path, **train):
         "ingest": {"synthetic": SMALL_STORE},
         "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
         "train": train or {"params": {"max_iter": 60, "random_state": 0}},
-        "evaluate": {"bootstrap_samples": 100},
+        "evaluate": {"bootstrap_samples": 100, "baseline_gate": False},  # wiring under test, not the gate (tests/test_registry.py)
     })
 
 
