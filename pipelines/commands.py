@@ -164,6 +164,7 @@ def demo(
     console.rule("1 · training pipeline: synthetic Shopify store → registered champion")
     _run_training(settings)
     if loop:
+        _demo_needs_a_champion(settings)
         from storeflow.components.deploy.local import rollouts
 
         console.rule("2 · a holiday promotion shifts what the served model sees")
@@ -178,6 +179,27 @@ def demo(
     console.print(f"state: {settings.project.state_dir}  (snapshots, Feast repo, mlflow.db, runs/, monitoring/)")
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print("serve the champion: storeflow serve --no-auth   ·   compiled pipelines: manifests/pipelines/")
+
+
+def _demo_needs_a_champion(settings) -> None:
+    """The baseline gate may keep the first model out (it loses to BG/NBD or Pareto/NBD on this store): the
+    loop below needs something served, so the demo makes it champion by hand, as an operator's
+    `storeflow promote` would, and says so; the evaluation's reason stays in MLflow."""
+    from storeflow.components import tracking
+
+    client = tracking.connect(settings)
+    name = settings.registry.model_name
+    if tracking.current_champion(client, name) is not None:
+        return
+    newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
+    if newest is None:
+        return
+    from rich.markup import escape
+
+    reason = escape(newest.tags.get("storeflow.reason", "see its evaluation in MLflow"))
+    console.print(f"[yellow]the gate kept v{newest.version} from serving[/yellow] ({reason}); the demo makes it "
+                  "champion by hand so the monitoring loop has a model to watch", markup=True, highlight=False)
+    client.set_registered_model_alias(name, tracking.CHAMPION, newest.version)
 
 
 def _demo_canary(settings, rollouts_before: int) -> None:

@@ -119,6 +119,8 @@ def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], con
     with _captured(log_path, stages, console) as stream, warnings.catch_warnings():
         # Tasks run in this environment on purpose (it has storeflow installed, as the image does).
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Resources, retries and timeouts are for the cluster; kfp.local says so once per task, a dozen lines.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             output = pipeline(config_json=settings.to_json(), **arguments)
         except RuntimeError as exc:
