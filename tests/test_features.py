@@ -111,3 +111,29 @@ def test_history_too_short_for_an_honest_holdout_stops_and_says_what_is_needed()
         with pytest.raises(HistoryError, match=r"need at least 270 days.*features\.label\.horizon_days"):
             split_holdout(_cutoff_frame(cutoffs), label)
     assert required_history_days(label) == 270
+
+
+def test_features_computed_later_score_with_the_saved_btyd_model(built) -> None:
+    """The webhook applier and simulations recompute features after the stage ran: their BG/NBD
+    features come from the model the stage fitted, so a live row matches what the stage served."""
+    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
+    from storeflow.components.features.repo import btyd_model_path
+
+    settings, tables, result, cutoff, customer = built
+    newest = customer_features(tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+    live = newest.join(LiveScorer(btyd_model_path(settings)).features(newest, settings.features.label.horizon_days))
+    online = feature_store(settings).get_online_features(
+        features=feature_refs(settings), entity_rows=[{CUSTOMER_KEY: customer}]).to_df()
+    row = live.set_index(CUSTOMER_KEY).loc[customer]
+    for name in BTYD_FEATURES:
+        assert online.loc[0, name] == pytest.approx(row[name])
+    assert live[list(BTYD_FEATURES)].notna().all().all()
+    assert 0 < live["btyd_p_alive"].min() and live["btyd_p_alive"].max() <= 1
+
+
+def test_before_any_features_run_live_btyd_features_are_missing_not_invented(tmp_path: Path, store_tables) -> None:
+    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
+
+    rows = customer_features(store_tables, [pd.Timestamp("2030-01-01", tz="UTC").to_pydatetime()])
+    scored = LiveScorer(tmp_path / "absent.nc").features(rows, 60)
+    assert list(scored.columns) == list(BTYD_FEATURES) and scored.isna().all().all() and len(scored) == len(rows)
