@@ -144,7 +144,11 @@ def test_overlay_config_drives_the_same_predictor_the_pipeline_deploys(overlay, 
     assert (built["minReplicas"], built["maxReplicas"]) == (declared["minReplicas"], declared["maxReplicas"])
     assert built["model"]["resources"] == declared["model"]["resources"]
     assert built["model"]["securityContext"] == declared["model"]["securityContext"]
+    for key in ("securityContext", "scaleMetric", "scaleTarget"):  # a merge patch would null what it lacks
+        assert built[key] == declared[key], key
+        assert transformer_spec(settings)[key] == isvc["spec"]["transformer"][key], key
     transformer = transformer_spec(settings)["containers"][0]
+    assert transformer["livenessProbe"] == isvc["spec"]["transformer"]["containers"][0]["livenessProbe"]
     assert transformer["args"] == isvc["spec"]["transformer"]["containers"][0]["args"]
     assert transformer["env"] == isvc["spec"]["transformer"]["containers"][0]["env"]
     assert transformer["volumeMounts"] == isvc["spec"]["transformer"]["containers"][0]["volumeMounts"]

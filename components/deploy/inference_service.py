@@ -64,6 +64,19 @@ def _security_context() -> dict[str, Any]:
     }
 
 
+def _pod_security_context() -> dict[str, Any]:
+    """Pod level, so containers KServe and Knative inject inherit it: the restricted Pod Security Standard."""
+    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# What the kustomize base declares for each component; the deploy step writes the same, or its patch
+# would null them (a merge patch drops every key the desired spec lacks).
+SCALE_TARGETS = {"predictor": 8, "transformer": 16}
+LIVENESS = {"httpGet": {"path": "/v2/health/live", "port": 8080}, "initialDelaySeconds": 30, "periodSeconds": 20,
+            "failureThreshold": 3}
+
+
 def canary_name(model: ModelVersionRef) -> str:
     """Standard-mode predictor name: one Deployment per model version, ``<isvc>-v<version>-predictor``."""
     return f"v{_label_value(model.version).lower()}"
@@ -77,6 +90,9 @@ def predictor_spec(settings: Settings, model: ModelVersionRef) -> dict[str, Any]
         "minReplicas": deploy.min_replicas,
         "maxReplicas": deploy.max_replicas,
         "labels": {"storeflow.io/model-version": _label_value(model.version)},
+        "securityContext": _pod_security_context(),
+        "scaleMetric": "concurrency",
+        "scaleTarget": SCALE_TARGETS["predictor"],
         "model": {
             "name": "kserve-container",  # KServe's container name; the CRD requires it in spec.canary[]
             "modelFormat": {"name": deploy.model_format},
@@ -107,6 +123,9 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
         "serviceAccountName": deploy.service_account,
         "minReplicas": deploy.min_replicas,
         "maxReplicas": deploy.max_replicas,
+        "securityContext": _pod_security_context(),
+        "scaleMetric": "concurrency",
+        "scaleTarget": SCALE_TARGETS["transformer"],
         "containers": [
             {
                 "name": "kserve-container",
@@ -128,6 +147,7 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                 "envFrom": [{"configMapRef": {"name": deploy.config_map}}],
                 "resources": deploy.transformer_resources,
                 "securityContext": _security_context(),
+                "livenessProbe": LIVENESS,
                 "volumeMounts": [
                     {"name": "feast-config", "mountPath": FEAST_MOUNT, "readOnly": True},
                     {"name": "state", "mountPath": str(state_path)},
