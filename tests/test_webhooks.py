@@ -206,3 +206,19 @@ def test_an_order_edited_then_cancelled_replaces_the_order_it_updates(client, ho
     client.app.state.applier.drain()
     assert online(hooks, ADA)["frequency"] == [1]  # the cancelled order no longer counts
     assert journal(hooks, "SELECT count(*) FROM live_orders") == [(2,)]
+
+
+def test_a_redact_applies_whatever_earlier_journaled_bodies_hold_under_their_id(client, hooks):
+    """A signed body may carry a list or an object under "id" (app/uninstalled's id is not checked); a later
+    customers/redact scanned the journal for the customer's orders and failed on it (unhashable list), so the
+    redact was retried forever and every event after it waited."""
+    uninstalled = {"id": [954889], "name": "Kettle & Leaf", "myshopify_domain": SHOP}
+    assert post(client, "app/uninstalled", uninstalled, "wh-odd-id").status_code == 200
+    assert post(client, "orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-o1").status_code == 200
+    redact = {"shop_id": 954889, "shop_domain": SHOP, "customer": {"id": ADA, "email": "ada@example.com"},
+              "orders_to_redact": [9001]}
+    assert post(client, "customers/redact", redact, "wh-r1").json()["status"] == "accepted"
+    client.app.state.applier.drain()
+    outcomes = dict(journal(hooks, "SELECT webhook_id, outcome FROM events"))
+    assert outcomes["wh-r1"] not in (None, "dead_letter"), outcomes
+    assert journal(hooks, "SELECT count(*) FROM live_orders") == [(0,)]

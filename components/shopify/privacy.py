@@ -314,7 +314,10 @@ def _order_event(body: bytes, orders: set[int]) -> bool:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(payload, dict) and (payload.get("order_id") in orders or payload.get("id") in orders)
+    if not isinstance(payload, dict):
+        return False
+    # A signed body can put anything under these keys (a list, an object): only an integer id names an order.
+    return any(type(value) is int and value in orders for value in (payload.get("order_id"), payload.get("id")))
 
 
 def _compact(conn: sqlite3.Connection) -> None:
