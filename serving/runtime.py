@@ -2,9 +2,10 @@
 
 scikit-learn's HistGradientBoosting predicts tree by tree from Python: about 1 ms a call for 200 trees,
 whether 1 or 32 rows. Treelite (GTIL) walks the same trees, imported with their float64 thresholds, in
-one C++ call: ~45 us for one row, ~20 us per further row. It is used only when it reproduces the
-estimator's own ``predict_proba`` on probe rows placed exactly at, just below and just above every split
-threshold (where a comparison-operator or precision difference would show) and on the input example
+one C++ call: ~45 us for one row, ~20 us per further row. A calibrated model (``CalibratedClassifierCV``
+over trees, what ``train`` registers) walks its trees in Treelite and maps the result with scikit-learn's
+own calibrators. Treelite is used only when it reproduces the estimator's own ``predict_proba`` on probe
+rows placed exactly at, just below and just above every split threshold (where a comparison-operator or precision difference would show) and on the input example
 logged with the model. Otherwise scikit-learn scores, and :attr:`Scorer.reason` says why.
 
 ``serving.model_runtime``: ``auto`` (Treelite when it agrees, else scikit-learn), ``treelite`` (refuse to
@@ -64,34 +65,79 @@ def build_scorer(estimator, mode: str = "auto", examples: np.ndarray | None = No
 
 
 def _treelite_scorer(estimator, examples: np.ndarray | None) -> Scorer:
-    import treelite.gtil
-    import treelite.sklearn
+    """Treelite for a tree ensemble, or for the trees under a binary ``CalibratedClassifierCV`` (what
+    ``train`` registers): Treelite gives the trees' response, scikit-learn's own calibrators map it."""
+    trees, calibrate, margin = _calibration_parts(estimator)
+    response, dump, inputs = _treelite_response(trees, margin)
 
-    model = treelite.sklearn.import_model(estimator)
-    dump = json.loads(model.dump_as_json(pretty_print=False))
-    if dump.get("threshold_type") != "float64" or dump.get("leaf_output_type") != "float64":
-        raise ValueError(f"imported with {dump.get('threshold_type')} thresholds, not float64")
-
-    def walk(rows: np.ndarray) -> np.ndarray:
-        out = treelite.gtil.predict(model, np.ascontiguousarray(rows, dtype=np.float64), nthread=1)
-        return out.reshape(len(rows), -1)[:, -1]
-
-    def walk_float32(rows: np.ndarray) -> np.ndarray:
-        # scikit-learn's classic trees (random forests, GradientBoosting) compare float32 inputs.
-        return walk(np.asarray(rows, dtype=np.float32))
+    def score(rows: np.ndarray) -> np.ndarray:
+        return calibrate(response(rows))
 
     probes = probe_rows(dump, int(dump["num_feature"]))
     if examples is not None and len(examples):
         probes = np.vstack([probes, np.asarray(examples, dtype=np.float64)])
     expected = np.asarray(estimator.predict_proba(probes)[:, 1], dtype=np.float64)
+    worst = float(np.max(np.abs(score(probes) - expected)))
+    if worst > AGREEMENT:
+        raise ValueError(f"scores differ by up to {worst:.3g} on {len(probes)} probe rows")
+    return Scorer("treelite", score, f"{inputs} inputs, agrees to {worst:.1e} on {len(probes)} probe rows")
+
+
+def _calibration_parts(estimator) -> tuple[object, Callable[[np.ndarray], np.ndarray], bool]:
+    """The tree model to compile, what turns its response into P(class 1), and whether that response is
+    the decision function (else P(class 1)).
+
+    A binary ``CalibratedClassifierCV`` averages, over its calibrated classifiers, a calibrator applied to
+    the base model's ``decision_function`` (else ``predict_proba``). Every classifier must share one base
+    model (a ``FrozenEstimator`` fit), so the trees are walked once per row.
+    """
+    parts = getattr(estimator, "calibrated_classifiers_", None)
+    if parts is None:
+        return estimator, lambda values: values, False
+    if len(estimator.classes_) != 2:
+        raise ValueError(f"a calibrated model of {len(estimator.classes_)} classes is not binary")
+    bases = {id(_unfrozen(part.estimator)) for part in parts}
+    if len(bases) != 1:
+        raise ValueError(f"{len(parts)} calibrated classifiers over {len(bases)} different models")
+    calibrators = [part.calibrators[0] for part in parts]
+
+    def calibrate(values: np.ndarray) -> np.ndarray:
+        probabilities = np.mean([np.clip(c.predict(values), 0.0, 1.0) for c in calibrators], axis=0)
+        return np.asarray(probabilities, dtype=np.float64)
+
+    trees = _unfrozen(parts[0].estimator)
+    return trees, calibrate, hasattr(trees, "decision_function")
+
+
+def _unfrozen(estimator):
+    return getattr(estimator, "estimator", estimator) if type(estimator).__name__ == "FrozenEstimator" else estimator
+
+
+def _treelite_response(trees, margin: bool) -> tuple[Callable[[np.ndarray], np.ndarray], dict, str]:
+    """Treelite's walk of ``trees`` giving their decision function (``margin``) or P(class 1), checked
+    against the model's own answer on threshold probes; with the input precision that agrees."""
+    import treelite.gtil
+    import treelite.sklearn
+
+    model = treelite.sklearn.import_model(trees)
+    dump = json.loads(model.dump_as_json(pretty_print=False))
+    if dump.get("threshold_type") != "float64" or dump.get("leaf_output_type") != "float64":
+        raise ValueError(f"imported with {dump.get('threshold_type')} thresholds, not float64")
+
+    def walk(rows: np.ndarray, dtype) -> np.ndarray:
+        out = treelite.gtil.predict(model, np.ascontiguousarray(rows, dtype=dtype), nthread=1, pred_margin=margin)
+        return np.asarray(out.reshape(len(rows), -1)[:, -1], dtype=np.float64)
+
+    probes = probe_rows(dump, int(dump["num_feature"]))
+    expected = np.asarray(trees.decision_function(probes) if margin else trees.predict_proba(probes)[:, 1],
+                          dtype=np.float64).reshape(len(probes))
     worst = {}
-    for score, inputs in ((walk, "float64"), (walk_float32, "float32")):
-        worst[inputs] = float(np.max(np.abs(score(probes) - expected)))
-        if worst[inputs] <= AGREEMENT:
-            break
-    else:
-        raise ValueError(f"scores differ by up to {min(worst.values()):.3g} on {len(probes)} probe rows")
-    return Scorer("treelite", score, f"{inputs} inputs, agrees to {worst[inputs]:.1e} on {len(probes)} probe rows")
+    # float64 for HistGradientBoosting; scikit-learn's classic trees (forests, GradientBoosting) compare float32.
+    for dtype, name in ((np.float64, "float64"), (np.float32, "float32")):
+        worst[name] = float(np.max(np.abs(walk(probes, dtype) - expected)))
+        if worst[name] <= AGREEMENT:
+            return (lambda rows, dtype=dtype: walk(rows, dtype)), dump, name
+    raise ValueError(f"the trees' response differs by up to {min(worst.values()):.3g} on {len(probes)} probe rows")
 
 
 def probe_rows(dump: dict, num_feature: int, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
