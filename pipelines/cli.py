@@ -1,69 +1,35 @@
-"""The ``storeflow`` command line. Heavy libraries are imported inside commands, so ``--help`` is instant."""
+"""The ``storeflow`` command line: the one app, and every command registered on it, in the order
+``--help`` lists them.
+
+The commands live next to what they drive (pipelines, serving, the Shopify receiver) as plain functions;
+only this module builds the app, and nothing below it imports it. Their shared ``--config``/``--set``
+options are :mod:`storeflow.components.cli_options`. Heavy libraries are imported inside commands, so
+``--help`` is instant.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
-
 import typer
-from rich.console import Console
+
+from storeflow.components.shopify import commands as shopify
+from storeflow.pipelines import commands as pipelines
+from storeflow.pipelines import monitor_commands as monitoring
+from storeflow.serving import commands as serving
 
 app = typer.Typer(help="storeflow: Kubeflow Pipelines + KServe ML for Shopify stores.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-console = Console()
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML value), repeatable."),
-]
-
-
-def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None):
-    """Load settings, turning config errors into a one-line message and exit code 2."""
-    from storeflow.components.config import ConfigError, load_settings
-
-    data: dict = {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            console.print(f"[red]--set expects dotted.key=value, got {item!r}[/red]")
-            raise typer.Exit(2)
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _value(raw)
-    try:
-        return load_settings(data, path=config)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-
-
-def _value(raw: str):
-    """A --set value: JSON when it parses (numbers, true/false, lists, objects), else the plain string.
-
-    Not YAML: YAML 1.1 turns words such as ``off``/``no``/``on`` into booleans (``serving.auth=off``).
-    """
-    import json
-
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-# Commands live next to what they drive; each module keeps its top-level imports light.
-from storeflow.pipelines import commands as _pipeline_commands  # noqa: E402
-
-_pipeline_commands.register(app)
-from storeflow.serving import commands as _serving_commands  # noqa: E402
-
-_serving_commands.register(app)
-from storeflow.components.shopify import commands as _shopify_commands  # noqa: E402
-
-_shopify_commands.register(app)
-from storeflow.components.monitor import commands as _monitor_commands  # noqa: E402
-
-_monitor_commands.register(app)
+app.command("compile")(pipelines.compile_)
+app.command("run")(pipelines.run)
+app.command("submit")(pipelines.submit)
+app.command("schedule")(pipelines.schedule)
+app.command("demo")(pipelines.demo)
+app.command("promote")(pipelines.promote)
+app.command("rollback")(pipelines.rollback)
+app.command("status")(pipelines.status)
+app.command("serve")(serving.serve)
+app.command("webhooks")(shopify.webhooks)
+app.command("dead-letters")(shopify.dead_letters)
+app.command("sync")(shopify.sync)
+app.command("monitor")(monitoring.monitor)
+app.command("simulate-shift")(monitoring.simulate_shift)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
 
 HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
@@ -158,7 +158,7 @@ def demo(
     loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Also run the monitoring loop after training.")] = True,
 ) -> None:
     """Train end to end on embedded defaults; then shift the store's traffic and let monitoring answer it."""
-    from storeflow.components.monitor import commands as monitoring
+    from storeflow.pipelines import monitor_commands as monitoring
 
     settings = settings_from(config, set_)
     console.rule("1 · training pipeline: synthetic Shopify store → registered champion")
@@ -230,17 +230,6 @@ def _demo_canary(settings, rollouts_before: int) -> None:
         colour = "green" if rollout["outcome"] == "promoted" else "yellow"
         console.print(f"[{colour}]{rollout['outcome']}[/{colour}] in {rollout.get('seconds', 0):.1f} s · "
                       "`storeflow status` shows the record")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("compile")(compile_)
-    app.command("run")(run)
-    app.command("submit")(submit)
-    app.command("schedule")(schedule)
-    app.command("demo")(demo)
-    app.command("promote")(promote)
-    app.command("rollback")(rollback)
-    app.command("status")(status)
 
 
 def _show(result: dict) -> None:

@@ -7,11 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(serve)
+from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
 
 
 def serve(

@@ -6,7 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from storeflow.pipelines.cli import app, settings_from
+from storeflow.components.cli_options import settings_from
+from storeflow.pipelines.cli import app
 
 
 def test_set_values_are_json_or_plain_strings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.pipelines.cli import ConfigOption, SetOption, console, settings_from
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(webhooks)
-    app.command("dead-letters")(dead_letters)
-    app.command()(sync)
+from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
 
 
 def webhooks(

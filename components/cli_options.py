@@ -1,0 +1,58 @@
+"""What every ``storeflow`` command shares: the ``--config``/``--set`` options, how they become
+:class:`~storeflow.components.config.Settings`, and the console commands print to.
+
+The commands modules (next to what each command drives) and the CLI that registers them
+(:mod:`storeflow.pipelines.cli`) both import this; nothing here imports a command. Kept light
+(typer, rich): ``storeflow --help`` imports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML value), repeatable."),
+]
+
+
+def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None):
+    """Load settings, turning config errors into a one-line message and exit code 2."""
+    from storeflow.components.config import ConfigError, load_settings
+
+    data: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            console.print(f"[red]--set expects dotted.key=value, got {item!r}[/red]")
+            raise typer.Exit(2)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _value(raw)
+    try:
+        return load_settings(data, path=config)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _value(raw: str):
+    """A --set value: JSON when it parses (numbers, true/false, lists, objects), else the plain string.
+
+    Not YAML: YAML 1.1 turns words such as ``off``/``no``/``on`` into booleans (``serving.auth=off``).
+    """
+    import json
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
