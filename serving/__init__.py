@@ -2,5 +2,7 @@
 
 Kept import-light on purpose (the CLI imports this package for ``--help``); the modules hold the work:
 ``server`` (``storeflow serve``), ``transformer``/``predictor`` (KServe models and cluster entry points),
-``features`` (Feast online lookups), ``auth`` (Shopify verification), ``batching``, ``predlog``, ``metrics``.
+``app`` (what every server adds to KServe's app), ``http`` (those ASGI pieces), ``protocol`` (tensor names
+and headers both sides use), ``features`` (Feast online lookups), ``auth`` (Shopify verification),
+``errors``, ``batching``, ``predlog``, ``metrics``.
 """

@@ -4,6 +4,8 @@
 ``code`` is what a client branches on; ``error`` may change wording. Codes by status when nothing more
 precise is known are :data:`STATUS_CODES`; the more precise ones (``forbidden_customer``,
 ``other_shop``, ``version_not_served``, shopifyapp's ``invalid_id_token``...) are listed in the README.
+The serving errors of storeflow's own below are raised by the transformer and answered by
+:mod:`storeflow.serving.http` with their status and code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ STATUS_CODES = {
     413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request", 500: "internal",
     501: "not_implemented", 503: "unavailable",
 }
+
+
+class UnknownVersion(LookupError):
+    """A request pinned a model version this server does not serve (404 ``version_not_served``)."""
+
+
+class ForbiddenCustomer(PermissionError):
+    """A storefront caller asked for a customer other than its logged-in one (403 ``forbidden_customer``)."""
+
+
+class PredictorUnavailable(RuntimeError):
+    """The predictor container could not be reached (503 with Retry-After: worth retrying)."""
 
 
 def status_code(status: int) -> str:

@@ -21,16 +21,17 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from storeflow.serving import metrics
-from storeflow.serving.errors import error_response, send_error, status_code
-from storeflow.serving.logs import request_logger
-from storeflow.serving.routes import VERSION_PATH, is_served
-from storeflow.serving.transformer import (
-    PIN_HEADER,
-    VERSION_HEADER,
+from storeflow.serving.errors import (
     ForbiddenCustomer,
     PredictorUnavailable,
     UnknownVersion,
+    error_response,
+    send_error,
+    status_code,
 )
+from storeflow.serving.logs import request_logger
+from storeflow.serving.protocol import PIN_HEADER, VERSION_HEADER
+from storeflow.serving.routes import VERSION_PATH, is_served
 
 _VERSION_HEADER = VERSION_HEADER.encode()
 _REQUEST_ID = b"x-request-id"

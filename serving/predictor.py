@@ -24,14 +24,10 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from storeflow.serving.protocol import FEATURES_INPUT, SCORE_OUTPUT, VERSION_HEADER
 from storeflow.serving.runtime import Scorer, build_scorer
 
 DEFAULT_MODEL_DIR = "/mnt/models"
-FEATURES_INPUT = "features"
-SCORE_OUTPUT = "score"
-# The answering version, on every response. Behind a transformer it is how the version gets back:
-# KServe's V2 REST client (InferResponse.from_bytes) drops the body's model_version.
-VERSION_HEADER = "x-storeflow-model-version"
 
 # We pass float arrays in training column order on purpose; the check only costs time per call.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -156,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from storeflow.components.config import load_settings
     from storeflow.serving.logs import quiet_logging
-    from storeflow.serving.server import install_common
+    from storeflow.serving.app import install_common
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))

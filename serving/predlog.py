@@ -33,12 +33,16 @@ import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from storeflow.components.erasure import append_locked
 from storeflow.components.queues import STOP, batches
 from storeflow.serving.metrics import LOG_DROPPED
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
 
 
 
@@ -107,3 +111,12 @@ class PredictionLog:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def prediction_log(settings: Settings) -> PredictionLog | None:
+    """The prediction log ``serving.*`` configures; None when ``serving.prediction_log`` is off."""
+    cfg = settings.serving
+    if not cfg.prediction_log:
+        return None
+    return PredictionLog(cfg.prediction_log_dir or settings.project.state_dir / "predictions",
+                         cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files)

@@ -6,7 +6,7 @@ Around KServe's routes: only the routes serving needs (KServe's model repository
 404), CORS for Shopify's extension CDN, Shopify auth scoped to the project's shop, a body-size limit,
 version pinning (``/v2/models/<name>/versions/<v>/...``), our Prometheus metrics, JSON request logs and
 one error shape (:mod:`storeflow.serving.errors`), 4xx for malformed input that KServe's decoders would
-otherwise turn into 500s.
+otherwise turn into 500s: :mod:`storeflow.serving.app` installs them, here and in the cluster's containers.
 
 The parent resolves the MLflow alias/version and downloads the model (``import mlflow`` happens only
 here); each uvicorn worker builds its app from that plan (env ``STOREFLOW_SERVING_PLAN``) without MLflow.
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
 from storeflow.serving.logs import quiet_logging
-from storeflow.serving.routes import HOT_ROUTES, is_inference
+from storeflow.serving.routes import HOT_ROUTES
 
 PLAN_ENV = "STOREFLOW_SERVING_PLAN"
 
@@ -55,16 +55,6 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         return cls(**{**data, "models": [ServedModel(**m) for m in data["models"]]})
-
-
-def prediction_log(settings: Settings):
-    from storeflow.serving.predlog import PredictionLog
-
-    cfg = settings.serving
-    if not cfg.prediction_log:
-        return None
-    return PredictionLog(cfg.prediction_log_dir or settings.project.state_dir / "predictions",
-                         cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files)
 
 
 # -- plan (parent process) ------------------------------------------------------------------------------
@@ -113,8 +103,10 @@ def build_app(plan: Plan):
 
     from storeflow.components.config import load_settings
     from storeflow.serving import metrics
+    from storeflow.serving.app import install
     from storeflow.serving.features import OnlineFeatures
     from storeflow.serving.predictor import StoreflowPredictor
+    from storeflow.serving.predlog import prediction_log
     from storeflow.serving.transformer import StoreflowTransformer
 
     _limit_threads()
@@ -180,48 +172,6 @@ def _hot_routes_first(router) -> None:
 def worker_app():
     """uvicorn factory for ``--workers`` > 1."""
     return build_app(Plan.from_json(os.environ[PLAN_ENV]))
-
-
-def install(server, settings: Settings, served_versions: list[str] | None) -> None:
-    """Add storeflow's routes, error handlers and middlewares to KServe's app (before it starts)."""
-    from kserve.model_server import app
-    from starlette.middleware.cors import CORSMiddleware
-
-    from storeflow.serving.auth import shop_domain
-    from storeflow.serving.http import BodyLimitMiddleware, VersionPathMiddleware, metrics_route, v2_infer_route
-
-    cfg = settings.serving
-    # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
-    app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
-    # Ahead of KServe's own V2 infer route (same handler, see storeflow.serving.http): first match wins.
-    app.add_route("/v2/models/{model_name}/infer", v2_infer_route(server.dataplane, server.model_repository_extension),
-                  methods=["POST"], include_in_schema=False)
-    # Added innermost first: the request passes CORS → observer → size limit → auth → version pin.
-    app.add_middleware(VersionPathMiddleware, served_versions=served_versions)
-    if cfg.auth == "shopify":
-        from storeflow.serving.auth import ShopifyAuthMiddleware, ShopifyVerifier
-
-        verifier = ShopifyVerifier.from_settings(settings)
-        data_shop = shop_domain(settings.project.shop_domain)
-        if data_shop not in verifier.allowed_shops:
-            print(f"storeflow: serving.allowed_shops does not include project.shop_domain {data_shop}, the shop "
-                  "whose data is served: every caller will be refused (403 other_shop)", file=sys.stderr, flush=True)
-        app.add_middleware(ShopifyAuthMiddleware, verifier=verifier, protect=is_inference, data_shop=data_shop,
-                           customer_scope=cfg.customer_scope)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=is_inference)
-    install_common(app, settings, meter=is_inference)
-    app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
-                       expose_headers=["x-storeflow-model-version"], max_age=7200)
-
-
-def install_common(app, settings: Settings, meter=None) -> None:
-    """What every storeflow server has, the cluster predictor too: only the served routes, the one error
-    shape, request metrics (for the paths ``meter`` selects) and JSON request logs."""
-    from storeflow.serving.http import RequestObserver, install_error_handlers
-
-    install_error_handlers(app)
-    app.add_middleware(RequestObserver, meter=meter, request_log=settings.serving.request_log)
 
 
 def _limit_threads() -> None:

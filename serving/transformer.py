@@ -34,28 +34,22 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from storeflow.serving import metrics
+from storeflow.serving.errors import ForbiddenCustomer, PredictorUnavailable, UnknownVersion
 from storeflow.serving.features import BadCustomerId, OnlineFeatures, parse_customer_id
-from storeflow.serving.predictor import FEATURES_INPUT, SCORE_OUTPUT, VERSION_HEADER, StoreflowPredictor
+from storeflow.serving.predictor import StoreflowPredictor
 from storeflow.serving.predlog import PredictionLog, now_iso
+from storeflow.serving.protocol import (
+    CUSTOMER_HEADER,
+    FEATURES_INPUT,
+    PIN_HEADER,
+    SCORE_OUTPUT,
+    SHOP_HEADER,
+    VERSION_HEADER,
+)
 
-PIN_HEADER = "x-storeflow-pin-version"
-SHOP_HEADER = "x-storeflow-shop"
-CUSTOMER_HEADER = "x-storeflow-customer"  # set by the auth middleware: the one customer the caller may score
 V2_INPUTS = {"customer_id", "cart_subtotal", "cart_item_count"}
 MAX_CART_SUBTOTAL = 1e9
 MAX_CART_ITEMS = 100_000
-
-
-class UnknownVersion(LookupError):
-    """A request pinned a model version this server does not serve (404)."""
-
-
-class ForbiddenCustomer(PermissionError):
-    """A storefront caller asked for a customer other than its logged-in one (403)."""
-
-
-class PredictorUnavailable(RuntimeError):
-    """The predictor container could not be reached (503 with Retry-After: worth retrying)."""
 
 
 def check_customers(ids: list[int], allowed: str | None) -> None:
@@ -433,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from storeflow.components.config import load_settings
     from storeflow.serving.logs import quiet_logging
-    from storeflow.serving.server import install, prediction_log
+    from storeflow.serving.app import install
+    from storeflow.serving.predlog import prediction_log
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     args, _ = parser.parse_known_args(argv)
@@ -459,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # `python -m` runs this file as __main__, a second copy of the module: run the imported one, so the
-    # exceptions preprocess raises (ForbiddenCustomer...) are the classes the server's handlers know.
+    # process holds one copy of its classes.
     from storeflow.serving.transformer import main as _main
 
     _main()
