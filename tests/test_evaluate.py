@@ -91,3 +91,22 @@ def test_a_challenger_a_baseline_beats_is_never_promoted_and_the_reason_says_so(
     # With the gate off (stores too small to judge) a loss is reported, not enforced.
     reported = decide(None, 0.0, baseline=loses, baseline_name="bgnbd", baseline_gate=False)
     assert reported.promote and "LOSES" in reported.reason
+
+
+def test_classification_curves_are_what_the_kfp_ui_draws() -> None:
+    """ROC points (bounded, finite, from (0,0) to (1,1)) and the confusion matrix at 0.5, as lists."""
+    from sklearn.metrics import auc, roc_auc_score
+
+    from storeflow.components.evaluate.metrics import classification_curves
+
+    labels, scores = _scores(5, n=5000)
+    curves = classification_curves(labels, scores, max_points=200)
+    assert 2 < len(curves["fpr"]) <= 200 and len(curves["fpr"]) == len(curves["tpr"]) == len(curves["thresholds"])
+    assert (curves["fpr"][0], curves["tpr"][0]) == (0.0, 0.0) and (curves["fpr"][-1], curves["tpr"][-1]) == (1.0, 1.0)
+    assert all(np.isfinite(curves["thresholds"])) and curves["thresholds"][0] > max(scores)
+    assert auc(curves["fpr"], curves["tpr"]) == pytest.approx(roc_auc_score(labels, scores), abs=0.005)
+    (tn, fp), (fn, tp) = curves["confusion_matrix"]
+    predicted = scores >= 0.5
+    assert (tp, fp, fn, tn) == (int(np.sum(predicted & (labels == 1))), int(np.sum(predicted & (labels == 0))),
+                                int(np.sum(~predicted & (labels == 1))), int(np.sum(~predicted & (labels == 0))))
+    assert curves["classes"] == ["no repeat order", "repeat order"]

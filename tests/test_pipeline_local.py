@@ -72,6 +72,17 @@ def test_losing_challenger_is_not_promoted_when_the_pipeline_runs_locally(first_
     assert [r["model_version"] for r in rollouts] == ["1"]
     assert "v2 did not become champion: nothing to roll out" in log
 
+    # What the KFP UI shows of the evaluation: both models' ROC curves and confusion matrices, both
+    # models' metrics and the decision in words, as the evaluate task's output artifacts.
+    (executor_output,) = second.log.parent.glob("artifacts/*/evaluate/executor_output.json")
+    artifacts = {name: found["artifacts"][0] for name, found in json.loads(executor_output.read_text())["artifacts"].items()}
+    for curves, points in (("challenger_curves", 2), ("champion_curves", 3)):  # the challenger is a constant
+        metadata = artifacts[curves]["metadata"]
+        assert len(metadata["confidenceMetrics"]) >= points and metadata["confusionMatrix"]["annotationSpecs"]
+    assert artifacts["champion_metrics"]["metadata"]["roc_auc"] > artifacts["metrics"]["metadata"]["roc_auc"]
+    report = Path(artifacts["report"]["uri"]).read_text()
+    assert report.startswith("## Keep the champion") and "champion v1" in report
+
 
 def test_failing_gate_stops_the_run_and_leaves_the_registry_untouched(tmp_path: Path) -> None:
     csv = tmp_path / "orders_export.csv"

@@ -92,3 +92,26 @@ def test_challenger_that_loses_to_a_baseline_is_registered_flagged_and_never_pro
     for baseline in ("bgnbd", "pareto_nbd", "frequency_recency"):
         assert float(tags[f"baseline_holdout.{baseline}.rows"]) == evaluation.challenger_metrics["rows"]
         assert float(tags[f"baseline_holdout.{baseline}.roc_auc"]) > 0.6
+
+
+def test_evaluation_is_an_mlflow_run_with_every_models_holdout_metrics_side_by_side(settings, features) -> None:
+    """The MLflow UI compares challenger and champion: one evaluation run holds both (and the baselines)
+    as metrics, and the challenger's training run carries its holdout metrics (they were string tags)."""
+    from storeflow.components.evaluate.report import markdown
+
+    _cycle(settings, features, *GOOD)
+    trained, evaluation, _ = _cycle(settings, features, *CONSTANT)
+    client = tracking.connect(settings)
+    run = client.get_run(evaluation.evaluation_run_id)
+    metrics = run.data.metrics
+    assert metrics["challenger_roc_auc"] == pytest.approx(evaluation.challenger_metrics["roc_auc"])
+    assert metrics["champion_roc_auc"] == pytest.approx(evaluation.champion_metrics["roc_auc"])
+    assert metrics["champion_roc_auc"] > metrics["challenger_roc_auc"] and metrics["promote"] == 0.0
+    assert any(name.startswith("baseline_bgnbd_") for name in metrics)
+    assert run.data.tags["storeflow.challenger_run_id"] == trained.run_id
+    assert run.data.tags["storeflow.decision"] == "keep champion"
+    assert client.get_run(trained.run_id).data.metrics["holdout_roc_auc"] == pytest.approx(metrics["challenger_roc_auc"])
+    curves = evaluation.champion_curves
+    assert curves and sum(map(sum, curves["confusion_matrix"])) == evaluation.champion_metrics["rows"]
+    text = markdown(evaluation)
+    assert text.startswith("## Keep the champion") and "| roc_auc |" in text and "champion v1" in text

@@ -4,7 +4,7 @@ rows and decide. A challenger must beat the best baseline and the champion."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ from storeflow.components.config import Settings
 from storeflow.components.evaluate.metrics import (
     Comparison,
     Decision,
+    classification_curves,
     decide,
     holdout_metrics,
     paired_bootstrap,
@@ -23,7 +24,7 @@ from storeflow.components.features.btyd import BASELINES, RANKINGS
 from storeflow.components.features.dataset import CUSTOMER, LABEL
 from storeflow.components.train import TrainResult, holdout, load_model
 
-__all__ = ["EvaluationResult", "baseline_metrics", "evaluate"]
+__all__ = ["EvaluationResult", "baseline_metrics", "evaluate", "log_evaluation_run", "side_by_side"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class EvaluationResult:
     baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     best_baseline: str | None = None
     baseline_comparison: dict | None = None
+    challenger_curves: dict | None = None  # ROC curve and confusion matrix (metrics.classification_curves)
+    champion_curves: dict | None = None
+    evaluation_run_id: str | None = None  # the MLflow run holding every model's holdout metrics side by side
 
     @property
     def loses_to_baseline(self) -> bool:
@@ -76,6 +80,13 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     from storeflow.components import tracking
 
     client = tracking.connect(settings)  # before loading: model URIs resolve against this tracking server
+    result = _judge(settings, client, features, trained)
+    return replace(result, evaluation_run_id=log_evaluation_run(settings, client, trained, result))
+
+
+def _judge(settings: Settings, client, features: FeatureResult, trained: TrainResult) -> EvaluationResult:
+    from storeflow.components import tracking
+
     frame = holdout(settings, features)
     labels = frame[LABEL].to_numpy()
     challenger = load_model(trained.model_uri)
@@ -87,7 +98,8 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     best = max(baselines, key=lambda name: baselines[name][cfg.metric], default=None)
     versus = None if best is None else _bootstrap(settings, frame, challenger_scores, frame[BASELINES[best]])
     found = {"baseline_metrics": baselines, "best_baseline": best,
-             "baseline_comparison": None if versus is None else asdict(versus)}
+             "baseline_comparison": None if versus is None else asdict(versus),
+             "challenger_curves": classification_curves(labels, challenger_scores)}
 
     champion_version = tracking.current_champion(client, settings.registry.model_name)
     if champion_version is None:
@@ -106,4 +118,43 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     decision = decide(comparison, cfg.margin, versus, best or "", cfg.baseline_gate)
     return EvaluationResult(decision.promote, decision.reason, challenger_metrics,
                             holdout_metrics(labels, champion_scores), champion_version,
-                            asdict(comparison), **found)
+                            asdict(comparison), **found, champion_curves=classification_curves(labels, champion_scores))
+
+
+def side_by_side(result: EvaluationResult) -> dict[str, float]:
+    """Every model's holdout metrics under one prefix each (challenger_, champion_, baseline_<name>_), so
+    the MLflow UI shows them as columns of one run and charts them against each other across runs."""
+    found = {f"challenger_{k}": v for k, v in result.challenger_metrics.items()}
+    found |= {f"champion_{k}": v for k, v in (result.champion_metrics or {}).items()}
+    for name, metrics in result.baseline_metrics.items():
+        found |= {f"baseline_{name}_{k}": v for k, v in metrics.items()}
+    if result.comparison:
+        found |= {"difference": result.comparison["difference"], "difference_ci_low": result.comparison["ci_low"],
+                  "difference_ci_high": result.comparison["ci_high"]}
+    return found | {"promote": float(result.promote)}
+
+
+def log_evaluation_run(settings: Settings, client, trained: TrainResult, result: EvaluationResult) -> str:
+    """An MLflow run of the evaluation (every model's holdout metrics, the decision, the curves), and the
+    challenger's holdout metrics on its own training run too (``holdout_*``), so training runs compare
+    by what they scored on the holdout, not only on their training rows."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from storeflow.components import tracking
+
+    tags = {"storeflow.stage": "evaluate", "storeflow.challenger_run_id": trained.run_id,
+            "storeflow.decision": "promote" if result.promote else "keep champion",
+            "storeflow.champion_version": result.champion_version or "none"}
+    run = client.create_run(tracking.experiment_id(settings, client), tags=tags,
+                            run_name=f"evaluate-{trained.run_id[:8]}")
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in side_by_side(result).items()])
+    client.log_text(run.info.run_id, result.reason, "decision.txt")
+    client.log_dict(run.info.run_id, {"challenger": result.challenger_curves, "champion": result.champion_curves},
+                    "classification_curves.json")
+    client.set_terminated(run.info.run_id)
+    client.log_batch(trained.run_id, metrics=[Metric(f"holdout_{k}", float(v), now, 0)
+                                              for k, v in result.challenger_metrics.items()])
+    return run.info.run_id

@@ -9,7 +9,11 @@ from storeflow.components.container import component
 
 @component
 def evaluate(config_json: str, features: str, trained: str,
-             metrics: dsl.Output[dsl.Metrics]) -> NamedTuple("Evaluation", evaluation=str, promote=bool):
+             metrics: dsl.Output[dsl.Metrics],
+             champion_metrics: dsl.Output[dsl.Metrics],
+             challenger_curves: dsl.Output[dsl.ClassificationMetrics],
+             champion_curves: dsl.Output[dsl.ClassificationMetrics],
+             report: dsl.Output[dsl.Markdown]) -> NamedTuple("Evaluation", evaluation=str, promote=bool):
     """Compare the challenger with the champion on the same holdout, with a bootstrap confidence interval.
 
     Args:
@@ -18,6 +22,10 @@ def evaluate(config_json: str, features: str, trained: str,
         features: FeatureResult JSON from the features task (the holdout comes from its training set).
         trained: TrainResult JSON from the train task (the challenger's MLflow run and model URI).
         metrics: The challenger's holdout metrics.
+        champion_metrics: The current champion's holdout metrics on the same rows (empty without a champion).
+        challenger_curves: The challenger's ROC curve and confusion matrix (at 0.5) on the holdout.
+        champion_curves: The champion's ROC curve and confusion matrix on the same rows (empty without one).
+        report: The decision in words, with every model's holdout metrics side by side (Markdown).
 
     Returns:
         evaluation: The EvaluationResult as JSON. promote: whether the challenger should become champion.
@@ -26,11 +34,20 @@ def evaluate(config_json: str, features: str, trained: str,
 
     from storeflow.components.config import load_settings
     from storeflow.components.evaluate import evaluate as run
+    from storeflow.components.evaluate.report import markdown
     from storeflow.components.features import FeatureResult
     from storeflow.components.train import TrainResult
 
     result = run(load_settings(config_json), FeatureResult.from_json(features), TrainResult.from_json(trained))
     for name, value in result.challenger_metrics.items():
         metrics.log_metric(name, value)
+    for name, value in (result.champion_metrics or {}).items():
+        champion_metrics.log_metric(name, value)
+    for curves, artifact in ((result.challenger_curves, challenger_curves), (result.champion_curves, champion_curves)):
+        if curves:
+            artifact.log_roc_curve(curves["fpr"], curves["tpr"], curves["thresholds"])
+            artifact.log_confusion_matrix(curves["classes"], curves["confusion_matrix"])
+    with open(report.path, "w") as out:
+        out.write(markdown(result))
     print(f"decision: {'promote' if result.promote else 'keep champion'}: {result.reason}")
     return namedtuple("Evaluation", ["evaluation", "promote"])(result.to_json(), result.promote)

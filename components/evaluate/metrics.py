@@ -7,7 +7,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
 
 METRICS = {"roc_auc": roc_auc_score, "pr_auc": average_precision_score}
 
@@ -34,6 +41,25 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """ROC-AUC and PR-AUC only: for a ranking whose scores are not probabilities."""
     return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores)),
             "positive_rate": float(np.mean(labels)), "rows": float(len(labels)), "positives": float(np.sum(labels))}
+
+
+CLASSES = ("no repeat order", "repeat order")
+
+
+def classification_curves(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5,
+                          max_points: int = 200) -> dict:
+    """The ROC curve (at most ``max_points`` points, first and last kept: what a KFP UI can draw) and the
+    confusion matrix at ``threshold`` (rows: actual class, columns: predicted), as plain lists."""
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=True)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    # roc_curve's first threshold is +inf (nothing predicted positive); JSON has no infinity, and for
+    # probabilities a threshold of 1 predicts the same nobody.
+    thresholds = np.where(np.isfinite(thresholds), thresholds, np.nextafter(max(1.0, float(np.max(scores))), np.inf))
+    matrix = confusion_matrix(labels, (np.asarray(scores) >= threshold).astype(int), labels=[0, 1])
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist(), "threshold": threshold,
+            "classes": list(CLASSES), "confusion_matrix": matrix.tolist()}
 
 
 @dataclass(frozen=True)

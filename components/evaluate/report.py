@@ -1,0 +1,30 @@
+"""The evaluation in words: the decision and every model's holdout metrics side by side (Markdown, for
+the KFP UI's report artifact and anyone reading a run)."""
+
+from __future__ import annotations
+
+from storeflow.components.evaluate import EvaluationResult
+
+SHOWN = ("roc_auc", "pr_auc", "log_loss", "brier", "calibration_error", "predicted_positives", "positives", "rows")
+
+
+def markdown(result: EvaluationResult) -> str:
+    columns = {"challenger": result.challenger_metrics}
+    if result.champion_metrics:
+        columns[f"champion v{result.champion_version}"] = result.champion_metrics
+    columns |= {f"baseline: {name}": metrics for name, metrics in result.baseline_metrics.items()}
+    lines = [f"## {'Promote' if result.promote else 'Keep the champion'}", "", result.reason, "",
+             "| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for metric in SHOWN:
+        cells = [_cell(values.get(metric)) for values in columns.values()]
+        if any(cell != "" for cell in cells):
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    if result.evaluation_run_id:
+        lines += ["", f"MLflow evaluation run: `{result.evaluation_run_id}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
