@@ -10,7 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+from storeflow.pipelines.packages import MANIFESTS, compiled
+
 PIPELINES = ("training", "monitoring")
 
 
@@ -23,9 +24,9 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.ingest.component import ingest
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
-    from storeflow.components.monitor.component import monitor, retrain
+    from storeflow.components.monitor.component import monitor
     from storeflow.components.validate.component import validate
-    from storeflow.pipelines.monitoring import build_monitoring_pipeline
+    from storeflow.pipelines.monitoring import build_monitoring_pipeline, retrain
     from storeflow.pipelines.training import DEFAULTS, build_training_pipeline
 
     settings = settings or DEFAULTS
@@ -74,19 +75,9 @@ def check(out_dir: Path = MANIFESTS, settings=None) -> Staleness:
 
 def pipeline_package(name: str, manifests: Path = MANIFESTS) -> Path:
     """The compiled YAML of pipeline ``name``: the checked-in file, or, where the source tree is not
-    (an installed package, the project image), the same pipeline compiled now into a temporary file.
-
-    The two are the same bytes: ``check()`` fails CI whenever the checked-in YAML differs from a compile.
-    """
+    (an installed package, the project image), the same pipeline compiled now into a temporary file
+    (:func:`storeflow.pipelines.packages.compiled`)."""
     if name not in PIPELINES:
         raise ValueError(f"unknown pipeline {name!r}; pipelines are {', '.join(PIPELINES)}")
     relative = f"pipelines/{name}.yaml"
-    checked_in = manifests / relative
-    if checked_in.exists():
-        return checked_in
-    from kfp import compiler
-
-    fresh = Path(tempfile.mkdtemp(prefix="storeflow-pipeline-")) / relative
-    fresh.parent.mkdir(parents=True)
-    compiler.Compiler().compile(_targets()[relative], str(fresh))
-    return fresh
+    return compiled(relative, lambda: _targets()[relative], manifests)

@@ -24,9 +24,10 @@ def monitor(
     end = window_end.isoformat() if window_end else ""
     if in_process:
         from storeflow.components.monitor import monitor as run, retrain_if_needed
+        from storeflow.pipelines.retraining import LAUNCHERS
 
         result = run(settings, model_version=model_version, end=window_end)
-        summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary).to_json())
+        summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary, LAUNCHERS).to_json())
         report = result.report_html
     else:
         from storeflow.pipelines.local import PipelineFailed, run_local

@@ -8,11 +8,35 @@ place whichever runner (kfp.local or a cluster) executes the pipeline.
 from kfp import dsl
 
 from storeflow.components.config import Settings
-from storeflow.components.monitor.component import monitor, retrain
+from storeflow.components.container import component
+from storeflow.components.monitor.component import monitor
 from storeflow.pipelines.training import DEFAULTS, feast_credentials, mlflow_credentials, on_cluster
 
 PIPELINE_NAME = "storeflow-monitoring"
 STAGES = ("monitor", "retrain")
+
+
+@component
+def retrain(config_json: str, summary: str) -> str:
+    """Start the training pipeline when the summary is critical, once per model version and window.
+
+    Args:
+        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
+            override the task's environment and config file, '{}' uses those alone.
+        summary: Monitoring summary JSON from the monitor task.
+
+    Returns:
+        The RetrainDecision as JSON.
+    """
+    import json
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.monitor import retrain_if_needed
+    from storeflow.pipelines.retraining import LAUNCHERS
+
+    decision = retrain_if_needed(load_settings(config_json), json.loads(summary), LAUNCHERS)
+    print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
+    return decision.to_json()
 
 
 def build_monitoring_pipeline(settings: Settings = DEFAULTS):

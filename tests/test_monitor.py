@@ -237,15 +237,17 @@ def test_failed_launch_leaves_the_window_open_for_a_retry(settings) -> None:
 
 
 def test_cluster_mode_submits_the_compiled_training_pipeline(settings, monkeypatch) -> None:
-    from storeflow.pipelines import submit
+    from storeflow.pipelines import kfp_api
+    from storeflow.pipelines.retraining import LAUNCHERS
 
     calls = []
-    monkeypatch.setattr(submit, "submit", lambda s, **kw: calls.append(kw) or submit.Submitted(
+    monkeypatch.setattr(kfp_api, "start_run", lambda s, package, **kw: calls.append(package) or kfp_api.Submitted(
         "run-1", "http://kfp/#/runs/details/run-1"))
     cluster = settings.model_copy(deep=True)
     cluster.monitor.retrain = "cluster"
-    decision = retrain_if_needed(cluster, _summary("critical"))
+    decision = retrain_if_needed(cluster, _summary("critical"), LAUNCHERS)
     assert decision.started and decision.run["run_id"] == "run-1" and len(calls) == 1
+    assert calls[0].name == "training.yaml"
 
 
 # -- Grafana dashboard --------------------------------------------------------------------------------

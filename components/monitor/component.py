@@ -1,4 +1,8 @@
-"""KFP components: analyse one window of prediction logs, then ask for retraining when it is critical."""
+"""KFP component: analyse one window of prediction logs.
+
+The monitoring pipeline's next task, ``retrain`` (start training when the window is critical), starts
+a pipeline, so it is the pipelines': :func:`storeflow.pipelines.monitoring.retrain`.
+"""
 
 from kfp import dsl
 
@@ -46,25 +50,3 @@ def monitor(config_json: str, window_end: str, model_version: str, report: dsl.O
     print(f"monitoring v{summary['model_version']}: {summary['status']} / {summary['level']}: "
           f"{'; '.join(summary['reasons'] + summary['notes']) or 'no drift'}; report {result.report_html}")
     return json.dumps(summary)
-
-
-@component
-def retrain(config_json: str, summary: str) -> str:
-    """Start the training pipeline when the summary is critical, once per model version and window.
-
-    Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
-        summary: Monitoring summary JSON from the monitor task.
-
-    Returns:
-        The RetrainDecision as JSON.
-    """
-    import json
-
-    from storeflow.components.config import load_settings
-    from storeflow.components.monitor import retrain_if_needed
-
-    decision = retrain_if_needed(load_settings(config_json), json.loads(summary))
-    print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
-    return decision.to_json()

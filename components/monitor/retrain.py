@@ -1,7 +1,9 @@
 """The action: a critical monitoring level starts the training pipeline, at most once per model version
 and window, however often monitoring runs (a marker file is created exclusively before anything starts).
 
-The training pipeline's evaluation gate and the canary decide what ships; monitoring only asks.
+The training pipeline's evaluation gate and the canary decide what ships; monitoring only asks. How a
+run is started is the pipelines' business: the caller hands the launchers in
+(:data:`storeflow.pipelines.retraining.LAUNCHERS`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -42,43 +42,13 @@ def marker_path(settings: Settings, model_version: str, end: datetime) -> Path:
             f"{settings.registry.model_name}-v{model_version}-w{window_id(end, settings.monitor.window_hours)}.json")
 
 
-def _start_local(settings: Settings) -> dict:
-    if os.environ.get("_KFP_RUNTIME") == "true":
-        # Inside a KFP task the kfp SDK is importable in runtime mode only (no pipelines): train in a
-        # child process that sees the whole SDK.
-        env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-        code = "import sys; from storeflow.components.monitor.retrain import _train_here; _train_here(sys.stdin.read())"
-        done = subprocess.run([sys.executable, "-c", code], input=settings.to_json(), env=env, text=True,
-                              capture_output=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    from storeflow.pipelines.local import run_local
-    from storeflow.pipelines.training import STAGES, training_pipeline
-
-    result = run_local(training_pipeline, settings, STAGES)
-    return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
-
-
-def _train_here(config_json: str) -> None:
-    from storeflow.components.config import load_settings
-
-    print(json.dumps(_start_local(load_settings(config_json))))
-
-
-def _start_cluster(settings: Settings) -> dict:
-    from storeflow.pipelines.submit import submit
-
-    submitted = submit(settings, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-    return {"run_id": submitted.run_id, "url": submitted.url}
-
-
-LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}
-
-
 def retrain_if_needed(settings: Settings, summary: dict,
-                      launchers: dict[str, Callable[[Settings], dict]] | None = None) -> RetrainDecision:
-    """Start training when ``summary['level']`` is critical, unless this window already started one."""
+                      launchers: dict[str, Callable[[Settings], dict]]) -> RetrainDecision:
+    """Start training when ``summary['level']`` is critical, unless this window already started one.
+
+    ``launchers`` maps ``monitor.retrain`` (``local``, ``cluster``) to the function that starts a run and
+    returns what to record of it; a ValueError, FileNotFoundError or OSError from it means nothing started.
+    """
     mode = settings.monitor.retrain
     if summary.get("level") != "critical":
         return RetrainDecision(False, f"level is {summary.get('level')}, not critical")
@@ -96,7 +66,7 @@ def retrain_if_needed(settings: Settings, summary: dict,
         return RetrainDecision(False, f"retraining already started for v{version} in this window", str(marker), mode)
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps(record))
-    launch = (launchers or LAUNCHERS)[mode]
+    launch = launchers[mode]
     try:
         run = launch(settings)
     except (ValueError, FileNotFoundError, OSError) as exc:

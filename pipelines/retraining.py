@@ -1,0 +1,57 @@
+"""How monitoring starts the training pipeline (``monitor.retrain``): ``local`` runs it here with
+kfp.local, ``cluster`` submits the compiled pipeline to the Kubeflow Pipelines API.
+
+Whether to start one (a critical level, once per model version and window) is the monitor stage's
+decision, :func:`storeflow.components.monitor.retrain_if_needed`; these are the launchers it is handed
+by the monitoring pipeline's ``retrain`` task and by ``storeflow monitor --in-process``.
+
+Nothing here imports kfp at module level: inside a KFP task the SDK is importable in runtime mode only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from storeflow.components.config import Settings
+
+
+def _start_local(settings: Settings) -> dict:
+    if os.environ.get("_KFP_RUNTIME") == "true":
+        # Inside a KFP task the kfp SDK is importable in runtime mode only (no pipelines): train in a
+        # child process that sees the whole SDK.
+        env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+        code = "import sys; from storeflow.pipelines.retraining import _train_here; _train_here(sys.stdin.read())"
+        done = subprocess.run([sys.executable, "-c", code], input=settings.to_json(), env=env, text=True,
+                              capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    from storeflow.pipelines.local import run_local
+    from storeflow.pipelines.training import STAGES, training_pipeline
+
+    result = run_local(training_pipeline, settings, STAGES)
+    return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
+
+
+def _train_here(config_json: str) -> None:
+    from storeflow.components.config import load_settings
+
+    print(json.dumps(_start_local(load_settings(config_json))))
+
+
+def _start_cluster(settings: Settings) -> dict:
+    from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled
+    from storeflow.pipelines.training import training_pipeline
+
+    package = compiled("pipelines/training.yaml", lambda: training_pipeline)
+    submitted = start_run(settings, package, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    return {"run_id": submitted.run_id, "url": submitted.url}
+
+
+LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}
