@@ -20,7 +20,7 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     from kserve.model_server import app
     from starlette.middleware.cors import CORSMiddleware
 
-    from storeflow.serving.auth import shop_domain
+    from storeflow.components.shopify.verify import shop_domain
     from storeflow.serving.http import BodyLimitMiddleware, VersionPathMiddleware, metrics_route, v2_infer_route
 
     cfg = settings.serving
@@ -32,7 +32,8 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
     # Added innermost first: the request passes CORS → observer → size limit → auth → version pin.
     app.add_middleware(VersionPathMiddleware, served_versions=served_versions)
     if cfg.auth == "shopify":
-        from storeflow.serving.auth import ShopifyAuthMiddleware, ShopifyVerifier
+        from storeflow.components.shopify.verify import ShopifyVerifier
+        from storeflow.serving.auth import ShopifyAuthMiddleware
 
         verifier = ShopifyVerifier.from_settings(settings)
         data_shop = shop_domain(settings.project.shop_domain)

@@ -208,7 +208,7 @@ def serve(settings: Settings, *, version: str | None = None, alias: str | None =
         settings = settings.model_copy(update={"serving": serving})
     cfg = settings.serving
     if cfg.auth == "shopify":
-        from storeflow.serving.auth import ShopifyVerifier
+        from storeflow.components.shopify.verify import ShopifyVerifier
 
         ShopifyVerifier.from_settings(settings)  # fail here, once, with the reason
     _own_metrics_dir()

@@ -1,4 +1,5 @@
-"""Shopify request verification (serving/auth.py), with Shopify's public app proxy vector."""
+"""Shopify request verification (components/shopify/verify.py), with Shopify's public app proxy vector, and
+who may read what (serving/auth.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jwt
 import pytest
 
 from storeflow.components.config import load_settings
-from storeflow.serving.auth import AuthError, ShopifyVerifier, shop_domain
+from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
 CLIENT_ID = "test-client-id"
 SECRET = "shpss_0123456789abcdef0123456789abcdef"

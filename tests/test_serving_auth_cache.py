@@ -1,4 +1,5 @@
-"""The serving path remembers verified session tokens (serving/auth.py): same answers, until the token expires."""
+"""The serving path remembers verified session tokens (components/shopify/verify.py): same answers, until the
+token expires."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from types import SimpleNamespace
 import jwt
 import pytest
 
-from storeflow.serving import auth
-from storeflow.serving.auth import AuthError, ShopifyVerifier
+from storeflow.components.shopify import verify
+from storeflow.components.shopify.verify import AuthError, ShopifyVerifier
 
 CLIENT_ID = "test-client-id"
 SECRET = "shpss_0123456789abcdef0123456789abcdef"
@@ -43,7 +44,7 @@ def test_a_remembered_token_is_checked_again_once_it_expires(monkeypatch):
     verifier.verify("POST", URL, headers)
     assert checks == []  # remembered
     later = time.time() + 3600
-    monkeypatch.setattr(auth, "time", SimpleNamespace(time=lambda: later))
+    monkeypatch.setattr(verify, "time", SimpleNamespace(time=lambda: later))
     assert verifier.cached_checkout(headers["Authorization"]) is None
     verifier.verify("POST", URL, headers)  # not expired for PyJWT's clock, so valid again
     assert checks == [1]
@@ -64,7 +65,7 @@ def test_rejections_are_not_remembered_and_stay_rejected():
 
 
 def test_the_cache_stays_bounded(monkeypatch):
-    monkeypatch.setattr(auth, "TOKEN_CACHE_SIZE", 5)
+    monkeypatch.setattr(verify, "TOKEN_CACHE_SIZE", 5)
     verifier = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP])
     for i in range(12):
         verifier.verify("POST", URL, bearer(sub=f"gid://shopify/Customer/{i}"))

@@ -55,7 +55,7 @@ def refund(refund_id: int, order_id: int, amount: float) -> dict:
 
 
 def test_shopify_public_vector_verifies_and_a_changed_body_does_not():
-    from storeflow.serving.auth import AuthError, ShopifyVerifier
+    from storeflow.components.shopify.verify import AuthError, ShopifyVerifier
 
     verifier = ShopifyVerifier("app", "secret", [SHOP])
     headers = {"X-Shopify-Hmac-Sha256": "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ=", "X-Shopify-Shop-Domain": SHOP}

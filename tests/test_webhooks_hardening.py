@@ -73,7 +73,7 @@ def test_a_deeply_nested_body_with_a_bogus_hmac_is_a_4xx_not_a_crash(client, hoo
 
 
 def test_a_delivery_signed_with_the_old_secret_is_accepted_during_rotation(hooks):
-    from storeflow.serving.auth import ShopifyVerifier
+    from storeflow.components.shopify.verify import ShopifyVerifier
 
     rotated = ShopifyVerifier("storeflow-test-app", "whsec-new-secret", [SHOP], old_client_secret=SECRET)
     with TestClient(create_app(hooks, verifier=rotated, apply=False)) as c:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from storeflow.components.config import Settings
-from storeflow.serving.auth import shop_domain
+from storeflow.components.shopify.verify import shop_domain
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ base64 SHA-256 digest is 401 before anything is read or computed); the body is r
 past ``shopify.webhook_max_body_bytes`` + 1 bytes (413) nor longer than
 ``shopify.webhook_body_timeout_seconds`` (408; both close the connection); the HMAC
 (``X-Shopify-Hmac-Sha256`` over the raw body) is compared first on the raw bytes (:func:`signed_by_app`),
-then verified by shopifyapp through :class:`storeflow.serving.auth.ShopifyVerifier` (constant-time compare, old
+then verified by shopifyapp through :class:`.verify.ShopifyVerifier` (constant-time compare, old
 secret during rotation, shop allow-list); only then is the body parsed and every field the topic needs
 validated (:mod:`.payloads`); then the event is committed to the journal and only then answered 200.
 A delivery whose webhook id was seen before is answered 200 and changes nothing. Bad input gets a 4xx
@@ -42,7 +42,7 @@ from storeflow.components.shopify import layout
 from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
 from storeflow.components.shopify.supervisor import ApplierSupervisor
-from storeflow.serving.auth import AuthError, ShopifyVerifier, shop_domain
+from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,208 @@
+"""Shopify request verification, shared by the prediction server (:mod:`storeflow.serving.auth`) and the
+webhook receiver (:mod:`storeflow.components.shopify.webhooks`).
+
+Signatures are checked by ``shopifyapp``, Shopify's own package, never by hand:
+
+* checkout UI extensions send ``Authorization: Bearer <session token>``, an HS256 JWT signed with the
+  app secret. shopifyapp checks the signature, ``exp``/``nbf`` with 10 s leeway and ``aud`` == client id;
+  on top we require ``exp`` at all, ``iss`` and ``dest`` on the same shop, and that shop in the allow-list.
+  Its ``sub`` is the logged-in customer (``gid://shopify/Customer/N``), absent for a guest. Admin UI
+  extensions send the same kind of token with ``iss`` ``https://<shop>/admin`` and a staff member's id
+  as ``sub``; those go through shopifyapp's admin verifier.
+* app proxy requests carry ``signature`` = HMAC-SHA256 over the sorted query parameters; shopifyapp
+  also rejects a ``timestamp`` more than 90 s away from now (replays).
+* webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body (:meth:`ShopifyVerifier.verify_webhook`).
+
+A verified session token is remembered (keyed by the whole token string, at most
+:data:`TOKEN_CACHE_SIZE` of them) until its ``exp``: a checkout extension sends the same token with every
+request of its ~1 minute life, and re-checking an HMAC we already checked costs ~100 us a request.
+Rejections are never cached; app proxy signatures (timestamped per request) are always checked.
+
+A failure raises :class:`AuthError` carrying shopifyapp's log code (``invalid_id_token``,
+``expired_id_token``, ``invalid_aud``, ``invalid_signature``, ``timestamp_too_old``...) or ours
+(``missing_credentials``, ``shop_not_allowed``, ``missing_exp``).
+
+Input that is not even well-formed credentials (a non-ASCII app proxy signature, a Host header that
+is no host...) is an :class:`AuthError` too (``malformed_credentials``), never an exception escaping.
+
+Who a verified caller is (:class:`Principal`) is decided here; what it may read is the server's
+(:func:`storeflow.serving.auth.may_read_shop`, :func:`storeflow.serving.auth.allowed_customer`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlparse
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
+
+SHOP_SUFFIX = ".myshopify.com"
+TOKEN_CACHE_SIZE = 50_000
+
+
+class AuthError(Exception):
+    """The request is not from Shopify (or not from an allowed shop); answer 401."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the kind of Shopify surface, the shop domain and, when known, the customer."""
+
+    kind: str
+    shop: str
+    customer_id: str | None = None
+
+
+def shop_domain(value: str | None) -> str:
+    """``https://x.myshopify.com/``, ``x.myshopify.com`` or ``x`` → ``x.myshopify.com``."""
+    if not value:
+        return ""
+    host = urlparse(value).hostname if "://" in value else value.split("/")[0]
+    host = (host or "").strip().lower()
+    return host if host.endswith(SHOP_SUFFIX) or not host else host + SHOP_SUFFIX
+
+
+class ShopifyVerifier:
+    """Verifies checkout UI extension session tokens, app proxy signatures and webhooks for one app."""
+
+    def __init__(self, client_id: str, client_secret: str, allowed_shops: Iterable[str],
+                 old_client_secret: str | None = None):
+        from shopify_app import ShopifyApp
+
+        if not client_id or not client_secret:
+            raise ValueError("Shopify auth needs serving.shopify_client_id and the app secret "
+                             "(or serving.auth: off for local development)")
+        self.app = ShopifyApp(client_id=client_id, client_secret=client_secret,
+                              old_client_secret=old_client_secret or None)
+        self.allowed_shops = frozenset(shop_domain(s) for s in allowed_shops if s)
+        if not self.allowed_shops:
+            raise ValueError("Shopify auth needs at least one allowed shop")
+        self._tokens: dict[str, tuple[float, Principal]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> ShopifyVerifier:
+        env = os.environ if environ is None else environ
+        cfg = settings.serving
+        secret = env.get(cfg.shopify_secret_env, "")
+        if not secret:
+            raise ValueError(f"Shopify auth is on but ${cfg.shopify_secret_env} (the app secret) is not set; "
+                             "set it, or serving.auth: off for local development only")
+        return cls(cfg.shopify_client_id, secret, cfg.allowed_shops or [settings.project.shop_domain],
+                   env.get(cfg.shopify_old_secret_env))
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        """Verify a storefront request: a Bearer session token, else an app proxy signature."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        try:
+            if "authorization" in lower:
+                return self.verify_checkout(method, url, lower, body)
+            if "signature" in parse_qs(urlparse(url).query, keep_blank_values=True):
+                return self.verify_app_proxy(method, url, lower, body)
+        except MALFORMED as exc:
+            raise _malformed(exc) from exc
+        raise AuthError("missing_credentials", "send Authorization: Bearer <session token> "
+                                               "or an app proxy signature")
+
+    def cached_checkout(self, authorization: str) -> Principal | None:
+        """The principal of an ``Authorization`` value verified before and not expired yet, else None."""
+        hit = self._tokens.get(authorization)
+        if hit is None:
+            return None
+        if time.time() < hit[0]:
+            return hit[1]
+        self._tokens.pop(authorization, None)
+        return None
+
+    def verify_checkout(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        authorization = headers.get("authorization")
+        if isinstance(authorization, str):
+            principal = self.cached_checkout(authorization)
+            if principal is not None:
+                return principal
+        request = {"method": method, "headers": dict(headers), "url": url, "body": body}
+        admin = _issued_by_admin(authorization)
+        verify = self.app.verify_admin_ui_ext_req if admin else self.app.verify_checkout_ui_ext_req
+        result = verify(request)
+        if not result.ok or result.id_token is None:
+            raise AuthError(result.log.code, "session token rejected")
+        claims = result.id_token.claims
+        if "exp" not in claims:
+            raise AuthError("missing_exp", "session token has no expiry")
+        if not all(isinstance(claims.get(k), (str, type(None))) for k in ("dest", "iss", "sub")):
+            raise AuthError("invalid_id_token", "session token claims dest, iss and sub must be strings")
+        dest, iss = shop_domain(claims.get("dest")), shop_domain(claims.get("iss"))
+        if iss and iss != dest:
+            raise AuthError("shop_mismatch", "session token iss and dest name different shops")
+        self._allowed(dest)
+        principal = Principal("admin_ui_extension", dest) if admin else \
+            Principal("checkout_ui_extension", dest, claims.get("sub"))
+        if isinstance(authorization, str) and isinstance(claims["exp"], (int, float)):
+            self._remember(authorization, float(claims["exp"]), principal)
+        return principal
+
+    def _remember(self, authorization: str, exp: float, principal: Principal) -> None:
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            now = time.time()
+            self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[authorization] = (exp, principal)
+
+    def verify_app_proxy(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+        result = self.app.verify_app_proxy_req({"method": method, "headers": dict(headers), "url": url,
+                                                "body": body})
+        if not result.ok:
+            raise AuthError(result.log.code, "app proxy signature rejected")
+        shop = shop_domain(result.shop)
+        self._allowed(shop)
+        return Principal("app_proxy", shop, result.logged_in_customer_id or None)
+
+    def verify_webhook(self, method: str, url: str, headers: Mapping[str, str], body: str) -> Principal:
+        try:
+            result = self.app.verify_webhook_req({"method": method, "headers": dict(headers), "url": url,
+                                                  "body": body})
+        except MALFORMED as exc:
+            raise _malformed(exc) from exc
+        if not result.ok:
+            raise AuthError(result.log.code, "webhook signature rejected")
+        shop = shop_domain(result.shop)
+        self._allowed(shop)
+        return Principal("webhook", shop)
+
+    def _allowed(self, shop: str) -> None:
+        if shop not in self.allowed_shops:
+            raise AuthError("shop_not_allowed", f"shop {shop or '<none>'} is not served here")
+
+
+# What shopifyapp and urllib raise on input that is not well-formed credentials at all: hmac.compare_digest
+# refuses a non-ASCII signature (TypeError), urlparse a Host header like "[x" (ValueError), shopifyapp a
+# signed token whose dest is not a string (AttributeError).
+MALFORMED = (TypeError, ValueError, UnicodeError, AttributeError)
+
+
+def _malformed(exc: Exception) -> AuthError:
+    return AuthError("malformed_credentials", f"credentials are not well-formed ({type(exc).__name__}: {exc})")
+
+
+def _issued_by_admin(authorization) -> bool:
+    """Whether a Bearer token's (not yet verified) ``iss`` is a shop's admin; the verifier then checks it."""
+    if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
+        return False
+    import jwt
+
+    try:
+        claims = jwt.decode(authorization[7:], options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    iss = claims.get("iss")
+    return isinstance(iss, str) and urlparse(iss).path.rstrip("/") == "/admin"
