@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -31,6 +32,9 @@ from storeflow.components.secrets import PasswordOf, is_literal, redis_password,
 from storeflow.components.version import __version__
 
 CONFIG_ENV = "STOREFLOW_CONFIG"
+# A directory of STOREFLOW_* files (the storeflow-config ConfigMap mounted into a pipeline task: one file
+# per key), read exactly as the environment is, just below it. kfp-kubernetes has no envFrom for tasks.
+CONFIG_DIR_ENV = "STOREFLOW_CONFIG_DIR"
 DEFAULT_CONFIG_FILE = "storeflow.yaml"
 ENV_PREFIX = "STOREFLOW_"
 ENV_DELIMITER = "__"
@@ -287,6 +291,8 @@ class KfpConfig(Section):
                              description="Projected service-account token, used when present (in-cluster).")
     state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster.")
     state_mount_path: Path = Field(Path("/var/lib/storeflow"), description="Where tasks see project.state_dir.")
+    config_mount_path: Path = Field(Path("/etc/storeflow/config"), description="Where tasks see the deploy.config_map "
+                                    "ConfigMap (the overlay's STOREFLOW_* values), read as $STOREFLOW_CONFIG_DIR.")
     enable_caching: bool = False
     resources: dict[str, TaskResources] = Field(
         default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
@@ -327,7 +333,8 @@ class DeployConfig(Section):
     serving_runtime: str = "storeflow-predictor"
     model_format: str = "storeflow"
     service_account: str = "storeflow-serving"
-    config_map: str = Field("storeflow-config", description="STOREFLOW_* variables for the serving containers.")
+    config_map: str = Field("storeflow-config", description="STOREFLOW_* variables of the namespace: envFrom of the "
+                            "serving containers, mounted into every pipeline task (kfp.config_mount_path).")
     feast_config_map: str = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
     online_store_secret: str = Field("storeflow-online-store", description="Secret with the Redis connection-string.")
     shopify_app_secret: str = Field("storeflow-shopify-app", description="Secret (keys client-id, api-secret) with "
@@ -545,8 +552,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Overrides beat the environment, which beats the YAML file, which beats the defaults.
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(cls._file_values)))
+        # Overrides beat the environment, which beats a mounted ConfigMap, which beats the YAML file,
+        # which beats the defaults.
+        return (init_settings, env_settings, ConfigMapSource(settings_cls),
+                InitSettingsSource(settings_cls, dict(cls._file_values)))
 
     @model_validator(mode="before")
     @classmethod
@@ -614,6 +623,28 @@ def _environment_name(path: tuple[str, ...]) -> str | None:
     """The ``STOREFLOW_*`` variable (as spelled in the environment) that sets ``path``, if it is set."""
     wanted = (ENV_PREFIX + ENV_DELIMITER.join(path)).upper()
     return next((name for name in os.environ if name.upper() == wanted), None)
+
+
+class ConfigMapSource(EnvSettingsSource):
+    """``STOREFLOW_*`` values from the files of the directory ``$STOREFLOW_CONFIG_DIR`` names (a ConfigMap
+    volume: one file per key, the file's text the value), parsed as pydantic-settings parses the
+    environment (nested ``__`` names, JSON for lists and objects). No variable or no directory (a
+    kfp.local run of a pipeline compiled with the mount): nothing, as an optional ConfigMap gives."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        found = os.environ.get(CONFIG_DIR_ENV)
+        self.directory = Path(found) if found else None
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        values: dict[str, str] = {}
+        if self.directory is not None and self.directory.is_dir():
+            for path in sorted(self.directory.iterdir()):  # ConfigMap volumes also hold ..data links: skipped
+                if path.name.upper().startswith(ENV_PREFIX) and path.is_file():
+                    values[path.name] = path.read_text().strip()
+        elif self.directory is not None and self.directory.exists():
+            raise ConfigError(f"${CONFIG_DIR_ENV} names {self.directory}, which is not a directory")
+        return values if self.case_sensitive else {name.lower(): value for name, value in values.items()}
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ the branch, so a decision made by a component holds the same on every runner.
 
 from kfp import dsl, kubernetes
 
-from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
+from storeflow.components.config import CONFIG_DIR_ENV, FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
 from storeflow.components.deploy.component import deploy
 
 from storeflow.components.evaluate.component import evaluate
@@ -37,7 +37,7 @@ DEFAULTS = Settings.model_construct()
 
 def on_cluster(task: dsl.PipelineTask, name: str, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """Cluster wiring kfp.local ignores, from the settings the pipeline is compiled with: the project image,
-    the shared state volume, the display name, CPU/memory requests and limits and a timeout
+    the shared state volume, the storeflow-config ConfigMap (read as the environment), the display name, CPU/memory requests and limits and a timeout
     (``kfp.resources.<name>``), retries with backoff for the tasks in :data:`RETRIED` (``kfp.retry``).
 
     Caching is off on every task: each stage reads or writes state outside its inputs. ``ingest`` reads a
@@ -51,6 +51,11 @@ def on_cluster(task: dsl.PipelineTask, name: str, settings: Settings = DEFAULTS)
     sized = kfp_cfg.resources[name]
     task.set_container_image(settings.image.reference)
     kubernetes.mount_pvc(task, pvc_name=kfp_cfg.state_pvc, mount_path=str(kfp_cfg.state_mount_path))
+    # The overlay's STOREFLOW_* values (canary steps, replicas, URLs) reach every task; optional, so a
+    # cluster without the ConfigMap runs on what the pipeline was compiled with and config_json.
+    kubernetes.use_config_map_as_volume(task, config_map_name=settings.deploy.config_map,
+                                        mount_path=str(kfp_cfg.config_mount_path), optional=True)
+    task.set_env_variable(CONFIG_DIR_ENV, str(kfp_cfg.config_mount_path))
     task.set_cpu_request(sized.cpu_request).set_cpu_limit(sized.cpu_limit)
     task.set_memory_request(sized.memory_request).set_memory_limit(sized.memory_limit)
     kubernetes.set_timeout(task, sized.timeout_seconds)

@@ -104,3 +104,17 @@ def test_urls_whose_clients_read_their_own_credentials_refuse_a_password(tmp_pat
     with pytest.raises(ConfigError, match="kfp.host: .*STOREFLOW_KFP_TOKEN"):
         load_settings({"kfp": {"host": f"https://admin:{PASSWORD}@kubeflow.example.com/pipeline"}})
     assert load_settings({"registry": {"tracking_uri": "https://ci@mlflow.example.com"}})  # a user name is no secret
+
+
+def test_a_config_dir_that_is_a_file_is_named(monkeypatch, tmp_path) -> None:
+    """$STOREFLOW_CONFIG_DIR is where a task sees the storeflow-config ConfigMap; a file there is a mistake."""
+    from storeflow.components.config import ConfigError, load_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cm").write_text("STOREFLOW_DEPLOY__MIN_REPLICAS=2")
+    monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(tmp_path / "cm"))
+    with pytest.raises(ConfigError, match="STOREFLOW_CONFIG_DIR names .*cm, which is not a directory"):
+        load_settings()
+    monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(tmp_path / "absent"))  # an optional ConfigMap: nothing
+    deploy = load_settings().deploy
+    assert deploy.min_replicas == type(deploy).model_fields["min_replicas"].default

@@ -203,3 +203,38 @@ def test_the_base_alone_never_floats_and_names_this_release():
     assert [p for o in objects for p in container_problems(o)] == []
     storeflow = {c["image"] for o in objects for c in containers(o) if "storeflow/storeflow" in c.get("image", "")}
     assert storeflow == {ImageConfig().reference}
+
+
+@needs_kubectl
+def test_production_overlay_values_reach_every_task_of_the_compiled_pipeline(monkeypatch, tmp_path):
+    """The overlay's storeflow-config ConfigMap (production: canary steps [5, 25, 50, 100], 2 replicas) was
+    never given to pipeline tasks, so a run's deploy step used the defaults. Every task of the checked-in
+    pipeline now mounts it where $STOREFLOW_CONFIG_DIR points; laid out as the kubelet lays out a ConfigMap
+    volume, it loads under a UI-default run's config_json ('{}')."""
+    config = next(o for o in render("production")
+                  if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "storeflow-config")
+    spec, platform = yaml.safe_load_all((Path(__file__).parents[1] / "manifests/pipelines/training.yaml").read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        (mount,) = executors[name]["configMapAsVolume"]
+        assert (mount["configMapName"], mount["optional"]) == ("storeflow-config", True), name
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env["STOREFLOW_CONFIG_DIR"] == mount["mountPath"], name
+
+    volume = tmp_path / "etc-storeflow-config"
+    data = volume / "..2026_12_04_00_00_00.000000000"  # the kubelet's layout: files behind ..data links
+    data.mkdir(parents=True)
+    for key, value in config["data"].items():
+        (data / key).write_text(value)
+        (volume / key).symlink_to(Path("..data") / key)
+    (volume / "..data").symlink_to(data.name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(volume))
+    settings = load_settings("{}")
+    assert settings.deploy.canary_steps == [5, 25, 50, 100]
+    assert predictor_spec(settings, ModelVersionRef("m", "1", "s3://b/m"))["minReplicas"] == 2
+    assert settings.registry.tracking_uri == "http://mlflow:5000"
+    assert settings.features.feast.online_store == "redis"
+    # A run's own config_json still wins over the namespace's values.
+    assert load_settings('{"deploy": {"canary_steps": [50, 100]}}').deploy.canary_steps == [50, 100]
