@@ -8,7 +8,7 @@ Nothing here imports Evidently at module level; it loads only when a window is a
 
 from importlib import import_module
 
-# Loaded on first use: `storeflow --help` imports this package for its commands and must stay instant.
+# Loaded on first use: whoever imports one piece (a KFP task, a command) does not pay for the others.
 _EXPORTS = {
     "RetrainDecision": "retrain", "marker_path": "retrain", "retrain_if_needed": "retrain", "window_id": "retrain",
     "Simulated": "simulate", "simulate_shift": "simulate",
