@@ -11,6 +11,8 @@ retraining (:mod:`storeflow.pipelines.retraining`) the training pipeline.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,8 @@ class Submitted:
 
 
 def cluster_config_json(settings: Settings) -> str:
-    """The settings a task sees on the cluster: same values, state on the mounted volume.
+    """The settings a run's tasks get as ``config_json``: the values the submitter set, state on the
+    mounted volume; the rest comes from the namespace's storeflow-config ConfigMap, then the defaults.
 
     Fails, before anything is sent, when a connection setting refers to a variable the tasks will not have
     (e.g. the submitter's own ``${STOREFLOW_...}``): the run would fail later, deep in a task.
@@ -39,9 +42,11 @@ def cluster_config_json(settings: Settings) -> str:
             raise ValueError(f"{key} refers to {', '.join(unknown)}, which cluster tasks do not have; on a "
                              f"cluster refer to {' or '.join(f'${{{v}}}' for v in sorted(CLUSTER_VARIABLES))} "
                              f"(Secrets {settings.deploy.online_store_secret}, {settings.features.feast.registry_secret})")
-    moved = settings.model_copy(deep=True)
-    moved.project.state_dir = settings.kfp.state_mount_path
-    return moved.to_json()
+    # Only what the submitter set (config file, environment, --set): everything else is the cluster's own,
+    # from the storeflow-config ConfigMap every task mounts, which a full dump of defaults would override.
+    sent = json.loads(settings.model_dump_json(by_alias=True, exclude_none=True, exclude_unset=True))
+    sent.setdefault("project", {})["state_dir"] = str(settings.kfp.state_mount_path)
+    return json.dumps(sent)
 
 
 def client(settings: Settings, host: str | None = None, token: str | None = None):

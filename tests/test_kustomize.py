@@ -236,5 +236,10 @@ def test_production_overlay_values_reach_every_task_of_the_compiled_pipeline(mon
     assert predictor_spec(settings, ModelVersionRef("m", "1", "s3://b/m"))["minReplicas"] == 2
     assert settings.registry.tracking_uri == "http://mlflow:5000"
     assert settings.features.feast.online_store == "redis"
+    # A UI-default run does what the cluster is for: state on the mounted volume, a KServe rollout,
+    # retraining through this cluster's KFP API, the store's own data.
+    assert str(settings.project.state_dir) == mount["mountPath"].replace("/etc/storeflow/config", "/var/lib/storeflow")
+    assert (settings.deploy.target, settings.monitor.retrain, settings.ingest.source) == ("kserve", "cluster", "shopify")
+    assert settings.kfp.host.startswith("http://ml-pipeline.kubeflow")
     # A run's own config_json still wins over the namespace's values.
     assert load_settings('{"deploy": {"canary_steps": [50, 100]}}').deploy.canary_steps == [50, 100]

@@ -50,6 +50,9 @@ def test_submit_sends_the_compiled_pipeline_with_cluster_settings(cluster_settin
     sent = json.loads(create.body["runtime_config"]["parameters"]["config_json"])
     assert sent["project"]["state_dir"] == "/var/lib/storeflow"  # the task's mounted volume, not the laptop
     assert sent["registry"]["tracking_uri"] == "http://mlflow.storeflow.svc:5000"
+    # Defaults the submitter never set are not sent: they would override the namespace's storeflow-config
+    # ConfigMap, which every task mounts (deploy.target=local and monitor.retrain=local were sent).
+    assert "deploy" not in sent and "monitor" not in sent and "ingest" not in sent
 
 
 def test_in_cluster_token_file_is_used(cluster_settings, tmp_path: Path) -> None:
