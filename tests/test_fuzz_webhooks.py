@@ -38,6 +38,9 @@ def base_payload(topic: str) -> dict:
     return {
         "orders/create": order(9001, ADA, "ada@example.com", 40.0, items=2),
         "orders/paid": order(9001, ADA, "ada@example.com", 40.0),
+        "orders/updated": order(9001, ADA, "ada@example.com", 35.0),
+        "orders/cancelled": {**order(9001, ADA, "ada@example.com", 40.0), "cancelled_at": "2026-12-01T10:00:00+00:00",
+                             "financial_status": "refunded"},
         "refunds/create": refund(77001, 9001, 5.0),
         "customers/redact": {"shop_id": 954889, "shop_domain": SHOP, "customer": customer, "orders_to_redact": [9001]},
         "customers/data_request": {"shop_id": 954889, "shop_domain": SHOP, "customer": customer,
