@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from contextvars import ContextVar
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -516,6 +517,11 @@ class MonitorConfig(Section):
         return self
 
 
+# The config file's values while load_settings builds one Settings (pydantic-settings asks the class, not
+# the call, for its sources): set and reset around that one construction, so nothing outlives the call.
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("storeflow_file_values", default={})
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -527,7 +533,6 @@ class Settings(BaseSettings):
         populate_by_name=True,
         hide_input_in_errors=True,
     )
-    _file_values: ClassVar[dict[str, Any]] = {}
 
     project: ProjectConfig = ProjectConfig()
     image: ImageConfig = ImageConfig()
@@ -555,7 +560,7 @@ class Settings(BaseSettings):
         # Overrides beat the environment, which beats a mounted ConfigMap, which beats the YAML file,
         # which beats the defaults.
         return (init_settings, env_settings, ConfigMapSource(settings_cls),
-                InitSettingsSource(settings_cls, dict(cls._file_values)))
+                InitSettingsSource(settings_cls, dict(_FILE_VALUES.get())))
 
     @model_validator(mode="before")
     @classmethod
@@ -661,6 +666,43 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+NOT_GIVEN_NUMBER = -1
+"""A typed run input left at -1 (or "" for text) keeps the configured value: KFP's local runner cannot pass
+``None`` parameters, and every storeflow knob that takes a number is non-negative."""
+
+
+def run_overrides(config_json: str | dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """``config_json`` with a run's typed inputs (dotted keys, e.g. ``ingest.source``) set over it; an input
+    left at its not-given value ("" or :data:`NOT_GIVEN_NUMBER`) keeps what config_json, the environment,
+    the mounted ConfigMap or the file say."""
+    overrides = config_json
+    if isinstance(config_json, str):
+        try:
+            overrides = json.loads(config_json) if config_json.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config JSON is not valid: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ConfigError("config JSON must be an object")
+    merged = json.loads(json.dumps(overrides))
+    for key, value in inputs.items():
+        if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                            and value == NOT_GIVEN_NUMBER):
+            continue
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config JSON sets {part} to a value, but the run input {key} needs an object there")
+        node[leaf] = value
+    return merged
+
+
+def load_run_settings(config_json: str, inputs: dict[str, Any]) -> Settings:
+    """The settings of one pipeline task: :func:`run_overrides` loaded like any overrides."""
+    return load_settings(run_overrides(config_json, inputs))
+
+
 def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | str | None = None) -> Settings:
     """Load settings from file, environment and ``overrides`` (a dict or its JSON text)."""
     file_path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
@@ -676,7 +718,7 @@ def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | st
             raise ConfigError(f"config JSON is not valid: {exc}") from exc
         if not isinstance(overrides, dict):
             raise ConfigError("config JSON must be an object")
-    Settings._file_values = data
+    token = _FILE_VALUES.set(data)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
@@ -684,3 +726,5 @@ def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | st
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid storeflow config: {problems}") from exc
+    finally:
+        _FILE_VALUES.reset(token)

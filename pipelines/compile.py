@@ -37,17 +37,34 @@ def _targets(settings=None) -> dict[str, object]:
     return targets
 
 
+DOCS = "components/README.md"  # the components' reference, beside the stages' code
+
+
+def docs_path(out_dir: Path) -> Path:
+    """Where the components' reference goes: ``components/README.md`` of the source tree for the checked-in
+    manifests, else beside the compiled components."""
+    return out_dir.parent / DOCS if out_dir.resolve() == MANIFESTS.resolve() else out_dir / DOCS
+
+
 def compile_to(out_dir: Path, settings=None) -> list[Path]:
     """Compile every pipeline and component for the cluster ``settings`` describe (image, volume, Secrets,
-    resources, retries, timeouts); ``None``: the config model's defaults, which the checked-in YAML holds."""
+    resources, retries, timeouts); ``None``: the config model's defaults, which the checked-in YAML holds.
+    Also writes the components' reference (:func:`docs_path`)."""
     from kfp import compiler
 
+    from storeflow.pipelines import component_docs
+
     written = []
-    for relative, target in _targets(settings).items():
+    targets = _targets(settings)
+    for relative, target in targets.items():
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(target, str(path))
         written.append(path)
+    docs = docs_path(out_dir)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    ops = [target for relative, target in targets.items() if relative.startswith("components/")]
+    written.append(component_docs.write(docs, ops))
     return written
 
 
@@ -63,7 +80,7 @@ def check(out_dir: Path = MANIFESTS, settings=None) -> Staleness:
     with tempfile.TemporaryDirectory() as tmp:
         for fresh in compile_to(Path(tmp), settings):
             relative = fresh.relative_to(tmp)
-            current = out_dir / relative
+            current = docs_path(out_dir) if str(relative) == DOCS else out_dir / relative
             new_text = fresh.read_text()
             old_text = current.read_text() if current.exists() else ""
             if new_text != old_text:

@@ -17,24 +17,27 @@ STAGES = ("monitor", "retrain")
 
 
 @component
-def retrain(config_json: str, summary: str) -> str:
+def retrain(summary: str, config_json: str = "{}", window_hours: float = -1.0) -> str:
     """Start the training pipeline when the summary is critical, once per model version and window.
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
         summary: Monitoring summary JSON from the monitor task.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
+        window_hours: The monitoring window, which is also the retraining cooldown; -1 keeps the configured
+            monitor.window_hours.
 
     Returns:
         The RetrainDecision as JSON.
     """
     import json
 
-    from storeflow.components.config import load_settings
+    from storeflow.components.config import load_run_settings
     from storeflow.components.monitor import retrain_if_needed
     from storeflow.pipelines.retraining import LAUNCHERS
 
-    decision = retrain_if_needed(load_settings(config_json), json.loads(summary), LAUNCHERS)
+    decision = retrain_if_needed(load_run_settings(config_json, {"monitor.window_hours": window_hours}),
+                                 json.loads(summary), LAUNCHERS)
     print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
     return decision.to_json()
 
@@ -43,23 +46,26 @@ def build_monitoring_pipeline(settings: Settings = DEFAULTS):
     """The monitoring pipeline wired for the cluster ``settings`` describe (see ``training.on_cluster``)."""
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Drift and decay of served predictions; retraining when critical.")
-    def monitoring_pipeline(config_json: str = "{}", window_end: str = "", model_version: str = "") -> str:
+    def monitoring_pipeline(window_end: str = "", model_version: str = "", window_hours: float = -1.0,
+                            config_json: str = "{}") -> str:
         """Analyse one window of served predictions; start retraining when drift or decay is critical.
 
         Args:
-            config_json: storeflow settings for this run as a JSON object (the storeflow config model);
-                keys given here override the task's environment and config file. '{}' runs with those alone.
             window_end: End of the analysed window as an ISO 8601 timestamp; empty means now.
             model_version: The registered model version whose predictions are analysed; empty means the
                 current champion.
+            window_hours: Trailing window of prediction logs analysed, also the retraining cooldown; -1 keeps
+                the cluster's configured monitor.window_hours.
+            config_json: Advanced: any storeflow settings as a JSON object (the storeflow config model), over
+                the storeflow-config ConfigMap each task mounts; the inputs above win over it.
         """
         checked = mlflow_credentials(on_cluster(
-            monitor(config_json=config_json, window_end=window_end, model_version=model_version), "monitor",
-            settings), settings)
+            monitor(config_json=config_json, window_end=window_end, model_version=model_version,
+                    window_hours=window_hours), "monitor", settings), settings)
         # retrain: local runs the training pipeline in this task, so it needs what training's tasks need.
         decided = feast_credentials(mlflow_credentials(on_cluster(
-            retrain(config_json=config_json, summary=checked.outputs["Output"]), "retrain", settings), settings),
-            settings)
+            retrain(config_json=config_json, summary=checked.outputs["Output"], window_hours=window_hours),
+            "retrain", settings), settings), settings)
         return decided.output
 
     return monitoring_pipeline

@@ -115,20 +115,35 @@ def build_training_pipeline(settings: Settings = DEFAULTS):
         return feast_credentials(task, settings)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Shopify store data to a registered, evaluated propensity model.")
-    def training_pipeline(config_json: str = "{}") -> str:
+    def training_pipeline(ingest_source: str = "", ingest_path: str = "", estimator: str = "",
+                          label_horizon_days: int = -1, promotion_margin: float = -1.0,
+                          config_json: str = "{}") -> str:
         """Ingest, validate, build features, train, evaluate, register and deploy one model version.
 
+        Every input left at its default ('' or -1) keeps the cluster's configured value (the storeflow-config
+        ConfigMap each task mounts, then the compiled defaults).
+
         Args:
-            config_json: storeflow settings for this run as a JSON object (the storeflow config model,
-                e.g. {"ingest": {"source": "synthetic"}}); keys given here override the task's environment
-                and config file. '{}' runs with those alone.
+            ingest_source: Where the orders come from: shopify (the Admin API's bulk export), jsonl, csv
+                (Shopify's orders CSV export) or synthetic.
+            ingest_path: The export file or directory for jsonl/csv, as the tasks see it (on the state volume).
+            estimator: A scikit-learn classifier as module.Class with predict_proba.
+            label_horizon_days: A customer is a repeat buyer when they order within this many days after a cutoff.
+            promotion_margin: How much the challenger must beat the champion by (with a CI above zero) to be promoted.
+            config_json: Advanced: any storeflow settings as a JSON object (the storeflow config model, e.g.
+                {"validate": {"warn_only": ["guest_orders"]}}), over the ConfigMap; the inputs above win over it.
         """
-        ingested = shopify_credentials(cluster(ingest(config_json=config_json), "ingest"), settings)
+        horizon = {"label_horizon_days": label_horizon_days}
+        ingested = shopify_credentials(cluster(
+            ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest"), settings)
         validated = cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
-        built = feast(cluster(features(config_json=config_json, snapshot=validated.outputs["Output"]), "features"))
-        trained = mlflow(cluster(train(config_json=config_json, features=built.output), "train"))
+        built = feast(cluster(features(config_json=config_json, snapshot=validated.outputs["Output"], **horizon),
+                              "features"))
+        trained = mlflow(cluster(train(config_json=config_json, features=built.output, estimator=estimator,
+                                       **horizon), "train"))
         evaluated = mlflow(cluster(
-            evaluate(config_json=config_json, features=built.output, trained=trained.output), "evaluate"))
+            evaluate(config_json=config_json, features=built.output, trained=trained.output,
+                     promotion_margin=promotion_margin, **horizon), "evaluate"))
         registered = mlflow(cluster(
             register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
             "register",

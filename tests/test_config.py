@@ -118,3 +118,15 @@ def test_a_config_dir_that_is_a_file_is_named(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(tmp_path / "absent"))  # an optional ConfigMap: nothing
     deploy = load_settings().deploy
     assert deploy.min_replicas == type(deploy).model_fields["min_replicas"].default
+
+
+def test_a_config_file_read_once_leaves_no_values_behind(monkeypatch, tmp_path) -> None:
+    """The file's values lived on the Settings class (Settings._file_values) after a load, so any later
+    construction saw a file it was never given."""
+    from storeflow.components.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "cluster.yaml"
+    config.write_text("deploy:\n  min_replicas: 3\n")
+    assert load_settings(path=config).deploy.min_replicas == 3
+    assert Settings().deploy.min_replicas == load_settings().deploy.min_replicas != 3

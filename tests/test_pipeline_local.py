@@ -55,8 +55,8 @@ def test_losing_challenger_is_not_promoted_when_the_pipeline_runs_locally(first_
 
     settings, _ = first_run
     losing = settings.model_copy(deep=True)
-    losing.train.estimator, losing.train.params = "sklearn.dummy.DummyClassifier", {"strategy": "prior"}
-    second = run_local(training_pipeline, losing, STAGES)
+    losing.train.params = {"strategy": "prior"}  # DummyClassifier's, given as the typed run input below
+    second = run_local(training_pipeline, losing, STAGES, estimator="sklearn.dummy.DummyClassifier")
     registered = json.loads(second.output)
     assert registered["version"] == "2" and not registered["promoted"] and registered["champion_version"] == "1"
 

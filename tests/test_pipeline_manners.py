@@ -138,3 +138,36 @@ def test_every_pipeline_and_component_input_has_a_description(defaults: Path) ->
     assert checked > 20
     spec, _ = yaml.safe_load_all((defaults / "pipelines" / "monitoring.yaml").read_text())
     assert "ISO 8601" in spec["root"]["inputDefinitions"]["parameters"]["window_end"]["description"]
+
+
+def test_the_knobs_a_user_changes_per_run_are_typed_pipeline_inputs(defaults: Path) -> None:
+    """A run from the KFP UI had one input, a 4 KB config_json string. Now each knob is a typed input whose
+    default keeps the cluster's configured value ('' / -1), so the UI-default run is the configured run."""
+    wanted = {"training": {"ingest_source": ("STRING", ""), "ingest_path": ("STRING", ""), "estimator": ("STRING", ""),
+                           "label_horizon_days": ("NUMBER_INTEGER", -1), "promotion_margin": ("NUMBER_DOUBLE", -1.0),
+                           "config_json": ("STRING", "{}")},
+              "monitoring": {"window_end": ("STRING", ""), "model_version": ("STRING", ""),
+                             "window_hours": ("NUMBER_DOUBLE", -1.0), "config_json": ("STRING", "{}")}}
+    for pipeline, inputs in wanted.items():
+        spec, _ = _pipeline(defaults, pipeline)
+        found = spec["root"]["inputDefinitions"]["parameters"]
+        assert {name: (d["parameterType"], d["defaultValue"]) for name, d in found.items()} == inputs
+    spec, _ = _pipeline(defaults, "training")
+    horizon = {task: spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]["label_horizon_days"]
+               for task in ("features", "train", "evaluate")}
+    assert all(h == {"componentInputParameter": "label_horizon_days"} for h in horizon.values()), horizon
+
+
+def test_run_inputs_left_at_their_defaults_keep_the_configured_values() -> None:
+    from storeflow.components.config import ConfigError, load_run_settings, run_overrides
+
+    config = '{"ingest": {"source": "csv", "path": "/data/orders.csv"}, "evaluate": {"margin": 0.01}}'
+    kept = run_overrides(config, {"ingest.source": "", "evaluate.margin": -1, "features.label.horizon_days": -1})
+    assert kept == {"ingest": {"source": "csv", "path": "/data/orders.csv"}, "evaluate": {"margin": 0.01}}
+    given = load_run_settings(config, {"ingest.source": "synthetic", "evaluate.margin": 0.0,
+                                       "features.label.horizon_days": 90})
+    assert (given.ingest.source, given.evaluate.margin, given.features.label.horizon_days) == ("synthetic", 0.0, 90)
+    with pytest.raises(ConfigError, match="ingest.path is required when ingest.source is 'jsonl'"):
+        load_run_settings("{}", {"ingest.source": "jsonl"})
+    with pytest.raises(ConfigError, match="config JSON is not valid"):
+        load_run_settings("{nope", {})

@@ -4,12 +4,12 @@ from storeflow.components.container import component
 
 
 @component
-def deploy(config_json: str, registration: str) -> str:
+def deploy(registration: str, config_json: str = "{}") -> str:
     """Roll a newly promoted champion out (KServe canary, or a canary on `storeflow serve`).
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         registration: RegistrationResult JSON from the register task; a version that did not become
             champion is not rolled out.
 

@@ -8,19 +8,25 @@ from storeflow.components.container import component
 
 
 @component
-def evaluate(config_json: str, features: str, trained: str,
+def evaluate(features: str, trained: str,
              metrics: dsl.Output[dsl.Metrics],
              champion_metrics: dsl.Output[dsl.Metrics],
              challenger_curves: dsl.Output[dsl.ClassificationMetrics],
              champion_curves: dsl.Output[dsl.ClassificationMetrics],
-             report: dsl.Output[dsl.Markdown]) -> NamedTuple("Evaluation", evaluation=str, promote=bool):
+             report: dsl.Output[dsl.Markdown],
+             config_json: str = "{}", label_horizon_days: int = -1,
+             promotion_margin: float = -1.0) -> NamedTuple("Evaluation", evaluation=str, promote=bool):
     """Compare the challenger with the champion on the same holdout, with a bootstrap confidence interval.
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         features: FeatureResult JSON from the features task (the holdout comes from its training set).
         trained: TrainResult JSON from the train task (the challenger's MLflow run and model URI).
+        label_horizon_days: A customer is a repeat buyer when they order within this many days after a
+            cutoff (the label), as the features task was given; -1 keeps the configured features.label.horizon_days.
+        promotion_margin: How much the challenger must beat the champion by on the evaluation metric (with
+            a bootstrap CI above zero) to be promoted; -1 keeps the configured evaluate.margin.
         metrics: The challenger's holdout metrics.
         champion_metrics: The current champion's holdout metrics on the same rows (empty without a champion).
         challenger_curves: The challenger's ROC curve and confusion matrix (at 0.5) on the holdout.
@@ -32,13 +38,15 @@ def evaluate(config_json: str, features: str, trained: str,
     """
     from collections import namedtuple
 
-    from storeflow.components.config import load_settings
+    from storeflow.components.config import load_run_settings
     from storeflow.components.evaluate import evaluate as run
     from storeflow.components.evaluate.report import markdown
     from storeflow.components.features import FeatureResult
     from storeflow.components.train import TrainResult
 
-    result = run(load_settings(config_json), FeatureResult.from_json(features), TrainResult.from_json(trained))
+    settings = load_run_settings(config_json, {"features.label.horizon_days": label_horizon_days,
+                                              "evaluate.margin": promotion_margin})
+    result = run(settings, FeatureResult.from_json(features), TrainResult.from_json(trained))
     for name, value in result.challenger_metrics.items():
         metrics.log_metric(name, value)
     for name, value in (result.champion_metrics or {}).items():

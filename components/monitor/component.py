@@ -10,16 +10,18 @@ from storeflow.components.container import component
 
 
 @component
-def monitor(config_json: str, window_end: str, model_version: str, report: dsl.Output[dsl.HTML],
-            metrics: dsl.Output[dsl.Metrics]) -> str:
+def monitor(report: dsl.Output[dsl.HTML], metrics: dsl.Output[dsl.Metrics], config_json: str = "{}",
+            window_end: str = "", model_version: str = "", window_hours: float = -1.0) -> str:
     """Analyse one window of prediction logs for drift (Evidently, PSI) and decay.
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         window_end: End of the analysed window as an ISO 8601 timestamp; empty means now.
         model_version: The registered model version whose predictions are analysed; empty means the
             version the logs are read for by default (the champion).
+        window_hours: Trailing window of prediction logs analysed (also the retraining cooldown); -1 keeps
+            the configured monitor.window_hours.
         report: The Evidently drift report (HTML).
         metrics: Drift and decay figures of the window.
 
@@ -30,11 +32,12 @@ def monitor(config_json: str, window_end: str, model_version: str, report: dsl.O
     import shutil
     from datetime import datetime
 
-    from storeflow.components.config import load_settings
+    from storeflow.components.config import load_run_settings
     from storeflow.components.monitor import monitor as run
 
     end = datetime.fromisoformat(window_end) if window_end else None
-    result = run(load_settings(config_json), model_version=model_version or None, end=end)
+    settings = load_run_settings(config_json, {"monitor.window_hours": window_hours})
+    result = run(settings, model_version=model_version or None, end=end)
     shutil.copyfile(result.report_html, report.path)
     summary = result.summary
     metrics.log_metric("level", {"ok": 0, "warning": 1, "critical": 2}[summary["level"]])

@@ -4,12 +4,12 @@ from storeflow.components.container import component
 
 
 @component
-def register(config_json: str, trained: str, evaluation: str) -> str:
+def register(trained: str, evaluation: str, config_json: str = "{}") -> str:
     """Register the trained model as a new version; move the champion alias only when evaluation says so.
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         trained: TrainResult JSON from the train task.
         evaluation: EvaluationResult JSON from the evaluate task (the promotion decision).
 

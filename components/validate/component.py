@@ -6,12 +6,12 @@ from storeflow.components.container import component
 
 
 @component
-def validate(config_json: str, snapshot: str, report: dsl.Output[dsl.Markdown]) -> str:
+def validate(snapshot: str, report: dsl.Output[dsl.Markdown], config_json: str = "{}") -> str:
     """Check the snapshot's schema and quality; fail the run before anything is trained.
 
     Args:
-        config_json: storeflow settings as a JSON object (the storeflow config model); keys given here
-            override the task's environment and config file, '{}' uses those alone.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         snapshot: Snapshot directory written by ingest.
         report: The validation report (Markdown).
 
