@@ -1,7 +1,8 @@
 """The storeflow Feast repo: entities, sources, feature views and the feature service, from config.
 
-The repo is a real Feast repo on disk (``feature_store.yaml`` beside the data), so the ``feast`` CLI and
-a Feast feature server work against it too. Embedded defaults: DuckDB offline store, SQLite online
+The repo is a real Feast repo on disk (``feature_store.yaml`` and a static definitions module beside the
+data), so the ``feast`` CLI (``feast plan`` says nothing would change) and a Feast feature server work
+against it too. Embedded defaults: DuckDB offline store, SQLite online
 store, file registry. Production: set ``features.feast.online_store: redis`` (and ``registry`` to a SQL
 URL or object-store path); nothing else changes.
 
@@ -11,6 +12,7 @@ it loads the file), and the file is private to its owner all the same.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from datetime import timedelta
@@ -88,10 +90,17 @@ def connection_settings(settings: Settings) -> list[tuple[str, str]]:
 
 def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureService]:
     """Entities, feature views and the model's feature service."""
+    return definitions_of(settings.feature_repo_dir, list(settings.features.customer_features),
+                          settings.features.feast.ttl_days)
+
+
+def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> tuple[list, list[FeatureView], FeatureService]:
+    """The definitions of the repo at ``repo``: what :func:`apply` registers and what the repo's own
+    definitions module (:data:`DEFINITIONS_MODULE`) gives ``feast plan`` / ``feast apply``."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, Int64
 
-    ttl = timedelta(days=settings.features.feast.ttl_days)
+    ttl = timedelta(days=ttl_days)
     customer = Entity(name=CUSTOMER, join_keys=[CUSTOMER_KEY], value_type=ValueType.INT64,
                       description="A Shopify customer (numeric id of gid://shopify/Customer/N).")
     product = Entity(name=PRODUCT, join_keys=[PRODUCT_KEY], value_type=ValueType.INT64,
@@ -101,11 +110,8 @@ def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureSer
         entities=[customer],
         ttl=ttl,
         schema=[Field(name=CUSTOMER_KEY, dtype=Int64)]
-        + [
-            Field(name=name, dtype=Int64 if name in INTEGER_FEATURES else Float64)
-            for name in settings.features.customer_features
-        ],
-        source=FileSource(name=f"{CUSTOMER_VIEW}_source", path=str(source_path(settings, CUSTOMER_VIEW)),
+        + [Field(name=name, dtype=Int64 if name in INTEGER_FEATURES else Float64) for name in customer_features],
+        source=FileSource(name=f"{CUSTOMER_VIEW}_source", path=str(repo / "data" / f"{CUSTOMER_VIEW}.parquet"),
                           timestamp_field="event_timestamp"),
         online=True,
         description="Recency, frequency, monetary value and habits, as of each snapshot.",
@@ -115,7 +121,7 @@ def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureSer
         entities=[product],
         ttl=ttl,
         schema=[Field(name=PRODUCT_KEY, dtype=Int64)] + [Field(name=n, dtype=Float64) for n in PRODUCT_FEATURES],
-        source=FileSource(name=f"{PRODUCT_VIEW}_source", path=str(source_path(settings, PRODUCT_VIEW)),
+        source=FileSource(name=f"{PRODUCT_VIEW}_source", path=str(repo / "data" / f"{PRODUCT_VIEW}.parquet"),
                           timestamp_field="event_timestamp"),
         online=True,
         description="Sales velocity over the 7 and 30 days before each snapshot.",
@@ -123,6 +129,28 @@ def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureSer
     service = FeatureService(name=SERVICE, features=[customer_view],
                              description="Inputs of the repeat-purchase propensity model.")
     return [customer, product], [customer_view, product_view], service
+
+
+DEFINITIONS_FILE = "storeflow_definitions.py"
+DEFINITIONS_SPEC = "storeflow_definitions.json"
+# The repo's static definitions module, as in Feast's own templates: `feast plan` / `feast apply` in the
+# repo import it and see exactly what storeflow applies (without it `feast plan` would delete them all).
+DEFINITIONS_MODULE = '''"""Feast definitions of this storeflow feature repo, for `feast plan` and `feast apply` here.
+
+Written by storeflow beside feature_store.yaml; the feature list and TTL it was built with are in
+storeflow_definitions.json. The same function builds what the features stage applies.
+"""
+
+import json
+from pathlib import Path
+
+from storeflow.components.features.repo import definitions_of
+
+_repo = Path(__file__).resolve().parent
+_spec = json.loads((_repo / "storeflow_definitions.json").read_text())
+(customer, product), (customer_features, product_sales), repeat_purchase = definitions_of(
+    _repo, _spec["customer_features"], _spec["ttl_days"])
+'''
 
 
 def feature_refs(settings: Settings) -> list[str]:
@@ -146,6 +174,11 @@ def feature_store(settings: Settings) -> FeatureStore:
     wanted = yaml.safe_dump(store_config(settings), sort_keys=False)
     if not config_file.exists() or config_file.read_text() != wanted or config_file.stat().st_mode & 0o077:
         _write_private(config_file, wanted)
+    spec = json.dumps({"customer_features": list(settings.features.customer_features),
+                       "ttl_days": settings.features.feast.ttl_days}, indent=2) + "\n"
+    for name, text in ((DEFINITIONS_SPEC, spec), (DEFINITIONS_FILE, DEFINITIONS_MODULE)):
+        if not (repo / name).exists() or (repo / name).read_text() != text:
+            _write_private(repo / name, text)
     return FeatureStore(repo_path=str(repo))
 
 
