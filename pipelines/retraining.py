@@ -20,17 +20,38 @@ from datetime import datetime, timezone
 from storeflow.components.config import Settings
 
 
+def _in_kfp_task() -> bool:
+    return os.environ.get("_KFP_RUNTIME") == "true"
+
+
+def _in_full_sdk(mode: str, settings: Settings) -> dict:
+    """Run the ``mode`` launcher in a child process that sees the whole kfp SDK: inside a KFP task the SDK
+    is importable in runtime mode only (no pipelines, compiler or client: ``cannot import name
+    'PipelineTask' from 'kfp.dsl'``)."""
+    env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+    code = "import sys; from storeflow.pipelines.retraining import _launch_here; _launch_here(sys.argv[1], sys.stdin.read())"
+    done = subprocess.run([sys.executable, "-c", code, mode], input=settings.to_json(), env=env, text=True,
+                          capture_output=True)
+    if done.returncode != 0:
+        if mode == "cluster":  # no run was created: the window stays open for the next monitoring run
+            raise ConnectionError(f"submitting the training pipeline failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _launch_here(mode: str, config_json: str) -> None:
+    from storeflow.components.config import load_settings
+
+    print(json.dumps(_LAUNCH[mode](load_settings(config_json))))
+
+
 def _start_local(settings: Settings) -> dict:
-    if os.environ.get("_KFP_RUNTIME") == "true":
-        # Inside a KFP task the kfp SDK is importable in runtime mode only (no pipelines): train in a
-        # child process that sees the whole SDK.
-        env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-        code = "import sys; from storeflow.pipelines.retraining import _train_here; _train_here(sys.stdin.read())"
-        done = subprocess.run([sys.executable, "-c", code], input=settings.to_json(), env=env, text=True,
-                              capture_output=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+    if _in_kfp_task():
+        return _in_full_sdk("local", settings)
+    return _train_local(settings)
+
+
+def _train_local(settings: Settings) -> dict:
     from storeflow.pipelines.local import run_local
     from storeflow.pipelines.training import STAGES, training_pipeline
 
@@ -38,20 +59,23 @@ def _start_local(settings: Settings) -> dict:
     return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
 
 
-def _train_here(config_json: str) -> None:
-    from storeflow.components.config import load_settings
-
-    print(json.dumps(_start_local(load_settings(config_json))))
-
-
 def _start_cluster(settings: Settings) -> dict:
+    if _in_kfp_task():
+        return _in_full_sdk("cluster", settings)
+    return _submit(settings)
+
+
+def _submit(settings: Settings) -> dict:
+    """The checked-in training pipeline, or (in the image, which has no manifests/) the pipeline compiled
+    now for the settings this task has: its image, volume and resources as the cluster configured them."""
     from storeflow.pipelines.kfp_api import start_run
     from storeflow.pipelines.packages import compiled
-    from storeflow.pipelines.training import training_pipeline
+    from storeflow.pipelines.training import build_training_pipeline
 
-    package = compiled("pipelines/training.yaml", lambda: training_pipeline)
+    package = compiled("pipelines/training.yaml", lambda: build_training_pipeline(settings))
     submitted = start_run(settings, package, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 
+_LAUNCH: dict[str, Callable[[Settings], dict]] = {"local": _train_local, "cluster": _submit}
 LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}

@@ -275,3 +275,34 @@ def test_grafana_dashboard_ships_and_queries_only_metrics_storeflow_exports() ->
     assert any("storeflow_request_latency_seconds_bucket" in q and "model_version" in q for q in queries)
     assert any("storeflow_requests_total" in q and "by (model_version)" in q for q in queries)
     assert {"storeflow_drift_share", "storeflow_feature_psi"} <= used
+
+
+def test_cluster_retraining_starts_from_inside_a_kfp_task(tmp_path) -> None:
+    """A monitoring pipeline's retrain task runs with the kfp SDK in runtime mode (_KFP_RUNTIME=true): the
+    cluster launcher failed there with ImportError (no PipelineTask, no client), and since that is not a
+    'nothing started' error the window's marker stayed, so retraining never happened. It now submits from
+    a child process with the whole SDK; tested against a recorded-format KFP API on loopback."""
+    import os
+    import subprocess
+    import sys
+
+    from kfp_api import KfpApi
+
+    from storeflow.components.config import load_settings
+
+    token = tmp_path / "token"
+    token.write_text("projected-token\n")
+    code = ("import json, sys; from storeflow.components.config import load_settings; "
+            "from storeflow.pipelines.retraining import LAUNCHERS; "
+            "print(json.dumps(LAUNCHERS['cluster'](load_settings(sys.stdin.read()))))")
+    with KfpApi() as api:
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")}, "monitor": {"retrain": "cluster"},
+                                  "kfp": {"host": api.url, "token_path": str(token), "namespace": "shop-ml"}})
+        done = subprocess.run([sys.executable, "-c", code], input=settings.to_json(), capture_output=True, text=True,
+                              env={**os.environ, "_KFP_RUNTIME": "true"}, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run["run_id"] == "0b5c9a3e-0000-4000-8000-00000000abcd"
+    created = [r for r in api.requests if r.path == "/apis/v2beta1/runs"]
+    assert len(created) == 1 and created[0].headers["authorization"] == "Bearer projected-token"
+    assert created[0].body["display_name"].startswith("retrain-")
