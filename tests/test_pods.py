@@ -10,7 +10,8 @@ Feast Secrets as env, the state volume at its mount path, MLflow by its Service 
 features into Redis with the registry in Postgres and registers a champion and a canary version; the
 InferenceService's predictor as KServe makes it from the ServingRuntime and the spec the deploy stage patches
 in (``first_deploy_patch`` for the champion, ``start_canary_patch`` for the canary), the model in /mnt/models
-as the storage initializer leaves it; its transformer; the ``storeflow-webhooks`` Deployment.
+as the storage initializer leaves it; its transformer; the ``storeflow-webhooks`` and
+``feast-feature-server`` Deployments.
 
 What a cluster does and one host cannot: every pod shares the host network (each its own port; Service
 names map to 127.0.0.1 with --add-host), and Knative's route, which splits traffic between the champion's and
@@ -255,8 +256,14 @@ def cluster(image, rendered, stores, tmp_path_factory):
             name = run(kubelet, pod, pod.containers[0], ["--port", str(webhooks_port)])
             wait_ready(name, f"http://127.0.0.1:{webhooks_port}/livez")
 
+            # The Feast feature server, on the storeflow-feast ConfigMap's feature_store.yaml.
+            pod = containers.workload_pod(rendered, "Deployment", "feast-feature-server")
+            feast_port = free_port()
+            name = run(kubelet, pod, pod.containers[0], ["--port", str(feast_port)])
+            wait_ready(name, f"http://127.0.0.1:{feast_port}/health")
+
             yield {
-                "tracking": tracking, "mlflow_port": mlflow_port, "versions": versions, "settings": settings,
+                "feast": f"127.0.0.1:{feast_port}", "tracking": tracking, "mlflow_port": mlflow_port, "versions": versions, "settings": settings,
                 "route": route, "canary_percent": canary_isvc["spec"]["predictor"]["canaryTrafficPercent"],
                 "predictors": predictors, "transformer": f"127.0.0.1:{transformer_port}",
                 "webhooks": f"127.0.0.1:{webhooks_port}", "state": state, "containers": started,
@@ -456,6 +463,15 @@ def test_the_webhook_receiver_uses_the_namespaces_feast_registry(cluster):
         written = yaml.safe_load((repo / "feature_store.yaml").read_text())
         assert written["registry"] == {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}"}
         assert written["online_store"]["connection_string"] == "${REDIS_CONNECTION_STRING}"
+
+
+def test_the_feast_feature_server_serves_the_materialized_features(cluster, expected):
+    response = httpx.post(f"http://{cluster['feast']}/get-online-features", timeout=30, json={
+        "features": ["customer_features:frequency"], "entities": {"customer_id": [KNOWN[0]]}})
+    assert response.status_code == 200, response.text
+    values = {name: column for name, column in zip(response.json()["metadata"]["feature_names"],
+                                                    response.json()["results"])}
+    assert values["frequency"]["values"][0] is not None and values["frequency"]["statuses"][0] == "PRESENT"
 
 
 def test_the_transformer_logs_its_predictions_on_the_state_volume(cluster):
