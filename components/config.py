@@ -235,6 +235,9 @@ class RegistryConfig(Section):
         None, description="Default: sqlite:///<state_dir>/mlflow.db")
     artifact_location: Annotated[str | None, NoPassword(MLFLOW_CREDENTIALS)] = Field(
         None, description="Default: <state_dir>/mlartifacts")
+    artifacts_destination: Annotated[str | None, NoPassword(MLFLOW_CREDENTIALS)] = Field(
+        None, description="The tracking server's --artifacts-destination (e.g. s3://mlflow): where its proxied "
+        "mlflow-artifacts:/ locations are, so the deploy step gives KServe a URI it can download.")
     credentials_secret: str = Field(
         "storeflow-mlflow-client", description="Secret (keys username, password) given to the tasks that use "
         "MLflow on a cluster, as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; optional.")

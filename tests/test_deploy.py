@@ -457,6 +457,17 @@ def test_local_artifact_location_is_refused_with_advice():
     assert cluster_storage_uri("s3://mlflow/1/abc/artifacts/model", "m/4") == "s3://mlflow/1/abc/artifacts/model"
 
 
+def test_a_proxied_artifact_location_is_resolved_to_the_servers_destination():
+    """With a tracking server (artifact_location unset) MLflow stores models under mlflow-artifacts:/, which
+    only its own server resolves: KServe gets the object-store URI behind it (the server's
+    --artifacts-destination, registry.artifacts_destination), and without that setting the error says so."""
+    proxied = "mlflow-artifacts:/1/models/m-0a1b/artifacts"
+    assert cluster_storage_uri(proxied, "m/4", "s3://mlflow") == "s3://mlflow/1/models/m-0a1b/artifacts"
+    assert cluster_storage_uri(proxied, "m/4", "s3://bucket/mlflow/") == "s3://bucket/mlflow/1/models/m-0a1b/artifacts"
+    with pytest.raises(DeployError, match="mlflow-artifacts.*set registry.artifacts_destination"):
+        cluster_storage_uri(proxied, "m/4")
+
+
 def test_unknown_model_version_is_named(settings):
     with pytest.raises(DeployError, match="model version storeflow-repeat-purchase/99 is not registered"):
         resolve_model_version(settings, "99")

@@ -263,7 +263,7 @@ def cluster(image, rendered, stores, tmp_path_factory):
             wait_ready(name, f"http://127.0.0.1:{feast_port}/health")
 
             yield {
-                "feast": f"127.0.0.1:{feast_port}", "tracking": tracking, "mlflow_port": mlflow_port, "versions": versions, "settings": settings,
+                "feast": f"127.0.0.1:{feast_port}", "tracking": tracking, "secrets": kubelet.secrets, "mlflow_port": mlflow_port, "versions": versions, "settings": settings,
                 "route": route, "canary_percent": canary_isvc["spec"]["predictor"]["canaryTrafficPercent"],
                 "predictors": predictors, "transformer": f"127.0.0.1:{transformer_port}",
                 "webhooks": f"127.0.0.1:{webhooks_port}", "state": state, "containers": started,
@@ -472,6 +472,26 @@ def test_the_feast_feature_server_serves_the_materialized_features(cluster, expe
     values = {name: column for name, column in zip(response.json()["metadata"]["feature_names"],
                                                     response.json()["results"])}
     assert values["frequency"]["values"][0] is not None and values["frequency"]["statuses"][0] == "PRESENT"
+
+
+def test_the_deploy_step_hands_kserve_where_mlflow_stored_the_model(cluster, rendered):
+    """The deploy task resolves a version as the ConfigMap configures it (a tracking server, so proxied
+    mlflow-artifacts:/ locations); the URI it gives the storage initializer is where the MLflow server put the
+    files, under its --artifacts-destination (the pod's /tmp here, s3://... on a cluster)."""
+    from mlflow import MlflowClient
+
+    from storeflow.components.deploy.registry import cluster_storage_uri
+
+    settings = settings_from_config_map(rendered)
+    assert settings.registry.artifacts_destination  # the overlay says where the server stores artifacts
+    destination = cluster["secrets"]["storeflow-mlflow"]["artifacts-destination"]
+    client = MlflowClient(tracking_uri=cluster["tracking"], registry_uri=cluster["tracking"])
+    proxied = client.get_model_version_download_uri(MODEL, cluster["versions"][0])
+    assert proxied.startswith("mlflow-artifacts:"), proxied
+    located = cluster_storage_uri(proxied, MODEL, "s3://mlflow").replace("s3://mlflow", destination, 1)
+    mlflow_container = cluster["containers"][0]
+    found = subprocess.run(["docker", "exec", mlflow_container, "test", "-f", f"{located}/MLmodel"])
+    assert found.returncode == 0, f"{located}/MLmodel is not in {mlflow_container}"
 
 
 def test_the_transformer_logs_its_predictions_on_the_state_volume(cluster):

@@ -18,9 +18,22 @@ log = logging.getLogger(__name__)
 CLUSTER_SCHEMES = ("s3", "gs", "https", "http", "pvc", "hf", "oci", "azure", "abfs")
 
 
-def cluster_storage_uri(uri: str, what: str) -> str:
-    """``uri`` if a pod can download it; a local path would make the predictor start without a model."""
+def cluster_storage_uri(uri: str, what: str, artifacts_destination: str | None = None) -> str:
+    """``uri`` if a pod can download it; a local path would make the predictor start without a model.
+
+    A proxied ``mlflow-artifacts:/<path>`` (a tracking server chose the location) is only resolved by that
+    server: it is ``<artifacts_destination>/<path>`` in the store the server writes to, which KServe reads.
+    """
     scheme = urlparse(uri).scheme
+    if scheme == "mlflow-artifacts":
+        if not artifacts_destination:
+            raise DeployError(
+                f"{what} is stored at {uri!r}, behind the MLflow server's artifact proxy, which KServe's storage "
+                "initializer cannot download from: set registry.artifacts_destination to the server's "
+                "--artifacts-destination (e.g. s3://mlflow)"
+            )
+        uri = f"{artifacts_destination.rstrip('/')}/{urlparse(uri).path.lstrip('/')}"
+        scheme = urlparse(uri).scheme
     if scheme not in CLUSTER_SCHEMES:
         raise DeployError(
             f"{what} is stored at {uri!r}, which KServe's storage initializer cannot download "
@@ -44,7 +57,8 @@ def resolve_model_version(settings: Settings, version: str) -> ModelVersionRef:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise DeployError(f"model version {name}/{version} is not registered at {settings.tracking_uri}") from exc
         raise DeployError(f"cannot read model version {name}/{version} from {settings.tracking_uri}: {exc}") from exc
-    return ModelVersionRef(name=name, version=str(version), storage_uri=cluster_storage_uri(uri, f"{name}/{version}"))
+    return ModelVersionRef(name=name, version=str(version), storage_uri=cluster_storage_uri(
+        uri, f"{name}/{version}", settings.registry.artifacts_destination))
 
 
 # Rollout states after which the version is what the InferenceService serves: the champion alias names it.
