@@ -257,3 +257,51 @@ def test_a_long_running_applier_does_not_keep_a_copy_of_the_offline_history_per_
     assert len(pd.read_parquet(path)) == len(history) + 22  # every batch still reaches the history
     # Keeping a copy per batch grows ~20 x the history here (~480 MB); allow a few transient copies.
     assert grown < 5 * history_mb, f"RSS grew {grown:.0f} MB over 20 batches (history: {history_mb:.0f} MB)"
+
+
+def test_batches_of_ever_new_sizes_leave_no_compiled_query_behind(client, hooks):
+    """Issue 11's soak, once the offline appends were fixed: the applier still grew with its live orders.
+    Each batch asked SQLite for its customers' orders with a placeholder per order id, so each new count
+    compiled another statement, and SQLite's statement cache kept 128 of them (~190 bytes an id)."""
+    import ctypes
+
+    import _sqlite3
+
+    from storeflow.components.ingest.snapshot import write_snapshot
+
+    try:
+        sqlite_heap = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used  # SQLite's own allocations, process-wide
+    except (OSError, AttributeError):
+        pytest.skip("SQLite's memory counter is not reachable here")
+    sqlite_heap.restype = ctypes.c_int64
+    customers = [ADA + n for n in range(43)]
+    placed = pd.Timestamp("2025-01-01", tz="UTC")
+    orders = [dict(order_id=10_000_000 + 10_000 * c + k, name="#1", customer_id=customer, email=f"{customer}@example.com",
+                   created_at=placed + pd.Timedelta(hours=k), updated_at=placed + pd.Timedelta(hours=k),
+                   cancelled_at=None, currency="USD", total_price=10.0, subtotal_price=10.0, total_discounts=0.0,
+                   financial_status="PAID", risk_level="LOW")
+              for c, customer in enumerate(customers) for k in range(1000 + c)]  # a different count each
+    frames = {"orders": pd.DataFrame(orders),
+              "line_items": pd.DataFrame([dict(line_item_id=o["order_id"] * 10, order_id=o["order_id"], product_id=1,
+                                               sku="TEA", title="Tea", quantity=1, price=10.0) for o in orders]),
+              "customers": pd.DataFrame([dict(customer_id=c, email=f"{c}@example.com", created_at=placed,
+                                              updated_at=placed) for c in customers]),
+              "products": pd.DataFrame([dict(product_id=1, title="Tea", product_type="Tea", vendor="V", created_at=placed)]),
+              "refunds": pd.DataFrame(columns=["refund_id", "order_id", "created_at", "amount"])}
+    assert write_snapshot(hooks.data_dir / "snapshots" / "pulled", frames, {"source": "test"})
+
+    def apply(n: int) -> None:  # one order of one customer: the batch names all of that customer's orders
+        body = order(9000 + n, customers[n], f"{customers[n]}@example.com", 40.0)
+        assert post(client, "orders/create", body, f"wh-sizes-{n}").json()["status"] == "accepted"
+        client.app.state.applier.drain()
+
+    for n in range(3):
+        apply(n)  # page caches and the statements every batch shares
+    before = sqlite_heap()
+    for n in range(3, len(customers)):
+        apply(n)
+    grown = (sqlite_heap() - before) / 2**20
+
+    assert online(hooks, customers[-1])["frequency"] == [1000 + len(customers) - 1 + 1]
+    # A statement per batch kept ~2 x 1,000 ids x 190 bytes each: ~15 MB over these 40 batches.
+    assert grown < 3, f"SQLite's heap grew {grown:.1f} MB over 40 batches"

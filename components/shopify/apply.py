@@ -50,6 +50,10 @@ INFRASTRUCTURE = (sqlite3.OperationalError, OSError, MemoryError)
 REASON_CHARS = 500
 # A run where this many events failed alone and none applied is probably not their data: stop splitting.
 LONE_FAILURES_BEFORE_DOUBT = 8
+# Ids as one JSON array parameter: one SQL text whatever their number. A placeholder per id made a new
+# statement per batch size, and SQLite's statement cache (128 per connection) kept them, ~190 bytes an id
+# (the soak's applier grew with its live orders); and SQLite caps the placeholders (32,766 in its default build).
+_ANY = "(SELECT value FROM json_each(?))"
 
 
 @dataclass
@@ -296,17 +300,15 @@ class Applier:
         """The customers' orders: the snapshot's, with what arrived live replacing the same order ids."""
         snap = self._snapshot_tables()
         ids = sorted(customers)
-        marks = ",".join("?" * len(ids))
         live_orders = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_orders WHERE customer_id IN ({marks})", ids)]
+            f"SELECT row FROM live_orders WHERE customer_id IN {_ANY}", (_id_list(ids),))]
         live_ids = [o["order_id"] for o in live_orders]
         snap_orders = snap["orders"][snap["orders"]["customer_id"].isin(ids) & ~snap["orders"]["order_id"].isin(live_ids)]
         order_ids = [*snap_orders["order_id"].tolist(), *live_ids]
-        omarks = ",".join("?" * len(order_ids))
         live_items = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_line_items WHERE order_id IN ({omarks})", order_ids)] if order_ids else []
+            f"SELECT row FROM live_line_items WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
         live_refunds = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_refunds WHERE order_id IN ({omarks})", order_ids)] if order_ids else []
+            f"SELECT row FROM live_refunds WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
         refunds = snap["refunds"][snap["refunds"]["order_id"].isin(order_ids)
                                   & ~snap["refunds"]["refund_id"].isin([r["refund_id"] for r in live_refunds])]
         return {
@@ -370,6 +372,10 @@ def _own_ibis_backend() -> Iterator[None]:
 
 def _ts(text: str) -> pd.Timestamp:
     return pd.Timestamp(text).tz_convert("UTC") if pd.Timestamp(text).tzinfo else pd.Timestamp(text, tz="UTC")
+
+
+def _id_list(ids: list[int]) -> str:
+    return json.dumps([int(i) for i in ids])
 
 
 def _reason(exc: Exception) -> str:
