@@ -310,3 +310,17 @@ def test_redact_leaves_nothing_of_the_customer_in_anything_the_demo_wrote(demo, 
         assert left == []
         assert on_disk(roots, kept, customers[kept]) == []
         assert _predict(base, kept)["fallback"] is True
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one customer", "a whole shop"])
+def test_the_fraction_digits_of_a_decimal_are_no_customer_id(tmp_path: Path, many: bool):
+    """An Evidently report's data held 1978.7200000000016; a synthetic customer id is 7200000000016, so
+    shop/redact's scan failed on a float repr (the demo-erasure test, by chance). An id as a number, in
+    a gid, or after a non-digit and a dot is still found."""
+    erased = 7_200_000_000_016
+    needles = Needles(frozenset({erased} | ({erased + 5 * n for n in range(1, 100)} if many else set())))
+    assert not needles.in_bytes(b"[0.0, 1978.7200000000016, 0.0]", packed=False)
+    assert not needles.in_bytes(b'{"mean": 12.7200000000016}', packed=False)
+    for found in (b"[7200000000016, 1.5]", b'"gid://shopify/Customer/7200000000016"', b"id a.7200000000016",
+                  b"7200000000016.0"):
+        assert needles.in_bytes(found, packed=False), found

@@ -29,7 +29,10 @@ PARQUET_MAGIC = b"PAR1"
 # checks every customer the shop had); below it each needle is searched for literally.
 LITERAL_LIMIT = 64
 EMAIL = re.compile(rb"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
-NUMBER = re.compile(rb"(?<![0-9])[0-9]{1,19}(?![0-9])")
+# A whole number: not the fraction digits of a decimal (1978.7200000000016 holds no customer 7200000000016;
+# float reprs in a report's data made shop/redact's scan fail on chance matches).
+NOT_A_FRACTION = rb"(?<![0-9])(?<![0-9]\.)"
+NUMBER = re.compile(NOT_A_FRACTION + rb"[0-9]{1,19}(?![0-9])")
 # A shorter id as a bare number in text is no evidence (any count or price may read so); it is looked
 # for as a gid, as a JSON ``customer_id`` value, and decoded in customer columns. Shopify's ids are
 # 13 digits, the ids ingest derives from emails longer still.
@@ -52,7 +55,7 @@ class Needles:
         if len(self.customer_ids) <= LITERAL_LIMIT:
             for c in self.customer_ids:
                 number = str(c).encode() + rb"(?![0-9])"
-                parts += [rb"(?<![0-9])" + number] if c >= SEARCHABLE_ID else [
+                parts += [NOT_A_FRACTION + number] if c >= SEARCHABLE_ID else [
                     rb"gid://shopify/customer/" + number, rb'"customer_id": ?"?' + number]
         object.__setattr__(self, "_literal", re.compile(b"|".join(parts)) if parts else None)
 
