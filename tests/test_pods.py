@@ -194,11 +194,14 @@ def cluster(image, rendered, stores, tmp_path_factory):
     started: list[str] = []
     kubelet = containers.Kubelet(rendered, secrets(stores), root / "kubelet", claims={"storeflow-state": state})
 
-    def run(kubelet: containers.Kubelet, pod: containers.Pod, container: dict, extra: list[str]) -> str:
+    served: dict[str, tuple[dict, int]] = {}  # container name: (its spec, the port it listens on here)
+
+    def run(kubelet: containers.Kubelet, pod: containers.Pod, container: dict, extra: list[str], port: int) -> str:
         name = f"{pod.name}-{container['name']}"
         containers.remove(name)
         containers.start(kubelet.docker_run(pod, container, hosts=HOSTS, extra_args=extra))
         started.append(name)
+        served[name] = (container, port)
         return name
 
     with containers.shared_with_image_user(state):
@@ -206,7 +209,7 @@ def cluster(image, rendered, stores, tmp_path_factory):
             # MLflow on Postgres.
             mlflow_pod = containers.workload_pod(rendered, "Deployment", "mlflow")
             mlflow_port = free_port()
-            name = run(kubelet, mlflow_pod, mlflow_pod.containers[0], [f"--port={mlflow_port}"])
+            name = run(kubelet, mlflow_pod, mlflow_pod.containers[0], [f"--port={mlflow_port}"], mlflow_port)
             wait_ready(name, f"http://127.0.0.1:{mlflow_port}/health", seconds=240)
             tracking = f"http://127.0.0.1:{mlflow_port}"
 
@@ -231,7 +234,7 @@ def cluster(image, rendered, stores, tmp_path_factory):
                 pod = dataclasses.replace(containers.predictor_pod(objects, MODEL), name=f"{PREDICTOR_SERVICE}-v{version}")
                 own = dataclasses.replace(kubelet, emptydirs={"kserve-provision-location": model_dirs[version]})
                 port = free_port()
-                name = run(own, pod, pod.containers[0], ["--http_port", str(port)])
+                name = run(own, pod, pod.containers[0], ["--http_port", str(port)], port)
                 predictors[version] = (name, f"127.0.0.1:{port}", pod)
             for name, address, _ in predictors.values():
                 wait_ready(name, f"http://{address}/v2/health/ready")
@@ -247,26 +250,26 @@ def cluster(image, rendered, stores, tmp_path_factory):
             assert args[args.index("--predictor_host") + 1] == PREDICTOR_SERVICE
             args[args.index("--predictor_host") + 1] = f"{PREDICTOR_SERVICE}:{route.port}"
             transformer_port = free_port()
-            name = run(kubelet, pod, container, ["--http_port", str(transformer_port)])
+            name = run(kubelet, pod, container, ["--http_port", str(transformer_port)], transformer_port)
             wait_ready(name, f"http://127.0.0.1:{transformer_port}/v2/health/ready")
 
             # The webhook receiver.
             pod = containers.workload_pod(rendered, "Deployment", "storeflow-webhooks")
             webhooks_port = free_port()
-            name = run(kubelet, pod, pod.containers[0], ["--port", str(webhooks_port)])
+            name = run(kubelet, pod, pod.containers[0], ["--port", str(webhooks_port)], webhooks_port)
             wait_ready(name, f"http://127.0.0.1:{webhooks_port}/livez")
 
             # The Feast feature server, on the storeflow-feast ConfigMap's feature_store.yaml.
             pod = containers.workload_pod(rendered, "Deployment", "feast-feature-server")
             feast_port = free_port()
-            name = run(kubelet, pod, pod.containers[0], ["--port", str(feast_port)])
+            name = run(kubelet, pod, pod.containers[0], ["--port", str(feast_port)], feast_port)
             wait_ready(name, f"http://127.0.0.1:{feast_port}/health")
 
             yield {
                 "feast": f"127.0.0.1:{feast_port}", "tracking": tracking, "secrets": kubelet.secrets, "mlflow_port": mlflow_port, "versions": versions, "settings": settings,
                 "route": route, "canary_percent": canary_isvc["spec"]["predictor"]["canaryTrafficPercent"],
                 "predictors": predictors, "transformer": f"127.0.0.1:{transformer_port}",
-                "webhooks": f"127.0.0.1:{webhooks_port}", "state": state, "containers": started,
+                "webhooks": f"127.0.0.1:{webhooks_port}", "state": state, "containers": started, "served": served,
             }
         finally:
             for name in started:
@@ -499,6 +502,19 @@ def test_the_transformer_logs_its_predictions_on_the_state_volume(cluster):
     assert _predict(cluster, KNOWN[2]).status_code == 200
     logged = list((cluster["state"] / "predictions").rglob("*"))
     assert any(p.is_file() for p in logged), logged
+
+
+def test_every_probe_the_manifests_declare_answers(cluster):
+    """A liveness or readiness probe that fails restarts the pod or keeps it out of its Service."""
+    checked = []
+    for name, (container, port) in cluster["served"].items():
+        for kind in ("livenessProbe", "readinessProbe"):
+            if kind in container:
+                path = container[kind]["httpGet"]["path"]
+                response = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+                assert response.status_code == 200, (name, kind, path, response.text)
+                checked.append((name, kind))
+    assert {n for n, _ in checked} == set(cluster["served"])  # every container has a probe
 
 
 def test_no_pod_logged_an_error(cluster):
