@@ -81,10 +81,11 @@ def shared_with_image_user(state_dir: Path) -> Iterator[Path]:
 # A pod's containers started with Docker as the kubelet would start them: image, command (entrypoint) and
 # args, env with envFrom/valueFrom resolved from the rendered ConfigMaps and test Secrets and $(VAR)
 # expanded, volume mounts with their readOnly (ConfigMap and Secret volumes always read-only, as kubelet
-# mounts them), runAsUser/runAsGroup/fsGroup, readOnlyRootFilesystem, dropped capabilities and no
-# privilege escalation. What a cluster adds and Docker on one host cannot: each pod its own IP. Pods share
-# the host network here, so a Service name is mapped to 127.0.0.1 (--add-host) and KServe containers,
-# which all listen on 8080 in their own pods, get their own port through ModelServer's --http_port.
+# mounts them), runAsUser/runAsGroup/fsGroup, readOnlyRootFilesystem, dropped capabilities, no
+# privilege escalation, the memory and CPU limits. What a cluster adds and Docker on one host cannot: each
+# pod its own IP. Pods share the host network here, so a Service name is mapped to 127.0.0.1 (--add-host)
+# and KServe containers, which all listen on 8080 in their own pods, get their own port through
+# ModelServer's --http_port.
 
 KUSTOMIZE = ROOT / "kustomize"
 KSERVE_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer leaves the model, read-only
@@ -224,6 +225,11 @@ class Kubelet:
             cmd += ["--cap-drop", "ALL"]
         if security.get("allowPrivilegeEscalation") is False:
             cmd += ["--security-opt", "no-new-privileges"]
+        limits = container.get("resources", {}).get("limits", {})
+        if "memory" in limits:  # the kubelet's cgroup: beyond it the container is OOM-killed
+            cmd += ["--memory", _bytes(limits["memory"]), "--memory-swap", _bytes(limits["memory"])]
+        if "cpu" in limits:
+            cmd += ["--cpus", _cpus(limits["cpu"])]
         for name, address in (hosts or {}).items():
             cmd += ["--add-host", f"{name}:{address}"]
         env = self.env(container)
@@ -239,6 +245,25 @@ class Kubelet:
         if command:
             cmd += ["--entrypoint", command[0]]
         return [*cmd, container["image"], *command[1:], *args, *(extra_args or [])]
+
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _bytes(quantity: str) -> str:
+    """A Kubernetes memory quantity (``512Mi``, ``1G``, ``1073741824``) in bytes, for docker --memory."""
+    text = str(quantity)
+    for suffix, factor in {**_BINARY, **_DECIMAL}.items():
+        if text.endswith(suffix):
+            return str(int(float(text[: -len(suffix)]) * factor))
+    return str(int(float(text)))
+
+
+def _cpus(quantity: str) -> str:
+    """A Kubernetes CPU quantity (``500m``, ``2``) as docker --cpus."""
+    text = str(quantity)
+    return str(float(text[:-1]) / 1000 if text.endswith("m") else float(text))
 
 
 def start(cmd: list[str]) -> str:

@@ -517,8 +517,13 @@ def test_every_probe_the_manifests_declare_answers(cluster):
     assert {n for n, _ in checked} == set(cluster["served"])  # every container has a probe
 
 
-def test_no_pod_logged_an_error(cluster):
+def test_no_pod_logged_an_error_or_outgrew_its_memory_limit(cluster):
+    usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}",
+                            *cluster["containers"]], capture_output=True, text=True).stdout
+    print(usage)
     for name in cluster["containers"]:
+        state = containers.state(name)
+        assert state["Running"] and not state["OOMKilled"], (name, state)
         text = containers.logs(name)
         print(f"===== {name}\n{text[-3000:]}")
         assert "Traceback" not in text and '"level": "ERROR"' not in text, f"{name}:\n{text[-6000:]}"
