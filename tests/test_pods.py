@@ -91,9 +91,10 @@ def patched(objects: list[dict], patch: dict) -> list[dict]:
 
 
 @contextlib.contextmanager
-def environment(values: dict[str, str]):
+def environment(values: dict[str, str | None]):
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     try:
         yield
     finally:
@@ -209,7 +210,10 @@ def cluster(image, rendered, stores, tmp_path_factory):
         served[name] = (container, port)
         return name
 
-    with containers.shared_with_image_user(state):
+    # This process points MLflow (and its children, through MLFLOW_*_URI) at the container: undone at the end.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PODS_REDIS_CONNECTION",
+                                            "PODS_FEAST_REGISTRY")}
+    with containers.shared_with_image_user(state), environment(saved):
         try:
             # MLflow on Postgres.
             mlflow_pod = containers.workload_pod(rendered, "Deployment", "mlflow")
@@ -279,6 +283,10 @@ def cluster(image, rendered, stores, tmp_path_factory):
         finally:
             for name in started:
                 containers.remove(name)
+            import mlflow
+
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
 
 
 def settings_from_config_map(rendered: list[dict]):
