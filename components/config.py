@@ -674,19 +674,23 @@ NOT_GIVEN_NUMBER = -1
 ``None`` parameters, and every storeflow knob that takes a number is non-negative."""
 
 
+def _overrides_object(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+    """Overrides as a dict: a dict as given, JSON text parsed (blank: none); anything else a ConfigError."""
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config JSON is not valid: {exc}") from exc
+    if not isinstance(overrides or {}, dict):
+        raise ConfigError("config JSON must be an object")
+    return overrides or {}
+
+
 def run_overrides(config_json: str | dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
     """``config_json`` with a run's typed inputs (dotted keys, e.g. ``ingest.source``) set over it; an input
     left at its not-given value ("" or :data:`NOT_GIVEN_NUMBER`) keeps what config_json, the environment,
     the mounted ConfigMap or the file say."""
-    overrides = config_json
-    if isinstance(config_json, str):
-        try:
-            overrides = json.loads(config_json) if config_json.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config JSON is not valid: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ConfigError("config JSON must be an object")
-    merged = json.loads(json.dumps(overrides))
+    merged = json.loads(json.dumps(_overrides_object(config_json)))
     for key, value in inputs.items():
         if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                             and value == NOT_GIVEN_NUMBER):
@@ -714,16 +718,9 @@ def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | st
         data = _read_file(file_path)
     elif path or os.environ.get(CONFIG_ENV):
         raise ConfigError(f"config file {file_path} does not exist")
-    if isinstance(overrides, str):
-        try:
-            overrides = json.loads(overrides) if overrides.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config JSON is not valid: {exc}") from exc
-        if not isinstance(overrides, dict):
-            raise ConfigError("config JSON must be an object")
     token = _FILE_VALUES.set(data)
     try:
-        return Settings(**(overrides or {}))
+        return Settings(**_overrides_object(overrides))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
