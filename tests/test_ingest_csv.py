@@ -104,3 +104,92 @@ def test_bad_rows_are_named(settings: Settings, tmp_path: Path, edit, message: s
         ingest(settings)
     assert str(error.value).startswith(str(bad)) and message in str(error.value)
     assert not (settings.data_dir / "snapshots").exists() or not list((settings.data_dir / "snapshots").iterdir())
+
+
+CUSTOMERS = Path(__file__).parent / "data" / "shopify" / "customers_export.csv"
+
+
+def _features_after_the_export(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    from storeflow.components.features.compute import customer_features
+
+    return customer_features(tables, [pd.Timestamp("2024-06-01", tz="UTC").to_pydatetime()]).set_index("customer_id")
+
+
+def test_refunds_from_refunded_amount_reach_the_features(tables):
+    """The export has no refund time; the order's latest known time stands in, so a refund counts
+    (a refund with no time was never counted: refund_rate and net spend ignored every refund)."""
+    refunds = tables["refunds"].set_index("order_id")["created_at"]
+    assert refunds[5512345678905] == pd.Timestamp("2024-05-01 12:00:05", tz="UTC")  # Paid at, its latest time
+    features = _features_after_the_export(tables)
+    chen = features.loc[customer_key("chen.wei@example.net")]
+    assert chen["refund_rate"] == 1.0 and chen["monetary"] == pytest.approx(0.0)
+    assert features.loc[customer_key("ben@example.org"), "monetary"] == pytest.approx(40.50 - 12.25)
+
+
+def test_an_exports_refund_time_is_used_where_it_has_one(tmp_path: Path):
+    text = EXPORT.read_text().splitlines()
+    header, rows = text[0] + ",Refunded at", [line + "," for line in text[1:]]
+    rows[2] = rows[2][:-1] + ",2024-03-20 10:00:00 +0100"  # order #1002's first row
+    edited = tmp_path / "orders_export.csv"
+    edited.write_text("\n".join([header, *rows]) + "\n")
+    refunds = read_orders_csv(edited)["refunds"].set_index("order_id")["created_at"]
+    assert refunds[5512345678902] == pd.Timestamp("2024-03-20 09:00:00", tz="UTC")
+    assert refunds[5512345678905] == pd.Timestamp("2024-05-01 12:00:05", tz="UTC")  # none given: the order's
+
+
+def test_category_affinity_uses_the_vendor_when_the_export_has_no_product_type(tables):
+    """Products from the orders export have no product type: the vendor stands in, so affinity varies
+    (it was 1.0 for every customer, a constant feature)."""
+    affinity = _features_after_the_export(tables)["category_affinity"]
+    assert affinity[customer_key("ana.ruiz@example.com")] == pytest.approx(4 / 5)  # 4 coffee units of 5
+    assert affinity[customer_key("chen.wei@example.net")] == pytest.approx(3 / 4)
+    assert affinity.nunique() > 1
+
+
+def _export_dir(tmp_path: Path, *files: Path) -> Path:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for file in files:
+        (folder / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
+def test_the_customers_export_keys_orders_by_shopify_customer_ids(settings: Settings, tmp_path: Path, caplog):
+    settings.ingest = IngestConfig(source="csv", path=_export_dir(tmp_path, EXPORT, CUSTOMERS))
+    with caplog.at_level("WARNING"):
+        result = ingest(settings)
+    assert "will not match" not in caplog.text
+    tables = read_tables(result.snapshot)
+    orders = tables["orders"].set_index("name")
+    assert orders.loc["#1001", "customer_id"] == orders.loc["#1003", "customer_id"] == 7412345678901  # "'7412..."
+    assert orders.loc["#1002", "customer_id"] == 7412345678902  # "Ben@Example.org" in the customers export
+    assert pd.isna(orders.loc["#1004", "customer_id"])
+    assert sorted(tables["customers"]["customer_id"]) == [7412345678901, 7412345678902, 7412345678903]
+    assert result.row_counts == {"orders": 5, "line_items": 7, "customers": 3, "products": 6, "refunds": 2}
+
+
+def test_without_the_customers_export_ingest_says_serving_will_not_match(settings: Settings, tmp_path: Path, caplog):
+    settings.ingest = IngestConfig(source="csv", path=EXPORT)
+    with caplog.at_level("WARNING"):
+        ingest(settings)
+    assert "no customers export" in caplog.text and "will not match the Shopify customer ids" in caplog.text
+
+
+def test_customers_missing_from_the_customers_export_are_counted(tmp_path: Path, caplog):
+    from storeflow.components.ingest.orders_csv import read_csv_exports
+
+    partial = tmp_path / "customers_export.csv"
+    partial.write_text("\n".join(line for line in CUSTOMERS.read_text().splitlines() if "chen.wei" not in line) + "\n")
+    with caplog.at_level("WARNING"):
+        orders = read_csv_exports([EXPORT, partial])["orders"].set_index("name")
+    assert orders.loc["#1005", "customer_id"] == customer_key("chen.wei@example.net")  # kept, derived
+    assert "1 of 3 customer email(s)" in caplog.text and "serving will not match them" in caplog.text
+
+
+def test_a_bad_customer_id_is_named(tmp_path: Path):
+    from storeflow.components.ingest.orders_csv import read_customers_csv
+
+    bad = tmp_path / "customers_export.csv"
+    bad.write_text(CUSTOMERS.read_text().replace("'7412345678902", "Ben", 1))
+    with pytest.raises(IngestError, match=r"row 3: 'Customer ID' 'Ben' is not a Shopify customer id"):
+        read_customers_csv(bad)

@@ -50,7 +50,8 @@ ref AS (
 cat AS (
     SELECT customer_id, as_of, max(units) / sum(units) AS category_affinity
     FROM (
-        SELECT o.customer_id, snap.as_of, coalesce(p.product_type, '') AS product_type,
+        -- the product type; the vendor where none is known (the orders CSV export has no product type)
+        SELECT o.customer_id, snap.as_of, coalesce(nullif(p.product_type, ''), p.vendor, '') AS category,
                sum(li.quantity) AS units
         FROM line_items li JOIN o USING (order_id) JOIN snap ON o.created_at < snap.as_of
         LEFT JOIN products p USING (product_id)

@@ -23,7 +23,7 @@ from storeflow.components.ingest.errors import IngestError
 def read_csv_strings(path: Path) -> pd.DataFrame:
     """Every row of ``path`` under its header, each cell a string or None (empty)."""
     path = Path(path)
-    header = _header(path)
+    header = read_header(path)
     try:
         table = pacsv.read_csv(
             path,
@@ -38,7 +38,8 @@ def read_csv_strings(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _header(path: Path) -> list[str]:
+def read_header(path: Path) -> list[str]:
+    """The header row's column names (an error naming line 1 when it is empty or repeats a name)."""
     with path.open("rb") as handle:
         first = handle.readline()
     if not first.strip():

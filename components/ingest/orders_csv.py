@@ -1,15 +1,22 @@
-"""Read the Shopify admin "Export orders" CSV into the normalized tables.
+"""Read the Shopify admin "Export orders" CSV (and the "Export customers" CSV beside it) into the
+normalized tables.
 
-The export has one row per line item; order-level fields (totals, status, ...) are filled only on the
-first row of each order, and consecutive rows with the same ``Name`` belong to one order. It carries
-the numeric order ``Id`` but no customer, line item, product or refund ids, so storeflow derives
-stable ones (:func:`~storeflow.components.ingest.gids.stable_id`, the same on every run):
+The orders export has one row per line item; order-level fields (totals, status, ...) are filled only
+on the first row of each order, and consecutive rows with the same ``Name`` belong to one order. It
+carries the numeric order ``Id`` but no customer, line item, product or refund ids, so storeflow takes
+or derives them (:func:`~storeflow.components.ingest.gids.stable_id`, the same on every run):
 
-* ``customer_id`` from the normalized email (trimmed, lower-cased), null when there is no email;
+* ``customer_id``: the Shopify ``Customer ID`` of the customers export row with the same normalized
+  email (trimmed, lower-cased) when a customers export is ingested alongside, so features are keyed as
+  storefront requests are; otherwise derived from the email (a warning says serving will not match);
+  null when there is no email;
 * ``line_item_id`` from the order id and the line's position within the order;
 * ``product_id`` from the line item SKU (or its name when there is no SKU); product rows carry the
-  name and vendor, and no product type or creation time (the export has neither);
-* one refund per order with a ``Refunded Amount``, with no refund time (the export has none).
+  name and the line's ``Vendor`` (features use the vendor as the category where, as here, no product
+  type is known), and no creation time (the export has neither);
+* one refund per order with a ``Refunded Amount``, at the export's ``Refunded at`` where it has such a
+  column (the admin export does not), else at the order's latest known time (``updated_at``: paid,
+  fulfilled or cancelled), never before the order itself.
 
 Timestamps in the export carry the shop's UTC offset (``2024-03-05 14:22:10 -0500``) and become UTC.
 Row numbers in errors count the header as row 1, as a spreadsheet does.
@@ -17,23 +24,29 @@ Row numbers in errors count the header as row 1, as a spreadsheet does.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from storeflow.components.ingest.csv_rows import read_csv_strings
+from storeflow.components.ingest.csv_rows import read_csv_strings, read_header
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds.
-READER_VERSION = 2  # 2: rejects rows cut short, open quotes, non-UTF-8; manifest counts duplicates
+READER_VERSION = 3  # 3: refund times, vendors, Shopify customer ids from the customers export
+# 2: rejects rows cut short, open quotes, non-UTF-8; manifest counts duplicates
+
+log = logging.getLogger(__name__)
 
 REQUIRED = [
     "Name", "Email", "Financial Status", "Currency", "Subtotal", "Total", "Discount Amount", "Created at",
     "Lineitem quantity", "Lineitem name", "Lineitem price", "Id",
 ]
-OPTIONAL = ["Lineitem sku", "Paid at", "Fulfilled at", "Cancelled at", "Refunded Amount", "Risk Level", "Vendor"]
+OPTIONAL = ["Lineitem sku", "Paid at", "Fulfilled at", "Cancelled at", "Refunded Amount", "Refunded at",
+            "Risk Level", "Vendor"]
+CUSTOMERS_EXPORT = ["Customer ID", "Email"]  # the "Export customers" CSV: what keys orders by Shopify ids
 SHOPIFY_TIME = "%Y-%m-%d %H:%M:%S %z"
 
 
@@ -41,6 +54,67 @@ def normalize_email(email: pd.Series) -> pd.Series:
     """The customer key of the export: emails differ only in case and whitespace for one person."""
     email = email.str.strip().str.lower()
     return email.where(email != "")
+
+
+def is_customers_export(path: Path) -> bool:
+    """The "Export customers" CSV (``Customer ID`` and ``Email``, no line items), not an orders export."""
+    header = [name.strip() for name in read_header(Path(path))]
+    return all(name in header for name in CUSTOMERS_EXPORT) and "Lineitem name" not in header
+
+
+def read_csv_exports(files: list[Path]) -> dict[str, pd.DataFrame]:
+    """Orders exports, keyed by the Shopify customer ids of the customers export among ``files`` (one
+    or more); without one, customer ids are derived from emails and a warning says serving will not
+    match them."""
+    customer_exports = [Path(path) for path in files if is_customers_export(path)]
+    parts = [read_orders_csv(path) for path in files if Path(path) not in customer_exports]
+    if not parts:
+        raise IngestError("no orders export among the CSV files (only customers exports)", Path(files[0]).parent)
+    tables = {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in parts[0]}
+    known = pd.concat([read_customers_csv(path) for path in customer_exports]) if customer_exports else None
+    if known is None:
+        log.warning("no customers export (the admin's 'Export customers' CSV, with Customer ID and Email) among "
+                    "%s: customer ids are derived from emails and will not match the Shopify customer ids "
+                    "storefront requests carry, so serving falls back for every customer; ingest the customers "
+                    "export alongside (ingest.path a directory holding both CSVs)", ", ".join(map(str, files)))
+        return tables
+    return key_by_customer_ids(tables, known)
+
+
+def read_customers_csv(path: Path) -> pd.Series:
+    """The customers export as normalized email -> Shopify customer id (rows without an email skipped;
+    Shopify quotes the id with a leading ``'`` so spreadsheets keep its digits)."""
+    path = Path(path)
+    raw = read_csv_strings(path)
+    raw.columns = [str(column).strip() for column in raw.columns]
+    raw.index = pd.RangeIndex(2, len(raw) + 2)  # spreadsheet row numbers
+    digits = raw["Customer ID"].str.strip().str.lstrip("'")
+    bad = digits.isna() | ~digits.fillna("").str.fullmatch(r"[0-9]{1,18}")
+    if bad.any():
+        row = int(bad[bad].index[0])
+        raise IngestError(f"'Customer ID' {raw.at[row, 'Customer ID']!r} is not a Shopify customer id", path, f"row {row}")
+    email = normalize_email(raw["Email"])
+    ids = pd.Series(digits.astype("int64").to_numpy(), index=email.to_numpy()).loc[email.notna().to_numpy()]
+    repeated = ids.index.duplicated()
+    if repeated.any():
+        log.warning("%s: %d email(s) belong to more than one customer; the first row of each is kept", path,
+                    int(pd.Series(ids.index[repeated]).nunique()))
+    return ids[~repeated]
+
+
+def key_by_customer_ids(tables: dict[str, pd.DataFrame], known: pd.Series) -> dict[str, pd.DataFrame]:
+    """Orders (and customers) keyed by the Shopify customer id of their email where the customers export
+    has it; the rest keep the email-derived id, and a warning counts them."""
+    known = known[~known.index.duplicated()]
+    orders = tables["orders"].copy()
+    shopify = orders["email"].map(known)
+    unmatched = orders["email"].notna() & shopify.isna()
+    if unmatched.any():
+        log.warning("%d of %d customer email(s) of the orders export are not in the customers export: their ids "
+                    "are derived from the email, and serving will not match them",
+                    orders.loc[unmatched, "email"].nunique(), orders["email"].nunique())
+    orders["customer_id"] = shopify.astype("Int64").fillna(orders["customer_id"])
+    return {**tables, "orders": orders, "customers": _Parser.customers(orders)}
 
 
 def read_orders_csv(path: Path) -> dict[str, pd.DataFrame]:
@@ -175,11 +249,14 @@ class _Parser:
         amount = self.numbers("Refunded Amount", first)
         refunded = (amount > 0).to_numpy()
         order_id = orders["order_id"][refunded].reset_index(drop=True)
+        # The admin export has no refund time: the order's latest known time stands in (a refund follows
+        # payment and fulfilment), so features count the refund from then on instead of never.
+        when = self.times("Refunded at", first).fillna(orders["updated_at"]).clip(lower=orders["created_at"])
         return pd.DataFrame(
             {
                 "refund_id": stable_id(order_id.astype(str), "refund"),
                 "order_id": order_id,
-                "created_at": pd.NaT,  # the export has no refund time
+                "created_at": when[refunded].reset_index(drop=True),
                 "amount": amount[refunded].to_numpy(),
             }
         )

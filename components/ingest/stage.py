@@ -13,7 +13,7 @@ import pandas as pd
 from storeflow.components.config import Settings, SyntheticStoreConfig
 from storeflow.components.ingest.bulk_jsonl import read_bulk_jsonl
 from storeflow.components.ingest.errors import IngestError
-from storeflow.components.ingest.orders_csv import read_orders_csv
+from storeflow.components.ingest.orders_csv import read_csv_exports
 from storeflow.components.ingest.snapshot import MANIFEST, content_hash, read_manifest, write_snapshot
 from storeflow.components.ingest.synthetic import GENERATOR_VERSION, generate_store
 from storeflow.components.tables import SCHEMAS, schema_fingerprint, snapshot_dir
@@ -55,7 +55,7 @@ def ingest(settings: Settings) -> IngestResult:
     if snapshot.exists():
         return _reuse(snapshot, digest, config.source)
 
-    tables = read_bulk_jsonl(files) if config.source != "csv" else _read_csvs(files)
+    tables = read_bulk_jsonl(files) if config.source != "csv" else read_csv_exports(files)
     tables, dropped = drop_exact_duplicates(tables)
     if dropped:
         log.warning("%s: dropped exact duplicate rows (the same record more than once; one of each kept): %s",
@@ -115,11 +115,6 @@ def input_files(path: Path, suffix: str) -> list[Path]:
     if not path.is_file():
         raise IngestError("input does not exist", path)
     return [path]
-
-
-def _read_csvs(files: list[Path]) -> dict[str, pd.DataFrame]:
-    parts = [read_orders_csv(path) for path in files]
-    return {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in SCHEMAS}
 
 
 def _reuse(snapshot: Path, digest: str, source: str) -> IngestResult:
