@@ -11,7 +11,12 @@ from conftest import write_snapshot
 from storeflow.components.config import LabelConfig
 from storeflow.components.features import FeatureError, build_features, feature_store
 from storeflow.components.features.compute import customer_features
-from storeflow.components.features.dataset import HistoryError, required_history_days, split_holdout
+from storeflow.components.features.dataset import (
+    HistoryError,
+    constant_features,
+    required_history_days,
+    split_holdout,
+)
 from storeflow.components.features.repo import CUSTOMER_KEY, feature_refs
 
 
@@ -64,6 +69,15 @@ def test_training_set_is_labelled_and_hashed(built) -> None:
     assert result.rows == len(training) and len(result.dataset_hash) == 64
     assert result.feature_refs == feature_refs(settings)
     assert training[settings.features.customer_features].notna().all().all()
+    assert result.constant_features == ["discount_share"]  # the test store gives no discounts: named
+
+
+def test_a_feature_with_one_value_on_every_row_is_named() -> None:
+    """A CSV export without refund times or product types made refund_rate and category_affinity
+    constant, and nothing said so."""
+    frame = pd.DataFrame({"refund_rate": [0.0, 0.0, 0.0], "frequency": [1, 2, 1], "gap": [np.nan] * 3,
+                          "label": [0, 1, 1]})
+    assert constant_features(frame, ["refund_rate", "frequency", "gap", "absent"]) == ["refund_rate", "gap"]
 
 
 def test_online_store_serves_the_newest_snapshot(built) -> None:

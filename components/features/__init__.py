@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from storeflow.components.features.compute import (
     product_features,
     serving_time,
 )
-from storeflow.components.features.dataset import HistoryError, split_cutoffs
+from storeflow.components.features.dataset import HistoryError, constant_features, split_cutoffs
 from storeflow.components.features.repo import (
     CUSTOMER_KEY,
     CUSTOMER_VIEW,
@@ -35,6 +36,8 @@ from storeflow.components.features.repo import (
 from storeflow.components.tables import read_tables
 
 __all__ = ["FeatureResult", "build_features", "feature_store", "frame_hash", "load_training_set"]
+
+log = logging.getLogger(__name__)
 
 
 class FeatureError(ValueError):
@@ -51,6 +54,7 @@ class FeatureResult:
     cutoffs: list[str]
     served_as_of: str
     baseline_parameters: dict[str, float] = field(default_factory=dict)  # BTYD fits, before the holdout
+    constant_features: list[str] = field(default_factory=list)  # one value on every training row: no signal
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "training_set": str(self.training_set)})
@@ -105,6 +109,10 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
                            btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
     training = training.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")
     training = training.sort_values(["event_timestamp", CUSTOMER_KEY], kind="stable").reset_index(drop=True)
+    constant = constant_features(training, list(settings.features.customer_features))
+    if constant:
+        log.warning("feature(s) %s hold one value on every training row and carry no signal; the input "
+                    "likely lacks the fields they come from (refunds, product types, discounts?)", ", ".join(constant))
     digest = frame_hash(training)
     out = settings.data_dir / "training" / f"{digest[:16]}.parquet"
     _write_source(training, out)
@@ -120,6 +128,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
         cutoffs=[c.isoformat() for c in cutoffs],
         served_as_of=as_of.isoformat(),
         baseline_parameters=fitted.parameters(),
+        constant_features=constant,
     )
 
 

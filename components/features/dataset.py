@@ -67,6 +67,12 @@ def split_cutoffs(cutoffs: list[datetime], label: LabelConfig) -> Cutoffs:
     )
 
 
+def constant_features(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Feature columns holding a single value (missing counted as one) on every row: they carry no signal,
+    and usually mean the source lacks a field (an export without refund times or product types)."""
+    return [name for name in columns if name in frame and frame[name].nunique(dropna=False) <= 1]
+
+
 def split_holdout(frame: pd.DataFrame, label: LabelConfig) -> Split:
     """Hold out the latest cutoffs; train and calibrate only on cutoffs whose label windows closed before
     the holdout begins, so no training label peeks into the holdout period (never a fallback)."""
