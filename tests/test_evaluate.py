@@ -110,3 +110,34 @@ def test_classification_curves_are_what_the_kfp_ui_draws() -> None:
     assert (tp, fp, fn, tn) == (int(np.sum(predicted & (labels == 1))), int(np.sum(predicted & (labels == 0))),
                                 int(np.sum(~predicted & (labels == 1))), int(np.sum(~predicted & (labels == 0))))
     assert curves["classes"] == ["no repeat order", "repeat order"]
+
+
+def test_spend_is_judged_by_its_aggregate_and_the_lift_of_its_top_decile() -> None:
+    from storeflow.components.evaluate.metrics import decile_lift, spend_metrics
+
+    actual = np.array([0.0] * 90 + [100.0] * 10)  # ten customers spend everything
+    perfect = spend_metrics(actual, actual * 1.1)
+    assert perfect["spend_aggregate_error"] == pytest.approx(0.1) and perfect["spend_actual"] == 1000
+    assert perfect["spend_top_decile_lift"] == pytest.approx(10.0)  # the top tenth holds all the spend
+    assert perfect["spend_mae"] == pytest.approx(1.0)
+    flat = spend_metrics(actual, np.full(100, 10.0))  # the right total, no ranking at all
+    assert flat["spend_aggregate_error"] == pytest.approx(0.0) and flat["spend_top_decile_lift"] == pytest.approx(1.0)
+    backwards = decile_lift(actual, -actual)
+    assert backwards[0] == 0 and backwards[-1] == pytest.approx(10.0) and len(backwards) == 10
+
+
+def test_the_spend_baseline_is_reported_beside_the_classification_metrics() -> None:
+    import pandas as pd
+
+    from storeflow.components.evaluate import EvaluationResult, baseline_spend, side_by_side
+    from storeflow.components.evaluate.report import markdown
+    from storeflow.components.features.btyd import SPEND_BASELINE
+
+    frame = pd.DataFrame({"label_spend": [0.0, 50.0, 150.0, 0.0], SPEND_BASELINE: [10.0, 40.0, 120.0, 5.0]})
+    spend = baseline_spend(frame)
+    assert spend["bgnbd_gamma_gamma"]["spend_aggregate_error"] == pytest.approx(175 / 200 - 1)
+    assert baseline_spend(frame.drop(columns=SPEND_BASELINE)) == {}
+    result = EvaluationResult(True, "first model", {"roc_auc": 0.8}, None, None, None, spend_metrics=spend)
+    assert side_by_side(result)["spend_bgnbd_gamma_gamma_aggregate_error"] == pytest.approx(-0.125)
+    assert "175 predicted vs 200 actual (-12.5%)" in markdown(result)
+    assert EvaluationResult.from_json(result.to_json()) == result

@@ -70,6 +70,10 @@ def test_training_set_is_labelled_and_hashed(built) -> None:
     assert result.feature_refs == feature_refs(settings)
     assert training[settings.features.customer_features].notna().all().all()
     assert result.constant_features == ["discount_share"]  # the test store gives no discounts: named
+    assert (training["label_spend"] >= 0).all() and ((training["label_spend"] > 0) == (training["label"] == 1)).all()
+    held = training[training["baseline_bgnbd"].notna()]  # the holdout rows carry every baseline
+    assert not held.empty and (held["baseline_spend_bgnbd_gamma_gamma"] > 0).all()
+    assert "gamma_gamma.p" in result.baseline_parameters
 
 
 def test_a_feature_with_one_value_on_every_row_is_named() -> None:

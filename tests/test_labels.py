@@ -38,6 +38,9 @@ def test_features_and_monitoring_label_the_window_boundaries_alike(store_tables,
     tables = _tables(store_tables, later)
     training = labelled_cutoffs(tables, [T], HORIZON).set_index("customer_id")["label"]
     assert {c: int(training[c]) for c in later} == expected
+    spend = labelled_cutoffs(tables, [T], HORIZON).set_index("customer_id")["label_spend"]
+    price = float(tables["orders"]["total_price"].iloc[0])
+    assert {c: spend[c] for c in later} == {c: price * e for c, e in expected.items()}  # the same window
 
     predictions = pd.DataFrame({"customer_id": list(later), "ts": [T] * len(later)})
     decay = attach_labels(predictions, write_snapshot(tables, tmp_path / "snap"), HORIZON)

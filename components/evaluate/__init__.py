@@ -18,13 +18,16 @@ from storeflow.components.evaluate.metrics import (
     holdout_metrics,
     paired_bootstrap,
     ranking_metrics,
+    spend_metrics,
 )
 from storeflow.components.features import FeatureResult
-from storeflow.components.features.btyd import BASELINES, RANKINGS
+from storeflow.components.features.btyd import BASELINES, RANKINGS, SPEND_BASELINE
 from storeflow.components.features.dataset import CUSTOMER, LABEL
 from storeflow.components.train import TrainResult, holdout, load_model
 
-__all__ = ["EvaluationResult", "baseline_metrics", "evaluate", "log_evaluation_run", "side_by_side"]
+__all__ = ["EvaluationResult", "baseline_metrics", "baseline_spend", "evaluate", "log_evaluation_run", "side_by_side"]
+
+SPEND_LABEL = "label_spend"  # what the customer spent in the label window (features.compute)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class EvaluationResult:
     challenger_curves: dict | None = None  # ROC curve and confusion matrix (metrics.classification_curves)
     champion_curves: dict | None = None
     evaluation_run_id: str | None = None  # the MLflow run holding every model's holdout metrics side by side
+    spend_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # expected spend vs actual, per model
 
     @property
     def loses_to_baseline(self) -> bool:
@@ -68,6 +72,13 @@ def baseline_metrics(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
             scores = frame[column].to_numpy()
             found[name] = ranking_metrics(labels, scores) if name in RANKINGS else holdout_metrics(labels, scores)
     return found
+
+
+def baseline_spend(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The BG/NBD x Gamma-Gamma expected spend against what each holdout customer spent in the horizon."""
+    if SPEND_LABEL not in frame or SPEND_BASELINE not in frame or frame[SPEND_BASELINE].isna().any():
+        return {}
+    return {"bgnbd_gamma_gamma": spend_metrics(frame[SPEND_LABEL].to_numpy(), frame[SPEND_BASELINE].to_numpy())}
 
 
 def _bootstrap(settings: Settings, frame: pd.DataFrame, challenger: np.ndarray, other: np.ndarray) -> Comparison:
@@ -99,7 +110,8 @@ def _judge(settings: Settings, client, features: FeatureResult, trained: TrainRe
     versus = None if best is None else _bootstrap(settings, frame, challenger_scores, frame[BASELINES[best]])
     found = {"baseline_metrics": baselines, "best_baseline": best,
              "baseline_comparison": None if versus is None else asdict(versus),
-             "challenger_curves": classification_curves(labels, challenger_scores)}
+             "challenger_curves": classification_curves(labels, challenger_scores),
+             "spend_metrics": baseline_spend(frame)}
 
     champion_version = tracking.current_champion(client, settings.registry.model_name)
     if champion_version is None:
@@ -128,6 +140,8 @@ def side_by_side(result: EvaluationResult) -> dict[str, float]:
     found |= {f"champion_{k}": v for k, v in (result.champion_metrics or {}).items()}
     for name, metrics in result.baseline_metrics.items():
         found |= {f"baseline_{name}_{k}": v for k, v in metrics.items()}
+    for name, metrics in result.spend_metrics.items():
+        found |= {f"spend_{name}_{k.removeprefix('spend_')}": v for k, v in metrics.items()}
     if result.comparison:
         found |= {"difference": result.comparison["difference"], "difference_ci_low": result.comparison["ci_low"],
                   "difference_ci_high": result.comparison["ci_high"]}

@@ -43,6 +43,35 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
             "positive_rate": float(np.mean(labels)), "rows": float(len(labels)), "positives": float(np.sum(labels))}
 
 
+def decile_lift(actual: np.ndarray, predicted: np.ndarray, groups: int = 10) -> list[float]:
+    """Actual spend per customer in each decile of predicted spend (highest first), over the mean: how
+    many times the average a merchant gets by targeting that decile (1.0 everywhere: no ranking)."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    order = np.argsort(-predicted, kind="stable")
+    # Customers with the same prediction are indistinguishable: each gets their tie group's mean, so a
+    # decile boundary inside a tie splits it fairly instead of by row order.
+    _, codes = np.unique(predicted[order], return_inverse=True)
+    ranked = (np.bincount(codes, actual[order]) / np.bincount(codes))[codes]
+    mean = actual.mean()
+    return [float(part.mean() / mean) if mean > 0 and len(part) else float("nan")
+            for part in np.array_split(ranked, groups)]
+
+
+def spend_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Spend predictions judged as a merchant uses them: the aggregate (predicted over actual total, minus
+    one), the error per customer, and the lift of the top decile (and top two) of predicted spend."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    lift = decile_lift(actual, predicted)
+    return {
+        "spend_actual": float(actual.sum()),
+        "spend_predicted": float(predicted.sum()),
+        "spend_aggregate_error": float(predicted.sum() / actual.sum() - 1) if actual.sum() > 0 else float("nan"),
+        "spend_mae": float(np.mean(np.abs(predicted - actual))),
+        "spend_top_decile_lift": lift[0],
+        "spend_top_20_lift": float(np.mean(lift[:2])),
+    }
+
+
 CLASSES = ("no repeat order", "repeat order")
 
 

@@ -19,6 +19,10 @@ def markdown(result: EvaluationResult) -> str:
         cells = [_cell(values.get(metric)) for values in columns.values()]
         if any(cell != "" for cell in cells):
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    for name, spend in result.spend_metrics.items():
+        lines += ["", f"Expected spend in the horizon ({name}): {spend['spend_predicted']:,.0f} predicted vs "
+                      f"{spend['spend_actual']:,.0f} actual ({spend['spend_aggregate_error']:+.1%}); the top decile "
+                      f"of predicted spend spent {spend['spend_top_decile_lift']:.2f}x the average customer"]
     if result.evaluation_run_id:
         lines += ["", f"MLflow evaluation run: `{result.evaluation_run_id}`"]
     return "\n".join(lines) + "\n"

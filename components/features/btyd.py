@@ -26,6 +26,9 @@ BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
 BASELINES = {"bgnbd": "baseline_bgnbd", "pareto_nbd": "baseline_pareto_nbd",
              "frequency_recency": "baseline_frequency_recency"}
 RANKINGS = frozenset({"frequency_recency"})  # scores that rank but are not probabilities
+# The spend baseline beside each holdout row: BG/NBD's expected orders in the horizon times Gamma-Gamma's
+# expected order value (Fader, Hardie & Lee 2005), the classic expected spend of a customer.
+SPEND_BASELINE = "baseline_spend_bgnbd_gamma_gamma"
 
 
 def rfm(features: pd.DataFrame) -> pd.DataFrame:
@@ -40,16 +43,18 @@ def rfm(features: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Fitted:
-    """The fitted BG/NBD and Pareto/NBD models and the cutoff whose history they saw."""
+    """The fitted BG/NBD, Pareto/NBD and Gamma-Gamma models and the cutoff whose history they saw."""
 
     bgnbd: object
     pareto_nbd: object | None
     fitted_before: datetime
+    gamma_gamma: object | None = None
 
     def parameters(self) -> dict[str, float]:
         found = {f"bgnbd.{k}": float(v) for k, v in self.bgnbd.fit_summary().items()}
-        if self.pareto_nbd is not None:
-            found |= {f"pareto_nbd.{k}": float(v) for k, v in self.pareto_nbd.fit_summary().items()}
+        for name in ("pareto_nbd", "gamma_gamma"):
+            if (model := getattr(self, name)) is not None:
+                found |= {f"{name}.{k}": float(v) for k, v in model.fit_summary().items()}
         return found
 
 
@@ -57,11 +62,20 @@ def _flat(values) -> np.ndarray:
     return np.asarray(values).reshape(-1)
 
 
+def spend_inputs(features: pd.DataFrame) -> pd.DataFrame:
+    """Gamma-Gamma inputs: repeat orders and the mean order value (over all of a customer's orders: the
+    features keep no per-order values), one row per feature row."""
+    return pd.DataFrame({"customer_id": np.arange(len(features)),
+                         "frequency": features["frequency"].to_numpy(dtype=float) - 1,
+                         "monetary_value": features["avg_order_value"].to_numpy(dtype=float)})
+
+
 def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) -> Fitted:
-    """MAP fits on one snapshot's rows (one per customer, all history strictly before ``fitted_before``)."""
+    """MAP fits on one snapshot's rows (one per customer, all history strictly before ``fitted_before``).
+    Gamma-Gamma sees the customers with a repeat order and a positive order value, as the model assumes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pymc_marketing.clv import BetaGeoModel, ParetoNBDModel
+        from pymc_marketing.clv import BetaGeoModel, GammaGammaModel, ParetoNBDModel
 
         data = rfm(snapshot)
         bgnbd = BetaGeoModel(data=data)
@@ -70,7 +84,13 @@ def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) ->
         if pareto:
             pareto_nbd = ParetoNBDModel(data=data)
             pareto_nbd.fit(method="map", progressbar=False)
-    return Fitted(bgnbd, pareto_nbd, fitted_before)
+        spend = spend_inputs(snapshot)
+        spend = spend[(spend["frequency"] > 0) & (spend["monetary_value"] > 0)]
+        gamma_gamma = None
+        if len(spend) >= 10:
+            gamma_gamma = GammaGammaModel(data=spend.assign(customer_id=np.arange(len(spend))))
+            gamma_gamma.fit(method="map", progressbar=False)
+    return Fitted(bgnbd, pareto_nbd, fitted_before, gamma_gamma)
 
 
 def btyd_features(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
@@ -155,4 +175,19 @@ def baseline_scores(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -
             none = fitted.pareto_nbd.expected_purchase_probability(data=data, n_purchases=0, future_t=weeks)
             scores[BASELINES["pareto_nbd"]] = 1 - _flat(none)
     scores[BASELINES["frequency_recency"]] = frequency_recency_rank(features)
-    return pd.DataFrame(scores, index=features.index).clip(0, 1)
+    found = pd.DataFrame(scores, index=features.index).clip(0, 1)
+    if fitted.gamma_gamma is not None:
+        found[SPEND_BASELINE] = expected_spend(fitted, features, horizon_days)
+    return found
+
+
+def expected_spend(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """Expected spend in the horizon: BG/NBD's expected orders times Gamma-Gamma's expected order value
+    (for a customer without a repeat order, the population's mean blended with their one order)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        orders = _flat(fitted.bgnbd.expected_purchases(data=rfm(features), future_t=horizon_days / WEEK_DAYS))
+        spend = spend_inputs(features)
+        spend["monetary_value"] = spend["monetary_value"].clip(lower=0.01)
+        value = _flat(fitted.gamma_gamma.expected_customer_spend(data=spend))
+    return orders * value

@@ -112,9 +112,12 @@ CUSTOMER_FEATURES_SQL = CUSTOMER_FEATURES_SQL.format(windows=_WINDOWS, window_co
 
 LABELS_SQL = f"""
 WITH cut AS (SELECT CAST(as_of AS TIMESTAMPTZ) AS as_of FROM snapshot_times),
-o AS (SELECT customer_id, created_at FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL)
+o AS (SELECT customer_id, created_at, total_price FROM orders WHERE customer_id IS NOT NULL AND cancelled_at IS NULL)
 SELECT o.customer_id, cut.as_of AS event_timestamp,
-       max(CASE WHEN {in_label_window("o.created_at", "cut.as_of")} THEN 1 ELSE 0 END)::BIGINT AS label
+       max(CASE WHEN {in_label_window("o.created_at", "cut.as_of")} THEN 1 ELSE 0 END)::BIGINT AS label,
+       -- what the customer spends in the same window (gross of later refunds): the spend target
+       coalesce(sum(o.total_price) FILTER (WHERE {in_label_window("o.created_at", "cut.as_of")}), 0)::DOUBLE
+           AS label_spend
 FROM o JOIN cut ON o.created_at < cut.as_of + to_days($horizon)
 GROUP BY ALL
 HAVING min(o.created_at) < cut.as_of
@@ -151,7 +154,7 @@ def product_features(tables: dict[str, pd.DataFrame], as_of: list[datetime]) -> 
 
 def labelled_cutoffs(tables: dict[str, pd.DataFrame], cutoffs: list[datetime], horizon_days: int) -> pd.DataFrame:
     """Training entities: every customer with an order before a cutoff, labelled 1 if they order again
-    within ``horizon_days`` from it."""
+    within ``horizon_days`` from it, with what they spend in that window (``label_spend``)."""
     with _connect(tables, cutoffs) as con:
         return _microseconds(con.execute(LABELS_SQL, {"horizon": horizon_days}).df())
 
