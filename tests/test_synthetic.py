@@ -130,3 +130,43 @@ def test_ingest_caches_the_generated_store(settings: Settings):
     settings.ingest.synthetic = SyntheticStoreConfig(customers=300, orders=2_000, products=40, seed=8)
     assert ingest(settings).snapshot != first.snapshot
     assert len(list((settings.data_dir / "synthetic").glob("*.jsonl"))) == 2
+
+
+BGNBD_CONFIG = SyntheticStoreConfig(customers=3_000, orders=9_000, products=120, seed=11)
+
+
+@pytest.fixture(scope="module")
+def bgnbd_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
+    path = generate_store(BGNBD_CONFIG, tmp_path_factory.mktemp("bgnbd") / "store.jsonl", process="bgnbd")
+    return read_bulk_jsonl([path])
+
+
+def test_a_bgnbd_store_has_the_configured_size_and_passes_validation(bgnbd_store):
+    assert len(bgnbd_store["orders"]) == BGNBD_CONFIG.orders and len(bgnbd_store["customers"]) == BGNBD_CONFIG.customers
+    report = validate_tables(bgnbd_store, ValidateConfig(), now=datetime(2026, 11, 23, tzinfo=timezone.utc))
+    assert report.passed, report.render()
+
+
+def test_bgnbd_purchase_timing_looks_like_a_buy_till_you_die_panel(bgnbd_store):
+    from storeflow.components.ingest.synthetic import MAX_WEEKLY_RATE
+
+    orders = bgnbd_store["orders"]
+    per_customer = orders.groupby("customer_id").size()
+    assert 0.3 < (per_customer == 1).mean() < 0.65  # most never come back, as in CDNOW
+    assert per_customer.max() < 1.5 * MAX_WEEKLY_RATE * CONFIG.days / 7  # capped rates: no customer buys daily
+    # Dropout: of the customers with 3+ orders in the first year, many buy nothing in the last half year.
+    first_year = orders[orders["created_at"] < END - pd.Timedelta(days=365)].groupby("customer_id").size()
+    late = set(orders[orders["created_at"] >= END - pd.Timedelta(days=182)]["customer_id"])
+    regulars = first_year[first_year >= 3].index
+    assert 0.2 < 1 - np.mean([c in late for c in regulars]) < 0.8
+    refunders = set(bgnbd_store["refunds"].merge(orders, on="order_id")["customer_id"])
+    assert per_customer[per_customer.index.isin(refunders)].mean() > 0  # refunds exist among them
+    assert 0.02 <= orders["order_id"].isin(bgnbd_store["refunds"]["order_id"]).mean() <= 0.08
+
+
+def test_a_bgnbd_store_too_dense_for_its_customers_says_so(tmp_path: Path):
+    dense = SyntheticStoreConfig(customers=200, orders=200_000, products=20)
+    with pytest.raises(ValueError, match="cannot place .* repeat orders"):
+        generate_store(dense, tmp_path / "dense.jsonl", process="bgnbd")
+    with pytest.raises(ValueError, match="unknown purchase process"):
+        generate_store(CONFIG, tmp_path / "x.jsonl", process="pareto")

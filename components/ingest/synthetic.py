@@ -12,6 +12,17 @@ credentials. Behaviour is a small generative model, vectorized with numpy so a 1
 * baskets lean to a favourite product category; a few orders are risky, and most high-risk ones
   are cancelled; customers pay in several presentment currencies (shop money is USD).
 
+``process="bgnbd"`` draws purchase timing and dropout from BG/NBD instead (Fader, Hardie & Lee 2005,
+the published CDNOW estimates: r = 0.243, alpha = 4.414, a = 0.793, b = 2.426, weekly): each customer
+buys at a gamma-distributed rate while alive and, after each repeat order, drops out for good with a
+beta-distributed probability, on the seasonal clock (peaks hold more repeat orders too). The rates are
+scaled by one factor so the store holds exactly ``config.orders`` orders. Store signals that BG/NBD
+cannot see move the dropout odds: customers who refund a lot (and buy less) and discount seekers drop
+out sooner, customers whose baskets keep to their favourite category stay longer. It needs a store
+about as sparse as CDNOW's (a few orders per customer: BG/NBD's dropout ends most customers after a
+handful of repeats); the default store's ten orders per customer would all go to a few customers who
+never drop out, so the default stays on the first process. ``bench/model.py`` measures the model on both.
+
 Deterministic by ``config.seed``: the same config always writes the same bytes, so the ingest
 content hash (and snapshot) is stable.
 """
@@ -54,6 +65,14 @@ WINBACK_SHARE = 0.06  # repeat orders that ignore churn
 RATE_SHAPE = 0.6  # gamma shape of buying rates: small = a few loyal, many occasional
 MEAN_LIFETIME_DAYS = 420  # the others churn after an exponential lifetime
 FAVOURITE_CATEGORY_SHARE = 0.65
+PROCESSES = ("gamma-churn", "bgnbd")  # how repeat purchases are drawn (see the module docstring)
+
+# BG/NBD for the CDNOW panel (Fader, Hardie & Lee 2005), in weeks: rate ~ Gamma(r, alpha), dropout ~ Beta(a, b).
+BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+MAX_REPEATS = 500  # per customer: bounds the draws when a dropout probability is near zero
+MAX_WEEKLY_RATE = 0.75  # the scaled rates stop here: the most loyal customer orders about every 9 days
+# Dropout log-odds per unit of each store signal (refund propensity, discount seeking, category focus).
+DROPOUT_REFUNDS, DROPOUT_DISCOUNTS, DROPOUT_FOCUS = 10.0, 0.6, -4.0
 REFUND_SHARE = 0.065  # mean refund propensity; ~5% of orders, as refunders buy less often
 RISK_LEVELS = np.array(["LOW", "MEDIUM", "HIGH"])
 RISK_SHARES = [0.93, 0.05, 0.02]
@@ -92,9 +111,12 @@ class _Store:
     item_quantity: np.ndarray
 
 
-def generate_store(config: SyntheticStoreConfig, path: Path) -> Path:
-    """Write the store as bulk JSONL to ``path`` (atomically) and return ``path``."""
-    store = _simulate(config)
+def generate_store(config: SyntheticStoreConfig, path: Path, process: str = "gamma-churn") -> Path:
+    """Write the store as bulk JSONL to ``path`` (atomically) and return ``path``; ``process`` is how
+    repeat purchases are drawn (one of ``PROCESSES``)."""
+    if process not in PROCESSES:
+        raise ValueError(f"unknown purchase process {process!r}; one of {', '.join(PROCESSES)}")
+    store = _simulate(config, process)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -130,7 +152,7 @@ def _daily_intensity(start: int, days: int) -> np.ndarray:
     return weekly * seasonal * growth
 
 
-def _simulate(config: SyntheticStoreConfig) -> _Store:
+def _simulate(config: SyntheticStoreConfig, process: str = "gamma-churn") -> _Store:
     rng = np.random.default_rng(config.seed)
     end = _end_seconds(config)
     start = end - config.days * DAY
@@ -146,38 +168,57 @@ def _simulate(config: SyntheticStoreConfig) -> _Store:
         hour = rng.choice(24, size=len(u), p=_HOURS)
         return (day + hour * 3600 + rng.integers(0, 3600, len(u))).astype(np.int64)
 
-    # Customers: arrival, loyalty, churn, habits.
+    # Customers: arrival, then loyalty, churn and habits (the chosen purchase process).
     n_customers = config.customers
     buyers = min(n_customers, config.orders)
     first_u = np.sort(rng.random(n_customers))
     first_order = time_at(first_u)
     first_order = np.minimum(first_order, end - 1)
-    rate = rng.gamma(RATE_SHAPE, 1.0, n_customers)
-    refund_propensity = rng.beta(1.0, 1.0 / REFUND_SHARE - 1.0, n_customers)
-    rate *= np.exp(-6.0 * refund_propensity)  # unhappy customers come back less
-    discount_seeker = rng.random(n_customers) < 0.25
-    one_time = rng.random(n_customers) < ONE_TIME_SHARE
-    lifetime = rng.exponential(MEAN_LIFETIME_DAYS * DAY, n_customers)
-    churn_u = np.interp(np.minimum(first_order + lifetime, end), edges, cdf)
-    exposure = np.where(one_time, 0.0, np.maximum(churn_u - first_u, 0.0))
-    exposure[buyers:] = 0.0
-    # Most repeats fall in the active window; a few are win-backs at any time after the first order,
-    # churned and one-time buyers included, so a long silence lowers the odds but never to zero.
-    active_until = np.where(exposure > 0, first_u + exposure, first_u)
-    reachable = np.where(np.arange(n_customers) < buyers, 1.0 - first_u, 0.0)
-    repeats = config.orders - buyers
-    winbacks = rng.binomial(repeats, WINBACK_SHARE)
-    counts = _spread(rng, repeats - winbacks, rate * exposure)
-    sporadic = _spread(rng, winbacks, reachable)
-    favourite = rng.choice(len(CATEGORIES), n_customers, p=_shares(CATEGORIES))
-    currency = rng.choice(list(CURRENCIES), n_customers, p=_shares(CURRENCIES))
+    if process == "bgnbd":
+        refund_propensity = rng.beta(1.0, 1.0 / REFUND_SHARE - 1.0, n_customers)
+        discount_seeker = rng.random(n_customers) < 0.25
+        focus = rng.beta(6.5, 6.5 * (1 - FAVOURITE_CATEGORY_SHARE) / FAVOURITE_CATEGORY_SHARE, n_customers)
+        rate = rng.gamma(BGNBD["r"], 1.0 / BGNBD["alpha"], n_customers) * np.exp(-6.0 * refund_propensity)
+        dropout = rng.beta(BGNBD["a"], BGNBD["b"], n_customers)
+        odds = np.log(dropout / (1 - dropout)) + (DROPOUT_REFUNDS * refund_propensity + DROPOUT_DISCOUNTS * discount_seeker
+                                                  + DROPOUT_FOCUS * (focus - FAVOURITE_CATEGORY_SHARE))
+        dropout = 1 / (1 + np.exp(-odds))
+        weeks = np.where(np.arange(n_customers) < buyers, (1.0 - first_u) * config.days / 7, 0.0)  # seasonal clock
+        repeat_customer, repeat_u = _bgnbd_repeats(rng, rate, dropout, weeks, config.orders - buyers)
+        repeat_u = first_u[repeat_customer] + repeat_u * 7 / config.days
+        favourite = rng.choice(len(CATEGORIES), n_customers, p=_shares(CATEGORIES))
+        currency = rng.choice(list(CURRENCIES), n_customers, p=_shares(CURRENCIES))
 
-    # Orders: each buyer's first order, then repeats spread over their active window.
-    repeat_customer = np.concatenate([np.repeat(np.arange(n_customers), counts),
-                                      np.repeat(np.arange(n_customers), sporadic)])
-    lo = first_u[repeat_customer]
-    hi = np.concatenate([np.repeat(active_until, counts), np.ones(sporadic.sum())])
-    repeat_time = np.maximum(time_at(lo + rng.random(len(lo)) * (hi - lo)), first_order[repeat_customer] + 3600)
+        # Orders: each buyer's first order, then the repeats, on the seasonal clock.
+        repeat_time = np.maximum(time_at(np.minimum(repeat_u, 1.0)), first_order[repeat_customer] + 3600)
+    else:
+        rate = rng.gamma(RATE_SHAPE, 1.0, n_customers)
+        refund_propensity = rng.beta(1.0, 1.0 / REFUND_SHARE - 1.0, n_customers)
+        rate *= np.exp(-6.0 * refund_propensity)  # unhappy customers come back less
+        discount_seeker = rng.random(n_customers) < 0.25
+        one_time = rng.random(n_customers) < ONE_TIME_SHARE
+        lifetime = rng.exponential(MEAN_LIFETIME_DAYS * DAY, n_customers)
+        churn_u = np.interp(np.minimum(first_order + lifetime, end), edges, cdf)
+        exposure = np.where(one_time, 0.0, np.maximum(churn_u - first_u, 0.0))
+        exposure[buyers:] = 0.0
+        # Most repeats fall in the active window; a few are win-backs at any time after the first order,
+        # churned and one-time buyers included, so a long silence lowers the odds but never to zero.
+        active_until = np.where(exposure > 0, first_u + exposure, first_u)
+        reachable = np.where(np.arange(n_customers) < buyers, 1.0 - first_u, 0.0)
+        repeats = config.orders - buyers
+        winbacks = rng.binomial(repeats, WINBACK_SHARE)
+        counts = _spread(rng, repeats - winbacks, rate * exposure)
+        sporadic = _spread(rng, winbacks, reachable)
+        focus = np.full(n_customers, FAVOURITE_CATEGORY_SHARE)
+        favourite = rng.choice(len(CATEGORIES), n_customers, p=_shares(CATEGORIES))
+        currency = rng.choice(list(CURRENCIES), n_customers, p=_shares(CURRENCIES))
+
+        # Orders: each buyer's first order, then repeats spread over their active window.
+        repeat_customer = np.concatenate([np.repeat(np.arange(n_customers), counts),
+                                          np.repeat(np.arange(n_customers), sporadic)])
+        lo = first_u[repeat_customer]
+        hi = np.concatenate([np.repeat(active_until, counts), np.ones(sporadic.sum())])
+        repeat_time = np.maximum(time_at(lo + rng.random(len(lo)) * (hi - lo)), first_order[repeat_customer] + 3600)
     order_customer = np.concatenate([np.arange(buyers), repeat_customer])
     order_time = np.minimum(np.concatenate([first_order[:buyers], repeat_time]), end - 1)
     chronological = np.argsort(order_time, kind="stable")
@@ -196,7 +237,7 @@ def _simulate(config: SyntheticStoreConfig) -> _Store:
     item_order = np.repeat(np.arange(n_orders), items_per_order)
     n_items = len(item_order)
     category = np.where(
-        rng.random(n_items) < FAVOURITE_CATEGORY_SHARE,
+        rng.random(n_items) < focus[order_customer[item_order]],
         favourite[order_customer[item_order]],
         rng.choice(len(categories), n_items, p=_shares(CATEGORIES)),
     )
@@ -269,6 +310,45 @@ def _spread(rng: np.random.Generator, total: int, weight: np.ndarray) -> np.ndar
     if total <= 0 or weight.sum() <= 0:
         return np.zeros(len(weight), dtype=np.int64)
     return rng.multinomial(total, weight / weight.sum())
+
+
+def _bgnbd_repeats(rng: np.random.Generator, rate: np.ndarray, dropout: np.ndarray, weeks: np.ndarray,
+                   total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``total`` repeat orders of a BG/NBD process: (customer, weeks after their first order).
+
+    Customer ``c`` buys at ``rate[c] x scale`` per week (at most ``MAX_WEEKLY_RATE``) within ``weeks[c]``
+    and, after each repeat order,
+    drops out with probability ``dropout[c]``. The draws (exponential gaps, when each one drops out) are
+    made once; a larger ``scale`` only moves the same orders earlier, so the count grows with it and a
+    bisection finds the smallest scale that reaches ``total``; the few orders over it are dropped at random."""
+    alive_for = np.minimum(rng.geometric(np.clip(dropout, 1e-9, 1.0)), MAX_REPEATS)  # repeats before dropping out
+    alive_for = np.where(weeks > 0, alive_for, 0)
+    customer = np.repeat(np.arange(len(rate)), alive_for)
+    gaps = rng.exponential(1.0, len(customer))
+    start = np.concatenate([[0], np.cumsum(alive_for)[:-1]])
+    cumulative = np.cumsum(gaps)
+    unit_time = cumulative - np.repeat(cumulative[start] - gaps[start], alive_for) if len(customer) else cumulative
+    rate, weeks = rate[customer], weeks[customer]
+
+    def happen(scale: float) -> np.ndarray:  # a repeat order happens within the customer's weeks
+        return unit_time <= np.minimum(scale * rate, MAX_WEEKLY_RATE) * weeks
+
+    def count(scale: float) -> int:
+        return int(np.count_nonzero(happen(scale)))
+
+    if total <= 0 or count(1e12) < total:
+        if total > 0:
+            raise ValueError(f"the store's customers cannot place {total} repeat orders in its history; "
+                             "raise synthetic.customers or days, or lower orders")
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    low, high = 0.0, 1.0
+    while count(high) < total:
+        low, high = high, high * 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if count(middle) < total else (low, middle)
+    kept = np.sort(rng.choice(np.flatnonzero(happen(high)), total, replace=False))
+    return customer[kept], unit_time[kept] / np.minimum(high * rate[kept], MAX_WEEKLY_RATE)
 
 
 def _shares(table: dict[str, tuple[float, float]]) -> np.ndarray:
