@@ -293,11 +293,16 @@ class KfpConfig(Section):
     pipeline_root: str | None = None
     token_path: Path = Field(Path("/var/run/secrets/kfp/token"),
                              description="Projected service-account token, used when present (in-cluster).")
-    state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster.")
+    state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster at "
+                           "state_mount_path; empty: each task gets a private emptyDir there instead (stages pass "
+                           "KFP artifacts, so training needs no shared volume; see kustomize/README.md for what "
+                           "still reads the volume).")
     state_mount_path: Path = Field(Path("/var/lib/storeflow"), description="Where tasks see project.state_dir.")
     config_mount_path: Path = Field(Path("/etc/storeflow/config"), description="Where tasks see the deploy.config_map "
                                     "ConfigMap (the overlay's STOREFLOW_* values), read as $STOREFLOW_CONFIG_DIR.")
-    enable_caching: bool = False
+    enable_caching: bool | None = Field(None, description="A run's caching: None keeps each task's compiled "
+                                         "setting (on only where the inputs determine the output), false turns it "
+                                         "off for the run, true on for every task.")
     resources: dict[str, TaskResources] = Field(
         default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
         description="Per pipeline task (ingest, validate, features, train, evaluate, register, deploy, monitor, "

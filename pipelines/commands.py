@@ -92,6 +92,7 @@ def _print_summary(settings, result) -> None:
     console.print(f"champion: v{registration['champion_version']} · challenger: v{registration['version']}")
     console.print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
     console.print(f"Feast repo: {settings.feature_repo_dir}")
+    console.print(f"artifacts (snapshot, training set, model, model card, reports): {result.log.parent / 'artifacts'}")
     console.print(f"pipeline log: {result.log} · {result.seconds:.1f} s")
 
 

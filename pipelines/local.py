@@ -41,6 +41,11 @@ class LocalRun:
     log: Path
     seconds: float
     tasks: list[str] = field(default_factory=list)
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # task: perf_counter start, end
+
+    @property
+    def task_seconds(self) -> dict[str, float]:
+        return {task: end - start for task, (start, end) in self.windows.items()}
 
 
 class _TaskStream(io.TextIOBase):
@@ -50,6 +55,8 @@ class _TaskStream(io.TextIOBase):
         self._log, self._on_start, self._on_finish = log, on_start, on_finish
         self._pending = ""
         self.failed_task: str | None = None
+        self._started: dict[str, float] = {}
+        self.windows: dict[str, tuple[float, float]] = {}  # when each task ran (perf_counter), for benchmarks
 
     def write(self, text: str) -> int:
         self._log.write(ANSI.sub("", text))  # a plain log file, readable without a terminal
@@ -58,10 +65,13 @@ class _TaskStream(io.TextIOBase):
         for line in lines:
             plain = ANSI.sub("", line)
             if match := FINISHED.search(plain):
+                now = time.perf_counter()
+                self.windows[match.group(1)] = (self._started.pop(match.group(1), now), now)
                 if match.group(2) != "SUCCESS":
                     self.failed_task = match.group(1)
                 self._on_finish(match.group(1), match.group(2))
             elif match := STARTED.search(plain):
+                self._started[match.group(1)] = time.perf_counter()
                 self._on_start(match.group(1))
         return len(text)
 
@@ -126,4 +136,4 @@ def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], con
         except RuntimeError as exc:
             raise PipelineFailed(str(ANSI.sub("", str(exc))), log_path, stream.failed_task) from exc
     return LocalRun(output=getattr(output, "output", output), log=log_path,
-                    seconds=time.perf_counter() - started, tasks=list(stages))
+                    seconds=time.perf_counter() - started, tasks=list(stages), windows=dict(stream.windows))

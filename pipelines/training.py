@@ -30,6 +30,9 @@ STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "de
 # a failure there is a data error that a retry repeats.
 RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain"})
 
+# Tasks whose output their inputs determine, with no side effect a cache hit would skip (see on_cluster).
+CACHED = frozenset({"validate"})
+
 # Where the config is not given (kfp.local runs, the module-level pipelines), the config model's defaults:
 # never the environment or a config file read at import time.
 DEFAULTS = Settings.model_construct()
@@ -37,20 +40,27 @@ DEFAULTS = Settings.model_construct()
 
 def on_cluster(task: dsl.PipelineTask, name: str, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """Cluster wiring kfp.local ignores, from the settings the pipeline is compiled with: the project image,
-    the shared state volume, the storeflow-config ConfigMap (read as the environment), the display name, CPU/memory requests and limits and a timeout
+    the state volume, the storeflow-config ConfigMap (read as the environment), the display name, CPU/memory
+    requests and limits and a timeout
     (``kfp.resources.<name>``), retries with backoff for the tasks in :data:`RETRIED` (``kfp.retry``).
 
-    Caching is off on every task: each stage reads or writes state outside its inputs. ``ingest`` reads a
-    live store; ``validate`` and ``features`` read a snapshot *path* on the shared volume (the path, not
-    the content, is the input) and ``features`` writes Feast's registry and online store, which a cache hit
-    would skip; ``train`` and ``evaluate`` log runs to MLflow and compare with the *current* champion;
-    ``register``, ``deploy``, ``monitor`` and ``retrain`` change or read registry, serving and log state.
-    Equal inputs need not mean equal results, so a cached output could be wrong or skip a side effect.
+    Caching is on only where a task's inputs determine its output and it has no side effect: ``validate``
+    (the snapshot artifact and the config decide the report; a failure is not cached). Off everywhere
+    else: ``ingest`` reads a live store; ``features`` writes Feast's registry and online store, which a
+    cache hit would skip; ``train`` and ``evaluate`` log runs to MLflow and compare with the *current*
+    champion; ``register``, ``deploy``, ``monitor`` and ``retrain`` change or read registry, serving and
+    log state. A run can still turn caching off for all (``kfp.enable_caching: false``).
+
+    The state dir is task-private scratch (an emptyDir) when ``kfp.state_pvc`` is empty: stages hand each
+    other KFP artifacts, and what outlives a run is in MLflow and Feast.
     """
     kfp_cfg = settings.kfp
     sized = kfp_cfg.resources[name]
     task.set_container_image(settings.image.reference)
-    kubernetes.mount_pvc(task, pvc_name=kfp_cfg.state_pvc, mount_path=str(kfp_cfg.state_mount_path))
+    if kfp_cfg.state_pvc:
+        kubernetes.mount_pvc(task, pvc_name=kfp_cfg.state_pvc, mount_path=str(kfp_cfg.state_mount_path))
+    else:
+        kubernetes.empty_dir_mount(task, volume_name="storeflow-state", mount_path=str(kfp_cfg.state_mount_path))
     # The overlay's STOREFLOW_* values (canary steps, replicas, URLs) reach every task; optional, so a
     # cluster without the ConfigMap runs on what the pipeline was compiled with and config_json.
     kubernetes.use_config_map_as_volume(task, config_map_name=settings.deploy.config_map,
@@ -63,7 +73,7 @@ def on_cluster(task: dsl.PipelineTask, name: str, settings: Settings = DEFAULTS)
         retry = kfp_cfg.retry
         task.set_retry(num_retries=retry.num_retries, backoff_duration=retry.backoff_duration,
                        backoff_factor=retry.backoff_factor, backoff_max_duration=retry.backoff_max_duration)
-    return task.set_display_name(name).set_caching_options(False)
+    return task.set_display_name(name).set_caching_options(name in CACHED)
 
 
 def shopify_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
@@ -136,21 +146,25 @@ def build_training_pipeline(settings: Settings = DEFAULTS):
         horizon = {"label_horizon_days": label_horizon_days}
         ingested = shopify_credentials(cluster(
             ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest"), settings)
-        validated = cluster(validate(config_json=config_json, snapshot=ingested.output), "validate")
-        built = feast(cluster(features(config_json=config_json, snapshot=validated.outputs["Output"], **horizon),
-                              "features"))
-        trained = mlflow(cluster(train(config_json=config_json, features=built.output, estimator=estimator,
+        snapshot = ingested.outputs["snapshot"]
+        validated = cluster(validate(config_json=config_json, snapshot=snapshot), "validate")
+        built = feast(cluster(features(config_json=config_json, snapshot=snapshot, **horizon), "features"))
+        built.after(validated)  # the gate: nothing is built from a snapshot validate has not passed
+        training_set = built.outputs["training_set"]
+        trained = mlflow(cluster(train(config_json=config_json, training_set=training_set, estimator=estimator,
                                        **horizon), "train"))
         evaluated = mlflow(cluster(
-            evaluate(config_json=config_json, features=built.output, trained=trained.output,
+            evaluate(config_json=config_json, training_set=training_set, model=trained.outputs["model"],
                      promotion_margin=promotion_margin, **horizon), "evaluate"))
         registered = mlflow(cluster(
-            register(config_json=config_json, trained=trained.output, evaluation=evaluated.outputs["evaluation"]),
+            register(config_json=config_json, model=trained.outputs["model"],
+                     evaluation=evaluated.outputs["evaluation"]),
             "register",
         ))
+        registration = registered.outputs["Output"]
         # deploy target local serves through Feast; kserve only reads MLflow.
-        feast(mlflow(cluster(deploy(config_json=config_json, registration=registered.output), "deploy")))
-        return registered.output
+        feast(mlflow(cluster(deploy(config_json=config_json, registration=registration), "deploy")))
+        return registration
 
     return training_pipeline
 

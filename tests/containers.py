@@ -46,9 +46,10 @@ def build_image() -> str:
 def docker_runner(state_dir: Path):
     """kfp.local's DockerRunner for storeflow tasks.
 
-    Tasks hand each other absolute paths under the state dir (snapshots, the Feast repo, MLflow's SQLite
-    file), so the state dir is mounted at the same path, as the cluster mounts its volume at
-    ``kfp.state_mount_path`` and moves the state dir there. Host networking: a local MLflow, Redis or
+    Tasks hand each other KFP artifacts (under the pipeline root, which DockerRunner mounts itself), but
+    with the embedded defaults MLflow's SQLite file and the Feast file registry are under the state dir, so
+    it is mounted at the same path, as a cluster with ``kfp.state_pvc`` mounts its volume at
+    ``kfp.state_mount_path``. tests/test_pipeline_artifacts.py runs with no state mount at all. Host networking: a local MLflow, Redis or
     Pushgateway on 127.0.0.1 is reachable from the task.
     """
     from docker.types import Mount

@@ -48,6 +48,10 @@ def test_cli_run_prints_the_model_and_where_to_look(first_run) -> None:
     assert f"MLflow: {settings.tracking_uri}" in text and f"Feast repo: {settings.feature_repo_dir}" in text
     for stage in STAGES:
         assert f"{stage}" in text
+    # Where the artifacts are, and the model card the register task wrote among them.
+    artifacts = Path(text.split("artifacts (snapshot, training set, model, model card, reports): ")[1].split()[0])
+    (card,) = artifacts.glob("storeflow-training-*/register/model_card")
+    assert "storeflow-repeat-purchase v1" in card.read_text() and "Status:** champion" in card.read_text()
 
 
 def test_losing_challenger_is_not_promoted_when_the_pipeline_runs_locally(first_run) -> None:

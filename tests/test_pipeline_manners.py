@@ -55,7 +55,9 @@ def test_every_task_has_the_configured_resources_timeout_and_retry(defaults: Pat
                              "backoffFactor": 2.0, "backoffMaxDuration": "600s"}, task
         else:
             assert retry is None, task
-        assert spec["root"]["dag"]["tasks"][task]["cachingOptions"] == {}, task  # caching off
+        # caching on only where the input artifacts decide the output with no side effect
+        expected = {"enableCache": True} if task == "validate" else {}
+        assert spec["root"]["dag"]["tasks"][task]["cachingOptions"] == expected, task
     # features and train hold the training set in memory: they get more than the tasks that move records
     if pipeline == "training":
         register = _container(spec, "register")["resources"]
@@ -98,6 +100,36 @@ def test_compile_config_and_set_change_the_compiled_cluster_values(tmp_path: Pat
     # and the checked-in defaults are not what this compile wrote
     default_spec, _ = _pipeline(Path(__file__).parents[1] / "manifests", "training")
     assert _container(default_spec, "train")["image"] != "registry.example.com/shop/storeflow:9.9.9"
+
+
+def test_without_a_state_pvc_every_training_task_gets_private_scratch_and_artifacts_link_the_stages(
+        tmp_path: Path) -> None:
+    """kfp.state_pvc empty: no task mounts a shared volume (a cluster whose only StorageClass is
+    ReadWriteOnce runs the pipeline); each gets an emptyDir at the state path, and the stages are joined by
+    KFP artifacts (Dataset, Model), not by paths on a volume."""
+    out = tmp_path / "out"
+    _compile(out, "--set", "kfp.state_pvc=")
+    spec, platform = _pipeline(out, "training")
+    for task in PIPELINE_TASKS["training"]:
+        executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+        assert "pvcMount" not in platform[executor], task
+        assert platform[executor]["emptyDirMounts"] == [
+            {"volumeName": "storeflow-state", "mountPath": "/var/lib/storeflow"}], task
+    tasks = spec["root"]["dag"]["tasks"]
+    artifact_inputs = {task: {name: (ref["taskOutputArtifact"]["producerTask"], ref["taskOutputArtifact"]["outputArtifactKey"])
+                              for name, ref in tasks[task]["inputs"].get("artifacts", {}).items()} for task in tasks}
+    assert artifact_inputs["validate"] == {"snapshot": ("ingest", "snapshot")}
+    assert artifact_inputs["features"] == {"snapshot": ("ingest", "snapshot")}
+    assert "validate" in tasks["features"]["dependentTasks"]  # the gate, without copying the snapshot again
+    assert artifact_inputs["train"] == {"training_set": ("features", "training_set")}
+    assert artifact_inputs["evaluate"] == {"training_set": ("features", "training_set"), "model": ("train", "model")}
+    assert artifact_inputs["register"] == {"model": ("train", "model")}
+    types = {name: output["artifactType"]["schemaTitle"]
+             for component in spec["components"].values()
+             for name, output in component.get("outputDefinitions", {}).get("artifacts", {}).items()}
+    assert {types["snapshot"], types["training_set"], types["model"], types["registered_model"]} == {
+        "system.Dataset", "system.Model"}
+    assert types["model_card"] == "system.Markdown" and types["challenger_curves"] == "system.ClassificationMetrics"
 
 
 def test_compile_ignores_a_config_lying_around(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from storeflow.components.container import component
 
 
 @component
-def evaluate(features: str, trained: str,
+def evaluate(training_set: dsl.Input[dsl.Dataset], model: dsl.Input[dsl.Model],
              metrics: dsl.Output[dsl.Metrics],
              champion_metrics: dsl.Output[dsl.Metrics],
              challenger_curves: dsl.Output[dsl.ClassificationMetrics],
@@ -21,8 +21,8 @@ def evaluate(features: str, trained: str,
     Args:
         config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
-        features: FeatureResult JSON from the features task (the holdout comes from its training set).
-        trained: TrainResult JSON from the train task (the challenger's MLflow run and model URI).
+        training_set: The training set Dataset from the features task (the holdout is its latest cutoffs).
+        model: The challenger, the train task's Model (its MLflow run and model URI in the metadata).
         label_horizon_days: A customer is a repeat buyer when they order within this many days after a
             cutoff (the label), as the features task was given; -1 keeps the configured features.label.horizon_days.
         promotion_margin: How much the challenger must beat the champion by on the evaluation metric (with
@@ -37,6 +37,9 @@ def evaluate(features: str, trained: str,
         evaluation: The EvaluationResult as JSON. promote: whether the challenger should become champion.
     """
     from collections import namedtuple
+    from pathlib import Path
+
+    from storeflow.components.artifacts import result_of
 
     from storeflow.components.config import load_run_settings
     from storeflow.components.evaluate import evaluate as run
@@ -46,7 +49,9 @@ def evaluate(features: str, trained: str,
 
     settings = load_run_settings(config_json, {"features.label.horizon_days": label_horizon_days,
                                               "evaluate.margin": promotion_margin})
-    result = run(settings, FeatureResult.from_json(features), TrainResult.from_json(trained))
+    features = FeatureResult(**{**result_of(training_set.metadata, "training_set"),
+                                "training_set": Path(training_set.path)})
+    result = run(settings, features, TrainResult(**result_of(model.metadata, "model")))
     for name, value in result.challenger_metrics.items():
         metrics.log_metric(name, value)
     for name, value in (result.champion_metrics or {}).items():

@@ -1,26 +1,42 @@
 """KFP component: register a new model version; move the champion alias only on a win."""
 
+from kfp import dsl
+
 from storeflow.components.container import component
 
 
 @component
-def register(trained: str, evaluation: str, config_json: str = "{}") -> str:
+def register(model: dsl.Input[dsl.Model], evaluation: str, registered_model: dsl.Output[dsl.Model],
+             model_card: dsl.Output[dsl.Markdown], config_json: str = "{}") -> str:
     """Register the trained model as a new version; move the champion alias only when evaluation says so.
 
     Args:
+        model: The train task's Model (its MLflow model URI in the metadata).
+        evaluation: EvaluationResult JSON from the evaluate task (the promotion decision).
         config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
-        trained: TrainResult JSON from the train task.
-        evaluation: EvaluationResult JSON from the evaluate task (the promotion decision).
+        registered_model: The same model as the registered version: metadata has its models:/ URI, version
+            and whether it became champion.
+        model_card: The version's model card (Markdown): status, URI, training data, holdout evaluation.
 
     Returns:
         The RegistrationResult as JSON (model name, version, whether it became champion).
     """
+    from storeflow.components.artifacts import describe, publish, result_of
     from storeflow.components.config import load_settings
     from storeflow.components.evaluate import EvaluationResult
     from storeflow.components.register import register as run
+    from storeflow.components.register.card import model_card as card
     from storeflow.components.train import TrainResult
 
-    result = run(load_settings(config_json), TrainResult.from_json(trained), EvaluationResult.from_json(evaluation))
+    trained = TrainResult(**result_of(model.metadata, "model"))
+    judged = EvaluationResult.from_json(evaluation)
+    result = run(load_settings(config_json), trained, judged)
+    publish(model.path, registered_model.path)
+    describe(registered_model.metadata, result.to_json(), model_uri=f"models:/{result.model_name}/{result.version}",
+             version=result.version, champion=result.promoted, run_id=trained.run_id)
+    with open(model_card.path, "w") as out:
+        out.write(card(result, trained, judged, model.metadata.get("dataset_hash", ""),
+                       model.metadata.get("estimator", "")))
     print(f"registered {result.model_name} v{result.version}; champion is v{result.champion_version}")
     return result.to_json()

@@ -1,30 +1,41 @@
-"""KFP component: fit the configured estimator and track it in MLflow."""
+"""KFP component: fit the configured estimator on the training set Dataset; a Model artifact out."""
+
+from kfp import dsl
 
 from storeflow.components.container import component
 
 
 @component
-def train(features: str, config_json: str = "{}", estimator: str = "", label_horizon_days: int = -1) -> str:
+def train(training_set: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], config_json: str = "{}",
+          estimator: str = "", label_horizon_days: int = -1):
     """Fit the configured estimator on the training set and track the run in MLflow.
 
     Args:
+        training_set: The training set Dataset from the features task.
         config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
-        features: FeatureResult JSON from the features task (training set path and hash).
         estimator: A scikit-learn classifier as module.Class with predict_proba (e.g.
             sklearn.ensemble.HistGradientBoostingClassifier); empty keeps the configured train.estimator.
         label_horizon_days: A customer is a repeat buyer when they order within this many days after a
             cutoff (the label), as the features task was given; -1 keeps the configured features.label.horizon_days.
-
-    Returns:
-        The TrainResult as JSON (MLflow run id and model URI).
+        model: The fitted, calibrated model as an MLflow model directory (loadable with mlflow.pyfunc);
+            metadata has its MLflow model URI, run id and training metrics.
     """
+    from pathlib import Path
+
+    import mlflow
+
+    from storeflow.components.artifacts import describe, result_of
     from storeflow.components.config import load_run_settings
     from storeflow.components.features import FeatureResult
     from storeflow.components.train import train as run
 
     settings = load_run_settings(config_json, {"train.estimator": estimator,
                                               "features.label.horizon_days": label_horizon_days})
-    result = run(settings, FeatureResult.from_json(features))
+    features = FeatureResult(**{**result_of(training_set.metadata, "training_set"),
+                                "training_set": Path(training_set.path)})
+    result = run(settings, features)
+    mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=model.path)
+    describe(model.metadata, result.to_json(), model_uri=result.model_uri, run_id=result.run_id,
+             estimator=settings.train.estimator, dataset_hash=features.dataset_hash, **result.metrics)
     print(f"MLflow run {result.run_id}: {result.metrics}")
-    return result.to_json()

@@ -6,17 +6,17 @@ from storeflow.components.container import component
 
 
 @component
-def validate(snapshot: str, report: dsl.Output[dsl.Markdown], config_json: str = "{}") -> str:
+def validate(snapshot: dsl.Input[dsl.Dataset], report: dsl.Output[dsl.Markdown], config_json: str = "{}"):
     """Check the snapshot's schema and quality; fail the run before anything is trained.
 
+    Later stages read the same snapshot and run after this task (``.after``), so the gate holds without
+    copying the snapshot again.
+
     Args:
+        snapshot: The snapshot Dataset written by ingest.
         config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
-        snapshot: Snapshot directory written by ingest.
         report: The validation report (Markdown).
-
-    Returns:
-        The snapshot again once it passes, so later stages depend on the gate.
     """
     from storeflow.components.config import load_settings
     from storeflow.components.validate import ValidationFailed
@@ -24,10 +24,9 @@ def validate(snapshot: str, report: dsl.Output[dsl.Markdown], config_json: str =
 
     settings = load_settings(config_json)
     try:
-        result = run(snapshot, settings.validate_)
+        result = run(snapshot.path, settings.validate_)
     except ValidationFailed as failed:
         print(str(failed))
         raise
     with open(report.path, "w") as out:
         out.write(f"```\n{result}\n```\n")
-    return snapshot
