@@ -7,6 +7,11 @@
 * ``storeflow_prediction_score{model_version}``: served scores, histogram on [0, 1] (for PSI).
 * ``storeflow_fallback_rows_total``: customers answered with the fallback row.
 * ``storeflow_prediction_log_dropped_total``: prediction-log records dropped (queue full or write error).
+* ``storeflow_cache_lookups_total{cache}`` / ``storeflow_cache_hits_total{cache}``: lookups the feature
+  cache (``features``) and the score memo (``scores``) answered, and how many of them from memory (their
+  ratio is the hit rate); per worker ``storeflow_cache_hit_ratio{cache}`` (the estimate that switches the
+  cache on or off), ``storeflow_cache_enabled{cache}`` and ``storeflow_cache_entries{cache}``
+  (see :mod:`storeflow.serving.caching`).
 * ``storeflow_model_info{model_version,runtime}``: 1 per served version; ``runtime`` is what scores it
   (``treelite`` or ``sklearn``, see :mod:`storeflow.serving.runtime`).
 
@@ -17,6 +22,7 @@ sums all workers.
 from __future__ import annotations
 
 import os
+import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition, multiprocess, values
 
@@ -39,12 +45,24 @@ FALLBACK_ROWS = Counter("storeflow_fallback_rows", "Customers scored with the fa
 MODEL_INFO = Gauge("storeflow_model_info", "Served model versions and the runtime scoring each.",
                    ["model_version", "runtime"], multiprocess_mode="max")
 LOG_DROPPED = Counter("storeflow_prediction_log_dropped", "Prediction log records dropped.")
+CACHE_LOOKUPS = Counter("storeflow_cache_lookups", "Lookups a serving cache answered (while on).", ["cache"])
+CACHE_HITS = Counter("storeflow_cache_hits", "Lookups a serving cache answered from memory.", ["cache"])
+CACHE_HIT_RATIO = Gauge("storeflow_cache_hit_ratio", "Estimated hit rate of a serving cache over its last window "
+                        "(per worker; below the threshold the cache is off).", ["cache"], multiprocess_mode="liveall")
+CACHE_ENABLED = Gauge("storeflow_cache_enabled", "1 while a serving cache is consulted, 0 while its hit rate is "
+                      "too low to help (per worker).", ["cache"], multiprocess_mode="liveall")
+CACHE_ENTRIES = Gauge("storeflow_cache_entries", "Entries a serving cache holds (per worker).", ["cache"],
+                      multiprocess_mode="liveall")
+# Caches whose locally counted lookups /metrics adds to the counters first (storeflow.serving.caching).
+REGISTERED_CACHES: weakref.WeakSet = weakref.WeakSet()
 
 
 def exposition_body(accept: str | None) -> tuple[bytes, str]:
     """The /metrics body: every worker's metrics in multiprocess mode, this process's otherwise."""
     from prometheus_client import REGISTRY
 
+    for cache in list(REGISTERED_CACHES):
+        cache.flush()
     registry = REGISTRY
     if MULTIPROCESS and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -15,10 +15,12 @@ started past ``serving.prediction_log_rotate_bytes``, and only the newest
 
 ``features`` holds exactly what the model saw (fallback values included), in training column order;
 ``cart`` and ``shop`` may be null. Readers should skip a last line without a newline (a file being
-written). Appending is asynchronous: requests put records on a bounded queue
-(``serving.prediction_log_queue``) and a writer thread drains it; when the queue is full or a write
-fails the records are dropped and counted in ``storeflow_prediction_log_dropped_total``, so logging
-can never slow or fail a prediction.
+written). Appending is asynchronous: requests add records to a bounded buffer
+(``serving.prediction_log_queue``) and a writer thread takes them every :data:`DRAIN_SECONDS`; when the
+buffer is full or a write fails the records are dropped and counted in
+``storeflow_prediction_log_dropped_total``, so logging can never slow or fail a prediction. Adding
+is a ``deque.extend``: no lock and no wake-up of the writer per request (a ``queue.Queue`` put notified
+the writer thread each time, ~5 % of a serving worker at 50,000 customers, and a GIL hand-off each).
 
 Erasure (customers/redact) rewrites these files in place while the writer has them open: each batch is
 appended under the file's lock (:mod:`storeflow.components.erasure`), so the eraser never sees half a
@@ -28,9 +30,9 @@ batch, no line slips in between its read and its rewrite, and later lines land i
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import threading
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,12 +40,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from storeflow.components.erasure import append_locked
-from storeflow.components.queues import STOP, batches
 from storeflow.serving.metrics import LOG_DROPPED
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
+DRAIN_SECONDS = 0.05  # how often the writer takes what was added
+WRITE_BATCH = 1000  # records per write at most
 
 
 class PredictionLog:
@@ -52,26 +55,27 @@ class PredictionLog:
         self.rotate_bytes = rotate_bytes
         self.keep_files = keep_files
         self.dropped = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._buffer: deque = deque()
+        self._stop = threading.Event()
         self._fd: int | None = None
         self._files: list[Path] = []
         self._thread = threading.Thread(target=self._drain, daemon=True, name="prediction-log")
         self._thread.start()
 
     def append(self, records: list[dict]) -> None:
-        """Queue records without blocking; count what does not fit."""
-        for record in records:
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                self._drop(1)
+        """Add records without blocking; count what does not fit."""
+        room = self.max_queue - len(self._buffer)
+        if room >= len(records):
+            self._buffer.extend(records)
+            return
+        if room > 0:
+            self._buffer.extend(records[:room])
+        self._drop(len(records) - max(room, 0))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop."""
-        try:
-            self._queue.put(STOP, timeout=timeout)
-        except queue.Full:
-            pass
+        """Write what was added, then stop."""
+        self._stop.set()
         self._thread.join(timeout)
 
     def _drop(self, count: int) -> None:
@@ -79,12 +83,19 @@ class PredictionLog:
         LOG_DROPPED.inc(count)
 
     def _drain(self) -> None:
-        for records in batches(self._queue, 1000):
-            try:
-                self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records))
-            except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
-                self._drop(len(records))
-                self._close_file()
+        buffer = self._buffer
+        while True:
+            stopping = self._stop.wait(DRAIN_SECONDS)
+            while buffer:
+                records = [buffer.popleft() for _ in range(min(WRITE_BATCH, len(buffer)))]
+                try:
+                    self._write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                                         for r in records))
+                except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
+                    self._drop(len(records))
+                    self._close_file()
+            if stopping:
+                break
         self._close_file()
 
     def _write(self, data: bytes) -> None:

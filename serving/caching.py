@@ -1,0 +1,144 @@
+"""Caches that pay for themselves: bounded with O(1) eviction, and off by themselves while they would not hit.
+
+Two caches sit on the request path of ``storeflow serve``: customer feature rows
+(:class:`storeflow.serving.features.OnlineFeatures`) and scores by exact feature row
+(:class:`storeflow.serving.batching.ScoreMemo`). Both help a store whose customers come back within
+the cache's horizon and only cost a store whose traffic does not repeat (a large store drawn uniformly):
+memory, inserts that never pay back, and objects the garbage collector walks. So each one
+
+* keeps at most ``max_keys`` entries in two generations (:class:`Generations`): inserts go to the young
+  one; when it is full the old one is dropped whole and the young one becomes old, so an entry used in
+  the last two generations stays (a hit moves it to the young one) and eviction is one dict swap,
+  never a scan;
+* decides from its hit rate whether it is worth consulting (:class:`CacheUse`). The decision uses an
+  estimate that does not depend on the cache being on: a fixed 1-in-:data:`SAMPLE` sample of the keys
+  (by hash) is remembered, with the time it was last seen, in a small shadow table, and a sampled
+  lookup whose key was seen within the cache's horizon counts as a would-be hit. Every
+  :data:`WINDOW` sampled lookups, the cache is on when that estimate is at least
+  :data:`MIN_HIT_RATE`, else off (emptied, not consulted, not filled) until a later window says it
+  would hit again. The shadow costs one modulo per lookup and a dict operation per sampled one.
+
+``/metrics`` shows, per cache (label ``cache``: ``features`` or ``scores``):
+``storeflow_cache_lookups_total`` and ``storeflow_cache_hits_total`` (what the cache really answered,
+summed over workers: their ratio is the hit rate), and per worker ``storeflow_cache_hit_ratio`` (the
+estimate of the last window, the one that decides), ``storeflow_cache_enabled`` (1 or 0) and
+``storeflow_cache_entries``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Iterable
+
+from storeflow.serving import metrics
+
+# Below this estimated hit rate a cache costs more than it saves: a miss costs a lookup, an insert and
+# memory (~1-2 us), a hit saves an online store read (~40-100 us) or a model call.
+MIN_HIT_RATE = 0.05
+SAMPLE = 16  # one key in SAMPLE (by hash) feeds the hit-rate estimate
+WINDOW = 256  # sampled lookups per decision (~4,000 lookups)
+FLUSH_EVERY = 64  # lookups counted locally before they are added to the Prometheus counters
+FLUSH_SECONDS = 0.5
+
+
+class Generations:
+    """A map of at most ``max_keys`` entries, evicting in O(1) (see the module docstring)."""
+
+    def __init__(self, max_keys: int):
+        self.max_keys = max(2, int(max_keys))
+        self._young: dict = {}
+        self._old: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+    def get(self, key):
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self._young[key] = value
+        return value
+
+    def put(self, key, value) -> None:
+        young = self._young
+        young[key] = value
+        if len(young) >= self.max_keys // 2:
+            self._old, self._young = young, {}
+
+    def clear(self) -> None:
+        self._young, self._old = {}, {}
+
+
+class CacheUse:
+    """Hit accounting of one cache, and whether it is worth consulting (see the module docstring).
+
+    ``horizon_s``: how long an entry may answer (the cache's TTL; None: until evicted);
+    ``max_keys``: the cache's bound, which the shadow sample keeps proportionally.
+    """
+
+    def __init__(self, name: str, max_keys: int, horizon_s: float | None = None, min_hit_rate: float = MIN_HIT_RATE,
+                 window: int = WINDOW, sample: int = SAMPLE):
+        self.name = name
+        self.horizon_s = horizon_s
+        self.min_hit_rate = min_hit_rate
+        self.window = window
+        self.sample = sample
+        self.enabled = True
+        self.estimate: float | None = None  # the last window's estimated hit rate
+        self.hits = 0  # answered from the cache, since start
+        self.lookups = 0
+        self.entries = 0
+        self._shadow = Generations(max(64, max_keys // sample))
+        self._sampled = 0
+        self._sampled_hits = 0
+        self._pending = [0, 0]  # hits, lookups not yet in the Prometheus counters
+        self._flushed_at = time.monotonic()
+        self._hits_metric = metrics.CACHE_HITS.labels(name)
+        self._lookups_metric = metrics.CACHE_LOOKUPS.labels(name)
+        metrics.CACHE_ENABLED.labels(name).set(1)
+        metrics.REGISTERED_CACHES.add(self)
+
+    def observe(self, keys: Iterable[Hashable], now: float) -> bool:
+        """Feed the sampled ``keys`` of one lookup to the estimate; returns whether the cache is on
+        (a window may just have ended and switched it)."""
+        sample, shadow, horizon = self.sample, self._shadow, self.horizon_s
+        for key in keys:
+            if hash(key) % sample:
+                continue
+            seen = shadow.get(key)
+            self._sampled += 1
+            if seen is not None and (horizon is None or now - seen < horizon):
+                self._sampled_hits += 1
+            shadow.put(key, now)
+        if self._sampled >= self.window:
+            self._decide()
+        return self.enabled
+
+    def _decide(self) -> None:
+        self.estimate = self._sampled_hits / self._sampled
+        self._sampled = self._sampled_hits = 0
+        self.enabled = self.estimate >= self.min_hit_rate
+        metrics.CACHE_HIT_RATIO.labels(self.name).set(self.estimate)
+        metrics.CACHE_ENABLED.labels(self.name).set(1 if self.enabled else 0)
+
+    def count(self, hits: int, lookups: int, entries: int) -> None:
+        """What the cache answered in one lookup (only while it is on)."""
+        self.hits += hits
+        self.lookups += lookups
+        self.entries = entries
+        pending = self._pending
+        pending[0] += hits
+        pending[1] += lookups
+        if pending[1] >= FLUSH_EVERY or time.monotonic() - self._flushed_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the locally counted lookups to the Prometheus counters (``/metrics`` calls it too)."""
+        hits, lookups = self._pending
+        self._pending = [0, 0]
+        self._flushed_at = time.monotonic()
+        if lookups:
+            self._hits_metric.inc(hits)
+            self._lookups_metric.inc(lookups)
+        metrics.CACHE_ENTRIES.labels(self.name).set(self.entries)

@@ -1,0 +1,109 @@
+"""Serving caches that pay for themselves (serving/caching.py): bounded, off by themselves while their
+hit rate is too low to help, on again when traffic repeats, hit rates on /metrics, and the same
+answers as the model with and without them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import numpy as np
+
+from storeflow.serving import metrics
+from storeflow.serving.batching import MicroBatcher, ScoreMemo
+from storeflow.serving.caching import SAMPLE, WINDOW, CacheUse, Generations
+
+
+def model(rows: np.ndarray) -> np.ndarray:
+    model.calls += 1
+    return 1 / (1 + np.exp(-rows.sum(axis=1)))
+
+
+model.calls = 0
+
+
+def _score_one_at_a_time(memo: ScoreMemo, rows: np.ndarray) -> np.ndarray:
+    async def run():
+        return np.concatenate([await memo(row[None, :]) for row in rows])
+
+    return asyncio.run(run())
+
+
+def test_generations_never_hold_more_than_their_bound_and_keep_what_is_used():
+    cache = Generations(10)
+    for key in range(100):
+        cache.put(key, key)
+        cache.get(0) or cache.put(0, -1)  # key 0 is used all the time
+        assert len(cache) <= 10
+    assert cache.get(0) is not None
+    assert cache.get(1) is None  # long gone
+
+
+def test_a_memo_whose_rows_never_repeat_switches_itself_off_and_still_answers_like_the_model():
+    memo = ScoreMemo(MicroBatcher(model), max_rows=100_000)
+    rows = np.random.default_rng(1).normal(size=(3 * WINDOW * SAMPLE, 3))  # every row new
+    try:
+        scores = _score_one_at_a_time(memo, rows)
+    finally:
+        memo.close()
+    np.testing.assert_array_equal(scores, model(rows))
+    assert not memo.use.enabled and memo.use.estimate == 0.0
+    assert len(memo._scores) == 0  # off: empty, not consulted, not filled
+
+
+def test_a_memo_turns_itself_on_again_when_traffic_repeats():
+    memo = ScoreMemo(MicroBatcher(model), max_rows=100_000)
+    rng = np.random.default_rng(2)
+    fresh = rng.normal(size=(2 * WINDOW * SAMPLE, 3))
+    returning = rng.normal(size=(256, 3))  # a few customers who come back again and again
+    repeats = returning[rng.integers(0, len(returning), size=4 * WINDOW * SAMPLE)]
+    try:
+        _score_one_at_a_time(memo, fresh)
+        assert not memo.use.enabled
+        model.calls = 0
+        scores = _score_one_at_a_time(memo, repeats)
+    finally:
+        memo.close()
+    np.testing.assert_array_equal(scores, model(repeats))
+    assert memo.use.enabled and memo.use.estimate > 0.9
+    assert memo.hits > len(repeats) // 2
+
+
+def test_the_memo_stays_within_its_bound():
+    memo = ScoreMemo(MicroBatcher(model), max_rows=50)
+    rows = np.arange(600, dtype=np.float64).reshape(300, 2)
+    try:
+        _score_one_at_a_time(memo, np.vstack([rows, rows[:10], rows[:10]]))
+    finally:
+        memo.close()
+    assert len(memo._scores) <= 50
+
+
+def test_inline_batching_scores_concurrent_requests_together_and_like_the_model():
+    batcher = MicroBatcher(model, max_rows=8, inline=True)
+    rows = np.random.default_rng(3).normal(size=(20, 3))
+
+    async def run():
+        return await asyncio.gather(*(batcher(row[None, :]) for row in rows))
+
+    model.calls = 0
+    try:
+        scores = np.concatenate(asyncio.run(run()))
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(scores, model(rows))
+    assert model.calls - 1 == 3  # 20 rows in calls of at most 8 (the check above is one call more)
+
+
+def test_metrics_show_each_caches_hit_rate():
+    use = CacheUse("scores", max_keys=1000)
+    use.count(hits=3, lookups=4, entries=2)
+    for key in range(WINDOW * SAMPLE * 2):
+        use.observe([key % 10], now=0.0)  # ten keys again and again: nearly all would hit
+    body, _ = metrics.exposition_body(None)
+    text = body.decode()
+    assert 'storeflow_cache_hits_total{cache="scores"}' in text
+    assert 'storeflow_cache_lookups_total{cache="scores"}' in text
+    ratio = next(line for line in text.splitlines() if line.startswith('storeflow_cache_hit_ratio{cache="scores"'))
+    assert float(ratio.rsplit(" ", 1)[1]) > 0.9
+    assert re.search(r'^storeflow_cache_enabled\{cache="scores"[^}]*\} 1\.0$', text, re.M)
