@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 EPOCH_BYTES = 8
+REWRITE_CHUNK = 1 << 20  # bytes read, and kept lines written back, at a time
 
 
 @contextmanager
@@ -44,23 +45,46 @@ def append_locked(fd: int, data: bytes) -> None:
 def rewrite_in_place(path: Path, keep: Callable[[bytes], bool]) -> int:
     """Drop the lines ``keep`` refuses, rewriting the file in place under its lock; returns lines dropped.
 
-    The same inode stays, so a writer's open descriptor keeps appending to the file everyone reads.
+    The same inode stays, so a writer's open descriptor keeps appending to the file everyone reads. The
+    file is streamed, never held whole (a server's log reaches tens of MB, and the process erasing is a
+    long-lived receiver): kept lines are written back over the ones already read, always at or before
+    the read position, so what is still to be read is never overwritten; then the file is cut to the
+    kept length. Until the first dropped line nothing is written at all.
     """
     fd = os.open(path, os.O_RDWR)
     try:
         with locked(fd):
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                lines = handle.readlines()
-            kept = [line for line in lines if keep(line)]
-            if len(kept) == len(lines):
+            dropped = written = 0
+            pending: list[bytes] = []
+            pending_bytes = 0
+            with os.fdopen(os.dup(fd), "rb", buffering=REWRITE_CHUNK) as handle:  # pwrite leaves its offset alone
+                for line in handle:
+                    if not keep(line):
+                        dropped += 1
+                    elif dropped:
+                        pending.append(line)
+                        pending_bytes += len(line)
+                        if pending_bytes >= REWRITE_CHUNK:
+                            written += _pwrite_all(fd, b"".join(pending), written)
+                            pending, pending_bytes = [], 0
+                    else:
+                        written += len(line)  # already in place
+            if not dropped:
                 return 0
-            data = b"".join(kept)
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+            written += _pwrite_all(fd, b"".join(pending), written)
+            os.ftruncate(fd, written)
             os.fsync(fd)
-            return len(lines) - len(kept)
+            return dropped
     finally:
         os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+    return len(data)
 
 
 def _open_epoch(path: Path) -> int:

@@ -8,6 +8,8 @@ import json
 import re
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -25,6 +27,7 @@ from storeflow.components.tables import read_tables
 from storeflow.serving.predlog import PredictionLog
 
 ERASED, KEPT = 7_200_000_000_042, 7_200_000_000_043
+WARM_UP = 7_200_000_900_000  # erased before a measurement
 
 
 def on_disk(roots: list[Path], customer_id: int, email: str | None) -> list[str]:
@@ -194,6 +197,70 @@ def test_erasing_a_prediction_log_a_live_writer_appends_to(settings):
     # appending to the file on disk, not to a replaced one.
     assert sum(r["customer_id"] == KEPT for r in lines) == kept_written
     assert lines[-1]["score"] == 0.3
+
+
+def test_redacting_a_large_prediction_log_reads_it_a_piece_at_a_time(settings):
+    """Issue 11's soak: the webhook receiver grew with its prediction logs (0-61 MB), because
+    customers/redact read each whole log into memory twice: to rewrite it (a list of its lines) and to
+    prove the erasure (the file's bytes and a lowered copy). A 48 MB log: +110 MB at the peak before,
+    +7 MB streamed.
+
+    Measured in a fresh interpreter: the suite's own process has a peak RSS of its own already."""
+    directory = layout.prediction_log_dir(settings)
+    directory.mkdir(parents=True)
+    features = {f"feature_{n}": 12.5 + n for n in range(12)}
+    lines = [json.dumps({"ts": "2026-06-01T12:00:00.123456+00:00", "request_id": f"r{n}", "model_version": "3",
+                         "customer_id": ERASED if n % 1000 == 7 else KEPT + n % 400, "score": 0.734,
+                         "features": features, "shop": "demo-store.myshopify.com"}) + "\n" for n in range(2000)]
+    big, small = directory / "predictions-1-host-1.jsonl", directory / "predictions-0-host-1.jsonl"
+    written = 0
+    with big.open("w") as out:
+        while out.tell() < 48 << 20:
+            out.writelines(lines)
+            written += 1
+    small.write_text("".join(lines).replace(str(ERASED), str(WARM_UP)))
+    size_mb, erased_lines = big.stat().st_size / 2**20, written * sum(str(ERASED) in line for line in lines)
+    _journal(settings).close()
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import test_erasure; test_erasure.redaction_peak(sys.stdin.read())", str(Path(__file__).parent)],
+                          input=settings.to_json(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak_mb, kept_mb, dropped = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{size_mb:.0f} MB log: peak +{peak_mb:.1f} MB, kept +{kept_mb:.1f} MB")
+    assert dropped == erased_lines
+    assert str(ERASED).encode() not in big.read_bytes() and str(KEPT).encode() in big.read_bytes()
+    # Streamed, the peak is a few windows of 1 MiB (measured: 7 MB), whatever the log's size.
+    assert peak_mb < size_mb / 3, f"customers/redact took {peak_mb:.0f} MB above its start for a {size_mb:.0f} MB log"
+
+
+def redaction_peak(settings_json: str) -> None:
+    """customers/redact of ERASED (after a first one on the small log, so lazy imports are done); prints
+    [peak RSS above the start MB, RSS kept after MB, prediction-log lines dropped]."""
+    import threading
+
+    import psutil
+
+    from storeflow.components.config import load_settings
+
+    settings = load_settings(json.loads(settings_json))
+    conn = _journal(settings)
+    directory = layout.prediction_log_dir(settings)
+    big = directory / "predictions-1-host-1.jsonl"
+    aside = big.rename(settings.project.state_dir.parent / "aside.jsonl")  # outside every store erasure scans
+    privacy.redact_customer(settings, conn, None, privacy.Subject(WARM_UP))  # on the small log
+    aside.rename(big)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    Path("/proc/self/clear_refs").write_text("5")  # the peak RSS (VmHWM) starts again from here
+    removed = {}
+    # In a thread, as the receiver's applier runs it (a thread's allocations live in an arena of their own).
+    worker = threading.Thread(target=lambda: removed.update(privacy.redact_customer(settings, conn, None,
+                                                                                    privacy.Subject(ERASED))))
+    worker.start()
+    worker.join()
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    print(json.dumps([(peak - before) / 2**20, (process.memory_info().rss - before) / 2**20,
+                      removed.get("prediction_log_lines")]))
 
 
 # --- everything the demo writes, with a server running ----------------------------------------------------

@@ -43,6 +43,7 @@ from storeflow.components.shopify.traces import EMAIL, Needles, find_traces
 from storeflow.components.tables import TABLES, read_tables
 
 log = logging.getLogger(__name__)
+CUSTOMER_GID = re.compile(rb"gid://shopify/Customer/([0-9]+)")
 
 
 @dataclass
@@ -298,10 +299,12 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
         removed += conn.execute(f"DELETE FROM live_line_items WHERE order_id IN ({marks})", [*orders]).rowcount
         removed += conn.execute(f"DELETE FROM live_refunds WHERE order_id IN ({marks})", [*orders]).rowcount
         removed += conn.execute(f"DELETE FROM live_orders WHERE order_id IN ({marks})", [*orders]).rowcount
-        for (webhook_id, body) in conn.execute("SELECT webhook_id, body FROM events WHERE body IS NOT NULL").fetchall():
-            if _mentions(bytes(body), needles) or subject.needles.in_bytes(bytes(body)) or _order_event(bytes(body), orders):
-                conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
-                removed += 1
+        # Row by row (the journal holds every delivery's body), then the few that mention them are emptied.
+        theirs = [webhook_id for (webhook_id, stored) in conn.execute("SELECT webhook_id, body FROM events WHERE body IS NOT NULL")
+                  if _mentions(body := bytes(stored), needles) or subject.needles.in_bytes(body) or _order_event(body, orders)]
+        for webhook_id in theirs:
+            conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
+        removed += len(theirs)
         conn.execute(f"UPDATE events SET customer_id = NULL WHERE customer_id IN ({who})", ids)
     _compact(conn)
     return removed
@@ -362,9 +365,10 @@ def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
             ids |= {int(c) for c in tables[name]["customer_id"].dropna()}
             emails |= set(tables[name]["email"].dropna())
     for path in _raw_files(settings):
-        data = path.read_bytes()
-        emails |= {m.group().decode() for m in EMAIL.finditer(data.lower())}
-        ids |= {int(m) for m in re.findall(rb"gid://shopify/Customer/([0-9]+)", data)}
+        with path.open("rb") as handle:  # line by line: neither an email nor a gid spans lines
+            for line in handle:
+                emails |= {m.group().decode() for m in EMAIL.finditer(line.lower())}
+                ids |= {int(m) for m in CUSTOMER_GID.findall(line)}
     for path in _prediction_logs(settings):
         ids |= {r["customer_id"] for r in _jsonl_records(path) if isinstance(r, dict) and isinstance(r.get("customer_id"), int)}
     for customer, email in conn.execute("SELECT customer_id, email FROM live_orders"):

@@ -16,6 +16,7 @@ import sqlite3
 import struct
 import zipfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,11 @@ NUMBER = re.compile(NOT_A_FRACTION + rb"[0-9]{1,19}(?![0-9])")
 # for as a gid, as a JSON ``customer_id`` value, and decoded in customer columns. Shopify's ids are
 # 13 digits, the ids ingest derives from emails longer still.
 SEARCHABLE_ID = 10**6
+# Files are read in windows of this size (plus the line or field that straddles the end), never whole.
+CHUNK_BYTES = 1 << 20
+PACKED_BYTES = 8
+# Where a text window may end, newline first: a JSON/CSV/SQLite/Parquet delimiter or a control byte.
+SEPARATORS = b"\n\x00\r\t,;{}[]()<>|\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\x10\x7f\xff"
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,61 @@ class Needles:
 
     def in_bytes(self, data: bytes, packed: bool = True) -> bool:
         """As text anywhere (the gid holds the number, so the number covers it), or (``packed``) as an int64."""
+        if self.in_text(data):
+            return True
+        return packed and len(self.customer_ids) <= LITERAL_LIMIT and self.in_packed(data)
+
+    def in_text(self, data: bytes) -> bool:
+        """An email, or an id as text (a whole number, a gid, a JSON ``customer_id``)."""
         lowered = data.lower()
         if self._literal is not None and self._literal.search(lowered):
             return True
         if len(self.emails) > LITERAL_LIMIT and any(m.group().decode() in self.emails for m in EMAIL.finditer(lowered)):
             return True
-        if len(self.customer_ids) > LITERAL_LIMIT:
-            return any((n := int(m.group())) >= SEARCHABLE_ID and n in self.customer_ids for m in NUMBER.finditer(data))
-        return packed and any(struct.pack(order, c) in data for c in self.customer_ids if c >= SEARCHABLE_ID
-                              for order in ("<q", ">q"))
+        return len(self.customer_ids) > LITERAL_LIMIT and any(
+            (n := int(m.group())) >= SEARCHABLE_ID and n in self.customer_ids for m in NUMBER.finditer(data))
+
+    def in_packed(self, data: bytes) -> bool:
+        """An id as a little- or big-endian int64."""
+        return any(struct.pack(order, c) in data for c in self.customer_ids if c >= SEARCHABLE_ID
+                   for order in ("<q", ">q"))
+
+    def separators(self) -> bytes:
+        """Bytes no text match can hold nor look around into as a digit or a dot (see :func:`in_stream`)."""
+        inside = set(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._%+-@/:\"_ ")
+        for email in self.emails:
+            inside |= set(email.encode()) | set(email.upper().encode())
+        return bytes(b for b in SEPARATORS if b not in inside)
+
+    def in_stream(self, handle: BinaryIO, packed: bool = True, chunk: int = CHUNK_BYTES) -> bool:
+        """:meth:`in_bytes` of everything ``handle`` reads, in windows of about ``chunk`` bytes: the same
+        answer as over the whole content, with memory bounded by the window (a prediction log grows to
+        tens of MB, and erasure runs in the long-lived webhook receiver).
+
+        Text is searched in windows that end just after a separator byte (a newline first, else another
+        byte no match can contain), so no match spans two windows and the look-arounds see the same
+        digits and dots they would in the whole; int64s, any 8 bytes, are searched with the previous
+        window's last 7 bytes in front. A run of ``chunk`` bytes without any separator is carried on
+        whole until one comes (correct before bounded).
+        """
+        separators = self.separators()
+        carry, tail = b"", b""
+        while True:
+            block = handle.read(chunk)
+            data = carry + block
+            cut = len(data) if not block else data.rfind(b"\n") + 1
+            if len(data) - cut >= chunk:  # no line ends near the end: binary, or one long line
+                cut = max((data.rfind(bytes([b])) for b in separators), default=-1) + 1
+            if cut:
+                window, carry = data[:cut], data[cut:]
+                if self.in_text(window) or (packed and len(self.customer_ids) <= LITERAL_LIMIT
+                                            and self.in_packed(tail + window)):
+                    return True
+                tail = (tail + window)[-(PACKED_BYTES - 1):]
+            else:
+                carry = data
+            if not block:
+                return False
 
     def in_value(self, column: str, value: object) -> bool:
         if isinstance(value, (bytes, str)):
@@ -113,34 +165,45 @@ def find_traces(roots: Iterable[Path], needles: Needles) -> list[Trace]:
 
 
 def _file_traces(path: Path, needles: Needles) -> Iterator[Trace]:
-    data = path.read_bytes()
-    parquet = data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC)
-    # Parquet and SQLite hold other ids (orders...) as plain int64 too: their columns are decoded below.
-    if needles.in_bytes(data, packed=not (parquet or data.startswith(SQLITE_MAGIC))):
-        yield Trace(path, "bytes")
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_MAGIC))
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - len(PARQUET_MAGIC)))
+        parquet = head.startswith(PARQUET_MAGIC) and size >= 2 * len(PARQUET_MAGIC) and handle.read() == PARQUET_MAGIC
+        sqlite = head.startswith(SQLITE_MAGIC)
+        handle.seek(0)
+        # Parquet and SQLite hold other ids (orders...) as plain int64 too: their columns are decoded below.
+        if needles.in_stream(handle, packed=not (parquet or sqlite)):
+            yield Trace(path, "bytes")
     if parquet:
         yield from (Trace(path, f"column {c}") for c in _parquet_columns(path, needles))
-    elif data.startswith(SQLITE_MAGIC):
+    elif sqlite:
         yield from (Trace(path, f"column {c}") for c in _sqlite_columns(path, needles))
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
-                if needles.in_bytes(archive.read(member)):
-                    yield Trace(path, f"member {member}")
+                with archive.open(member) as content:
+                    if needles.in_stream(content):
+                        yield Trace(path, f"member {member}")
 
 
 def _parquet_columns(path: Path, needles: Needles) -> Iterator[str]:
-    table = pq.read_table(path)
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_integer(column.type) and "customer" in name.lower() and needles.customer_ids:
-            if pc.any(pc.is_in(column, pa.array(sorted(needles.customer_ids), column.type))).as_py():
-                yield name
-        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
-            values = column.drop_null().to_pylist()
-            if values and needles.in_bytes("\n".join(v if isinstance(v, str) else v.decode("latin-1")
-                                                      for v in values).encode()):
-                yield name
+    """Column by column, row group by row group: a feature history is read a piece at a time."""
+    parquet = pq.ParquetFile(path)
+    for name in parquet.schema_arrow.names:
+        if any(_column_holds(parquet.read_row_group(g, columns=[name]).column(0), name, needles)
+               for g in range(parquet.num_row_groups)):
+            yield name
+
+
+def _column_holds(column: pa.ChunkedArray, name: str, needles: Needles) -> bool:
+    if pa.types.is_integer(column.type) and "customer" in name.lower() and needles.customer_ids:
+        return pc.any(pc.is_in(column, pa.array(sorted(needles.customer_ids), column.type))).as_py() or False
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
+        values = column.drop_null().to_pylist()
+        return bool(values) and needles.in_bytes("\n".join(v if isinstance(v, str) else v.decode("latin-1")
+                                                              for v in values).encode())
+    return False
 
 
 def _sqlite_columns(path: Path, needles: Needles) -> Iterator[str]:
