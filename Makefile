@@ -30,6 +30,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/model.py
 
 compile: install
 	$(BIN)/storeflow compile
