@@ -1,25 +1,34 @@
-"""Serving benchmark: storeflow vs a stock KServe model vs MLServer vs a bare ASGI app, side by side.
+"""Serving benchmark at a real store's size: storeflow vs a stock KServe model, side by side.
 
-Same registered model (trained by the real stages on a 400-customer synthetic store), single-row V2
-requests, wrk at concurrency 1, 8 and 32 (15 s each), 2 workers per server, all on 127.0.0.1. storeflow
-answers with a Feast lookup + Shopify auth (each customer's checkout sends its own session token); the
-others get the feature row in the request. wrk cycles through ~400 customers, so after the warm-up
-storeflow's in-memory caches (features, verified tokens, scores by feature row) answer most requests:
-the steady state of a store whose customers come back within a minute, not a cold start. The row
-``storeflow-uncached`` is the same server with the feature cache and the score memo off: every request
-reads Feast's online store and calls the model (only verified session tokens stay cached).
-Writes ``bench/results/serving.json``:
-``{"rows": [{"server", "concurrency", "rps", "p50_ms", "p99_ms", "non_2xx"}], "check": {...}}``.
+Rows for stores of 400, 50,000 and 500,000 customers (ten orders each on average; built by the real
+stages, synthetic ingest → features → train → evaluate → register, once, then kept under ``--work``),
+each with Feast's embedded SQLite online store and with Redis (production's; Debian's redis-server on
+loopback, the newest snapshot materialized into it), the requested customer drawn ``uniform`` or
+``skewed`` (Zipf, exponent 1: a few returning customers, a long tail). Single-row V2 requests, wrk at
+``--concurrency`` (32 by default) for ``--duration`` s after a ``--warmup`` (which fills caches, as a
+running server's would be), 2 workers per server, all on 127.0.0.1. Every customer's checkout sends its
+own session token, so storeflow's answers include the Shopify auth check and the Feast lookup; stock
+KServe (``kserve``: a ``kserve.Model`` doing ``predict_proba`` per request, KServe's defaults) gets the
+feature row in the request. ``storeflow-uncached`` is storeflow with the feature cache and the score
+memo off. wrk cycles through ``--requests`` drawn requests (200,000: more than a row's run sends at
+~10,000 RPS, so a uniform draw over 50,000 customers repeats only as often as such traffic would).
 
-    .venv/bin/python bench/serving.py [--duration 15] [--only storeflow,kserve]
+Each row: RPS, p50, p99, non-2xx, each cache's hit rate during the row (from ``/metrics``), each
+worker's RSS after it, and the load average before it (the machine is shared: numbers measured under
+load say so). Writes ``bench/results/serving.json``:
+``{"rows": [...], "predictions_equal_registered_model": {...}, "stores": {...}, "machine": {...}}``.
 
-MLServer lives in its own venv (``bench/.venv-mlserver``, created on first run; kserve 0.21 and
-MLServer 1.7 cannot share one). The machine is shared: run it when nothing else needs both cores.
+    flock /tmp/storeflow-bench.lock .venv/bin/python bench/serving.py [--sizes 400,50000] [--cells 500000/redis/uniform]
+
+``mlserver`` (in its own venv, ``bench/.venv-mlserver``, created on first run) and ``bare`` (no model:
+the HTTP stack's ceiling) are in ``--servers`` on request.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -33,53 +42,116 @@ from common import CLIENT_ID, MODEL, SECRET, SHOP, free_port, serve_command, ses
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
-CONCURRENCY = (1, 8, 32)
 
 
-# -- model and data ----------------------------------------------------------------------------------------
-def build(work: Path) -> dict:
-    """Register a model (default training params) on a small synthetic store; export what others need.
+# -- stores, models and data -------------------------------------------------------------------------------
+def overrides_for(work: Path, customers: int) -> dict:
+    """The bench store's settings: ``customers`` customers, ten orders each on average, over 400 days."""
+    return {"project": {"state_dir": str(work / "state")},
+            "ingest": {"source": "synthetic",
+                       "synthetic": {"customers": customers, "orders": 10 * customers, "days": 400}},
+            "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
+            "evaluate": {"bootstrap_samples": 100},
+            "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]}}
+
+
+def build(work: Path, customers: int = 400, *, export_rows: bool = True) -> dict:
+    """Register a model (default training params) on a synthetic store of ``customers``; export what others need.
 
     The real stages (synthetic ingest → features → train → evaluate → register), nothing from tests/.
+    A work directory whose pipeline already ran (``pipeline.done``) is reused (a 500,000-customer store
+    takes a quarter of an hour or more to build). ``rows`` holds every customer's online feature row
+    (``export_rows``) or none; :func:`online_rows` reads any others.
     """
     from storeflow.components.config import load_settings
-    from storeflow.components.evaluate import evaluate
-    from storeflow.components.features import build_features
-    from storeflow.components.features.repo import feature_refs, feature_store
-    from storeflow.components.ingest import ingest
-    from storeflow.components.register import register
-    from storeflow.components.train import train
 
-    overrides = {"project": {"state_dir": str(work / "state")},
-                 "ingest": {"source": "synthetic", "synthetic": {"customers": 400, "orders": 4000, "days": 400}},
-                 "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-                 "evaluate": {"bootstrap_samples": 100},
-                 "serving": {"shopify_client_id": CLIENT_ID, "allowed_shops": [SHOP]}}
+    overrides = overrides_for(work, customers)
     settings = load_settings(overrides)
-    snapshot = ingest(settings).snapshot
-    features = build_features(settings, snapshot)
-    trained = train(settings, features)
-    register(settings, trained, evaluate(settings, features, trained))
-    import pandas as pd
+    done = work / "pipeline.done"
+    with (work / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run building this store: wait for it, then reuse it
+        if not done.exists():
+            from storeflow.components.evaluate import evaluate
+            from storeflow.components.features import build_features
+            from storeflow.components.ingest import ingest
+            from storeflow.components.register import register
+            from storeflow.components.train import train
 
-    from storeflow.components.tables import table_path
-
-    customer_ids = sorted(int(i) for i in pd.read_parquet(table_path(snapshot, "customers"))["customer_id"])
-
+            snapshot = ingest(settings).snapshot
+            features = build_features(settings, snapshot)
+            trained = train(settings, features)
+            register(settings, trained, evaluate(settings, features, trained))
+            done.write_text(json.dumps({"customers": customers}))
     import joblib
+
+    from storeflow.components import tracking
+
+    tracking.connect(settings)
     import mlflow.sklearn
 
-    estimator = mlflow.sklearn.load_model(trained.model_uri)
+    # The newest version (alias challenger, always set): whether it beat the baselines is the gate's business.
+    estimator = mlflow.sklearn.load_model(f"models:/{settings.registry.model_name}@challenger")
     joblib.dump(estimator, work / "model.joblib")
-    columns = list(settings.features.customer_features)
-    ids = customer_ids
-    data = feature_store(settings).get_online_features(
-        features=feature_refs(settings), entity_rows=[{"customer_id": i} for i in ids]).to_dict()
-    known = [i for n, i in enumerate(ids) if data[columns[0]][n] is not None]
-    position = {i: n for n, i in enumerate(ids)}
-    rows = {i: [float(data[c][position[i]]) for c in columns] for i in known}
     (work / "config.yaml").write_text(json.dumps(overrides))
-    return {"settings": settings, "estimator": estimator, "rows": rows, "columns": columns}
+    ids = customer_ids(settings)
+    data = {"settings": settings, "estimator": estimator, "columns": list(settings.features.customer_features),
+            "ids": ids, "overrides": overrides, "work": work}
+    data["rows"] = online_rows(settings, ids) if export_rows else {}
+    return data
+
+
+def customer_ids(settings) -> list[int]:
+    """Every customer of the store's newest snapshot."""
+    import pandas as pd
+
+    from storeflow.components.features.repo import CUSTOMER_VIEW, source_path
+
+    frame = pd.read_parquet(source_path(settings, CUSTOMER_VIEW), columns=["customer_id", "event_timestamp"])
+    newest = frame[frame["event_timestamp"] == frame["event_timestamp"].max()]
+    return sorted(int(i) for i in newest["customer_id"])
+
+
+def online_rows(settings, ids: list[int]) -> dict[int, list[float]]:
+    """Feature rows from Feast's ``get_online_features`` (what a stock KServe caller would send)."""
+    from storeflow.components.features.repo import feature_refs, feature_store
+
+    columns = list(settings.features.customer_features)
+    store, rows = feature_store(settings), {}
+    for start in range(0, len(ids), 5000):
+        part = ids[start:start + 5000]
+        data = store.get_online_features(features=feature_refs(settings),
+                                         entity_rows=[{"customer_id": i} for i in part]).to_dict()
+        for n, i in enumerate(part):
+            if data[columns[0]][n] is not None:
+                rows[i] = [float(data[c][n]) for c in columns]
+    return rows
+
+
+def use_online_store(data: dict, kind: str, redis_address: str | None = None) -> float:
+    """Point the bench store at ``kind`` (sqlite: as built; redis: materialize the newest snapshot into
+    it, once per server); returns the seconds materializing took. Servers read ``config.yaml``."""
+    import time
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.features.repo import CUSTOMER_VIEW, apply, source_path
+
+    overrides = json.loads(json.dumps(data["overrides"]))
+    if kind == "redis":
+        overrides["features"]["feast"] = {"online_store": "redis", "redis_connection_string": redis_address}
+    (data["work"] / "config.yaml").write_text(json.dumps(overrides))
+    settings = load_settings(overrides)
+    store = apply(settings)  # rewrites feature_store.yaml for this online store
+    if kind != "redis" or data.get("materialized") == redis_address:
+        return 0.0
+    started = time.monotonic()
+    as_of = pd.read_parquet(source_path(settings, CUSTOMER_VIEW), columns=["event_timestamp"])["event_timestamp"].max()
+    store.materialize(start_date=(as_of - timedelta(seconds=1)).to_pydatetime(),
+                      end_date=(as_of + timedelta(seconds=1)).to_pydatetime())
+    data["materialized"] = redis_address
+    return time.monotonic() - started
 
 
 # -- servers -----------------------------------------------------------------------------------------------
@@ -88,7 +160,7 @@ def start(name: str, work: Path, port: int) -> subprocess.Popen:
     log = (work / f"{name}.log").open("w")
     if name.startswith("storeflow"):
         env["SHOPIFY_API_SECRET"] = SECRET
-        cmd = serve_command(work, port)
+        cmd = [*serve_command(work, port), "--alias", "challenger"]
         if name == "storeflow-uncached":
             cmd += ["--set", "serving.score_memo_rows=0", "--set", "serving.feature_cache_seconds=0"]
     elif name == "mlserver":
@@ -189,30 +261,55 @@ def serve_inline(name: str, work: Path, port: int) -> None:
 
 
 # -- load ---------------------------------------------------------------------------------------------------
-def lua(bodies: list[bytes], headers: dict[str, str], path: Path, per_body: list[dict[str, str]] | None = None) -> Path:
-    """A wrk script cycling through ``bodies``; ``per_body`` adds headers to each (e.g. its own session token)."""
-    items = ",\n".join("[[" + b.decode() + "]]" for b in bodies)
-    extra = ",\n".join("{" + ", ".join(f'["{k}"] = "{v}"' for k, v in h.items()) + "}" for h in per_body or [])
+def draw(ids: list[int], kind: str, n: int, seed: int = 0) -> list[int]:
+    """``n`` customers drawn with replacement: ``uniform``, or ``skewed`` (Zipf, exponent 1, over the
+    customers in a random order: a few returning customers come back often, a long tail comes once)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return [int(i) for i in rng.choice(np.asarray(ids), size=n)]
+    order = rng.permutation(np.asarray(ids))
+    weight = 1.0 / np.arange(1, len(order) + 1)
+    return [int(i) for i in rng.choice(order, size=n, p=weight / weight.sum())]
+
+
+def request_file(path: Path, bodies: list[bytes], authorizations: list[str] | None = None) -> Path:
+    """One request a line: its body, and a tab and its ``Authorization`` value when each has its own."""
+    with path.open("wb") as out:
+        for n, body in enumerate(bodies):
+            out.write(body + (b"\t" + authorizations[n].encode() if authorizations else b"") + b"\n")
+    return path
+
+
+def lua(requests: Path, headers: dict[str, str], path: Path) -> Path:
+    """A wrk script sending the requests of ``requests`` (see :func:`request_file`) in order, each wrk
+    thread from its own place in the list."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     # Every request is formatted once per wrk thread, in init(): the load generator shares the two
     # cores with the server, so its per-request work must not count against any server.
     path.write_text(f"""wrk.method = "POST"
 {header_lines}
-local bodies = {{
-{items}
-}}
-local extra = {{
-{extra}
-}}
+local threads = 0
+function setup(thread)
+  thread:set("place", threads)
+  threads = threads + 1
+end
 local prepared = {{}}
 local n = 0
 function init(args)
-  for i, body in ipairs(bodies) do
+  for line in io.lines("{requests}") do
     local headers = {{}}
     for k, v in pairs(wrk.headers) do headers[k] = v end
-    for k, v in pairs(extra[i] or {{}}) do headers[k] = v end
-    prepared[i] = wrk.format(nil, nil, headers, body)
+    local body = line
+    local tab = string.find(line, "\\t", 1, true)
+    if tab then
+      headers["Authorization"] = string.sub(line, tab + 1)
+      body = string.sub(line, 1, tab - 1)
+    end
+    prepared[#prepared + 1] = wrk.format(nil, nil, headers, body)
   end
+  n = (place or 0) * math.floor(#prepared / 2)
 end
 request = function()
   n = n + 1
@@ -252,79 +349,237 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
 
 
 def check_predictions(port: int, data: dict) -> dict:
-    """storeflow's answers against the registered model on the same features (tolerance 1e-6)."""
+    """storeflow's answers against the registered model on Feast's rows for the same customers (tolerance 1e-6)."""
     import numpy as np
+    import pandas as pd
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
-    ids = sorted(data["rows"])[:50]
+    ids = sorted(data["check_rows"])
     tensor = triton.InferInput("customer_id", [len(ids)], "BYTES")
     tensor.set_data_from_numpy(np.array([f"gid://shopify/Customer/{i}".encode() for i in ids], dtype=np.object_))
     served = client.infer(MODEL, [tensor], headers={"Authorization": f"Bearer {session_token()}"}).as_numpy("score")
-    import pandas as pd
-
-    frame = pd.DataFrame([data["rows"][i] for i in ids], columns=data["columns"])
+    frame = pd.DataFrame([data["check_rows"][i] for i in ids], columns=data["columns"])
     expected = data["estimator"].predict_proba(frame)[:, 1]
     diff = float(np.max(np.abs(served - expected)))
     return {"customers": len(ids), "max_abs_diff": diff, "equal_1e-6": diff <= 1e-6}
 
 
+def cache_counts(port: int) -> dict[str, tuple[float, float]]:
+    """(hits, lookups) per cache, summed over the workers, from ``/metrics``."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts: dict[str, list[float]] = {}
+    for kind, cache, value in re.findall(r'^storeflow_cache_(hits|lookups)_total\{cache="(\w+)"\} (\S+)$', text, re.M):
+        counts.setdefault(cache, [0.0, 0.0])[kind == "lookups"] += float(value)
+    return {cache: (hits, lookups) for cache, (hits, lookups) in counts.items()}
+
+
+def hit_rates(before: dict, after: dict) -> dict[str, float | None]:
+    """Each cache's hit rate between two :func:`cache_counts` (None: not consulted at all meanwhile)."""
+    rates = {}
+    for cache, (hits, lookups) in after.items():
+        hits0, lookups0 = before.get(cache, (0.0, 0.0))
+        rates[cache] = round((hits - hits0) / (lookups - lookups0), 4) if lookups > lookups0 else None
+    return rates
+
+
+def worker_rss(proc: subprocess.Popen) -> list[float]:
+    """Resident memory (MB) of each server worker: the processes of the server's session that answer
+    requests (uvicorn's spawned workers; the process itself when it has none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) != proc.pid:  # session id: the server was started in its own session
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            rss_kb = next(int(line.split()[1]) for line in (entry / "status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, ValueError, StopIteration):
+            continue
+        if "resource_tracker" in cmdline:
+            continue
+        found.append((int(entry.name), "spawn_main" in cmdline, round(rss_kb / 1024, 1)))
+    workers = [rss for _, spawned, rss in sorted(found) if spawned]
+    return workers or [rss for _, _, rss in sorted(found)]
+
+
+def machine_load() -> dict:
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+@contextlib.contextmanager
+def redis_server(work: Path):
+    """Debian's redis-server on a free loopback port, no persistence (what tests/redis_server.py starts)."""
+    import shutil
+    import socket
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("the Redis rows need redis-server on PATH (Debian: apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def v2_by_id(i: int) -> bytes:
+    return json.dumps({"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES",
+                                   "data": [f"gid://shopify/Customer/{i}"]}]}).encode()
+
+
+def v2_by_row(row: list[float]) -> bytes:
+    return json.dumps({"inputs": [{"name": "features", "shape": [1, len(row)], "datatype": "FP64",
+                                   "data": row}]}).encode()
+
+
+def selected(cells: set[str], size: int, store: str, kind: str) -> bool:
+    """Whether ``--cells`` asks for this cell (none given: every cell)."""
+    return not cells or any(f"{size}/{store}/{kind}/".startswith(c.strip("/") + "/") for c in cells)
+
+
+def measure(name: str, work: Path, script: Path, args, cell: dict, data: dict | None = None) -> list[dict]:
+    """Start ``name``, warm it up, then one wrk run per concurrency: its rows, with hit rates and RSS."""
+    storeflow = name.startswith("storeflow")
+    port = free_port()
+    health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
+    print(f"starting {name} ({cell}) ...", flush=True)
+    proc = start(name, work, port)
+    rows = []
+    try:
+        wait_ready(proc, health)
+        url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
+        wrk(url, script, 8, args.warmup)  # warm-up: connections, caches, first-call paths
+        check = check_predictions(port, data) if storeflow and data is not None else None
+        for c in args.concurrency:
+            load = machine_load()["loadavg"]
+            before = cache_counts(port) if storeflow else {}
+            result = {"server": name, **cell, "concurrency": c, **wrk(url, script, c, args.duration)}
+            if storeflow:
+                result["hit_rates"] = hit_rates(before, cache_counts(port))
+            result["worker_rss_mb"] = worker_rss(proc)
+            result["loadavg_before"] = load
+            if check is not None:
+                result["predictions_equal_registered_model"] = check["equal_1e-6"]
+            print(json.dumps(result), flush=True)
+            rows.append(result)
+    except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' rows
+        print(f"{name} failed: {exc}; see {work / (name + '.log')}", flush=True)
+        rows.append({"server": name, **cell, "error": str(exc)[:300]})
+    finally:
+        stop(proc)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="400,50000,500000", help="store sizes (customers)")
+    parser.add_argument("--stores", default="sqlite,redis", help="Feast online stores")
+    parser.add_argument("--draws", default="uniform,skewed", help="how the requested customer is drawn")
+    parser.add_argument("--servers", default="storeflow,storeflow-uncached,kserve",
+                        help="also: mlserver, bare (no model: the HTTP stack's ceiling)")
+    parser.add_argument("--cells", default="", help="only these cells: size[/store[/draw]], comma-separated, "
+                                                    "e.g. 400,50000,500000/redis/uniform")
+    parser.add_argument("--concurrency", default="32")
     parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument("--only", default="storeflow,storeflow-uncached,kserve,mlserver,bare")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200_000, help="drawn requests wrk cycles through")
+    parser.add_argument("--work", default="/tmp/storeflow-bench-serving", help="stores are kept here and reused")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
+    parser.add_argument("--note", default="", help="said in the results (e.g. what ran beside the bench)")
     parser.add_argument("--serve")
     parser.add_argument("--bench-dir")
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.serve:
         return serve_inline(args.serve, Path(args.bench_dir), args.port)
-
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
     ensure_wrk()
-    work = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
-    print(f"building the model in {work} ...", flush=True)
-    data = build(work)
-    ids = sorted(data["rows"])
-    v2 = f"/v2/models/{MODEL}/infer"
-    by_id = [json.dumps({"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES",
-                                     "data": [f"gid://shopify/Customer/{i}"]}]}).encode() for i in ids]
-    by_row = [json.dumps({"inputs": [{"name": "features", "shape": [1, len(data["columns"])], "datatype": "FP64",
-                                      "data": data["rows"][i]}]}).encode() for i in ids]
-    rows, check = [], None
-    for name in args.only.split(","):
-        port = free_port()
-        headers = {"Content-Type": "application/json"}
-        # Every customer's checkout has its own session token, as in a store.
-        storeflow = name.startswith("storeflow")
-        tokens = [{"Authorization": f"Bearer {session_token(i)}"} for i in ids] if storeflow else None
-        script = lua(by_id if storeflow or name == "bare" else by_row, headers, work / f"{name}.lua", tokens)
-        health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
-        print(f"starting {name} ...", flush=True)
-        proc = start(name, work, port)
-        try:
-            wait_ready(proc, health)
-            url = f"http://127.0.0.1:{port}{v2}"
-            wrk(url, script, 8, 2)  # warm-up: caches, JIT-free paths, connections
-            if storeflow:
-                check = {**(check or {}), name: check_predictions(port, data)}
-            for c in CONCURRENCY:
-                result = {"server": name, "concurrency": c, **wrk(url, script, c, args.duration)}
-                print(json.dumps(result), flush=True)
-                rows.append(result)
-        except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' rows
-            print(f"{name} failed: {exc}; see {work / (name + '.log')}", flush=True)
-            rows.append({"server": name, "error": str(exc)[:300]})
-        finally:
-            stop(proc)
-    out = ROOT / "bench" / "results" / "serving.json"
+    import time
+
+    root = Path(args.work)
+    root.mkdir(parents=True, exist_ok=True)
+    servers = args.servers.split(",")
+    cells = set(filter(None, args.cells.split(",")))
+    machine = {"cpus": os.cpu_count(), "loadavg_at_start": machine_load()["loadavg"],
+               "uptime_at_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    rows, stores_built, checks = [], {}, {}
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(redis_server(root)) if "redis" in args.stores.split(",") else None
+        for size in (int(s) for s in args.sizes.split(",")):
+            work = root / f"c{size}"
+            work.mkdir(exist_ok=True)
+            print(f"building (or reusing) the {size}-customer store in {work} ...", flush=True)
+            t0 = time.monotonic()
+            data = build(work, size, export_rows=False)
+            data["check_rows"] = online_rows(data["settings"], data["ids"][:: max(1, len(data["ids"]) // 50)][:50])
+            stores_built[size] = {"customers_with_features": len(data["ids"]),
+                                  "orders": data["settings"].ingest.synthetic.orders,
+                                  "build_or_reuse_s": round(time.monotonic() - t0, 1)}
+            for store in args.stores.split(","):
+                if not any(selected(cells, size, store, kind) for kind in args.draws.split(",")):
+                    continue
+                seconds = use_online_store(data, store, redis)
+                if seconds:
+                    stores_built[size]["redis_materialize_s"] = round(seconds, 1)
+                for kind in args.draws.split(","):
+                    cell = {"customers": size, "online_store": store, "draw": kind}
+                    if not selected(cells, size, store, kind):
+                        continue
+                    drawn = draw(data["ids"], kind, args.requests, seed=size)
+                    cell_stats = {"distinct_customers_drawn": len(set(drawn))}
+                    # Every customer's checkout has its own session token, as in a store.
+                    tokens = {i: f"Bearer {session_token(i)}" for i in dict.fromkeys(drawn)}
+                    requests = request_file(work / f"{store}-{kind}.requests", [v2_by_id(i) for i in drawn],
+                                            [tokens[i] for i in drawn])
+                    script = lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua")
+                    for name in servers:
+                        if name.startswith("storeflow"):
+                            found = measure(name, work, script, args, {**cell, **cell_stats}, data)
+                            rows += found
+                            checks[f"{name}/{size}/{store}"] = all(r.get("predictions_equal_registered_model")
+                                                                   for r in found)
+            others = [n for n in servers if not n.startswith("storeflow")]
+            if others:  # the feature row is in the request: the store's size and kind change nothing for them
+                sample = draw(data["ids"], "uniform", 20_000, seed=size)
+                features = online_rows(data["settings"], sorted(set(sample)))
+                bodies = [v2_by_row(features[i]) for i in sample if i in features]
+                requests = request_file(work / "by-row.requests", bodies)
+                script = lua(requests, {"Content-Type": "application/json"}, work / "by-row.lua")
+                bare = lua(request_file(work / "by-id.requests", [v2_by_id(i) for i in sample]),
+                           {"Content-Type": "application/json"}, work / "by-id.lua")
+                for name in others:
+                    cell = {"customers": size, "online_store": None, "draw": "uniform"}
+                    rows += measure(name, work, bare if name == "bare" else script, args, cell)
+    machine["loadavg_at_end"] = machine_load()["loadavg"]
+    machine["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and args.only != parser.get_default("only"):  # a partial run keeps the other servers' rows
-        ran = set(args.only.split(","))
-        rows = [r for r in json.loads(out.read_text())["rows"] if r["server"] not in ran] + rows
-        earlier = json.loads(out.read_text()).get("check") or {}
-        check = {**(earlier if "max_abs_diff" not in earlier else {"storeflow": earlier}), **(check or {})}
-    out.write_text(json.dumps({"rows": rows, "check": check, "duration_s": args.duration,
-                               "cpus": os.cpu_count()}, indent=2) + "\n")
+    out.write_text(json.dumps({
+        "rows": rows, "predictions_equal_registered_model": checks, "stores": stores_built, "machine": machine,
+        "note": args.note, "duration_s": args.duration, "warmup_s": args.warmup,
+        "requests_cycled": args.requests, "wall_s": round(time.monotonic() - started), "command": sys.argv[1:],
+    }, indent=1) + "\n")
     print(f"wrote {out}")
 
 
