@@ -47,7 +47,7 @@ def spend_regressor(settings, split, columns: list[str]):
 
 
 def run(name: str, samples: int) -> dict:
-    from storeflow.components.config import load_settings
+    from storeflow.components.config import SyntheticStoreConfig, load_settings
     from storeflow.components.evaluate import baseline_metrics, baseline_spend
     from storeflow.components.evaluate.metrics import holdout_metrics, paired_bootstrap, spend_metrics
     from storeflow.components.features import build_features, load_training_set
@@ -58,11 +58,12 @@ def run(name: str, samples: int) -> dict:
 
     store, process = STORES[name]
     state = BENCH / ".state" / f"model-{name}"
-    settings = load_settings({"project": {"state_dir": str(state)}, "ingest": {"synthetic": store}})
+    ingested = {"synthetic": store}
     started = time.perf_counter()
     if process != "gamma-churn":  # the pipeline's synthetic source draws the default process: ingest the file
-        path = generate_store(settings.ingest.synthetic, state / "store" / f"{process}.jsonl", process=process)
-        settings.ingest.source, settings.ingest.path = "jsonl", path
+        path = generate_store(SyntheticStoreConfig(**store), state / "store" / f"{process}.jsonl", process=process)
+        ingested |= {"source": "jsonl", "path": str(path)}
+    settings = load_settings({"project": {"state_dir": str(state)}, "ingest": ingested})
     snapshot = ingest(settings).snapshot
     features = build_features(settings, snapshot)
     features_seconds = time.perf_counter() - started
