@@ -530,6 +530,20 @@ class MonitorConfig(Section):
 _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("storeflow_file_values", default={})
 
 
+class RecommendationsConfig(Section):
+    """Product recommendations (item-item from purchases) and their time-ordered evaluation."""
+
+    k: int = Field(10, gt=0, description="Products recommended per customer, product page or cart.")
+    horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
+                              "the cutoff (the last purchase minus this) is what they should have been shown.")
+    neighbours: int = Field(50, gt=0, description="Similar products kept per product.")
+    metric: Literal["recall", "ndcg", "map"] = Field("ndcg", description="Ranking metric (at k) the model must "
+                                                     "beat the best baseline on, with a CI above zero.")
+    bootstrap_samples: int = Field(1000, gt=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -555,6 +569,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     monitor: MonitorConfig = MonitorConfig()
     shopify: ShopifyConfig = ShopifyConfig()
+    recommendations: RecommendationsConfig = RecommendationsConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,73 @@
+"""Judge the item-item model against popularity and frequently-bought-together on the same customers:
+learn from purchases before the cutoff, rank every product each customer had not bought, and score the
+ranking against what they newly bought in the window after it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from storeflow.components.config import RecommendationsConfig
+from storeflow.components.recommend.baselines import bought_together, popularity
+from storeflow.components.recommend.metrics import coverage, difference_ci, per_customer
+from storeflow.components.recommend.model import ItemItem, top_k
+from storeflow.components.recommend.purchases import Interactions, purchases, time_split
+
+MODEL = "item_item"
+BASELINES = ("popularity", "bought_together")
+
+
+@dataclass(frozen=True)
+class RecommenderReport:
+    cutoff: str
+    customers: int  # evaluated: bought before the cutoff and something new to them after it
+    catalog: int
+    metrics: dict[str, dict[str, float]]  # recommender -> metric@k (means over customers) and coverage
+    best_baseline: str
+    metric: str
+    difference: float  # model minus the best baseline on ``metric``, mean over customers
+    ci_low: float
+    ci_high: float
+
+    @property
+    def beats_baselines(self) -> bool:
+        return self.ci_low > 0
+
+    def summary(self) -> str:
+        verdict = "beats" if self.beats_baselines else "does not beat"
+        return (f"{MODEL} {verdict} the best baseline ({self.best_baseline}) on {self.metric}: "
+                f"{self.difference:+.4f}, {self.ci_low:+.4f} to {self.ci_high:+.4f} "
+                f"({self.customers:,} customers, cutoff {self.cutoff})")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "beats_baselines": self.beats_baselines}
+
+
+def rankings(data: Interactions, cfg: RecommendationsConfig) -> dict[str, np.ndarray]:
+    """Each recommender's top-k products (columns) for the evaluated customers, never one they bought."""
+    rows = np.fromiter(data.relevant, dtype=np.int64)
+    history, last_order = data.history[rows], data.last_order[rows]
+    model = ItemItem.fit(data.history, data.products, cfg.neighbours)
+    scores = {MODEL: model.scores(history), "popularity": popularity(data.history, len(rows)),
+              "bought_together": bought_together(data.orders, last_order)}
+    # Where a recommender has nothing to say (no similar products) popularity fills in, for every one
+    # alike: equal scores are ordered by how many customers bought the product.
+    buyers = popularity(data.history, 1)[0]
+    return {name: top_k(values, history, cfg.k, tiebreak=buyers) for name, values in scores.items()}
+
+
+def evaluate_recommenders(tables: dict[str, pd.DataFrame], cfg: RecommendationsConfig) -> RecommenderReport:
+    data = time_split(purchases(tables), cfg.horizon_days)
+    relevant = list(data.relevant.values())
+    ranked = rankings(data, cfg)
+    per = {name: per_customer(recommended, relevant, cfg.k) for name, recommended in ranked.items()}
+    metric = f"{cfg.metric}@{cfg.k}"
+    metrics = {name: {**{m: float(v.mean()) for m, v in values.items()},
+                      "coverage": coverage(ranked[name], len(data.products))} for name, values in per.items()}
+    best = max(BASELINES, key=lambda name: metrics[name][metric])
+    difference, low, high = difference_ci(per[MODEL][metric], per[best][metric], cfg.bootstrap_samples,
+                                          cfg.confidence, cfg.seed)
+    return RecommenderReport(f"{data.cutoff:%Y-%m-%d}", len(relevant), len(data.products), metrics, best, metric,
+                             difference, low, high)

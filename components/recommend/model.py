@@ -1,0 +1,65 @@
+"""The item-item recommender: products are similar when the same customers buy them (cosine over the
+customer x product purchase matrix), and a customer's candidates are the neighbours of what they bought.
+
+Why item-item and not a factorization model (``implicit``'s ALS): a store's catalog is thousands of
+products, so the exact similarity matrix is small and needs no training loop or new native dependency;
+it explains itself ("because you bought X"), and a product page or a cart is scored the same way as a
+customer, from the products in it. scikit-learn's ``normalize`` and scipy's sparse products do the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from sklearn.preprocessing import normalize
+
+
+@dataclass(frozen=True)
+class ItemItem:
+    products: np.ndarray  # column index -> product id
+    similarity: sparse.csr_matrix  # products x products, each row its top neighbours, no self-similarity
+
+    @classmethod
+    def fit(cls, history: sparse.csr_matrix, products: np.ndarray, neighbours: int = 50) -> ItemItem:
+        unit = normalize(history.astype(np.float32), norm="l2", axis=0)  # each product a unit vector of buyers
+        similarity = (unit.T @ unit).tocsr()
+        similarity.setdiag(0)
+        similarity.eliminate_zeros()
+        return cls(np.asarray(products), _top_per_row(similarity, neighbours))
+
+    def scores(self, baskets: sparse.csr_matrix) -> np.ndarray:
+        """Rows of products (a customer's history, a cart, one product page) -> a score per product."""
+        return np.asarray((baskets @ self.similarity).todense())
+
+
+def _top_per_row(matrix: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:
+    """Only each row's ``keep`` largest entries: bounded memory and the usual neighbourhood cut."""
+    rows, cols, values = [], [], []
+    for r in range(matrix.shape[0]):
+        start, end = matrix.indptr[r], matrix.indptr[r + 1]
+        data, index = matrix.data[start:end], matrix.indices[start:end]
+        if len(data) > keep:
+            top = np.argpartition(-data, keep - 1)[:keep]
+            data, index = data[top], index[top]
+        rows.append(np.full(len(data), r))
+        cols.append(index)
+        values.append(data)
+    return sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=matrix.shape)
+
+
+def top_k(scores: np.ndarray, exclude: sparse.csr_matrix, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """The ``k`` best product columns per row, never one in ``exclude`` (bought already, in the cart,
+    unavailable). Equal scores are ordered by ``tiebreak`` (one value per product, higher first), then by
+    column, so a ranking is reproducible; -1 fills a row with fewer than ``k`` products left."""
+    ranked = np.array(scores, dtype=np.float64, copy=True)
+    rows, cols = exclude.nonzero()
+    ranked[rows, cols] = -np.inf
+    k = min(k, ranked.shape[1])
+    second = np.broadcast_to(-(np.zeros(ranked.shape[1]) if tiebreak is None else np.asarray(tiebreak, float)),
+                             ranked.shape)
+    order = np.lexsort((second, -ranked), axis=-1)[:, :k]
+    best = np.take_along_axis(ranked, order, axis=1)
+    return np.where(np.isfinite(best), order, -1)
