@@ -273,6 +273,7 @@ DEFAULT_TASK_RESOURCES: dict[str, dict[str, Any]] = {
     "deploy": {"timeout_seconds": 7200},  # a canary waits at every traffic step
     "monitor": {"memory_request": "1Gi", "memory_limit": "2Gi"},
     "retrain": {"timeout_seconds": 7200},  # retrain: local runs the whole training pipeline in this task
+    "recommend": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
 }
 
 

@@ -12,7 +12,7 @@ from storeflow.components.cli_options import ConfigOption, SetOption, console, s
 HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
                                                     help="Bearer token (default: in-cluster token file if present).")]
-PipelineOption = Annotated[str, typer.Option("--pipeline", help="training or monitoring.")]
+PipelineOption = Annotated[str, typer.Option("--pipeline", help="training, monitoring or recommendations.")]
 
 
 def compile_(
@@ -42,26 +42,49 @@ def compile_(
         console.print(f"wrote {path}")
 
 
-def run(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Run the training pipeline on this machine with kfp.local (the same pipeline a cluster runs)."""
+def run(config: ConfigOption = None, set_: SetOption = None,
+        pipeline: Annotated[str, typer.Option("--pipeline", help="training or recommendations.")] = "training") -> None:
+    """Run a pipeline (training by default) on this machine with kfp.local (the same pipeline a cluster runs)."""
     settings = settings_from(config, set_)
-    _run_training(settings)
+    if pipeline == "recommendations":
+        _run_recommendations(settings)
+    elif pipeline == "training":
+        _run_training(settings)
+    else:
+        raise typer.BadParameter(f"unknown pipeline {pipeline!r}: training or recommendations", param_hint="--pipeline")
+
+
+def _run_recommendations(settings):
+    from storeflow.pipelines.recommendations import STAGES, recommendations_pipeline
+
+    result = _run_pipeline("recommendations", recommendations_pipeline, settings, STAGES)
+    artifacts = result.log.parent / "artifacts"
+    for report in artifacts.glob("*/recommend/report"):
+        console.print(report.read_text(), markup=False, highlight=False)
+    console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
+    return result
 
 
 def _run_training(settings):
-    from storeflow.pipelines.local import PipelineFailed, run_local
     from storeflow.pipelines.training import STAGES, training_pipeline
 
-    console.print(f"[bold]storeflow training pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
+    result = _run_pipeline("training", training_pipeline, settings, STAGES)
+    _print_summary(settings, result)
+    return result
+
+
+def _run_pipeline(title: str, pipeline, settings, stages):
+    """One kfp.local run with a progress bar; a failure names its task and shows the log's tail."""
+    from storeflow.pipelines.local import PipelineFailed, run_local
+
+    console.print(f"[bold]storeflow {title} pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
     try:
-        result = run_local(training_pipeline, settings, STAGES, console=console)
+        return run_local(pipeline, settings, stages, console=console)
     except PipelineFailed as failed:
         console.print(f"[red]pipeline failed at task {failed.failed_task or '?'}[/red]")
         _print_failure_tail(failed.log)
         console.print(f"full log: {failed.log}")
         raise typer.Exit(1) from failed
-    _print_summary(settings, result)
-    return result
 
 
 def _print_failure_tail(log: Path, lines: int = 40) -> None:
@@ -176,6 +199,9 @@ def demo(
         if settings.deploy.target == "local":
             console.rule("4 · canary on storeflow serve: the challenger at each traffic step, judged on /metrics")
             _demo_canary(settings, before)
+    console.rule("5 · recommendations pipeline: the same snapshot → item-item recommender vs popularity and "
+                 "bought-together")
+    _run_recommendations(settings)
     console.rule("where to look")
     console.print(f"state: {settings.project.state_dir}  (snapshots, Feast repo, mlflow.db, runs/, monitoring/)")
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from storeflow.pipelines.packages import MANIFESTS, compiled
 
-PIPELINES = ("training", "monitoring")
+PIPELINES = ("training", "monitoring", "recommendations")
 
 
 def _targets(settings=None) -> dict[str, object]:
@@ -25,14 +25,17 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor
+    from storeflow.components.recommend.component import recommend
     from storeflow.components.validate.component import validate
     from storeflow.pipelines.monitoring import build_monitoring_pipeline, retrain
+    from storeflow.pipelines.recommendations import build_recommendations_pipeline
     from storeflow.pipelines.training import DEFAULTS, build_training_pipeline
 
     settings = settings or DEFAULTS
     targets: dict[str, object] = {"pipelines/training.yaml": build_training_pipeline(settings),
-                                  "pipelines/monitoring.yaml": build_monitoring_pipeline(settings)}
-    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain):
+                                  "pipelines/monitoring.yaml": build_monitoring_pipeline(settings),
+                                  "pipelines/recommendations.yaml": build_recommendations_pipeline(settings)}
+    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, recommend):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 

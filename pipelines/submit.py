@@ -1,4 +1,4 @@
-"""``storeflow submit`` / ``schedule``: storeflow's pipelines by name (training, monitoring) on a
+"""``storeflow submit`` / ``schedule``: storeflow's pipelines by name (training, monitoring, recommendations) on a
 Kubeflow Pipelines API, from their compiled YAML (:func:`storeflow.pipelines.compile.pipeline_package`).
 
 How a run is sent (the settings tasks see, Secrets, tokens) is :mod:`storeflow.pipelines.kfp_api`.
@@ -16,7 +16,7 @@ from storeflow.pipelines.kfp_api import Submitted, client, cluster_config_json, 
 
 def submit(settings: Settings, host: str | None = None, token: str | None = None, run_name: str | None = None,
            pipeline: str = "training", package: Path | None = None, parameters: dict | None = None) -> Submitted:
-    """Start one run of ``pipeline`` (training or monitoring); ``package`` overrides its compiled YAML."""
+    """Start one run of ``pipeline`` (training, monitoring or recommendations); ``package`` overrides its YAML."""
     return start_run(settings, package or pipeline_package(pipeline), host, token, run_name, parameters)
 
 

@@ -12,7 +12,7 @@ from storeflow.pipelines.cli import app
 from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
-                  "monitoring": ("monitor", "retrain")}
+                  "monitoring": ("monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend")}
 
 
 def _compile(out: Path, *args: str) -> None:

@@ -87,3 +87,35 @@ def test_no_recommender_shows_a_customer_what_they_already_bought(store) -> None
     for name, ranked in rankings(data, load_settings({}).recommendations).items():
         for row, products in zip(rows, ranked):
             assert not set(products[products >= 0]) & set(data.history[row].indices), name
+
+
+def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_model(tmp_path) -> None:
+    """`storeflow run --pipeline recommendations` (kfp.local, the compiled pipeline's components): the
+    report says the model beats the baselines, and the Model artifact recommends for a cart on its own."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    config = tmp_path / "storeflow.yaml"
+    config.write_text(yaml.safe_dump({"project": {"state_dir": str(tmp_path / "state")},
+                                      "ingest": {"synthetic": {"customers": 2000, "orders": 20000, "products": 200}}}))
+    result = CliRunner().invoke(app, ["run", "--pipeline", "recommendations", "--config", str(config)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Serve the item-item model" in text and "item_item beats the best baseline" in text
+    (model_dir,) = (tmp_path / "state" / "runs").glob("*/artifacts/storeflow-recommendations-*/recommend/model")
+    model = ItemItem.load(model_dir)
+    cart = [int(model.products[0]), int(model.products[5])]
+    shown = model.recommend(cart, k=10)
+    assert len(shown) == 10 and not set(shown) & set(cart) and set(shown) <= set(model.products.tolist())
+
+
+def test_an_unknown_pipeline_name_is_a_usage_error(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--pipeline", "recomendations"])
+    assert result.exit_code == 2 and "recomendations" in result.output
