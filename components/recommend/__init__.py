@@ -6,8 +6,9 @@ Plain functions over the ingested tables; no KFP, MLflow or serving here (those 
 propensity model).
 """
 
-from storeflow.components.recommend.evaluate import RecommenderReport, evaluate_recommenders
+from storeflow.components.recommend.evaluate import RecommenderReport, evaluate_recommenders, fit_recommender
 from storeflow.components.recommend.model import ItemItem
 from storeflow.components.recommend.purchases import Interactions, purchases, time_split
 
-__all__ = ["Interactions", "ItemItem", "RecommenderReport", "evaluate_recommenders", "purchases", "time_split"]
+__all__ = ["Interactions", "ItemItem", "RecommenderReport", "evaluate_recommenders", "fit_recommender", "purchases",
+           "time_split"]

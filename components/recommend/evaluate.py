@@ -13,7 +13,7 @@ from storeflow.components.config import RecommendationsConfig
 from storeflow.components.recommend.baselines import bought_together, popularity
 from storeflow.components.recommend.metrics import coverage, difference_ci, per_customer
 from storeflow.components.recommend.model import ItemItem, top_k
-from storeflow.components.recommend.purchases import Interactions, purchases, time_split
+from storeflow.components.recommend.purchases import Interactions, purchase_matrix, purchases, time_split
 
 MODEL = "item_item"
 BASELINES = ("popularity", "bought_together")
@@ -71,3 +71,19 @@ def evaluate_recommenders(tables: dict[str, pd.DataFrame], cfg: RecommendationsC
                                           cfg.confidence, cfg.seed)
     return RecommenderReport(f"{data.cutoff:%Y-%m-%d}", len(relevant), len(data.products), metrics, best, metric,
                              difference, low, high)
+
+
+def fit_recommender(tables: dict[str, pd.DataFrame], cfg: RecommendationsConfig) -> ItemItem:
+    """The model to serve: item-item on every purchase (evaluation learned only from before its cutoff)."""
+    _, products, history = purchase_matrix(purchases(tables))
+    return ItemItem.fit(history, products, cfg.neighbours)
+
+
+def markdown(report: RecommenderReport, k: int) -> str:
+    """The comparison in words and a table, for the KFP UI's report artifact."""
+    names = list(report.metrics)
+    shown = [f"recall@{k}", f"ndcg@{k}", f"map@{k}", "coverage"]
+    lines = [f"## {'Serve' if report.beats_baselines else 'Do not serve'} the item-item model", "", report.summary(), "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {m} | " + " | ".join(f"{report.metrics[n][m]:.4f}" for n in names) + " |" for m in shown]
+    return "\n".join(lines) + "\n"

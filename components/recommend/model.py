@@ -10,6 +10,7 @@ customer, from the products in it. scikit-learn's ``normalize`` and scipy's spar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import sparse
@@ -28,6 +29,34 @@ class ItemItem:
         similarity.setdiag(0)
         similarity.eliminate_zeros()
         return cls(np.asarray(products), _top_per_row(similarity, neighbours))
+
+    def save(self, directory: Path | str) -> Path:
+        """The model as two files a server loads without storeflow's training code: the product ids and
+        the neighbour matrix (scipy's npz)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "products.npy", self.products)
+        sparse.save_npz(directory / "similarity.npz", self.similarity)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> ItemItem:
+        directory = Path(directory)
+        return cls(np.load(directory / "products.npy"), sparse.load_npz(directory / "similarity.npz").tocsr())
+
+    def basket(self, product_ids: list[int]) -> sparse.csr_matrix:
+        """A cart, a product page or a customer's purchases as one row; unknown products carry no signal."""
+        index = np.searchsorted(self.products, product_ids)
+        known = index[(index < len(self.products)) & (self.products[np.minimum(index, len(self.products) - 1)]
+                                                      == np.asarray(product_ids))]
+        return sparse.csr_matrix((np.ones(len(known), dtype=np.float32), (np.zeros(len(known), dtype=int), known)),
+                                 shape=(1, len(self.products)))
+
+    def recommend(self, product_ids: list[int], k: int) -> list[int]:
+        """Product ids for a basket of product ids, never one already in it."""
+        row = self.basket(product_ids)
+        best = top_k(self.scores(row), row, k)[0]
+        return [int(self.products[i]) for i in best if i >= 0 and self.scores(row)[0, i] > 0]
 
     def scores(self, baskets: sparse.csr_matrix) -> np.ndarray:
         """Rows of products (a customer's history, a cart, one product page) -> a score per product."""

@@ -25,6 +25,22 @@ def purchases(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         ["created_at", "order_id"], kind="stable").reset_index(drop=True)
 
 
+def bought(customers: np.ndarray, products: np.ndarray, shape: tuple[int, int]) -> sparse.csr_matrix:
+    """Rows x product columns, 1 where bought at all (not how often)."""
+    m = sparse.csr_matrix((np.ones(len(customers), dtype=np.float32), (customers, products)), shape=shape)
+    m.data[:] = 1.0
+    return m
+
+
+def purchase_matrix(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, sparse.csr_matrix]:
+    """(customer ids, product ids, customers x products matrix) of every purchase in ``events``."""
+    products = np.sort(events["product_id"].unique())
+    customers = np.sort(events["customer_id"].unique())
+    rows = np.searchsorted(customers, events["customer_id"].to_numpy())
+    cols = np.searchsorted(products, events["product_id"].to_numpy())
+    return customers, products, bought(rows, cols, (len(customers), len(products)))
+
+
 @dataclass(frozen=True)
 class Interactions:
     """Purchases before the cutoff as sparse matrices over one product index, and what each evaluated
@@ -52,28 +68,19 @@ def time_split(events: pd.DataFrame, horizon_days: int, cutoff: pd.Timestamp | N
         raise RecommendError(
             f"the history has no purchases on both sides of the cutoff {cutoff:%Y-%m-%d} (last purchase "
             f"{last:%Y-%m-%d}): it needs more than recommendations.horizon_days={horizon_days} days of orders")
-    products = np.sort(before["product_id"].unique())
-    customers = np.sort(before["customer_id"].unique())
+    customers, products, history = purchase_matrix(before)
     col = pd.Series(np.arange(len(products)), index=products)
     row = pd.Series(np.arange(len(customers)), index=customers)
-
-    def matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sparse.csr_matrix:
-        m = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
-        m.data[:] = 1.0  # bought at all, not how often
-        return m
-
-    history = matrix(row[before["customer_id"]].to_numpy(), col[before["product_id"]].to_numpy(),
-                     (len(customers), len(products)))
     latest = before[before["created_at"] == before.groupby("customer_id")["created_at"].transform("max")]
-    last_order = matrix(row[latest["customer_id"]].to_numpy(), col[latest["product_id"]].to_numpy(), history.shape)
+    last_order = bought(row[latest["customer_id"]].to_numpy(), col[latest["product_id"]].to_numpy(), history.shape)
     order_codes, order_index = np.unique(before["order_id"].to_numpy(), return_inverse=True)
-    orders = matrix(order_index, col[before["product_id"]].to_numpy(), (len(order_codes), len(products)))
+    orders = bought(order_index, col[before["product_id"]].to_numpy(), (len(order_codes), len(products)))
 
     known = window[window["customer_id"].isin(row.index) & window["product_id"].isin(col.index)]
     relevant: dict[int, np.ndarray] = {}
-    for customer, bought in known.groupby("customer_id")["product_id"]:
+    for customer, items in known.groupby("customer_id")["product_id"]:
         r = int(row[customer])
-        new = np.setdiff1d(col[bought.unique()].to_numpy(), history[r].indices)
+        new = np.setdiff1d(col[items.unique()].to_numpy(), history[r].indices)
         if len(new):
             relevant[r] = new
     if not relevant:
