@@ -534,6 +534,7 @@ _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("storeflow_file_values", d
 class RecommendationsConfig(Section):
     """Product recommendations (item-item from purchases) and their time-ordered evaluation."""
 
+    model_name: str = Field("storeflow-recommendations", description="Registered model name in MLflow.")
     k: int = Field(10, gt=0, description="Products recommended per customer, product page or cart.")
     horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
                               "the cutoff (the last purchase minus this) is what they should have been shown.")

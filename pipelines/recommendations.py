@@ -1,5 +1,6 @@
 """The recommendations pipeline: ingest → validate → recommend, on the same ingest and validate components
-(and cluster wiring) as training; the item-item model and its comparison with the baselines are artifacts."""
+(and cluster wiring) as training; the item-item model and its comparison with the baselines are artifacts,
+and the model is registered in MLflow beside the propensity model."""
 
 from kfp import dsl
 
@@ -7,7 +8,7 @@ from storeflow.components.config import Settings
 from storeflow.components.ingest.component import ingest
 from storeflow.components.recommend.component import recommend
 from storeflow.components.validate.component import validate
-from storeflow.pipelines.training import DEFAULTS, on_cluster, shopify_credentials
+from storeflow.pipelines.training import DEFAULTS, mlflow_credentials, on_cluster, shopify_credentials
 
 PIPELINE_NAME = "storeflow-recommendations"
 STAGES = ("ingest", "validate", "recommend")
@@ -16,11 +17,11 @@ STAGES = ("ingest", "validate", "recommend")
 def build_recommendations_pipeline(settings: Settings = DEFAULTS):
     """The recommendations pipeline wired for the cluster ``settings`` describe (see ``training.on_cluster``)."""
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Store orders to an item-item product recommender, judged "
-                  "against popularity and frequently-bought-together.")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Store orders to a registered item-item product recommender, "
+                  "judged against popularity and frequently-bought-together.")
     def recommendations_pipeline(ingest_source: str = "", ingest_path: str = "", k: int = -1, horizon_days: int = -1,
-                                 config_json: str = "{}") -> bool:
-        """Ingest, validate, fit and judge the product recommender.
+                                 config_json: str = "{}") -> str:
+        """Ingest, validate, fit, judge and register the product recommender.
 
         Every input left at its default ('' or -1) keeps the cluster's configured value.
 
@@ -36,8 +37,9 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
             ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest", settings), settings)
         snapshot = ingested.outputs["snapshot"]
         validated = on_cluster(validate(config_json=config_json, snapshot=snapshot), "validate", settings)
-        fitted = on_cluster(recommend(config_json=config_json, snapshot=snapshot, k=k, horizon_days=horizon_days),
-                            "recommend", settings)
+        fitted = mlflow_credentials(on_cluster(
+            recommend(config_json=config_json, snapshot=snapshot, k=k, horizon_days=horizon_days), "recommend",
+            settings), settings)
         fitted.after(validated)
         return fitted.outputs["Output"]
 

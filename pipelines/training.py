@@ -25,10 +25,10 @@ STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "de
 
 # Tasks that call a network service, so a failed attempt is often a passing outage worth retrying:
 # ingest (the Shopify Admin API), train/evaluate/register (the MLflow tracking server and registry),
-# deploy (KServe's API server, Prometheus and MLflow), monitor (MLflow, the prediction-log store) and
-# retrain (the KFP API). validate and features read only the snapshot, the volume and Feast's stores;
-# a failure there is a data error that a retry repeats.
-RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain"})
+# deploy (KServe's API server, Prometheus and MLflow), monitor (MLflow, the prediction-log store),
+# retrain (the KFP API) and recommend (the MLflow registry). validate and features read only the snapshot,
+# the volume and Feast's stores; a failure there is a data error that a retry repeats.
+RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain", "recommend"})
 
 # Tasks whose output their inputs determine, with no side effect a cache hit would skip (see on_cluster).
 CACHED = frozenset({"validate"})

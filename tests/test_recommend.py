@@ -98,8 +98,9 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     from storeflow.pipelines.cli import app
 
     config = tmp_path / "storeflow.yaml"
-    config.write_text(yaml.safe_dump({"project": {"state_dir": str(tmp_path / "state")},
-                                      "ingest": {"synthetic": {"customers": 2000, "orders": 20000, "products": 200}}}))
+    settings = {"project": {"state_dir": str(tmp_path / "state")},
+                "ingest": {"synthetic": {"customers": 2000, "orders": 20000, "products": 200}}}
+    config.write_text(yaml.safe_dump(settings))
     result = CliRunner().invoke(app, ["run", "--pipeline", "recommendations", "--config", str(config)],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -110,6 +111,36 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     cart = [int(model.products[0]), int(model.products[5])]
     shown = model.recommend(cart, k=10)
     assert len(shown) == 10 and not set(shown) & set(cart) and set(shown) <= set(model.products.tolist())
+    # Registered in MLflow as the first champion; the registry's pyfunc answers as the artifact does.
+    assert "Registered storeflow-recommendations v1: champion" in text
+    import mlflow.pyfunc
+
+    from storeflow.components import tracking
+
+    tracking.connect(load_settings(settings))
+    served = mlflow.pyfunc.load_model("models:/storeflow-recommendations@champion")
+    assert served.predict(pd.DataFrame({"products": [cart]}), params={"k": 10}) == [shown]
+
+
+def test_a_challenger_worse_than_the_champions_settings_is_registered_but_not_promoted(store, tmp_path) -> None:
+    from storeflow.components.recommend import fit_recommender
+    from storeflow.components.recommend.registry import register_recommender
+
+    def register(neighbours: int):
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                                  "recommendations": {"neighbours": neighbours, "bootstrap_samples": 200}})
+        cfg = settings.recommendations
+        report = evaluate_recommenders(store, cfg)
+        model_dir = fit_recommender(store, cfg).save(tmp_path / f"model-{neighbours}")
+        return report, register_recommender(settings, model_dir, report, store)
+
+    _, first = register(50)
+    assert (first.version, first.promoted) == ("1", True)
+    _, second = register(8)  # 8 neighbours per product: beats the baselines, loses to the champion's 50
+    assert second.version == "2" and not second.promoted, second.reason
+    assert "worse than the champion" in second.reason
+    _, third = register(50)  # the champion's settings on the same data: fresh, not worse
+    assert third.promoted and third.version == "3"
 
 
 def test_an_unknown_pipeline_name_is_a_usage_error(tmp_path) -> None:

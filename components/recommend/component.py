@@ -8,9 +8,9 @@ from storeflow.components.container import component
 @component
 def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], metrics: dsl.Output[dsl.Metrics],
               report: dsl.Output[dsl.Markdown], config_json: str = "{}", k: int = -1,
-              horizon_days: int = -1) -> bool:
+              horizon_days: int = -1) -> str:
     """Fit the item-item recommender on the snapshot's purchases; compare it with popularity and
-    frequently-bought-together on what customers newly bought after a cutoff.
+    frequently-bought-together on what customers newly bought after a cutoff; register it in MLflow.
 
     Args:
         snapshot: The validated snapshot Dataset (ingest's output, run after validate).
@@ -25,19 +25,22 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
         report: The comparison in words with the customer-grouped CI of the model minus the best baseline.
 
     Returns:
-        Whether the model beats the best baseline with a CI above zero.
+        The registration as JSON: MLflow model name and version, whether it became champion (it must beat
+        the best baseline with a CI above zero and not be worse than the champion's settings) and why.
     """
     import json
+    from dataclasses import asdict
     from pathlib import Path
 
     from storeflow.components.artifacts import describe
     from storeflow.components.config import load_run_settings
     from storeflow.components.recommend import evaluate_recommenders, fit_recommender
     from storeflow.components.recommend.evaluate import markdown
+    from storeflow.components.recommend.registry import register_recommender
     from storeflow.components.tables import read_tables
 
-    cfg = load_run_settings(config_json, {"recommendations.k": k,
-                                          "recommendations.horizon_days": horizon_days}).recommendations
+    settings = load_run_settings(config_json, {"recommendations.k": k, "recommendations.horizon_days": horizon_days})
+    cfg = settings.recommendations
     tables = read_tables(Path(snapshot.path))
     judged = evaluate_recommenders(tables, cfg)
     for recommender, values in judged.metrics.items():
@@ -47,7 +50,11 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
     fitted.save(model.path)
     describe(model.metadata, json.dumps(judged.to_dict()), products=len(fitted.products),
              beats_baselines=judged.beats_baselines, metric=judged.metric, difference=judged.difference)
+    registered = register_recommender(settings, Path(model.path), judged, tables)
+    model.metadata.update(model_uri=f"models:/{registered.model_name}/{registered.version}",
+                          version=registered.version, champion=registered.promoted)
     with open(report.path, "w") as out:
-        out.write(markdown(judged, cfg.k))
+        out.write(markdown(judged, cfg.k) + f"\nRegistered {registered.model_name} v{registered.version}: "
+                  f"{'champion' if registered.promoted else 'challenger only'} ({registered.reason})\n")
     print(judged.summary())
-    return judged.beats_baselines
+    return json.dumps({**asdict(registered), "beats_baselines": judged.beats_baselines})
