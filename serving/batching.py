@@ -28,6 +28,24 @@ import numpy as np
 from storeflow.serving.caching import CacheUse, Generations
 
 
+def _rows(batch: list[tuple[np.ndarray, asyncio.Future]]) -> np.ndarray:
+    """The rows of a batch of requests, in one matrix."""
+    return batch[0][0] if len(batch) == 1 else np.vstack([r for r, _ in batch])
+
+
+def _settle(batch: list[tuple[np.ndarray, asyncio.Future]], scores: np.ndarray | None = None,
+            error: Exception | None = None) -> None:
+    """Hand each waiting request its part of ``scores``, or ``error``."""
+    start = 0
+    for part, future in batch:
+        if not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(scores[start:start + len(part)])
+        start += len(part)
+
+
 class MicroBatcher:
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_rows: int = 64, max_wait_s: float = 0.0,
                  name: str = "model", inline: bool = False):
@@ -72,20 +90,13 @@ class MicroBatcher:
                 batch.append(item)
                 size += len(item[0])
             last_size = len(batch)
-            rows = batch[0][0] if len(batch) == 1 else np.vstack([r for r, _ in batch])
             try:
-                scores = await loop.run_in_executor(self._executor, self.fn, rows)
+                scores = await loop.run_in_executor(self._executor, self.fn, _rows(batch))
                 self.calls += 1
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _settle(batch, error=exc)
                 continue
-            start = 0
-            for part, future in batch:
-                if not future.done():
-                    future.set_result(scores[start:start + len(part)])
-                start += len(part)
+            _settle(batch, scores)
 
     def _score_pending(self) -> None:
         """Inline: the rows of every request that asked during this loop iteration, in calls of at most
@@ -96,20 +107,13 @@ class MicroBatcher:
             while pending and (not batch or size + len(pending[0][0]) <= self.max_rows):
                 batch.append(pending.pop(0))
                 size += len(batch[-1][0])
-            rows = batch[0][0] if len(batch) == 1 else np.vstack([r for r, _ in batch])
             try:
-                scores = self.fn(rows)
+                scores = self.fn(_rows(batch))
                 self.calls += 1
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _settle(batch, error=exc)
                 continue
-            start = 0
-            for part, future in batch:
-                if not future.done():
-                    future.set_result(scores[start:start + len(part)])
-                start += len(part)
+            _settle(batch, scores)
 
     def close(self) -> None:
         if self._task is not None:
