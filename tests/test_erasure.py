@@ -124,6 +124,29 @@ def test_a_store_erasure_does_not_know_fails_the_request_naming_the_file(synthet
     assert on_disk([settings.project.state_dir], customer, email) == [str(copy)]
 
 
+def test_a_pipeline_runs_parquet_artifact_without_a_suffix_is_erased(settings):
+    """A KFP run keeps the features step's training set as ``.../features/training_set``: Parquet with
+    no ``.parquet``. Erasure looked for Parquet by name, so the scan found the customer there and
+    customers/redact failed (the demo-erasure test, once features wrote the training set as an artifact);
+    shop/redact removed only the stores it names, so its scan failed on such files too."""
+    artifact = settings.project.state_dir / "runs" / "20261204-000000" / "artifacts" / "features" / "training_set"
+    artifact.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"customer_id": [KEPT, ERASED, KEPT], "label": [1, 0, 0]}), artifact)
+
+    conn = _journal(settings)
+    removed = privacy.redact_customer(settings, conn, None, privacy.Subject(ERASED))
+    conn.close()
+
+    assert removed["parquet_rows"] == 1
+    assert pq.read_table(artifact).column("customer_id").to_pylist() == [KEPT, KEPT]
+    assert on_disk([settings.project.state_dir], ERASED, None) == []
+
+    conn = _journal(settings)
+    privacy.redact_shop(settings, conn, None, "any.myshopify.com")  # every row is the shop's: the file goes
+    conn.close()
+    assert not artifact.exists()
+
+
 # --- the scan -----------------------------------------------------------------------------------------
 
 

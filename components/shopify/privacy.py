@@ -39,7 +39,7 @@ from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_snapshot
 from storeflow.components.shopify import layout, online
-from storeflow.components.shopify.traces import EMAIL, Needles, find_traces
+from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
 from storeflow.components.tables import TABLES, read_tables
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,23 @@ def erase_snapshots(settings: Settings, subject: Subject, note: str) -> int:
 
 
 def _parquet_files(settings: Settings) -> list[Path]:
+    """Parquet under the state dir but in snapshots, by name or by content: a pipeline run's artifacts
+    (e.g. the features step's ``training_set``) carry no suffix."""
     snapshots = settings.data_dir / "snapshots"
-    return sorted(p for p in settings.project.state_dir.rglob("*.parquet")
-                  if snapshots not in p.parents and not p.name.startswith("."))
+    return sorted(p for p in settings.project.state_dir.rglob("*")
+                  if snapshots not in p.parents and not p.name.startswith(".") and _is_parquet(p))
+
+
+def _is_parquet(path: Path) -> bool:
+    if not path.is_file() or path.is_symlink():
+        return False
+    if path.suffix == ".parquet":
+        return True
+    with path.open("rb") as handle:
+        if handle.read(4) != PARQUET_MAGIC or handle.seek(0, 2) < 8:
+            return False
+        handle.seek(-4, 2)
+        return handle.read(4) == PARQUET_MAGIC
 
 
 def erase_parquet(settings: Settings, subject: Subject) -> int:
@@ -391,6 +405,11 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
     for path in sources:
         path.unlink()
     removed["feature_sources"] = len(sources)
+    # Any other Parquet with customer rows (a pipeline run's artifacts): every row in it is the shop's.
+    held = [p for p in _parquet_files(settings) if {"customer_id", "email"} & set(pq.read_schema(p).names)]
+    for path in held:
+        path.unlink()
+    removed["parquet_files"] = len(held)
     removed["online_rows"] = online.erase_all(store) if store is not None else 0
     with conn:
         removed["journal_rows"] = sum(conn.execute(f"DELETE FROM {table}").rowcount
