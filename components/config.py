@@ -535,6 +535,7 @@ class RecommendationsConfig(Section):
     """Product recommendations (item-item from purchases) and their time-ordered evaluation."""
 
     model_name: str = Field("storeflow-recommendations", description="Registered model name in MLflow.")
+    port: int = Field(8081, gt=0, lt=65536, description="`storeflow serve-recommendations` listens here.")
     k: int = Field(10, gt=0, description="Products recommended per customer, product page or cart.")
     horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
                               "the cutoff (the last purchase minus this) is what they should have been shown.")

@@ -15,6 +15,7 @@ from storeflow.components.shopify import commands as shopify
 from storeflow.pipelines import commands as pipelines
 from storeflow.pipelines import monitor_commands as monitoring
 from storeflow.serving import commands as serving
+from storeflow.serving import recommend_commands
 
 app = typer.Typer(help="storeflow: Kubeflow Pipelines + KServe ML for Shopify stores.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -28,6 +29,7 @@ app.command("promote")(pipelines.promote)
 app.command("rollback")(pipelines.rollback)
 app.command("status")(pipelines.status)
 app.command("serve")(serving.serve)
+app.command("serve-recommendations")(recommend_commands.serve_recommendations)
 app.command("webhooks")(shopify.webhooks)
 app.command("dead-letters")(shopify.dead_letters)
 app.command("sync")(shopify.sync)

@@ -1,0 +1,173 @@
+"""Product recommendations over KServe (issue 15): the registered recommender (MLflow alias ``champion`` of
+``recommendations.model_name``) as a KServe ``Model`` on a server of its own, behind what every storeflow
+server has (Shopify auth, body limit, only the served routes, one error shape, request metrics:
+:func:`storeflow.serving.app.install`).
+
+A request is a basket: the products of a cart or a product page (``gid://shopify/Product/…`` or numbers);
+the answer is up to ``k`` product gids, best first, never one already in the basket.
+
+* V1 ``POST /v1/models/<name>:predict``: ``{"instances": [{"products": ["gid://shopify/Product/1"], "k": 5}]}``
+  → ``{"predictions": [{"products": ["gid://shopify/Product/7", …]}]}`` (one answer per instance).
+* V2 ``POST /v2/models/<name>/infer``: input ``products`` BYTES or INT64 ``[m]`` (one basket), optional
+  parameter ``k`` → output ``products`` BYTES ``[≤ k]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from storeflow.components.recommend.model import ItemItem
+from storeflow.serving.protocol import VERSION_HEADER
+
+if TYPE_CHECKING:
+    from storeflow.components.config import Settings
+
+PRODUCT_GID = "gid://shopify/Product/"
+MAX_BASKET = 250  # a Shopify cart holds at most 250 lines
+MAX_INSTANCES = 64
+MAX_K = 50
+
+
+def product_id(value) -> int:
+    """A product gid or its number; anything else is the caller's error."""
+    text = str(value.decode() if isinstance(value, bytes) else value)
+    number = text.removeprefix(PRODUCT_GID)
+    if not (number.isascii() and number.isdigit()) or len(number) > 19:
+        raise InvalidInput(f"{text[:80]!r} is not a product id (gid://shopify/Product/<number> or the number)")
+    return int(number)
+
+
+def _k(value, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
+    return value
+
+
+class RecommenderModel(Model):
+    """KServe's contract: ``load`` the item-item model, ``preprocess`` a request into baskets, ``predict``
+    the recommendations, ``postprocess`` them into the protocol the request came in."""
+
+    def __init__(self, name: str, model_dir: Path, version: str, k: int):
+        super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
+        self.model_dir, self.version, self.k = Path(model_dir), version, k
+        self.model: ItemItem | None = None
+
+    def load(self) -> bool:
+        found = sorted(self.model_dir.rglob("similarity.npz"))
+        if not found:
+            raise FileNotFoundError(f"{self.model_dir} holds no recommender (similarity.npz)")
+        self.model = ItemItem.load(found[0].parent)
+        self.ready = True
+        return True
+
+    async def preprocess(self, payload, headers=None) -> tuple[bool, list[tuple[list[int], int]]]:
+        if isinstance(payload, InferRequest):
+            return True, [self._parse_v2(payload)]
+        return False, self._parse_v1(payload)
+
+    def _parse_v1(self, payload) -> list[tuple[list[int], int]]:
+        if isinstance(payload, (bytes, str)):
+            try:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"request body is not JSON: {exc}") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            raise InvalidInput('expected {"instances": [{"products": ["gid://shopify/Product/1"], "k": 10}]}')
+        instances = payload["instances"]
+        if not 1 <= len(instances) <= MAX_INSTANCES:
+            raise InvalidInput(f"send 1 to {MAX_INSTANCES} instances per request, got {len(instances)}")
+        baskets = []
+        for i, item in enumerate(instances):
+            if not isinstance(item, dict) or not isinstance(item.get("products"), list):
+                raise InvalidInput(f"instances[{i}] must be an object with a products list")
+            if extra := set(item) - {"products", "k"}:
+                raise InvalidInput(f"instances[{i}] has unknown field(s): {', '.join(sorted(map(str, extra)))}")
+            baskets.append((self._basket(item["products"], f"instances[{i}].products"), _k(item.get("k"), self.k)))
+        return baskets
+
+    def _parse_v2(self, request: InferRequest) -> tuple[list[int], int]:
+        inputs = {tensor.name: tensor for tensor in request.inputs}
+        if set(inputs) != {"products"}:
+            raise InvalidInput("one input named 'products' (BYTES or INT64 [m]: the basket's product ids)")
+        tensor = inputs["products"]
+        if tensor.datatype not in ("BYTES", "INT64"):
+            raise InvalidInput(f"input 'products' must be BYTES or INT64, got {tensor.datatype}")
+        try:
+            values = list(tensor.data) if tensor.datatype == "BYTES" else tensor.as_numpy().reshape(-1).tolist()
+        except Exception as exc:  # noqa: BLE001 - numpy says many things about bad data
+            raise InvalidInput(f"input 'products' does not match its datatype and shape: {exc}") from exc
+        k = (request.parameters or {}).get("k")
+        return self._basket(values, "products"), _k(getattr(k, "int64_param", k), self.k)
+
+    @staticmethod
+    def _basket(values: list, where: str) -> list[int]:
+        if not 1 <= len(values) <= MAX_BASKET:
+            raise InvalidInput(f"{where} must hold 1 to {MAX_BASKET} products, got {len(values)}")
+        return [product_id(value) for value in values]
+
+    async def predict(self, request, headers=None, response_headers=None):
+        v2, baskets = request
+        if response_headers is not None:  # KServe hands response headers to predict, not postprocess
+            response_headers[VERSION_HEADER] = self.version
+        return v2, [self.model.recommend(basket, k) for basket, k in baskets]
+
+    async def postprocess(self, result, headers=None, response_headers=None):
+        v2, recommended = result
+        gids = [[f"{PRODUCT_GID}{p}" for p in products] for products in recommended]
+        if v2:
+            output = InferOutput("products", [len(gids[0])], "BYTES", gids[0])
+            return InferResponse(response_id="", model_name=self.name, model_version=self.version,
+                                 infer_outputs=[output])
+        return {"predictions": [{"products": products} for products in gids], "model_version": self.version}
+
+
+def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
+    """The registered version at ``alias`` and its files, downloaded under the state dir once."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from storeflow.components import tracking
+
+    name = settings.recommendations.model_name
+    client = tracking.connect(settings)
+    try:
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        raise ValueError(f"no version of {name} has alias '{alias}' in {settings.tracking_uri}; run "
+                         "`storeflow run --pipeline recommendations` first") from exc
+    target = settings.project.state_dir / "serving" / "models" / name / version
+    if not any(target.rglob("similarity.npz")):
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target))
+    return version, target
+
+
+def build_app(settings: Settings, version: str, model_dir: Path):
+    """KServe's FastAPI app serving the recommender, with storeflow's middlewares."""
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.model_server import app
+    from kserve.protocol.rest.server import RESTServer
+
+    from storeflow.serving.app import install
+
+    cfg = settings.serving
+    model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k)
+    model.load()
+    server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
+    server.register_model(model)
+    install(server, settings, served_versions=[version])
+    RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
+               cfg.port).create_application()
+    print(f"storeflow serve-recommendations: {model.name} v{version}, {len(model.model.products):,} products",
+          file=sys.stderr, flush=True)
+    return app
