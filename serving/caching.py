@@ -39,6 +39,7 @@ SAMPLE = 16  # one key in SAMPLE (by hash) feeds the hit-rate estimate
 WINDOW = 256  # sampled lookups per decision (~4,000 lookups)
 FLUSH_EVERY = 64  # lookups counted locally before they are added to the Prometheus counters
 FLUSH_SECONDS = 0.5
+MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads structured keys (customer ids) over the sample
 
 
 class Generations:
@@ -104,7 +105,8 @@ class CacheUse:
         (a window may just have ended and switched it)."""
         sample, shadow, horizon = self.sample, self._shadow, self.horizon_s
         for key in keys:
-            if hash(key) % sample:
+            # Mixed before the modulo: ids with a common stride (all even, all ...0001) sample evenly too.
+            if ((hash(key) * MIX) >> 32) % sample:
                 continue
             seen = shadow.get(key)
             self._sampled += 1

@@ -107,3 +107,11 @@ def test_metrics_show_each_caches_hit_rate():
     ratio = next(line for line in text.splitlines() if line.startswith('storeflow_cache_hit_ratio{cache="scores"'))
     assert float(ratio.rsplit(" ", 1)[1]) > 0.9
     assert re.search(r'^storeflow_cache_enabled\{cache="scores"[^}]*\} 1\.0$', text, re.M)
+
+
+def test_the_estimate_samples_customer_ids_that_share_a_stride():
+    use = CacheUse("features", max_keys=100_000, horizon_s=60)
+    ids = [7_200_000_000_001 + 16 * n for n in range(400)]  # every id the same modulo 16
+    for _ in range(20):
+        use.observe(ids, now=1.0)
+    assert use.estimate is not None and use.estimate > 0.9 and use.enabled
