@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from storeflow.components.recommend.model import ItemItem
 from storeflow.serving.protocol import VERSION_HEADER
+from storeflow.serving.v1 import v1_request
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -75,14 +75,8 @@ class RecommenderModel(Model):
         return False, self._parse_v1(payload)
 
     def _parse_v1(self, payload) -> list[tuple[list[int], int]]:
-        if isinstance(payload, (bytes, str)):
-            try:
-                payload = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"request body is not JSON: {exc}") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise InvalidInput('expected {"instances": [{"products": ["gid://shopify/Product/1"], "k": 10}]}')
-        instances = payload["instances"]
+        instances = v1_request(payload, '{"instances": [{"products": ["gid://shopify/Product/1"], "k": 10}]}')[
+            "instances"]
         if not 1 <= len(instances) <= MAX_INSTANCES:
             raise InvalidInput(f"send 1 to {MAX_INSTANCES} instances per request, got {len(instances)}")
         baskets = []

@@ -46,6 +46,7 @@ from storeflow.serving.protocol import (
     SHOP_HEADER,
     VERSION_HEADER,
 )
+from storeflow.serving.v1 import v1_request
 
 V2_INPUTS = {"customer_id", "cart_subtotal", "cart_item_count"}
 MAX_CART_SUBTOTAL = 1e9
@@ -191,13 +192,7 @@ class StoreflowTransformer(Model):
             raise InvalidInput(f"send 1 to {self.max_instances} customers per request, got {n}")
 
     def _parse_v1(self, payload) -> tuple[list[str], list[int], list[dict | None]]:
-        if isinstance(payload, (bytes, str)):  # KServe passes non-JSON content types through raw
-            try:
-                payload = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"request body is not JSON: {exc}") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise InvalidInput('expected a JSON object {"instances": [{"customer_id": "gid://shopify/Customer/1"}]}')
+        payload = v1_request(payload, 'a JSON object {"instances": [{"customer_id": "gid://shopify/Customer/1"}]}')
         unknown = set(payload) - {"instances", "parameters"}
         if unknown:
             raise InvalidInput(f"unknown top-level field(s): {', '.join(sorted(map(str, unknown)))}")
