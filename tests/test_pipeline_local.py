@@ -63,6 +63,8 @@ def test_losing_challenger_is_not_promoted_when_the_pipeline_runs_locally(first_
     second = run_local(training_pipeline, losing, STAGES, estimator="sklearn.dummy.DummyClassifier")
     registered = json.loads(second.output)
     assert registered["version"] == "2" and not registered["promoted"] and registered["champion_version"] == "1"
+    # When each task ran (what bench/pipeline.py reads per stage): every task, in the order it ran.
+    assert list(second.task_seconds) == list(STAGES) and all(t > 0 for t in second.task_seconds.values())
 
     client = tracking.connect(losing)
     name = losing.registry.model_name

@@ -44,6 +44,9 @@ def test_products_the_same_customers_buy_are_neighbours() -> None:
     scores = model.scores(sparse.csr_matrix(np.array([[1, 0, 0, 0]])))  # a product page for product 10
     assert int(np.argmax(scores)) == 1 and scores[0, 0] == 0  # its co-bought product first, never itself
     assert model.similarity.getnnz(axis=1).max() <= 2  # the neighbourhood is bounded
+    # A cart with a product the model never saw: that one carries no signal, the rest still does.
+    assert model.recommend([999, 10], k=3)[0] == 11 and 999 not in model.recommend([999, 10], k=3)
+    assert model.recommend([999], k=3) == []  # nothing known: nothing to say, never a random guess
 
 
 def test_the_holdout_judges_only_what_a_customer_newly_bought_after_the_cutoff() -> None:

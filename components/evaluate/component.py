@@ -37,10 +37,8 @@ def evaluate(training_set: dsl.Input[dsl.Dataset], model: dsl.Input[dsl.Model],
         evaluation: The EvaluationResult as JSON. promote: whether the challenger should become champion.
     """
     from collections import namedtuple
-    from pathlib import Path
 
     from storeflow.components.artifacts import result_of
-
     from storeflow.components.config import load_run_settings
     from storeflow.components.evaluate import evaluate as run
     from storeflow.components.evaluate.report import markdown
@@ -49,8 +47,7 @@ def evaluate(training_set: dsl.Input[dsl.Dataset], model: dsl.Input[dsl.Model],
 
     settings = load_run_settings(config_json, {"features.label.horizon_days": label_horizon_days,
                                               "evaluate.margin": promotion_margin})
-    features = FeatureResult(**{**result_of(training_set.metadata, "training_set"),
-                                "training_set": Path(training_set.path)})
+    features = FeatureResult.from_artifact(training_set)
     result = run(settings, features, TrainResult(**result_of(model.metadata, "model")))
     for name, value in result.challenger_metrics.items():
         metrics.log_metric(name, value)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from storeflow.components.artifacts import result_of
 from storeflow.components.config import Settings
 from storeflow.components.features import btyd
 from storeflow.components.features.compute import (
@@ -58,6 +59,12 @@ class FeatureResult:
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "training_set": str(self.training_set)})
+
+    @classmethod
+    def from_artifact(cls, dataset) -> FeatureResult:
+        """The result the features task recorded on its training set Dataset (a KFP artifact), with the
+        training set where this task sees it."""
+        return cls(**{**result_of(dataset.metadata, "training_set"), "training_set": Path(dataset.path)})
 
     @classmethod
     def from_json(cls, text: str) -> FeatureResult:

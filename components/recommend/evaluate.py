@@ -47,15 +47,27 @@ class RecommenderReport:
 
 def rankings(data: Interactions, cfg: RecommendationsConfig) -> dict[str, np.ndarray]:
     """Each recommender's top-k products (columns) for the evaluated customers, never one they bought."""
-    rows = np.fromiter(data.relevant, dtype=np.int64)
-    history, last_order = data.history[rows], data.last_order[rows]
-    model = ItemItem.fit(data.history, data.products, cfg.neighbours)
-    scores = {MODEL: model.scores(history), "popularity": popularity(data.history, len(rows)),
-              "bought_together": bought_together(data.orders, last_order)}
-    # Where a recommender has nothing to say (no similar products) popularity fills in, for every one
-    # alike: equal scores are ordered by how many customers bought the product.
+    rows, history = _evaluated(data)
+    ranked = {MODEL: item_item_ranking(data, cfg)}
+    scores = {"popularity": popularity(data.history, len(rows)),
+              "bought_together": bought_together(data.orders, data.last_order[rows])}
     buyers = popularity(data.history, 1)[0]
-    return {name: top_k(values, history, cfg.k, tiebreak=buyers) for name, values in scores.items()}
+    return ranked | {name: top_k(values, history, cfg.k, tiebreak=buyers) for name, values in scores.items()}
+
+
+def item_item_ranking(data: Interactions, cfg: RecommendationsConfig) -> np.ndarray:
+    """The item-item model's top-k for the evaluated customers, fit on purchases before the cutoff.
+
+    Where a recommender has nothing to say (no similar products) popularity fills in, for every one
+    alike: equal scores are ordered by how many customers bought the product."""
+    _, history = _evaluated(data)
+    model = ItemItem.fit(data.history, data.products, cfg.neighbours)
+    return top_k(model.scores(history), history, cfg.k, tiebreak=popularity(data.history, 1)[0])
+
+
+def _evaluated(data: Interactions) -> tuple[np.ndarray, object]:
+    rows = np.fromiter(data.relevant, dtype=np.int64)
+    return rows, data.history[rows]
 
 
 def evaluate_recommenders(tables: dict[str, pd.DataFrame], cfg: RecommendationsConfig) -> RecommenderReport:

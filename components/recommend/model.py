@@ -46,17 +46,16 @@ class ItemItem:
 
     def basket(self, product_ids: list[int]) -> sparse.csr_matrix:
         """A cart, a product page or a customer's purchases as one row; unknown products carry no signal."""
-        index = np.searchsorted(self.products, product_ids)
-        known = index[(index < len(self.products)) & (self.products[np.minimum(index, len(self.products) - 1)]
-                                                      == np.asarray(product_ids))]
-        return sparse.csr_matrix((np.ones(len(known), dtype=np.float32), (np.zeros(len(known), dtype=int), known)),
+        ids = np.asarray(product_ids, dtype=np.int64)
+        index = np.searchsorted(self.products, ids[np.isin(ids, self.products)])
+        return sparse.csr_matrix((np.ones(len(index), dtype=np.float32), (np.zeros(len(index), dtype=int), index)),
                                  shape=(1, len(self.products)))
 
     def recommend(self, product_ids: list[int], k: int) -> list[int]:
-        """Product ids for a basket of product ids, never one already in it."""
+        """Product ids for a basket of product ids, never one already in it nor one with no similarity."""
         row = self.basket(product_ids)
-        best = top_k(self.scores(row), row, k)[0]
-        return [int(self.products[i]) for i in best if i >= 0 and self.scores(row)[0, i] > 0]
+        scores = self.scores(row)
+        return [int(self.products[i]) for i in top_k(scores, row, k)[0] if i >= 0 and scores[0, i] > 0]
 
     def scores(self, baskets: sparse.csr_matrix) -> np.ndarray:
         """Rows of products (a customer's history, a cart, one product page) -> a score per product."""

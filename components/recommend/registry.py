@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from storeflow.components.config import Settings
-from storeflow.components.recommend.evaluate import MODEL, RecommenderReport, rankings
+from storeflow.components.recommend.evaluate import MODEL, RecommenderReport, item_item_ranking
 from storeflow.components.recommend.metrics import difference_ci, per_customer
 from storeflow.components.recommend.purchases import purchases, time_split
 
@@ -64,8 +64,8 @@ def _versus_champion(settings: Settings, client, champion: str, tables) -> tuple
     data = time_split(purchases(tables), cfg.horizon_days)
     relevant = list(data.relevant.values())
     metric = f"{cfg.metric}@{cfg.k}"
-    ours = per_customer(rankings(data, cfg)[MODEL], relevant, cfg.k)[metric]
-    their = per_customer(rankings(data, theirs)[MODEL], relevant, cfg.k)[metric]
+    ours = per_customer(item_item_ranking(data, cfg), relevant, cfg.k)[metric]
+    their = per_customer(item_item_ranking(data, theirs), relevant, cfg.k)[metric]
     difference, low, high = difference_ci(ours, their, cfg.bootstrap_samples, cfg.confidence, cfg.seed)
     verdict = f"{metric} against champion v{champion}'s settings refit on the same split: {difference:+.4f} " \
               f"({low:+.4f} to {high:+.4f})"

@@ -21,19 +21,16 @@ def train(training_set: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], co
         model: The fitted, calibrated model as an MLflow model directory (loadable with mlflow.pyfunc);
             metadata has its MLflow model URI, run id and training metrics.
     """
-    from pathlib import Path
-
     import mlflow
 
-    from storeflow.components.artifacts import describe, result_of
+    from storeflow.components.artifacts import describe
     from storeflow.components.config import load_run_settings
     from storeflow.components.features import FeatureResult
     from storeflow.components.train import train as run
 
     settings = load_run_settings(config_json, {"train.estimator": estimator,
                                               "features.label.horizon_days": label_horizon_days})
-    features = FeatureResult(**{**result_of(training_set.metadata, "training_set"),
-                                "training_set": Path(training_set.path)})
+    features = FeatureResult.from_artifact(training_set)
     result = run(settings, features)
     mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=model.path)
     describe(model.metadata, result.to_json(), model_uri=result.model_uri, run_id=result.run_id,
