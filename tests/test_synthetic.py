@@ -170,3 +170,12 @@ def test_a_bgnbd_store_too_dense_for_its_customers_says_so(tmp_path: Path):
         generate_store(dense, tmp_path / "dense.jsonl", process="bgnbd")
     with pytest.raises(ValueError, match="unknown purchase process"):
         generate_store(CONFIG, tmp_path / "x.jsonl", process="pareto")
+
+
+def test_the_store_is_written_in_chunks_with_the_same_bytes(store, tmp_path: Path, monkeypatch):
+    """A 5M-order store is formatted a chunk of orders at a time; chunk edges change no byte."""
+    from storeflow.components.ingest import synthetic
+
+    path, _ = store
+    monkeypatch.setattr(synthetic, "WRITE_CHUNK_ORDERS", 777)  # edges inside orders with several line items
+    assert generate_store(CONFIG, tmp_path / "chunked.jsonl").read_bytes() == path.read_bytes()
