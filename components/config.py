@@ -540,6 +540,11 @@ class RecommendationsConfig(Section):
     horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
                               "the cutoff (the last purchase minus this) is what they should have been shown.")
     neighbours: int = Field(50, gt=0, description="Similar products kept per product.")
+    inference_service: str = Field("storeflow-recommendations", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$",
+                                   description="The recommender's KServe InferenceService (kustomize/components/"
+                                   "recommendations).")
+    serving_runtime: str = Field("storeflow-recommender", description="Its ServingRuntime.")
+    model_format: str = Field("storeflow-recommender", description="The model format that runtime serves.")
     metric: Literal["recall", "ndcg", "map"] = Field("ndcg", description="Ranking metric (at k) the model must "
                                                      "beat the best baseline on, with a CI above zero.")
     bootstrap_samples: int = Field(1000, gt=0)

@@ -165,3 +165,43 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     print(f"storeflow serve-recommendations: {model.name} v{version}, {len(model.model.products):,} products",
           file=sys.stderr, flush=True)
     return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The InferenceService's one container (``python -m storeflow.serving.recommender --model_name <isvc>``):
+    the model version KServe's storage initializer put in ``/mnt/models``, behind the same Shopify auth,
+    routes and metrics as ``storeflow serve-recommendations`` (no transformer: a basket needs no features)."""
+    import argparse
+    import os
+
+    from kserve import ModelServer, model_server
+
+    from storeflow.components.config import load_settings
+    from storeflow.serving.app import install
+    from storeflow.serving.logs import quiet_logging
+    from storeflow.serving.predictor import DEFAULT_MODEL_DIR, registered_version
+
+    parser = argparse.ArgumentParser(parents=[model_server.parser])
+    parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
+    parser.add_argument("--model_version", default=os.environ.get("STOREFLOW_MODEL_VERSION"))
+    args, _ = parser.parse_known_args(argv)
+    quiet_logging()
+    settings = load_settings()
+    version = args.model_version or registered_version(Path(args.model_dir))[1]
+    if not version:
+        raise SystemExit(f"no model version: set STOREFLOW_MODEL_VERSION (the deploy step does) or --model_version; "
+                         f"{args.model_dir} has no registered_model_meta")
+    model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k)
+    model.load()
+    print(f"storeflow recommender: {model.name} v{version}, {len(model.model.products):,} products", flush=True)
+    server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
+                         enable_latency_logging=False)
+    quiet_logging()  # ModelServer() re-applied KServe's logging config
+    install(server, settings, served_versions=[version])
+    server.start([model])
+
+
+if __name__ == "__main__":
+    from storeflow.serving.recommender import main as _main  # the imported module, not this __main__ copy
+
+    _main()

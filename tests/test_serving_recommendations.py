@@ -148,3 +148,40 @@ def test_shopify_auth_guards_recommendations(authed_server, registered) -> None:
     answer = httpx.post(f"{authed_server}/v1/models/{NAME}:predict", json=body,
                         headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text
+
+
+def test_the_cluster_container_serves_the_model_kserve_downloaded(registered, tmp_path) -> None:
+    """`python -m storeflow.serving.recommender --model_name <isvc>` (the ServingRuntime's command in
+    kustomize/components/recommendations) serves the files at --model_dir under the version the deploy step
+    sets in STOREFLOW_MODEL_VERSION, with Shopify auth on: no credentials is 401, the version header is 7."""
+    config, model = registered
+    port = _free_port()
+    model_dir = tmp_path / "mnt-models"
+    model.save(model_dir / "artifacts" / "model")  # where a pyfunc's artifacts land under /mnt/models
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(config), "STOREFLOW_MODEL_VERSION": "7"}
+    proc = subprocess.Popen([sys.executable, "-m", "storeflow.serving.recommender", f"--model_name={NAME}",
+                             "--model_dir", str(model_dir), "--http_port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        body = {"instances": [{"products": [int(model.products[3])], "k": 4}]}
+        assert httpx.post(f"{url}/v1/models/{NAME}:predict", json=body).status_code == 401
+        token = jwt.encode({"iss": f"https://{SHOP}/admin", "dest": f"https://{SHOP}", "aud": CLIENT_ID,
+                            "sub": "1", "exp": int(time.time()) + 60, "nbf": int(time.time()) - 5,
+                            "iat": int(time.time()), "jti": "x", "sid": "y"}, SECRET, algorithm="HS256")
+        answer = httpx.post(f"{url}/v1/models/{NAME}:predict", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-storeflow-model-version"] == "7"
+        assert answer.json()["predictions"][0]["products"] == [
+            f"gid://shopify/Product/{p}" for p in model.recommend([int(model.products[3])], 4)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
