@@ -4,7 +4,8 @@ server has (Shopify auth, body limit, only the served routes, one error shape, r
 :func:`storeflow.serving.app.install`).
 
 A request is a basket: the products of a cart or a product page (``gid://shopify/Product/…`` or numbers);
-the answer is up to ``k`` product gids, best first, never one already in the basket.
+the answer is up to ``k`` product gids, best first, never one already in the basket nor one the store
+has unpublished or sold out (:mod:`storeflow.components.recommend.availability`, kept current by webhooks).
 
 * V1 ``POST /v1/models/<name>:predict``: ``{"instances": [{"products": ["gid://shopify/Product/1"], "k": 5}]}``
   → ``{"predictions": [{"products": ["gid://shopify/Product/7", …]}]}`` (one answer per instance).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kserve import Model
@@ -33,6 +35,7 @@ PRODUCT_GID = "gid://shopify/Product/"
 MAX_BASKET = 250  # a Shopify cart holds at most 250 lines
 MAX_INSTANCES = 64
 MAX_K = 50
+CANDIDATES_PER_SLOT = 4  # candidates ranked per product asked for, before unavailable ones are dropped
 
 
 def product_id(value) -> int:
@@ -56,10 +59,13 @@ class RecommenderModel(Model):
     """KServe's contract: ``load`` the item-item model, ``preprocess`` a request into baskets, ``predict``
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
-    def __init__(self, name: str, model_dir: Path, version: str, k: int):
+    def __init__(self, name: str, model_dir: Path, version: str, k: int,
+                 unavailable: Callable[[list[int]], set[int]] | None = None):
         super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
         self.model_dir, self.version, self.k = Path(model_dir), version, k
         self.model: ItemItem | None = None
+        # Products the store says are unpublished or out of stock, among those asked about (Feast online store).
+        self.unavailable = unavailable or (lambda products: set())
 
     def load(self) -> bool:
         found = sorted(self.model_dir.rglob("similarity.npz"))
@@ -112,7 +118,11 @@ class RecommenderModel(Model):
         v2, baskets = request
         if response_headers is not None:  # KServe hands response headers to predict, not postprocess
             response_headers[VERSION_HEADER] = self.version
-        return v2, [self.model.recommend(basket, k) for basket, k in baskets]
+        # Ranked beyond k, so that dropping unpublished and out-of-stock products still leaves k; one
+        # availability lookup for every candidate of the request.
+        ranked = [self.model.recommend(basket, k * CANDIDATES_PER_SLOT) for basket, k in baskets]
+        hidden = self.unavailable(sorted({p for products in ranked for p in products}))
+        return v2, [[p for p in products if p not in hidden][:k] for products, (_, k) in zip(ranked, baskets)]
 
     async def postprocess(self, result, headers=None, response_headers=None):
         v2, recommended = result
@@ -145,6 +155,16 @@ def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
     return version, target
 
 
+def availability_lookup(settings: Settings) -> Callable[[list[int]], set[int]]:
+    """The unpublished / out-of-stock products among some product ids, read from the Feast online store
+    (view ``product_availability``, written by the products and inventory webhooks)."""
+    from storeflow.components.features.repo import feature_store
+    from storeflow.components.recommend import availability
+
+    store = feature_store(settings)
+    return lambda products: availability.unavailable(store, products)
+
+
 def build_app(settings: Settings, version: str, model_dir: Path):
     """KServe's FastAPI app serving the recommender, with storeflow's middlewares."""
     from kserve import ModelServer
@@ -155,7 +175,8 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     from storeflow.serving.app import install
 
     cfg = settings.serving
-    model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k)
+    model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k,
+                             availability_lookup(settings))
     model.load()
     server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
     server.register_model(model)
@@ -191,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     if not version:
         raise SystemExit(f"no model version: set STOREFLOW_MODEL_VERSION (the deploy step does) or --model_version; "
                          f"{args.model_dir} has no registered_model_meta")
-    model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k)
+    model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k,
+                             availability_lookup(settings))
     model.load()
     print(f"storeflow recommender: {model.name} v{version}, {len(model.model.products):,} products", flush=True)
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,

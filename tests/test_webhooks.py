@@ -113,7 +113,7 @@ def test_an_accepted_event_is_committed_before_the_answer(hooks):
     (lambda d: d["headers"].update({"X-Shopify-Hmac-Sha256": "dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ="}), 401,
      "invalid_hmac", "signature"),
     (lambda d: d.update(delivery("orders/create", b'{"id": 1,', "wh-bad")), 400, "malformed_json", "not valid JSON"),
-    (lambda d: d.update(delivery("products/update", {"id": 1}, "wh-bad")), 400, "unknown_topic", "products/update"),
+    (lambda d: d.update(delivery("carts/update", {"id": 1}, "wh-bad")), 400, "unknown_topic", "carts/update"),
     (lambda d: d.update(delivery("orders/create", {"name": "#1"}, "wh-bad")), 400, "bad_payload", "'id'"),
     (lambda d: d.update(delivery("orders/create", {"id": 1}, "wh-bad", shop="other.myshopify.com")), 401,
      "shop_not_allowed", "other.myshopify.com"),

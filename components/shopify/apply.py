@@ -36,7 +36,8 @@ from storeflow.components.features.compute import customer_features
 from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, btyd_model_path,
                                                 feature_store, source_path)
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
-from storeflow.components.shopify import layout, online, privacy
+from storeflow.components.recommend import availability
+from storeflow.components.shopify import layout, online, privacy, products
 from storeflow.components.shopify.journal import connect, now, park, transaction
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, customer_request, order_rows,
                                                   refund_row)
@@ -75,6 +76,7 @@ class Applier:
     def __init__(self, settings: Settings, committed: threading.Event | None = None):
         self.settings = settings
         self.conn = connect(layout.journal_path(settings))
+        products.ensure_schema(self.conn)
         self.committed = committed or threading.Event()
         self.lock = threading.Lock()
         self.store = feature_store(settings)
@@ -232,6 +234,11 @@ class Applier:
                                       [(stamp, outcome, webhook_id) for webhook_id, outcome in done])
 
     def _handle(self, topic: str, shop: str, payload: dict) -> str:
+        if topic in products.AVAILABILITY_TOPICS:  # what recommendations may show (published, in stock)
+            with transaction(self.conn):
+                rows = products.apply(self.conn, topic, payload)
+            availability.write(self.store, self.settings, rows)
+            return f"availability of {len(rows)} product(s)"
         if topic == "app/uninstalled":
             with transaction(self.conn):
                 self.conn.execute("INSERT INTO shops (shop, uninstalled_at) VALUES (?, ?) "

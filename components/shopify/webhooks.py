@@ -38,9 +38,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from storeflow.components.config import Settings
-from storeflow.components.shopify import layout
+from storeflow.components.shopify import layout, products
 from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
+from storeflow.components.shopify.products import AVAILABILITY_TOPICS
 from storeflow.components.shopify.supervisor import ApplierSupervisor
 from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
@@ -153,14 +154,15 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         except RecursionError:  # a signed body: shopifyapp json.loads it (to redact its log) and recursed too deep
             return _problem(400, "too_deep", "body nests too deeply to be a webhook")
         topic = request.headers["x-shopify-topic"]
-        if topic not in TOPICS:
-            return _problem(400, "unknown_topic", f"topic {topic!r} is not handled here; handled: {sorted(TOPICS)}")
+        if topic not in TOPICS and topic not in AVAILABILITY_TOPICS:
+            return _problem(400, "unknown_topic", f"topic {topic!r} is not handled here; handled: "
+                            f"{sorted(TOPICS | AVAILABILITY_TOPICS)}")
         try:
             payload: Any = orjson.loads(raw)  # after the HMAC; orjson refuses over 1024 levels (no recursion)
         except orjson.JSONDecodeError as exc:
             return _problem(400, "malformed_json", f"body is not valid JSON: {exc}")
         try:
-            customer = check(topic, payload)
+            customer = check(topic, payload) if topic in TOPICS else products.check(topic, payload)
         except PayloadError as exc:
             return _problem(400, "bad_payload", str(exc))
         event = Event(webhook_id=request.headers["x-shopify-webhook-id"], shop=principal.shop, topic=topic,

@@ -1,0 +1,137 @@
+"""Never recommend what the store does not sell right now: products/update and inventory_levels/update
+webhooks (payloads in Shopify's documented shape, tests/data/shopify_webhooks) keep product availability in
+the Feast online store, and the recommender drops unpublished and sold-out products (and the cart's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import sparse
+from starlette.testclient import TestClient
+from test_webhook_signing import SECRET, SHOP, delivery
+
+from storeflow.components.config import load_settings
+from storeflow.components.features.repo import feature_store
+from storeflow.components.recommend import availability
+from storeflow.components.recommend.model import ItemItem
+from storeflow.components.shopify import products
+from storeflow.components.shopify.webhooks import create_app
+
+DATA = Path(__file__).parent / "data" / "shopify_webhooks"
+SENCHA = 8123412332715
+TIN, REFILL = 46201938475001, 46201938475002
+
+
+def payload(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def conn():
+    db = sqlite3.connect(":memory:")
+    products.ensure_schema(db)
+    return db
+
+
+def _row(frame) -> dict:
+    (row,) = frame.drop(columns="event_timestamp").to_dict("records")
+    return row
+
+
+def test_a_published_product_with_a_tin_in_stock_is_available(conn):
+    assert _row(products.apply(conn, "products/update", payload("products_update"))) == {
+        "product_id": SENCHA, "published": 1, "in_stock": 1, "inventory": 3}
+
+
+def test_inventory_levels_sum_over_locations_and_zero_everywhere_is_sold_out(conn):
+    products.apply(conn, "products/update", payload("products_update"))
+    level = payload("inventory_levels_update")  # the tin at one location: 0
+    assert _row(products.apply(conn, "inventory_levels/update", level))["in_stock"] == 0
+    elsewhere = level | {"location_id": 71029384757, "available": 2}
+    assert _row(products.apply(conn, "inventory_levels/update", elsewhere)) | {} == {
+        "product_id": SENCHA, "published": 1, "in_stock": 1, "inventory": 2}
+    older = elsewhere | {"available": 9, "updated_at": "2026-12-01T00:00:00Z"}  # delivered late: ignored
+    assert _row(products.apply(conn, "inventory_levels/update", older))["inventory"] == 2
+
+
+def test_draft_unpublished_and_sell_when_out_of_stock(conn):
+    draft = payload("products_update") | {"status": "draft"}
+    assert _row(products.apply(conn, "products/update", draft))["published"] == 0
+    hidden = payload("products_update") | {"published_at": None, "updated_at": "2026-12-04T00:00:00Z"}
+    assert _row(products.apply(conn, "products/update", hidden))["published"] == 0
+    sells_on = copy.deepcopy(payload("products_update")) | {"updated_at": "2026-12-05T00:00:00Z"}
+    for variant in sells_on["variants"]:
+        variant.update(inventory_quantity=0, inventory_policy="continue")
+    assert _row(products.apply(conn, "products/update", sells_on))["in_stock"] == 1
+
+
+def test_a_level_of_an_item_no_product_named_changes_nothing(conn):
+    assert products.apply(conn, "inventory_levels/update", payload("inventory_levels_update")).empty
+
+
+@pytest.fixture
+def hooks(settings, monkeypatch):
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+    return load_settings({**json.loads(settings.to_json()), "project": {
+        "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
+        "serving": {"shopify_client_id": "storeflow-test-app"}})
+
+
+def test_webhooks_keep_availability_current_in_the_online_store(hooks):
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as client:
+        answer = client.post("/webhooks", **delivery("products/update", payload("products_update"), "wh-p1"))
+        assert answer.status_code == 200, answer.text
+        client.app.state.applier.drain()
+        store = feature_store(hooks)
+        assert availability.unavailable(store, [SENCHA, 42]) == set()  # in stock; 42 is unknown: recommendable
+        client.post("/webhooks", **delivery("inventory_levels/update", payload("inventory_levels_update"), "wh-i1"))
+        client.app.state.applier.drain()
+        assert availability.unavailable(store, [SENCHA, 42]) == {SENCHA}  # the last tins sold
+
+        bad = payload("inventory_levels_update") | {"available": "six"}
+        answer = client.post("/webhooks", **delivery("inventory_levels/update", bad, "wh-i2"))
+        assert answer.status_code == 400 and "available" in answer.json()["error"]
+
+
+def test_the_recommender_never_shows_unavailable_or_in_cart_products(hooks):
+    """RecommenderModel with the Feast lookup serving uses: the basket's nearest neighbours minus what the
+    online store says is sold out, still k products when enough others are available."""
+    from storeflow.serving.recommender import RecommenderModel, availability_lookup
+
+    ids = np.arange(1, 31, dtype=np.int64)
+    bought = sparse.random(200, 30, density=0.2, random_state=1, format="csr")
+    bought.data[:] = 1
+    model = ItemItem.fit(bought, ids, neighbours=29)
+    directory = model.save(hooks.project.state_dir / "model")
+    served = RecommenderModel("storeflow-recommendations", directory, "1", 5, availability_lookup(hooks))
+    served.load()
+    basket = [1, 2]
+    before = model.recommend(basket, 29)
+    sold_out = before[:3]
+    conn = sqlite3.connect(":memory:")
+    products.ensure_schema(conn)
+    rows = []
+    for product_id in sold_out:
+        update = payload("products_update") | {"id": int(product_id)}
+        update["variants"] = [v | {"product_id": int(product_id), "inventory_item_id": int(product_id) * 10,
+                                   "inventory_quantity": 0} for v in update["variants"]]
+        rows.append(products.apply(conn, "products/update", update))
+    import pandas as pd
+
+    availability.write(feature_store(hooks), hooks, pd.concat(rows))
+
+    async def ask():
+        request = await served.preprocess({"instances": [{"products": basket, "k": 5}]})
+        return (await served.predict(request))[1][0]
+
+    shown = asyncio.run(ask())
+    assert len(shown) == 5
+    assert not set(shown) & set(sold_out) and not set(shown) & set(basket)
+    assert shown == [p for p in before if p not in sold_out][:5]
