@@ -8,7 +8,9 @@ the answer is up to ``k`` product gids, best first, never one already in the bas
 has unpublished or sold out (:mod:`storeflow.components.recommend.availability`, kept current by webhooks).
 
 * V1 ``POST /v1/models/<name>:predict``: ``{"instances": [{"products": ["gid://shopify/Product/1"], "k": 5}]}``
-  → ``{"predictions": [{"products": ["gid://shopify/Product/7", …]}]}`` (one answer per instance).
+  → ``{"predictions": [{"products": ["gid://shopify/Product/7", …], "items": [{"id": "gid://shopify/Product/7",
+  "title": "Sencha 100g", "handle": "sencha-100g"}, …]}]}`` (one answer per instance; title and handle are
+  null for a product no products webhook described yet).
 * V2 ``POST /v2/models/<name>/infer``: input ``products`` BYTES or INT64 ``[m]`` (one basket), optional
   parameter ``k`` → output ``products`` BYTES ``[≤ k]``.
 """
@@ -24,6 +26,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from storeflow.components.recommend.availability import ProductState, lookup
 from storeflow.components.recommend.model import ItemItem
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
@@ -60,12 +63,12 @@ class RecommenderModel(Model):
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
     def __init__(self, name: str, model_dir: Path, version: str, k: int,
-                 unavailable: Callable[[list[int]], set[int]] | None = None):
+                 catalog: Callable[[list[int]], dict[int, ProductState]] | None = None):
         super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
         self.model_dir, self.version, self.k = Path(model_dir), version, k
         self.model: ItemItem | None = None
-        # Products the store says are unpublished or out of stock, among those asked about (Feast online store).
-        self.unavailable = unavailable or (lambda products: set())
+        # What the store said of the products asked about (Feast online store): available, title, handle.
+        self.catalog = catalog or (lambda products: {})
 
     def load(self) -> bool:
         found = sorted(self.model_dir.rglob("similarity.npz"))
@@ -121,17 +124,20 @@ class RecommenderModel(Model):
         # Ranked beyond k, so that dropping unpublished and out-of-stock products still leaves k; one
         # availability lookup for every candidate of the request.
         ranked = [self.model.recommend(basket, k * CANDIDATES_PER_SLOT) for basket, k in baskets]
-        hidden = self.unavailable(sorted({p for products in ranked for p in products}))
-        return v2, [[p for p in products if p not in hidden][:k] for products, (_, k) in zip(ranked, baskets)]
+        known = self.catalog(sorted({p for products in ranked for p in products}))
+        shown = [[p for p in products if p not in known or known[p].available][:k]
+                 for products, (_, k) in zip(ranked, baskets)]
+        return v2, shown, known
 
     async def postprocess(self, result, headers=None, response_headers=None):
-        v2, recommended = result
+        v2, recommended, known = result
         gids = [[f"{PRODUCT_GID}{p}" for p in products] for products in recommended]
         if v2:
             output = InferOutput("products", [len(gids[0])], "BYTES", gids[0])
             return InferResponse(response_id="", model_name=self.name, model_version=self.version,
                                  infer_outputs=[output])
-        return {"predictions": [{"products": products} for products in gids], "model_version": self.version}
+        return {"predictions": [{"products": products, "items": [_card(p, known.get(p)) for p in ids]}
+                                for products, ids in zip(gids, recommended)], "model_version": self.version}
 
 
 def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
@@ -155,14 +161,19 @@ def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
     return version, target
 
 
-def availability_lookup(settings: Settings) -> Callable[[list[int]], set[int]]:
-    """The unpublished / out-of-stock products among some product ids, read from the Feast online store
-    (view ``product_availability``, written by the products and inventory webhooks)."""
+def _card(product: int, state: ProductState | None) -> dict:
+    """What a storefront block needs to show a product: its gid, and its title and handle when known."""
+    return {"id": f"{PRODUCT_GID}{product}", "title": state.title if state else None,
+            "handle": state.handle if state else None}
+
+
+def availability_lookup(settings: Settings) -> Callable[[list[int]], dict[int, ProductState]]:
+    """Availability, title and handle of some product ids, read from the Feast online store (view
+    ``product_availability``, written by the products and inventory webhooks)."""
     from storeflow.components.features.repo import feature_store
-    from storeflow.components.recommend import availability
 
     store = feature_store(settings)
-    return lambda products: availability.unavailable(store, products)
+    return lambda products: lookup(store, products)
 
 
 def build_app(settings: Settings, version: str, model_dir: Path):

@@ -1,7 +1,8 @@
 """Product availability from Shopify webhooks: ``products/create``, ``products/update`` (status, publication,
 variants and their inventory items) and ``inventory_levels/update`` (units available of one inventory item at
 one location). The applier keeps what they say in the journal database and turns each event into the
-availability rows of the products it touches (:data:`storeflow.components.recommend.availability.COLUMNS`).
+availability rows of the products it touches (:data:`storeflow.components.recommend.availability.COLUMNS`),
+with the title and handle a storefront block shows and links.
 
 A product is published when its status is ``active`` and it has a ``published_at``; it is in stock when a
 variant does not track inventory, sells on when out of stock (``inventory_policy: continue``), or its
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+
+from storeflow.components.recommend.availability import COLUMNS
 
 from storeflow.components.shopify.payloads import Count, Id, PayloadError, Timestamp, _Shape, describe
 
@@ -26,7 +29,7 @@ AVAILABILITY_TOPICS = PRODUCT_TOPICS | INVENTORY_TOPICS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog_products (product_id INTEGER PRIMARY KEY, published INTEGER NOT NULL,
-                                             updated_at TEXT NOT NULL);
+                                             updated_at TEXT NOT NULL, title TEXT, handle TEXT);
 CREATE TABLE IF NOT EXISTS catalog_items (inventory_item_id INTEGER PRIMARY KEY, product_id INTEGER NOT NULL,
                                           always_in_stock INTEGER NOT NULL, quantity INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS catalog_items_product ON catalog_items (product_id);
@@ -46,6 +49,8 @@ class Variant(_Shape):
 
 class Product(_Shape):
     id: Id
+    title: Annotated[str, Field(max_length=255)] | None = None
+    handle: Annotated[str, Field(max_length=255, pattern=r"^[^\s/?#%]+$")] | None = None  # a URL path segment
     status: Literal["active", "archived", "draft", "unlisted"]
     published_at: Timestamp | None = None
     updated_at: Timestamp
@@ -83,9 +88,9 @@ def apply(conn: sqlite3.Connection, topic: str, payload: dict) -> pd.DataFrame:
         stored = conn.execute("SELECT updated_at FROM catalog_products WHERE product_id = ?", (product.id,)).fetchone()
         if stored is None or stored[0] <= stamp:
             published = int(product.status == "active" and product.published_at is not None)
-            conn.execute("INSERT INTO catalog_products VALUES (?, ?, ?) ON CONFLICT(product_id) DO UPDATE SET "
-                         "published = excluded.published, updated_at = excluded.updated_at",
-                         (product.id, published, stamp))
+            conn.execute("INSERT INTO catalog_products VALUES (?, ?, ?, ?, ?) ON CONFLICT(product_id) DO UPDATE SET "
+                         "published = excluded.published, updated_at = excluded.updated_at, title = excluded.title, "
+                         "handle = excluded.handle", (product.id, published, stamp, product.title, product.handle))
             conn.execute("DELETE FROM catalog_items WHERE product_id = ?", (product.id,))
             conn.executemany("INSERT OR REPLACE INTO catalog_items VALUES (?, ?, ?, ?)", [
                 (v.inventory_item_id if v.inventory_item_id is not None else -v.id, product.id,
@@ -110,7 +115,8 @@ def availability(conn: sqlite3.Connection, products: list[int]) -> pd.DataFrame:
     rows = []
     stamp = pd.Timestamp(datetime.now(timezone.utc))
     for product_id in products:
-        found = conn.execute("SELECT published FROM catalog_products WHERE product_id = ?", (product_id,)).fetchone()
+        found = conn.execute("SELECT published, title, handle FROM catalog_products WHERE product_id = ?",
+                             (product_id,)).fetchone()
         if found is None:
             continue
         items = conn.execute(
@@ -120,5 +126,5 @@ def availability(conn: sqlite3.Connection, products: list[int]) -> pd.DataFrame:
         units = sum(max(int(levels if counted else quantity), 0) for _, quantity, levels, counted in items)
         in_stock = any(always for always, *_ in items) or units > 0
         rows.append({"product_id": product_id, "published": found[0], "in_stock": int(in_stock),
-                     "inventory": units, "event_timestamp": stamp})
-    return pd.DataFrame(rows, columns=["product_id", "published", "in_stock", "inventory", "event_timestamp"])
+                     "inventory": units, "title": found[1] or "", "handle": found[2] or "", "event_timestamp": stamp})
+    return pd.DataFrame(rows, columns=list(COLUMNS))
