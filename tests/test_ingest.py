@@ -226,3 +226,73 @@ def test_bulk_query_asks_for_every_field_the_reader_uses():
             assert field.name in text, field.name
     assert "riskLevel" in queries["Orders"].split("assessments")[1][:40]  # only inside assessments
     assert "lineItems" in queries["Orders"]
+
+
+@pytest.fixture()
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read JSON 16 KB at a time, so a small store spans many batches (a 6 GB export does at 32 MB)."""
+    from storeflow.components.ingest import bulk_jsonl
+
+    monkeypatch.setattr(bulk_jsonl, "BATCH_BYTES", 16 << 10)
+
+
+def test_an_export_read_batch_by_batch_gives_the_same_snapshot(settings, tmp_path: Path, small_batches):
+    from storeflow.components.config import SyntheticStoreConfig
+    from storeflow.components.ingest import generate_store
+    from storeflow.components.tables import read_tables
+
+    path = generate_store(SyntheticStoreConfig(customers=300, orders=2_000, products=40), tmp_path / "store.jsonl")
+    assert path.stat().st_size > 40 * (16 << 10)
+    settings.ingest = IngestConfig(source="jsonl", path=path)
+    streamed = read_tables(ingest(settings).snapshot)
+
+    whole = read_bulk_jsonl([path])  # one batch: the reader's default block holds the whole file
+    for name, frame in whole.items():
+        pd.testing.assert_frame_equal(streamed[name], frame.astype(streamed[name].dtypes.to_dict()),
+                                      check_dtype=False, obj=name)
+    assert len(streamed["orders"]) == 2_000
+
+
+def test_a_bad_line_in_a_later_batch_is_named_by_its_line(tmp_path: Path, small_batches):
+    good = [line for line in (BULK / "orders.jsonl").read_text().splitlines() if line.strip()]
+    filler = [f'{{"id":"gid://shopify/Product/{n}","title":"Mug {n}","productType":"Mugs","vendor":"V",'
+              f'"createdAt":"2025-01-01T00:00:00Z"}}' for n in range(1, 2_000)]
+    path = tmp_path / "export.jsonl"
+    path.write_text("\n".join([*good, *filler, '{"id":"gid://shopify/Order/5","createdAt":"yesterday"}']) + "\n")
+    with pytest.raises(IngestError) as error:
+        read_bulk_jsonl([path])
+    assert str(error.value).startswith(f"{path}: line {len(good) + len(filler) + 1}: createdAt 'yesterday' is not")
+
+
+def test_a_field_absent_from_one_batch_only_is_not_a_renamed_field(tmp_path: Path, small_batches):
+    """Whole-file checks (no record has createdAt) run over the file, not per batch."""
+    orders = [json.loads(line) for line in (BULK / "orders.jsonl").read_text().splitlines() if line.strip()]
+    order = next(record for record in orders if "Order/" in record["id"])
+    without = [{key: value for key, value in order.items() if key != "createdAt"} | {"id": f"gid://shopify/Order/{n}"}
+               for n in range(1, 200)]
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in [*without, order]))
+    assert path.stat().st_size > 2 * (16 << 10)
+
+    tables = read_bulk_jsonl([path])
+    assert tables["orders"]["created_at"].notna().sum() == 1  # validate's required_values names the 199
+
+    path.write_text("".join(json.dumps(record) + "\n" for record in without))
+    with pytest.raises(IngestError, match="none of its 199 Order records has createdAt"):
+        read_bulk_jsonl([path])
+
+
+def test_a_line_longer_than_a_batch_mid_file_is_read_once(tmp_path: Path, small_batches):
+    records = [json.loads(line) for line in (BULK / "orders.jsonl").read_text().splitlines() if line.strip()]
+    order = next(record for record in records if "Order/" in record["id"])
+    many = [{**order, "id": f"gid://shopify/Order/{n}", "refunds": []} for n in range(1, 400)]
+    long = {**order, "id": "gid://shopify/Order/999",
+            "refunds": [{**order["refunds"][0], "id": f"gid://shopify/Refund/{n}"} for n in range(1, 400)]} \
+        if order.get("refunds") else {**order, "id": "gid://shopify/Order/999", "name": "x" * (40 << 10)}
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in [*many, long, *many[:50]]))
+    assert max(map(len, path.read_bytes().splitlines())) > 16 << 10
+
+    orders = read_bulk_jsonl([path])["orders"]
+    assert len(orders) == 450 and orders["order_id"].value_counts().max() == 2  # the 50 repeated ids, once more
+    assert (orders["order_id"] == 999).sum() == 1

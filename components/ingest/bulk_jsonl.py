@@ -94,6 +94,8 @@ REQUIRED_FIELDS = {
 EXPECTED_FIELDS = {"Order": ("customer.id",)}
 ALWAYS = "every record of a bulk export of bulk_query.graphql has it: a renamed field?"
 
+BATCH_BYTES = 32 << 20  # JSON parsed at a time (pyarrow block size): bounds the reader's memory
+
 _PARSE = pajson.ParseOptions(explicit_schema=BULK_SCHEMA, unexpected_field_behavior="ignore")
 
 
@@ -103,10 +105,11 @@ class _BadRow(Exception):
 
 
 def read_bulk_jsonl(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
-    """Parse bulk JSONL files into one frame per table (columns as in ``tables.SCHEMAS``)."""
+    """Parse bulk JSONL files into one frame per table (columns as in ``tables.SCHEMAS``), all in memory;
+    ingest streams the same frames with :func:`stream_bulk_jsonl` instead."""
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SCHEMAS}
-    for path in paths:
-        for name, frame in _read_file(Path(path)).items():
+    for frames in stream_bulk_jsonl(paths):
+        for name, frame in frames.items():
             parts[name].append(frame)
     return {
         name: pd.concat(frames, ignore_index=True) if frames else empty_frame(name)
@@ -114,14 +117,54 @@ def read_bulk_jsonl(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
     }
 
 
-def _read_file(path: Path) -> dict[str, pd.DataFrame]:
+def stream_bulk_jsonl(paths: Sequence[Path]) -> Iterator[dict[str, pd.DataFrame]]:
+    """The tables of bulk JSONL files, ``BATCH_BYTES`` of JSON at a time: memory stays that of one batch
+    whatever the size of the export (a 5M-order store is 6 GB of JSONL). A bad file raises
+    :class:`IngestError` naming its line; checks over a whole file (a field no record has) run at its end."""
+    for path in paths:
+        yield from _stream_file(Path(path))
+
+
+class _Tally:
+    """Per record type of one file: its rows, its first row, and how many rows have each checked field."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.first_row: dict[str, int] = {}
+        self.present: dict[str, dict[str, int]] = {}
+
+    def add(self, resource: str, rows: pa.Table, first_row: int) -> None:
+        self.first_row.setdefault(resource, first_row)
+        self.rows[resource] = self.rows.get(resource, 0) + rows.num_rows
+        present = self.present.setdefault(resource, {})
+        for name in (*REQUIRED_FIELDS.get(resource, ()), *EXPECTED_FIELDS.get(resource, ())):
+            present[name] = present.get(name, 0) + rows.num_rows - rows[name].null_count
+
+    def check(self, path: Path) -> None:
+        """Fail on REQUIRED_FIELDS and warn on EXPECTED_FIELDS that no record of a type has in the file."""
+        for resource, rows in self.rows.items():
+            def absent(fields: Sequence[str]) -> list[str]:
+                return [name for name in fields if self.present[resource][name] == 0]
+
+            first = self.first_row[resource]
+            if missing := absent(REQUIRED_FIELDS.get(resource, ())):
+                raise _absent(path, rows, resource, missing, first, ALWAYS)
+            if missing := absent(EXPECTED_FIELDS.get(resource, ())):
+                log.warning("%s", _absent(path, rows, resource, missing, first,
+                                          "only guest orders, or a renamed field?"))
+
+
+def _stream_file(path: Path) -> Iterator[dict[str, pd.DataFrame]]:
     if path.stat().st_size == 0:
-        return {}
+        return
+    tally = _Tally()
     try:
-        table = _flatten(_read_json(path))
-        if table["id"].null_count == table.num_rows:
-            raise _absent(path, table, "", ["id"], 0, ALWAYS)
-        return _normalize(path, table)
+        for offset, table in _tables(path):
+            table = _flatten(table)
+            if offset == 0 and table["id"].null_count == table.num_rows:
+                raise _absent(path, table.num_rows, "", ["id"], 0, ALWAYS)
+            yield _normalize(table, offset, tally)
+        tally.check(path)
     except _BadRow as bad:
         raise IngestError(bad.problem, path, f"line {_line_of_row(path, bad.row)[0]}") from None
     except pa.ArrowException as exc:
@@ -130,15 +173,28 @@ def _read_file(path: Path) -> dict[str, pd.DataFrame]:
         raise _locate_parse_error(path, exc) from None
 
 
-def _read_json(path: Path) -> pa.Table:
+def _tables(path: Path) -> Iterator[tuple[int, pa.Table]]:
+    """``(row offset, table)`` per batch of the file, rows being its non-blank lines."""
+    offset = 0
     try:
-        return pajson.read_json(path, parse_options=_PARSE)
+        for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES),
+                                      parse_options=_PARSE):
+            yield offset, pa.Table.from_batches([batch])
+            offset += batch.num_rows
+        return
     except pa.ArrowInvalid as exc:
         if "straddl" not in str(exc):
             raise
-    # A line longer than the reader's block (1 MiB; an order with very many refunds): blocks that hold it.
+    # A line longer than a batch (an order with very many refunds): read again in blocks that hold it,
+    # from the first row not yet given.
     longest = max(len(line) for _, _, line in numbered_lines(path))
-    return pajson.read_json(path, read_options=pajson.ReadOptions(block_size=longest + 1), parse_options=_PARSE)
+    seen = 0
+    for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=longest + 1),
+                                  parse_options=_PARSE):
+        skip = min(max(offset - seen, 0), batch.num_rows)
+        seen += batch.num_rows
+        if skip < batch.num_rows:
+            yield seen - batch.num_rows + skip, pa.Table.from_batches([batch.slice(skip)])
 
 
 def _flatten(table: pa.Table) -> pa.Table:
@@ -148,41 +204,33 @@ def _flatten(table: pa.Table) -> pa.Table:
     return table
 
 
-def _normalize(path: Path, table: pa.Table) -> dict[str, pd.DataFrame]:
+def _normalize(table: pa.Table, offset: int, tally: _Tally) -> dict[str, pd.DataFrame]:
+    """The frames of one batch whose first row is row ``offset`` of its file."""
     kind, number = split_gids(table["id"])
-    _check(pc.is_null(table["id"]), table["id"], "record has no id (expected gid://shopify/<Type>/<number>)")
-    _check(pc.is_null(kind), table["id"], "malformed id {!r} (expected gid://shopify/<Type>/<number>)")
+    every = np.arange(offset, offset + table.num_rows)
+    _check(pc.is_null(table["id"]), table["id"], "record has no id (expected gid://shopify/<Type>/<number>)", every)
+    _check(pc.is_null(kind), table["id"], "malformed id {!r} (expected gid://shopify/<Type>/<number>)", every)
     known = pc.is_in(kind, pa.array(list(RECORD_TYPES)))
-    _check(pc.invert(known), kind, "unsupported record type {!r} (expected one of " + ", ".join(RECORD_TYPES) + ")")
+    _check(pc.invert(known), kind, "unsupported record type {!r} (expected one of " + ", ".join(RECORD_TYPES) + ")",
+           every)
     frames = {}
     for resource, name in RECORD_TYPES.items():
         mask = pc.fill_null(pc.equal(kind, resource), False)
         if pc.any(mask).as_py():
-            rownum = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+            rownum = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) + offset
             rows = table.filter(mask)
-            _check_fields(path, rows, resource, int(rownum[0]))
+            tally.add(resource, rows, int(rownum[0]))
             frames[name] = _BUILDERS[name](rows, number.filter(mask).to_pandas(), rownum)
     if "orders" in frames:
         frames["orders"], frames["refunds"] = frames["orders"]
     return frames
 
 
-def _check_fields(path: Path, rows: pa.Table, resource: str, first_row: int) -> None:
-    """Fail on REQUIRED_FIELDS and warn on EXPECTED_FIELDS that no ``resource`` record of the file has."""
-    def absent(fields: Sequence[str]) -> list[str]:
-        return [field for field in fields if rows[field].null_count == rows.num_rows]
-
-    if missing := absent(REQUIRED_FIELDS.get(resource, ())):
-        raise _absent(path, rows, resource, missing, first_row, ALWAYS)
-    if missing := absent(EXPECTED_FIELDS.get(resource, ())):
-        log.warning("%s", _absent(path, rows, resource, missing, first_row, "only guest orders, or a renamed field?"))
-
-
-def _absent(path: Path, rows: pa.Table, resource: str, fields: list[str], first_row: int, why: str) -> IngestError:
+def _absent(path: Path, rows: int, resource: str, fields: list[str], first_row: int, why: str) -> IngestError:
     """No record of the file has ``fields``: name them, and the fields the first such record has instead."""
     number, text = _line_of_row(path, first_row)
     records = f"{resource} records" if resource else "records"
-    return IngestError(f"none of its {rows.num_rows} {records} has {', '.join(fields)} ({why}); the first one, "
+    return IngestError(f"none of its {rows} {records} has {', '.join(fields)} ({why}); the first one, "
                        f"line {number}, has {', '.join(orjson.loads(text))}", path)
 
 

@@ -11,12 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storeflow.components.tables import SCHEMAS, conform, table_path
 from storeflow.components.version import __version__
 
 MANIFEST = "_manifest.json"
+DEDUP_MEMORY = "1GB"  # DuckDB's limit while it finds duplicate rows; beyond it, it spills to the snapshot's temp dir
 
 
 def file_sha256(path: Path) -> str:
@@ -38,35 +40,98 @@ def read_manifest(snapshot: Path) -> dict:
 
 
 def write_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], metadata: dict) -> bool:
-    """Write all tables and the manifest into a temp dir beside ``snapshot`` and rename it into place.
+    """Write whole tables as a snapshot (see :class:`SnapshotWriter`); False if one was there first."""
+    with SnapshotWriter(snapshot) as writer:
+        writer.write(tables)
+        return writer.commit(metadata)
 
-    Returns False (and writes nothing) when another run put the same snapshot there first: readers
-    never see a half-written snapshot, and an existing snapshot is never touched.
+
+class SnapshotWriter:
+    """Write a snapshot batch by batch into a temp dir beside it, then rename it into place.
+
+    Each table is one Parquet file appended to batch by batch, so ingest holds one batch in memory, not
+    the store. :meth:`commit` drops exact duplicate rows (a record exported twice; one of each kept, in
+    input order) with DuckDB over the written file, which spills to disk instead of holding the table,
+    and records per table how many it dropped under ``duplicates_dropped``. Readers never see a
+    half-written snapshot, and an existing snapshot is never touched: ``commit`` returns False (and writes
+    nothing) when another run put the same snapshot there first.
     """
-    snapshot = Path(snapshot)
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}.", dir=snapshot.parent))
-    tmp.chmod(0o755)  # mkdtemp is private; snapshots are read by other users (pipeline pods)
-    try:
-        entries = {}
+
+    def __init__(self, snapshot: Path):
+        self.snapshot = Path(snapshot)
+        self.snapshot.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.snapshot.name}.", dir=self.snapshot.parent))
+        self.tmp.chmod(0o755)  # mkdtemp is private; snapshots are read by other users (pipeline pods)
+        self._writers: dict[str, pq.ParquetWriter] = {}
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write(self, tables: dict[str, pd.DataFrame]) -> None:
+        for name, frame in tables.items():
+            if name not in self._writers:
+                self._writers[name] = pq.ParquetWriter(table_path(self.tmp, name), SCHEMAS[name])
+            self._writers[name].write_table(conform(name, frame))
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def commit(self, metadata: dict) -> bool:
+        self.close()
+        entries, dropped = {}, {}
         for name in SCHEMAS:
-            path = table_path(tmp, name)
-            pq.write_table(conform(name, tables[name]), path)
-            entries[name] = {"file": path.name, "rows": len(tables[name]), "sha256": file_sha256(path)}
+            path = table_path(self.tmp, name)
+            if not path.exists():
+                pq.write_table(SCHEMAS[name].empty_table(), path)
+            rows, repeated = _drop_exact_duplicates(path, name, self.tmp)
+            if repeated:
+                dropped[name] = repeated
+            entries[name] = {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
         manifest = {
             **metadata,
+            # validate reports them; a rewrite (erasure) keeps what the first ingest dropped
+            "duplicates_dropped": {**metadata.get("duplicates_dropped", {}), **dropped},
             "tables": entries,
             "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "storeflow_version": __version__,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(self.tmp / ".duckdb", ignore_errors=True)
         try:
-            os.rename(tmp, snapshot)
+            os.rename(self.tmp, self.snapshot)
         except OSError:
-            if (snapshot / MANIFEST).exists():
+            if (self.snapshot / MANIFEST).exists():
                 return False
             raise
         return True
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drop_exact_duplicates(path: Path, name: str, scratch: Path) -> tuple[int, int]:
+    """Rewrite ``path`` without exact duplicate rows, the first of each kept in order; (rows, dropped)."""
+    import duckdb
+
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if rows < 2:
+        return rows, 0
+    columns = ", ".join(f'"{field.name}"' for field in SCHEMAS[name])
+    with duckdb.connect(config={"temp_directory": str(scratch / ".duckdb"), "memory_limit": DEDUP_MEMORY}) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        source = f"read_parquet('{path}', file_row_number = true)"
+        distinct = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {columns} FROM {source})").fetchall()[0][0]
+        if distinct == rows:
+            return rows, 0
+        kept = path.with_name(f".{path.name}.kept")
+        reader = con.sql(
+            f"SELECT {columns} FROM {source} QUALIFY row_number() OVER (PARTITION BY {columns} "
+            "ORDER BY file_row_number) = 1 ORDER BY file_row_number").to_arrow_reader()
+        with pq.ParquetWriter(kept, SCHEMAS[name]) as writer:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(SCHEMAS[name]))
+    kept.replace(path)
+    return distinct, rows - distinct

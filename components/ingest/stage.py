@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from storeflow.components.config import Settings, SyntheticStoreConfig
-from storeflow.components.ingest.bulk_jsonl import read_bulk_jsonl
+from storeflow.components.ingest.bulk_jsonl import stream_bulk_jsonl
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.orders_csv import read_csv_exports
-from storeflow.components.ingest.snapshot import MANIFEST, content_hash, read_manifest, write_snapshot
+from storeflow.components.ingest.snapshot import MANIFEST, SnapshotWriter, content_hash, read_manifest
 from storeflow.components.ingest.synthetic import GENERATOR_VERSION, generate_store
 from storeflow.components.tables import SCHEMAS, schema_fingerprint, snapshot_dir
 
@@ -55,35 +55,26 @@ def ingest(settings: Settings) -> IngestResult:
     if snapshot.exists():
         return _reuse(snapshot, digest, config.source)
 
-    tables = read_bulk_jsonl(files) if config.source != "csv" else read_csv_exports(files)
-    tables, dropped = drop_exact_duplicates(tables)
-    if dropped:
-        log.warning("%s: dropped exact duplicate rows (the same record more than once; one of each kept): %s",
-                    ", ".join(map(str, files)), dropped)
     metadata = {
         "content_hash": digest,
         "reader": reader_key(config.source),
         "source": config.source,
         "inputs": [str(path) for path in files],
-        "duplicates_dropped": dropped,  # validate reports them
     }
-    if not write_snapshot(snapshot, tables, metadata):
-        return _reuse(snapshot, digest, config.source)
-    counts = {name: len(frame) for name, frame in tables.items()}
+    with SnapshotWriter(snapshot) as writer:  # batch by batch: memory is one batch's, not the store's
+        batches = stream_bulk_jsonl(files) if config.source != "csv" else [read_csv_exports(files)]
+        for tables in batches:
+            writer.write(tables)
+        if not writer.commit(metadata):
+            return _reuse(snapshot, digest, config.source)
+    manifest = read_manifest(snapshot)
+    counts = {name: entry["rows"] for name, entry in manifest["tables"].items()}
+    dropped = manifest["duplicates_dropped"]
+    if dropped:
+        log.warning("%s: dropped exact duplicate rows (the same record more than once; one of each kept): %s",
+                    ", ".join(map(str, files)), dropped)
     log.info("ingested %s into %s in %.1fs: %s", config.source, snapshot, time.perf_counter() - started, counts)
     return IngestResult(snapshot, digest, counts, reused=False, source=config.source, duplicates_dropped=dropped)
-
-
-def drop_exact_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """Exact duplicate rows (a record exported twice) add nothing: keep one of each, count the rest per
-    table. Conflicting versions of a record differ, so they stay (validate's duplicate id rules)."""
-    kept, dropped = {}, {}
-    for name in SCHEMAS:
-        repeated = tables[name].duplicated()
-        kept[name] = tables[name][~repeated].reset_index(drop=True)
-        if count := int(repeated.sum()):
-            dropped[name] = count
-    return kept, dropped
 
 
 def reader_key(source: str) -> str:
