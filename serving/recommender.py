@@ -26,7 +26,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from storeflow.components.recommend.availability import ProductState, lookup
+from storeflow.components.recommend.availability import ProductState, ensure_view, lookup
 from storeflow.components.recommend.model import ItemItem
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
@@ -173,6 +173,7 @@ def availability_lookup(settings: Settings) -> Callable[[list[int]], dict[int, P
     from storeflow.components.features.repo import feature_store
 
     store = feature_store(settings)
+    ensure_view(store, settings)  # registered before the first products webhook: no stale registry cache here
     return lambda products: lookup(store, products)
 
 
