@@ -206,6 +206,7 @@ class FeaturesConfig(Section):
             # the BG/NBD baseline's own outputs (features.btyd), fitted before the holdout
             "btyd_p_alive",
             "btyd_expected_purchases",
+            "btyd_p_order",  # BG/NBD's P(an order within the horizon): what train.stack builds on
         ]
     )
 
@@ -215,8 +216,12 @@ class TrainConfig(Section):
         "sklearn.ensemble.HistGradientBoostingClassifier", description="Import path of a scikit-learn estimator."
     )
     params: dict[str, Any] = Field(
-        default_factory=lambda: {"max_iter": 200, "learning_rate": 0.08, "max_leaf_nodes": 31, "random_state": 0}
+        default_factory=lambda: {"max_iter": 300, "learning_rate": 0.03, "max_leaf_nodes": 8, "min_samples_leaf": 200,
+                                 "random_state": 0}
     )
+    stack: bool = Field(True, description="Stack the estimator, a logistic regression on the same features and "
+                                          "BG/NBD's own P(an order) (feature btyd_p_order) with a logistic fit on the "
+                                          "calibration cutoff (train.stack); off: Platt scaling of the estimator alone.")
 
 
 class EvaluateConfig(Section):

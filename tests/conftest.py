@@ -60,7 +60,8 @@ def quick_overrides(root: Path, **sections) -> dict:
     return {
         "project": {"state_dir": str(root / "state")},
         "features": {"label": {"horizon_days": 60, "cutoff_every_days": 30, "min_history_days": 60}},
-        "train": {"params": {"max_iter": 40, "random_state": 0}},
+        # Platt-scaled trees, not the stack (tests/test_propensity.py): what serving's Treelite tests compile.
+        "train": {"params": {"max_iter": 40, "random_state": 0}, "stack": False},
         # Stores this small cannot judge the model against the baselines; tests of the gate turn it on.
         "evaluate": {"bootstrap_samples": 100, "baseline_gate": False},
         **sections,

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 WEEK_DAYS = 7.0  # BTYD time unit: weeks, as in the published CDNOW estimates
-BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
+BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases", "btyd_p_order")
+# BG/NBD's P(an order within the horizon): the baseline's own answer, which the model stacks onto (train.stack)
+P_ORDER = "btyd_p_order"
 # Baseline scores written beside each training row (not model inputs): P(an order within the horizon).
 BASELINES = {"bgnbd": "baseline_bgnbd", "pareto_nbd": "baseline_pareto_nbd",
              "frequency_recency": "baseline_frequency_recency"}
@@ -94,7 +96,7 @@ def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) ->
 
 
 def btyd_features(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
-    """BG/NBD probability alive and expected orders within the horizon, one row per feature row."""
+    """BG/NBD probability alive, expected orders and P(an order) within the horizon, one row per feature row."""
     return _scored(fitted.bgnbd, features, horizon_days)
 
 
@@ -106,7 +108,16 @@ def _scored(bgnbd, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
         warnings.simplefilter("ignore")
         alive = _flat(bgnbd.expected_probability_alive(data=data))
         purchases = _flat(bgnbd.expected_purchases(data=data, future_t=horizon_days / WEEK_DAYS))
-    return pd.DataFrame({"btyd_p_alive": alive, "btyd_expected_purchases": purchases}, index=features.index)
+    return pd.DataFrame({"btyd_p_alive": alive, "btyd_expected_purchases": purchases,
+                         P_ORDER: _p_order(bgnbd, data, horizon_days)}, index=features.index)
+
+
+def _p_order(bgnbd, data: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """BG/NBD's P(at least one order within the horizon), in [0, 1]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        none = _flat(bgnbd.expected_probability_no_purchase(t=horizon_days / WEEK_DAYS, data=data))
+    return np.clip(1 - none, 0, 1)
 
 
 def save(fitted: Fitted, path: Path) -> None:
@@ -168,9 +179,9 @@ def baseline_scores(fitted: Fitted, features: pd.DataFrame, horizon_days: int) -
     frequency-then-recency ranking (a rank, so only its ROC-AUC and PR-AUC mean anything)."""
     data = rfm(features)
     weeks = horizon_days / WEEK_DAYS
+    scores = {BASELINES["bgnbd"]: _p_order(fitted.bgnbd, data, horizon_days)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = {BASELINES["bgnbd"]: 1 - _flat(fitted.bgnbd.expected_probability_no_purchase(t=weeks, data=data))}
         if fitted.pareto_nbd is not None:
             none = fitted.pareto_nbd.expected_purchase_probability(data=data, n_purchases=0, future_t=weeks)
             scores[BASELINES["pareto_nbd"]] = 1 - _flat(none)

@@ -12,9 +12,10 @@ import pandas as pd
 
 from storeflow.components.config import Settings
 from storeflow.components.features import FeatureResult, load_training_set
-from storeflow.components.features.dataset import LABEL, split_holdout
+from storeflow.components.features.btyd import P_ORDER
+from storeflow.components.features.dataset import LABEL, Split, split_holdout
 
-__all__ = ["TrainResult", "build_estimator", "calibrated", "train"]
+__all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,20 @@ def calibrated(estimator, x: pd.DataFrame, y):
     return CalibratedClassifierCV(FrozenEstimator(estimator), method="sigmoid").fit(x, y)
 
 
+def fit_propensity(settings: Settings, split: Split, columns: list[str]):
+    """The propensity model: the configured estimator fitted on the training cutoffs, then stacked with
+    BG/NBD's own probability (``train.stack``, see train.stack) or Platt-scaled alone, on the calibration
+    cutoff. Both make the predicted number of repeat buyers there equal the actual."""
+    from storeflow.components.train.stack import stack
+
+    estimator = build_estimator(settings.train.estimator, settings.train.params)
+    x, y = split.train[columns], split.train[LABEL].to_numpy()
+    cx, cy = split.calibration[columns], split.calibration[LABEL].to_numpy()
+    if settings.train.stack:
+        return stack(estimator, P_ORDER, x, y, cx, cy)
+    return calibrated(estimator.fit(x, y), cx, cy)
+
+
 def train(settings: Settings, features: FeatureResult) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
@@ -69,8 +84,7 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
     columns = list(settings.features.customer_features)
     split = split_holdout(load_training_set(features), settings.features.label)
     x, y = split.train[columns], split.train[LABEL].to_numpy()
-    estimator = calibrated(build_estimator(settings.train.estimator, settings.train.params).fit(x, y),
-                           split.calibration[columns], split.calibration[LABEL].to_numpy())
+    estimator = fit_propensity(settings, split, columns)
     scores = estimator.predict_proba(x)[:, 1]
     calibration_scores = estimator.predict_proba(split.calibration[columns])[:, 1]
     metrics = {"train_roc_auc": float(roc_auc_score(y, scores)), "train_rows": float(len(x)),
@@ -84,7 +98,7 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
     if commit := tracking.git_commit():
         tags["mlflow.source.git.commit"] = commit
     with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
-        mlflow.log_params({"estimator": settings.train.estimator, **settings.train.params,
+        mlflow.log_params({"estimator": settings.train.estimator, **settings.train.params, "stack": settings.train.stack,
                            "label_horizon_days": settings.features.label.horizon_days})
         mlflow.log_metrics(metrics)
         dataset = mlflow.data.from_pandas(split.train, source=str(features.training_set), targets=LABEL,
