@@ -18,6 +18,7 @@ has unpublished or sold out (:mod:`storeflow.components.recommend.availability`,
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from storeflow.components.recommend.availability import ProductState, ensure_view, lookup
 from storeflow.components.recommend.model import ItemItem
+from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
 
@@ -63,12 +65,13 @@ class RecommenderModel(Model):
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
     def __init__(self, name: str, model_dir: Path, version: str, k: int,
-                 catalog: Callable[[list[int]], dict[int, ProductState]] | None = None):
+                 catalog: Callable[[list[int]], dict[int, ProductState]] | None = None, log: PredictionLog | None = None):
         super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
         self.model_dir, self.version, self.k = Path(model_dir), version, k
         self.model: ItemItem | None = None
         # What the store said of the products asked about (Feast online store): available, title, handle.
         self.catalog = catalog or (lambda products: {})
+        self.log = log  # each answer, with the request id feedback events name (serving.recommend_feedback)
 
     def load(self) -> bool:
         found = sorted(self.model_dir.rglob("similarity.npz"))
@@ -127,17 +130,24 @@ class RecommenderModel(Model):
         known = self.catalog(sorted({p for products in ranked for p in products}))
         shown = [[p for p in products if p not in known or known[p].available][:k]
                  for products, (_, k) in zip(ranked, baskets)]
-        return v2, shown, known
+        return v2, shown, known, baskets
 
     async def postprocess(self, result, headers=None, response_headers=None):
-        v2, recommended, known = result
+        v2, recommended, known, baskets = result
+        request_id = uuid.uuid4().hex
+        if self.log is not None:
+            stamp = now_iso()
+            self.log.append([{"ts": stamp, "request_id": request_id, "model_name": self.name,
+                              "model_version": self.version, "basket": basket, "products": products}
+                             for (basket, _), products in zip(baskets, recommended)])
         gids = [[f"{PRODUCT_GID}{p}" for p in products] for products in recommended]
         if v2:
             output = InferOutput("products", [len(gids[0])], "BYTES", gids[0])
-            return InferResponse(response_id="", model_name=self.name, model_version=self.version,
+            return InferResponse(response_id=request_id, model_name=self.name, model_version=self.version,
                                  infer_outputs=[output])
         return {"predictions": [{"products": products, "items": [_card(p, known.get(p)) for p in ids]}
-                                for products, ids in zip(gids, recommended)], "model_version": self.version}
+                                for products, ids in zip(gids, recommended)], "model_version": self.version,
+                "request_id": request_id}
 
 
 def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
@@ -177,6 +187,17 @@ def availability_lookup(settings: Settings) -> Callable[[list[int]], dict[int, P
     return lambda products: lookup(store, products)
 
 
+def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionLog | None]:
+    """(answers, feedback events) logs under the state dir; none when ``serving.prediction_log`` is off."""
+    from storeflow.serving.recommend_feedback import logs
+
+    if not settings.serving.prediction_log:
+        return None, None
+    cfg = settings.serving
+    return tuple(PredictionLog(directory, cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes,
+                               cfg.prediction_log_keep_files) for directory in logs(settings.project.state_dir))
+
+
 def build_app(settings: Settings, version: str, model_dir: Path):
     """KServe's FastAPI app serving the recommender, with storeflow's middlewares."""
     from kserve import ModelServer
@@ -185,14 +206,17 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     from kserve.protocol.rest.server import RESTServer
 
     from storeflow.serving.app import install
+    from storeflow.serving.recommend_feedback import install_feedback
 
     cfg = settings.serving
+    answers, feedback = feedback_logs(settings)
     model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k,
-                             availability_lookup(settings))
+                             availability_lookup(settings), answers)
     model.load()
     server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
     server.register_model(model)
     install(server, settings, served_versions=[version])
+    install_feedback(app, settings, [version], feedback)
     RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
                cfg.port).create_application()
     print(f"storeflow serve-recommendations: {model.name} v{version}, {len(model.model.products):,} products",
@@ -208,9 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     from kserve import ModelServer, model_server
+    from kserve.model_server import app
 
     from storeflow.components.config import load_settings
     from storeflow.serving.app import install
+    from storeflow.serving.recommend_feedback import install_feedback
     from storeflow.serving.logs import quiet_logging
     from storeflow.serving.predictor import DEFAULT_MODEL_DIR, registered_version
 
@@ -224,14 +250,16 @@ def main(argv: list[str] | None = None) -> None:
     if not version:
         raise SystemExit(f"no model version: set STOREFLOW_MODEL_VERSION (the deploy step does) or --model_version; "
                          f"{args.model_dir} has no registered_model_meta")
+    answers, feedback = feedback_logs(settings)
     model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k,
-                             availability_lookup(settings))
+                             availability_lookup(settings), answers)
     model.load()
     print(f"storeflow recommender: {model.name} v{version}, {len(model.model.products):,} products", flush=True)
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
                          enable_latency_logging=False)
     quiet_logging()  # ModelServer() re-applied KServe's logging config
     install(server, settings, served_versions=[version])
+    install_feedback(app, settings, [version], feedback)
     server.start([model])
 
 

@@ -228,6 +228,48 @@ def test_the_product_page_block_shows_recommended_products_in_chromium(shop, sho
     assert titles[shop["sold_out"]] not in cards.titles and page_title not in cards.titles
     assert cards.hrefs == [f"/products/{handle_of(titles[p])}" for p in expected]
     assert (f"v1/models/{NAME}:predict", 200) in app.state.proxied  # through the signed proxy, auth on
+    assert ("v1/feedback", 202) in app.state.proxied  # the block reported its impression
+
+
+def test_impressions_and_clicks_come_back_through_the_proxy_and_make_ctr(shop, shopfront, tmp_path):
+    """The block's impression (posted by the page in Chromium) and a click on a shown product (the body the
+    block's click handler posts) reach the recommender through the signed proxy; /metrics counts them for
+    the serving version and the logs join them to the answer: CTR 1 click / 1 impression."""
+    from storeflow.components.recommend.feedback import ctr_report
+
+    base, app = shopfront
+    before = _metric(shop["url"], "storeflow_recommendation_clicks_total")
+    cards = Cards()
+    cards.feed(dump_dom(f"{base}/products/{handle_of(shop['titles'][shop['page']])}", tmp_path / "profile"))
+    block = cards.block
+    assert block["data-request-id"] and block["data-model-version"] == "1"
+    shown = [f"gid://shopify/Product/{p}" for p in
+             [p for p in shop["model"].recommend([shop["page"]], 16) if p != shop["sold_out"]][:4]]
+    click = {"event": "click", "model_version": "1", "request_id": block["data-request-id"], "products": shown,
+             "product": shown[1], "page": [f"gid://shopify/Product/{shop['page']}"]}
+    assert httpx.post(f"{base}{PROXY_PREFIX}/v1/feedback", json=click).status_code == 202
+    assert httpx.post(f"{base}{PROXY_PREFIX}/v1/feedback", json=click | {"product": "gid://shopify/Product/1"}
+                      ).status_code == 422  # not one of those shown
+    assert httpx.post(f"{shop['url']}/v1/feedback", json=click).status_code == 401  # unsigned
+    assert _metric(shop["url"], "storeflow_recommendation_clicks_total") == before + 1
+    assert _metric(shop["url"], "storeflow_recommendation_impressions_total") >= 1
+
+    deadline = time.monotonic() + 10  # the logs are written off the request path, every 50 ms
+    while True:
+        table = ctr_report(shop["settings"].project.state_dir).set_index("model_version")
+        row = table.loc["1"] if "1" in table.index else None
+        if row is not None and row["clicks"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert row is not None and row["answers"] >= 1
+    assert row["clicks"] == before + 1 and row["impressions"] >= 1 and row["unjoined"] == 0
+    assert row["ctr"] == row["clicks"] / row["impressions"]
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(rf'^{name}{{model_version="1"}} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_an_unsigned_call_to_the_recommender_is_refused(shop):

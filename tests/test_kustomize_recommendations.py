@@ -71,6 +71,11 @@ def test_the_component_adds_a_valid_confined_recommender_to_every_overlay(overla
     runtime = next(o for o in ours if o["kind"] == "ServingRuntime")
     (container,) = runtime["spec"]["containers"]
     assert container["command"] == ["python", "-m", "storeflow.serving.recommender"]
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "storeflow-config")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in runtime["spec"]["volumes"]}
+    # answers and feedback are logged under the state dir: on the state volume, where CTR is computed
+    assert claims[mounts[config["data"]["STOREFLOW_PROJECT__STATE_DIR"]]] == "storeflow-state"
     secrets = {e["name"] for e in container["env"] if "valueFrom" in e}
     assert {"SHOPIFY_API_SECRET", "STOREFLOW_SERVING__SHOPIFY_CLIENT_ID", "REDIS_CONNECTION_STRING"} <= secrets
 

@@ -22,7 +22,9 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
             the configured recommendations.horizon_days.
         model: The item-item model fitted on every purchase (products.npy, similarity.npz).
         metrics: recall, NDCG and MAP at k and catalog coverage of the model and each baseline.
-        report: The comparison in words with the customer-grouped CI of the model minus the best baseline.
+        report: The comparison in words with the customer-grouped CI of the model minus the best baseline,
+            and the live click-through rate of each served version (impressions and clicks joined to the
+            recommendations they answer), when a recommender server has logged any.
 
     Returns:
         The registration as JSON: MLflow model name and version, whether it became champion (it must beat
@@ -36,6 +38,8 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
     from storeflow.components.config import load_run_settings
     from storeflow.components.recommend import evaluate_recommenders, fit_recommender
     from storeflow.components.recommend.evaluate import markdown
+    from storeflow.components.recommend.feedback import ctr_report
+    from storeflow.components.recommend.feedback import markdown as ctr_markdown
     from storeflow.components.recommend.registry import register_recommender
     from storeflow.components.tables import read_tables
 
@@ -53,8 +57,13 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
     registered = register_recommender(settings, Path(model.path), judged, tables)
     model.metadata.update(model_uri=f"models:/{registered.model_name}/{registered.version}",
                           version=registered.version, champion=registered.promoted)
+    live = ctr_report(settings.project.state_dir)
+    for row in live.dropna(subset=["ctr"]).itertuples():
+        metrics.log_metric(f"served_v{row.model_version}.ctr", float(row.ctr))
     with open(report.path, "w") as out:
         out.write(markdown(judged, cfg.k) + f"\nRegistered {registered.model_name} v{registered.version}: "
                   f"{'champion' if registered.promoted else 'challenger only'} ({registered.reason})\n")
+        if not live.empty:
+            out.write("\n## Served: click-through rate by model version\n\n" + ctr_markdown(live))
     print(judged.summary())
     return json.dumps({**asdict(registered), "beats_baselines": judged.beats_baselines})
