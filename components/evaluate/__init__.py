@@ -22,12 +22,10 @@ from storeflow.components.evaluate.metrics import (
 )
 from storeflow.components.features import FeatureResult
 from storeflow.components.features.btyd import BASELINES, RANKINGS, SPEND_BASELINE
-from storeflow.components.features.dataset import CUSTOMER, LABEL
+from storeflow.components.features.dataset import CUSTOMER, LABEL, SPEND_LABEL
 from storeflow.components.train import TrainResult, holdout, load_model
 
 __all__ = ["EvaluationResult", "baseline_metrics", "baseline_spend", "evaluate", "log_evaluation_run", "side_by_side"]
-
-SPEND_LABEL = "label_spend"  # what the customer spent in the label window (features.compute)
 
 
 @dataclass(frozen=True)

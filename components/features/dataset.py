@@ -10,6 +10,7 @@ import pandas as pd
 from storeflow.components.config import LabelConfig
 
 LABEL = "label"
+SPEND_LABEL = "label_spend"  # what the customer spends in the label window (features.compute)
 TIME = "event_timestamp"
 CUSTOMER = "customer_id"
 

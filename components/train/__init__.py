@@ -13,7 +13,7 @@ import pandas as pd
 from storeflow.components.config import Settings
 from storeflow.components.features import FeatureResult, load_training_set
 from storeflow.components.features.btyd import P_ORDER
-from storeflow.components.features.dataset import LABEL, Split, split_holdout
+from storeflow.components.features.dataset import LABEL, SPEND_LABEL, Split, split_holdout
 
 __all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train"]
 
@@ -115,8 +115,38 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
             serialization_format="skops",
             skops_trusted_types=tracking.skops_trusted_types(estimator),
         )
+        if SPEND_LABEL in split.train:
+            metrics |= log_spend_model(settings, client, info.model_id, split, columns)
+            mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("spend_")})
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, features=columns,
                        train_rows=len(x), metrics=metrics)
+
+
+def log_spend_model(settings: Settings, client, model_id: str, split: Split, columns: list[str]) -> dict[str, float]:
+    """Fit the spend model (train.spend) and put it in the propensity model's own directory, under
+    ``spend/`` (an MLflow sklearn model whose metadata holds the tier cut points), so a registered version
+    serves both from the one directory KServe downloads."""
+    import tempfile
+
+    import mlflow.sklearn
+
+    from storeflow.components import tracking
+    from storeflow.components.train.spend import SPEND_DIR, TIER_PERCENTILES, TIERS, fit_spend
+
+    model, cuts = fit_spend(settings.train.params, split.train[columns], split.train[SPEND_LABEL].to_numpy(),
+                            split.calibration[columns], split.calibration[SPEND_LABEL].to_numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.sklearn.save_model(model, f"{tmp}/spend", serialization_format="skops",
+                                  skops_trusted_types=tracking.skops_trusted_types(model),
+                                  pip_requirements=tracking.pip_requirements(),
+                                  metadata={"spend_tiers": list(TIERS), "spend_tier_cuts": cuts,
+                                            "spend_tier_percentiles": list(TIER_PERCENTILES),
+                                            "horizon_days": settings.features.label.horizon_days})
+        client.log_model_artifacts(model_id, f"{tmp}/spend", artifact_path=SPEND_DIR)
+    predicted = model.predict(split.calibration[columns])
+    return {"spend_calibration_predicted": float(predicted.sum()),
+            "spend_calibration_actual": float(split.calibration[SPEND_LABEL].sum()),
+            "spend_tier_low_below": cuts[0], "spend_tier_high_above": cuts[1]}
 
 
 def load_model(model_uri: str):
