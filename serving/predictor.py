@@ -64,6 +64,17 @@ def input_example(model_dir: Path, columns: list[str]) -> np.ndarray | None:
         return None  # no example, or not a plain table: the threshold probes still check the runtime
 
 
+def load_spend(model_dir: Path):
+    """The spend model trained beside the propensity model (``spend/`` in its directory, train.spend) and
+    its tier cut points; None for a model trained without one."""
+    from storeflow.components.train.spend import SPEND_DIR
+
+    folder = Path(model_dir) / SPEND_DIR
+    if not (folder / "MLmodel").exists():
+        return None
+    return load_estimator(folder), list(read_mlmodel(folder).get("metadata", {})["spend_tier_cuts"])
+
+
 def registered_version(model_dir: Path) -> tuple[str | None, str | None]:
     """(registered model name, version) recorded beside a downloaded model, when MLflow wrote it."""
     meta = Path(model_dir) / "registered_model_meta"
@@ -87,9 +98,11 @@ class StoreflowPredictor(Model):
         self.estimator = None
         self.scorer: Scorer | None = None
         self.columns: list[str] = []
+        self.spend = None  # (spend model, tier cut points), when the version has one
 
     def load(self) -> bool:
         self.estimator = load_estimator(self.model_dir)
+        self.spend = load_spend(self.model_dir)
         names = getattr(self.estimator, "feature_names_in_", None)
         self.columns = [str(n) for n in names] if names is not None else []
         self.scorer = build_scorer(self.estimator, self.runtime, input_example(self.model_dir, self.columns))
@@ -102,6 +115,16 @@ class StoreflowPredictor(Model):
     def score(self, rows: np.ndarray) -> np.ndarray:
         """P(repeat purchase) per row; synchronous, called on the batcher's thread."""
         return self.scorer.score(rows)
+
+    def expected_spend(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Expected spend in the label horizon per row and its tier (LOW/MEDIUM/HIGH), or None."""
+        if self.spend is None:
+            return None
+        from storeflow.components.train.spend import spend_tiers
+
+        model, cuts = self.spend
+        spend = np.asarray(model.predict(rows), dtype=np.float64)
+        return spend, spend_tiers(spend, cuts)
 
     def _matrix(self, payload) -> np.ndarray:
         try:

@@ -86,6 +86,8 @@ class Scoring:
     fallback: np.ndarray | None = None
     scores: np.ndarray | None = None
     versions: list[str] = field(default_factory=list)
+    spend: np.ndarray | None = None  # expected spend in the horizon and its tier, when every version has a spend model
+    spend_tiers: np.ndarray | None = None
 
 
 def _cart(value) -> dict | None:
@@ -291,6 +293,7 @@ class StoreflowTransformer(Model):
             except Exception as exc:  # noqa: BLE001 - a model failure is ours: 500 with the reason
                 raise InferenceError(f"model failed: {type(exc).__name__}: {exc}") from exc
             scoring.versions = versions
+            await self._spend(scoring)
             return
         scores = np.empty(len(versions), dtype=np.float64)
         groups: dict[str, list[int]] = {}
@@ -303,6 +306,20 @@ class StoreflowTransformer(Model):
         for (version, idx), result in zip(groups.items(), results):
             scores[idx] = result
         scoring.scores, scoring.versions = scores, versions
+        await self._spend(scoring)
+
+    async def _spend(self, scoring: Scoring) -> None:
+        """Expected spend and spend tier beside the score (V1 answers), from each version's spend model."""
+        import asyncio
+
+        predictors = {v: self.predictors[v] for v in dict.fromkeys(scoring.versions)}
+        if any(p.spend is None for p in predictors.values()):
+            return
+        spend, tiers = np.empty(len(scoring.versions)), np.empty(len(scoring.versions), dtype=object)
+        for version, predictor in predictors.items():
+            idx = [i for i, v in enumerate(scoring.versions) if v == version]
+            spend[idx], tiers[idx] = await asyncio.to_thread(predictor.expected_spend, scoring.rows[idx])
+        scoring.spend, scoring.spend_tiers = spend, tiers
 
     async def _predict_remote(self, scoring: Scoring, headers, response_headers) -> None:
         rows = scoring.rows
@@ -346,10 +363,14 @@ class StoreflowTransformer(Model):
         if self.log is not None:
             self._log(scoring, headers or {})
         if scoring.v2_request is None:
-            return {"predictions": [
+            answers = [
                 {"customer_id": ref, "score": float(score), "fallback": bool(fb), "model_name": self.registered_name,
                  "model_version": version}
-                for ref, score, fb, version in zip(scoring.refs, scoring.scores, scoring.fallback, scoring.versions)]}
+                for ref, score, fb, version in zip(scoring.refs, scoring.scores, scoring.fallback, scoring.versions)]
+            if scoring.spend is not None:
+                for answer, spend, tier in zip(answers, scoring.spend, scoring.spend_tiers):
+                    answer["expected_spend"], answer["spend_tier"] = round(float(spend), 2), str(tier)
+            return {"predictions": answers}
         request = scoring.v2_request
         n = len(scoring.ids)
         if not request.use_binary_outputs and not request.request_outputs:
