@@ -68,6 +68,12 @@ def test_a_trained_version_serves_expected_spend_and_tier_beside_an_unchanged_sc
     trained = train(settings, features)
     assert trained.metrics["spend_calibration_predicted"] == pytest.approx(trained.metrics["spend_calibration_actual"],
                                                                            rel=1e-3)
+    from storeflow.components.evaluate import challenger_spend
+    from storeflow.components.train import holdout
+
+    judged = challenger_spend(holdout(settings, features), trained)["challenger"]  # evaluate's spend figures
+    assert judged["spend_actual"] > 0 and np.isfinite(judged["spend_aggregate_error"])
+    assert sum(judged[f"spend_tier_{tier.lower()}_share"] for tier in TIERS) == pytest.approx(1)
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=trained.model_uri, dst_path=str(tmp_path / "m")))
     predictor = StoreflowPredictor("m", model_dir, version="1")
     predictor.load()

@@ -23,9 +23,9 @@ from storeflow.components.evaluate.metrics import (
 from storeflow.components.features import FeatureResult
 from storeflow.components.features.btyd import BASELINES, RANKINGS, SPEND_BASELINE
 from storeflow.components.features.dataset import CUSTOMER, LABEL, SPEND_LABEL
-from storeflow.components.train import TrainResult, holdout, load_model
+from storeflow.components.train import TrainResult, holdout, load_model, load_spend_model
 
-__all__ = ["EvaluationResult", "baseline_metrics", "baseline_spend", "evaluate", "log_evaluation_run", "side_by_side"]
+__all__ = ["EvaluationResult", "baseline_metrics", "baseline_spend", "challenger_spend", "evaluate", "log_evaluation_run", "side_by_side"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,21 @@ def baseline_spend(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {"bgnbd_gamma_gamma": spend_metrics(frame[SPEND_LABEL].to_numpy(), frame[SPEND_BASELINE].to_numpy())}
 
 
+def challenger_spend(frame: pd.DataFrame, trained: TrainResult) -> dict[str, dict[str, float]]:
+    """The challenger's expected spend (its spend model, train.spend) against what each holdout customer
+    spent in the horizon, and the share of rows per spend tier."""
+    from storeflow.components.train.spend import TIERS, spend_tiers
+
+    found = load_spend_model(trained.model_uri) if SPEND_LABEL in frame else None
+    if found is None:
+        return {}
+    model, cuts = found
+    predicted = model.predict(frame[trained.features])
+    tiers = spend_tiers(predicted, cuts)
+    return {"challenger": spend_metrics(frame[SPEND_LABEL].to_numpy(), predicted)
+            | {f"spend_tier_{tier.lower()}_share": float((tiers == tier).mean()) for tier in TIERS}}
+
+
 def _bootstrap(settings: Settings, frame: pd.DataFrame, challenger: np.ndarray, other: np.ndarray) -> Comparison:
     cfg = settings.evaluate
     return paired_bootstrap(frame[LABEL].to_numpy(), challenger, np.asarray(other), cfg.metric, cfg.bootstrap_samples,
@@ -109,7 +124,7 @@ def _judge(settings: Settings, client, features: FeatureResult, trained: TrainRe
     found = {"baseline_metrics": baselines, "best_baseline": best,
              "baseline_comparison": None if versus is None else asdict(versus),
              "challenger_curves": classification_curves(labels, challenger_scores),
-             "spend_metrics": baseline_spend(frame)}
+             "spend_metrics": challenger_spend(frame, trained) | baseline_spend(frame)}
 
     champion_version = tracking.current_champion(client, settings.registry.model_name)
     if champion_version is None:

@@ -149,6 +149,25 @@ def log_spend_model(settings: Settings, client, model_id: str, split: Split, col
             "spend_tier_low_below": cuts[0], "spend_tier_high_above": cuts[1]}
 
 
+def load_spend_model(model_uri: str):
+    """The spend model logged inside a propensity model's directory (log_spend_model) and its tier cut
+    points, or None for a model trained without one."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    from storeflow.components.train.spend import SPEND_DIR
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)) / SPEND_DIR
+        if not (folder / "MLmodel").exists():
+            return None
+        return mlflow.sklearn.load_model(str(folder)), list(Model.load(str(folder)).metadata["spend_tier_cuts"])
+
+
 def load_model(model_uri: str):
     """The scikit-learn estimator behind a logged model URI (runs:/, models:/ or a path)."""
     import mlflow.sklearn
