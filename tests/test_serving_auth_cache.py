@@ -70,3 +70,12 @@ def test_the_cache_stays_bounded(monkeypatch):
     for i in range(12):
         verifier.verify("POST", URL, bearer(sub=f"gid://shopify/Customer/{i}"))
     assert len(verifier._tokens) <= 5
+
+
+def test_a_full_cache_forgets_its_oldest_tokens_and_keeps_the_recent_ones(monkeypatch):
+    monkeypatch.setattr(verify, "TOKEN_CACHE_SIZE", 5)
+    verifier = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP])
+    tokens = [bearer(sub=f"gid://shopify/Customer/{i}")["Authorization"] for i in range(12)]
+    for token in tokens:
+        verifier.verify("POST", URL, {"Authorization": token})
+    assert [verifier.cached_checkout(t) is not None for t in tokens] == [False] * 7 + [True] * 5
