@@ -91,6 +91,7 @@ def test_a_challenger_a_baseline_beats_is_never_promoted_and_the_reason_says_so(
     # With the gate off (stores too small to judge) a loss is reported, not enforced.
     reported = decide(None, 0.0, baseline=loses, baseline_name="bgnbd", baseline_gate=False)
     assert reported.promote and "LOSES" in reported.reason
+    assert "never promoted" not in reported.reason and "baseline_gate is off" in reported.reason
 
 
 def test_classification_curves_are_what_the_kfp_ui_draws() -> None:

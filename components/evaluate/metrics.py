@@ -139,15 +139,18 @@ class Decision:
         return asdict(self)
 
 
-def versus_baseline(comparison: Comparison | None, name: str) -> str:
-    """How the challenger stands against the best baseline, in words."""
+def versus_baseline(comparison: Comparison | None, name: str, gate: bool = True) -> str:
+    """How the challenger stands against the best baseline, in words (with the gate off, a loss is only
+    reported)."""
     if comparison is None:
         return "no baseline could be scored on this holdout"
     c = comparison
     interval = f"CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
     if c.difference <= 0:
         return (f"it LOSES to the {name} baseline: {c.metric} {c.challenger:.4f} vs {c.champion:.4f} "
-                f"({c.difference:+.4f}, {interval}); a model that a baseline beats is never promoted")
+                f"({c.difference:+.4f}, {interval}); "
+                + ("a model that a baseline beats is never promoted" if gate else
+                   "evaluate.baseline_gate is off, so this is reported, not enforced"))
     sure = "with a CI above zero" if c.ci_low > 0 else "but the CI includes zero"
     return f"it beats the best baseline, {name}, {c.metric} {c.challenger:.4f} vs {c.champion:.4f} ({c.difference:+.4f}, {sure}: {interval})"
 
@@ -159,7 +162,7 @@ def decide(comparison: Comparison | None, margin: float, baseline: Comparison | 
     ``margin`` with a CI above zero."""
     if baseline_gate and baseline is not None and baseline.difference <= 0:
         return Decision(False, f"not promoted: {versus_baseline(baseline, baseline_name)}", comparison)
-    against = "" if baseline is None else f"; {versus_baseline(baseline, baseline_name)}"
+    against = "" if baseline is None else f"; {versus_baseline(baseline, baseline_name, baseline_gate)}"
     decision = _against_champion(comparison, margin)
     return Decision(decision.promote, decision.reason + against, comparison)
 
