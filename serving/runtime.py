@@ -105,6 +105,19 @@ def _calibration_parts(estimator) -> tuple[object, Callable[[np.ndarray], np.nda
         probabilities = np.mean([np.clip(c.predict(values), 0.0, 1.0) for c in calibrators], axis=0)
         return np.asarray(probabilities, dtype=np.float64)
 
+    if all(type(c).__name__ == "_SigmoidCalibration" for c in calibrators):
+        # Platt scaling (what ``train`` calibrates with): scikit-learn's ``expit(-(a * T + b))`` for all
+        # calibrators in one array operation, not five calls that each validate their input (~60 of the
+        # ~110 us a one-row call took). The probe rows check it against the estimator like the rest.
+        from scipy.special import expit
+
+        a = np.array([[c.a_] for c in calibrators], dtype=np.float64)
+        b = np.array([[c.b_] for c in calibrators], dtype=np.float64)
+
+        def calibrate(values: np.ndarray) -> np.ndarray:  # noqa: F811 - the faster equal form
+            values = np.asarray(values, dtype=np.float64).reshape(1, -1)
+            return np.asarray(np.mean(np.clip(expit(-(a * values + b)), 0.0, 1.0), axis=0), dtype=np.float64)
+
     trees = _unfrozen(parts[0].estimator)
     return trees, calibrate, hasattr(trees, "decision_function")
 
