@@ -6,7 +6,8 @@ drawn from BG/NBD with CDNOW's estimates plus store signals (10k customers, 30k 
 sparse store, see ingest/synthetic.py), and writes bench/results/model.json: per store, for the model
 and each baseline (BG/NBD, Pareto/NBD, order count then recency) the holdout's rows and positives,
 ROC-AUC, PR-AUC, log loss, predicted vs actual repeat buyers and, for spend, the aggregate error and
-top-decile lift (the model's spend: a regressor on the same features; BG/NBD's: times Gamma-Gamma).
+top-decile lift (the model's spend: the train stage's spend model, train.spend; BG/NBD's: times
+Gamma-Gamma), and the holdout customers per spend tier with what they actually spent.
 The model's difference to the best baseline is bootstrapped by customer (95 % CI), per metric.
 
     python bench/model.py [--store default|bgnbd ...]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -32,20 +34,6 @@ STORES = {  # name: (synthetic store config, purchase process)
 }
 
 
-def spend_regressor(settings, split, columns: list[str]):
-    """Spend in the horizon from the same features (Poisson loss: spend is non-negative, mostly zero),
-    rescaled on the calibration cutoff as the propensity is, so the total tracks the latest base rate."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    params = {k: v for k, v in settings.train.params.items() if k in ("max_iter", "learning_rate", "max_leaf_nodes",
-                                                                      "random_state")}
-    model = HistGradientBoostingRegressor(loss="poisson", **params).fit(split.train[columns],
-                                                                        split.train["label_spend"])
-    predicted = model.predict(split.calibration[columns])
-    scale = float(split.calibration["label_spend"].sum() / max(predicted.sum(), 1e-9))
-    return model, scale
-
-
 def run(name: str, samples: int) -> dict:
     from storeflow.components.config import SyntheticStoreConfig, load_settings
     from storeflow.components.evaluate import baseline_metrics, baseline_spend
@@ -54,12 +42,14 @@ def run(name: str, samples: int) -> dict:
     from storeflow.components.features.btyd import BASELINES, RANKINGS
     from storeflow.components.features.dataset import CUSTOMER, LABEL, split_holdout
     from storeflow.components.ingest import generate_store, ingest
-    from storeflow.components.train import build_estimator, calibrated
+    from storeflow.components.train import fit_propensity
+    from storeflow.components.train.spend import TIERS, fit_spend, spend_tiers
 
     store, process = STORES[name]
     state = BENCH / ".state" / f"model-{name}"
     ingested = {"synthetic": store}
     started = time.perf_counter()
+    load_before = os.getloadavg()
     if process != "gamma-churn":  # the pipeline's synthetic source draws the default process: ingest the file
         path = generate_store(SyntheticStoreConfig(**store), state / "store" / f"{process}.jsonl", process=process)
         ingested |= {"source": "jsonl", "path": str(path)}
@@ -69,14 +59,19 @@ def run(name: str, samples: int) -> dict:
     features_seconds = time.perf_counter() - started
     split = split_holdout(load_training_set(features), settings.features.label)
     columns = list(settings.features.customer_features)
-    estimator = calibrated(build_estimator(settings.train.estimator, settings.train.params)
-                           .fit(split.train[columns], split.train[LABEL]),
-                           split.calibration[columns], split.calibration[LABEL].to_numpy())
+    estimator = fit_propensity(settings, split, columns)  # the train stage's model (train.stack)
     holdout = split.holdout
     labels = holdout[LABEL].to_numpy()
     scores = estimator.predict_proba(holdout[columns])[:, 1]
-    regressor, scale = spend_regressor(settings, split, columns)
-    spend = regressor.predict(holdout[columns]) * scale
+    regressor, cuts = fit_spend(settings.train.params, split.train[columns], split.train["label_spend"].to_numpy(),
+                                split.calibration[columns], split.calibration["label_spend"].to_numpy())
+    spend = regressor.predict(holdout[columns])
+    tiers = spend_tiers(spend, cuts)
+    actual = holdout["label_spend"].to_numpy()
+    spend_by_tier = {tier: {"customers": int((tiers == tier).sum()), "share": float((tiers == tier).mean()),
+                            "actual_mean_spend": float(actual[tiers == tier].mean()) if (tiers == tier).any() else None,
+                            "repeat_rate": float(labels[tiers == tier].mean()) if (tiers == tier).any() else None}
+                     for tier in TIERS}
 
     models = {"model": holdout_metrics(labels, scores) | spend_metrics(holdout["label_spend"], spend)}
     models |= {f"baseline_{name}": metrics for name, metrics in baseline_metrics(holdout).items()}
@@ -103,6 +98,9 @@ def run(name: str, samples: int) -> dict:
         "models": models,
         "rankings": sorted(f"baseline_{name}" for name in RANKINGS),  # no probabilities: no log loss
         "model_vs_best_baseline": versus,
+        "model_estimator": {"estimator": settings.train.estimator, "params": settings.train.params,
+                            "stack": settings.train.stack},
+        "spend_tiers": {"cuts": cuts, "holdout": spend_by_tier},
         "baseline_parameters": features.baseline_parameters,
         "constant_features": features.constant_features,
         "targets": {
@@ -112,6 +110,8 @@ def run(name: str, samples: int) -> dict:
         },
         "features_seconds": features_seconds,
         "seconds": time.perf_counter() - started,
+        "load_average": {"start": [round(v, 2) for v in load_before], "end": [round(v, 2) for v in os.getloadavg()],
+                         "cores": os.cpu_count()},
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
@@ -143,6 +143,8 @@ def report(result: dict) -> None:
                  if spend is not None else ""))
     for metric, c in result["model_vs_best_baseline"].items():
         print(f"model - {c['best_baseline']} {metric}: {c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]")
+    for tier, row in result["spend_tiers"]["holdout"].items():
+        print(f"spend tier {tier}: {row['customers']} rows ({row['share']:.0%}), actual mean spend {row['actual_mean_spend']}")
     print(f"targets: {result['targets']}  ({result['seconds']:.0f} s)")
 
 
