@@ -50,7 +50,8 @@ def test_the_component_adds_a_valid_confined_recommender_to_every_overlay(overla
     ours = [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == NAME]
     assert {(o["kind"], o["metadata"]["name"]) for o in ours} == {
         ("ServingRuntime", "storeflow-recommender"), ("InferenceService", NAME), ("NetworkPolicy", NAME),
-        ("Role", "storeflow-recommendations-deployer"), ("RoleBinding", "storeflow-recommendations-deployer")}
+        ("Role", "storeflow-recommendations-deployer"), ("RoleBinding", "storeflow-recommendations-deployer"),
+        ("ConfigMap", "storeflow-recommendations-dashboard")}
     for obj in ours:
         if obj["apiVersion"].startswith("serving.kserve.io/"):
             assert_valid(obj)
@@ -124,3 +125,26 @@ def test_the_deploy_code_rolls_a_recommender_version_into_the_declared_service(o
     assert_valid(rolled_back)
     assert rolled_back["spec"]["predictor"]["model"]["storageUri"] == v1.storage_uri
     assert rolled_back["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+@needs_kubectl
+def test_the_dashboard_shows_ctr_by_version_from_metrics_the_recommender_exports(tmp_path):
+    import json
+    import re
+
+    from storeflow.serving import metrics as serving_metrics
+    from storeflow.serving import recommend_feedback
+
+    objects = render_with_component("production", tmp_path)
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap"
+                      and o["metadata"]["name"] == "storeflow-recommendations-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["recommendations.json"])
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", m) for q in queries for m in re.findall(r"storeflow_\w+", q)}
+    exported = {m.describe()[0].name for m in (serving_metrics.REQUESTS, serving_metrics.LATENCY,
+                                                recommend_feedback.IMPRESSIONS, recommend_feedback.CLICKS)}
+    assert used <= exported, used - exported
+    assert any("storeflow_recommendation_clicks_total" in q and "storeflow_recommendation_impressions_total" in q
+               and "by (model_version)" in q for q in queries)  # CTR per version
+    assert all('pod=~"storeflow-recommendations-.*"' in q for q in queries)  # not the propensity model's requests
