@@ -93,3 +93,24 @@ def test_a_runtime_that_rounds_to_float32_is_caught_by_the_threshold_probes(data
     assert "differs by up to" in scorer.reason
     with pytest.raises(RuntimeUnavailable, match="differs by up to"):
         build_scorer(estimator, "treelite")
+
+
+def test_a_stack_as_train_registers_it_walks_its_trees_in_treelite_with_the_same_scores(data):
+    """train.stack registers a StackingClassifier (trees, a linear model and BG/NBD's P(an order)): its
+    trees are walked by Treelite, the rest by scikit-learn, and the scores are the stack's own."""
+    import pandas as pd
+
+    from storeflow.components.train.stack import stack
+
+    x, y = data
+    frame = pd.DataFrame(x, columns=["spend", "orders", "days", "p_order"])
+    model = stack(HistGradientBoostingClassifier(max_iter=60, random_state=0), "p_order",
+                  frame[:2000], y[:2000], frame[2000:], y[2000:])
+    scorer = build_scorer(model, "treelite")
+    assert scorer.runtime == "treelite", scorer.reason
+    rng = np.random.default_rng(3)
+    rows = np.vstack([np.column_stack([rng.uniform(0, 600, 300), rng.integers(0, 12, 300),
+                                       rng.uniform(-50, 500, 300), rng.uniform(0, 1, 300)]), x[:300]])
+    expected = model.predict_proba(pd.DataFrame(rows, columns=frame.columns))[:, 1]
+    assert np.max(np.abs(scorer.score(rows) - expected)) <= 1e-12
+    assert scorer.score(rows[:1])[0] == pytest.approx(expected[0], abs=1e-12)
