@@ -1,13 +1,17 @@
 """Customer feature rows from the Feast online store, for the transformer.
 
-Lookups are coalesced: the misses of all requests waiting at the same moment (one event loop iteration)
-go to the online store as one read, made on the event loop's own thread. A read is short (SQLite on
-local disk; Redis on the pod's network), and handing it to a thread cost more than making it: at
-50,000 customers a worker spent ~15 % of its time waking and switching to the Feast and model threads
-(``ThreadPoolExecutor.submit`` and the GIL hand-off back), and a woken thread waits up to the
-interpreter's 5 ms switch interval for the GIL while the loop is busy, which is where the p99 went.
-The read is the configured Feast online store's own
-``online_read`` (SQLite, Redis...), the call ``get_online_features`` makes: its request planning and
+Lookups are coalesced: the misses of all requests waiting at the same moment go to the online store as
+one read, never from a thread: at 50,000 customers a worker spent ~15 % of its time waking and switching
+to the Feast and model threads (``ThreadPoolExecutor.submit`` and the GIL hand-off back), and a woken
+thread waits up to the interpreter's 5 ms switch interval for the GIL while the loop is busy. A store
+that reads asynchronously (Feast's Redis store, ``online_read_async``) is read without blocking the
+event loop, one read in flight: the misses that arrive meanwhile go together in the next. A blocking
+Redis read stalled the loop for the round trip (the ``send`` wakes Redis, which on a busy host takes
+the CPU), ~20 % of a worker's time at 50,000 customers; and with the caches answering most requests the
+few misses went one or two to a read, so the stalls multiplied, which is how the caches made p99 worse
+than no cache. SQLite is read on the loop (local pages, nobody to wait for).
+
+The read is the configured Feast online store's own ``online_read`` (or ``online_read_async``), the call ``get_online_features`` makes: its request planning and
 response building around it cost more than the read itself (~55 vs ~30 us per customer on SQLite), and
 for one feature view read by entity key they decide nothing (Feast 0.67 applies no TTL online either).
 Rows are kept in memory for at most ``serving.feature_cache_seconds`` (``serving.feature_cache_rows``
@@ -74,7 +78,17 @@ FALLBACK: dict[str, float] = {
     # BG/NBD: a customer with no repeat purchase is alive; nothing seen, nothing expected yet
     "btyd_p_alive": 1.0,
     "btyd_expected_purchases": 0.0,
+    "btyd_p_order": 0.0,  # consistent with no expected purchases (the server's default for a column unnamed here)
 }
+
+
+def _settle(batch: dict[int, asyncio.Future], rows: dict | None = None, error: Exception | None = None) -> None:
+    for cid, future in batch.items():
+        if not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(rows[cid])
 
 
 class BadCustomerId(ValueError):
@@ -120,6 +134,8 @@ class OnlineFeatures:
         self.use = CacheUse("features", self.max_rows, horizon_s=self.ttl)
         self._waiting: dict[int, asyncio.Future] = {}
         self._flush_scheduled = False
+        self._reading: asyncio.Task | None = None  # the online store read in flight (async stores)
+        self._online_async = None  # (event loop, online store object) for async reads
         self._marker = self._materialized_marker()
         self._epoch_path = erasure_epoch(settings)
         self._epoch_view = self._map_epoch()
@@ -177,34 +193,68 @@ class OnlineFeatures:
         if future is None:
             loop = asyncio.get_running_loop()
             future = self._waiting[cid] = loop.create_future()
-            if not self._flush_scheduled:
+            if not self._flush_scheduled and not self._reading:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
-        # What missed during this loop iteration goes to the online store together, at most READ_BATCH
-        # customers a read: the rest in the next iteration, so other requests are answered in between.
+        # What missed meanwhile goes to the online store together, at most READ_BATCH customers a read.
+        self._flush_scheduled = False
         waiting = self._waiting
+        if not waiting:
+            return
         if len(waiting) <= READ_BATCH:
             batch, self._waiting = waiting, {}
-            self._flush_scheduled = False
         else:
-            ids = list(waiting)[:READ_BATCH]
-            batch = {cid: waiting.pop(cid) for cid in ids}
-            asyncio.get_running_loop().call_soon(self._flush)
+            batch = {cid: waiting.pop(cid) for cid in list(waiting)[:READ_BATCH]}
+        loop = asyncio.get_running_loop()
         try:
-            rows = self._fetch(list(batch))
+            ids, view, epoch, keys = self._prepare(list(batch))
+            if self._async_reads(loop):
+                # Sent, not waited for: the loop answers other requests while Redis works, and what
+                # misses meanwhile goes in the next read, sent when this one is back (one in flight).
+                self._reading = loop.create_task(self._read_async(batch, ids, view, epoch, keys))
+                return
+            rows = self._rows_from(ids, self._read_sync(view, keys), epoch)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for cid, future in batch.items():
-            if not future.done():
-                future.set_result(rows[cid])
+            _settle(batch, error=exc)
+        else:
+            _settle(batch, rows)
+        if self._waiting and not self._flush_scheduled:  # over READ_BATCH: the rest next iteration
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
-    def _fetch(self, ids: list[int]) -> dict[int, tuple[np.ndarray, bool]]:
+    async def _read_async(self, batch, ids, view, epoch, keys) -> None:
+        try:
+            online = self._online_async[1]
+            read = await online.online_read_async(self.store.config, view, keys, list(self.columns))
+            rows = self._rows_from(ids, [values for _, values in read], epoch)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            _settle(batch, error=exc)
+        else:
+            _settle(batch, rows)
+        finally:
+            self._reading = None
+            if self._waiting and not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _async_reads(self, loop) -> bool:
+        """Whether the configured online store reads without blocking (Feast's Redis store does; SQLite
+        reads local pages, a blocking call with no one to wait for). Its async client belongs to one event
+        loop: another loop (a test's ``asyncio.run``) gets its own store object."""
+        if self._sqlite_query or not getattr(getattr(self._online, "async_supported", None), "read", False):
+            return False
+        if self._online_async is None or self._online_async[0] is not loop:
+            from feast.infra.online_stores.helpers import get_online_store_from_config
+
+            self._online_async = (loop, get_online_store_from_config(self.store.config.online_store))
+        return True
+
+    def _prepare(self, ids: list[int]):
+        """The online store (opened on first use), the customer view, the erasure epoch the read starts
+        in and Feast's entity keys for ``ids``."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
@@ -215,15 +265,18 @@ class OnlineFeatures:
         view = self._view  # the watcher thread may reset it meanwhile
         if view is None:
             view = self._view = self.store.get_feature_view(CUSTOMER_VIEW)
-        epoch = self._epoch
-        keys = [EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(int64_val=cid)]) for cid in ids]
         if self._sqlite_query is None:
             self._sqlite_query = self._lean_sqlite_query(view) or ""
+        keys = [EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(int64_val=cid)]) for cid in ids]
+        return ids, view, self._epoch, keys
+
+    def _read_sync(self, view, keys) -> list[dict | None]:
         if self._sqlite_query:
-            read = self._sqlite_read(keys)
-        else:
-            # A copy: Feast's Redis store appends its timestamp key to the list it is given.
-            read = [values for _, values in self._online.online_read(self.store.config, view, keys, list(self.columns))]
+            return self._sqlite_read(keys)
+        # A copy: Feast's Redis store appends its timestamp key to the list it is given.
+        return [values for _, values in self._online.online_read(self.store.config, view, keys, list(self.columns))]
+
+    def _rows_from(self, ids: list[int], read: list[dict | None], epoch: int) -> dict[int, tuple[np.ndarray, bool]]:
         now = time.monotonic()
         out = {}
         for cid, values in zip(ids, read):
