@@ -59,8 +59,8 @@ def build(work: Path, customers: int = 400, *, export_rows: bool = True) -> dict
     """Register a model (default training params) on a synthetic store of ``customers``; export what others need.
 
     The real stages (synthetic ingest → features → train → evaluate → register), nothing from tests/.
-    A work directory whose pipeline already ran (``pipeline.done``) is reused (a 500,000-customer store
-    takes a quarter of an hour or more to build). ``rows`` holds every customer's online feature row
+    A work directory whose pipeline already ran (``pipeline.done``) for the same customer features is
+    reused (a 500,000-customer store takes a quarter of an hour or more to build). ``rows`` holds every customer's online feature row
     (``export_rows``) or none; :func:`online_rows` reads any others.
     """
     from storeflow.components.config import load_settings
@@ -68,9 +68,12 @@ def build(work: Path, customers: int = 400, *, export_rows: bool = True) -> dict
     overrides = overrides_for(work, customers)
     settings = load_settings(overrides)
     done = work / "pipeline.done"
+    built = {"customers": customers, "features": list(settings.features.customer_features)}
     with (work / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run building this store: wait for it, then reuse it
-        if not done.exists():
+        # A store built for other features (the model gained one since) is built again: its online rows
+        # would lack a column the served model reads.
+        if _built_for(done) != built["features"]:
             from storeflow.components.evaluate import evaluate
             from storeflow.components.features import build_features
             from storeflow.components.ingest import ingest
@@ -81,7 +84,7 @@ def build(work: Path, customers: int = 400, *, export_rows: bool = True) -> dict
             features = build_features(settings, snapshot)
             trained = train(settings, features)
             register(settings, trained, evaluate(settings, features, trained))
-            done.write_text(json.dumps({"customers": customers}))
+            done.write_text(json.dumps(built))
     import joblib
 
     from storeflow.components import tracking
@@ -98,6 +101,14 @@ def build(work: Path, customers: int = 400, *, export_rows: bool = True) -> dict
             "ids": ids, "overrides": overrides, "work": work}
     data["rows"] = online_rows(settings, ids) if export_rows else {}
     return data
+
+
+def _built_for(done: Path) -> list[str] | None:
+    """The customer features a bench store was built with (None: not built, or before this was recorded)."""
+    try:
+        return json.loads(done.read_text()).get("features")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def customer_ids(settings) -> list[int]:
