@@ -69,7 +69,8 @@ def fit_propensity(settings: Settings, split: Split, columns: list[str]):
     estimator = build_estimator(settings.train.estimator, settings.train.params)
     x, y = split.train[columns], split.train[LABEL].to_numpy()
     cx, cy = split.calibration[columns], split.calibration[LABEL].to_numpy()
-    if settings.train.stack:
+    # An estimator without decision_function (a DummyClassifier baseline run) cannot be stacked: Platt-scaled alone.
+    if settings.train.stack and hasattr(estimator, "decision_function"):
         return stack(estimator, P_ORDER, x, y, cx, cy)
     return calibrated(estimator.fit(x, y), cx, cy)
 
