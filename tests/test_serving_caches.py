@@ -55,8 +55,12 @@ def test_a_memo_turns_itself_on_again_when_traffic_repeats():
     memo = ScoreMemo(MicroBatcher(model), max_rows=100_000)
     rng = np.random.default_rng(2)
     fresh = rng.normal(size=(2 * WINDOW * SAMPLE, 3))
-    returning = rng.normal(size=(256, 3))  # a few customers who come back again and again
-    repeats = returning[rng.integers(0, len(returning), size=4 * WINDOW * SAMPLE)]
+    # Customers who come back again and again: enough of them that the 1-in-SAMPLE hash sample (salted
+    # per process) always holds dozens, and enough visits that several windows close on them. With 256
+    # customers and half the visits, an unlucky salt sampled four of them, one window closed, mostly on
+    # leftover misses of the fresh traffic, and the memo stayed off (CI, 1 run in a few hundred).
+    returning = rng.normal(size=(1024, 3))
+    repeats = returning[rng.integers(0, len(returning), size=8 * WINDOW * SAMPLE)]
     try:
         _score_one_at_a_time(memo, fresh)
         assert not memo.use.enabled
