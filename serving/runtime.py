@@ -159,13 +159,88 @@ def _stack_score(stack) -> tuple[Callable[[np.ndarray], np.ndarray], dict, str]:
     return score, dump, inputs
 
 
+def build_regressor(estimator, mode: str = "auto", examples: np.ndarray | None = None) -> Scorer:
+    """The fastest runtime whose ``predict`` equals ``estimator.predict`` (a regressor's: the spend model,
+    ``train.spend``), under the same rules as :func:`build_scorer`: Treelite only when it agrees on the
+    threshold probes and ``examples`` (relative to the prediction's size, to :data:`AGREEMENT`)."""
+
+    def sklearn_predict(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(estimator.predict(rows), dtype=np.float64).reshape(len(rows))
+
+    if mode == "sklearn":
+        return Scorer("sklearn", sklearn_predict, "serving.model_runtime is sklearn")
+    try:
+        predict, dump, inputs = _regressor_parts(estimator)
+        probes = probe_rows(dump, int(dump["num_feature"]))
+        if examples is not None and len(examples):
+            probes = np.vstack([probes, np.asarray(examples, dtype=np.float64)])
+        expected = sklearn_predict(probes)
+        worst = float(np.max(np.abs(predict(probes) - expected) / np.maximum(1.0, np.abs(expected))))
+        if not worst <= AGREEMENT:
+            raise ValueError(f"predictions differ by up to {worst:.3g} (relative) on {len(probes)} probe rows")
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep scikit-learn
+        reason = f"Treelite cannot predict {type(estimator).__name__} exactly: {exc}"
+        if mode == "treelite":
+            raise RuntimeUnavailable(f"serving.model_runtime is treelite, but {reason}") from exc
+        log.info("%s; predicting with scikit-learn", reason)
+        return Scorer("sklearn", sklearn_predict, reason)
+    return Scorer("treelite", predict, f"{inputs} inputs, agrees to {worst:.1e} (relative) on {len(probes)} probe rows")
+
+
+def _regressor_parts(estimator) -> tuple[Callable[[np.ndarray], np.ndarray], dict, str]:
+    """``predict`` of a tree regressor walked by Treelite, or of a ``StackingRegressor`` (without
+    passthrough) whose tree parts are: the spend model is trees under a log-linked GLM (train.spend),
+    whose final step is computed here as scikit-learn does it (``exp(log(trees) @ coef + intercept)``)
+    and otherwise left to scikit-learn's own ``predict``."""
+    if type(estimator).__name__ != "StackingRegressor":
+        response, dump, inputs = _treelite_response(estimator, margin=False, reference=estimator.predict)
+        return response, dump, inputs
+    if estimator.passthrough:
+        raise ValueError("a stack with passthrough is not compiled")
+    walks, dump, inputs = [], None, ""
+    for part in estimator.estimators_:
+        if part == "drop":
+            continue
+        trees = _unfrozen(part)
+        try:
+            response, found, kind = _treelite_response(trees, margin=False, reference=trees.predict)
+            walks.append(response)
+            dump, inputs = dump or found, inputs or kind
+        except Exception:  # noqa: BLE001 - not trees: scikit-learn predicts it
+            walks.append(part.predict)
+    if dump is None:
+        raise ValueError("the stack has no tree part")
+    final = _log_glm(estimator.final_estimator_)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        meta = np.column_stack([walk(rows) for walk in walks])
+        return np.asarray(final(meta), dtype=np.float64).reshape(len(rows))
+
+    return predict, dump, inputs
+
+
+def _log_glm(final) -> Callable[[np.ndarray], np.ndarray]:
+    """The final estimator's ``predict``; for ``Pipeline(FunctionTransformer(np.log), <log-link GLM>)``
+    the same arithmetic without scikit-learn's input checks on every call (~0.1-0.2 ms each)."""
+    steps = getattr(final, "steps", None)
+    if steps and len(steps) == 2:
+        transform, glm = steps[0][1], steps[1][1]
+        link = getattr(getattr(getattr(glm, "_base_loss", None), "link", None), "inverse", None)
+        if (type(transform).__name__ == "FunctionTransformer" and transform.func is np.log
+                and not transform.kw_args and getattr(glm, "coef_", None) is not None and link is not None):
+            coef, intercept = np.asarray(glm.coef_, dtype=np.float64), float(glm.intercept_)
+            return lambda meta: link(np.log(meta) @ coef + intercept)
+    return final.predict
+
+
 def _unfrozen(estimator):
     return getattr(estimator, "estimator", estimator) if type(estimator).__name__ == "FrozenEstimator" else estimator
 
 
-def _treelite_response(trees, margin: bool) -> tuple[Callable[[np.ndarray], np.ndarray], dict, str]:
-    """Treelite's walk of ``trees`` giving their decision function (``margin``) or P(class 1), checked
-    against the model's own answer on threshold probes; with the input precision that agrees."""
+def _treelite_response(trees, margin: bool, reference=None) -> tuple[Callable[[np.ndarray], np.ndarray], dict, str]:
+    """Treelite's walk of ``trees`` giving their decision function (``margin``) or P(class 1) (or, with
+    ``reference``, what that method of theirs answers: a regressor's ``predict``), checked against the
+    model's own answer on threshold probes; with the input precision that agrees."""
     import treelite.gtil
     import treelite.sklearn
 
@@ -179,12 +254,16 @@ def _treelite_response(trees, margin: bool) -> tuple[Callable[[np.ndarray], np.n
         return np.asarray(out.reshape(len(rows), -1)[:, -1], dtype=np.float64)
 
     probes = probe_rows(dump, int(dump["num_feature"]))
-    expected = np.asarray(trees.decision_function(probes) if margin else trees.predict_proba(probes)[:, 1],
-                          dtype=np.float64).reshape(len(probes))
+    if reference is not None:
+        expected = np.asarray(reference(probes), dtype=np.float64).reshape(len(probes))
+    else:
+        expected = np.asarray(trees.decision_function(probes) if margin else trees.predict_proba(probes)[:, 1],
+                              dtype=np.float64).reshape(len(probes))
+    scale = np.maximum(1.0, np.abs(expected))  # a regressor's values may be large: agreement is relative to them
     worst = {}
     # float64 for HistGradientBoosting; scikit-learn's classic trees (forests, GradientBoosting) compare float32.
     for dtype, name in ((np.float64, "float64"), (np.float32, "float32")):
-        worst[name] = float(np.max(np.abs(walk(probes, dtype) - expected)))
+        worst[name] = float(np.max(np.abs(walk(probes, dtype) - expected) / scale))
         if worst[name] <= AGREEMENT:
             return (lambda rows, dtype=dtype: walk(rows, dtype)), dump, name
     raise ValueError(f"the trees' response differs by up to {min(worst.values()):.3g} on {len(probes)} probe rows")

@@ -114,3 +114,40 @@ def test_a_stack_as_train_registers_it_walks_its_trees_in_treelite_with_the_same
     expected = model.predict_proba(pd.DataFrame(rows, columns=frame.columns))[:, 1]
     assert np.max(np.abs(scorer.score(rows) - expected)) <= 1e-12
     assert scorer.score(rows[:1])[0] == pytest.approx(expected[0], abs=1e-12)
+
+
+def test_the_spend_model_as_train_registers_it_is_predicted_by_treelite_with_the_same_values(data):
+    """train.spend registers trees under a log-linked Poisson fit (a StackingRegressor): scikit-learn's
+    predict walks its trees from Python on every request (0.1 s a call on the 50,000-customer bench model
+    under load). Treelite walks them, the Poisson step is the same arithmetic, the values are the model's."""
+    import pandas as pd
+
+    from storeflow.components.train.spend import fit_spend
+    from storeflow.serving.runtime import build_regressor
+
+    x, _ = data
+    rng = np.random.default_rng(4)
+    spend = rng.poisson(np.exp(0.3 * x[:, 1] + 2 * x[:, 3])) * rng.gamma(2.0, 30.0, len(x))
+    frame = pd.DataFrame(x, columns=["spend", "orders", "days", "p_order"])
+    model, _ = fit_spend({"max_iter": 60, "random_state": 0}, frame[:2000], spend[:2000], frame[2000:], spend[2000:])
+    predictor = build_regressor(model, "treelite")
+    assert predictor.runtime == "treelite", predictor.reason
+    rows = np.vstack([np.column_stack([rng.uniform(0, 600, 300), rng.integers(0, 12, 300),
+                                       rng.uniform(-50, 500, 300), rng.uniform(0, 1, 300)]), x[:300]])
+    expected = model.predict(pd.DataFrame(rows, columns=frame.columns))
+    assert np.max(np.abs(predictor.score(rows) - expected) / expected) <= 1e-12
+    assert predictor.score(rows[:1])[0] == pytest.approx(expected[0], rel=1e-12)
+
+
+def test_a_regressor_treelite_cannot_import_keeps_scikit_learn_and_says_why(data):
+    from sklearn.linear_model import PoissonRegressor
+
+    from storeflow.serving.runtime import build_regressor
+
+    x, _ = data
+    model = PoissonRegressor().fit(x, x[:, 1])
+    predictor = build_regressor(model)
+    assert predictor.runtime == "sklearn" and "PoissonRegressor" in predictor.reason
+    assert np.array_equal(predictor.score(x[:5]), model.predict(x[:5]))
+    with pytest.raises(RuntimeUnavailable, match="serving.model_runtime is treelite"):
+        build_regressor(model, "treelite")
