@@ -19,7 +19,8 @@ from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, ValidationError,
+                      field_validator, model_serializer, model_validator)
 from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
@@ -129,6 +130,21 @@ class SyntheticStoreConfig(Section):
     products: int = Field(400, gt=0)
     end: datetime = Field(datetime(2026, 11, 1), description="Time of the last possible order (UTC).")
     seed: int = 7
+    fraud_rate: float = Field(
+        0.0, ge=0.0, le=0.02,
+        description="Share of extra, fraudulent orders (new accounts with high-value orders, country mismatches, bursts "
+                    "from one customer or address, discount abuse; about 0.003 is realistic), with what a store records "
+                    "of them (chargebacks, fraud cancellations, refunds after a dispute) and the order fields a risk "
+                    "model reads (addresses, gateway, cancel reason, disputes). 0 writes the store without them.")
+
+    @model_serializer(mode="wrap")
+    def _without_fraud_when_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
+        # A store without fraud dumps as before the switch existed, so the cached stores keyed by this dump
+        # (ingest.synthetic_store) and the snapshots named by their bytes stay valid.
+        data = handler(self)
+        if self.fraud_rate == 0.0:
+            data.pop("fraud_rate", None)
+        return data
 
 
 class IngestConfig(Section):
@@ -209,6 +225,9 @@ class FeaturesConfig(Section):
             "btyd_p_order",  # BG/NBD's P(an order within the horizon): what train.stack builds on
         ]
     )
+    btyd_fit_customers: int = Field(
+        50_000, ge=1_000, description="The BTYD baselines (BG/NBD, Pareto/NBD, Gamma-Gamma) are fitted on a uniform "
+                                      "sample of at most this many customers; every customer is still scored.")
 
 
 class TrainConfig(Section):

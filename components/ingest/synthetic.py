@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from storeflow.components.config import SyntheticStoreConfig
+from storeflow.components.ingest.synthetic_fraud import APP_PROVIDER, FraudColumns, add_fraud, order_tails
 
 # Bump when the same config would produce different output, so cached stores are regenerated.
 GENERATOR_VERSION = 2
@@ -109,6 +110,7 @@ class _Store:
     item_order: np.ndarray
     item_product: np.ndarray
     item_quantity: np.ndarray
+    fraud: FraudColumns | None = None  # config.fraud_rate > 0: the orders' risk fields (synthetic_fraud)
 
 
 def generate_store(config: SyntheticStoreConfig, path: Path, process: str = "gamma-churn") -> Path:
@@ -117,6 +119,9 @@ def generate_store(config: SyntheticStoreConfig, path: Path, process: str = "gam
     if process not in PROCESSES:
         raise ValueError(f"unknown purchase process {process!r}; one of {', '.join(PROCESSES)}")
     store = _simulate(config, process)
+    if config.fraud_rate > 0:
+        end = _end_seconds(config)
+        store = add_fraud(store, config.fraud_rate, config.seed, end - config.days * DAY, end, list(CATEGORIES))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -460,6 +465,10 @@ def _order_lines(store: _Store, chunk: slice, rate: np.ndarray, updated: np.ndar
     risk = ['{"riskLevel":"%s"}' % level for level in store.order_risk[chunk].tolist()]
     assessments = [f'{own},{{"riskLevel":"{extra}"}}' if extra else own
                    for own, extra in zip(risk, store.order_risk_app[chunk].tolist())]
+    if store.fraud is not None:  # who assessed: Shopify (provider null) or the app
+        assessments = [f'{{"riskLevel":"{own}","provider":null}}'
+                       + (f',{{"riskLevel":"{extra}","provider":{{"title":"{APP_PROVIDER}"}}}}' if extra else "")
+                       for own, extra in zip(store.order_risk[chunk].tolist(), store.order_risk_app[chunk].tolist())]
     refunds = [""] * len(index)
     where = np.flatnonzero(refunded)
     for position, refund in zip(where.tolist(), zip(
@@ -472,7 +481,7 @@ def _order_lines(store: _Store, chunk: slice, rate: np.ndarray, updated: np.ndar
         for name, values in (("total", store.order_total), ("subtotal", store.order_subtotal),
                              ("discount", store.order_discount))
     }
-    return [
+    lines = [
         ORDER_LINE % (order_id, 1001 + i, emails[c], created, updated_at, cancelled, SHOP_CURRENCY, status,
                       total, SHOP_CURRENCY, total_p, cur, sub, SHOP_CURRENCY, sub_p, cur,
                       disc, SHOP_CURRENCY, disc_p, cur, customer_ids[c], risks, refund)
@@ -482,3 +491,6 @@ def _order_lines(store: _Store, chunk: slice, rate: np.ndarray, updated: np.ndar
                              store.order_status[chunk].tolist(), store.order_currency[chunk].tolist(),
                              *money["total"], *money["subtotal"], *money["discount"], assessments, refunds)
     ]
+    if store.fraud is not None:
+        lines = [line[:-1] + tail for line, tail in zip(lines, order_tails(store.fraud, chunk))]
+    return lines
