@@ -98,7 +98,8 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     snapshots = customer_features(tables, [*cutoffs, as_of])
     # The baselines see only history before the holdout; their outputs are features at every snapshot.
     holdout_start = pd.Timestamp(holdout_cutoffs[0])
-    fitted = btyd.fit(snapshots[snapshots["event_timestamp"] == holdout_start], holdout_start.to_pydatetime())
+    fitted = btyd.fit(snapshots[snapshots["event_timestamp"] == holdout_start], holdout_start.to_pydatetime(),
+                      max_customers=settings.features.btyd_fit_customers)
     snapshots = pd.concat([snapshots, btyd.btyd_features(fitted, snapshots, label.horizon_days)], axis=1)
     btyd.save(fitted, btyd_model_path(settings))
     _write_source(snapshots, source_path(settings, CUSTOMER_VIEW))

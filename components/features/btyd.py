@@ -72,9 +72,17 @@ def spend_inputs(features: pd.DataFrame) -> pd.DataFrame:
                          "monetary_value": features["avg_order_value"].to_numpy(dtype=float)})
 
 
-def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True) -> Fitted:
+def fit(snapshot: pd.DataFrame, fitted_before: datetime, pareto: bool = True, max_customers: int | None = None,
+        seed: int = 0) -> Fitted:
     """MAP fits on one snapshot's rows (one per customer, all history strictly before ``fitted_before``).
-    Gamma-Gamma sees the customers with a repeat order and a positive order value, as the model assumes."""
+    Gamma-Gamma sees the customers with a repeat order and a positive order value, as the model assumes.
+
+    ``max_customers``: fit on a uniform sample (seeded) of at most this many rows. The models have four
+    population parameters (BG/NBD: r, alpha, a, b), which tens of thousands of customers pin down, while
+    the fit costs grow with the rows: Pareto/NBD's MAP took 192 s on 200,000 customers here (17 s on
+    20,000), so a 500,000-customer store never finished. Scoring stays per row, for every customer."""
+    if max_customers is not None and len(snapshot) > max_customers:
+        snapshot = snapshot.sample(n=max_customers, random_state=seed).sort_index()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pymc_marketing.clv import BetaGeoModel, GammaGammaModel, ParetoNBDModel
