@@ -30,13 +30,10 @@ Every order (legitimate or not) gains the fields a risk model reads: shipping an
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import orjson
-
-if TYPE_CHECKING:
-    from storeflow.components.ingest.synthetic import _Store
 
 DAY, HOUR = 86_400, 3_600
 PATTERNS = ("new_account", "burst", "discount_abuse", "takeover")
@@ -72,8 +69,8 @@ class FraudColumns:
     dispute_status: np.ndarray
 
 
-def add_fraud(store: _Store, rate: float, seed: int, start: int, end: int, categories: list[str]) -> _Store:
-    """The store with about ``rate`` x its orders added as fraud campaigns, every order's risk fields, and the
+def add_fraud(store: Any, rate: float, seed: int, start: int, end: int, categories: list[str]) -> Any:
+    """The store (synthetic._Store; not imported here, it imports this module) with about ``rate`` x its orders added as fraud campaigns, every order's risk fields, and the
     store's traces of fraud (cancellations, disputes, refunds, Shopify's risk level); orders re-sorted by time."""
     if not 0 < rate <= 0.02:
         raise ValueError(f"synthetic.fraud_rate must be in (0, 0.02], got {rate}")

@@ -1,0 +1,142 @@
+"""Read the order fields of ``query.graphql`` (the risk bulk operation) from bulk JSONL into one frame.
+
+Lines of other records (line items, customers, products) and fields of ingest's own query are skipped, so
+the same file ingest reads (a synthetic store with ``synthetic.fraud_rate``) or the separate result file of
+the ``OrderRisk`` operation both work. One row per order:
+
+``order_id``, ``cancel_reason`` (null when not cancelled), ``gateway`` (``paymentGatewayNames`` joined with
+``+``), ``ship_country``, ``bill_country``, ``address_key`` (a digest of shipping address1, zip and country:
+velocity by address without keeping the address), ``dispute_type`` (CHARGEBACK before INQUIRY), ``dispute_status``
+(of that dispute), ``disputes`` (how many) and ``shopify_risk_level`` (Shopify's own assessment: the one
+without a provider; null when Shopify has not assessed the order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from storeflow.components.ingest.errors import IngestError
+from storeflow.components.ingest.gids import split_gids
+
+_str = pa.string()
+RISK_SCHEMA = pa.schema([
+    ("id", _str),
+    ("cancelReason", _str),
+    ("paymentGatewayNames", pa.list_(_str)),
+    ("shippingAddress", pa.struct([("address1", _str), ("zip", _str), ("countryCodeV2", _str)])),
+    ("billingAddress", pa.struct([("countryCodeV2", _str)])),
+    ("disputes", pa.list_(pa.struct([("id", _str), ("initiatedAs", _str), ("status", _str)]))),
+    ("risk", pa.struct([("assessments", pa.list_(pa.struct([
+        ("riskLevel", _str), ("provider", pa.struct([("title", _str)]))])))])),
+])
+RISK_FIELDS = ("cancelReason", "paymentGatewayNames", "shippingAddress", "billingAddress", "disputes")
+# Shopify's enums (Admin GraphQL): OrderCancelReason, DisputeType, DisputeStatus, RiskAssessmentResult.
+CANCEL_REASONS = frozenset({"CUSTOMER", "DECLINED", "FRAUD", "INVENTORY", "OTHER", "STAFF"})
+DISPUTE_TYPES = ("CHARGEBACK", "INQUIRY")
+DISPUTE_STATUSES = frozenset({"ACCEPTED", "LOST", "NEEDS_RESPONSE", "PREVENTED", "UNDER_REVIEW", "WON",
+                              "CHARGE_REFUNDED"})
+RISK_LEVELS = {"NONE": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3}  # PENDING: not assessed yet (null)
+COLUMNS = ("order_id", "cancel_reason", "gateway", "ship_country", "bill_country", "address_key", "dispute_type",
+           "dispute_status", "disputes", "shopify_risk_level")
+BATCH_BYTES = 32 << 20
+# The frame's columns as arrow types (what features register in DuckDB, whatever pandas inferred).
+TABLE_SCHEMA = pa.schema([("order_id", pa.int64()), *((name, _str) for name in COLUMNS[1:8]), ("disputes", pa.int64()),
+                          ("shopify_risk_level", _str)])
+
+
+def read_risk_fields(paths: Sequence[Path]) -> pd.DataFrame:
+    """The risk fields of every order in the bulk JSONL ``paths`` (see the module docstring); an
+    :class:`IngestError` names the file and the problem when a value is not Shopify's or no order has them."""
+    frames = [frame for path in paths for frame in _read(Path(path))]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    return frame.drop_duplicates("order_id", keep="last").reset_index(drop=True)
+
+
+def _read(path: Path) -> list[pd.DataFrame]:
+    options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
+    frames, present = [], 0
+    try:
+        batches = list(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES),
+                                        parse_options=options))
+    except pa.ArrowInvalid as exc:
+        raise IngestError(f"cannot be read as bulk JSONL with the order risk fields: {exc}", path) from None
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        kind, number = split_gids(table["id"])
+        orders = pc.fill_null(pc.equal(kind, "Order"), False)
+        table, number = table.filter(orders), number.filter(orders)
+        if table.num_rows == 0:
+            continue
+        present += sum(table.num_rows - table[name].null_count for name in RISK_FIELDS)
+        frames.append(_frame(table, number, path))
+    if frames and present == 0:
+        raise IngestError("no order has any of " + ", ".join(RISK_FIELDS) + ": not an export of the OrderRisk "
+                          "query (components/risk/query.graphql), or a synthetic store without synthetic.fraud_rate",
+                          path)
+    return frames
+
+
+def _frame(table: pa.Table, number: pa.ChunkedArray, path: Path) -> pd.DataFrame:
+    n = table.num_rows
+    ids = number.to_numpy()
+    reason = table["cancelReason"].to_pandas()
+    _check(reason, CANCEL_REASONS, "cancelReason", ids, path)
+    gateways = pc.binary_join(table["paymentGatewayNames"], "+").to_pandas()
+    ship = table["shippingAddress"].combine_chunks()
+    bill = table["billingAddress"].combine_chunks()
+    ship_country = pc.struct_field(ship, "countryCodeV2").to_pandas()
+    address = pd.Series(pc.binary_join_element_wise(
+        pc.utf8_upper(pc.utf8_trim_whitespace(pc.fill_null(pc.struct_field(ship, "address1"), ""))),
+        pc.utf8_upper(pc.utf8_trim_whitespace(pc.fill_null(pc.struct_field(ship, "zip"), ""))),
+        pc.fill_null(pc.struct_field(ship, "countryCodeV2"), ""), "|").to_pylist())
+    address_key = address.where(ship_country.notna()).map(
+        lambda text: hashlib.sha256(text.encode()).hexdigest()[:16], na_action="ignore")
+
+    disputes = table["disputes"].combine_chunks()
+    flat = pc.list_flatten(disputes)
+    parent = pc.list_parent_indices(disputes).to_numpy()
+    kinds = pc.struct_field(flat, "initiatedAs").to_pandas()
+    statuses = pc.struct_field(flat, "status").to_pandas()
+    _check(kinds, frozenset(DISPUTE_TYPES), "disputes.initiatedAs", ids[parent], path)
+    _check(statuses, DISPUTE_STATUSES, "disputes.status", ids[parent], path)
+    listed = pd.DataFrame({"row": parent, "kind": kinds, "status": statuses,
+                           "rank": kinds.map({kind: rank for rank, kind in enumerate(DISPUTE_TYPES)})})
+    first = listed.sort_values(["row", "rank"], kind="stable").drop_duplicates("row").set_index("row")
+    count = np.bincount(parent, minlength=n) if len(parent) else np.zeros(n, dtype=np.int64)
+
+    assessments = pc.list_flatten(pc.struct_field(table["risk"].combine_chunks(), "assessments"))
+    owner = pc.list_parent_indices(pc.struct_field(table["risk"].combine_chunks(), "assessments")).to_numpy()
+    levels = pc.struct_field(assessments, "riskLevel").to_pandas()
+    _check(levels, frozenset({*RISK_LEVELS, "PENDING"}), "risk.assessments.riskLevel", ids[owner], path)
+    shopify = pd.DataFrame({"row": owner, "rank": levels.map(RISK_LEVELS)})[
+        pc.is_null(pc.struct_field(assessments, "provider")).to_numpy(zero_copy_only=False)]
+    highest = shopify.dropna().groupby("row")["rank"].max().map({rank: level for level, rank in RISK_LEVELS.items()})
+    rows = pd.RangeIndex(n)
+    return pd.DataFrame({
+        "order_id": ids.astype(np.int64),
+        "cancel_reason": reason,
+        "gateway": gateways,
+        "ship_country": ship_country,
+        "bill_country": pc.struct_field(bill, "countryCodeV2").to_pandas(),
+        "address_key": address_key,
+        "dispute_type": first["kind"].reindex(rows).to_numpy(),
+        "dispute_status": first["status"].reindex(rows).to_numpy(),
+        "disputes": count.astype(np.int64),
+        "shopify_risk_level": highest.reindex(rows).to_numpy(),
+    }, columns=list(COLUMNS))
+
+
+def _check(values: pd.Series, allowed: frozenset, field: str, ids: np.ndarray, path: Path) -> None:
+    bad = values.notna() & ~values.isin(allowed)
+    if bad.any():
+        where = int(np.flatnonzero(bad.to_numpy())[0])
+        raise IngestError(f"{field} {values.iloc[where]!r} of order {int(ids[where])} is not one of "
+                          + ", ".join(sorted(allowed)), path)
