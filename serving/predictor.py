@@ -4,7 +4,9 @@ In the cluster it is its own container, ``python -m storeflow.serving.predictor 
 reading the MLflow model directory that KServe's storage initializer put at ``/mnt/models``
 (``--model_dir`` to change). It answers V2 requests whose input ``features`` is FP64 ``[n, k]``
 (columns in the model's training order, see the model metadata) with output ``score`` FP64 ``[n]``,
-and V1 ``{"instances": [[...k floats], ...]}`` with ``{"predictions": [score, ...]}``.
+and V1 ``{"instances": [[...k floats], ...]}`` with ``{"predictions": [score, ...]}``. A version that
+carries a spend model (train.spend) adds ``expected_spend`` FP64 ``[n]`` and ``spend_tier`` BYTES ``[n]``
+(V1: the same keys, lists beside ``predictions``), which the cluster's transformer passes on.
 Locally the transformer calls :meth:`StoreflowPredictor.score` in process, through a micro-batcher.
 
 Loading needs no ``import mlflow`` for the models storeflow logs (sklearn flavor, skops format): the
@@ -24,7 +26,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from storeflow.serving.protocol import FEATURES_INPUT, SCORE_OUTPUT, VERSION_HEADER
+from storeflow.serving.protocol import FEATURES_INPUT, SCORE_OUTPUT, SPEND_OUTPUT, SPEND_TIER_OUTPUT, VERSION_HEADER
 from storeflow.serving.runtime import Scorer, build_scorer
 
 DEFAULT_MODEL_DIR = "/mnt/models"
@@ -151,20 +153,33 @@ class StoreflowPredictor(Model):
     async def predict(self, payload, headers=None, response_headers=None):
         rows = self._matrix(payload)
         scores = self.score(rows)
+        spend = self.expected_spend(rows)
         if response_headers is not None:
             response_headers[VERSION_HEADER] = self.version
         if isinstance(payload, InferRequest):
             output = InferOutput(SCORE_OUTPUT, list(scores.shape), "FP64")
             output.set_data_from_numpy(scores, binary_data=False)
-            return InferResponse(payload.id or "", self.name, [output], model_version=self.version)
-        return {"predictions": scores.tolist(), "model_name": self.registered_name, "model_version": self.version}
+            outputs = [output]
+            if spend is not None:
+                amount, tier = InferOutput(SPEND_OUTPUT, [len(rows)], "FP64"), InferOutput(SPEND_TIER_OUTPUT,
+                                                                                          [len(rows)], "BYTES")
+                amount.set_data_from_numpy(spend[0], binary_data=False)
+                tier.set_data_from_numpy(np.array([t.encode() for t in spend[1]], dtype=np.object_), binary_data=False)
+                outputs += [amount, tier]
+            return InferResponse(payload.id or "", self.name, outputs, model_version=self.version)
+        answer = {"predictions": scores.tolist(), "model_name": self.registered_name, "model_version": self.version}
+        if spend is not None:
+            answer |= {SPEND_OUTPUT: spend[0].tolist(), SPEND_TIER_OUTPUT: spend[1].tolist()}
+        return answer
 
     def get_input_types(self) -> list[dict]:
         return [{"name": FEATURES_INPUT, "datatype": "FP64", "shape": [-1, len(self.columns)],
                  "parameters": {"columns": ",".join(self.columns)}}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": SCORE_OUTPUT, "datatype": "FP64", "shape": [-1]}]
+        spend = [] if self.spend is None else [{"name": SPEND_OUTPUT, "datatype": "FP64", "shape": [-1]},
+                                               {"name": SPEND_TIER_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+        return [{"name": SCORE_OUTPUT, "datatype": "FP64", "shape": [-1]}, *spend]
 
 
 def main(argv: list[str] | None = None) -> None:

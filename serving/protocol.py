@@ -8,6 +8,11 @@ pieces around KServe), so a name is spelled once.
 # The predictor's V2 tensors: input FP64 [n, k] in training column order, output FP64 [n].
 FEATURES_INPUT = "features"
 SCORE_OUTPUT = "score"
+# Expected spend in the label horizon (FP64 [n]) and its tier (BYTES [n]: LOW, MEDIUM or HIGH), beside the
+# score when the version carries a spend model (train.spend): the predictor's V2 outputs and V1 answer keys,
+# and the transformer's, V1 and V2 alike.
+SPEND_OUTPUT = "expected_spend"
+SPEND_TIER_OUTPUT = "spend_tier"
 
 # The answering version, on every response. Behind a transformer it is how the version gets back:
 # KServe's V2 REST client (InferResponse.from_bytes) drops the body's model_version.

@@ -12,6 +12,12 @@ validated and logged for monitoring and future models, not a model input today):
   → outputs ``score`` FP64 ``[n]``, ``model_version`` BYTES ``[n]``, ``fallback`` BOOL ``[n]``;
   the response's ``model_version`` is the answering version (comma-joined if a request was split).
 
+When the answering versions carry a spend model (train.spend), both answers add the expected spend in the
+label horizon, rounded to cents, and its tier (LOW, MEDIUM or HIGH, Shopify's predicted spend tiers): V1
+``"expected_spend": 182.4, "spend_tier": "HIGH"`` per prediction, V2 outputs ``expected_spend`` FP64 ``[n]``
+and ``spend_tier`` BYTES ``[n]``. Behind a ``--predictor_host`` the predictor computes them and sends them
+back with the scores.
+
 Every response carries the ``x-storeflow-model-version`` header. Locally (``storeflow serve``) the
 predictors run in this process behind micro-batchers (with scores remembered by exact feature row, see
 :mod:`storeflow.serving.batching`), with a sticky canary split (hash of the customer id); in the cluster, ``python -m storeflow.serving.transformer --model_name <name> --predictor_host
@@ -44,6 +50,8 @@ from storeflow.serving.protocol import (
     PIN_HEADER,
     SCORE_OUTPUT,
     SHOP_HEADER,
+    SPEND_OUTPUT,
+    SPEND_TIER_OUTPUT,
     VERSION_HEADER,
 )
 from storeflow.serving.v1 import v1_request
@@ -309,7 +317,8 @@ class StoreflowTransformer(Model):
         await self._spend(scoring)
 
     async def _spend(self, scoring: Scoring) -> None:
-        """Expected spend and spend tier beside the score (V1 answers), from each version's spend model."""
+        """Expected spend and spend tier beside the score, from each version's spend model (none unless
+        every answering version has one)."""
         import asyncio
 
         predictors = {v: self.predictors[v] for v in dict.fromkeys(scoring.versions)}
@@ -341,13 +350,23 @@ class StoreflowTransformer(Model):
         if isinstance(answer, InferResponse):
             output = answer.get_output_by_name(SCORE_OUTPUT)
             scores, version = output.as_numpy().astype(np.float64).reshape(-1), answer.model_version
+            spend, tiers = ([None if o is None else o.as_numpy().reshape(-1).tolist()
+                             for o in map(answer.get_output_by_name, (SPEND_OUTPUT, SPEND_TIER_OUTPUT))])
         else:
             scores, version = np.asarray(answer["predictions"], dtype=np.float64), answer.get("model_version")
+            spend, tiers = answer.get(SPEND_OUTPUT), answer.get(SPEND_TIER_OUTPUT)
         if len(scores) != len(rows):
             raise InferenceError(f"predictor answered {len(scores)} scores for {len(rows)} customers")
         version = upstream.get(VERSION_HEADER) or version
         scoring.scores = scores
         scoring.versions = [str(version or "unknown")] * len(scores)
+        if spend is not None or tiers is not None:  # the version carries a spend model (train.spend)
+            if spend is None or tiers is None or len(spend) != len(rows) or len(tiers) != len(rows):
+                raise InferenceError(f"predictor answered {SPEND_OUTPUT} and {SPEND_TIER_OUTPUT} for "
+                                     f"{'no' if spend is None else len(spend)} and "
+                                     f"{'no' if tiers is None else len(tiers)} of {len(rows)} customers")
+            scoring.spend = np.asarray(spend, dtype=np.float64)
+            scoring.spend_tiers = np.array([_ref(t) for t in tiers], dtype=object)
 
     # -- postprocess ---------------------------------------------------------------------------------
     async def postprocess(self, scoring: Scoring, headers=None, response_headers=None):
@@ -362,31 +381,41 @@ class StoreflowTransformer(Model):
             metrics.FALLBACK_ROWS.inc(fallbacks)
         if self.log is not None:
             self._log(scoring, headers or {})
+        spend = tiers = None  # the same values in V1 and V2 answers: spend rounded to cents, tiers as str
+        if scoring.spend is not None:
+            spend = [round(float(amount), 2) for amount in scoring.spend]
+            tiers = [str(tier) for tier in scoring.spend_tiers]
         if scoring.v2_request is None:
             answers = [
                 {"customer_id": ref, "score": float(score), "fallback": bool(fb), "model_name": self.registered_name,
                  "model_version": version}
                 for ref, score, fb, version in zip(scoring.refs, scoring.scores, scoring.fallback, scoring.versions)]
-            if scoring.spend is not None:
-                for answer, spend, tier in zip(answers, scoring.spend, scoring.spend_tiers):
-                    answer["expected_spend"], answer["spend_tier"] = round(float(spend), 2), str(tier)
+            if spend is not None:
+                for answer, amount, tier in zip(answers, spend, tiers):
+                    answer[SPEND_OUTPUT], answer[SPEND_TIER_OUTPUT] = amount, tier
             return {"predictions": answers}
         request = scoring.v2_request
         n = len(scoring.ids)
         if not request.use_binary_outputs and not request.request_outputs:
-            # What InferResponse.to_rest() would give for these three JSON outputs, without building it.
-            return orjson.dumps({
-                "id": request.id or "", "model_name": self.name, "model_version": answered,
-                "outputs": [{"name": SCORE_OUTPUT, "shape": [n], "datatype": "FP64", "data": scores},
-                            {"name": "model_version", "shape": [n], "datatype": "BYTES", "data": scoring.versions},
-                            {"name": "fallback", "shape": [n], "datatype": "BOOL", "data": scoring.fallback.tolist()}],
-                "parameters": {"registered_model": self.registered_name}})
+            # What InferResponse.to_rest() would give for these JSON outputs, without building it.
+            outputs = [{"name": SCORE_OUTPUT, "shape": [n], "datatype": "FP64", "data": scores},
+                       {"name": "model_version", "shape": [n], "datatype": "BYTES", "data": scoring.versions},
+                       {"name": "fallback", "shape": [n], "datatype": "BOOL", "data": scoring.fallback.tolist()}]
+            if spend is not None:
+                outputs += [{"name": SPEND_OUTPUT, "shape": [n], "datatype": "FP64", "data": spend},
+                            {"name": SPEND_TIER_OUTPUT, "shape": [n], "datatype": "BYTES", "data": tiers}]
+            return orjson.dumps({"id": request.id or "", "model_name": self.name, "model_version": answered,
+                                 "outputs": outputs, "parameters": {"registered_model": self.registered_name}})
         outputs = [InferOutput(SCORE_OUTPUT, [n], "FP64"), InferOutput("model_version", [n], "BYTES"),
                    InferOutput("fallback", [n], "BOOL")]
         outputs[0].set_data_from_numpy(scoring.scores.astype(np.float64), binary_data=False)
         outputs[1].set_data_from_numpy(np.array([v.encode() for v in scoring.versions], dtype=np.object_),
                                        binary_data=False)
         outputs[2].set_data_from_numpy(scoring.fallback.astype(bool), binary_data=False)
+        if spend is not None:
+            outputs += [InferOutput(SPEND_OUTPUT, [n], "FP64"), InferOutput(SPEND_TIER_OUTPUT, [n], "BYTES")]
+            outputs[3].set_data_from_numpy(np.array(spend, dtype=np.float64), binary_data=False)
+            outputs[4].set_data_from_numpy(np.array([t.encode() for t in tiers], dtype=np.object_), binary_data=False)
         response = InferResponse(request.id or "", self.name, outputs, model_version=answered,
                                  parameters={"registered_model": self.registered_name},
                                  use_binary_outputs=request.use_binary_outputs,
@@ -424,7 +453,10 @@ class StoreflowTransformer(Model):
     def get_output_types(self) -> list[dict]:
         return [{"name": SCORE_OUTPUT, "datatype": "FP64", "shape": [-1]},
                 {"name": "model_version", "datatype": "BYTES", "shape": [-1]},
-                {"name": "fallback", "datatype": "BOOL", "shape": [-1]}]
+                {"name": "fallback", "datatype": "BOOL", "shape": [-1]},
+                # when the answering version carries a spend model (train.spend)
+                {"name": SPEND_OUTPUT, "datatype": "FP64", "shape": [-1], "parameters": {"optional": True}},
+                {"name": SPEND_TIER_OUTPUT, "datatype": "BYTES", "shape": [-1], "parameters": {"optional": True}}]
 
     def stop(self) -> None:
         for batcher in self.batchers.values():
