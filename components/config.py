@@ -225,6 +225,8 @@ class FeaturesConfig(Section):
             "btyd_p_order",  # BG/NBD's P(an order within the horizon): what train.stack builds on
         ]
     )
+    duckdb_memory_mb: int = Field(2048, ge=256, description="DuckDB's memory while it computes the feature rows; "
+                                                             "past it, it spills to disk under the state directory.")
     btyd_fit_customers: int = Field(
         50_000, ge=1_000, description="The BTYD baselines (BG/NBD, Pareto/NBD, Gamma-Gamma) are fitted on a uniform "
                                       "sample of at most this many customers; every customer is still scored.")

@@ -115,6 +115,14 @@ def read_table(snapshot: Path, name: str) -> pd.DataFrame:
     return pq.read_table(path, schema=SCHEMAS[name]).to_pandas()
 
 
+def read_columns(snapshot: Path, name: str, columns: list[str]) -> pd.DataFrame:
+    """Some columns of one table of an ingested snapshot (a large store's table is read only in part)."""
+    path = table_path(snapshot, name)
+    if not path.exists():
+        raise FileNotFoundError(f"table '{name}' not found at {path}: run the ingest stage first")
+    return pq.read_table(path, schema=SCHEMAS[name], columns=columns).to_pandas()
+
+
 def read_tables(snapshot: Path) -> dict[str, pd.DataFrame]:
     return {name: read_table(snapshot, name) for name in TABLES}
 

@@ -155,3 +155,29 @@ def test_before_any_features_run_live_btyd_features_are_missing_not_invented(tmp
     rows = customer_features(store_tables, [pd.Timestamp("2030-01-01", tz="UTC").to_pydatetime()])
     scored = LiveScorer(tmp_path / "absent.nc").features(rows, 60)
     assert list(scored.columns) == list(BTYD_FEATURES) and scored.isna().all().all() and len(scored) == len(rows)
+
+
+def test_a_snapshot_is_read_by_duckdb_from_its_files_with_the_rows_of_the_in_memory_tables(
+        store_tables, tmp_path: Path) -> None:
+    """Large stores: the feature rows go from the snapshot's Parquet files to Parquet inside DuckDB, under
+    a memory limit that spills, never through a pandas frame; the rows are those of the frames' path."""
+    from storeflow.components.features.compute import write_customer_features
+
+    snapshot = write_snapshot(store_tables, tmp_path / "snapshot")
+    times = [pd.Timestamp("2025-10-01", tz="UTC").to_pydatetime(), pd.Timestamp("2026-06-01", tz="UTC").to_pydatetime()]
+    out = tmp_path / "rows.parquet"
+    written = write_customer_features(snapshot, times, out, memory_limit_mb=256, spill_dir=tmp_path / "spill")
+    rows = pd.read_parquet(out)
+    expected = customer_features(store_tables, times)
+    assert written == len(expected) > 0
+    pd.testing.assert_frame_equal(rows, expected, check_dtype=False)
+
+
+def test_a_snapshot_missing_a_table_is_named(store_tables, tmp_path: Path) -> None:
+    from storeflow.components.features.compute import write_customer_features
+
+    snapshot = write_snapshot(store_tables, tmp_path / "snapshot")
+    (snapshot / "refunds.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="table 'refunds' not found"):
+        write_customer_features(snapshot, [pd.Timestamp("2024-06-01", tz="UTC").to_pydatetime()],
+                                tmp_path / "rows.parquet", memory_limit_mb=256, spill_dir=tmp_path / "spill")

@@ -11,16 +11,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storeflow.components.artifacts import result_of
 from storeflow.components.config import Settings
 from storeflow.components.features import btyd
 from storeflow.components.features.compute import (
-    customer_features,
     cutoff_times,
     labelled_cutoffs,
     product_features,
     serving_time,
+    write_customer_features,
 )
 from storeflow.components.features.dataset import HistoryError, constant_features, split_cutoffs
 from storeflow.components.features.repo import (
@@ -34,7 +36,7 @@ from storeflow.components.features.repo import (
     feature_store,
     source_path,
 )
-from storeflow.components.tables import read_tables
+from storeflow.components.tables import read_columns
 
 __all__ = ["FeatureResult", "build_features", "feature_store", "frame_hash", "load_training_set"]
 
@@ -86,33 +88,65 @@ def _write_source(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+SCORE_BATCH_ROWS = 250_000  # feature rows scored by the BTYD models at a time
+
+
+def _rows_at(path: Path, times: list) -> pd.DataFrame:
+    """The feature rows of the given snapshot times (a sample of a large file, read by row-group filter)."""
+    wanted = pa.array(pd.to_datetime(times, utc=True), type=pa.timestamp("us", tz="UTC"))
+    return pq.read_table(path, filters=[("event_timestamp", "in", wanted)]).to_pandas()
+
+
+def _write_with_btyd(raw: Path, out: Path, fitted: btyd.Fitted, horizon_days: int) -> None:
+    """The customer feature source Feast reads: ``raw``'s rows with the BTYD features appended, scored a
+    batch at a time, so a large store's rows never sit in memory at once."""
+    source = pq.ParquetFile(raw)
+    schema = source.schema_arrow
+    for name in btyd.BTYD_FEATURES:
+        schema = schema.append(pa.field(name, pa.float64()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for batch in source.iter_batches(batch_size=SCORE_BATCH_ROWS):
+            inputs = batch.select(["days_since_first_order", "recency_days", "frequency"]).to_pandas()
+            scores = btyd.btyd_features(fitted, inputs, horizon_days)
+            columns = [*batch.columns, *(pa.array(scores[name].to_numpy(), pa.float64()) for name in btyd.BTYD_FEATURES)]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+    tmp.replace(out)
+
+
 def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
-    tables = read_tables(Path(snapshot))
+    snapshot = Path(snapshot)
+    orders = read_columns(snapshot, "orders", ["created_at"])
     label = settings.features.label
-    cutoffs = cutoff_times(tables["orders"], label)
+    cutoffs = cutoff_times(orders, label)
     try:  # before any work: a history too short for an honest holdout stops here, saying what is needed
         holdout_cutoffs = split_cutoffs(cutoffs, label).holdout
     except HistoryError as exc:
         raise FeatureError(str(exc)) from exc
-    as_of = serving_time(tables["orders"])
-    snapshots = customer_features(tables, [*cutoffs, as_of])
+    as_of = serving_time(orders)
+    # DuckDB reads the snapshot's Parquet files and writes the feature rows straight to Parquet; past its
+    # memory limit it spills under the state directory, so a large store costs disk, not memory.
+    work = settings.data_dir / "tmp" / "features"
+    raw = work / "customer_features.parquet"
+    write_customer_features(snapshot, [*cutoffs, as_of], raw, settings.features.duckdb_memory_mb, work / "duckdb")
     # The baselines see only history before the holdout; their outputs are features at every snapshot.
     holdout_start = pd.Timestamp(holdout_cutoffs[0])
-    fitted = btyd.fit(snapshots[snapshots["event_timestamp"] == holdout_start], holdout_start.to_pydatetime(),
+    fitted = btyd.fit(_rows_at(raw, [holdout_start]), holdout_start.to_pydatetime(),
                       max_customers=settings.features.btyd_fit_customers)
-    snapshots = pd.concat([snapshots, btyd.btyd_features(fitted, snapshots, label.horizon_days)], axis=1)
     btyd.save(fitted, btyd_model_path(settings))
-    _write_source(snapshots, source_path(settings, CUSTOMER_VIEW))
-    _write_source(product_features(tables, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
+    _write_with_btyd(raw, source_path(settings, CUSTOMER_VIEW), fitted, label.horizon_days)
+    raw.unlink()
+    _write_source(product_features(snapshot, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
     store = apply(settings)
 
-    entities = labelled_cutoffs(tables, cutoffs, label.horizon_days)
+    entities = labelled_cutoffs(snapshot, cutoffs, label.horizon_days)
     if entities["label"].nunique() < 2:
         raise FeatureError("every training row has the same label; the model would learn nothing")
     training = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(SERVICE)
     ).to_df()
-    held = snapshots[snapshots["event_timestamp"].isin(pd.to_datetime(holdout_cutoffs, utc=True))]
+    held = _rows_at(source_path(settings, CUSTOMER_VIEW), holdout_cutoffs)
     baselines = pd.concat([held[[CUSTOMER_KEY, "event_timestamp"]],
                            btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
     training = training.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")

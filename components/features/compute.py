@@ -7,13 +7,20 @@ point-in-time join then picks, for each (customer, cutoff), the latest snapshot 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from storeflow.components.config import LabelConfig
 from storeflow.components.features.labels import in_label_window
+from storeflow.components.tables import TABLES, read_table, table_path
+
+# The store's tables: in memory (a webhook's few customers, tests), or an ingested snapshot directory,
+# whose Parquet files DuckDB then reads itself, streaming and spilling, never as pandas frames.
+Tables = Mapping[str, pd.DataFrame] | Path
 
 RECENT_WINDOW_DAYS = (30, 90, 180, 365)  # orders_<d>d and spend_<d>d: counts and spend in recent windows
 
@@ -125,11 +132,31 @@ ORDER BY event_timestamp, customer_id
 """
 
 
-def _connect(tables: dict[str, pd.DataFrame], times: list[datetime]) -> duckdb.DuckDBPyConnection:
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _connect(tables: Tables, times: list[datetime], memory_limit_mb: int | None = None,
+             spill_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's tables and the snapshot times; past ``memory_limit_mb`` its
+    joins, aggregates and sorts spill to ``spill_dir`` instead of growing."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    for name, frame in tables.items():
-        con.register(name, frame)
+    if memory_limit_mb is not None:
+        con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        con.execute("SET preserve_insertion_order = false")  # every query here sorts what it returns
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = {_sql_string(str(spill_dir))}")
+    if isinstance(tables, Path):
+        for name in TABLES:
+            path = table_path(tables, name)
+            if not path.exists():
+                read_table(tables, name)  # raises the error that names the table and the missing file
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_string(str(path))})")
+    else:
+        for name, frame in tables.items():
+            con.register(name, frame)
     con.register("snapshot_times", pd.DataFrame({"as_of": pd.to_datetime(times, utc=True)}))
     return con
 
@@ -140,19 +167,30 @@ def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def customer_features(tables: dict[str, pd.DataFrame], as_of: list[datetime]) -> pd.DataFrame:
+def customer_features(tables: Tables, as_of: list[datetime]) -> pd.DataFrame:
     """One row per (customer, snapshot) with behaviour strictly before the snapshot."""
     with _connect(tables, as_of) as con:
         return _microseconds(con.execute(CUSTOMER_FEATURES_SQL).df())
 
 
-def product_features(tables: dict[str, pd.DataFrame], as_of: list[datetime]) -> pd.DataFrame:
+def write_customer_features(snapshot: Path, as_of: list[datetime], out: Path, memory_limit_mb: int,
+                            spill_dir: Path) -> int:
+    """:func:`customer_features` of an ingested snapshot, written by DuckDB straight to Parquet at ``out``
+    (timestamps in microseconds, as Feast joins them); returns the rows written. A large store's rows
+    (500,000 customers x 13 snapshots) never become one pandas frame: that frame peaked at 7 GB."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _connect(snapshot, as_of, memory_limit_mb, spill_dir) as con:
+        con.execute(f"COPY ({CUSTOMER_FEATURES_SQL}) TO {_sql_string(str(out))} (FORMAT parquet)")
+        return con.execute(f"SELECT count(*) FROM read_parquet({_sql_string(str(out))})").fetchall()[0][0]
+
+
+def product_features(tables: Tables, as_of: list[datetime]) -> pd.DataFrame:
     """Sales velocity per (product, snapshot) over the 7 and 30 days before it."""
     with _connect(tables, as_of) as con:
         return _microseconds(con.execute(PRODUCT_FEATURES_SQL).df())
 
 
-def labelled_cutoffs(tables: dict[str, pd.DataFrame], cutoffs: list[datetime], horizon_days: int) -> pd.DataFrame:
+def labelled_cutoffs(tables: Tables, cutoffs: list[datetime], horizon_days: int) -> pd.DataFrame:
     """Training entities: every customer with an order before a cutoff, labelled 1 if they order again
     within ``horizon_days`` from it, with what they spend in that window (``label_spend``)."""
     with _connect(tables, cutoffs) as con:
