@@ -1,0 +1,130 @@
+"""The risk stage: a snapshot (and the export it was ingested from) -> order risk rows -> a model judged on a
+time-split holdout beside Shopify's risk level and the rules -> an MLflow run and a registered version.
+
+As for the propensity model (evaluate.metrics.decide): a new version is registered every time with alias
+``challenger``; it becomes ``champion`` only when it beats the better baseline on PR-AUC (unless
+``evaluate.baseline_gate`` is off) and is the first model or beats the champion, scored on the same holdout,
+by ``evaluate.margin`` with a customer-grouped CI above zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.evaluate.metrics import Comparison, decide, paired_bootstrap
+from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+from storeflow.components.risk import model as risk_model
+from storeflow.components.risk.features import LABEL, ORDER_FEATURES, order_risk_features
+from storeflow.components.risk.orders import read_risk_fields
+from storeflow.components.tables import read_tables
+
+MODEL_NAME = "storeflow-order-risk"
+EXPERIMENT = "storeflow-order-risk"
+
+
+def snapshot_inputs(snapshot: Path) -> list[Path]:
+    """The export files a snapshot was ingested from (its manifest's ``inputs``): the risk fields are read
+    from them, as ingest does not keep them in the snapshot's tables."""
+    manifest_path = Path(snapshot) / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} not found: {snapshot} is not a snapshot written by ingest")
+    inputs = [Path(path) for path in read_manifest(snapshot).get("inputs", [])]
+    missing = [str(path) for path in inputs if not path.exists()]
+    if not inputs or missing:
+        raise FileNotFoundError(
+            f"the export snapshot {snapshot} was ingested from is not readable here ({', '.join(missing) or 'none'}"
+            "): the risk stage reads the orders' risk fields from it (components/risk/query.graphql)")
+    return inputs
+
+
+def risk_rows(snapshot: Path, inputs: list[Path] | None = None) -> pd.DataFrame:
+    """One row per order of the snapshot: features as of its creation, Shopify's level and the fraud label."""
+    risk = read_risk_fields(inputs or snapshot_inputs(snapshot))
+    return order_risk_features(read_tables(Path(snapshot)), risk)
+
+
+@dataclass(frozen=True)
+class RiskResult:
+    run_id: str
+    model_uri: str
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    evaluation: dict
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def train_and_register(settings: Settings, rows: pd.DataFrame,
+                       risk: risk_model.RiskSettings | None = None) -> RiskResult:
+    """Fit, judge, log and register the risk model (see the module docstring)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from storeflow.components import tracking
+
+    risk = risk or risk_model.RiskSettings()
+    split = risk_model.time_split(rows, risk)
+    fitted = risk_model.fit(split.train, risk)
+    evaluation = risk_model.evaluate(fitted, split, risk)
+    best = max(("shopify", "rules"), key=lambda name: evaluation.metrics[name]["pr_auc"])
+    baseline = Comparison(**evaluation.comparisons[best])
+
+    client = tracking.connect(settings)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    experiment = found.experiment_id if found else client.create_experiment(
+        EXPERIMENT, artifact_location=settings.artifact_location)
+    champion = tracking.current_champion(client, MODEL_NAME)
+    versus = None
+    if champion is not None:
+        theirs = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{champion}")
+        versus = _versus(split.holdout, fitted, theirs, risk)
+    cfg = settings.evaluate
+    decision = decide(versus, cfg.margin, baseline=baseline, baseline_name=_NAMES[best],
+                      baseline_gate=cfg.baseline_gate)
+    text = risk_model.report(evaluation, risk.fpr) + f"\nDecision: {decision.reason}\n"
+
+    columns = list(ORDER_FEATURES)
+    tags = {"storeflow.rows": str(len(rows))}
+    if commit := tracking.git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(experiment_id=experiment, run_name="order-risk", tags=tags) as run:
+        mlflow.log_params({"estimator": risk.estimator, **risk.params, "maturity_days": risk.maturity_days,
+                           "holdout_days": risk.holdout_days, "fpr": risk.fpr})
+        mlflow.log_metrics({f"{scorer}.{name}": value for scorer, values in evaluation.metrics.items()
+                            for name, value in values.items()})
+        mlflow.log_text(text, "evaluation.md")
+        mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
+        example = split.train[columns].head(5)
+        info = mlflow.sklearn.log_model(
+            fitted, name="model", signature=infer_signature(example, fitted.predict_proba(example)[:, 1]),
+            input_example=example, pip_requirements=tracking.pip_requirements(), pyfunc_predict_fn="predict_proba",
+            serialization_format="skops", skops_trusted_types=tracking.skops_trusted_types(fitted))
+    version = str(mlflow.register_model(info.model_uri, MODEL_NAME, tags={
+        "storeflow.decision": "promote" if decision.promote else "keep-champion",
+        "storeflow.reason": decision.reason[:5000], "storeflow.run_id": run.info.run_id}).version)
+    client.set_registered_model_alias(MODEL_NAME, tracking.CHALLENGER, version)
+    if decision.promote:
+        client.set_registered_model_alias(MODEL_NAME, tracking.CHAMPION, version)
+    return RiskResult(run.info.run_id, info.model_uri, MODEL_NAME, version, decision.promote, decision.reason,
+                      {**evaluation.to_dict(), "report": text,
+                       "champion": None if versus is None else asdict(versus)})
+
+
+def _versus(holdout: pd.DataFrame, ours, theirs, risk: risk_model.RiskSettings) -> Comparison:
+    columns = list(ORDER_FEATURES)
+    groups = holdout["customer_id"].astype("string").fillna("guest-" + holdout["order_id"].astype(str)).to_numpy()
+    return paired_bootstrap(holdout[LABEL].to_numpy(), ours.predict_proba(holdout[columns])[:, 1],
+                            np.asarray(theirs.predict_proba(holdout[columns])[:, 1]), "pr_auc",
+                            risk.bootstrap_samples, risk.confidence, risk.seed, groups=groups)
+
+
+_NAMES = {"shopify": "Shopify's risk level", "rules": "rules"}
