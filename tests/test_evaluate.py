@@ -142,3 +142,21 @@ def test_the_spend_baseline_is_reported_beside_the_classification_metrics() -> N
     assert side_by_side(result)["spend_bgnbd_gamma_gamma_aggregate_error"] == pytest.approx(-0.125)
     assert "175 predicted vs 200 actual (-12.5%)" in markdown(result)
     assert EvaluationResult.from_json(result.to_json()) == result
+
+
+def test_the_bootstrap_scores_each_resample_as_scikit_learn_does_with_ties_and_unsampled_rows() -> None:
+    """paired_bootstrap ranks the holdout once (metrics.Presorted) instead of sorting it per resample; each
+    resample's ROC-AUC and average precision must still be scikit-learn's, ties and zero weights included."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from storeflow.components.evaluate.metrics import Presorted
+
+    rng = np.random.default_rng(7)
+    labels = (rng.random(3_000) < 0.15).astype(int)
+    scores = np.round(rng.random(3_000) + 0.4 * labels, 2)  # many tied scores
+    ranked = Presorted(labels, scores)
+    for _ in range(5):
+        weights = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels))).astype(float)
+        assert ranked.roc_auc(weights) == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights), abs=1e-12)
+        assert ranked.average_precision(weights) == pytest.approx(
+            average_precision_score(labels, scores, sample_weight=weights), abs=1e-12)

@@ -102,6 +102,46 @@ class Comparison:
     samples: int
 
 
+class Presorted:
+    """One score's ranking of a fixed set of rows, sorted once, so that a resample's weighted ROC-AUC or
+    average precision (what scikit-learn's ``roc_auc_score``/``average_precision_score`` return with
+    ``sample_weight``) costs two bincounts and a cumulative sum instead of a sort of every row: the
+    bootstrap rescores the same rows hundreds of times (1M holdout rows on the 100x store)."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray):
+        scores = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        ranked = scores[order]
+        starts = np.r_[True, ranked[1:] != ranked[:-1]]  # a new, lower distinct score begins here
+        self._group = np.empty(len(scores), dtype=np.intp)
+        self._group[order] = np.cumsum(starts) - 1  # rows of equal score share a group; group 0 scores highest
+        self._groups = int(starts.sum())
+        self._positive = np.asarray(labels) == 1
+
+    def _counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        weights = np.asarray(weights, dtype=np.float64)
+        positives = np.bincount(self._group, weights=np.where(self._positive, weights, 0.0), minlength=self._groups)
+        negatives = np.bincount(self._group, weights=np.where(self._positive, 0.0, weights), minlength=self._groups)
+        return positives, negatives
+
+    def roc_auc(self, weights: np.ndarray) -> float:
+        """P(a positive outranks a negative), ties counted half: the area under the ROC curve."""
+        positives, negatives = self._counts(weights)
+        below = negatives.sum() - np.cumsum(negatives)  # negative weight scored lower than each group
+        return float(np.sum(positives * (below + 0.5 * negatives)) / (positives.sum() * negatives.sum()))
+
+    def average_precision(self, weights: np.ndarray) -> float:
+        """Precision at each distinct threshold, weighted by the recall it adds."""
+        positives, negatives = self._counts(weights)
+        true, false = np.cumsum(positives), np.cumsum(negatives)
+        predicted = true + false
+        precision = np.divide(true, predicted, out=np.ones_like(true), where=predicted > 0)
+        return float(np.sum(positives / true[-1] * precision))
+
+    def score(self, metric: str, weights: np.ndarray) -> float:
+        return self.roc_auc(weights) if metric == "roc_auc" else self.average_precision(weights)
+
+
 def paired_bootstrap(
     labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, metric: str, samples: int,
     confidence: float, seed: int, groups: np.ndarray | None = None,
@@ -112,6 +152,7 @@ def paired_bootstrap(
     cutoff, and those rows share most of their history and label window, so resampling rows would
     count one customer's luck several times and make the interval too narrow."""
     score = METRICS[metric]
+    ours, theirs = Presorted(labels, challenger), Presorted(labels, champion)
     rng = np.random.default_rng(seed)
     codes, uniques = pd.factorize(np.arange(len(labels)) if groups is None else np.asarray(groups))
     n = len(uniques)
@@ -120,7 +161,7 @@ def paired_bootstrap(
         weights = rng.multinomial(n, np.full(n, 1 / n))[codes]  # a resample of groups, as row weights
         if labels[weights > 0].min() == labels[weights > 0].max():
             continue  # a resample with a single class has no AUC
-        diffs.append(score(labels, challenger, sample_weight=weights) - score(labels, champion, sample_weight=weights))
+        diffs.append(ours.score(metric, weights) - theirs.score(metric, weights))
     if not diffs:
         raise ValueError("no bootstrap resample had both label classes; the holdout is too small")
     tail = (1 - confidence) / 2 * 100
