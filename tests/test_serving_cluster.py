@@ -145,7 +145,29 @@ def expected(registered):
     return dict(zip(ids, scores.tolist()))
 
 
-def test_scores_through_the_transformer_equal_the_registered_model(transformer, registered, expected):
+@pytest.fixture(scope="module")
+def expected_spend(registered):
+    """Expected spend (to the cent) and tier per customer from the spend model registered with the version."""
+    import pandas as pd
+
+    from storeflow.components import tracking
+    from storeflow.components.features.repo import feature_refs, feature_store
+    from storeflow.components.train import load_spend_model
+    from storeflow.components.train.spend import spend_tiers
+
+    _, settings, version, _, _ = registered
+    tracking.connect(settings)
+    model, cuts = load_spend_model(f"models:/{MODEL}/{version}")
+    columns = settings.features.customer_features
+    ids = [*KNOWN, UNKNOWN]
+    data = feature_store(settings).get_online_features(
+        features=feature_refs(settings), entity_rows=[{"customer_id": i} for i in ids]).to_dict()
+    rows = [[FALLBACK.get(c, 0.0) if data[c][n] is None else data[c][n] for c in columns] for n in range(len(ids))]
+    spend = model.predict(pd.DataFrame(rows, columns=columns))
+    return {i: (round(float(s), 2), t) for i, s, t in zip(ids, spend, spend_tiers(spend, cuts))}
+
+
+def test_scores_through_the_transformer_equal_the_registered_model(transformer, registered, expected, expected_spend):
     import tritonclient.http as triton
 
     version = registered[2]
@@ -157,9 +179,13 @@ def test_scores_through_the_transformer_equal_the_registered_model(transformer, 
     assert result.as_numpy("score") == pytest.approx([expected[i] for i in ids], abs=1e-6)
     assert result.as_numpy("fallback").tolist() == [False, False, False, True]
     assert [v.decode() for v in result.as_numpy("model_version")] == [version] * len(ids)
+    # The spend model travels in the version's directory: the predictor computes it, the transformer passes it on.
+    assert result.as_numpy("expected_spend").tolist() == pytest.approx([expected_spend[i][0] for i in ids], abs=0.011)
+    assert [t.decode() for t in result.as_numpy("spend_tier")] == [expected_spend[i][1] for i in ids]
 
 
-def test_v1_answers_name_the_predictors_version_and_carry_only_our_headers(transformer, registered, expected):
+def test_v1_answers_name_the_predictors_version_and_carry_only_our_headers(transformer, registered, expected,
+                                                                          expected_spend):
     response = httpx.post(f"http://{transformer}/v1/models/{MODEL}:predict",
                           json={"instances": [{"customer_id": f"gid://shopify/Customer/{KNOWN[0]}"}]},
                           headers={"Authorization": f"Bearer {admin_token()}"}, timeout=30)
@@ -167,6 +193,8 @@ def test_v1_answers_name_the_predictors_version_and_carry_only_our_headers(trans
     answer = response.json()["predictions"][0]
     assert answer["model_version"] == registered[2] and answer["fallback"] is False
     assert answer["score"] == pytest.approx(expected[KNOWN[0]], abs=1e-6)
+    assert answer["expected_spend"] == pytest.approx(expected_spend[KNOWN[0]][0], abs=0.011)
+    assert answer["spend_tier"] == expected_spend[KNOWN[0]][1]
     assert response.headers["x-storeflow-model-version"] == registered[2]
     # The predictor's own date/server/content-* headers must not be copied into the transformer's answer.
     assert [k for k, _ in response.headers.raw].count(b"date") == 1
