@@ -27,7 +27,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from storeflow.serving.protocol import FEATURES_INPUT, SCORE_OUTPUT, SPEND_OUTPUT, SPEND_TIER_OUTPUT, VERSION_HEADER
-from storeflow.serving.runtime import Scorer, build_scorer
+from storeflow.serving.runtime import Scorer, build_regressor, build_scorer
 
 DEFAULT_MODEL_DIR = "/mnt/models"
 
@@ -101,13 +101,17 @@ class StoreflowPredictor(Model):
         self.scorer: Scorer | None = None
         self.columns: list[str] = []
         self.spend = None  # (spend model, tier cut points), when the version has one
+        self.spend_scorer: Scorer | None = None  # the spend model's predict (Treelite when it agrees, see runtime)
 
     def load(self) -> bool:
         self.estimator = load_estimator(self.model_dir)
         self.spend = load_spend(self.model_dir)
         names = getattr(self.estimator, "feature_names_in_", None)
         self.columns = [str(n) for n in names] if names is not None else []
-        self.scorer = build_scorer(self.estimator, self.runtime, input_example(self.model_dir, self.columns))
+        examples = input_example(self.model_dir, self.columns)
+        self.scorer = build_scorer(self.estimator, self.runtime, examples)
+        if self.spend is not None:
+            self.spend_scorer = build_regressor(self.spend[0], self.runtime, examples)
         meta_name, meta_version = registered_version(self.model_dir)
         self.version = self.version or meta_version or "unknown"
         self.registered_name = self.registered_name or meta_name or self.name
@@ -124,9 +128,8 @@ class StoreflowPredictor(Model):
             return None
         from storeflow.components.train.spend import spend_tiers
 
-        model, cuts = self.spend
-        spend = np.asarray(model.predict(rows), dtype=np.float64)
-        return spend, spend_tiers(spend, cuts)
+        spend = self.spend_scorer.score(rows)
+        return spend, spend_tiers(spend, self.spend[1])
 
     def _matrix(self, payload) -> np.ndarray:
         try:

@@ -151,3 +151,33 @@ def test_a_regressor_treelite_cannot_import_keeps_scikit_learn_and_says_why(data
     assert np.array_equal(predictor.score(x[:5]), model.predict(x[:5]))
     with pytest.raises(RuntimeUnavailable, match="serving.model_runtime is treelite"):
         build_regressor(model, "treelite")
+
+
+def test_a_served_version_predicts_spend_with_treelite_and_the_spend_models_own_values(data, tmp_path):
+    """A version as train logs it (propensity model, spend model under spend/ with its tier cut points):
+    the predictor walks the spend model's trees in Treelite, with the values and tiers the model gives."""
+    import mlflow.sklearn
+    import pandas as pd
+
+    from storeflow.components import tracking
+    from storeflow.components.train.spend import SPEND_DIR, fit_spend, spend_tiers
+    from storeflow.serving.predictor import StoreflowPredictor
+
+    x, y = data
+    frame = pd.DataFrame(x, columns=["spend", "orders", "days", "p_order"])
+    rng = np.random.default_rng(5)
+    amount = y * rng.gamma(3.0, 30.0, len(y))
+    propensity = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(frame, y)
+    spend, cuts = fit_spend({"max_iter": 30, "random_state": 0}, frame[:2000], amount[:2000], frame[2000:], amount[2000:])
+    for model, path, metadata in ((propensity, tmp_path / "model", None),
+                                  (spend, tmp_path / "model" / SPEND_DIR, {"spend_tier_cuts": cuts})):
+        mlflow.sklearn.save_model(model, str(path), serialization_format="skops", metadata=metadata,
+                                  skops_trusted_types=tracking.skops_trusted_types(model))
+    predictor = StoreflowPredictor("m", tmp_path / "model", version="1", runtime="treelite")
+    predictor.load()
+    assert predictor.spend_scorer.runtime == "treelite", predictor.spend_scorer.reason
+    rows = x[:200]
+    values, tiers = predictor.expected_spend(rows)
+    expected = spend.predict(pd.DataFrame(rows, columns=frame.columns))
+    assert np.max(np.abs(values - expected) / expected) <= 1e-12
+    assert list(tiers) == list(spend_tiers(expected, cuts))
