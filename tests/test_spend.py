@@ -12,7 +12,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from storeflow.components.train.spend import TIERS, fit_spend, spend_tiers
+from storeflow.components.train.spend import TIERS, fit_spend, spend_tiers, tier_spend
 
 
 def _rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -42,6 +42,25 @@ def test_spend_totals_match_the_calibration_cutoff_and_tiers_rank_what_customers
     assert 0.05 < (tiers == "LOW").mean() < 0.15 and 0.25 < (tiers == "HIGH").mean() < 0.35
     with pytest.raises(ValueError, match="label_spend must be non-negative"):
         fit_spend({}, x, -y, cx, cy)
+
+
+def test_each_tier_says_what_its_customers_then_spent_and_the_report_says_it_in_words() -> None:
+    from storeflow.components.evaluate import EvaluationResult
+    from storeflow.components.evaluate.metrics import spend_metrics
+    from storeflow.components.evaluate.report import markdown
+
+    tiers = np.array(["HIGH", "LOW", "MEDIUM", "HIGH", "MEDIUM"], dtype=object)
+    actual = np.array([300.0, 0.0, 20.0, 100.0, 40.0])
+    summary = tier_spend(tiers, actual)
+    assert summary == pytest.approx({"spend_tier_low_share": 0.2, "spend_tier_low_actual_mean": 0.0,
+                                     "spend_tier_medium_share": 0.4, "spend_tier_medium_actual_mean": 30.0,
+                                     "spend_tier_high_share": 0.4, "spend_tier_high_actual_mean": 200.0})
+    no_low = tier_spend(tiers[tiers != "LOW"], actual[tiers != "LOW"])
+    assert no_low["spend_tier_low_share"] == 0 and "spend_tier_low_actual_mean" not in no_low
+    result = EvaluationResult(True, "first model", {"roc_auc": 0.8}, None, None, None,
+                              spend_metrics={"challenger": spend_metrics(actual, actual) | summary})
+    assert ("Spend tiers on the holdout (challenger): HIGH 40% of rows, spent 200.00 on average; "
+            "MEDIUM 40% of rows, spent 30.00 on average; LOW 20% of rows, spent 0.00 on average") in markdown(result)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +110,8 @@ def test_a_trained_version_serves_expected_spend_and_tier_beside_an_unchanged_sc
     judged = challenger_spend(holdout(version.settings, version.features), trained)["challenger"]  # evaluate's figures
     assert judged["spend_actual"] > 0 and np.isfinite(judged["spend_aggregate_error"])
     assert sum(judged[f"spend_tier_{tier.lower()}_share"] for tier in TIERS) == pytest.approx(1)
+    assert judged["spend_tier_high_actual_mean"] > judged["spend_tier_medium_actual_mean"] > judged[
+        "spend_tier_low_actual_mean"]  # the tiers rank what holdout customers then spent
     rows = frame[trained.features].head(5).to_numpy(dtype=np.float64)
     expected = load_model(trained.model_uri).predict_proba(frame[trained.features].head(5))[:, 1]
 

@@ -81,8 +81,8 @@ def baseline_spend(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def challenger_spend(frame: pd.DataFrame, trained: TrainResult) -> dict[str, dict[str, float]]:
     """The challenger's expected spend (its spend model, train.spend) against what each holdout customer
-    spent in the horizon, and the share of rows per spend tier."""
-    from storeflow.components.train.spend import TIERS, spend_tiers
+    spent in the horizon, and per spend tier the share of rows and their actual mean spend."""
+    from storeflow.components.train.spend import spend_tiers, tier_spend
 
     found = load_spend_model(trained.model_uri) if SPEND_LABEL in frame else None
     if found is None:
@@ -90,8 +90,8 @@ def challenger_spend(frame: pd.DataFrame, trained: TrainResult) -> dict[str, dic
     model, cuts = found
     predicted = model.predict(frame[trained.features])
     tiers = spend_tiers(predicted, cuts)
-    return {"challenger": spend_metrics(frame[SPEND_LABEL].to_numpy(), predicted)
-            | {f"spend_tier_{tier.lower()}_share": float((tiers == tier).mean()) for tier in TIERS}}
+    actual = frame[SPEND_LABEL].to_numpy()
+    return {"challenger": spend_metrics(actual, predicted) | tier_spend(tiers, actual)}
 
 
 def _bootstrap(settings: Settings, frame: pd.DataFrame, challenger: np.ndarray, other: np.ndarray) -> Comparison:

@@ -4,6 +4,7 @@ the KFP UI's report artifact and anyone reading a run)."""
 from __future__ import annotations
 
 from storeflow.components.evaluate import EvaluationResult
+from storeflow.components.train.spend import TIERS
 
 SHOWN = ("roc_auc", "pr_auc", "log_loss", "brier", "calibration_error", "predicted_positives", "positives", "rows")
 
@@ -23,6 +24,13 @@ def markdown(result: EvaluationResult) -> str:
         lines += ["", f"Expected spend in the horizon ({name}): {spend['spend_predicted']:,.0f} predicted vs "
                       f"{spend['spend_actual']:,.0f} actual ({spend['spend_aggregate_error']:+.1%}); the top decile "
                       f"of predicted spend spent {spend['spend_top_decile_lift']:.2f}x the average customer"]
+        tiers = []
+        for tier in reversed(TIERS):  # HIGH first; an empty tier has a share (0 %) and no mean
+            share, mean = spend.get(f"spend_tier_{tier.lower()}_share"), spend.get(f"spend_tier_{tier.lower()}_actual_mean")
+            if share is not None:
+                tiers.append(f"{tier} {share:.0%} of rows" + ("" if mean is None else f", spent {mean:,.2f} on average"))
+        if tiers:
+            lines.append(f"Spend tiers on the holdout ({name}): " + "; ".join(tiers))
     if result.evaluation_run_id:
         lines += ["", f"MLflow evaluation run: `{result.evaluation_run_id}`"]
     return "\n".join(lines) + "\n"

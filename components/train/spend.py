@@ -48,3 +48,16 @@ def spend_tiers(spend: np.ndarray, cuts: list[float]) -> np.ndarray:
         raise ValueError(f"spend tier cut points must be {len(TIERS) - 1} ascending numbers, got {cuts}")
     spend = np.asarray(spend, dtype=float)
     return np.where(spend < cuts[0], TIERS[0], np.where(spend > cuts[1], TIERS[2], TIERS[1])).astype(object)
+
+
+def tier_spend(tiers: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Per spend tier, the share of customers in it and what they then actually spent on average (no mean
+    for an empty tier): how a merchant checks that the tiers rank spend before segmenting on them."""
+    tiers, actual = np.asarray(tiers), np.asarray(actual, dtype=float)
+    summary = {}
+    for tier in TIERS:
+        inside = tiers == tier
+        summary[f"spend_tier_{tier.lower()}_share"] = float(inside.mean())
+        if inside.any():
+            summary[f"spend_tier_{tier.lower()}_actual_mean"] = float(actual[inside].mean())
+    return summary
