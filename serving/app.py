@@ -16,14 +16,22 @@ if TYPE_CHECKING:
 
 
 def install(server, settings: Settings, served_versions: list[str] | None) -> None:
-    """Add storeflow's routes, error handlers and middlewares to KServe's app (before it starts)."""
+    """Add storeflow's routes, error handlers and middlewares to KServe's app (before it starts); outermost,
+    :class:`storeflow.serving.http.FlatV2` answers plain V2 infer requests without the stack."""
     from kserve.model_server import app
     from starlette.middleware.cors import CORSMiddleware
 
     from storeflow.components.shopify.verify import shop_domain
-    from storeflow.serving.http import BodyLimitMiddleware, VersionPathMiddleware, metrics_route, v2_infer_route
+    from storeflow.serving.http import (
+        BodyLimitMiddleware,
+        FlatV2,
+        VersionPathMiddleware,
+        metrics_route,
+        v2_infer_route,
+    )
 
     cfg = settings.serving
+    auth = None
     # Registered before KServe's own /metrics, so ours (multiprocess-aware) answers.
     app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     # Ahead of KServe's own V2 infer route (same handler, see storeflow.serving.http): first match wins.
@@ -42,11 +50,15 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
                   "whose data is served: every caller will be refused (403 other_shop)", file=sys.stderr, flush=True)
         app.add_middleware(ShopifyAuthMiddleware, verifier=verifier, protect=is_inference, data_shop=data_shop,
                            customer_scope=cfg.customer_scope)
+        auth = ShopifyAuthMiddleware(None, verifier=verifier, protect=is_inference, data_shop=data_shop,
+                                     customer_scope=cfg.customer_scope)  # FlatV2's check: the same verifier
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=is_inference)
     install_common(app, settings, meter=is_inference)
     app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
                        expose_headers=[VERSION_HEADER], max_age=7200)
+    if not cfg.request_log:  # a log line for every request is the observer's: every request passes it then
+        app.add_middleware(FlatV2, dataplane=server.dataplane, max_bytes=cfg.max_body_bytes, auth=auth)
 
 
 def install_common(app, settings: Settings, meter=None) -> None:

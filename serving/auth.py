@@ -59,6 +59,19 @@ class ShopifyAuthMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.protect(scope["path"]):
             return await self.app(scope, receive, send)
+        try:
+            raw = self.authorize(scope)
+        except AuthError as exc:
+            return await send_error(send, 401, exc.code, f"unauthorized: {exc.detail}",
+                                    [(b"www-authenticate", b'Bearer realm="storeflow"')])
+        except OtherShop as exc:
+            return await send_error(send, 403, "other_shop", str(exc))
+        return await self.app({**scope, "headers": raw}, receive, send)
+
+    def authorize(self, scope) -> list[tuple[bytes, bytes]]:
+        """The request's headers as the app behind should see them (see the class docstring), or
+        :class:`AuthError` (401) or :class:`OtherShop` (403). Also the flat V2 route's check
+        (:class:`storeflow.serving.http.FlatV2`)."""
         raw, authorization = [], None
         for key, value in scope["headers"]:
             if key in (_SHOP, _CUSTOMER):
@@ -73,17 +86,16 @@ class ShopifyAuthMiddleware:
             query = scope.get("query_string", b"").decode("latin-1")
             url = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope['path']}"
             url += f"?{query}" if query else ""
-            try:
-                principal = self.verifier.verify(scope["method"], url, headers)
-            except AuthError as exc:
-                return await send_error(send, 401, exc.code, f"unauthorized: {exc.detail}",
-                                        [(b"www-authenticate", b'Bearer realm="storeflow"')])
+            principal = self.verifier.verify(scope["method"], url, headers)
         if not may_read_shop(principal, self.data_shop):
-            return await send_error(send, 403, "other_shop",
-                                    f"forbidden: this server holds the data of {self.data_shop}; a caller "
-                                    f"from {principal.shop} may read only its own shop's")
+            raise OtherShop(f"forbidden: this server holds the data of {self.data_shop}; a caller "
+                            f"from {principal.shop} may read only its own shop's")
         raw.append((_SHOP, principal.shop.encode()))
         customer = allowed_customer(principal, self.customer_scope)
         if customer is not None:
             raw.append((_CUSTOMER, customer.encode()))
-        return await self.app({**scope, "headers": raw}, receive, send)
+        return raw
+
+
+class OtherShop(PermissionError):
+    """A verified caller of another shop than the one whose data is served (403 ``other_shop``)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import time
 from typing import Union
@@ -177,6 +178,25 @@ def v2_infer_route(dataplane, model_repository_extension=None):
     return infer
 
 
+class RequestMeter:
+    """``storeflow_requests_total`` and ``storeflow_request_latency_seconds`` of answered requests."""
+
+    def __init__(self):
+        self._counters: dict = {}  # labelled children, looked up once (labels() costs ~5 us)
+        self._latency: dict = {}
+
+    def observe(self, version: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((version, status))
+        if counter is None:
+            counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
+                                                                                status=str(status))
+        histogram = self._latency.get(version)
+        if histogram is None:
+            histogram = self._latency[version] = metrics.LATENCY.labels(model_version=version)
+        counter.inc()
+        histogram.observe(seconds)
+
+
 class RequestObserver:
     """Outermost of storeflow's middlewares, which every request passes:
 
@@ -194,8 +214,7 @@ class RequestObserver:
         self.meter = meter
         self.request_log = request_log
         self.log = request_logger()
-        self._counters: dict = {}  # labelled children, looked up once (labels() costs ~5 us)
-        self._latency: dict = {}
+        self.observe = RequestMeter().observe
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -229,20 +248,9 @@ class RequestObserver:
         finally:
             status = seen[0] or 500
             if metered:
-                self._observe(seen[1], status, time.perf_counter() - started)
+                self.observe(seen[1], status, time.perf_counter() - started)
             if status >= 400 or self.request_log:
                 self._write(scope, status, seen[1], seen[2], time.perf_counter() - started, failure)
-
-    def _observe(self, version: str, status: int, seconds: float) -> None:
-        counter = self._counters.get((version, status))
-        if counter is None:
-            counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
-                                                                                status=str(status))
-        histogram = self._latency.get(version)
-        if histogram is None:
-            histogram = self._latency[version] = metrics.LATENCY.labels(model_version=version)
-        counter.inc()
-        histogram.observe(seconds)
 
     def _write(self, scope, status: int, version: str, body: bytes, seconds: float, failure) -> None:
         fields = {"method": scope["method"], "path": scope["path"], "status": status, "model_version": version,
@@ -338,3 +346,137 @@ class VersionPathMiddleware:
         headers.append((PIN_HEADER.encode(), version.encode()))
         path = base + suffix
         return await self.app({**scope, "path": path, "raw_path": path.encode(), "headers": headers}, receive, send)
+
+
+_V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
+_CONTENT_TYPE, _CONTENT_LENGTH, _ORIGIN = b"content-type", b"content-length", b"origin"
+_BINARY = b"inference-header-content-length"
+
+
+class FlatV2:
+    """Outermost: a well-formed, authorized, single-answer V2 infer request straight to the model.
+
+    What the middleware stack and FastAPI's routing do for ``POST /v2/models/<m>/infer`` (CORS, the
+    request observer, the body limit, Shopify auth, version pinning, the route's body validation, then
+    KServe's ``V2Endpoints.infer``: model readiness, decode, ``Model.__call__``, encode) costs ~10 layers of
+    ASGI calls per request. For the request that needs none of their answers, this does the same steps
+    in one function, calling the same code: :meth:`ShopifyAuthMiddleware.authorize` (same token cache),
+    the route's pydantic validation of KServe's ``InferenceRequest``, KServe's DataPlane for the model and
+    ``Model.__call__`` (preprocess, predict, postprocess and KServe's own latency histograms), and the
+    request observer's metrics (:class:`RequestMeter`).
+
+    Anything else goes down the stack untouched: another path or method, an ``Origin`` (CORS answers it),
+    a binary body, a body without a declared length or over the limit. And so does any request whose
+    answer would not be a 200: a failed auth, a body that does not parse or validate, a model that is
+    not ready, an exception from the model; its body is replayed to the stack, which answers it as it
+    always did (its error shape, status and log line). Such a request does its work up to the failure
+    twice; no answered request does.
+    """
+
+    def __init__(self, app, dataplane, max_bytes: int, auth=None):
+        from kserve.protocol.rest.v2_datamodels import InferenceRequest
+        from pydantic import TypeAdapter
+
+        self.app = app
+        self.dataplane = dataplane
+        self.max_bytes = max_bytes
+        self.auth = auth  # a ShopifyAuthMiddleware (only its authorize is used), or None: auth off
+        self.meter = RequestMeter()
+        self._body = TypeAdapter(Union[InferenceRequest, bytes])  # what v2_infer_route validates with
+        self._request_type = InferenceRequest
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        match = _V2_INFER.match(scope["path"])
+        if match is None:
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        declared, json_body = None, None
+        for key, value in scope["headers"]:
+            if key == _CONTENT_LENGTH and declared is None:
+                declared = value
+            elif key == _CONTENT_TYPE and json_body is None:
+                json_body = _is_json(value.decode("latin-1"))
+            elif key in (_ORIGIN, _BINARY, _CONTENT_LENGTH, _CONTENT_TYPE):  # CORS, binary, or said twice
+                return await self.app(scope, receive, send)
+        if not json_body:  # the route hands any other body to KServe as bytes
+            return await self.app(scope, receive, send)
+        try:
+            declared = int(declared)
+        except (TypeError, ValueError):
+            return await self.app(scope, receive, send)
+        if not 0 < declared <= self.max_bytes:
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False) and size <= self.max_bytes
+        body = b"".join(chunks)
+        answered = None
+        if not more:
+            try:
+                answered = await self._answer(scope, match.group(1), body)
+            except Exception:  # noqa: BLE001 - the stack answers it, as it always did
+                answered = None
+        if answered is None:
+            delivered = False
+
+            async def replay():
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": more}
+                return await receive()
+
+            return await self.app(scope, replay, send)
+        status_headers, content, version = answered
+        await send({"type": "http.response.start", "status": 200, "headers": status_headers})
+        await send({"type": "http.response.body", "body": content})
+        self.meter.observe(version, 200, time.perf_counter() - started)
+
+    async def _answer(self, scope, model_name: str, body: bytes):
+        """(headers, body, answering version) of the 200 answer, or None: let the stack answer."""
+        from kserve.protocol.infer_type import InferRequest
+
+        if self.auth is not None:
+            raw = self.auth.authorize(scope)  # AuthError, OtherShop: the stack answers 401/403
+        else:
+            raw = scope["headers"]
+        headers: dict[str, str] = {}
+        for key, value in raw:  # Starlette's dict(request.headers): lower-case keys, the first value wins
+            headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+        payload = self._body.validate_python(orjson.loads(body))
+        if not isinstance(payload, self._request_type):
+            return None
+        dataplane = self.dataplane
+        if not await dataplane.model_ready(model_name, True):
+            return None
+        request = InferRequest.from_inference_request(payload, model_name)
+        model = await dataplane.get_model(model_name)
+        response, response_headers = await model(request, headers=headers)
+        response, encoded = dataplane.encode(model_name=model_name, response=response, headers=headers,
+                                             req_attributes={})
+        if not isinstance(response, bytes):
+            # What V2Endpoints.infer and the route answer for a JSON InferResponse: KServe's pydantic
+            # model, encoded by FastAPI, without the model's response headers.
+            from fastapi.encoders import jsonable_encoder
+            from fastapi.responses import ORJSONResponse
+            from kserve.protocol.rest.v2_datamodels import InferenceResponse
+
+            content = ORJSONResponse(jsonable_encoder(InferenceResponse.model_validate(response))).body
+            return ([(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
+                    content, "none")
+        response_headers.update(encoded)
+        response_headers.pop("content-length", None)
+        response_headers.pop("content-type", None)
+        binary = "inference-header-content-length" in response_headers
+        out = [(b"content-length", str(len(response)).encode()),
+               (b"content-type", b"application/octet-stream" if binary else b"application/json")]
+        out += [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response_headers.items()]
+        return out, response, response_headers.get(VERSION_HEADER, "none")
