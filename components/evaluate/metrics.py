@@ -113,16 +113,15 @@ class Presorted:
         order = np.argsort(-scores, kind="stable")
         ranked = scores[order]
         starts = np.r_[True, ranked[1:] != ranked[:-1]]  # a new, lower distinct score begins here
-        self._group = np.empty(len(scores), dtype=np.intp)
-        self._group[order] = np.cumsum(starts) - 1  # rows of equal score share a group; group 0 scores highest
+        group = np.empty(len(scores), dtype=np.intp)
+        group[order] = np.cumsum(starts) - 1  # rows of equal score share a group; group 0 scores highest
         self._groups = int(starts.sum())
-        self._positive = np.asarray(labels) == 1
+        self._bin = 2 * group + (np.asarray(labels) == 1)  # (group, is positive) in one bincount
 
     def _counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        weights = np.asarray(weights, dtype=np.float64)
-        positives = np.bincount(self._group, weights=np.where(self._positive, weights, 0.0), minlength=self._groups)
-        negatives = np.bincount(self._group, weights=np.where(self._positive, 0.0, weights), minlength=self._groups)
-        return positives, negatives
+        """Weight of the negatives and of the positives at each distinct score, highest score first."""
+        counts = np.bincount(self._bin, weights=weights, minlength=2 * self._groups).reshape(-1, 2)
+        return counts[:, 1], counts[:, 0]
 
     def roc_auc(self, weights: np.ndarray) -> float:
         """P(a positive outranks a negative), ties counted half: the area under the ROC curve."""
@@ -158,7 +157,9 @@ def paired_bootstrap(
     n = len(uniques)
     diffs = []
     for _ in range(samples):
-        weights = rng.multinomial(n, np.full(n, 1 / n))[codes]  # a resample of groups, as row weights
+        # A resample of groups (n draws with replacement), as row weights: multinomial(n, 1/n) alike,
+        # drawn as integers and counted because numpy's multinomial costs 10x that at 500,000 customers.
+        weights = np.bincount(rng.integers(0, n, size=n), minlength=n)[codes].astype(np.float64)
         if labels[weights > 0].min() == labels[weights > 0].max():
             continue  # a resample with a single class has no AUC
         diffs.append(ours.score(metric, weights) - theirs.score(metric, weights))
