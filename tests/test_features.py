@@ -181,3 +181,25 @@ def test_a_snapshot_missing_a_table_is_named(store_tables, tmp_path: Path) -> No
     with pytest.raises(FileNotFoundError, match="table 'refunds' not found"):
         write_customer_features(snapshot, [pd.Timestamp("2024-06-01", tz="UTC").to_pydatetime()],
                                 tmp_path / "rows.parquet", memory_limit_mb=256, spill_dir=tmp_path / "spill")
+
+
+def test_a_training_set_written_in_parts_is_the_frame_with_its_hash_and_constant_features(tmp_path: Path) -> None:
+    """The features stage writes a large store's training set a cutoff at a time; the file, its hash and
+    the features named constant must be what the whole frame would give."""
+    from storeflow.components.features import TrainingSetWriter, frame_hash
+
+    times = pd.to_datetime(["2026-01-01", "2026-02-01", "2026-03-01"], utc=True).repeat(40)
+    frame = pd.DataFrame({"customer_id": np.tile(np.arange(40), 3), "event_timestamp": times,
+                          "label": np.arange(120) % 3 == 0, "same": 7.0, "missing": np.nan,
+                          "varies_late": np.r_[np.zeros(80), np.ones(40)], "spend": np.arange(120) * 1.5})
+    frame["label"] = frame["label"].astype("int64")
+    features = ["same", "missing", "varies_late", "spend"]
+    writer = TrainingSetWriter(tmp_path / "training", features)
+    for _, part in frame.groupby("event_timestamp", sort=True):
+        writer.append(part.reset_index(drop=True))
+    out, digest = writer.close()
+
+    assert digest == frame_hash(frame) and out.name == f"{digest[:16]}.parquet"
+    assert writer.constant == constant_features(frame, features) == ["same", "missing"]
+    assert (writer.rows, writer.positives) == (120, 40)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), frame, check_dtype=False)

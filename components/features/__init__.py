@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from storeflow.components.features.repo import (
 )
 from storeflow.components.tables import read_columns
 
-__all__ = ["FeatureResult", "build_features", "feature_store", "frame_hash", "load_training_set"]
+__all__ = ["FeatureResult", "TrainingSetWriter", "build_features", "feature_store", "frame_hash", "load_training_set"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,64 @@ def frame_hash(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     digest.update(",".join(frame.columns).encode())
     return digest.hexdigest()
+
+
+class TrainingSetWriter:
+    """Writes a training set a part at a time (parts in row order) to ``<directory>/<hash>.parquet``, with
+    what :func:`frame_hash` and :func:`constant_features` would say of the whole frame: a large store's
+    training set is never one frame in the features stage."""
+
+    def __init__(self, directory: Path, feature_columns: list[str]):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.rows = 0
+        self.positives = 0
+        self.constant: list[str] = []
+        self._tmp = directory / f".writing-{os.getpid()}.parquet"
+        self._features = feature_columns
+        self._values: dict[str, object] = {}  # a feature's one value so far (absent once it has two)
+        self._writer: pq.ParquetWriter | None = None
+        self._digest = hashlib.sha256()
+        self._columns: list[str] = []
+
+    def append(self, part: pd.DataFrame) -> None:
+        if self._writer is None:
+            self._columns = list(part.columns)
+            self._values = {name: None for name in self._features if name in part}
+            self._constant_candidates = set(self._values)
+            table = pa.Table.from_pandas(part, preserve_index=False)
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, coerce_timestamps="us",
+                                            allow_truncated_timestamps=False)
+        else:
+            if list(part.columns) != self._columns:
+                raise ValueError(f"training set part has columns {list(part.columns)}, not {self._columns}")
+            table = pa.Table.from_pandas(part, schema=self._writer.schema, preserve_index=False)
+        self._writer.write_table(table)
+        self._digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+        for name in list(self._constant_candidates):
+            values = part[name].unique()
+            first = self._values[name] if self.rows else values[0]
+            if len(values) > 1 or not _same(values[0], first):
+                self._constant_candidates.discard(name)
+            self._values[name] = first
+        self.rows += len(part)
+        self.positives += int(part["label"].sum())
+
+    def close(self) -> tuple[Path, str]:
+        """The written file, renamed to its content hash, and that hash."""
+        if self._writer is None:
+            raise FeatureError("the training set has no rows")
+        self._writer.close()
+        self._digest.update(",".join(self._columns).encode())
+        digest = self._digest.hexdigest()
+        self.constant = [name for name in self._features if name in self._constant_candidates]
+        out = self.directory / f"{digest[:16]}.parquet"
+        self._tmp.replace(out)
+        return out, digest
+
+
+def _same(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or a == b
 
 
 def _write_source(frame: pd.DataFrame, path: Path) -> None:
@@ -143,21 +202,23 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     entities = labelled_cutoffs(snapshot, cutoffs, label.horizon_days)
     if entities["label"].nunique() < 2:
         raise FeatureError("every training row has the same label; the model would learn nothing")
-    training = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(SERVICE)
-    ).to_df()
     held = _rows_at(source_path(settings, CUSTOMER_VIEW), holdout_cutoffs)
     baselines = pd.concat([held[[CUSTOMER_KEY, "event_timestamp"]],
                            btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
-    training = training.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")
-    training = training.sort_values(["event_timestamp", CUSTOMER_KEY], kind="stable").reset_index(drop=True)
-    constant = constant_features(training, list(settings.features.customer_features))
-    if constant:
-        log.warning("feature(s) %s hold one value on every training row and carry no signal; the input "
-                    "likely lacks the fields they come from (refunds, product types, discounts?)", ", ".join(constant))
-    digest = frame_hash(training)
-    out = settings.data_dir / "training" / f"{digest[:16]}.parquet"
-    _write_source(training, out)
+    del held
+    training = TrainingSetWriter(settings.data_dir / "training", list(settings.features.customer_features))
+    # Feast's point-in-time join a cutoff at a time: the whole 100x store's join (4.67M entity rows) held
+    # 13 GB at once, a cutoff's is a tenth of that; the rows come out in the order of one join.
+    service = store.get_feature_service(SERVICE)
+    for _, cutoff_entities in entities.groupby("event_timestamp", sort=True):
+        rows = store.get_historical_features(entity_df=cutoff_entities, features=service).to_df()
+        rows = rows.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")
+        training.append(rows.sort_values(CUSTOMER_KEY, kind="stable").reset_index(drop=True))
+    del entities, baselines
+    out, digest = training.close()
+    if training.constant:
+        log.warning("feature(s) %s hold one value on every training row and carry no signal; the input likely "
+                    "lacks the fields they come from (refunds, product types, discounts?)", ", ".join(training.constant))
 
     # The online store gets the newest snapshot only: what a prediction made now should see.
     store.materialize(start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1))
@@ -165,12 +226,12 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
         training_set=out,
         dataset_hash=digest,
         feature_refs=feature_refs(settings),
-        rows=len(training),
-        positive_rate=float(training["label"].mean()),
+        rows=training.rows,
+        positive_rate=training.positives / training.rows,
         cutoffs=[c.isoformat() for c in cutoffs],
         served_as_of=as_of.isoformat(),
         baseline_parameters=fitted.parameters(),
-        constant_features=constant,
+        constant_features=training.constant,
     )
 
 
