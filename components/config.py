@@ -228,7 +228,7 @@ class FeaturesConfig(Section):
     duckdb_memory_mb: int = Field(2048, ge=256, description="DuckDB's memory while it computes the feature rows; "
                                                              "past it, it spills to disk under the state directory.")
     btyd_fit_customers: int = Field(
-        50_000, ge=1_000, description="The BTYD baselines (BG/NBD, Pareto/NBD, Gamma-Gamma) are fitted on a uniform "
+        20_000, ge=1_000, description="The BTYD baselines (BG/NBD, Pareto/NBD, Gamma-Gamma) are fitted on a uniform "
                                       "sample of at most this many customers; every customer is still scored.")
 
 
@@ -240,6 +240,9 @@ class TrainConfig(Section):
         default_factory=lambda: {"max_iter": 300, "learning_rate": 0.03, "max_leaf_nodes": 8, "min_samples_leaf": 200,
                                  "random_state": 0}
     )
+    max_rows: int = Field(1_000_000, ge=10_000, description="The models are fitted on a seeded uniform sample of at "
+                                                           "most this many training-cutoff rows (calibration and "
+                                                           "holdout rows are never sampled).")
     stack: bool = Field(True, description="Stack the estimator, a logistic regression on the same features and "
                                           "BG/NBD's own P(an order) (feature btyd_p_order) with a logistic fit on the "
                                           "calibration cutoff (train.stack); off: Platt scaling of the estimator alone.")

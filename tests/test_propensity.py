@@ -99,3 +99,18 @@ def test_stacking_without_the_baseline_feature_says_what_to_change() -> None:
     columns = [c for c in settings.features.customer_features if c != P_ORDER]
     with pytest.raises(ValueError, match="btyd_p_order.*train.stack"):
         fit_propensity(settings, split, columns)
+
+
+def test_a_training_set_over_train_max_rows_is_fitted_on_a_seeded_sample_of_its_training_cutoffs_only() -> None:
+    from storeflow.components.train import training_split
+
+    settings = _settings(max_rows=10_000)
+    frame = _store()  # 14 cutoffs x 1,500 rows: 15,000 on the training cutoffs
+    whole = split_holdout(frame, settings.features.label)
+    split, again = training_split(settings, frame), training_split(settings, frame)
+    assert len(whole.train) > 10_000 and len(split.train) == 10_000
+    pd.testing.assert_frame_equal(split.train, again.train)
+    assert set(split.train[TIME]) <= set(whole.train[TIME])
+    pd.testing.assert_frame_equal(split.calibration, whole.calibration)
+    pd.testing.assert_frame_equal(split.holdout, whole.holdout)
+    assert len(training_split(_settings(), frame).train) == len(whole.train)  # under the default bound: every row

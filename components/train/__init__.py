@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -15,7 +15,7 @@ from storeflow.components.features import FeatureResult, load_training_set
 from storeflow.components.features.btyd import P_ORDER
 from storeflow.components.features.dataset import LABEL, SPEND_LABEL, Split, split_holdout
 
-__all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train"]
+__all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train", "training_split"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ def fit_propensity(settings: Settings, split: Split, columns: list[str]):
     return calibrated(estimator.fit(x, y), cx, cy)
 
 
+def training_split(settings: Settings, frame: pd.DataFrame) -> Split:
+    """The time split of a training set, its training cutoffs' rows sampled down to ``train.max_rows``.
+
+    Why a sample: the 100x store (500,000 customers) has 3.3M training rows; trees with 200-row leaves
+    and a 25-input logistic regression learn as much from a million, in a third of the time and memory.
+    The calibration cutoff and the holdout keep every row: they decide the probabilities and the verdict."""
+    split = split_holdout(frame, settings.features.label)
+    if len(split.train) <= settings.train.max_rows:
+        return split
+    sample = split.train.sample(n=settings.train.max_rows, random_state=0).sort_index().reset_index(drop=True)
+    return replace(split, train=sample)
+
+
 def train(settings: Settings, features: FeatureResult) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
@@ -83,7 +96,7 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
     from storeflow.components import tracking
 
     columns = list(settings.features.customer_features)
-    split = split_holdout(load_training_set(features), settings.features.label)
+    split = training_split(settings, load_training_set(features))
     x, y = split.train[columns], split.train[LABEL].to_numpy()
     estimator = fit_propensity(settings, split, columns)
     scores = estimator.predict_proba(x)[:, 1]
