@@ -33,6 +33,8 @@ Who a verified caller is (:class:`Principal`) is decided here; what it may read 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from collections import OrderedDict
@@ -196,14 +198,19 @@ def _malformed(exc: Exception) -> AuthError:
 
 
 def _issued_by_admin(authorization) -> bool:
-    """Whether a Bearer token's (not yet verified) ``iss`` is a shop's admin; the verifier then checks it."""
+    """Whether a Bearer token's (not yet verified) ``iss`` is a shop's admin; the verifier then checks it.
+
+    A peek at the payload segment (base64url JSON), not PyJWT's unverified decode, which parses and
+    checks the header too (~38 vs ~6 us, on every first-seen token); anything unreadable is not admin, and
+    the checkout verifier rejects it."""
     if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
         return False
-    import jwt
-
-    try:
-        claims = jwt.decode(authorization[7:], options={"verify_signature": False})
-    except jwt.PyJWTError:
+    segments = authorization[7:].split(".")
+    if len(segments) != 3:
         return False
-    iss = claims.get("iss")
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4)))
+    except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return False
+    iss = claims.get("iss") if isinstance(claims, dict) else None
     return isinstance(iss, str) and urlparse(iss).path.rstrip("/") == "/admin"
