@@ -468,34 +468,42 @@ def selected(cells: set[str], size: int, store: str, kind: str) -> bool:
     return not cells or any(f"{size}/{store}/{kind}/".startswith(c.strip("/") + "/") for c in cells)
 
 
-def measure(name: str, work: Path, script: Path, args, cell: dict, data: dict | None = None) -> list[dict]:
-    """Start ``name``, warm it up, then one wrk run per concurrency: its rows, with hit rates and RSS."""
+def measure(name: str, work: Path, runs: list[tuple[dict, Path]], args, data: dict | None = None) -> list[dict]:
+    """Start ``name`` once, then for each ``(cell, script)`` of ``runs`` (the draws of one store, in order)
+    warm it up with that script and run wrk once per concurrency: its rows, with hit rates and RSS.
+
+    One start per server and store, not per draw: a start costs a minute on this machine (two workers
+    load the model and check Treelite against it), and a store's draws after one another are what a
+    running server sees when its traffic changes; each draw's warm-up fills the caches for it first."""
     storeflow = name.startswith("storeflow")
     port = free_port()
     health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
-    print(f"starting {name} ({cell}) ...", flush=True)
+    print(f"starting {name} ({runs[0][0]}) ...", flush=True)
     proc = start(name, work, port)
     rows = []
     try:
         wait_ready(proc, health)
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
-        wrk(url, script, 8, args.warmup)  # warm-up: connections, caches, first-call paths
-        check = check_predictions(port, data) if storeflow and data is not None else None
-        for c in args.concurrency:
-            load = machine_load()["loadavg"]
-            before = cache_counts(port) if storeflow else {}
-            result = {"server": name, **cell, "concurrency": c, **wrk(url, script, c, args.duration)}
-            if storeflow:
-                result["hit_rates"] = hit_rates(before, cache_counts(port))
-            result["worker_rss_mb"] = worker_rss(proc)
-            result["loadavg_before"] = load
-            if check is not None:
-                result["predictions_equal_registered_model"] = check["equal_1e-6"]
-            print(json.dumps(result), flush=True)
-            rows.append(result)
+        check = None
+        for cell, script in runs:
+            wrk(url, script, 8, args.warmup)  # warm-up: connections, caches, first-call paths
+            if check is None and storeflow and data is not None:
+                check = check_predictions(port, data)
+            for c in args.concurrency:
+                load = machine_load()["loadavg"]
+                before = cache_counts(port) if storeflow else {}
+                result = {"server": name, **cell, "concurrency": c, **wrk(url, script, c, args.duration)}
+                if storeflow:
+                    result["hit_rates"] = hit_rates(before, cache_counts(port))
+                result["worker_rss_mb"] = worker_rss(proc)
+                result["loadavg_before"] = load
+                if check is not None:
+                    result["predictions_equal_registered_model"] = check["equal_1e-6"]
+                print(json.dumps(result), flush=True)
+                rows.append(result)
     except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' rows
         print(f"{name} failed: {exc}; see {work / (name + '.log')}", flush=True)
-        rows.append({"server": name, **cell, "error": str(exc)[:300]})
+        rows.append({"server": name, **runs[0][0], "error": str(exc)[:300]})
     finally:
         stop(proc)
     return rows
@@ -553,6 +561,7 @@ def main() -> None:
                 seconds = use_online_store(data, store, redis)
                 if seconds:
                     stores_built[size]["redis_materialize_s"] = round(seconds, 1)
+                runs = []
                 for kind in args.draws.split(","):
                     cell = {"customers": size, "online_store": store, "draw": kind}
                     if not selected(cells, size, store, kind):
@@ -563,13 +572,14 @@ def main() -> None:
                     tokens = {i: f"Bearer {session_token(i)}" for i in dict.fromkeys(drawn)}
                     requests = request_file(work / f"{store}-{kind}.requests", [v2_by_id(i) for i in drawn],
                                             [tokens[i] for i in drawn])
-                    script = lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua")
-                    for name in servers:
-                        if name.startswith("storeflow"):
-                            found = measure(name, work, script, args, {**cell, **cell_stats}, data)
-                            rows += found
-                            checks[f"{name}/{size}/{store}"] = all(r.get("predictions_equal_registered_model")
-                                                                   for r in found)
+                    runs.append(({**cell, **cell_stats},
+                                 lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua")))
+                for name in servers:
+                    if name.startswith("storeflow") and runs:
+                        found = measure(name, work, runs, args, data)
+                        rows += found
+                        checks[f"{name}/{size}/{store}"] = all(r.get("predictions_equal_registered_model")
+                                                               for r in found)
             others = [n for n in servers if not n.startswith("storeflow")]
             if others:  # the feature row is in the request: the store's size and kind change nothing for them
                 sample = draw(data["ids"], "uniform", 20_000, seed=size)
@@ -581,7 +591,7 @@ def main() -> None:
                            {"Content-Type": "application/json"}, work / "by-id.lua")
                 for name in others:
                     cell = {"customers": size, "online_store": None, "draw": "uniform"}
-                    rows += measure(name, work, bare if name == "bare" else script, args, cell)
+                    rows += measure(name, work, [(cell, bare if name == "bare" else script)], args)
     machine["loadavg_at_end"] = machine_load()["loadavg"]
     machine["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     out = Path(args.out)
