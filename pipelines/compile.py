@@ -12,7 +12,7 @@ from pathlib import Path
 
 from storeflow.pipelines.packages import MANIFESTS, compiled
 
-PIPELINES = ("training", "monitoring", "recommendations")
+PIPELINES = ("training", "monitoring", "recommendations", "risk")
 
 
 def _targets(settings=None) -> dict[str, object]:
@@ -26,16 +26,19 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor
     from storeflow.components.recommend.component import recommend
+    from storeflow.components.risk.component import risk
     from storeflow.components.validate.component import validate
     from storeflow.pipelines.monitoring import build_monitoring_pipeline, retrain
     from storeflow.pipelines.recommendations import build_recommendations_pipeline
+    from storeflow.pipelines.risk import build_risk_pipeline
     from storeflow.pipelines.training import DEFAULTS, build_training_pipeline
 
     settings = settings or DEFAULTS
     targets: dict[str, object] = {"pipelines/training.yaml": build_training_pipeline(settings),
                                   "pipelines/monitoring.yaml": build_monitoring_pipeline(settings),
-                                  "pipelines/recommendations.yaml": build_recommendations_pipeline(settings)}
-    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, recommend):
+                                  "pipelines/recommendations.yaml": build_recommendations_pipeline(settings),
+                                  "pipelines/risk.yaml": build_risk_pipeline(settings)}
+    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, recommend, risk):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 

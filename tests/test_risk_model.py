@@ -86,3 +86,15 @@ def test_the_model_is_judged_beside_shopify_and_the_rules_on_the_same_holdout(or
         assert comparison["champion"] == pytest.approx(metrics[baseline]["pr_auc"])
     text = risk_model.report(evaluation, settings.fpr)
     assert "Shopify's risk level" in text and "recall at 1% FPR" in text
+
+
+def test_the_confusion_matrix_holds_orders_above_the_genuine_orders_quantile():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 1000 + [1] * 20)
+    scores = np.concatenate([rng.random(1000), rng.random(20) + 0.5])
+    curves = risk_model.curves_at_fpr(labels, scores, 0.01)
+    (genuine_passed, genuine_held), (fraud_passed, fraud_held) = curves["confusion_matrix"]
+    assert genuine_held <= 10 and genuine_passed + genuine_held == 1000
+    assert fraud_held == int((scores[1000:] >= curves["threshold"]).sum()) and fraud_passed + fraud_held == 20
+    assert curves["classes"] == ["genuine", "fraud"]
+    assert curves["fpr"][0] == 0 and curves["tpr"][-1] == 1

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from storeflow.components.evaluate.metrics import Comparison, paired_bootstrap
+from storeflow.components.evaluate.metrics import Comparison, classification_curves, paired_bootstrap
 from storeflow.components.risk.features import LABEL, ORDER_FEATURES, TIME
 from storeflow.components.train import build_estimator
 
+CLASSES = ("genuine", "fraud")
 SHOPIFY_LEVELS = {"HIGH": 2.0, "MEDIUM": 1.0}  # LOW, NONE, pending or absent: 0
 DEFAULT_ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
 DEFAULT_PARAMS: dict[str, Any] = {"class_weight": "balanced", "learning_rate": 0.05, "max_iter": 300,
@@ -123,6 +124,7 @@ class RiskEvaluation:
     comparisons: dict[str, dict]  # model minus each baseline: paired bootstrap of PR-AUC
     split: dict[str, str | int]
     rules_high_value: float
+    curves: dict[str, dict] = field(default_factory=dict)  # scorer -> ROC curve, confusion matrix at the FPR
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +153,15 @@ def evaluate(model, split: RiskSplit, settings: RiskSettings) -> RiskEvaluation:
                "train_until": split.train_until.isoformat(), "holdout_start": split.holdout_start.isoformat(),
                "holdout_end": split.holdout_end.isoformat()},
         rules_high_value=high_value,
+        curves={name: curves_at_fpr(labels, score, settings.fpr) for name, score in scores.items()},
     )
+
+
+def curves_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> dict:
+    """The ROC curve and the confusion matrix when orders scoring above the genuine orders' ``1 - fpr``
+    quantile are held (what a KFP ClassificationMetrics artifact shows)."""
+    threshold = float(np.nextafter(np.quantile(scores[labels == 0], 1 - fpr), np.inf))
+    return {**classification_curves(labels, scores, threshold=threshold), "classes": list(CLASSES)}
 
 
 def report(evaluation: RiskEvaluation, fpr: float) -> str:

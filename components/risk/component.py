@@ -1,0 +1,66 @@
+"""KFP component: order risk rows from a snapshot, a model judged beside Shopify's risk level and the rules on a
+time-split holdout, registered in MLflow under the propensity model's gate."""
+
+from kfp import dsl
+
+from storeflow.components.container import component
+
+
+@component
+def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model: dsl.Output[dsl.Model],
+         metrics: dsl.Output[dsl.Metrics], model_curves: dsl.Output[dsl.ClassificationMetrics],
+         shopify_curves: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.Markdown],
+         config_json: str = "{}", export_path: str = "", holdout_days: int = 180, maturity_days: int = 90) -> str:
+    """Score orders for fraud: order-time features, a model, and how it compares with Shopify's risk level.
+
+    Args:
+        snapshot: The validated snapshot Dataset (ingest's output, run after validate).
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
+        export_path: The bulk JSONL with the orders' risk fields (the OrderRisk query of
+            components/risk/query.graphql, or a synthetic store with synthetic.fraud_rate), as the task sees
+            it; empty reads the export the snapshot was ingested from (its manifest's inputs).
+        holdout_days: The holdout: orders of this many days before the labels' maturity line.
+        maturity_days: Days after an order by which its fraud label (a chargeback) is known; training orders
+            end this long before the holdout, the holdout this long before the last order.
+        rows: One row per order (Parquet): the features as of its creation, Shopify's risk level, the label.
+        model: The fitted risk model as an MLflow model directory; metadata has its models:/ URI and version.
+        metrics: PR-AUC, ROC-AUC and recall at 1 % false-positive rate of the model, Shopify's risk level and
+            the rules on the same holdout.
+        model_curves: The model's ROC curve and confusion matrix at 1 % false-positive rate.
+        shopify_curves: Shopify's risk level's ROC curve and confusion matrix on the same rows.
+        report: The comparison and the registry decision in words (Markdown).
+
+    Returns:
+        The RiskResult as JSON: run, model name and version, whether it became champion and why.
+    """
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    from storeflow.components.artifacts import describe, publish
+    from storeflow.components.config import load_run_settings
+    from storeflow.components.risk.model import RiskSettings
+    from storeflow.components.risk.stage import risk_rows, train_and_register
+
+    settings = load_run_settings(config_json, {})
+    frame = risk_rows(Path(snapshot.path), [Path(export_path)] if export_path else None)
+    Path(rows.path).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(rows.path, index=False)
+    rows.metadata.update(rows=len(frame), fraud=int(frame["fraud"].sum()))
+    result = train_and_register(settings, frame, RiskSettings(holdout_days=holdout_days, maturity_days=maturity_days))
+    for scorer, values in result.evaluation["metrics"].items():
+        for name, value in values.items():
+            metrics.log_metric(f"{scorer}.{name}", value)
+    for scorer, artifact in (("model", model_curves), ("shopify", shopify_curves)):
+        curves = result.evaluation["curves"][scorer]
+        artifact.log_roc_curve(curves["fpr"], curves["tpr"], curves["thresholds"])
+        artifact.log_confusion_matrix(curves["classes"], curves["confusion_matrix"])
+    publish(Path(mlflow.artifacts.download_artifacts(result.model_uri)), model.path)
+    describe(model.metadata, result.to_json(), model_uri=f"models:/{result.model_name}/{result.version}",
+             version=result.version, champion=result.promoted)
+    with open(report.path, "w") as out:
+        out.write(result.evaluation["report"])
+    print(result.evaluation["report"])
+    return json.dumps({key: value for key, value in json.loads(result.to_json()).items() if key != "evaluation"})

@@ -1,0 +1,49 @@
+"""The order risk pipeline: ingest → validate → risk, on the same ingest and validate components (and cluster
+wiring) as training; the order rows, the model, its comparison with Shopify's risk level and the rules, and its
+ROC curves are artifacts, and the model is registered in MLflow beside the propensity model (issue 16)."""
+
+from kfp import dsl
+
+from storeflow.components.config import Settings
+from storeflow.components.ingest.component import ingest
+from storeflow.components.risk.component import risk
+from storeflow.components.validate.component import validate
+from storeflow.pipelines.training import DEFAULTS, mlflow_credentials, on_cluster, shopify_credentials
+
+PIPELINE_NAME = "storeflow-order-risk"
+STAGES = ("ingest", "validate", "risk")
+
+
+def build_risk_pipeline(settings: Settings = DEFAULTS):
+    """The risk pipeline wired for the cluster ``settings`` describe (see ``training.on_cluster``)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Store orders to a registered order risk model, judged "
+                  "against Shopify's own risk level and rules on a time-split holdout.")
+    def risk_pipeline(ingest_source: str = "", ingest_path: str = "", export_path: str = "",
+                      holdout_days: int = 180, maturity_days: int = 90, config_json: str = "{}") -> str:
+        """Ingest, validate, then build order risk rows and fit, judge and register the risk model.
+
+        Args:
+            ingest_source: Where the orders come from: shopify, jsonl, csv or synthetic ('' keeps the cluster's).
+            ingest_path: The export file or directory for jsonl/csv, as the tasks see it.
+            export_path: The bulk JSONL with the orders' risk fields; '' reads the export ingest read.
+            holdout_days: The holdout: orders of this many days before the labels' maturity line.
+            maturity_days: Days after an order by which its fraud label is known.
+            config_json: Advanced: any storeflow settings as a JSON object, over the ConfigMap; the inputs
+                above win over it.
+        """
+        ingested = shopify_credentials(on_cluster(
+            ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest", settings), settings)
+        snapshot = ingested.outputs["snapshot"]
+        validated = on_cluster(validate(config_json=config_json, snapshot=snapshot), "validate", settings)
+        # Sized, retried and uncached as the train task (kfp.resources.train): it fits and logs to MLflow too.
+        scored = mlflow_credentials(on_cluster(
+            risk(config_json=config_json, snapshot=snapshot, export_path=export_path, holdout_days=holdout_days,
+                 maturity_days=maturity_days), "train", settings), settings).set_display_name("risk")
+        scored.after(validated)
+        return scored.outputs["Output"]
+
+    return risk_pipeline
+
+
+risk_pipeline = build_risk_pipeline()
