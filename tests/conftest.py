@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,15 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture(scope="session")
 def store_tables() -> dict[str, pd.DataFrame]:
     return small_store()
+
+
+@pytest.fixture
+def hooks(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of a webhook receiver for the test shop, with its app secret and Admin API token."""
+    from test_webhook_signing import SECRET, SHOP
+
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+    return load_settings({**json.loads(settings.to_json()), "project": {
+        "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
+        "serving": {"shopify_client_id": "storeflow-test-app"}})

@@ -16,7 +16,6 @@ from scipy import sparse
 from starlette.testclient import TestClient
 from test_webhook_signing import SECRET, SHOP, delivery
 
-from storeflow.components.config import load_settings
 from storeflow.components.features.repo import feature_store
 from storeflow.components.recommend import availability
 from storeflow.components.recommend.model import ItemItem
@@ -73,15 +72,6 @@ def test_draft_unpublished_and_sell_when_out_of_stock(conn):
 
 def test_a_level_of_an_item_no_product_named_changes_nothing(conn):
     assert products.apply(conn, "inventory_levels/update", payload("inventory_levels_update")).empty
-
-
-@pytest.fixture
-def hooks(settings, monkeypatch):
-    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
-    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
-    return load_settings({**json.loads(settings.to_json()), "project": {
-        "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
-        "serving": {"shopify_client_id": "storeflow-test-app"}})
 
 
 def test_webhooks_keep_availability_current_in_the_online_store(hooks):

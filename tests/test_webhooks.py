@@ -30,15 +30,6 @@ ADA = 7390245781931
 
 
 @pytest.fixture
-def hooks(settings, monkeypatch):
-    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
-    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
-    return load_settings({**json.loads(settings.to_json()), "project": {
-        "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
-        "serving": {"shopify_client_id": "storeflow-test-app"}})
-
-
-@pytest.fixture
 def client(hooks):
     with TestClient(create_app(hooks), base_url="https://storeflow.example") as c:
         yield c
