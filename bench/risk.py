@@ -5,7 +5,8 @@ store and the 10x store with synthetic fraud (``synthetic.fraud_rate`` 0.003: 0.
 Reports per store (its size beside every row): orders, labelled frauds and where the labels came from, seconds
 and peak resident memory of each step (generate, read the snapshot tables, read the risk fields, features, fit,
 evaluate), and PR-AUC, ROC-AUC and recall at 1 % FPR of each scorer with the model minus each baseline on
-PR-AUC and its customer-grouped 95 % CI. Results go to bench/results/risk.json.
+PR-AUC and its customer-grouped 95 % CI; the same for the model given Shopify's level as one more input.
+Results go to bench/results/risk.json.
 
     python bench/risk.py [default] [10x]
 """
@@ -68,11 +69,18 @@ def run_one(name: str, store: dict) -> dict:
     started = time.perf_counter()
     evaluation = risk_model.evaluate(fitted, split, settings)
     step("evaluate", started)
+    # the same model with Shopify's level as one more input (RiskSettings.shopify_level_as_input)
+    stacked_settings = risk_model.RiskSettings(shopify_level_as_input=True)
+    started = time.perf_counter()
+    stacked = risk_model.evaluate(risk_model.fit(split.train, stacked_settings), split, stacked_settings)
+    step("fit_and_evaluate_with_shopify_level", started)
     return {"store": name, "store_customers": store["customers"], "store_orders": store["orders"],
             "fraud_rate": FRAUD_RATE, "orders": len(rows), "labelled_fraud": int(rows[LABEL].sum()),
             "label_sources": rows.loc[rows[LABEL] == 1, "label_source"].value_counts().to_dict(),
             "steps": steps, **{key: value for key, value in evaluation.to_dict().items() if key != "curves"},
-            "report": risk_model.report(evaluation, settings.fpr)}
+            "report": risk_model.report(evaluation, settings.fpr),
+            "with_shopify_level_as_input": {"metrics": stacked.metrics, "comparisons": stacked.comparisons,
+                                            "report": risk_model.report(stacked, settings.fpr)}}
 
 
 def main(names: list[str]) -> None:
@@ -83,6 +91,7 @@ def main(names: list[str]) -> None:
               f"{row['labelled_fraud']:,} labelled fraud): " + ", ".join(
                   f"{step} {v['seconds']:.1f} s" for step, v in row["steps"].items()), flush=True)
         print(row["report"], flush=True)
+        print("with Shopify's level as a model input:\n" + row["with_shopify_level_as_input"]["report"], flush=True)
         rows.append(row)
     out = BENCH / "results" / "risk.json"
     out.parent.mkdir(exist_ok=True)

@@ -98,3 +98,12 @@ def test_the_confusion_matrix_holds_orders_above_the_genuine_orders_quantile():
     assert fraud_held == int((scores[1000:] >= curves["threshold"]).sum()) and fraud_passed + fraud_held == 20
     assert curves["classes"] == ["genuine", "fraud"]
     assert curves["fpr"][0] == 0 and curves["tpr"][-1] == 1
+
+
+def test_shopifys_level_is_a_model_input_only_when_asked():
+    frame = pd.DataFrame({name: [0.0, 1.0] for name in risk_model.ORDER_FEATURES}
+                         | {"shopify_risk_level": ["HIGH", None]})
+    assert list(risk_model.inputs(frame, risk_model.RiskSettings()).columns) == list(risk_model.ORDER_FEATURES)
+    stacked = risk_model.inputs(frame, risk_model.RiskSettings(shopify_level_as_input=True))
+    assert list(stacked.columns) == [*risk_model.ORDER_FEATURES, "shopify_score"]
+    assert stacked["shopify_score"].tolist() == [2.0, 0.0]

@@ -58,6 +58,11 @@ def test_the_first_model_is_champion_and_an_equal_one_is_not(stage):
     assert "below the margin" in again.reason
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
+    # a challenger that also reads Shopify's level is compared with the champion on the champion's own inputs
+    stacked = train_and_register(settings, rows, risk_model.RiskSettings(
+        params=QUICK.params, bootstrap_samples=100, shopify_level_as_input=True))
+    assert stacked.version == "3" and stacked.evaluation["champion"]["samples"] > 0
+    assert client.get_run(stacked.run_id).data.params["shopify_level_as_input"] == "True"
 
 
 def test_a_model_that_a_baseline_beats_is_not_promoted(stage, tmp_path: Path):

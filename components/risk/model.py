@@ -3,7 +3,8 @@
 * a time split: the holdout is the latest orders whose labels are mature (disputes arrive weeks later), and
   training takes only orders whose labels were mature when the holdout began (no label from its future);
 * the model: the train stage's configured-estimator builder (``train.build_estimator``), default a
-  class-weighted HistGradientBoostingClassifier, fitted on ``ORDER_FEATURES``;
+  class-weighted HistGradientBoostingClassifier, fitted on ``ORDER_FEATURES`` (and, with
+  ``shopify_level_as_input``, Shopify's own level as one more input: :func:`inputs`);
 * two baselines on the same rows: Shopify's own risk level (the bulk export's assessment without a provider:
   LOW < MEDIUM < HIGH) and transparent rules a merchant could write in Shopify Flow (:func:`rules_score`);
 * metrics for a rare class: PR-AUC (average precision) and recall at 1 % false-positive rate (the share of
@@ -42,6 +43,24 @@ class RiskSettings:
     bootstrap_samples: int = 200
     confidence: float = 0.95
     seed: int = 0
+    # Shopify's level (shopify_score) as a model input too. Off by default: on orders/create Shopify's analysis
+    # may still be PENDING, and the merchant's fraud cancellations mostly follow its HIGH, so the labels lean to it.
+    shopify_level_as_input: bool = False
+
+
+SHOPIFY_INPUT = "shopify_score"
+
+
+def columns(settings: RiskSettings) -> list[str]:
+    """The model's input columns."""
+    return [*ORDER_FEATURES, *([SHOPIFY_INPUT] if settings.shopify_level_as_input else [])]
+
+
+def inputs(frame: pd.DataFrame, settings: RiskSettings) -> pd.DataFrame:
+    """The model's inputs of ``frame`` (rows of risk.features)."""
+    if settings.shopify_level_as_input:
+        frame = frame.assign(**{SHOPIFY_INPUT: shopify_score(frame)})
+    return frame[columns(settings)]
 
 
 @dataclass(frozen=True)
@@ -113,9 +132,9 @@ def risk_metrics(labels: np.ndarray, scores: np.ndarray, fpr: float) -> dict[str
 
 
 def fit(train: pd.DataFrame, settings: RiskSettings):
-    """The configured estimator fitted on the training orders' ``ORDER_FEATURES``."""
+    """The configured estimator fitted on the training orders' :func:`inputs`."""
     estimator = build_estimator(settings.estimator, settings.params)
-    return estimator.fit(train[list(ORDER_FEATURES)], train[LABEL].to_numpy())
+    return estimator.fit(inputs(train, settings), train[LABEL].to_numpy())
 
 
 @dataclass(frozen=True)
@@ -136,7 +155,7 @@ def evaluate(model, split: RiskSplit, settings: RiskSettings) -> RiskEvaluation:
     holdout = split.holdout
     labels = holdout[LABEL].to_numpy()
     high_value = high_value_threshold(split.train)
-    scores = {"model": model.predict_proba(holdout[list(ORDER_FEATURES)])[:, 1],
+    scores = {"model": model.predict_proba(inputs(holdout, settings))[:, 1],
               "shopify": shopify_score(holdout), "rules": rules_score(holdout, high_value)}
     groups = holdout["customer_id"].astype("string").fillna("guest-" + holdout["order_id"].astype(str)).to_numpy()
     comparisons: dict[str, dict] = {}

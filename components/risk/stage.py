@@ -20,7 +20,7 @@ from storeflow.components.config import Settings
 from storeflow.components.evaluate.metrics import Comparison, decide, paired_bootstrap
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.risk import model as risk_model
-from storeflow.components.risk.features import LABEL, ORDER_FEATURES, order_risk_features
+from storeflow.components.risk.features import LABEL, order_risk_features
 from storeflow.components.risk.orders import read_risk_fields
 from storeflow.components.tables import read_tables
 
@@ -92,18 +92,18 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
                       baseline_gate=cfg.baseline_gate)
     text = risk_model.report(evaluation, risk.fpr) + f"\nDecision: {decision.reason}\n"
 
-    columns = list(ORDER_FEATURES)
     tags = {"storeflow.rows": str(len(rows))}
     if commit := tracking.git_commit():
         tags["mlflow.source.git.commit"] = commit
     with mlflow.start_run(experiment_id=experiment, run_name="order-risk", tags=tags) as run:
         mlflow.log_params({"estimator": risk.estimator, **risk.params, "maturity_days": risk.maturity_days,
-                           "holdout_days": risk.holdout_days, "fpr": risk.fpr})
+                           "holdout_days": risk.holdout_days, "fpr": risk.fpr,
+                           "shopify_level_as_input": risk.shopify_level_as_input})
         mlflow.log_metrics({f"{scorer}.{name}": value for scorer, values in evaluation.metrics.items()
                             for name, value in values.items()})
         mlflow.log_text(text, "evaluation.md")
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
-        example = split.train[columns].head(5)
+        example = risk_model.inputs(split.train.head(5), risk)
         info = mlflow.sklearn.log_model(
             fitted, name="model", signature=infer_signature(example, fitted.predict_proba(example)[:, 1]),
             input_example=example, pip_requirements=tracking.pip_requirements(), pyfunc_predict_fn="predict_proba",
@@ -120,10 +120,13 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
 
 
 def _versus(holdout: pd.DataFrame, ours, theirs, risk: risk_model.RiskSettings) -> Comparison:
-    columns = list(ORDER_FEATURES)
+    x = risk_model.inputs(holdout, risk)
+    # the champion reads the inputs it was fitted on (with or without Shopify's level)
+    every = holdout.assign(**{risk_model.SHOPIFY_INPUT: risk_model.shopify_score(holdout)})
+    their_x = every[list(getattr(theirs, "feature_names_in_", x.columns))]
     groups = holdout["customer_id"].astype("string").fillna("guest-" + holdout["order_id"].astype(str)).to_numpy()
-    return paired_bootstrap(holdout[LABEL].to_numpy(), ours.predict_proba(holdout[columns])[:, 1],
-                            np.asarray(theirs.predict_proba(holdout[columns])[:, 1]), "pr_auc",
+    return paired_bootstrap(holdout[LABEL].to_numpy(), ours.predict_proba(x)[:, 1],
+                            np.asarray(theirs.predict_proba(their_x)[:, 1]), "pr_auc",
                             risk.bootstrap_samples, risk.confidence, risk.seed, groups=groups)
 
 
