@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from storeflow.components.config import SyntheticStoreConfig
+from storeflow.components.config import RiskConfig, SyntheticStoreConfig
 from storeflow.components.ingest.bulk_jsonl import read_bulk_jsonl
 from storeflow.components.ingest.synthetic import generate_store
 from storeflow.components.risk import model as risk_model
@@ -48,7 +48,7 @@ def run_one(name: str, store: dict) -> dict:
     def step(label: str, started: float) -> None:
         steps[label] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(_peak_mb())}
 
-    settings = risk_model.RiskSettings()
+    settings = RiskConfig()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = generate_store(config, Path(tmp) / "store.jsonl")
@@ -69,8 +69,8 @@ def run_one(name: str, store: dict) -> dict:
     started = time.perf_counter()
     evaluation = risk_model.evaluate(fitted, split, settings)
     step("evaluate", started)
-    # the same model with Shopify's level as one more input (RiskSettings.shopify_level_as_input)
-    stacked_settings = risk_model.RiskSettings(shopify_level_as_input=True)
+    # the same model with Shopify's level as one more input (RiskConfig.shopify_level_as_input)
+    stacked_settings = RiskConfig(shopify_level_as_input=True)
     started = time.perf_counter()
     stacked = risk_model.evaluate(risk_model.fit(split.train, stacked_settings), split, stacked_settings)
     step("fit_and_evaluate_with_shopify_level", started)

@@ -303,6 +303,7 @@ DEFAULT_TASK_RESOURCES: dict[str, dict[str, Any]] = {
     "monitor": {"memory_request": "1Gi", "memory_limit": "2Gi"},
     "retrain": {"timeout_seconds": 7200},  # retrain: local runs the whole training pipeline in this task
     "recommend": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
+    "risk": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
 }
 
 
@@ -336,7 +337,7 @@ class KfpConfig(Section):
     resources: dict[str, TaskResources] = Field(
         default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
         description="Per pipeline task (ingest, validate, features, train, evaluate, register, deploy, monitor, "
-        "retrain): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
+        "retrain, recommend, risk): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
         "default, the other values keep theirs.")
     retry: TaskRetry = Field(TaskRetry(), description="Retries with backoff of the tasks that call network services.")
 
@@ -581,6 +582,31 @@ class RecommendationsConfig(Section):
     seed: int = 0
 
 
+class RiskConfig(Section):
+    """Order risk (issue 16): the model, its time-split holdout and how it is judged (components/risk)."""
+
+    model_name: str = Field("storeflow-order-risk", description="Registered model name in MLflow.")
+    experiment: str = Field("storeflow-order-risk", description="MLflow experiment of the risk runs.")
+    estimator: str = Field("sklearn.ensemble.HistGradientBoostingClassifier",
+                           description="Import path of a scikit-learn classifier with predict_proba.")
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"class_weight": "balanced", "learning_rate": 0.05, "max_iter": 300,
+                                 "max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0,
+                                 "random_state": 0})
+    maturity_days: int = Field(90, gt=0, description="Days after an order by which its fraud label is known "
+                               "(chargebacks come up to ~11 weeks later): the holdout ends this long before the last "
+                               "order, training orders this long before the holdout.")
+    holdout_days: int = Field(180, gt=0, description="The holdout: orders of this many days before the labels' "
+                              "maturity line.")
+    fpr: float = Field(0.01, gt=0, lt=1, description="Recall is reported at this false-positive rate.")
+    shopify_level_as_input: bool = Field(
+        False, description="Shopify's own risk level as one more model input. Off: on orders/create Shopify's "
+        "analysis may still be PENDING, and the merchant's fraud cancellations mostly follow its HIGH.")
+    bootstrap_samples: int = Field(200, ge=50)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Everything storeflow reads. Construct with :func:`load_settings`."""
 
@@ -607,6 +633,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = MonitorConfig()
     shopify: ShopifyConfig = ShopifyConfig()
     recommendations: RecommendationsConfig = RecommendationsConfig()
+    risk: RiskConfig = RiskConfig()
 
     @classmethod
     def settings_customise_sources(

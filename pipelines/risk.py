@@ -20,8 +20,10 @@ def build_risk_pipeline(settings: Settings = DEFAULTS):
     @dsl.pipeline(name=PIPELINE_NAME, description="Store orders to a registered order risk model, judged "
                   "against Shopify's own risk level and rules on a time-split holdout.")
     def risk_pipeline(ingest_source: str = "", ingest_path: str = "", export_path: str = "",
-                      holdout_days: int = 180, maturity_days: int = 90, config_json: str = "{}") -> str:
+                      holdout_days: int = -1, maturity_days: int = -1, config_json: str = "{}") -> str:
         """Ingest, validate, then build order risk rows and fit, judge and register the risk model.
+
+        Every input left at its default ('' or -1) keeps the cluster's configured value.
 
         Args:
             ingest_source: Where the orders come from: shopify, jsonl, csv or synthetic ('' keeps the cluster's).
@@ -36,10 +38,9 @@ def build_risk_pipeline(settings: Settings = DEFAULTS):
             ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest", settings), settings)
         snapshot = ingested.outputs["snapshot"]
         validated = on_cluster(validate(config_json=config_json, snapshot=snapshot), "validate", settings)
-        # Sized, retried and uncached as the train task (kfp.resources.train): it fits and logs to MLflow too.
         scored = mlflow_credentials(on_cluster(
             risk(config_json=config_json, snapshot=snapshot, export_path=export_path, holdout_days=holdout_days,
-                 maturity_days=maturity_days), "train", settings), settings).set_display_name("risk")
+                 maturity_days=maturity_days), "risk", settings), settings)
         scored.after(validated)
         return scored.outputs["Output"]
 

@@ -28,7 +28,7 @@ STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "de
 # deploy (KServe's API server, Prometheus and MLflow), monitor (MLflow, the prediction-log store),
 # retrain (the KFP API) and recommend (the MLflow registry). validate and features read only the snapshot,
 # the volume and Feast's stores; a failure there is a data error that a retry repeats.
-RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain", "recommend"})
+RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain", "recommend", "risk"})
 
 # Tasks whose output their inputs determine, with no side effect a cache hit would skip (see on_cluster).
 CACHED = frozenset({"validate"})

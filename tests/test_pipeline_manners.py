@@ -12,7 +12,8 @@ from storeflow.pipelines.cli import app
 from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
-                  "monitoring": ("monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend")}
+                  "monitoring": ("monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend"),
+                  "risk": ("ingest", "validate", "risk")}
 
 
 def _compile(out: Path, *args: str) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from storeflow.components.config import SyntheticStoreConfig
+from storeflow.components.config import RiskConfig, SyntheticStoreConfig
 from storeflow.components.ingest import generate_store, read_bulk_jsonl
 from storeflow.components.risk import model as risk_model
 from storeflow.components.risk.features import LABEL, TIME, order_risk_features
@@ -44,7 +44,7 @@ def _frame(days: int, fraud_every: int) -> pd.DataFrame:
 
 
 def test_training_labels_were_mature_when_the_holdout_began():
-    settings = risk_model.RiskSettings(maturity_days=60, holdout_days=90)
+    settings = RiskConfig(maturity_days=60, holdout_days=90)
     frame = _frame(400, 50)
     split = risk_model.time_split(frame, settings)
     last = frame[TIME].max()
@@ -56,7 +56,7 @@ def test_training_labels_were_mature_when_the_holdout_began():
 
 def test_a_history_too_short_for_the_split_is_named():
     with pytest.raises(ValueError, match="holdout of 180 days and label maturity of 90 days"):
-        risk_model.time_split(_frame(200, 50), risk_model.RiskSettings())
+        risk_model.time_split(_frame(200, 50), RiskConfig())
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 
 def test_the_model_is_judged_beside_shopify_and_the_rules_on_the_same_holdout(orders):
-    settings = risk_model.RiskSettings(bootstrap_samples=50)
+    settings = RiskConfig(bootstrap_samples=50)
     split = risk_model.time_split(orders, settings)
     model = risk_model.fit(split.train, settings)
     evaluation = risk_model.evaluate(model, split, settings)
@@ -103,7 +103,7 @@ def test_the_confusion_matrix_holds_orders_above_the_genuine_orders_quantile():
 def test_shopifys_level_is_a_model_input_only_when_asked():
     frame = pd.DataFrame({name: [0.0, 1.0] for name in risk_model.ORDER_FEATURES}
                          | {"shopify_risk_level": ["HIGH", None]})
-    assert list(risk_model.inputs(frame, risk_model.RiskSettings()).columns) == list(risk_model.ORDER_FEATURES)
-    stacked = risk_model.inputs(frame, risk_model.RiskSettings(shopify_level_as_input=True))
+    assert list(risk_model.inputs(frame, RiskConfig()).columns) == list(risk_model.ORDER_FEATURES)
+    stacked = risk_model.inputs(frame, RiskConfig(shopify_level_as_input=True))
     assert list(stacked.columns) == [*risk_model.ORDER_FEATURES, "shopify_score"]
     assert stacked["shopify_score"].tolist() == [2.0, 0.0]

@@ -9,12 +9,13 @@ import pytest
 
 from storeflow.components.config import Settings, load_settings
 from storeflow.components.ingest import ingest
-from storeflow.components.risk import model as risk_model
-from storeflow.components.risk.stage import MODEL_NAME, risk_rows, snapshot_inputs, train_and_register
+from storeflow.components.config import RiskConfig
+from storeflow.components.risk.stage import risk_rows, snapshot_inputs, train_and_register
 from tests.conftest import quick_overrides
 
 STORE = {"customers": 2_000, "orders": 24_000, "products": 80, "seed": 31, "fraud_rate": 0.006}
-QUICK = risk_model.RiskSettings(params={**risk_model.DEFAULT_PARAMS, "max_iter": 100}, bootstrap_samples=100)
+QUICK = RiskConfig(params={**RiskConfig().params, "max_iter": 100}, bootstrap_samples=100)
+MODEL_NAME = RiskConfig().model_name
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_the_first_model_is_champion_and_an_equal_one_is_not(stage):
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
     # a challenger that also reads Shopify's level is compared with the champion on the champion's own inputs
-    stacked = train_and_register(settings, rows, risk_model.RiskSettings(
+    stacked = train_and_register(settings, rows, RiskConfig(
         params=QUICK.params, bootstrap_samples=100, shopify_level_as_input=True))
     assert stacked.version == "3" and stacked.evaluation["champion"]["samples"] > 0
     assert client.get_run(stacked.run_id).data.params["shopify_level_as_input"] == "True"
@@ -70,7 +71,7 @@ def test_a_model_that_a_baseline_beats_is_not_promoted(stage, tmp_path: Path):
     gated = Settings.model_validate({**settings.model_dump(by_alias=True),
                                      "project": {"state_dir": str(tmp_path / "state")},
                                      "evaluate": {**settings.evaluate.model_dump(), "baseline_gate": True}})
-    dummy = risk_model.RiskSettings(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "prior"},
+    dummy = RiskConfig(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "prior"},
                                     bootstrap_samples=100)
     result = train_and_register(gated, rows, dummy)
     assert not result.promoted and "LOSES" in result.reason

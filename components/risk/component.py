@@ -10,7 +10,7 @@ from storeflow.components.container import component
 def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model: dsl.Output[dsl.Model],
          metrics: dsl.Output[dsl.Metrics], model_curves: dsl.Output[dsl.ClassificationMetrics],
          shopify_curves: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.Markdown],
-         config_json: str = "{}", export_path: str = "", holdout_days: int = 180, maturity_days: int = 90) -> str:
+         config_json: str = "{}", export_path: str = "", holdout_days: int = -1, maturity_days: int = -1) -> str:
     """Score orders for fraud: order-time features, a model, and how it compares with Shopify's risk level.
 
     Args:
@@ -20,9 +20,11 @@ def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model:
         export_path: The bulk JSONL with the orders' risk fields (the OrderRisk query of
             components/risk/query.graphql, or a synthetic store with synthetic.fraud_rate), as the task sees
             it; empty reads the export the snapshot was ingested from (its manifest's inputs).
-        holdout_days: The holdout: orders of this many days before the labels' maturity line.
+        holdout_days: The holdout: orders of this many days before the labels' maturity line; -1 keeps the
+            configured risk.holdout_days.
         maturity_days: Days after an order by which its fraud label (a chargeback) is known; training orders
-            end this long before the holdout, the holdout this long before the last order.
+            end this long before the holdout, the holdout this long before the last order; -1 keeps the
+            configured risk.maturity_days.
         rows: One row per order (Parquet): the features as of its creation, Shopify's risk level, the label.
         model: The fitted risk model as an MLflow model directory; metadata has its models:/ URI and version.
         metrics: PR-AUC, ROC-AUC and recall at 1 % false-positive rate of the model, Shopify's risk level and
@@ -41,15 +43,14 @@ def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model:
 
     from storeflow.components.artifacts import describe, publish
     from storeflow.components.config import load_run_settings
-    from storeflow.components.risk.model import RiskSettings
     from storeflow.components.risk.stage import risk_rows, train_and_register
 
-    settings = load_run_settings(config_json, {})
+    settings = load_run_settings(config_json, {"risk.holdout_days": holdout_days, "risk.maturity_days": maturity_days})
     frame = risk_rows(Path(snapshot.path), [Path(export_path)] if export_path else None)
     Path(rows.path).parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(rows.path, index=False)
     rows.metadata.update(rows=len(frame), fraud=int(frame["fraud"].sum()))
-    result = train_and_register(settings, frame, RiskSettings(holdout_days=holdout_days, maturity_days=maturity_days))
+    result = train_and_register(settings, frame)
     for scorer, values in result.evaluation["metrics"].items():
         for name, value in values.items():
             metrics.log_metric(f"{scorer}.{name}", value)

@@ -15,48 +15,27 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from storeflow.components.config import RiskConfig
 from storeflow.components.evaluate.metrics import Comparison, classification_curves, paired_bootstrap
 from storeflow.components.risk.features import LABEL, ORDER_FEATURES, TIME
 from storeflow.components.train import build_estimator
 
 CLASSES = ("genuine", "fraud")
 SHOPIFY_LEVELS = {"HIGH": 2.0, "MEDIUM": 1.0}  # LOW, NONE, pending or absent: 0
-DEFAULT_ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
-DEFAULT_PARAMS: dict[str, Any] = {"class_weight": "balanced", "learning_rate": 0.05, "max_iter": 300,
-                                  "max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0,
-                                  "random_state": 0}
-
-
-@dataclass(frozen=True)
-class RiskSettings:
-    estimator: str = DEFAULT_ESTIMATOR
-    params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
-    maturity_days: int = 90  # a label is mature this long after the order (chargebacks take up to ~11 weeks)
-    holdout_days: int = 180
-    fpr: float = 0.01  # recall is reported at this false-positive rate
-    bootstrap_samples: int = 200
-    confidence: float = 0.95
-    seed: int = 0
-    # Shopify's level (shopify_score) as a model input too. Off by default: on orders/create Shopify's analysis
-    # may still be PENDING, and the merchant's fraud cancellations mostly follow its HIGH, so the labels lean to it.
-    shopify_level_as_input: bool = False
-
-
 SHOPIFY_INPUT = "shopify_score"
 
 
-def columns(settings: RiskSettings) -> list[str]:
+def columns(settings: RiskConfig) -> list[str]:
     """The model's input columns."""
     return [*ORDER_FEATURES, *([SHOPIFY_INPUT] if settings.shopify_level_as_input else [])]
 
 
-def inputs(frame: pd.DataFrame, settings: RiskSettings) -> pd.DataFrame:
+def inputs(frame: pd.DataFrame, settings: RiskConfig) -> pd.DataFrame:
     """The model's inputs of ``frame`` (rows of risk.features)."""
     if settings.shopify_level_as_input:
         frame = frame.assign(**{SHOPIFY_INPUT: shopify_score(frame)})
@@ -72,7 +51,7 @@ class RiskSplit:
     holdout_end: pd.Timestamp  # labels are mature for orders created before this
 
 
-def time_split(frame: pd.DataFrame, settings: RiskSettings) -> RiskSplit:
+def time_split(frame: pd.DataFrame, settings: RiskConfig) -> RiskSplit:
     """Holdout: orders of the ``holdout_days`` before the labels' maturity line; training: orders created
     ``maturity_days`` before the holdout starts, whose labels were known by then."""
     if frame.empty:
@@ -131,7 +110,7 @@ def risk_metrics(labels: np.ndarray, scores: np.ndarray, fpr: float) -> dict[str
             "rows": float(len(labels)), "positives": float(labels.sum()), "positive_rate": float(labels.mean())}
 
 
-def fit(train: pd.DataFrame, settings: RiskSettings):
+def fit(train: pd.DataFrame, settings: RiskConfig):
     """The configured estimator fitted on the training orders' :func:`inputs`."""
     estimator = build_estimator(settings.estimator, settings.params)
     return estimator.fit(inputs(train, settings), train[LABEL].to_numpy())
@@ -149,7 +128,7 @@ class RiskEvaluation:
         return asdict(self)
 
 
-def evaluate(model, split: RiskSplit, settings: RiskSettings) -> RiskEvaluation:
+def evaluate(model, split: RiskSplit, settings: RiskConfig) -> RiskEvaluation:
     """The model and both baselines on the same holdout rows, with the model-minus-baseline CI (customers
     resampled; a guest order is its own group)."""
     holdout = split.holdout

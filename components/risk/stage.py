@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from storeflow.components.config import Settings
+from storeflow.components.config import RiskConfig, Settings
 from storeflow.components.evaluate.metrics import Comparison, decide, paired_bootstrap
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.risk import model as risk_model
@@ -24,8 +24,6 @@ from storeflow.components.risk.features import LABEL, order_risk_features
 from storeflow.components.risk.orders import read_risk_fields
 from storeflow.components.tables import read_tables
 
-MODEL_NAME = "storeflow-order-risk"
-EXPERIMENT = "storeflow-order-risk"
 
 
 def snapshot_inputs(snapshot: Path) -> list[Path]:
@@ -64,14 +62,15 @@ class RiskResult:
 
 
 def train_and_register(settings: Settings, rows: pd.DataFrame,
-                       risk: risk_model.RiskSettings | None = None) -> RiskResult:
-    """Fit, judge, log and register the risk model (see the module docstring)."""
+                       risk: RiskConfig | None = None) -> RiskResult:
+    """Fit, judge, log and register the risk model (see the module docstring); ``risk`` replaces
+    ``settings.risk``."""
     import mlflow
     from mlflow.models import infer_signature
 
     from storeflow.components import tracking
 
-    risk = risk or risk_model.RiskSettings()
+    risk = risk or settings.risk
     split = risk_model.time_split(rows, risk)
     fitted = risk_model.fit(split.train, risk)
     evaluation = risk_model.evaluate(fitted, split, risk)
@@ -79,13 +78,13 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
     baseline = Comparison(**evaluation.comparisons[best])
 
     client = tracking.connect(settings)
-    found = client.get_experiment_by_name(EXPERIMENT)
+    found = client.get_experiment_by_name(risk.experiment)
     experiment = found.experiment_id if found else client.create_experiment(
-        EXPERIMENT, artifact_location=settings.artifact_location)
-    champion = tracking.current_champion(client, MODEL_NAME)
+        risk.experiment, artifact_location=settings.artifact_location)
+    champion = tracking.current_champion(client, risk.model_name)
     versus = None
     if champion is not None:
-        theirs = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{champion}")
+        theirs = mlflow.sklearn.load_model(f"models:/{risk.model_name}/{champion}")
         versus = _versus(split.holdout, fitted, theirs, risk)
     cfg = settings.evaluate
     decision = decide(versus, cfg.margin, baseline=baseline, baseline_name=_NAMES[best],
@@ -108,18 +107,18 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
             fitted, name="model", signature=infer_signature(example, fitted.predict_proba(example)[:, 1]),
             input_example=example, pip_requirements=tracking.pip_requirements(), pyfunc_predict_fn="predict_proba",
             serialization_format="skops", skops_trusted_types=tracking.skops_trusted_types(fitted))
-    version = str(mlflow.register_model(info.model_uri, MODEL_NAME, tags={
+    version = str(mlflow.register_model(info.model_uri, risk.model_name, tags={
         "storeflow.decision": "promote" if decision.promote else "keep-champion",
         "storeflow.reason": decision.reason[:5000], "storeflow.run_id": run.info.run_id}).version)
-    client.set_registered_model_alias(MODEL_NAME, tracking.CHALLENGER, version)
+    client.set_registered_model_alias(risk.model_name, tracking.CHALLENGER, version)
     if decision.promote:
-        client.set_registered_model_alias(MODEL_NAME, tracking.CHAMPION, version)
-    return RiskResult(run.info.run_id, info.model_uri, MODEL_NAME, version, decision.promote, decision.reason,
+        client.set_registered_model_alias(risk.model_name, tracking.CHAMPION, version)
+    return RiskResult(run.info.run_id, info.model_uri, risk.model_name, version, decision.promote, decision.reason,
                       {**evaluation.to_dict(), "report": text,
                        "champion": None if versus is None else asdict(versus)})
 
 
-def _versus(holdout: pd.DataFrame, ours, theirs, risk: risk_model.RiskSettings) -> Comparison:
+def _versus(holdout: pd.DataFrame, ours, theirs, risk: RiskConfig) -> Comparison:
     x = risk_model.inputs(holdout, risk)
     # the champion reads the inputs it was fitted on (with or without Shopify's level)
     every = holdout.assign(**{risk_model.SHOPIFY_INPUT: risk_model.shopify_score(holdout)})
