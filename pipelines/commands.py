@@ -43,15 +43,30 @@ def compile_(
 
 
 def run(config: ConfigOption = None, set_: SetOption = None,
-        pipeline: Annotated[str, typer.Option("--pipeline", help="training or recommendations.")] = "training") -> None:
+        pipeline: Annotated[str, typer.Option("--pipeline", help="training, recommendations or risk.")] = "training",
+        ) -> None:
     """Run a pipeline (training by default) on this machine with kfp.local (the same pipeline a cluster runs)."""
     settings = settings_from(config, set_)
     if pipeline == "recommendations":
         _run_recommendations(settings)
+    elif pipeline == "risk":
+        _run_risk(settings)
     elif pipeline == "training":
         _run_training(settings)
     else:
-        raise typer.BadParameter(f"unknown pipeline {pipeline!r}: training or recommendations", param_hint="--pipeline")
+        raise typer.BadParameter(f"unknown pipeline {pipeline!r}: training, recommendations or risk",
+                                 param_hint="--pipeline")
+
+
+def _run_risk(settings):
+    from storeflow.pipelines.risk import STAGES, risk_pipeline
+
+    result = _run_pipeline("risk", risk_pipeline, settings, STAGES)
+    artifacts = result.log.parent / "artifacts"
+    for report in artifacts.glob("*/risk/report"):
+        console.print(report.read_text(), markup=False, highlight=False)
+    console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
+    return result
 
 
 def _run_recommendations(settings):

@@ -3,18 +3,17 @@ would run it: the rows, the model, the metrics of the model and both baselines, 
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from kfp import components
+from mlflow import MlflowClient
 
 from storeflow.components.config import load_settings
-from storeflow.pipelines.local import run_local
 from storeflow.pipelines.packages import MANIFESTS
-from storeflow.pipelines.risk import STAGES, risk_pipeline
 from tests.conftest import quick_overrides
 
 STORE = {"customers": 2_000, "orders": 24_000, "products": 80, "seed": 31, "fraud_rate": 0.006}
@@ -32,18 +31,37 @@ def test_the_risk_component_yaml_loads_with_every_input_described():
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_locally_and_registers_a_judged_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_storeflow_run_runs_the_risk_pipeline_and_registers_a_judged_model(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
     monkeypatch.chdir(tmp_path)
     for key in [k for k in __import__("os").environ if k.startswith("STOREFLOW_")]:
         monkeypatch.delenv(key)
-    settings = load_settings(quick_overrides(tmp_path, ingest={"source": "synthetic", "synthetic": STORE}))
-    run = run_local(risk_pipeline, settings, STAGES)
-    result = json.loads(run.output)
-    assert result["model_name"] == "storeflow-order-risk" and result["version"] == "1"
-    assert result["promoted"], result["reason"]
-    artifacts = run.log.parent / "artifacts"
+    config = tmp_path / "storeflow.yaml"
+    config.write_text(yaml.safe_dump(quick_overrides(tmp_path, ingest={"source": "synthetic", "synthetic": STORE})))
+    done = CliRunner().invoke(app, ["run", "--pipeline", "risk", "--config", str(config)])
+    assert done.exit_code == 0, done.output
+    assert "Shopify's risk level" in done.output and "Decision:" in done.output
+    settings = load_settings(path=config)
+    client = MlflowClient(settings.tracking_uri)
+    champion = client.get_model_version_by_alias(settings.risk.model_name, "champion")
+    assert str(champion.version) == "1"
+    metrics = client.get_run(champion.run_id).data.metrics
+    assert {"model.pr_auc", "shopify.pr_auc", "rules.pr_auc", "model.recall_at_1pct_fpr"} <= set(metrics)
+    artifacts = next((tmp_path / "state" / "runs").iterdir()) / "artifacts"
     rows = pd.read_parquet(next(artifacts.glob("*/risk/rows")))
     assert rows["order_id"].is_unique and rows["fraud"].sum() > 50
-    report = next(artifacts.glob("*/risk/report")).read_text()
-    assert "Shopify's risk level" in report and "Decision:" in report
     assert (next(artifacts.glob("*/risk/model")) / "MLmodel").exists()
+
+
+def test_an_unknown_pipeline_names_risk_among_those_that_run():
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    done = CliRunner().invoke(app, ["run", "--pipeline", "nope"])
+    text = re.sub(r"[│╭╮╰╯─\s]+", " ", done.output)  # rich's error box, unwrapped
+    assert done.exit_code != 0 and "training, recommendations or risk" in text
