@@ -181,3 +181,16 @@ def test_fraud_in_the_synthetic_store_shows_in_the_features(store):
     assert fraud["address_orders_24h"].mean() > 3 * legit["address_orders_24h"].mean()
     assert fraud["total_price"].median() > legit["total_price"].median()
     assert np.isfinite(frame[list(ORDER_FEATURES)].to_numpy(dtype=float)).all()
+
+
+def test_a_directory_of_bulk_results_reads_the_risk_fields_from_the_orderrisk_file(tmp_path: Path):
+    orders = _write(tmp_path / "orders.jsonl", [_order(1), _order(2)])  # ingest's Orders export: no risk fields
+    risk_file = _write(tmp_path / "order_risk.jsonl", [
+        {"id": "gid://shopify/Order/1", "cancelReason": "FRAUD", "paymentGatewayNames": ["paypal"], "disputes": []},
+        {"id": "gid://shopify/Order/2", "cancelReason": None, "paymentGatewayNames": ["shopify_payments"],
+         "disputes": []},
+    ])
+    for files in ([orders, risk_file], [risk_file, orders]):
+        risk = read_risk_fields(files).set_index("order_id")
+        assert risk["cancel_reason"].to_dict() == {1: "FRAUD", 2: None}
+        assert risk["gateway"].to_dict() == {1: "paypal", 2: "shopify_payments"}

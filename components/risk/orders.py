@@ -2,7 +2,8 @@
 
 Lines of other records (line items, customers, products) and fields of ingest's own query are skipped, so
 the same file ingest reads (a synthetic store with ``synthetic.fraud_rate``) or the separate result file of
-the ``OrderRisk`` operation both work. One row per order:
+the ``OrderRisk`` operation both work, and so does a directory of bulk results: files whose orders carry none
+of the fields (ingest's own ``Orders`` export) are passed over. One row per order:
 
 ``order_id``, ``cancel_reason`` (null when not cancelled), ``gateway`` (``paymentGatewayNames`` joined with
 ``+``), ``ship_country``, ``bill_country``, ``address_key`` (a digest of shipping address1, zip and country:
@@ -55,12 +56,23 @@ TABLE_SCHEMA = pa.schema([("order_id", pa.int64()), *((name, _str) for name in C
 def read_risk_fields(paths: Sequence[Path]) -> pd.DataFrame:
     """The risk fields of every order in the bulk JSONL ``paths`` (see the module docstring); an
     :class:`IngestError` names the file and the problem when a value is not Shopify's or no order has them."""
-    frames = [frame for path in paths for frame in _read(Path(path))]
+    frames: list[pd.DataFrame] = []
+    plain: list[str] = []  # files whose orders carry none of the fields (ingest's own Orders export)
+    for path in map(Path, paths):
+        found, present = _read(path)
+        frames.extend(found if present else [])
+        if found and not present:
+            plain.append(str(path))
+    if plain and not frames:
+        raise IngestError("no order has any of " + ", ".join(RISK_FIELDS) + ": not an export of the OrderRisk "
+                          "query (components/risk/query.graphql), or a synthetic store without synthetic.fraud_rate",
+                          ", ".join(plain))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     return frame.drop_duplicates("order_id", keep="last").reset_index(drop=True)
 
 
-def _read(path: Path) -> list[pd.DataFrame]:
+def _read(path: Path) -> tuple[list[pd.DataFrame], int]:
+    """The order frames of one file, and how many risk field values its orders carry."""
     options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
     frames, present = [], 0
     try:
@@ -77,11 +89,7 @@ def _read(path: Path) -> list[pd.DataFrame]:
             continue
         present += sum(table.num_rows - table[name].null_count for name in RISK_FIELDS)
         frames.append(_frame(table, number, path))
-    if frames and present == 0:
-        raise IngestError("no order has any of " + ", ".join(RISK_FIELDS) + ": not an export of the OrderRisk "
-                          "query (components/risk/query.graphql), or a synthetic store without synthetic.fraud_rate",
-                          path)
-    return frames
+    return frames, present
 
 
 def _frame(table: pa.Table, number: pa.ChunkedArray, path: Path) -> pd.DataFrame:
