@@ -54,6 +54,8 @@ def test_the_first_model_is_champion_and_an_equal_one_is_not(stage):
     for scorer in ("model", "shopify", "rules"):
         assert logged[f"{scorer}.pr_auc"] == pytest.approx(first.evaluation["metrics"][scorer]["pr_auc"])
         assert f"{scorer}.recall_at_1pct_fpr" in logged
+    params = client.get_run(first.run_id).data.params
+    assert float(params["level_high"]) >= float(params["level_medium"]) > 0  # the assessment's cut points
     again = train_and_register(settings, rows, QUICK)  # the same data and settings: no better than the champion
     assert not again.promoted and again.version == "2"
     assert "below the margin" in again.reason

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from storeflow.components.config import RiskConfig
 from storeflow.components.evaluate.metrics import Comparison, classification_curves, paired_bootstrap
+from storeflow.components.risk.assess import levels_from
 from storeflow.components.risk.features import LABEL, ORDER_FEATURES, TIME
 from storeflow.components.train import build_estimator
 
@@ -123,6 +124,7 @@ class RiskEvaluation:
     split: dict[str, str | int]
     rules_high_value: float
     curves: dict[str, dict] = field(default_factory=dict)  # scorer -> ROC curve, confusion matrix at the FPR
+    levels: dict[str, float] = field(default_factory=dict)  # the model's HIGH/MEDIUM cut points (risk.assess)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +154,7 @@ def evaluate(model, split: RiskSplit, settings: RiskConfig) -> RiskEvaluation:
                "holdout_end": split.holdout_end.isoformat()},
         rules_high_value=high_value,
         curves={name: curves_at_fpr(labels, score, settings.fpr) for name, score in scores.items()},
+        levels=asdict(levels_from(scores["model"][labels == 0], high_fpr=settings.fpr)),
     )
 
 

@@ -100,6 +100,8 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
                            "shopify_level_as_input": risk.shopify_level_as_input})
         mlflow.log_metrics({f"{scorer}.{name}": value for scorer, values in evaluation.metrics.items()
                             for name, value in values.items()})
+        # the score cut points of the assessment's levels (risk.assess.Levels), set on this holdout's genuine orders
+        mlflow.log_params({f"level_{name}": value for name, value in evaluation.levels.items()})
         mlflow.log_text(text, "evaluation.md")
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
         example = risk_model.inputs(split.train.head(5), risk)
