@@ -118,3 +118,9 @@ def test_ingest_reads_the_fraud_store_and_it_passes_the_gate(fraud_store):
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_catalog_without_high_value_products_still_gets_fraud(tmp_path: Path):
+    tiny = SyntheticStoreConfig(customers=50, orders=300, products=1, days=400, seed=1, fraud_rate=0.02)  # coffee only
+    path = generate_store(tiny, tmp_path / "tiny.jsonl")
+    assert len(read_bulk_jsonl([path])["orders"]) > tiny.orders

@@ -90,9 +90,12 @@ def add_fraud(store: Any, rate: float, seed: int, start: int, end: int, categori
     new_emails: list[str] = []
     new_created: list[int] = []
     old_buyers = np.unique(store.order_customer)
+    first_order = np.full(n_customers, np.iinfo(np.int64).max)
+    np.minimum.at(first_order, store.order_customer, store.order_time)
     by_category = {name: np.flatnonzero(store.product_type == name) for name in categories}
-    high_value = np.concatenate([by_category[name] for name in HIGH_VALUE_CATEGORIES if len(by_category.get(name, []))])
     everything = np.arange(len(store.product_price))
+    pricey = [by_category[name] for name in HIGH_VALUE_CATEGORIES if len(by_category.get(name, []))]
+    high_value = np.concatenate(pricey) if pricey else everything  # a tiny catalog may lack them all
     while len(rows) < wanted:
         pattern = PATTERNS[rng.choice(len(PATTERNS), p=PATTERN_SHARES)]
         t0 = int(start + 30 * DAY + rng.integers(0, end - start - 30 * DAY))
@@ -139,7 +142,7 @@ def add_fraud(store: Any, rate: float, seed: int, start: int, end: int, categori
                                  quantity_max=1, discount=float(rng.choice([0.3, 0.4, 0.5]))))
         else:  # takeover: an existing buyer with an order before t0
             victim = int(rng.choice(old_buyers))
-            if store.order_time[store.order_customer == victim].min() >= t0:
+            if first_order[victim] >= t0:
                 continue
             times = [t0] + ([t0 + int(rng.integers(300, HOUR))] if rng.random() < 0.4 else [])
             for t in times:
