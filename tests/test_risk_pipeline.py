@@ -46,7 +46,10 @@ def test_storeflow_run_runs_the_risk_pipeline_and_registers_a_judged_model(tmp_p
     assert done.exit_code == 0, done.output
     assert "Shopify's risk level" in done.output and "Decision:" in done.output
     settings = load_settings(path=config)
-    client = MlflowClient(settings.tracking_uri)
+    # both URIs: without registry_uri the client reads the registry an earlier test of this process set globally
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    version = client.get_model_version(settings.risk.model_name, "1")
+    assert version.tags["storeflow.decision"] == "promote", done.output
     champion = client.get_model_version_by_alias(settings.risk.model_name, "champion")
     assert str(champion.version) == "1"
     metrics = client.get_run(champion.run_id).data.metrics

@@ -49,7 +49,7 @@ def test_the_first_model_is_champion_and_an_equal_one_is_not(stage):
     first = train_and_register(settings, rows, QUICK)
     assert first.promoted and first.version == "1", first.reason
     assert "beats the best baseline" in first.reason
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     logged = client.get_run(first.run_id).data.metrics
     for scorer in ("model", "shopify", "rules"):
         assert logged[f"{scorer}.pr_auc"] == pytest.approx(first.evaluation["metrics"][scorer]["pr_auc"])
