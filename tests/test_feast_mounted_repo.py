@@ -43,7 +43,7 @@ def test_a_read_only_repo_is_opened_as_mounted_and_left_untouched(world_readable
         path.chmod(0o755 if path.is_dir() else 0o644)
     mounted = world_readable_dir / "feast"
     mounted.mkdir(mode=0o755)
-    operator_yaml = {**store_config(built), "registry": {"path": store_config(built)["registry"], "cache_ttl_seconds": 60}}
+    operator_yaml = {**store_config(built), "registry": {**store_config(built)["registry"], "cache_ttl_seconds": 60}}
     text = yaml.safe_dump(operator_yaml, sort_keys=False)  # differs from what storeflow would write
     (mounted / "feature_store.yaml").write_text(text)
     (mounted / "feature_store.yaml").chmod(0o644)

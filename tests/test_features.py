@@ -203,3 +203,25 @@ def test_a_training_set_written_in_parts_is_the_frame_with_its_hash_and_constant
     assert writer.constant == constant_features(frame, features) == ["same", "missing"]
     assert (writer.rows, writer.positives) == (120, 40)
     pd.testing.assert_frame_equal(pd.read_parquet(out), frame, check_dtype=False)
+
+
+def test_a_run_after_a_materialization_that_was_killed_builds_and_serves(settings, store_tables, tmp_path: Path) -> None:
+    """Feast marks a view MATERIALIZING while it materializes. A features task killed then (out of memory,
+    a preempted node) left it so, and every later run failed: "Feature view 'customer_features' is in
+    state 'MATERIALIZING' and cannot serve features" (seen on the 100x store after a killed run)."""
+    from feast.feature_view import FeatureViewState
+
+    from storeflow.components.features.repo import CUSTOMER_VIEW
+
+    first = build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    store = feature_store(settings)
+    view = store.get_feature_view(CUSTOMER_VIEW)
+    view.state = FeatureViewState.MATERIALIZING  # what the killed task left in the registry
+    store.registry.apply_feature_view(view, store.project, commit=True)
+
+    again = build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    assert again.dataset_hash == first.dataset_hash
+    customer = int(pd.read_parquet(again.training_set)[CUSTOMER_KEY].iloc[0])
+    online = feature_store(settings).get_online_features(features=feature_refs(settings)[:1],
+                                                         entity_rows=[{CUSTOMER_KEY: customer}]).to_dict()
+    assert online[feature_refs(settings)[0].split(":")[1]][0] is not None

@@ -481,7 +481,8 @@ def test_the_webhook_receiver_uses_the_namespaces_feast_registry(cluster):
         import yaml
 
         written = yaml.safe_load((repo / "feature_store.yaml").read_text())
-        assert written["registry"] == {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}"}
+        assert written["registry"] == {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}",
+                                       "serve_features_while_materializing": True}
         assert written["online_store"]["connection_string"] == "${REDIS_CONNECTION_STRING}"
 
 

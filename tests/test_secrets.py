@@ -128,9 +128,11 @@ def test_a_referenced_variable_that_is_not_set_is_named(clean_env: Path) -> None
 def test_a_sql_registry_url_keeps_its_password_reference(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+psycopg://feast:${FEAST_DB_PASSWORD}@db:5432/feast"
     settings = load_settings(quick_overrides(clean_env, features={"feast": {"registry": url}}))
-    assert store_config(settings)["registry"] == {"registry_type": "sql", "path": url}
+    assert store_config(settings)["registry"] == {"registry_type": "sql", "path": url,
+                                                 "serve_features_while_materializing": True}
     monkeypatch.setenv("STOREFLOW_FEATURES__FEAST__REGISTRY", f"postgresql://feast:{REDIS_PASSWORD}@db/feast")
     from_env = load_settings(quick_overrides(clean_env))
     assert store_config(from_env)["registry"] == {"registry_type": "sql",
-                                                  "path": "${STOREFLOW_FEATURES__FEAST__REGISTRY}"}
+                                                  "path": "${STOREFLOW_FEATURES__FEAST__REGISTRY}",
+                                                  "serve_features_while_materializing": True}
     assert REDIS_PASSWORD not in from_env.to_json()

@@ -60,23 +60,29 @@ def store_config(settings: Settings) -> dict:
     return {
         "project": feast_cfg.project,
         "provider": "local",
-        "registry": registry_config(feast_cfg.registry) if feast_cfg.registry else str(repo / "data" / "registry.db"),
+        "registry": registry_config(feast_cfg.registry or str(repo / "data" / "registry.db")),
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
     }
 
 
-def registry_config(registry: str) -> str | dict:
+def registry_config(registry: str) -> dict:
     """A path or object-store URL is a file registry; a database URL (``postgresql://…``) a SQL registry.
 
     The scheme is read through the environment, as Feast will (``${FEAST_REGISTRY_URL}`` on a cluster); the
     value written keeps its references.
+
+    ``serve_features_while_materializing``: Feast 0.67 marks a view MATERIALIZING in the registry for the
+    length of a materialization and refuses to serve it meanwhile, historical retrieval included. A
+    features task killed mid-materialization (out of memory, a preempted node) then left the view
+    unservable for every later run, and its retry failed with "cannot serve features"; a live store's
+    readers would stop for the minutes a large store's materialization takes (feast-dev/feast#6780). The
+    rows already in the stores are the last good ones: they keep serving.
     """
     scheme = urlsplit(os.path.expandvars(registry)).scheme
-    if scheme in FILE_REGISTRY_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
-        return registry
-    return {"registry_type": "sql", "path": registry}
+    kind = "file" if scheme in FILE_REGISTRY_SCHEMES or len(scheme) == 1 else "sql"  # one letter: a Windows drive
+    return {"registry_type": kind, "path": registry, "serve_features_while_materializing": True}
 
 
 def connection_settings(settings: Settings) -> list[tuple[str, str]]:
