@@ -196,10 +196,11 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     btyd.save(fitted, btyd_model_path(settings))
     _write_with_btyd(raw, source_path(settings, CUSTOMER_VIEW), fitted, label.horizon_days)
     raw.unlink()
-    _write_source(product_features(snapshot, [*cutoffs, as_of]), source_path(settings, PRODUCT_VIEW))
+    memory = {"memory_limit_mb": settings.features.duckdb_memory_mb, "spill_dir": work / "duckdb"}
+    _write_source(product_features(snapshot, [*cutoffs, as_of], **memory), source_path(settings, PRODUCT_VIEW))
     store = apply(settings)
 
-    entities = labelled_cutoffs(snapshot, cutoffs, label.horizon_days)
+    entities = labelled_cutoffs(snapshot, cutoffs, label.horizon_days, **memory)
     if entities["label"].nunique() < 2:
         raise FeatureError("every training row has the same label; the model would learn nothing")
     held = _rows_at(source_path(settings, CUSTOMER_VIEW), holdout_cutoffs)

@@ -184,16 +184,18 @@ def write_customer_features(snapshot: Path, as_of: list[datetime], out: Path, me
         return con.execute(f"SELECT count(*) FROM read_parquet({_sql_string(str(out))})").fetchall()[0][0]
 
 
-def product_features(tables: Tables, as_of: list[datetime]) -> pd.DataFrame:
+def product_features(tables: Tables, as_of: list[datetime], memory_limit_mb: int | None = None,
+                     spill_dir: Path | None = None) -> pd.DataFrame:
     """Sales velocity per (product, snapshot) over the 7 and 30 days before it."""
-    with _connect(tables, as_of) as con:
+    with _connect(tables, as_of, memory_limit_mb, spill_dir) as con:
         return _microseconds(con.execute(PRODUCT_FEATURES_SQL).df())
 
 
-def labelled_cutoffs(tables: Tables, cutoffs: list[datetime], horizon_days: int) -> pd.DataFrame:
+def labelled_cutoffs(tables: Tables, cutoffs: list[datetime], horizon_days: int, memory_limit_mb: int | None = None,
+                     spill_dir: Path | None = None) -> pd.DataFrame:
     """Training entities: every customer with an order before a cutoff, labelled 1 if they order again
     within ``horizon_days`` from it, with what they spend in that window (``label_spend``)."""
-    with _connect(tables, cutoffs) as con:
+    with _connect(tables, cutoffs, memory_limit_mb, spill_dir) as con:
         return _microseconds(con.execute(LABELS_SQL, {"horizon": horizon_days}).df())
 
 
