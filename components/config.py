@@ -184,6 +184,9 @@ class FeastConfig(Section):
         "127.0.0.1:6379", description="Feast's host:port[,key=value...]; password as password=${VAR}, or the whole "
                                       f"value as ${{{REDIS_CONNECTION_STRING_ENV}}} on a cluster.")
     ttl_days: int = Field(400, gt=0, description="How old a feature row may be and still join.")
+    online_write_batch_size: int = Field(
+        10_000, gt=0, description="Materialization writes the online store this many entity rows at a time "
+                                  "(Feast's materialization.online_write_batch_size): memory bounded at any store size.")
 
 
 class LabelConfig(Section):

@@ -1,5 +1,6 @@
 """Features: Feast point-in-time training sets that never see the future, and a fresh online store."""
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -225,3 +226,25 @@ def test_a_run_after_a_materialization_that_was_killed_builds_and_serves(setting
     online = feature_store(settings).get_online_features(features=feature_refs(settings)[:1],
                                                          entity_rows=[{CUSTOMER_KEY: customer}]).to_dict()
     assert online[feature_refs(settings)[0].split(":")[1]][0] is not None
+
+
+def test_materialization_writes_every_customer_a_batch_at_a_time(settings, store_tables, tmp_path: Path) -> None:
+    """features.feast.online_write_batch_size reaches Feast (materialization.online_write_batch_size), so a
+    large store's materialization holds one batch of value protos, not every row's (9.2 GB at 100x); every
+    customer of the newest snapshot is still in the online store."""
+    import yaml
+
+    from storeflow.components.config import load_settings
+
+    values = json.loads(settings.to_json())
+    values["features"]["feast"]["online_write_batch_size"] = 7
+    small = load_settings(values)
+    result = build_features(small, write_snapshot(store_tables, tmp_path / "snapshot"))
+    written = yaml.safe_load((small.feature_repo_dir / "feature_store.yaml").read_text())
+    assert written["materialization"] == {"online_write_batch_size": 7}
+    newest = customer_features(store_tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+    assert len(newest) > 7 * 3
+    ref = feature_refs(small)[0]
+    online = feature_store(small).get_online_features(
+        features=[ref], entity_rows=[{CUSTOMER_KEY: int(c)} for c in newest[CUSTOMER_KEY]]).to_dict()
+    assert all(value is not None for value in online[ref.split(":")[1]])
