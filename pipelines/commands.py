@@ -58,26 +58,26 @@ def run(config: ConfigOption = None, set_: SetOption = None,
                                  param_hint="--pipeline")
 
 
-def _run_risk(settings):
-    from storeflow.pipelines.risk import STAGES, risk_pipeline
-
-    result = _run_pipeline("risk", risk_pipeline, settings, STAGES)
+def _run_with_report(name: str, pipeline, stages, settings, task: str):
+    """Run a pipeline whose last task writes a Markdown report (risk, recommend) and print that report."""
+    result = _run_pipeline(name, pipeline, settings, stages)
     artifacts = result.log.parent / "artifacts"
-    for report in artifacts.glob("*/risk/report"):
+    for report in artifacts.glob(f"*/{task}/report"):
         console.print(report.read_text(), markup=False, highlight=False)
     console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
     return result
+
+
+def _run_risk(settings):
+    from storeflow.pipelines.risk import STAGES, risk_pipeline
+
+    return _run_with_report("risk", risk_pipeline, STAGES, settings, "risk")
 
 
 def _run_recommendations(settings):
     from storeflow.pipelines.recommendations import STAGES, recommendations_pipeline
 
-    result = _run_pipeline("recommendations", recommendations_pipeline, settings, STAGES)
-    artifacts = result.log.parent / "artifacts"
-    for report in artifacts.glob("*/recommend/report"):
-        console.print(report.read_text(), markup=False, highlight=False)
-    console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
-    return result
+    return _run_with_report("recommendations", recommendations_pipeline, STAGES, settings, "recommend")
 
 
 def _run_training(settings):

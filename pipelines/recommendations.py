@@ -5,10 +5,8 @@ and the model is registered in MLflow beside the propensity model."""
 from kfp import dsl
 
 from storeflow.components.config import Settings
-from storeflow.components.ingest.component import ingest
 from storeflow.components.recommend.component import recommend
-from storeflow.components.validate.component import validate
-from storeflow.pipelines.training import DEFAULTS, mlflow_credentials, on_cluster, shopify_credentials
+from storeflow.pipelines.training import DEFAULTS, ingested_and_validated, mlflow_credentials, on_cluster
 
 PIPELINE_NAME = "storeflow-recommendations"
 STAGES = ("ingest", "validate", "recommend")
@@ -33,10 +31,8 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
             config_json: Advanced: any storeflow settings as a JSON object, over the ConfigMap; the inputs
                 above win over it.
         """
-        ingested = shopify_credentials(on_cluster(
-            ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest", settings), settings)
+        ingested, validated = ingested_and_validated(config_json, ingest_source, ingest_path, settings)
         snapshot = ingested.outputs["snapshot"]
-        validated = on_cluster(validate(config_json=config_json, snapshot=snapshot), "validate", settings)
         fitted = mlflow_credentials(on_cluster(
             recommend(config_json=config_json, snapshot=snapshot, k=k, horizon_days=horizon_days), "recommend",
             settings), settings)

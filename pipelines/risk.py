@@ -5,10 +5,8 @@ ROC curves are artifacts, and the model is registered in MLflow beside the prope
 from kfp import dsl
 
 from storeflow.components.config import Settings
-from storeflow.components.ingest.component import ingest
 from storeflow.components.risk.component import risk
-from storeflow.components.validate.component import validate
-from storeflow.pipelines.training import DEFAULTS, mlflow_credentials, on_cluster, shopify_credentials
+from storeflow.pipelines.training import DEFAULTS, ingested_and_validated, mlflow_credentials, on_cluster
 
 PIPELINE_NAME = "storeflow-order-risk"
 STAGES = ("ingest", "validate", "risk")
@@ -34,10 +32,8 @@ def build_risk_pipeline(settings: Settings = DEFAULTS):
             config_json: Advanced: any storeflow settings as a JSON object, over the ConfigMap; the inputs
                 above win over it.
         """
-        ingested = shopify_credentials(on_cluster(
-            ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest", settings), settings)
+        ingested, validated = ingested_and_validated(config_json, ingest_source, ingest_path, settings)
         snapshot = ingested.outputs["snapshot"]
-        validated = on_cluster(validate(config_json=config_json, snapshot=snapshot), "validate", settings)
         scored = mlflow_credentials(on_cluster(
             risk(config_json=config_json, snapshot=snapshot, export_path=export_path, holdout_days=holdout_days,
                  maturity_days=maturity_days), "risk", settings), settings)

@@ -89,6 +89,18 @@ def shopify_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -
     )
 
 
+def ingested_and_validated(config_json: str, source: str, path: str,
+                           settings: Settings = DEFAULTS) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
+    """Every pipeline's first two tasks: ingest (with the Admin API token) and validate of its snapshot.
+    Later tasks read ``ingest.outputs["snapshot"]`` and run ``.after(validate)``: nothing is built from a
+    snapshot validate has not passed."""
+    ingested = shopify_credentials(on_cluster(ingest(config_json=config_json, source=source, path=path), "ingest",
+                                              settings), settings)
+    validated = on_cluster(validate(config_json=config_json, snapshot=ingested.outputs["snapshot"]), "validate",
+                           settings)
+    return ingested, validated
+
+
 def feast_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """The online store's and the Feast registry's connection values reach the tasks that open Feast as env
     from their Secrets, under the names a cluster config refers to (``${REDIS_CONNECTION_STRING}``,
@@ -144,10 +156,8 @@ def build_training_pipeline(settings: Settings = DEFAULTS):
                 {"validate": {"warn_only": ["guest_orders"]}}), over the ConfigMap; the inputs above win over it.
         """
         horizon = {"label_horizon_days": label_horizon_days}
-        ingested = shopify_credentials(cluster(
-            ingest(config_json=config_json, source=ingest_source, path=ingest_path), "ingest"), settings)
+        ingested, validated = ingested_and_validated(config_json, ingest_source, ingest_path, settings)
         snapshot = ingested.outputs["snapshot"]
-        validated = cluster(validate(config_json=config_json, snapshot=snapshot), "validate")
         built = feast(cluster(features(config_json=config_json, snapshot=snapshot, **horizon), "features"))
         built.after(validated)  # the gate: nothing is built from a snapshot validate has not passed
         training_set = built.outputs["training_set"]
