@@ -104,6 +104,20 @@ def error_handlers() -> dict:
     return {**dict.fromkeys(table, known), HTTPException: http_error, RequestValidationError: invalid}
 
 
+
+def replayed(body: bytes, receive, more_body: bool = False):
+    """An ASGI ``receive`` that gives the app ``body`` (already read from the client) first, then reads on."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": more_body}
+        return await receive()
+
+    return replay
+
 class FinalHandlers(dict):
     """An app's ``exception_handlers`` in which storeflow's stay once set.
 
@@ -305,17 +319,7 @@ class BodyLimitMiddleware:
                 return await send_error(send, 413, "body_too_large", too_big)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        delivered = False
-
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
 
 class VersionPathMiddleware:
@@ -425,16 +429,7 @@ class FlatV2:
             except Exception:  # noqa: BLE001 - the stack answers it, as it always did
                 answered = None
         if answered is None:
-            delivered = False
-
-            async def replay():
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": more}
-                return await receive()
-
-            return await self.app(scope, replay, send)
+            return await self.app(scope, replayed(body, receive, more), send)
         status_headers, content, version = answered
         await send({"type": "http.response.start", "status": 200, "headers": status_headers})
         await send({"type": "http.response.body", "body": content})
