@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.testclient import TestClient
 from test_webhook_signing import SHOP, delivery, order, refund, sign
-from test_webhooks import ADA, client, hooks, journal  # noqa: F401 - fixtures
+from test_webhooks import ADA, client, journal  # noqa: F401 - fixtures (hooks: conftest)
 
 from storeflow.components.shopify.payloads import TOPICS
 from storeflow.components.shopify.webhooks import REQUIRED_HEADERS, create_app

@@ -24,7 +24,7 @@ import uvicorn
 from conftest import free_port
 from starlette.testclient import TestClient
 from test_webhook_signing import SECRET, SHOP, delivery, order, refund
-from test_webhooks import ADA, client, hooks, journal, online, post  # noqa: F401 - fixtures
+from test_webhooks import ADA, client, journal, online, post  # noqa: F401 - fixtures (hooks: conftest)
 
 from storeflow.components.config import load_settings
 from storeflow.components.shopify import layout
