@@ -119,7 +119,7 @@ class Presorted:
         self._bin = 2 * group + (np.asarray(labels) == 1)  # (group, is positive) in one bincount
 
     def _counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weight of the negatives and of the positives at each distinct score, highest score first."""
+        """Weight of the positives and of the negatives at each distinct score, highest score first."""
         counts = np.bincount(self._bin, weights=weights, minlength=2 * self._groups).reshape(-1, 2)
         return counts[:, 1], counts[:, 0]
 

@@ -75,9 +75,13 @@ class FeatureResult:
         return cls(**{**data, "training_set": Path(data["training_set"])})
 
 
+def _row_hashes(frame: pd.DataFrame) -> bytes:
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+
+
 def frame_hash(frame: pd.DataFrame) -> str:
     """Content hash of a frame (row order included), recorded with every model trained on it."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest = hashlib.sha256(_row_hashes(frame))
     digest.update(",".join(frame.columns).encode())
     return digest.hexdigest()
 
@@ -92,10 +96,9 @@ class TrainingSetWriter:
         self.directory = directory
         self.rows = 0
         self.positives = 0
-        self.constant: list[str] = []
+        self.constant = list(feature_columns)  # constant so far: one value (missing counted as one) on every row
         self._tmp = directory / f".writing-{os.getpid()}.parquet"
-        self._features = feature_columns
-        self._values: dict[str, object] = {}  # a feature's one value so far (absent once it has two)
+        self._first: pd.DataFrame | None = None  # the first row: what a constant feature's value is
         self._writer: pq.ParquetWriter | None = None
         self._digest = hashlib.sha256()
         self._columns: list[str] = []
@@ -103,23 +106,22 @@ class TrainingSetWriter:
     def append(self, part: pd.DataFrame) -> None:
         if self._writer is None:
             self._columns = list(part.columns)
-            self._values = {name: None for name in self._features if name in part}
-            self._constant_candidates = set(self._values)
             table = pa.Table.from_pandas(part, preserve_index=False)
             self._writer = pq.ParquetWriter(self._tmp, table.schema, coerce_timestamps="us",
                                             allow_truncated_timestamps=False)
+        elif list(part.columns) != self._columns:
+            raise ValueError(f"training set part has columns {list(part.columns)}, not {self._columns}")
         else:
-            if list(part.columns) != self._columns:
-                raise ValueError(f"training set part has columns {list(part.columns)}, not {self._columns}")
             table = pa.Table.from_pandas(part, schema=self._writer.schema, preserve_index=False)
         self._writer.write_table(table)
-        self._digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
-        for name in list(self._constant_candidates):
-            values = part[name].unique()
-            first = self._values[name] if self.rows else values[0]
-            if len(values) > 1 or not _same(values[0], first):
-                self._constant_candidates.discard(name)
-            self._values[name] = first
+        self._digest.update(_row_hashes(part))
+        # Constant over the whole set: constant within this part, with the first part's value.
+        constant = constant_features(part, self.constant)
+        if self._first is None:
+            self._first = part.iloc[:1]
+        else:
+            constant = constant_features(pd.concat([self._first[constant], part[constant].iloc[:1]]), constant)
+        self.constant = constant
         self.rows += len(part)
         self.positives += int(part["label"].sum())
 
@@ -130,14 +132,9 @@ class TrainingSetWriter:
         self._writer.close()
         self._digest.update(",".join(self._columns).encode())
         digest = self._digest.hexdigest()
-        self.constant = [name for name in self._features if name in self._constant_candidates]
         out = self.directory / f"{digest[:16]}.parquet"
         self._tmp.replace(out)
         return out, digest
-
-
-def _same(a, b) -> bool:
-    return (pd.isna(a) and pd.isna(b)) or a == b
 
 
 def _write_source(frame: pd.DataFrame, path: Path) -> None:
@@ -207,15 +204,18 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     baselines = pd.concat([held[[CUSTOMER_KEY, "event_timestamp"]],
                            btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
     del held
+    baselines_at = dict(tuple(baselines.groupby("event_timestamp")))  # holdout cutoffs only
     training = TrainingSetWriter(settings.data_dir / "training", list(settings.features.customer_features))
     # Feast's point-in-time join a cutoff at a time: the whole 100x store's join (4.67M entity rows) held
     # 13 GB at once, a cutoff's is a tenth of that; the rows come out in the order of one join.
     service = store.get_feature_service(SERVICE)
     for _, cutoff_entities in entities.groupby("event_timestamp", sort=True):
         rows = store.get_historical_features(entity_df=cutoff_entities, features=service).to_df()
-        rows = rows.merge(baselines, on=[CUSTOMER_KEY, "event_timestamp"], how="left", validate="one_to_one")
+        cutoff = cutoff_entities["event_timestamp"].iloc[0]
+        rows = rows.merge(baselines_at.get(cutoff, baselines.iloc[:0]), on=[CUSTOMER_KEY, "event_timestamp"],
+                          how="left", validate="one_to_one")
         training.append(rows.sort_values(CUSTOMER_KEY, kind="stable").reset_index(drop=True))
-    del entities, baselines
+    del entities, baselines, baselines_at
     out, digest = training.close()
     if training.constant:
         log.warning("feature(s) %s hold one value on every training row and carry no signal; the input likely "
