@@ -105,8 +105,7 @@ def _frame(table: pa.Table, number: pa.ChunkedArray, path: Path) -> pd.DataFrame
         pc.utf8_upper(pc.utf8_trim_whitespace(pc.fill_null(pc.struct_field(ship, "address1"), ""))),
         pc.utf8_upper(pc.utf8_trim_whitespace(pc.fill_null(pc.struct_field(ship, "zip"), ""))),
         pc.fill_null(pc.struct_field(ship, "countryCodeV2"), ""), "|").to_pylist())
-    address_key = address.where(ship_country.notna()).map(
-        lambda text: hashlib.sha256(text.encode()).hexdigest()[:16], na_action="ignore")
+    address_key = address.where(ship_country.notna()).map(_digest, na_action="ignore")
 
     disputes = table["disputes"].combine_chunks()
     flat = pc.list_flatten(disputes)
@@ -140,6 +139,18 @@ def _frame(table: pa.Table, number: pa.ChunkedArray, path: Path) -> pd.DataFrame
         "disputes": count.astype(np.int64),
         "shopify_risk_level": highest.reindex(rows).to_numpy(),
     }, columns=list(COLUMNS))
+
+
+def address_key(address1: str | None, zip_code: str | None, country: str | None) -> str | None:
+    """The ``address_key`` of one shipping address (what :func:`read_risk_fields` computes for a whole file):
+    address1 and zip trimmed and upper-cased, with the country; None without a country, as in the export."""
+    if country is None:
+        return None
+    return _digest("|".join(((address1 or "").strip().upper(), (zip_code or "").strip().upper(), country)))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check(values: pd.Series, allowed: frozenset, field: str, ids: np.ndarray, path: Path) -> None:

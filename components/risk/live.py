@@ -1,0 +1,225 @@
+"""One order's risk features at the moment its ``orders/create`` webhook arrives, from live history, by the very
+query the batch features use (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`).
+
+Every feature of an order depends only on its own fields and on earlier orders that share its customer, its
+email or its shipping address (with their refunds and fraud cancellations). So the live features of an order
+are the batch query run over exactly those orders: the newest snapshot's (with the risk fields of the export it
+was ingested from) and what arrived by webhook since, the live version of an order replacing the snapshot's. The
+query's windows end one microsecond before the order, so an order's live features equal its batch features
+once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks and compares).
+
+Webhooks carry the risk fields in Shopify's REST shape: ``payment_gateway_names``, ``shipping_address``
+(``address1``, ``zip``, ``country_code``), ``billing_address.country_code``, ``cancel_reason`` (lower case) and
+``customer.created_at`` (the account age of a customer the snapshot does not know yet). Disputes never come
+with an order: they are labels, not features.
+
+History received live is kept in SQLite (``risk_live_orders``, ``risk_live_refunds``) inside the caller's
+transaction, so recording an order and queueing its assessment commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+
+from storeflow.components.config import Settings
+from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
+from storeflow.components.risk.orders import CANCEL_REASONS, COLUMNS, address_key, read_risk_fields
+from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
+                                                  order_rows, refund_row)
+from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_tables
+
+log = logging.getLogger(__name__)
+
+HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
+SCORED_TOPIC = "orders/create"
+TABLES = ("orders", "line_items", "customers", "refunds")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS risk_live_orders (
+    order_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT, address_key TEXT, updated_at TEXT,
+    row TEXT NOT NULL, risk TEXT NOT NULL, customer_created_at TEXT);
+CREATE INDEX IF NOT EXISTS risk_live_orders_customer ON risk_live_orders(customer_id);
+CREATE INDEX IF NOT EXISTS risk_live_orders_email ON risk_live_orders(email);
+CREATE INDEX IF NOT EXISTS risk_live_orders_address ON risk_live_orders(address_key);
+CREATE TABLE IF NOT EXISTS risk_live_refunds (refund_id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, row TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS risk_live_refunds_order ON risk_live_refunds(order_id);
+"""
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Address(_Shape):
+    address1: StrictStr | None = None
+    zip: StrictStr | None = None
+    country_code: StrictStr | None = None
+
+
+class _Customer(_Shape):
+    created_at: Timestamp | None = None
+
+
+class RiskFields(_Shape):
+    """The risk fields of an order webhook (REST)."""
+
+    payment_gateway_names: list[StrictStr] | None = None
+    shipping_address: _Address | None = None
+    billing_address: _Address | None = None
+    cancel_reason: StrictStr | None = None
+    customer: _Customer | None = None
+
+
+def _email(value: Any) -> str | None:
+    """As the batch query compares emails: trimmed and lower case."""
+    return None if value is None or pd.isna(value) else str(value).strip().lower()
+
+
+def risk_row(payload: Mapping) -> dict:
+    """An order webhook -> its row of the risk fields (:data:`storeflow.components.risk.orders.COLUMNS`);
+    :class:`PayloadError` naming the field when one is not Shopify's."""
+    try:
+        fields = RiskFields.model_validate(payload)
+    except ValidationError as exc:
+        raise PayloadError(f"order risk fields: {describe(exc)}") from None
+    reason = fields.cancel_reason.upper() if fields.cancel_reason else None
+    if reason is not None and reason not in CANCEL_REASONS:
+        raise PayloadError(f"field 'cancel_reason': {fields.cancel_reason!r} is not one of "
+                           f"{', '.join(sorted(r.lower() for r in CANCEL_REASONS))}")
+    ship, bill = fields.shipping_address, fields.billing_address
+    ship_country = ship.country_code if ship else None
+    return {"order_id": order_rows(dict(payload))[0]["order_id"], "cancel_reason": reason,
+            "gateway": "+".join(fields.payment_gateway_names) if fields.payment_gateway_names is not None else None,
+            "ship_country": ship_country, "bill_country": bill.country_code if bill else None,
+            "address_key": address_key(ship.address1, ship.zip, ship_country) if ship else None,
+            "dispute_type": None, "dispute_status": None, "disputes": 0, "shopify_risk_level": None}
+
+
+class LiveHistory:
+    """Orders known so far (a snapshot and what arrived live), and one order's features against them."""
+
+    def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame] | None = None,
+                 risk: pd.DataFrame | None = None):
+        self.db = db
+        db.executescript(SCHEMA)
+        tables = tables or {}
+        self.orders = conform("orders", tables.get("orders", empty_frame("orders"))).to_pandas()
+        self.refunds = conform("refunds", tables.get("refunds", empty_frame("refunds"))).to_pandas()
+        self.customers = conform("customers", tables.get("customers", empty_frame("customers"))).to_pandas()
+        self.risk = (risk if risk is not None else pd.DataFrame(columns=list(COLUMNS)))
+        self.risk = self.risk[self.risk["order_id"].isin(self.orders["order_id"])].reset_index(drop=True)
+        keys = self.risk.set_index("order_id")["address_key"]
+        self._email = self.orders["email"].map(_email)
+        self._address = self.orders["order_id"].map(keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
+        """History from the newest ingested snapshot and the export it came from; empty without one."""
+        root = settings.data_dir / "snapshots"
+        snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
+        if not snaps:
+            log.warning("no snapshot under %s: order risk sees only the orders received live", root)
+            return cls(db)
+        newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
+        inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
+        risk = None
+        try:
+            risk = read_risk_fields(inputs) if inputs else None
+        except Exception as exc:  # noqa: BLE001 - features still work, without the snapshot orders' risk fields
+            log.warning("order risk fields of snapshot %s not readable (%s): earlier orders count without their "
+                        "addresses and gateways", newest.name, exc)
+        if risk is None:
+            log.warning("snapshot %s names no readable export: earlier orders count without their risk fields",
+                        newest.name)
+        return cls(db, read_tables(newest), risk)
+
+    # --- recording what arrived -------------------------------------------------------------------------
+
+    def record(self, topic: str, payload: Mapping) -> None:
+        """Keep an order or refund webhook as history (inside the caller's transaction); the newest
+        ``updated_at`` of an order wins, as in the webhook applier."""
+        if topic in REFUND_TOPICS:
+            refund = refund_row(dict(payload))
+            self.db.execute("INSERT OR REPLACE INTO risk_live_refunds (refund_id, order_id, row) VALUES (?, ?, ?)",
+                            (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+            return
+        if topic not in ORDER_TOPICS:
+            raise ValueError(f"topic {topic!r} is not an order or refund topic")
+        order, _ = order_rows(dict(payload))
+        risk = risk_row(payload)
+        current = self.db.execute("SELECT updated_at FROM risk_live_orders WHERE order_id = ?",
+                                  (order["order_id"],)).fetchone()
+        if current and current[0] and order["updated_at"] and \
+                pd.Timestamp(current[0]) > pd.Timestamp(order["updated_at"]):
+            return  # an older version arrived late
+        customer = RiskFields.model_validate(payload).customer
+        self.db.execute(
+            "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
+            "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
+             json.dumps(order), json.dumps(risk),
+             customer.created_at.isoformat() if customer and customer.created_at else None))
+
+    # --- one order's features ---------------------------------------------------------------------------
+
+    def features(self, payload: Mapping) -> dict[str, float]:
+        """The ``ORDER_FEATURES`` of the order in ``payload`` as of its creation, from the history recorded
+        so far (the order itself need not be recorded; a recorded version of it is replaced by this one)."""
+        order, items = order_rows(dict(payload))
+        risk = risk_row(payload)
+        if order["created_at"] is None:
+            raise PayloadError("field 'created_at': an order to score needs its creation time")
+        oid, customer, email, address = order["order_id"], order["customer_id"], _email(order["email"]), \
+            risk["address_key"]
+
+        live = self.db.execute(
+            "SELECT order_id, row, risk, customer_created_at FROM risk_live_orders WHERE order_id <> ? AND "
+            "(customer_id = ? OR email = ? OR address_key = ?)", (oid, customer, email, address)).fetchall()
+        live_ids = {row[0] for row in live}
+        related = pd.Series(False, index=self.orders.index)
+        for column, key in ((self.orders["customer_id"], customer), (self._email, email), (self._address, address)):
+            if key is not None:
+                related |= column == key
+        snap = self.orders[related & ~self.orders["order_id"].isin(live_ids | {oid})]
+        ids = [*snap["order_id"].tolist(), *live_ids, oid]
+
+        live_refunds = [json.loads(r) for (r,) in self.db.execute(
+            "SELECT row FROM risk_live_refunds WHERE order_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))]
+        refunds = self.refunds[self.refunds["order_id"].isin(ids)
+                               & ~self.refunds["refund_id"].isin([r["refund_id"] for r in live_refunds])]
+        customers = self.customers[self.customers["customer_id"] == customer] if customer is not None else \
+            self.customers.iloc[:0]
+        if customers.empty and customer is not None:
+            created = RiskFields.model_validate(payload).customer
+            if created is not None and created.created_at is not None:
+                customers = pd.DataFrame([{"customer_id": customer, "email": order["email"],
+                                           "created_at": created.created_at.isoformat(), "updated_at": None}])
+        tables = {
+            "orders": _frame("orders", snap, [json.loads(r) for _, r, _, _ in live] + [order]),
+            "line_items": _frame("line_items", None, items),
+            "customers": _frame("customers", customers, []),
+            "refunds": _frame("refunds", refunds, live_refunds),
+        }
+        risks = pd.concat([self.risk[self.risk["order_id"].isin(snap["order_id"])],
+                           pd.DataFrame([json.loads(r) for _, _, r, _ in live] + [risk], columns=list(COLUMNS))],
+                          ignore_index=True)
+        frame = order_risk_features(tables, risks)
+        row = frame.loc[frame["order_id"] == oid].iloc[0]
+        return {name: float(row[name]) for name in ORDER_FEATURES}
+
+
+def _frame(name: str, frame: pd.DataFrame | None, rows: list[dict]) -> pd.DataFrame:
+    """Snapshot rows and live rows in the table's schema (object columns keep ids exact)."""
+    parts = [] if frame is None or frame.empty else [conform(name, frame[SCHEMAS[name].names]).to_pandas()]
+    if rows:
+        parts.append(conform(name, pd.DataFrame(rows, columns=SCHEMAS[name].names, dtype=object)).to_pandas())
+    return pd.concat(parts, ignore_index=True) if parts else conform(name, empty_frame(name)).to_pandas()
