@@ -54,7 +54,9 @@ def build(work: Path, customers: int, orders: int) -> dict:
 
     meta = work / "build.json"
     if meta.exists():
-        return json.loads(meta.read_text())
+        built = json.loads(meta.read_text())
+        if (built["customers"], built["orders"]) == (customers, orders):
+            return built  # another store size is built afresh below, not read from this one
     work.mkdir(parents=True, exist_ok=True)
     overrides = {"project": {"state_dir": str(work / "state"), "shop_domain": SHOP},
                  "serving": {"shopify_client_id": CLIENT_ID}}

@@ -27,7 +27,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from storeflow.components.recommend.availability import ProductState, ensure_view, lookup
+from storeflow.components.recommend.availability import OnlineLookup, ProductState, ensure_view
 from storeflow.components.recommend.model import ItemItem
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
@@ -184,7 +184,7 @@ def availability_lookup(settings: Settings) -> Callable[[list[int]], dict[int, P
 
     store = feature_store(settings)
     ensure_view(store, settings)  # registered before the first products webhook: no stale registry cache here
-    return lambda products: lookup(store, products)
+    return OnlineLookup(store)
 
 
 def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionLog | None]:

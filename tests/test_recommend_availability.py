@@ -127,3 +127,25 @@ def test_the_recommender_never_shows_unavailable_or_in_cart_products(hooks):
     assert not set(shown) & set(sold_out) and not set(shown) & set(basket)
     assert shown == [p for p in before if p not in sold_out][:5]
     assert [item["title"] for item in answer["items"]] == [None] * 5  # no products webhook named them yet
+
+
+def test_the_servers_lookup_reads_what_feast_serves(hooks):
+    """The recommender's per-request lookup (the online store's own read) answers as Feast's
+    get_online_features does: sold out, in stock with its title, and unknown products left out; and knows
+    nothing before any products webhook registered the view."""
+    store = feature_store(hooks)
+    assert availability.OnlineLookup(store)([SENCHA, 42]) == {}  # nothing registered yet: nothing hidden
+    conn = sqlite3.connect(":memory:")
+    products.ensure_schema(conn)
+    tin = payload("products_update")
+    sold = payload("products_update") | {"id": 77, "title": "Matcha", "handle": "matcha"}
+    sold["variants"] = [v | {"product_id": 77, "inventory_item_id": 770, "inventory_quantity": 0}
+                        for v in sold["variants"]]
+    import pandas as pd
+
+    availability.write(store, hooks, pd.concat([products.apply(conn, "products/update", tin),
+                                                products.apply(conn, "products/update", sold)]))
+    found = availability.OnlineLookup(store)([SENCHA, 77, 42])
+    assert found == availability.lookup(store, [SENCHA, 77, 42])
+    assert found == {SENCHA: availability.ProductState(True, "Sencha 100g", "sencha-100g"),
+                     77: availability.ProductState(False, "Matcha", "matcha")}
