@@ -136,14 +136,25 @@ class SyntheticStoreConfig(Section):
                     "from one customer or address, discount abuse; about 0.003 is realistic), with what a store records "
                     "of them (chargebacks, fraud cancellations, refunds after a dispute) and the order fields a risk "
                     "model reads (addresses, gateway, cancel reason, disputes). 0 writes the store without them.")
+    co_purchase: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Co-purchase structure for recommenders: every product has a few complements in other categories "
+                    "(a grinder's beans, a tea's mug); this share of a basket's further items are complements of its "
+                    "first product, and of a repeat order's first item complements of the previous order's. 0 writes "
+                    "the store without them (the default store's bytes, which the propensity benchmarks use).")
+    seasonal: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Seasonal products (the least sold of each category: winter gifts, summer cold brew) sell only in "
+                    "their season (November-December, June-August), where this share of the items are theirs. 0: none.")
 
     @model_serializer(mode="wrap")
     def _without_fraud_when_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
-        # A store without fraud dumps as before the switch existed, so the cached stores keyed by this dump
-        # (ingest.synthetic_store) and the snapshots named by their bytes stay valid.
+        # A store without fraud (co-purchase, seasons) dumps as before the switch existed, so the cached stores
+        # keyed by this dump (ingest.synthetic_store) and the snapshots named by their bytes stay valid.
         data = handler(self)
-        if self.fraud_rate == 0.0:
-            data.pop("fraud_rate", None)
+        for switch in ("fraud_rate", "co_purchase", "seasonal"):
+            if getattr(self, switch) == 0.0:
+                data.pop(switch, None)
         return data
 
 
@@ -498,6 +509,8 @@ class ShopifyConfig(Section):
     webhook_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger webhook bodies get 413.")
     apply_batch_size: int = Field(1000, gt=0, description="Journaled events applied to Feast per batch at most.")
     apply_idle_seconds: float = Field(0.2, gt=0, description="How often the applier looks for new events.")
+    baseline_refresh_seconds: float = Field(60, gt=0, description="How often the receiver asks MLflow which version "
+                                                                  "is served, to score live BTYD features with its BG/NBD.")
     webhook_body_timeout_seconds: float = Field(10, gt=0, description="A body not fully received by then gets 408 "
                                                                       "and the connection closed (Shopify gives up after 5 s).")
     apply_max_lag_seconds: float = Field(120, gt=0, description="/healthz says 503 behind once the oldest pending "
@@ -608,6 +621,18 @@ class RiskConfig(Section):
     bootstrap_samples: int = Field(200, ge=50)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
+    # real-time scoring of orders/create (components/risk/realtime.py, serving/risk.py)
+    inference_service: str = Field("storeflow-order-risk", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$",
+                                   description="The risk model's name on its server: the KServe InferenceService "
+                                   "(kustomize/base/risk-inference-service.yaml) and `storeflow serve-risk`'s model.")
+    port: int = Field(8082, gt=0, lt=65536, description="`storeflow serve-risk` listens here.")
+    endpoint: str | None = Field(None, description="Base URL of the risk model server (http://127.0.0.1:8082 "
+                                 "locally; the InferenceService's URL on a cluster). Set, the webhook receiver scores "
+                                 "every orders/create and writes the assessment back to Shopify; unset, it does not.")
+    request_timeout_seconds: float = Field(5.0, gt=0, description="How long the receiver waits for a score; an "
+                                           "order not scored stays queued and is retried.")
+    retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "
+                                 "doubling up to shopify.max_backoff_seconds.")
 
 
 class Settings(BaseSettings):

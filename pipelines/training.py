@@ -162,7 +162,7 @@ def build_training_pipeline(settings: Settings = DEFAULTS):
         built.after(validated)  # the gate: nothing is built from a snapshot validate has not passed
         training_set = built.outputs["training_set"]
         trained = mlflow(cluster(train(config_json=config_json, training_set=training_set, estimator=estimator,
-                                       **horizon), "train"))
+                                       baseline_model=built.outputs["baseline_model"], **horizon), "train"))
         evaluated = mlflow(cluster(
             evaluate(config_json=config_json, training_set=training_set, model=trained.outputs["model"],
                      promotion_margin=promotion_margin, **horizon), "evaluate"))

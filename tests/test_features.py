@@ -150,6 +150,42 @@ def test_features_computed_later_score_with_the_saved_btyd_model(built) -> None:
     assert 0 < live["btyd_p_alive"].min() and live["btyd_p_alive"].max() <= 1
 
 
+def test_the_receiver_scores_live_customers_with_the_served_versions_bgnbd_not_a_shared_file(
+        built, tmp_path: Path) -> None:
+    """On a cluster the webhook receiver never sees the features task's files (ReadWriteOnce volumes, another
+    pod): the BG/NBD travels inside the trained model version, and the receiver takes the served version's
+    from MLflow. It used to read the features task's file only, so its live BTYD features were missing."""
+    from storeflow.components import tracking
+    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
+    from storeflow.components.shopify.apply import Applier
+    from storeflow.components.train import train
+
+    settings, tables, result, _, _ = built
+    settings = settings.model_copy(update={"registry": settings.registry.model_copy(
+        update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_location": str(tmp_path / "artifacts")})})
+    newest = customer_features(tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+    horizon = settings.features.label.horizon_days
+    expected = LiveScorer(result.baseline_model).features(newest, horizon)
+    trained = train(settings, result)
+    client = tracking.connect(settings)
+    name = settings.registry.model_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, trained.model_uri, run_id=trained.run_id).version
+    client.set_registered_model_alias(name, tracking.CHAMPION, version)
+
+    elsewhere = result.baseline_model.rename(tmp_path / "the-features-pods-volume.nc")  # not on this pod
+    try:
+        applier = Applier(settings)
+        assert applier.btyd.features(newest, horizon).isna().all().all()  # nothing to score with yet
+        assert applier.baseline.refresh() == str(version)
+        live = applier.btyd.features(newest, horizon)
+        applier.conn.close()
+    finally:
+        elsewhere.rename(result.baseline_model)
+    assert live[list(BTYD_FEATURES)].notna().all().all()
+    pd.testing.assert_frame_equal(live, expected)
+
+
 def test_before_any_features_run_live_btyd_features_are_missing_not_invented(tmp_path: Path, store_tables) -> None:
     from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
 

@@ -130,3 +130,20 @@ def test_features_the_run_materialized_are_online_in_redis(run) -> None:
                                        entity_rows=[{"customer_id": int(c)} for c in customers["customer_id"].head(20)]).to_dict()
     values = online[host.features.customer_features[0]]
     assert len(values) == 20 and sum(v is not None for v in values) >= 10
+
+
+def test_the_registered_version_carries_the_bgnbd_a_receiver_on_another_pod_scores_with(run, tmp_path: Path) -> None:
+    """The features task's BG/NBD reaches the webhook receiver through MLflow, not a volume: the host here
+    never ran features (no file of its own), and scores live customers' BTYD features as training did."""
+    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
+    from storeflow.components.shopify.baseline import ServedBaseline
+
+    registered, pipeline_root, host = run
+    served = ServedBaseline(host, tmp_path / "baselines")
+    assert served() is None
+    assert served.refresh() == registered["version"]
+    assert served().read_bytes() == _artifact(pipeline_root, "features", "baseline_model").read_bytes()
+    training_set = pd.read_parquet(_artifact(pipeline_root, "features", "training_set")).head(200)
+    live = LiveScorer(served).features(training_set, host.features.label.horizon_days)
+    for name in BTYD_FEATURES:
+        assert live[name].to_numpy() == pytest.approx(training_set[name].to_numpy(), rel=1e-6), name

@@ -122,13 +122,16 @@ def test_without_a_state_pvc_every_training_task_gets_private_scratch_and_artifa
     assert artifact_inputs["validate"] == {"snapshot": ("ingest", "snapshot")}
     assert artifact_inputs["features"] == {"snapshot": ("ingest", "snapshot")}
     assert "validate" in tasks["features"]["dependentTasks"]  # the gate, without copying the snapshot again
-    assert artifact_inputs["train"] == {"training_set": ("features", "training_set")}
+    # The BG/NBD the training rows were scored with goes with the model too (the webhook receiver's, via MLflow).
+    assert artifact_inputs["train"] == {"training_set": ("features", "training_set"),
+                                        "baseline_model": ("features", "baseline_model")}
     assert artifact_inputs["evaluate"] == {"training_set": ("features", "training_set"), "model": ("train", "model")}
     assert artifact_inputs["register"] == {"model": ("train", "model")}
     types = {name: output["artifactType"]["schemaTitle"]
              for component in spec["components"].values()
              for name, output in component.get("outputDefinitions", {}).get("artifacts", {}).items()}
-    assert {types["snapshot"], types["training_set"], types["model"], types["registered_model"]} == {
+    assert {types["snapshot"], types["training_set"], types["model"], types["registered_model"],
+            types["baseline_model"]} == {
         "system.Dataset", "system.Model"}
     assert types["model_card"] == "system.Markdown" and types["challenger_curves"] == "system.ClassificationMetrics"
 

@@ -59,20 +59,28 @@ class FeatureResult:
     served_as_of: str
     baseline_parameters: dict[str, float] = field(default_factory=dict)  # BTYD fits, before the holdout
     constant_features: list[str] = field(default_factory=list)  # one value on every training row: no signal
+    # The BG/NBD model the BTYD features were scored with, where the features task saved it; a task on
+    # another pod gets it as the features task's baseline_model artifact instead.
+    baseline_model: Path | None = None
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "training_set": str(self.training_set)})
+        return json.dumps({**asdict(self), "training_set": str(self.training_set),
+                           "baseline_model": str(self.baseline_model) if self.baseline_model else None})
 
     @classmethod
     def from_artifact(cls, dataset) -> FeatureResult:
         """The result the features task recorded on its training set Dataset (a KFP artifact), with the
         training set where this task sees it."""
-        return cls(**{**result_of(dataset.metadata, "training_set"), "training_set": Path(dataset.path)})
+        return cls._parsed({**result_of(dataset.metadata, "training_set"), "training_set": dataset.path})
 
     @classmethod
     def from_json(cls, text: str) -> FeatureResult:
-        data = json.loads(text)
-        return cls(**{**data, "training_set": Path(data["training_set"])})
+        return cls._parsed(json.loads(text))
+
+    @classmethod
+    def _parsed(cls, data: dict) -> FeatureResult:
+        model = data.get("baseline_model")
+        return cls(**{**data, "training_set": Path(data["training_set"]), "baseline_model": Path(model) if model else None})
 
 
 def _row_hashes(frame: pd.DataFrame) -> bytes:
@@ -190,7 +198,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     holdout_start = pd.Timestamp(holdout_cutoffs[0])
     fitted = btyd.fit(_rows_at(raw, [holdout_start]), holdout_start.to_pydatetime(),
                       max_customers=settings.features.btyd_fit_customers)
-    btyd.save(fitted, btyd_model_path(settings))
+    btyd.save(fitted, baseline_model := btyd_model_path(settings))
     _write_with_btyd(raw, source_path(settings, CUSTOMER_VIEW), fitted, label.horizon_days)
     raw.unlink()
     memory = {"memory_limit_mb": settings.features.duckdb_memory_mb, "spill_dir": work / "duckdb"}
@@ -233,6 +241,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
         served_as_of=as_of.isoformat(),
         baseline_parameters=fitted.parameters(),
         constant_features=training.constant,
+        baseline_model=baseline_model,
     )
 
 

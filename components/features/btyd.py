@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,10 @@ RANKINGS = frozenset({"frequency_recency"})  # scores that rank but are not prob
 # The spend baseline beside each holdout row: BG/NBD's expected orders in the horizon times Gamma-Gamma's
 # expected order value (Fader, Hardie & Lee 2005), the classic expected spend of a customer.
 SPEND_BASELINE = "baseline_spend_bgnbd_gamma_gamma"
+# Where a trained model version keeps the BG/NBD its training rows were scored with: ``btyd/bgnbd.nc`` in
+# its MLflow model directory (the webhook receiver scores live customers with the champion's).
+LOGGED_DIR = "btyd"
+LOGGED_FILE = "bgnbd.nc"
 
 
 def rfm(features: pd.DataFrame) -> pd.DataFrame:
@@ -141,19 +146,24 @@ def save(fitted: Fitted, path: Path) -> None:
 
 
 class LiveScorer:
-    """BTYD features for rows computed after the features stage, from the model it saved at ``path``.
+    """BTYD features for rows computed after the features stage, from a saved BG/NBD model.
 
-    The model is loaded on first use and again whenever the file changes (a new training run); until a
-    features run has saved one, the BTYD features are missing (NaN) and serving treats them as such."""
+    ``source`` is the model file, or a callable naming the file to use now (the webhook receiver's: the
+    champion's, which changes when a new version is promoted). The model is loaded on first use and again
+    whenever the file changes; until there is one, the BTYD features are missing (NaN) and serving treats
+    them as such."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, source: Path | Callable[[], Path | None]) -> None:
+        self._locate = source if callable(source) else (lambda: source)
         self._lock = threading.Lock()
-        self._loaded: tuple[int, object] | None = None
+        self._loaded: tuple[tuple[Path, int], object] | None = None
 
     def _model(self):
+        path = self._locate()
+        if path is None:
+            return None
         try:
-            stamp = os.stat(self.path).st_mtime_ns
+            stamp = (Path(path), os.stat(path).st_mtime_ns)
         except FileNotFoundError:
             return None
         with self._lock:
@@ -164,7 +174,7 @@ class LiveScorer:
                     from pymc_marketing.clv import BetaGeoModel
 
                     # build_from_idata, not load: pymc-marketing 0.19's load leaves the pymc model unbuilt.
-                    self._loaded = (stamp, BetaGeoModel.build_from_idata(az.from_netcdf(str(self.path))))
+                    self._loaded = (stamp, BetaGeoModel.build_from_idata(az.from_netcdf(str(path))))
             return self._loaded[1]
 
     def features(self, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:

@@ -33,11 +33,12 @@ import pyarrow as pa
 from storeflow.components.config import Settings
 from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import customer_features
-from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply, btyd_model_path,
+from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply,
                                                 feature_store, source_path)
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.recommend import availability
 from storeflow.components.shopify import layout, online, privacy, products
+from storeflow.components.shopify.baseline import ServedBaseline
 from storeflow.components.shopify.journal import connect, now, park, transaction
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, customer_request, order_rows,
                                                   refund_row)
@@ -83,7 +84,8 @@ class Applier:
         if CUSTOMER_VIEW not in {v.name for v in self.store.list_feature_views()}:
             self.store = feast_apply(settings)
         self._snapshot: tuple[Path, dict[str, pd.DataFrame]] | None = None
-        self.btyd = LiveScorer(btyd_model_path(settings))  # the features stage's BG/NBD, reloaded when retrained
+        self.baseline = ServedBaseline(settings, layout.baselines_dir(settings))  # the served version's BG/NBD
+        self.btyd = LiveScorer(self.baseline)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -91,6 +93,7 @@ class Applier:
     # --- running -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.baseline.start()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="webhook-applier")
         self._thread.start()
 
@@ -99,6 +102,7 @@ class Applier:
         self.committed.set()
         if self._thread:
             self._thread.join()
+        self.baseline.stop()
         self.conn.close()
 
     def _loop(self) -> None:

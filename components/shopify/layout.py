@@ -33,6 +33,11 @@ def connection_dir(settings: Settings) -> Path:
     return settings.project.state_dir / "shopify"
 
 
+def baselines_dir(settings: Settings) -> Path:
+    """The served model versions' BG/NBD files, downloaded from MLflow (one folder per version)."""
+    return connection_dir(settings) / "baselines"
+
+
 def journal_path(settings: Settings) -> Path:
     """SQLite (WAL): webhook events, orders received live, shop install state."""
     return connection_dir(settings) / "webhooks.db"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,6 +18,8 @@ from storeflow.components.features.btyd import P_ORDER
 from storeflow.components.features.dataset import LABEL, SPEND_LABEL, Split, split_holdout
 
 __all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train", "training_split"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
         if SPEND_LABEL in split.train:
             metrics |= log_spend_model(settings, client, info.model_id, split, columns)
             mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("spend_")})
+        log_baseline_model(client, info.model_id, features.baseline_model)
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, features=columns,
                        train_rows=len(x), metrics=metrics)
 
@@ -161,6 +166,24 @@ def log_spend_model(settings: Settings, client, model_id: str, split: Split, col
     return {"spend_calibration_predicted": float(predicted.sum()),
             "spend_calibration_actual": float(split.calibration[SPEND_LABEL].sum()),
             "spend_tier_low_below": cuts[0], "spend_tier_high_above": cuts[1]}
+
+
+def log_baseline_model(client, model_id: str, path: Path | None) -> None:
+    """Keep the BG/NBD model the training rows' BTYD features were scored with in the model's own
+    directory (``btyd/bgnbd.nc``): the version carries it to every pod, and the webhook receiver scores
+    live customers with the champion's, so their BTYD features mean what they meant in training."""
+    import shutil
+    import tempfile
+
+    from storeflow.components.features.btyd import LOGGED_DIR, LOGGED_FILE
+
+    if path is None or not path.exists():
+        log.warning("no BG/NBD model reached the train task (%s; pass the features task's baseline_model): this "
+                    "version's live BTYD features will be missing in the webhook receiver", path or "none given")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, Path(tmp) / LOGGED_FILE)
+        client.log_model_artifacts(model_id, tmp, artifact_path=LOGGED_DIR)
 
 
 def load_spend_model(model_uri: str):
