@@ -1,6 +1,7 @@
 """Benchmark: the item-item recommender against popularity and frequently-bought-together, on the same
 customers of a time-ordered holdout (learn before the cutoff, judge on what customers newly bought in the
-90 days after it), at the default store and the 10x store.
+90 days after it), at the default store and the 10x store, each also with the synthetic store's co-purchase
+structure (complements bought together and as follow-ups, seasonal products: ``STRUCTURE``).
 
 Reports per store (its size beside every row): evaluated customers, catalog size, recall@10, NDCG@10, MAP@10 and coverage of each
 recommender, the model minus the best baseline on NDCG@10 with its customer-grouped 95 % CI, and the seconds
@@ -25,9 +26,12 @@ from storeflow.components.ingest.synthetic import generate_store
 from storeflow.components.recommend import evaluate_recommenders
 
 BENCH = Path(__file__).resolve().parent
+STRUCTURE = {"co_purchase": 0.5, "seasonal": 0.15}  # complements and seasonal products (synthetic.co_purchase)
 STORES = {
     "default": {"customers": 5_000, "orders": 50_000},
     "10x": {"customers": 50_000, "orders": 500_000},
+    "default+co-purchase": {"customers": 5_000, "orders": 50_000, **STRUCTURE},
+    "10x+co-purchase": {"customers": 50_000, "orders": 500_000, **STRUCTURE},
 }
 
 
@@ -35,10 +39,12 @@ def run_one(name: str, store: dict) -> dict:
     config = SyntheticStoreConfig(**store)
     with tempfile.TemporaryDirectory() as tmp:
         tables = read_bulk_jsonl([generate_store(config, Path(tmp) / "store.jsonl")])
+    load = list(os.getloadavg())
     started = time.perf_counter()
     report = evaluate_recommenders(tables, load_settings({}).recommendations)
     return {"store": name, "store_customers": store["customers"], "store_orders": store["orders"],
-            "store_products": config.products, "seconds": round(time.perf_counter() - started, 2),
+            "store_products": config.products, "co_purchase": config.co_purchase, "seasonal": config.seasonal,
+            "load_before": load, "seconds": round(time.perf_counter() - started, 2),
             **report.to_dict(), "summary": report.summary()}
 
 

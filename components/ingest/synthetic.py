@@ -10,7 +10,10 @@ credentials. Behaviour is a small generative model, vectorized with numpy so a 1
   predict the repeat-purchase label, with Poisson noise keeping it far from trivial;
 * customers who refund a lot come back less, discount seekers use more codes (BFCM above all);
 * baskets lean to a favourite product category; a few orders are risky, and most high-risk ones
-  are cancelled; customers pay in several presentment currencies (shop money is USD).
+  are cancelled; customers pay in several presentment currencies (shop money is USD);
+* with ``co_purchase`` / ``seasonal`` (off by default, so the default store's bytes stay what they were),
+  products have complements bought with them and after them, and some sell only in their season:
+  structure a recommender can learn and popularity cannot (``bench/recommendations.py`` measures both).
 
 ``process="bgnbd"`` draws purchase timing and dropout from BG/NBD instead (Fader, Hardie & Lee 2005,
 the published CDNOW estimates: r = 0.243, alpha = 4.414, a = 0.793, b = 2.426, weekly): each customer
@@ -66,7 +69,18 @@ WINBACK_SHARE = 0.06  # repeat orders that ignore churn
 RATE_SHAPE = 0.6  # gamma shape of buying rates: small = a few loyal, many occasional
 MEAN_LIFETIME_DAYS = 420  # the others churn after an exponential lifetime
 FAVOURITE_CATEGORY_SHARE = 0.65
-PROCESSES = ("gamma-churn", "bgnbd")  # how repeat purchases are drawn (see the module docstring)
+PROCESSES = ("gamma-churn", "bgnbd")
+# Co-purchase structure (config.co_purchase): each product's complements come from these categories.
+COMPLEMENTS_PER_PRODUCT = 3
+COMPLEMENT_CATEGORIES = {
+    "Coffee": ("Brewing Gear", "Mugs", "Snacks"), "Tea": ("Mugs", "Snacks", "Brewing Gear"),
+    "Brewing Gear": ("Coffee", "Coffee", "Mugs"), "Mugs": ("Coffee", "Tea", "Snacks"),
+    "Snacks": ("Coffee", "Tea", "Mugs"), "Apparel": ("Mugs", "Apparel", "Gift Cards"),
+    "Gift Cards": ("Apparel", "Mugs", "Coffee"),
+}
+# Seasonal products (config.seasonal): each category's least sold tenth, alternately winter and summer.
+SEASONAL_SHARE = 0.1
+WINTER_MONTHS, SUMMER_MONTHS = (11, 12), (6, 7, 8)  # how repeat purchases are drawn (see the module docstring)
 
 # BG/NBD for the CDNOW panel (Fader, Hardie & Lee 2005), in weeks: rate ~ Gamma(r, alpha), dropout ~ Beta(a, b).
 BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
@@ -249,6 +263,8 @@ def _simulate(config: SyntheticStoreConfig, process: str = "gamma-churn") -> _St
     category = np.where(per_category[category] > 0, category, product_type[0])
     popularity = rng.random(n_items) ** 1.6  # a few best sellers per category
     item_product = first_product[category] + (popularity * per_category[category]).astype(np.int64)
+    if config.co_purchase > 0 or config.seasonal > 0:
+        item_product = _basket_structure(config, item_product, item_order, order_customer, order_time, product_type)
     item_quantity = np.minimum(rng.geometric(0.72, n_items), 6)
     subtotal = np.round(np.bincount(item_order, product_price[item_product] * item_quantity, n_orders), 2)
 
@@ -308,6 +324,59 @@ def _simulate(config: SyntheticStoreConfig, process: str = "gamma-churn") -> _St
         item_product=item_product,
         item_quantity=item_quantity,
     )
+
+
+def _basket_structure(config: SyntheticStoreConfig, item_product: np.ndarray, item_order: np.ndarray,
+                      order_customer: np.ndarray, order_time: np.ndarray, product_type: np.ndarray) -> np.ndarray:
+    """What a recommender can learn beyond category leaning (``config.co_purchase``, ``config.seasonal``):
+    complements bought together and as follow-ups, and products that sell only in their season.
+
+    Drawn from a random stream of its own, so everything else in the store (customers, order times,
+    quantities, prices' draws, refunds) is what the same seed gives without it; only products change."""
+    rng = np.random.default_rng([config.seed, 15])
+    categories = list(CATEGORIES)
+    n_products, n_orders = len(product_type), len(order_time)
+    first_product = np.searchsorted(product_type, np.arange(len(categories)))
+    per_category = np.bincount(product_type, minlength=len(categories))
+    products = item_product.copy()
+    order_first_item = np.searchsorted(item_order, np.arange(n_orders))  # every order has an item
+    if config.co_purchase > 0:
+        complements = np.empty((n_products, COMPLEMENTS_PER_PRODUCT), dtype=np.int64)
+        for c, name in enumerate(categories):
+            own = np.flatnonzero(product_type == c)
+            for j, partner in enumerate(COMPLEMENT_CATEGORIES[name]):
+                size = per_category[categories.index(partner)]
+                if size == 0:  # a small catalog without that category: any product
+                    complements[own, j] = rng.integers(0, n_products, len(own))
+                else:  # leaning to the partner category's best sellers, like every basket
+                    complements[own, j] = (first_product[categories.index(partner)]
+                                           + (rng.random(len(own)) ** 1.6 * size).astype(np.int64))
+        # A repeat order opens with a follow-up of the customer's previous order (beans for the grinder).
+        by_customer = np.lexsort((np.arange(n_orders), order_customer))  # orders are chronological
+        repeat = order_customer[by_customer[1:]] == order_customer[by_customer[:-1]]
+        later, earlier = by_customer[1:][repeat], by_customer[:-1][repeat]
+        follow = rng.random(len(later)) < config.co_purchase
+        products[order_first_item[later[follow]]] = complements[
+            item_product[order_first_item[earlier[follow]]], rng.integers(0, COMPLEMENTS_PER_PRODUCT, follow.sum())]
+        # A basket's further items complement its first.
+        anchor = products[order_first_item[item_order]]
+        pick = (np.arange(len(products)) != order_first_item[item_order]) & (rng.random(len(products)) < config.co_purchase)
+        products[pick] = complements[anchor[pick], rng.integers(0, COMPLEMENTS_PER_PRODUCT, pick.sum())]
+    if config.seasonal > 0:
+        rank = np.arange(n_products) - first_product[product_type]  # 0: the category's best seller
+        kept = np.ceil(per_category * (1 - SEASONAL_SHARE)).astype(np.int64)  # a category's year-round products
+        season_of = np.where(rank >= kept[product_type], 1 + rank % 2, 0)  # 1 winter, 2 summer, 0 all year
+        month = order_time.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12 + 1
+        season = np.select([np.isin(month, WINTER_MONTHS), np.isin(month, SUMMER_MONTHS)], [1, 2], 0)[item_order]
+        off = (season_of[products] > 0) & (season_of[products] != season)  # out of season: a year-round one
+        kind = product_type[products[off]]
+        products[off] = first_product[kind] + (rng.random(off.sum()) * kept[kind]).astype(np.int64)
+        for which in (1, 2):
+            pool = np.flatnonzero(season_of == which)
+            if len(pool):  # in season, this share of the items are the season's products
+                take = (season == which) & (rng.random(len(products)) < config.seasonal)
+                products[take] = rng.choice(pool, take.sum())
+    return products
 
 
 def _spread(rng: np.random.Generator, total: int, weight: np.ndarray) -> np.ndarray:
