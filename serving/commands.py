@@ -36,3 +36,30 @@ def serve(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def serve_risk(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Registered version to serve.")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias to serve.")] = "champion",
+    host: Annotated[Optional[str], typer.Option(help="Listen address (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Listen port (default risk.port).")] = None,
+) -> None:
+    """Serve the order risk model (KServe V1 + V2) for the webhook receiver's risk.endpoint: order features in,
+    score, level and facts out, each prediction logged with its features."""
+    import uvicorn
+
+    settings = settings_from(config, list(set_ or []))
+    if port is not None:
+        settings = settings.model_copy(update={"risk": settings.risk.model_copy(update={"port": port})})
+    sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported (see serve above)
+    from storeflow.serving.risk import build_app, resolve
+
+    try:
+        served, model_dir = resolve(settings, alias, version)
+        app = build_app(settings, served, model_dir)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    uvicorn.run(app, host=host or settings.serving.host, port=settings.risk.port, log_config=None, access_log=False)

@@ -22,6 +22,7 @@ from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.risk import model as risk_model
 from storeflow.components.risk.features import LABEL, order_risk_features
 from storeflow.components.risk.orders import read_risk_fields
+from storeflow.components.risk.protocol import LEVELS_METADATA
 from storeflow.components.tables import read_tables
 
 
@@ -108,6 +109,8 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
         info = mlflow.sklearn.log_model(
             fitted, name="model", signature=infer_signature(example, fitted.predict_proba(example)[:, 1]),
             input_example=example, pip_requirements=tracking.pip_requirements(), pyfunc_predict_fn="predict_proba",
+            # the assessment's cut points travel with the model: the risk server reads them from MLmodel
+            metadata={LEVELS_METADATA: evaluation.levels},
             serialization_format="skops", skops_trusted_types=tracking.skops_trusted_types(fitted))
     version = str(mlflow.register_model(info.model_uri, risk.model_name, tags={
         "storeflow.decision": "promote" if decision.promote else "keep-champion",

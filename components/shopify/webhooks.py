@@ -11,6 +11,9 @@ validated (:mod:`.payloads`); then the event is committed to the journal and onl
 A delivery whose webhook id was seen before is answered 200 and changes nothing. Bad input gets a 4xx
 JSON naming the problem; nothing already stored is touched.
 
+With ``risk.endpoint`` set, a thread scores every journaled ``orders/create`` with the risk model server and
+writes the assessment back to Shopify (:mod:`storeflow.components.risk.realtime`).
+
 ``/healthz`` reports the applier: 503 ``behind`` when it is down or the oldest pending event has waited
 longer than ``shopify.apply_max_lag_seconds``, with the pending count, the oldest age and the number of
 dead letters. ``/livez`` only says the receiver answers (a backlog is no reason to restart it).
@@ -201,9 +204,17 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
             app.state.applier.start()
         if supervisor is not None:
             supervisor.start()
+        app.state.risk = None
+        if settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
+            from storeflow.components.risk.realtime import RiskScorer
+
+            app.state.risk = RiskScorer(settings)
+            app.state.risk.start()
         try:
             yield
         finally:
+            if app.state.risk is not None:
+                app.state.risk.stop()
             if app.state.applier:
                 app.state.applier.stop()
             if supervisor is not None:

@@ -1,0 +1,185 @@
+"""Real-time order risk (issue 16): every ``orders/create`` the webhook receiver journaled is scored by the risk
+model server and its assessment written back to Shopify with ``orderRiskAssessmentCreate``.
+
+A thread of the receiver (``risk.endpoint`` set) follows the journal in arrival order. For an ``orders/create`` it
+computes the order's features from live history (:mod:`storeflow.components.risk.live`), asks the risk server
+(KServe V1, :mod:`storeflow.components.risk.protocol`) for the score, level and facts, and then, in one SQLite
+transaction, records the order as history, queues the assessment in the outbox
+(:mod:`storeflow.components.shopify.assessments`) and moves its place in the journal on. Other order and refund
+topics only add history. Then the outbox is drained to the Admin API.
+
+Nothing is lost and nothing is sent twice: the journal keeps a delivery from the moment it was answered 200; its
+place in the journal moves only with the outbox row, so a crash or a risk server that does not answer leaves the
+order to be scored again (a second score of a queued order changes nothing: the outbox keeps one row per order);
+the outbox sends a row until Shopify answered and, after a crash in between, asks Shopify before sending again.
+The same delivery twice is one journal row; a second delivery of one order is one outbox row.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import httpx
+import orjson
+
+from storeflow.components.config import Settings
+from storeflow.components.risk.features import ORDER_FEATURES
+from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
+from storeflow.components.risk.protocol import ORDER_ID
+from storeflow.components.shopify import assessments, layout
+from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
+from storeflow.components.shopify.assessments import Fact
+from storeflow.components.shopify.journal import transaction
+from storeflow.components.shopify.payloads import PayloadError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), journal_rowid INTEGER NOT NULL);
+INSERT OR IGNORE INTO risk_cursor VALUES (0, 0);
+-- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
+CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
+"""
+BATCH = 100
+
+
+class ScoringUnavailable(RuntimeError):
+    """The risk server did not answer (down, restarting, overloaded): the order stays in the journal."""
+
+
+def risk_db(settings: Settings) -> Path:
+    """SQLite (WAL): the assessment outbox, the orders received live as risk history, the journal position."""
+    return layout.connection_dir(settings) / "risk.db"
+
+
+class RiskScorer:
+    def __init__(self, settings: Settings, http: httpx.Client | None = None, admin: AdminClient | None = None):
+        if not settings.risk.endpoint:
+            raise ValueError("risk.endpoint is not set: the URL of the risk model server (storeflow serve-risk, or "
+                             "the risk InferenceService on a cluster)")
+        self.settings = settings
+        self.url = f"{settings.risk.endpoint.rstrip('/')}/v1/models/{settings.risk.inference_service}:predict"
+        path = risk_db(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # built here, used by the scoring thread (one user at a time)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(assessments.SCHEMA)
+        self.db.executescript(SCHEMA)
+        self.journal = sqlite3.connect(layout.journal_path(settings), timeout=30, check_same_thread=False)
+        self.history = LiveHistory.from_settings(settings, self.db)
+        self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
+        self.admin = admin
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- one pass -------------------------------------------------------------------------------------
+
+    def score_pending(self, limit: int = BATCH) -> int:
+        """Handle up to ``limit`` journaled order and refund deliveries after the last one handled; returns how
+        many. :class:`ScoringUnavailable` when the risk server does not answer (the rest wait)."""
+        (after,) = self.db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
+        topics = sorted(HISTORY_TOPICS)
+        rows = self.journal.execute(
+            f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
+            f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
+        for rowid, webhook_id, topic, body in rows:
+            self._handle(rowid, webhook_id, topic, body)
+        return len(rows)
+
+    def _handle(self, rowid: int, webhook_id: str, topic: str, body: bytes | None) -> None:
+        if body is None:  # erased before it was scored (a privacy request)
+            return self._advance(rowid)
+        try:
+            payload = orjson.loads(body)
+            assessment = None
+            if topic == SCORED_TOPIC and not self._queued(payload["id"]):
+                assessment = self._score(payload)
+        except (PayloadError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return self._skip(rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}")
+        with transaction(self.db):
+            self.history.record(topic, payload)
+            if assessment is not None:
+                order, level, facts, version = assessment
+                assessments.enqueue(self.db, order, level, facts, version)
+            self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))
+
+    def _queued(self, order_id) -> bool:
+        return self.db.execute("SELECT 1 FROM risk_outbox WHERE order_id = ?",
+                               (f"{assessments.ORDER_GID}{order_id}",)).fetchone() is not None
+
+    def _score(self, payload: dict) -> tuple[int, str, list[Fact], str]:
+        features = self.history.features(payload)
+        instance = {ORDER_ID: str(payload["id"]), **{name: features[name] for name in ORDER_FEATURES}}
+        try:
+            answer = self.http.post(self.url, json={"instances": [instance]})
+        except httpx.HTTPError as exc:
+            raise ScoringUnavailable(f"risk server {self.url}: {type(exc).__name__}: {exc}") from exc
+        if answer.status_code >= 500 or answer.status_code in (404, 408, 429):  # 404: not loaded yet
+            raise ScoringUnavailable(f"risk server {self.url} answered {answer.status_code}: {answer.text[:300]}")
+        if answer.status_code != 200:
+            raise ValueError(f"risk server refused the order ({answer.status_code}): {answer.text[:300]}")
+        body = answer.json()
+        (prediction,) = body["predictions"]
+        facts = [Fact(f["description"], f["sentiment"]) for f in prediction["facts"]]
+        return int(payload["id"]), prediction["level"], facts, str(body["model_version"])
+
+    def _advance(self, rowid: int) -> None:
+        self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))
+
+    def _skip(self, rowid: int, webhook_id: str, topic: str, reason: str) -> None:
+        log.error("order risk skipped webhook %s (%s): %s", webhook_id, topic, reason)
+        with transaction(self.db):
+            self.db.execute("INSERT OR REPLACE INTO risk_skipped VALUES (?, ?, ?, julianday('now'))",
+                            (webhook_id, topic, reason[:500]))
+            self._advance(rowid)
+
+    def drain(self) -> assessments.DrainResult | None:
+        """Send queued assessments to Shopify; None while the Admin API credentials are not set."""
+        if self.admin is None:
+            try:
+                self.admin = AdminClient(self.settings, credentials(self.settings))
+            except ShopifyError as exc:
+                log.warning("risk assessments stay queued: %s", exc)
+                return None
+        return assessments.drain(self.db, self.admin)
+
+    def step(self) -> int:
+        """Score what arrived, then write back what is queued; returns how many deliveries were handled."""
+        handled = 0
+        while count := self.score_pending():
+            handled += count
+        self.drain()
+        return handled
+
+    # --- running --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="order-risk")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.http.close()
+        if self.admin is not None:
+            self.admin.close()
+        self.journal.close()
+        self.db.close()
+
+    def _loop(self) -> None:
+        idle, cap = self.settings.shopify.apply_idle_seconds, self.settings.shopify.max_backoff_seconds
+        wait = self.settings.risk.retry_seconds
+        while not self._stop.is_set():
+            try:
+                self.step()
+                wait = self.settings.risk.retry_seconds
+                self._stop.wait(idle)
+            except Exception as exc:  # noqa: BLE001 - deliveries stay journaled, assessments queued: retried
+                log.warning("order risk: %s; retrying in %.1f s", exc, wait)
+                self._stop.wait(wait)
+                wait = min(wait * 2, cap)

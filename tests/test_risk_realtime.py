@@ -1,0 +1,251 @@
+"""Real-time order risk end to end on loopback: a signed orders/create delivery into the webhook receiver, the
+order's live features scored by the registered risk model behind KServe's ModelServer (`storeflow serve-risk`,
+real HTTP on 127.0.0.1), and one orderRiskAssessmentCreate mutation out at a fake Admin API answering with
+Shopify's recorded payloads; the receiver and the model server killed and restarted on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from storeflow.components.config import RiskConfig, load_settings
+from storeflow.components.ingest import ingest
+from storeflow.components.risk.features import ORDER_FEATURES
+from storeflow.components.risk.stage import risk_rows, train_and_register
+from tests.conftest import free_port, quick_overrides
+from test_risk_writeback import FakeAdmin
+from test_webhook_signing import SECRET, SHOP, delivery
+
+STORE = {"customers": 800, "orders": 8_000, "products": 40, "seed": 7, "fraud_rate": 0.02}
+QUICK = RiskConfig(params={**RiskConfig().params, "max_iter": 60}, bootstrap_samples=50)
+NAME = RiskConfig().inference_service
+RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
+            "from storeflow.components.shopify.webhooks import create_app; "
+            "uvicorn.run(create_app(load_settings(), apply=False), host='127.0.0.1', port=int(sys.argv[1]), "
+            "log_level='warning')")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A synthetic store with fraud, ingested, and its risk model registered (v1, champion)."""
+    root = tmp_path_factory.mktemp("risk-realtime")
+    config = quick_overrides(root, ingest={"source": "synthetic", "synthetic": STORE})
+    settings = load_settings(config)
+    snapshot = ingest(settings).snapshot
+    result = train_and_register(settings, risk_rows(snapshot), QUICK)
+    assert result.promoted, result.reason
+    return root, config
+
+
+@pytest.fixture
+def admin():
+    server = FakeAdmin()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class Stack:
+    """The risk model server and the webhook receiver as processes, each started, killed and restarted."""
+
+    def __init__(self, root: Path, config: dict, admin: FakeAdmin):
+        self.root, self.model_port, self.receiver_port = root, free_port(), free_port()
+        path = root / f"storeflow-{self.model_port}.yaml"
+        path.write_text(yaml.safe_dump({**config, "project": {**config["project"], "shop_domain": SHOP},
+                                        "serving": {"shopify_client_id": "storeflow-test-app"},
+                                        "risk": {"endpoint": f"http://127.0.0.1:{self.model_port}", "retry_seconds": 0.2,
+                                                 "port": self.model_port},
+                                        "shopify": {"admin_origin": admin.origin, "max_retries": 0,
+                                                    "max_backoff_seconds": 0.5}}))
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")},
+                    "STOREFLOW_CONFIG": str(path), "SHOPIFY_API_SECRET": SECRET, "SHOPIFY_ACCESS_TOKEN": "shpat_test"}
+        self.model: subprocess.Popen | None = None
+        self.receiver: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.receiver_port}"
+        self.model_url = f"http://127.0.0.1:{self.model_port}"
+
+    def _start(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        return subprocess.Popen(args, env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_model(self) -> None:
+        cli = Path(sys.executable).with_name("storeflow")
+        self.model = self._start([str(cli), "serve-risk"], "model")
+        self._wait(f"{self.model_url}/v2/models/{NAME}/ready", self.model, "model")
+
+    def start_receiver(self) -> None:
+        self.receiver = self._start([sys.executable, "-c", RECEIVER, str(self.receiver_port)], "receiver")
+        self._wait(f"{self.url}/livez", self.receiver, "receiver")
+
+    def _wait(self, url: str, proc: subprocess.Popen, name: str) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (self.root / f"{name}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{name} did not start"
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen | None) -> None:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    def deliver(self, payload: dict, webhook_id: str, topic: str = "orders/create") -> dict:
+        answer = httpx.post(f"{self.url}/webhooks", **delivery(topic, payload, webhook_id), timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def outbox(self) -> dict[str, tuple[str, int]]:
+        import sqlite3
+
+        path = self.root / "state" / "shopify" / "risk.db"
+        if not path.exists():
+            return {}
+        with sqlite3.connect(path) as db:
+            try:
+                return {o: (s, a) for o, s, a in db.execute("SELECT order_id, state, attempts FROM risk_outbox")}
+            except sqlite3.OperationalError:
+                return {}
+
+
+def until(what, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (value := what()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return value
+
+
+def new_order(order_id: int, customer_id: int, email: str, **fields) -> dict:
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    return {
+        "id": order_id, "email": email, "created_at": now.isoformat(), "updated_at": now.isoformat(),
+        "currency": "USD", "financial_status": "paid", "total_price": "640.00", "subtotal_price": "640.00",
+        "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
+        "customer": {"id": customer_id, "email": email, "created_at": (now - timedelta(hours=0.5)).isoformat()},
+        "shipping_address": {"address1": "9 Harbour Rd", "zip": "2000", "country_code": "AU"},
+        "billing_address": {"country_code": "US"},
+        "line_items": [{"id": order_id * 10, "product_id": 1, "title": "Gift card", "quantity": 4, "price": "160.00"}],
+        **fields,
+    }
+
+
+@pytest.fixture
+def stack(trained, admin):
+    root, config = trained
+    running = Stack(root, config, admin)
+    yield running
+    running.kill(running.receiver)
+    running.kill(running.model)
+
+
+def test_the_risk_server_answers_v1_and_v2_alike_with_the_registered_models_score(stack: Stack):
+    import mlflow
+
+    stack.start_model()
+    features = {name: 0.0 for name in ORDER_FEATURES} | {"total_price": 640.0, "subtotal_price": 640.0,
+                                                         "country_mismatch": 1.0, "account_age_hours": 0.5,
+                                                         "item_count": 4.0, "line_count": 1.0, "max_unit_price": 160.0}
+    v1 = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict",
+                    json={"instances": [{"order_id": "7001", **features}]}, timeout=10)
+    assert v1.status_code == 200, v1.text
+    (answer,) = v1.json()["predictions"]
+    assert answer["order_id"] == "7001" and answer["level"] in ("HIGH", "MEDIUM", "LOW")
+    assert answer["facts"][0]["description"].startswith(f"Risk score {answer['score']:.3f}")
+    assert {"description": "Shipping country differs from the billing country", "sentiment": "NEGATIVE"} in answer["facts"]
+    assert v1.json()["model_version"] == "1"
+
+    metadata = httpx.get(f"{stack.model_url}/v2/models/{NAME}", timeout=10).json()
+    assert metadata["inputs"][0]["shape"] == [-1, len(ORDER_FEATURES)]
+    row = [features[c] for c in ORDER_FEATURES]  # the model's column order: risk.model.columns
+    v2 = httpx.post(f"{stack.model_url}/v2/models/{NAME}/infer", json={"inputs": [
+        {"name": "features", "datatype": "FP64", "shape": [1, len(row)], "data": row},
+        {"name": "order_id", "datatype": "BYTES", "shape": [1], "data": ["7001"]}]}, timeout=10)
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+    assert outputs["score"][0] == pytest.approx(answer["score"], abs=1e-12)
+    assert outputs["level"] == [answer["level"]] and json.loads(outputs["facts"][0]) == answer["facts"]
+
+    settings = load_settings(path=stack.env["STOREFLOW_CONFIG"])
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    registered = mlflow.sklearn.load_model(f"models:/{settings.risk.model_name}/1")
+    import pandas as pd
+
+    expected = registered.predict_proba(pd.DataFrame([features])[list(registered.feature_names_in_)])[0, 1]
+    assert answer["score"] == pytest.approx(expected, abs=1e-9)
+
+    bad = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict",
+                     json={"instances": [{"order_id": "7002", **features, "account_age_hours": "recent"}]}, timeout=10)
+    assert bad.status_code == 400 and "must be numbers" in bad.text
+    short = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict", json={"instances": [{"total_price": 1}]},
+                       timeout=10)
+    assert short.status_code == 400 and "lacks feature(s)" in short.text
+
+
+def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stack, admin: FakeAdmin):
+    a = new_order(9100000001, 8800000001, "fresh@example.com")
+    later = (datetime.fromisoformat(a["created_at"]) + timedelta(minutes=10)).isoformat()
+    b = new_order(9100000002, 8800000002, "second@example.com", shipping_address=a["shipping_address"],
+                  created_at=later, updated_at=later)
+    gid_a, gid_b = "gid://shopify/Order/9100000001", "gid://shopify/Order/9100000002"
+    admin.down = True  # Shopify's Admin API unavailable for now: assessments must wait, not vanish
+
+    stack.start_receiver()  # the risk server is not up yet
+    assert stack.deliver(a, "wh-a-1")["status"] == "accepted"
+    assert stack.deliver(a, "wh-a-1")["status"] == "duplicate"  # the same delivery twice
+    time.sleep(1.5)
+    assert stack.outbox() == {}  # nothing to score with: the order waits in the journal
+
+    stack.start_model()
+    until(lambda: gid_a in stack.outbox())  # scored and queued; Shopify still down
+    time.sleep(0.3)  # the prediction log's writer takes what was added every 50 ms
+    stack.kill(stack.receiver)  # mid-way: queued, not yet written back
+    stack.kill(stack.model)
+
+    stack.start_receiver()
+    assert stack.deliver(a, "wh-a-2")["status"] == "accepted"  # Shopify sends the order again, under a new id
+    assert stack.deliver(b, "wh-b-1")["status"] == "accepted"  # arrives while the risk server is down
+    time.sleep(1.0)
+    assert gid_b not in stack.outbox()
+    stack.start_model()
+    until(lambda: gid_b in stack.outbox())
+    admin.down = False
+    until(lambda: len(admin.created) >= 2)
+    time.sleep(1.0)  # any second mutation of an order would come now
+
+    assert sorted(c["orderId"] for c in admin.created) == [gid_a, gid_b]  # one mutation per order
+    assert all(state == "sent" for state, _ in stack.outbox().values())
+    by_order = {c["orderId"]: c for c in admin.created}
+    written = [f["description"] for f in by_order[gid_a]["facts"]]
+    assert written[0] == "storeflow risk model v1" and written[1].startswith("Risk score ")
+    assert "Shipping country differs from the billing country" in written
+    assert any(text.startswith("Account created 0.5 hours") for text in written)
+    # b went to a's address an order later: velocity seen live
+    assert any("other order(s) to this shipping address" in f["description"] for f in by_order[gid_b]["facts"])
+    assert by_order[gid_a]["riskLevel"] in ("HIGH", "MEDIUM", "LOW")
+
+    logged = [json.loads(line) for path in (stack.root / "state" / "risk" / "predictions").glob("*.jsonl")
+              for line in path.read_text().splitlines() if line]
+    seen = {r["order_id"]: r for r in logged}
+    assert {"9100000001", "9100000002"} <= set(seen)
+    assert seen["9100000002"]["features"]["address_orders_24h"] == 1.0
+    assert set(seen["9100000001"]["features"]) == set(ORDER_FEATURES)
+    assert seen["9100000001"]["model_version"] == "1"
