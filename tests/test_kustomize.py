@@ -137,7 +137,7 @@ def test_overlay_config_drives_the_same_predictor_the_pipeline_deploys(overlay, 
     settings = load_settings()
     assert (settings.deploy.namespace, settings.deploy.canary_steps) == (namespace, steps)
 
-    isvc = next(o for o in objects if o["kind"] == "InferenceService")
+    isvc = next(o for o in objects if o["kind"] == "InferenceService" and o["metadata"]["name"] == "storeflow-repeat-purchase")
     assert isvc["metadata"]["namespace"] == namespace
     built = predictor_spec(settings, ModelVersionRef("m", "1", "s3://b/m"))
     declared = isvc["spec"]["predictor"]
@@ -179,7 +179,7 @@ def test_the_state_volume_pods_and_pipeline_tasks_share_is_shipped(overlay):
     assert settings.kfp.state_pvc in claimed and claimed <= set(pvcs)
     assert pvcs[settings.kfp.state_pvc]["spec"]["accessModes"] == ["ReadWriteMany"]
 
-    isvc = next(o for o in objects if o["kind"] == "InferenceService")
+    isvc = next(o for o in objects if o["kind"] == "InferenceService" and o["metadata"]["name"] == "storeflow-repeat-purchase")
     transformer = isvc["spec"]["transformer"]["containers"][0]
     mounted = {m["mountPath"]: _claims(isvc).get(m["name"]) for m in transformer["volumeMounts"]}
     assert mounted[str(settings.kfp.state_mount_path)] == settings.kfp.state_pvc

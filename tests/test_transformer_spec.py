@@ -43,7 +43,7 @@ def resolved_env(container: dict[str, Any], config_maps: dict[str, dict[str, str
 
 
 def _transformer(objects) -> tuple[dict[str, Any], dict[str, Any]]:
-    isvc = next(o for o in objects if o["kind"] == "InferenceService")
+    isvc = next(o for o in objects if o["kind"] == "InferenceService" and o["metadata"]["name"] == "storeflow-repeat-purchase")
     return isvc["spec"]["transformer"], isvc["spec"]["transformer"]["containers"][0]
 
 
