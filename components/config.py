@@ -475,6 +475,12 @@ class ServingConfig(Section):
                                                             "feature row (pure function of it); 0 turns it off.")
     prediction_log: bool = True
     prediction_log_dir: Path | None = Field(None, description="Default <state_dir>/predictions.")
+    prediction_log_store: str | None = Field(
+        None, description="Object store the serving processes ship closed log files to and the monitor, data "
+                          "requests and erasure read (s3://bucket/prefix; credentials and AWS_ENDPOINT_URL from the "
+                          "AWS_* variables); unset: the local directory only.")
+    prediction_log_ship_seconds: float = Field(300, gt=0, description="With a store: a file is closed and shipped "
+                                                                      "at least this often, so monitoring sees it.")
     prediction_log_queue: int = Field(10_000, gt=0, description="Records waiting to be written; more are dropped.")
     prediction_log_rotate_bytes: int = Field(64 * 1024 * 1024, gt=0)
     prediction_log_keep_files: int = Field(20, gt=0)

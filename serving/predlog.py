@@ -1,9 +1,11 @@
 """Prediction log for monitoring: one JSON line per scored customer, written off the request path.
 
 Location: ``serving.prediction_log_dir`` (default ``<state_dir>/predictions``). Each server process
-writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S%f>-<host>-<pid>.jsonl`` (replicas of the
-transformer share one volume on a cluster, each as pid 1 of its own pod); a file is closed and a new one
-started past ``serving.prediction_log_rotate_bytes``, and only the newest
+writes its own files, ``predictions-<UTC start %Y%m%dT%H%M%S%f>-<host>-<pid>.jsonl`` (each replica as pid 1
+of its own pod); a file is closed and a new one started past ``serving.prediction_log_rotate_bytes``, and
+with ``serving.prediction_log_store`` set every ``serving.prediction_log_ship_seconds`` too: a closed file
+is shipped to that object store and its local copy deleted (:mod:`storeflow.components.prediction_logs`),
+so replicas share no volume with each other or with the monitoring pipeline. Locally only the newest
 ``serving.prediction_log_keep_files`` of the process are kept. Lines are UTF-8 JSON objects:
 
 .. code-block:: json
@@ -29,9 +31,11 @@ batch, no line slips in between its read and its rewrite, and later lines land i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,26 +44,34 @@ from typing import TYPE_CHECKING
 import orjson
 
 from storeflow.components.erasure import append_locked
+from storeflow.components.prediction_logs import LogStore, local_dir, log_store, ship
 from storeflow.serving.metrics import LOG_DROPPED
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
 DRAIN_SECONDS = 0.05  # how often the writer takes what was added
+SHIP_RETRY_SECONDS = 30  # after the object store refused a file
+log = logging.getLogger(__name__)
 WRITE_BATCH = 1000  # records per write at most
 
 
 class PredictionLog:
-    def __init__(self, directory: Path, max_queue: int = 10_000, rotate_bytes: int = 64 << 20, keep_files: int = 20):
+    def __init__(self, directory: Path, max_queue: int = 10_000, rotate_bytes: int = 64 << 20, keep_files: int = 20,
+                 store: LogStore | None = None, ship_seconds: float = 300):
         self.directory = Path(directory)
         self.rotate_bytes = rotate_bytes
         self.keep_files = keep_files
         self.dropped = 0
         self.max_queue = max_queue
+        self.store = store
+        self.ship_seconds = ship_seconds
         self._buffer: deque = deque()
         self._stop = threading.Event()
         self._fd: int | None = None
-        self._files: list[Path] = []
+        self._opened = 0.0  # monotonic time the open file was started
+        self._files: list[Path] = []  # this process's local files, oldest first (closed ones not yet shipped)
+        self._next_ship_retry = 0.0
         self._thread = threading.Thread(target=self._drain, daemon=True, name="prediction-log")
         self._thread.start()
 
@@ -94,6 +106,10 @@ class PredictionLog:
                 except Exception:  # noqa: BLE001 - disk full, permissions...: drop, count, go on
                     self._drop(len(records))
                     self._close_file()
+            if self.store is not None and self._fd is not None and time.monotonic() - self._opened >= self.ship_seconds:
+                self._close_file()  # quiet traffic: what was logged still reaches the store on time
+            if self.store is not None and len(self._files) > (self._fd is not None) and time.monotonic() >= self._next_ship_retry:
+                self._ship_closed()
             if stopping:
                 break
         self._close_file()
@@ -107,6 +123,22 @@ class PredictionLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            if self.store is not None:
+                self._ship_closed()
+
+    def _ship_closed(self) -> None:
+        """Ship every closed local file, oldest first; one the store refuses stays here and is retried."""
+        closed = self._files if self._fd is None else self._files[:-1]
+        for path in list(closed):
+            try:
+                ship(self.store, path)
+            except FileNotFoundError:
+                pass
+            except Exception:  # noqa: BLE001 - the store is down: keep the file, retry later
+                log.warning("could not ship %s to %s; kept here and retried", path.name, self.store.uri, exc_info=True)
+                self._next_ship_retry = time.monotonic() + SHIP_RETRY_SECONDS
+                return
+            self._files.remove(path)
 
     def _rotate(self) -> None:
         self._close_file()
@@ -114,6 +146,7 @@ class PredictionLog:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         path = self.directory / f"predictions-{stamp}-{socket.gethostname()}-{os.getpid()}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._opened = time.monotonic()
         self._files.append(path)
         while len(self._files) > self.keep_files:
             old = self._files.pop(0)
@@ -129,5 +162,5 @@ def prediction_log(settings: Settings) -> PredictionLog | None:
     cfg = settings.serving
     if not cfg.prediction_log:
         return None
-    return PredictionLog(cfg.prediction_log_dir or settings.project.state_dir / "predictions",
-                         cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files)
+    return PredictionLog(local_dir(settings), cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes,
+                         cfg.prediction_log_keep_files, log_store(settings), cfg.prediction_log_ship_seconds)

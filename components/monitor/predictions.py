@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from storeflow.components.config import Settings
+from storeflow.components.prediction_logs import local_dir, local_files
 
 SCORE = "score"
 TIME = "ts"
@@ -45,11 +46,11 @@ class Window:
 
 
 def log_dir(settings: Settings) -> Path:
-    return settings.serving.prediction_log_dir or settings.project.state_dir / "predictions"
+    return local_dir(settings)
 
 
 def log_files(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("predictions-*.jsonl")) if Path(directory).is_dir() else []
+    return local_files(directory)
 
 
 def _source(files: list[Path]) -> str:
@@ -60,13 +61,14 @@ def _source(files: list[Path]) -> str:
             "score: 'DOUBLE', features: 'JSON'})")
 
 
-def read_window(directory: Path, start: datetime, end: datetime, columns: list[str], model_version: str | None,
-                max_rows: int, seed: int = 0) -> Window:
+def read_window(source: Path | list[Path], start: datetime, end: datetime, columns: list[str],
+                model_version: str | None, max_rows: int, seed: int = 0) -> Window:
     """Predictions logged in ``[start, end)`` by ``model_version`` (None: the most served one), features
-    in ``columns`` as floats, sampled uniformly down to ``max_rows``."""
+    in ``columns`` as floats, sampled uniformly down to ``max_rows``. ``source``: a log directory, or the
+    files themselves (``prediction_logs.window_files``: this machine's and the object store's)."""
     import duckdb
 
-    files = log_files(directory)
+    files = sorted(source) if isinstance(source, list) else log_files(source)
     window = Window(start=start, end=end, files=files, rows_by_version={})
     if not files:
         return window

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from storeflow.components.monitor.labels import attach_labels, latest_snapshot
 from storeflow.components.monitor.predictions import Window, log_dir, read_window
 from storeflow.components.monitor.reference import NoReference, Reference, champion_version, load_reference
 from storeflow.components.monitor.retrain import window_id
+from storeflow.components.prediction_logs import window_files
 
 
 @dataclass
@@ -173,7 +175,11 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
 
     reference_for(version)
     columns = reference.columns if reference else list(settings.features.customer_features)
-    window: Window = read_window(log_dir(settings), start, end, columns, version, cfg.max_rows, cfg.seed)
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="monitor-window-") as fetched:  # the store's files, read once
+        window: Window = read_window(window_files(settings, start, end, Path(fetched)), start, end, columns, version,
+                                     cfg.max_rows, cfg.seed)
     if version is None and window.model_version is not None:
         version = window.model_version
         reference_for(version)
@@ -192,7 +198,8 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     if window.rows == 0:
         status = "no-data"
         notes.append(f"no logged predictions for v{version} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
-                     f"UTC in {log_dir(settings)} ({len(window.files)} log file(s))")
+                     f"UTC in {log_dir(settings)}{' and ' + store if (store := settings.serving.prediction_log_store) else ''} "
+                     f"({len(window.files)} log file(s))")
     elif window.rows < cfg.min_rows:
         status = "insufficient-data"
         notes.append(f"{window.rows} predictions in the window; monitor.min_rows is {cfg.min_rows}")

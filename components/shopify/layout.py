@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from storeflow.components.config import Settings
+from storeflow.components.prediction_logs import local_dir
 
 
 def raw_dir(settings: Settings) -> Path:
@@ -49,7 +50,9 @@ def data_requests_dir(settings: Settings) -> Path:
 
 
 def prediction_log_dir(settings: Settings) -> Path:
-    return settings.serving.prediction_log_dir or settings.project.state_dir / "predictions"
+    """This machine's prediction log files (the object store's, ``serving.prediction_log_store``, are read and
+    erased through ``components.prediction_logs``)."""
+    return local_dir(settings)
 
 
 def erasure_epoch(settings: Settings) -> Path:

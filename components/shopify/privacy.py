@@ -5,7 +5,8 @@ Stores erased: every raw JSONL under the data dir (the synthetic store, the pull
 export in progress, any copy), every ingested snapshot (the customer's row, orders, their line items
 and refunds), every parquet file with a ``customer_id`` or ``email`` column (Feast offline sources,
 training sets), the Feast online store (SQLite or Redis), prediction logs (rewritten in place under the
-writer's lock, so a running server goes on logging to the file monitoring reads), the webhook journal
+writer's lock, so a running server goes on logging to the file monitoring reads; the files serving shipped
+to ``serving.prediction_log_store`` are replaced or deleted there, and scanned there too), the webhook journal
 (live orders, event bodies; the webhook ids stay so that a retried delivery is still recognised) and
 earlier data-request exports. Then the erasure epoch moves, so running servers drop cached features.
 Each file is rewritten atomically or under its writer's lock, so a reader never sees half an erasure.
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_snapshot
+from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, online
 from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
 from storeflow.components.tables import TABLES, read_tables
@@ -74,7 +76,9 @@ class ErasureIncomplete(RuntimeError):
 
 def verify(settings: Settings, needles: Needles, request: str) -> None:
     """Scan every file storeflow writes; raise naming each one that still holds the erased."""
-    left = find_traces(layout.erasure_roots(settings), needles)
+    left: list = find_traces(layout.erasure_roots(settings), needles)
+    if (store := log_store(settings)) is not None:  # the prediction logs serving shipped to the object store
+        left += sorted({f"{store.uri.rstrip('/')}/{name}" for name, line in store.records() if needles.in_bytes(line)})
     if left:
         raise ErasureIncomplete(f"{request}: erased data is still in {len(left)} place(s): "
                                 + "; ".join(str(t) for t in left[:20]))
@@ -275,6 +279,23 @@ def _prediction_logs(settings: Settings) -> list[Path]:
     return sorted(directory.glob("*.jsonl")) if directory.exists() else []
 
 
+def _prediction_records(settings: Settings):
+    """Every logged prediction (a JSON object), on this machine and in the object store."""
+    for path in _prediction_logs(settings):
+        try:
+            yield from (r for r in _jsonl_records(path) if isinstance(r, dict))
+        except FileNotFoundError:  # shipped since the listing: read below, from the store
+            continue
+    if (store := log_store(settings)) is not None:
+        for _, line in store.records():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
 def erase_prediction_logs(settings: Settings, subject: Subject) -> int:
     """In place, under the writer's lock: a running server keeps appending to the file monitoring reads."""
     needles = subject.needles
@@ -286,7 +307,20 @@ def erase_prediction_logs(settings: Settings, subject: Subject) -> int:
             return not needles.in_bytes(line)
         return not (isinstance(record, dict) and record.get("customer_id") in subject.ids) and not needles.in_bytes(line)
 
-    return sum(rewrite_in_place(path, keep) for path in _prediction_logs(settings))
+    return _rewrite_prediction_logs(settings, keep)
+
+
+def _rewrite_prediction_logs(settings: Settings, keep) -> int:
+    """Local files first, then the object store: a file shipped meanwhile is gone here and cleaned there."""
+    dropped = 0
+    for path in _prediction_logs(settings):
+        try:
+            dropped += rewrite_in_place(path, keep)
+        except FileNotFoundError:  # shipped to the store (and deleted here) since the listing
+            continue
+    if (store := log_store(settings)) is not None:
+        dropped += store.rewrite(keep)
+    return dropped
 
 
 def erase_exports(settings: Settings, subject: Subject) -> int:
@@ -383,8 +417,8 @@ def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
             for line in handle:
                 emails |= {m.group().decode() for m in EMAIL.finditer(line.lower())}
                 ids |= {int(m) for m in CUSTOMER_GID.findall(line)}
-    for path in _prediction_logs(settings):
-        ids |= {r["customer_id"] for r in _jsonl_records(path) if isinstance(r, dict) and isinstance(r.get("customer_id"), int)}
+    for record in _prediction_records(settings):
+        ids |= {record["customer_id"]} if isinstance(record.get("customer_id"), int) else set()
     for customer, email in conn.execute("SELECT customer_id, email FROM live_orders"):
         ids |= {customer} if customer is not None else set()
         emails |= {email} if email else set()
@@ -400,7 +434,7 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
         removed[name] = sum(1 for p in path.rglob("*") if p.is_file()) if path.exists() else 0
         shutil.rmtree(path, ignore_errors=True)
     # Emptied in place, not removed: a running server goes on logging to the file monitoring reads.
-    removed["prediction_log_lines"] = sum(rewrite_in_place(path, lambda line: False) for path in _prediction_logs(settings))
+    removed["prediction_log_lines"] = _rewrite_prediction_logs(settings, lambda line: False)
     sources = list(settings.feature_repo_dir.glob("data/*.parquet"))
     for path in sources:
         path.unlink()
@@ -453,11 +487,7 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         response = store.get_online_features(features=feature_refs(settings),
                                              entity_rows=[{"customer_id": subject.customer_id}]).to_dict()
         found["online_features"] = {k: v[0] for k, v in response.items()}
-    predictions = []
-    directory = layout.prediction_log_dir(settings)
-    for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
-        predictions += [r for r in _jsonl_records(path) if r.get("customer_id") == subject.customer_id]
-    found["predictions"] = predictions
+    found["predictions"] = [r for r in _prediction_records(settings) if r.get("customer_id") == subject.customer_id]
     found["live_orders"] = [json.loads(row) for (row,) in conn.execute(
         "SELECT row FROM live_orders WHERE customer_id = ?", (subject.customer_id,))]
     found["webhook_events"] = [dict(zip(("webhook_id", "topic", "received_at"), r)) for r in conn.execute(
