@@ -217,10 +217,95 @@ def demo(
     console.rule("5 · recommendations pipeline: the same snapshot → item-item recommender vs popularity and "
                  "bought-together")
     _run_recommendations(settings)
+    console.rule("6 · order risk: a store with fraud → risk model vs Shopify's level and rules → served over KServe")
+    _demo_risk(settings)
     console.rule("where to look")
     console.print(f"state: {settings.project.state_dir}  (snapshots, Feast repo, mlflow.db, runs/, monitoring/)")
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print("serve the champion: storeflow serve --no-auth   ·   compiled pipelines: manifests/pipelines/")
+
+
+DEMO_FRAUD_RATE = 0.003  # the default store has no fraud: the risk step generates it with this share of fraud
+
+
+def _demo_risk(settings) -> None:
+    """Train the risk model on the store with fraud, then serve the champion (`storeflow serve-risk`, a process
+    of its own) and score the store's newest orders through it as the webhook receiver would."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from storeflow.components import tracking
+
+    if not settings.ingest.synthetic.fraud_rate and settings.ingest.source == "synthetic":
+        synthetic = settings.ingest.synthetic.model_copy(update={"fraud_rate": DEMO_FRAUD_RATE})
+        settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"synthetic": synthetic})})
+        console.print(f"the same store with synthetic.fraud_rate {DEMO_FRAUD_RATE} (the default store has no fraud)")
+    result = _run_risk(settings)
+    if tracking.current_champion(tracking.connect(settings), settings.risk.model_name) is None:
+        console.print("no risk champion (the gate kept the model out): nothing to serve")
+        return
+    url = f"http://{settings.serving.host}:{settings.risk.port}"
+    log = settings.project.state_dir / "risk" / "serve-risk.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_RISK, settings.to_json()], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(f"{url}/v2/models/{settings.risk.inference_service}/ready"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]storeflow serve-risk did not start[/red]; its log: {log}")
+                return
+            time.sleep(0.5)
+        _score_newest_orders(settings, url)
+    finally:
+        server.terminate()
+        server.wait(20)
+    console.print(f"risk pipeline {result.seconds:.1f} s · live: storeflow serve-risk, then storeflow webhooks "
+                  f"--set risk.endpoint={url}: every orders/create is scored and its assessment written back "
+                  "(orderRiskAssessmentCreate) · predictions with their features: "
+                  f"{settings.project.state_dir / 'risk' / 'predictions'}")
+
+
+# `storeflow serve-risk` with the demo's own settings (given as JSON, not a config file)
+_SERVE_RISK = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
+               "from storeflow.serving.risk import build_app, resolve; s = load_settings(sys.argv[1]); "
+               "v, d = resolve(s); uvicorn.run(build_app(s, v, d), host=s.serving.host, port=s.risk.port, "
+               "log_config=None, access_log=False)")
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _score_newest_orders(settings, url: str) -> None:
+    """The newest fraud order and the two newest others, their features as of their creation, scored over V1."""
+    import httpx
+    import pandas as pd
+
+    from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+    from storeflow.components.risk.features import LABEL, ORDER_FEATURES
+    from storeflow.components.risk.stage import risk_rows
+
+    snapshots = [p for p in (settings.data_dir / "snapshots").iterdir() if (p / MANIFEST).exists()]
+    rows = risk_rows(max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", "")))
+    chosen = pd.concat([rows[rows[LABEL] == 1].tail(1), rows[rows[LABEL] == 0].tail(2)])
+    instances = [{"order_id": str(r.order_id), **{n: float(getattr(r, n)) for n in ORDER_FEATURES}}
+                 for r in chosen.itertuples()]
+    answer = httpx.post(f"{url}/v1/models/{settings.risk.inference_service}:predict",
+                        json={"instances": instances}, timeout=30).json()
+    for prediction, fraud in zip(answer["predictions"], chosen[LABEL]):
+        facts = "; ".join(f["description"] for f in prediction["facts"][1:]) or "no signal either way"
+        console.print(f"order {prediction['order_id']} ({'fraud' if fraud else 'genuine'}): {prediction['level']} "
+                      f"{prediction['score']:.3f} · {facts}", markup=False, highlight=False)
+    console.print(f"answered by {answer['model_name']} v{answer['model_version']} (KServe V1, {url})")
 
 
 def _demo_needs_a_champion(settings) -> None:
