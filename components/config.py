@@ -542,7 +542,9 @@ class MonitorConfig(Section):
 
     Per column, PSI decides the level (0.1 / 0.25 are the usual "moderate" / "significant" shift); overall,
     the share of columns Evidently finds drifted. ``score`` in ``feature_thresholds`` sets prediction drift.
-    Any critical level (drift or decay) starts one retraining per model version and window.
+    Any critical level (drift or decay) starts one retraining per model version and window. The recommender's
+    click-through rate and item popularity (``ctr_*``, ``popularity_products``) start the recommendations
+    pipeline the same way.
     """
 
     window_hours: float = Field(24, gt=0, description="Trailing window of prediction logs; also the retraining cooldown.")
@@ -562,6 +564,14 @@ class MonitorConfig(Section):
     auc_drop_critical: float = Field(0.07, ge=0)
     calibration_warning: float = Field(0.05, ge=0, description="Expected calibration error of served scores.")
     calibration_critical: float = Field(0.1, ge=0)
+    ctr_baseline_hours: float = Field(168, gt=0, description="Recommendations: the window's click-through rate and "
+                                      "the products asked about are compared with this many hours before it.")
+    ctr_min_impressions: int = Field(500, ge=1, description="Impressions a CTR needs (in the window and in the "
+                                     "baseline) before a drop is judged.")
+    ctr_drop_warning: float = Field(0.2, gt=0, le=1, description="CTR drop, as a share of the baseline's CTR.")
+    ctr_drop_critical: float = Field(0.4, gt=0, le=1)
+    popularity_products: int = Field(50, ge=1, description="Item popularity PSI: the baseline's most asked-about "
+                                     "products, one bin each, and one bin for the rest (psi_warning/psi_critical).")
     retrain: Literal["off", "local", "cluster"] = Field(
         "local", description="On critical: kfp.local training run, a run on kfp.host, or report only.")
     pushgateway: str | None = Field(None, description="Prometheus Pushgateway; else a textfile beside the report.")
@@ -571,7 +581,7 @@ class MonitorConfig(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> MonitorConfig:
-        for name in ("psi", "drift_share", "auc_drop", "calibration"):
+        for name in ("psi", "drift_share", "auc_drop", "calibration", "ctr_drop"):
             warning, critical = getattr(self, f"{name}_warning"), getattr(self, f"{name}_critical")
             if critical < warning:
                 raise ValueError(f"monitor.{name}_critical ({critical}) must not be below {name}_warning ({warning})")

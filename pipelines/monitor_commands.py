@@ -23,11 +23,13 @@ def monitor(
     settings = settings_from(config, set_)
     end = window_end.isoformat() if window_end else ""
     if in_process:
-        from storeflow.components.monitor import monitor as run, retrain_if_needed
-        from storeflow.pipelines.retraining import LAUNCHERS
+        from storeflow.components.monitor import monitor as run, retrain_if_needed, retrain_recommender_if_needed
+        from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS
 
         result = run(settings, model_version=model_version, end=window_end)
         summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary, LAUNCHERS).to_json())
+        decision["recommendations"] = json.loads(
+            retrain_recommender_if_needed(settings, result.summary, RECOMMENDER_LAUNCHERS).to_json())
         report = result.report_html
     else:
         from storeflow.pipelines.local import PipelineFailed, run_local
@@ -78,7 +80,30 @@ def _print(summary: dict, decision: dict, report) -> None:
         console.print(f"· {line}", markup=False)
     console.print(f"retraining: {'[bold]started[/bold]' if decision.get('started') else 'not started'} "
                   f"({decision.get('reason')})")
+    _print_recommendations(summary.get("recommendations") or {}, decision.get("recommendations") or {})
     console.print(f"report: {report}")
+
+
+def _print_recommendations(part: dict, decision: dict) -> None:
+    """The recommender's window: CTR per model version, CTR drop, item popularity, and its retraining."""
+    from rich.table import Table
+
+    if not part or part.get("status") == "no-data":
+        return
+    colour = {"ok": "green", "warning": "yellow", "critical": "red"}.get(part["level"], "white")
+    table = Table(title=f"recommendations v{part.get('model_version')}: {part['status']} · "
+                        f"[{colour}]{part['level']}[/{colour}]")
+    for name in ("model version", "answers", "impressions", "clicks", "CTR"):
+        table.add_column(name)
+    for row in part.get("ctr", []):
+        table.add_row(row["model_version"], f"{row['answers']:,}", f"{row['impressions']:,}", f"{row['clicks']:,}",
+                      "n/a" if row["ctr"] is None else f"{row['ctr']:.2%}")
+    console.print(table)
+    for line in part.get("reasons", []) + part.get("notes", []):
+        console.print(f"· {line}", markup=False)
+    if decision:
+        console.print(f"recommender retraining: {'[bold]started[/bold]' if decision.get('started') else 'not started'} "
+                      f"({decision.get('reason')})")
 
 
 def simulate_shift(

@@ -1,5 +1,6 @@
 """The monitoring pipeline: prediction logs of one window → Evidently drift and decay report, Prometheus
-gauges → the training pipeline when a level is critical (its evaluation gate and canary decide what ships).
+gauges → the training pipeline when a level is critical (its evaluation gate and canary decide what ships);
+the recommender's CTR and item popularity in the same window → the recommendations pipeline when critical.
 
 Two tasks and no pipeline branch: ``retrain`` decides itself, so the once-per-window rule lives in one
 place whichever runner (kfp.local or a cluster) executes the pipeline.
@@ -18,7 +19,10 @@ STAGES = ("monitor", "retrain")
 
 @component
 def retrain(summary: str, config_json: str = "{}", window_hours: float = -1.0) -> str:
-    """Start the training pipeline when the summary is critical, once per model version and window.
+    """Start the training (or recommendations) pipeline when the summary is critical, once per version and window.
+
+    The recommendations pipeline starts when the summary's recommendations part is critical (a CTR drop or
+    item-popularity drift), on its own once-per-window rule.
 
     Args:
         summary: Monitoring summary JSON from the monitor task.
@@ -28,18 +32,20 @@ def retrain(summary: str, config_json: str = "{}", window_hours: float = -1.0) -
             monitor.window_hours.
 
     Returns:
-        The RetrainDecision as JSON.
+        The training RetrainDecision as JSON, with the recommender's under "recommendations".
     """
     import json
 
     from storeflow.components.config import load_run_settings
-    from storeflow.components.monitor import retrain_if_needed
-    from storeflow.pipelines.retraining import LAUNCHERS
+    from storeflow.components.monitor import retrain_if_needed, retrain_recommender_if_needed
+    from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS
 
-    decision = retrain_if_needed(load_run_settings(config_json, {"monitor.window_hours": window_hours}),
-                                 json.loads(summary), LAUNCHERS)
+    settings = load_run_settings(config_json, {"monitor.window_hours": window_hours})
+    decision = retrain_if_needed(settings, json.loads(summary), LAUNCHERS)
     print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
-    return decision.to_json()
+    recommender = retrain_recommender_if_needed(settings, json.loads(summary), RECOMMENDER_LAUNCHERS)
+    print(f"recommender retraining {'started' if recommender.started else 'not started'}: {recommender.reason}")
+    return json.dumps({**json.loads(decision.to_json()), "recommendations": json.loads(recommender.to_json())})
 
 
 def build_monitoring_pipeline(settings: Settings = DEFAULTS):

@@ -1,5 +1,6 @@
 """How monitoring starts the training pipeline (``monitor.retrain``): ``local`` runs it here with
-kfp.local, ``cluster`` submits the compiled pipeline to the Kubeflow Pipelines API.
+kfp.local, ``cluster`` submits the compiled pipeline to the Kubeflow Pipelines API. The recommender's
+(a CTR drop, item-popularity drift) start the recommendations pipeline the same two ways.
 
 Whether to start one (a critical level, once per model version and window) is the monitor stage's
 decision, :func:`storeflow.components.monitor.retrain_if_needed`; these are the launchers it is handed
@@ -33,9 +34,10 @@ def _in_full_sdk(mode: str, settings: Settings) -> dict:
     done = subprocess.run([sys.executable, "-c", code, mode], input=settings.to_json(), env=env, text=True,
                           capture_output=True)
     if done.returncode != 0:
-        if mode == "cluster":  # no run was created: the window stays open for the next monitoring run
-            raise ConnectionError(f"submitting the training pipeline failed:\n{done.stderr[-4000:]}")
-        raise RuntimeError(f"local training run failed:\n{done.stderr[-4000:]}")
+        what = "recommendations" if mode.startswith("recommendations") else "training"
+        if mode.endswith("cluster"):  # no run was created: the window stays open for the next monitoring run
+            raise ConnectionError(f"submitting the {what} pipeline failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"local {what} run failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -77,5 +79,34 @@ def _submit(settings: Settings) -> dict:
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 
-_LAUNCH: dict[str, Callable[[Settings], dict]] = {"local": _train_local, "cluster": _submit}
+def _recommend_local(settings: Settings) -> dict:
+    from storeflow.pipelines.local import run_local
+    from storeflow.pipelines.recommendations import STAGES, recommendations_pipeline
+
+    result = run_local(recommendations_pipeline, settings, STAGES)
+    return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
+
+
+def _submit_recommendations(settings: Settings) -> dict:
+    """The recommendations pipeline, checked in or compiled now, as :func:`_submit` does for training."""
+    from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled
+    from storeflow.pipelines.recommendations import build_recommendations_pipeline
+
+    package = compiled("pipelines/recommendations.yaml", lambda: build_recommendations_pipeline(settings))
+    submitted = start_run(settings, package,
+                          run_name=f"retrain-recommendations-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    return {"run_id": submitted.run_id, "url": submitted.url}
+
+
+def _here_or_full_sdk(mode: str) -> Callable[[Settings], dict]:
+    return lambda settings: _in_full_sdk(mode, settings) if _in_kfp_task() else _LAUNCH[mode](settings)
+
+
+_LAUNCH: dict[str, Callable[[Settings], dict]] = {
+    "local": _train_local, "cluster": _submit,
+    "recommendations-local": _recommend_local, "recommendations-cluster": _submit_recommendations}
 LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}
+# A CTR drop or item-popularity drift of the recommender (monitor.retrain_recommender_if_needed) starts these.
+RECOMMENDER_LAUNCHERS: dict[str, Callable[[Settings], dict]] = {
+    "local": _here_or_full_sdk("recommendations-local"), "cluster": _here_or_full_sdk("recommendations-cluster")}

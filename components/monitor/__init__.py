@@ -11,6 +11,7 @@ from importlib import import_module
 # Loaded on first use: whoever imports one piece (a KFP task, a command) does not pay for the others.
 _EXPORTS = {
     "RetrainDecision": "retrain", "marker_path": "retrain", "retrain_if_needed": "retrain", "window_id": "retrain",
+    "retrain_recommender_if_needed": "retrain", "recommender_window": "recommendations",
     "Simulated": "simulate", "simulate_shift": "simulate",
     "MonitorResult": "stage", "monitor": "stage",
 }

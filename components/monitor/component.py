@@ -50,6 +50,9 @@ def monitor(report: dsl.Output[dsl.HTML], metrics: dsl.Output[dsl.Metrics], conf
     if summary["decay"].get("roc_auc") is not None:
         metrics.log_metric("served_roc_auc", summary["decay"]["roc_auc"])
         metrics.log_metric("served_calibration_error", summary["decay"]["calibration_error"])
+    for row in (summary.get("recommendations") or {}).get("ctr", []):
+        if row["ctr"] is not None:  # the recommender's click-through rate per version in the window
+            metrics.log_metric(f"recommendations.v{row['model_version']}.ctr", row["ctr"])
     print(f"monitoring v{summary['model_version']}: {summary['status']} / {summary['level']}: "
           f"{'; '.join(summary['reasons'] + summary['notes']) or 'no drift'}; report {result.report_html}")
     return json.dumps(summary)

@@ -10,6 +10,11 @@ otherwise written as a node-exporter textfile beside the report. Names (a contra
 * ``storeflow_served_auc{model_version}`` / ``storeflow_served_calibration_error{model_version}``: decay, once labelled.
 * ``storeflow_monitor_rows{model_version,kind}``: predictions in the window (``window``), analysed (``sampled``), ``labelled``.
 * ``storeflow_monitor_last_run_timestamp_seconds{model_version}``.
+* ``storeflow_recommendation_window_ctr{model_version}``: the recommender's click-through rate per version in
+  the window (joined to logged answers; versions with impressions only).
+* ``storeflow_recommendation_ctr_drop{model_version}`` / ``storeflow_recommendation_popularity_psi{model_version}``
+  / ``storeflow_recommendation_monitor_level{model_version}``: the served recommender's CTR drop against the
+  baseline hours, item-popularity PSI and level (0 ok, 1 warning, 2 critical), once analysed.
 """
 
 from __future__ import annotations
@@ -56,7 +61,26 @@ def build_registry(summary: dict) -> CollectorRegistry:
               registry=registry).labels(version).set(decay["roc_auc"])
         Gauge("storeflow_served_calibration_error", "Expected calibration error of served predictions.",
               ["model_version"], registry=registry).labels(version).set(decay["calibration_error"])
+    _recommendations(summary.get("recommendations") or {}, registry)
     return registry
+
+
+def _recommendations(part: dict, registry: CollectorRegistry) -> None:
+    ctr = Gauge("storeflow_recommendation_window_ctr", "Recommendation click-through rate in the monitored window.",
+                ["model_version"], registry=registry)
+    for row in part.get("ctr", []):
+        if row["ctr"] is not None:
+            ctr.labels(row["model_version"]).set(row["ctr"])
+    if part.get("status") != "analysed":
+        return
+    version = str(part["model_version"])
+    Gauge("storeflow_recommendation_monitor_level", "Recommender monitoring level: 0 ok, 1 warning, 2 critical.",
+          ["model_version"], registry=registry).labels(version).set(LEVEL_VALUE.get(part["level"], 0))
+    for name, key, text in (("ctr_drop", "ctr_drop", "CTR drop as a share of the baseline's CTR."),
+                            ("popularity_psi", "popularity_psi", "PSI of the products asked about vs the baseline.")):
+        if part.get(key) is not None:
+            Gauge(f"storeflow_recommendation_{name}", text, ["model_version"], registry=registry).labels(
+                version).set(part[key])
 
 
 def publish(summary: dict, textfile: Path, pushgateway: str | None, job: str) -> str:

@@ -36,10 +36,10 @@ def window_id(end: datetime, window_hours: float) -> int:
     return math.floor(end.timestamp() / (window_hours * 3600))
 
 
-def marker_path(settings: Settings, model_version: str, end: datetime) -> Path:
+def marker_path(settings: Settings, model_version: str, end: datetime, model_name: str | None = None) -> Path:
     root = settings.monitor.report_dir or settings.project.state_dir / "monitoring"
-    return (root / "retraining" /
-            f"{settings.registry.model_name}-v{model_version}-w{window_id(end, settings.monitor.window_hours)}.json")
+    return (root / "retraining" / f"{model_name or settings.registry.model_name}-v{model_version}-"
+                                  f"w{window_id(end, settings.monitor.window_hours)}.json")
 
 
 def retrain_if_needed(settings: Settings, summary: dict,
@@ -49,6 +49,20 @@ def retrain_if_needed(settings: Settings, summary: dict,
     ``launchers`` maps ``monitor.retrain`` (``local``, ``cluster``) to the function that starts a run and
     returns what to record of it; a ValueError, FileNotFoundError or OSError from it means nothing started.
     """
+    return _once(settings, summary, launchers, settings.registry.model_name)
+
+
+def retrain_recommender_if_needed(settings: Settings, summary: dict,
+                                  launchers: dict[str, Callable[[Settings], dict]]) -> RetrainDecision:
+    """The same for the recommender: start the recommendations pipeline (``launchers``, by ``monitor.retrain``)
+    when the summary's ``recommendations`` part (:func:`storeflow.components.monitor.recommendations.
+    recommender_window`: a CTR drop, item-popularity drift) is critical, once per recommender version and window."""
+    part = summary.get("recommendations") or {"level": "ok"}
+    return _once(settings, part, launchers, settings.recommendations.model_name)
+
+
+def _once(settings: Settings, summary: dict, launchers: dict[str, Callable[[Settings], dict]],
+          model_name: str) -> RetrainDecision:
     mode = settings.monitor.retrain
     if summary.get("level") != "critical":
         return RetrainDecision(False, f"level is {summary.get('level')}, not critical")
@@ -56,7 +70,7 @@ def retrain_if_needed(settings: Settings, summary: dict,
         return RetrainDecision(False, "critical, but monitor.retrain is off", mode=mode)
     version = str(summary.get("model_version") or "none")
     end = datetime.fromisoformat(summary["window"]["end"])
-    marker = marker_path(settings, version, end)
+    marker = marker_path(settings, version, end, model_name)
     marker.parent.mkdir(parents=True, exist_ok=True)
     record = {"model_version": version, "window": summary["window"], "reasons": summary.get("reasons", []),
               "mode": mode, "started_at": datetime.now(timezone.utc).isoformat()}

@@ -113,7 +113,8 @@ def _banner(summary: dict) -> str:
             f"{html.escape(summary['status'])} / {html.escape(summary['level'])}</span></h2>"
             f"<p>window {html.escape(window['start'])} → {html.escape(window['end'])} · "
             f"{summary['rows']['window']} predictions, {summary['rows']['sampled']} analysed, "
-            f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul>{_decay_link(summary)}</div>")
+            f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul>{_decay_link(summary)}"
+            f"{_recommendations_html(summary.get('recommendations'))}</div>")
 
 
 def _decay_link(summary: dict) -> str:
@@ -231,6 +232,7 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
             "run_id": reference.run_id, "rows": int(len(reference.frame))},
         "drift": drift.to_dict() if drift else None,
         "decay": decay_,
+        "recommendations": _recommendations(settings, start, end),
     }
     summary = json.loads(json.dumps(summary, default=_plain))
 
@@ -267,6 +269,37 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
         summary["notes"] += late_notes
         summary_json.write_text(json.dumps(summary, indent=2))
     return MonitorResult(summary, report_html, report_json, summary_json, target)
+
+
+def _recommendations(settings: Settings, start: datetime, end: datetime) -> dict:
+    """The recommender's window (CTR per version, CTR drop, item popularity), with its own level; a log that
+    cannot be read is a note in the report, never a failed monitoring run."""
+    from storeflow.components.monitor.recommendations import recommender_window
+
+    try:
+        return recommender_window(settings, start, end)
+    except Exception as exc:  # noqa: BLE001 - the propensity report stands without it
+        return {"status": "error", "level": "ok", "reasons": [], "notes": [f"recommendation logs not read: {exc}"],
+                "model_version": None, "ctr": []}
+
+
+def _recommendations_html(part: dict | None) -> str:
+    if not part or part.get("status") == "no-data":
+        return ""
+    colour = {"ok": "#1b7f3b", "warning": "#b26a00", "critical": "#b00020"}.get(part["level"], "#555")
+    rows = "".join(
+        f"<tr><td>v{html.escape(r['model_version'])}</td><td>{r['answers']:,}</td><td>{r['impressions']:,}</td>"
+        f"<td>{r['clicks']:,}</td><td>{_percent(r['ctr'])}</td></tr>" for r in part.get("ctr", []))
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in part.get("reasons", []) + part.get("notes", []))
+    return (f"<h3 style=\"margin:12px 0 4px\">recommendations · {html.escape(str(part.get('model_name')))} "
+            f"v{html.escape(str(part.get('model_version')))} · <span style=\"color:{colour}\">"
+            f"{html.escape(part['status'])} / {html.escape(part['level'])}</span></h3>"
+            f"<table><tr><th>model version</th><th>answers</th><th>impressions</th><th>clicks</th><th>CTR</th></tr>"
+            f"{rows}</table><ul>{items}</ul>")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
 
 
 def _plain(value):
