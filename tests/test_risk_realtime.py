@@ -249,3 +249,59 @@ def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stac
     assert seen["9100000002"]["features"]["address_orders_24h"] == 1.0
     assert set(seen["9100000001"]["features"]) == set(ORDER_FEATURES)
     assert seen["9100000001"]["model_version"] == "1"
+
+
+def _answering(seen: list):
+    """A risk server's V1 answer for each request (the path's own logic, without a process)."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        (instance,) = json.loads(request.content)["instances"]
+        seen.append(instance)
+        return httpx.Response(200, json={"model_name": NAME, "model_version": "4", "predictions": [
+            {"order_id": instance["order_id"], "score": 0.5, "level": "MEDIUM",
+             "facts": [{"description": "Risk score 0.500", "sentiment": "NEUTRAL"}]}]})
+    return httpx.Client(transport=httpx.MockTransport(handle))
+
+
+def _journal(settings, *events: tuple[str, str, dict]) -> None:
+    from storeflow.components.shopify import layout
+    from storeflow.components.shopify.journal import Event, Journal
+
+    journal = Journal(layout.journal_path(settings))
+    for webhook_id, topic, payload in events:
+        journal.record_now(Event(webhook_id, SHOP, topic, json.dumps(payload).encode()))
+    journal.close()
+
+
+def test_turning_risk_on_does_not_assess_orders_journaled_before(tmp_path):
+    from storeflow.components.risk.realtime import RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    _journal(settings, ("old", "orders/create", new_order(9200000001, 1, "old@example.com")))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        assert scorer.score_pending() == 0 and seen == []  # before risk was on: not assessed weeks late
+        _journal(settings, ("new", "orders/create", new_order(9200000002, 2, "new@example.com")))
+        assert scorer.score_pending() == 1
+        assert [i["order_id"] for i in seen] == ["9200000002"]
+        queued = scorer.db.execute("SELECT order_id, risk_level, model_version FROM risk_outbox").fetchall()
+        assert queued == [("gid://shopify/Order/9200000002", "MEDIUM", "4")]
+    finally:
+        scorer.stop()
+
+
+def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_on(tmp_path):
+    from storeflow.components.risk.realtime import RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        _journal(settings, ("bad", "orders/create", new_order(9200000003, 3, "a@example.com", cancel_reason="hacked")),
+                 ("good", "orders/create", new_order(9200000004, 4, "b@example.com")))
+        assert scorer.score_pending() == 2
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'bad'").fetchone()
+        assert "cancel_reason" in reason and "hacked" in reason
+        assert [i["order_id"] for i in seen] == ["9200000004"]
+    finally:
+        scorer.stop()

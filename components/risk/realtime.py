@@ -29,7 +29,7 @@ from storeflow.components.config import Settings
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
 from storeflow.components.risk.protocol import ORDER_ID
-from storeflow.components.shopify import assessments, layout
+from storeflow.components.shopify import assessments, journal, layout
 from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
 from storeflow.components.shopify.assessments import Fact
 from storeflow.components.shopify.journal import transaction
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), journal_rowid INTEGER NOT NULL);
-INSERT OR IGNORE INTO risk_cursor VALUES (0, 0);
 -- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
 CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
 """
@@ -69,7 +68,12 @@ class RiskScorer:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(assessments.SCHEMA)
         self.db.executescript(SCHEMA)
-        self.journal = sqlite3.connect(layout.journal_path(settings), timeout=30, check_same_thread=False)
+        self.journal = journal.connect(layout.journal_path(settings))
+        # Turned on for a receiver that journaled orders before: those were never scored and are not now
+        # (their assessments would land weeks late); from here on every delivery is. Set before anything
+        # else can fail, so a later start scores what arrived meanwhile.
+        self.db.execute("INSERT OR IGNORE INTO risk_cursor VALUES (0, ?)",
+                        (self.journal.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0],))
         self.history = LiveHistory.from_settings(settings, self.db)
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self.admin = admin

@@ -208,8 +208,12 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         if settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
             from storeflow.components.risk.realtime import RiskScorer
 
-            app.state.risk = RiskScorer(settings)
-            app.state.risk.start()
+            try:
+                app.state.risk = RiskScorer(settings)
+            except Exception:  # noqa: BLE001 - intake goes on; orders wait in the journal for the next start
+                log.exception("order risk is not scoring: the receiver takes webhooks without it")
+            else:
+                app.state.risk.start()
         try:
             yield
         finally:
