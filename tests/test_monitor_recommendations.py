@@ -139,3 +139,12 @@ def test_storeflow_monitor_prints_ctr_and_starts_the_recommendations_pipeline_no
     assert "recommendations v2" in result.output and "CTR" in result.output
     assert "recommender retraining: started" in result.output
     assert started == ["recommend"]
+
+
+def test_a_baseline_without_clicks_is_named_not_divided_by(settings):
+    catalog = np.arange(1, 201)
+    _traffic(settings, "baseline", END - timedelta(hours=24 + 168), 168, 2_000, "1", 0.0, catalog, 1)
+    _traffic(settings, "window", END - timedelta(hours=24), 24, 1_000, "1", 0.05, catalog, 2)
+    part = monitor(settings, end=END, log_to_mlflow=False).summary["recommendations"]
+    assert part["ctr_drop"] is None and part["ctr_level"] == "ok"
+    assert any("no clicks" in note for note in part["notes"]), part["notes"]

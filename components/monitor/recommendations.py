@@ -126,6 +126,8 @@ def recommender_window(settings: Settings, start: datetime, end: datetime) -> di
                 out["reasons"].append(f"{out['ctr_level']}: click-through rate of v{version} {out['ctr_now']:.2%} is "
                                       f"{out['ctr_drop']:.0%} (at least {out['ctr_drop_at_least']:.0%}, 95 %) below "
                                       f"the {cfg.ctr_baseline_hours:g} h before ({whose}, {out['ctr_baseline']:.2%})")
+        elif out["ctr_baseline"] == 0.0:
+            out["notes"].append(f"no clicks in the {cfg.ctr_baseline_hours:g} h before the window: no CTR to drop from")
         else:
             out["notes"].append(f"fewer than {cfg.ctr_min_impressions} impressions in the {cfg.ctr_baseline_hours:g} h "
                                 "before the window: no CTR baseline to compare")
