@@ -6,6 +6,7 @@ Shopify's recorded payloads; the receiver and the model server killed and restar
 from __future__ import annotations
 
 import json
+import sqlite3
 import os
 import signal
 import subprocess
@@ -305,3 +306,31 @@ def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_
         assert [i["order_id"] for i in seen] == ["9200000004"]
     finally:
         scorer.stop()
+
+
+@pytest.mark.parametrize("request_kind", ["customers/redact", "shop/redact"])
+def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, request_kind):
+    from storeflow.components.risk.realtime import RiskScorer
+    from storeflow.components.shopify import layout, privacy
+    from storeflow.components.shopify.journal import connect
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"},
+                                             project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}))
+    scorer = RiskScorer(settings, http=_answering([]))
+    _journal(settings, ("o1", "orders/create", new_order(9200000005, 8800000005, "Erase.Me@example.com")),
+             ("o2", "orders/create", new_order(9200000006, 8800000006, "keep@example.com")))
+    assert scorer.score_pending() == 2
+    scorer.stop()
+    conn = connect(layout.journal_path(settings))
+    if request_kind == "customers/redact":
+        removed = privacy.redact_customer(settings, conn, None, privacy.Subject(8800000005, "erase.me@example.com"))
+        left = "keep@example.com"
+    else:
+        removed = privacy.redact_shop(settings, conn, None, SHOP)
+        left = None
+    conn.close()
+    assert removed["risk_history_rows"] >= 1  # before: ErasureIncomplete naming risk.db
+    db = sqlite3.connect(layout.connection_dir(settings) / "risk.db")
+    assert [e for (e,) in db.execute("SELECT email FROM risk_live_orders")] == ([left] if left else [])
+    assert db.execute("SELECT count(*) FROM risk_outbox").fetchone()[0] == 2  # order ids and facts only: kept
+    db.close()

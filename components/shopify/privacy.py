@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -358,6 +359,49 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
     return removed
 
 
+# --- order risk history ------------------------------------------------------------------------------
+
+RISK_DB = "risk.db"  # under connection_dir: the order risk path's live history and outbox (components/risk/realtime.py)
+RISK_HISTORY = ("risk_live_refunds", "risk_live_orders")
+
+
+def _risk_db(settings: Settings) -> sqlite3.Connection | None:
+    path = layout.connection_dir(settings) / RISK_DB
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    if conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('risk_live_orders', 'risk_live_refunds')"
+                    ).fetchone()[0] < 2:
+        conn.close()
+        return None
+    return conn
+
+
+def erase_risk_history(settings: Settings, subject: Subject | None) -> int:
+    """The orders the order risk path kept as history (with their emails): the subject's, or every one
+    (``None``: shop/redact). Its assessment outbox holds order ids and facts in words only, and stays."""
+    conn = _risk_db(settings)
+    if conn is None:
+        return 0
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if subject is None:
+            removed = sum(conn.execute(f"DELETE FROM {table}").rowcount for table in RISK_HISTORY)
+        else:
+            ids = sorted(subject.ids)
+            orders = {o for (o,) in conn.execute(
+                f"SELECT order_id FROM risk_live_orders WHERE customer_id IN ({','.join('?' * len(ids))}) "
+                "OR email = lower(trim(?))", (*ids, subject.email))} | subject.order_ids
+            marks = ",".join("?" * len(orders)) or "NULL"
+            removed = sum(conn.execute(f"DELETE FROM {table} WHERE order_id IN ({marks})", [*orders]).rowcount
+                          for table in RISK_HISTORY)
+        conn.execute("COMMIT")
+        _compact(conn)
+        return removed
+    finally:
+        conn.close()
+
+
 def _order_event(body: bytes, orders: set[int]) -> bool:
     if not orders:
         return False
@@ -396,6 +440,7 @@ def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         "prediction_log_lines": erase_prediction_logs(settings, subject),
         "data_request_exports": erase_exports(settings, subject),
         "journal_rows": erase_journal(conn, subject),
+        "risk_history_rows": erase_risk_history(settings, subject),
     }
     bump_epoch(layout.erasure_epoch(settings))  # after the online store: a re-read finds nothing
     verify(settings, subject.needles, "customers/redact")
@@ -422,6 +467,11 @@ def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
     for customer, email in conn.execute("SELECT customer_id, email FROM live_orders"):
         ids |= {customer} if customer is not None else set()
         emails |= {email} if email else set()
+    if (risk := _risk_db(settings)) is not None:
+        with closing(risk):
+            for customer, email in risk.execute("SELECT customer_id, email FROM risk_live_orders"):
+                ids |= {customer} if customer is not None else set()
+                emails |= {email} if email else set()
     return Needles(frozenset(ids), frozenset(emails))
 
 
@@ -451,6 +501,7 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
         removed["journal_rows"] += conn.execute(
             "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL", (shop,)).rowcount
     _compact(conn)
+    removed["risk_history_rows"] = erase_risk_history(settings, None)
     bump_epoch(layout.erasure_epoch(settings))
     verify(settings, needles, "shop/redact")
     log.info("shop/redact for %s done: %s", shop, removed)
