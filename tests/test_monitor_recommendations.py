@@ -148,3 +148,22 @@ def test_a_baseline_without_clicks_is_named_not_divided_by(settings):
     part = monitor(settings, end=END, log_to_mlflow=False).summary["recommendations"]
     assert part["ctr_drop"] is None and part["ctr_level"] == "ok"
     assert any("no clicks" in note for note in part["notes"]), part["notes"]
+
+
+def test_a_click_in_the_window_on_an_answer_just_before_it_counts(settings):
+    """Answered a minute before the window opened, shown and clicked inside it: that answer's version gets the
+    impression and the click, not an 'unjoined' event."""
+    _week_then_day(settings, ctr_now=0.10, products_now=np.arange(1, 201))
+    root = settings.project.state_dir / "recommendations"
+    request_id, opened = "f" * 32, END - timedelta(hours=24)
+    shown = [11, 12]
+    with open(root / "predictions" / "predictions-edge.jsonl", "w") as answers:
+        answers.write(json.dumps({"ts": (opened - timedelta(minutes=1)).isoformat(), "request_id": request_id,
+                                  "model_version": "2", "basket": [1], "products": shown}) + "\n")
+    with open(root / "feedback" / "predictions-edge.jsonl", "w") as events:
+        for kind, product in (("impression", None), ("click", f"{GID}11")):
+            events.write(json.dumps({"ts": (opened + timedelta(minutes=1)).isoformat(), "request_id": request_id,
+                                     "model_version": "2", "event": kind, "product": product}) + "\n")
+    part = monitor(settings, end=END, log_to_mlflow=False).summary["recommendations"]
+    (row,) = part["ctr"]
+    assert row["unjoined"] == 0 and row["impressions"] == 1_501 and row["answers"] == 1_500

@@ -96,7 +96,12 @@ def recommender_window(settings: Settings, start: datetime, end: datetime) -> di
         out["notes"].append(f"no recommendations answered between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
                             f"UTC in {root / 'predictions'}")
         return out
-    table = ctr_by_version(now_answers, now_events)
+    # The window's events join answers of the baseline period too: a click a minute after an answer logged just
+    # before the window opened is that answer's; the answers column still counts the window's own.
+    table = ctr_by_version(pd.concat([then_answers, now_answers], ignore_index=True), now_events)
+    table["answers"] = table["model_version"].map(now_answers.groupby("model_version")["request_id"].nunique()
+                                                  ).fillna(0).astype("int64")
+    table = table[table[["answers", "impressions", "clicks", "unjoined"]].sum(axis=1) > 0].reset_index(drop=True)
     before = ctr_by_version(then_answers, then_events) if not then_answers.empty else table.iloc[0:0]
     version = str(now_answers["model_version"].value_counts().index[0])  # the version answering most
     out.update(model_version=version, ctr=_records(table), baseline_ctr=_records(before))
