@@ -35,7 +35,7 @@ from storeflow.components.risk.features import ORDER_FEATURES, order_risk_featur
 from storeflow.components.risk.orders import CANCEL_REASONS, COLUMNS, address_key, read_risk_fields
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row)
-from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_tables
+from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_table
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ class LiveHistory:
         if risk is None:
             log.warning("snapshot %s names no readable export: earlier orders count without their risk fields",
                         newest.name)
-        return cls(db, read_tables(newest), risk)
+        # the tables the history reads (an order's own line items come with its webhook): line items, the
+        # largest table, and products stay on disk
+        return cls(db, {name: read_table(newest, name) for name in ("orders", "refunds", "customers")}, risk)
 
     # --- recording what arrived -------------------------------------------------------------------------
 
