@@ -334,3 +334,21 @@ def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, reque
     assert [e for (e,) in db.execute("SELECT email FROM risk_live_orders")] == ([left] if left else [])
     assert db.execute("SELECT count(*) FROM risk_outbox").fetchone()[0] == 2  # order ids and facts only: kept
     db.close()
+
+
+def test_the_cluster_container_serves_what_kserve_downloaded(stack: Stack):
+    """`python -m storeflow.serving.risk --model_name={{.Name}}`, as kustomize/base/risk-serving-runtime.yaml
+    starts it, on the model directory KServe's storage initializer fills (here: the registry's download)."""
+    from storeflow.serving.risk import resolve
+
+    settings = load_settings(path=stack.env["STOREFLOW_CONFIG"])
+    version, model_dir = resolve(settings)
+    stack.model = stack._start([sys.executable, "-m", "storeflow.serving.risk", f"--model_name={NAME}",
+                                "--model_dir", str(model_dir), "--http_port", str(stack.model_port)], "container")
+    stack._wait(f"{stack.model_url}/v2/models/{NAME}/ready", stack.model, "container")
+    features = {name: 1.0 for name in ORDER_FEATURES}
+    answer = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict", json={"instances": [features]}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == version == "1"
+    assert answer.json()["predictions"][0]["level"] in ("HIGH", "MEDIUM", "LOW")
+    assert httpx.post(f"{stack.model_url}/v2/repository/models/{NAME}/unload", timeout=10).status_code == 404
