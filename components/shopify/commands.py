@@ -66,3 +66,39 @@ def sync(config: ConfigOption = None, set_: SetOption = None) -> None:
     since = result.since.isoformat() if result.since else "the beginning"
     console.print(f"pulled {result.records} records updated since {since} into {result.store}; "
                   f"next pull from {result.watermark.isoformat()}")
+
+
+def write_segments(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    version: Annotated[Optional[str], typer.Option(help="Model version to score with (default: the champion).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Score and queue, but send nothing to Shopify.")] = False,
+) -> None:
+    """Write every customer's spend tier and repeat probability to Shopify (customer metafields in namespace
+    storeflow), for segments: score with the champion, queue what changed, send it (metafieldsSet)."""
+    settings = settings_from(config, set_)
+    from storeflow.components.shopify import metafields
+    from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
+
+    try:
+        served, segments = metafields.champion_segments(settings, version)
+        db = metafields.connect(metafields.outbox_path(settings))
+        try:
+            changed = metafields.enqueue(db, segments, served)
+            console.print(f"model v{served}: {len(segments)} customers scored, {changed} new or changed queued")
+            if dry_run:
+                return
+            client = AdminClient(settings, credentials(settings))
+            try:
+                result = metafields.drain(db, client)
+            finally:
+                client.close()
+        finally:
+            db.close()
+    except (ValueError, ShopifyError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"sent {result.sent} customers in {result.calls} metafieldsSet call(s); rejected {result.rejected} "
+                  f"(Shopify's reasons in {metafields.outbox_path(settings)}); still pending {result.pending}")
+    if result.pending:
+        raise typer.Exit(1)
