@@ -481,6 +481,9 @@ class ServingConfig(Section):
                           "AWS_* variables); unset: the local directory only.")
     prediction_log_ship_seconds: float = Field(300, gt=0, description="With a store: a file is closed and shipped "
                                                                       "at least this often, so monitoring sees it.")
+    prediction_log_store_secret: str = Field(
+        "storeflow-artifact-store", description="Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "MLFLOW_S3_ENDPOINT_URL: the MLflow server's) given to the transformer and the monitor task on a cluster; optional.")
     prediction_log_queue: int = Field(10_000, gt=0, description="Records waiting to be written; more are dropped.")
     prediction_log_rotate_bytes: int = Field(64 * 1024 * 1024, gt=0)
     prediction_log_keep_files: int = Field(20, gt=0)

@@ -11,7 +11,8 @@ from kfp import dsl
 from storeflow.components.config import Settings
 from storeflow.components.container import component
 from storeflow.components.monitor.component import monitor
-from storeflow.pipelines.training import DEFAULTS, feast_credentials, mlflow_credentials, on_cluster
+from storeflow.pipelines.training import (DEFAULTS, feast_credentials, mlflow_credentials, object_store_credentials,
+                                         on_cluster)
 
 PIPELINE_NAME = "storeflow-monitoring"
 STAGES = ("monitor", "retrain")
@@ -65,9 +66,10 @@ def build_monitoring_pipeline(settings: Settings = DEFAULTS):
             config_json: Advanced: any storeflow settings as a JSON object (the storeflow config model), over
                 the storeflow-config ConfigMap each task mounts; the inputs above win over it.
         """
-        checked = mlflow_credentials(on_cluster(
+        # monitor reads the prediction log serving shipped to the object store: the bucket's login.
+        checked = object_store_credentials(mlflow_credentials(on_cluster(
             monitor(config_json=config_json, window_end=window_end, model_version=model_version,
-                    window_hours=window_hours), "monitor", settings), settings)
+                    window_hours=window_hours), "monitor", settings), settings), settings)
         # retrain: local runs the training pipeline in this task, so it needs what training's tasks need.
         decided = feast_credentials(mlflow_credentials(on_cluster(
             retrain(config_json=config_json, summary=checked.outputs["Output"], window_hours=window_hours),

@@ -112,6 +112,15 @@ def feast_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> 
                                         secret_key_to_env={"url": FEAST_REGISTRY_URL_ENV}, optional=True)
 
 
+def object_store_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
+    """The object store's login and endpoint (the MLflow bucket's Secret) reach a task that reads the prediction
+    log serving shipped there (``serving.prediction_log_store``). Optional: workload identity needs none."""
+    from storeflow.components.deploy.inference_service import OBJECT_STORE_KEYS
+
+    return kubernetes.use_secret_as_env(task, secret_name=settings.serving.prediction_log_store_secret,
+                                        secret_key_to_env={key: key for key in OBJECT_STORE_KEYS}, optional=True)
+
+
 def mlflow_credentials(task: dsl.PipelineTask, settings: Settings = DEFAULTS) -> dsl.PipelineTask:
     """A tracking server's login reaches the tasks that use MLflow as the variables MLflow reads itself.
 

@@ -167,10 +167,11 @@ def _claims(obj: dict[str, Any]) -> dict[str, str]:
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_state_volume_pods_and_pipeline_tasks_share_is_shipped(overlay):
-    """Every claimed PVC exists (a missing one leaves pods Pending), the pipeline's state volume is
-    ReadWriteMany, and the transformer logs predictions exactly where a cluster monitoring task reads them."""
-    from storeflow.components.monitor.predictions import log_dir
-    from storeflow.pipelines.submit import cluster_config_json
+    """Every claimed PVC exists (a missing one leaves pods Pending) and the pipeline's state volume is
+    ReadWriteMany; the transformer claims none: it writes its prediction log in its own emptyDir and ships
+    it to the object store the ConfigMap names, the one a cluster monitoring task reads (with the login both
+    get from the MLflow bucket's Secret)."""
+    from storeflow.components.deploy.inference_service import OBJECT_STORE_KEYS
 
     objects = render(overlay)
     pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
@@ -181,11 +182,17 @@ def test_the_state_volume_pods_and_pipeline_tasks_share_is_shipped(overlay):
 
     isvc = next(o for o in objects if o["kind"] == "InferenceService" and o["metadata"]["name"] == "storeflow-repeat-purchase")
     transformer = isvc["spec"]["transformer"]["containers"][0]
-    mounted = {m["mountPath"]: _claims(isvc).get(m["name"]) for m in transformer["volumeMounts"]}
-    assert mounted[str(settings.kfp.state_mount_path)] == settings.kfp.state_pvc
-    env = {e["name"]: e.get("value") for e in transformer["env"]}
-    task_settings = load_settings(cluster_config_json(settings))
-    assert Path(env["STOREFLOW_SERVING__PREDICTION_LOG_DIR"]) == log_dir(task_settings)
+    assert _claims(isvc) == {}  # replicas on any node, no volume shared with them
+    mounts = {m["name"]: m["mountPath"] for m in transformer["volumeMounts"]}
+    volumes = {v["name"]: v for v in isvc["spec"]["transformer"]["volumes"]}
+    env = {e["name"]: e for e in transformer["env"]}
+    log_dir = Path(env["STOREFLOW_SERVING__PREDICTION_LOG_DIR"]["value"])
+    assert log_dir.is_relative_to(mounts["tmp"]) and "emptyDir" in volumes["tmp"]
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "storeflow-config")
+    assert config["data"]["STOREFLOW_SERVING__PREDICTION_LOG_STORE"].startswith("s3://")
+    assert {"configMapRef": {"name": "storeflow-config"}} in transformer["envFrom"]
+    for key in OBJECT_STORE_KEYS:
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == settings.serving.prediction_log_store_secret
 
 
 @needs_kubectl

@@ -207,3 +207,13 @@ def test_run_inputs_left_at_their_defaults_keep_the_configured_values() -> None:
         load_run_settings("{}", {"ingest.source": "jsonl"})
     with pytest.raises(ConfigError, match="config JSON is not valid"):
         load_run_settings("{nope", {})
+
+
+def test_the_monitor_task_reads_the_shipped_prediction_log_with_the_buckets_login(defaults: Path) -> None:
+    """The monitoring pipeline's monitor task shares no volume with the transformer: it reads the prediction log
+    from the object store, so it gets the bucket's Secret (optional: workload identity needs none)."""
+    from storeflow.components.deploy.inference_service import OBJECT_STORE_KEYS
+
+    _, platform = _pipeline(defaults, "monitoring")
+    (ref,) = [s for s in platform["exec-monitor"]["secretAsEnv"] if s["secretName"] == "storeflow-artifact-store"]
+    assert ref["optional"] and {k["envVar"] for k in ref["keyToEnv"]} == set(OBJECT_STORE_KEYS)

@@ -168,9 +168,30 @@ def rendered() -> list[dict]:
 def stores(tmp_path_factory):
     """Postgres (databases mlflow and feast) and Redis on loopback, with passwords, as a cluster's are."""
     root = tmp_path_factory.mktemp("stores")
-    with postgres_server(root / "postgres", {"mlflow": PASSWORDS["mlflow"], "feast": PASSWORDS["feast"]}) as pg, \
-            redis_server(root, password=PASSWORDS["redis"]) as redis:
-        yield {"postgres": pg, "redis": redis}
+    from moto.server import ThreadedMotoServer
+
+    # The object store the transformer ships its prediction log to: S3's REST API on loopback (moto), named
+    # minio in the artifact-store Secret as a cluster's MinIO Service would be.
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    s3_port = s3.get_host_and_port()[1]
+    boto3_client(s3_port).create_bucket(Bucket=PREDICTION_BUCKET)
+    try:
+        with postgres_server(root / "postgres", {"mlflow": PASSWORDS["mlflow"], "feast": PASSWORDS["feast"]}) as pg, \
+                redis_server(root, password=PASSWORDS["redis"]) as redis:
+            yield {"postgres": pg, "redis": redis, "s3_port": s3_port}
+    finally:
+        s3.stop()
+
+
+PREDICTION_BUCKET = "storeflow-predictions"  # the bucket storeflow-config's STOREFLOW_SERVING__PREDICTION_LOG_STORE names
+
+
+def boto3_client(port: int):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="pods-test",
+                        aws_secret_access_key="pods-test-secret", region_name="us-east-1")
 
 
 def secrets(stores: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -185,11 +206,12 @@ def secrets(stores: dict[str, str]) -> dict[str, dict[str, str]]:
             "artifacts-destination": "/tmp/mlflow-artifacts",  # the pod's emptyDir: no S3 here
         },
         "storeflow-artifact-store": {"AWS_ACCESS_KEY_ID": "pods-test", "AWS_SECRET_ACCESS_KEY": "pods-test-secret",
-                                     "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
+                                     "MLFLOW_S3_ENDPOINT_URL": f"http://minio:{stores['s3_port']}"},
     }
 
 
-HOSTS = {"postgres": "127.0.0.1", "redis": "127.0.0.1", "mlflow": "127.0.0.1", PREDICTOR_SERVICE: "127.0.0.1"}
+HOSTS = {"postgres": "127.0.0.1", "redis": "127.0.0.1", "mlflow": "127.0.0.1", "minio": "127.0.0.1",
+         PREDICTOR_SERVICE: "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
@@ -515,11 +537,21 @@ def test_the_deploy_step_hands_kserve_where_mlflow_stored_the_model(cluster, ren
     assert found.returncode == 0, f"{located}/MLmodel is not in {mlflow_container}"
 
 
-def test_the_transformer_logs_its_predictions_on_the_state_volume(cluster):
-    """What the monitoring pipeline reads, on the storeflow-state claim the pipeline tasks mount too."""
-    assert _predict(cluster, KNOWN[2]).status_code == 200
-    logged = list((cluster["state"] / "predictions").rglob("*"))
-    assert any(p.is_file() for p in logged), logged
+def test_the_transformer_ships_its_prediction_log_to_the_object_store_the_config_map_names(cluster, stores):
+    """What the monitoring pipeline reads: not a volume (the transformer claims none), the bucket
+    storeflow-config names, reached with the artifact-store Secret. A pod stopping (SIGTERM, as the kubelet
+    sends) ships what it logged; the pod is started again for the tests after this one."""
+    customer = KNOWN[2]
+    assert _predict(cluster, customer).status_code == 200
+    name = next(n for n in cluster["containers"] if n.endswith("-kserve-container") and "transformer" in n)
+    subprocess.run(["docker", "restart", "--time", "30", name], check=True, capture_output=True)
+    s3 = boto3_client(stores["s3_port"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=PREDICTION_BUCKET).get("Contents", [])]
+    assert keys and all(k.startswith("repeat-purchase/predictions-") for k in keys), keys
+    lines = [json.loads(line) for k in keys for line in s3.get_object(Bucket=PREDICTION_BUCKET, Key=k)["Body"].read().splitlines()]
+    assert customer in {line["customer_id"] for line in lines}
+    assert not list((cluster["state"] / "predictions").rglob("*.jsonl"))  # nothing on the state volume
+    wait_ready(name, f"http://{cluster['transformer']}/v2/health/ready")
 
 
 def test_every_probe_the_manifests_declare_answers(cluster):

@@ -119,6 +119,12 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
     deploy = settings.deploy
     name = deploy.inference_service
     state_path = settings.kfp.state_mount_path  # the same volume, at the same path, as the pipeline tasks
+    # The prediction log: shipped to the object store from the pod's /tmp when one is configured (no volume
+    # shared with anyone), else on the state volume where the monitoring pipeline reads it.
+    shipped = bool(settings.serving.prediction_log_store)
+    log_dir = "/tmp/predictions" if shipped else str(state_path / "predictions")
+    state_mounts = [] if shipped else [{"name": "state", "mountPath": str(state_path)}]
+    state_volumes = [] if shipped else [{"name": "state", "persistentVolumeClaim": {"claimName": settings.kfp.state_pvc}}]
     return {
         "serviceAccountName": deploy.service_account,
         "minReplicas": deploy.min_replicas,
@@ -134,8 +140,7 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                 "args": ["--model_name", name, "--predictor_host", f"{name}-predictor"],  # same namespace
                 "env": [
                     {"name": "STOREFLOW_FEATURES__FEAST__REPO_DIR", "value": FEAST_MOUNT},
-                    # The prediction log goes to the state volume, where the monitoring pipeline reads it.
-                    {"name": "STOREFLOW_SERVING__PREDICTION_LOG_DIR", "value": str(state_path / "predictions")},
+                    {"name": "STOREFLOW_SERVING__PREDICTION_LOG_DIR", "value": log_dir},
                     # feature_store.yaml reads ${REDIS_CONNECTION_STRING} and ${FEAST_REGISTRY_URL}; the values
                     # never leave their Secrets.
                     _from_secret(REDIS_CONNECTION_STRING_ENV, deploy.online_store_secret, "connection-string"),
@@ -143,6 +148,7 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                     # Session tokens are checked against the app's client id (audience) and secret.
                     _from_secret("STOREFLOW_SERVING__SHOPIFY_CLIENT_ID", deploy.shopify_app_secret, "client-id"),
                     _from_secret(settings.serving.shopify_secret_env, deploy.shopify_app_secret, "api-secret"),
+                    *object_store_env(settings),
                 ],
                 "envFrom": [{"configMapRef": {"name": deploy.config_map}}],
                 "resources": deploy.transformer_resources,
@@ -150,17 +156,30 @@ def transformer_spec(settings: Settings) -> dict[str, Any]:
                 "livenessProbe": LIVENESS,
                 "volumeMounts": [
                     {"name": "feast-config", "mountPath": FEAST_MOUNT, "readOnly": True},
-                    {"name": "state", "mountPath": str(state_path)},
+                    *state_mounts,
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
             }
         ],
         "volumes": [
             {"name": "feast-config", "configMap": {"name": deploy.feast_config_map}},
-            {"name": "state", "persistentVolumeClaim": {"claimName": settings.kfp.state_pvc}},
+            *state_volumes,
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+
+
+OBJECT_STORE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def object_store_env(settings: Settings) -> list[dict[str, Any]]:
+    """The object store's credentials and endpoint, from the Secret the MLflow server's bucket uses
+    (optional: a pod with workload identity needs none), as the variables pyarrow and boto3 read."""
+    if not settings.serving.prediction_log_store:
+        return []
+    secret = settings.serving.prediction_log_store_secret
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in OBJECT_STORE_KEYS]
 
 
 def _tracking(model: ModelVersionRef, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
