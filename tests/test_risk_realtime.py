@@ -214,6 +214,8 @@ def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stac
     assert stack.deliver(a, "wh-a-1")["status"] == "duplicate"  # the same delivery twice
     time.sleep(1.5)
     assert stack.outbox() == {}  # nothing to score with: the order waits in the journal
+    waiting = httpx.get(f"{stack.url}/healthz", timeout=10).json()["risk"]
+    assert waiting["unscored"] == 1 and waiting["last_error"].startswith("risk server")
 
     stack.start_model()
     until(lambda: gid_a in stack.outbox())  # scored and queued; Shopify still down
@@ -352,3 +354,24 @@ def test_the_cluster_container_serves_what_kserve_downloaded(stack: Stack):
     assert answer.json()["model_version"] == version == "1"
     assert answer.json()["predictions"][0]["level"] in ("HIGH", "MEDIUM", "LOW")
     assert httpx.post(f"{stack.model_url}/v2/repository/models/{NAME}/unload", timeout=10).status_code == 404
+
+
+def test_healthz_says_behind_while_an_order_waits_for_its_score(tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from storeflow.components.shopify.webhooks import create_app
+
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    settings = load_settings(quick_overrides(
+        tmp_path, project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+        serving={"shopify_client_id": "storeflow-test-app"},
+        risk={"endpoint": f"http://127.0.0.1:{free_port()}", "retry_seconds": 0.1},  # nobody answers there
+        shopify={"apply_max_lag_seconds": 0.5}))
+    with TestClient(create_app(settings, apply=False)) as client:
+        assert client.get("/healthz").json()["risk"]["unscored"] == 0
+        answer = client.post("/webhooks", **delivery("orders/create", new_order(9200000007, 7, "w@example.com"), "w1"))
+        assert answer.status_code == 200
+        time.sleep(1.0)
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "behind"
+        assert health.json()["risk"]["unscored"] == 1 and health.json()["risk"]["oldest_unscored_seconds"] > 0.5

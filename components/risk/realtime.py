@@ -79,6 +79,7 @@ class RiskScorer:
         self.admin = admin
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_error: str | None = None  # why the last pass failed (None once one succeeds)
 
     # --- one pass -------------------------------------------------------------------------------------
 
@@ -159,6 +160,23 @@ class RiskScorer:
         self.drain()
         return handled
 
+    def state(self) -> dict:
+        """What waits, for the receiver's /healthz: orders journaled and not scored yet (and how long the oldest
+        has waited), assessments queued for Shopify, set aside, and the last failure of the loop."""
+        from datetime import datetime, timezone
+
+        with sqlite3.connect(risk_db(self.settings), timeout=5) as db:
+            (after,) = db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
+            counts = dict(db.execute("SELECT state, count(*) FROM risk_outbox GROUP BY state").fetchall())
+            (skipped,) = db.execute("SELECT count(*) FROM risk_skipped").fetchone()
+        with sqlite3.connect(layout.journal_path(self.settings), timeout=5) as log_db:
+            unscored, oldest = log_db.execute("SELECT count(*), min(received_at) FROM events WHERE rowid > ? AND "
+                                              "topic = ?", (after, SCORED_TOPIC)).fetchone()
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
+        return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
+                "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
+                "rejected": counts.get("rejected", 0), "skipped": skipped, "last_error": self.last_error}
+
     # --- running --------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -181,9 +199,11 @@ class RiskScorer:
         while not self._stop.is_set():
             try:
                 self.step()
+                self.last_error = None
                 wait = self.settings.risk.retry_seconds
                 self._stop.wait(idle)
             except Exception as exc:  # noqa: BLE001 - deliveries stay journaled, assessments queued: retried
+                self.last_error = str(exc)[:500]
                 log.warning("order risk: %s; retrying in %.1f s", exc, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, cap)

@@ -16,7 +16,9 @@ writes the assessment back to Shopify (:mod:`storeflow.components.risk.realtime`
 
 ``/healthz`` reports the applier: 503 ``behind`` when it is down or the oldest pending event has waited
 longer than ``shopify.apply_max_lag_seconds``, with the pending count, the oldest age and the number of
-dead letters. ``/livez`` only says the receiver answers (a backlog is no reason to restart it).
+dead letters; with order risk on, also what the risk path has not scored or written back yet (``risk``), and
+``behind`` when an order has waited for its score that long. ``/livez`` only says the receiver answers (a
+backlog is no reason to restart it).
 """
 
 from __future__ import annotations
@@ -183,9 +185,13 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         late = state.oldest_pending_seconds is not None and state.oldest_pending_seconds > cfg.apply_max_lag_seconds
         behind = applier == "down" or late
         oldest = round(state.oldest_pending_seconds, 3) if state.oldest_pending_seconds is not None else None
-        return JSONResponse({"status": "behind" if behind else "ok", "applier": applier, "pending": state.pending,
-                             "oldest_pending_seconds": oldest, "dead_letters": state.dead_letters},
-                            status_code=503 if behind else 200)
+        answer = {"status": "ok", "applier": applier, "pending": state.pending, "oldest_pending_seconds": oldest,
+                  "dead_letters": state.dead_letters}
+        if request.app.state.risk is not None:  # orders waiting for a risk score count as being behind too
+            answer["risk"] = risk = request.app.state.risk.state()
+            behind = behind or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds
+        answer["status"] = "behind" if behind else "ok"
+        return JSONResponse(answer, status_code=503 if behind else 200)
 
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
