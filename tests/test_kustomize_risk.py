@@ -52,8 +52,19 @@ def test_the_risk_service_autoscales_on_concurrency_without_cold_starts(overlay,
     container = runtime["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "storeflow.serving.risk"]
     assert container["args"] == ["--model_name={{.Name}}"]  # the model is named after the service the receiver calls
-    # the receiver's address of it: Knative's in-namespace name of the predictor
-    assert settings.risk.endpoint == f"http://{name}-predictor"
+    # off until the service has a model (kustomize/README.md): then the receiver is given Knative's
+    # in-namespace address of the predictor, and calls the model by the name the runtime serves it under
+    assert settings.risk.endpoint is None
+    monkeypatch.setenv("STOREFLOW_RISK__ENDPOINT", f"http://{name}-predictor")
+    from storeflow.components.risk.realtime import RiskScorer
+
+    receiver = load_settings().model_copy(update={"project": settings.project.model_copy(
+        update={"state_dir": tmp_path / "state"})})
+    scorer = RiskScorer(receiver)
+    try:
+        assert scorer.url == f"http://{name}-predictor/v1/models/{name}:predict"
+    finally:
+        scorer.stop()
 
 
 @needs_kubectl
