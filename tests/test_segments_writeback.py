@@ -244,3 +244,30 @@ def test_storeflow_write_segments_scores_every_customer_with_the_champion_and_se
     calls = len(shopify.calls)
     again = CliRunner().invoke(app, ["write-segments", "--config", str(config)])
     assert again.exit_code == 0 and len(shopify.calls) == calls and "0 new or changed" in again.output
+
+
+@pytest.mark.parametrize("request_kind", ["customers/redact", "shop/redact"])
+def test_a_redacted_customer_leaves_no_trace_in_the_segment_outbox(tmp_path, request_kind):
+    """The outbox holds each customer's gid: without erasing it there, customers/redact's own scan found the
+    customer in segments.db and raised ErasureIncomplete (retried forever)."""
+    from storeflow.components.shopify import layout, privacy
+    from storeflow.components.shopify.journal import connect
+
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}})
+    db = metafields.connect(metafields.outbox_path(settings))
+    enqueue(db, [Segment(8800000005, "HIGH", 0.8), Segment(8800000006, "LOW", 0.1)], "4")
+    db.close()
+    conn = connect(layout.journal_path(settings))
+    try:
+        if request_kind == "customers/redact":
+            removed = privacy.redact_customer(settings, conn, None, privacy.Subject(8800000005, "erase.me@example.com"))
+            left = [_gid(8800000006)]
+        else:
+            removed = privacy.redact_shop(settings, conn, None, SHOP)
+            left = []
+    finally:
+        conn.close()
+    assert removed["segment_rows"] == (1 if left else 2)
+    db = metafields.connect(metafields.outbox_path(settings))
+    assert [c for (c,) in db.execute("SELECT customer_id FROM segment_outbox")] == left
+    db.close()

@@ -248,3 +248,26 @@ def champion_segments(settings, version: str | None = None) -> tuple[str, list[S
     newest = pc.max(table["event_timestamp"])
     rows = table.filter(pc.equal(table["event_timestamp"], newest)).to_pandas()
     return str(version), score_segments(rows, load_model(uri), *spend)
+
+
+def forget(settings, customer_ids: Iterable[int] | None) -> int:
+    """Privacy: remove the outbox rows of these customers (``None``: every row, shop/redact) and leave no
+    erased bytes in the file; returns the rows removed. Shopify deletes a redacted customer's metafields
+    with the customer; the outbox is the only copy here (the customer's gid, tier and probability)."""
+    path = outbox_path(settings)
+    if not path.exists():
+        return 0
+    db = connect(path)
+    try:
+        if customer_ids is None:
+            removed = db.execute("DELETE FROM segment_outbox").rowcount
+        else:
+            gids = [CUSTOMER_GID + str(int(c)) for c in customer_ids]
+            removed = db.execute(f"DELETE FROM segment_outbox WHERE customer_id IN ({','.join('?' * len(gids))})",
+                                 gids).rowcount if gids else 0
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+    finally:
+        db.close()

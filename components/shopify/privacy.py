@@ -41,7 +41,7 @@ from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_snapshot
 from storeflow.components.prediction_logs import log_store
-from storeflow.components.shopify import layout, online
+from storeflow.components.shopify import layout, metafields, online
 from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
 from storeflow.components.tables import TABLES, read_tables
 
@@ -441,6 +441,7 @@ def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         "data_request_exports": erase_exports(settings, subject),
         "journal_rows": erase_journal(conn, subject),
         "risk_history_rows": erase_risk_history(settings, subject),
+        "segment_rows": metafields.forget(settings, sorted(subject.ids)),
     }
     bump_epoch(layout.erasure_epoch(settings))  # after the online store: a re-read finds nothing
     verify(settings, subject.needles, "customers/redact")
@@ -502,6 +503,7 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
             "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL", (shop,)).rowcount
     _compact(conn)
     removed["risk_history_rows"] = erase_risk_history(settings, None)
+    removed["segment_rows"] = metafields.forget(settings, None)
     bump_epoch(layout.erasure_epoch(settings))
     verify(settings, needles, "shop/redact")
     log.info("shop/redact for %s done: %s", shop, removed)
