@@ -271,3 +271,21 @@ def test_a_redacted_customer_leaves_no_trace_in_the_segment_outbox(tmp_path, req
     db = metafields.connect(metafields.outbox_path(settings))
     assert [c for (c,) in db.execute("SELECT customer_id FROM segment_outbox")] == left
     db.close()
+
+
+def test_a_data_request_exports_the_tier_and_probability_written_back_for_the_customer(tmp_path):
+    from storeflow.components.shopify import layout, privacy
+    from storeflow.components.shopify.journal import connect
+
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}})
+    db = metafields.connect(metafields.outbox_path(settings))
+    enqueue(db, [Segment(8800000005, "HIGH", 0.8), Segment(8800000006, "LOW", 0.1)], "4")
+    db.close()
+    conn = connect(layout.journal_path(settings))
+    try:
+        out = privacy.export_customer(settings, conn, None, privacy.Subject(8800000005, "ask@example.com"), 77)
+    finally:
+        conn.close()
+    (row,) = json.loads(out.read_text())["data"]["shopify_segments"]
+    assert (row["customer_id"], row["spend_tier"], row["repeat_probability"], row["model_version"]) == (
+        _gid(8800000005), "HIGH", "0.800", "4")

@@ -271,3 +271,17 @@ def forget(settings, customer_ids: Iterable[int] | None) -> int:
         return removed
     finally:
         db.close()
+
+
+def held_for(settings, customer_id: int) -> list[dict]:
+    """Privacy (customers/data_request): the outbox row of this customer, as written to Shopify."""
+    path = outbox_path(settings)
+    if not path.exists():
+        return []
+    db = connect(path)
+    try:
+        cursor = db.execute("SELECT * FROM segment_outbox WHERE customer_id = ?", (CUSTOMER_GID + str(int(customer_id)),))
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+    finally:
+        db.close()

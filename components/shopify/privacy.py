@@ -545,6 +545,7 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         "SELECT row FROM live_orders WHERE customer_id = ?", (subject.customer_id,))]
     found["webhook_events"] = [dict(zip(("webhook_id", "topic", "received_at"), r)) for r in conn.execute(
         "SELECT webhook_id, topic, received_at FROM events WHERE customer_id = ?", (subject.customer_id,))]
+    found["shopify_segments"] = metafields.held_for(settings, subject.customer_id)  # tier and probability written back
     directory = layout.data_requests_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"customer-{subject.customer_id}-request-{request_id or 'unknown'}.json"
