@@ -116,7 +116,7 @@ def test_every_customer_gets_its_tier_and_probability_in_calls_of_at_most_25_met
         "type": "single_line_text_field", "value": "HIGH"}
     assert shopify.stored[(_gid(7003), "repeat_probability")] == {
         "ownerId": _gid(7003), "namespace": "storeflow", "key": "repeat_probability",
-        "type": "number_decimal", "value": "0.067"}
+        "type": "number_decimal", "value": "0.07"}
     assert drain(outbox, client).calls == 0  # nothing left to send
 
 
@@ -129,7 +129,7 @@ def test_scoring_again_sends_only_the_customers_whose_values_changed(outbox, cli
     result = drain(outbox, client)
     assert (result.sent, result.calls) == (1, 1) and [m["ownerId"] for m in shopify.calls[-1]] == [_gid(7005)] * 2
     assert shopify.stored[(_gid(7005), "predicted_spend_tier")]["value"] == "LOW"
-    assert shopify.stored[(_gid(7005), "repeat_probability")]["value"] == "0.050"
+    assert shopify.stored[(_gid(7005), "repeat_probability")]["value"] == "0.05"
 
 
 def test_throttling_is_waited_out(outbox, client, shopify):
@@ -173,7 +173,7 @@ def test_a_score_queued_while_its_batch_was_in_flight_is_sent_next(outbox, clien
     monkeypatch.setattr(client, "execute", rescored_meanwhile)
     assert drain(outbox, client).pending == 0
     assert shopify.stored[(_gid(7001), "predicted_spend_tier")]["value"] == "HIGH"
-    assert shopify.stored[(_gid(7001), "repeat_probability")]["value"] == "0.900"
+    assert shopify.stored[(_gid(7001), "repeat_probability")]["value"] == "0.90"
 
 
 @pytest.mark.parametrize(("segment", "message"), [
@@ -288,4 +288,4 @@ def test_a_data_request_exports_the_tier_and_probability_written_back_for_the_cu
         conn.close()
     (row,) = json.loads(out.read_text())["data"]["shopify_segments"]
     assert (row["customer_id"], row["spend_tier"], row["repeat_probability"], row["model_version"]) == (
-        _gid(8800000005), "HIGH", "0.800", "4")
+        _gid(8800000005), "HIGH", "0.80", "4")

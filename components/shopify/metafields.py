@@ -3,7 +3,8 @@
 
 Namespace ``storeflow``, keys ``predicted_spend_tier`` (``single_line_text_field``: LOW, MEDIUM or HIGH, as
 the spend model's tiers) and ``repeat_probability`` (``number_decimal``: P(an order within the label
-horizon), three decimals). Through an outbox in SQLite, like the risk assessments (assessments.py):
+horizon), two decimals: the resolution a segment's threshold needs, and fewer customers whose value moves
+from one night to the next). Through an outbox in SQLite, like the risk assessments (assessments.py):
 scoring *enqueues* one row per customer; a new score replaces the row's values and makes it pending again
 only when they changed, so scoring every customer every night sends only what moved. :func:`drain` sends
 the pending rows, at most 25 metafields per call (Shopify's limit: 12 customers x 2 keys), through
@@ -199,7 +200,7 @@ def _probability(segment: Segment) -> str:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"customer {segment.customer_id}: repeat_probability {segment.repeat_probability!r} is not "
                          "a probability in [0, 1]")
-    return f"{value:.3f}"
+    return f"{value:.2f}"
 
 
 def score_segments(rows, propensity, spend_model, cuts: list[float]) -> list[Segment]:
@@ -244,9 +245,9 @@ def champion_segments(settings, version: str | None = None) -> tuple[str, list[S
     path = source_path(settings, CUSTOMER_VIEW)
     if not path.exists():
         raise ValueError(f"no customer features at {path}: run the features stage (storeflow run) first")
-    table = pq.read_table(path)
-    newest = pc.max(table["event_timestamp"])
-    rows = table.filter(pc.equal(table["event_timestamp"], newest)).to_pandas()
+    # The newest snapshot's rows only, read by filter: the file holds every cutoff's (5M rows at 100x).
+    newest = pc.max(pq.read_table(path, columns=["event_timestamp"])["event_timestamp"])
+    rows = pq.read_table(path, filters=[("event_timestamp", "==", newest)]).to_pandas()
     return str(version), score_segments(rows, load_model(uri), *spend)
 
 
