@@ -150,40 +150,80 @@ def test_features_computed_later_score_with_the_saved_btyd_model(built) -> None:
     assert 0 < live["btyd_p_alive"].min() and live["btyd_p_alive"].max() <= 1
 
 
-def test_the_receiver_scores_live_customers_with_the_served_versions_bgnbd_not_a_shared_file(
-        built, tmp_path: Path) -> None:
-    """On a cluster the webhook receiver never sees the features task's files (ReadWriteOnce volumes, another
-    pod): the BG/NBD travels inside the trained model version, and the receiver takes the served version's
-    from MLflow. It used to read the features task's file only, so its live BTYD features were missing."""
+@pytest.fixture(scope="module")
+def champion(built, tmp_path_factory):
+    """A version trained on ``built``'s training set and made champion, in a registry of its own."""
     from storeflow.components import tracking
-    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
-    from storeflow.components.shopify.apply import Applier
     from storeflow.components.train import train
 
-    settings, tables, result, _, _ = built
+    root = tmp_path_factory.mktemp("champion")
+    settings, _, result, _, _ = built
     settings = settings.model_copy(update={"registry": settings.registry.model_copy(
-        update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_location": str(tmp_path / "artifacts")})})
-    newest = customer_features(tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
-    horizon = settings.features.label.horizon_days
-    expected = LiveScorer(result.baseline_model).features(newest, horizon)
+        update={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_location": str(root / "artifacts")})})
     trained = train(settings, result)
     client = tracking.connect(settings)
     name = settings.registry.model_name
     client.create_registered_model(name)
     version = client.create_model_version(name, trained.model_uri, run_id=trained.run_id).version
     client.set_registered_model_alias(name, tracking.CHAMPION, version)
+    return settings, str(version)
 
-    elsewhere = result.baseline_model.rename(tmp_path / "the-features-pods-volume.nc")  # not on this pod
+
+@pytest.fixture
+def on_another_pod(built, tmp_path: Path):
+    """What a pod other than the features and train tasks' sees: none of their files (RWO volumes)."""
+    settings, _, result, _, _ = built
+    moved = {path: tmp_path / f"elsewhere-{i}" for i, path in enumerate(
+        [result.baseline_model, result.training_set, *sorted((settings.data_dir / "training").glob("*.parquet"))])}
+    for path, away in moved.items():
+        path.rename(away)
     try:
-        applier = Applier(settings)
-        assert applier.btyd.features(newest, horizon).isna().all().all()  # nothing to score with yet
-        assert applier.baseline.refresh() == str(version)
-        live = applier.btyd.features(newest, horizon)
-        applier.conn.close()
+        yield moved
     finally:
-        elsewhere.rename(result.baseline_model)
+        for path, away in moved.items():
+            away.rename(path)
+
+
+def test_the_receiver_scores_live_customers_with_the_served_versions_bgnbd_not_a_shared_file(
+        built, champion, on_another_pod) -> None:
+    """On a cluster the webhook receiver never sees the features task's files (ReadWriteOnce volumes, another
+    pod): the BG/NBD travels inside the trained model version, and the receiver takes the served version's
+    from MLflow. It used to read the features task's file only, so its live BTYD features were missing."""
+    from storeflow.components.features.btyd import BTYD_FEATURES, LiveScorer
+    from storeflow.components.shopify.apply import Applier
+
+    _, tables, result, _, _ = built
+    settings, version = champion
+    newest = customer_features(tables, [pd.Timestamp(result.served_as_of).to_pydatetime()])
+    horizon = settings.features.label.horizon_days
+    expected = LiveScorer(on_another_pod[result.baseline_model]).features(newest, horizon)
+    applier = Applier(settings)
+    try:
+        assert applier.btyd.features(newest, horizon).isna().all().all()  # nothing to score with yet
+        assert applier.baseline.refresh() == version
+        live = applier.btyd.features(newest, horizon)
+    finally:
+        applier.conn.close()
     assert live[list(BTYD_FEATURES)].notna().all().all()
     pd.testing.assert_frame_equal(live, expected)
+
+
+def test_the_monitor_on_another_pod_takes_its_reference_from_the_training_run(built, champion, on_another_pod) -> None:
+    """The monitoring reference (the latest cutoffs' training rows) is an artifact of the training run: it
+    used to be read from the training set file the train task saw, so a monitor task on another pod found
+    none and reported no drift at all."""
+    from storeflow.components.features.dataset import latest_cutoffs_sample
+    from storeflow.components.monitor.reference import load_reference
+
+    _, _, result, _, _ = built
+    settings, version = champion
+    cfg = settings.monitor
+    reference = load_reference(settings, version, cfg.reference_rows, cfg.seed, cfg.reference_cutoffs)
+    training = pd.read_parquet(on_another_pod[result.training_set])
+    expected = latest_cutoffs_sample(training, cfg.reference_cutoffs, cfg.reference_rows, cfg.seed)
+    assert len(reference.frame) == len(expected) > 0
+    assert reference.frame["frequency"].tolist() == expected["frequency"].tolist()
+    assert reference.frame["score"].between(0, 1).all()
 
 
 def test_before_any_features_run_live_btyd_features_are_missing_not_invented(tmp_path: Path, store_tables) -> None:

@@ -147,3 +147,15 @@ def test_the_registered_version_carries_the_bgnbd_a_receiver_on_another_pod_scor
     live = LiveScorer(served).features(training_set, host.features.label.horizon_days)
     for name in BTYD_FEATURES:
         assert live[name].to_numpy() == pytest.approx(training_set[name].to_numpy(), rel=1e-6), name
+
+
+def test_a_monitor_on_another_pod_finds_the_champions_reference_in_mlflow(run) -> None:
+    """The monitoring reference is an artifact of the training run, not the training set file the train task
+    saw: a monitor task with none of the training tasks' files loads it (it used to report no reference)."""
+    from storeflow.components.monitor.reference import load_reference
+
+    registered, _, host = run
+    cfg = host.monitor
+    reference = load_reference(host, registered["version"], cfg.reference_rows, cfg.seed, cfg.reference_cutoffs)
+    assert len(reference.frame) > 100 and reference.frame["score"].between(0, 1).all()
+    assert set(host.features.customer_features) <= set(reference.frame.columns)

@@ -12,7 +12,7 @@ from storeflow.pipelines.cli import app
 from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
-                  "monitoring": ("monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend"),
+                  "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend"),
                   "risk": ("ingest", "validate", "risk")}
 
 
@@ -183,7 +183,8 @@ def test_the_knobs_a_user_changes_per_run_are_typed_pipeline_inputs(defaults: Pa
                            "label_horizon_days": ("NUMBER_INTEGER", -1), "promotion_margin": ("NUMBER_DOUBLE", -1.0),
                            "config_json": ("STRING", "{}")},
               "monitoring": {"window_end": ("STRING", ""), "model_version": ("STRING", ""),
-                             "window_hours": ("NUMBER_DOUBLE", -1.0), "config_json": ("STRING", "{}")}}
+                             "window_hours": ("NUMBER_DOUBLE", -1.0), "ingest_source": ("STRING", ""),
+                             "ingest_path": ("STRING", ""), "config_json": ("STRING", "{}")}}
     for pipeline, inputs in wanted.items():
         spec, _ = _pipeline(defaults, pipeline)
         found = spec["root"]["inputDefinitions"]["parameters"]
@@ -217,3 +218,16 @@ def test_the_monitor_task_reads_the_shipped_prediction_log_with_the_buckets_logi
     _, platform = _pipeline(defaults, "monitoring")
     (ref,) = [s for s in platform["exec-monitor"]["secretAsEnv"] if s["secretName"] == "storeflow-artifact-store"]
     assert ref["optional"] and {k["envVar"] for k in ref["keyToEnv"]} == set(OBJECT_STORE_KEYS)
+
+
+def test_the_monitor_task_labels_decay_from_the_snapshot_its_own_run_ingested(defaults: Path) -> None:
+    """Decay needs the orders placed after the predictions: the monitoring pipeline ingests and validates the
+    store and hands the monitor task the snapshot as a Dataset, instead of reading the newest snapshot a
+    training run left on a shared volume (which an RWO-only cluster does not have)."""
+    spec, _ = _pipeline(defaults, "monitoring")
+    tasks = spec["root"]["dag"]["tasks"]
+    ref = tasks["monitor"]["inputs"]["artifacts"]["snapshot"]["taskOutputArtifact"]
+    assert (ref["producerTask"], ref["outputArtifactKey"]) == ("ingest", "snapshot")
+    assert "validate" in tasks["monitor"]["dependentTasks"]
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["ingest_source"]["defaultValue"] == "" and inputs["ingest_path"]["defaultValue"] == ""

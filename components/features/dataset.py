@@ -85,3 +85,15 @@ def split_holdout(frame: pd.DataFrame, label: LabelConfig) -> Split:
         if getattr(split, name)[LABEL].nunique() < 2:
             raise HistoryError(f"the {name} split has a single label class; the store's history is too short")
     return split
+
+
+def latest_cutoffs_sample(frame: pd.DataFrame, cutoffs: int | None, max_rows: int, seed: int) -> pd.DataFrame:
+    """The rows of the ``cutoffs`` latest cutoffs (every row when None), uniformly sampled down to ``max_rows``:
+    the monitoring reference. Cumulative features (tenure, lifetime orders) age with the store, so the latest
+    cutoffs are the training population nearest to the one being served."""
+    if cutoffs and "event_timestamp" in frame.columns:
+        latest = sorted(frame["event_timestamp"].unique())[-cutoffs:]
+        frame = frame[frame["event_timestamp"].isin(latest)]
+    if len(frame) > max_rows:
+        frame = frame.sample(n=max_rows, random_state=seed)
+    return frame.reset_index(drop=True)

@@ -11,7 +11,8 @@ from storeflow.components.container import component
 
 @component
 def monitor(report: dsl.Output[dsl.HTML], metrics: dsl.Output[dsl.Metrics], config_json: str = "{}",
-            window_end: str = "", model_version: str = "", window_hours: float = -1.0) -> str:
+            window_end: str = "", model_version: str = "", window_hours: float = -1.0,
+            snapshot: dsl.Input[dsl.Dataset] = None) -> str:
     """Analyse one window of prediction logs for drift (Evidently, PSI) and decay.
 
     Args:
@@ -22,6 +23,8 @@ def monitor(report: dsl.Output[dsl.HTML], metrics: dsl.Output[dsl.Metrics], conf
             version the logs are read for by default (the champion).
         window_hours: Trailing window of prediction logs analysed (also the retraining cooldown); -1 keeps
             the configured monitor.window_hours.
+        snapshot: A snapshot of the store holding the orders placed after the window (ingest's output): the
+            decay labels. Optional: without it, the newest snapshot in the task's state directory, if any.
         report: The Evidently drift report (HTML).
         metrics: Drift and decay figures of the window.
 
@@ -31,13 +34,15 @@ def monitor(report: dsl.Output[dsl.HTML], metrics: dsl.Output[dsl.Metrics], conf
     import json
     import shutil
     from datetime import datetime
+    from pathlib import Path
 
     from storeflow.components.config import load_run_settings
     from storeflow.components.monitor import monitor as run
 
     end = datetime.fromisoformat(window_end) if window_end else None
     settings = load_run_settings(config_json, {"monitor.window_hours": window_hours})
-    result = run(settings, model_version=model_version or None, end=end)
+    result = run(settings, model_version=model_version or None, end=end,
+                 snapshot=Path(snapshot.path) if snapshot is not None else None)
     shutil.copyfile(result.report_html, report.path)
     summary = result.summary
     metrics.log_metric("level", {"ok": 0, "warning": 1, "critical": 2}[summary["level"]])

@@ -8,12 +8,14 @@ Reference scores come from the same model, so prediction drift compares like wit
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from storeflow.components.config import Settings
+from storeflow.components.features.dataset import latest_cutoffs_sample
 
 
 class NoReference(LookupError):
@@ -31,6 +33,31 @@ class Reference:
     frame: pd.DataFrame
     model_uri: str
     holdout: dict[str, float]
+
+
+def _logged_reference(run_id: str, settings: Settings) -> Path | None:
+    """The reference rows the training run logged (train.log_reference), downloaded under the state dir; None
+    for a run from before they were logged (then the training set file is looked for)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from storeflow.components.train import REFERENCE_DIR, REFERENCE_FILE
+
+    target = settings.data_dir / "tmp" / "monitor-reference" / run_id
+    if not (target / REFERENCE_FILE).exists():
+        partial = target.with_name(f".{run_id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{REFERENCE_DIR}/{REFERENCE_FILE}", dst_path=str(partial)))
+        except (MlflowException, OSError):
+            shutil.rmtree(partial, ignore_errors=True)
+            return None
+        target.mkdir(parents=True, exist_ok=True)
+        local.replace(target / REFERENCE_FILE)  # whole or not at all
+        shutil.rmtree(partial, ignore_errors=True)
+    return target / REFERENCE_FILE
 
 
 def _training_set_path(client, run, settings: Settings) -> Path | None:
@@ -76,18 +103,12 @@ def load_reference(settings: Settings, model_version: str, max_rows: int, seed: 
     if not run_id:
         raise NoReference(f"{name} v{model_version} has no MLflow run, so no recorded training set")
     run = client.get_run(run_id)
-    path = _training_set_path(client, run, settings)
+    path = _logged_reference(run_id, settings) or _training_set_path(client, run, settings)
     if path is None:
-        raise NoReference(f"{name} v{model_version}: training set of run {run_id} not found (dataset input or "
+        raise NoReference(f"{name} v{model_version}: training set of run {run_id} not found (its "
+                          f"reference/ artifact, dataset input or "
                           f"storeflow.dataset_hash={run.data.tags.get('storeflow.dataset_hash')!r})")
-    frame = pd.read_parquet(path)
-    if cutoffs and "event_timestamp" in frame.columns:
-        # Cumulative features (tenure, lifetime orders) age with the store: the latest cutoffs are the
-        # training population nearest to the one being served now.
-        latest = sorted(frame["event_timestamp"].unique())[-cutoffs:]
-        frame = frame[frame["event_timestamp"].isin(latest)]
-    if len(frame) > max_rows:
-        frame = frame.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+    frame = latest_cutoffs_sample(pd.read_parquet(path), cutoffs, max_rows, seed)
     model_uri = f"models:/{name}/{model_version}"
     model = load_model(model_uri)
     names = getattr(model, "feature_names_in_", None)

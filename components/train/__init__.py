@@ -15,11 +15,14 @@ import pandas as pd
 from storeflow.components.config import Settings
 from storeflow.components.features import FeatureResult, load_training_set
 from storeflow.components.features.btyd import P_ORDER
-from storeflow.components.features.dataset import LABEL, SPEND_LABEL, Split, split_holdout
+from storeflow.components.features.dataset import LABEL, SPEND_LABEL, Split, latest_cutoffs_sample, split_holdout
 
 __all__ = ["TrainResult", "build_estimator", "calibrated", "fit_propensity", "train", "training_split"]
 
 log = logging.getLogger(__name__)
+# The monitoring reference, an artifact of the training run: reference/training_rows.parquet.
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "training_rows.parquet"
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,11 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
     from storeflow.components import tracking
 
     columns = list(settings.features.customer_features)
-    split = training_split(settings, load_training_set(features))
+    frame = load_training_set(features)
+    split = training_split(settings, frame)
+    monitor = settings.monitor
+    reference = latest_cutoffs_sample(frame, monitor.reference_cutoffs, monitor.reference_rows, monitor.seed)
+    del frame
     x, y = split.train[columns], split.train[LABEL].to_numpy()
     estimator = fit_propensity(settings, split, columns)
     scores = estimator.predict_proba(x)[:, 1]
@@ -137,6 +144,7 @@ def train(settings: Settings, features: FeatureResult) -> TrainResult:
             metrics |= log_spend_model(settings, client, info.model_id, split, columns)
             mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("spend_")})
         log_baseline_model(client, info.model_id, features.baseline_model)
+        log_reference(reference)
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, features=columns,
                        train_rows=len(x), metrics=metrics)
 
@@ -166,6 +174,20 @@ def log_spend_model(settings: Settings, client, model_id: str, split: Split, col
     return {"spend_calibration_predicted": float(predicted.sum()),
             "spend_calibration_actual": float(split.calibration[SPEND_LABEL].sum()),
             "spend_tier_low_below": cuts[0], "spend_tier_high_above": cuts[1]}
+
+
+def log_reference(rows: pd.DataFrame) -> None:
+    """The monitoring reference (the latest cutoffs' training rows, sampled to monitor.reference_rows) as an
+    artifact of the training run: the monitor task reads it from MLflow, on whatever pod it runs, instead of
+    the training set file the train task saw."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / REFERENCE_FILE
+        rows.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
 
 
 def log_baseline_model(client, model_id: str, path: Path | None) -> None:
