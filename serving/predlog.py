@@ -16,7 +16,8 @@ so replicas share no volume with each other or with the monitoring pipeline. Loc
      "shop": "demo-store.myshopify.com"}
 
 ``features`` holds exactly what the model saw (fallback values included), in training column order;
-``cart`` and ``shop`` may be null. Readers should skip a last line without a newline (a file being
+``cart`` and ``shop`` may be null. A version that carries a spend model (train.spend) adds what the answer
+said of spend: ``"expected_spend": 84.2`` (rounded to cents) and ``"spend_tier": "HIGH"``. Readers should skip a last line without a newline (a file being
 written). Appending is asynchronous: requests add records to a bounded buffer
 (``serving.prediction_log_queue``) and a writer thread takes them every :data:`DRAIN_SECONDS`; when the
 buffer is full or a write fails the records are dropped and counted in

@@ -444,12 +444,16 @@ class StoreflowTransformer(Model):
         ts = now_iso()
         columns = self.features.columns
         request_id = headers.get("x-request-id")
-        self.log.append([
+        records = [
             {"ts": ts, "request_id": request_id, "model_name": self.registered_name, "model_version": version,
              "customer_id": cid, "fallback": bool(fb), "score": float(score),
              "features": dict(zip(columns, row.tolist())), "cart": cart, "shop": scoring.shop}
             for cid, row, fb, score, version, cart in zip(scoring.ids, scoring.rows, scoring.fallback,
-                                                          scoring.scores, scoring.versions, scoring.carts)])
+                                                          scoring.scores, scoring.versions, scoring.carts)]
+        if scoring.spend is not None:  # what the answer said: spend in cents, the tier
+            for record, amount, tier in zip(records, scoring.spend, scoring.spend_tiers):
+                record[SPEND_OUTPUT], record[SPEND_TIER_OUTPUT] = round(float(amount), 2), str(tier)
+        self.log.append(records)
 
     # -- metadata ------------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:

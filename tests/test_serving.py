@@ -413,7 +413,8 @@ def test_fuzzed_requests_never_get_5xx(server, case, raw):
 # -- prediction log ----------------------------------------------------------------------------------------
 def test_every_answer_is_in_the_prediction_log(trained, server):
     root, _, settings = trained
-    post(server, V1, {"instances": [{"customer_id": 11, "cart": {"subtotal": 20.0, "item_count": 1}}]})
+    (answer,) = post(server, V1, {"instances": [{"customer_id": 11, "cart": {"subtotal": 20.0, "item_count": 1}}]}
+                     ).json()["predictions"]
     deadline = time.monotonic() + 30
     records = []
     while time.monotonic() < deadline:
@@ -424,6 +425,8 @@ def test_every_answer_is_in_the_prediction_log(trained, server):
         time.sleep(0.2)
     record = next(r for r in records if r["customer_id"] == 11 and r["cart"])
     assert record["cart"] == {"subtotal": 20.0, "item_count": 1}
+    # spend as the answer said it, so monitoring can judge spend like the score (issue 14)
+    assert (record["expected_spend"], record["spend_tier"]) == (answer["expected_spend"], answer["spend_tier"])
     assert record["model_version"] == version_for(11)
     assert list(record["features"]) == settings.features.customer_features
     assert 0 <= record["score"] <= 1 and record["ts"].endswith("+00:00")
