@@ -58,7 +58,7 @@ def _source(files: list[Path]) -> str:
     # Explicit columns: no schema inference pass, and features stay JSON whatever keys each line has.
     return (f"read_json([{paths}], format='newline_delimited', ignore_errors=true, "
             "columns={ts: 'VARCHAR', model_version: 'VARCHAR', customer_id: 'BIGINT', fallback: 'BOOLEAN', "
-            "score: 'DOUBLE', features: 'JSON'})")
+            "score: 'DOUBLE', expected_spend: 'DOUBLE', features: 'JSON'})")
 
 
 def read_window(source: Path | list[Path], start: datetime, end: datetime, columns: list[str],
@@ -76,7 +76,7 @@ def read_window(source: Path | list[Path], start: datetime, end: datetime, colum
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"""CREATE TEMP VIEW logged AS
         SELECT TRY_CAST(ts AS TIMESTAMPTZ) AS ts, coalesce(model_version, 'none') AS model_version, customer_id,
-               fallback, score, features
+               fallback, score, expected_spend, features
         FROM {_source(files)}""")
     con.execute(f"CREATE TEMP VIEW windowed AS SELECT * FROM logged "
                 f"WHERE ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'")
@@ -88,7 +88,8 @@ def read_window(source: Path | list[Path], start: datetime, end: datetime, colum
     window.rows = window.rows_by_version.get(str(model_version), 0)
     if window.rows == 0:
         return window
-    rows = "SELECT ts, customer_id, fallback, score, features FROM windowed WHERE model_version = $1"
+    # expected_spend: what the answer said of spend (null in logs of versions without a spend model, or older)
+    rows = "SELECT ts, customer_id, fallback, score, expected_spend, features FROM windowed WHERE model_version = $1"
     if window.rows > max_rows:
         # Sample before parsing features: JSON extraction is the costly part.
         rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE ({int(seed)})"
@@ -97,7 +98,7 @@ def read_window(source: Path | list[Path], start: datetime, end: datetime, colum
     # json_extract gives SQL NULL for an absent key and JSON null for a null value: both matter.
     values = "".join(f", TRY_CAST(v[{i + 1}] AS DOUBLE) AS \"{c}\", v[{i + 1}] IS NOT NULL AS \"__has_{c}\""
                      for i, c in enumerate(columns))
-    query = (f"SELECT ts, customer_id, fallback, score{values} FROM "
+    query = (f"SELECT ts, customer_id, fallback, score, expected_spend{values} FROM "
              f"(SELECT *, json_extract(features, [{paths}]) AS v FROM ({rows}))") if columns else rows
     frame = con.execute(query, [str(model_version)]).df()
     # A key absent from every line is a missing column; present but null everywhere is all-null.

@@ -20,7 +20,7 @@ import pandas as pd
 
 from storeflow.components.config import Settings
 from storeflow.components.monitor import drift as drift_mod
-from storeflow.components.monitor.labels import attach_labels, latest_snapshot
+from storeflow.components.monitor.labels import latest_snapshot, matured_outcomes
 from storeflow.components.monitor.predictions import Window, log_dir, read_window
 from storeflow.components.monitor.reference import NoReference, Reference, champion_version, load_reference
 from storeflow.components.monitor.retrain import window_id
@@ -63,6 +63,7 @@ def decay(labelled: pd.DataFrame, reference: Reference | None, settings: Setting
     if labels.min() == labels.max():
         return {**out, "status": "single-class", "reason": "every matured prediction has the same outcome"}
     metrics = holdout_metrics(labels, labelled["score"].to_numpy())
+    spend = _spend_decay(labelled)
     holdout_auc = (reference.holdout if reference else {}).get("roc_auc")
     drop = None if holdout_auc is None else holdout_auc - metrics["roc_auc"]
     auc_level = drift_mod.level(drop, cfg.auc_drop_warning, cfg.auc_drop_critical)
@@ -70,7 +71,21 @@ def decay(labelled: pd.DataFrame, reference: Reference | None, settings: Setting
     return {**out, "status": "measured", "roc_auc": metrics["roc_auc"], "holdout_roc_auc": holdout_auc,
             "auc_drop": drop, "calibration_error": metrics["calibration_error"], "brier": metrics["brier"],
             "positive_rate": metrics["positive_rate"], "auc_level": auc_level, "calibration_level": cal_level,
-            "level": drift_mod.worst(auc_level, cal_level)}
+            "level": drift_mod.worst(auc_level, cal_level), **spend}
+
+
+def _spend_decay(labelled: pd.DataFrame) -> dict:
+    """Served expected spend against what the customers then spent in the horizon (aggregate error, error per
+    customer, top-decile lift: how train.spend is judged), over the matured predictions that logged one."""
+    from storeflow.components.evaluate.metrics import spend_metrics
+
+    if "expected_spend" not in labelled or "label_spend" not in labelled:
+        return {}
+    served = labelled[labelled["expected_spend"].notna() & labelled["label_spend"].notna()]
+    if served.empty:
+        return {}
+    found = spend_metrics(served["label_spend"].to_numpy(), served["expected_spend"].to_numpy())
+    return {"spend_labelled": int(len(served)), **found}
 
 
 def _reasons(drift: drift_mod.DriftResult | None, decay_: dict) -> list[str]:
@@ -124,7 +139,10 @@ def _decay_link(summary: dict) -> str:
     decay = summary["decay"]
     holdout = decay.get("holdout_roc_auc")
     versus = f" (holdout {holdout:.3f})" if holdout is not None else ""
-    return (f'<p>decay on {decay["labelled"]} matured predictions: ROC-AUC {decay["roc_auc"]:.3f}{versus} · '
+    spend = (f' · expected spend {decay["spend_predicted"]:,.0f} vs {decay["spend_actual"]:,.0f} actual '
+             f'({decay["spend_aggregate_error"]:+.1%}), top-decile lift {decay["spend_top_decile_lift"]:.2f}'
+             if decay.get("spend_labelled") else "")
+    return (f'<p>decay on {decay["labelled"]} matured predictions: ROC-AUC {decay["roc_auc"]:.3f}{versus}{spend} · '
             f'<a href="{html.escape(page)}">classification report</a></p>')
 
 
@@ -192,7 +210,8 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     labelled = pd.DataFrame()
     if not current.empty:
         label_snapshot = snapshot or latest_snapshot(settings.data_dir)
-        current = current.assign(label=attach_labels(current, label_snapshot, settings.features.label.horizon_days))
+        outcomes = matured_outcomes(current, label_snapshot, settings.features.label.horizon_days)
+        current = current.assign(label=outcomes["label"], label_spend=outcomes["label_spend"])
         labelled = current[current["label"].notna()]
 
     drift = None
