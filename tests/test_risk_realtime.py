@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from storeflow.components.ingest import ingest
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.stage import risk_rows, train_and_register
 from tests.conftest import free_port, quick_overrides
+from fake_admin import running
 from test_risk_writeback import FakeAdmin
 from test_webhook_signing import SECRET, SHOP, delivery
 
@@ -52,11 +52,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def admin():
-    server = FakeAdmin()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running(FakeAdmin()) as server:
+        yield server
 
 
 class Stack:

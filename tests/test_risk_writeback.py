@@ -5,11 +5,10 @@ throttling waited out, nothing lost when Shopify is down or the process dies bet
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_admin import FakeAdminServer, running
 
 from storeflow.components.config import load_settings
 from storeflow.components.shopify import assessments
@@ -20,14 +19,11 @@ RECORDED = Path(__file__).parent / "data" / "shopify_api"
 SHOP = "kettle-and-leaf.myshopify.com"
 
 
-class FakeAdmin(ThreadingHTTPServer):
+class FakeAdmin(FakeAdminServer):
     """Creates assessments and lists an order's; can throttle, fail with 503, or not know an order."""
 
-    daemon_threads = True
-
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        super().__init__()
         self.created: list[dict] = []  # the mutation inputs Shopify accepted
         self.throttle_next = 0
         self.down = False
@@ -54,29 +50,10 @@ class FakeAdmin(ThreadingHTTPServer):
         return 200, listed
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: FakeAdmin
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        status, body = self.server.answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def shopify():
-    server = FakeAdmin()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running(FakeAdmin()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ Shopify is down, user errors parked with Shopify's words."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from fake_admin import FakeAdminServer, running
 
 from storeflow.components.config import load_settings
 from storeflow.components.shopify import metafields
@@ -23,14 +22,11 @@ RECORDED = Path(__file__).parent / "data" / "shopify_api"
 SHOP = "kettle-and-leaf.myshopify.com"
 
 
-class FakeAdmin(ThreadingHTTPServer):
+class FakeAdmin(FakeAdminServer):
     """Sets customer metafields (atomically, as Shopify does); can throttle, fail with 503, or not know a customer."""
 
-    daemon_threads = True
-
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        super().__init__()
         self.calls: list[list[dict]] = []  # every metafieldsSet input received
         self.stored: dict[tuple[str, str], dict] = {}  # (owner, key) -> the metafield Shopify holds
         self.throttle_next = 0
@@ -57,29 +53,10 @@ class FakeAdmin(ThreadingHTTPServer):
         return 200, json.loads((RECORDED / "metafields_set.json").read_text())
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: FakeAdmin
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        status, body = self.server.answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def shopify():
-    server = FakeAdmin()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running(FakeAdmin()) as server:
+        yield server
 
 
 @pytest.fixture
