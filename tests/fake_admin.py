@@ -1,5 +1,6 @@
 """A Shopify Admin API on 127.0.0.1 for write-back tests: a subclass answers each GraphQL body it is posted
-(status and JSON, composed from tests/data/shopify_api), the server does the HTTP."""
+(status and JSON, composed from tests/data/shopify_api); the server does the HTTP, an outage (``down``) and
+throttling (``throttle_next`` calls answered THROTTLED) for all of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+RECORDED = Path(__file__).parent / "data" / "shopify_api"
 
 
 class FakeAdminServer(ThreadingHTTPServer):
@@ -16,8 +20,18 @@ class FakeAdminServer(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        self.throttle_next = 0
+        self.down = False
 
     def answer(self, body: dict) -> tuple[int, dict]:
+        if self.down:
+            return 503, {"errors": "Service Unavailable"}
+        if self.throttle_next:
+            self.throttle_next -= 1
+            return 200, json.loads((RECORDED / "throttled.json").read_text())
+        return self.respond(body)
+
+    def respond(self, body: dict) -> tuple[int, dict]:
         raise NotImplementedError
 
 
@@ -35,6 +49,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def admin_client(server: FakeAdminServer, shop: str):
+    """storeflow's Admin API client pointed at the fake, retrying twice without sleeping."""
+    from storeflow.components.config import load_settings
+    from storeflow.components.shopify.admin import AdminClient, Credentials
+
+    settings = load_settings({"shopify": {"admin_origin": server.origin, "max_retries": 2}})
+    return AdminClient(settings, Credentials(shop, "shpat_test"), sleep=lambda seconds: None)
 
 
 @contextmanager

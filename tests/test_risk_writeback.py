@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_admin import FakeAdminServer, running
+from fake_admin import FakeAdminServer, admin_client, running
 
-from storeflow.components.config import load_settings
 from storeflow.components.shopify import assessments
-from storeflow.components.shopify.admin import AdminClient, Credentials
 from storeflow.components.shopify.assessments import Fact, drain, enqueue
 
 RECORDED = Path(__file__).parent / "data" / "shopify_api"
@@ -25,16 +23,9 @@ class FakeAdmin(FakeAdminServer):
     def __init__(self):
         super().__init__()
         self.created: list[dict] = []  # the mutation inputs Shopify accepted
-        self.throttle_next = 0
-        self.down = False
         self.unknown_orders: set[str] = set()
 
-    def answer(self, body: dict) -> tuple[int, dict]:
-        if self.down:
-            return 503, {"errors": "Service Unavailable"}
-        if self.throttle_next:
-            self.throttle_next -= 1
-            return 200, json.loads((RECORDED / "throttled.json").read_text())
+    def respond(self, body: dict) -> tuple[int, dict]:
         if "orderRiskAssessmentCreate" in body["query"]:
             given = body["variables"]["input"]
             if given["orderId"] in self.unknown_orders:
@@ -58,8 +49,7 @@ def shopify():
 
 @pytest.fixture
 def client(shopify):
-    settings = load_settings({"shopify": {"admin_origin": shopify.origin, "max_retries": 2}})
-    admin = AdminClient(settings, Credentials(SHOP, "shpat_test"), sleep=lambda seconds: None)
+    admin = admin_client(shopify, SHOP)
     yield admin
     admin.close()
 

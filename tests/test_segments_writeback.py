@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fake_admin import FakeAdminServer, running
+from fake_admin import FakeAdminServer, admin_client, running
 
 from storeflow.components.config import load_settings
 from storeflow.components.shopify import metafields
-from storeflow.components.shopify.admin import AdminClient, Credentials
 from storeflow.components.shopify.metafields import Segment, drain, enqueue
 
 RECORDED = Path(__file__).parent / "data" / "shopify_api"
@@ -29,16 +28,9 @@ class FakeAdmin(FakeAdminServer):
         super().__init__()
         self.calls: list[list[dict]] = []  # every metafieldsSet input received
         self.stored: dict[tuple[str, str], dict] = {}  # (owner, key) -> the metafield Shopify holds
-        self.throttle_next = 0
-        self.down = False
         self.unknown_customers: set[str] = set()
 
-    def answer(self, body: dict) -> tuple[int, dict]:
-        if self.down:
-            return 503, {"errors": "Service Unavailable"}
-        if self.throttle_next:
-            self.throttle_next -= 1
-            return 200, json.loads((RECORDED / "throttled.json").read_text())
+    def respond(self, body: dict) -> tuple[int, dict]:
         given = body["variables"]["metafields"]
         self.calls.append(given)
         unknown = [i for i, m in enumerate(given) if m["ownerId"] in self.unknown_customers]
@@ -61,8 +53,7 @@ def shopify():
 
 @pytest.fixture
 def client(shopify):
-    settings = load_settings({"shopify": {"admin_origin": shopify.origin, "max_retries": 2}})
-    admin = AdminClient(settings, Credentials(SHOP, "shpat_test"), sleep=lambda seconds: None)
+    admin = admin_client(shopify, SHOP)
     yield admin
     admin.close()
 
