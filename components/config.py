@@ -575,6 +575,19 @@ class MonitorConfig(Section):
     ctr_drop_critical: float = Field(0.4, gt=0, le=1)
     popularity_products: int = Field(50, ge=1, description="Item popularity PSI: the baseline's most asked-about "
                                      "products, one bin each, and one bin for the rest (psi_warning/psi_critical).")
+    # order risk (components/monitor/risk.py): score and feature drift, alert rate, decay as disputes mature
+    risk_alert_ratio_warning: float = Field(1.5, gt=1, description="Order risk: the window's share of orders scored "
+                                            "HIGH or MEDIUM against the holdout's, as a ratio either way, at 95 % "
+                                            "confidence (Wilson interval of the window's share).")
+    risk_alert_ratio_critical: float = Field(2.0, gt=1)
+    risk_decay_days: float = Field(30, gt=0, description="Order risk decay: predictions logged in this many days "
+                                   "before the labels' maturity line (risk.maturity_days before the window's end), "
+                                   "judged on the labels the snapshot has by then.")
+    risk_min_frauds: int = Field(10, ge=1, description="Matured fraud labels needed to judge order risk decay.")
+    risk_pr_auc_drop_warning: float = Field(0.1, ge=0, description="Holdout PR-AUC minus served PR-AUC (order risk).")
+    risk_pr_auc_drop_critical: float = Field(0.2, ge=0)
+    risk_recall_drop_warning: float = Field(0.1, ge=0, description="Holdout recall at risk.fpr minus served (order risk).")
+    risk_recall_drop_critical: float = Field(0.2, ge=0)
     retrain: Literal["off", "local", "cluster"] = Field(
         "local", description="On critical: kfp.local training run, a run on kfp.host, or report only.")
     pushgateway: str | None = Field(None, description="Prometheus Pushgateway; else a textfile beside the report.")
@@ -584,7 +597,8 @@ class MonitorConfig(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> MonitorConfig:
-        for name in ("psi", "drift_share", "auc_drop", "calibration", "ctr_drop"):
+        for name in ("psi", "drift_share", "auc_drop", "calibration", "ctr_drop", "risk_alert_ratio",
+                     "risk_pr_auc_drop", "risk_recall_drop"):
             warning, critical = getattr(self, f"{name}_warning"), getattr(self, f"{name}_critical")
             if critical < warning:
                 raise ValueError(f"monitor.{name}_critical ({critical}) must not be below {name}_warning ({warning})")
