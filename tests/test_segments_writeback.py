@@ -29,8 +29,12 @@ class FakeAdmin(FakeAdminServer):
         self.calls: list[list[dict]] = []  # every metafieldsSet input received
         self.stored: dict[tuple[str, str], dict] = {}  # (owner, key) -> the metafield Shopify holds
         self.unknown_customers: set[str] = set()
+        self.definitions: dict[tuple[str, str], dict] = {}  # (namespace, key) -> the definition Shopify holds
+        self.refuse_definitions = False  # answer as a shop at its definition limit
 
     def respond(self, body: dict) -> tuple[int, dict]:
+        if "metafieldDefinitionCreate" in body["query"]:
+            return self.define(body["variables"]["definition"])
         given = body["variables"]["metafields"]
         self.calls.append(given)
         unknown = [i for i, m in enumerate(given) if m["ownerId"] in self.unknown_customers]
@@ -43,6 +47,16 @@ class FakeAdmin(FakeAdminServer):
         for metafield in given:
             self.stored[(metafield["ownerId"], metafield["key"])] = metafield
         return 200, json.loads((RECORDED / "metafields_set.json").read_text())
+
+    def define(self, definition: dict) -> tuple[int, dict]:
+        if self.refuse_definitions:
+            return 200, json.loads((RECORDED / "metafield_definition_invalid.json").read_text())
+        if (definition["namespace"], definition["key"]) in self.definitions:
+            return 200, json.loads((RECORDED / "metafield_definition_taken.json").read_text())
+        self.definitions[(definition["namespace"], definition["key"])] = definition
+        answer = json.loads((RECORDED / "metafield_definition_created.json").read_text())
+        answer["data"]["metafieldDefinitionCreate"]["createdDefinition"] |= {"key": definition["key"]}
+        return 200, answer
 
 
 @pytest.fixture
@@ -212,6 +226,28 @@ def test_storeflow_write_segments_scores_every_customer_with_the_champion_and_se
     calls = len(shopify.calls)
     again = CliRunner().invoke(app, ["write-segments", "--config", str(config)])
     assert again.exit_code == 0 and len(shopify.calls) == calls and "0 new or changed" in again.output
+    # Segments filter only on defined metafields: both were defined once, for customers, with their types.
+    assert set(shopify.definitions) == {("storeflow", "predicted_spend_tier"), ("storeflow", "repeat_probability")}
+    tier, probability = shopify.definitions[("storeflow", "predicted_spend_tier")], \
+        shopify.definitions[("storeflow", "repeat_probability")]
+    assert tier["ownerType"] == probability["ownerType"] == "CUSTOMER"
+    assert (tier["type"], probability["type"]) == ("single_line_text_field", "number_decimal")
+    assert json.loads(tier["validations"][0]["value"]) == ["LOW", "MEDIUM", "HIGH"]
+    assert "created the customer metafield definition" in result.output
+    assert "created the customer metafield definition" not in again.output  # TAKEN: already there, fine
+
+
+def test_a_refused_definition_stops_the_write_back_with_shopifys_words_and_keeps_the_values_queued(outbox, client,
+                                                                                                   shopify):
+    shopify.refuse_definitions = True
+    enqueue(outbox, _segments(5), "3")
+    with pytest.raises(metafields.ShopifyError, match="predicted_spend_tier.*maximum number of definitions"):
+        metafields.ensure_definitions(client)
+    assert outbox.execute("SELECT count(*) FROM segment_outbox WHERE state = 'pending'").fetchone()[0] == 5
+    shopify.refuse_definitions = False
+    assert metafields.ensure_definitions(client) == ["predicted_spend_tier", "repeat_probability"]
+    assert metafields.ensure_definitions(client) == []  # defined already: nothing created, no error
+    assert drain(outbox, client).sent == 5
 
 
 @pytest.mark.parametrize("request_kind", ["customers/redact", "shop/redact"])

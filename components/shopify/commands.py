@@ -75,7 +75,8 @@ def write_segments(
     dry_run: Annotated[bool, typer.Option(help="Score and queue, but send nothing to Shopify.")] = False,
 ) -> None:
     """Write every customer's spend tier and repeat probability to Shopify (customer metafields in namespace
-    storeflow), for segments: score with the champion, queue what changed, send it (metafieldsSet)."""
+    storeflow), for segments: score with the champion, queue what changed, define the metafields if Shopify
+    has no definition yet (segments filter only on defined ones), send the values (metafieldsSet)."""
     settings = settings_from(config, set_)
     from storeflow.components.shopify import metafields
     from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
@@ -90,6 +91,10 @@ def write_segments(
                 return
             client = AdminClient(settings, credentials(settings))
             try:
+                created = metafields.ensure_definitions(client)
+                if created:
+                    console.print(f"created the customer metafield definition(s) {', '.join(created)} "
+                                  f"(namespace {metafields.NAMESPACE}): segments can filter on them")
                 result = metafields.drain(db, client)
             finally:
                 client.close()

@@ -13,6 +13,10 @@ metafield exists, so a batch sent again after a crash between sending and record
 values: nothing to undo, nothing doubled. The mutation is atomic: when Shopify answers with user errors
 nothing of the batch was set; the customers its errors point at (``elementIndex``) are parked with
 Shopify's message and the others go out in the next call.
+
+Shopify's segment editor filters only on customer metafields that have a *definition*, so before sending
+values :func:`ensure_definitions` creates the two (``metafieldDefinitionCreate``; the tier with its three
+choices, the probability bounded to [0, 1]); one that exists already (code ``TAKEN``) is left as it is.
 """
 
 from __future__ import annotations
@@ -41,6 +45,24 @@ SET = """mutation SetCustomerSegments($metafields: [MetafieldsSetInput!]!) {
     userErrors { field message code elementIndex }
   }
 }"""
+
+DEFINE = """mutation DefineCustomerSegmentField($definition: MetafieldDefinitionInput!) {
+  metafieldDefinitionCreate(definition: $definition) {
+    createdDefinition { id namespace key }
+    userErrors { field message code }
+  }
+}"""
+# What a merchant sees in the segment editor: metafields.storeflow.predicted_spend_tier = 'HIGH', ... >= 0.5
+DEFINITIONS = (
+    {"name": "Predicted spend tier", "namespace": NAMESPACE, "key": SPEND_TIER_KEY, "ownerType": "CUSTOMER",
+     "type": "single_line_text_field",
+     "description": "storeflow's spend tier for the next horizon (LOW, MEDIUM, HIGH), as Shopify's predicted spend tier",
+     "validations": [{"name": "choices", "value": '["LOW","MEDIUM","HIGH"]'}]},
+    {"name": "Repeat purchase probability", "namespace": NAMESPACE, "key": PROBABILITY_KEY, "ownerType": "CUSTOMER",
+     "type": "number_decimal",
+     "description": "storeflow's probability that the customer orders again within the label horizon",
+     "validations": [{"name": "min", "value": "0"}, {"name": "max", "value": "1"}]},
+)
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS segment_outbox (
     customer_id TEXT PRIMARY KEY,
@@ -109,6 +131,22 @@ def enqueue(db: sqlite3.Connection, segments: Iterable[Segment], model_version: 
         db.execute("ROLLBACK")
         raise
     return changed
+
+
+def ensure_definitions(client: AdminClient) -> list[str]:
+    """Create the customer metafield definitions segments filter on; returns the keys created now (a key
+    whose definition exists already is skipped). Any other user error raises ``ShopifyError`` with
+    Shopify's words: values without a definition could not be segmented on."""
+    created = []
+    for definition in DEFINITIONS:
+        answer = client.execute(DEFINE, {"definition": definition}).get("metafieldDefinitionCreate") or {}
+        errors = [error for error in answer.get("userErrors") or [] if error.get("code") != "TAKEN"]
+        if errors:
+            raise ShopifyError(f"metafieldDefinitionCreate {NAMESPACE}.{definition['key']} was refused: "
+                               + "; ".join(_describe(error) for error in errors))
+        if answer.get("createdDefinition"):
+            created.append(definition["key"])
+    return created
 
 
 def drain(db: sqlite3.Connection, client: AdminClient, limit: int | None = None) -> DrainResult:
