@@ -12,7 +12,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from storeflow.components.train.spend import TIERS, fit_spend, spend_tiers, tier_spend
+from storeflow.components.train.spend import TIER_PERCENTILES, TIERS, fit_spend, spend_tiers, tier_spend
 
 
 def _rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -24,9 +24,19 @@ def _rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_spend_tiers_follow_the_cut_points_and_bad_cuts_are_named() -> None:
     assert spend_tiers(np.array([0.0, 5.0, 10.0, 50.0, 100.0, 101.0]), [5.0, 100.0]).tolist() == [
-        "LOW", "MEDIUM", "MEDIUM", "MEDIUM", "MEDIUM", "HIGH"]
+        "LOW", "LOW", "MEDIUM", "MEDIUM", "MEDIUM", "HIGH"]
     with pytest.raises(ValueError, match="cut points"):
         spend_tiers(np.array([1.0]), [10.0, 5.0])
+
+
+def test_the_lowest_tier_is_not_empty_when_many_customers_tie_at_the_lowest_prediction() -> None:
+    """Tree predictions tie: on CDNOW 11.5 % of the calibration cutoff share the lowest one, so the 10th
+    percentile equals it and LOW used to hold nobody."""
+    predicted = np.concatenate([np.full(115, 2.38), np.linspace(2.4, 40.0, 885)])
+    cuts = [float(c) for c in np.percentile(predicted, TIER_PERCENTILES)]
+    tiers = spend_tiers(predicted, cuts)
+    assert (tiers == "LOW").sum() == 115 and set(tiers[predicted == 2.38]) == {"LOW"}
+    assert 0.29 < (tiers == "HIGH").mean() < 0.31
 
 
 def test_spend_totals_match_the_calibration_cutoff_and_tiers_rank_what_customers_spend() -> None:

@@ -4,7 +4,7 @@ A Poisson-loss gradient-boosted regressor on the propensity model's features (sp
 mostly zero), recalibrated on the calibration cutoff by a Poisson fit on its log prediction (spend =
 e^a * predicted^b: with its intercept the predicted total matches that cutoff's actual), as the propensity
 is calibrated there. Tiers follow Shopify's ``CustomerPredictedSpendTier`` (LOW, MEDIUM, HIGH):
-HIGH above the 70th percentile of predicted spend, LOW below the 10th, over the calibration cutoff's
+HIGH above the 70th percentile of predicted spend, LOW at or below the 10th, over the calibration cutoff's
 customers; the cut points travel with the model, so a tier means the same for every customer served.
 """
 
@@ -22,7 +22,7 @@ from storeflow.components.features.dataset import SPEND_LABEL
 
 SPEND_DIR = "spend"  # the spend model's folder inside the propensity model's directory (train.log_spend_model)
 TIERS = ("LOW", "MEDIUM", "HIGH")
-TIER_PERCENTILES = (10, 70)  # Shopify's predicted spend tier: LOW below the 10th percentile, HIGH above the 70th
+TIER_PERCENTILES = (10, 70)  # Shopify's predicted spend tier: LOW up to the 10th percentile, HIGH above the 70th
 TREE_PARAMS = ("max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf", "random_state")
 
 
@@ -42,12 +42,16 @@ def fit_spend(params: dict, train_x: pd.DataFrame, train_y: np.ndarray, calibrat
 
 
 def spend_tiers(spend: np.ndarray, cuts: list[float]) -> np.ndarray:
-    """LOW, MEDIUM or HIGH per predicted spend, by the model's cut points (LOW below the first, HIGH above
-    the second)."""
+    """LOW, MEDIUM or HIGH per predicted spend, by the model's cut points (LOW at or below the first, HIGH
+    above the second).
+
+    At or below: the first cut is the 10th percentile, and tree predictions tie. When more than a tenth of
+    customers share the lowest prediction (CDNOW: 11.5 % of the calibration cutoff, one-order customers
+    long gone), the percentile *is* that prediction, and "below" it would leave LOW empty."""
     if len(cuts) != len(TIERS) - 1 or cuts[0] > cuts[1]:
         raise ValueError(f"spend tier cut points must be {len(TIERS) - 1} ascending numbers, got {cuts}")
     spend = np.asarray(spend, dtype=float)
-    return np.where(spend < cuts[0], TIERS[0], np.where(spend > cuts[1], TIERS[2], TIERS[1])).astype(object)
+    return np.where(spend <= cuts[0], TIERS[0], np.where(spend > cuts[1], TIERS[2], TIERS[1])).astype(object)
 
 
 def tier_spend(tiers: np.ndarray, actual: np.ndarray) -> dict[str, float]:
