@@ -110,7 +110,8 @@ def read_bulk_jsonl(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SCHEMAS}
     for frames in stream_bulk_jsonl(paths):
         for name, frame in frames.items():
-            parts[name].append(frame)
+            if name in parts:  # not the snapshot's order_risk batches (risk.orders)
+                parts[name].append(frame)
     return {
         name: pd.concat(frames, ignore_index=True) if frames else empty_frame(name)
         for name, frames in parts.items()
@@ -165,12 +166,30 @@ def _stream_file(path: Path) -> Iterator[dict[str, pd.DataFrame]]:
                 raise _absent(path, table.num_rows, "", ["id"], 0, ALWAYS)
             yield _normalize(table, offset, tally)
         tally.check(path)
+        yield from _order_risk(path)
     except _BadRow as bad:
         raise IngestError(bad.problem, path, f"line {_line_of_row(path, bad.row)[0]}") from None
     except pa.ArrowException as exc:
         # The reader does not check UTF-8: bytes that are not fail later, converting a column
         # ("Unknown error: Wrapping ... failed"), so conversion errors are located line by line too.
         raise _locate_parse_error(path, exc) from None
+
+
+def _order_risk(path: Path) -> Iterator[dict[str, pa.Table]]:
+    """The orders' risk fields (components/risk/query.graphql), when the file carries them, as the snapshot's
+    ``order_risk`` table: the risk stage reads them from the snapshot, not from an export another pod may not
+    reach. A value that is not Shopify's is a warning here (the risk stage names it), never a failed ingest, and
+    the snapshot keeps no risk table at all (None: what was written of it is dropped), never part of one."""
+    from storeflow.components.risk.orders import SNAPSHOT_TABLE, snapshot_batches
+
+    try:
+        tables = list(snapshot_batches(path))
+    except IngestError as exc:
+        log.warning("order risk fields not kept in the snapshot: %s", exc)
+        yield {SNAPSHOT_TABLE: None}
+        return
+    for table in tables:
+        yield {SNAPSHOT_TABLE: table}
 
 
 def _tables(path: Path) -> Iterator[tuple[int, pa.Table]]:

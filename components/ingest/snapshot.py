@@ -63,6 +63,8 @@ class SnapshotWriter:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.snapshot.name}.", dir=self.snapshot.parent))
         self.tmp.chmod(0o755)  # mkdtemp is private; snapshots are read by other users (pipeline pods)
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._written: set[str] = set()  # every table written (close empties _writers)
+        self._dropped: set[str] = set()  # extra tables a reader gave up on: not kept
 
     def __enter__(self) -> SnapshotWriter:
         return self
@@ -71,13 +73,22 @@ class SnapshotWriter:
         self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def write(self, tables: dict[str, pd.DataFrame]) -> None:
+    def write(self, tables: dict[str, pd.DataFrame | pa.Table]) -> None:
         for name, frame in tables.items():
+            if name not in SCHEMAS:  # a table a stage keeps beside the store's (order_risk): written as given
+                if frame is None or name in self._dropped:  # None: the reader could not give all of it
+                    self._dropped.add(name)
+                    continue
+                if name not in self._writers:
+                    self._writers[name] = pq.ParquetWriter(table_path(self.tmp, name), frame.schema)
+                self._writers[name].write_table(frame)
+                continue
             if name not in self._writers:
                 self._writers[name] = pq.ParquetWriter(table_path(self.tmp, name), SCHEMAS[name])
             self._writers[name].write_table(conform(name, frame))
 
     def close(self) -> None:
+        self._written |= set(self._writers)
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -93,8 +104,13 @@ class SnapshotWriter:
             if repeated:
                 dropped[name] = repeated
             entries[name] = {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+        for name in self._dropped:
+            table_path(self.tmp, name).unlink(missing_ok=True)
+        extra = {name: {"file": table_path(self.tmp, name).name, "rows": pq.ParquetFile(table_path(self.tmp, name))
+                        .metadata.num_rows} for name in sorted(self._written - self._dropped) if name not in SCHEMAS}
         manifest = {
-            **metadata,
+            **{key: value for key, value in metadata.items() if key != "extra_tables"},  # a rewrite names its own
+            **({"extra_tables": extra} if extra else {}),
             # validate reports them; a rewrite (erasure) keeps what the first ingest dropped
             "duplicates_dropped": {**metadata.get("duplicates_dropped", {}), **dropped},
             "tables": entries,

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from storeflow.components.config import Settings
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
-from storeflow.components.risk.orders import CANCEL_REASONS, COLUMNS, address_key, read_risk_fields
+from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, address_key, read_risk_fields,
+                                              snapshot_risk_fields)
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row)
 from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_table
@@ -133,7 +134,9 @@ class LiveHistory:
         inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
         risk = None
         try:
-            risk = read_risk_fields(inputs) if inputs else None
+            risk = snapshot_risk_fields(newest)  # kept by ingest; else the export's
+            if risk is None:
+                risk = read_risk_fields(inputs) if inputs else None
         except Exception as exc:  # noqa: BLE001 - features still work, without the snapshot orders' risk fields
             log.warning("order risk fields of snapshot %s not readable (%s): earlier orders count without their "
                         "addresses and gateways", newest.name, exc)

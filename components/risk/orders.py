@@ -15,7 +15,7 @@ without a provider; null when Shopify has not assessed the order).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,39 @@ def read_risk_fields(paths: Sequence[Path]) -> pd.DataFrame:
                           ", ".join(plain))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     return frame.drop_duplicates("order_id", keep="last").reset_index(drop=True)
+
+
+SNAPSHOT_TABLE = "order_risk"  # the snapshot file ingest keeps these columns in (ingest.bulk_jsonl)
+
+
+def snapshot_risk_fields(snapshot: Path) -> pd.DataFrame | None:
+    """The orders' risk fields ingest kept in the snapshot (``order_risk.parquet``), or None for a snapshot
+    ingested without them (an older one, a CSV export, or one erasure rewrote: the export is read instead)."""
+    path = Path(snapshot) / f"{SNAPSHOT_TABLE}.parquet"
+    if not path.exists():
+        return None
+    frame = pd.read_parquet(path)
+    return frame.drop_duplicates("order_id", keep="last").reset_index(drop=True)
+
+
+def snapshot_batches(path: Path) -> Iterator[pa.Table]:
+    """The risk fields of ``path``'s orders as tables of ``TABLE_SCHEMA``, batch by batch, for ingest to keep
+    in the snapshot (``order_risk.parquet``). Nothing when the first batch's orders carry none of the fields
+    (ingest's own Orders export, a synthetic store without fraud): that file is not read a second time."""
+    options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
+    seen_orders = False
+    for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES),
+                                  parse_options=options):
+        table = pa.Table.from_batches([batch])
+        kind, number = split_gids(table["id"])
+        orders = pc.fill_null(pc.equal(kind, "Order"), False)
+        table, number = table.filter(orders), number.filter(orders)
+        if table.num_rows == 0:
+            continue
+        if not seen_orders and not sum(table.num_rows - table[name].null_count for name in RISK_FIELDS):
+            return
+        seen_orders = True
+        yield pa.Table.from_pandas(_frame(table, number, path), schema=TABLE_SCHEMA, preserve_index=False)
 
 
 def _read(path: Path) -> tuple[list[pd.DataFrame], int]:

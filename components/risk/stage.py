@@ -20,8 +20,8 @@ from storeflow.components.config import RiskConfig, Settings
 from storeflow.components.evaluate.metrics import Comparison, decide, paired_bootstrap
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.risk import model as risk_model
-from storeflow.components.risk.features import LABEL, order_risk_features
-from storeflow.components.risk.orders import read_risk_fields
+from storeflow.components.risk.features import LABEL, ORDER_FEATURES, TIME, order_risk_features
+from storeflow.components.risk.orders import read_risk_fields, snapshot_risk_fields
 from storeflow.components.risk.protocol import LEVELS_METADATA
 from storeflow.components.tables import read_tables
 
@@ -43,8 +43,11 @@ def snapshot_inputs(snapshot: Path) -> list[Path]:
 
 
 def risk_rows(snapshot: Path, inputs: list[Path] | None = None) -> pd.DataFrame:
-    """One row per order of the snapshot: features as of its creation, Shopify's level and the fraud label."""
-    risk = read_risk_fields(inputs or snapshot_inputs(snapshot))
+    """One row per order of the snapshot: features as of its creation, Shopify's level and the fraud label. The
+    risk fields come from ``inputs`` when given, else from the snapshot, else from the export it was ingested from."""
+    risk = read_risk_fields(inputs) if inputs else snapshot_risk_fields(snapshot)
+    if risk is None:
+        risk = read_risk_fields(snapshot_inputs(snapshot))
     return order_risk_features(read_tables(Path(snapshot)), risk)
 
 
@@ -105,6 +108,7 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
         mlflow.log_params({f"level_{name}": value for name, value in evaluation.levels.items()})
         mlflow.log_text(text, "evaluation.md")
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
+        _log_reference(split.holdout, fitted, risk)
         example = risk_model.inputs(split.train.head(5), risk)
         info = mlflow.sklearn.log_model(
             fitted, name="model", signature=infer_signature(example, fitted.predict_proba(example)[:, 1]),
@@ -132,6 +136,26 @@ def _versus(holdout: pd.DataFrame, ours, theirs, risk: RiskConfig) -> Comparison
     return paired_bootstrap(holdout[LABEL].to_numpy(), ours.predict_proba(x)[:, 1],
                             np.asarray(theirs.predict_proba(their_x)[:, 1]), "pr_auc",
                             risk.bootstrap_samples, risk.confidence, risk.seed, groups=groups)
+
+
+REFERENCE = "reference/holdout.parquet"  # what monitoring compares served orders with (monitor.risk)
+
+
+def reference_frame(holdout: pd.DataFrame, fitted, risk: RiskConfig) -> pd.DataFrame:
+    """The holdout as monitoring's reference: each order's time, features, the model's score and the label."""
+    return holdout[[TIME, *ORDER_FEATURES, LABEL]].assign(
+        score=fitted.predict_proba(risk_model.inputs(holdout, risk))[:, 1]).reset_index(drop=True)
+
+
+def _log_reference(holdout: pd.DataFrame, fitted, risk: RiskConfig) -> None:
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE).name
+        reference_frame(holdout, fitted, risk).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE).parent))
 
 
 _NAMES = {"shopify": "Shopify's risk level", "rules": "rules"}
