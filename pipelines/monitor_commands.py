@@ -30,6 +30,10 @@ def monitor(
         summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary, LAUNCHERS).to_json())
         decision["recommendations"] = json.loads(
             retrain_recommender_if_needed(settings, result.summary, RECOMMENDER_LAUNCHERS).to_json())
+        from storeflow.components.monitor.retrain import retrain_risk_if_needed
+        from storeflow.pipelines.retraining import RISK_LAUNCHERS
+
+        decision["risk"] = json.loads(retrain_risk_if_needed(settings, result.summary, RISK_LAUNCHERS).to_json())
         report = result.report_html
     else:
         from storeflow.pipelines.local import PipelineFailed, run_local

@@ -35,20 +35,25 @@ def retrain(summary: str, config_json: str = "{}", window_hours: float = -1.0) -
             monitor.window_hours.
 
     Returns:
-        The training RetrainDecision as JSON, with the recommender's under "recommendations".
+        The training RetrainDecision as JSON, with the recommender's under "recommendations" and order risk's
+        under "risk" (the risk pipeline starts when the summary's risk part is critical).
     """
     import json
 
     from storeflow.components.config import load_run_settings
     from storeflow.components.monitor import retrain_if_needed, retrain_recommender_if_needed
-    from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS
+    from storeflow.components.monitor.retrain import retrain_risk_if_needed
+    from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS, RISK_LAUNCHERS
 
     settings = load_run_settings(config_json, {"monitor.window_hours": window_hours})
     decision = retrain_if_needed(settings, json.loads(summary), LAUNCHERS)
     print(f"retraining {'started' if decision.started else 'not started'}: {decision.reason}")
     recommender = retrain_recommender_if_needed(settings, json.loads(summary), RECOMMENDER_LAUNCHERS)
     print(f"recommender retraining {'started' if recommender.started else 'not started'}: {recommender.reason}")
-    return json.dumps({**json.loads(decision.to_json()), "recommendations": json.loads(recommender.to_json())})
+    risk = retrain_risk_if_needed(settings, json.loads(summary), RISK_LAUNCHERS)
+    print(f"order risk retraining {'started' if risk.started else 'not started'}: {risk.reason}")
+    return json.dumps({**json.loads(decision.to_json()), "recommendations": json.loads(recommender.to_json()),
+                       "risk": json.loads(risk.to_json())})
 
 
 def build_monitoring_pipeline(settings: Settings = DEFAULTS):

@@ -34,7 +34,7 @@ def _in_full_sdk(mode: str, settings: Settings) -> dict:
     done = subprocess.run([sys.executable, "-c", code, mode], input=settings.to_json(), env=env, text=True,
                           capture_output=True)
     if done.returncode != 0:
-        what = "recommendations" if mode.startswith("recommendations") else "training"
+        what = "recommendations" if mode.startswith("recommendations") else "risk" if mode.startswith("risk") else "training"
         if mode.endswith("cluster"):  # no run was created: the window stays open for the next monitoring run
             raise ConnectionError(f"submitting the {what} pipeline failed:\n{done.stderr[-4000:]}")
         raise RuntimeError(f"local {what} run failed:\n{done.stderr[-4000:]}")
@@ -99,14 +99,37 @@ def _submit_recommendations(settings: Settings) -> dict:
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 
+def _risk_local(settings: Settings) -> dict:
+    from storeflow.pipelines.local import run_local
+    from storeflow.pipelines.risk import STAGES, risk_pipeline
+
+    result = run_local(risk_pipeline, settings, STAGES)
+    return {"registration": json.loads(result.output), "log": str(result.log), "seconds": result.seconds}
+
+
+def _submit_risk(settings: Settings) -> dict:
+    """The order risk pipeline, checked in or compiled now, as :func:`_submit` does for training."""
+    from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled
+    from storeflow.pipelines.risk import build_risk_pipeline
+
+    package = compiled("pipelines/risk.yaml", lambda: build_risk_pipeline(settings))
+    submitted = start_run(settings, package, run_name=f"retrain-order-risk-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    return {"run_id": submitted.run_id, "url": submitted.url}
+
+
 def _here_or_full_sdk(mode: str) -> Callable[[Settings], dict]:
     return lambda settings: _in_full_sdk(mode, settings) if _in_kfp_task() else _LAUNCH[mode](settings)
 
 
 _LAUNCH: dict[str, Callable[[Settings], dict]] = {
     "local": _train_local, "cluster": _submit,
-    "recommendations-local": _recommend_local, "recommendations-cluster": _submit_recommendations}
+    "recommendations-local": _recommend_local, "recommendations-cluster": _submit_recommendations,
+    "risk-local": _risk_local, "risk-cluster": _submit_risk}
 LAUNCHERS: dict[str, Callable[[Settings], dict]] = {"local": _start_local, "cluster": _start_cluster}
 # A CTR drop or item-popularity drift of the recommender (monitor.retrain_recommender_if_needed) starts these.
 RECOMMENDER_LAUNCHERS: dict[str, Callable[[Settings], dict]] = {
     "local": _here_or_full_sdk("recommendations-local"), "cluster": _here_or_full_sdk("recommendations-cluster")}
+# Score or feature drift, the alert rate or decay of the order risk model (monitor.retrain_risk_if_needed) start these.
+RISK_LAUNCHERS: dict[str, Callable[[Settings], dict]] = {
+    "local": _here_or_full_sdk("risk-local"), "cluster": _here_or_full_sdk("risk-cluster")}

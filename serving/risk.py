@@ -165,12 +165,17 @@ def _matrix(rows, width: int) -> np.ndarray:
 
 
 def prediction_log(settings: Settings) -> PredictionLog | None:
-    """Where each risk prediction is logged; none when ``serving.prediction_log`` is off."""
+    """Where each risk prediction is logged (:mod:`storeflow.components.risk.logs`: ``<state_dir>/risk/predictions``,
+    shipped to ``<serving.prediction_log_store>/risk/`` when a store is set, where monitoring reads it); none when
+    ``serving.prediction_log`` is off."""
+    from storeflow.components.risk.logs import local_dir, log_store
+
     cfg = settings.serving
     if not cfg.prediction_log:
         return None
-    return PredictionLog(settings.project.state_dir / "risk" / "predictions", cfg.prediction_log_queue,
-                         cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files)
+    return PredictionLog(local_dir(settings), cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes,
+                         cfg.prediction_log_keep_files, store=log_store(settings),
+                         ship_seconds=cfg.prediction_log_ship_seconds)
 
 
 def resolve(settings: Settings, alias: str = "champion", version: str | None = None) -> tuple[str, Path]:

@@ -61,6 +61,15 @@ def retrain_recommender_if_needed(settings: Settings, summary: dict,
     return _once(settings, part, launchers, settings.recommendations.model_name)
 
 
+def retrain_risk_if_needed(settings: Settings, summary: dict,
+                           launchers: dict[str, Callable[[Settings], dict]]) -> RetrainDecision:
+    """The same for order risk: start the risk pipeline (``launchers``, by ``monitor.retrain``) when the summary's
+    ``risk`` part (:func:`storeflow.components.monitor.risk.risk_window`: score or feature drift, the alert rate,
+    decay on matured dispute labels) is critical, once per risk version and window."""
+    part = summary.get("risk") or {"level": "ok"}
+    return _once(settings, part, launchers, settings.risk.model_name)
+
+
 def _once(settings: Settings, summary: dict, launchers: dict[str, Callable[[Settings], dict]],
           model_name: str) -> RetrainDecision:
     mode = settings.monitor.retrain

@@ -129,7 +129,7 @@ def _banner(summary: dict) -> str:
             f"<p>window {html.escape(window['start'])} → {html.escape(window['end'])} · "
             f"{summary['rows']['window']} predictions, {summary['rows']['sampled']} analysed, "
             f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul>{_decay_link(summary)}"
-            f"{_recommendations_html(summary.get('recommendations'))}</div>")
+            f"{_recommendations_html(summary.get('recommendations'))}{_risk_html(summary.get('risk'))}</div>")
 
 
 def _decay_link(summary: dict) -> str:
@@ -253,6 +253,8 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
         "decay": decay_,
         "recommendations": _recommendations(settings, start, end),
     }
+    risk = _risk(settings, start, end, snapshot)
+    summary["risk"] = risk.summary
     summary = json.loads(json.dumps(summary, default=_plain))
 
     root = out_dir or (cfg.report_dir or settings.project.state_dir / "monitoring") / "reports"
@@ -264,6 +266,9 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
         classification_html = out / "classification.html"
         _classification_report(labelled).save_html(str(classification_html))
         summary["decay"]["report_html"] = classification_html.name
+    if risk.report is not None:  # the order risk model's Evidently drift report, linked from the banner
+        risk.report.save_html(str(out / "risk.html"))
+        summary["risk"]["report_html"] = "risk.html"
     _write_html(report_html, summary, drift.report if drift else None)
     if drift and drift.report is not None:
         report_json = out / "report.json"
@@ -300,6 +305,40 @@ def _recommendations(settings: Settings, start: datetime, end: datetime) -> dict
     except Exception as exc:  # noqa: BLE001 - the propensity report stands without it
         return {"status": "error", "level": "ok", "reasons": [], "notes": [f"recommendation logs not read: {exc}"],
                 "model_version": None, "ctr": []}
+
+
+def _risk(settings: Settings, start: datetime, end: datetime, snapshot: Path | None):
+    """The order risk model's window (drift, alert rate, decay: monitor.risk), with its own level; a log or
+    registry that cannot be read is a note in the report, never a failed monitoring run."""
+    from storeflow.components.monitor.risk import RiskWindow, risk_window
+
+    try:
+        return risk_window(settings, start, end, snapshot)
+    except Exception as exc:  # noqa: BLE001 - the propensity report stands without it
+        return RiskWindow({"status": "error", "level": "ok", "reasons": [], "notes": [f"risk logs not read: {exc}"],
+                           "model_name": settings.risk.model_name, "model_version": None})
+
+
+def _risk_html(part: dict | None) -> str:
+    if not part or part.get("status") in ("no-data", None):
+        return ""
+    colour = {"ok": "#1b7f3b", "warning": "#b26a00", "critical": "#b00020"}.get(part["level"], "#555")
+    alerts, decay_ = part.get("alerts") or {}, part.get("decay") or {}
+    lines = [f"{part['rows']['window']:,} orders scored"] if part.get("rows") else []
+    if alerts.get("rate") is not None:
+        lines.append(f"HIGH or MEDIUM {_percent(alerts['rate'])} (holdout {_percent(alerts['reference_rate'])})")
+    if decay_.get("status") == "measured":
+        lines.append(f"on {decay_['labelled']:,} matured orders ({decay_['frauds']} fraud): PR-AUC "
+                     f"{decay_['pr_auc']:.3f} (holdout {decay_['holdout_pr_auc'] or float('nan'):.3f}), recall at "
+                     f"{decay_['fpr']:.0%} FPR {decay_['recall']:.3f}")
+    elif decay_.get("reason"):
+        lines.append(f"decay: {decay_['reason']}")
+    link = f' · <a href="{html.escape(part["report_html"])}">drift report</a>' if part.get("report_html") else ""
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in part.get("reasons", []) + part.get("notes", []))
+    return (f"<h3 style=\"margin:12px 0 4px\">order risk · {html.escape(str(part.get('model_name')))} "
+            f"v{html.escape(str(part.get('model_version')))} · <span style=\"color:{colour}\">"
+            f"{html.escape(part['status'])} / {html.escape(part['level'])}</span></h3>"
+            f"<p>{html.escape(' · '.join(lines))}{link}</p><ul>{items}</ul>")
 
 
 def _recommendations_html(part: dict | None) -> str:
