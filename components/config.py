@@ -619,6 +619,9 @@ class RecommendationsConfig(Section):
     horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
                               "the cutoff (the last purchase minus this) is what they should have been shown.")
     neighbours: int = Field(50, gt=0, description="Similar products kept per product.")
+    availability_refresh_seconds: float = Field(
+        1.0, gt=0, description="Serving holds product availability in memory and reads the online store again "
+        "this often when it changed (SQLite) or always (Redis): a product a webhook sold out is hidden within it.")
     inference_service: str = Field("storeflow-recommendations", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$",
                                    description="The recommender's KServe InferenceService (kustomize/components/"
                                    "recommendations).")

@@ -17,7 +17,9 @@ has unpublished or sold out (:mod:`storeflow.components.recommend.availability`,
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 import uuid
 from pathlib import Path
 from collections.abc import Callable
@@ -27,8 +29,8 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from storeflow.components.recommend.availability import OnlineLookup, ProductState, ensure_view
-from storeflow.components.recommend.model import ItemItem
+from storeflow.components.recommend.availability import LiveCatalog, ProductState, ensure_view
+from storeflow.components.recommend.model import ItemItem, Neighbours
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
@@ -40,7 +42,6 @@ PRODUCT_GID = "gid://shopify/Product/"
 MAX_BASKET = 250  # a Shopify cart holds at most 250 lines
 MAX_INSTANCES = 64
 MAX_K = 50
-CANDIDATES_PER_SLOT = 4  # candidates ranked per product asked for, before unavailable ones are dropped
 
 
 def product_id(value) -> int:
@@ -65,12 +66,15 @@ class RecommenderModel(Model):
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
     def __init__(self, name: str, model_dir: Path, version: str, k: int,
-                 catalog: Callable[[list[int]], dict[int, ProductState]] | None = None, log: PredictionLog | None = None):
+                 catalog: Callable[[list[int]], LiveCatalog] | None = None, log: PredictionLog | None = None):
         super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
         self.model_dir, self.version, self.k = Path(model_dir), version, k
         self.model: ItemItem | None = None
-        # What the store said of the products asked about (Feast online store): available, title, handle.
-        self.catalog = catalog or (lambda products: {})
+        self.neighbours: Neighbours | None = None
+        # What the store says of the model's products (Feast online store): which are hidden, their titles
+        # and handles; built on load for the model's products (availability_catalog).
+        self._catalog_for = catalog
+        self.catalog: LiveCatalog | None = None
         self.log = log  # each answer, with the request id feedback events name (serving.recommend_feedback)
 
     def load(self) -> bool:
@@ -78,6 +82,9 @@ class RecommenderModel(Model):
         if not found:
             raise FileNotFoundError(f"{self.model_dir} holds no recommender (similarity.npz)")
         self.model = ItemItem.load(found[0].parent)
+        self.neighbours = Neighbours(self.model)
+        if self._catalog_for is not None:
+            self.catalog = self._catalog_for(self.neighbours.products.tolist())
         self.ready = True
         return True
 
@@ -124,12 +131,11 @@ class RecommenderModel(Model):
         v2, baskets = request
         if response_headers is not None:  # KServe hands response headers to predict, not postprocess
             response_headers[VERSION_HEADER] = self.version
-        # Ranked beyond k, so that dropping unpublished and out-of-stock products still leaves k; one
-        # availability lookup for every candidate of the request.
-        ranked = [self.model.recommend(basket, k * CANDIDATES_PER_SLOT) for basket, k in baskets]
-        known = self.catalog(sorted({p for products in ranked for p in products}))
-        shown = [[p for p in products if p not in known or known[p].available][:k]
-                 for products, (_, k) in zip(ranked, baskets)]
+        # The registered model's ranking without the basket's and the hidden (unpublished, sold out) products:
+        # one in-memory mask, kept current in the background (LiveCatalog); nothing here waits on I/O.
+        catalog = self.catalog
+        hidden, known = (catalog.hidden, catalog.cards) if catalog is not None else (None, {})
+        shown = [self.neighbours.recommend(basket, k, hidden) for basket, k in baskets]
         return v2, shown, known, baskets
 
     async def postprocess(self, result, headers=None, response_headers=None):
@@ -148,6 +154,128 @@ class RecommenderModel(Model):
         return {"predictions": [{"products": products, "items": [_card(p, known.get(p)) for p in ids]}
                                 for products, ids in zip(gids, recommended)], "model_version": self.version,
                 "request_id": request_id}
+
+
+_V1_PREDICT = re.compile(r"^/v1/models/([^/]+):predict$")
+_CONTENT_TYPE, _CONTENT_LENGTH, _ORIGIN = b"content-type", b"content-length", b"origin"
+_BINARY_CE = b"ce-specversion"  # a binary CloudEvent: KServe's decode reads its headers
+
+
+class FlatV1:
+    """Outermost: a well-formed, authorized V1 ``:predict`` of the recommender straight to the model, as
+    :class:`storeflow.serving.http.FlatV2` does for V2 (read its docstring): the same steps as the stack in
+    one function, calling the same code: Shopify auth (:meth:`ShopifyAuthMiddleware.authorize`, the same
+    verifier and token cache), KServe's DataPlane (readiness, ``decode``, ``infer``: the model's preprocess,
+    predict and postprocess, ``encode``), KServe's ``ORJSONResponse`` for the body V1Endpoints answers with,
+    and the request metrics (:class:`storeflow.serving.http.RequestMeter`).
+
+    A storefront's recommendation request is V1 JSON (the theme block and the checkout extension send it),
+    and the ~10 ASGI layers and FastAPI routing it crossed were half of a worker's time per answer once
+    the model itself took 50 us. Anything else goes down the stack untouched (another path or method, an
+    ``Origin``, a body without a declared length or over the limit, a CloudEvent), and so does any request
+    whose answer would not be a 200 (failed auth, a bad body, a model error): its body is replayed to the
+    stack, which answers it as it always did.
+    """
+
+    def __init__(self, app, dataplane, max_bytes: int, auth=None):
+        from storeflow.serving.http import RequestMeter
+
+        self.app, self.dataplane, self.max_bytes, self.auth = app, dataplane, max_bytes, auth
+        self.meter = RequestMeter()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        match = _V1_PREDICT.match(scope["path"])
+        if match is None:
+            return await self.app(scope, receive, send)
+        from storeflow.serving.http import replayed
+
+        started = time.perf_counter()
+        declared, json_body = None, None
+        for key, value in scope["headers"]:
+            if key == _CONTENT_LENGTH and declared is None:
+                declared = value
+            elif key == _CONTENT_TYPE and json_body is None:
+                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+            elif key in (_ORIGIN, _BINARY_CE, _CONTENT_LENGTH, _CONTENT_TYPE):  # CORS, CloudEvent, or said twice
+                return await self.app(scope, receive, send)
+        if not json_body:
+            return await self.app(scope, receive, send)
+        try:
+            declared = int(declared)
+        except (TypeError, ValueError):
+            return await self.app(scope, receive, send)
+        if not 0 < declared <= self.max_bytes:
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False) and size <= self.max_bytes
+        body = b"".join(chunks)
+        answered = None
+        if not more:
+            try:
+                answered = await self._answer(scope, match.group(1), body)
+            except Exception:  # noqa: BLE001 - the stack answers it, as it always did
+                answered = None
+        if answered is None:
+            return await self.app(scope, replayed(body, receive, more), send)
+        response, version = answered
+        await send({"type": "http.response.start", "status": 200, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+        self.meter.observe(version, 200, time.perf_counter() - started)
+
+    async def _answer(self, scope, model_name: str, body: bytes):
+        """(the 200 response, answering version) as V1Endpoints.predict builds it, or None: the stack answers."""
+        from fastapi.responses import ORJSONResponse
+
+        raw = self.auth.authorize(scope) if self.auth is not None else scope["headers"]
+        headers: dict[str, str] = {}
+        for key, value in raw:  # Starlette's dict(request.headers.items()): lower-case keys, the last value wins
+            headers[key.decode("latin-1")] = value.decode("latin-1")
+        dataplane = self.dataplane
+        if not await dataplane.model_ready(model_name, True):
+            return None
+        request, attributes = dataplane.decode(body=body, headers=headers)
+        response, response_headers = await dataplane.infer(model_name=model_name, request=request, headers=headers)
+        response, encoded = dataplane.encode(model_name=model_name, response=response, headers=headers,
+                                             req_attributes=attributes)
+        if not isinstance(response, dict):  # bytes, a stream: what this model never answers; the stack does
+            return None
+        response_headers.update(encoded)
+        response_headers.pop("content-length", None)
+        return ORJSONResponse(content=response, headers=response_headers), response_headers.get(VERSION_HEADER, "none")
+
+
+def install_flat_v1(app, server, settings: Settings) -> None:
+    """Add :class:`FlatV1` outermost, with the Shopify check :func:`storeflow.serving.app.install` gave the flat
+    V2 route (same verifier, same token cache). Not with ``serving.request_log`` on: every request must pass
+    the observer then, as :func:`storeflow.serving.app.install` does for V2."""
+    from storeflow.serving.http import FlatV2
+
+    flat_v2 = [m for m in app.user_middleware if m.cls is FlatV2]
+    if settings.serving.request_log or not flat_v2:
+        return
+    app.add_middleware(FlatV1, dataplane=server.dataplane, max_bytes=settings.serving.max_body_bytes,
+                       auth=flat_v2[0].kwargs.get("auth"))
+
+
+def _lean(app, settings: Settings) -> None:
+    """What ``storeflow serve`` drops and freezes (:func:`storeflow.serving.server.build_app`): KServe's
+    TimingMiddleware (a log line per request) when quiet, and the loaded objects out of the collector's view
+    (a full GC pass over Feast's, KServe's and the model's objects stalls a worker under load)."""
+    import gc
+
+    if settings.serving.quiet:
+        app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
+    gc.collect()
+    gc.freeze()
 
 
 def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
@@ -177,14 +305,16 @@ def _card(product: int, state: ProductState | None) -> dict:
             "handle": state.handle if state else None}
 
 
-def availability_lookup(settings: Settings) -> Callable[[list[int]], dict[int, ProductState]]:
-    """Availability, title and handle of some product ids, read from the Feast online store (view
-    ``product_availability``, written by the products and inventory webhooks)."""
+def availability_catalog(settings: Settings) -> Callable[[list[int]], LiveCatalog]:
+    """For a model's products, their availability, titles and handles from the Feast online store (view
+    ``product_availability``, written by the products and inventory webhooks), held in memory and kept
+    current every ``recommendations.availability_refresh_seconds``."""
     from storeflow.components.features.repo import feature_store
 
     store = feature_store(settings)
     ensure_view(store, settings)  # registered before the first products webhook: no stale registry cache here
-    return OnlineLookup(store)
+    refresh = settings.recommendations.availability_refresh_seconds
+    return lambda products: LiveCatalog(store, products, refresh).start()
 
 
 def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionLog | None]:
@@ -198,9 +328,10 @@ def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionL
                                cfg.prediction_log_keep_files) for directory in logs(settings.project.state_dir))
 
 
-def build_app(settings: Settings, version: str, model_dir: Path):
-    """KServe's FastAPI app serving the recommender, with storeflow's middlewares."""
-    from kserve import ModelServer
+def _assemble(settings: Settings, model: RecommenderModel, server, version: str, port: int,
+              feedback: PredictionLog | None):
+    """KServe's FastAPI app for a loaded recommender on ``server`` (a ``ModelServer``), with storeflow's routes
+    and middlewares, the feedback route, the flat V1 path, and without KServe's per-request timing log."""
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
@@ -208,17 +339,27 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     from storeflow.serving.app import install
     from storeflow.serving.recommend_feedback import install_feedback
 
-    cfg = settings.serving
-    answers, feedback = feedback_logs(settings)
-    model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k,
-                             availability_lookup(settings), answers)
-    model.load()
-    server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
     server.register_model(model)
     install(server, settings, served_versions=[version])
     install_feedback(app, settings, [version], feedback)
-    RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
-               cfg.port).create_application()
+    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port)
+    rest.create_application()
+    install_flat_v1(app, server, settings)
+    _lean(app, settings)
+    return app, rest
+
+
+def build_app(settings: Settings, version: str, model_dir: Path):
+    """KServe's FastAPI app serving the recommender, with storeflow's middlewares."""
+    from kserve import ModelServer
+
+    cfg = settings.serving
+    answers, feedback = feedback_logs(settings)
+    model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k,
+                             availability_catalog(settings), answers)
+    model.load()
+    server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
+    app, _ = _assemble(settings, model, server, version, cfg.port, feedback)
     print(f"storeflow serve-recommendations: {model.name} v{version}, {len(model.model.products):,} products",
           file=sys.stderr, flush=True)
     return app
@@ -227,10 +368,15 @@ def build_app(settings: Settings, version: str, model_dir: Path):
 def main(argv: list[str] | None = None) -> None:
     """The InferenceService's one container (``python -m storeflow.serving.recommender --model_name <isvc>``):
     the model version KServe's storage initializer put in ``/mnt/models``, behind the same Shopify auth,
-    routes and metrics as ``storeflow serve-recommendations`` (no transformer: a basket needs no features)."""
+    routes and metrics as ``storeflow serve-recommendations`` (no transformer: a basket needs no features).
+
+    One worker (the default) runs the app :func:`_assemble` builds on KServe's uvicorn configuration (its port,
+    keep-alive, grace period and event loop; no TLS, which the ingress gateway terminates); with
+    ``--workers`` > 1, KServe's ``ModelServer.start`` builds the app in each worker, without the flat path."""
     import argparse
     import os
 
+    import uvicorn
     from kserve import ModelServer, model_server
     from kserve.model_server import app
 
@@ -252,15 +398,19 @@ def main(argv: list[str] | None = None) -> None:
                          f"{args.model_dir} has no registered_model_meta")
     answers, feedback = feedback_logs(settings)
     model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k,
-                             availability_lookup(settings), answers)
+                             availability_catalog(settings), answers)
     model.load()
     print(f"storeflow recommender: {model.name} v{version}, {len(model.model.products):,} products", flush=True)
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,
                          enable_latency_logging=False)
     quiet_logging()  # ModelServer() re-applied KServe's logging config
-    install(server, settings, served_versions=[version])
-    install_feedback(app, settings, [version], feedback)
-    server.start([model])
+    if args.workers > 1:
+        install(server, settings, served_versions=[version])
+        install_feedback(app, settings, [version], feedback)
+        server.start([model])
+        return
+    _, rest = _assemble(settings, model, server, version, args.http_port, feedback)
+    uvicorn.Server(rest.config).run()
 
 
 if __name__ == "__main__":

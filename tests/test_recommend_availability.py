@@ -90,37 +90,48 @@ def test_webhooks_keep_availability_current_in_the_online_store(hooks):
         assert answer.status_code == 400 and "available" in answer.json()["error"]
 
 
+def _sold_out_rows(product_ids, conn=None):
+    """Availability rows of products/update webhooks saying each of ``product_ids`` is sold out."""
+    import pandas as pd
+
+    if conn is None:
+        conn = sqlite3.connect(":memory:")
+        products.ensure_schema(conn)
+    rows = []
+    for product_id in product_ids:
+        update = payload("products_update") | {"id": int(product_id)}
+        update["variants"] = [v | {"product_id": int(product_id), "inventory_item_id": int(product_id) * 10,
+                                   "inventory_quantity": 0} for v in update["variants"]]
+        rows.append(products.apply(conn, "products/update", update))
+    return pd.concat(rows)
+
+
 def test_the_recommender_never_shows_unavailable_or_in_cart_products(hooks):
-    """RecommenderModel with the Feast lookup serving uses: the basket's nearest neighbours minus what the
-    online store says is sold out, still k products when enough others are available."""
-    from storeflow.serving.recommender import RecommenderModel, availability_lookup
+    """RecommenderModel with the availability serving uses: the basket's nearest neighbours minus what the
+    online store says is sold out, still k products when enough others are available, once the catalog's
+    refresh (the background thread's) has seen the webhook's write."""
+    from storeflow.serving.recommender import RecommenderModel, availability_catalog
 
     ids = np.arange(1, 31, dtype=np.int64)
     bought = sparse.random(200, 30, density=0.2, random_state=1, format="csr")
     bought.data[:] = 1
     model = ItemItem.fit(bought, ids, neighbours=29)
     directory = model.save(hooks.project.state_dir / "model")
-    served = RecommenderModel("storeflow-recommendations", directory, "1", 5, availability_lookup(hooks))
+    served = RecommenderModel("storeflow-recommendations", directory, "1", 5, availability_catalog(hooks))
     served.load()
+    served.catalog.stop()  # refreshed by hand below, as its thread does every refresh_seconds
     basket = [1, 2]
     before = model.recommend(basket, 29)
     sold_out = before[:3]
-    conn = sqlite3.connect(":memory:")
-    products.ensure_schema(conn)
-    rows = []
-    for product_id in sold_out:
-        update = payload("products_update") | {"id": int(product_id)}
-        update["variants"] = [v | {"product_id": int(product_id), "inventory_item_id": int(product_id) * 10,
-                                   "inventory_quantity": 0} for v in update["variants"]]
-        rows.append(products.apply(conn, "products/update", update))
-    import pandas as pd
-
-    availability.write(feature_store(hooks), hooks, pd.concat(rows))
 
     async def ask():
         request = await served.preprocess({"instances": [{"products": basket, "k": 5}]})
         return await served.postprocess(await served.predict(request))
 
+    (answer,) = asyncio.run(ask())["predictions"]
+    assert [int(gid.rsplit("/", 1)[1]) for gid in answer["products"]] == before[:5]
+    availability.write(feature_store(hooks), hooks, _sold_out_rows(sold_out))
+    assert served.catalog.refresh_if_changed()
     (answer,) = asyncio.run(ask())["predictions"]
     shown = [int(gid.rsplit("/", 1)[1]) for gid in answer["products"]]
     assert len(shown) == 5
@@ -129,12 +140,14 @@ def test_the_recommender_never_shows_unavailable_or_in_cart_products(hooks):
     assert [item["title"] for item in answer["items"]] == [None] * 5  # no products webhook named them yet
 
 
-def test_the_servers_lookup_reads_what_feast_serves(hooks):
-    """The recommender's per-request lookup (the online store's own read) answers as Feast's
-    get_online_features does: sold out, in stock with its title, and unknown products left out; and knows
-    nothing before any products webhook registered the view."""
+def test_the_servers_catalog_holds_what_feast_serves(hooks):
+    """The recommender's in-memory catalog (hidden flags, titles and handles) says what Feast's
+    get_online_features says: sold out, in stock with its title, unknown products recommendable; it knows
+    nothing before any products webhook registered the view, and reads the store again only after a write."""
     store = feature_store(hooks)
-    assert availability.OnlineLookup(store)([SENCHA, 42]) == {}  # nothing registered yet: nothing hidden
+    catalog = availability.LiveCatalog(store, [42, 77, SENCHA])
+    catalog.refresh()
+    assert not catalog.hidden.any() and catalog.cards == {}  # nothing registered yet: nothing hidden
     conn = sqlite3.connect(":memory:")
     products.ensure_schema(conn)
     tin = payload("products_update")
@@ -143,9 +156,31 @@ def test_the_servers_lookup_reads_what_feast_serves(hooks):
                         for v in sold["variants"]]
     import pandas as pd
 
-    availability.write(store, hooks, pd.concat([products.apply(conn, "products/update", tin),
-                                                products.apply(conn, "products/update", sold)]))
-    found = availability.OnlineLookup(store)([SENCHA, 77, 42])
-    assert found == availability.lookup(store, [SENCHA, 77, 42])
-    assert found == {SENCHA: availability.ProductState(True, "Sencha 100g", "sencha-100g"),
-                     77: availability.ProductState(False, "Matcha", "matcha")}
+    availability.write(feature_store(hooks), hooks, pd.concat([products.apply(conn, "products/update", tin),
+                                                               products.apply(conn, "products/update", sold)]))
+    catalog = availability.LiveCatalog(feature_store(hooks), [42, 77, SENCHA])
+    catalog.refresh()
+    assert catalog.hidden.tolist() == [False, True, False]
+    assert catalog.cards == availability.lookup(store, [SENCHA, 77, 42])
+    assert catalog.cards == {SENCHA: availability.ProductState(True, "Sencha 100g", "sencha-100g"),
+                             77: availability.ProductState(False, "Matcha", "matcha")}
+    reads = catalog.refreshes
+    assert not catalog.refresh_if_changed() and catalog.refreshes == reads  # nothing written: nothing read
+    availability.write(feature_store(hooks), hooks, _sold_out_rows([SENCHA], conn))
+    assert catalog.refresh_if_changed() and catalog.hidden.tolist() == [False, True, True]
+
+
+def test_a_running_server_hides_what_the_webhooks_sell_out_without_being_asked(hooks):
+    """The catalog's own thread picks up a webhook receiver's write (another connection's commit)."""
+    import time
+
+    catalog = availability.LiveCatalog(feature_store(hooks), [SENCHA, 77], refresh_seconds=0.05).start()
+    try:
+        assert not catalog.hidden.any()
+        availability.write(feature_store(hooks), hooks, _sold_out_rows([77]))
+        deadline = time.monotonic() + 30
+        while not catalog.hidden[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert catalog.hidden.tolist() == [False, True] and catalog.error is None
+    finally:
+        catalog.stop()

@@ -91,3 +91,73 @@ def top_k(scores: np.ndarray, exclude: sparse.csr_matrix, k: int, tiebreak: np.n
     order = np.lexsort((second, -ranked), axis=-1)[:, :k]
     best = np.take_along_axis(ranked, order, axis=1)
     return np.where(np.isfinite(best), order, -1)
+
+
+class Neighbours:
+    """:meth:`ItemItem.recommend` for one basket at request speed, with the same answer.
+
+    The registered model ranks a basket through a sparse row times the whole similarity matrix, a dense
+    score per catalog product and a lexsort of all of them (~0.25 ms a request at 5,000 products, most of it
+    scipy building the basket's matrices). Here the basket's columns come from a dict, its score vector is
+    the sum of its products' neighbour rows (each at most ``neighbours`` long) added in float32 in the order
+    scipy's sparse product adds them (ascending column, a product twice in the basket weighing 2), so every
+    score is bit for bit scipy's, and only the few hundred products that have a score are ranked, by score
+    then column as :func:`top_k` does. ``hidden`` (one flag per column: unpublished, sold out) removes products
+    from the ranking, so the answer is the registered model's ranking without them, k long when enough are left.
+    """
+
+    def __init__(self, model: ItemItem):
+        similarity = model.similarity.tocsr()
+        similarity.sum_duplicates()  # canonical: sorted columns, as scipy's product reads them
+        self.products = np.asarray(model.products, dtype=np.int64)
+        self.indptr = similarity.indptr
+        self.indices = similarity.indices.astype(np.int64)
+        self.data = similarity.data.astype(np.float32)
+        self.column = {int(p): i for i, p in enumerate(self.products.tolist())}
+        self._ids = self.products.tolist()
+        self._scores = np.zeros(len(self.products), dtype=np.float32)  # scratch, cleared after each use
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def recommend(self, product_ids: list[int], k: int, hidden: np.ndarray | None = None) -> list[int]:
+        """Up to ``k`` product ids, best first: never one of ``product_ids``, one with no similarity, nor one
+        whose column ``hidden`` flags."""
+        counts: dict[int, int] = {}
+        for product in product_ids:
+            column = self.column.get(product)
+            if column is not None:
+                counts[column] = counts.get(column, 0) + 1
+        if not counts:
+            return []
+        indptr, indices, data = self.indptr, self.indices, self.data
+        if len(counts) == 1:
+            ((column, weight),) = counts.items()
+            start, end = indptr[column], indptr[column + 1]
+            candidates = indices[start:end]
+            scores = data[start:end] if weight == 1 else np.float32(weight) * data[start:end]
+        else:
+            scratch = self._scores
+            touched = []
+            for column in sorted(counts):
+                start, end = indptr[column], indptr[column + 1]
+                row = indices[start:end]
+                weight = counts[column]
+                scratch[row] += data[start:end] if weight == 1 else np.float32(weight) * data[start:end]
+                touched.append(row)
+            candidates = np.unique(np.concatenate(touched))
+            scores = scratch[candidates]
+            scratch[candidates] = 0
+        keep = scores > 0
+        if hidden is not None:
+            keep &= ~hidden[candidates]
+        basket = np.fromiter(counts, dtype=np.int64, count=len(counts))
+        keep &= ~np.isin(candidates, basket)
+        candidates, scores = candidates[keep], scores[keep]
+        if len(candidates) > k:
+            order = np.lexsort((candidates, -scores))[:k]
+            candidates = candidates[order]
+        else:
+            candidates = candidates[np.lexsort((candidates, -scores))]
+        ids = self._ids
+        return [ids[c] for c in candidates.tolist()]
