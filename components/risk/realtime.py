@@ -153,11 +153,15 @@ class RiskScorer:
         return assessments.drain(self.db, self.admin)
 
     def step(self) -> int:
-        """Score what arrived, then write back what is queued; returns how many deliveries were handled."""
+        """Score what arrived, writing back what is queued after each batch (under a steady stream of orders a
+        backlog is never scored to the end: assessments must not wait for it); returns how many deliveries were
+        handled."""
         handled = 0
         while count := self.score_pending():
             handled += count
-        self.drain()
+            self.drain()
+        if not handled:
+            self.drain()  # assessments left queued by a failed drain
         return handled
 
     def state(self) -> dict:
