@@ -9,14 +9,15 @@ product), half carts (2 to 5 products).
 
 * ``storeflow``: ``python -m storeflow.serving.recommender`` (the InferenceService's container) on the model
   files: Shopify session token checked on every request (checkout extensions' tokens, one per customer),
-  one Feast online lookup of the ranked candidates' availability per request, unavailable and in-cart
-  products dropped, the answer logged with its request id, request metrics.
+  sold-out and in-cart products dropped (availability read from the Feast online store into memory and
+  refreshed when a webhook wrote), the answer logged with its request id, request metrics.
 * ``kserve``: a stock ``kserve.Model`` whose ``predict`` calls the same ``ItemItem.recommend`` (KServe's
   defaults, no auth, no availability, no log): the model's own cost through KServe's stack.
 
 Both: one worker, V1 JSON, wrk with 2 threads at ``--concurrency`` (32) for ``--duration`` s after a
 ``--warmup``, on 127.0.0.1 of a 2-core machine shared with the load generator (load average recorded
-beside each row). Target: p99 <= 20 ms. Writes ``bench/results/recommendations_serving.json``.
+beside each row). Target: p99 <= 20 ms. Each row also checks 200 answers against the registered model
+(``equal_registered_model``). Writes ``bench/results/recommendations_serving.json``.
 
     flock /tmp/storeflow-bench.lock .venv/bin/python bench/recommend_serving.py
 """
@@ -141,22 +142,27 @@ def start(name: str, work: Path, port: int):
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def check(url: str, token: str, baskets: list[list[int]], sold_out: set[int]) -> dict:
-    """Answers to the first 200 baskets: how many had 10 products, and how many showed a basket's own or a
-    sold-out product (what the row's requests get)."""
+def check(url: str, token: str, baskets: list[list[int]], sold_out: set[int], model, hides_sold_out: bool) -> dict:
+    """Answers to the first 200 baskets: how many had 10 products, how many showed a basket's own or a
+    sold-out product (what the row's requests get), and how many were exactly the registered model's
+    top 10 (``ItemItem.recommend``; for a server that hides sold-out products, its ranking without them)."""
     import httpx
 
-    counts = {"answers": 0, "with_10": 0, "in_basket": 0, "sold_out": 0}
+    counts = {"answers": 0, "with_10": 0, "in_basket": 0, "sold_out": 0, "equal_registered_model": 0}
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as client:
         for basket in baskets[:200]:
             body = {"instances": [{"products": [f"gid://shopify/Product/{p}" for p in basket], "k": 10}]}
             answer = client.post(f"{url}/v1/models/{NAME}:predict", json=body)
             answer.raise_for_status()
-            shown = {int(g.rsplit("/", 1)[-1]) for g in answer.json()["predictions"][0]["products"]}
+            ranked = [int(g.rsplit("/", 1)[-1]) for g in answer.json()["predictions"][0]["products"]]
+            shown = set(ranked)
+            expected = ([p for p in model.recommend(basket, len(model.products)) if p not in sold_out][:10]
+                        if hides_sold_out else model.recommend(basket, 10))
             counts["answers"] += 1
             counts["with_10"] += len(shown) == 10
             counts["in_basket"] += bool(shown & set(basket))
             counts["sold_out"] += bool(shown & sold_out)
+            counts["equal_registered_model"] += ranked == expected
     return counts
 
 
@@ -182,6 +188,9 @@ def main() -> None:
     requests = request_file(args.work / "requests.txt", bodies, [f"Bearer {tokens[i % len(tokens)]}"
                                                                  for i in range(len(bodies))])
     script = lua(requests, {"Content-Type": "application/json"}, args.work / "requests.lua")
+    from storeflow.components.recommend.model import ItemItem
+
+    model = ItemItem.load(args.work / "model" / "artifacts" / "model")
     rows = []
     for name in args.servers.split(","):
         port = free_port()
@@ -189,7 +198,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(proc, f"{url}/v2/health/ready")
-            answers = check(url, tokens[0], data["baskets"], set(data["sold_out_ids"]))
+            answers = check(url, tokens[0], data["baskets"], set(data["sold_out_ids"]), model, name == "storeflow")
             wrk(f"{url}/v1/models/{NAME}:predict", script, args.concurrency, args.warmup)
             load = machine_load()
             measured = wrk(f"{url}/v1/models/{NAME}:predict", script, args.concurrency, args.duration)
