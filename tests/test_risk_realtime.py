@@ -254,11 +254,11 @@ def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stac
 def _answering(seen: list):
     """A risk server's V1 answer for each request (the path's own logic, without a process)."""
     def handle(request: httpx.Request) -> httpx.Response:
-        (instance,) = json.loads(request.content)["instances"]
-        seen.append(instance)
+        instances = json.loads(request.content)["instances"]
+        seen.extend(instances)
         return httpx.Response(200, json={"model_name": NAME, "model_version": "4", "predictions": [
             {"order_id": instance["order_id"], "score": 0.5, "level": "MEDIUM",
-             "facts": [{"description": "Risk score 0.500", "sentiment": "NEUTRAL"}]}]})
+             "facts": [{"description": "Risk score 0.500", "sentiment": "NEUTRAL"}]} for instance in instances]})
     return httpx.Client(transport=httpx.MockTransport(handle))
 
 

@@ -3,6 +3,8 @@ batch is scored, not once the whole backlog is: an order's mutation never waits 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from storeflow.components.config import load_settings
 from storeflow.components.risk.realtime import BATCH, RiskScorer
 from test_risk_realtime import _answering, _journal, new_order
@@ -28,3 +30,39 @@ def test_assessments_go_out_batch_by_batch_while_a_backlog_is_scored(tmp_path):
         assert scorer.step() == 0 and queued_at_each_drain[-1] == orders  # idle: what a failed drain left goes out
     finally:
         scorer.stop()
+
+
+def test_a_backlog_is_scored_in_batches_with_each_orders_features_as_if_one_by_one(tmp_path):
+    """One features query and one risk server request per batch; every order's features equal those it gets
+    scored alone after the orders before it were recorded (same customer, email and address velocity)."""
+    settings = load_settings(quick_overrides(tmp_path / "batched", risk={"endpoint": "http://risk.test"}))
+    alone = load_settings(quick_overrides(tmp_path / "alone", risk={"endpoint": "http://risk.test"}))
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+    events = [(f"w{i}", "orders/create", new_order(9400000000 + i, i % 7, f"c{i % 5}@example.com",
+                                                   created_at=(start + timedelta(minutes=i)).isoformat()))
+              for i in range(40)]
+    batched_seen: list = []
+    scorer = RiskScorer(settings, http=_answering(batched_seen))
+    requests = []
+    original = scorer.http.post
+
+    def counting(*args, **kwargs):
+        requests.append(len(kwargs["json"]["instances"]))
+        return original(*args, **kwargs)
+
+    scorer.http.post = counting
+    scorer.drain = lambda: None
+    one_seen: list = []
+    single = RiskScorer(alone, http=_answering(one_seen))
+    single.drain = lambda: None
+    try:
+        _journal(settings, *events)
+        assert scorer.step() == 40 and requests == [40]
+        for event in events:  # one delivery at a time: each scored after the ones before were recorded
+            _journal(alone, event)
+            single.step()
+        assert len(one_seen) == 40 and batched_seen == one_seen
+        assert max(i["customer_orders_24h"] for i in one_seen) >= 5  # the batch's orders saw each other
+    finally:
+        scorer.stop()
+        single.stop()

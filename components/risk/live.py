@@ -179,47 +179,68 @@ class LiveHistory:
     def features(self, payload: Mapping) -> dict[str, float]:
         """The ``ORDER_FEATURES`` of the order in ``payload`` as of its creation, from the history recorded
         so far (the order itself need not be recorded; a recorded version of it is replaced by this one)."""
-        order, items = order_rows(dict(payload))
-        risk = risk_row(payload)
-        if order["created_at"] is None:
-            raise PayloadError("field 'created_at': an order to score needs its creation time")
-        oid, customer, email, address = order["order_id"], order["customer_id"], _email(order["email"]), \
-            risk["address_key"]
+        return self.features_many([payload])[0]
 
+    def features_many(self, payloads: list[Mapping]) -> list[dict[str, float]]:
+        """The features of several new orders in one DuckDB query: each as :meth:`features` gives it after the
+        ones before it in ``payloads`` were recorded (the query is point-in-time per order, so orders of the same
+        batch see each other only when created before). One query per batch, not per order: the per-order cost
+        of the receiver's risk thread (bench/risk_throughput.py)."""
+        news, items, new_risks = {}, [], {}
+        for payload in payloads:
+            order, lines = order_rows(dict(payload))
+            if order["created_at"] is None:
+                raise PayloadError("field 'created_at': an order to score needs its creation time")
+            news[order["order_id"]] = order  # the same order twice: its last version, as record() keeps
+            items.extend(lines)
+            new_risks[order["order_id"]] = risk_row(payload)
+        customers_of = {o["customer_id"] for o in news.values()} - {None}
+        emails = {_email(o["email"]) for o in news.values()} - {None}
+        addresses = {r["address_key"] for r in new_risks.values()} - {None}
+        ids_new = list(news)
         live = self.db.execute(
-            "SELECT order_id, row, risk, customer_created_at FROM risk_live_orders WHERE order_id <> ? AND "
-            "(customer_id = ? OR email = ? OR address_key = ?)", (oid, customer, email, address)).fetchall()
+            "SELECT order_id, row, risk, customer_created_at FROM risk_live_orders WHERE order_id NOT IN "
+            "(SELECT value FROM json_each(?)) AND (customer_id IN (SELECT value FROM json_each(?)) OR email IN "
+            "(SELECT value FROM json_each(?)) OR address_key IN (SELECT value FROM json_each(?)))",
+            (json.dumps(ids_new), json.dumps(sorted(customers_of)), json.dumps(sorted(emails)),
+             json.dumps(sorted(addresses)))).fetchall()
         live_ids = {row[0] for row in live}
-        related = pd.Series(False, index=self.orders.index)
-        for column, key in ((self.orders["customer_id"], customer), (self._email, email), (self._address, address)):
-            if key is not None:
-                related |= column == key
-        snap = self.orders[related & ~self.orders["order_id"].isin(live_ids | {oid})]
-        ids = [*snap["order_id"].tolist(), *live_ids, oid]
+        related = (self.orders["customer_id"].isin(customers_of) | self._email.isin(emails)
+                   | self._address.isin(addresses))
+        snap = self.orders[related & ~self.orders["order_id"].isin(live_ids | set(ids_new))]
+        ids = [*snap["order_id"].tolist(), *live_ids, *ids_new]
 
         live_refunds = [json.loads(r) for (r,) in self.db.execute(
             "SELECT row FROM risk_live_refunds WHERE order_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))]
         refunds = self.refunds[self.refunds["order_id"].isin(ids)
                                & ~self.refunds["refund_id"].isin([r["refund_id"] for r in live_refunds])]
-        customers = self.customers[self.customers["customer_id"] == customer] if customer is not None else \
-            self.customers.iloc[:0]
-        if customers.empty and customer is not None:
+        customers = self.customers[self.customers["customer_id"].isin(customers_of)]
+        known = set(customers["customer_id"].tolist())
+        created_rows = {}  # a customer the snapshot does not know yet: its creation time from the webhook
+        for payload in payloads:
+            order = order_rows(dict(payload))[0]
+            cid = order["customer_id"]
+            if cid is None or cid in known or cid in created_rows:
+                continue
             created = RiskFields.model_validate(payload).customer
             if created is not None and created.created_at is not None:
-                customers = pd.DataFrame([{"customer_id": customer, "email": order["email"],
-                                           "created_at": created.created_at.isoformat(), "updated_at": None}])
+                created_rows[cid] = {"customer_id": cid, "email": order["email"],
+                                     "created_at": created.created_at.isoformat(), "updated_at": None}
+        if created_rows:
+            extra = pd.DataFrame(list(created_rows.values()))
+            customers = extra if customers.empty else pd.concat([customers, extra], ignore_index=True)
         tables = {
-            "orders": _frame("orders", snap, [json.loads(r) for _, r, _, _ in live] + [order]),
+            "orders": _frame("orders", snap, [json.loads(r) for _, r, _, _ in live] + list(news.values())),
             "line_items": _frame("line_items", None, items),
             "customers": _frame("customers", customers, []),
             "refunds": _frame("refunds", refunds, live_refunds),
         }
         risks = pd.concat([self.risk[self.risk["order_id"].isin(snap["order_id"])],
-                           pd.DataFrame([json.loads(r) for _, _, r, _ in live] + [risk], columns=list(COLUMNS))],
-                          ignore_index=True)
-        frame = order_risk_features(tables, risks)
-        row = frame.loc[frame["order_id"] == oid].iloc[0]
-        return {name: float(row[name]) for name in ORDER_FEATURES}
+                           pd.DataFrame([json.loads(r) for _, _, r, _ in live] + list(new_risks.values()),
+                                        columns=list(COLUMNS))], ignore_index=True)
+        frame = order_risk_features(tables, risks).set_index("order_id")
+        rows = {oid: {name: float(frame.at[oid, name]) for name in ORDER_FEATURES} for oid in ids_new}
+        return [rows[order_rows(dict(payload))[0]["order_id"]] for payload in payloads]
 
 
 def _frame(name: str, frame: pd.DataFrame | None, rows: list[dict]) -> pd.DataFrame:

@@ -91,9 +91,49 @@ class RiskScorer:
         rows = self.journal.execute(
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
+        batch: list[tuple[int, str, str, bytes, dict]] = []  # consecutive new orders, scored together
         for rowid, webhook_id, topic, body in rows:
+            payload = self._new_order(topic, body, {item[4]["id"] for item in batch})
+            if payload is not None:
+                batch.append((rowid, webhook_id, topic, body, payload))
+                continue
+            self._flush(batch)
+            batch = []
             self._handle(rowid, webhook_id, topic, body)
+        self._flush(batch)
         return len(rows)
+
+    def _new_order(self, topic: str, body: bytes | None, batched: set) -> dict | None:
+        """The payload of an orders/create to score with the batch, or None to handle the row on its own (another
+        topic, erased, not JSON, already queued, or an order the batch holds already)."""
+        if topic != SCORED_TOPIC or body is None:
+            return None
+        try:
+            payload = orjson.loads(body)
+            order_id = payload["id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(payload, dict) or order_id in batched or self._queued(order_id):
+            return None
+        return payload
+
+    def _flush(self, batch: list[tuple[int, str, str, bytes, dict]]) -> None:
+        """Score a batch of new orders with one features query and one request to the risk server, then record,
+        queue and advance past all of them in one transaction. An order the path refuses sends the batch one by
+        one (:meth:`_handle`), so that order is set aside with why and the others go on."""
+        if not batch:
+            return
+        try:
+            scored = self._score_many([item[4] for item in batch])
+        except (PayloadError, KeyError, TypeError, ValueError):
+            for rowid, webhook_id, topic, body, _ in batch:
+                self._handle(rowid, webhook_id, topic, body)
+            return
+        with transaction(self.db):
+            for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch, scored):
+                self.history.record(topic, payload)
+                assessments.enqueue(self.db, order, level, facts, version)
+            self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (batch[-1][0],))
 
     def _handle(self, rowid: int, webhook_id: str, topic: str, body: bytes | None) -> None:
         if body is None:  # erased before it was scored (a privacy request)
@@ -117,10 +157,14 @@ class RiskScorer:
                                (f"{assessments.ORDER_GID}{order_id}",)).fetchone() is not None
 
     def _score(self, payload: dict) -> tuple[int, str, list[Fact], str]:
-        features = self.history.features(payload)
-        instance = {ORDER_ID: str(payload["id"]), **{name: features[name] for name in ORDER_FEATURES}}
+        return self._score_many([payload])[0]
+
+    def _score_many(self, payloads: list[dict]) -> list[tuple[int, str, list[Fact], str]]:
+        rows = self.history.features_many(payloads)
+        instances = [{ORDER_ID: str(payload["id"]), **{name: features[name] for name in ORDER_FEATURES}}
+                     for payload, features in zip(payloads, rows)]
         try:
-            answer = self.http.post(self.url, json={"instances": [instance]})
+            answer = self.http.post(self.url, json={"instances": instances})
         except httpx.HTTPError as exc:
             raise ScoringUnavailable(f"risk server {self.url}: {type(exc).__name__}: {exc}") from exc
         if answer.status_code >= 500 or answer.status_code in (404, 408, 429):  # 404: not loaded yet
@@ -128,9 +172,12 @@ class RiskScorer:
         if answer.status_code != 200:
             raise ValueError(f"risk server refused the order ({answer.status_code}): {answer.text[:300]}")
         body = answer.json()
-        (prediction,) = body["predictions"]
-        facts = [Fact(f["description"], f["sentiment"]) for f in prediction["facts"]]
-        return int(payload["id"]), prediction["level"], facts, str(body["model_version"])
+        predictions = body["predictions"]
+        if [str(p.get(ORDER_ID)) for p in predictions] != [i[ORDER_ID] for i in instances]:
+            raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
+                                     f"{len(instances)} orders, or not in their order")
+        return [(int(payload["id"]), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]],
+                 str(body["model_version"])) for payload, p in zip(payloads, predictions)]
 
     def _advance(self, rowid: int) -> None:
         self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))
