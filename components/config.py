@@ -413,6 +413,11 @@ class DeployConfig(Section):
         "a fast model would otherwise fail the ratio)."
     )
     max_score_psi: float = Field(0.2, ge=0, description="Population stability index of prediction scores.")
+    max_ctr_drop: float = Field(0.1, ge=0, lt=1, description="Recommender canaries: click-through rate below the "
+                                "champion's by more than this share, and significantly (one-sided Fisher exact "
+                                "test, p < 0.05), rolls back.")
+    min_impressions: int = Field(500, ge=1, description="Recommender canaries: impressions each version needs in "
+                                 "the window for its click-through rate to be judged.")
     error_status_regex: str = Field("5..|error", description="storeflow_requests_total status values that are errors.")
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     # target local: the same steps and bounds, judged on a `storeflow serve` the rollout starts itself.

@@ -45,6 +45,29 @@ def score_psi(canary: tuple[tuple[float, float], ...], champion: tuple[tuple[flo
     return sum((max(a, floor) - max(b, floor)) * math.log(max(a, floor) / max(b, floor)) for a, b in zip(p, q))
 
 
+def ctr_drop(canary: VersionMetrics, champion: VersionMetrics, max_drop: float, p_value: float = 0.05) -> str | None:
+    """Why the canary's click-through rate fails against the champion's in the same window, or None: its CTR
+    is below the champion's by more than ``max_drop`` (a share of the champion's) and significantly so (one-sided
+    Fisher exact test on the two versions' clicks and impressions, scipy's), so that a quiet hour's noise rolls
+    nothing back and a real drop smaller than ``max_drop`` is tolerated."""
+    from scipy.stats import fisher_exact
+
+    clicks, shown = int(canary.clicks or 0), int(canary.impressions or 0)
+    their_clicks, their_shown = int(champion.clicks or 0), int(champion.impressions or 0)
+    if shown <= 0 or their_shown <= 0 or their_clicks <= 0:
+        return None  # no CTR to drop from
+    ours, theirs = clicks / shown, their_clicks / their_shown
+    drop = 1.0 - ours / theirs
+    if not _beyond(drop, max_drop):
+        return None
+    p = float(fisher_exact([[clicks, shown - clicks], [their_clicks, their_shown - their_clicks]],
+                           alternative="less").pvalue)
+    if p >= p_value:
+        return None
+    return (f"click-through rate {ours:.2%} is {drop:.0%} below champion's {theirs:.2%} (more than {max_drop:.0%}; "
+            f"Fisher exact p = {p:.2g})")
+
+
 def _beyond(value: float, bound: float) -> bool:
     # Inclusive and tolerant of float noise: 0.03 - 0.02 must count as "at" a 0.01 bound.
     return value > bound and not math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12)
@@ -74,9 +97,16 @@ def decide(
             for what, value in (("error rate", m.error_rate), ("p99 latency", m.p99_latency_seconds))
             if value is None
         ]
-    psi = None if missing else score_psi(canary.score_buckets, champion.score_buckets)
-    if not missing and psi is None:
+    # A recommender is judged on its click-through rate (from its feedback log) where a scorer is judged on
+    # the shift of its score histogram.
+    by_ctr = canary.impressions is not None or champion.impressions is not None
+    psi = None if missing or by_ctr else score_psi(canary.score_buckets, champion.score_buckets)
+    if not missing and not by_ctr and psi is None:
         missing = ["no prediction-score histogram for both versions"]
+    if not missing and by_ctr:
+        missing = [f"{who} had {m.impressions or 0:g} impressions in {deploy.analysis_window}, fewer than "
+                   f"{deploy.min_impressions}" for who, m in (("canary", canary), ("champion", champion))
+                   if (m.impressions or 0) < deploy.min_impressions]
     if missing:
         if holds + 1 >= deploy.max_holds_per_step:
             reason = f"insufficient data after {holds + 1} analyses at {percent}%: " + "; ".join(missing)
@@ -100,8 +130,10 @@ def decide(
             f"champion's {champion.p99_latency_seconds:.4f}s (and it by more than "
             f"{deploy.min_p99_latency_increase_seconds}s)"
         )
-    if _beyond(psi, deploy.max_score_psi):
+    if psi is not None and _beyond(psi, deploy.max_score_psi):
         violations.append(f"prediction-score PSI {psi:.4f} against champion exceeds {deploy.max_score_psi}")
+    if by_ctr and (drop := ctr_drop(canary, champion, deploy.max_ctr_drop)) is not None:
+        violations.append(drop)
     if violations:
         return Decision("rollback", 0, tuple(violations))
 

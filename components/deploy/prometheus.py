@@ -31,6 +31,10 @@ class VersionMetrics:
     error_rate: float | None
     p99_latency_seconds: float | None
     score_buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), ascending
+    # A recommender's: recommendation lists shown and products clicked from them (its feedback log); None for a
+    # model judged on its score histogram instead.
+    impressions: float | None = None
+    clicks: float | None = None
 
 
 def _label(value: str) -> str:
