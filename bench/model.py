@@ -61,7 +61,8 @@ def run(name: str, samples: int, csv: Path | None = None) -> dict:
 
             csv = cdnow_exports()
         ingested = {"source": "csv", "path": str(csv)}
-        store = {"exports": str(csv)}
+        store = {"exports": os.path.relpath(csv, BENCH.parent) if Path(csv).resolve().is_relative_to(BENCH.parent)
+                 else str(csv)}
     elif process != "gamma-churn":  # the pipeline's synthetic source draws the default process: ingest the file
         path = generate_store(SyntheticStoreConfig(**store), state / "store" / f"{process}.jsonl", process=process)
         ingested |= {"source": "jsonl", "path": str(path)}
@@ -100,6 +101,17 @@ def run(name: str, samples: int, csv: Path | None = None) -> dict:
         c = paired_bootstrap(labels, scores, holdout[BASELINES[best]].to_numpy(), metric, samples, 0.95, 0, groups)
         versus[metric] = {"best_baseline": best, "model": c.challenger, "baseline": c.champion,
                           "difference": c.difference, "ci_low": c.ci_low, "ci_high": c.ci_high, "samples": c.samples}
+    per_cutoff = {}  # the model against the best ROC-AUC baseline at each holdout cutoff alone
+    cutoffs = holdout["event_timestamp"].astype(str).to_numpy()
+    best = versus["roc_auc"]["best_baseline"]
+    for cutoff in sorted(set(cutoffs)):
+        rows = cutoffs == cutoff
+        c = paired_bootstrap(labels[rows], scores[rows], holdout[BASELINES[best]].to_numpy()[rows], "roc_auc",
+                             samples, 0.95, 0, groups[rows])
+        per_cutoff[cutoff] = {"rows": int(rows.sum()), "positives": int(labels[rows].sum()),
+                              "predicted_positives": float(scores[rows].sum()), "best_baseline": best,
+                              "roc_auc": c.challenger, "baseline_roc_auc": c.champion, "difference": c.difference,
+                              "ci_low": c.ci_low, "ci_high": c.ci_high}
     model = models["model"]
     return {
         "store": {**store, "days": settings.ingest.synthetic.days, "process": process} if process != "csv"
@@ -111,6 +123,7 @@ def run(name: str, samples: int, csv: Path | None = None) -> dict:
         "models": models,
         "rankings": sorted(f"baseline_{name}" for name in RANKINGS),  # no probabilities: no log loss
         "model_vs_best_baseline": versus,
+        "per_cutoff": per_cutoff,
         "model_estimator": {"estimator": settings.train.estimator, "params": settings.train.params,
                             "stack": settings.train.stack},
         "spend_tiers": {"cuts": cuts, "holdout": spend_by_tier},
