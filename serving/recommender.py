@@ -318,14 +318,19 @@ def availability_catalog(settings: Settings) -> Callable[[list[int]], LiveCatalo
 
 
 def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionLog | None]:
-    """(answers, feedback events) logs under the state dir; none when ``serving.prediction_log`` is off."""
-    from storeflow.serving.recommend_feedback import logs
+    """(answers, feedback events) logs under the state dir; none when ``serving.prediction_log`` is off. With
+    ``serving.prediction_log_store`` set, each closed file is shipped to its ``recommendations/predictions`` or
+    ``recommendations/feedback`` folder there (and deleted here), as the propensity prediction log is: the
+    replicas and the monitoring pipeline share the object store, not a volume."""
+    from storeflow.components.recommend.feedback import log_store, local_log_dir
 
     if not settings.serving.prediction_log:
         return None, None
     cfg = settings.serving
-    return tuple(PredictionLog(directory, cfg.prediction_log_queue, cfg.prediction_log_rotate_bytes,
-                               cfg.prediction_log_keep_files) for directory in logs(settings.project.state_dir))
+    return tuple(PredictionLog(local_log_dir(settings.project.state_dir, kind), cfg.prediction_log_queue,
+                               cfg.prediction_log_rotate_bytes, cfg.prediction_log_keep_files,
+                               log_store(settings, kind), cfg.prediction_log_ship_seconds)
+                 for kind in ("predictions", "feedback"))
 
 
 def _assemble(settings: Settings, model: RecommenderModel, server, version: str, port: int,

@@ -8,6 +8,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from storeflow.components.monitor import monitor, retrain_if_needed, retrain_recommender_if_needed
@@ -111,11 +112,43 @@ def test_no_recommendation_logs_is_no_data_not_an_error(settings):
 
 
 def test_popularity_psi_is_zero_for_the_same_mix_and_large_for_another():
-    import pandas as pd
-
     same = pd.Series(np.repeat(np.arange(10), 50))
-    assert popularity_psi(same, same, 5) == pytest.approx(0.0)
-    assert popularity_psi(pd.Series(np.repeat(np.arange(20, 30), 50)), same, 5) > 1.0
+    assert popularity_psi(same, same.value_counts(), 5) == pytest.approx(0.0, abs=1e-6)
+    assert popularity_psi(pd.Series(np.repeat(np.arange(20, 30), 50)), same.value_counts(), 5) > 1.0
+    assert popularity_psi(pd.Series([], dtype="int64"), same.value_counts(), 5) is None
+
+
+def test_item_popularity_is_judged_against_the_served_versions_training_purchases(settings, monkeypatch):
+    """With the served version's training popularity (popularity.npy), the window's baskets are compared
+    with it, not with the week before: baskets like the training purchases are ok even when last week's
+    traffic looked elsewhere, and baskets unlike them are critical and start the recommendations pipeline."""
+    from storeflow.components.monitor import recommendations
+
+    trained = pd.Series(np.full(60, 40), index=np.arange(500, 560))  # the model learned products 500..559
+    monkeypatch.setattr(recommendations, "training_popularity", lambda settings, version: (
+        trained, f"storeflow-recommendations v{version}'s training purchases"))
+    _week_then_day(settings, ctr_now=0.10, products_now=np.arange(500, 560))  # the week before: 1..200
+    part = monitor(settings, end=END, log_to_mlflow=False).summary["recommendations"]
+    assert part["popularity_level"] == "ok" and part["popularity_psi"] < settings.monitor.psi_warning, part
+    assert part["popularity_baseline"] == "storeflow-recommendations v2's training purchases"
+
+    shifted = pd.Series(np.full(200, 40), index=np.arange(1, 201))  # it learned 1..200; shoppers ask for 500..559
+    monkeypatch.setattr(recommendations, "training_popularity", lambda settings, version: (shifted, "training"))
+    part = monitor(settings, end=END, log_to_mlflow=False).summary["recommendations"]
+    assert part["popularity_level"] == "critical" and "drifted from training" in " ".join(part["reasons"]), part
+    calls: list = []
+    assert retrain_recommender_if_needed(settings, {"recommendations": part}, _fake_launchers(calls)).started
+
+
+def test_a_model_keeps_its_training_popularity(tmp_path):
+    from scipy import sparse
+
+    from storeflow.components.recommend.model import ItemItem
+
+    bought = sparse.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 0, 1]], dtype=float))
+    model = ItemItem.fit(bought, np.array([11, 12, 13]))
+    assert model.popularity.tolist() == [3, 1, 1]
+    assert ItemItem.load(model.save(tmp_path / "m")).popularity.tolist() == [3, 1, 1]
 
 
 def test_storeflow_monitor_prints_ctr_and_starts_the_recommendations_pipeline_not_training(settings, tmp_path,

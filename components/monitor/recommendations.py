@@ -1,7 +1,7 @@
 """The recommender's served window, beside the propensity model's: click-through rate per model version,
 a CTR drop, and drift of which products shoppers look at (item popularity).
 
-Read from the logs the recommender server writes (:mod:`storeflow.serving.recommend_feedback`: answers
+Read from the logs the recommender servers write, locally and shipped to ``serving.prediction_log_store`` (:mod:`storeflow.serving.recommend_feedback`: answers
 with their request ids and baskets, impressions and clicks naming a request id), joined as the recommend
 task's report joins them (:func:`storeflow.components.recommend.feedback.ctr_by_version`: only events of a
 logged answer of their own version count, and a click only on a product that answer showed).
@@ -10,9 +10,11 @@ logged answer of their own version count, and a click only on a product that ans
   before it (the same version's when it had ``monitor.ctr_min_impressions`` there, else every version's: a
   new version that earns fewer clicks than the one it replaced is a drop too), as a share of the baseline;
   judged by the drop the window shows at 95 % confidence (``ctr_drop_at_least``), not the point estimate.
-* Item popularity: PSI of the products in the window's baskets (product pages and carts asked about) against
-  the baseline period's, over the baseline's ``monitor.popularity_products`` most asked-about products and
-  one bucket for the rest: shoppers turning to products the model learned little about.
+* Item popularity: PSI (Evidently's) of the products in the window's baskets (product pages and carts asked
+  about) against the served version's training purchases (buyers per product, kept with the model as
+  ``popularity.npy``), over the reference's ``monitor.popularity_products`` most popular products and one
+  bucket for the rest: shoppers turning to products the model learned little about. A version registered
+  before that was kept is compared with the baseline period's baskets instead.
 
 Either at ``critical`` starts the recommendations pipeline (:func:`storeflow.components.monitor.retrain.
 retrain_recommender_if_needed`), once per recommender version and window. The verdict stands apart from the
@@ -21,6 +23,7 @@ propensity model's level: each retrains its own pipeline.
 
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +33,8 @@ import pandas as pd
 from storeflow.components.config import Settings
 from storeflow.components.monitor.drift import level as level_of
 from storeflow.components.monitor.drift import worst
-from storeflow.components.recommend.feedback import ANSWER_COLUMNS, EVENT_COLUMNS, ctr_by_version, read_log
+from storeflow.components.recommend.feedback import ANSWER_COLUMNS, EVENT_COLUMNS, ctr_by_version, read_logs
+from storeflow.components.recommend.registry import training_popularity
 
 OTHER = "other"
 
@@ -44,21 +48,30 @@ def _between(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFram
     return frame[(stamps >= start) & (stamps < end)]
 
 
-def popularity_psi(current: pd.Series, baseline: pd.Series, top: int) -> float | None:
-    """PSI of product shares (products asked about) between two periods, over the baseline's ``top``
-    products and one bucket for the rest; None when either period asked about nothing."""
-    if current.empty or baseline.empty:
+REFERENCE_ROWS = 50_000  # the reference's rows for Evidently at most (its shares kept)
+
+
+def popularity_psi(current: pd.Series, reference: pd.Series, top: int) -> float | None:
+    """PSI of product shares between the products asked about now (``current``, one id per basket product)
+    and a reference (``reference``: a count per product id, e.g. the training purchases' buyers), over the
+    reference's ``top`` products and one bucket for the rest, computed by Evidently (``ValueDrift``, method
+    psi, on the product as a categorical column); None when either side is empty."""
+    reference = reference[reference > 0]
+    if current.empty or reference.empty:
         return None
-    kept = baseline.value_counts().index[:top]
-    bins = [*map(str, kept), OTHER]
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
 
-    def shares(products: pd.Series) -> np.ndarray:
-        named = products.where(products.isin(kept), OTHER).astype(str)
-        counts = named.value_counts().reindex(bins, fill_value=0).to_numpy(dtype=float)
-        return np.clip(counts / counts.sum(), 1e-4, None)
-
-    now, then = shares(current), shares(baseline)
-    return float(np.sum((now - then) * np.log(now / then)))
+    kept = reference.sort_values(ascending=False, kind="stable").index[:top]
+    counts = reference.groupby(reference.index.where(reference.index.isin(kept), OTHER).astype(str)).sum()
+    if counts.sum() > REFERENCE_ROWS:  # the same shares in fewer rows
+        counts = (counts * REFERENCE_ROWS / counts.sum()).round().clip(lower=1).astype("int64")
+    then = pd.DataFrame({"product": np.repeat(counts.index.to_numpy(dtype=object), counts.to_numpy())})
+    now = pd.DataFrame({"product": current.where(current.isin(kept), OTHER).astype(str).to_numpy(dtype=object)})
+    definition = DataDefinition(categorical_columns=["product"])
+    snapshot = Report([ValueDrift(column="product", method="psi")]).run(
+        Dataset.from_pandas(now, data_definition=definition), Dataset.from_pandas(then, data_definition=definition))
+    return float(snapshot.dict()["metrics"][0]["value"])
 
 
 def wilson_upper(successes: int, trials: int, z: float = 1.959964) -> float:
@@ -81,8 +94,11 @@ def recommender_window(settings: Settings, start: datetime, end: datetime) -> di
     cfg = settings.monitor
     root = log_root(settings)
     baseline_start = start - timedelta(hours=cfg.ctr_baseline_hours)
-    answers = read_log(root / "predictions", {**ANSWER_COLUMNS, "basket": "BIGINT[]"})
-    events = read_log(root / "feedback", EVENT_COLUMNS)
+    # This machine's files and those the servers shipped to serving.prediction_log_store (the cluster's case).
+    with tempfile.TemporaryDirectory(prefix="recommender-logs-") as scratch:
+        answers = read_logs(settings, "predictions", {**ANSWER_COLUMNS, "basket": "BIGINT[]"}, Path(scratch),
+                            baseline_start, end)
+        events = read_logs(settings, "feedback", EVENT_COLUMNS, Path(scratch), baseline_start, end)
     now_answers, then_answers = _between(answers, start, end), _between(answers, baseline_start, start)
     now_events, then_events = _between(events, start, end), _between(events, baseline_start, start)
     out: dict = {"model_name": settings.recommendations.model_name, "model_version": None, "status": "no-data",
@@ -91,7 +107,7 @@ def recommender_window(settings: Settings, start: datetime, end: datetime) -> di
                  "baseline": {"start": baseline_start.isoformat(), "hours": cfg.ctr_baseline_hours},
                  "answers": int(len(now_answers)), "ctr": [], "baseline_ctr": [], "ctr_now": None,
                  "ctr_baseline": None, "ctr_drop": None, "ctr_drop_at_least": None, "ctr_level": "ok",
-                 "popularity_psi": None, "popularity_level": "ok"}
+                 "popularity_psi": None, "popularity_level": "ok", "popularity_baseline": None}
     if now_answers.empty:
         out["notes"].append(f"no recommendations answered between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
                             f"UTC in {root / 'predictions'}")
@@ -140,15 +156,24 @@ def recommender_window(settings: Settings, start: datetime, end: datetime) -> di
         out["notes"].append(f"v{version} had {int(served['impressions'])} impressions in the window; a CTR verdict "
                             f"needs monitor.ctr_min_impressions ({cfg.ctr_min_impressions})")
 
-    out["popularity_psi"] = popularity_psi(_basket_products(now_answers), _basket_products(then_answers),
-                                           cfg.popularity_products)
+    # Item popularity against what the served version learned from: its training purchases' buyers per product;
+    # a version without them is compared with the baseline period's baskets, as before they were kept.
+    trained, source = training_popularity(settings, version)
+    if trained is not None:
+        reference, against = trained, source
+    else:
+        out["notes"].append(f"no training popularity ({source}): products asked about compared with the "
+                            f"{cfg.ctr_baseline_hours:g} h before")
+        reference, against = _basket_products(then_answers).value_counts(), f"the {cfg.ctr_baseline_hours:g} h before"
+    out["popularity_baseline"] = against
+    out["popularity_psi"] = popularity_psi(_basket_products(now_answers), reference, cfg.popularity_products)
     if out["popularity_psi"] is None:
-        out["notes"].append("no recommendations answered in the baseline period: item popularity not compared")
+        out["notes"].append(f"nothing to compare item popularity with ({against}): not compared")
     else:
         out["popularity_level"] = level_of(out["popularity_psi"], cfg.psi_warning, cfg.psi_critical)
         if out["popularity_level"] != "ok":
-            out["reasons"].append(f"{out['popularity_level']}: products asked about drifted from the "
-                                  f"{cfg.ctr_baseline_hours:g} h before (PSI {out['popularity_psi']:.3f})")
+            out["reasons"].append(f"{out['popularity_level']}: products asked about drifted from {against} "
+                                  f"(PSI {out['popularity_psi']:.3f}, Evidently)")
     out["level"] = worst(out["ctr_level"], out["popularity_level"])
     return out
 

@@ -57,8 +57,15 @@ class RecommenderCanaryMetrics:
 
 
 def feedback_logs(settings: Settings) -> Logs:
-    """The recommender's answer and feedback logs under the state dir (``<state_dir>/recommendations``)."""
-    from storeflow.components.recommend.feedback import ANSWER_COLUMNS, EVENT_COLUMNS, read_log
+    """The recommender's answer and feedback logs: this machine's and those shipped to the object store."""
+    import tempfile
+    from pathlib import Path
 
-    root = settings.project.state_dir / "recommendations"
-    return lambda: (read_log(root / "predictions", ANSWER_COLUMNS), read_log(root / "feedback", EVENT_COLUMNS))
+    from storeflow.components.recommend.feedback import ANSWER_COLUMNS, EVENT_COLUMNS, read_logs
+
+    def read() -> tuple[pd.DataFrame, pd.DataFrame]:
+        with tempfile.TemporaryDirectory(prefix="recommender-logs-") as scratch:
+            return (read_logs(settings, "predictions", ANSWER_COLUMNS, Path(scratch)),
+                    read_logs(settings, "feedback", EVENT_COLUMNS, Path(scratch)))
+
+    return read

@@ -19,9 +19,13 @@ EVENT_COLUMNS = {"ts": "VARCHAR", "request_id": "VARCHAR", "model_version": "VAR
 
 def read_log(directory: Path, columns: dict[str, str]) -> pd.DataFrame:
     """Every JSON line of the log files in ``directory`` (a line being written is skipped)."""
+    return read_files(sorted(Path(directory).glob("*.jsonl")) if Path(directory).is_dir() else [], columns)
+
+
+def read_files(files: list[Path], columns: dict[str, str]) -> pd.DataFrame:
+    """Every JSON line of ``files`` (a line being written is skipped), in ``columns``."""
     import duckdb
 
-    files = sorted(Path(directory).glob("*.jsonl")) if Path(directory).is_dir() else []
     if not files:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
     paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
@@ -70,3 +74,42 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {row.model_version} | {row.answers:,} | {row.impressions:,} | {row.clicks:,} | {ctr} | "
                      f"{row.unjoined:,} |")
     return "\n".join(lines) + "\n"
+
+
+KINDS = ("predictions", "feedback")  # the recommender's answers, and the impressions and clicks naming them
+
+
+def local_log_dir(state_dir: Path, kind: str) -> Path:
+    """A recommender server's local directory of ``kind`` (answers: predictions; events: feedback) log files."""
+    if kind not in KINDS:
+        raise ValueError(f"recommender log kind must be one of {KINDS}, got {kind!r}")
+    return Path(state_dir) / "recommendations" / kind
+
+
+def log_store(settings, kind: str):
+    """Where the recommender's ``kind`` log files are shipped, as the propensity prediction log's are
+    (:mod:`storeflow.components.prediction_logs`): the ``recommendations/<kind>`` folder of
+    ``serving.prediction_log_store``; None when no store is set."""
+    from storeflow.components.prediction_logs import LogStore
+
+    uri = settings.serving.prediction_log_store
+    if not uri:
+        return None
+    local_log_dir(Path("."), kind)  # the kind is checked
+    base, _, query = uri.partition("?")
+    return LogStore(f"{base.rstrip('/')}/recommendations/{kind}" + (f"?{query}" if query else ""))
+
+
+def read_logs(settings, kind: str, columns: dict[str, str], scratch: Path, start=None, end=None) -> pd.DataFrame:
+    """Every line of the recommender's ``kind`` logs: this machine's files and those shipped to the object
+    store (fetched into ``scratch``), only files that may hold lines of ``[start, end)`` when given."""
+    from storeflow.components.prediction_logs import started_at
+
+    files = sorted(local_log_dir(settings.project.state_dir, kind).glob("*.jsonl"))
+    if (store := log_store(settings, kind)) is not None:
+        for log in store.logs():
+            begun = started_at(log.name)
+            if begun is None or (end is not None and begun >= end) or (start is not None and log.modified < start):
+                continue
+            files.append(store.fetch(log.name, Path(scratch) / kind))
+    return read_files(files, columns)

@@ -21,6 +21,9 @@ from sklearn.preprocessing import normalize
 class ItemItem:
     products: np.ndarray  # column index -> product id
     similarity: sparse.csr_matrix  # products x products, each row its top neighbours, no self-similarity
+    # Customers who bought each product in the training purchases: the item-popularity baseline monitoring
+    # compares served traffic with (None for a model saved before it was kept).
+    popularity: np.ndarray | None = None
 
     @classmethod
     def fit(cls, history: sparse.csr_matrix, products: np.ndarray, neighbours: int = 50) -> ItemItem:
@@ -28,21 +31,26 @@ class ItemItem:
         similarity = (unit.T @ unit).tocsr()
         similarity.setdiag(0)
         similarity.eliminate_zeros()
-        return cls(np.asarray(products), _top_per_row(similarity, neighbours))
+        buyers = np.asarray((history > 0).sum(axis=0)).ravel().astype(np.int64)
+        return cls(np.asarray(products), _top_per_row(similarity, neighbours), buyers)
 
     def save(self, directory: Path | str) -> Path:
-        """The model as two files a server loads without storeflow's training code: the product ids and
-        the neighbour matrix (scipy's npz)."""
+        """The model as files a server loads without storeflow's training code: the product ids and the
+        neighbour matrix (scipy's npz), and the training purchases' popularity per product (monitoring's)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / "products.npy", self.products)
         sparse.save_npz(directory / "similarity.npz", self.similarity)
+        if self.popularity is not None:
+            np.save(directory / "popularity.npy", self.popularity)
         return directory
 
     @classmethod
     def load(cls, directory: Path | str) -> ItemItem:
         directory = Path(directory)
-        return cls(np.load(directory / "products.npy"), sparse.load_npz(directory / "similarity.npz").tocsr())
+        popularity = directory / "popularity.npy"
+        return cls(np.load(directory / "products.npy"), sparse.load_npz(directory / "similarity.npz").tocsr(),
+                   np.load(popularity) if popularity.exists() else None)
 
     def basket(self, product_ids: list[int]) -> sparse.csr_matrix:
         """A cart, a product page or a customer's purchases as one row; unknown products carry no signal."""

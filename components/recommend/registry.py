@@ -72,3 +72,29 @@ def _versus_champion(settings: Settings, client, champion: str, tables) -> tuple
     if high < 0:
         return False, f"worse than the champion: {verdict}"
     return True, f"beats the baselines and is not worse than the champion: {verdict}"
+
+
+def training_popularity(settings: Settings, version: str) -> tuple[pd.Series | None, str]:
+    """(buyers per product id in the training purchases of registered ``version``, or None; where it came from
+    or why there is none). Read from the version's ``popularity.npy``, downloaded under the state dir once
+    (where serving keeps the versions it serves); a version registered before it was kept has none."""
+    import numpy as np
+
+    name = settings.recommendations.model_name
+    target = settings.project.state_dir / "serving" / "models" / name / str(version)
+    if not any(target.rglob("similarity.npz")):
+        import mlflow
+
+        from storeflow.components import tracking
+
+        try:
+            tracking.connect(settings)
+            target.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target))
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors are many; monitoring says why and goes on
+            return None, f"{name} v{version} could not be read from {settings.tracking_uri}: {exc}"[:500]
+    found = sorted(target.rglob("popularity.npy"))
+    if not found:
+        return None, f"{name} v{version} keeps no training popularity (registered before it was kept)"
+    products = np.load(found[0].parent / "products.npy")
+    return pd.Series(np.load(found[0]), index=products), f"{name} v{version}'s training purchases"
