@@ -101,6 +101,18 @@ def test_stacking_without_the_baseline_feature_says_what_to_change() -> None:
         fit_propensity(settings, split, columns)
 
 
+def test_a_feature_missing_on_every_training_row_is_named_instead_of_a_numpy_error() -> None:
+    """A young store: nobody had two orders before the training cutoffs, so the inter-purchase statistics
+    are missing on every training row; the trees used to fail binning them ("window shape cannot be larger
+    than input array shape")."""
+    settings = _settings()
+    frame = _store(rows_per_cutoff=200)
+    frame["inter_purchase_days_std"] = np.nan
+    split = split_holdout(frame, settings.features.label)
+    with pytest.raises(ValueError, match=r"inter_purchase_days_std have no value on any of the \d+ training rows"):
+        fit_propensity(settings, split, list(settings.features.customer_features))
+
+
 def test_a_training_set_over_train_max_rows_is_fitted_on_a_seeded_sample_of_its_training_cutoffs_only() -> None:
     from storeflow.components.train import training_split
 

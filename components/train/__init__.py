@@ -75,6 +75,11 @@ def fit_propensity(settings: Settings, split: Split, columns: list[str]):
 
     estimator = build_estimator(settings.train.estimator, settings.train.params)
     x, y = split.train[columns], split.train[LABEL].to_numpy()
+    empty = [name for name in columns if x[name].isna().all()]
+    if empty:  # gradient boosting cannot bin a column with no value (numpy's "window shape" error otherwise)
+        raise ValueError(f"feature(s) {', '.join(empty)} have no value on any of the {len(x)} training rows (the "
+                         "inter-purchase ones need customers with two or more orders before a training cutoff): "
+                         "ingest more history, or drop them from features.customer_features")
     cx, cy = split.calibration[columns], split.calibration[LABEL].to_numpy()
     # An estimator without decision_function (a DummyClassifier baseline run) cannot be stacked: Platt-scaled alone.
     if settings.train.stack and hasattr(estimator, "decision_function"):
