@@ -19,7 +19,7 @@ from test_monitor_recommendations import END, _week_then_day  # noqa: E402
 
 from storeflow.components.monitor.recommendations import recommender_window  # noqa: E402
 from storeflow.components.recommend.canary import feedback_logs as canary_logs  # noqa: E402
-from storeflow.components.recommend.feedback import KINDS, local_log_dir, log_store  # noqa: E402
+from storeflow.components.recommend.feedback import KINDS, local_log_dir, log_store, served_ctr  # noqa: E402
 
 
 @pytest.fixture
@@ -57,6 +57,8 @@ def test_monitoring_and_the_canary_read_the_shipped_logs(stored):
     assert part["answers"] == 1_500 and [r["model_version"] for r in part["baseline_ctr"]] == ["1"]
     answers, events = canary_logs(stored)()
     assert len(answers) == 7_500 and set(events["model_version"]) == {"1", "2"}
+    table = served_ctr(stored).set_index("model_version")  # what the recommend task reports
+    assert table.loc["1", "impressions"] == 6_000 and table.loc["2", "impressions"] == 1_500
 
 
 def test_a_bad_store_uri_or_kind_is_named(settings):

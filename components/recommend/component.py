@@ -38,7 +38,7 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
     from storeflow.components.config import load_run_settings
     from storeflow.components.recommend import evaluate_recommenders, fit_recommender
     from storeflow.components.recommend.evaluate import markdown
-    from storeflow.components.recommend.feedback import ctr_report
+    from storeflow.components.recommend.feedback import served_ctr
     from storeflow.components.recommend.feedback import markdown as ctr_markdown
     from storeflow.components.recommend.registry import register_recommender
     from storeflow.components.tables import read_tables
@@ -57,7 +57,7 @@ def recommend(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model], me
     registered = register_recommender(settings, Path(model.path), judged, tables)
     model.metadata.update(model_uri=f"models:/{registered.model_name}/{registered.version}",
                           version=registered.version, champion=registered.promoted)
-    live = ctr_report(settings.project.state_dir)
+    live = served_ctr(settings)  # this machine's logs and those shipped to the object store
     for row in live.dropna(subset=["ctr"]).itertuples():
         metrics.log_metric(f"served_v{row.model_version}.ctr", float(row.ctr))
     with open(report.path, "w") as out:

@@ -66,6 +66,16 @@ def ctr_report(state_dir: Path) -> pd.DataFrame:
     return ctr_by_version(read_log(root / "predictions", ANSWER_COLUMNS), read_log(root / "feedback", EVENT_COLUMNS))
 
 
+def served_ctr(settings) -> pd.DataFrame:
+    """CTR per model version from every recommender log ``settings`` reaches: this machine's files and those
+    the servers shipped to ``serving.prediction_log_store`` (what the recommend task reports on a cluster)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recommender-logs-") as scratch:
+        return ctr_by_version(read_logs(settings, "predictions", ANSWER_COLUMNS, Path(scratch)),
+                              read_logs(settings, "feedback", EVENT_COLUMNS, Path(scratch)))
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The table for a report: one row per model version."""
     lines = ["| model version | answers | impressions | clicks | CTR | unjoined events |", "|---|---|---|---|---|---|"]
