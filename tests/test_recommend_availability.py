@@ -184,3 +184,28 @@ def test_a_running_server_hides_what_the_webhooks_sell_out_without_being_asked(h
         assert catalog.hidden.tolist() == [False, True] and catalog.error is None
     finally:
         catalog.stop()
+
+
+def test_on_redis_the_catalog_reads_the_view_for_the_models_products(tmp_path):
+    """Feast's Redis online store (the cluster's): no change counter, so each refresh reads the view again
+    through the store's own online_read; it says what get_online_features says."""
+    from redis_server import redis_server
+
+    from storeflow.components.config import load_settings
+
+    with redis_server(tmp_path) as address:
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+                                  "features": {"feast": {"online_store": "redis",
+                                                         "redis_connection_string": address}}})
+        store = feature_store(settings)
+        availability.ensure_view(store, settings)
+        catalog = availability.LiveCatalog(store, [SENCHA, 77, 42])
+        catalog.refresh()
+        assert not catalog.hidden.any() and catalog.cards == {}
+        conn = sqlite3.connect(":memory:")
+        products.ensure_schema(conn)
+        availability.write(store, settings, products.apply(conn, "products/update", payload("products_update")))
+        availability.write(store, settings, _sold_out_rows([77], conn))
+        assert catalog.refresh_if_changed()  # always read again: Redis says nothing of changes
+        assert catalog.hidden.tolist() == [False, True, False]
+        assert catalog.cards == availability.lookup(store, [SENCHA, 77, 42])
