@@ -12,7 +12,7 @@ interval while the loop is busy).
 :class:`ScoreMemo` sits in front: a model version is a pure function of the feature row, so scores are
 remembered by the row's bytes (the exact float64 values the model saw). A customer whose features have
 not changed is answered without a model call or a thread hop; new features are a new key, so nothing
-needs invalidating. Bounded to ``max_rows`` entries, evicted a generation at a time, and off by itself
+needs invalidating. Bounded to ``max_rows`` entries, least recently used evicted first, one at a time, and off by itself
 while its hit rate is too low to help (:mod:`storeflow.serving.caching`).
 """
 
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from storeflow.serving.caching import CacheUse, Generations
+from storeflow.serving.caching import Bounded, CacheUse
 
 
 def _rows(batch: list[tuple[np.ndarray, asyncio.Future]]) -> np.ndarray:
@@ -127,7 +127,7 @@ class ScoreMemo:
     def __init__(self, batcher: MicroBatcher, max_rows: int = 100_000):
         self.batcher = batcher
         self.max_rows = max_rows
-        self._scores = Generations(max_rows or 2)
+        self._scores = Bounded(max_rows or 2)
         self.use = CacheUse("scores", max_rows or 2) if max_rows else None
         self.hits = 0
 
@@ -138,8 +138,8 @@ class ScoreMemo:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         keys = [row.tobytes() for row in rows]
         if not use.observe(keys, time.monotonic()):
-            if len(self._scores):
-                self._scores.clear()
+            self._scores.clear()  # off: nothing consulted or filled; memory back a few entries a call
+            self._scores.drain()
             return await self.batcher(rows)
         known = self._scores
         scores = np.empty(len(keys), dtype=np.float64)

@@ -6,10 +6,13 @@ Two caches sit on the request path of ``storeflow serve``: customer feature rows
 the cache's horizon and only cost a store whose traffic does not repeat (a large store drawn uniformly):
 memory, inserts that never pay back, and objects the garbage collector walks. So each one
 
-* keeps at most ``max_keys`` entries in two generations (:class:`Generations`): inserts go to the young
-  one; when it is full the old one is dropped whole and the young one becomes old, so an entry used in
-  the last two generations stays (a hit moves it to the young one) and eviction is one dict swap,
-  never a scan;
+* keeps at most ``max_keys`` entries, least recently used first out (:class:`Bounded`, an
+  ``OrderedDict``): a hit moves its entry to the end, an insert past the bound evicts exactly one entry
+  from the front. Every operation is O(1) and frees at most a few entries: nothing on the request path
+  ever drops a large part of the cache at once. (Two generations, dropping the old one whole when the
+  young one filled, freed 100,000 feature rows in one go: ~20 ms on the event loop on a quiet core, a
+  p99 stall for every request waiting behind it.) Emptying it (off, an erasure, a new materialization)
+  swaps in an empty map at once and frees the old entries :data:`DRAIN` at a time on later operations;
 * decides from its hit rate whether it is worth consulting (:class:`CacheUse`). The decision uses an
   estimate that does not depend on the cache being on: a fixed 1-in-:data:`SAMPLE` sample of the keys
   (by hash) is remembered, with the time it was last seen, in a small shadow table, and a sampled
@@ -28,6 +31,7 @@ estimate of the last window, the one that decides), ``storeflow_cache_enabled`` 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 
 from storeflow.serving import metrics
@@ -39,36 +43,59 @@ SAMPLE = 16  # one key in SAMPLE (by hash) feeds the hit-rate estimate
 WINDOW = 256  # sampled lookups per decision (~4,000 lookups)
 FLUSH_EVERY = 64  # lookups counted locally before they are added to the Prometheus counters
 FLUSH_SECONDS = 0.5
+DRAIN = 16  # forgotten entries freed per cache operation (~3 us), see Bounded.clear
 MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads structured keys (customer ids) over the sample
 
 
-class Generations:
-    """A map of at most ``max_keys`` entries, evicting in O(1) (see the module docstring)."""
+class Bounded:
+    """A map of at most ``max_keys`` entries, least recently used evicted first, in O(1) per operation
+    (see the module docstring)."""
 
     def __init__(self, max_keys: int):
-        self.max_keys = max(2, int(max_keys))
-        self._young: dict = {}
-        self._old: dict = {}
+        self.max_keys = max(1, int(max_keys))
+        self._map: OrderedDict = OrderedDict()
+        self._retired: list[OrderedDict] = []  # emptied maps whose entries are freed DRAIN at a time
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self._map)
 
     def get(self, key):
-        value = self._young.get(key)
-        if value is None:
-            value = self._old.pop(key, None)
-            if value is not None:
-                self._young[key] = value
+        if self._retired:
+            self.drain()
+        value = self._map.get(key)
+        if value is not None:
+            self._map.move_to_end(key)
         return value
 
     def put(self, key, value) -> None:
-        young = self._young
-        young[key] = value
-        if len(young) >= self.max_keys // 2:
-            self._old, self._young = young, {}
+        if self._retired:
+            self.drain()
+        entries = self._map
+        entries[key] = value
+        entries.move_to_end(key)
+        if len(entries) > self.max_keys:
+            entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._young, self._old = {}, {}
+        """Forget every entry now (nothing is answered from them again); their memory is freed a few
+        entries at a time by later operations, never all at once here."""
+        if self._map:
+            self._retired.append(self._map)
+            self._map = OrderedDict()
+
+    def retired(self) -> int:
+        """Entries forgotten and not freed yet."""
+        return sum(len(m) for m in self._retired)
+
+    def drain(self) -> None:
+        """Free up to :data:`DRAIN` forgotten entries (a cache that is off calls it per lookup)."""
+        if not self._retired:
+            return
+        old = self._retired[0]
+        for _ in range(min(DRAIN, len(old))):
+            old.popitem(last=False)
+        if not old:
+            self._retired.pop(0)
 
 
 class CacheUse:
@@ -90,7 +117,7 @@ class CacheUse:
         self.hits = 0  # answered from the cache, since start
         self.lookups = 0
         self.entries = 0
-        self._shadow = Generations(max(64, max_keys // sample))
+        self._shadow = Bounded(max(64, max_keys // sample))
         self._sampled = 0
         self._sampled_hits = 0
         self._pending = [0, 0]  # hits, lookups not yet in the Prometheus counters

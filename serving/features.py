@@ -15,7 +15,7 @@ The read is the configured Feast online store's own ``online_read`` (or ``online
 response building around it cost more than the read itself (~55 vs ~30 us per customer on SQLite), and
 for one feature view read by entity key they decide nothing (Feast 0.67 applies no TTL online either).
 Rows are kept in memory for at most ``serving.feature_cache_seconds`` (``serving.feature_cache_rows``
-of them at most, evicted a generation at a time) while the cache's hit rate says it helps (see
+of them at most, least recently used evicted first, one at a time) while the cache's hit rate says it helps (see
 :mod:`storeflow.serving.caching`: it switches itself off when traffic does not repeat, e.g. a large
 store drawn uniformly), and dropped as soon as Feast records a new
 materialization of the customer view (checked every ``serving.feature_refresh_seconds``), so a
@@ -49,7 +49,7 @@ from storeflow.components.erasure import EpochView, read_epoch
 from storeflow.components.features.compute import RECENT_WINDOW_DAYS
 from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, feature_store
 from storeflow.components.shopify.layout import erasure_epoch
-from storeflow.serving.caching import CacheUse, Generations
+from storeflow.serving.caching import Bounded, CacheUse
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -130,7 +130,10 @@ class OnlineFeatures:
         self._online = None  # the configured online store, opened on first read
         self._sqlite_query: str | None = None  # see _lean_sqlite_query; "" once known not to apply
         self._view = None  # the customer FeatureView, re-read when Feast records a new materialization
-        self._cache = Generations(self.max_rows)  # customer id -> (expires at, row, fallback used)
+        # customer id -> one float64 array: the row, then 1.0 if the fallback filled it, then when it expires.
+        # An ndarray is no object the garbage collector tracks (a tuple of them was: every cached row
+        # counted towards the next collection, so a filling cache ran the collector every ~700 misses).
+        self._cache = Bounded(self.max_rows)
         self.use = CacheUse("features", self.max_rows, horizon_s=self.ttl)
         self._waiting: dict[int, asyncio.Future] = {}
         self._flush_scheduled = False
@@ -174,13 +177,14 @@ class OnlineFeatures:
                 cache, missing = self._cache, []
                 for cid in customer_ids:
                     hit = cache.get(cid)
-                    if hit is not None and now < hit[0]:
-                        found[cid] = hit[1], hit[2]
+                    if hit is not None and now < hit[-1]:
+                        found[cid] = hit[:-2], hit[-2] != 0.0
                     else:
                         missing.append(cid)
                 self.use.count(len(customer_ids) - len(missing), len(customer_ids), len(cache))
-            elif len(self._cache):
-                self._cache.clear()  # off: its memory back, nothing stale kept for when it is on again
+            else:  # off: nothing stale kept for when it is on again, its memory back a few entries a lookup
+                self._cache.clear()
+                self._cache.drain()
         if missing:
             unique = list(dict.fromkeys(missing))
             for cid, result in zip(unique, await asyncio.gather(*[self._request(cid) for cid in unique])):
@@ -295,7 +299,9 @@ class OnlineFeatures:
                 # Each row lives 75-100 % of the TTL (by id): rows read together do not all expire
                 # together, which would send every customer of a busy minute to the store at once.
                 life = self.ttl * (0.75 + 0.25 * ((cid * 2654435761) % 1024) / 1024)
-                self._cache.put(cid, (now + life, row, missing))
+                entry = np.empty(len(row) + 2)
+                entry[:-2], entry[-2], entry[-1] = row, 1.0 if missing else 0.0, now + life
+                self._cache.put(cid, entry)
         return out
 
     def _lean_sqlite_query(self, view) -> str | None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from storeflow.serving import metrics
 from storeflow.serving.batching import MicroBatcher, ScoreMemo
-from storeflow.serving.caching import SAMPLE, WINDOW, CacheUse, Generations
+from storeflow.serving.caching import DRAIN, SAMPLE, WINDOW, Bounded, CacheUse
 
 
 def model(rows: np.ndarray) -> np.ndarray:
@@ -29,14 +29,32 @@ def _score_one_at_a_time(memo: ScoreMemo, rows: np.ndarray) -> np.ndarray:
     return asyncio.run(run())
 
 
-def test_generations_never_hold_more_than_their_bound_and_keep_what_is_used():
-    cache = Generations(10)
-    for key in range(100):
+def test_a_full_cache_evicts_one_entry_per_insert_the_least_recently_used():
+    cache = Bounded(10)
+    for key in range(10):
         cache.put(key, key)
-        cache.get(0) or cache.put(0, -1)  # key 0 is used all the time
-        assert len(cache) <= 10
-    assert cache.get(0) is not None
-    assert cache.get(1) is None  # long gone
+    for key in range(10, 100):
+        assert cache.get(0) == 0  # key 0 is used all the time
+        cache.put(key, key)
+        # Exactly one entry out per insert past the bound: never half the cache freed at once (two
+        # generations dropped five of these ten entries in one insert, 100,000 rows in production).
+        assert len(cache) == 10
+    assert cache.get(0) == 0
+    assert cache.get(90) is None and cache.get(91) == 91  # the least recently used went first
+
+
+def test_emptying_a_cache_forgets_at_once_and_frees_its_entries_a_few_at_a_time():
+    cache = Bounded(100_000)
+    for key in range(1000):
+        cache.put(key, (key, np.zeros(3)))
+    cache.clear()
+    assert len(cache) == 0 and cache.get(5) is None  # nothing answered from a forgotten entry
+    assert cache.retired() == 1000 - DRAIN  # that get freed a few, not all 1,000 at once
+    for _ in range(1000 // DRAIN):
+        cache.drain()
+    assert cache.retired() == 0
+    cache.put(1, "new")
+    assert cache.get(1) == "new" and len(cache) == 1
 
 
 def test_a_memo_whose_rows_never_repeat_switches_itself_off_and_still_answers_like_the_model():
@@ -49,6 +67,7 @@ def test_a_memo_whose_rows_never_repeat_switches_itself_off_and_still_answers_li
     np.testing.assert_array_equal(scores, model(rows))
     assert not memo.use.enabled and memo.use.estimate == 0.0
     assert len(memo._scores) == 0  # off: empty, not consulted, not filled
+    assert memo._scores.retired() == 0  # and what it held is freed, a few entries a call
 
 
 def test_a_memo_turns_itself_on_again_when_traffic_repeats():

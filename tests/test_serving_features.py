@@ -90,6 +90,44 @@ def test_the_feature_cache_stays_within_its_row_bound(tmp_path: Path, store_tabl
     assert np.array_equal(rows, _feast_rows(settings, ids)[0])  # evictions lose nothing but time
 
 
+def _objects_left_by_a_first_read(reader: OnlineFeatures, ids: list[int]) -> int:
+    """Objects the garbage collector tracks that a read of ``ids`` leaves behind."""
+    import gc
+
+    asyncio.run(reader.rows(ids[:5]))  # the store opened, the view read
+    asyncio.run(reader.rows(ids[5:7]))
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        asyncio.run(reader.rows(ids[7:]))
+        return gc.get_count()[0] - before
+    finally:
+        gc.enable()
+
+
+def test_cached_rows_answer_like_feast_and_leave_nothing_for_the_garbage_collector(tmp_path: Path, store_tables) -> None:
+    settings = _settings(tmp_path)
+    build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+    ids = [int(i) for i in store_tables["customers"]["customer_id"]] + [UNKNOWN]
+    uncached = OnlineFeatures(settings)
+    settings.serving.feature_cache_seconds = 600
+    cached = OnlineFeatures(settings)
+    try:
+        baseline = _objects_left_by_a_first_read(uncached, ids)
+        left = _objects_left_by_a_first_read(cached, ids)
+        rows, fallback = asyncio.run(cached.rows(ids))  # every customer from the cache
+    finally:
+        uncached.close()
+        cached.close()
+    assert len(cached._cache) == len(ids) and cached.use.hits >= len(ids)
+    expected_rows, expected_missing = _feast_rows(settings, ids)
+    assert np.array_equal(rows, expected_rows) and np.array_equal(fallback, expected_missing)
+    # A cached row is one float64 array, no object the collector tracks: a cache filling up does not
+    # bring the next collection nearer (a (expires, row, fallback) tuple per row left one each behind).
+    assert left - baseline < len(ids) // 2, (left, baseline)
+
+
 def test_a_customer_erased_while_cached_gets_the_fallback_on_the_next_lookup(tmp_path: Path, store_tables) -> None:
     from storeflow.components.shopify import journal, layout, privacy
 
