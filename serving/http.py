@@ -357,42 +357,35 @@ _CONTENT_TYPE, _CONTENT_LENGTH, _ORIGIN = b"content-type", b"content-length", b"
 _BINARY = b"inference-header-content-length"
 
 
-class FlatV2:
-    """Outermost: a well-formed, authorized, single-answer V2 infer request straight to the model.
+class FlatRoute:
+    """Outermost: one route's well-formed, authorized request straight to the model, skipping the ~10 ASGI
+    layers of the middleware stack (see :class:`FlatV2`, the first of them, for what is and is not taken).
 
-    What the middleware stack and FastAPI's routing do for ``POST /v2/models/<m>/infer`` (CORS, the
-    request observer, the body limit, Shopify auth, version pinning, the route's body validation, then
-    KServe's ``V2Endpoints.infer``: model readiness, decode, ``Model.__call__``, encode) costs ~10 layers of
-    ASGI calls per request. For the request that needs none of their answers, this does the same steps
-    in one function, calling the same code: :meth:`ShopifyAuthMiddleware.authorize` (same token cache),
-    the route's pydantic validation of KServe's ``InferenceRequest``, KServe's DataPlane for the model and
-    ``Model.__call__`` (preprocess, predict, postprocess and KServe's own latency histograms), and the
-    request observer's metrics (:class:`RequestMeter`).
-
-    Anything else goes down the stack untouched: another path or method, an ``Origin`` (CORS answers it),
-    a binary body, a body without a declared length or over the limit. And so does any request whose
-    answer would not be a 200: a failed auth, a body that does not parse or validate, a model that is
-    not ready, an exception from the model; its body is replayed to the stack, which answers it as it
-    always did (its error shape, status and log line). Such a request does its work up to the failure
-    twice; no answered request does.
+    A subclass names its ``route`` (the path pattern, the model name its group 1), the headers whose
+    presence sends a request to the stack (``passthrough``; content-type and content-length are among
+    them, so one said twice goes there too), which bodies count as JSON (``is_json``), and builds the
+    200 answer in ``_answer`` (headers, body, answering version), or returns None to let the stack
+    answer. Everything around it (the body read up to the limit, the replay to the stack, the request
+    metrics) is here once.
     """
 
-    def __init__(self, app, dataplane, max_bytes: int, auth=None):
-        from kserve.protocol.rest.v2_datamodels import InferenceRequest
-        from pydantic import TypeAdapter
+    route: re.Pattern
+    passthrough: tuple[bytes, ...] = (_ORIGIN, _CONTENT_LENGTH, _CONTENT_TYPE)
 
+    def __init__(self, app, dataplane, max_bytes: int, auth=None):
         self.app = app
         self.dataplane = dataplane
         self.max_bytes = max_bytes
         self.auth = auth  # a ShopifyAuthMiddleware (only its authorize is used), or None: auth off
         self.meter = RequestMeter()
-        self._body = TypeAdapter(Union[InferenceRequest, bytes])  # what v2_infer_route validates with
-        self._request_type = InferenceRequest
+
+    def is_json(self, content_type: bytes) -> bool:
+        return _is_json(content_type.decode("latin-1"))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        match = _V2_INFER.match(scope["path"])
+        match = self.route.match(scope["path"])
         if match is None:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
@@ -401,8 +394,8 @@ class FlatV2:
             if key == _CONTENT_LENGTH and declared is None:
                 declared = value
             elif key == _CONTENT_TYPE and json_body is None:
-                json_body = _is_json(value.decode("latin-1"))
-            elif key in (_ORIGIN, _BINARY, _CONTENT_LENGTH, _CONTENT_TYPE):  # CORS, binary, or said twice
+                json_body = self.is_json(value)
+            elif key in self.passthrough:  # CORS, a binary body, or a header said twice
                 return await self.app(scope, receive, send)
         if not json_body:  # the route hands any other body to KServe as bytes
             return await self.app(scope, receive, send)
@@ -434,6 +427,42 @@ class FlatV2:
         await send({"type": "http.response.start", "status": 200, "headers": status_headers})
         await send({"type": "http.response.body", "body": content})
         self.meter.observe(version, 200, time.perf_counter() - started)
+
+    async def _answer(self, scope, model_name: str, body: bytes):
+        """(headers, body, answering version) of the 200 answer, or None: let the stack answer."""
+        raise NotImplementedError
+
+
+class FlatV2(FlatRoute):
+    """Outermost: a well-formed, authorized, single-answer V2 infer request straight to the model.
+
+    What the middleware stack and FastAPI's routing do for ``POST /v2/models/<m>/infer`` (CORS, the
+    request observer, the body limit, Shopify auth, version pinning, the route's body validation, then
+    KServe's ``V2Endpoints.infer``: model readiness, decode, ``Model.__call__``, encode) costs ~10 layers of
+    ASGI calls per request. For the request that needs none of their answers, this does the same steps
+    in one function, calling the same code: :meth:`ShopifyAuthMiddleware.authorize` (same token cache),
+    the route's pydantic validation of KServe's ``InferenceRequest``, KServe's DataPlane for the model and
+    ``Model.__call__`` (preprocess, predict, postprocess and KServe's own latency histograms), and the
+    request observer's metrics (:class:`RequestMeter`).
+
+    Anything else goes down the stack untouched: another path or method, an ``Origin`` (CORS answers it),
+    a binary body, a body without a declared length or over the limit. And so does any request whose
+    answer would not be a 200: a failed auth, a body that does not parse or validate, a model that is
+    not ready, an exception from the model; its body is replayed to the stack, which answers it as it
+    always did (its error shape, status and log line). Such a request does its work up to the failure
+    twice; no answered request does.
+    """
+
+    route = _V2_INFER
+    passthrough = (_ORIGIN, _BINARY, _CONTENT_LENGTH, _CONTENT_TYPE)
+
+    def __init__(self, app, dataplane, max_bytes: int, auth=None):
+        from kserve.protocol.rest.v2_datamodels import InferenceRequest
+        from pydantic import TypeAdapter
+
+        super().__init__(app, dataplane, max_bytes, auth)
+        self._body = TypeAdapter(Union[InferenceRequest, bytes])  # what v2_infer_route validates with
+        self._request_type = InferenceRequest
 
     async def _answer(self, scope, model_name: str, body: bytes):
         """(headers, body, answering version) of the 200 answer, or None: let the stack answer."""

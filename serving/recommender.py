@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 import uuid
 from pathlib import Path
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from storeflow.components.recommend.availability import LiveCatalog, ProductState, ensure_view
 from storeflow.components.recommend.model import ItemItem, Neighbours
 from storeflow.serving.predlog import PredictionLog, now_iso
+from storeflow.serving.http import FlatRoute
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
 
@@ -157,11 +157,10 @@ class RecommenderModel(Model):
 
 
 _V1_PREDICT = re.compile(r"^/v1/models/([^/]+):predict$")
-_CONTENT_TYPE, _CONTENT_LENGTH, _ORIGIN = b"content-type", b"content-length", b"origin"
 _BINARY_CE = b"ce-specversion"  # a binary CloudEvent: KServe's decode reads its headers
 
 
-class FlatV1:
+class FlatV1(FlatRoute):
     """Outermost: a well-formed, authorized V1 ``:predict`` of the recommender straight to the model, as
     :class:`storeflow.serving.http.FlatV2` does for V2 (read its docstring): the same steps as the stack in
     one function, calling the same code: Shopify auth (:meth:`ShopifyAuthMiddleware.authorize`, the same
@@ -177,59 +176,11 @@ class FlatV1:
     stack, which answers it as it always did.
     """
 
-    def __init__(self, app, dataplane, max_bytes: int, auth=None):
-        from storeflow.serving.http import RequestMeter
+    route = _V1_PREDICT
+    passthrough = (*FlatRoute.passthrough, _BINARY_CE)
 
-        self.app, self.dataplane, self.max_bytes, self.auth = app, dataplane, max_bytes, auth
-        self.meter = RequestMeter()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        match = _V1_PREDICT.match(scope["path"])
-        if match is None:
-            return await self.app(scope, receive, send)
-        from storeflow.serving.http import replayed
-
-        started = time.perf_counter()
-        declared, json_body = None, None
-        for key, value in scope["headers"]:
-            if key == _CONTENT_LENGTH and declared is None:
-                declared = value
-            elif key == _CONTENT_TYPE and json_body is None:
-                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
-            elif key in (_ORIGIN, _BINARY_CE, _CONTENT_LENGTH, _CONTENT_TYPE):  # CORS, CloudEvent, or said twice
-                return await self.app(scope, receive, send)
-        if not json_body:
-            return await self.app(scope, receive, send)
-        try:
-            declared = int(declared)
-        except (TypeError, ValueError):
-            return await self.app(scope, receive, send)
-        if not 0 < declared <= self.max_bytes:
-            return await self.app(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            more = message.get("more_body", False) and size <= self.max_bytes
-        body = b"".join(chunks)
-        answered = None
-        if not more:
-            try:
-                answered = await self._answer(scope, match.group(1), body)
-            except Exception:  # noqa: BLE001 - the stack answers it, as it always did
-                answered = None
-        if answered is None:
-            return await self.app(scope, replayed(body, receive, more), send)
-        response, version = answered
-        await send({"type": "http.response.start", "status": 200, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-        self.meter.observe(version, 200, time.perf_counter() - started)
+    def is_json(self, content_type: bytes) -> bool:
+        return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
     async def _answer(self, scope, model_name: str, body: bytes):
         """(the 200 response, answering version) as V1Endpoints.predict builds it, or None: the stack answers."""
@@ -250,7 +201,8 @@ class FlatV1:
             return None
         response_headers.update(encoded)
         response_headers.pop("content-length", None)
-        return ORJSONResponse(content=response, headers=response_headers), response_headers.get(VERSION_HEADER, "none")
+        answer = ORJSONResponse(content=response, headers=response_headers)
+        return answer.raw_headers, answer.body, response_headers.get(VERSION_HEADER, "none")
 
 
 def install_flat_v1(app, server, settings: Settings) -> None:
