@@ -58,12 +58,14 @@ def run(config: ConfigOption = None, set_: SetOption = None,
                                  param_hint="--pipeline")
 
 
-def _run_with_report(name: str, pipeline, stages, settings, task: str):
-    """Run a pipeline whose last task writes a Markdown report (risk, recommend) and print that report."""
+def _run_with_report(name: str, pipeline, stages, settings, *tasks: str):
+    """Run a pipeline whose tasks write a Markdown report (risk; the recommender's evaluate and register) and
+    print those reports, in the order of ``tasks``."""
     result = _run_pipeline(name, pipeline, settings, stages)
     artifacts = result.log.parent / "artifacts"
-    for report in artifacts.glob(f"*/{task}/report"):
-        console.print(report.read_text(), markup=False, highlight=False)
+    for task in tasks:
+        for report in artifacts.glob(f"*/{task}/report"):
+            console.print(report.read_text(), markup=False, highlight=False)
     console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
     return result
 
@@ -77,7 +79,8 @@ def _run_risk(settings):
 def _run_recommendations(settings):
     from storeflow.pipelines.recommendations import STAGES, recommendations_pipeline
 
-    return _run_with_report("recommendations", recommendations_pipeline, STAGES, settings, "recommend")
+    return _run_with_report("recommendations", recommendations_pipeline, STAGES, settings, "evaluate-recommender",
+                            "register-recommender")
 
 
 def _run_training(settings):

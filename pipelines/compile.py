@@ -25,7 +25,9 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor
-    from storeflow.components.recommend.component import recommend
+    from storeflow.components.recommend.evaluate_component import evaluate_recommender
+    from storeflow.components.recommend.register_component import register_recommender
+    from storeflow.components.recommend.train_component import train_recommender
     from storeflow.components.risk.component import risk
     from storeflow.components.validate.component import validate
     from storeflow.pipelines.monitoring import build_monitoring_pipeline, retrain
@@ -38,7 +40,8 @@ def _targets(settings=None) -> dict[str, object]:
                                   "pipelines/monitoring.yaml": build_monitoring_pipeline(settings),
                                   "pipelines/recommendations.yaml": build_recommendations_pipeline(settings),
                                   "pipelines/risk.yaml": build_risk_pipeline(settings)}
-    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, recommend, risk):
+    for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, train_recommender,
+               evaluate_recommender, register_recommender, risk):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 

@@ -1,19 +1,30 @@
-"""The recommendations pipeline: ingest → validate → recommend, on the same ingest and validate components
-(and cluster wiring) as training; the item-item model and its comparison with the baselines are artifacts,
-and the model is registered in MLflow beside the propensity model."""
+"""The recommendations pipeline on the same components and cluster wiring as training:
+ingest → validate → train_recommender → evaluate_recommender → register_recommender.
+
+ingest and validate are training's own tasks; the recommender's stages hand each other typed artifacts
+(the snapshot Dataset, the fitted item-item Model, the evaluation's Metrics and Markdown report, the
+registered Model) and the evaluation as JSON. The champion alias moves inside register_recommender (it
+must beat the best baseline and not be worse than the champion's settings), never by a pipeline branch.
+"""
 
 from kfp import dsl
 
 from storeflow.components.config import Settings
-from storeflow.components.recommend.component import recommend
-from storeflow.pipelines.training import DEFAULTS, ingested_and_validated, mlflow_credentials, on_cluster
+from storeflow.components.recommend.evaluate_component import evaluate_recommender
+from storeflow.components.recommend.register_component import register_recommender
+from storeflow.components.recommend.train_component import train_recommender
+from storeflow.pipelines.training import DEFAULTS, ingested_and_validated, mlflow_credentials, object_store_credentials, on_cluster
 
 PIPELINE_NAME = "storeflow-recommendations"
-STAGES = ("ingest", "validate", "recommend")
+# kfp.local's task names (the components' names): the progress bar's rows
+STAGES = ("ingest", "validate", "train-recommender", "evaluate-recommender", "register-recommender")
 
 
 def build_recommendations_pipeline(settings: Settings = DEFAULTS):
     """The recommendations pipeline wired for the cluster ``settings`` describe (see ``training.on_cluster``)."""
+
+    def cluster(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        return on_cluster(task, name, settings)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Store orders to a registered item-item product recommender, "
                   "judged against popularity and frequently-bought-together.")
@@ -31,13 +42,20 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
             config_json: Advanced: any storeflow settings as a JSON object, over the ConfigMap; the inputs
                 above win over it.
         """
+        judged_as = {"k": k, "horizon_days": horizon_days}
         ingested, validated = ingested_and_validated(config_json, ingest_source, ingest_path, settings)
         snapshot = ingested.outputs["snapshot"]
-        fitted = mlflow_credentials(on_cluster(
-            recommend(config_json=config_json, snapshot=snapshot, k=k, horizon_days=horizon_days), "recommend",
-            settings), settings)
-        fitted.after(validated)
-        return fitted.outputs["Output"]
+        trained = cluster(train_recommender(config_json=config_json, snapshot=snapshot), "train_recommender")
+        trained.after(validated)  # the gate: nothing is built from a snapshot validate has not passed
+        model = trained.outputs["model"]
+        evaluated = object_store_credentials(cluster(
+            evaluate_recommender(config_json=config_json, snapshot=snapshot, model=model, **judged_as),
+            "evaluate_recommender"), settings)
+        registered = mlflow_credentials(cluster(
+            register_recommender(config_json=config_json, snapshot=snapshot, model=model,
+                                 evaluation=evaluated.outputs["Output"], **judged_as),
+            "register_recommender"), settings)
+        return registered.outputs["Output"]
 
     return recommendations_pipeline
 

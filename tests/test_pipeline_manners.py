@@ -12,8 +12,9 @@ from storeflow.pipelines.cli import app
 from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
-                  "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "recommend"),
-                  "risk": ("ingest", "validate", "risk")}
+                  "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "train-recommender", "evaluate-recommender",
+                                      "register-recommender"),
+                  "risk": ("ingest", "validate", "risk", "risk-deploy")}
 
 
 def _compile(out: Path, *args: str) -> None:
@@ -43,7 +44,8 @@ def test_every_task_has_the_configured_resources_timeout_and_retry(defaults: Pat
     spec, platform = _pipeline(defaults, pipeline)
     configured = load_settings({}).kfp
     for task in PIPELINE_TASKS[pipeline]:
-        sized = configured.resources[task]
+        name = task.replace("-", "_")  # kfp names train_recommender's task train-recommender
+        sized = configured.resources[name]
         resources = _container(spec, task)["resources"]
         assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"],
                 resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == (
@@ -51,7 +53,7 @@ def test_every_task_has_the_configured_resources_timeout_and_retry(defaults: Pat
         executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
         assert platform[executor]["activeDeadlineSeconds"] == str(sized.timeout_seconds), task
         retry = spec["root"]["dag"]["tasks"][task].get("retryPolicy")
-        if task in RETRIED:
+        if name in RETRIED:
             assert retry == {"maxRetryCount": configured.retry.num_retries, "backoffDuration": "30s",
                              "backoffFactor": 2.0, "backoffMaxDuration": "600s"}, task
         else:

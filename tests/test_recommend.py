@@ -109,7 +109,13 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "Serve the item-item model" in text and "item_item beats the best baseline" in text
-    (model_dir,) = (tmp_path / "state" / "runs").glob("*/artifacts/storeflow-recommendations-*/recommend/model")
+    # train, evaluate and register are tasks of their own, joined by typed artifacts: the fitted Model, the
+    # evaluation's report, the registered Model
+    artifacts = next((tmp_path / "state" / "runs").glob("*/artifacts/storeflow-recommendations-*"))
+    (model_dir,) = artifacts.glob("train-recommender/model")
+    assert "Serve the item-item model" in (artifacts / "evaluate-recommender" / "report").read_text()
+    assert ItemItem.load(artifacts / "register-recommender" / "registered_model").products.tolist() == \
+        ItemItem.load(model_dir).products.tolist()
     model = ItemItem.load(model_dir)
     cart = [int(model.products[0]), int(model.products[5])]
     shown = model.recommend(cart, k=10)

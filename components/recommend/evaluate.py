@@ -44,6 +44,11 @@ class RecommenderReport:
     def to_dict(self) -> dict:
         return {**asdict(self), "beats_baselines": self.beats_baselines}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> RecommenderReport:
+        """The report :meth:`to_dict` wrote (the evaluate task's output), read back by the register task."""
+        return cls(**{key: value for key, value in values.items() if key != "beats_baselines"})
+
 
 def rankings(data: Interactions, cfg: RecommendationsConfig) -> dict[str, np.ndarray]:
     """Each recommender's top-k products (columns) for the evaluated customers, never one they bought."""

@@ -23,6 +23,8 @@ class RecommenderRegistration:
     version: str
     promoted: bool
     reason: str
+    run_id: str = ""
+    previous_champion: str | None = None  # the champion when this version was registered (a rollback's target)
 
 
 def register_recommender(settings: Settings, model_dir: Path, report: RecommenderReport,
@@ -52,7 +54,7 @@ def register_recommender(settings: Settings, model_dir: Path, report: Recommende
     client.set_registered_model_alias(name, tracking.CHALLENGER, version)
     if promoted:
         client.set_registered_model_alias(name, tracking.CHAMPION, version)
-    return RecommenderRegistration(name, str(version), promoted, reason)
+    return RecommenderRegistration(name, str(version), promoted, reason, run.info.run_id, champion)
 
 
 def _versus_champion(settings: Settings, client, champion: str, tables) -> tuple[bool, str]:
