@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import jwt
 import numpy as np
 import pytest
 import yaml
+from conftest import free_port
 from scipy import sparse
 
 from storeflow.components.recommend.model import ItemItem
@@ -27,12 +27,6 @@ CLIENT_ID = "flat-client-id"
 SECRET = "shpss_flat0123456789abcdef0123456789"
 SHOP = "demo-store.myshopify.com"
 NAME = "storeflow-recommendations"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _token() -> str:
@@ -53,7 +47,7 @@ def server(tmp_path_factory):
     config.write_text(yaml.safe_dump({"project": {"state_dir": str(root / "state"), "shop_domain": SHOP},
                                       "serving": {"shopify_client_id": CLIENT_ID,
                                                   "cors_origins": [f"https://{SHOP}"]}}))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(config), "STOREFLOW_MODEL_VERSION": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "storeflow.serving.recommender", f"--model_name={NAME}",
                              "--model_dir", str(root / "mnt-models"), "--http_port", str(port)], env=env,

@@ -5,7 +5,6 @@ are 400s; Shopify auth and the closed control routes are those of `storeflow ser
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import jwt
 import pytest
 import yaml
+from conftest import free_port
 
 from storeflow.components.config import SyntheticStoreConfig, load_settings
 from storeflow.components.ingest.bulk_jsonl import read_bulk_jsonl
@@ -28,12 +28,6 @@ CLIENT_ID = "recommend-client-id"
 SECRET = "shpss_recommendations0123456789abcdef"
 SHOP = "demo-store.myshopify.com"
 NAME = "storeflow-recommendations"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def registered(tmp_path_factory):
 
 
 def _start(config: Path, *extra: str):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "storeflow"), "serve-recommendations", "--config",
                              str(config), "--port", str(port), *extra], env=env,
@@ -155,7 +149,7 @@ def test_the_cluster_container_serves_the_model_kserve_downloaded(registered, tm
     kustomize/components/recommendations) serves the files at --model_dir under the version the deploy step
     sets in STOREFLOW_MODEL_VERSION, with Shopify auth on: no credentials is 401, the version header is 7."""
     config, model = registered
-    port = _free_port()
+    port = free_port()
     model_dir = tmp_path / "mnt-models"
     model.save(model_dir / "artifacts" / "model")  # where a pyfunc's artifacts land under /mnt/models
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(config), "STOREFLOW_MODEL_VERSION": "7"}
