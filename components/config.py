@@ -322,6 +322,7 @@ DEFAULT_TASK_RESOURCES: dict[str, dict[str, Any]] = {
     "register_recommender": {"memory_request": "1Gi", "memory_limit": "2Gi"},  # refits the champion's settings
     "deploy_recommender": {"timeout_seconds": 7200},  # a canary waits at every traffic step
     "risk": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
+    "risk_deploy": {"timeout_seconds": 7200},  # the risk champion's canary, as deploy's
 }
 
 
@@ -422,6 +423,8 @@ class DeployConfig(Section):
                                 "test, p < 0.05), rolls back.")
     min_impressions: int = Field(500, ge=1, description="Recommender canaries: impressions each version needs in "
                                  "the window for its click-through rate to be judged.")
+    feast_transformer: bool = Field(True, description="A Feast transformer in front of the predictor (the "
+                                    "propensity model's); the order risk rollout has none: its caller sends features.")
     error_status_regex: str = Field("5..|error", description="storeflow_requests_total status values that are errors.")
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     # target local: the same steps and bounds, judged on a `storeflow serve` the rollout starts itself.
@@ -678,6 +681,19 @@ class RiskConfig(Section):
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "
                                  "doubling up to shopify.max_backoff_seconds.")
+    # rolling a new champion into the InferenceService (components/risk/deploy.py): deploy.*'s steps and bounds,
+    # and these
+    min_replicas: int = Field(1, ge=1, description="The risk InferenceService's replicas: never none on the checkout "
+                              "path (kustomize/base/risk-inference-service.yaml).")
+    max_replicas: int = Field(4, ge=1)
+    canary_alert_ratio: float = Field(2.0, gt=1, description="A risk canary whose share of orders scored HIGH is "
+                                      "more than this many times the champion's, or less than its inverse, in the same "
+                                      "window, and significantly so (two-sided Fisher exact test, p < 0.05), rolls back.")
+    canary_min_orders: int = Field(1000, ge=1, description="Orders each version needs to have scored in "
+                                   "deploy.analysis_window (its prediction log) for its alert rate to be judged.")
+    canary_metrics_selector: str = Field("", description="PromQL label matchers added to the risk canary's request "
+                                         "queries (risk and propensity versions share numbers); '' selects the risk "
+                                         "service's pods: pod=~\"<risk.inference_service>-.*\".")
 
 
 class Settings(BaseSettings):

@@ -50,8 +50,6 @@ def ctr_drop(canary: VersionMetrics, champion: VersionMetrics, max_drop: float, 
     is below the champion's by more than ``max_drop`` (a share of the champion's) and significantly so (one-sided
     Fisher exact test on the two versions' clicks and impressions, scipy's), so that a quiet hour's noise rolls
     nothing back and a real drop smaller than ``max_drop`` is tolerated."""
-    from scipy.stats import fisher_exact
-
     clicks, shown = int(canary.clicks or 0), int(canary.impressions or 0)
     their_clicks, their_shown = int(champion.clicks or 0), int(champion.impressions or 0)
     if shown <= 0 or their_shown <= 0 or their_clicks <= 0:
@@ -60,12 +58,42 @@ def ctr_drop(canary: VersionMetrics, champion: VersionMetrics, max_drop: float, 
     drop = 1.0 - ours / theirs
     if not _beyond(drop, max_drop):
         return None
-    p = float(fisher_exact([[clicks, shown - clicks], [their_clicks, their_shown - their_clicks]],
-                           alternative="less").pvalue)
+    p = _fisher(clicks, shown, their_clicks, their_shown, "less")
     if p >= p_value:
         return None
     return (f"click-through rate {ours:.2%} is {drop:.0%} below champion's {theirs:.2%} (more than {max_drop:.0%}; "
             f"Fisher exact p = {p:.2g})")
+
+
+def _fisher(hits: int, total: int, their_hits: int, their_total: int, alternative: str) -> float:
+    """scipy's Fisher exact test of ``hits`` of ``total`` against ``their_hits`` of ``their_total``."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[hits, total - hits], [their_hits, their_total - their_hits]],
+                              alternative=alternative).pvalue)
+
+
+def alert_shift(canary: VersionMetrics, champion: VersionMetrics, max_ratio: float, p_value: float = 0.05) -> str | None:
+    """Why an order risk canary's alert rate (share of its orders scored HIGH) fails against the champion's in the
+    same window, or None: it is more than ``max_ratio`` times the champion's or less than 1/``max_ratio`` of it,
+    and significantly so (two-sided Fisher exact test on the two versions' HIGH and other orders), so that a quiet
+    window's few alerts roll nothing back. A canary flagging far more orders holds up genuine customers; one
+    flagging far fewer lets fraud through."""
+    alerts, orders = int(canary.alerts or 0), int(canary.orders or 0)
+    their_alerts, their_orders = int(champion.alerts or 0), int(champion.orders or 0)
+    if orders <= 0 or their_orders <= 0 or alerts + their_alerts == 0:
+        return None  # neither flagged anything: nothing to compare
+    ours, theirs = alerts / orders, their_alerts / their_orders
+    ratio = ours / theirs if theirs > 0 else math.inf
+    if not (_beyond(ratio, max_ratio) or _beyond(1.0 / max_ratio, ratio)):
+        return None
+    p = _fisher(alerts, orders, their_alerts, their_orders, "two-sided")
+    if p >= p_value:
+        return None
+    times = "the champion flagged none" if theirs == 0 else f"{ratio:.2g} times the champion's"
+    return (f"alert rate {ours:.2%} ({alerts} of {orders} orders scored HIGH) against champion's {theirs:.2%} "
+            f"({their_alerts} of {their_orders}): {times}, beyond {max_ratio:g}x either way "
+            f"(Fisher exact p = {p:.2g})")
 
 
 def _beyond(value: float, bound: float) -> bool:
@@ -100,13 +128,19 @@ def decide(
     # A recommender is judged on its click-through rate (from its feedback log) where a scorer is judged on
     # the shift of its score histogram.
     by_ctr = canary.impressions is not None or champion.impressions is not None
-    psi = None if missing or by_ctr else score_psi(canary.score_buckets, champion.score_buckets)
-    if not missing and not by_ctr and psi is None:
+    # and an order risk model on its alert rate (from its prediction log).
+    by_alerts = canary.orders is not None or champion.orders is not None
+    psi = None if missing or by_ctr or by_alerts else score_psi(canary.score_buckets, champion.score_buckets)
+    if not missing and not by_ctr and not by_alerts and psi is None:
         missing = ["no prediction-score histogram for both versions"]
     if not missing and by_ctr:
         missing = [f"{who} had {m.impressions or 0:g} impressions in {deploy.analysis_window}, fewer than "
                    f"{deploy.min_impressions}" for who, m in (("canary", canary), ("champion", champion))
                    if (m.impressions or 0) < deploy.min_impressions]
+    if not missing and by_alerts:
+        missing = [f"{who} scored {m.orders or 0:g} orders in {deploy.analysis_window}, fewer than "
+                   f"{settings.risk.canary_min_orders}" for who, m in (("canary", canary), ("champion", champion))
+                   if (m.orders or 0) < settings.risk.canary_min_orders]
     if missing:
         if holds + 1 >= deploy.max_holds_per_step:
             reason = f"insufficient data after {holds + 1} analyses at {percent}%: " + "; ".join(missing)
@@ -134,6 +168,8 @@ def decide(
         violations.append(f"prediction-score PSI {psi:.4f} against champion exceeds {deploy.max_score_psi}")
     if by_ctr and (drop := ctr_drop(canary, champion, deploy.max_ctr_drop)) is not None:
         violations.append(drop)
+    if by_alerts and (shift := alert_shift(canary, champion, settings.risk.canary_alert_ratio)) is not None:
+        violations.append(shift)
     if violations:
         return Decision("rollback", 0, tuple(violations))
 

@@ -213,7 +213,8 @@ def new_inference_service(settings: Settings, model: ModelVersionRef, run_id: st
             "labels": labels,
             "annotations": annotations,
         },
-        "spec": {"predictor": predictor, "transformer": transformer_spec(settings)},
+        "spec": {"predictor": predictor} | ({"transformer": transformer_spec(settings)}
+                                             if settings.deploy.feast_transformer else {}),
     }
 
 
@@ -294,7 +295,9 @@ def start_canary_patch(
         ROLLBACK_REASON: None,
     }
     challenger = predictor_spec(settings, model)
-    new_spec: dict[str, Any] = {"transformer": _replacing(spec.get("transformer"), transformer_spec(settings))}
+    new_spec: dict[str, Any] = {}
+    if settings.deploy.feast_transformer:  # none (order risk): the object keeps what it has, which is none
+        new_spec["transformer"] = _replacing(spec.get("transformer"), transformer_spec(settings))
     if mode == "Serverless":
         new_spec["predictor"] = _replacing(spec["predictor"], challenger | {"canaryTrafficPercent": percent})
     else:

@@ -35,16 +35,20 @@ class VersionMetrics:
     # model judged on its score histogram instead.
     impressions: float | None = None
     clicks: float | None = None
+    # An order risk model's: orders scored and those scored HIGH (its prediction log); None for other models.
+    orders: float | None = None
+    alerts: float | None = None
 
 
 def _label(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def queries(settings: Settings, version: str) -> dict[str, str]:
-    """The PromQL asked for ``version``: request and error counts, p99 latency, score histogram."""
+def queries(settings: Settings, version: str, matchers: str = "") -> dict[str, str]:
+    """The PromQL asked for ``version``: request and error counts, p99 latency, score histogram; ``matchers``
+    (PromQL label matchers, e.g. ``pod=~"storeflow-order-risk-.*"``) narrow every query to one model's series."""
     window = settings.deploy.analysis_window
-    selector = f"model_version={_label(version)}"
+    selector = f"model_version={_label(version)}" + (f",{matchers}" if matchers else "")
     errors = f"{selector},status=~{_label(settings.deploy.error_status_regex)}"
     return {
         "requests": f"sum(increase({REQUESTS}{{{selector}}}[{window}]))",
@@ -114,8 +118,8 @@ class Prometheus:
             raise PrometheusError(f"query {promql!r}: expected one series, got {len(samples)}")
         return samples[0][1] if samples else None
 
-    def version_metrics(self, settings: Settings, version: str) -> VersionMetrics:
-        asked = queries(settings, version)
+    def version_metrics(self, settings: Settings, version: str, matchers: str = "") -> VersionMetrics:
+        asked = queries(settings, version, matchers)
         requests = self.single(asked["requests"]) or 0.0
         errors = self.single(asked["errors"]) or 0.0
         buckets = []

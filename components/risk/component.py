@@ -65,3 +65,36 @@ def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model:
         out.write(result.evaluation["report"])
     print(result.evaluation["report"])
     return json.dumps({key: value for key, value in json.loads(result.to_json()).items() if key != "evaluation"})
+
+
+@component
+def risk_deploy(risk_result: str, config_json: str = "{}") -> str:
+    """Roll a new order risk champion out: a canary on the risk InferenceService judged on errors, latency and
+    its alert rate against the champion's (deploy.target kserve), or recorded for `storeflow serve-risk` (local).
+
+    Args:
+        risk_result: The risk task's RiskResult JSON; a version that did not become champion is not rolled out.
+        config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
+            task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
+
+    Returns:
+        The rollout outcome as JSON.
+    """
+    import json
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.risk.deploy import deploy_risk, deploy_risk_local
+
+    settings = load_settings(config_json)
+    registered = json.loads(risk_result)
+    if not registered["promoted"]:
+        print(f"risk v{registered['version']} did not become champion: nothing to roll out")
+        return json.dumps({"outcome": "skipped", "model_version": registered["version"]})
+    if settings.deploy.target == "kserve":
+        outcome = deploy_risk(settings, registered["version"], registered.get("run_id", ""))
+    else:
+        outcome = deploy_risk_local(settings, registered["version"], registered.get("run_id", ""))
+    for step in outcome.get("steps") or []:
+        print(f"  canary {step['percent']}%: {step['action']}: {'; '.join(step['reasons'])}")
+    print(f"deploy risk v{registered['version']}: {outcome.get('outcome')}: {'; '.join(outcome.get('reasons') or [])}")
+    return json.dumps(outcome)
