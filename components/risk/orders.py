@@ -84,20 +84,26 @@ def snapshot_risk_fields(snapshot: Path) -> pd.DataFrame | None:
     return frame.drop_duplicates("order_id", keep="last").reset_index(drop=True)
 
 
-def snapshot_batches(path: Path) -> Iterator[pa.Table]:
-    """The risk fields of ``path``'s orders as tables of ``TABLE_SCHEMA``, batch by batch, for ingest to keep
-    in the snapshot (``order_risk.parquet``). Nothing when the first batch's orders carry none of the fields
-    (ingest's own Orders export, a synthetic store without fraud): that file is not read a second time."""
+def _order_batches(path: Path) -> Iterator[tuple[pa.Table, pa.Array]]:
+    """``path`` read batch by batch with the risk fields, each batch kept to its orders (a bulk export's
+    line items and other objects dropped), with the orders' numeric ids; batches without orders skipped."""
     options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
-    seen_orders = False
     for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES),
                                   parse_options=options):
         table = pa.Table.from_batches([batch])
         kind, number = split_gids(table["id"])
         orders = pc.fill_null(pc.equal(kind, "Order"), False)
         table, number = table.filter(orders), number.filter(orders)
-        if table.num_rows == 0:
-            continue
+        if table.num_rows:
+            yield table, number
+
+
+def snapshot_batches(path: Path) -> Iterator[pa.Table]:
+    """The risk fields of ``path``'s orders as tables of ``TABLE_SCHEMA``, batch by batch, for ingest to keep
+    in the snapshot (``order_risk.parquet``). Nothing when the first batch's orders carry none of the fields
+    (ingest's own Orders export, a synthetic store without fraud): that file is not read a second time."""
+    seen_orders = False
+    for table, number in _order_batches(path):
         if not seen_orders and not sum(table.num_rows - table[name].null_count for name in RISK_FIELDS):
             return
         seen_orders = True
@@ -106,20 +112,12 @@ def snapshot_batches(path: Path) -> Iterator[pa.Table]:
 
 def _read(path: Path) -> tuple[list[pd.DataFrame], int]:
     """The order frames of one file, and how many risk field values its orders carry."""
-    options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
     frames, present = [], 0
     try:
-        batches = list(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES),
-                                        parse_options=options))
+        batches = list(_order_batches(path))
     except pa.ArrowInvalid as exc:
         raise IngestError(f"cannot be read as bulk JSONL with the order risk fields: {exc}", path) from None
-    for batch in batches:
-        table = pa.Table.from_batches([batch])
-        kind, number = split_gids(table["id"])
-        orders = pc.fill_null(pc.equal(kind, "Order"), False)
-        table, number = table.filter(orders), number.filter(orders)
-        if table.num_rows == 0:
-            continue
+    for table, number in batches:
         present += sum(table.num_rows - table[name].null_count for name in RISK_FIELDS)
         frames.append(_frame(table, number, path))
     return frames, present
