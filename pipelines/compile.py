@@ -25,6 +25,7 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor
+    from storeflow.components.recommend.deploy_component import deploy_recommender
     from storeflow.components.recommend.evaluate_component import evaluate_recommender
     from storeflow.components.recommend.register_component import register_recommender
     from storeflow.components.recommend.train_component import train_recommender
@@ -41,7 +42,7 @@ def _targets(settings=None) -> dict[str, object]:
                                   "pipelines/recommendations.yaml": build_recommendations_pipeline(settings),
                                   "pipelines/risk.yaml": build_risk_pipeline(settings)}
     for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, train_recommender,
-               evaluate_recommender, register_recommender, risk):
+               evaluate_recommender, register_recommender, deploy_recommender, risk):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 

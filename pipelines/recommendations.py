@@ -1,15 +1,18 @@
 """The recommendations pipeline on the same components and cluster wiring as training:
-ingest → validate → train_recommender → evaluate_recommender → register_recommender.
+ingest → validate → train_recommender → evaluate_recommender → register_recommender → deploy_recommender.
 
 ingest and validate are training's own tasks; the recommender's stages hand each other typed artifacts
 (the snapshot Dataset, the fitted item-item Model, the evaluation's Metrics and Markdown report, the
-registered Model) and the evaluation as JSON. The champion alias moves inside register_recommender (it
-must beat the best baseline and not be worse than the champion's settings), never by a pipeline branch.
+registered Model) and the evaluation and registration as JSON. The champion alias moves inside
+register_recommender (it must beat the best baseline and not be worse than the champion's settings), never by
+a pipeline branch, and deploy_recommender rolls out only a version register made champion: the propensity
+model's deploy code pointed at the recommender's InferenceService, its canary judged on click-through rate too.
 """
 
 from kfp import dsl
 
 from storeflow.components.config import Settings
+from storeflow.components.recommend.deploy_component import deploy_recommender
 from storeflow.components.recommend.evaluate_component import evaluate_recommender
 from storeflow.components.recommend.register_component import register_recommender
 from storeflow.components.recommend.train_component import train_recommender
@@ -17,7 +20,8 @@ from storeflow.pipelines.training import DEFAULTS, ingested_and_validated, mlflo
 
 PIPELINE_NAME = "storeflow-recommendations"
 # kfp.local's task names (the components' names): the progress bar's rows
-STAGES = ("ingest", "validate", "train-recommender", "evaluate-recommender", "register-recommender")
+STAGES = ("ingest", "validate", "train-recommender", "evaluate-recommender", "register-recommender",
+          "deploy-recommender")
 
 
 def build_recommendations_pipeline(settings: Settings = DEFAULTS):
@@ -30,7 +34,7 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
                   "judged against popularity and frequently-bought-together.")
     def recommendations_pipeline(ingest_source: str = "", ingest_path: str = "", k: int = -1, horizon_days: int = -1,
                                  config_json: str = "{}") -> str:
-        """Ingest, validate, fit, judge and register the product recommender.
+        """Ingest, validate, fit, judge, register and roll out the product recommender.
 
         Every input left at its default ('' or -1) keeps the cluster's configured value.
 
@@ -55,7 +59,12 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
             register_recommender(config_json=config_json, snapshot=snapshot, model=model,
                                  evaluation=evaluated.outputs["Output"], **judged_as),
             "register_recommender"), settings)
-        return registered.outputs["Output"]
+        registration = registered.outputs["Output"]
+        # kserve: KServe's API, Prometheus, MLflow and the feedback logs shipped to the object store
+        object_store_credentials(mlflow_credentials(cluster(
+            deploy_recommender(config_json=config_json, registration=registration), "deploy_recommender"), settings),
+            settings)
+        return registration
 
     return recommendations_pipeline
 

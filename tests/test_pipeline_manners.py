@@ -13,7 +13,7 @@ from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
                   "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "train-recommender", "evaluate-recommender",
-                                      "register-recommender"),
+                                      "register-recommender", "deploy-recommender"),
                   "risk": ("ingest", "validate", "risk", "risk-deploy")}
 
 

@@ -129,6 +129,11 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     tracking.connect(load_settings(settings))
     served = mlflow.pyfunc.load_model("models:/storeflow-recommendations@champion")
     assert served.predict(pd.DataFrame({"products": [cart]}), params={"k": 10}) == [shown]
+    # The pipeline's last task rolled the champion out (target local: recorded for serve-recommendations)
+    from storeflow.components.deploy.local import rollouts
+
+    ours = load_settings(settings | {"registry": {"model_name": "storeflow-recommendations"}})
+    assert [(r["outcome"], r["model_version"]) for r in rollouts(ours)] == [("promoted-locally", "1")]
 
 
 def test_a_challenger_worse_than_the_champions_settings_is_registered_but_not_promoted(store, tmp_path) -> None:

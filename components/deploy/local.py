@@ -35,17 +35,23 @@ def _append(settings: Settings, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def rollouts(settings: Settings) -> list[dict[str, Any]]:
-    """The local rollout history, oldest first."""
+    """The local rollout history of ``registry.model_name``, oldest first (the record holds every model's:
+    the propensity model's and the recommender's version numbers are their own)."""
     path = rollout_record(settings)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    name = settings.registry.model_name
+    return [entry for entry in map(json.loads, filter(str.strip, lines)) if entry.get("model_name", name) == name]
 
 
-def record_local_rollout(settings: Settings, model_version: str, run_id: str) -> dict[str, Any]:
-    """Record a version that became champion with nothing to canary against (the first one)."""
+def record_local_rollout(settings: Settings, model_version: str, run_id: str,
+                         previous_champion: str | None = None) -> dict[str, Any]:
+    """Record a version that became champion without a canary: the first one, or one of a model with no local
+    canary (the recommender), whose ``previous_champion`` a rollback returns to."""
     record_rollout(settings, str(model_version), {"storeflow.deploy.state": "promoted",
                                                   "storeflow.deploy.target": "local"})
+    previous = str(previous_champion) if previous_champion and str(previous_champion) != str(model_version) else None
     return _append(settings, {"outcome": "promoted-locally", "model_version": str(model_version), "run_id": run_id,
-                              "previous_champion": None})
+                              "previous_champion": previous})
 
 
 def _client(settings: Settings):
