@@ -143,8 +143,16 @@ def log_store(settings: Settings) -> LogStore | None:
 def window_files(settings: Settings, start: datetime, end: datetime, scratch: Path) -> list[Path]:
     """The log files that may hold predictions made in ``[start, end)``: this machine's, and the stored ones
     (fetched into ``scratch``) begun before ``end`` and written to at or after ``start``."""
-    files = local_files(local_dir(settings))
-    if (store := log_store(settings)) is not None:
+    return files_in_window(local_dir(settings), log_store(settings), start, end, scratch)
+
+
+def files_in_window(directory: Path, store: LogStore | None, start: datetime, end: datetime,
+                    scratch: Path) -> list[Path]:
+    """The log files of ``directory`` and of ``store`` (fetched into ``scratch``) that may hold records made in
+    ``[start, end)``: a stored file counts when it was begun before ``end`` and written to at or after ``start``.
+    Every log kind (propensity, risk, ...) is read this way, each from its own folders."""
+    files = local_files(directory)
+    if store is not None:
         for log in store.logs():
             begun = started_at(log.name)
             if begun is not None and begun < end and log.modified >= start:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from storeflow.components.config import Settings
-from storeflow.components.prediction_logs import LogStore, local_files, started_at
+from storeflow.components.prediction_logs import LogStore, files_in_window
 
 FOLDER = "risk"
 
@@ -34,11 +34,5 @@ def log_store(settings: Settings) -> LogStore | None:
 
 def window_files(settings: Settings, start: datetime, end: datetime, scratch: Path) -> list[Path]:
     """The risk log files that may hold predictions made in ``[start, end)``: this machine's and the stored
-    ones (fetched into ``scratch``) begun before ``end`` and written to at or after ``start``."""
-    files = local_files(local_dir(settings))
-    if (store := log_store(settings)) is not None:
-        for log in store.logs():
-            begun = started_at(log.name)
-            if begun is not None and begun < end and log.modified >= start:
-                files.append(store.fetch(log.name, scratch))
-    return files
+    ones (:func:`storeflow.components.prediction_logs.files_in_window`)."""
+    return files_in_window(local_dir(settings), log_store(settings), start, end, scratch)
