@@ -29,7 +29,7 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.recommend.evaluate_component import evaluate_recommender
     from storeflow.components.recommend.register_component import register_recommender
     from storeflow.components.recommend.train_component import train_recommender
-    from storeflow.components.risk.component import risk
+    from storeflow.components.risk.component import risk, risk_deploy
     from storeflow.components.validate.component import validate
     from storeflow.pipelines.monitoring import build_monitoring_pipeline, retrain
     from storeflow.pipelines.recommendations import build_recommendations_pipeline
@@ -42,7 +42,8 @@ def _targets(settings=None) -> dict[str, object]:
                                   "pipelines/recommendations.yaml": build_recommendations_pipeline(settings),
                                   "pipelines/risk.yaml": build_risk_pipeline(settings)}
     for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, train_recommender,
-               evaluate_recommender, register_recommender, deploy_recommender, risk):
+               evaluate_recommender, register_recommender, deploy_recommender, risk,
+               risk_deploy):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets
 

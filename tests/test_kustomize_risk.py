@@ -94,3 +94,16 @@ def test_the_receiver_may_reach_the_risk_service_and_write_back(overlay):
     receiver = _named(objects, "Deployment", "storeflow-webhooks")["spec"]["template"]["spec"]["containers"][0]
     token = next(e for e in receiver["env"] if e["name"] == "SHOPIFY_ACCESS_TOKEN")["valueFrom"]["secretKeyRef"]
     assert token == {"name": "storeflow-shopify", "key": "access-token", "optional": True}
+
+
+@needs_kubectl
+def test_the_pipeline_runner_may_patch_the_risk_service_and_nothing_more(monkeypatch, tmp_path):
+    objects = render(OVERLAYS[0])
+    name = _settings(objects, monkeypatch, tmp_path).risk.inference_service
+    role = _named(objects, "Role", "storeflow-order-risk-deployer")
+    assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                              "resourceNames": [name], "verbs": ["get", "patch"]}]
+    binding = _named(objects, "RoleBinding", "storeflow-order-risk-deployer")
+    assert [s["name"] for s in binding["subjects"]] == ["storeflow-pipeline-runner"]
+    # the propensity Role still names only its own InferenceService
+    assert _named(objects, "Role", "storeflow-pipeline-runner")["rules"][0]["resourceNames"] == ["storeflow-repeat-purchase"]

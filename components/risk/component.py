@@ -69,8 +69,11 @@ def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model:
 
 @component
 def risk_deploy(risk_result: str, config_json: str = "{}") -> str:
-    """Roll a new order risk champion out: a canary on the risk InferenceService judged on errors, latency and
-    its alert rate against the champion's (deploy.target kserve), or recorded for `storeflow serve-risk` (local).
+    """Roll a new order risk champion out: a canary judged on errors, latency and alert rate, or serve-risk's.
+
+    deploy.target kserve: a canary on the risk InferenceService, rolled back when its errors, p99 latency or share
+    of orders scored HIGH (against the champion's, risk.canary_alert_ratio) fail; local: recorded for
+    `storeflow serve-risk`, which serves the champion alias from its next start.
 
     Args:
         risk_result: The risk task's RiskResult JSON; a version that did not become champion is not rolled out.
