@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 from test_deploy import HEALTHY, PATH, Recorder, assert_valid, cluster  # noqa: F401 - cluster is a fixture
+from test_canary_prometheus import PrometheusStub, serving
 from test_recommend_canary import NOW, feedback
 
 from storeflow.components.deploy.inference_service import ModelVersionRef
 from storeflow.components.deploy.local import rollouts
+from storeflow.components.deploy.prometheus import Prometheus
 from storeflow.components.recommend.deploy import deploy_recommender
 
 NAME = "storeflow-recommendations"
@@ -87,9 +89,16 @@ def test_a_later_champion_is_a_canary_judged_on_click_through_rate(kserve, clust
                                                                    actions):  # noqa: F811
     bootstrap = yaml.safe_load(DECLARED.read_text())
     bootstrap["metadata"]["namespace"] = "storeflow"
-    kube, isvcs, prom = cluster(bootstrap, versions={"1": HEALTHY, "2": HEALTHY})
-    deploy(kserve, "1", isvcs, prom)
-    result = deploy(kserve, "2", isvcs, prom, logs=recent(feedback({"1": 0.10, "2": canary_ctr})))
+    kube, isvcs, _ = cluster(bootstrap)
+    stub = PrometheusStub(serving({"1": HEALTHY, "2": HEALTHY}))
+    prom = Prometheus(stub.url)
+    try:
+        deploy(kserve, "1", isvcs, prom)
+        result = deploy(kserve, "2", isvcs, prom, logs=recent(feedback({"1": 0.10, "2": canary_ctr})))
+    finally:
+        stub.close()
+    # errors and latency of the recommender's pods only: the propensity model has a v1 and v2 of its own
+    assert stub.queries and all('pod=~"storeflow-recommendations-.*"' in query for query in stub.queries)
     assert (result["outcome"], result["champion_version"]) == (outcome, "1")
     assert [step["action"] for step in result["steps"]] == actions
     start = kube.writes()[1][3]

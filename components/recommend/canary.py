@@ -41,13 +41,16 @@ def ctr_window(answers: pd.DataFrame, events: pd.DataFrame, end: datetime, secon
 class RecommenderCanaryMetrics:
     """``version_metrics(settings, version)`` for :func:`storeflow.components.deploy.rollout.run`: the request
     metrics of ``prometheus`` with the version's impressions and clicks of the analysis window added (and no
-    score histogram: a recommender has none)."""
+    score histogram: a recommender has none). ``matchers`` (PromQL label matchers, e.g. the recommender's
+    ``pod=~"storeflow-recommendations-.*"``) keep another model's series of the same version number out."""
 
-    def __init__(self, prometheus, logs: Logs, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
-        self.prometheus, self.logs, self.clock = prometheus, logs, clock
+    def __init__(self, prometheus, logs: Logs, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 matchers: str = ""):
+        self.prometheus, self.logs, self.clock, self.matchers = prometheus, logs, clock, matchers
 
     def version_metrics(self, settings: Settings, version: str) -> VersionMetrics:
-        served = self.prometheus.version_metrics(settings, version)
+        served = (self.prometheus.version_metrics(settings, version, self.matchers) if self.matchers
+                  else self.prometheus.version_metrics(settings, version))
         answers, events = self.logs()
         table = ctr_window(answers, events, self.clock(), window_seconds(settings.deploy.analysis_window))
         row = table[table["model_version"].astype(str) == str(version)]

@@ -7,7 +7,8 @@ Feast transformer, its runtime reads availability itself) is filled at the first
 champion is a canary (``canaryTrafficPercent`` through ``deploy.canary_steps``) that
 :func:`storeflow.components.deploy.rollout.run` promotes or rolls back on
 :class:`~storeflow.components.recommend.canary.RecommenderCanaryMetrics`: errors and p99 latency as for the
-propensity model, and click-through rate from the recommender's feedback log instead of a score histogram.
+propensity model (of the recommender's pods: version numbers are per model), and click-through rate from
+the recommender's feedback log instead of a score histogram.
 On local: the rollout is recorded as the propensity model's first local rollout is (MLflow tags, the
 champion alias `storeflow serve-recommendations` serves, ``serving/rollouts.jsonl`` with the champion it
 replaced, so `storeflow rollback --set registry.model_name=<recommendations.model_name>` goes back). There is
@@ -64,8 +65,10 @@ def deploy_recommender(
     ours = recommender_settings(settings)
     run_id = registration.get("run_id") or ""
     if settings.deploy.target == "kserve":
+        # the recommender's pods only: its version numbers and the propensity model's are each their own
         judged = RecommenderCanaryMetrics(prometheus or Prometheus(ours.deploy.prometheus_url),
-                                          logs or feedback_logs(settings))
+                                          logs or feedback_logs(settings),
+                                          matchers=f'pod=~"{ours.deploy.inference_service}-.*"')
         return deploy_stage(ours, version, run_id, isvcs=isvcs, prometheus=judged, resolve=resolve, record=record,
                             sleep=sleep)
     from storeflow.components.deploy.local import record_local_rollout
