@@ -356,7 +356,7 @@ class KfpConfig(Section):
     resources: dict[str, TaskResources] = Field(
         default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
         description="Per pipeline task (ingest, validate, features, train, evaluate, register, deploy, monitor, "
-        "retrain, train_recommender, evaluate_recommender, register_recommender, deploy_recommender, risk): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
+        "retrain, train_recommender, evaluate_recommender, register_recommender, deploy_recommender, risk, risk_deploy): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
         "default, the other values keep theirs.")
     retry: TaskRetry = Field(TaskRetry(), description="Retries with backoff of the tasks that call network services.")
 

@@ -43,7 +43,7 @@ def build_risk_pipeline(settings: Settings = DEFAULTS):
         scored.after(validated)
         # a canary reads each version's alerts from the risk prediction log (the state volume or the object store)
         object_store_credentials(mlflow_credentials(on_cluster(
-            risk_deploy(config_json=config_json, risk_result=scored.outputs["Output"]), "risk_deploy", settings),
+            risk_deploy(config_json=config_json, registration=scored.outputs["Output"]), "risk_deploy", settings),
             settings), settings)
         return scored.outputs["Output"]
 

@@ -68,7 +68,7 @@ def risk(snapshot: dsl.Input[dsl.Dataset], rows: dsl.Output[dsl.Dataset], model:
 
 
 @component
-def risk_deploy(risk_result: str, config_json: str = "{}") -> str:
+def risk_deploy(registration: str, config_json: str = "{}") -> str:
     """Roll a new order risk champion out: a canary judged on errors, latency and alert rate, or serve-risk's.
 
     deploy.target kserve: a canary on the risk InferenceService, rolled back when its errors, p99 latency or share
@@ -76,7 +76,7 @@ def risk_deploy(risk_result: str, config_json: str = "{}") -> str:
     `storeflow serve-risk`, which serves the champion alias from its next start.
 
     Args:
-        risk_result: The risk task's RiskResult JSON; a version that did not become champion is not rolled out.
+        registration: The risk task's RiskResult JSON (its registration); a version that did not become champion is not rolled out.
         config_json: Advanced: storeflow settings as a JSON object (the storeflow config model), over the
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
 
@@ -89,7 +89,7 @@ def risk_deploy(risk_result: str, config_json: str = "{}") -> str:
     from storeflow.components.risk.deploy import deploy_risk, deploy_risk_local
 
     settings = load_settings(config_json)
-    registered = json.loads(risk_result)
+    registered = json.loads(registration)
     if not registered["promoted"]:
         print(f"risk v{registered['version']} did not become champion: nothing to roll out")
         return json.dumps({"outcome": "skipped", "model_version": registered["version"]})
