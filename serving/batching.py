@@ -122,13 +122,14 @@ class MicroBatcher:
 
 
 class ScoreMemo:
-    """Scores of one model version by feature row, in front of its :class:`MicroBatcher`."""
+    """Values of one model version by feature row, in front of its :class:`MicroBatcher`: the propensity
+    score (``name`` scores) or the expected spend (``name`` spend), each its own cache on ``/metrics``."""
 
-    def __init__(self, batcher: MicroBatcher, max_rows: int = 100_000):
+    def __init__(self, batcher: MicroBatcher, max_rows: int = 100_000, name: str = "scores"):
         self.batcher = batcher
         self.max_rows = max_rows
         self._scores = Bounded(max_rows or 2)
-        self.use = CacheUse("scores", max_rows or 2) if max_rows else None
+        self.use = CacheUse(name, max_rows or 2) if max_rows else None
         self.hits = 0
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:

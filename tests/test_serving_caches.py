@@ -138,3 +138,39 @@ def test_the_estimate_samples_customer_ids_that_share_a_stride():
     for _ in range(20):
         use.observe(ids, now=1.0)
     assert use.estimate is not None and use.estimate > 0.9 and use.enabled
+
+
+def test_a_returning_customers_expected_spend_is_memoized_like_the_score():
+    """Spend beside the score: the same feature row again is answered from the memo, with the spend model's
+    value, not another walk of the spend model's trees (before: every request walked them)."""
+    from types import SimpleNamespace
+
+    from storeflow.serving.transformer import Scoring, StoreflowTransformer
+
+    calls = []
+
+    def expected_spend(rows):
+        calls.append(len(rows))
+        return rows[:, 0] * 10.0, None
+
+    predictor = SimpleNamespace(score=model, expected_spend=expected_spend, spend=(object(), [5.0, 20.0]),
+                                scorer=SimpleNamespace(runtime="sklearn"), spend_scorer=SimpleNamespace(runtime="treelite"))
+    transformer = StoreflowTransformer("m", features=None, predictors={"1": predictor}, main_version="1")
+    rows = np.array([[0.3, 1.0], [2.5, 0.0]])
+
+    async def ask(twice: int):
+        answers = []
+        for _ in range(twice):
+            scoring = Scoring(None, ["1", "2"], [1, 2], [None, None], None, None, rows=rows)
+            await transformer._predict_local(scoring)
+            answers.append((scoring.scores.tolist(), scoring.spend.tolist(), list(scoring.spend_tiers)))
+        return answers
+
+    try:
+        answers = asyncio.run(ask(3))
+    finally:
+        for batcher in [*transformer.batchers.values(), *transformer.spend_batchers.values()]:
+            batcher.close()
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][1] == [3.0, 25.0] and answers[0][2] == ["LOW", "HIGH"]
+    assert calls == [2]  # the spend model ran once, for both rows; the repeats came from the memo
