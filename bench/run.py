@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["pipeline", "recommendations", "risk", "serving", "recommend_serving", "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
+ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "serving", "recommend_serving", "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
 
 
 def main() -> int:
