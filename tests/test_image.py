@@ -63,3 +63,11 @@ def test_the_image_runs_as_uid_1000_and_its_entry_points_start(image: str) -> No
     assert _run(image, "id", "-u").strip() == str(containers.IMAGE_UID)
     assert "--predictor_host" in _run(image, "python", "-m", "storeflow.serving.transformer", "--help")
     assert "submit" in _run(image)  # the default command: storeflow --help
+
+
+def test_the_btyd_models_compiled_ops_ship_in_the_image_for_its_user(image: str) -> None:
+    """Without them every features task compiled PyTensor's ops with g++ in its fresh container first."""
+    found = _run(image, "sh", "-c", "for d in $HOME/.pytensor/compiledir_*; do ls \"$d\" | grep -c '^tmp'; "
+                 "test -w \"$d\" && echo writable; done").split()
+    assert found and int(found[0]) >= 40, f"compiled ops in the image user's cache: {found}"
+    assert found[1:] == ["writable"]  # ops that embed a store's data are compiled (and kept) at run time
