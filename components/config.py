@@ -690,9 +690,10 @@ class RiskConfig(Section):
                                       "more than this many times the champion's, or less than its inverse, in the same "
                                       "window, and significantly so (two-sided Fisher exact test, p < 0.05), rolls back.")
     canary_min_orders: int = Field(1000, ge=1, description="Orders each version needs to have scored in "
-                                   "deploy.analysis_window (its prediction log) for its alert rate to be judged.")
+                                   "deploy.analysis_window (its storeflow_risk_assessments_total in Prometheus) for its "
+                                   "alert rate to be judged.")
     canary_metrics_selector: str = Field("", description="PromQL label matchers added to the risk canary's request "
-                                         "queries (risk and propensity versions share numbers); '' selects the risk "
+                                         "and alert queries (risk and propensity versions share numbers); '' selects the risk "
                                          "service's pods: pod=~\"<risk.inference_service>-.*\".")
 
 

@@ -7,7 +7,9 @@ the risk stage on the holdout's genuine orders), ``preprocess`` a V1 or V2 reque
 column order, ``predict`` P(fraud) per order, ``postprocess`` each score into the level and facts the merchant
 sees (:func:`storeflow.components.risk.assess.assessment`) in the protocol the request came in
 (:mod:`storeflow.components.risk.protocol`). Every prediction is logged with the features it saw
-(``<state_dir>/risk/predictions``, the prediction log's format with ``order_id``, ``level`` and ``facts``).
+(``<state_dir>/risk/predictions``, the prediction log's format with ``order_id``, ``level`` and ``facts``) and
+counted on ``/metrics`` by version and level (``storeflow_risk_assessments_total{model_version,level}``, the series
+the risk canary's alert rate reads: :func:`storeflow.components.risk.deploy.alert_queries`).
 
 No Shopify auth here, as for the cluster predictor: only the receiver calls it (loopback locally, the namespace's
 NetworkPolicy on a cluster); the served routes, the one error shape and the request metrics are storeflow's.
@@ -25,11 +27,12 @@ import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Counter
 
 from storeflow.components.risk.assess import Levels, assessment
 from storeflow.components.risk.features import ORDER_FEATURES
-from storeflow.components.risk.protocol import (FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT, LEVELS_METADATA,
-                                                MAX_INSTANCES, ORDER_ID, SCORE_OUTPUT)
+from storeflow.components.risk.protocol import (ASSESSMENTS_METRIC, FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT,
+                                                LEVELS_METADATA, MAX_INSTANCES, ORDER_ID, SCORE_OUTPUT)
 from storeflow.serving.predictor import input_example, load_estimator, read_mlmodel, registered_version
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
@@ -39,6 +42,8 @@ from storeflow.serving.v1 import v1_request
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
+ASSESSMENTS = Counter(ASSESSMENTS_METRIC, "Orders assessed, by served risk model version and level.",
+                      ["model_version", "level"])
 V1_EXAMPLE = '{"instances": [{"order_id": "gid://shopify/Order/1", "total_price": 42.5, ...the 30 features}]}'
 
 
@@ -124,6 +129,8 @@ class RiskPredictor(Model):
         for row, score in zip(rows, scores):
             level, facts = assessment(dict(zip(self.columns, row.tolist())), float(score), self.levels)
             said.append((level, [{"description": f.description, "sentiment": f.sentiment} for f in facts]))
+        for level in set(lv for lv, _ in said):
+            ASSESSMENTS.labels(self.version, level).inc(sum(lv == level for lv, _ in said))
         if self.log is not None:
             stamp, request_id = now_iso(), uuid.uuid4().hex
             self.log.append([{"ts": stamp, "request_id": request_id, "model_name": self.registered_name,

@@ -1,7 +1,8 @@
 """An order risk champion is rolled out as the propensity model's is: a canary on the risk InferenceService
 (kustomize's bootstrap object, filled by the first rollout), judged on errors and p99 latency from Prometheus
 (the risk pods' series only) and on its alert rate, the share of orders it scored HIGH, against the champion's in
-the same window (the risk prediction log). A canary flagging far more, or far fewer, orders is rolled back.
+the same window (the risk server's storeflow_risk_assessments_total in Prometheus, tests/test_risk_metrics.py
+scrapes a real one). A canary flagging far more, or far fewer, orders is rolled back.
 
 storeflow's own loop (:func:`storeflow.components.deploy.rollout.run`) runs against the loopback KServe API and
 Prometheus stubs of test_deploy and test_canary_prometheus; no cluster is involved."""
@@ -9,7 +10,6 @@ Prometheus stubs of test_deploy and test_canary_prometheus; no cluster is involv
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,8 @@ from storeflow.components.deploy.analysis import decide
 from storeflow.components.deploy.inference_service import ModelVersionRef
 from storeflow.components.deploy.kube import connect
 from storeflow.components.deploy.prometheus import Prometheus, VersionMetrics
-from storeflow.components.risk.deploy import (RiskCanaryMetrics, alert_counts, deploy_risk, deploy_risk_local,
-                                              logged_counts, rollout_record)
-from storeflow.components.risk.logs import local_dir
+from storeflow.components.risk.deploy import RiskCanaryMetrics, alert_queries, deploy_risk, deploy_risk_local, rollout_record
 
-NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 BOOTSTRAP = Path(__file__).parents[1] / "kustomize" / "base" / "risk-inference-service.yaml"
 NAME = "storeflow-order-risk"
 
@@ -76,40 +73,43 @@ def test_errors_still_roll_back_a_risk_canary(policy):
     assert failing.action == "rollback" and "error rate 0.2000" in failing.reasons[0]
 
 
-# --- the alert counts: the risk prediction log ----------------------------------------------------------------
+# --- the alert counts: the risk server's counters in Prometheus ------------------------------------------------
 
-def write_log(settings, versions: dict[str, tuple[int, int]], minutes_ago: float = 1, model_name: str = NAME,
-              part: str = "a") -> None:
-    folder = local_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = NOW - timedelta(minutes=minutes_ago)
-    path = folder / f"predictions-{stamp:%Y%m%dT%H%M%S}000000-host-{part}.jsonl"
-    with path.open("a") as out:
-        for version, (orders, alerts) in versions.items():
-            for n in range(orders):
-                out.write(json.dumps({"ts": stamp.isoformat(), "model_name": model_name, "model_version": version,
-                                      "order_id": f"gid://shopify/Order/{n}", "score": 0.5,
-                                      "level": "HIGH" if n < alerts else "LOW", "facts": [], "features": {}}) + "\n")
+def with_alerts(answer, counts: dict[str, tuple[int, int]]):
+    """``answer`` (test_canary_prometheus.serving) plus each version's (orders, HIGH) for the alert queries."""
+    import re
 
+    from test_canary_prometheus import recorded, vector_of
 
-def test_alerts_are_counted_per_version_in_the_window_for_the_risk_model_only(policy):
-    write_log(policy, {"3": (300, 3), "4": (200, 8)})
-    write_log(policy, {"4": (100, 100)}, minutes_ago=30, part="b")  # before the window
-    write_log(policy, {"4": (100, 100)}, model_name="storeflow-repeat-purchase", part="c")  # another model's v4
-    counts = logged_counts(policy)(NOW - timedelta(minutes=5), NOW)
-    assert counts == {"3": (300, 3), "4": (200, 8)}
-    assert alert_counts([], NOW - timedelta(minutes=5), NOW, NAME) == {}
+    def both(query: str) -> tuple[int, str]:
+        if "storeflow_risk_assessments_total" not in query:
+            return answer(query)
+        version = re.search(r'model_version="([^"]+)"', query).group(1)
+        if version not in counts:
+            return 200, json.dumps(recorded("no_series"))
+        orders, alerts = counts[version]
+        return 200, vector_of(alerts if 'level="HIGH"' in query else orders)
+
+    return both
 
 
-def test_the_request_metrics_are_the_risk_pods_only(policy):
-    stub = PrometheusStub(serving({"4": HEALTHY}))
+def test_the_alert_queries_read_the_risk_servers_counters(policy):
+    asked = alert_queries(policy, "4", 'pod=~"storeflow-order-risk-.*"')
+    assert asked == {
+        "orders": 'sum(increase(storeflow_risk_assessments_total{model_version="4",pod=~"storeflow-order-risk-.*"}[5m]))',
+        "alerts": ('sum(increase(storeflow_risk_assessments_total{model_version="4",pod=~"storeflow-order-risk-.*",'
+                   'level="HIGH"}[5m]))')}
+
+
+def test_the_request_metrics_and_alerts_are_the_risk_pods_only(policy):
+    stub = PrometheusStub(with_alerts(serving({"4": HEALTHY}), {"4": (5000, 60)}))
     try:
-        metrics = RiskCanaryMetrics(Prometheus(stub.url), lambda start, end: {"4": (5000, 60)}, clock=lambda: NOW)
-        found = metrics.version_metrics(policy, "4")
+        found = RiskCanaryMetrics(Prometheus(stub.url)).version_metrics(policy, "4")
     finally:
         stub.close()
     assert (found.orders, found.alerts, found.requests, found.score_buckets) == (5000, 60, 1800, ())
-    assert stub.queries and all('model_version="4",pod=~"storeflow-order-risk-.*"' in q for q in stub.queries)
+    assert len(stub.queries) == 6
+    assert all('model_version="4",pod=~"storeflow-order-risk-.*"' in q for q in stub.queries)
 
 
 # --- the rollout: kustomize's stopped object, a first champion, then a canary ---------------------------------
@@ -120,21 +120,22 @@ def bootstrap() -> dict:
     return isvc
 
 
-def roll(policy, kube, prom, version: str, counts, record=None):
+def roll(policy, kube, version: str, counts, record=None, served=None):
     model = ModelVersionRef(NAME, version, f"s3://mlflow/7/{version}/artifacts/model")
-    return deploy_risk(policy, version, f"run-{version}", isvcs=connect(policy, kube.api_client()),
-                       prometheus=Prometheus(prom.url), counts=lambda start, end: counts,
-                       resolve=lambda s, v: model, record=record or Recorder(), sleep=lambda s: None,
-                       clock=lambda: NOW)
+    prom = PrometheusStub(with_alerts(serving(served or {"3": HEALTHY, "4": HEALTHY}), counts))
+    try:
+        return deploy_risk(policy, version, f"run-{version}", isvcs=connect(policy, kube.api_client()),
+                           prometheus=Prometheus(prom.url), resolve=lambda s, v: model, record=record or Recorder(),
+                           sleep=lambda s: None)
+    finally:
+        prom.close()
 
 
 @pytest.fixture
 def risk_cluster():
     kube = KubeStub(bootstrap())
-    prom = PrometheusStub(serving({"3": HEALTHY, "4": HEALTHY}))
-    yield kube, prom
+    yield kube
     kube.server.shutdown()
-    prom.close()
 
 
 @pytest.mark.parametrize("canary, outcome, actions", [
@@ -142,9 +143,9 @@ def risk_cluster():
     ((5000, 60), "promoted", ["advance", "promote"]),  # 1.2 %: within 2x
 ])
 def test_a_risk_rollout_is_decided_by_the_alert_rate(policy, risk_cluster, canary, outcome, actions):
-    kube, prom = risk_cluster
+    kube = risk_cluster
     first = Recorder()
-    assert roll(policy, kube, prom, "3", {}, first)["outcome"] == "created"
+    assert roll(policy, kube, "3", {}, first)["outcome"] == "created"
     spec = kube.obj["spec"]
     assert_valid(kube.obj)
     assert "serving.kserve.io/stop" not in kube.obj["metadata"]["annotations"]
@@ -155,7 +156,7 @@ def test_a_risk_rollout_is_decided_by_the_alert_rate(policy, risk_cluster, canar
     assert first.tags == [("3", {"storeflow.deploy.state": "promoted", "storeflow.deploy.run_id": "run-3"})]
 
     record = Recorder()
-    result = roll(policy, kube, prom, "4", {"3": (5000, 50), "4": canary}, record)
+    result = roll(policy, kube, "4", {"3": (5000, 50), "4": canary}, record)
     assert result["outcome"] == outcome and result["inference_service"] == NAME
     assert [s["action"] for s in result["steps"]] == actions
     assert_valid(kube.obj)
@@ -173,13 +174,10 @@ def test_a_risk_rollout_is_decided_by_the_alert_rate(policy, risk_cluster, canar
 
 
 def test_errors_roll_a_risk_canary_back_whatever_its_alert_rate(policy, risk_cluster):
-    kube, _ = risk_cluster
-    failing = PrometheusStub(serving({"3": HEALTHY, "4": HEALTHY | {"errors": 400}}))
-    try:
-        roll(policy, kube, failing, "3", {})
-        result = roll(policy, kube, failing, "4", {"3": (5000, 50), "4": (5000, 50)})
-    finally:
-        failing.close()
+    kube = risk_cluster
+    failing = {"3": HEALTHY, "4": HEALTHY | {"errors": 400}}
+    roll(policy, kube, "3", {}, served=failing)
+    result = roll(policy, kube, "4", {"3": (5000, 50), "4": (5000, 50)}, served=failing)
     assert result["outcome"] == "rolled-back" and "error rate 0.2222 exceeds champion's 0.0050" in result["reasons"][0]
     assert kube.obj["metadata"]["annotations"]["storeflow.io/model-version"] == "3"
 

@@ -16,3 +16,9 @@ LEVEL_OUTPUT = "level"
 FACTS_OUTPUT = "facts"
 MAX_INSTANCES = 256  # orders per request
 LEVELS_METADATA = "risk_levels"  # MLmodel metadata: the HIGH/MEDIUM cut points (risk.assess.Levels)
+
+# Prometheus counter the risk server exports and the risk canary queries (components.risk.deploy.alert_queries):
+# ``storeflow_risk_assessments_total{model_version, level}``, orders assessed per served version and level
+# (HIGH, MEDIUM, LOW). The canary's alert rate is its HIGH series over all of them.
+ASSESSMENTS_METRIC = "storeflow_risk_assessments"
+ALERT_LEVEL = "HIGH"
