@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -378,26 +379,52 @@ def _deploy_command(action, settings, **kwargs) -> None:
         raise typer.Exit(1) from exc
 
 
-def promote(config: ConfigOption = None, set_: SetOption = None) -> None:
+class Model(str, Enum):
+    propensity = "propensity"
+    risk = "risk"
+    recommendations = "recommendations"
+
+
+ModelOption = Annotated[Model, typer.Option(
+    "--model", help="Whose service: propensity (deploy.inference_service, registry.model_name), risk "
+    "(risk.inference_service, risk.model_name) or recommendations (recommendations.*).")]
+
+
+def deployed(settings, model: Model):
+    """``settings`` pointed at ``model``'s InferenceService and registered name, as its pipeline's deploy step
+    points them (so status, promote and rollback see what that step rolled out, on kserve and local alike)."""
+    if model is Model.risk:
+        from storeflow.components.risk.deploy import risk_deploy_settings
+
+        return risk_deploy_settings(settings)
+    if model is Model.recommendations:
+        from storeflow.components.recommend.deploy import recommender_settings
+
+        return recommender_settings(settings)
+    return settings
+
+
+def promote(config: ConfigOption = None, set_: SetOption = None, model: ModelOption = Model.propensity) -> None:
     """Promote the running canary to all traffic (deploy.target local: the challenger becomes champion)."""
     from storeflow.components.deploy import promote as do_promote
 
-    _deploy_command(do_promote, settings_from(config, set_))
+    _deploy_command(do_promote, deployed(settings_from(config, set_), model))
 
 
 def rollback(
     config: ConfigOption = None,
     set_: SetOption = None,
     reason: Annotated[str, typer.Option("--reason", help="Recorded on the MLflow version.")] = "manual rollback",
+    model: ModelOption = Model.propensity,
 ) -> None:
     """Roll back to the previous champion (InferenceService, works with MLflow down; or the local alias)."""
     from storeflow.components.deploy import rollback as do_rollback
 
-    _deploy_command(do_rollback, settings_from(config, set_), reason=reason)
+    _deploy_command(do_rollback, deployed(settings_from(config, set_), model), reason=reason)
 
 
-def status(config: ConfigOption = None, set_: SetOption = None) -> None:
+def status(config: ConfigOption = None, set_: SetOption = None, model: ModelOption = Model.propensity) -> None:
     """Show which versions serve and the rollout state (InferenceService, or the local record and aliases)."""
     from storeflow.components.deploy import status as do_status
 
-    _deploy_command(do_status, settings_from(config, set_))
+    _deploy_command(do_status, deployed(settings_from(config, set_), model))

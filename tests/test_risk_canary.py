@@ -21,7 +21,8 @@ from storeflow.components.deploy.analysis import decide
 from storeflow.components.deploy.inference_service import ModelVersionRef
 from storeflow.components.deploy.kube import connect
 from storeflow.components.deploy.prometheus import Prometheus, VersionMetrics
-from storeflow.components.risk.deploy import RiskCanaryMetrics, alert_queries, deploy_risk, deploy_risk_local, rollout_record
+from storeflow.components.deploy.local import rollout_record
+from storeflow.components.risk.deploy import RiskCanaryMetrics, alert_queries, deploy_risk, deploy_risk_local
 
 BOOTSTRAP = Path(__file__).parents[1] / "kustomize" / "base" / "risk-inference-service.yaml"
 NAME = "storeflow-order-risk"
@@ -182,12 +183,15 @@ def test_errors_roll_a_risk_canary_back_whatever_its_alert_rate(policy, risk_clu
     assert kube.obj["metadata"]["annotations"]["storeflow.io/model-version"] == "3"
 
 
-def test_target_local_records_the_champion_serve_risk_picks_up(policy):
+def test_target_local_records_the_champion_serve_risk_picks_up(policy, monkeypatch):
     policy.deploy.target = "local"
     record = Recorder()
-    entry = deploy_risk_local(policy, "2", "run-2", record=record)
+    monkeypatch.setattr("storeflow.components.deploy.local.record_rollout", record)
+    entry = deploy_risk_local(policy, "2", "run-2", "1")
     assert entry["outcome"] == "promoted-locally" and entry["model_name"] == NAME
     assert "storeflow serve-risk serves v2" in entry["reasons"][0]
     assert record.tags == [("2", {"storeflow.deploy.state": "promoted", "storeflow.deploy.target": "local"})]
+    # the local record every model shares, with the champion v2 replaced: what `storeflow rollback --model risk` reads
     [line] = rollout_record(policy).read_text().splitlines()
-    assert json.loads(line)["model_version"] == "2"
+    assert json.loads(line) | {"at": None} == {"model_name": NAME, "outcome": "promoted-locally", "model_version": "2",
+                                             "run_id": "run-2", "previous_champion": "1", "at": None}

@@ -59,11 +59,11 @@ def test_storeflow_run_runs_the_risk_pipeline_and_registers_a_judged_model(tmp_p
     assert rows["order_id"].is_unique and rows["fraud"].sum() > 50
     assert (next(artifacts.glob("*/risk/model")) / "MLmodel").exists()
     # the risk-deploy step (deploy.target local): the champion serve-risk serves from its next start, recorded
-    from storeflow.components.risk.deploy import rollout_record
+    from storeflow.components.deploy.local import rollout_record
 
     [rolled] = [__import__("json").loads(line) for line in rollout_record(settings).read_text().splitlines()]
-    assert (rolled["model_name"], rolled["model_version"], rolled["outcome"]) == (
-        settings.risk.model_name, "1", "promoted-locally")
+    assert (rolled["model_name"], rolled["model_version"], rolled["outcome"], rolled["previous_champion"]) == (
+        settings.risk.model_name, "1", "promoted-locally", None)
     assert client.get_model_version(settings.risk.model_name, "1").tags["storeflow.deploy.target"] == "local"
 
 

@@ -96,7 +96,8 @@ def risk_deploy(registration: str, config_json: str = "{}") -> str:
     if settings.deploy.target == "kserve":
         outcome = deploy_risk(settings, registered["version"], registered.get("run_id", ""))
     else:
-        outcome = deploy_risk_local(settings, registered["version"], registered.get("run_id", ""))
+        outcome = deploy_risk_local(settings, registered["version"], registered.get("run_id", ""),
+                                    registered.get("previous_champion"))
     for step in outcome.get("steps") or []:
         print(f"  canary {step['percent']}%: {step['action']}: {'; '.join(step['reasons'])}")
     print(f"deploy risk v{registered['version']}: {outcome.get('outcome')}: {'; '.join(outcome.get('reasons') or [])}")

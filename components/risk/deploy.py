@@ -9,22 +9,20 @@ scored HIGH, against the champion's in the same window (:func:`analysis.alert_sh
 ``risk.canary_metrics_selector`` (risk and propensity versions share numbers).
 
 ``deploy.target`` local: `storeflow serve-risk` serves the ``champion`` alias the risk stage set, from its next
-start; the rollout is recorded (the version's tags, ``<state_dir>/risk/rollouts.jsonl``). No local canary yet.
+start; the rollout is recorded (the version's tags, the local record ``<state_dir>/serving/rollouts.jsonl`` every
+model shares, with the champion it replaced). No local canary yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from storeflow.components.config import Settings
 from storeflow.components.deploy import registry, rollout
 from storeflow.components.deploy.prometheus import Prometheus, VersionMetrics, _label
-from storeflow.components.risk.logs import FOLDER
 from storeflow.components.risk.protocol import ALERT_LEVEL, ASSESSMENTS_METRIC
 
 RUNTIME = "storeflow-order-risk"  # the ServingRuntime and model format of kustomize/base/risk-serving-runtime.yaml
@@ -87,23 +85,13 @@ def deploy_risk(settings: Settings, model_version: str, run_id: str, *, isvcs=No
     return result.to_dict()
 
 
-def rollout_record(settings: Settings) -> Path:
-    return settings.project.state_dir / FOLDER / "rollouts.jsonl"
-
-
 def deploy_risk_local(settings: Settings, model_version: str, run_id: str,
-                      record: rollout.Record = registry.record_rollout) -> dict[str, Any]:
+                      previous_champion: str | None = None) -> dict[str, Any]:
     """Target local: the champion alias (set by the risk stage) is what `storeflow serve-risk` serves from its
-    next start; tag the version and append the rollout to :func:`rollout_record`."""
-    version = str(model_version)
-    recorded = record(risk_deploy_settings(settings), version,
-                      {"storeflow.deploy.state": "promoted", "storeflow.deploy.target": "local"})
-    entry = {"model_name": settings.risk.model_name, "outcome": "promoted-locally", "model_version": version,
-             "run_id": run_id, "recorded_in_mlflow": recorded,
-             "reasons": [f"storeflow serve-risk serves v{version} (the champion alias) from its next start"],
-             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = rollout_record(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as out:
-        out.write(json.dumps(entry) + "\n")
-    return entry
+    next start; the version is tagged and the rollout appended, with the champion it replaced, to the local
+    record every model shares (:func:`storeflow.components.deploy.local.rollout_record`), where
+    `storeflow status|rollback --model risk` read it."""
+    from storeflow.components.deploy.local import record_local_rollout
+
+    entry = record_local_rollout(risk_deploy_settings(settings), str(model_version), run_id, previous_champion)
+    return entry | {"reasons": [f"storeflow serve-risk serves v{model_version} (the champion alias) from its next start"]}

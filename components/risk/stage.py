@@ -60,6 +60,7 @@ class RiskResult:
     promoted: bool
     reason: str
     evaluation: dict
+    previous_champion: str | None = None  # the champion when this version was judged (a rollback returns to it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -124,7 +125,8 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
         client.set_registered_model_alias(risk.model_name, tracking.CHAMPION, version)
     return RiskResult(run.info.run_id, info.model_uri, risk.model_name, version, decision.promote, decision.reason,
                       {**evaluation.to_dict(), "report": text,
-                       "champion": None if versus is None else asdict(versus)})
+                       "champion": None if versus is None else asdict(versus)},
+                      None if champion is None else str(champion))
 
 
 def _versus(holdout: pd.DataFrame, ours, theirs, risk: RiskConfig) -> Comparison:
