@@ -6,6 +6,10 @@ server has (Shopify auth, body limit, only the served routes, one error shape, r
 A request is a basket: the products of a cart or a product page (``gid://shopify/Product/…`` or numbers);
 the answer is up to ``k`` product gids, best first, never one already in the basket nor one the store
 has unpublished or sold out (:mod:`storeflow.components.recommend.availability`, kept current by webhooks).
+Where the similarities run out (a rarely bought product, much sold out) the rest are the best sellers of the
+basket's categories and price bands, the model's product features from Feast; a basket product the model never
+saw (created after training) gets its category and band from the Feast online store (view ``product_catalog``,
+:mod:`storeflow.components.recommend.catalog`), so a new product's page still gets its category's best sellers.
 
 * V1 ``POST /v1/models/<name>:predict``: ``{"instances": [{"products": ["gid://shopify/Product/1"], "k": 5}]}``
   → ``{"predictions": [{"products": ["gid://shopify/Product/7", …], "items": [{"id": "gid://shopify/Product/7",
@@ -66,7 +70,8 @@ class RecommenderModel(Model):
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
     def __init__(self, name: str, model_dir: Path, version: str, k: int,
-                 catalog: Callable[[list[int]], LiveCatalog] | None = None, log: PredictionLog | None = None):
+                 catalog: Callable[[list[int]], LiveCatalog] | None = None, log: PredictionLog | None = None,
+                 describe: Callable[[list[int]], dict[int, tuple[str, int]]] | None = None):
         super().__init__(name, return_response_headers=True)  # the answering version goes back as a header
         self.model_dir, self.version, self.k = Path(model_dir), version, k
         self.model: ItemItem | None = None
@@ -76,6 +81,8 @@ class RecommenderModel(Model):
         self._catalog_for = catalog
         self.catalog: LiveCatalog | None = None
         self.log = log  # each answer, with the request id feedback events name (serving.recommend_feedback)
+        # (category, price band) of products the model never saw, from the online store (catalog.lookup_online)
+        self.describe = describe
 
     def load(self) -> bool:
         found = sorted(self.model_dir.rglob("similarity.npz"))
@@ -135,7 +142,14 @@ class RecommenderModel(Model):
         # one in-memory mask, kept current in the background (LiveCatalog); nothing here waits on I/O.
         catalog = self.catalog
         hidden, known = (catalog.hidden, catalog.cards) if catalog is not None else (None, {})
-        shown = [self.neighbours.recommend(basket, k, hidden) for basket, k in baskets]
+        neighbours = self.neighbours
+        shown = []
+        for basket, k in baskets:
+            described = None
+            if self.describe is not None and neighbours.model.categories is not None:
+                new = neighbours.unknown(basket)  # only a basket with a product created since training asks Feast
+                described = self.describe(new) if new else None
+            shown.append(neighbours.recommend(basket, k, hidden, described))
         return v2, shown, known, baskets
 
     async def postprocess(self, result, headers=None, response_headers=None):
@@ -269,6 +283,25 @@ def availability_catalog(settings: Settings) -> Callable[[list[int]], LiveCatalo
     return lambda products: LiveCatalog(store, products, refresh).start()
 
 
+def product_catalog(settings: Settings) -> Callable[[list[int]], dict[int, tuple[str, int]]]:
+    """(category, price band) of products from the Feast online store's ``product_catalog`` view (the
+    recommendations pipeline's product_features task materializes it); none known before the view exists."""
+    from feast.errors import FeatureViewNotFoundException
+
+    from storeflow.components.features.repo import feature_store
+    from storeflow.components.recommend.catalog import lookup_online
+
+    store = feature_store(settings)
+
+    def describe(product_ids: list[int]) -> dict[int, tuple[str, int]]:
+        try:
+            return lookup_online(store, product_ids)
+        except FeatureViewNotFoundException:  # no recommendations pipeline has run here: no category known
+            return {}
+
+    return describe
+
+
 def feedback_logs(settings: Settings) -> tuple[PredictionLog | None, PredictionLog | None]:
     """(answers, feedback events) logs under the state dir; none when ``serving.prediction_log`` is off. With
     ``serving.prediction_log_store`` set, each closed file is shipped to its ``recommendations/predictions`` or
@@ -313,7 +346,7 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     cfg = settings.serving
     answers, feedback = feedback_logs(settings)
     model = RecommenderModel(settings.recommendations.model_name, model_dir, version, settings.recommendations.k,
-                             availability_catalog(settings), answers)
+                             availability_catalog(settings), answers, product_catalog(settings))
     model.load()
     server = ModelServer(http_port=cfg.port, workers=1, enable_grpc=False, enable_latency_logging=False)
     app, _ = _assemble(settings, model, server, version, cfg.port, feedback)
@@ -355,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{args.model_dir} has no registered_model_meta")
     answers, feedback = feedback_logs(settings)
     model = RecommenderModel(args.model_name, Path(args.model_dir), version, settings.recommendations.k,
-                             availability_catalog(settings), answers)
+                             availability_catalog(settings), answers, product_catalog(settings))
     model.load()
     print(f"storeflow recommender: {model.name} v{version}, {len(model.model.products):,} products", flush=True)
     server = ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False,

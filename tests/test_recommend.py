@@ -117,6 +117,15 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     assert ItemItem.load(artifacts / "register-recommender" / "registered_model").products.tolist() == \
         ItemItem.load(model_dir).products.tolist()
     model = ItemItem.load(model_dir)
+    # product features came through Feast (the product_features task): the model knows every product's
+    # category, the evaluation judged the cold-start fallback, the online store serves the newest rows
+    assert model.categories is not None and (model.category >= 0).all()
+    assert "cold start" in (artifacts / "evaluate-recommender" / "report").read_text()
+    from storeflow.components.features.repo import feature_store
+    from storeflow.components.recommend.catalog import lookup_online
+
+    online = lookup_online(feature_store(load_settings(settings)), [int(model.products[0])])
+    assert online[int(model.products[0])][0] == model.categories[model.category[0]]
     cart = [int(model.products[0]), int(model.products[5])]
     shown = model.recommend(cart, k=10)
     assert len(shown) == 10 and not set(shown) & set(cart) and set(shown) <= set(model.products.tolist())

@@ -55,13 +55,20 @@ class Interactions:
     cutoff: pd.Timestamp
 
 
+def evaluation_cutoff(events: pd.DataFrame, horizon_days: int) -> pd.Timestamp:
+    """Where :func:`time_split` cuts by default: ``horizon_days`` before the last purchase."""
+    if events.empty:
+        raise RecommendError("no purchases by known customers: a recommender has nothing to learn from")
+    return events["created_at"].max() - timedelta(days=horizon_days)
+
+
 def time_split(events: pd.DataFrame, horizon_days: int, cutoff: pd.Timestamp | None = None) -> Interactions:
     """Split at ``cutoff`` (default: ``horizon_days`` before the last purchase). A customer is evaluated when
     they bought before the cutoff and bought something new to them in ``[cutoff, cutoff + horizon)``."""
     if events.empty:
         raise RecommendError("no purchases by known customers: a recommender has nothing to learn from")
     last = events["created_at"].max()
-    cutoff = pd.Timestamp(cutoff) if cutoff is not None else last - timedelta(days=horizon_days)
+    cutoff = pd.Timestamp(cutoff) if cutoff is not None else evaluation_cutoff(events, horizon_days)
     before = events[events["created_at"] < cutoff]
     window = events[(events["created_at"] >= cutoff) & (events["created_at"] < cutoff + timedelta(days=horizon_days))]
     if before.empty or window.empty:

@@ -1,0 +1,142 @@
+"""What the recommender knows of a product beyond who bought it: its category (the product type, else the
+vendor, as the customer features' category affinity reads it) and its price band within that category
+(budget, mid, premium: terciles of the category's prices), as Feast features of the product entity (view
+``product_catalog``).
+
+The recommendations pipeline's product_features task computes them from the snapshot at two times, the
+evaluation's cutoff and the serving time, registers the view, materializes the newest rows to the online
+store and hands the tasks after it the rows Feast's point-in-time join returns (a Dataset): train fits on
+the serving-time rows, evaluate judges on the cutoff's (what was known then). The model keeps each
+product's category and band; the server asks the online store for the products a model has never seen (a
+product created after training), so a new product's page still gets its category's best sellers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from storeflow.components.config import Settings
+from storeflow.components.features.repo import PRODUCT_KEY, definitions
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+
+VIEW = "product_catalog"
+FEATURES = ("category", "price", "price_band")
+PRICE_BANDS = 3  # budget, mid, premium within a category
+COLUMNS = (PRODUCT_KEY, "event_timestamp", *FEATURES)
+TTL = timedelta(days=3650)  # a product keeps its category and band until the next snapshot says otherwise
+
+
+class CatalogError(ValueError):
+    """Product features that cannot be used (missing columns, no products); the message says what."""
+
+
+def product_catalog(tables: dict[str, pd.DataFrame], times: list[pd.Timestamp]) -> pd.DataFrame:
+    """One row per (product, time): category, median price paid in orders before that time and its band
+    within the category (0 budget, 1 mid, 2 premium; -1 when never sold before it), for every product of
+    the products table and every product sold."""
+    for table, columns in (("products", ("product_id", "product_type", "vendor")),
+                           ("line_items", ("order_id", "product_id", "price")),
+                           ("orders", ("order_id", "created_at", "cancelled_at"))):
+        if table not in tables:
+            raise CatalogError(f"product features need the snapshot's '{table}' table")
+        if missing := [c for c in columns if c not in tables[table].columns]:
+            raise CatalogError(f"table '{table}' lacks column(s) {', '.join(missing)} the product features need")
+    products = tables["products"]
+    named = products["product_type"].replace("", np.nan).fillna(products["vendor"]).fillna("")
+    category = pd.Series(named.to_numpy(), index=products["product_id"].astype("int64")).groupby(level=0).first()
+    orders = tables["orders"]
+    kept = orders.loc[orders["cancelled_at"].isna(), ["order_id", "created_at"]]
+    items = tables["line_items"].dropna(subset=["product_id", "price"]).merge(kept, on="order_id")
+    items = items.astype({"product_id": "int64"})
+    ids = np.union1d(category.index.to_numpy(), items["product_id"].unique())
+    if len(ids) == 0:
+        raise CatalogError("the snapshot has no products: nothing to describe")
+    frames = []
+    for at in times:
+        at = pd.Timestamp(at)
+        price = items[items["created_at"] < at].groupby("product_id")["price"].median().reindex(ids)
+        frame = pd.DataFrame({PRODUCT_KEY: ids, "event_timestamp": at,
+                              "category": category.reindex(ids).fillna("").to_numpy(), "price": price.to_numpy()})
+        frame["price_band"] = _bands(frame)
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
+    return out.astype({PRODUCT_KEY: "int64", "price_band": "int64", "price": "float64", "category": "str"})
+
+
+def _bands(frame: pd.DataFrame) -> np.ndarray:
+    """Terciles of each category's prices (a category's own budget and premium, not the store's)."""
+    bands = np.full(len(frame), -1, dtype=np.int64)
+    for _, rows in frame[frame["price"].notna()].groupby("category"):
+        prices = rows["price"].to_numpy()
+        edges = np.quantile(prices, np.arange(1, PRICE_BANDS) / PRICE_BANDS)
+        bands[rows.index.to_numpy()] = np.searchsorted(edges, prices, side="right")
+    return bands
+
+
+def view(settings: Settings) -> FeatureView:
+    from feast import FeatureView, Field, FileSource
+    from feast.types import Float64, Int64, String
+
+    (_, product), _, _ = definitions(settings)
+    return FeatureView(
+        name=VIEW, entities=[product], ttl=TTL,
+        schema=[Field(name=PRODUCT_KEY, dtype=Int64), Field(name="category", dtype=String),
+                Field(name="price", dtype=Float64), Field(name="price_band", dtype=Int64)],
+        source=FileSource(name=f"{VIEW}_source", path=str(source(settings)), timestamp_field="event_timestamp"),
+        online=True, description="Category (product type, else vendor), median price paid and its tercile "
+                                 "within the category, as of each snapshot.")
+
+
+def source(settings: Settings):
+    return settings.feature_repo_dir / "data" / f"{VIEW}.parquet"
+
+
+def publish(settings: Settings, rows: pd.DataFrame) -> tuple[FeatureStore, pd.DataFrame]:
+    """Write ``rows`` as the view's source, register the view, materialize the newest time to the online
+    store, and return the store with the rows Feast's point-in-time join gives back for each (product, time)."""
+    from storeflow.components.features.repo import feature_store
+
+    path = source(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rows.loc[:, list(COLUMNS)].to_parquet(tmp, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
+    tmp.replace(path)
+    store = feature_store(settings)
+    (_, product), _, _ = definitions(settings)
+    store.apply([product, view(settings)])
+    newest = rows["event_timestamp"].max().to_pydatetime()
+    store.materialize(start_date=newest - timedelta(seconds=1), end_date=newest + timedelta(seconds=1),
+                      feature_views=[VIEW])
+    entities = rows[[PRODUCT_KEY, "event_timestamp"]]
+    found = store.get_historical_features(entity_df=entities, features=[f"{VIEW}:{name}" for name in FEATURES]).to_df()
+    found["event_timestamp"] = pd.to_datetime(found["event_timestamp"], utc=True)
+    return store, found.sort_values(["event_timestamp", PRODUCT_KEY], kind="stable").reset_index(drop=True)
+
+
+def as_of(rows: pd.DataFrame, at: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The rows of time ``at`` (default: the newest), one per product: what was known then."""
+    stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
+    at = stamps.max() if at is None else pd.Timestamp(at)
+    picked = rows[stamps == at]
+    if picked.empty:
+        known = ", ".join(sorted({f"{s:%Y-%m-%d %H:%M:%S}" for s in stamps.unique()}))
+        raise CatalogError(f"the product features hold no rows at {at:%Y-%m-%d %H:%M:%S} (they have {known}): "
+                           "the product_features task was given another horizon_days than this task")
+    return picked.drop_duplicates(PRODUCT_KEY, keep="last").reset_index(drop=True)
+
+
+def lookup_online(store: FeatureStore, product_ids: list[int]) -> dict[int, tuple[str, int]]:
+    """(category, price band) of each of ``product_ids`` the online store describes; the others left out."""
+    if not product_ids:
+        return {}
+    found = store.get_online_features(features=[f"{VIEW}:category", f"{VIEW}:price_band"],
+                                      entity_rows=[{PRODUCT_KEY: int(p)} for p in product_ids]).to_dict()
+    return {int(p): (category, -1 if band is None else int(band))
+            for p, category, band in zip(found[PRODUCT_KEY], found["category"], found["price_band"]) if category}
