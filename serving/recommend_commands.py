@@ -15,6 +15,9 @@ def serve_recommendations(
     config: ConfigOption = None,
     set_: SetOption = None,
     alias: Annotated[str, typer.Option(help="Registry alias to serve.")] = "champion",
+    version: Annotated[Optional[str], typer.Option(help="Registered version to serve instead of an alias's "
+                                                   "(the local canary serves the champion and the challenger side "
+                                                   "by side).")] = None,
     host: Annotated[Optional[str], typer.Option(help="Listen address (default serving.host, 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Listen port (default recommendations.port).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Local development only: skip Shopify auth.")] = False,
@@ -27,8 +30,8 @@ def serve_recommendations(
     from storeflow.serving.recommender import build_app, resolve
 
     try:
-        version, model_dir = resolve(settings, alias)
-        app = build_app(settings, version, model_dir)
+        served, model_dir = resolve(settings, alias, version)
+        app = build_app(settings, served, model_dir)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

@@ -244,8 +244,9 @@ def _lean(app, settings: Settings) -> None:
     gc.freeze()
 
 
-def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
-    """The registered version at ``alias`` and its files, downloaded under the state dir once."""
+def resolve(settings: Settings, alias: str = "champion", version: str | None = None) -> tuple[str, Path]:
+    """The registered version at ``alias`` (or ``version`` itself) and its files, downloaded under the state
+    dir once."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -254,9 +255,11 @@ def resolve(settings: Settings, alias: str = "champion") -> tuple[str, Path]:
     name = settings.recommendations.model_name
     client = tracking.connect(settings)
     try:
-        version = str(client.get_model_version_by_alias(name, alias).version)
+        version = str(client.get_model_version(name, version).version if version is not None
+                      else client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        raise ValueError(f"no version of {name} has alias '{alias}' in {settings.tracking_uri}; run "
+        which = f"version {version}" if version is not None else f"a version with alias '{alias}'"
+        raise ValueError(f"{name} has no {which} in {settings.tracking_uri}; run "
                          "`storeflow run --pipeline recommendations` first") from exc
     target = settings.project.state_dir / "serving" / "models" / name / version
     if not any(target.rglob("similarity.npz")):

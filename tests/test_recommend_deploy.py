@@ -119,15 +119,15 @@ def test_a_version_that_did_not_become_champion_is_not_rolled_out(kserve, cluste
     assert result["outcome"] == "skipped" and kube.writes() == []
 
 
-def test_locally_the_rollout_is_recorded_beside_the_propensity_models(settings, monkeypatch):
-    """Target local: the record says which recommender version serves and which it replaced (a rollback's
-    target); the propensity model's history, numbered on its own, does not see it."""
+def test_locally_the_first_champion_is_recorded_beside_the_propensity_models(settings, monkeypatch):
+    """Target local: the record says which recommender version serves; the propensity model's history, numbered
+    on its own, does not see it. (A later champion is canaried: test_recommend_local_canary.)"""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     settings.registry.tracking_uri = "http://127.0.0.1:9"  # MLflow down: the tags are skipped, the record kept
-    registration = {"model_name": NAME, "version": "2", "promoted": True, "run_id": "run-2", "previous_champion": "1"}
+    registration = {"model_name": NAME, "version": "1", "promoted": True, "run_id": "run-1", "previous_champion": None}
     outcome = deploy_recommender(settings, registration)
-    assert (outcome["outcome"], outcome["model_name"], outcome["previous_champion"]) == ("promoted-locally", NAME, "1")
+    assert (outcome["outcome"], outcome["model_name"], outcome["previous_champion"]) == ("promoted-locally", NAME, None)
     ours = settings.model_copy(update={"registry": settings.registry.model_copy(update={"model_name": NAME})})
-    assert [r["model_version"] for r in rollouts(ours)] == ["2"]
+    assert [r["model_version"] for r in rollouts(ours)] == ["1"]
     assert rollouts(settings) == []  # storeflow-repeat-purchase has no rollout

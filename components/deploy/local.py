@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storeflow.components.config import Settings
 from storeflow.components.deploy.inference_service import DeployError
 from storeflow.components.deploy.registry import record_rollout
+
+if TYPE_CHECKING:
+    from storeflow.components.deploy.local_canary import LocalCanaryResult
 
 STEPS_TAG_LIMIT = 5000  # MLflow tag values are bounded; the record keeps the full steps
 
@@ -46,7 +50,7 @@ def rollouts(settings: Settings) -> list[dict[str, Any]]:
 def record_local_rollout(settings: Settings, model_version: str, run_id: str,
                          previous_champion: str | None = None) -> dict[str, Any]:
     """Record a version that became champion without a canary: the first one, or one of a model with no local
-    canary (the recommender), whose ``previous_champion`` a rollback returns to."""
+    canary (order risk), whose ``previous_champion`` a rollback returns to."""
     record_rollout(settings, str(model_version), {"storeflow.deploy.state": "promoted",
                                                   "storeflow.deploy.target": "local"})
     previous = str(previous_champion) if previous_champion and str(previous_champion) != str(model_version) else None
@@ -60,8 +64,11 @@ def _client(settings: Settings):
     return tracking.connect(settings)
 
 
-def deploy_local(settings: Settings, model_version: str, run_id: str, previous_champion: str | None) -> dict[str, Any]:
-    """Roll out a new champion locally: canary it against ``previous_champion``, then keep or undo the alias.
+def deploy_local(settings: Settings, model_version: str, run_id: str, previous_champion: str | None,
+                 canary: Callable[[Settings, str, str], LocalCanaryResult] | None = None) -> dict[str, Any]:
+    """Roll out a new champion of ``registry.model_name`` locally: canary it against ``previous_champion``,
+    then keep or undo the alias. ``canary`` runs the canary (default: `storeflow serve`'s,
+    :func:`~storeflow.components.deploy.local_canary.run_local_canary`; the recommender passes its own).
 
     Promoted: the ``champion`` alias (set by register) stays. Rolled back: it returns to the previous
     version. Either way the outcome, each analysis and its reasons go to the record and the version's tags.
@@ -72,7 +79,7 @@ def deploy_local(settings: Settings, model_version: str, run_id: str, previous_c
     version = str(model_version)
     if not previous_champion or str(previous_champion) == version:
         return record_local_rollout(settings, version, run_id)
-    result = run_local_canary(settings, version, str(previous_champion))
+    result = (canary or run_local_canary)(settings, version, str(previous_champion))
     reason = "; ".join(result.reasons)
     tags = {"storeflow.deploy.state": result.outcome, "storeflow.deploy.target": "local",
             "storeflow.deploy.reason": reason[:STEPS_TAG_LIMIT],

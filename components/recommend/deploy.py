@@ -9,10 +9,12 @@ champion is a canary (``canaryTrafficPercent`` through ``deploy.canary_steps``) 
 :class:`~storeflow.components.recommend.canary.RecommenderCanaryMetrics`: errors and p99 latency as for the
 propensity model (of the recommender's pods: version numbers are per model), and click-through rate from
 the recommender's feedback log instead of a score histogram.
-On local: the rollout is recorded as the propensity model's first local rollout is (MLflow tags, the
-champion alias `storeflow serve-recommendations` serves, ``serving/rollouts.jsonl`` with the champion it
-replaced, so `storeflow rollback --set registry.model_name=<recommendations.model_name>` goes back). There is
-no local recommender canary: the local canary drives `storeflow serve` with propensity requests.
+On local: as the propensity model's local rollout (:func:`storeflow.components.deploy.local.deploy_local`): the
+first champion is recorded; a later one is canaried against the champion it replaces through
+``deploy.canary_steps`` on two `storeflow serve-recommendations` servers with replayed shoppers, judged on
+errors, p99 latency and click-through rate (:mod:`storeflow.components.recommend.local_canary`), and the
+champion alias stays or goes back; MLflow tags and ``serving/rollouts.jsonl`` record it with the champion it
+replaced, so `storeflow rollback --set registry.model_name=<recommendations.model_name>` goes back too.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def deploy_recommender(
                                           matchers=f'pod=~"{ours.deploy.inference_service}-.*"')
         return deploy_stage(ours, version, run_id, isvcs=isvcs, prometheus=judged, resolve=resolve, record=record,
                             sleep=sleep)
-    from storeflow.components.deploy.local import record_local_rollout
+    from storeflow.components.deploy.local import deploy_local
+    from storeflow.components.recommend.local_canary import run_recommender_canary
 
-    return record_local_rollout(ours, version, run_id, registration.get("previous_champion"))
+    return deploy_local(ours, version, run_id, registration.get("previous_champion"), canary=run_recommender_canary)

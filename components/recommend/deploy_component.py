@@ -6,8 +6,9 @@ from storeflow.components.container import component
 @component
 def deploy_recommender(registration: str, config_json: str = "{}") -> str:
     """Roll a newly promoted recommender out: its KServe InferenceService (a canary through deploy.canary_steps,
-    judged on errors, p99 latency and click-through rate) or, on target local, the record
-    `storeflow serve-recommendations` and `storeflow rollback` read.
+    judged on errors, p99 latency and click-through rate) or, on target local, the same canary on two local
+    `storeflow serve-recommendations` servers with replayed shoppers, the outcome on the champion alias and in
+    the record `storeflow rollback` reads.
 
     Args:
         registration: The register_recommender task's JSON; a version that did not become champion is not
