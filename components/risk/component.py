@@ -72,8 +72,9 @@ def risk_deploy(registration: str, config_json: str = "{}") -> str:
     """Roll a new order risk champion out: a canary judged on errors, latency and alert rate, or serve-risk's.
 
     deploy.target kserve: a canary on the risk InferenceService, rolled back when its errors, p99 latency or share
-    of orders scored HIGH (against the champion's, risk.canary_alert_ratio) fail; local: recorded for
-    `storeflow serve-risk`, which serves the champion alias from its next start.
+    of orders scored HIGH (against the champion's, risk.canary_alert_ratio) fail; local: the same canary on two
+    `storeflow serve-risk`s given the store's newest orders, and `serve-risk` serves the champion alias from its
+    next start.
 
     Args:
         registration: The risk task's RiskResult JSON (its registration); a version that did not become champion is not rolled out.

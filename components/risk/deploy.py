@@ -9,8 +9,9 @@ scored HIGH, against the champion's in the same window (:func:`analysis.alert_sh
 ``risk.canary_metrics_selector`` (risk and propensity versions share numbers).
 
 ``deploy.target`` local: `storeflow serve-risk` serves the ``champion`` alias the risk stage set, from its next
-start; the rollout is recorded (the version's tags, the local record ``<state_dir>/serving/rollouts.jsonl`` every
-model shares, with the champion it replaced). No local canary yet.
+start, once a canary on two `storeflow serve-risk`s (:mod:`storeflow.components.risk.local_canary`) judged it on
+the same bounds; the rollout is recorded (the version's tags, the local record ``<state_dir>/serving/rollouts.jsonl``
+every model shares, with the champion it replaced).
 """
 
 from __future__ import annotations
@@ -87,11 +88,18 @@ def deploy_risk(settings: Settings, model_version: str, run_id: str, *, isvcs=No
 
 def deploy_risk_local(settings: Settings, model_version: str, run_id: str,
                       previous_champion: str | None = None) -> dict[str, Any]:
-    """Target local: the champion alias (set by the risk stage) is what `storeflow serve-risk` serves from its
-    next start; the version is tagged and the rollout appended, with the champion it replaced, to the local
-    record every model shares (:func:`storeflow.components.deploy.local.rollout_record`), where
-    `storeflow status|rollback --model risk` read it."""
-    from storeflow.components.deploy.local import record_local_rollout
+    """Target local: a new champion that replaced one is canaried against it on two `storeflow serve-risk`s
+    (:func:`storeflow.components.risk.local_canary.run_local_risk_canary`: errors, p99 latency and alert rate);
+    promoted, the champion alias the risk stage set stays (`serve-risk` serves it from its next start); rolled back,
+    the alias returns to ``previous_champion``. The first champion is recorded without a canary. Either way the
+    version is tagged and the rollout appended, with the champion it replaced, to the local record every model
+    shares (:func:`storeflow.components.deploy.local.rollout_record`), where `storeflow status|rollback --model
+    risk` read it."""
+    from storeflow.components.deploy.local import deploy_local, record_local_rollout
+    from storeflow.components.risk.local_canary import run_local_risk_canary
 
-    entry = record_local_rollout(risk_deploy_settings(settings), str(model_version), run_id, previous_champion)
-    return entry | {"reasons": [f"storeflow serve-risk serves v{model_version} (the champion alias) from its next start"]}
+    ours, version = risk_deploy_settings(settings), str(model_version)
+    if not previous_champion or str(previous_champion) == version:
+        entry = record_local_rollout(ours, version, run_id, previous_champion)
+        return entry | {"reasons": [f"storeflow serve-risk serves v{version} (the champion alias) from its next start"]}
+    return deploy_local(ours, version, run_id, str(previous_champion), canary=run_local_risk_canary)
