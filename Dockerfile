@@ -23,11 +23,14 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
       > /tmp/dependencies.txt \
  && pip install -c requirements.lock -r /tmp/dependencies.txt && rm /tmp/dependencies.txt
 
-# PyTensor's compiled ops for the BTYD fits, built once here into the image user's $HOME/.pytensor instead
-# of in every features task's container (its cache key holds the compiler flags, so another CPU compiles
-# its own; matplotlib's font cache comes along). btyd.py alone, as a script: only a change to it rebuilds this.
+# PyTensor's compiled ops for the BTYD fits, built once here instead of in every features task's container
+# (its cache key holds the compiler flags, so another CPU compiles its own). In a fixed directory, not
+# $HOME/.pytensor: a runner may set HOME (the artifact-passing test sets HOME=/tmp). The image user's
+# matplotlib font cache comes along. btyd.py alone, as a script: only a change to it rebuilds this layer.
+ENV PYTENSOR_FLAGS=base_compiledir=/var/cache/pytensor
 COPY components/features/btyd.py /tmp/btyd.py
-RUN HOME=/home/storeflow python /tmp/btyd.py && chown -R storeflow: /home/storeflow && rm /tmp/btyd.py
+RUN HOME=/home/storeflow python /tmp/btyd.py && chown -R storeflow: /home/storeflow /var/cache/pytensor \
+ && rm /tmp/btyd.py
 
 COPY README.md ./
 COPY components components
