@@ -317,12 +317,11 @@ DEFAULT_TASK_RESOURCES: dict[str, dict[str, Any]] = {
     "monitor": {"memory_request": "1Gi", "memory_limit": "2Gi"},
     "retrain": {"timeout_seconds": 7200},  # retrain: local runs the whole training pipeline in this task
     # the recommender's product features (a row per product and time), its own train and evaluate, which fit
-    # the item-item model (evaluate twice, on the split)
+    # the item-item model (evaluate twice, on the split, and the champion's settings: register and deploy are
+    # the shared tasks above)
     "product_features": {"memory_request": "1Gi", "memory_limit": "2Gi"},
     "train_recommender": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
     "evaluate_recommender": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
-    "register_recommender": {"memory_request": "1Gi", "memory_limit": "2Gi"},  # refits the champion's settings
-    "deploy_recommender": {"timeout_seconds": 7200},  # a canary waits at every traffic step
     "risk": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
     "risk_deploy": {"timeout_seconds": 7200},  # the risk champion's canary, as deploy's
 }
@@ -358,7 +357,7 @@ class KfpConfig(Section):
     resources: dict[str, TaskResources] = Field(
         default_factory=lambda: {stage: TaskResources(**values) for stage, values in DEFAULT_TASK_RESOURCES.items()},
         description="Per pipeline task (ingest, validate, features, train, evaluate, register, deploy, monitor, "
-        "retrain, product_features, train_recommender, evaluate_recommender, register_recommender, deploy_recommender, risk, risk_deploy): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
+        "retrain, product_features, train_recommender, evaluate_recommender, risk, risk_deploy): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
         "default, the other values keep theirs.")
     retry: TaskRetry = Field(TaskRetry(), description="Retries with backoff of the tasks that call network services.")
 

@@ -60,12 +60,13 @@ def run(config: ConfigOption = None, set_: SetOption = None,
 
 
 def _run_with_report(name: str, pipeline, stages, settings, *tasks: str):
-    """Run a pipeline whose tasks write a Markdown report (risk; the recommender's evaluate and register) and
-    print those reports, in the order of ``tasks``."""
+    """Run a pipeline whose tasks write a Markdown report (risk; the recommender's evaluate, register's model
+    card) and print those reports, in the order of ``tasks`` (``<task>`` for its ``report``, or
+    ``<task>/<output>``)."""
     result = _run_pipeline(name, pipeline, settings, stages)
     artifacts = result.log.parent / "artifacts"
     for task in tasks:
-        for report in artifacts.glob(f"*/{task}/report"):
+        for report in artifacts.glob(f"*/{task if '/' in task else f'{task}/report'}"):
             console.print(report.read_text(), markup=False, highlight=False)
     console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
     return result
@@ -81,7 +82,7 @@ def _run_recommendations(settings):
     from storeflow.pipelines.recommendations import STAGES, recommendations_pipeline
 
     return _run_with_report("recommendations", recommendations_pipeline, STAGES, settings, "evaluate-recommender",
-                            "register-recommender")
+                            "register/model_card")
 
 
 def _run_training(settings):

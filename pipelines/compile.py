@@ -25,10 +25,8 @@ def _targets(settings=None) -> dict[str, object]:
     from storeflow.components.register.component import register
     from storeflow.components.train.component import train
     from storeflow.components.monitor.component import monitor
-    from storeflow.components.recommend.deploy_component import deploy_recommender
     from storeflow.components.recommend.evaluate_component import evaluate_recommender
     from storeflow.components.recommend.product_features_component import product_features
-    from storeflow.components.recommend.register_component import register_recommender
     from storeflow.components.recommend.train_component import train_recommender
     from storeflow.components.risk.component import risk, risk_deploy
     from storeflow.components.validate.component import validate
@@ -43,8 +41,7 @@ def _targets(settings=None) -> dict[str, object]:
                                   "pipelines/recommendations.yaml": build_recommendations_pipeline(settings),
                                   "pipelines/risk.yaml": build_risk_pipeline(settings)}
     for op in (ingest, validate, features, train, evaluate, register, deploy, monitor, retrain, product_features,
-               train_recommender,
-               evaluate_recommender, register_recommender, deploy_recommender, risk,
+               train_recommender, evaluate_recommender, risk,
                risk_deploy):
         targets[f"components/{op.name}.yaml"] = with_image(op, settings.image.reference)
     return targets

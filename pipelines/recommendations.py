@@ -1,25 +1,25 @@
 """The recommendations pipeline on the same components and cluster wiring as training:
-ingest → validate → product_features → train_recommender → evaluate_recommender → register_recommender →
-deploy_recommender.
+ingest → validate → product_features → train_recommender → evaluate_recommender → register → deploy.
 
-ingest and validate are training's own tasks; product_features writes the products' category and price band to
-Feast (view product_catalog, materialized online for the server) and hands on what Feast's point-in-time join
-returns as a Dataset; the recommender's stages hand each other typed artifacts (the snapshot and product
-features Datasets, the fitted item-item Model, the evaluation's Metrics and Markdown report, the registered
-Model) and the evaluation and registration as JSON. The champion alias moves inside
-register_recommender (it must beat the best baseline and not be worse than the champion's settings), never by
-a pipeline branch, and deploy_recommender rolls out only a version register made champion: the propensity
-model's deploy code pointed at the recommender's InferenceService, its canary judged on click-through rate too.
+ingest, validate, register and deploy are training's own components; product_features writes the products'
+category and price band to Feast (view product_catalog, materialized online for the server) and hands on what
+Feast's point-in-time join returns as a Dataset; the recommender's own stages hand each other typed artifacts
+(the snapshot and product features Datasets, the fitted item-item Model, the evaluation's Metrics and Markdown
+report, the registered Model) and the evaluation and registration as JSON. evaluate_recommender decides (it
+must beat the best baseline and not be worse than the champion's settings), register moves the champion alias
+on that decision, never a pipeline branch, and deploy rolls out only a version register made champion: the
+Model's kind and the registered name tell the shared tasks it is the recommender, so it goes to the
+recommender's InferenceService, its canary judged on click-through rate too.
 """
 
 from kfp import dsl
 
 from storeflow.components.config import Settings
-from storeflow.components.recommend.deploy_component import deploy_recommender
+from storeflow.components.deploy.component import deploy
 from storeflow.components.recommend.evaluate_component import evaluate_recommender
 from storeflow.components.recommend.product_features_component import product_features
-from storeflow.components.recommend.register_component import register_recommender
 from storeflow.components.recommend.train_component import train_recommender
+from storeflow.components.register.component import register
 from storeflow.pipelines.training import (
     DEFAULTS,
     feast_credentials,
@@ -31,8 +31,7 @@ from storeflow.pipelines.training import (
 
 PIPELINE_NAME = "storeflow-recommendations"
 # kfp.local's task names (the components' names): the progress bar's rows
-STAGES = ("ingest", "validate", "product-features", "train-recommender", "evaluate-recommender", "register-recommender",
-          "deploy-recommender")
+STAGES = ("ingest", "validate", "product-features", "train-recommender", "evaluate-recommender", "register", "deploy")
 
 
 def build_recommendations_pipeline(settings: Settings = DEFAULTS):
@@ -68,18 +67,17 @@ def build_recommendations_pipeline(settings: Settings = DEFAULTS):
         trained = cluster(train_recommender(config_json=config_json, snapshot=snapshot, product_features=catalog),
                           "train_recommender")
         model = trained.outputs["model"]
-        evaluated = object_store_credentials(cluster(
+        # evaluate reads the shipped feedback logs (the bucket) and the champion's settings (MLflow)
+        evaluated = mlflow_credentials(object_store_credentials(cluster(
             evaluate_recommender(config_json=config_json, snapshot=snapshot, model=model, product_features=catalog,
-                                 **judged_as), "evaluate_recommender"), settings)
+                                 **judged_as), "evaluate_recommender"), settings), settings)
         registered = mlflow_credentials(cluster(
-            register_recommender(config_json=config_json, snapshot=snapshot, model=model,
-                                 evaluation=evaluated.outputs["Output"], **judged_as),
-            "register_recommender"), settings)
+            register(config_json=config_json, model=model, evaluation=evaluated.outputs["Output"]), "register"),
+            settings)
         registration = registered.outputs["Output"]
         # kserve: KServe's API, Prometheus, MLflow and the feedback logs shipped to the object store
         object_store_credentials(mlflow_credentials(cluster(
-            deploy_recommender(config_json=config_json, registration=registration), "deploy_recommender"), settings),
-            settings)
+            deploy(config_json=config_json, registration=registration), "deploy"), settings), settings)
         return registration
 
     return recommendations_pipeline

@@ -26,11 +26,11 @@ STAGES = ("ingest", "validate", "features", "train", "evaluate", "register", "de
 # Tasks that call a network service, so a failed attempt is often a passing outage worth retrying:
 # ingest (the Shopify Admin API), train/evaluate/register (the MLflow tracking server and registry),
 # deploy (KServe's API server, Prometheus and MLflow), monitor (MLflow, the prediction-log store),
-# retrain (the KFP API), the recommender's evaluate (the shipped feedback logs), register (the MLflow registry)
-# and deploy, and the risk deploy (KServe, Prometheus, the risk log store). validate, features and the recommender's train read only the snapshot, the volume and Feast's
+# retrain (the KFP API), the recommender's evaluate (the shipped feedback logs, the MLflow registry), and the
+# risk deploy (KServe, Prometheus, the risk log store). validate, features and the recommender's train read only the snapshot, the volume and Feast's
 # stores; a failure there is a data error that a retry repeats.
 RETRIED = frozenset({"ingest", "train", "evaluate", "register", "deploy", "monitor", "retrain", "evaluate_recommender",
-                     "register_recommender", "deploy_recommender", "risk", "risk_deploy"})
+                     "risk", "risk_deploy"})
 
 # Tasks whose output their inputs determine, with no side effect a cache hit would skip (see on_cluster).
 CACHED = frozenset({"validate"})

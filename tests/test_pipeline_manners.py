@@ -12,8 +12,8 @@ from storeflow.pipelines.cli import app
 from storeflow.pipelines.training import RETRIED
 
 PIPELINE_TASKS = {"training": ("ingest", "validate", "features", "train", "evaluate", "register", "deploy"),
-                  "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "train-recommender", "evaluate-recommender",
-                                      "register-recommender", "deploy-recommender"),
+                  "monitoring": ("ingest", "validate", "monitor", "retrain"), "recommendations": ("ingest", "validate", "product-features", "train-recommender", "evaluate-recommender",
+                                      "register", "deploy"),
                   "risk": ("ingest", "validate", "risk", "risk-deploy")}
 
 

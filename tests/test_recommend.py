@@ -114,7 +114,7 @@ def test_the_recommendations_pipeline_runs_from_the_cli_and_leaves_a_servable_mo
     artifacts = next((tmp_path / "state" / "runs").glob("*/artifacts/storeflow-recommendations-*"))
     (model_dir,) = artifacts.glob("train-recommender/model")
     assert "Serve the item-item model" in (artifacts / "evaluate-recommender" / "report").read_text()
-    assert ItemItem.load(artifacts / "register-recommender" / "registered_model").products.tolist() == \
+    assert ItemItem.load(artifacts / "register" / "registered_model").products.tolist() == \
         ItemItem.load(model_dir).products.tolist()
     model = ItemItem.load(model_dir)
     # product features came through Feast (the product_features task): the model knows every product's
@@ -173,3 +173,15 @@ def test_an_unknown_pipeline_name_is_a_usage_error(tmp_path) -> None:
 
     result = CliRunner().invoke(app, ["run", "--pipeline", "recomendations"])
     assert result.exit_code == 2 and "recomendations" in result.output
+
+
+def test_the_shared_register_task_refuses_a_recommender_model_with_another_models_evaluation(tmp_path) -> None:
+    """register serves both model families; a recommender Model wired to the propensity evaluate's JSON is
+    named as the mistake it is, before anything is written to MLflow."""
+    from storeflow.components.recommend.registry import register_evaluated
+
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state")}})
+    propensity_evaluation = {"promote": True, "reason": "beats the champion", "challenger_metrics": {"auc": 0.7}}
+    with pytest.raises(ValueError, match="not an evaluate_recommender result"):
+        register_evaluated(settings, tmp_path / "model", propensity_evaluation)
+    assert not (tmp_path / "state" / "mlflow.db").exists()

@@ -54,7 +54,7 @@ def deploy_recommender(
     record: rollout.Record = registry.record_rollout,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Roll out the version ``registration`` (register_recommender's JSON) names when it became champion.
+    """Roll out the version ``registration`` (the register task's JSON) names when it became champion.
 
     Returns the outcome: skipped (not champion), created | unchanged | promoted | rolled-back (kserve) or
     promoted-locally (local), with each canary analysis and its reasons. The keyword arguments exist for

@@ -57,8 +57,10 @@ class RecommenderReport:
 
     @classmethod
     def from_dict(cls, values: dict) -> RecommenderReport:
-        """The report :meth:`to_dict` wrote (the evaluate task's output), read back by the register task."""
-        return cls(**{key: value for key, value in values.items() if key != "beats_baselines"})
+        """The report :meth:`to_dict` wrote (the evaluate task's output, which adds the decision), read back by
+        the register task."""
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in values.items() if key in fields})
 
 
 def rankings(data: Interactions, cfg: RecommendationsConfig, catalog: pd.DataFrame | None = None) -> dict[str, np.ndarray]:

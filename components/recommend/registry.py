@@ -27,8 +27,39 @@ class RecommenderRegistration:
     previous_champion: str | None = None  # the champion when this version was registered (a rollback's target)
 
 
+@dataclass(frozen=True)
+class RecommenderDecision:
+    """Whether a trained recommender should become champion, and why (the evaluate task decides it, as the
+    propensity model's evaluate does; register acts on it)."""
+
+    promote: bool
+    reason: str
+    champion: str | None = None  # the champion it was judged against
+
+
+def judge(settings: Settings, report: RecommenderReport, tables: dict[str, pd.DataFrame]) -> RecommenderDecision:
+    """Champion only when it beats the best baseline and is not worse than the champion's settings refit on
+    the same split (no champion yet: the baselines alone)."""
+    from storeflow.components import tracking
+
+    client = tracking.connect(settings)
+    champion = tracking.current_champion(client, settings.recommendations.model_name)
+    promoted, reason = report.beats_baselines, report.summary()
+    if promoted and champion is not None:
+        promoted, reason = _versus_champion(settings, client, champion, tables)
+    return RecommenderDecision(promoted, reason, champion)
+
+
 def register_recommender(settings: Settings, model_dir: Path, report: RecommenderReport,
                          tables: dict[str, pd.DataFrame]) -> RecommenderRegistration:
+    """Judge and register (:func:`judge`, then :func:`register_judged`): the library's one call."""
+    return register_judged(settings, model_dir, report, judge(settings, report, tables))
+
+
+def register_judged(settings: Settings, model_dir: Path, report: RecommenderReport,
+                    decision: RecommenderDecision) -> RecommenderRegistration:
+    """A new version of ``recommendations.model_name`` (alias challenger) from the fitted model in
+    ``model_dir``; champion when ``decision`` says so."""
     import mlflow
 
     from storeflow.components import tracking
@@ -37,14 +68,14 @@ def register_recommender(settings: Settings, model_dir: Path, report: Recommende
     cfg = settings.recommendations
     client = tracking.connect(settings)
     name = cfg.model_name
-    promoted, reason = report.beats_baselines, report.summary()
+    promoted, reason = decision.promote, decision.reason
     champion = tracking.current_champion(client, name)
-    if promoted and champion is not None:
-        promoted, reason = _versus_champion(settings, client, champion, tables)
     with mlflow.start_run(experiment_id=tracking.experiment_id(settings, client), run_name="recommendations") as run:
         mlflow.log_params({"model": MODEL, "k": cfg.k, "horizon_days": cfg.horizon_days, "neighbours": cfg.neighbours})
         mlflow.log_metrics({f"{recommender}.{metric.replace('@', '_at_')}": value
                             for recommender, values in report.metrics.items() for metric, value in values.items()})
+        if report.cold_start is not None:
+            mlflow.log_metrics({f"cold_start.{key}": value for key, value in report.cold_start.items()})
         info = mlflow.pyfunc.log_model(name="model", python_model=ItemItemPyfunc(),
                                        artifacts={"model": str(model_dir)},
                                        pip_requirements=tracking.pip_requirements())
@@ -55,6 +86,21 @@ def register_recommender(settings: Settings, model_dir: Path, report: Recommende
     if promoted:
         client.set_registered_model_alias(name, tracking.CHAMPION, version)
     return RecommenderRegistration(name, str(version), promoted, reason, run.info.run_id, champion)
+
+
+def register_evaluated(settings: Settings, model_dir: Path, evaluation: dict) -> tuple[RecommenderRegistration, str]:
+    """The shared register task's recommender case: ``evaluation`` is the evaluate_recommender task's JSON (its
+    report and decision). Returns the registration and the version's card (Markdown)."""
+    if "decision" not in evaluation or "best_baseline" not in evaluation:
+        raise ValueError("the evaluation is not an evaluate_recommender result (no report and decision): a "
+                         "recommender Model is registered on its own evaluation")
+    report = RecommenderReport.from_dict(evaluation)
+    registered = register_judged(settings, model_dir, report, RecommenderDecision(**evaluation["decision"]))
+    line = (f"Registered {registered.model_name} v{registered.version}: "
+            f"{'champion' if registered.promoted else 'challenger only'} ({registered.reason})")
+    card = f"## {registered.model_name} v{registered.version}\n\n{line}\n\n{report.summary()}\n\n" \
+           f"{report.cold_start_summary()}\n"
+    return registered, card
 
 
 def _versus_champion(settings: Settings, client, champion: str, tables) -> tuple[bool, str]:

@@ -25,8 +25,9 @@ def train_recommender(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Mo
             task's environment, the storeflow-config ConfigMap and config file; '{}' uses those alone.
         neighbours: Similar products kept per product; -1 keeps the configured recommendations.neighbours.
         model: The fitted ItemItem (products.npy, similarity.npz, popularity.npy; category.npy, price_band.npy
-            and categories.npy with product features); metadata has its product count, neighbours, which the
-            evaluate and register tasks judge and log, and the categories it knows.
+            and categories.npy with product features); metadata has its kind (recommendations: what the shared
+            register task registers it as), product count, neighbours, which the evaluate and register tasks
+            judge and log, and the categories it knows.
     """
     import json
     from pathlib import Path
@@ -45,7 +46,9 @@ def train_recommender(snapshot: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Mo
     fitted = fit_recommender(read_tables(Path(snapshot.path)), cfg, catalog)
     fitted.save(model.path)
     categories = 0 if fitted.categories is None else len(fitted.categories)
-    trained = {"products": len(fitted.products), "neighbours": cfg.neighbours, "categories": categories}
+    # kind: which model family the shared register and deploy tasks are given (the propensity Model has none)
+    trained = {"kind": "recommendations", "products": len(fitted.products), "neighbours": cfg.neighbours,
+               "categories": categories}
     describe(model.metadata, json.dumps(trained), **trained)
     print(f"item-item recommender: {trained['products']:,} products, {cfg.neighbours} neighbours each, "
           f"{categories} categories for the fallback")
