@@ -12,6 +12,8 @@
   ratio is the hit rate); per worker ``storeflow_cache_hit_ratio{cache}`` (the estimate that switches the
   cache on or off), ``storeflow_cache_enabled{cache}`` and ``storeflow_cache_entries{cache}``
   (see :mod:`storeflow.serving.caching`).
+* ``storeflow_risk_assessments_total{model_version,level}``: orders the risk server assessed, by level (HIGH,
+  MEDIUM, LOW); the risk canary's alert rate (:func:`storeflow.components.risk.deploy.alert_queries`).
 * ``storeflow_model_info{model_version,runtime}``: 1 per served version; ``runtime`` is what scores it
   (``treelite`` or ``sklearn``, see :mod:`storeflow.serving.runtime`).
 
@@ -25,6 +27,8 @@ import os
 import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition, multiprocess, values
+
+from storeflow.components.risk.protocol import ASSESSMENTS_METRIC
 
 # Decided when prometheus_client was first imported; Feast sets PROMETHEUS_MULTIPROC_DIR on import
 # (for its own server) whether or not values are really kept in files, so the variable alone misleads.
@@ -44,6 +48,9 @@ SCORES = Histogram("storeflow_prediction_score", "Served propensity scores.", ["
 FALLBACK_ROWS = Counter("storeflow_fallback_rows", "Customers scored with the fallback feature row.")
 MODEL_INFO = Gauge("storeflow_model_info", "Served model versions and the runtime scoring each.",
                    ["model_version", "runtime"], multiprocess_mode="max")
+# Here, not in serving/risk.py: `python -m storeflow.serving.risk` imports that module twice (as __main__ too).
+RISK_ASSESSMENTS = Counter(ASSESSMENTS_METRIC, "Orders assessed, by served risk model version and level.",
+                           ["model_version", "level"])
 LOG_DROPPED = Counter("storeflow_prediction_log_dropped", "Prediction log records dropped.")
 CACHE_LOOKUPS = Counter("storeflow_cache_lookups", "Lookups a serving cache answered (while on).", ["cache"])
 CACHE_HITS = Counter("storeflow_cache_hits", "Lookups a serving cache answered from memory.", ["cache"])

@@ -27,12 +27,12 @@ import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from prometheus_client import Counter
 
 from storeflow.components.risk.assess import Levels, assessment
 from storeflow.components.risk.features import ORDER_FEATURES
-from storeflow.components.risk.protocol import (ASSESSMENTS_METRIC, FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT,
-                                                LEVELS_METADATA, MAX_INSTANCES, ORDER_ID, SCORE_OUTPUT)
+from storeflow.components.risk.protocol import (FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT, LEVELS_METADATA,
+                                                MAX_INSTANCES, ORDER_ID, SCORE_OUTPUT)
+from storeflow.serving.metrics import RISK_ASSESSMENTS
 from storeflow.serving.predictor import input_example, load_estimator, read_mlmodel, registered_version
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
@@ -42,8 +42,6 @@ from storeflow.serving.v1 import v1_request
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
-ASSESSMENTS = Counter(ASSESSMENTS_METRIC, "Orders assessed, by served risk model version and level.",
-                      ["model_version", "level"])
 V1_EXAMPLE = '{"instances": [{"order_id": "gid://shopify/Order/1", "total_price": 42.5, ...the 30 features}]}'
 
 
@@ -130,7 +128,7 @@ class RiskPredictor(Model):
             level, facts = assessment(dict(zip(self.columns, row.tolist())), float(score), self.levels)
             said.append((level, [{"description": f.description, "sentiment": f.sentiment} for f in facts]))
         for level in set(lv for lv, _ in said):
-            ASSESSMENTS.labels(self.version, level).inc(sum(lv == level for lv, _ in said))
+            RISK_ASSESSMENTS.labels(self.version, level).inc(sum(lv == level for lv, _ in said))
         if self.log is not None:
             stamp, request_id = now_iso(), uuid.uuid4().hex
             self.log.append([{"ts": stamp, "request_id": request_id, "model_name": self.registered_name,
