@@ -184,14 +184,16 @@ def test_errors_roll_a_risk_canary_back_whatever_its_alert_rate(policy, risk_clu
 
 
 def test_target_local_records_the_champion_serve_risk_picks_up(policy, monkeypatch):
+    """The first risk champion is recorded without a canary (one that replaced a champion is canaried:
+    tests/test_risk_local_canary.py)."""
     policy.deploy.target = "local"
     record = Recorder()
     monkeypatch.setattr("storeflow.components.deploy.local.record_rollout", record)
-    entry = deploy_risk_local(policy, "2", "run-2", "1")
+    entry = deploy_risk_local(policy, "1", "run-1", None)
     assert entry["outcome"] == "promoted-locally" and entry["model_name"] == NAME
-    assert "storeflow serve-risk serves v2" in entry["reasons"][0]
-    assert record.tags == [("2", {"storeflow.deploy.state": "promoted", "storeflow.deploy.target": "local"})]
-    # the local record every model shares, with the champion v2 replaced: what `storeflow rollback --model risk` reads
+    assert "storeflow serve-risk serves v1" in entry["reasons"][0]
+    assert record.tags == [("1", {"storeflow.deploy.state": "promoted", "storeflow.deploy.target": "local"})]
+    # the local record every model shares: what `storeflow status|rollback --model risk` read
     [line] = rollout_record(policy).read_text().splitlines()
-    assert json.loads(line) | {"at": None} == {"model_name": NAME, "outcome": "promoted-locally", "model_version": "2",
-                                             "run_id": "run-2", "previous_champion": "1", "at": None}
+    assert json.loads(line) | {"at": None} == {"model_name": NAME, "outcome": "promoted-locally", "model_version": "1",
+                                             "run_id": "run-1", "previous_champion": None, "at": None}
