@@ -1,12 +1,17 @@
 """The feature repo storeflow writes is a Feast repo as Feast's users know it: `feast plan` in it sees the
-definitions storeflow applied (it announced deleting every entity and feature view), `feast apply` keeps them."""
+definitions storeflow applied (it announced deleting every entity and feature view, and later the
+recommender's product_catalog and product_availability views), `feast apply` keeps them."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from storeflow.components.config import load_settings
 from storeflow.components.features.repo import apply, feature_refs
+from storeflow.components.recommend import availability, catalog
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 
@@ -21,12 +26,23 @@ def test_feast_plan_and_apply_in_the_repo_change_nothing_storeflow_applied(tmp_p
     settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
                               "features": {"customer_features": ["recency_days", "frequency", "monetary"]}})
     store = apply(settings)
+    # what else storeflow registers: the recommendations pipeline's product features, the products webhooks' view
+    rows = pd.DataFrame({"product_id": [1, 2], "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"),
+                         "category": ["Tea", "Mugs"], "price": [4.0, None], "price_band": [0, -1]})
+    catalog.publish(settings, rows)
+    availability.ensure_view(store, settings)
     repo = settings.feature_repo_dir
     plan = _feast(repo, "plan")
-    assert "No changes to registry" in plan and "Deleted" not in plan, plan
+    assert "Deleted" not in plan and "Created feature view" not in plan and "Created entity" not in plan, plan
+    # Feast reports a materialized view (product_catalog here) as updated: the registered one carries its
+    # materialization intervals, and its source's registration timestamps differ. Nothing else may differ.
+    assert set(re.findall(r"^\t(\w+): ", plan, re.MULTILINE)) <= {"batch_source"}, plan
+    assert re.findall(r"^Updated feature view (\w+)", plan, re.MULTILINE) == ["product_catalog"], plan
     _feast(repo, "apply")
     store.refresh_registry()
     views = {v.name: [f.name for f in v.features] for v in store.list_feature_views()}
     assert views["customer_features"] == ["recency_days", "frequency", "monetary"]
+    assert views["product_catalog"] == ["category", "price", "price_band"]
+    assert views["product_availability"] == ["published", "in_stock", "inventory", "title", "handle"]
     assert [f"customer_features:{name}" for name in views["customer_features"]] == feature_refs(settings)
     assert {e.name for e in store.list_entities()} == {"customer", "product"}

@@ -36,6 +36,14 @@ CUSTOMER_VIEW = "customer_features"
 PRODUCT_VIEW = "product_sales"
 SERVICE = "repeat_purchase"
 PRODUCT_FEATURES = ("units_per_day_7d", "units_per_day_30d", "revenue_30d")
+# The recommender's views of the product (recommend.catalog, recommend.availability): declared here with the
+# others, so the repo's definitions module (what `feast plan` / `feast apply` read) lists every view.
+CATALOG_VIEW = "product_catalog"
+CATALOG_FEATURES = ("category", "price", "price_band")
+AVAILABILITY_VIEW = "product_availability"
+AVAILABILITY_FLAGS = ("published", "in_stock", "inventory")
+AVAILABILITY_CARD = ("title", "handle")  # what a storefront block shows and links (/products/<handle>)
+PRODUCT_TTL = timedelta(days=3650)  # a product keeps what it was last said to be until told otherwise
 INTEGER_FEATURES = frozenset({"frequency", "orders_last_90d"})
 FILE_REGISTRY_SCHEMES = frozenset({"", "file", "s3", "gs", "hdfs"})  # Feast's file registry stores
 
@@ -107,7 +115,7 @@ def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> t
     """The definitions of the repo at ``repo``: what :func:`apply` registers and what the repo's own
     definitions module (:data:`DEFINITIONS_MODULE`) gives ``feast plan`` / ``feast apply``."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float64, Int64
+    from feast.types import Float64, Int64, String
 
     ttl = timedelta(days=ttl_days)
     customer = Entity(name=CUSTOMER, join_keys=[CUSTOMER_KEY], value_type=ValueType.INT64,
@@ -135,9 +143,30 @@ def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> t
         online=True,
         description="Sales velocity over the 7 and 30 days before each snapshot.",
     )
+    catalog_view = FeatureView(
+        name=CATALOG_VIEW, entities=[product], ttl=PRODUCT_TTL,
+        schema=[Field(name=PRODUCT_KEY, dtype=Int64), Field(name="category", dtype=String),
+                Field(name="price", dtype=Float64), Field(name="price_band", dtype=Int64)],
+        source=FileSource(name=f"{CATALOG_VIEW}_source", path=str(repo / "data" / f"{CATALOG_VIEW}.parquet"),
+                          timestamp_field="event_timestamp"),
+        online=True, description="Category (product type, else vendor), median price paid and its tercile "
+                                 "within the category, as of each snapshot.")
+    availability_view = FeatureView(
+        name=AVAILABILITY_VIEW, entities=[product], ttl=PRODUCT_TTL,
+        schema=[Field(name=PRODUCT_KEY, dtype=Int64), *(Field(name=name, dtype=Int64) for name in AVAILABILITY_FLAGS),
+                *(Field(name=name, dtype=String) for name in AVAILABILITY_CARD)],
+        source=FileSource(name=f"{AVAILABILITY_VIEW}_source",
+                          path=str(repo / "data" / f"{AVAILABILITY_VIEW}.parquet"), timestamp_field="event_timestamp"),
+        online=True, description="Published (status active) and in stock, from products and inventory webhooks.")
     service = FeatureService(name=SERVICE, features=[customer_view],
                              description="Inputs of the repeat-purchase propensity model.")
-    return [customer, product], [customer_view, product_view], service
+    return [customer, product], [customer_view, product_view, catalog_view, availability_view], service
+
+
+def view_of(settings: Settings, name: str) -> FeatureView:
+    """The feature view ``name`` as :func:`definitions` declares it."""
+    _, views, _ = definitions(settings)
+    return next(view for view in views if view.name == name)
 
 
 DEFINITIONS_FILE = "storeflow_definitions.py"
@@ -157,8 +186,8 @@ from storeflow.components.features.repo import definitions_of
 
 _repo = Path(__file__).resolve().parent
 _spec = json.loads((_repo / "storeflow_definitions.json").read_text())
-(customer, product), (customer_features, product_sales), repeat_purchase = definitions_of(
-    _repo, _spec["customer_features"], _spec["ttl_days"])
+(customer, product), _views, repeat_purchase = definitions_of(_repo, _spec["customer_features"], _spec["ttl_days"])
+globals().update({view.name: view for view in _views})  # every view a module attribute: where feast looks
 '''
 
 

@@ -10,37 +10,27 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from storeflow.components.config import Settings
-from storeflow.components.features.repo import PRODUCT_KEY, definitions
+from storeflow.components.features.repo import (AVAILABILITY_CARD, AVAILABILITY_FLAGS, AVAILABILITY_VIEW, PRODUCT_KEY,
+                                                definitions, view_of)
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
-VIEW = "product_availability"
-FLAGS = ("published", "in_stock", "inventory")
-CARD = ("title", "handle")  # what a storefront block shows and links (/products/<handle>)
+VIEW = AVAILABILITY_VIEW
+FLAGS = AVAILABILITY_FLAGS  # published, in_stock, inventory
+CARD = AVAILABILITY_CARD  # title, handle: what a storefront block shows and links (/products/<handle>)
 WANTED = ["published", "in_stock", *CARD]  # what serving reads of the view
 COLUMNS = (PRODUCT_KEY, *FLAGS, *CARD, "event_timestamp")
-TTL = timedelta(days=3650)  # a product stays what its last webhook said, however long ago that was
 
 
 def view(settings: Settings) -> FeatureView:
-    from feast import FeatureView, Field, FileSource
-    from feast.types import Int64, String
-
-    (_, product), _, _ = definitions(settings)
-    return FeatureView(
-        name=VIEW, entities=[product], ttl=TTL,
-        schema=[Field(name=PRODUCT_KEY, dtype=Int64), *(Field(name=name, dtype=Int64) for name in FLAGS),
-                *(Field(name=name, dtype=String) for name in CARD)],
-        source=FileSource(name=f"{VIEW}_source", path=str(settings.feature_repo_dir / "data" / f"{VIEW}.parquet"),
-                          timestamp_field="event_timestamp"),
-        online=True, description="Published (status active) and in stock, from products and inventory webhooks.")
+    """The view as the feature repo declares it (:func:`storeflow.components.features.repo.definitions`)."""
+    return view_of(settings, VIEW)
 
 
 def ensure_view(store: FeatureStore, settings: Settings) -> None:

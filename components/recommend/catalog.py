@@ -20,16 +20,15 @@ import numpy as np
 import pandas as pd
 
 from storeflow.components.config import Settings
-from storeflow.components.features.repo import PRODUCT_KEY, definitions
+from storeflow.components.features.repo import CATALOG_FEATURES, CATALOG_VIEW, PRODUCT_KEY, definitions, view_of
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
-VIEW = "product_catalog"
-FEATURES = ("category", "price", "price_band")
+VIEW = CATALOG_VIEW
+FEATURES = CATALOG_FEATURES  # category, price, price_band
 PRICE_BANDS = 3  # budget, mid, premium within a category
 COLUMNS = (PRODUCT_KEY, "event_timestamp", *FEATURES)
-TTL = timedelta(days=3650)  # a product keeps its category and band until the next snapshot says otherwise
 
 
 class CatalogError(ValueError):
@@ -81,17 +80,8 @@ def _bands(frame: pd.DataFrame) -> np.ndarray:
 
 
 def view(settings: Settings) -> FeatureView:
-    from feast import FeatureView, Field, FileSource
-    from feast.types import Float64, Int64, String
-
-    (_, product), _, _ = definitions(settings)
-    return FeatureView(
-        name=VIEW, entities=[product], ttl=TTL,
-        schema=[Field(name=PRODUCT_KEY, dtype=Int64), Field(name="category", dtype=String),
-                Field(name="price", dtype=Float64), Field(name="price_band", dtype=Int64)],
-        source=FileSource(name=f"{VIEW}_source", path=str(source(settings)), timestamp_field="event_timestamp"),
-        online=True, description="Category (product type, else vendor), median price paid and its tercile "
-                                 "within the category, as of each snapshot.")
+    """The view as the feature repo declares it (:func:`storeflow.components.features.repo.definitions`)."""
+    return view_of(settings, VIEW)
 
 
 def source(settings: Settings):
