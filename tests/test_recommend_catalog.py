@@ -147,3 +147,70 @@ def test_with_product_features_the_model_still_beats_both_baselines_and_the_fall
     assert cold["ci_low"] > 0 and cold["catalog_fallback"] > cold["popularity"], report.cold_start_summary()
     assert "cold start" in report.cold_start_summary()
     assert evaluate_recommenders(tables, cfg).cold_start is None  # no product features: nothing claimed
+
+
+def test_a_product_created_since_the_last_run_gets_its_category_from_the_products_webhook(hooks) -> None:
+    """products/create (the recorded payload, tests/data/shopify_webhooks) through the receiver puts the new
+    product's category in the online store with no band (it has no prices paid yet), so the server answers
+    its page with its category's best sellers instead of nothing; a products/update that keeps the category
+    leaves the pipeline's band alone, one that clears the type moves it to the vendor, a late older delivery
+    changes nothing, and a malformed one is refused naming the field with the stored row kept."""
+    import json
+    from pathlib import Path
+
+    from starlette.testclient import TestClient
+    from test_webhook_signing import delivery
+
+    from storeflow.components.shopify.webhooks import create_app
+    from storeflow.serving.recommender import RecommenderModel, product_catalog as online_catalog
+
+    data = Path(__file__).parent / "data" / "shopify_webhooks"
+    created = json.loads((data / "products_create.json").read_text())
+    sencha_update = json.loads((data / "products_update.json").read_text())
+    gyokuro, sencha = created["id"], sencha_update["id"]
+    # the last product_features run: Sencha and product 2 green tea (premium, budget), 3 and 4 mugs
+    store, rows = publish(hooks, pd.DataFrame({
+        "product_id": [sencha, 2, 3, 4], "event_timestamp": pd.Timestamp("2026-12-01", tz="UTC"),
+        "category": ["Green tea", "Green tea", "Mugs", "Mugs"], "price": [14.5, 6.0, 12.0, 20.0],
+        "price_band": [2, 0, 0, 2]}))
+    bought = sparse.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
+    model = ItemItem.fit(bought, np.array([sencha, 2, 3, 4]), neighbours=3)
+    served = RecommenderModel("storeflow-recommendations",
+                              model.with_catalog(as_of(rows)).save(hooks.project.state_dir / "m"), "1", 3,
+                              describe=online_catalog(hooks))
+    served.load()
+
+    async def ask(basket):
+        request = await served.preprocess({"instances": [{"products": basket, "k": 3}]})
+        return (await served.postprocess(await served.predict(request)))["predictions"][0]["products"]
+
+    assert asyncio.run(ask([gyokuro])) == []  # created after the run: nothing known of it yet
+
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as client:
+        applier = client.app.state.applier
+
+        def send(topic, payload, webhook_id):
+            answer = client.post("/webhooks", **delivery(topic, payload, webhook_id))
+            applier.drain()
+            return answer
+
+        assert send("products/create", created, "wh-create").status_code == 200
+        assert lookup_online(store, [gyokuro, sencha]) == {gyokuro: ("Green tea", -1), sencha: ("Green tea", 2)}
+        # its page: green tea's best sellers (Sencha bought by 3, product 2 by 2), never a mug
+        assert asyncio.run(ask([gyokuro])) == [f"gid://shopify/Product/{sencha}", "gid://shopify/Product/2"]
+        assert applier.conn.execute("SELECT outcome FROM events WHERE webhook_id = 'wh-create'").fetchone() == (
+            "availability of 1 product(s), category of 1",)
+
+        assert send("products/update", sencha_update, "wh-sencha").status_code == 200  # same type: band kept
+        assert lookup_online(store, [sencha]) == {sencha: ("Green tea", 2)}
+        untyped = created | {"product_type": "", "updated_at": "2026-12-05T08:00:00-05:00"}
+        assert send("products/update", untyped, "wh-untyped").status_code == 200
+        assert lookup_online(store, [gyokuro]) == {gyokuro: ("Kettle & Leaf", -1)}  # no type: the vendor
+        late = created | {"product_type": "Oolong", "updated_at": "2026-12-04T12:00:00-05:00"}
+        assert send("products/update", late, "wh-late").status_code == 200
+        assert lookup_online(store, [gyokuro]) == {gyokuro: ("Kettle & Leaf", -1)}  # older than what we have
+
+        bad = created | {"product_type": ["Green tea"], "updated_at": "2026-12-06T08:00:00-05:00"}
+        answer = send("products/update", bad, "wh-bad")
+        assert answer.status_code == 400 and "product_type" in answer.json()["error"], answer.text
+        assert lookup_online(store, [gyokuro]) == {gyokuro: ("Kettle & Leaf", -1)}

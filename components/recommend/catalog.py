@@ -47,7 +47,7 @@ def product_catalog(tables: dict[str, pd.DataFrame], times: list[pd.Timestamp]) 
         if missing := [c for c in columns if c not in tables[table].columns]:
             raise CatalogError(f"table '{table}' lacks column(s) {', '.join(missing)} the product features need")
     products = tables["products"]
-    named = products["product_type"].replace("", np.nan).fillna(products["vendor"]).fillna("")
+    named = categories(products["product_type"], products["vendor"])
     category = pd.Series(named.to_numpy(), index=products["product_id"].astype("int64")).groupby(level=0).first()
     orders = tables["orders"]
     kept = orders.loc[orders["cancelled_at"].isna(), ["order_id", "created_at"]]
@@ -67,6 +67,11 @@ def product_catalog(tables: dict[str, pd.DataFrame], times: list[pd.Timestamp]) 
     out = pd.concat(frames, ignore_index=True)
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
     return out.astype({PRODUCT_KEY: "int64", "price_band": "int64", "price": "float64", "category": "str"})
+
+
+def categories(product_type: pd.Series, vendor: pd.Series) -> pd.Series:
+    """Each product's category: its product type, else its vendor ('' when it has neither)."""
+    return product_type.replace("", np.nan).fillna(vendor).fillna("")
 
 
 def _bands(frame: pd.DataFrame) -> np.ndarray:
@@ -108,6 +113,40 @@ def publish(settings: Settings, rows: pd.DataFrame) -> tuple[FeatureStore, pd.Da
     found = store.get_historical_features(entity_df=entities, features=[f"{VIEW}:{name}" for name in FEATURES]).to_df()
     found["event_timestamp"] = pd.to_datetime(found["event_timestamp"], utc=True)
     return store, found.sort_values(["event_timestamp", PRODUCT_KEY], kind="stable").reset_index(drop=True)
+
+
+def describe_online(store: FeatureStore, settings: Settings, named: pd.DataFrame) -> pd.DataFrame:
+    """Push the categories a products webhook reported (``named``: ``product_id``, ``category``,
+    ``event_timestamp``, the product's ``updated_at``) to the online store; returns the rows written.
+
+    A product whose online row already has that category is left alone: its price and band (the
+    product_features task's) stay. A new product, or one whose category changed, gets band -1, none, as
+    product_catalog gives a product never sold in its category (a band is a tercile of the prices paid
+    there), and keeps the median price paid it had, if any; the next product_features run gives its band.
+    For a basket product of band -1 serving's fallback (:func:`~storeflow.components.recommend.model.fallback_order`)
+    prefers no band: its category's best sellers by buyers. Written at the product's ``updated_at``: on Redis,
+    which keeps the newest event time, a pipeline run that saw orders after the change overrides it, an
+    older one does not."""
+    named = named[named["category"] != ""]
+    if named.empty:
+        return named.assign(price=[], price_band=[])
+    if VIEW not in {v.name for v in store.list_feature_views()}:
+        (_, product), _, _ = definitions(settings)
+        store.apply([product, view(settings)])
+    ids = named[PRODUCT_KEY].astype("int64").tolist()
+    found = store.get_online_features(features=[f"{VIEW}:{name}" for name in FEATURES],
+                                      entity_rows=[{PRODUCT_KEY: p} for p in ids]).to_dict()
+    known = {int(p): (category, price) for p, category, price in zip(found[PRODUCT_KEY], found["category"],
+                                                                      found["price"])}
+    rows = named.assign(price=[known[p][1] if known[p][1] is not None else np.nan for p in ids], price_band=-1)
+    rows = rows[[known[p][0] != category for p, category in zip(ids, rows["category"])]]
+    if rows.empty:
+        return rows
+    frame = rows.loc[:, list(COLUMNS)].astype({PRODUCT_KEY: "int64", "category": "str", "price": "float64",
+                                               "price_band": "int64"})
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    store.write_to_online_store(VIEW, frame)
+    return frame.reset_index(drop=True)
 
 
 def as_of(rows: pd.DataFrame, at: pd.Timestamp | None = None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from storeflow.components.features.compute import customer_features
 from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply,
                                                 feature_store, source_path)
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
-from storeflow.components.recommend import availability
+from storeflow.components.recommend import availability, catalog
 from storeflow.components.shopify import layout, online, privacy, products
 from storeflow.components.shopify.baseline import ServedBaseline
 from storeflow.components.shopify.journal import connect, now, park, transaction
@@ -241,8 +241,11 @@ class Applier:
         if topic in products.AVAILABILITY_TOPICS:  # what recommendations may show (published, in stock)
             with transaction(self.conn):
                 rows = products.apply(self.conn, topic, payload)
+                named = products.category_rows(self.conn, topic, payload)
             availability.write(self.store, self.settings, rows)
-            return f"availability of {len(rows)} product(s)"
+            # a product created or recategorized since the last pipeline run: its category, for the fallback
+            described = catalog.describe_online(self.store, self.settings, named)
+            return f"availability of {len(rows)} product(s), category of {len(described)}"
         if topic == "app/uninstalled":
             with transaction(self.conn):
                 self.conn.execute("INSERT INTO shops (shop, uninstalled_at) VALUES (?, ?) "

@@ -2,7 +2,8 @@
 variants and their inventory items) and ``inventory_levels/update`` (units available of one inventory item at
 one location). The applier keeps what they say in the journal database and turns each event into the
 availability rows of the products it touches (:data:`storeflow.components.recommend.availability.COLUMNS`),
-with the title and handle a storefront block shows and links.
+with the title and handle a storefront block shows and links, and a product payload into its category
+(product type, else vendor: :func:`category_rows`) for the recommender's ``product_catalog`` view.
 
 A product is published when its status is ``active`` and it has a ``published_at``; it is in stock when a
 variant does not track inventory, sells on when out of stock (``inventory_policy: continue``), or its
@@ -20,6 +21,7 @@ import pandas as pd
 from pydantic import Field, ValidationError
 
 from storeflow.components.recommend.availability import COLUMNS
+from storeflow.components.recommend.catalog import categories
 
 from storeflow.components.shopify.payloads import Count, Id, PayloadError, Timestamp, _Shape, describe
 
@@ -50,6 +52,8 @@ class Variant(_Shape):
 class Product(_Shape):
     id: Id
     title: Annotated[str, Field(max_length=255)] | None = None
+    product_type: Annotated[str, Field(max_length=255)] | None = None  # '' when none; the category, else vendor
+    vendor: Annotated[str, Field(max_length=255)] | None = None
     handle: Annotated[str, Field(max_length=255, pattern=r"^[^\s/?#%]+$")] | None = None  # a URL path segment
     status: Literal["active", "archived", "draft", "unlisted"]
     published_at: Timestamp | None = None
@@ -107,6 +111,27 @@ def apply(conn: sqlite3.Connection, topic: str, payload: dict) -> pd.DataFrame:
         products = [row[0] for row in conn.execute(
             "SELECT product_id FROM catalog_items WHERE inventory_item_id = ?", (level.inventory_item_id,))]
     return availability(conn, products)
+
+
+def category_rows(conn: sqlite3.Connection, topic: str, payload: dict) -> pd.DataFrame:
+    """The product's category (product type, else vendor, as recommend.catalog names it) as of its
+    ``updated_at``, for :func:`storeflow.components.recommend.catalog.describe_online`; nothing for an
+    inventory level, or for a product payload older than the one :func:`apply` stored (delivered late)."""
+    columns = ["product_id", "category", "event_timestamp"]
+    if topic not in PRODUCT_TOPICS:
+        return pd.DataFrame(columns=columns)
+    product = Product.model_validate(payload)
+    stored = conn.execute("SELECT updated_at FROM catalog_products WHERE product_id = ?", (product.id,)).fetchone()
+    if stored is None or stored[0] != product.updated_at.isoformat():
+        return pd.DataFrame(columns=columns)
+    named = categories(pd.Series([product.product_type], dtype=object), pd.Series([product.vendor], dtype=object))
+    return pd.DataFrame({"product_id": [product.id], "category": named.to_numpy(),
+                         "event_timestamp": [_utc(product.updated_at)]})
+
+
+def _utc(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def availability(conn: sqlite3.Connection, products: list[int]) -> pd.DataFrame:
