@@ -214,3 +214,43 @@ def test_a_product_created_since_the_last_run_gets_its_category_from_the_product
         answer = send("products/update", bad, "wh-bad")
         assert answer.status_code == 400 and "product_type" in answer.json()["error"], answer.text
         assert lookup_online(store, [gyokuro]) == {gyokuro: ("Kettle & Leaf", -1)}
+
+
+def test_on_redis_a_later_pipeline_run_overrides_a_webhooks_category_and_an_earlier_one_does_not(tmp_path) -> None:
+    """Feast's Redis online store keeps a product's newest event time: the webhook's row is written at the
+    product's updated_at, so the next product_features run, whose rows are as of a later order, gives the
+    recategorized product its band; a run as of before the change does not undo it."""
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    from redis_server import redis_server
+
+    from storeflow.components.config import load_settings
+    from storeflow.components.features.repo import feature_store
+    from storeflow.components.recommend.catalog import describe_online
+    from storeflow.components.shopify import products
+
+    update = json.loads((Path(__file__).parent / "data" / "shopify_webhooks" / "products_update.json").read_text())
+    sencha = update["id"]  # updated 2026-12-03T21:45:10Z
+    with redis_server(tmp_path) as address:
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                                  "features": {"feast": {"online_store": "redis", "redis_connection_string": address}}})
+
+        def run(day: str, band: int) -> None:  # a product_features run as of that day
+            publish(settings, pd.DataFrame({"product_id": [sencha], "event_timestamp": pd.Timestamp(day, tz="UTC"),
+                                            "category": ["Oolong"], "price": [14.5], "price_band": [band]}))
+
+        store = feature_store(settings)
+        run("2026-12-01", 2)  # before the change: premium oolong
+        conn = sqlite3.connect(":memory:")
+        products.ensure_schema(conn)
+        products.apply(conn, "products/update", update)  # recategorized as green tea
+        written = describe_online(store, settings, products.category_rows(conn, "products/update", update))
+        assert written[["category", "price", "price_band"]].values.tolist() == [["Green tea", 14.5, -1]]
+        assert lookup_online(store, [sencha]) == {sencha: ("Green tea", -1)}
+        run("2026-12-02", 2)  # as of before the change: the webhook's row stays
+        assert lookup_online(store, [sencha]) == {sencha: ("Green tea", -1)}
+        publish(settings, pd.DataFrame({"product_id": [sencha], "event_timestamp": pd.Timestamp("2026-12-04", tz="UTC"),
+                                        "category": ["Green tea"], "price": [14.5], "price_band": [1]}))
+        assert lookup_online(store, [sencha]) == {sencha: ("Green tea", 1)}  # a later run: its band
