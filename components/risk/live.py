@@ -26,14 +26,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from storeflow.components.config import Settings
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
-from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
-from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, address_key, read_risk_fields,
-                                              snapshot_risk_fields)
+from storeflow.components.risk.features import ORDER_FEATURES, RISK_FEATURES_SQL
+from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCHEMA, address_key,
+                                              read_risk_fields, snapshot_risk_fields)
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row)
 from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_table
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
 TABLES = ("orders", "line_items", "customers", "refunds")
+DECODED_ROWS = 200_000  # live rows kept parsed in memory (about 1 KB each)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_live_orders (
@@ -88,6 +92,11 @@ def _email(value: Any) -> str | None:
 def risk_row(payload: Mapping) -> dict:
     """An order webhook -> its row of the risk fields (:data:`storeflow.components.risk.orders.COLUMNS`);
     :class:`PayloadError` naming the field when one is not Shopify's."""
+    return _risk(payload, order_rows(dict(payload))[0]["order_id"])[0]
+
+
+def _risk(payload: Mapping, order_id: int) -> tuple[dict, str | None]:
+    """The risk fields of an order webhook whose id is known, and its customer's creation time (ISO, or None)."""
     try:
         fields = RiskFields.model_validate(payload)
     except ValidationError as exc:
@@ -98,11 +107,13 @@ def risk_row(payload: Mapping) -> dict:
                            f"{', '.join(sorted(r.lower() for r in CANCEL_REASONS))}")
     ship, bill = fields.shipping_address, fields.billing_address
     ship_country = ship.country_code if ship else None
-    return {"order_id": order_rows(dict(payload))[0]["order_id"], "cancel_reason": reason,
-            "gateway": "+".join(fields.payment_gateway_names) if fields.payment_gateway_names is not None else None,
-            "ship_country": ship_country, "bill_country": bill.country_code if bill else None,
-            "address_key": address_key(ship.address1, ship.zip, ship_country) if ship else None,
-            "dispute_type": None, "dispute_status": None, "disputes": 0, "shopify_risk_level": None}
+    customer = fields.customer
+    return ({"order_id": order_id, "cancel_reason": reason,
+             "gateway": "+".join(fields.payment_gateway_names) if fields.payment_gateway_names is not None else None,
+             "ship_country": ship_country, "bill_country": bill.country_code if bill else None,
+             "address_key": address_key(ship.address1, ship.zip, ship_country) if ship else None,
+             "dispute_type": None, "dispute_status": None, "disputes": 0, "shopify_risk_level": None},
+            customer.created_at.isoformat() if customer is not None and customer.created_at is not None else None)
 
 
 class LiveHistory:
@@ -113,14 +124,27 @@ class LiveHistory:
         self.db = db
         db.executescript(SCHEMA)
         tables = tables or {}
-        self.orders = conform("orders", tables.get("orders", empty_frame("orders"))).to_pandas()
-        self.refunds = conform("refunds", tables.get("refunds", empty_frame("refunds"))).to_pandas()
-        self.customers = conform("customers", tables.get("customers", empty_frame("customers"))).to_pandas()
-        self.risk = (risk if risk is not None else pd.DataFrame(columns=list(COLUMNS)))
-        self.risk = self.risk[self.risk["order_id"].isin(self.orders["order_id"])].reset_index(drop=True)
+        # the snapshot as Arrow tables in the schema the query reads, conformed once; an order's related rows are
+        # taken from them by position (indexes by customer, email, address and order), not found by scanning
+        self._orders = conform("orders", tables.get("orders", empty_frame("orders")))
+        self._refunds = conform("refunds", tables.get("refunds", empty_frame("refunds")))
+        self._customers = conform("customers", tables.get("customers", empty_frame("customers")))
+        self.orders = self._orders.to_pandas()
+        risk = risk if risk is not None else pd.DataFrame(columns=list(COLUMNS))
+        self.risk = risk[risk["order_id"].isin(self.orders["order_id"])].reset_index(drop=True)
+        self._risk = pa.Table.from_pandas(self.risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)
         keys = self.risk.set_index("order_id")["address_key"]
-        self._email = self.orders["email"].map(_email)
-        self._address = self.orders["order_id"].map(keys)
+        self._order_ids = self.orders["order_id"].to_numpy()
+        self._by_customer = _positions(self.orders["customer_id"])
+        self._by_email = _positions(self.orders["email"].map(_email))
+        self._by_address = _positions(self.orders["order_id"].map(keys))
+        self._risk_of = _positions(self.risk["order_id"])
+        self._refunds_of = _positions(self._refunds.column("order_id").to_pandas())
+        self._refund_ids = self._refunds.column("refund_id").to_numpy(zero_copy_only=False)
+        self._customer_rows = _positions(self._customers.column("customer_id").to_pandas())
+        self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
+        self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
+        self._duck.execute("SET TimeZone = 'UTC'")
 
     @classmethod
     def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
@@ -160,19 +184,17 @@ class LiveHistory:
         if topic not in ORDER_TOPICS:
             raise ValueError(f"topic {topic!r} is not an order or refund topic")
         order, _ = order_rows(dict(payload))
-        risk = risk_row(payload)
+        risk, customer_created = _risk(payload, order["order_id"])
         current = self.db.execute("SELECT updated_at FROM risk_live_orders WHERE order_id = ?",
                                   (order["order_id"],)).fetchone()
         if current and current[0] and order["updated_at"] and \
                 pd.Timestamp(current[0]) > pd.Timestamp(order["updated_at"]):
             return  # an older version arrived late
-        customer = RiskFields.model_validate(payload).customer
         self.db.execute(
             "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
             "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
-             json.dumps(order), json.dumps(risk),
-             customer.created_at.isoformat() if customer and customer.created_at else None))
+             json.dumps(order), json.dumps(risk), customer_created))
 
     # --- one order's features ---------------------------------------------------------------------------
 
@@ -186,14 +208,20 @@ class LiveHistory:
         ones before it in ``payloads`` were recorded (the query is point-in-time per order, so orders of the same
         batch see each other only when created before). One query per batch, not per order: the per-order cost
         of the receiver's risk thread (bench/risk_throughput.py)."""
-        news, items, new_risks = {}, [], {}
-        for payload in payloads:
+        news, items, new_risks, created_rows, order_of = {}, [], {}, {}, []
+        for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
             if order["created_at"] is None:
                 raise PayloadError("field 'created_at': an order to score needs its creation time")
+            risk, customer_created = _risk(payload, order["order_id"])
             news[order["order_id"]] = order  # the same order twice: its last version, as record() keeps
             items.extend(lines)
-            new_risks[order["order_id"]] = risk_row(payload)
+            new_risks[order["order_id"]] = risk
+            order_of.append(order["order_id"])
+            cid = order["customer_id"]
+            if cid is not None and cid not in created_rows and customer_created is not None:
+                created_rows[cid] = {"customer_id": cid, "email": order["email"], "created_at": customer_created,
+                                     "updated_at": None}
         customers_of = {o["customer_id"] for o in news.values()} - {None}
         emails = {_email(o["email"]) for o in news.values()} - {None}
         addresses = {r["address_key"] for r in new_risks.values()} - {None}
@@ -205,47 +233,65 @@ class LiveHistory:
             (json.dumps(ids_new), json.dumps(sorted(customers_of)), json.dumps(sorted(emails)),
              json.dumps(sorted(addresses)))).fetchall()
         live_ids = {row[0] for row in live}
-        related = (self.orders["customer_id"].isin(customers_of) | self._email.isin(emails)
-                   | self._address.isin(addresses))
-        snap = self.orders[related & ~self.orders["order_id"].isin(live_ids | set(ids_new))]
-        ids = [*snap["order_id"].tolist(), *live_ids, *ids_new]
+        live_orders, live_risks = [self._decode(r) for _, r, _, _ in live], [self._decode(r) for _, _, r, _ in live]
+        related = _union([self._by_customer, self._by_email, self._by_address], [customers_of, emails, addresses])
+        snap = related[~np.isin(self._order_ids[related], list(live_ids | set(ids_new)))]
+        snap_ids = self._order_ids[snap].tolist()
+        ids = [*snap_ids, *live_ids, *ids_new]
 
         live_refunds = [json.loads(r) for (r,) in self.db.execute(
             "SELECT row FROM risk_live_refunds WHERE order_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))]
-        refunds = self.refunds[self.refunds["order_id"].isin(ids)
-                               & ~self.refunds["refund_id"].isin([r["refund_id"] for r in live_refunds])]
-        customers = self.customers[self.customers["customer_id"].isin(customers_of)]
-        known = set(customers["customer_id"].tolist())
-        created_rows = {}  # a customer the snapshot does not know yet: its creation time from the webhook
-        for payload in payloads:
-            order = order_rows(dict(payload))[0]
-            cid = order["customer_id"]
-            if cid is None or cid in known or cid in created_rows:
-                continue
-            created = RiskFields.model_validate(payload).customer
-            if created is not None and created.created_at is not None:
-                created_rows[cid] = {"customer_id": cid, "email": order["email"],
-                                     "created_at": created.created_at.isoformat(), "updated_at": None}
-        if created_rows:
-            extra = pd.DataFrame(list(created_rows.values()))
-            customers = extra if customers.empty else pd.concat([customers, extra], ignore_index=True)
-        tables = {
-            "orders": _frame("orders", snap, [json.loads(r) for _, r, _, _ in live] + list(news.values())),
-            "line_items": _frame("line_items", None, items),
-            "customers": _frame("customers", customers, []),
-            "refunds": _frame("refunds", refunds, live_refunds),
+        refunds = _union([self._refunds_of], [ids])
+        refunds = refunds[~np.isin(self._refund_ids[refunds], [r["refund_id"] for r in live_refunds])]
+        customers = _union([self._customer_rows], [customers_of])
+        known = set(self._customers.column("customer_id").take(customers).to_pylist())
+        tables = {  # a customer the snapshot does not know yet: its creation time from the webhook
+            "orders": _table("orders", self._orders.take(snap), live_orders + list(news.values())),
+            "line_items": _table("line_items", None, items),
+            "customers": _table("customers", self._customers.take(customers),
+                                [row for cid, row in created_rows.items() if cid not in known]),
+            "refunds": _table("refunds", self._refunds.take(refunds), live_refunds),
+            "risk": pa.concat_tables([self._risk.take(_union([self._risk_of], [snap_ids])), pa.Table.from_pandas(
+                pd.DataFrame(live_risks + list(new_risks.values()),
+                             columns=list(COLUMNS))[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)]),
         }
-        risks = pd.concat([self.risk[self.risk["order_id"].isin(snap["order_id"])],
-                           pd.DataFrame([json.loads(r) for _, _, r, _ in live] + list(new_risks.values()),
-                                        columns=list(COLUMNS))], ignore_index=True)
-        frame = order_risk_features(tables, risks).set_index("order_id")
-        rows = {oid: {name: float(frame.at[oid, name]) for name in ORDER_FEATURES} for oid in ids_new}
-        return [rows[order_rows(dict(payload))[0]["order_id"]] for payload in payloads]
+        for name, table in tables.items():
+            self._duck.register(name, table)
+        try:
+            got = self._duck.execute(f"SELECT order_id, {', '.join(ORDER_FEATURES)} FROM ({RISK_FEATURES_SQL}) "
+                                     f"WHERE order_id IN (SELECT unnest(?::BIGINT[]))", [ids_new]).fetchnumpy()
+        finally:
+            for name in tables:
+                self._duck.unregister(name)
+        values = np.column_stack([np.ma.filled(np.ma.asarray(got[name], dtype=float), np.nan)
+                                  for name in ORDER_FEATURES])
+        rows = {int(oid): dict(zip(ORDER_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
+        return [rows[oid] for oid in order_of]
+
+    def _decode(self, text: str) -> dict:
+        """A live row's JSON, parsed once (the same text is the same row; the dicts are only read)."""
+        row = self._decoded.get(text)
+        if row is None:
+            if len(self._decoded) >= DECODED_ROWS:
+                self._decoded.clear()
+            row = self._decoded[text] = json.loads(text)
+        return row
 
 
-def _frame(name: str, frame: pd.DataFrame | None, rows: list[dict]) -> pd.DataFrame:
+def _positions(keys: pd.Series) -> dict:
+    """Each key -> the positions of its rows (nulls left out)."""
+    return {key: rows for key, rows in keys.groupby(keys.to_numpy(), dropna=True, sort=False).indices.items()}
+
+
+def _union(indexes: list[dict], keys: list) -> np.ndarray:
+    """The positions, ascending and once each, of the rows any of ``keys[i]`` has in ``indexes[i]``."""
+    parts = [index[key] for index, wanted in zip(indexes, keys) for key in wanted if key in index]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
+
+def _table(name: str, snapshot: pa.Table | None, rows: list[dict]) -> pa.Table:
     """Snapshot rows and live rows in the table's schema (object columns keep ids exact)."""
-    parts = [] if frame is None or frame.empty else [conform(name, frame[SCHEMAS[name].names]).to_pandas()]
+    parts = [] if snapshot is None or snapshot.num_rows == 0 else [snapshot]
     if rows:
-        parts.append(conform(name, pd.DataFrame(rows, columns=SCHEMAS[name].names, dtype=object)).to_pandas())
-    return pd.concat(parts, ignore_index=True) if parts else conform(name, empty_frame(name)).to_pandas()
+        parts.append(conform(name, pd.DataFrame(rows, columns=SCHEMAS[name].names, dtype=object)))
+    return pa.concat_tables(parts) if parts else conform(name, empty_frame(name))
