@@ -175,12 +175,14 @@ def wrk_summary(text: str) -> dict:
 def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> dict:
     """Where one order's time goes on the receiver's risk thread, measured here one order at a time: its live
     features (risk.live: the history's rows for its customer, email and address, then the DuckDB query) and the
-    risk server's answer over HTTP (one order per request, as realtime.RiskScorer sends it)."""
+    risk server's answer over HTTP, one order per request; then per order in batches of 100 and 1,000 (one features
+    query per batch and requests of up to protocol.MAX_INSTANCES orders, as realtime.RiskScorer scores a backlog)."""
     import sqlite3 as sql
 
     from storeflow.components.config import load_settings
     from storeflow.components.risk.features import ORDER_FEATURES
     from storeflow.components.risk.live import LiveHistory
+    from storeflow.components.risk.protocol import MAX_INSTANCES
 
     os.environ["STOREFLOW_CONFIG"] = str(config)
     settings = load_settings()
@@ -200,13 +202,24 @@ def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> di
             answer.raise_for_status()
             features_s.append(t1 - t0)
             score_s.append(t2 - t1)
-    batch = [order(11_000_000 + i, now) for i in range(100)]
-    history.features_many(batch[:5])
-    t0 = time.perf_counter()
-    history.features_many(batch)  # what the risk thread does per batch of journaled orders (realtime.BATCH)
-    batched = time.perf_counter() - t0
+    by_batch, score_by_batch = {}, {}
+    with httpx.Client(timeout=60) as http:
+        for size, start in ((100, 11_000_000), (1_000, 12_000_000)):
+            batch = [order(start + i, now) for i in range(size)]
+            history.features_many(batch[:5])
+            t0 = time.perf_counter()
+            rows = history.features_many(batch)  # what the risk thread does per batch of journaled orders
+            t1 = time.perf_counter()
+            instances = [{"order_id": str(p["id"]), **{c: r[c] for c in ORDER_FEATURES}} for p, r in zip(batch, rows)]
+            for at in range(0, size, MAX_INSTANCES):  # requests of up to MAX_INSTANCES, as the risk thread sends
+                http.post(url, json={"instances": instances[at:at + MAX_INSTANCES]}).raise_for_status()
+            t2 = time.perf_counter()
+            by_batch[str(size)] = round((t1 - t0) * 1000 / size, 3)
+            score_by_batch[str(size)] = round((t2 - t1) * 1000 / size, 3)
     f, sc = np.array(features_s), np.array(score_s)
-    return {"samples": samples, "live_features_batch_of_100_ms_per_order": round(batched * 10, 3),
+    return {"samples": samples, "live_features_batch_of_100_ms_per_order": by_batch["100"],
+            "live_features_ms_per_order_by_batch": {"1": pct(f, 50), **by_batch},
+            "score_http_ms_per_order_by_batch": {"1": pct(sc, 50), **score_by_batch},
             "live_features_ms": {"p50": pct(f, 50), "p99": pct(f, 99)},
             "score_http_ms": {"p50": pct(sc, 50), "p99": pct(sc, 99)},
             "orders_per_second_one_thread": round(samples / (f.sum() + sc.sum()), 1)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from storeflow.components.config import load_settings
+from storeflow.components.risk.protocol import MAX_INSTANCES
 from storeflow.components.risk.realtime import BATCH, RiskScorer
 from test_risk_realtime import _answering, _journal, new_order
 from tests.conftest import quick_overrides
@@ -21,12 +22,23 @@ def test_assessments_go_out_batch_by_batch_while_a_backlog_is_scored(tmp_path):
         queued_at_each_drain.append(scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone()[0])
 
     scorer.drain = drain
+    requests: list[int] = []
+    original = scorer.http.post
+
+    def counting(*args, **kwargs):
+        requests.append(len(kwargs["json"]["instances"]))
+        return original(*args, **kwargs)
+
+    scorer.http.post = counting
     try:
         orders = 2 * BATCH + 50
         _journal(settings, *((f"w{i}", "orders/create", new_order(9300000000 + i, i, f"c{i}@example.com"))
                              for i in range(orders)))
         assert scorer.step() == orders
         assert queued_at_each_drain == [BATCH, 2 * BATCH, orders]  # before: [250], once the backlog was scored
+        # a batch goes to the risk server in as few requests as it takes (it refuses more than MAX_INSTANCES)
+        per_batch = -(-BATCH // MAX_INSTANCES)
+        assert max(requests) <= MAX_INSTANCES and sum(requests) == orders and len(requests) == 2 * per_batch + 1
         assert scorer.step() == 0 and queued_at_each_drain[-1] == orders  # idle: what a failed drain left goes out
     finally:
         scorer.stop()

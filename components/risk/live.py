@@ -143,6 +143,7 @@ class LiveHistory:
         self._refund_ids = self._refunds.column("refund_id").to_numpy(zero_copy_only=False)
         self._customer_rows = _positions(self._customers.column("customer_id").to_pandas())
         self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
+        self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
         self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
         self._duck.execute("SET TimeZone = 'UTC'")
 
@@ -183,8 +184,12 @@ class LiveHistory:
             return
         if topic not in ORDER_TOPICS:
             raise ValueError(f"topic {topic!r} is not an order or refund topic")
-        order, _ = order_rows(dict(payload))
-        risk, customer_created = _risk(payload, order["order_id"])
+        scored = self._scored.get(id(payload))
+        if scored is not None and scored[0] is payload:  # just scored by features_many: validated there
+            _, order, risk, customer_created = scored
+        else:
+            order, _ = order_rows(dict(payload))
+            risk, customer_created = _risk(payload, order["order_id"])
         current = self.db.execute("SELECT updated_at FROM risk_live_orders WHERE order_id = ?",
                                   (order["order_id"],)).fetchone()
         if current and current[0] and order["updated_at"] and \
@@ -208,12 +213,13 @@ class LiveHistory:
         ones before it in ``payloads`` were recorded (the query is point-in-time per order, so orders of the same
         batch see each other only when created before). One query per batch, not per order: the per-order cost
         of the receiver's risk thread (bench/risk_throughput.py)."""
-        news, items, new_risks, created_rows, order_of = {}, [], {}, {}, []
+        news, items, new_risks, created_rows, order_of, scored = {}, [], {}, {}, [], {}
         for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
             if order["created_at"] is None:
                 raise PayloadError("field 'created_at': an order to score needs its creation time")
             risk, customer_created = _risk(payload, order["order_id"])
+            scored[id(payload)] = (payload, order, risk, customer_created)
             news[order["order_id"]] = order  # the same order twice: its last version, as record() keeps
             items.extend(lines)
             new_risks[order["order_id"]] = risk
@@ -266,6 +272,7 @@ class LiveHistory:
         values = np.column_stack([np.ma.filled(np.ma.asarray(got[name], dtype=float), np.nan)
                                   for name in ORDER_FEATURES])
         rows = {int(oid): dict(zip(ORDER_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
+        self._scored = scored  # record() of these very payloads (the risk thread's next step) reuses their rows
         return [rows[oid] for oid in order_of]
 
     def _decode(self, text: str) -> dict:

@@ -28,7 +28,7 @@ import orjson
 from storeflow.components.config import Settings
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
-from storeflow.components.risk.protocol import ORDER_ID
+from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
 from storeflow.components.shopify import assessments, journal, layout
 from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
 from storeflow.components.shopify.assessments import Fact
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), j
 -- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
 CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
 """
-BATCH = 100
+BATCH = 1_000  # journal rows per pass: a backlog is scored in batches this large (ms per order falls with size)
 
 
 class ScoringUnavailable(RuntimeError):
@@ -92,13 +92,15 @@ class RiskScorer:
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
         batch: list[tuple[int, str, str, bytes, dict]] = []  # consecutive new orders, scored together
+        batched: set = set()  # their order ids
         for rowid, webhook_id, topic, body in rows:
-            payload = self._new_order(topic, body, {item[4]["id"] for item in batch})
+            payload = self._new_order(topic, body, batched)
             if payload is not None:
                 batch.append((rowid, webhook_id, topic, body, payload))
+                batched.add(payload["id"])
                 continue
             self._flush(batch)
-            batch = []
+            batch, batched = [], set()
             self._handle(rowid, webhook_id, topic, body)
         self._flush(batch)
         return len(rows)
@@ -163,21 +165,25 @@ class RiskScorer:
         rows = self.history.features_many(payloads)
         instances = [{ORDER_ID: str(payload["id"]), **{name: features[name] for name in ORDER_FEATURES}}
                      for payload, features in zip(payloads, rows)]
-        try:
-            answer = self.http.post(self.url, json={"instances": instances})
-        except httpx.HTTPError as exc:
-            raise ScoringUnavailable(f"risk server {self.url}: {type(exc).__name__}: {exc}") from exc
-        if answer.status_code >= 500 or answer.status_code in (404, 408, 429):  # 404: not loaded yet
-            raise ScoringUnavailable(f"risk server {self.url} answered {answer.status_code}: {answer.text[:300]}")
-        if answer.status_code != 200:
-            raise ValueError(f"risk server refused the order ({answer.status_code}): {answer.text[:300]}")
-        body = answer.json()
-        predictions = body["predictions"]
-        if [str(p.get(ORDER_ID)) for p in predictions] != [i[ORDER_ID] for i in instances]:
-            raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
-                                     f"{len(instances)} orders, or not in their order")
+        answered: list[tuple[dict, str]] = []  # each order's prediction and the version that made it
+        for start in range(0, len(instances), MAX_INSTANCES):  # as few requests as the server takes
+            chunk = instances[start:start + MAX_INSTANCES]
+            try:
+                answer = self.http.post(self.url, json={"instances": chunk})
+            except httpx.HTTPError as exc:
+                raise ScoringUnavailable(f"risk server {self.url}: {type(exc).__name__}: {exc}") from exc
+            if answer.status_code >= 500 or answer.status_code in (404, 408, 429):  # 404: not loaded yet
+                raise ScoringUnavailable(f"risk server {self.url} answered {answer.status_code}: {answer.text[:300]}")
+            if answer.status_code != 200:
+                raise ValueError(f"risk server refused the order ({answer.status_code}): {answer.text[:300]}")
+            body = answer.json()
+            predictions = body["predictions"]
+            if [str(p.get(ORDER_ID)) for p in predictions] != [i[ORDER_ID] for i in chunk]:
+                raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
+                                         f"{len(chunk)} orders, or not in their order")
+            answered.extend((p, str(body["model_version"])) for p in predictions)
         return [(int(payload["id"]), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]],
-                 str(body["model_version"])) for payload, p in zip(payloads, predictions)]
+                 version) for payload, (p, version) in zip(payloads, answered)]
 
     def _advance(self, rowid: int) -> None:
         self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))
