@@ -160,7 +160,7 @@ def use_online_store(data: dict, kind: str, redis_address: str | None = None) ->
     started = time.monotonic()
     as_of = pd.read_parquet(source_path(settings, CUSTOMER_VIEW), columns=["event_timestamp"])["event_timestamp"].max()
     store.materialize(start_date=(as_of - timedelta(seconds=1)).to_pydatetime(),
-                      end_date=(as_of + timedelta(seconds=1)).to_pydatetime())
+                      end_date=(as_of + timedelta(seconds=1)).to_pydatetime(), feature_views=[CUSTOMER_VIEW])
     data["materialized"] = redis_address
     return time.monotonic() - started
 

@@ -229,8 +229,10 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
         log.warning("feature(s) %s hold one value on every training row and carry no signal; the input likely "
                     "lacks the fields they come from (refunds, product types, discounts?)", ", ".join(training.constant))
 
-    # The online store gets the newest snapshot only: what a prediction made now should see.
-    store.materialize(start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1))
+    # The online store gets the newest snapshot only: what a prediction made now should see. Only the views
+    # this stage wrote: the repo also declares the recommender's, whose sources other tasks and webhooks write.
+    store.materialize(start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1),
+                      feature_views=[CUSTOMER_VIEW, PRODUCT_VIEW])
     return FeatureResult(
         training_set=out,
         dataset_hash=digest,
