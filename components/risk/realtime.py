@@ -196,14 +196,15 @@ class RiskScorer:
             self._advance(rowid)
 
     def drain(self) -> assessments.DrainResult | None:
-        """Send queued assessments to Shopify; None while the Admin API credentials are not set."""
+        """Send queued assessments to Shopify (up to a batch's worth: a pass queues up to ``BATCH``); None while
+        the Admin API credentials are not set."""
         if self.admin is None:
             try:
                 self.admin = AdminClient(self.settings, credentials(self.settings))
             except ShopifyError as exc:
                 log.warning("risk assessments stay queued: %s", exc)
                 return None
-        return assessments.drain(self.db, self.admin)
+        return assessments.drain(self.db, self.admin, limit=BATCH)  # as many as a pass may queue
 
     def step(self) -> int:
         """Score what arrived, writing back what is queued after each batch (under a steady stream of orders a

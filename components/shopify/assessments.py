@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storeflow.components.shopify.admin import AdminClient, ShopifyError
+from storeflow.components.shopify.journal import transaction
 
 LEVELS = ("HIGH", "MEDIUM", "LOW", "NONE")  # RiskAssessmentResult values an app may assign
 SENTIMENTS = ("NEGATIVE", "NEUTRAL", "POSITIVE")  # RiskFactSentiment
@@ -100,30 +101,48 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
 
 
 def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> DrainResult:
-    """Send up to ``limit`` pending assessments, oldest first; stop at the first outage (they stay pending)."""
+    """Send up to ``limit`` pending assessments, oldest first; stop at the first outage (they stay pending).
+
+    Every attempt about to be made is committed before its request, all in one commit (an order with an attempt
+    asks Shopify before it is sent again, so a crash never sends one twice), and what Shopify answered is committed
+    together at the end: two commits per call instead of two per order, which cost 1.6-4 ms per order in fsyncs
+    (a crash loses the answers of this call, and the orders they were for ask Shopify before going out again)."""
     sent = already = rejected = 0
     rows = db.execute("SELECT order_id, risk_level, facts, model_version, attempts FROM risk_outbox "
                       "WHERE state = 'pending' ORDER BY enqueued_at LIMIT ?", (limit,)).fetchall()
-    for order, level, facts, version, attempts in rows:
-        db.execute("UPDATE risk_outbox SET attempts = attempts + 1 WHERE order_id = ?", (order,))
+    if rows:
+        with transaction(db):
+            db.executemany("UPDATE risk_outbox SET attempts = attempts + 1 WHERE order_id = ?",
+                           [(order,) for order, *_ in rows])
+    marks: list[tuple[str, str, str | None, float]] = []  # (order, state, error, answered at): recorded together
+    untried, error = [], None
+    for at, (order, level, facts, version, attempts) in enumerate(rows):
         try:
             if attempts and _assessed_by_us(client, order, version):
                 already += 1
-                _mark(db, order, "sent", None)
+                marks.append((order, "sent", None, time.time()))
                 continue
             payload = client.execute(CREATE, {"input": {"orderId": order, "riskLevel": level,
                                                         "facts": json.loads(facts)}})
         except ShopifyError as exc:
-            db.execute("UPDATE risk_outbox SET last_error = ? WHERE order_id = ?", (str(exc)[:2000], order))
+            error = (str(exc)[:2000], order)
+            untried = [(later,) for later, *_ in rows[at + 1:]]  # never sent: their attempt did not happen
             break  # an outage or a throttle the client gave up on: the rest would fail the same way
         answer = payload.get("orderRiskAssessmentCreate") or {}
         if errors := answer.get("userErrors"):
             rejected += 1
-            _mark(db, order, "rejected", "; ".join(f"{'.'.join(e.get('field') or [])}: {e.get('message')}"
-                                                   for e in errors))
+            marks.append((order, "rejected", "; ".join(f"{'.'.join(e.get('field') or [])}: {e.get('message')}"
+                                                       for e in errors), time.time()))
         else:
             sent += 1
-            _mark(db, order, "sent", None)
+            marks.append((order, "sent", None, time.time()))
+    if marks or error:
+        with transaction(db):
+            for order, state, why, at in marks:
+                _mark(db, order, state, why, at)
+            if error:
+                db.execute("UPDATE risk_outbox SET last_error = ? WHERE order_id = ?", error)
+            db.executemany("UPDATE risk_outbox SET attempts = attempts - 1 WHERE order_id = ?", untried)
     pending = db.execute("SELECT count(*) FROM risk_outbox WHERE state = 'pending'").fetchone()[0]
     return DrainResult(sent, already, rejected, pending)
 
@@ -136,9 +155,10 @@ def _assessed_by_us(client: AdminClient, order: str, version: str) -> bool:
                for a in assessments)
 
 
-def _mark(db: sqlite3.Connection, order: str, state: str, error: str | None) -> None:
+def _mark(db: sqlite3.Connection, order: str, state: str, error: str | None, at: float | None = None) -> None:
+    """``at``: when Shopify answered (the outbox's sent_at)."""
     db.execute("UPDATE risk_outbox SET state = ?, last_error = ?, sent_at = ? WHERE order_id = ?",
-               (state, error, time.time() if state == "sent" else None, order))
+               (state, error, (at or time.time()) if state == "sent" else None, order))
 
 
 def _order_gid(order_id: str | int) -> str:
