@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,37 +312,53 @@ def _analyse_step(settings: Settings, server: LocalServer, version: str, previou
             holds += 1
 
 
-def run_local_canary(settings: Settings, version: str, previous: str, *, seed: int = 0) -> LocalCanaryResult:
-    """Canary ``version`` against ``previous`` through ``deploy.canary_steps``; no registry writes here.
+def run_steps(settings: Settings, version: str, previous: str, what: str,
+              open_steps: Callable[[LocalCanaryResult], AbstractContextManager[Callable[[int], Decision]]],
+              ) -> LocalCanaryResult:
+    """Canary ``version`` against ``previous`` through ``deploy.canary_steps``, the same walk for every model:
+    ``open_steps(result)`` starts what the canary needs (servers, traffic) and gives the analysis of one step
+    at a traffic percent, which advances, promotes or rolls back. No registry writes here.
 
-    A canary that cannot be judged (server does not start, metrics unreadable) is rolled back, as on a
-    cluster: blind analysis is a failed analysis.
+    A canary that cannot be judged (a server does not start, nothing to send, metrics unreadable) is rolled
+    back, as on a cluster: blind analysis is a failed analysis. ``what`` names it in that reason.
     """
     started = time.monotonic()
     result = LocalCanaryResult("promoted", str(version), str(previous))
     if settings.deploy.canary_steps == [100]:
         result.reasons = ["deploy.canary_steps is [100]: promoted without a canary"]
         return result
-    rng = np.random.default_rng(seed)
     percent = settings.deploy.canary_steps[0]
     try:
-        customers = customer_ids(settings)
-        with step_servers(settings, result.previous_champion, result.model_version) as servers:
+        with open_steps(result) as step:
             while True:
-                decision = _analyse_step(settings, servers[percent], result.model_version,
-                                         result.previous_champion, customers, rng, result.steps)
+                decision = step(percent)
                 if decision.action != "advance":
                     break
                 percent = decision.percent
         result.outcome = "promoted" if decision.action == "promote" else "rolled-back"
         result.reasons = list(decision.reasons)
     except (LocalCanaryError, httpx.HTTPError, ValueError, OSError) as exc:
-        reason = f"local canary failed at {percent}%: {exc}"
+        reason = f"{what} failed at {percent}%: {exc}"
         log.error(reason)
         result.steps.append({"percent": percent, "action": "rollback", "reasons": [reason]})
         result.outcome, result.reasons = "rolled-back", [reason]
     result.seconds = round(time.monotonic() - started, 2)
     return result
+
+
+def run_local_canary(settings: Settings, version: str, previous: str, *, seed: int = 0) -> LocalCanaryResult:
+    """Canary propensity ``version`` against ``previous`` on local servers (:func:`run_steps`): the store's
+    customers scored by both, judged on errors, p99 latency and the score distribution."""
+    rng = np.random.default_rng(seed)
+
+    @contextmanager
+    def steps(result: LocalCanaryResult) -> Iterator[Callable[[int], Decision]]:
+        customers = customer_ids(settings)
+        with step_servers(settings, result.previous_champion, result.model_version) as servers:
+            yield lambda percent: _analyse_step(settings, servers[percent], result.model_version,
+                                                result.previous_champion, customers, rng, result.steps)
+
+    return run_steps(settings, version, previous, "local canary", steps)
 
 
 def summary(result: LocalCanaryResult) -> str:

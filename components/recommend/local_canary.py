@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -44,6 +44,7 @@ from storeflow.components.deploy.local_canary import (
     LocalCanaryResult,
     LocalServer,
     _free_port,
+    run_steps,
     scrape,
     version_metrics,
 )
@@ -205,36 +206,21 @@ def drive(champion: LocalServer, canary: LocalServer, percent: int, http: httpx.
 
 # -- the rollout ----------------------------------------------------------------------------------------
 def run_recommender_canary(settings: Settings, version: str, previous: str, *, seed: int = 0) -> LocalCanaryResult:
-    """Canary recommender ``version`` against ``previous`` through ``deploy.canary_steps``; no registry writes
-    here (:func:`storeflow.components.deploy.local.deploy_local` moves the alias on the outcome). A canary that
-    cannot be judged (a server does not start, metrics unreadable, no shoppers) is rolled back."""
-    started = time.monotonic()
-    result = LocalCanaryResult("promoted", str(version), str(previous))
-    deploy = settings.deploy
-    if deploy.canary_steps == [100]:
-        result.reasons = ["deploy.canary_steps is [100]: promoted without a canary"]
-        return result
+    """Canary recommender ``version`` against ``previous`` on local servers (:func:`~storeflow.components.deploy.
+    local_canary.run_steps`; :func:`storeflow.components.deploy.local.deploy_local` moves the alias on the
+    outcome): the newest snapshot's shoppers replayed, judged on errors, p99 latency and click-through rate."""
     rng = np.random.default_rng(seed)
-    percent = deploy.canary_steps[0]
-    try:
+    deploy = settings.deploy
+
+    @contextmanager
+    def steps(result: LocalCanaryResult) -> Iterator[Callable[[int], Decision]]:
         found = latest_shoppers(settings)
         with servers(settings, result.previous_champion, result.model_version) as (champion, canary), \
                 httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=2 * deploy.local_concurrency)) as http:
             start_seconds = max(s.wait_ready(deploy.local_start_timeout_seconds) for s in (champion, canary))
-            while True:
-                decision = _step(settings, champion, canary, percent, http, found, rng, result, start_seconds)
-                if decision.action != "advance":
-                    break
-                percent = decision.percent
-        result.outcome = "promoted" if decision.action == "promote" else "rolled-back"
-        result.reasons = list(decision.reasons)
-    except (LocalCanaryError, httpx.HTTPError, ValueError, OSError) as exc:
-        reason = f"local recommender canary failed at {percent}%: {exc}"
-        log.error(reason)
-        result.steps.append({"percent": percent, "action": "rollback", "reasons": [reason]})
-        result.outcome, result.reasons = "rolled-back", [reason]
-    result.seconds = round(time.monotonic() - started, 2)
-    return result
+            yield lambda percent: _step(settings, champion, canary, percent, http, found, rng, result, start_seconds)
+
+    return run_steps(settings, version, previous, "local recommender canary", steps)
 
 
 def _step(settings: Settings, champion: LocalServer, canary: LocalServer, percent: int, http: httpx.Client,

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +33,8 @@ import numpy as np
 from storeflow.components.config import CONFIG_ENV, Settings
 from storeflow.components.deploy.analysis import Decision, decide
 from storeflow.components.deploy.local_canary import (CLI, WARMUP_REQUESTS, Counts, LocalCanaryError,
-                                                      LocalCanaryResult, LocalServer, _free_port, scrape,
-                                                      version_metrics)
+                                                      LocalCanaryResult, LocalServer, _free_port, run_steps,
+                                                      scrape, version_metrics)
 from storeflow.components.deploy.prometheus import VersionMetrics
 from storeflow.components.risk.protocol import ALERT_LEVEL, ASSESSMENTS_METRIC, ORDER_ID
 
@@ -201,17 +201,13 @@ def _analyse_step(settings: Settings, percent: int, servers: tuple[LocalServer, 
 
 
 def run_local_risk_canary(settings: Settings, version: str, previous: str, *, seed: int = 0) -> LocalCanaryResult:
-    """Canary risk ``version`` against ``previous`` through ``deploy.canary_steps``; no registry writes here (the
-    caller, :func:`storeflow.components.deploy.local.deploy_local`, keeps or undoes the champion alias). A canary
-    that cannot be judged (a server does not start, no orders, unreadable metrics) is rolled back."""
-    started = time.monotonic()
-    result = LocalCanaryResult("promoted", str(version), str(previous))
-    if settings.deploy.canary_steps == [100]:
-        result.reasons = ["deploy.canary_steps is [100]: promoted without a canary"]
-        return result
+    """Canary risk ``version`` against ``previous`` on local servers (:func:`~storeflow.components.deploy.local_canary.
+    run_steps`; the caller, :func:`storeflow.components.deploy.local.deploy_local`, keeps or undoes the champion
+    alias): the store's newest orders scored by both, judged on errors, p99 latency and the alert rate."""
     rng = np.random.default_rng(seed)
-    percent = settings.deploy.canary_steps[0]
-    try:
+
+    @contextmanager
+    def steps(result: LocalCanaryResult) -> Iterator[Callable[[int], Decision]]:
         orders = order_instances(settings)
         with risk_servers(settings, result.previous_champion, result.model_version) as servers:
             with httpx.Client(timeout=10.0) as http:
@@ -221,17 +217,6 @@ def run_local_risk_canary(settings: Settings, version: str, previous: str, *, se
                         http.post(f"{server.url}/v1/models/{server.model_name}:predict",
                                   json={"instances": orders[:ORDERS_PER_REQUEST]})
             versions = (result.previous_champion, result.model_version)
-            while True:
-                decision = _analyse_step(settings, percent, servers, versions, orders, rng, result.steps)
-                if decision.action != "advance":
-                    break
-                percent = decision.percent
-        result.outcome = "promoted" if decision.action == "promote" else "rolled-back"
-        result.reasons = list(decision.reasons)
-    except (LocalCanaryError, httpx.HTTPError, ValueError, OSError) as exc:
-        reason = f"local risk canary failed at {percent}%: {exc}"
-        log.error(reason)
-        result.steps.append({"percent": percent, "action": "rollback", "reasons": [reason]})
-        result.outcome, result.reasons = "rolled-back", [reason]
-    result.seconds = round(time.monotonic() - started, 2)
-    return result
+            yield lambda percent: _analyse_step(settings, percent, servers, versions, orders, rng, result.steps)
+
+    return run_steps(settings, version, previous, "local risk canary", steps)
