@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -221,7 +222,7 @@ def demo(
             _demo_canary(settings, before)
     console.rule("5 · recommendations pipeline: the same snapshot → item-item recommender vs popularity and "
                  "bought-together")
-    _run_recommendations(settings)
+    _demo_recommendations(settings)
     console.rule("6 · order risk: a store with fraud → risk model vs Shopify's level and rules → served over KServe")
     _demo_risk(settings)
     console.rule("where to look")
@@ -230,17 +231,90 @@ def demo(
     console.print("serve the champion: storeflow serve --no-auth   ·   compiled pipelines: manifests/pipelines/")
 
 
+def _demo_recommendations(settings) -> None:
+    """Train and register the recommender, then serve the champion (`storeflow serve-recommendations`, a process
+    of its own, auth off as with --no-auth) and ask it, as the theme block does, what to show beside the store's
+    newest cart."""
+    from storeflow.components import tracking
+
+    result = _run_recommendations(settings)
+    if tracking.current_champion(tracking.connect(settings), settings.recommendations.model_name) is None:
+        console.print("no recommender champion (the gate kept the model out): nothing to serve")
+        return
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={"auth": "off"})})
+    url = f"http://{settings.serving.host}:{settings.recommendations.port}"
+    with _served(local, _SERVE_RECOMMENDATIONS, f"{url}/v2/models/{settings.recommendations.model_name}/ready",
+                 settings.project.state_dir / "serving" / "serve-recommendations.log") as up:
+        if up:
+            _recommend_for_newest_cart(settings, url)
+    console.print(f"recommendations pipeline {result.seconds:.1f} s · live: storeflow serve-recommendations "
+                  f"(V1 and V2 on {url}, Shopify auth unless --no-auth) · the theme block and checkout extension: "
+                  "extensions/")
+
+
+@contextmanager
+def _served(settings, snippet: str, ready_url: str, log: Path):
+    """A server of the demo's own settings in a process of its own; yields whether it came up (within 120 s)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen([sys.executable, "-c", snippet, settings.to_json()], stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(ready_url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]the server did not start[/red]; its log: {log}")
+                yield False
+                return
+            time.sleep(0.5)
+        yield True
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def _recommend_for_newest_cart(settings, url: str) -> None:
+    """The newest order's products as a cart, sent over V1 as the theme block sends it; the answer by title."""
+    import httpx
+
+    from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+    from storeflow.components.tables import read_table
+
+    snapshots = [p for p in (settings.data_dir / "snapshots").iterdir() if (p / MANIFEST).exists()]
+    snapshot = max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", ""))
+    orders, items = read_table(snapshot, "orders"), read_table(snapshot, "line_items")
+    titles = dict(zip(read_table(snapshot, "products")["product_id"], read_table(snapshot, "products")["title"]))
+    newest = orders.sort_values("created_at").iloc[-1]
+    cart = sorted(set(items.loc[items["order_id"] == newest["order_id"], "product_id"].astype(int)))
+    answer = httpx.post(f"{url}/v1/models/{settings.recommendations.model_name}:predict", timeout=30,
+                        json={"instances": [{"products": [f"gid://shopify/Product/{p}" for p in cart], "k": 5}]})
+    answer.raise_for_status()
+    shown = [int(gid.rsplit("/", 1)[1]) for gid in answer.json()["predictions"][0]["products"]]
+    console.print(f"cart of order {newest['order_id']}: " + ", ".join(str(titles.get(p, p)) for p in cart),
+                  markup=False, highlight=False)
+    console.print("recommended: " + ", ".join(str(titles.get(p, p)) for p in shown), markup=False, highlight=False)
+    console.print(f"answered by {settings.recommendations.model_name} v{answer.json()['model_version']} "
+                  f"(KServe V1, {url})")
+
+
+# `storeflow serve-recommendations` with the demo's own settings (given as JSON; kserve parses sys.argv on import)
+_SERVE_RECOMMENDATIONS = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
+                          "s = load_settings(sys.argv.pop(1)); "
+                          "from storeflow.serving.recommender import build_app, resolve; v, d = resolve(s); "
+                          "uvicorn.run(build_app(s, v, d), host=s.serving.host, port=s.recommendations.port, "
+                          "log_config=None, access_log=False)")
+
+
 DEMO_FRAUD_RATE = 0.003  # the default store has no fraud: the risk step generates it with this share of fraud
 
 
 def _demo_risk(settings) -> None:
     """Train the risk model on the store with fraud, then serve the champion (`storeflow serve-risk`, a process
     of its own) and score the store's newest orders through it as the webhook receiver would."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     from storeflow.components import tracking
 
     if not settings.ingest.synthetic.fraud_rate and settings.ingest.source == "synthetic":
@@ -252,22 +326,11 @@ def _demo_risk(settings) -> None:
         console.print("no risk champion (the gate kept the model out): nothing to serve")
         return
     url = f"http://{settings.serving.host}:{settings.risk.port}"
-    log = settings.project.state_dir / "risk" / "serve-risk.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_RISK, settings.to_json()], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not _ready(f"{url}/v2/models/{settings.risk.inference_service}/ready"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                console.print(f"[red]storeflow serve-risk did not start[/red]; its log: {log}")
-                return
-            time.sleep(0.5)
+    with _served(settings, _SERVE_RISK, f"{url}/v2/models/{settings.risk.inference_service}/ready",
+                 settings.project.state_dir / "risk" / "serve-risk.log") as up:
+        if not up:
+            return
         _score_newest_orders(settings, url)
-    finally:
-        server.terminate()
-        server.wait(20)
     console.print(f"risk pipeline {result.seconds:.1f} s · live: storeflow serve-risk, then storeflow webhooks "
                   f"--set risk.endpoint={url}: every orders/create is scored and its assessment written back "
                   "(orderRiskAssessmentCreate) · predictions with their features: "
