@@ -187,15 +187,22 @@ def launch_server(settings: Settings, main: str, canary: str, percent: int) -> L
     served = settings.model_copy(update={"serving": settings.serving.model_copy(update={
         "host": "127.0.0.1", "port": port, "workers": 1, "auth": "off", "prediction_log": False,
         "model_version": str(main), "canary_version": str(canary), "canary_percent": percent})})
-    config = Path(tempfile.mkstemp(prefix="settings-", suffix=".yaml", dir=directory)[1])
+    return start_server(served, port, directory / f"v{canary}-{percent}pct.log", ["serve"],
+                        settings.registry.model_name, percent)
+
+
+def start_server(served: Settings, port: int, log_path: Path, command: list[str], model_name: str,
+                 percent: int) -> LocalServer:
+    """Start ``storeflow <command>`` on loopback ``port`` with ``served`` as its whole config (a file beside
+    its log, through STOREFLOW_CONFIG; no STOREFLOW_* of ours leaks in), not yet ready. Every model's local
+    canary starts its servers so."""
+    config = Path(tempfile.mkstemp(prefix="settings-", suffix=".yaml", dir=log_path.parent)[1])
     config.write_text(served.to_json())  # JSON is YAML: the server sees exactly these settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")} | {CONFIG_ENV: str(config)}
-    log_path = directory / f"v{canary}-{percent}pct.log"
     with log_path.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-c", CLI, "serve"], env=env, stdout=out,
+        process = subprocess.Popen([sys.executable, "-c", CLI, *command], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return LocalServer(f"http://127.0.0.1:{port}", settings.registry.model_name, percent, process, log_path,
-                       config, time.monotonic())
+    return LocalServer(f"http://127.0.0.1:{port}", model_name, percent, process, log_path, config, time.monotonic())
 
 
 @contextmanager

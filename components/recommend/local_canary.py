@@ -18,26 +18,20 @@ step's traffic is that step's window, the same :class:`VersionMetrics` the Prome
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
 
-from storeflow.components.config import CONFIG_ENV, Settings
+from storeflow.components.config import Settings
 from storeflow.components.deploy.analysis import Decision, decide
 from storeflow.components.deploy.local_canary import (
-    CLI,
     WARMUP_REQUESTS,
     Counts,
     LocalCanaryError,
@@ -46,6 +40,7 @@ from storeflow.components.deploy.local_canary import (
     _free_port,
     run_steps,
     scrape,
+    start_server,
     version_metrics,
 )
 from storeflow.components.deploy.prometheus import VersionMetrics
@@ -106,15 +101,8 @@ def launch(settings: Settings, version: str, role: str) -> LocalServer:
     served = settings.model_copy(update={
         "serving": settings.serving.model_copy(update={"host": "127.0.0.1", "auth": "off", "prediction_log": False}),
         "recommendations": settings.recommendations.model_copy(update={"port": port})})
-    config = Path(tempfile.mkstemp(prefix="settings-", suffix=".yaml", dir=directory)[1])
-    config.write_text(served.to_json())  # JSON is YAML: the server sees exactly these settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")} | {CONFIG_ENV: str(config)}
-    log_path = directory / f"recommender-{role}-v{version}.log"
-    with log_path.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-c", CLI, "serve-recommendations", "--version", str(version)],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return LocalServer(f"http://127.0.0.1:{port}", settings.recommendations.model_name, 0, process, log_path, config,
-                       time.monotonic())
+    return start_server(served, port, directory / f"recommender-{role}-v{version}.log",
+                        ["serve-recommendations", "--version", str(version)], settings.recommendations.model_name, 0)
 
 
 @contextmanager

@@ -16,25 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from storeflow.components.config import CONFIG_ENV, Settings
+from storeflow.components.config import Settings
 from storeflow.components.deploy.analysis import Decision, decide
-from storeflow.components.deploy.local_canary import (CLI, WARMUP_REQUESTS, Counts, LocalCanaryError,
+from storeflow.components.deploy.local_canary import (WARMUP_REQUESTS, Counts, LocalCanaryError,
                                                       LocalCanaryResult, LocalServer, _free_port, run_steps,
-                                                      scrape, version_metrics)
+                                                      scrape, start_server, version_metrics)
 from storeflow.components.deploy.prometheus import VersionMetrics
 from storeflow.components.risk.protocol import ALERT_LEVEL, ASSESSMENTS_METRIC, ORDER_ID
 
@@ -94,15 +89,8 @@ def launch_risk_server(settings: Settings, version: str) -> LocalServer:
     served = settings.model_copy(update={
         "serving": settings.serving.model_copy(update={"host": "127.0.0.1", "prediction_log": False}),
         "risk": settings.risk.model_copy(update={"port": port})})
-    config = Path(tempfile.mkstemp(prefix="settings-", suffix=".yaml", dir=directory)[1])
-    config.write_text(served.to_json())  # JSON is YAML: the server sees exactly these settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")} | {CONFIG_ENV: str(config)}
-    log_path = directory / f"v{version}.log"
-    with log_path.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-c", CLI, "serve-risk", "--version", str(version)], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return LocalServer(f"http://127.0.0.1:{port}", settings.risk.inference_service, 100, process, log_path, config,
-                       time.monotonic())
+    return start_server(served, port, directory / f"v{version}.log", ["serve-risk", "--version", str(version)],
+                        settings.risk.inference_service, 100)
 
 
 @contextmanager
