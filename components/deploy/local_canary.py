@@ -157,10 +157,14 @@ class LocalServer:
                 time.sleep(0.2)
 
     def metrics(self, http: httpx.Client, error_status_regex: str) -> dict[str, Counts]:
+        return scrape(self.exposition(http), error_status_regex)
+
+    def exposition(self, http: httpx.Client) -> str:
+        """The server's /metrics text; one it will not give fails the analysis (blind is failed)."""
         response = http.get(f"{self.url}/metrics")
         if response.status_code != 200:
             raise LocalCanaryError(f"{self.url}/metrics answered HTTP {response.status_code}")
-        return scrape(response.text, error_status_regex)
+        return response.text
 
     def stop(self) -> None:
         self.process.terminate()

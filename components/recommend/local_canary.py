@@ -147,11 +147,9 @@ class Scrape:
 
 
 def read(server: LocalServer, http: httpx.Client, version: str, error_status_regex: str) -> Scrape:
-    response = http.get(f"{server.url}/metrics")
-    if response.status_code != 200:
-        raise LocalCanaryError(f"{server.url}/metrics answered HTTP {response.status_code}")
-    shown, clicked = feedback_counts(response.text).get(version, (0.0, 0.0))
-    return Scrape(scrape(response.text, error_status_regex).get(version, Counts()), shown, clicked)
+    text = server.exposition(http)
+    shown, clicked = feedback_counts(text).get(version, (0.0, 0.0))
+    return Scrape(scrape(text, error_status_regex).get(version, Counts()), shown, clicked)
 
 
 # -- traffic --------------------------------------------------------------------------------------------

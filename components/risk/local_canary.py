@@ -72,11 +72,9 @@ class Window:
 
 
 def scrape_window(server: LocalServer, http: httpx.Client, version: str, error_status_regex: str) -> Window:
-    response = http.get(f"{server.url}/metrics")
-    if response.status_code != 200:
-        raise LocalCanaryError(f"{server.url}/metrics answered HTTP {response.status_code}")
-    orders, alerts = assessments(response.text).get(version, (0.0, 0.0))
-    return Window(scrape(response.text, error_status_regex).get(version, Counts()), orders, alerts)
+    text = server.exposition(http)
+    orders, alerts = assessments(text).get(version, (0.0, 0.0))
+    return Window(scrape(text, error_status_regex).get(version, Counts()), orders, alerts)
 
 
 # -- servers --------------------------------------------------------------------------------------------
