@@ -224,7 +224,7 @@ def expected_spend(fitted: Fitted, features: pd.DataFrame, horizon_days: int) ->
 
 def warm_compile_cache(customers: int = 300, horizon_days: int = 60) -> None:
     """Fit and score every model once on a small seeded store, so PyTensor's compiled C ops land in its
-    cache (``$HOME/.pytensor``). The project image runs this at build time: without it every features
+    cache (the image points it at /var/cache/pytensor). The project image runs this at build time: without it every features
     task compiled ~60 ops with g++ in its fresh container (100-160 s here) before fitting anything. Ops
     whose code embeds the data still compile at run time (9 of 67 on a new store, ~20 s)."""
     rng = np.random.default_rng(0)
