@@ -27,8 +27,12 @@ lock:
 demo: install
 	$(BIN)/storeflow demo
 
+# Test files run on $(TEST_WORKERS) workers (pytest-xdist), a file's tests together in one worker: most
+# of the suite waits on servers, containers and model fits, so two workers on two cores nearly halve it.
+# tests/conftest.py starts the long end-to-end files first. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -113,3 +113,14 @@ def hooks(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return load_settings({**json.loads(settings.to_json()), "project": {
         "state_dir": str(settings.project.state_dir), "shop_domain": SHOP},
         "serving": {"shopify_client_id": "storeflow-test-app"}})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with end-to-end (``slow``) tests first, each file's tests kept together and in order.
+
+    `make test` hands whole files to two workers (pytest-xdist ``--dist loadfile --no-loadscope-reorder``)
+    in this order: the long pipeline, container and canary files start at once on both, and the many short
+    files fill in behind them, so neither worker is left running one long file alone at the end.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order within each group
