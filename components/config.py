@@ -434,7 +434,9 @@ class DeployConfig(Section):
                                "holds and sends another batch until both versions reach min_requests.")
     local_concurrency: int = Field(4, ge=1, le=32, description="Local canary: requests in flight at once.")
     local_step_timeout_seconds: float = Field(
-        15, gt=0, description="Local canary: longest traffic time per step; still holding then means rollback.")
+        60, gt=0, description="Local canary: longest traffic time per step; still holding then means rollback. "
+        "A step ends as soon as both versions have min_requests, so this bounds only a slow or starved step "
+        "(at 10% the canary's 200 need ~2,000 requests: 15 s was too short on a loaded 2-core machine).")
     local_start_timeout_seconds: float = Field(90, gt=0, description="Local canary: longest server start.")
 
     @field_validator("canary_steps")
