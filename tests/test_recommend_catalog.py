@@ -216,10 +216,12 @@ def test_a_product_created_since_the_last_run_gets_its_category_from_the_product
         assert lookup_online(store, [gyokuro]) == {gyokuro: ("Kettle & Leaf", -1)}
 
 
-def test_on_redis_a_later_pipeline_run_overrides_a_webhooks_category_and_an_earlier_one_does_not(tmp_path) -> None:
-    """Feast's Redis online store keeps a product's newest event time: the webhook's row is written at the
-    product's updated_at, so the next product_features run, whose rows are as of a later order, gives the
-    recategorized product its band; a run as of before the change does not undo it."""
+@pytest.mark.parametrize("online_store", ["redis", "sqlite"])
+def test_a_later_pipeline_run_overrides_a_webhooks_category_and_an_earlier_one_does_not(tmp_path, online_store) -> None:
+    """The webhook's row is written at the product's updated_at, so the next product_features run, whose
+    rows are as of a later order, gives the recategorized product its band; a run as of before the change
+    does not undo it. Feast's Redis online store keeps a key's newest event time by itself; on the embedded
+    SQLite one (which writes whatever it is given) publish keeps the newer rows."""
     import json
     import sqlite3
     from pathlib import Path
@@ -234,8 +236,8 @@ def test_on_redis_a_later_pipeline_run_overrides_a_webhooks_category_and_an_earl
     update = json.loads((Path(__file__).parent / "data" / "shopify_webhooks" / "products_update.json").read_text())
     sencha = update["id"]  # updated 2026-12-03T21:45:10Z
     with redis_server(tmp_path) as address:
-        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
-                                  "features": {"feast": {"online_store": "redis", "redis_connection_string": address}}})
+        feast = {"online_store": "redis", "redis_connection_string": address} if online_store == "redis" else {}
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")}, "features": {"feast": feast}})
 
         def run(day: str, band: int) -> None:  # a product_features run as of that day
             publish(settings, pd.DataFrame({"product_id": [sencha], "event_timestamp": pd.Timestamp(day, tz="UTC"),

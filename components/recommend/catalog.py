@@ -104,15 +104,46 @@ def publish(settings: Settings, rows: pd.DataFrame) -> tuple[FeatureStore, pd.Da
     rows.loc[:, list(COLUMNS)].to_parquet(tmp, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
     tmp.replace(path)
     store = feature_store(settings)
-    (_, product), _, _ = definitions(settings)
+    (_, product, *_), _, _ = definitions(settings)
     store.apply([product, view(settings)])
     newest = rows["event_timestamp"].max().to_pydatetime()
+    newer = _online_rows_newer_than(store, rows.loc[rows["event_timestamp"] == rows["event_timestamp"].max(),
+                                                    PRODUCT_KEY], newest)
     store.materialize(start_date=newest - timedelta(seconds=1), end_date=newest + timedelta(seconds=1),
                       feature_views=[VIEW])
+    if not newer.empty:  # the SQLite online store writes whatever it is given: put the newer rows back
+        store.write_to_online_store(VIEW, newer)
     entities = rows[[PRODUCT_KEY, "event_timestamp"]]
     found = store.get_historical_features(entity_df=entities, features=[f"{VIEW}:{name}" for name in FEATURES]).to_df()
     found["event_timestamp"] = pd.to_datetime(found["event_timestamp"], utc=True)
     return store, found.sort_values(["event_timestamp", PRODUCT_KEY], kind="stable").reset_index(drop=True)
+
+
+def _online_rows_newer_than(store: FeatureStore, product_ids: pd.Series, newest) -> pd.DataFrame:
+    """The online rows of ``product_ids`` written at an event time after ``newest`` (a products webhook's
+    recategorization that came after the snapshot's orders), to survive a materialization as of ``newest``.
+
+    Redis keeps a key's newest event time by itself; Feast's SQLite online store (the embedded default)
+    writes whatever a materialization gives it, so without this a pipeline run on an older snapshot gave a
+    recategorized product its old category back.
+    """
+    from feast.online_response import TIMESTAMP_POSTFIX
+
+    empty = pd.DataFrame(columns=list(COLUMNS))
+    if product_ids.empty or VIEW not in {v.name for v in store.list_feature_views()}:
+        return empty
+    found = store.get_online_features(features=[f"{VIEW}:{name}" for name in FEATURES],
+                                      entity_rows=[{PRODUCT_KEY: int(p)} for p in product_ids]
+                                      ).to_dict(include_event_timestamps=True)
+    seconds = np.asarray(found[f"category{TIMESTAMP_POSTFIX}"], dtype="int64")  # 0 where no row
+    later = (seconds > pd.Timestamp(newest).timestamp()) & np.array([bool(c) for c in found["category"]])
+    if not later.any():
+        return empty
+    frame = pd.DataFrame({name: np.asarray(found[name], dtype=object)[later] for name in (PRODUCT_KEY, *FEATURES)})
+    frame["event_timestamp"] = pd.to_datetime(seconds[later], unit="s", utc=True)
+    frame["price"] = pd.to_numeric(frame["price"]).astype("float64")  # None (never sold) as NaN
+    frame["price_band"] = frame["price_band"].fillna(-1)
+    return frame.loc[:, list(COLUMNS)].astype({PRODUCT_KEY: "int64", "category": "str", "price_band": "int64"})
 
 
 def describe_online(store: FeatureStore, settings: Settings, named: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +162,7 @@ def describe_online(store: FeatureStore, settings: Settings, named: pd.DataFrame
     if named.empty:
         return named.assign(price=[], price_band=[])
     if VIEW not in {v.name for v in store.list_feature_views()}:
-        (_, product), _, _ = definitions(settings)
+        (_, product, *_), _, _ = definitions(settings)
         store.apply([product, view(settings)])
     ids = named[PRODUCT_KEY].astype("int64").tolist()
     found = store.get_online_features(features=[f"{VIEW}:{name}" for name in FEATURES],
