@@ -78,16 +78,16 @@ def test_sklearn_mode_is_respected(data):
 
 def test_a_runtime_that_rounds_to_float32_is_caught_by_the_threshold_probes(data, monkeypatch):
     """What an ONNX tree ensemble does (float32 inputs and thresholds): off by whole leaves near splits."""
-    import treelite.gtil
+    from storeflow.serving.runtime import GTILWalk
 
     x, y = data
     estimator = HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y)
-    exact = treelite.gtil.predict
+    exact = GTILWalk.__call__
 
-    def float32_walk(model, rows, **kwargs):
-        return exact(model, rows.astype(np.float32).astype(np.float64), **kwargs)
+    def float32_walk(self, rows, dtype=np.float64):
+        return exact(self, np.asarray(rows, dtype=dtype).astype(np.float32).astype(np.float64), dtype)
 
-    monkeypatch.setattr(treelite.gtil, "predict", float32_walk)
+    monkeypatch.setattr(GTILWalk, "__call__", float32_walk)
     scorer = build_scorer(estimator)
     assert scorer.runtime == "sklearn"
     assert "differs by up to" in scorer.reason
@@ -206,3 +206,42 @@ def test_a_stacks_linear_parts_and_combiner_are_computed_without_scikit_learns_c
     meta = np.random.default_rng(6).normal(size=(50, 3))
     combiner = model.final_estimator_
     assert np.max(np.abs(_binary_logistic(combiner)(meta) - combiner.predict_proba(meta)[:, 1])) <= 1e-15
+
+
+def test_treelite_walks_go_through_gtil_with_a_config_parsed_once_and_give_the_same_scores(data, monkeypatch):
+    """A stack and a spend model as train registers them are walked through GTIL's C predict with one parsed
+    config per model: ``treelite.gtil.predict`` built and parsed a new config (JSON, in C++) and looked the
+    model's types up through ctypes on every call, more of a one-row call than the walk itself. Scores and
+    values stay the models' own, one row at a time and in batches."""
+    import pandas as pd
+    import treelite.gtil
+    from treelite.gtil import gtil
+
+    from storeflow.components.train.spend import fit_spend
+    from storeflow.components.train.stack import stack
+    from storeflow.serving.runtime import build_regressor
+
+    x, y = data
+    frame = pd.DataFrame(x, columns=["spend", "orders", "days", "p_order"])
+    model = stack(HistGradientBoostingClassifier(max_iter=40, random_state=0), "p_order",
+                  frame[:2000], y[:2000], frame[2000:], y[2000:])
+    rng = np.random.default_rng(6)
+    amount = rng.poisson(np.exp(0.3 * x[:, 1] + 2 * x[:, 3])) * rng.gamma(2.0, 30.0, len(x))
+    spend, _ = fit_spend({"max_iter": 40, "random_state": 0}, frame[:2000], amount[:2000], frame[2000:], amount[2000:])
+    scorer, predictor = build_scorer(model, "treelite"), build_regressor(spend, "treelite")
+    assert scorer.runtime == predictor.runtime == "treelite"
+
+    configs = []
+    original = gtil.GTILConfig.__post_init__
+    monkeypatch.setattr(gtil.GTILConfig, "__post_init__", lambda self: (configs.append(self), original(self)))
+    monkeypatch.setattr(treelite.gtil, "predict", lambda *a, **k: pytest.fail("gtil.predict called per request"))
+    rows = np.vstack([x[2000:2300], np.column_stack([rng.uniform(0, 600, 64), rng.integers(0, 12, 64),
+                                                      rng.uniform(-50, 500, 64), rng.uniform(0, 1, 64)])])
+    named = pd.DataFrame(rows, columns=frame.columns)
+    expected, expected_spend = model.predict_proba(named)[:, 1], spend.predict(named)
+    for size in (1, 2, 7, 64):
+        for start in range(0, len(rows), size * 9):
+            part = slice(start, start + size)
+            assert np.max(np.abs(scorer.score(rows[part]) - expected[part])) <= 1e-12
+            assert np.max(np.abs(predictor.score(rows[part]) - expected_spend[part]) / expected_spend[part]) <= 1e-12
+    assert configs == []  # no config parsed on the request path
