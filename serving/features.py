@@ -185,10 +185,15 @@ class OnlineFeatures:
             else:  # off: nothing stale kept for when it is on again, its memory back a few entries a lookup
                 self._cache.clear()
                 self._cache.drain()
-        if missing:
+        if len(missing) == 1:  # one customer (a storefront's request): its read awaited, no gather around it
+            found[missing[0]] = await self._request(missing[0])
+        elif missing:
             unique = list(dict.fromkeys(missing))
             for cid, result in zip(unique, await asyncio.gather(*[self._request(cid) for cid in unique])):
                 found[cid] = result
+        if len(customer_ids) == 1:
+            row, fallback = found[customer_ids[0]]
+            return row.reshape(1, -1).copy(), np.array([fallback], dtype=bool)  # a copy, never the cached array
         matrix = np.vstack([found[c][0] for c in customer_ids])
         return matrix, np.array([found[c][1] for c in customer_ids], dtype=bool)
 
