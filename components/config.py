@@ -684,6 +684,10 @@ class RiskConfig(Section):
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "
                                  "doubling up to shopify.max_backoff_seconds.")
+    velocity_max_orders: int = Field(1000, ge=1, description="Orders of the last week kept per customer, email and "
+                                     "shipping address for the velocity features (components/risk/velocity.py), the "
+                                     "newest; counts of a key past this many orders in a week stop at it, in training "
+                                     "as in serving.")
     # rolling a new champion into the InferenceService (components/risk/deploy.py): deploy.*'s steps and bounds,
     # and these
     min_replicas: int = Field(1, ge=1, description="The risk InferenceService's replicas: never none on the checkout "

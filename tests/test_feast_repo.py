@@ -1,6 +1,7 @@
 """The feature repo storeflow writes is a Feast repo as Feast's users know it: `feast plan` in it sees the
 definitions storeflow applied (it announced deleting every entity and feature view, and later the
-recommender's product_catalog and product_availability views), `feast apply` keeps them."""
+recommender's product_catalog and product_availability views, and order risk's velocity views with their push
+sources), `feast apply` keeps them."""
 
 import re
 import subprocess
@@ -45,4 +46,7 @@ def test_feast_plan_and_apply_in_the_repo_change_nothing_storeflow_applied(tmp_p
     assert views["product_catalog"] == ["category", "price", "price_band"]
     assert views["product_availability"] == ["published", "in_stock", "inventory", "title", "handle"]
     assert [f"customer_features:{name}" for name in views["customer_features"]] == feature_refs(settings)
-    assert {e.name for e in store.list_entities()} == {"customer", "product"}
+    for name in ("order_velocity_customer", "order_velocity_email", "order_velocity_address"):  # risk.velocity's
+        assert views[name] == ["orders"]
+        assert store.get_feature_view(name).stream_source.name == f"{name}_push"
+    assert {e.name for e in store.list_entities()} == {"customer", "product", "email_digest", "shipping_address"}

@@ -333,6 +333,25 @@ def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, reque
     assert [e for (e,) in db.execute("SELECT email FROM risk_live_orders")] == ([left] if left else [])
     assert db.execute("SELECT count(*) FROM risk_outbox").fetchone()[0] == 2  # order ids and facts only: kept
     db.close()
+    # order velocity in Feast's online store: the erased customer's rows, their email's and their address's (whose
+    # list names them) are gone; the kept customer's own rows stay
+    from storeflow.components.features.repo import feature_store
+    from storeflow.components.risk.live import risk_row
+    from storeflow.components.risk.velocity import email_digest
+
+    store = feature_store(settings)
+
+    def held(view: str, key: str, value) -> list | None:
+        found = store.get_online_features(features=[f"{view}:orders"],
+                                          entity_rows=[{key: value}]).to_dict()["orders"][0]
+        return None if found is None else found[0::3]  # (order id, created, customer) per order
+
+    address = risk_row(new_order(9200000005, 8800000005, "x@example.com"))["address_key"]
+    assert held("order_velocity_customer", "customer_id", 8800000005) is None
+    assert held("order_velocity_email", "email_digest", email_digest("erase.me@example.com")) is None
+    assert held("order_velocity_address", "address_key", address) is None
+    kept = held("order_velocity_customer", "customer_id", 8800000006)
+    assert (kept == [9200000006]) if left else kept is None
 
 
 def test_the_cluster_container_serves_what_kserve_downloaded(stack: Stack):

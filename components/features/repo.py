@@ -46,6 +46,13 @@ AVAILABILITY_CARD = ("title", "handle")  # what a storefront block shows and lin
 PRODUCT_TTL = timedelta(days=3650)  # a product keeps what it was last said to be until told otherwise
 INTEGER_FEATURES = frozenset({"frequency", "orders_last_90d"})
 FILE_REGISTRY_SCHEMES = frozenset({"", "file", "s3", "gs", "hdfs"})  # Feast's file registry stores
+# Order velocity (risk.velocity): per customer, email digest and shipping address, the orders of the last week as
+# lists, pushed by the webhook receiver's risk thread (a PushSource per view; its batch source is never written: the
+# snapshot is the offline history, folded by the same function).
+VELOCITY_VIEWS = {"order_velocity_customer": CUSTOMER_KEY, "order_velocity_email": "email_digest",
+                  "order_velocity_address": "address_key"}
+VELOCITY_STATE = "orders"  # one Array(Int64): (order id, created µs, customer id or 0) per order, flattened
+VELOCITY_TTL = timedelta(days=8)  # a list holds one week: a row not written for longer counts nothing
 
 
 def source_path(settings: Settings, view: str) -> Path:
@@ -114,8 +121,8 @@ def definitions(settings: Settings) -> tuple[list, list[FeatureView], FeatureSer
 def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> tuple[list, list[FeatureView], FeatureService]:
     """The definitions of the repo at ``repo``: what :func:`apply` registers and what the repo's own
     definitions module (:data:`DEFINITIONS_MODULE`) gives ``feast plan`` / ``feast apply``."""
-    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float64, Int64, String
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.types import Array, Float64, Int64, String
 
     ttl = timedelta(days=ttl_days)
     customer = Entity(name=CUSTOMER, join_keys=[CUSTOMER_KEY], value_type=ValueType.INT64,
@@ -158,9 +165,25 @@ def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> t
         source=FileSource(name=f"{AVAILABILITY_VIEW}_source",
                           path=str(repo / "data" / f"{AVAILABILITY_VIEW}.parquet"), timestamp_field="event_timestamp"),
         online=True, description="Published (status active) and in stock, from products and inventory webhooks.")
+    email = Entity(name="email_digest", join_keys=["email_digest"], value_type=ValueType.STRING,
+                   description="An order's email, trimmed and lower case, as a SHA-256 digest (risk.velocity).")
+    address = Entity(name="shipping_address", join_keys=["address_key"], value_type=ValueType.STRING,
+                     description="A shipping address: digest of address1, zip and country (risk.orders.address_key).")
+    velocity_entities = {CUSTOMER_KEY: customer, "email_digest": email, "address_key": address}
+    velocity_views = [FeatureView(
+        name=name, entities=[velocity_entities[key]], ttl=VELOCITY_TTL,
+        schema=[Field(name=key, dtype=Int64 if key == CUSTOMER_KEY else String),
+                Field(name=VELOCITY_STATE, dtype=Array(Int64))],
+        source=PushSource(name=f"{name}_push", batch_source=FileSource(
+            name=f"{name}_source", path=str(repo / "data" / f"{name}.parquet"), timestamp_field="event_timestamp")),
+        online=True, description="The week's orders of one key, flattened (order id, creation time in microseconds, "
+                                 "customer id or 0 for a guest) per order, pushed as orders/create webhooks arrive "
+                                 "(risk.velocity).")
+        for name, key in VELOCITY_VIEWS.items()]
     service = FeatureService(name=SERVICE, features=[customer_view],
                              description="Inputs of the repeat-purchase propensity model.")
-    return [customer, product], [customer_view, product_view, catalog_view, availability_view], service
+    return ([customer, product, email, address],
+            [customer_view, product_view, catalog_view, availability_view, *velocity_views], service)
 
 
 def view_of(settings: Settings, name: str) -> FeatureView:
@@ -186,8 +209,9 @@ from storeflow.components.features.repo import definitions_of
 
 _repo = Path(__file__).resolve().parent
 _spec = json.loads((_repo / "storeflow_definitions.json").read_text())
-(customer, product), _views, repeat_purchase = definitions_of(_repo, _spec["customer_features"], _spec["ttl_days"])
-globals().update({view.name: view for view in _views})  # every view a module attribute: where feast looks
+_entities, _views, repeat_purchase = definitions_of(_repo, _spec["customer_features"], _spec["ttl_days"])
+# every entity and view a module attribute: where feast looks
+globals().update({entity.name: entity for entity in _entities} | {view.name: view for view in _views})
 '''
 
 

@@ -36,7 +36,7 @@ def view(settings: Settings) -> FeatureView:
 def ensure_view(store: FeatureStore, settings: Settings) -> None:
     """Register the view (with the product entity) unless the registry has it already."""
     if VIEW not in {v.name for v in store.list_feature_views()}:
-        (_, product), _, _ = definitions(settings)
+        (_, product, *_), _, _ = definitions(settings)
         store.apply([product, view(settings)])
 
 

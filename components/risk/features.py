@@ -3,8 +3,9 @@
 One row per order. Every feature is what was known when the order was created (its ``created_at``): the
 order itself (value, discount, items, addresses, gateway, hour), its customer's history strictly before it
 (orders, spend, refunds and fraud cancellations that had happened by then) and velocity (orders from the
-same customer, email or shipping address in the hour, day and week before it). Windows are on microsecond
-epochs and end one microsecond before the order, so nothing at or after the order's own time is seen; a
+same customer, email or shipping address in the hour, day and week before it: :mod:`storeflow.components.risk.velocity`,
+the function serving computes it with from Feast's online store, joined to the query's rows). Windows are on
+microsecond epochs and end one microsecond before the order, so nothing at or after the order's own time is seen; a
 test recomputes the features on a snapshot cut at a time and finds every earlier order's row unchanged.
 
 The label is what the store recorded later: cancelled with reason FRAUD, a chargeback the merchant did not
@@ -18,13 +19,15 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from storeflow.components.config import RiskConfig
+from storeflow.components.risk import velocity
 from storeflow.components.risk.orders import TABLE_SCHEMA
+from storeflow.components.risk.velocity import DAY_US, VELOCITY_FEATURES
 
 LABEL = "fraud"
 TIME = "created_at"
 GATEWAYS = ("shopify_payments", "paypal", "gift_card")  # one indicator each; anything else gateway_other
-HOUR_US, DAY_US = 3_600_000_000, 86_400_000_000
-VELOCITY = {"1h": HOUR_US, "24h": DAY_US, "7d": 7 * DAY_US}
+VELOCITY_MAX_ORDERS = RiskConfig.model_fields["velocity_max_orders"].default
 
 ORDER_FEATURES = (
     "total_price", "subtotal_price", "total_discounts", "discount_share", "item_count", "line_count",
@@ -32,14 +35,13 @@ ORDER_FEATURES = (
     *(f"gateway_{name}" for name in GATEWAYS), "gateway_other", "hour_of_day",
     "is_guest", "account_age_hours", "prior_orders", "prior_spend", "prior_avg_order_value", "value_over_prior_avg",
     "days_since_prior_order", "prior_refunds", "prior_fraud_cancels",
-    "customer_orders_1h", "customer_orders_24h", "email_orders_1h", "email_orders_24h",
-    "address_orders_1h", "address_orders_24h", "address_orders_7d", "address_customers_7d",
+    *VELOCITY_FEATURES,
 )
+QUERY_FEATURES = tuple(name for name in ORDER_FEATURES if name not in VELOCITY_FEATURES)  # what the SQL gives
 
 
-def _before(partition: str, width_us: int | None) -> str:
-    start = "UNBOUNDED PRECEDING" if width_us is None else f"{width_us} PRECEDING"
-    return f"(PARTITION BY {partition} ORDER BY t RANGE BETWEEN {start} AND 1 PRECEDING)"
+def _before(partition: str) -> str:
+    return f"(PARTITION BY {partition} ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
 
 
 RISK_FEATURES_SQL = f"""
@@ -72,26 +74,10 @@ history AS (
            coalesce(sum(spend) OVER w, 0) AS prior_spend,
            coalesce(sum(refunds) OVER w, 0) AS prior_refunds,
            coalesce(sum(fraud_cancels) OVER w, 0) AS prior_fraud_cancels,
-           max(CASE WHEN orders = 1 THEN t END) OVER w AS prior_t,
-           coalesce(sum(orders) OVER {_before("customer_id", HOUR_US)}, 0) AS customer_orders_1h,
-           coalesce(sum(orders) OVER {_before("customer_id", DAY_US)}, 0) AS customer_orders_24h
+           max(CASE WHEN orders = 1 THEN t END) OVER w AS prior_t
     FROM events
-    WINDOW w AS {_before("customer_id", None)}
+    WINDOW w AS {_before("customer_id")}
     QUALIFY order_id IS NOT NULL
-),
-by_email AS (
-    SELECT order_id,
-           count(*) OVER {_before("email", HOUR_US)} AS email_orders_1h,
-           count(*) OVER {_before("email", DAY_US)} AS email_orders_24h
-    FROM o WHERE email IS NOT NULL
-),
-by_address AS (
-    SELECT order_id,
-           count(*) OVER {_before("address_key", HOUR_US)} AS address_orders_1h,
-           count(*) OVER {_before("address_key", DAY_US)} AS address_orders_24h,
-           count(*) OVER {_before("address_key", 7 * DAY_US)} AS address_orders_7d,
-           count(DISTINCT customer_id) OVER {_before("address_key", 7 * DAY_US)} AS address_customers_7d
-    FROM o WHERE address_key IS NOT NULL
 )
 SELECT o.order_id, o.customer_id, o.created_at,
        o.total_price, o.subtotal_price, o.total_discounts,
@@ -115,14 +101,6 @@ SELECT o.order_id, o.customer_id, o.created_at,
        coalesce((o.t - h.prior_t) / {DAY_US}.0, -1)::DOUBLE AS days_since_prior_order,
        coalesce(h.prior_refunds, 0)::BIGINT AS prior_refunds,
        coalesce(h.prior_fraud_cancels, 0)::BIGINT AS prior_fraud_cancels,
-       coalesce(h.customer_orders_1h, 0)::BIGINT AS customer_orders_1h,
-       coalesce(h.customer_orders_24h, 0)::BIGINT AS customer_orders_24h,
-       coalesce(e.email_orders_1h, 0)::BIGINT AS email_orders_1h,
-       coalesce(e.email_orders_24h, 0)::BIGINT AS email_orders_24h,
-       coalesce(a.address_orders_1h, 0)::BIGINT AS address_orders_1h,
-       coalesce(a.address_orders_24h, 0)::BIGINT AS address_orders_24h,
-       coalesce(a.address_orders_7d, 0)::BIGINT AS address_orders_7d,
-       coalesce(a.address_customers_7d, 0)::BIGINT AS address_customers_7d,
        o.shopify_risk_level,
        (coalesce(o.cancel_reason = 'FRAUD', false)
         OR coalesce(o.dispute_type = 'CHARGEBACK' AND o.dispute_status <> 'WON', false)
@@ -135,16 +113,16 @@ FROM o
 LEFT JOIN items USING (order_id)
 LEFT JOIN customers c ON c.customer_id = o.customer_id
 LEFT JOIN history h USING (order_id)
-LEFT JOIN by_email e USING (order_id)
-LEFT JOIN by_address a USING (order_id)
 ORDER BY o.created_at, o.order_id
 """
 
 
-def order_risk_features(tables: dict[str, pd.DataFrame], risk: pd.DataFrame) -> pd.DataFrame:
+def order_risk_features(tables: dict[str, pd.DataFrame], risk: pd.DataFrame,
+                        velocity_max_orders: int = VELOCITY_MAX_ORDERS) -> pd.DataFrame:
     """One row per order of ``tables`` (a snapshot's orders, line_items, customers, refunds): the
     ``ORDER_FEATURES`` as of its creation, Shopify's risk level, the fraud label and where it came from.
-    ``risk`` is :func:`storeflow.components.risk.orders.read_risk_fields` of the same store."""
+    ``risk`` is :func:`storeflow.components.risk.orders.read_risk_fields` of the same store; velocity is
+    :func:`storeflow.components.risk.velocity.batch` over the orders (``risk.velocity_max_orders`` per key)."""
     missing = [name for name in ("orders", "line_items", "customers", "refunds") if name not in tables]
     if missing:
         raise ValueError(f"risk features need the snapshot tables {', '.join(missing)}")
@@ -159,7 +137,11 @@ def order_risk_features(tables: dict[str, pd.DataFrame], risk: pd.DataFrame) -> 
         con.register("risk", pa.Table.from_pandas(risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False))
         frame = con.execute(RISK_FEATURES_SQL).df()
     frame[TIME] = pd.to_datetime(frame[TIME], utc=True)
-    return frame
+    keys = tables["orders"][["order_id", "customer_id", "email", "created_at"]].merge(
+        risk[["order_id", "address_key"]].drop_duplicates("order_id"), on="order_id", how="left")
+    frame = frame.merge(velocity.batch(keys, velocity_max_orders), on="order_id", how="left", validate="one_to_one")
+    first = ["order_id", "customer_id", TIME]
+    return frame[[*first, *ORDER_FEATURES, *(c for c in frame.columns if c not in (*first, *ORDER_FEATURES))]]
 
 
 def mature_before(frame: pd.DataFrame, maturity_days: int) -> pd.Timestamp:

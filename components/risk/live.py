@@ -1,12 +1,13 @@
-"""One order's risk features at the moment its ``orders/create`` webhook arrives, from live history, by the very
-query the batch features use (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`).
+"""One order's risk features at the moment its ``orders/create`` webhook arrives: its velocity from Feast's online
+store (:mod:`storeflow.components.risk.velocity`, which this pushes the order to), the rest from live history by the
+very query the batch features use (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`).
 
-Every feature of an order depends only on its own fields and on earlier orders that share its customer, its
-email or its shipping address (with their refunds and fraud cancellations). So the live features of an order
-are the batch query run over exactly those orders: the newest snapshot's (with the risk fields of the export it
-was ingested from) and what arrived by webhook since, the live version of an order replacing the snapshot's. The
-query's windows end one microsecond before the order, so an order's live features equal its batch features
-once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks and compares).
+Every other feature of an order depends only on its own fields and on earlier orders of its customer (with their
+refunds and fraud cancellations). So those live features of an order are the batch query run over exactly those
+orders: the newest snapshot's and what arrived by webhook since, the live version of an order replacing the
+snapshot's. The query's windows end one microsecond before the order, so an order's live features equal its batch
+features once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks and
+compares, velocity included).
 
 Webhooks carry the risk fields in Shopify's REST shape: ``payment_gateway_names``, ``shipping_address``
 (``address1``, ``zip``, ``country_code``), ``billing_address.country_code``, ``cancel_reason`` (lower case) and
@@ -23,7 +24,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from storeflow.components.config import Settings
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
-from storeflow.components.risk.features import ORDER_FEATURES, RISK_FEATURES_SQL
+from storeflow.components.features.repo import VELOCITY_VIEWS, feature_store
+from storeflow.components.features.repo import definitions as feast_definitions
+from storeflow.components.risk.features import ORDER_FEATURES, QUERY_FEATURES, RISK_FEATURES_SQL
+from storeflow.components.risk.velocity import EPOCH, HORIZON_US, OnlineVelocity, Order, email_digest, orders_of
 from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCHEMA, address_key,
                                               read_risk_fields, snapshot_risk_fields)
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
@@ -121,12 +125,13 @@ class LiveHistory:
     """Orders known so far (a snapshot and what arrived live), and one order's features against them."""
 
     def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame] | None = None,
-                 risk: pd.DataFrame | None = None):
+                 risk: pd.DataFrame | None = None, velocity: OnlineVelocity | None = None):
         self.db = db
+        self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         db.executescript(SCHEMA)
         tables = tables or {}
         # the snapshot as Arrow tables in the schema the query reads, conformed once; an order's related rows are
-        # taken from them by position (indexes by customer, email, address and order), not found by scanning
+        # taken from them by position (indexes by customer and order), not found by scanning
         self._orders = conform("orders", tables.get("orders", empty_frame("orders")))
         self._refunds = conform("refunds", tables.get("refunds", empty_frame("refunds")))
         self._customers = conform("customers", tables.get("customers", empty_frame("customers")))
@@ -134,11 +139,8 @@ class LiveHistory:
         risk = risk if risk is not None else pd.DataFrame(columns=list(COLUMNS))
         self.risk = risk[risk["order_id"].isin(self.orders["order_id"])].reset_index(drop=True)
         self._risk = pa.Table.from_pandas(self.risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)
-        keys = self.risk.set_index("order_id")["address_key"]
         self._order_ids = self.orders["order_id"].to_numpy()
         self._by_customer = _positions(self.orders["customer_id"])
-        self._by_email = _positions(self.orders["email"].map(_email))
-        self._by_address = _positions(self.orders["order_id"].map(keys))
         self._risk_of = _positions(self.risk["order_id"])
         self._refunds_of = _positions(self._refunds.column("order_id").to_pandas())
         self._refund_ids = self._refunds.column("refund_id").to_numpy(zero_copy_only=False)
@@ -155,7 +157,7 @@ class LiveHistory:
         snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
         if not snaps:
             log.warning("no snapshot under %s: order risk sees only the orders received live", root)
-            return cls(db)
+            return cls(db, velocity=online_velocity(settings))
         newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
         inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
         risk = None
@@ -171,7 +173,11 @@ class LiveHistory:
                         newest.name)
         # the tables the history reads (an order's own line items come with its webhook): line items, the
         # largest table, and products stay on disk
-        return cls(db, {name: read_table(newest, name) for name in ("orders", "refunds", "customers")}, risk)
+        tables = {name: read_table(newest, name) for name in ("orders", "refunds", "customers")}
+        velocity = online_velocity(settings)
+        seeded = velocity.seed(_last_week(tables["orders"], risk))
+        log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
+        return cls(db, tables, risk, velocity)
 
     # --- recording what arrived -------------------------------------------------------------------------
 
@@ -214,13 +220,14 @@ class LiveHistory:
         ones before it in ``payloads`` were recorded (the query is point-in-time per order, so orders of the same
         batch see each other only when created before). One query per batch, not per order: the per-order cost
         of the receiver's risk thread (bench/risk_throughput.py)."""
-        news, items, new_risks, created_rows, order_of, scored = {}, [], {}, {}, [], {}
+        news, items, new_risks, created_rows, order_of, scored, scored_in_order = {}, [], {}, {}, [], {}, []
         for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
             if order["created_at"] is None:
                 raise PayloadError("field 'created_at': an order to score needs its creation time")
             risk, customer_created = _risk(payload, order["order_id"])
             scored[id(payload)] = (payload, order, risk, customer_created)
+            scored_in_order.append(id(payload))
             news[order["order_id"]] = order  # the same order twice: its last version, as record() keeps
             items.extend(lines)
             new_risks[order["order_id"]] = risk
@@ -229,19 +236,17 @@ class LiveHistory:
             if cid is not None and cid not in created_rows and customer_created is not None:
                 created_rows[cid] = {"customer_id": cid, "email": order["email"], "created_at": customer_created,
                                      "updated_at": None}
+        if self.velocity is None:
+            raise ValueError("order velocity needs Feast's online store: LiveHistory.from_settings, or velocity=")
         customers_of = {o["customer_id"] for o in news.values()} - {None}
-        emails = {_email(o["email"]) for o in news.values()} - {None}
-        addresses = {r["address_key"] for r in new_risks.values()} - {None}
         ids_new = list(news)
         live = self.db.execute(
             "SELECT order_id, row, risk, customer_created_at FROM risk_live_orders WHERE order_id NOT IN "
-            "(SELECT value FROM json_each(?)) AND (customer_id IN (SELECT value FROM json_each(?)) OR email IN "
-            "(SELECT value FROM json_each(?)) OR address_key IN (SELECT value FROM json_each(?)))",
-            (json.dumps(ids_new), json.dumps(sorted(customers_of)), json.dumps(sorted(emails)),
-             json.dumps(sorted(addresses)))).fetchall()
+            "(SELECT value FROM json_each(?)) AND customer_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids_new), json.dumps(sorted(customers_of)))).fetchall()
         live_ids = {row[0] for row in live}
         live_orders, live_risks = [self._decode(r) for _, r, _, _ in live], [self._decode(r) for _, _, r, _ in live]
-        related = _union([self._by_customer, self._by_email, self._by_address], [customers_of, emails, addresses])
+        related = _union([self._by_customer], [customers_of])
         snap = related[~np.isin(self._order_ids[related], list(live_ids | set(ids_new)))]
         snap_ids = self._order_ids[snap].tolist()
         ids = [*snap_ids, *live_ids, *ids_new]
@@ -264,16 +269,20 @@ class LiveHistory:
         for name, table in tables.items():
             self._duck.register(name, table)
         try:
-            got = self._duck.execute(f"SELECT order_id, {', '.join(ORDER_FEATURES)} FROM ({RISK_FEATURES_SQL}) "
+            got = self._duck.execute(f"SELECT order_id, {', '.join(QUERY_FEATURES)} FROM ({RISK_FEATURES_SQL}) "
                                      f"WHERE order_id IN (SELECT unnest(?::BIGINT[]))", [ids_new]).fetchnumpy()
         finally:
             for name in tables:
                 self._duck.unregister(name)
         values = np.column_stack([np.ma.filled(np.ma.asarray(got[name], dtype=float), np.nan)
-                                  for name in ORDER_FEATURES])
-        rows = {int(oid): dict(zip(ORDER_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
+                                  for name in QUERY_FEATURES])
+        rows = {int(oid): dict(zip(QUERY_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
+        # velocity last: the batch's orders go to the online store only once the rest of their features are known
+        velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in
+                                                (scored[key] for key in scored_in_order)])
         self._scored = scored  # record() of these very payloads (the risk thread's next step) reuses their rows
-        return [rows[oid] for oid in order_of]
+        return [{name: float(({**rows[oid], **counts})[name]) for name in ORDER_FEATURES}
+                for oid, counts in zip(order_of, velocity)]
 
     def _decode(self, text: str) -> dict:
         """A live row's JSON, parsed once (the same text is the same row; the dicts are only read)."""
@@ -283,6 +292,33 @@ class LiveHistory:
                 self._decoded.clear()
             row = self._decoded[text] = json.loads(text)
         return row
+
+
+def online_velocity(settings: Settings) -> OnlineVelocity:
+    """Velocity against the configured Feast online store, its views registered first when they are not."""
+    store = feature_store(settings)
+    registered = {view.name for view in store.list_feature_views()}
+    if not set(VELOCITY_VIEWS) <= registered:
+        entities, views, _ = feast_definitions(settings)
+        store.apply([*entities, *(view for view in views if view.name in VELOCITY_VIEWS)])
+    return OnlineVelocity(store, settings.risk.velocity_max_orders)
+
+
+def _velocity_order(order: dict, risk: dict) -> Order:
+    created = datetime.fromisoformat(order["created_at"])
+    return Order(order["order_id"], (created - EPOCH) // timedelta(microseconds=1), order["customer_id"],
+                 email_digest(order["email"]), risk["address_key"])
+
+
+def _last_week(orders: pd.DataFrame, risk: pd.DataFrame | None) -> list[Order]:
+    """The snapshot's orders of the week before its newest (what velocity can still count), as velocity orders."""
+    if orders.empty:
+        return []
+    created = pd.to_datetime(orders["created_at"], utc=True)
+    recent = orders[created >= created.max() - pd.Timedelta(microseconds=HORIZON_US)]
+    keys = risk[["order_id", "address_key"]].drop_duplicates("order_id") if risk is not None else \
+        pd.DataFrame({"order_id": pd.Series(dtype="int64"), "address_key": pd.Series(dtype=object)})
+    return orders_of(recent[["order_id", "customer_id", "email", "created_at"]].merge(keys, on="order_id", how="left"))
 
 
 def _positions(keys: pd.Series) -> dict:

@@ -11,14 +11,19 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW
+from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, VELOCITY_VIEWS
+
+# the join keys of rows about a customer: the customer, and order risk's velocity by email digest and address (whose
+# lists hold the customer ids that ordered there)
+PERSONAL_KEYS = (CUSTOMER_KEY, *sorted(set(VELOCITY_VIEWS.values()) - {CUSTOMER_KEY}))
 
 
-def _entity_key(customer_id: int):
+def _entity_key(join_key: str, value):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    return EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(int64_val=int(customer_id))])
+    value = Value(int64_val=int(value)) if join_key == CUSTOMER_KEY else Value(string_val=str(value))
+    return EntityKey(join_keys=[join_key], entity_values=[value])
 
 
 def _sqlite(store) -> sqlite3.Connection:
@@ -38,10 +43,15 @@ def _tables(store, conn: sqlite3.Connection) -> list[str]:
 
 def erase_customers(store, customer_ids: Iterable[int]) -> int:
     """Delete the customers' rows from every feature view of the online store; returns rows deleted."""
+    return erase_keys(store, [(CUSTOMER_KEY, int(c)) for c in customer_ids])
+
+
+def erase_keys(store, entity_keys: Iterable[tuple[str, object]]) -> int:
+    """Delete the rows of these entity keys (join key, value) from every feature view; returns rows deleted."""
     from feast.infra.key_encoding_utils import serialize_entity_key
 
-    ids = [int(c) for c in customer_ids]
-    if not ids:
+    wanted = [_entity_key(join, value) for join, value in entity_keys]
+    if not wanted:
         return 0
     version = store.config.entity_key_serialization_version
     if store.config.online_store.type == "redis":
@@ -49,8 +59,8 @@ def erase_customers(store, customer_ids: Iterable[int]) -> int:
 
         provider = store._get_provider()
         client = provider.online_store._get_client(store.config.online_store)
-        return int(client.delete(*[_redis_key(store.project, _entity_key(c), version) for c in ids]))
-    keys = [serialize_entity_key(_entity_key(c), version) for c in ids]
+        return int(client.delete(*[_redis_key(store.project, key, version) for key in wanted]))
+    keys = [serialize_entity_key(key, version) for key in wanted]
     conn = _sqlite(store)
     try:
         deleted = 0
@@ -71,8 +81,7 @@ def erase_all(store) -> int:
 
         provider = store._get_provider()
         client = provider.online_store._get_client(store.config.online_store)
-        prefix = serialize_entity_key_prefix([CUSTOMER_KEY])
-        keys = list(client.scan_iter(prefix + b"*"))
+        keys = [key for join in PERSONAL_KEYS for key in client.scan_iter(serialize_entity_key_prefix([join]) + b"*")]
         return int(client.delete(*keys)) if keys else 0
     conn = _sqlite(store)
     try:

@@ -402,6 +402,53 @@ def erase_risk_history(settings: Settings, subject: Subject | None) -> int:
         conn.close()
 
 
+def _velocity_keys(settings: Settings, subject: Subject) -> list[tuple[str, object]]:
+    """The online rows of order velocity about the subject (risk.velocity): their customer ids, their email's
+    digest, and the shipping addresses of their orders (whose lists hold their customer id), from the risk
+    path's live history and the newest snapshot's risk fields."""
+    from storeflow.components.risk.orders import snapshot_risk_fields
+    from storeflow.components.risk.velocity import email_digest
+
+    keys: list[tuple[str, object]] = [(online.CUSTOMER_KEY, c) for c in sorted(subject.ids)]
+    emails = {e for e in (subject.email,) if e}
+    addresses: set[str] = set()
+    if (risk := _risk_db(settings)) is not None:
+        with closing(risk):
+            ids = sorted(subject.ids)
+            for email, address in risk.execute(
+                    f"SELECT email, address_key FROM risk_live_orders WHERE customer_id IN ({','.join('?' * len(ids))}) "
+                    "OR email = lower(trim(?)) OR order_id IN (SELECT value FROM json_each(?))",
+                    (*ids, subject.email, json.dumps(sorted(subject.order_ids)))):
+                emails |= {email} if email else set()
+                addresses |= {address} if address else set()
+    for snapshot in _snapshots(settings):
+        orders = read_tables(snapshot)["orders"]
+        mine = orders["customer_id"].isin(list(subject.ids)) | orders["order_id"].isin(list(subject.order_ids))
+        if subject.email:
+            mine |= orders["email"].fillna("").str.strip().str.lower().eq(subject.email.strip().lower())
+        emails |= set(orders.loc[mine, "email"].dropna())
+        risk_fields = snapshot_risk_fields(snapshot) if mine.any() else None
+        if risk_fields is not None:
+            addresses |= set(risk_fields.loc[risk_fields["order_id"].isin(orders.loc[mine, "order_id"]),
+                                             "address_key"].dropna())
+    return [*keys, *(("email_digest", email_digest(e)) for e in sorted(emails)),
+            *(("address_key", a) for a in sorted(addresses))]
+
+
+def _velocity_store(settings: Settings):
+    """The Feast store the risk thread writes velocity to, when one was written here (None otherwise)."""
+    if not (settings.feature_repo_dir / "feature_store.yaml").exists():
+        return None
+    from storeflow.components.features.repo import feature_store
+
+    return feature_store(settings)
+
+
+def _erase_velocity(settings: Settings, store, keys: list[tuple[str, object]]) -> int:
+    store = store if store is not None else _velocity_store(settings)
+    return online.erase_keys(store, keys) if store is not None else 0
+
+
 def _order_event(body: bytes, orders: set[int]) -> bool:
     if not orders:
         return False
@@ -432,6 +479,7 @@ def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject
     """
     subject = resolve(settings, conn, subject)
     note = f"customer redacted at {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    velocity_keys = _velocity_keys(settings, subject)  # before the history that names their addresses is erased
     removed = {
         "raw_records": erase_raw(settings, subject),
         "snapshot_rows": erase_snapshots(settings, subject, note),
@@ -441,6 +489,7 @@ def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         "data_request_exports": erase_exports(settings, subject),
         "journal_rows": erase_journal(conn, subject),
         "risk_history_rows": erase_risk_history(settings, subject),
+        "velocity_rows": _erase_velocity(settings, store, velocity_keys),
         "segment_rows": metafields.forget(settings, sorted(subject.ids)),
     }
     bump_epoch(layout.erasure_epoch(settings))  # after the online store: a re-read finds nothing
@@ -503,6 +552,8 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
             "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL", (shop,)).rowcount
     _compact(conn)
     removed["risk_history_rows"] = erase_risk_history(settings, None)
+    if store is None and (velocity_store := _velocity_store(settings)) is not None:  # the risk thread's, alone
+        removed["online_rows"] = online.erase_all(velocity_store)
     removed["segment_rows"] = metafields.forget(settings, None)
     bump_epoch(layout.erasure_epoch(settings))
     verify(settings, needles, "shop/redact")

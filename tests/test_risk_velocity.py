@@ -1,0 +1,94 @@
+"""Order velocity in Feast (issue 16): counted by serving against the lists pushed to the online store as orders
+arrive, by training over a snapshot's orders, with the same functions; the values are identical, a second delivery
+counts nothing, and a key keeps one week of orders (at most risk.velocity_max_orders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from storeflow.components.config import load_settings
+from storeflow.components.risk.live import online_velocity
+from storeflow.components.risk.velocity import (DAY_US, HOUR_US, VELOCITY_FEATURES, Recent, batch, counts, fold,
+                                                orders_of)
+
+START = pd.Timestamp("2026-11-01T00:00:00Z")
+
+
+def _burst_store(n: int = 3_000, seed: int = 3) -> pd.DataFrame:
+    """Orders over ten days with bursts: few customers, emails and addresses, many orders within minutes, guests,
+    orders sharing an address across customers, and ties on the same microsecond."""
+    rng = np.random.default_rng(seed)
+    minutes = np.sort(rng.exponential(5.0, n).cumsum() % (10 * 24 * 60))
+    created = pd.Series(START + pd.to_timedelta(minutes, unit="min")).dt.floor("us")
+    created = created.where(rng.random(n) > 0.05, created.shift(1).fillna(created[0]))  # same-instant ties
+    customers = rng.integers(1, 120, n).astype(object)
+    customers[rng.random(n) < 0.1] = None  # guests
+    return pd.DataFrame({
+        "order_id": np.arange(1, n + 1) * 7, "customer_id": pd.array(customers, dtype="Int64"),
+        "email": [f" Buyer{c if c is not None else g}@Example.com" for c, g in zip(customers, rng.integers(0, 50, n))],
+        "address_key": np.where(rng.random(n) < 0.05, None, [f"addr{a}" for a in rng.integers(0, 60, n)]),
+        "created_at": created})
+
+
+def _settings(tmp_path: Path, **risk):
+    return load_settings({"project": {"state_dir": str(tmp_path / "state")}, "risk": risk})
+
+
+def test_serving_from_feast_and_training_count_the_same_velocity(tmp_path: Path):
+    frame = _burst_store()
+    cap = 40  # small enough that busy keys reach it inside a week
+    training = batch(frame, cap).set_index("order_id")
+    velocity = online_velocity(_settings(tmp_path, velocity_max_orders=cap))
+    arriving = sorted(orders_of(frame), key=lambda o: (o.t, o.order_id))  # webhooks arrive in creation order
+    served = {}
+    for start in range(0, len(arriving), 1_000):  # the risk thread's batches, each read from and pushed to Feast
+        chunk = arriving[start:start + 1_000]
+        served.update({o.order_id: row for o, row in zip(chunk, velocity.features_many(chunk))})
+    served = pd.DataFrame.from_dict(served, orient="index")[list(VELOCITY_FEATURES)].sort_index()
+    pd.testing.assert_frame_equal(served, training.loc[served.index, list(VELOCITY_FEATURES)], check_names=False)
+    for name in VELOCITY_FEATURES:  # every window was exercised
+        assert (served[name] > 0).any(), name
+    assert served["address_orders_7d"].max() == cap  # a busy address stops at the cap, on both sides
+
+
+def test_a_second_delivery_counts_nothing_and_orders_see_only_earlier_ones(tmp_path: Path):
+    velocity = online_velocity(_settings(tmp_path))
+    frame = _burst_store(n=50)
+    orders = sorted(orders_of(frame), key=lambda o: (o.t, o.order_id))
+    first = velocity.features_many(orders)
+    assert velocity.features_many(orders) == first  # delivered again (a restart before commit): same counts
+    assert velocity.features_many(orders[::-1]) == first[::-1]  # the same orders late: only earlier ones count
+    assert first == batch(frame, 1_000)[list(VELOCITY_FEATURES)].to_dict("records")
+
+
+def test_counts_are_the_windows_before_the_order():
+    state = Recent()
+    t = 100 * DAY_US
+    for k, at in enumerate([t - 8 * DAY_US, t - 2 * DAY_US, t - DAY_US, t - DAY_US + 1, t - HOUR_US, t - 1, t, t + 5]):
+        fold(state, _order(k, at, customer=k % 2 + 1), cap=1_000)
+    assert fold(state, _order(3, t - DAY_US + 1, customer=2), cap=1_000) is False  # already there
+    got = counts(state, state, state, t)
+    # [t - 1 h, t - 1 µs]: t - 1 h and t - 1; [t - 24 h, t - 1 µs]: also t - 24 h and t - 24 h + 1 µs; the order at t
+    # itself and later ones never; the one of eight days ago was dropped from the list (older than a week)
+    assert got["customer_orders_1h"] == 2 and got["email_orders_24h"] == 4
+    assert got["address_orders_7d"] == 5 and got["address_customers_7d"] == 2
+    assert min(state.times) == t - 2 * DAY_US
+
+
+def _order(k: int, t: int, customer: int):
+    from storeflow.components.risk.velocity import Order
+
+    return Order(k, t, customer, "e", "a")
+
+
+@pytest.mark.parametrize("cap", [3])
+def test_a_key_keeps_its_newest_orders_up_to_the_cap(cap: int):
+    state = Recent()
+    for k in range(10):
+        fold(state, _order(k, k * HOUR_US, customer=1), cap=cap)
+    assert state.ids == [7, 8, 9]
+    assert counts(state, None, None, 10 * HOUR_US)["customer_orders_24h"] == cap
