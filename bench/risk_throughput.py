@@ -9,7 +9,13 @@ webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`
 them (closed loop, ``--connections`` in flight) for ``--seconds``, then waits up to ``--drain`` seconds for every
 journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
-Writes bench/results/risk_throughput.json.
+
+Two rows, one after the other on copies of the same trained state, the same deliveries and the same loopback Admin
+API: ``storeflow`` (``storeflow serve-risk``: named features in, score, level and facts out, every prediction logged)
+and ``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
+file, features as lists in, scores out; the receiver makes the assessment). The receiver, its journal, live features
+(velocity in Feast's online store, ``--online-store``), outbox and write-back are the same in both.
+Writes bench/results/risk_throughput.json (with the commit, the store's size and the load average).
 
     flock -w 900 /tmp/storeflow-bench.lock timeout 1500 .venv/bin/python bench/risk_throughput.py
 """
@@ -21,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -45,6 +52,10 @@ RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_s
             "from storeflow.components.shopify.webhooks import create_app; "
             "uvicorn.run(create_app(load_settings(), apply=False), host='127.0.0.1', port=int(sys.argv[1]), "
             "log_level='warning')")
+# the same receiver, its risk thread speaking to the stock KServe server (argv: port, columns, high, medium, version)
+RECEIVER_STOCK = ("import sys, json, uvicorn; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
+                  "stock_kserve_risk.patch_receiver(json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), "
+                  "sys.argv[5]); " + RECEIVER.split("; ", 1)[1])
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
 local deliveries, counter = {}, 0
@@ -229,27 +240,11 @@ def pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--customers", type=int, default=5_000)
-    parser.add_argument("--orders", type=int, default=50_000)
-    parser.add_argument("--fraud-rate", type=float, default=0.003)
-    parser.add_argument("--deliveries", type=int, default=60_000)
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
-    parser.add_argument("--drain", type=float, default=300)
-    args = parser.parse_args()
-
-    load_before = os.getloadavg()
-    root = Path(tempfile.mkdtemp(prefix="storeflow-bench-risk-"))
-    store = {"customers": args.customers, "orders": args.orders, "products": 200, "seed": 16,
-             "fraud_rate": args.fraud_rate}
-    base = {"project": {"state_dir": str(root / "state"), "shop_domain": SHOP},
-            "ingest": {"source": "synthetic", "synthetic": store}}
-    trained = train(root, base)
-    admin = Admin()
-    threading.Thread(target=admin.serve_forever, daemon=True).start()
+def run_path(kind: str, root: Path, base: dict, admin: Admin, signed: Path, script: Path, now: str,
+             args: argparse.Namespace) -> dict:
+    """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it, wrk's
+    deliveries in, every assessment drained to the Admin API."""
+    admin.calls = 0
     model_port, receiver_port = free_port(), free_port()
     config = root / "storeflow.yaml"
     config.write_text(yaml.safe_dump({**base, "serving": {"shopify_client_id": "bench-app"},
@@ -259,27 +254,38 @@ def main() -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")}, "STOREFLOW_CONFIG": str(config),
            "SHOPIFY_API_SECRET": SECRET, "SHOPIFY_ACCESS_TOKEN": "shpat_bench"}
     procs = []
+    load_before = os.getloadavg()
     try:
         model_log, receiver_log = root / "model.log", root / "receiver.log"
         cli = Path(sys.executable).with_name("storeflow")
-        model = subprocess.Popen([str(cli), "serve-risk"], env=env, cwd=root, stdout=model_log.open("wb"),
-                                 stderr=subprocess.STDOUT)
+        if kind == "storeflow":
+            model = subprocess.Popen([str(cli), "serve-risk"], env=env, cwd=root, stdout=model_log.open("wb"),
+                                     stderr=subprocess.STDOUT)
+            receiver_cmd = [sys.executable, "-c", RECEIVER, str(receiver_port)]
+        else:
+            from stock_kserve_risk import export
+
+            from storeflow.components.risk.protocol import LEVELS_METADATA
+            from storeflow.serving.predictor import read_mlmodel
+            from storeflow.serving.risk import resolve
+
+            settings = _settings_of(config)
+            version, model_dir = resolve(settings)  # the champion, downloaded as serve-risk does
+            cuts = read_mlmodel(model_dir)["metadata"][LEVELS_METADATA]
+            columns = export(model_dir, root / "stock-model")
+            model = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stock_kserve_risk.py")),
+                                      "--model_dir", str(root / "stock-model"), "--model_name",
+                                      settings.risk.inference_service, "--http_port", str(model_port)],
+                                     env=env, cwd=root, stdout=model_log.open("wb"), stderr=subprocess.STDOUT)
+            receiver_cmd = [sys.executable, "-c", RECEIVER_STOCK, str(receiver_port), json.dumps(columns),
+                            str(cuts["high"]), str(cuts["medium"]), str(version), str(Path(__file__).parent)]
         procs.append(model)
         wait_ready(f"http://127.0.0.1:{model_port}/v2/models/storeflow-order-risk/ready", model, model_log)
-        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(receiver_port)], env=env, cwd=root,
-                                    stdout=receiver_log.open("wb"), stderr=subprocess.STDOUT)
+        receiver = subprocess.Popen(receiver_cmd, env=env, cwd=root, stdout=receiver_log.open("wb"),
+                                    stderr=subprocess.STDOUT)
         procs.append(receiver)
         wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, receiver_log)
-
-        now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        signed = root / "deliveries.tsv"
-        with signed.open("w") as out:
-            for i in range(args.deliveries):
-                body = json.dumps(order(i, now), separators=(",", ":")).encode()
-                headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
-                out.write(f"bench-risk-{i:07d}\t{headers['X-Shopify-Hmac-Sha256']}\t{body.decode()}\n")
-        script = root / "deliveries.lua"
-        script.write_text(LUA.replace("%s", SHOP))
+        load_start = os.getloadavg()
         started = time.time()
         wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
                               "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
@@ -287,7 +293,8 @@ def main() -> None:
         sent = wrk_summary(wrk.stdout)
         load_during = os.getloadavg()
 
-        per_order = breakdown(config, model_port, now)  # while the risk server is still up
+        # while the risk server is still up (storeflow's: the stock server does not take named features)
+        per_order = breakdown(config, model_port, now) if kind == "storeflow" else None
         journal = root / "state" / "shopify" / "webhooks.db"
         outbox = root / "state" / "shopify" / "risk.db"
 
@@ -295,13 +302,14 @@ def main() -> None:
             with sqlite3.connect(path) as db:
                 return db.execute(sql).fetchone()[0]
 
-        journaled = count(journal, "SELECT count(*) FROM events WHERE topic = 'orders/create'")
         deadline = time.monotonic() + args.drain
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # journaled counted again each time: a request wrk gave up on may land late
+            journaled = count(journal, "SELECT count(*) FROM events WHERE topic = 'orders/create'")
             if count(outbox, "SELECT count(*) FROM risk_outbox WHERE state = 'sent'") >= journaled:
                 break
             time.sleep(1)
         drained = time.time()
+        journaled = count(journal, "SELECT count(*) FROM events WHERE topic = 'orders/create'")
         with sqlite3.connect(journal) as db:
             received = {str(6_000_000_000 + int(hook.rsplit("-", 1)[-1])): datetime.fromisoformat(at).timestamp()
                         for hook, at in db.execute("SELECT webhook_id, received_at FROM events "
@@ -317,15 +325,18 @@ def main() -> None:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        admin.shutdown()
 
     scored = np.array([(received[o], queued[o][0]) for o in received if o in queued], dtype=float).reshape(-1, 2)
     done = [(received[o], *queued[o][:2]) for o in received if o in queued and queued[o][2] == "sent"]
     times = np.array(done, dtype=float) if done else np.zeros((0, 3))
     to_queue, to_sent, end_to_end = times[:, 1] - times[:, 0], times[:, 2] - times[:, 1], times[:, 2] - times[:, 0]
     span = (times[:, 2].max() - times[:, 0].min()) if len(times) else None
-    row = {
-        "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
+    return {
+        "path": kind,
+        "risk_server": {"storeflow": "storeflow serve-risk (KServe ModelServer, storeflow's RiskPredictor: named "
+                                     "features, level and facts, prediction log, metrics)",
+                        "stock_kserve": "KServe ModelServer with a plain predict_proba Model on model.joblib "
+                                        "(bench/stock_kserve_risk.py); level and facts made in the receiver"}[kind],
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds, **sent},
         "journaled_orders": journaled,
         "assessments_sent": len(done),
@@ -348,15 +359,89 @@ def main() -> None:
             "queued_to_mutation_answered": {"p50": pct(to_sent, 50), "p99": pct(to_sent, 99)}},
         "per_order_on_the_risk_thread": per_order,
         "target": {"orders_per_second": 3000, "p99_end_to_end_ms": 50, "lost": 0},
-        "stock_kserve_path": "not measured",
         "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_at_wrk_start": [round(x, 2) for x in load_start],
         "load_average_after_wrk": [round(x, 2) for x in load_during],
     }
+
+
+def _settings_of(config: Path):
+    from storeflow.components.config import load_settings
+
+    os.environ["STOREFLOW_CONFIG"] = str(config)
+    return load_settings()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--orders", type=int, default=50_000)
+    parser.add_argument("--fraud-rate", type=float, default=0.003)
+    parser.add_argument("--deliveries", type=int, default=60_000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
+    parser.add_argument("--drain", type=float, default=300)
+    parser.add_argument("--paths", default="storeflow,stock_kserve", help="rows to run, in this order")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--online-store", choices=("redis", "sqlite"), default="redis",
+                        help="Feast's online store for velocity: redis (production's; a redis-server on loopback, one "
+                             "database per row) or sqlite (the local default)")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="storeflow-bench-risk-"))
+    store = {"customers": args.customers, "orders": args.orders, "products": 200, "seed": 16,
+             "fraud_rate": args.fraud_rate}
+    base = {"project": {"state_dir": str(root / "state"), "shop_domain": SHOP},
+            "ingest": {"source": "synthetic", "synthetic": store}}
+    trained = train(root, base)
+    admin = Admin()
+    threading.Thread(target=admin.serve_forever, daemon=True).start()
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    signed = root / "deliveries.tsv"
+    with signed.open("w") as out:
+        for i in range(args.deliveries):
+            body = json.dumps(order(i, now), separators=(",", ":")).encode()
+            headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
+            out.write(f"bench-risk-{i:07d}\t{headers['X-Shopify-Hmac-Sha256']}\t{body.decode()}\n")
+    script = root / "deliveries.lua"
+    script.write_text(LUA.replace("%s", SHOP))
+    rows = []
+    redis = None
+    try:
+        if args.online_store == "redis":
+            redis_port = free_port()
+            redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for number, kind in enumerate(args.paths.split(",")):
+            here = root / kind  # a copy of the trained state each: journal, outbox, online store start empty
+            shutil.copytree(root / "state", here / "state")
+            config = {**base, "project": {**base["project"], "state_dir": str(here / "state")}}
+            if redis is not None:
+                config["features"] = {"feast": {"online_store": "redis",
+                                                "redis_connection_string": f"127.0.0.1:{redis_port},db={number}"}}
+            rows.append(run_path(kind, here, config, admin, signed, script, now, args))
+            print(json.dumps(rows[-1], indent=2), flush=True)
+    finally:
+        admin.shutdown()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components", "serving", "bench"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": [row]}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(row, indent=2))
+              "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "commit": commit, "uncommitted_changes_in_measured_code": dirty,
+              "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
+              "online_store": {"redis": "redis (a redis-server on loopback, as production's)",
+                               "sqlite": "sqlite (Feast's local online store)"}[args.online_store],
+              "load_average_before": [round(x, 2) for x in load_before],
+              "rows": rows}
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
