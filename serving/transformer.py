@@ -305,12 +305,22 @@ class StoreflowTransformer(Model):
 
         versions = [scoring.pinned or self.version_for(cid) for cid in scoring.ids]
         if len(set(versions)) == 1:  # the common case: one version, one batcher call
+            version = versions[0]
+            spend_memo = self.spend_batchers.get(version)
+            # Score and spend sent to their models in the same loop iteration, then waited for: a miss gets
+            # both in one model pass (see ScoreMemo.begin), not the spend one pass after the score.
             try:
-                scoring.scores = await self.batchers[versions[0]](scoring.rows)
+                score_job = self.batchers[version].begin(scoring.rows)
+                spend_job = spend_memo.begin(scoring.rows) if spend_memo is not None else None
+                scoring.scores = await self.batchers[version].finish(score_job)
             except Exception as exc:  # noqa: BLE001 - a model failure is ours: 500 with the reason
                 raise InferenceError(f"model failed: {type(exc).__name__}: {exc}") from exc
             scoring.versions = versions
-            await self._spend(scoring)
+            if spend_job is not None:
+                from storeflow.components.train.spend import spend_tiers
+
+                scoring.spend = await spend_memo.finish(spend_job)
+                scoring.spend_tiers = spend_tiers(scoring.spend, self.predictors[version].spend[1])
             return
         scores = np.empty(len(versions), dtype=np.float64)
         groups: dict[str, list[int]] = {}

@@ -8,6 +8,7 @@ import asyncio
 import re
 
 import numpy as np
+import pytest
 
 from storeflow.serving import metrics
 from storeflow.serving.batching import MicroBatcher, ScoreMemo
@@ -174,3 +175,53 @@ def test_a_returning_customers_expected_spend_is_memoized_like_the_score():
     assert answers[0] == answers[1] == answers[2]
     assert answers[0][1] == [3.0, 25.0] and answers[0][2] == ["LOW", "HIGH"]
     assert calls == [2]  # the spend model ran once, for both rows; the repeats came from the memo
+
+
+@pytest.mark.parametrize("memo_rows", [100_000, 0], ids=["memo on", "memo off"])
+def test_a_misses_score_and_spend_come_from_the_same_model_pass(memo_rows):
+    """A request whose row is not remembered needs both models: both are asked in the same loop iteration
+    and answer in the same next one, so the request waits one model pass, not two (the spend was asked
+    only once the score was back: two loop iterations more, each as long as every cache hit the loop
+    answers meanwhile, which is how the caches made a miss's p99 worse). Values stay the models' own."""
+    from types import SimpleNamespace
+
+    from storeflow.serving.transformer import Scoring, StoreflowTransformer
+
+    passes, iteration = [], [0]
+
+    def score(rows):
+        passes.append(("score", iteration[0]))
+        return model(rows)
+
+    def expected_spend(rows):
+        passes.append(("spend", iteration[0]))
+        return rows[:, 0] * 10.0, None
+
+    inline = SimpleNamespace(runtime="treelite")
+    predictor = SimpleNamespace(score=score, expected_spend=expected_spend, spend=(object(), [5.0, 20.0]),
+                                scorer=inline, spend_scorer=inline)
+    transformer = StoreflowTransformer("m", features=None, predictors={"1": predictor}, main_version="1",
+                                       score_memo_rows=memo_rows)
+    rows = np.array([[0.3, 1.0], [2.5, 0.0]])
+
+    async def ticker():
+        while True:  # counts loop iterations
+            iteration[0] += 1
+            await asyncio.sleep(0)
+
+    async def ask():
+        tick = asyncio.get_running_loop().create_task(ticker())
+        scoring = Scoring(None, ["1", "2"], [1, 2], [None, None], None, None, rows=rows)
+        await transformer._predict_local(scoring)
+        tick.cancel()
+        return scoring
+
+    try:
+        scoring = asyncio.run(ask())
+    finally:
+        for batcher in [*transformer.batchers.values(), *transformer.spend_batchers.values()]:
+            batcher.close()
+    assert [kind for kind, _ in passes] == ["score", "spend"]
+    assert passes[0][1] == passes[1][1]  # the same loop iteration
+    np.testing.assert_array_equal(scoring.scores, model(rows))
+    assert scoring.spend.tolist() == [3.0, 25.0] and list(scoring.spend_tiers) == ["LOW", "HIGH"]
