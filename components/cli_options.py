@@ -14,7 +14,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-console = Console()
+# soft_wrap: a line is never broken by rich at the console's width (80 where the width is unknown, as in CI
+# logs or a pipe, or where COLUMNS says so): an error stays one line and a printed path or URL stays whole to
+# copy; a terminal wraps long lines itself. Tables and progress bars still fit the width.
+console = Console(soft_wrap=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
 SetOption = Annotated[

@@ -60,6 +60,24 @@ def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, host: st
     return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
 
 
+def test_the_line_is_whole_in_a_narrow_console_or_a_pipe(tmp_path) -> None:
+    """Rich wraps at the console's width, 80 columns in a pipe or a CI log (or as COLUMNS says): a one-line
+    error must not come out as three, nor a host or path printed broken across lines."""
+    import os
+    import subprocess
+    import sys
+
+    host = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run([str(Path(sys.executable).parent / "storeflow"), "submit", "--host", host, "--token", "t0ken",
+                           "--set", f"kfp.token_path={tmp_path / 'no-token'}",
+                           "--set", f"project.state_dir={tmp_path / 'state'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "60"})
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert f"cannot reach the Kubeflow Pipelines API at {host}" in lines[0] and "port-forward" in lines[0]
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_closed_port_is_one_line_naming_the_host(tmp_path, monkeypatch, command) -> None:
     host = f"http://127.0.0.1:{free_port()}"
