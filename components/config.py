@@ -437,7 +437,9 @@ class DeployConfig(Section):
         60, gt=0, description="Local canary: longest traffic time per step; still holding then means rollback. "
         "A step ends as soon as both versions have min_requests, so this bounds only a slow or starved step "
         "(at 10% the canary's 200 need ~2,000 requests: 15 s was too short on a loaded 2-core machine).")
-    local_start_timeout_seconds: float = Field(90, gt=0, description="Local canary: longest server start.")
+    local_start_timeout_seconds: float = Field(
+        180, gt=0, description="Local canary: longest server start (a bound, not a wait: a server is judged "
+        "once ready; imports and the model load took over 90 s on a 2-core machine at load 6).")
 
     @field_validator("canary_steps")
     @classmethod
