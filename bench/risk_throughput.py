@@ -430,8 +430,8 @@ def main() -> None:
             redis.terminate()
             redis.wait(10)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components", "serving", "bench"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components/*.py", "serving/*.py", "bench/*.py"],
+                                cwd=ROOT, capture_output=True, text=True).stdout.strip())  # code, not results or docs
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
