@@ -390,6 +390,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     root = Path(tempfile.mkdtemp(prefix="storeflow-bench-risk-"))
     store = {"customers": args.customers, "orders": args.orders, "products": 200, "seed": 16,
              "fraud_rate": args.fraud_rate}
@@ -429,7 +430,6 @@ def main() -> None:
         if redis is not None:
             redis.terminate()
             redis.wait(10)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components/*.py", "serving/*.py", "bench/*.py"],
                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())  # code, not results or docs
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
