@@ -28,6 +28,10 @@ def _settings(objects: list[dict[str, Any]], monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     for key, value in config["data"].items():
         monkeypatch.setenv(key, value)
+    # The Secrets' values a pod gets beside the ConfigMap (stand-ins: a SQL registry in a file, no Redis is reached).
+    # Before, these came from whatever an earlier test file left in os.environ, which two workers do not share.
+    monkeypatch.setenv("FEAST_REGISTRY_URL", f"sqlite:///{tmp_path / 'feast-registry.db'}")  # SQL, no server
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", "redis:6379,password=placeholder")
     return load_settings()
 
 
