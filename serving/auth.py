@@ -80,7 +80,12 @@ class ShopifyAuthMiddleware:
                 authorization = value
             raw.append((key, value))
         # Fast path: a session token verified before (see the module docstring).
-        principal = None if authorization is None else self.verifier.cached_checkout(authorization.decode("latin-1"))
+        principal = None
+        if authorization is not None:
+            value = authorization.decode("latin-1")
+            principal = self.verifier.cached_checkout(value)
+            if principal is None and value.startswith("Bearer "):  # a storefront's token: nothing else is read
+                principal = self.verifier.verify_bearer(value)
         if principal is None:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
             query = scope.get("query_string", b"").decode("latin-1")

@@ -19,6 +19,7 @@ from storeflow.serving.routes import is_inference
 
 CLIENT_ID = "fuzz-client-id"
 SECRET = "shpss_fuzz_0123456789abcdef0123456789abcdef"
+OLD_SECRET = "shpss_old_fuzz_0123456789abcdef0123456789ab"  # the secret before a rotation, still accepted
 SHOP = "demo-store.myshopify.com"
 OTHER = "other-store.myshopify.com"
 URL = "https://serve.example/v1/models/m:predict"
@@ -45,7 +46,8 @@ def signed_token(draw) -> str:
     for key in draw(st.sets(st.sampled_from([*base, "iat", "jti"]), max_size=4)):
         base[key] = draw(claim)
     payload = draw(st.one_of(st.just(base), claim))  # PyJWS signs any bytes, as an attacker with the key would
-    return jwt.PyJWS().encode(json.dumps(payload).encode(), SECRET, algorithm="HS256")
+    secret = draw(st.sampled_from([SECRET, SECRET, OLD_SECRET, "shpss_someone_else_0123456789abcdef0123"]))
+    return jwt.PyJWS().encode(json.dumps(payload).encode(), secret, algorithm="HS256")
 
 
 authorization = st.one_of(
@@ -147,3 +149,65 @@ def test_an_other_shops_valid_token_is_refused_with_other_shop():
     assert (status, body["code"]) == (403, "other_shop")
     assert body["error"] == (f"forbidden: this server holds the data of {SHOP}; a caller from {OTHER} may read "
                              "only its own shop's")
+
+
+class _ShopifyAppDecides(ShopifyVerifier):
+    """The verifier with shopifyapp's ``verify_checkout_ui_ext_req`` deciding a checkout token's claims, as it
+    did before ShopifyVerifier called PyJWT directly (with shopifyapp's options) to save ~85 us a first-seen
+    token."""
+
+    def _checkout_claims(self, authorization):
+        result = self.app.verify_checkout_ui_ext_req({"method": "POST", "headers": {"authorization": authorization},
+                                                      "url": URL, "body": ""})
+        if not result.ok or result.id_token is None:
+            raise AuthError(result.log.code, "session token rejected")
+        return result.id_token.claims
+
+
+def _decision(decide, value: str):
+    try:
+        return "accepted", decide(value)
+    except AuthError as exc:
+        return "refused", exc.code
+
+
+@FUZZ
+@given(value=authorization)
+def test_a_checkout_token_is_decided_as_shopifyapp_decides_it(value):
+    """Same caller or same refusal code as shopifyapp's verifier, through verify() and the middleware's
+    verify_bearer() alike, on garbage, malformed and validly signed tokens with odd claims, signed with the
+    current secret, the one before a rotation, or another app's. One difference, both refusals: a signed
+    ``dest`` that is not a string made shopifyapp raise (``malformed_credentials``), and is our
+    ``invalid_id_token`` check now."""
+    ours = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP, OTHER], OLD_SECRET)
+    reference = _ShopifyAppDecides(CLIENT_ID, SECRET, [SHOP, OTHER], OLD_SECRET)
+    expected = _decision(lambda v: reference.verify("POST", URL, {"Authorization": v}), value)
+    found = [_decision(lambda v: ours.verify("POST", URL, {"Authorization": v}), value)]
+    if value.startswith("Bearer "):
+        found.append(_decision(ours.verify_bearer, value))
+        if found[-1] == ("accepted", None):  # an admin extension's token: verify()'s to decide
+            found.pop()
+    for decision in found:
+        if expected == ("refused", "malformed_credentials") and decision == ("refused", "invalid_id_token"):
+            continue
+        assert decision == expected
+
+
+def test_rotation_expiry_and_audience_keep_shopifyapps_codes():
+    now = int(time.time())
+    claims = {"iss": f"https://{SHOP}", "dest": f"https://{SHOP}", "aud": CLIENT_ID, "sub": "gid://shopify/Customer/5",
+              "exp": now + 60, "nbf": now}
+    verifier = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP], OLD_SECRET)
+    for secret in (SECRET, OLD_SECRET):
+        principal = verifier.verify_bearer(f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}")
+        assert principal == Principal("checkout_ui_extension", SHOP, "gid://shopify/Customer/5")
+    cases = {"expired_id_token": ({**claims, "exp": now - 30}, SECRET),
+             "invalid_id_token": (claims, "shpss_someone_else_0123456789abcdef0123"),
+             "invalid_aud": ({**claims, "aud": "another-app"}, SECRET)}
+    for code, (payload, secret) in cases.items():
+        try:
+            verifier.verify_bearer(f"Bearer {jwt.encode(payload, secret, algorithm='HS256')}")
+        except AuthError as exc:
+            assert exc.code == code
+        else:
+            raise AssertionError(f"{code}: accepted")

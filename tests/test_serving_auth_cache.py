@@ -39,8 +39,8 @@ def test_a_remembered_token_is_checked_again_once_it_expires(monkeypatch):
     headers = bearer()
     verifier.verify("POST", URL, headers)
     checks = []
-    original = verifier.app.verify_checkout_ui_ext_req
-    monkeypatch.setattr(verifier.app, "verify_checkout_ui_ext_req", lambda req: checks.append(1) or original(req))
+    original = verifier._checkout_claims
+    monkeypatch.setattr(verifier, "_checkout_claims", lambda value: checks.append(1) or original(value))
     verifier.verify("POST", URL, headers)
     assert checks == []  # remembered
     later = time.time() + 3600

@@ -1,10 +1,12 @@
 """Shopify request verification, shared by the prediction server (:mod:`storeflow.serving.auth`) and the
 webhook receiver (:mod:`storeflow.components.shopify.webhooks`).
 
-Signatures are checked by ``shopifyapp``, Shopify's own package, never by hand:
+Signatures are checked by ``shopifyapp``, Shopify's own package, and PyJWT, never by hand:
 
 * checkout UI extensions send ``Authorization: Bearer <session token>``, an HS256 JWT signed with the
-  app secret. shopifyapp checks the signature, ``exp``/``nbf`` with 10 s leeway and ``aud`` == client id;
+  app secret. PyJWT checks the signature and ``exp``/``nbf`` with 10 s leeway, then ``aud`` == client id,
+  with the options and in the order shopifyapp's checkout verifier uses (called directly: see
+  :meth:`ShopifyVerifier._checkout_claims`);
   on top we require ``exp`` at all, ``iss`` and ``dest`` on the same shop, and that shop in the allow-list.
   Its ``sub`` is the logged-in customer (``gid://shopify/Customer/N``), absent for a guest. Admin UI
   extensions send the same kind of token with ``iss`` ``https://<shop>/admin`` and a staff member's id
@@ -89,6 +91,8 @@ class ShopifyVerifier:
                              "(or serving.auth: off for local development)")
         self.app = ShopifyApp(client_id=client_id, client_secret=client_secret,
                               old_client_secret=old_client_secret or None)
+        self.client_id = client_id
+        self._secrets = [s for s in (old_client_secret, client_secret) if s]  # shopifyapp's order: old first
         self.allowed_shops = frozenset(shop_domain(s) for s in allowed_shops if s)
         if not self.allowed_shops:
             raise ValueError("Shopify auth needs at least one allowed shop")
@@ -128,19 +132,24 @@ class ShopifyVerifier:
         self._tokens.pop(authorization, None)
         return None
 
-    def verify_checkout(self, method: str, url: str, headers: Mapping[str, str], body: str = "") -> Principal:
+    def verify_checkout(self, method: str, url: str, headers: Mapping[str, str], body: str = "",
+                        admin: bool | None = None) -> Principal:
+        """``admin``: whether the token's ``iss`` is a shop's admin, when the caller has looked already."""
         authorization = headers.get("authorization")
         if isinstance(authorization, str):
             principal = self.cached_checkout(authorization)
             if principal is not None:
                 return principal
-        request = {"method": method, "headers": dict(headers), "url": url, "body": body}
-        admin = _issued_by_admin(authorization)
-        verify = self.app.verify_admin_ui_ext_req if admin else self.app.verify_checkout_ui_ext_req
-        result = verify(request)
-        if not result.ok or result.id_token is None:
-            raise AuthError(result.log.code, "session token rejected")
-        claims = result.id_token.claims
+        if admin is None:
+            admin = _issued_by_admin(authorization)
+        if admin:
+            result = self.app.verify_admin_ui_ext_req({"method": method, "headers": dict(headers), "url": url,
+                                                       "body": body})
+            if not result.ok or result.id_token is None:
+                raise AuthError(result.log.code, "session token rejected")
+            claims = result.id_token.claims
+        else:
+            claims = self._checkout_claims(authorization)
         if "exp" not in claims:
             raise AuthError("missing_exp", "session token has no expiry")
         if not all(isinstance(claims.get(k), (str, type(None))) for k in ("dest", "iss", "sub")):
@@ -154,6 +163,45 @@ class ShopifyVerifier:
         if isinstance(authorization, str) and isinstance(claims["exp"], (int, float)):
             self._remember(authorization, float(claims["exp"]), principal)
         return principal
+
+    def verify_bearer(self, authorization: str) -> Principal | None:
+        """A checkout extension's ``Authorization: Bearer`` value alone, as :meth:`verify` judges it, without the
+        request's other headers and URL, which only an admin token's and an app proxy's checks read: None for
+        an admin extension's token (ask :meth:`verify` with the whole request)."""
+        if _issued_by_admin(authorization):
+            return None
+        try:
+            return self.verify_checkout("POST", "", {"authorization": authorization}, admin=False)
+        except MALFORMED as exc:
+            raise _malformed(exc) from exc
+
+    def _checkout_claims(self, authorization) -> dict:
+        """The claims of a checkout extension's session token, decided as shopifyapp's
+        ``verify_checkout_ui_ext_req`` decides: PyJWT's ``jwt.decode`` with HS256 only, ``exp``/``nbf`` with
+        10 s leeway, the old secret tried before the current one; then ``aud`` must be the client id. An
+        expiry is ``expired_id_token``, any other refusal ``invalid_id_token``, a wrong audience ``invalid_aud``.
+
+        Why not shopifyapp's call: around the same ``jwt.decode`` it copies and redacts the request, builds
+        its log and response records and strips the shop name, 85 of the ~300 us a first-seen token cost on
+        the request path (a storefront's session token is new every minute, so most tokens are first-seen).
+        tests/test_fuzz_auth.py holds both to the same decision on fuzzed tokens."""
+        import jwt
+
+        if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
+            raise AuthError("invalid_id_token", "session token rejected")
+        token, error = authorization[7:], None
+        for secret in self._secrets:
+            try:
+                claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=10, options={"verify_aud": False})
+                break
+            except jwt.PyJWTError as exc:
+                error = exc
+        else:
+            expired = error is not None and "expired" in str(error).lower()  # shopifyapp's own test
+            raise AuthError("expired_id_token" if expired else "invalid_id_token", "session token rejected")
+        if claims.get("aud") != self.client_id:
+            raise AuthError("invalid_aud", "session token rejected")
+        return claims
 
     def _remember(self, authorization: str, exp: float, principal: Principal) -> None:
         tokens = self._tokens
