@@ -57,6 +57,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._riders: list[asyncio.Future] = []  # requests answered from a memo, waiting for the next call
         self.calls = 0
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -69,7 +70,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.inline:
-            if not self._pending:
+            if not self._pending and not self._riders:
                 loop.call_soon(self._score_pending)
             self._pending.append((rows, future))
             return future
@@ -102,10 +103,30 @@ class MicroBatcher:
                 continue
             _settle(batch, scores)
 
+    def ride(self) -> asyncio.Future | None:
+        """For a request the memo answered whole: a future settled (None) with the next inline call's
+        requests, so it is answered in the same loop iteration as the misses that asked with it, not
+        before them; None for a batcher on a thread (nothing to ride with on the loop).
+
+        Why: answered at once, a hit overtakes the misses of its moment, and the loop iterations a miss
+        spans (its read, its model call) each hold the complete work of every hit answered meanwhile, so
+        the caches made the misses' wait, the p99, longer than with no cache (50,000 customers, Redis,
+        skewed, c=32: p99 70 ms cached vs 27 ms uncached). Riding, every request waits the same number
+        of iterations, and a cache's saving shortens them all."""
+        if not self.inline:
+            return None
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending and not self._riders:
+            loop.call_soon(self._score_pending)
+        self._riders.append(future)
+        return future
+
     def _score_pending(self) -> None:
         """Inline: the rows of every request that asked during this loop iteration, in calls of at most
-        ``max_rows`` rows."""
+        ``max_rows`` rows; then the requests riding with them (:meth:`ride`)."""
         pending, self._pending = self._pending, []
+        riders, self._riders = self._riders, []
         while pending:
             batch, size = [], 0
             while pending and (not batch or size + len(pending[0][0]) <= self.max_rows):
@@ -118,6 +139,9 @@ class MicroBatcher:
                 _settle(batch, error=exc)
                 continue
             _settle(batch, scores)
+        for rider in riders:
+            if not rider.done():
+                rider.set_result(None)
 
     def close(self) -> None:
         if self._task is not None:
@@ -165,8 +189,8 @@ class ScoreMemo:
         hits = len(keys) - len(missing)
         self.hits += hits
         use.count(hits, len(keys), len(known))
-        if not missing:
-            return scores, keys, missing, None
+        if not missing:  # answered whole: it waits for the next model call's requests (MicroBatcher.ride)
+            return scores, keys, missing, self.batcher.ride()
         return scores, keys, missing, self.batcher.submit(rows if len(missing) == len(keys) else rows[missing])
 
     async def finish(self, begun: tuple) -> np.ndarray:
@@ -177,6 +201,8 @@ class ScoreMemo:
         computed = await future
         if scores is None:  # not consulted
             return computed
+        if not missing:  # rode with the model's call
+            return scores
         known = self._scores
         for i, score in zip(missing, computed.tolist()):
             scores[i] = score

@@ -91,6 +91,12 @@ def _settle(batch: dict[int, asyncio.Future], rows: dict | None = None, error: E
                 future.set_result(rows[cid])
 
 
+def _settle_riders(riders: list[asyncio.Future]) -> None:
+    for future in riders:
+        if not future.done():
+            future.set_result(None)
+
+
 class BadCustomerId(ValueError):
     pass
 
@@ -138,6 +144,7 @@ class OnlineFeatures:
         self._waiting: dict[int, asyncio.Future] = {}
         self._flush_scheduled = False
         self._reading: asyncio.Task | None = None  # the online store read in flight (async stores)
+        self._riders: list[asyncio.Future] = []  # lookups the cache answered whole, waiting for the next read
         self._online_async = None  # (event loop, online store object) for async reads
         self._marker = self._materialized_marker()
         self._epoch_path = erasure_epoch(settings)
@@ -185,7 +192,9 @@ class OnlineFeatures:
             else:  # off: nothing stale kept for when it is on again, its memory back a few entries a lookup
                 self._cache.clear()
                 self._cache.drain()
-        if len(missing) == 1:  # one customer (a storefront's request): its read awaited, no gather around it
+        if not missing and self.ttl:  # answered by the cache: it waits for the next read's customers (_ride)
+            await self._ride()
+        elif len(missing) == 1:  # one customer (a storefront's request): its read awaited, no gather around it
             found[missing[0]] = await self._request(missing[0])
         elif missing:
             unique = list(dict.fromkeys(missing))
@@ -202,16 +211,37 @@ class OnlineFeatures:
         if future is None:
             loop = asyncio.get_running_loop()
             future = self._waiting[cid] = loop.create_future()
-            if not self._flush_scheduled and not self._reading:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
+            self._schedule_flush(loop)
         return future
 
+    def _ride(self) -> asyncio.Future:
+        """For a lookup the cache answered whole: a future settled (None) when the customers that missed
+        meanwhile have their rows, so it is answered with them, not before them.
+
+        Why: answered at once, a hit overtakes the misses of its moment, and every loop iteration a miss
+        spans (its read, its model call) holds the complete work of the hits answered meanwhile: the cache
+        made the misses' wait, the p99, longer than with no cache (50,000 customers, Redis, skewed, c=32:
+        p99 70 ms cached vs 27 ms uncached). Riding, every lookup waits the same number of iterations and
+        the cache's saving shortens them all. With nothing to read, the next iteration settles it."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._riders.append(future)
+        self._schedule_flush(loop)
+        return future
+
+    def _schedule_flush(self, loop) -> None:
+        if not self._flush_scheduled and not self._reading:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
     def _flush(self) -> None:
-        # What missed meanwhile goes to the online store together, at most READ_BATCH customers a read.
+        # What missed meanwhile goes to the online store together, at most READ_BATCH customers a read; the
+        # lookups the cache answered meanwhile are settled with that read (or now, when nothing missed).
         self._flush_scheduled = False
-        waiting = self._waiting
+        waiting, riders = self._waiting, self._riders
+        self._riders = []
         if not waiting:
+            _settle_riders(riders)
             return
         if len(waiting) <= READ_BATCH:
             batch, self._waiting = waiting, {}
@@ -223,18 +253,19 @@ class OnlineFeatures:
             if self._async_reads(loop):
                 # Sent, not waited for: the loop answers other requests while Redis works, and what
                 # misses meanwhile goes in the next read, sent when this one is back (one in flight).
-                self._reading = loop.create_task(self._read_async(batch, ids, view, epoch, keys))
+                self._reading = loop.create_task(self._read_async(batch, ids, view, epoch, keys, riders))
                 return
             rows = self._rows_from(ids, self._read_sync(view, keys), epoch)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
             _settle(batch, error=exc)
         else:
             _settle(batch, rows)
+        _settle_riders(riders)
         if self._waiting and not self._flush_scheduled:  # over READ_BATCH: the rest next iteration
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
-    async def _read_async(self, batch, ids, view, epoch, keys) -> None:
+    async def _read_async(self, batch, ids, view, epoch, keys, riders) -> None:
         try:
             online = self._online_async[1]
             read = await online.online_read_async(self.store.config, view, keys, list(self.columns))
@@ -244,6 +275,7 @@ class OnlineFeatures:
         else:
             _settle(batch, rows)
         finally:
+            _settle_riders(riders)
             self._reading = None
             if self._waiting and not self._flush_scheduled:
                 self._flush_scheduled = True

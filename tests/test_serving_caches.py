@@ -225,3 +225,66 @@ def test_a_misses_score_and_spend_come_from_the_same_model_pass(memo_rows):
     assert passes[0][1] == passes[1][1]  # the same loop iteration
     np.testing.assert_array_equal(scoring.scores, model(rows))
     assert scoring.spend.tolist() == [3.0, 25.0] and list(scoring.spend_tiers) == ["LOW", "HIGH"]
+
+
+def _finish_order(*requests) -> list[tuple[str, int]]:
+    """Run named coroutine factories as concurrent requests started in the same loop iteration; the loop
+    iteration each finished in, in finishing order."""
+    iteration, finished = [0], []
+
+    async def ticker():
+        while True:
+            iteration[0] += 1
+            await asyncio.sleep(0)
+
+    async def run():
+        tick = asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(0)
+
+        async def one(name, make):
+            await make()
+            finished.append((name, iteration[0]))
+
+        await asyncio.gather(*(one(name, make) for name, make in requests))
+        tick.cancel()
+
+    asyncio.run(run())
+    return finished
+
+
+def test_a_memo_hit_is_answered_with_the_misses_that_asked_with_it_not_before():
+    """A row the memo knows is answered in the loop iteration the model scores the rows that missed with it,
+    not at once: a hit that overtakes the misses of its moment makes every iteration a miss spans as long as
+    the hits answered meanwhile, which is how the caches made p99 worse than none (50,000 customers, Redis,
+    skewed, c=32: 70 ms vs 27 ms). The hit's value is still the memo's: the model scores only the miss."""
+    memo = ScoreMemo(MicroBatcher(model, inline=True), max_rows=1000)
+    known, new = np.array([[0.5, 0.5]]), np.array([[1.5, -0.5]])
+    try:
+        asyncio.run(memo(known))
+        calls = model.calls
+        answers = {}
+
+        def ask(name, rows):
+            async def make():
+                answers[name] = await memo(rows)
+            return name, make
+
+        order = _finish_order(ask("miss", new), ask("hit", known))
+    finally:
+        memo.batcher.close()
+    assert order[0][1] == order[1][1]  # the same iteration: the hit waited for the miss's model call
+    assert model.calls == calls + 1  # one call, for the miss only
+    np.testing.assert_array_equal(answers["hit"], model(known))
+    np.testing.assert_array_equal(answers["miss"], model(new))
+
+
+def test_a_memo_hit_with_nothing_else_asking_waits_no_longer_than_a_miss_would():
+    memo = ScoreMemo(MicroBatcher(model, inline=True), max_rows=1000)
+    row, other = np.array([[0.1, 0.2]]), np.array([[0.3, 0.4]])
+    try:
+        asyncio.run(memo(row))
+        hit = _finish_order(("hit", lambda: memo(row)))
+        miss = _finish_order(("miss", lambda: memo(other)))
+    finally:
+        memo.batcher.close()
+    assert hit[0][1] <= miss[0][1]  # riding an empty call: the next iteration, never a wait for company
