@@ -78,3 +78,57 @@ def test_a_backlog_is_scored_in_batches_with_each_orders_features_as_if_one_by_o
     finally:
         scorer.stop()
         single.stop()
+
+
+class _WaitingShopify:
+    """An Admin API client whose answers wait until released (Shopify's cost bucket refilling); then every alias of
+    a document is created."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.last_cost: dict = {}
+        self.created: list[str] = []
+
+    def execute(self, query: str, variables: dict | None = None) -> dict:
+        self.release.wait(30)
+        self.created += [given["orderId"] for given in (variables or {}).values()]
+        return {alias: {"orderRiskAssessment": {}, "userErrors": []} for alias in (f"a{j}" for j in range(len(variables)))}
+
+    def close(self) -> None:
+        pass
+
+
+def test_orders_are_scored_while_the_write_back_waits_on_shopify(tmp_path):
+    import time
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    shopify = _WaitingShopify()
+    scorer = RiskScorer(settings, http=_answering([]), admin=shopify)
+
+    def queued(n: int) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if scorer.state()["queued"] >= n:
+                return True
+            time.sleep(0.05)
+        return False
+
+    scorer.start()
+    try:
+        _journal(settings, *((f"x{i}", "orders/create", new_order(9500000000 + i, i, f"x{i}@example.com"))
+                             for i in range(5)))
+        assert queued(5)  # scored; their write-back now waits on Shopify
+        _journal(settings, *((f"y{i}", "orders/create", new_order(9500000100 + i, 100 + i, f"y{i}@example.com"))
+                             for i in range(5)))
+        assert queued(10), "the orders that arrived meanwhile were not scored"  # before: scoring waited too
+        assert shopify.created == []
+        shopify.release.set()
+        deadline = time.monotonic() + 20
+        while scorer.state()["sent"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scorer.state()["sent"] == 10 and len(set(shopify.created)) == len(shopify.created) == 10
+    finally:
+        shopify.release.set()
+        scorer.stop()

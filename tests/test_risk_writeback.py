@@ -5,6 +5,7 @@ throttling waited out, nothing lost when Shopify is down or the process dies bet
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,28 +18,63 @@ RECORDED = Path(__file__).parent / "data" / "shopify_api"
 SHOP = "kettle-and-leaf.myshopify.com"
 
 
+ALIASED = re.compile(r"(\w+): (orderRiskAssessmentCreate|order)\((?:orderRiskAssessmentInput|id): \$(\w+)\)")
+
+
 class FakeAdmin(FakeAdminServer):
-    """Creates assessments and lists an order's; can throttle, fail with 503, or not know an order."""
+    """Creates assessments and lists an order's, one recorded-format answer per alias of a document at 10 points a
+    mutation (4 a listing); refuses a document above ``max_cost`` points as Shopify does (MAX_COST_EXCEEDED); can
+    throttle, fail with 503, or not know an order."""
 
     def __init__(self):
         super().__init__()
         self.created: list[dict] = []  # the mutation inputs Shopify accepted
         self.unknown_orders: set[str] = set()
+        self.failing_orders: set[str] = set()  # their alias fails with an error at its path, the others run
+        self.documents: list[int] = []  # aliases of each document answered (refused ones not counted)
+        self.max_cost = 1000  # Shopify's single-query limit
+        self.down_after: int | None = None  # documents answered before an outage
+        self.bucket: dict | None = None  # the throttleStatus answered (None: the recorded one)
 
     def respond(self, body: dict) -> tuple[int, dict]:
-        if "orderRiskAssessmentCreate" in body["query"]:
-            given = body["variables"]["input"]
+        fields = ALIASED.findall(body["query"])
+        cost = sum(10 if field == "orderRiskAssessmentCreate" else 4 for _, field, _ in fields)
+        if cost > self.max_cost:
+            refused = json.loads((RECORDED / "max_cost_exceeded.json").read_text())
+            refused["errors"][0]["extensions"].update(cost=cost, maxCost=self.max_cost)
+            return 200, refused
+        if self.down_after is not None and len(self.documents) >= self.down_after:
+            return 503, {"errors": "Service Unavailable"}
+        self.documents.append(len(fields))
+        data = {alias: self.one(field, body["variables"][variable]) for alias, field, variable in fields}
+        failed = [alias for alias, field, variable in fields if field == "orderRiskAssessmentCreate" and
+                  body["variables"][variable]["orderId"] in self.failing_orders]
+        answer = json.loads((RECORDED / "risk_assessment_created.json").read_text())
+        answer["extensions"]["cost"].update(requestedQueryCost=cost, actualQueryCost=cost)
+        if self.bucket is not None:
+            answer["extensions"]["cost"]["throttleStatus"] = self.bucket
+        if failed:  # Shopify's shape for a field that failed while the rest ran: null, and an error at its path
+            return 200, {"data": {**data, **{alias: None for alias in failed}}, "extensions": answer["extensions"],
+                         "errors": [{"message": "Internal error. Looks like something went wrong on our end.",
+                                     "path": [alias], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+                                    for alias in failed]}
+        return 200, {"data": data, "extensions": answer["extensions"]}
+
+    def one(self, field: str, given):
+        if field == "orderRiskAssessmentCreate":
+            if given["orderId"] in self.failing_orders:
+                return None
             if given["orderId"] in self.unknown_orders:
-                return 200, json.loads((RECORDED / "risk_assessment_user_error.json").read_text())
+                return json.loads((RECORDED / "risk_assessment_user_error.json").read_text())["data"][field]
             self.created.append(given)
-            return 200, json.loads((RECORDED / "risk_assessment_created.json").read_text())
-        listed = json.loads((RECORDED / "order_assessments.json").read_text())
-        ours = [c for c in self.created if c["orderId"] == body["variables"]["id"]]
-        shopifys = [a for a in listed["data"]["order"]["risk"]["assessments"] if a["provider"] is None]
-        listed["data"]["order"]["risk"]["assessments"] = shopifys + [
+            return json.loads((RECORDED / "risk_assessment_created.json").read_text())["data"][field]
+        listed = json.loads((RECORDED / "order_assessments.json").read_text())["data"]["order"]
+        ours = [c for c in self.created if c["orderId"] == given]
+        shopifys = [a for a in listed["risk"]["assessments"] if a["provider"] is None]
+        listed["risk"]["assessments"] = shopifys + [
             {"riskLevel": c["riskLevel"], "provider": {"title": "storeflow"},
              "facts": [{"description": f["description"]} for f in c["facts"]]} for c in ours]
-        return 200, listed
+        return listed
 
 
 @pytest.fixture
@@ -94,8 +130,8 @@ def test_nothing_is_lost_while_shopify_is_down(outbox, client, shopify) -> None:
     assert [c["orderId"] for c in shopify.created] == ["gid://shopify/Order/5003", "gid://shopify/Order/5004"]
 
 
-def test_a_crash_between_send_and_record_does_not_assess_the_order_twice(outbox, client, shopify, monkeypatch) -> None:
-    enqueue(outbox, 5005, "HIGH", FACTS, "3")
+def crash_after_sending(outbox, client, monkeypatch) -> None:
+    """A drain killed after Shopify answered, before the outbox recorded it."""
     real_mark = assessments._mark
 
     def die(*args):
@@ -105,6 +141,11 @@ def test_a_crash_between_send_and_record_does_not_assess_the_order_twice(outbox,
     with pytest.raises(SystemExit):
         drain(outbox, client)
     monkeypatch.setattr(assessments, "_mark", real_mark)
+
+
+def test_a_crash_between_send_and_record_does_not_assess_the_order_twice(outbox, client, shopify, monkeypatch) -> None:
+    enqueue(outbox, 5005, "HIGH", FACTS, "3")
+    crash_after_sending(outbox, client, monkeypatch)
     result = drain(outbox, client)  # the restarted process
     assert (result.sent, result.already_assessed, result.pending) == (0, 1, 0)
     assert len(shopify.created) == 1  # Shopify has one assessment by this app, not two
@@ -138,3 +179,124 @@ def test_a_long_fact_is_cut_to_what_shopify_keeps(outbox, client, shopify) -> No
     drain(outbox, client)
     description = shopify.created[0]["facts"][1]["description"]
     assert len(description) == 256 and description.endswith("…")
+
+
+def ids(outbox, state: str) -> list[int]:
+    return sorted(int(o.rsplit("/", 1)[1]) for (o,) in
+                  outbox.execute("SELECT order_id FROM risk_outbox WHERE state = ?", (state,)))
+
+
+def test_many_assessments_go_out_in_few_requests_each_once(outbox, client, shopify) -> None:
+    for order in range(6000, 6250):
+        enqueue(outbox, order, "LOW", FACTS, "3")
+    result = drain(outbox, client, limit=250)
+    assert (result.sent, result.pending) == (250, 0)
+    assert shopify.documents == [100, 100, 50]  # 10 points each, at most 1,000 points per document
+    assert [c["orderId"] for c in shopify.created] == [f"gid://shopify/Order/{o}" for o in range(6000, 6250)]
+
+
+def test_a_document_shopify_finds_too_costly_goes_again_in_halves(outbox, client, shopify) -> None:
+    shopify.max_cost = 50  # at most 5 mutations a document
+    for order in range(6300, 6312):
+        enqueue(outbox, order, "MEDIUM", FACTS, "3")
+    result = drain(outbox, client)
+    assert (result.sent, result.pending) == (12, 0)
+    assert shopify.documents == [3, 3, 3, 3]  # 12 and 6 refused (nothing ran), then 3 at a time
+    assert sorted(c["orderId"] for c in shopify.created) == [f"gid://shopify/Order/{o}" for o in range(6300, 6312)]
+
+
+def test_a_user_error_on_one_alias_parks_that_order_only(outbox, client, shopify) -> None:
+    shopify.unknown_orders.add("gid://shopify/Order/6403")
+    for order in range(6400, 6406):
+        enqueue(outbox, order, "HIGH", FACTS, "3")
+    result = drain(outbox, client)
+    assert (result.sent, result.rejected, result.pending) == (5, 1, 0) and shopify.documents == [6]
+    assert ids(outbox, "rejected") == [6403] and ids(outbox, "sent") == [6400, 6401, 6402, 6404, 6405]
+    (error,) = outbox.execute("SELECT last_error FROM risk_outbox WHERE state = 'rejected'").fetchone()
+    assert error == "orderRiskAssessmentInput.orderId: Order does not exist"
+
+
+class Recorded(FakeAdminServer):
+    """Answers every document with one recorded aliased answer."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.body = json.loads((RECORDED / name).read_text())
+
+    def respond(self, body: dict) -> tuple[int, dict]:
+        return 200, self.body
+
+
+@pytest.mark.parametrize(("name", "sent", "rejected"), [
+    ("risk_assessments_created_aliased.json", [6500, 6501, 6502], []),
+    ("risk_assessments_user_error_aliased.json", [6500, 6501, 6502], [6503]),
+])
+def test_each_alias_of_a_recorded_answer_is_its_own_orders(outbox, name, sent, rejected) -> None:
+    for order in range(6500, 6500 + len(sent) + len(rejected)):
+        enqueue(outbox, order, "HIGH", FACTS, "3")
+    with running(Recorded(name)) as server:
+        admin = admin_client(server, SHOP)
+        drain(outbox, admin)
+        admin.close()
+    assert ids(outbox, "sent") == sent and ids(outbox, "rejected") == rejected
+
+
+def test_after_a_crash_a_batch_asks_shopify_in_one_request_and_sends_nothing_twice(outbox, client, shopify,
+                                                                                  monkeypatch) -> None:
+    for order in range(6600, 6605):
+        enqueue(outbox, order, "HIGH", FACTS, "3")
+    crash_after_sending(outbox, client, monkeypatch)
+    enqueue(outbox, 6605, "LOW", [], "3")  # queued meanwhile, never tried
+    result = drain(outbox, client)  # the restarted process
+    assert (result.sent, result.already_assessed, result.pending) == (1, 5, 0)
+    assert shopify.documents == [5, 5, 1]  # sent; asked about together; the new one sent
+    assert len(shopify.created) == 6
+
+
+def test_an_outage_between_documents_leaves_the_rest_pending(outbox, client, shopify) -> None:
+    for order in range(6700, 6950):
+        enqueue(outbox, order, "LOW", [], "3")
+    shopify.down_after = 1
+    result = drain(outbox, client, limit=250)
+    assert (result.sent, result.pending) == (100, 150) and len(shopify.created) == 100
+    attempts = dict(outbox.execute("SELECT attempts, count(*) FROM risk_outbox WHERE state = 'pending' "
+                                   "GROUP BY attempts").fetchall())
+    assert attempts == {1: 100, 0: 50}  # the failed document may have run: those orders ask Shopify first
+    shopify.down_after = None
+    result = drain(outbox, client, limit=250)
+    assert (result.sent, result.already_assessed, result.pending) == (150, 0, 0)
+    assert sorted(c["orderId"] for c in shopify.created) == sorted(f"gid://shopify/Order/{o}" for o in range(6700, 6950))
+
+
+def test_a_document_of_a_full_bucket_waits_only_for_the_bucket_to_refill(outbox, shopify) -> None:
+    from storeflow.components.config import load_settings
+    from storeflow.components.shopify.admin import AdminClient, Credentials
+
+    waits: list[float] = []
+    settings = load_settings({"shopify": {"admin_origin": shopify.origin, "max_retries": 2}})
+    client = AdminClient(settings, Credentials(SHOP, "shpat_test"), sleep=waits.append)
+    shopify.bucket = {"maximumAvailable": 1000.0, "currentlyAvailable": 500, "restoreRate": 50.0}  # 1,000 points
+    for order in range(6800, 6900):
+        enqueue(outbox, order, "LOW", [], "3")
+    try:
+        assert drain(outbox, client).sent == 100 and shopify.documents == [100]
+    finally:
+        client.close()
+    # the next 1,000-point document needs the bucket full again: 500 points at 50/s; before, the client reckoned with
+    # 2,000 points, which a 1,000-point bucket never holds, and waited 30 s per document
+    assert waits == [10.0]
+
+
+def test_an_alias_shopify_fails_to_run_waits_alone_and_the_rest_of_its_document_is_sent(outbox, client, shopify) -> None:
+    shopify.failing_orders.add("gid://shopify/Order/7002")
+    for order in range(7000, 7006):
+        enqueue(outbox, order, "HIGH", FACTS, "3")
+    result = drain(outbox, client)
+    assert (result.sent, result.pending) == (5, 1) and ids(outbox, "pending") == [7002]  # before: all 6 pending
+    (error,) = outbox.execute("SELECT last_error FROM risk_outbox WHERE state = 'pending'").fetchone()
+    assert "Internal error" in error
+    shopify.failing_orders.clear()
+    result = drain(outbox, client)  # asked about first (it may have run), then sent once
+    assert (result.sent, result.already_assessed, result.pending) == (1, 0, 0)
+    assert sorted(c["orderId"] for c in shopify.created) == [f"gid://shopify/Order/{o}" for o in range(7000, 7006)]
+    assert shopify.documents == [6, 1, 1]

@@ -6,7 +6,9 @@ computes the order's features from live history (:mod:`storeflow.components.risk
 (KServe V1, :mod:`storeflow.components.risk.protocol`) for the score, level and facts, and then, in one SQLite
 transaction, records the order as history, queues the assessment in the outbox
 (:mod:`storeflow.components.shopify.assessments`) and moves its place in the journal on. Other order and refund
-topics only add history. Then the outbox is drained to the Admin API.
+topics only add history. A second thread of the receiver drains the outbox to the Admin API as assessments are
+queued (its own SQLite connection), so scoring goes on while the write-back waits on Shopify's cost bucket (a
+shop's bucket admits 10-200 assessments a second: scoring would otherwise run at that pace).
 
 Nothing is lost and nothing is sent twice: the journal keeps a delivery from the moment it was answered 200; its
 place in the journal moves only with the outbox row, so a crash or a risk server that does not answer leaves the
@@ -78,8 +80,11 @@ class RiskScorer:
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self.admin = admin
         self._stop = threading.Event()
+        self._wake = threading.Event()  # assessments were queued: the write-back thread wakes up
         self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self.last_error: str | None = None  # why the last pass failed (None once one succeeds)
+        self.write_error: str | None = None  # why the write-back thread's last drain failed (None once one succeeds)
 
     # --- one pass -------------------------------------------------------------------------------------
 
@@ -198,23 +203,29 @@ class RiskScorer:
     def drain(self) -> assessments.DrainResult | None:
         """Send queued assessments to Shopify (up to a batch's worth: a pass queues up to ``BATCH``); None while
         the Admin API credentials are not set."""
+        return self._drain(self.db)
+
+    def _drain(self, db: sqlite3.Connection) -> assessments.DrainResult | None:
         if self.admin is None:
             try:
                 self.admin = AdminClient(self.settings, credentials(self.settings))
             except ShopifyError as exc:
                 log.warning("risk assessments stay queued: %s", exc)
                 return None
-        return assessments.drain(self.db, self.admin, limit=BATCH)  # as many as a pass may queue
+        return assessments.drain(db, self.admin, limit=BATCH)  # as many as a pass may queue
 
-    def step(self) -> int:
+    def step(self, drain: bool = True) -> int:
         """Score what arrived, writing back what is queued after each batch (under a steady stream of orders a
         backlog is never scored to the end: assessments must not wait for it); returns how many deliveries were
-        handled."""
+        handled. ``drain`` False: the write-back thread sends them (woken after each batch)."""
         handled = 0
         while count := self.score_pending():
             handled += count
-            self.drain()
-        if not handled:
+            if drain:
+                self.drain()
+            else:
+                self._wake.set()
+        if not handled and drain:
             self.drain()  # assessments left queued by a failed drain
         return handled
 
@@ -233,18 +244,23 @@ class RiskScorer:
         age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
         return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
                 "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
-                "rejected": counts.get("rejected", 0), "skipped": skipped, "last_error": self.last_error}
+                "rejected": counts.get("rejected", 0), "skipped": skipped,
+                "last_error": self.last_error or self.write_error}
 
     # --- running --------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="order-risk")
+        self._writer = threading.Thread(target=self._write_back, daemon=True, name="order-risk-writeback")
         self._thread.start()
+        self._writer.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join()
+        self._wake.set()
+        for thread in (self._thread, self._writer):
+            if thread:
+                thread.join()
         self.http.close()
         if self.admin is not None:
             self.admin.close()
@@ -256,7 +272,7 @@ class RiskScorer:
         wait = self.settings.risk.retry_seconds
         while not self._stop.is_set():
             try:
-                self.step()
+                self.step(drain=False)
                 self.last_error = None
                 wait = self.settings.risk.retry_seconds
                 self._stop.wait(idle)
@@ -265,3 +281,28 @@ class RiskScorer:
                 log.warning("order risk: %s; retrying in %.1f s", exc, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, cap)
+
+    def _write_back(self) -> None:
+        """The write-back thread: drains the outbox whenever assessments were queued (and every idle interval, for
+        what a failed drain left), batch after batch while a drain makes progress; Shopify's waits stay here."""
+        idle, cap = self.settings.shopify.apply_idle_seconds, self.settings.shopify.max_backoff_seconds
+        wait = self.settings.risk.retry_seconds
+        db = assessments.connect(risk_db(self.settings))  # a connection of its own: one per thread
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(idle)
+                self._wake.clear()
+                try:
+                    while not self._stop.is_set():
+                        result = self._drain(db)
+                        if result is None or not result.pending or not (result.sent or result.already_assessed or
+                                                                        result.rejected):
+                            break  # nothing left, or no progress (Shopify unreachable): try again when woken
+                    wait, self.write_error = self.settings.risk.retry_seconds, None
+                except Exception as exc:  # noqa: BLE001 - assessments stay queued: retried
+                    self.write_error = str(exc)[:500]
+                    log.warning("order risk write-back: %s; retrying in %.1f s", exc, wait)
+                    self._stop.wait(wait)
+                    wait = min(wait * 2, cap)
+        finally:
+            db.close()

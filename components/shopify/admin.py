@@ -30,6 +30,20 @@ class ShopifyError(RuntimeError):
     """The Admin API refused or failed a call; the message says which and why (never the token)."""
 
 
+class PartialErrors(ShopifyError):
+    """Shopify ran the document and some fields failed (``errors`` with a ``path``, those fields null in ``data``):
+    the others' answers are in ``data``; ``problems`` maps each failed top-level field (an alias) to why."""
+
+    def __init__(self, message: str, data: dict, problems: dict[str, str]):
+        super().__init__(message)
+        self.data, self.problems = data, problems
+
+
+class CostExceeded(ShopifyError):
+    """Shopify refused the document before running any of it: its requested cost is above the single-query limit
+    (``MAX_COST_EXCEEDED``, ``extensions.maxCost``: 1,000 points whatever the plan). Smaller documents go through."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     shop: str  # x.myshopify.com
@@ -64,6 +78,14 @@ class _OriginTransport(httpx.HTTPTransport):
 
 def _cost(body: dict) -> dict:
     return (body.get("extensions") or {}).get("cost") or {}
+
+
+def _reserve(cost: dict) -> float:
+    """Points to keep for the next call of the same size: twice this one's requested cost, but never more than the
+    bucket holds (a document costing over half the bucket would otherwise wait for points that never come)."""
+    requested = 2 * float(cost.get("requestedQueryCost") or 0)
+    maximum = (cost.get("throttleStatus") or {}).get("maximumAvailable")
+    return requested if maximum is None else min(requested, float(maximum))
 
 
 def _refill_seconds(cost: dict, needed: float | None = None) -> float:
@@ -107,10 +129,19 @@ class AdminClient:
             if result.ok:
                 self.last_cost = cost
                 # Keep a reserve for the next call of the same size rather than run into THROTTLED.
-                self._wait(_refill_seconds(cost, 2 * float(cost.get("requestedQueryCost") or 0)))
+                self._wait(_refill_seconds(cost, _reserve(cost)))
                 return result.data or {}
             codes = [(e.get("extensions") or {}).get("code") for e in body.get("errors") or [] if isinstance(e, dict)]
             status = result.response.status
+            data = body.get("data")
+            located = [e for e in body.get("errors") or [] if isinstance(e, dict) and e.get("path")]
+            if isinstance(data, dict) and any(v is not None for v in data.values()) and located and \
+                    len(located) == len(body.get("errors") or []):
+                self.last_cost = cost
+                raise PartialErrors(f"Admin API call for {self.creds.shop}: {_messages(body)}", data,
+                                    {str(e["path"][0]): str(e.get("message")) for e in located})
+            if "MAX_COST_EXCEEDED" in codes:
+                raise CostExceeded(f"Admin API refused a document for {self.creds.shop}: {_messages(body)}")
             if "THROTTLED" in codes:
                 problem = "THROTTLED"
                 self._wait(max(_refill_seconds(cost), 1.0))

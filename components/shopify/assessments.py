@@ -2,11 +2,13 @@
 nothing lost across restarts (issue 16: the write-back half of real-time order risk).
 
 An outbox in SQLite: scoring an order *enqueues* its assessment (one row per order: a second score of the
-same order changes nothing), and :func:`drain` sends what is pending through :class:`AdminClient`, which
+same order changes nothing), and :func:`drain` sends what is pending, up to 100 orders per GraphQL document
+(one alias per order, as Shopify's cost limits admit), through :class:`AdminClient`, which
 waits out THROTTLED answers and backs off network errors. A row is marked sent only after Shopify answered
 with the assessment; a crash between the two leaves it pending, so before sending a row again the drain
 asks Shopify whether this app already assessed the order, and does not assess it twice. Shopify's user
-errors (an unknown order, an order of another shop) park the row with Shopify's words and the drain goes on.
+errors (an unknown order, an order of another shop) park that order's row with Shopify's words and the drain
+goes on with the others.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-from storeflow.components.shopify.admin import AdminClient, ShopifyError
+from storeflow.components.shopify.admin import AdminClient, CostExceeded, PartialErrors, ShopifyError
 from storeflow.components.shopify.journal import transaction
 
 LEVELS = ("HIGH", "MEDIUM", "LOW", "NONE")  # RiskAssessmentResult values an app may assign
@@ -27,17 +30,17 @@ MAX_FACTS = 20  # OrderRiskAssessmentCreateInput.facts: up to 20
 MAX_DESCRIPTION = 256  # Shopify truncates longer fact descriptions; we do it ourselves, visibly
 ORDER_GID = "gid://shopify/Order/"
 
-CREATE = """mutation AssessOrder($input: OrderRiskAssessmentCreateInput!) {
-  orderRiskAssessmentCreate(orderRiskAssessmentInput: $input) {
-    orderRiskAssessment { riskLevel facts { description sentiment } }
-    userErrors { field message code }
-  }
-}"""
+# Many orders per document, one alias each (a0, a1, ... with variables $i0, $i1, ...): Shopify charges every
+# mutation field 10 points of requested cost and refuses a document asking more than MAX_QUERY_COST (or more than
+# the bucket holds), so a document carries at most 100 assessments; the bucket's restore rate (100 points/s on
+# Standard, 200 Advanced, 1,000 Plus, 2,000 Enterprise) then caps a shop at 10-200 assessments a second.
+MUTATION_COST = 10
+ASSESSMENTS_COST = 4  # order(id:) { risk { assessments ... } }, as Shopify reported it (order_assessments.json)
+MAX_QUERY_COST = 1000  # Shopify's single-query limit, whatever the plan (MAX_COST_EXCEEDED above it)
 
+CREATED_FIELDS = "orderRiskAssessment { riskLevel facts { description sentiment } } userErrors { field message code }"
 # The order's assessments by apps (provider set; Shopify's own have none), with the facts we wrote.
-EXISTING = """query OrderAssessments($id: ID!) {
-  order(id: $id) { risk { assessments { riskLevel provider { title } facts { description } } } }
-}"""
+ASSESSMENTS_FIELDS = "risk { assessments { riskLevel provider { title } facts { description } } }"
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS risk_outbox (
     order_id TEXT PRIMARY KEY,
@@ -100,14 +103,49 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
     return cursor.rowcount == 1
 
 
-def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> DrainResult:
-    """Send up to ``limit`` pending assessments, oldest first; stop at the first outage (they stay pending).
+def create_document(n: int) -> str:
+    """``n`` orderRiskAssessmentCreate in one mutation: alias ``a<j>`` takes variable ``$i<j>``."""
+    return _aliased("mutation AssessOrders", "OrderRiskAssessmentCreateInput", "i", "a",
+                    "orderRiskAssessmentCreate(orderRiskAssessmentInput: VARIABLE)", CREATED_FIELDS, n)
 
-    Every attempt about to be made is committed before its request, all in one commit (an order with an attempt
+
+def assessments_document(n: int) -> str:
+    """``n`` orders' assessments in one query: alias ``o<j>`` takes variable ``$o<j>``."""
+    return _aliased("query OrderAssessments", "ID", "o", "o", "order(id: VARIABLE)", ASSESSMENTS_FIELDS, n)
+
+
+@cache
+def _aliased(operation: str, kind: str, variable: str, alias: str, field: str, fields: str, n: int) -> str:
+    names = [f"{variable}{j}" for j in range(n)]
+    declared = ", ".join(f"${v}: {kind}!" for v in names)
+    body = "\n".join(f"  {alias}{j}: {field.replace('VARIABLE', '$' + v)} {{ {fields} }}" for j, v in enumerate(names))
+    return f"{operation}({declared}) {{\n{body}\n}}"
+
+
+def per_document(client: AdminClient, cost: int) -> int:
+    """How many aliases of ``cost`` points one document may carry: under Shopify's single-query limit and, once an
+    answer said how large the bucket is, under the bucket."""
+    ceiling = float(MAX_QUERY_COST)
+    maximum = (client.last_cost.get("throttleStatus") or {}).get("maximumAvailable")
+    if maximum:
+        ceiling = min(ceiling, float(maximum))
+    return max(1, int(ceiling // cost))
+
+
+def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> DrainResult:
+    """Send up to ``limit`` pending assessments, oldest first, many per request; stop at the first outage (the rest
+    stay pending).
+
+    Every attempt about to be made is committed before any request, all in one commit (an order with an attempt
     asks Shopify before it is sent again, so a crash never sends one twice), and what Shopify answered is committed
     together at the end: two commits per call instead of two per order, which cost 1.6-4 ms per order in fsyncs
-    (a crash loses the answers of this call, and the orders they were for ask Shopify before going out again)."""
-    sent = already = rejected = 0
+    (a crash loses the answers of this call, and the orders they were for ask Shopify before going out again).
+    The orders tried before are asked about together (:func:`assessments_document`), the rest sent together
+    (:func:`create_document`), as many per document as Shopify's cost limits admit (:func:`per_document`); a
+    document Shopify still finds too costly (``MAX_COST_EXCEEDED``) ran not at all and goes again in halves. Each
+    alias's answer is its own order's: a user error parks that order alone, the others of its document are sent; an
+    alias Shopify failed to run (an error with its path, the others answered) stays pending with why, and asks
+    Shopify before it goes again."""
     rows = db.execute("SELECT order_id, risk_level, facts, model_version, attempts FROM risk_outbox "
                       "WHERE state = 'pending' ORDER BY enqueued_at LIMIT ?", (limit,)).fetchall()
     if rows:
@@ -115,41 +153,89 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> Drai
             db.executemany("UPDATE risk_outbox SET attempts = attempts + 1 WHERE order_id = ?",
                            [(order,) for order, *_ in rows])
     marks: list[tuple[str, str, str | None, float]] = []  # (order, state, error, answered at): recorded together
-    untried, error = [], None
-    for at, (order, level, facts, version, attempts) in enumerate(rows):
-        try:
-            if attempts and _assessed_by_us(client, order, version):
-                already += 1
-                marks.append((order, "sent", None, time.time()))
-                continue
-            payload = client.execute(CREATE, {"input": {"orderId": order, "riskLevel": level,
-                                                        "facts": json.loads(facts)}})
-        except ShopifyError as exc:
-            error = (str(exc)[:2000], order)
-            untried = [(later,) for later, *_ in rows[at + 1:]]  # never sent: their attempt did not happen
-            break  # an outage or a throttle the client gave up on: the rest would fail the same way
-        answer = payload.get("orderRiskAssessmentCreate") or {}
-        if errors := answer.get("userErrors"):
-            rejected += 1
-            marks.append((order, "rejected", "; ".join(f"{'.'.join(e.get('field') or [])}: {e.get('message')}"
-                                                       for e in errors), time.time()))
-        else:
-            sent += 1
-            marks.append((order, "sent", None, time.time()))
-    if marks or error:
+    flight: list[tuple] = []  # the items of the request being made (made and unanswered if it failed)
+    mine: set[str] = set()
+    failed_alone: list[tuple[str, str]] = []  # (why, order): its alias failed, the rest of its document ran
+    error = None
+    try:
+        tried = [(order, version) for order, _, _, version, attempts in rows if attempts]
+        for part, data, _ in _documents(client, tried, ASSESSMENTS_COST, assessments_document, _ids, flight):
+            mine.update(order for j, (order, version) in enumerate(part) if _assessed_by_us(data.get(f"o{j}"), version))
+        marks += [(order, "sent", None, time.time()) for order, *_ in rows if order in mine]
+        fresh = [row for row in rows if row[0] not in mine]
+        for part, data, problems in _documents(client, fresh, MUTATION_COST, create_document, _inputs, flight):
+            at = time.time()
+            for j, (order, *_) in enumerate(part):
+                answer = data.get(f"a{j}")
+                if not isinstance(answer, dict):  # no answer: stays pending, and asks Shopify before going again
+                    if f"a{j}" in problems:
+                        failed_alone.append((problems[f"a{j}"][:2000], order))
+                    continue
+                if errors := answer.get("userErrors"):
+                    marks.append((order, "rejected", "; ".join(
+                        f"{'.'.join(e.get('field') or [])}: {e.get('message')}" for e in errors), at))
+                else:
+                    marks.append((order, "sent", None, at))
+    except ShopifyError as exc:  # an outage or a throttle the client gave up on: the rest would fail the same way
+        error = str(exc)[:2000]
+    if marks or error or failed_alone:
+        marked = {order for order, *_ in marks}
+        unsent = [order for order, *_ in rows if order not in marked]
+        failed = [item[0] for item in flight] or unsent[:1]  # the request that failed
+        failed_set = set(failed)
         with transaction(db):
             for order, state, why, at in marks:
                 _mark(db, order, state, why, at)
+            db.executemany("UPDATE risk_outbox SET last_error = ? WHERE order_id = ?", failed_alone)
             if error:
-                db.execute("UPDATE risk_outbox SET last_error = ? WHERE order_id = ?", error)
-            db.executemany("UPDATE risk_outbox SET attempts = attempts - 1 WHERE order_id = ?", untried)
+                db.executemany("UPDATE risk_outbox SET last_error = ? WHERE order_id = ?",
+                               [(error, order) for order in failed])
+                # never sent: their attempt did not happen (the failed request's may have: they ask Shopify first)
+                db.executemany("UPDATE risk_outbox SET attempts = attempts - 1 WHERE order_id = ?",
+                               [(order,) for order in unsent if order not in failed_set])
+    sent = sum(1 for order, state, *_ in marks if state == "sent" and order not in mine)
+    rejected = sum(1 for _, state, *_ in marks if state == "rejected")
     pending = db.execute("SELECT count(*) FROM risk_outbox WHERE state = 'pending'").fetchone()[0]
-    return DrainResult(sent, already, rejected, pending)
+    return DrainResult(sent, len(mine), rejected, pending)
 
 
-def _assessed_by_us(client: AdminClient, order: str, version: str) -> bool:
-    data = client.execute(EXISTING, {"id": order})
-    assessments = (((data.get("order") or {}).get("risk") or {}).get("assessments")) or []
+def _documents(client: AdminClient, items: list[tuple], cost: int, document, variables, flight: list[tuple]):
+    """Runs ``items`` in as few aliased documents as Shopify admits, oldest first; yields each document's items,
+    its ``data`` and why aliases Shopify ran the document without failed (alias -> message). ``flight`` holds the items of the request being made (cleared once answered); a document
+    refused as too costly ran not at all and goes again halved, for this call's rest too."""
+    size, at = per_document(client, cost), 0
+    while at < len(items):
+        part = items[at:at + size]
+        flight[:] = part
+        problems: dict[str, str] = {}
+        try:
+            data = client.execute(document(len(part)), variables(part))
+        except CostExceeded:
+            flight.clear()  # refused before anything ran
+            if len(part) == 1:
+                raise
+            size = len(part) // 2
+            continue
+        except PartialErrors as exc:  # ran; the failed aliases' answers are null
+            data, problems = exc.data, exc.problems
+        flight.clear()
+        at += len(part)
+        size = min(size, per_document(client, cost))  # the answer says how large the bucket is
+        yield part, data, problems
+
+
+def _ids(part: list[tuple]) -> dict:
+    return {f"o{j}": order for j, (order, _) in enumerate(part)}
+
+
+def _inputs(part: list[tuple]) -> dict:
+    return {f"i{j}": {"orderId": order, "riskLevel": level, "facts": json.loads(facts)}
+            for j, (order, level, facts, *_) in enumerate(part)}
+
+
+def _assessed_by_us(order: dict | None, version: str) -> bool:
+    """Whether ``order`` (Shopify's answer to ``order(id:)``) holds an assessment of this app by this version."""
+    assessments = (((order or {}).get("risk") or {}).get("assessments")) or []
     mine = signature(version)
     return any(a.get("provider") and any(f.get("description") == mine for f in a.get("facts") or [])
                for a in assessments)
