@@ -10,14 +10,23 @@ them (closed loop, ``--connections`` in flight) for ``--seconds``, then waits up
 journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
 
-Two rows, one after the other on copies of the same trained state, the same deliveries and the same loopback Admin
-API: ``storeflow`` (``storeflow serve-risk``: named features in, score, level and facts out, every prediction logged)
-and ``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
+Rows one after the other on copies of the same trained state, the same deliveries and the same loopback Admin API:
+``storeflow`` (``storeflow serve-risk``: named features in, score, level and facts out, every prediction logged) and
+``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
 file, features as lists in, scores out; the receiver makes the assessment). The receiver, its journal, live features
 (velocity in Feast's online store, ``--online-store``), outbox and write-back are the same in both.
+
+Shopify's own limit, modelled in a row of its own: a shop's Admin API cost bucket refills at 100 points/s (Standard),
+200 (Advanced), 1,000 (Plus) or 2,000 (Enterprise) (shopify.dev/docs/apps/build/apis/graphql-admin/rate-limits), and
+``orderRiskAssessmentCreate`` asks 10 points, so ONE shop gets at most 10-200 assessments/s written back, however
+many the app puts in a document (at most 100: a document may ask 1,000 points). 3,000/s written back is therefore
+not reachable for one shop on any plan; it is the rate of many shops' orders through one receiver. So the rows
+``storeflow`` and ``stock_kserve`` run with the bucket off (every answer reports a full bucket: what the path itself
+does), and ``storeflow@enterprise`` with Shopify's Enterprise bucket (2,000 points/s; the recorded answer's size,
+2,000 points), which caps its write-back at 200 orders/s by design.
 Writes bench/results/risk_throughput.json (with the commit, the store's size and the load average).
 
-    flock -w 900 /tmp/storeflow-bench.lock timeout 1500 .venv/bin/python bench/risk_throughput.py
+    flock -x /tmp/storeflow-quiet.lock timeout 1500 nice -n 15 .venv/bin/python bench/risk_throughput.py
 """
 
 from __future__ import annotations
@@ -46,12 +55,17 @@ from common import free_port, webhook_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "risk_throughput.json"
-CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.json"  # a recorded real answer
+CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.json"  # the recorded-format answers
+THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
 RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
             "from storeflow.components.shopify.webhooks import create_app; "
             "uvicorn.run(create_app(load_settings(), apply=False), host='127.0.0.1', port=int(sys.argv[1]), "
             "log_level='warning')")
+# the risk thread's work (realtime.RiskScorer) in a process of its own beside a receiver without it (argv: none)
+SCORER = ("import time; from storeflow.components.config import load_settings; "
+          "from storeflow.components.risk.realtime import RiskScorer; scorer = RiskScorer(load_settings()); "
+          "scorer.start(); print('scoring', flush=True); time.sleep(10 ** 6)")
 # the same receiver, its risk thread speaking to the stock KServe server (argv: port, columns, high, medium, version)
 RECEIVER_STOCK = ("import sys, json, uvicorn; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
                   "stock_kserve_risk.patch_receiver(json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), "
@@ -86,16 +100,66 @@ end
 """
 
 
+# Shopify's restore rates (points/s) by plan, shopify.dev/docs/apps/build/apis/graphql-admin/rate-limits; a mutation
+# asks 10 points, so a shop gets at most rate/10 assessments a second written back, whatever the app sends.
+RESTORE_RATES = {"standard": 100.0, "advanced": 200.0, "plus": 1000.0, "enterprise": 2000.0}
+MAX_QUERY_COST = 1000  # Shopify refuses one document asking more (MAX_COST_EXCEEDED), whatever the plan
+ALIASED = re.compile(rb"(\w+): orderRiskAssessmentCreate\(")
+
+
 class Admin(ThreadingHTTPServer):
-    """The Admin API's GraphQL endpoint: every mutation answered with the recorded orderRiskAssessmentCreate."""
+    """The Admin API's GraphQL endpoint: every alias of an aliased ``orderRiskAssessmentCreate`` document answered
+    with the recorded answer's payload, at 10 points of requested cost per alias. ``bucket`` None: every answer
+    reports a full bucket (Shopify's limit taken away, to see what the path itself does); a plan's name: Shopify's
+    leaky bucket at that plan's restore rate and the recorded answer's size (maximumAvailable 2,000), a document the
+    bucket cannot hold yet answered THROTTLED in the recorded format. Either way a document over 1,000 points is
+    refused, MAX_COST_EXCEEDED."""
 
     daemon_threads = True
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.answer = CREATED.read_bytes()
-        self.calls = 0
+        recorded = json.loads(CREATED.read_bytes())
+        self.payload = json.dumps(recorded["data"]["orderRiskAssessmentCreate"], separators=(",", ":"))
+        self.status = recorded["extensions"]["cost"]["throttleStatus"]
+        self.throttled = json.loads(THROTTLED.read_bytes())
         self.lock = threading.Lock()
+        self.reset(None)
+
+    def reset(self, bucket: str | None) -> None:
+        with self.lock:
+            self.bucket, self.rate = bucket, RESTORE_RATES[bucket] if bucket else None
+            self.available, self.at = float(self.status["maximumAvailable"]), time.monotonic()
+            self.calls = self.mutations = self.throttled_calls = 0
+
+    def answer(self, query: bytes) -> bytes:
+        aliases = ALIASED.findall(query)
+        cost = 10 * len(aliases)
+        maximum = float(self.status["maximumAvailable"])
+        with self.lock:
+            self.calls += 1
+            if cost > MAX_QUERY_COST:
+                return json.dumps({"errors": [{"message": f"Query cost is {cost}, which exceeds the single query "
+                                                          f"max cost limit ({MAX_QUERY_COST}).",
+                                               "extensions": {"code": "MAX_COST_EXCEEDED", "cost": cost,
+                                                              "maxCost": MAX_QUERY_COST}}]}).encode()
+            if self.rate is not None:
+                now = time.monotonic()
+                self.available = min(maximum, self.available + (now - self.at) * self.rate)
+                self.at = now
+                if cost > self.available:
+                    self.throttled_calls += 1
+                    body = json.loads(json.dumps(self.throttled))
+                    body["extensions"]["cost"].update(requestedQueryCost=cost, throttleStatus={
+                        **self.status, "currentlyAvailable": int(self.available), "restoreRate": self.rate})
+                    return json.dumps(body).encode()
+                self.available -= cost
+            self.mutations += len(aliases)
+            status = {**self.status, "currentlyAvailable": int(self.available) if self.rate else maximum,
+                      "restoreRate": self.rate or self.status["restoreRate"]}  # off: always full
+        data = ",".join(f'"{alias.decode()}":{self.payload}' for alias in aliases)
+        cost_json = json.dumps({"requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": status})
+        return f'{{"data":{{{data}}},"extensions":{{"cost":{cost_json}}}}}'.encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -111,14 +175,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["content-length"]))
-        with self.server.lock:
-            self.server.calls += 1
+        query = json.loads(self.rfile.read(int(self.headers["content-length"])))["query"].encode()
+        answer = self.server.answer(query)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.server.answer)))
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(self.server.answer)
+        self.wfile.write(answer)
 
 
 def order(i: int, now: str) -> dict:
@@ -240,11 +303,13 @@ def pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
 
 
-def run_path(kind: str, root: Path, base: dict, admin: Admin, signed: Path, script: Path, now: str,
-             args: argparse.Namespace) -> dict:
+def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin, signed: Path, script: Path,
+             now: str, args: argparse.Namespace, own_process: bool = False) -> dict:
     """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it, wrk's
-    deliveries in, every assessment drained to the Admin API."""
-    admin.calls = 0
+    deliveries in, every assessment drained to the Admin API (Shopify's cost bucket of plan ``bucket``, or none).
+    ``own_process``: the receiver runs without order risk and the same scorer runs in a process of its own on the
+    same journal and state (storeflow has no command for that yet: an experiment on where the receiver's time goes)."""
+    admin.reset(bucket)
     model_port, receiver_port = free_port(), free_port()
     config = root / "storeflow.yaml"
     config.write_text(yaml.safe_dump({**base, "serving": {"shopify_client_id": "bench-app"},
@@ -281,10 +346,19 @@ def run_path(kind: str, root: Path, base: dict, admin: Admin, signed: Path, scri
                             str(cuts["high"]), str(cuts["medium"]), str(version), str(Path(__file__).parent)]
         procs.append(model)
         wait_ready(f"http://127.0.0.1:{model_port}/v2/models/storeflow-order-risk/ready", model, model_log)
-        receiver = subprocess.Popen(receiver_cmd, env=env, cwd=root, stdout=receiver_log.open("wb"),
-                                    stderr=subprocess.STDOUT)
+        receiver = subprocess.Popen(receiver_cmd, env={**env, "STOREFLOW_RISK__ENDPOINT": ""} if own_process else env,
+                                    cwd=root, stdout=receiver_log.open("wb"), stderr=subprocess.STDOUT)
         procs.append(receiver)
         wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, receiver_log)
+        if own_process:
+            log_path = root / "scorer.log"
+            procs.append(subprocess.Popen([sys.executable, "-c", SCORER], env=env, cwd=root,
+                                          stdout=log_path.open("wb"), stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 120  # its history built (Feast imported, the snapshot read), scoring
+            while time.monotonic() < deadline and "scoring" not in log_path.read_text():
+                if procs[-1].poll() is not None:
+                    sys.exit(f"scorer exited: {log_path.read_text()[-3000:]}")
+                time.sleep(0.3)
         load_start = os.getloadavg()
         started = time.time()
         wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
@@ -333,6 +407,12 @@ def run_path(kind: str, root: Path, base: dict, admin: Admin, signed: Path, scri
     span = (times[:, 2].max() - times[:, 0].min()) if len(times) else None
     return {
         "path": kind,
+        "scorer": "in a process of its own beside the receiver (experiment; no storeflow command runs it so yet)"
+        if own_process else "the receiver's risk thread (storeflow webhooks with risk.endpoint)",
+        "shopify_bucket": (f"{bucket}: Shopify's leaky bucket at that plan's restore rate, {RESTORE_RATES[bucket]:,.0f} "
+                           f"points/s (at most {RESTORE_RATES[bucket] / 10:,.0f} assessments/s), size 2,000 as in the "
+                           f"recorded answer" if bucket else
+                           "off: every answer reports a full bucket (Shopify's per-shop limit taken away)"),
         "risk_server": {"storeflow": "storeflow serve-risk (KServe ModelServer, storeflow's RiskPredictor: named "
                                      "features, level and facts, prediction log, metrics)",
                         "stock_kserve": "KServe ModelServer with a plain predict_proba Model on model.joblib "
@@ -343,7 +423,9 @@ def run_path(kind: str, root: Path, base: dict, admin: Admin, signed: Path, scri
         "drained": len(done) == journaled,  # every journaled order's assessment answered before --drain ran out
         "lost": 0 if len(done) == journaled else None,  # unknown until every journaled order was written back
         "not_written_back_when_drain_ended": journaled - len(done),
-        "admin_mutations_answered": admin.calls,
+        "admin_requests": admin.calls,
+        "admin_mutations_answered": admin.mutations,
+        "admin_throttled_answers": admin.throttled_calls,
         "sustained_orders_per_second": round(len(done) / span, 1) if span else None,
         "webhook_ack_orders_per_second": sent.get("requests_per_second"),
         "scored_orders": int(len(scored)),
@@ -382,7 +464,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     parser.add_argument("--drain", type=float, default=300)
-    parser.add_argument("--paths", default="storeflow,stock_kserve", help="rows to run, in this order")
+    parser.add_argument("--paths", default="storeflow,stock_kserve,storeflow@enterprise,storeflow+process",
+                        help="rows to run, in this order: the risk server (storeflow or stock_kserve), +process for "
+                             "the scorer in its own process (run_path's own_process), and after @ the "
+                             f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
+                             "none: no bucket)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--online-store", choices=("redis", "sqlite"), default="redis",
                         help="Feast's online store for velocity: redis (production's; a redis-server on loopback, one "
@@ -416,14 +502,17 @@ def main() -> None:
             redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        for number, kind in enumerate(args.paths.split(",")):
-            here = root / kind  # a copy of the trained state each: journal, outbox, online store start empty
+        for number, row in enumerate(args.paths.split(",")):
+            kind, _, bucket = row.partition("@")
+            kind, _, where = kind.partition("+")
+            here = root / row.replace("@", "-").replace("+", "-")  # a copy of the trained state each: journal, outbox, online store empty
             shutil.copytree(root / "state", here / "state")
             config = {**base, "project": {**base["project"], "state_dir": str(here / "state")}}
             if redis is not None:
                 config["features"] = {"feast": {"online_store": "redis",
                                                 "redis_connection_string": f"127.0.0.1:{redis_port},db={number}"}}
-            rows.append(run_path(kind, here, config, admin, signed, script, now, args))
+            rows.append(run_path(kind, bucket or None, here, config, admin, signed, script, now, args,
+                                 own_process=where == "process"))
             print(json.dumps(rows[-1], indent=2), flush=True)
     finally:
         admin.shutdown()
