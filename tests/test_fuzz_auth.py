@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 from urllib.parse import quote_from_bytes
 
 import jwt
 from hypothesis import HealthCheck, given, settings, strategies as st
+from starlette.datastructures import Headers
 
 from storeflow.serving.auth import AuthError, Principal, ShopifyAuthMiddleware, ShopifyVerifier
 from storeflow.serving.routes import is_inference
@@ -211,3 +214,64 @@ def test_rotation_expiry_and_audience_keep_shopifyapps_codes():
             assert exc.code == code
         else:
             raise AssertionError(f"{code}: accepted")
+
+
+def _webhook_decision(decide):
+    try:
+        return "accepted", decide()
+    except AuthError as exc:
+        return "refused", exc.code
+
+
+def _signature(body: bytes, secret: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+@st.composite
+def webhook_delivery(draw) -> tuple[list[tuple[bytes, bytes]], str]:
+    """Raw header list and body: signed with the current secret, the old one, another app's or nothing;
+    either header spelling, present but empty, duplicated; shops allowed, not allowed, or garbage."""
+    body = draw(st.one_of(text, st.just('{"id": 1, "email": "a@example.com"}')))
+    signature = draw(st.one_of(st.sampled_from([SECRET, OLD_SECRET, "shpss_someone_else_0123456789abcdef"])
+                               .map(lambda s: _signature(body.encode(), s)), st.just(""), text))
+    shop = draw(st.one_of(st.sampled_from([SHOP, OTHER, "demo-store", "x.myshopify.com", "",
+                                           SHOP + ".myshopify.com", SHOP.upper()]), text))
+    headers = []
+    for names, value in ((("x-shopify-hmac-sha256", "X-Shopify-Hmac-Sha256", "shopify-hmac-sha256"), signature),
+                         (("x-shopify-shop-domain", "X-Shopify-Shop-Domain", "shopify-shop-domain"), shop)):
+        for name in draw(st.lists(st.sampled_from(names), max_size=2)):
+            headers.append((name.lower().encode(), draw(st.one_of(st.just(value), text)).encode("utf-8", "replace")))
+    return headers, body
+
+
+@FUZZ
+@given(delivery=webhook_delivery())
+def test_a_webhook_is_decided_as_shopifyapp_decides_it(delivery):
+    """The receiver's check on the raw bytes (verify_webhook_body) names the same shop or refuses with the
+    same code as shopifyapp's verify_webhook_req (through verify_webhook), for every header spelling,
+    duplicate and empty value. One difference, both refusals: a non-ASCII signature made shopifyapp raise
+    (``malformed_credentials``); it is simply not the signature (``invalid_hmac``) here."""
+    raw_headers, body = delivery
+    headers = Headers(raw=raw_headers)
+    verifier = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP, OTHER], OLD_SECRET)
+    expected = _webhook_decision(lambda: verifier.verify_webhook("POST", "https://serve.example/webhooks",
+                                                                 dict(headers), body))
+    found = _webhook_decision(lambda: verifier.verify_webhook_body(body.encode(), headers))
+    if expected == ("refused", "malformed_credentials"):
+        assert found == ("refused", "invalid_hmac")
+    else:
+        assert found == expected
+
+
+def test_a_webhook_signed_with_either_secret_names_its_shop():
+    verifier = ShopifyVerifier(CLIENT_ID, SECRET, [SHOP], OLD_SECRET)
+    body = b'{"id": 820982911946154508}'
+    for secret in (SECRET, OLD_SECRET):
+        headers = Headers({"X-Shopify-Hmac-Sha256": _signature(body, secret), "X-Shopify-Shop-Domain": SHOP})
+        assert verifier.verify_webhook_body(body, headers) == Principal("webhook", SHOP)
+    for headers, code in (({"X-Shopify-Hmac-Sha256": _signature(body + b" ", SECRET), "X-Shopify-Shop-Domain": SHOP},
+                           "invalid_hmac"),
+                          ({"X-Shopify-Shop-Domain": SHOP}, "missing_hmac_header"),
+                          ({"X-Shopify-Hmac-Sha256": _signature(body, SECRET), "X-Shopify-Shop-Domain": OTHER},
+                           "shop_not_allowed")):
+        assert _webhook_decision(lambda: verifier.verify_webhook_body(body, Headers(headers))) == ("refused", code)

@@ -13,7 +13,11 @@ Signatures are checked by ``shopifyapp``, Shopify's own package, and PyJWT, neve
   as ``sub``; those go through shopifyapp's admin verifier.
 * app proxy requests carry ``signature`` = HMAC-SHA256 over the sorted query parameters; shopifyapp
   also rejects a ``timestamp`` more than 90 s away from now (replays).
-* webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body (:meth:`ShopifyVerifier.verify_webhook`).
+* webhooks: ``X-Shopify-Hmac-Sha256`` over the raw body. The receiver decides with
+  :meth:`ShopifyVerifier.verify_webhook_body`: shopifyapp's webhook decision (same headers, secrets, compare
+  and shop) on the raw bytes, without the ``json.loads``/``dumps`` of the body shopifyapp does first to redact
+  its log (~70 us of a ~6 us check for a small order, more for a large one; a test holds the two decisions
+  equal). :meth:`ShopifyVerifier.verify_webhook` is shopifyapp's own.
 
 A verified session token is remembered (keyed by the whole token string, at most
 :data:`TOKEN_CACHE_SIZE` of them, the oldest forgotten first in O(1)) until its ``exp``: a checkout
@@ -36,6 +40,8 @@ Who a verified caller is (:class:`Principal`) is decided here; what it may read 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import time
@@ -218,6 +224,25 @@ class ShopifyVerifier:
         self._allowed(shop)
         return Principal("app_proxy", shop, result.logged_in_customer_id or None)
 
+    def verify_webhook_body(self, raw: bytes, headers: Mapping[str, str]) -> Principal:
+        """A webhook delivery's sender, decided as shopifyapp's ``verify_webhook_req`` decides a POST with
+        ``raw`` as its body: the HMAC header (``X-Shopify-Hmac-Sha256``, else ``Shopify-Hmac-Sha256``) equal,
+        as base64 text and in constant time, to the HMAC-SHA256 of the bytes under the current or the old
+        secret; the shop from ``X-Shopify-Shop-Domain`` (else ``Shopify-Shop-Domain``); then our allow-list.
+        ``headers`` must look names up case-insensitively (Starlette's do)."""
+        received = _first_present(headers, "x-shopify-hmac-sha256", "shopify-hmac-sha256")
+        if not received:
+            raise AuthError("missing_hmac_header", "webhook signature rejected")
+        received_bytes = received.encode("utf-8", "surrogateescape")
+        if not any(hmac.compare_digest(received_bytes, base64.b64encode(hmac.new(secret.encode(), raw,
+                                                                                 hashlib.sha256).digest()))
+                   for secret in self._secrets):
+            raise AuthError("invalid_hmac", "webhook signature rejected")
+        domain = _first_present(headers, "x-shopify-shop-domain", "shopify-shop-domain")
+        shop = shop_domain(domain.replace(SHOP_SUFFIX, ""))  # what verify_webhook makes of shopifyapp's shop
+        self._allowed(shop)
+        return Principal("webhook", shop)
+
     def verify_webhook(self, method: str, url: str, headers: Mapping[str, str], body: str) -> Principal:
         try:
             result = self.app.verify_webhook_req({"method": method, "headers": dict(headers), "url": url,
@@ -239,6 +264,14 @@ class ShopifyVerifier:
 # refuses a non-ASCII signature (TypeError), urlparse a Host header like "[x" (ValueError), shopifyapp a
 # signed token whose dest is not a string (AttributeError).
 MALFORMED = (TypeError, ValueError, UnicodeError, AttributeError)
+
+
+def _first_present(headers: Mapping[str, str], *names: str) -> str:
+    """The value of the first of ``names`` present, empty or not (shopifyapp's lookup), else ''."""
+    for name in names:
+        if name in headers:
+            return headers[name]
+    return ""
 
 
 def _malformed(exc: Exception) -> AuthError:
