@@ -14,7 +14,9 @@ Rows one after the other on copies of the same trained state, the same deliverie
 ``storeflow`` (``storeflow serve-risk``: named features in, score, level and facts out, every prediction logged) and
 ``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
 file, features as lists in, scores out; the receiver makes the assessment). The receiver, its journal, live features
-(velocity in Feast's online store, ``--online-store``), outbox and write-back are the same in both.
+(velocity in Feast's online store, ``--online-store``), outbox and write-back are the same in both. Each with the
+receiver's scorer as ``storeflow webhooks`` runs it by default (``risk.scorer: process``, a process of its own) and,
+``+thread``, in threads of the receiver (``risk.scorer: thread``).
 
 Shopify's own limit, modelled in a row of its own: a shop's Admin API cost bucket refills at 100 points/s (Standard),
 200 (Advanced), 1,000 (Plus) or 2,000 (Enterprise) (shopify.dev/docs/apps/build/apis/graphql-admin/rate-limits), and
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,17 +62,18 @@ CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.jso
 THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
 RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
-            "from storeflow.components.shopify.webhooks import create_app; "
-            "uvicorn.run(create_app(load_settings(), apply=False), host='127.0.0.1', port=int(sys.argv[1]), "
-            "log_level='warning')")
-# the risk thread's work (realtime.RiskScorer) in a process of its own beside a receiver without it (argv: none)
-SCORER = ("import time; from storeflow.components.config import load_settings; "
-          "from storeflow.components.risk.realtime import RiskScorer; scorer = RiskScorer(load_settings()); "
-          "scorer.start(); print('scoring', flush=True); time.sleep(10 ** 6)")
-# the same receiver, its risk thread speaking to the stock KServe server (argv: port, columns, high, medium, version)
-RECEIVER_STOCK = ("import sys, json, uvicorn; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
-                  "stock_kserve_risk.patch_receiver(json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), "
-                  "sys.argv[5]); " + RECEIVER.split("; ", 1)[1])
+            "from storeflow.components.shopify.webhooks import create_app, scorer_supervisor; s = load_settings(); "
+            "uvicorn.run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s)), host='127.0.0.1', "
+            "port=int(sys.argv[1]), log_level='warning')")
+# the same receiver, its risk scorer (thread or process) speaking to the stock KServe server (argv: port, columns,
+# high, medium, version, this folder)
+RECEIVER_STOCK = ("import sys, json, functools, uvicorn; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
+                  "from storeflow.components.config import load_settings; "
+                  "from storeflow.components.shopify.webhooks import create_app, scorer_supervisor; s = load_settings(); "
+                  "a = (json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]); "
+                  "stock_kserve_risk.patch_receiver(*a); "
+                  "uvicorn.run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s, functools.partial("
+                  "stock_kserve_risk.run_scorer, *a))), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
 local deliveries, counter = {}, 0
@@ -212,6 +216,28 @@ def train(root: Path, config: dict) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, log: Path) -> None:
+    """One delivery (order ``i``, past wrk's) in, and wait until Shopify has its assessment."""
+    body = json.dumps(order(i, now), separators=(",", ":")).encode()
+    headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
+    answer = httpx.post(f"{url}/webhooks", content=body, headers=headers, timeout=30)
+    if answer.status_code != 200:
+        sys.exit(f"warm-up delivery answered {answer.status_code}: {answer.text}")
+    outbox = root / "state" / "shopify" / "risk.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if receiver.poll() is not None:
+            sys.exit(f"receiver exited: {log.read_text()[-3000:]}")
+        try:
+            with closing(sqlite3.connect(outbox)) as db:
+                if db.execute("SELECT count(*) FROM risk_outbox WHERE state = 'sent'").fetchone()[0]:
+                    return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"the warm-up order was not written back in 180 s: {log.read_text()[-3000:]}")
+
+
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -304,17 +330,17 @@ def pct(values: np.ndarray, q: float) -> float | None:
 
 
 def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin, signed: Path, script: Path,
-             now: str, args: argparse.Namespace, own_process: bool = False) -> dict:
-    """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it, wrk's
-    deliveries in, every assessment drained to the Admin API (Shopify's cost bucket of plan ``bucket``, or none).
-    ``own_process``: the receiver runs without order risk and the same scorer runs in a process of its own on the
-    same journal and state (storeflow has no command for that yet: an experiment on where the receiver's time goes)."""
+             now: str, args: argparse.Namespace, scorer: str = "process") -> dict:
+    """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it
+    (``risk.scorer``: ``scorer``), wrk's deliveries in, every assessment drained to the Admin API (Shopify's cost
+    bucket of plan ``bucket``, or none). Before wrk starts, one delivery is sent and waited for until Shopify has
+    its assessment: the scorer is up (a process of its own starts a few seconds after the receiver)."""
     admin.reset(bucket)
     model_port, receiver_port = free_port(), free_port()
     config = root / "storeflow.yaml"
     config.write_text(yaml.safe_dump({**base, "serving": {"shopify_client_id": "bench-app"},
                                       "risk": {"endpoint": f"http://127.0.0.1:{model_port}", "port": model_port,
-                                               "retry_seconds": 0.2},
+                                               "retry_seconds": 0.2, "scorer": scorer},
                                       "shopify": {"admin_origin": f"http://127.0.0.1:{admin.server_address[1]}"}}))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")}, "STOREFLOW_CONFIG": str(config),
            "SHOPIFY_API_SECRET": SECRET, "SHOPIFY_ACCESS_TOKEN": "shpat_bench"}
@@ -346,19 +372,12 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                             str(cuts["high"]), str(cuts["medium"]), str(version), str(Path(__file__).parent)]
         procs.append(model)
         wait_ready(f"http://127.0.0.1:{model_port}/v2/models/storeflow-order-risk/ready", model, model_log)
-        receiver = subprocess.Popen(receiver_cmd, env={**env, "STOREFLOW_RISK__ENDPOINT": ""} if own_process else env,
-                                    cwd=root, stdout=receiver_log.open("wb"), stderr=subprocess.STDOUT)
+        receiver = subprocess.Popen(receiver_cmd, env=env, cwd=root, stdout=receiver_log.open("wb"),
+                                    stderr=subprocess.STDOUT)
         procs.append(receiver)
         wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, receiver_log)
-        if own_process:
-            log_path = root / "scorer.log"
-            procs.append(subprocess.Popen([sys.executable, "-c", SCORER], env=env, cwd=root,
-                                          stdout=log_path.open("wb"), stderr=subprocess.STDOUT))
-            deadline = time.monotonic() + 120  # its history built (Feast imported, the snapshot read), scoring
-            while time.monotonic() < deadline and "scoring" not in log_path.read_text():
-                if procs[-1].poll() is not None:
-                    sys.exit(f"scorer exited: {log_path.read_text()[-3000:]}")
-                time.sleep(0.3)
+        warm_up(f"http://127.0.0.1:{receiver_port}", args.deliveries, now, root, receiver, receiver_log)
+        admin.reset(bucket)  # the warm-up's call not counted
         load_start = os.getloadavg()
         started = time.time()
         wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
@@ -407,8 +426,9 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
     span = (times[:, 2].max() - times[:, 0].min()) if len(times) else None
     return {
         "path": kind,
-        "scorer": "in a process of its own beside the receiver (experiment; no storeflow command runs it so yet)"
-        if own_process else "the receiver's risk thread (storeflow webhooks with risk.endpoint)",
+        "scorer": {"process": "risk.scorer: process (the default): a process of its own the receiver starts and "
+                              "restarts, as under storeflow webhooks",
+                   "thread": "risk.scorer: thread: threads of the receiver's process"}[scorer],
         "shopify_bucket": (f"{bucket}: Shopify's leaky bucket at that plan's restore rate, {RESTORE_RATES[bucket]:,.0f} "
                            f"points/s (at most {RESTORE_RATES[bucket] / 10:,.0f} assessments/s), size 2,000 as in the "
                            f"recorded answer" if bucket else
@@ -464,9 +484,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     parser.add_argument("--drain", type=float, default=300)
-    parser.add_argument("--paths", default="storeflow,stock_kserve,storeflow@enterprise,storeflow+process",
-                        help="rows to run, in this order: the risk server (storeflow or stock_kserve), +process for "
-                             "the scorer in its own process (run_path's own_process), and after @ the "
+    parser.add_argument("--paths", default="storeflow,stock_kserve,storeflow+thread,stock_kserve+thread,"
+                                           "storeflow@enterprise",
+                        help="rows to run, in this order: the risk server (storeflow or stock_kserve), +thread for "
+                             "risk.scorer: thread (else process, the default), and after @ the "
                              f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
                              "none: no bucket)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -512,7 +533,7 @@ def main() -> None:
                 config["features"] = {"feast": {"online_store": "redis",
                                                 "redis_connection_string": f"127.0.0.1:{redis_port},db={number}"}}
             rows.append(run_path(kind, bucket or None, here, config, admin, signed, script, now, args,
-                                 own_process=where == "process"))
+                                 scorer=where or "process"))
             print(json.dumps(rows[-1], indent=2), flush=True)
     finally:
         admin.shutdown()

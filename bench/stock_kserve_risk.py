@@ -58,7 +58,7 @@ def export(model_dir: Path, out: Path) -> list[str]:
 
 
 def patch_receiver(columns: list[str], high: float, medium: float, version: str) -> None:
-    """Make the receiver's risk thread speak to the stock server: features as lists in ``columns`` order, the
+    """Make the receiver's risk scorer speak to the stock server: features as lists in ``columns`` order, the
     answer's scores turned into the assessment here."""
     from storeflow.components.risk.assess import Levels, assessment
     from storeflow.components.risk.protocol import MAX_INSTANCES
@@ -87,6 +87,16 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
         return out
 
     RiskScorer._score_many = score_many
+
+
+def run_scorer(columns: list[str], high: float, medium: float, version: str, settings_json: str,
+               receiver_pid: int | None = None) -> None:
+    """The receiver's scorer process (risk.scorer: process) speaking to the stock server (what
+    ``functools.partial(run_scorer, columns, high, medium, version)`` gives the receiver's supervisor)."""
+    from storeflow.components.risk import realtime
+
+    patch_receiver(columns, high, medium, version)
+    realtime.run_scorer(settings_json, receiver_pid)
 
 
 def main() -> None:

@@ -682,6 +682,11 @@ class RiskConfig(Section):
     endpoint: str | None = Field(None, description="Base URL of the risk model server (http://127.0.0.1:8082 "
                                  "locally; the InferenceService's URL on a cluster). Set, the webhook receiver scores "
                                  "every orders/create and writes the assessment back to Shopify; unset, it does not.")
+    scorer: Literal["process", "thread"] = Field(
+        "process", description="Where `storeflow webhooks` scores orders and writes assessments back: `process`, a "
+        "process of its own it starts and restarts like the applier (scoring never holds the receiver's GIL: "
+        "bench/risk_throughput.json's scorer-process row acknowledged about twice the deliveries a second on 2 "
+        "cores), or `thread`, threads of the receiver's process.")
     request_timeout_seconds: float = Field(5.0, gt=0, description="How long the receiver waits for a score; an "
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "

@@ -88,6 +88,14 @@ class Stack:
         self.receiver = self._start([sys.executable, "-c", RECEIVER, str(self.receiver_port)], "receiver")
         self._wait(f"{self.url}/livez", self.receiver, "receiver")
 
+    def start_webhooks_command(self, *overrides: str) -> None:
+        """The receiver as a cluster runs it: ``storeflow webhooks`` (its applier and, by default, its risk
+        scorer in processes of their own)."""
+        cli = Path(sys.executable).with_name("storeflow")
+        sets = [arg for override in overrides for arg in ("-s", override)]
+        self.receiver = self._start([str(cli), "webhooks", "--port", str(self.receiver_port), *sets], "receiver")
+        self._wait(f"{self.url}/livez", self.receiver, "receiver")
+
     def _wait(self, url: str, proc: subprocess.Popen, name: str) -> None:
         deadline = time.monotonic() + 120
         while True:
@@ -391,3 +399,42 @@ def test_healthz_says_behind_while_an_order_waits_for_its_score(tmp_path, monkey
         health = client.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "behind"
         assert health.json()["risk"]["unscored"] == 1 and health.json()["risk"]["oldest_unscored_seconds"] > 0.5
+
+
+def _holding(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a file called ``name`` open."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(f"/{name}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, PermissionError):
+        return False
+
+
+def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(stack: Stack, admin: FakeAdmin):
+    """`storeflow webhooks` runs the scorer in a process of its own (risk.scorer: process): /healthz reports it
+    and why it fails from there; killed with -9, it is restarted, /healthz says behind meanwhile, and every order
+    delivered before, during and after is written back exactly once."""
+    a, b = new_order(9300000001, 8900000001, "one@example.com"), new_order(9300000002, 8900000002, "two@example.com")
+    stack.start_webhooks_command("shopify.applier_restart_seconds=3")  # the risk server is not up yet
+    assert stack.deliver(a, "wh-p-a")["status"] == "accepted"
+    failing = until(lambda: (risk := httpx.get(f"{stack.url}/healthz", timeout=10).json()["risk"])["last_error"]
+                    and risk, timeout=30)
+    assert failing["scorer"] == "running" and failing["unscored"] == 1 and failing["last_error"].startswith("risk server")
+
+    stack.start_model()
+    until(lambda: len(admin.created) == 1)
+    children = [int(p) for p in open(f"/proc/{stack.receiver.pid}/task/{stack.receiver.pid}/children").read().split()]
+    scorers = [pid for pid in children if _holding(pid, "risk.db")]
+    assert len(scorers) == 1, "one child process scores (the other applies)"
+    os.kill(scorers[0], signal.SIGKILL)
+    down = until(lambda: (health := httpx.get(f"{stack.url}/healthz", timeout=10)).json()["risk"]["scorer"] == "down"
+                 and health, timeout=10)
+    assert down.status_code == 503 and down.json()["status"] == "behind"
+    assert stack.deliver(b, "wh-p-b")["status"] == "accepted"  # taken while no scorer runs
+    assert stack.deliver(a, "wh-p-a2")["status"] == "accepted"  # and Shopify sending a again, under a new id
+
+    until(lambda: len(admin.created) >= 2, timeout=60)
+    health = until(lambda: (h := httpx.get(f"{stack.url}/healthz", timeout=10)).status_code == 200 and h.json())
+    assert health["risk"]["scorer"] == "running" and health["risk"]["last_error"] is None
+    time.sleep(1.0)  # any second mutation of an order would come now
+    assert sorted(c["orderId"] for c in admin.created) == ["gid://shopify/Order/9300000001",
+                                                           "gid://shopify/Order/9300000002"]

@@ -1,12 +1,14 @@
 """Real-time order risk (issue 16): every ``orders/create`` the webhook receiver journaled is scored by the risk
 model server and its assessment written back to Shopify with ``orderRiskAssessmentCreate``.
 
-A thread of the receiver (``risk.endpoint`` set) follows the journal in arrival order. For an ``orders/create`` it
+With ``risk.endpoint`` set, a scorer follows the journal in arrival order: under ``storeflow webhooks`` a process of
+its own the receiver starts and restarts (``risk.scorer: process``, :func:`run_scorer`; scoring never holds the
+receiver's GIL), or threads of the receiver's process (``thread``). For an ``orders/create`` it
 computes the order's features from live history (:mod:`storeflow.components.risk.live`), asks the risk server
 (KServe V1, :mod:`storeflow.components.risk.protocol`) for the score, level and facts, and then, in one SQLite
 transaction, records the order as history, queues the assessment in the outbox
 (:mod:`storeflow.components.shopify.assessments`) and moves its place in the journal on. Other order and refund
-topics only add history. A second thread of the receiver drains the outbox to the Admin API as assessments are
+topics only add history. A second thread of the scorer drains the outbox to the Admin API as assessments are
 queued (its own SQLite connection), so scoring goes on while the write-back waits on Shopify's cost bucket (a
 shop's bucket admits 10-200 assessments a second: scoring would otherwise run at that pace).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -43,6 +46,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), journal_rowid INTEGER NOT NULL);
 -- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
 CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
+-- why the scoring or the write-back loop's last pass failed, while it does (/healthz reads it from any process)
+CREATE TABLE IF NOT EXISTS risk_failing (part TEXT PRIMARY KEY, error TEXT NOT NULL, at REAL);
 """
 BATCH = 1_000  # journal rows per pass: a backlog is scored in batches this large (ms per order falls with size)
 
@@ -56,6 +61,25 @@ def risk_db(settings: Settings) -> Path:
     return layout.connection_dir(settings) / "risk.db"
 
 
+def open_risk_db(settings: Settings) -> sqlite3.Connection:
+    """The risk database, created if new, with its place in the journal.
+
+    Turned on for a receiver that journaled orders before, the risk path starts after them: those were never
+    scored and are not now (their assessments would land weeks late); from here on every delivery is. The
+    receiver opens it before it takes a delivery (a scorer process starts a few seconds later), and before
+    anything else can fail, so a later start scores what arrived meanwhile."""
+    path = risk_db(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(assessments.SCHEMA)
+    db.executescript(SCHEMA)
+    with closing(journal.connect(layout.journal_path(settings))) as events:
+        (last,) = events.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
+    db.execute("INSERT OR IGNORE INTO risk_cursor VALUES (0, ?)", (last,))
+    return db
+
+
 class RiskScorer:
     def __init__(self, settings: Settings, http: httpx.Client | None = None, admin: AdminClient | None = None):
         if not settings.risk.endpoint:
@@ -63,19 +87,10 @@ class RiskScorer:
                              "the risk InferenceService on a cluster)")
         self.settings = settings
         self.url = f"{settings.risk.endpoint.rstrip('/')}/v1/models/{settings.risk.inference_service}:predict"
-        path = risk_db(settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # built here, used by the scoring thread (one user at a time)
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(assessments.SCHEMA)
-        self.db.executescript(SCHEMA)
+        self.db = open_risk_db(settings)
+        self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
         self.journal = journal.connect(layout.journal_path(settings))
-        # Turned on for a receiver that journaled orders before: those were never scored and are not now
-        # (their assessments would land weeks late); from here on every delivery is. Set before anything
-        # else can fail, so a later start scores what arrived meanwhile.
-        self.db.execute("INSERT OR IGNORE INTO risk_cursor VALUES (0, ?)",
-                        (self.journal.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0],))
         self.history = LiveHistory.from_settings(settings, self.db)
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self.admin = admin
@@ -230,22 +245,15 @@ class RiskScorer:
         return handled
 
     def state(self) -> dict:
-        """What waits, for the receiver's /healthz: orders journaled and not scored yet (and how long the oldest
-        has waited), assessments queued for Shopify, set aside, and the last failure of the loop."""
-        from datetime import datetime, timezone
+        """What waits, for the receiver's /healthz (see :func:`risk_state`)."""
+        return risk_state(self.settings)
 
-        with sqlite3.connect(risk_db(self.settings), timeout=5) as db:
-            (after,) = db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
-            counts = dict(db.execute("SELECT state, count(*) FROM risk_outbox GROUP BY state").fetchall())
-            (skipped,) = db.execute("SELECT count(*) FROM risk_skipped").fetchone()
-        with sqlite3.connect(layout.journal_path(self.settings), timeout=5) as log_db:
-            unscored, oldest = log_db.execute("SELECT count(*), min(received_at) FROM events WHERE rowid > ? AND "
-                                              "topic = ?", (after, SCORED_TOPIC)).fetchone()
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
-        return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
-                "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
-                "rejected": counts.get("rejected", 0), "skipped": skipped,
-                "last_error": self.last_error or self.write_error}
+    def _failing(self, db: sqlite3.Connection, part: str, error: str | None) -> None:
+        """Record (or clear) why ``part``'s loop fails, where /healthz finds it whichever process asks."""
+        if error is None:
+            db.execute("DELETE FROM risk_failing WHERE part = ?", (part,))
+        else:
+            db.execute("INSERT OR REPLACE INTO risk_failing VALUES (?, ?, julianday('now'))", (part, error))
 
     # --- running --------------------------------------------------------------------------------------
 
@@ -273,14 +281,23 @@ class RiskScorer:
         while not self._stop.is_set():
             try:
                 self.step(drain=False)
+                if self.last_error is not None:
+                    self._failing(self.db, "scoring", None)
                 self.last_error = None
                 wait = self.settings.risk.retry_seconds
                 self._stop.wait(idle)
             except Exception as exc:  # noqa: BLE001 - deliveries stay journaled, assessments queued: retried
                 self.last_error = str(exc)[:500]
+                self._record_failure(self.db, "scoring", self.last_error)
                 log.warning("order risk: %s; retrying in %.1f s", exc, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, cap)
+
+    def _record_failure(self, db: sqlite3.Connection, part: str, error: str) -> None:
+        try:
+            self._failing(db, part, error)
+        except sqlite3.Error:  # the database itself failing: the log says so
+            pass
 
     def _write_back(self) -> None:
         """The write-back thread: drains the outbox whenever assessments were queued (and every idle interval, for
@@ -298,11 +315,60 @@ class RiskScorer:
                         if result is None or not result.pending or not (result.sent or result.already_assessed or
                                                                         result.rejected):
                             break  # nothing left, or no progress (Shopify unreachable): try again when woken
+                    if self.write_error is not None:
+                        self._failing(db, "write_back", None)
                     wait, self.write_error = self.settings.risk.retry_seconds, None
                 except Exception as exc:  # noqa: BLE001 - assessments stay queued: retried
                     self.write_error = str(exc)[:500]
+                    self._record_failure(db, "write_back", self.write_error)
                     log.warning("order risk write-back: %s; retrying in %.1f s", exc, wait)
                     self._stop.wait(wait)
                     wait = min(wait * 2, cap)
         finally:
             db.close()
+
+
+def risk_state(settings: Settings) -> dict:
+    """What waits, for the receiver's /healthz, read from the databases (the scorer may be another process):
+    orders journaled and not scored yet (and how long the oldest has waited), assessments queued for Shopify,
+    sent, refused and set aside, and why the scoring or write-back loop fails, while it does. Before a scorer
+    first started there is nothing of its own to report."""
+    from datetime import datetime, timezone
+
+    path = risk_db(settings)
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            (after,) = db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
+            counts = dict(db.execute("SELECT state, count(*) FROM risk_outbox GROUP BY state").fetchall())
+            (skipped,) = db.execute("SELECT count(*) FROM risk_skipped").fetchone()
+            failing = dict(db.execute("SELECT part, error FROM risk_failing").fetchall())
+    except (sqlite3.OperationalError, TypeError):  # no database or no cursor yet: the scorer is starting
+        return {"unscored": 0, "oldest_unscored_seconds": None, "queued": 0, "sent": 0, "rejected": 0,
+                "skipped": 0, "last_error": None}
+    with closing(sqlite3.connect(layout.journal_path(settings), timeout=5)) as log_db:
+        unscored, oldest = log_db.execute("SELECT count(*), min(received_at) FROM events WHERE rowid > ? AND "
+                                          "topic = ?", (after, SCORED_TOPIC)).fetchone()
+    age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
+    return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
+            "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
+            "rejected": counts.get("rejected", 0), "skipped": skipped,
+            "last_error": failing.get("scoring") or failing.get("write_back")}
+
+
+def run_scorer(settings_json: str, receiver_pid: int | None = None) -> None:
+    """The scorer's process (``risk.scorer: process``, started and restarted by the receiver): scoring and
+    write-back threads as in the receiver, in a process of their own, so scoring never holds the receiver's GIL
+    (bench/risk_throughput: about twice the deliveries acknowledged a second on 2 cores). It ends when the
+    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`)."""
+    import os
+    import time
+
+    from storeflow.components.config import load_settings
+
+    scorer = RiskScorer(load_settings(settings_json))
+    scorer.start()
+    try:
+        while receiver_pid is None or os.getppid() == receiver_pid:
+            time.sleep(0.5)
+    finally:
+        scorer.stop()

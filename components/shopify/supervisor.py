@@ -1,10 +1,11 @@
-"""The applier as its own process, restarted when it dies.
+"""The receiver's workers as processes of their own, each restarted when it dies.
 
 Under ``storeflow webhooks`` the receiver only journals; a spawned process applies (Feast writes never
-hold the receiver's GIL). If that process dies (a crash, the OOM killer, kill -9), the receiver starts a
-new one after ``shopify.applier_restart_seconds``, doubling per crash in a row up to
-``shopify.applier_restart_max_seconds``; the journal keeps every event meanwhile, and /healthz says
-``behind`` while no applier runs.
+hold the receiver's GIL), and with order risk on (``risk.scorer: process``) another scores orders and writes
+their assessments back (:func:`storeflow.components.risk.realtime.run_scorer`). If one dies (a crash, the OOM
+killer, kill -9), the receiver starts a new one after ``shopify.applier_restart_seconds``, doubling per crash
+in a row up to ``shopify.applier_restart_max_seconds``; the journal keeps every event meanwhile, and /healthz
+says ``behind`` while one is down.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import multiprocessing.connection
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from storeflow.components.config import Settings
 
@@ -47,11 +49,13 @@ def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
                            settings.shopify.applier_restart_seconds * 2 ** min(failures, 8)))
 
 
-class ApplierSupervisor:
-    """Starts the applier process and restarts it, with backoff, whenever it exits."""
+class ProcessSupervisor:
+    """Starts ``target(settings_json, receiver_pid)`` as a process and restarts it, with backoff, whenever it
+    exits. ``target`` must be importable (the process is spawned) and end once ``receiver_pid`` has gone."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, target: Callable[[str, int | None], None], name: str):
         self.settings = settings
+        self.target, self.name = target, name
         self.restarts = 0
         self._process: multiprocessing.Process | None = None
         self._running = False
@@ -60,7 +64,7 @@ class ApplierSupervisor:
 
     @property
     def running(self) -> bool:
-        """Whether an applier process is up (False while waiting to restart one)."""
+        """Whether the process is up (False while waiting to restart one)."""
         return self._running
 
     @property
@@ -69,7 +73,7 @@ class ApplierSupervisor:
 
     def start(self) -> None:
         self._spawn()
-        self._watcher = threading.Thread(target=self._watch, daemon=True, name="applier-supervisor")
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name=f"{self.name}-supervisor")
         self._watcher.start()
 
     def stop(self) -> None:
@@ -83,7 +87,7 @@ class ApplierSupervisor:
 
     def _spawn(self) -> None:
         self._process = multiprocessing.get_context("spawn").Process(
-            target=run_applier, args=(self.settings.to_json(), os.getpid()), name="webhook-applier", daemon=True)
+            target=self.target, args=(self.settings.to_json(), os.getpid()), name=self.name, daemon=True)
         self._process.start()
         self._running = True
 
@@ -101,11 +105,18 @@ class ApplierSupervisor:
                 return
             if time.monotonic() - started > cfg.applier_restart_max_seconds:
                 delay = cfg.applier_restart_seconds  # it had been up a while: not a crash loop
-            log.error("the webhook applier (pid %s) exited with %s; restarting it in %.1f s",
-                      self._process.pid, self._process.exitcode, delay)
+            log.error("the %s (pid %s) exited with %s; restarting it in %.1f s", self.name, self._process.pid,
+                      self._process.exitcode, delay)
             if self._stop.wait(delay):
                 return
             self._spawn()
             self.restarts += 1
             started = time.monotonic()
             delay = min(delay * 2, cfg.applier_restart_max_seconds)
+
+
+class ApplierSupervisor(ProcessSupervisor):
+    """The webhook applier (:func:`run_applier`) as a supervised process."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, run_applier, "webhook-applier")

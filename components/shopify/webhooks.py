@@ -11,8 +11,10 @@ validated (:mod:`.payloads`); then the event is committed to the journal and onl
 A delivery whose webhook id was seen before is answered 200 and changes nothing. Bad input gets a 4xx
 JSON naming the problem; nothing already stored is touched.
 
-With ``risk.endpoint`` set, a thread scores every journaled ``orders/create`` with the risk model server and
-writes the assessment back to Shopify (:mod:`storeflow.components.risk.realtime`).
+With ``risk.endpoint`` set, every journaled ``orders/create`` is scored with the risk model server and its
+assessment written back to Shopify (:mod:`storeflow.components.risk.realtime`): under ``storeflow webhooks``
+by a process of its own the receiver restarts when it dies (``risk.scorer: process``, the default), or by
+threads of the receiver (``thread``).
 
 ``/healthz`` reports the applier: 503 ``behind`` when it is down or the oldest pending event has waited
 longer than ``shopify.apply_max_lag_seconds``, with the pending count, the oldest age and the number of
@@ -46,7 +48,7 @@ from storeflow.components.shopify import layout, products
 from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
 from storeflow.components.shopify.products import AVAILABILITY_TOPICS
-from storeflow.components.shopify.supervisor import ApplierSupervisor
+from storeflow.components.shopify.supervisor import ApplierSupervisor, ProcessSupervisor
 from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
 log = logging.getLogger(__name__)
@@ -105,9 +107,12 @@ def header_problem(headers: Headers) -> JSONResponse | None:
 
 
 def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, apply: bool = True,
-               supervisor: ApplierSupervisor | None = None) -> Starlette:
+               supervisor: ApplierSupervisor | None = None,
+               risk_supervisor: ProcessSupervisor | None = None) -> Starlette:
     """The receiver. ``apply=True`` applies in a thread of this process; ``apply=False`` only journals, and
-    ``supervisor`` (if given) runs the applier as a process and restarts it (what ``serve`` does)."""
+    ``supervisor`` (if given) runs the applier as a process and restarts it (what ``serve`` does). With
+    ``risk.endpoint`` set, orders are scored by threads of this process, or by the process ``risk_supervisor``
+    runs (what ``serve`` does under ``risk.scorer: process``)."""
     verifier = verifier or ShopifyVerifier.from_settings(settings)
     cfg = settings.shopify
     limit = cfg.webhook_max_body_bytes
@@ -172,6 +177,13 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         if request.app.state.risk is not None:  # orders waiting for a risk score count as being behind too
             answer["risk"] = risk = request.app.state.risk.state()
             behind = behind or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds
+        elif risk_supervisor is not None:
+            from storeflow.components.risk.realtime import risk_state
+
+            answer["risk"] = risk = {"scorer": "running" if risk_supervisor.running else "down",
+                                     **risk_state(settings)}
+            behind = (behind or risk["scorer"] == "down"
+                      or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds)
         answer["status"] = "behind" if behind else "ok"
         return JSONResponse(answer, status_code=503 if behind else 200)
 
@@ -193,7 +205,12 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         if supervisor is not None:
             supervisor.start()
         app.state.risk = None
-        if settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
+        if risk_supervisor is not None:
+            from storeflow.components.risk.realtime import open_risk_db
+
+            open_risk_db(settings).close()  # where scoring starts: before the first delivery is taken
+            risk_supervisor.start()
+        elif settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
             from storeflow.components.risk.realtime import RiskScorer
 
             try:
@@ -207,6 +224,8 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         finally:
             if app.state.risk is not None:
                 app.state.risk.stop()
+            if risk_supervisor is not None:
+                risk_supervisor.stop()
             if app.state.applier:
                 app.state.applier.stop()
             if supervisor is not None:
@@ -229,11 +248,23 @@ def _applier_state(app: Starlette) -> Callable[[], str]:
     return state
 
 
+def scorer_supervisor(settings: Settings, target: Callable[[str, int | None], None] | None = None
+                      ) -> ProcessSupervisor | None:
+    """The order risk scorer's process (``target``, by default :func:`~storeflow.components.risk.realtime.run_scorer`)
+    when order risk is on and ``risk.scorer`` is ``process``; else None (scored in the receiver's threads, or not)."""
+    if not settings.risk.endpoint or settings.risk.scorer != "process":
+        return None
+    if target is None:
+        from storeflow.components.risk.realtime import run_scorer as target
+    return ProcessSupervisor(settings, target, "order-risk-scorer")
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     cfg = settings.shopify
-    app = create_app(settings, apply=False, supervisor=ApplierSupervisor(settings))
+    app = create_app(settings, apply=False, supervisor=ApplierSupervisor(settings),
+                     risk_supervisor=scorer_supervisor(settings))
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
              port or cfg.webhook_port, PATH)
     uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
