@@ -682,6 +682,10 @@ class RiskConfig(Section):
     endpoint: str | None = Field(None, description="Base URL of the risk model server (http://127.0.0.1:8082 "
                                  "locally; the InferenceService's URL on a cluster). Set, the webhook receiver scores "
                                  "every orders/create and writes the assessment back to Shopify; unset, it does not.")
+    writeback_max_attempts: int = Field(10, ge=1, description="Attempts at writing an order's assessment back that "
+                                        "Shopify ran and failed on that order alone (an error at its alias) before the "
+                                        "order is set aside (risk_outbox state rejected, with why); outages do not count "
+                                        "towards it as failures and never set an order aside.")
     scorer: Literal["process", "thread"] = Field(
         "process", description="Where `storeflow webhooks` scores orders and writes assessments back: `process`, a "
         "process of its own it starts and restarts like the applier (scoring never holds the receiver's GIL: "

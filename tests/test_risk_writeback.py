@@ -300,3 +300,27 @@ def test_an_alias_shopify_fails_to_run_waits_alone_and_the_rest_of_its_document_
     assert (result.sent, result.already_assessed, result.pending) == (1, 0, 0)
     assert sorted(c["orderId"] for c in shopify.created) == [f"gid://shopify/Order/{o}" for o in range(7000, 7006)]
     assert shopify.documents == [6, 1, 1]
+
+
+def test_an_order_shopify_keeps_failing_on_is_set_aside_with_why_after_its_last_attempt(outbox, client, shopify) -> None:
+    """An alias Shopify fails to run every time was asked about and sent again in every drain, for ever."""
+    shopify.failing_orders.add("gid://shopify/Order/7102")
+    for order in range(7100, 7104):
+        enqueue(outbox, order, "HIGH", FACTS, "3")
+    results = [drain(outbox, client, max_attempts=3) for _ in range(3)]
+    assert [(r.sent, r.rejected, r.pending) for r in results] == [(3, 0, 1), (0, 0, 1), (0, 1, 0)]
+    assert ids(outbox, "rejected") == [7102] and ids(outbox, "pending") == []
+    (error,) = outbox.execute("SELECT last_error FROM risk_outbox WHERE state = 'rejected'").fetchone()
+    assert error.startswith("given up after 3 attempts: ") and "Internal error" in error
+    drain(outbox, client, max_attempts=3)
+    assert len(shopify.documents) == 5  # 1 + 2 of asking and sending it again; nothing once set aside
+
+
+def test_an_outage_never_sets_an_order_aside(outbox, client, shopify) -> None:
+    enqueue(outbox, 7200, "LOW", FACTS, "3")
+    shopify.down_after = 0
+    for _ in range(4):
+        assert drain(outbox, client, max_attempts=2).rejected == 0
+    assert ids(outbox, "pending") == [7200]
+    shopify.down_after = None
+    assert drain(outbox, client, max_attempts=2).sent == 1

@@ -227,7 +227,8 @@ class RiskScorer:
             except ShopifyError as exc:
                 log.warning("risk assessments stay queued: %s", exc)
                 return None
-        return assessments.drain(db, self.admin, limit=BATCH)  # as many as a pass may queue
+        return assessments.drain(db, self.admin, limit=BATCH,  # as many as a pass may queue
+                                 max_attempts=self.settings.risk.writeback_max_attempts)
 
     def step(self, drain: bool = True) -> int:
         """Score what arrived, writing back what is queued after each batch (under a steady stream of orders a

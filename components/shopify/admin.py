@@ -32,7 +32,8 @@ class ShopifyError(RuntimeError):
 
 class PartialErrors(ShopifyError):
     """Shopify ran the document and some fields failed (``errors`` with a ``path``, those fields null in ``data``):
-    the others' answers are in ``data``; ``problems`` maps each failed top-level field (an alias) to why."""
+    the others' answers are in ``data``; ``problems`` maps each failed top-level field (an alias) to why. Also a
+    document of one field that failed at its path (all of several failing is an outage, not this)."""
 
     def __init__(self, message: str, data: dict, problems: dict[str, str]):
         super().__init__(message)
@@ -135,8 +136,10 @@ class AdminClient:
             status = result.response.status
             data = body.get("data")
             located = [e for e in body.get("errors") or [] if isinstance(e, dict) and e.get("path")]
-            if isinstance(data, dict) and any(v is not None for v in data.values()) and located and \
-                    len(located) == len(body.get("errors") or []):
+            # Ran, some fields failed at their paths: the others answered, or the one field of the document failed
+            # alone (an order Shopify fails on, whatever the others do); every field failing is no one field's fault.
+            if isinstance(data, dict) and (any(v is not None for v in data.values()) or len(data) == 1) and \
+                    located and len(located) == len(body.get("errors") or []):
                 self.last_cost = cost
                 raise PartialErrors(f"Admin API call for {self.creds.shop}: {_messages(body)}", data,
                                     {str(e["path"][0]): str(e.get("message")) for e in located})

@@ -132,7 +132,7 @@ def per_document(client: AdminClient, cost: int) -> int:
     return max(1, int(ceiling // cost))
 
 
-def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> DrainResult:
+def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_attempts: int = 10) -> DrainResult:
     """Send up to ``limit`` pending assessments, oldest first, many per request; stop at the first outage (the rest
     stay pending).
 
@@ -145,7 +145,9 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> Drai
     document Shopify still finds too costly (``MAX_COST_EXCEEDED``) ran not at all and goes again in halves. Each
     alias's answer is its own order's: a user error parks that order alone, the others of its document are sent; an
     alias Shopify failed to run (an error with its path, the others answered) stays pending with why, and asks
-    Shopify before it goes again."""
+    Shopify before it goes again, until its ``max_attempts``-th attempt: then it is set aside (``rejected``, with
+    why), an order Shopify keeps failing on is no reason to ask and send it in every drain for ever. An outage never
+    sets an order aside."""
     rows = db.execute("SELECT order_id, risk_level, facts, model_version, attempts FROM risk_outbox "
                       "WHERE state = 'pending' ORDER BY enqueued_at LIMIT ?", (limit,)).fetchall()
     if rows:
@@ -157,6 +159,7 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> Drai
     mine: set[str] = set()
     failed_alone: list[tuple[str, str]] = []  # (why, order): its alias failed, the rest of its document ran
     error = None
+    tries = {order: attempts for order, *_, attempts in rows}  # before this one
     try:
         tried = [(order, version) for order, _, _, version, attempts in rows if attempts]
         for part, data, _ in _documents(client, tried, ASSESSMENTS_COST, assessments_document, _ids, flight):
@@ -169,7 +172,11 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100) -> Drai
                 answer = data.get(f"a{j}")
                 if not isinstance(answer, dict):  # no answer: stays pending, and asks Shopify before going again
                     if f"a{j}" in problems:
-                        failed_alone.append((problems[f"a{j}"][:2000], order))
+                        why = problems[f"a{j}"][:2000]
+                        if tries[order] + 1 >= max_attempts:
+                            marks.append((order, "rejected", f"given up after {max_attempts} attempts: {why}", at))
+                        else:
+                            failed_alone.append((why, order))
                     continue
                 if errors := answer.get("userErrors"):
                     marks.append((order, "rejected", "; ".join(
