@@ -28,7 +28,7 @@ does), and ``storeflow@enterprise`` with Shopify's Enterprise bucket (2,000 poin
 2,000 points), which caps its write-back at 200 orders/s by design.
 Writes bench/results/risk_throughput.json (with the commit, the store's size and the load average).
 
-    flock -x /tmp/storeflow-quiet.lock timeout 1500 nice -n 15 .venv/bin/python bench/risk_throughput.py
+    flock -x /tmp/storeflow-quiet.lock timeout 2400 nice -n 5 .venv/bin/python bench/risk_throughput.py
 """
 
 from __future__ import annotations
@@ -336,6 +336,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
     bucket of plan ``bucket``, or none). Before wrk starts, one delivery is sent and waited for until Shopify has
     its assessment: the scorer is up (a process of its own starts a few seconds after the receiver)."""
     admin.reset(bucket)
+    seconds = args.bucket_seconds if bucket else args.seconds
     model_port, receiver_port = free_port(), free_port()
     config = root / "storeflow.yaml"
     config.write_text(yaml.safe_dump({**base, "serving": {"shopify_client_id": "bench-app"},
@@ -380,7 +381,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         admin.reset(bucket)  # the warm-up's call not counted
         load_start = os.getloadavg()
         started = time.time()
-        wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
+        wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
                               "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
                               str(signed), str(args.threads)], capture_output=True, text=True)
         sent = wrk_summary(wrk.stdout)
@@ -437,7 +438,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                      "features, level and facts, prediction log, metrics)",
                         "stock_kserve": "KServe ModelServer with a plain predict_proba Model on model.joblib "
                                         "(bench/stock_kserve_risk.py); level and facts made in the receiver"}[kind],
-        "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds, **sent},
+        "wrk": {"threads": args.threads, "connections": args.connections, "seconds": seconds, **sent},
         "journaled_orders": journaled,
         "assessments_sent": len(done),
         "drained": len(done) == journaled,  # every journaled order's assessment answered before --drain ran out
@@ -453,7 +454,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         if len(scored) else None,
         "received_to_queued_ms_all_scored": {"p50": pct(scored[:, 1] - scored[:, 0], 50),
                                              "p99": pct(scored[:, 1] - scored[:, 0], 99)},
-        "drain_seconds_after_wrk": round(drained - started - args.seconds, 1),
+        "drain_seconds_after_wrk": round(drained - started - seconds, 1),
         "end_to_end_ms": {"p50": pct(end_to_end, 50), "p90": pct(end_to_end, 90), "p99": pct(end_to_end, 99)},
         "where_time_goes_ms": {
             "received_to_queued (journal read, live features, score)": {"p50": pct(to_queue, 50),
@@ -479,8 +480,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--orders", type=int, default=50_000)
     parser.add_argument("--fraud-rate", type=float, default=0.003)
-    parser.add_argument("--deliveries", type=int, default=60_000)
+    parser.add_argument("--deliveries", type=int, default=100_000, help="distinct pre-signed orders (more than a "
+                        "row sends: past the end wrk repeats the last, a duplicate)")
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--bucket-seconds", type=int, default=5, help="wrk's run in a row with Shopify's bucket "
+                        "(@plan): at 200 assessments/s a 20 s row's orders would outlast --drain")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     parser.add_argument("--drain", type=float, default=300)
