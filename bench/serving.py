@@ -553,6 +553,10 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     servers = args.servers.split(",")
     cells = set(filter(None, args.cells.split(",")))
+    # what is measured, as the run starts (a commit made meanwhile is not what ran)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components/*.py", "serving/*.py", "bench/*.py"],
+                                cwd=ROOT, capture_output=True, text=True).stdout.strip())  # code, not results or docs
     machine = {"cpus": os.cpu_count(), "loadavg_at_start": machine_load()["loadavg"],
                "uptime_at_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     rows, stores_built, checks = [], {}, {}
@@ -560,6 +564,9 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server(root)) if "redis" in args.stores.split(",") else None
         for size in (int(s) for s in args.sizes.split(",")):
+            if not any(selected(cells, size, store, kind) for store in args.stores.split(",")
+                       for kind in args.draws.split(",")):
+                continue  # --cells asks for nothing at this size: not even its store is built
             work = root / f"c{size}"
             work.mkdir(exist_ok=True)
             print(f"building (or reusing) the {size}-customer store in {work} ...", flush=True)
@@ -611,7 +618,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "rows": rows, "predictions_equal_registered_model": checks, "stores": stores_built, "machine": machine,
+        "commit": commit, "uncommitted_changes_in_measured_code": dirty, "rows": rows, "predictions_equal_registered_model": checks, "stores": stores_built, "machine": machine,
         "note": args.note, "duration_s": args.duration, "warmup_s": args.warmup,
         "requests_cycled": args.requests, "wall_s": round(time.monotonic() - started), "command": sys.argv[1:],
     }, indent=1) + "\n")
