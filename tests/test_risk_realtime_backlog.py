@@ -132,3 +132,40 @@ def test_orders_are_scored_while_the_write_back_waits_on_shopify(tmp_path):
     finally:
         shopify.release.set()
         scorer.stop()
+
+
+def test_stop_does_not_wait_out_shopifys_backoff(tmp_path, monkeypatch):
+    """Stopping the scorer while Shopify answers 503 returns at once, the assessment still queued; the client's
+    backoff (1, 2, 4 ... up to 60 s, 8 retries) held stop() for over a minute."""
+    import sqlite3
+    import threading
+    import time
+    from contextlib import closing
+
+    from fake_admin import running
+    from storeflow.components.shopify import assessments
+    from storeflow.components.shopify.assessments import Fact
+    from test_risk_writeback import FakeAdmin
+
+    with running(FakeAdmin()) as shopify:
+        shopify.down = True
+        monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+        settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"},
+                                                 shopify={"admin_origin": shopify.origin}))
+        scorer = RiskScorer(settings, http=_answering([]))
+        assessments.enqueue(scorer.db, 9500000001, "HIGH", [Fact("Shipping country differs", "NEGATIVE")], "1")
+        calls: list[dict] = []
+        answer = shopify.answer
+        shopify.answer = lambda body: (calls.append(body), answer(body))[1]
+        scorer.start()
+        deadline = time.monotonic() + 30
+        while not calls:  # the write-back has met the outage
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # into the client's backoff
+        stopping = threading.Thread(target=scorer.stop)
+        stopping.start()
+        stopping.join(10)
+        assert not stopping.is_alive(), "stop() waited for Shopify's backoff"
+    with closing(sqlite3.connect(tmp_path / "state" / "shopify" / "risk.db")) as db:
+        assert db.execute("SELECT state FROM risk_outbox").fetchall() == [("pending",)]

@@ -223,7 +223,7 @@ class RiskScorer:
     def _drain(self, db: sqlite3.Connection) -> assessments.DrainResult | None:
         if self.admin is None:
             try:
-                self.admin = AdminClient(self.settings, credentials(self.settings))
+                self.admin = AdminClient(self.settings, credentials(self.settings), sleep=self._pause)
             except ShopifyError as exc:
                 log.warning("risk assessments stay queued: %s", exc)
                 return None
@@ -248,6 +248,13 @@ class RiskScorer:
     def state(self) -> dict:
         """What waits, for the receiver's /healthz (see :func:`risk_state`)."""
         return risk_state(self.settings)
+
+    def _pause(self, seconds: float) -> None:
+        """The Admin API client's wait between retries, cut short by :meth:`stop` (a throttled or failing Shopify
+        had stop() wait out backoffs of up to ``shopify.max_backoff_seconds``, 60 s); the call is then abandoned
+        as an outage: its orders stay queued and ask Shopify before they go again."""
+        if self._stop.wait(seconds):
+            raise ShopifyError("the write-back is stopping: the call is abandoned and its orders stay queued")
 
     def _failing(self, db: sqlite3.Connection, part: str, error: str | None) -> None:
         """Record (or clear) why ``part``'s loop fails, where /healthz finds it whichever process asks."""
