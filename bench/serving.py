@@ -293,9 +293,10 @@ def request_file(path: Path, bodies: list[bytes], authorizations: list[str] | No
     return path
 
 
-def lua(requests: Path, headers: dict[str, str], path: Path) -> Path:
+def lua(requests: Path, headers: dict[str, str], path: Path, think_ms: int = 0) -> Path:
     """A wrk script sending the requests of ``requests`` (see :func:`request_file`) in order, each wrk
-    thread from its own place in the list."""
+    thread from its own place in the list; with ``think_ms``, each connection waits that long before its next
+    request (wrk's ``delay()``), so servers of different speeds get about the same load, not each its own."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     # Every request is formatted once per wrk thread, in init(): the load generator shares the two
     # cores with the server, so its per-request work must not count against any server.
@@ -326,7 +327,7 @@ request = function()
   n = n + 1
   return prepared[(n % #prepared) + 1]
 end
-""")
+""" + (f"function delay()\n  return {think_ms}\nend\n" if think_ms else ""))
     return path
 
 
@@ -534,6 +535,9 @@ def main() -> None:
                                                     "e.g. 400,50000,500000/redis/uniform")
     parser.add_argument("--concurrency", default="32")
     parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--think-ms", type=int, default=0, help="each connection waits this long between its "
+                        "requests (storeflow rows): compares servers at about the same offered load, as the closed "
+                        "loop (0) does not; p99 excludes the wait")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200_000, help="drawn requests wrk cycles through")
     parser.add_argument("--work", default="/tmp/storeflow-bench-serving", help="stores are kept here and reused")
@@ -593,8 +597,11 @@ def main() -> None:
                     tokens = {i: f"Bearer {session_token(i)}" for i in dict.fromkeys(drawn)}
                     requests = request_file(work / f"{store}-{kind}.requests", [v2_by_id(i) for i in drawn],
                                             [tokens[i] for i in drawn])
+                    if args.think_ms:
+                        cell_stats["think_ms"] = args.think_ms
                     runs.append(({**cell, **cell_stats},
-                                 lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua")))
+                                 lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua",
+                                     args.think_ms)))
                 for name in servers:
                     if name.startswith("storeflow") and runs:
                         found = measure(name, work, runs, args, data)
