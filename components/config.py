@@ -689,8 +689,8 @@ class RiskConfig(Section):
     scorer: Literal["process", "thread"] = Field(
         "process", description="Where `storeflow webhooks` scores orders and writes assessments back: `process`, a "
         "process of its own it starts and restarts like the applier (scoring never holds the receiver's GIL: "
-        "bench/risk_throughput.json's scorer-process row acknowledged about twice the deliveries a second on 2 "
-        "cores), or `thread`, threads of the receiver's process.")
+        "in bench/risk_throughput.json the receiver acknowledged ~2.4x the deliveries a second on 2 cores), or "
+        "`thread`, threads of the receiver's process.")
     request_timeout_seconds: float = Field(5.0, gt=0, description="How long the receiver waits for a score; an "
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "

@@ -174,15 +174,16 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         oldest = round(state.oldest_pending_seconds, 3) if state.oldest_pending_seconds is not None else None
         answer = {"status": "ok", "applier": applier, "pending": state.pending, "oldest_pending_seconds": oldest,
                   "dead_letters": state.dead_letters}
-        if request.app.state.risk is not None:  # orders waiting for a risk score count as being behind too
-            answer["risk"] = risk = request.app.state.risk.state()
-            behind = behind or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds
-        elif risk_supervisor is not None:
+        risk = None
+        if request.app.state.risk is not None:  # scored by this process's threads
+            risk = request.app.state.risk.state()
+        elif risk_supervisor is not None:  # by a process of its own
             from storeflow.components.risk.realtime import risk_state
 
-            answer["risk"] = risk = {"scorer": "running" if risk_supervisor.running else "down",
-                                     **risk_state(settings)}
-            behind = (behind or risk["scorer"] == "down"
+            risk = {"scorer": "running" if risk_supervisor.running else "down", **risk_state(settings)}
+        if risk is not None:  # orders waiting for a risk score, or no scorer, count as being behind too
+            answer["risk"] = risk
+            behind = (behind or risk.get("scorer") == "down"
                       or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds)
         answer["status"] = "behind" if behind else "ok"
         return JSONResponse(answer, status_code=503 if behind else 200)
