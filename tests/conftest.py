@@ -77,6 +77,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def switch_on(use) -> None:
+    """A serving cache (its ``CacheUse``) switched on as traffic that repeats would switch it: a new cache
+    starts off and is consulted only once a window of lookups says it would hit."""
+    keys = range(1024)
+    while not use.enabled:
+        use.observe(keys, now=0.0)
+
+
 def stop_process(proc, log) -> None:
     """Stop a server a test started (SIGTERM, then SIGKILL after 20 s) and close its log."""
     import subprocess

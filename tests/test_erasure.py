@@ -388,7 +388,8 @@ def test_redact_leaves_nothing_of_the_customer_in_anything_the_demo_wrote(demo, 
                                      "orders_to_redact": []}, "wh-redact")
 
         assert on_disk(roots, erased, email) == []
-        # The running server (features cached for 600 s) forgot them, and goes on logging where monitoring reads.
+        # The running server forgot them, and goes on logging where monitoring reads. (Its feature cache is off
+        # until traffic repeats; test_serving_features erases a customer from a cache that is on.)
         assert _predict(base, erased)["fallback"] is True
         before = _logged(settings, kept)
         assert _predict(base, kept)["fallback"] is False

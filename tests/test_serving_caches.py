@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import switch_on
 from storeflow.serving import metrics
 from storeflow.serving.batching import MicroBatcher, ScoreMemo
 from storeflow.serving.caching import DRAIN, SAMPLE, WINDOW, Bounded, CacheUse
@@ -71,6 +72,26 @@ def test_a_memo_whose_rows_never_repeat_switches_itself_off_and_still_answers_li
     assert memo._scores.retired() == 0  # and what it held is freed, a few entries a call
 
 
+def test_a_new_cache_stays_off_until_its_first_window_says_traffic_repeats():
+    """Started on, a worker whose traffic never repeats (a large store drawn uniformly) filled and consulted
+    its caches for a whole window before they switched off; a new cache consults nothing, holds nothing and
+    says so on /metrics until a window of its lookups says it would hit."""
+    memo = ScoreMemo(MicroBatcher(model), max_rows=100_000)
+    rows = np.random.default_rng(4).normal(size=(8, 3))
+    again = np.vstack([rows] * 20)  # the same eight rows, 160 lookups: well under a window
+    try:
+        assert not memo.use.enabled
+        body, _ = metrics.exposition_body(None)
+        assert re.search(r'^storeflow_cache_enabled\{cache="scores"[^}]*\} 0\.0$', body.decode(), re.M)
+        model.calls = 0
+        scores = _score_one_at_a_time(memo, again)
+    finally:
+        memo.close()
+    np.testing.assert_array_equal(scores, model(again))
+    assert model.calls - 1 == len(again)  # every lookup went to the model
+    assert memo.hits == 0 and len(memo._scores) == 0 and not memo.use.enabled
+
+
 def test_a_memo_turns_itself_on_again_when_traffic_repeats():
     memo = ScoreMemo(MicroBatcher(model), max_rows=100_000)
     rng = np.random.default_rng(2)
@@ -95,6 +116,7 @@ def test_a_memo_turns_itself_on_again_when_traffic_repeats():
 
 def test_the_memo_stays_within_its_bound():
     memo = ScoreMemo(MicroBatcher(model), max_rows=50)
+    switch_on(memo.use)
     rows = np.arange(600, dtype=np.float64).reshape(300, 2)
     try:
         _score_one_at_a_time(memo, np.vstack([rows, rows[:10], rows[:10]]))
@@ -157,6 +179,8 @@ def test_a_returning_customers_expected_spend_is_memoized_like_the_score():
     predictor = SimpleNamespace(score=model, expected_spend=expected_spend, spend=(object(), [5.0, 20.0]),
                                 scorer=SimpleNamespace(runtime="sklearn"), spend_scorer=SimpleNamespace(runtime="treelite"))
     transformer = StoreflowTransformer("m", features=None, predictors={"1": predictor}, main_version="1")
+    for memo in [*transformer.batchers.values(), *transformer.spend_batchers.values()]:
+        switch_on(memo.use)
     rows = np.array([[0.3, 1.0], [2.5, 0.0]])
 
     async def ask(twice: int):
@@ -202,6 +226,9 @@ def test_a_misses_score_and_spend_come_from_the_same_model_pass(memo_rows):
                                 scorer=inline, spend_scorer=inline)
     transformer = StoreflowTransformer("m", features=None, predictors={"1": predictor}, main_version="1",
                                        score_memo_rows=memo_rows)
+    if memo_rows:
+        for memo in [*transformer.batchers.values(), *transformer.spend_batchers.values()]:
+            switch_on(memo.use)
     rows = np.array([[0.3, 1.0], [2.5, 0.0]])
 
     async def ticker():
@@ -258,6 +285,7 @@ def test_a_memo_hit_is_answered_with_the_misses_that_asked_with_it_not_before():
     the hits answered meanwhile, which is how the caches made p99 worse than none (50,000 customers, Redis,
     skewed, c=32: 70 ms vs 27 ms). The hit's value is still the memo's: the model scores only the miss."""
     memo = ScoreMemo(MicroBatcher(model, inline=True), max_rows=1000)
+    switch_on(memo.use)
     known, new = np.array([[0.5, 0.5]]), np.array([[1.5, -0.5]])
     try:
         asyncio.run(memo(known))
@@ -280,6 +308,7 @@ def test_a_memo_hit_is_answered_with_the_misses_that_asked_with_it_not_before():
 
 def test_a_memo_hit_with_nothing_else_asking_waits_no_longer_than_a_miss_would():
     memo = ScoreMemo(MicroBatcher(model, inline=True), max_rows=1000)
+    switch_on(memo.use)
     row, other = np.array([[0.1, 0.2]]), np.array([[0.3, 0.4]])
     try:
         asyncio.run(memo(row))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_snapshot
+from conftest import switch_on, write_snapshot
 from redis_server import redis_server
 from storeflow.components.config import load_settings
 from storeflow.components.features import build_features, feature_store
@@ -80,6 +80,7 @@ def test_the_feature_cache_stays_within_its_row_bound(tmp_path: Path, store_tabl
     build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
     ids = [int(i) for i in store_tables["customers"]["customer_id"]]
     reader = OnlineFeatures(settings)
+    switch_on(reader.use)
     try:
         for start in range(0, len(ids), 25):  # 150 customers in batches of 25
             asyncio.run(reader.rows(ids[start:start + 25]))
@@ -113,6 +114,7 @@ def test_cached_rows_answer_like_feast_and_leave_nothing_for_the_garbage_collect
     uncached = OnlineFeatures(settings)
     settings.serving.feature_cache_seconds = 600
     cached = OnlineFeatures(settings)
+    switch_on(cached.use)
     try:
         baseline = _objects_left_by_a_first_read(uncached, ids)
         left = _objects_left_by_a_first_read(cached, ids)
@@ -136,6 +138,7 @@ def test_a_customer_erased_while_cached_gets_the_fallback_on_the_next_lookup(tmp
     build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
     erased, kept = (int(i) for i in store_tables["customers"]["customer_id"][:2])
     reader = OnlineFeatures(settings)
+    switch_on(reader.use)
     conn = journal.connect(layout.journal_path(settings))
     try:
         rows, fallback = asyncio.run(reader.rows([erased, kept]))
@@ -162,6 +165,7 @@ def test_one_customer_lookups_answer_like_feast_without_a_gather_and_never_hand_
     ids = [int(i) for i in store_tables["customers"]["customer_id"]][:5] + [UNKNOWN]
     settings.serving.feature_cache_seconds = 600
     reader = OnlineFeatures(settings)
+    switch_on(reader.use)
 
     async def no_gather(*_, **__):
         raise AssertionError("gather around one customer's read")
@@ -191,6 +195,7 @@ def test_a_cached_customer_is_answered_with_the_customers_read_beside_it_not_bef
     build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
     cached_id, new_id = (int(i) for i in store_tables["customers"]["customer_id"][:2])
     reader = OnlineFeatures(settings)
+    switch_on(reader.use)
     finished, answers = [], {}
 
     async def run():

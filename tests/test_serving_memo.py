@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 
+from conftest import switch_on
 from storeflow.serving.batching import MicroBatcher, ScoreMemo
 
 
@@ -17,6 +18,7 @@ def model(rows: np.ndarray) -> np.ndarray:
 def test_memo_answers_like_the_model_and_only_scores_new_rows():
     model.seen = 0
     memo = ScoreMemo(MicroBatcher(model), max_rows=100)
+    switch_on(memo.use)
     rows = np.random.default_rng(0).normal(size=(6, 4))
 
     async def run():
@@ -30,6 +32,7 @@ def test_memo_answers_like_the_model_and_only_scores_new_rows():
         first, mixed, changed = asyncio.run(run())
     finally:
         memo.close()
+    assert model.seen == 3 + 3 + 1  # the three known rows came from the memo
     np.testing.assert_array_equal(first, model(rows[:3]))
     np.testing.assert_array_equal(mixed, model(rows))
     np.testing.assert_array_equal(changed, model(rows[:1] + np.array([1.0, 0, 0, 0])))
@@ -38,6 +41,7 @@ def test_memo_answers_like_the_model_and_only_scores_new_rows():
 def test_memo_stays_bounded_and_can_be_off():
     model.seen = 0
     memo = ScoreMemo(MicroBatcher(model), max_rows=5)
+    switch_on(memo.use)
     off = ScoreMemo(MicroBatcher(model), max_rows=0)
     rows = np.arange(40, dtype=np.float64).reshape(20, 2)
 
