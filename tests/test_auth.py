@@ -212,3 +212,30 @@ def test_a_caller_reads_only_its_own_shops_data():
     for kind in ("admin_ui_extension", "checkout_ui_extension", "app_proxy"):
         assert may_read_shop(Principal(kind, SHOP), SHOP)
         assert not may_read_shop(Principal(kind, "other-store.myshopify.com"), SHOP)
+
+
+def _who(principal) -> tuple:
+    return principal.kind, principal.shop, principal.customer_id  # a plain tuple of strings: untracked
+
+
+def test_remembered_tokens_answer_again_and_leave_nothing_for_the_garbage_collector(verifier):
+    """Each checkout's session token is verified once, then answered from memory until it expires: with as
+    many distinct customers as a large store's traffic brings, what is remembered must hold nothing the
+    collector tracks. Holding a Principal object per token, 50,000 remembered tokens per worker were 100,000
+    objects every full collection walked (~11 ms each), and every new token brought the next one nearer."""
+    import gc
+
+    tokens = [session_token(sub=f"gid://shopify/Customer/{n}", jti=str(n)) for n in range(2000)]
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        first = [_who(verifier.verify("POST", URL, bearer(t))) for t in tokens]
+        gc.collect()
+        left = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    with mock.patch("jwt.decode", side_effect=AssertionError("verified twice")):
+        again = [_who(verifier.verify("POST", URL, bearer(t))) for t in tokens]
+    assert again == first and first[7] == ("checkout_ui_extension", SHOP, "gid://shopify/Customer/7")
+    assert left < 100, left
