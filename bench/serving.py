@@ -6,7 +6,7 @@ each with Feast's embedded SQLite online store and with Redis (production's; Deb
 loopback, the newest snapshot materialized into it), the requested customer drawn ``uniform`` or
 ``skewed`` (Zipf, exponent 1: a few returning customers, a long tail). Single-row V2 requests, wrk at
 ``--concurrency`` (32 by default) for ``--duration`` s after a ``--warmup`` (which fills caches, as a
-running server's would be), 2 workers per server, all on 127.0.0.1. Every customer's checkout sends its
+running server's would be; the row then goes on where the warm-up stopped in the drawn requests), 2 workers per server, all on 127.0.0.1. Every customer's checkout sends its
 own session token, so storeflow's answers include the Shopify auth check and the Feast lookup; stock
 KServe (``kserve``: a ``kserve.Model`` doing ``predict_proba`` per request, KServe's defaults) gets the
 feature row in the request. ``storeflow-uncached`` is storeflow with the feature cache and the score
@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -295,7 +296,9 @@ def request_file(path: Path, bodies: list[bytes], authorizations: list[str] | No
 
 def lua(requests: Path, headers: dict[str, str], path: Path, think_ms: int = 0) -> Path:
     """A wrk script sending the requests of ``requests`` (see :func:`request_file`) in order, each wrk
-    thread from its own place in the list; with ``think_ms``, each connection waits that long before its next
+    thread from its own place in the list (moved on by wrk's first argument, the requests each thread
+    already sent from it: a row goes on where the warm-up stopped, as a running server's traffic would,
+    instead of sending the warm-up's customers again); with ``think_ms``, each connection waits that long before its next
     request (wrk's ``delay()``), so servers of different speeds get about the same load, not each its own."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     # Every request is formatted once per wrk thread, in init(): the load generator shares the two
@@ -321,7 +324,7 @@ function init(args)
     end
     prepared[#prepared + 1] = wrk.format(nil, nil, headers, body)
   end
-  n = (place or 0) * math.floor(#prepared / 2)
+  n = (place or 0) * math.floor(#prepared / 2) + (tonumber(args[1]) or 0)
 end
 request = function()
   n = n + 1
@@ -349,9 +352,15 @@ def ensure_wrk() -> None:
         raise SystemExit("bench/serving.py needs wrk on PATH (Debian: apt-get install wrk)")
 
 
-def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
-    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+def wrk(url: str, script: Path, connections: int, duration: int, sent: dict | None = None) -> dict:
+    """One wrk run of ``script``; ``sent`` (per script: requests each wrk thread sent from its place so far)
+    makes it go on where the last run of the script stopped."""
+    threads = min(2, connections)
+    skip = (sent or {}).get(script, 0)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+                          "-s", str(script), url, "--", str(skip)], capture_output=True, text=True, check=True).stdout
+    if sent is not None:
+        sent[script] = skip + -(-int(re.search(r"(\d+) requests in", out).group(1)) // threads)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
@@ -481,16 +490,10 @@ def warm_page_cache(work: Path) -> None:
                 pass
 
 
-def measure(name: str, work: Path, runs: list[tuple[dict, Path]], args, data: dict | None = None) -> list[dict]:
-    """Start ``name`` once, then for each ``(cell, script)`` of ``runs`` (the draws of one store, in order)
-    warm it up with that script and run wrk once per concurrency: its rows, with hit rates and RSS.
-
-    One start per server and store, not per draw: a start costs a minute on this machine (two workers
-    load the model and check Treelite against it), and a store's draws after one another are what a
-    running server sees when its traffic changes; each draw's warm-up fills the caches for it first."""
-    storeflow = name.startswith("storeflow")
-    if storeflow and runs[0][0].get("online_store") == "sqlite":
-        warm_page_cache(work)
+def measure(name: str, work: Path, runs: list[tuple[dict, Path]], args) -> list[dict]:
+    """Start ``name`` (a server given the feature row: stock KServe, MLServer, bare) once, then for each
+    ``(cell, script)`` of ``runs`` warm it up with that script and run wrk once per concurrency: its rows,
+    with each worker's RSS."""
     port = free_port()
     health = f"http://127.0.0.1:{port}" + ("/" if name == "bare" else "/v2/health/ready")
     print(f"starting {name} ({runs[0][0]}) ...", flush=True)
@@ -499,21 +502,14 @@ def measure(name: str, work: Path, runs: list[tuple[dict, Path]], args, data: di
     try:
         wait_ready(proc, health)
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
-        check = None
+        sent: dict = {}
         for cell, script in runs:
-            wrk(url, script, 8, args.warmup)  # warm-up: connections, caches, first-call paths
-            if check is None and storeflow and data is not None:
-                check = check_predictions(port, data)
+            wrk(url, script, 8, args.warmup, sent)  # warm-up: connections, first-call paths
             for c in args.concurrency:
                 load = machine_load()["loadavg"]
-                before = cache_counts(port) if storeflow else {}
-                result = {"server": name, **cell, "concurrency": c, **wrk(url, script, c, args.duration)}
-                if storeflow:
-                    result["hit_rates"] = hit_rates(before, cache_counts(port))
+                result = {"server": name, **cell, "concurrency": c, **wrk(url, script, c, args.duration, sent)}
                 result["worker_rss_mb"] = worker_rss(proc)
                 result["loadavg_before"] = load
-                if check is not None:
-                    result["predictions_equal_registered_model"] = check["equal_1e-6"]
                 print(json.dumps(result), flush=True)
                 rows.append(result)
     except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' rows
@@ -523,6 +519,66 @@ def measure(name: str, work: Path, runs: list[tuple[dict, Path]], args, data: di
         stop(proc)
     return rows
 
+
+def measure_paired(names: list[str], work: Path, runs: list[tuple[dict, Path]], args, data: dict) -> list[dict]:
+    """The storeflow servers ``names`` (with and without caches) side by side: all started, then for each
+    ``(cell, script)`` of ``runs`` each warmed up, then ``--repeat`` rounds of one wrk run per server, their
+    order alternating (A B, B A, ...). Per server and cell one row: the median RPS, p50 and p99 of its
+    rounds (every round's in ``rounds``), with hit rates and RSS of its last round.
+
+    Why paired: this shared machine's speed drifts by more than the caches' effect. Measured one server
+    after the other at 500,000 customers (SQLite, uniform, same code), caches on vs off was 2,736 vs 2,577
+    RPS in one run and 2,008 vs 2,233 in the next. Rounds next to each other in time, in alternating
+    order, compare the servers under the same drift. Each server goes on where its last run stopped in the
+    drawn requests, so both see the same traffic."""
+    if runs[0][0].get("online_store") == "sqlite":
+        warm_page_cache(work)
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    rows: list[dict] = []
+    try:
+        for name in names:
+            port = free_port()
+            print(f"starting {name} ({runs[0][0]}) ...", flush=True)
+            servers[name] = (start(name, work, port), port)
+        for name, (proc, port) in list(servers.items()):
+            try:
+                wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready")
+            except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' rows
+                print(f"{name} failed: {exc}; see {work / (name + '.log')}", flush=True)
+                rows.append({"server": name, **runs[0][0], "error": str(exc)[:300]})
+                stop(proc)
+                del servers[name]
+        sent = {name: {} for name in servers}
+        checks: dict[str, bool] = {}
+        for cell, script in runs:
+            for name, (_, port) in servers.items():
+                wrk(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", script, 8, args.warmup, sent[name])
+                if name not in checks:
+                    checks[name] = check_predictions(port, data)["equal_1e-6"]
+            for c in args.concurrency:
+                rounds: dict[str, list[dict]] = {name: [] for name in servers}
+                for r in range(args.repeat):
+                    for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+                        proc, port = servers[name]
+                        load = machine_load()["loadavg"]
+                        before = cache_counts(port)
+                        result = wrk(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", script, c, args.duration,
+                                     sent[name])
+                        result["hit_rates"] = hit_rates(before, cache_counts(port))
+                        result["loadavg_before"] = load
+                        rounds[name].append(result)
+                for name, found in rounds.items():
+                    row = {"server": name, **cell, "concurrency": c,
+                           **{k: round(statistics.median(f[k] for f in found), 2) for k in ("rps", "p50_ms", "p99_ms")},
+                           "non_2xx": sum(f["non_2xx"] for f in found), "hit_rates": found[-1]["hit_rates"],
+                           "worker_rss_mb": worker_rss(servers[name][0]), "loadavg_before": found[0]["loadavg_before"],
+                           "predictions_equal_registered_model": checks[name], "rounds": found}
+                    print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
+                    rows.append(row)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    return rows
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -539,6 +595,8 @@ def main() -> None:
                         "requests (storeflow rows): compares servers at about the same offered load, as the closed "
                         "loop (0) does not; p99 excludes the wait")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per storeflow row, servers alternating; "
+                                                              "the row is their median")
     parser.add_argument("--requests", type=int, default=200_000, help="drawn requests wrk cycles through")
     parser.add_argument("--work", default="/tmp/storeflow-bench-serving", help="stores are kept here and reused")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
@@ -602,12 +660,13 @@ def main() -> None:
                     runs.append(({**cell, **cell_stats},
                                  lua(requests, {"Content-Type": "application/json"}, work / f"{store}-{kind}.lua",
                                      args.think_ms)))
-                for name in servers:
-                    if name.startswith("storeflow") and runs:
-                        found = measure(name, work, runs, args, data)
-                        rows += found
+                paired = [name for name in servers if name.startswith("storeflow")]
+                if paired and runs:
+                    found = measure_paired(paired, work, runs, args, data)
+                    rows += found
+                    for name in paired:
                         checks[f"{name}/{size}/{store}"] = all(r.get("predictions_equal_registered_model")
-                                                               for r in found)
+                                                               for r in found if r["server"] == name)
             others = [n for n in servers if not n.startswith("storeflow")]
             if others:  # the feature row is in the request: the store's size and kind change nothing for them
                 sample = draw(data["ids"], "uniform", 20_000, seed=size)
