@@ -17,9 +17,12 @@ memory, inserts that never pay back, and objects the garbage collector walks. So
   estimate that does not depend on the cache being on: a fixed 1-in-:data:`SAMPLE` sample of the keys
   (by hash) is remembered, with the time it was last seen, in a small shadow table, and a sampled
   lookup whose key was seen within the cache's horizon counts as a would-be hit. Every
-  :data:`WINDOW` sampled lookups, the cache is on when that estimate is at least
-  :data:`MIN_HIT_RATE`, else off (emptied, not consulted, not filled) until a later window says it
-  would hit again. The shadow costs one modulo per lookup and a dict operation per sampled one.
+  :data:`WINDOW` sampled lookups, a cache that is off switches on when that estimate is at least
+  :data:`ON_HIT_RATE`, and one that is on switches off (emptied, not consulted, not filled) when it
+  is below :data:`MIN_HIT_RATE`. The gap keeps a cache whose true hit rate is near the line from
+  flapping on the estimate's noise (a window's estimate at a true 3 % has a standard deviation of
+  ~1 %): at 500,000 customers drawn uniformly (true hit rates 0.5-3 %) one threshold of 5 % let the
+  caches switch on now and then, and those rounds' p99 was the worst of the cached server's. The shadow costs one modulo per lookup and a dict operation per sampled one.
   A new cache starts off: it is consulted and filled only once its first window (~4,000 lookups a
   worker) says it would hit. (Started on, a worker facing traffic that does not repeat, a large store
   drawn uniformly, filled and consulted it for that whole window before switching it off, as
@@ -43,6 +46,7 @@ from storeflow.serving import metrics
 # Below this estimated hit rate a cache costs more than it saves: a miss costs a lookup, an insert and
 # memory (~1-2 us), a hit saves an online store read (~40-100 us) or a model call.
 MIN_HIT_RATE = 0.05
+ON_HIT_RATE = 0.10  # an estimate this high switches a cache that is off on (see the module docstring)
 SAMPLE = 16  # one key in SAMPLE (by hash) feeds the hit-rate estimate
 WINDOW = 256  # sampled lookups per decision (~4,000 lookups)
 FLUSH_EVERY = 64  # lookups counted locally before they are added to the Prometheus counters
@@ -110,10 +114,11 @@ class CacheUse:
     """
 
     def __init__(self, name: str, max_keys: int, horizon_s: float | None = None, min_hit_rate: float = MIN_HIT_RATE,
-                 window: int = WINDOW, sample: int = SAMPLE):
+                 on_hit_rate: float = ON_HIT_RATE, window: int = WINDOW, sample: int = SAMPLE):
         self.name = name
         self.horizon_s = horizon_s
         self.min_hit_rate = min_hit_rate
+        self.on_hit_rate = max(on_hit_rate, min_hit_rate)
         self.window = window
         self.sample = sample
         self.enabled = False  # until the first window says it would hit
@@ -151,7 +156,7 @@ class CacheUse:
     def _decide(self) -> None:
         self.estimate = self._sampled_hits / self._sampled
         self._sampled = self._sampled_hits = 0
-        self.enabled = self.estimate >= self.min_hit_rate
+        self.enabled = self.estimate >= (self.min_hit_rate if self.enabled else self.on_hit_rate)
         metrics.CACHE_HIT_RATIO.labels(self.name).set(self.estimate)
         metrics.CACHE_ENABLED.labels(self.name).set(1 if self.enabled else 0)
 
