@@ -10,6 +10,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
@@ -149,3 +150,33 @@ def test_shop_redact_removes_every_customer(shop):
     state = hooks.project.state_dir
     assert traces(state, ADA, ADA_EMAIL) == [] and traces(state, GRACE, GRACE_EMAIL) == []
     assert online(hooks, GRACE) == [None]
+
+
+def test_customer_redact_keeps_everyone_elses_order_risk_fields(settings):
+    """A snapshot keeps the orders' risk fields beside the store's tables (``order_risk``); erasing one
+    customer rewrites the snapshot without their orders' rows and keeps everyone else's. The rewrite left the
+    table out: every customer's risk fields were lost with one customer's, and the risk stage then needed the
+    bulk export again."""
+    import pyarrow as pa
+
+    from conftest import small_store
+    from storeflow.components.ingest.snapshot import read_manifest, write_snapshot
+    from storeflow.components.risk.orders import COLUMNS, TABLE_SCHEMA, snapshot_risk_fields
+    from storeflow.components.shopify.privacy import Subject, erase_snapshots
+
+    tables = small_store(customers=20)
+    orders = tables["orders"]
+    risk = pd.DataFrame({"order_id": orders["order_id"], **{c: "x" for c in COLUMNS[1:8]}, "disputes": 0,
+                         "shopify_risk_level": "LOW"})
+    snapshot = settings.data_dir / "snapshots" / "2026-01-01"
+    write_snapshot(snapshot, {**tables, "order_risk": pa.Table.from_pandas(risk, schema=TABLE_SCHEMA,
+                                                                           preserve_index=False)}, {})
+    erased = int(orders["customer_id"].iloc[0])
+
+    assert erase_snapshots(settings, Subject(erased), "test") > 0
+
+    left = snapshot_risk_fields(snapshot)
+    others = set(orders.loc[orders["customer_id"] != erased, "order_id"])
+    assert left is not None and set(left["order_id"]) == others
+    assert read_manifest(snapshot)["extra_tables"]["order_risk"]["rows"] == len(others)
+    assert set(read_tables(snapshot)["orders"]["order_id"]) == others

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storeflow.components.config import Settings
@@ -204,15 +206,42 @@ def _without(tables: dict[str, pd.DataFrame], subject: Subject) -> tuple[dict[st
     return kept, sum(int(mask.sum()) for mask in drop.values())
 
 
-def _rewrite_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], note: str) -> None:
-    """Write the new tables beside the snapshot, then swap directories (two renames)."""
+def _extra_tables_without(snapshot: Path, manifest: dict, subject: Subject,
+                          order_ids: set[int]) -> dict[str, pa.Table]:
+    """The tables a stage keeps beside the store's (``extra_tables`` of the manifest: ``order_risk``), each
+    without the subject's rows (their orders by ``order_id``; ``customer_id`` and ``email`` where present).
+
+    Why: a rewrite that left them out dropped every customer's order risk fields to erase one customer's,
+    and the risk stage then needed the bulk export again (which another pod may no longer have)."""
+    kept = {}
+    for name, entry in manifest.get("extra_tables", {}).items():
+        path = snapshot / entry["file"]
+        if not path.exists():
+            continue
+        table = pq.read_table(path)
+        drop = pa.array([False] * table.num_rows)
+        if "order_id" in table.column_names:
+            drop = pc.or_(drop, pc.is_in(table["order_id"], pa.array(sorted(order_ids), pa.int64())))
+        if "customer_id" in table.column_names:
+            drop = pc.or_(drop, pc.is_in(table["customer_id"], pa.array(sorted(subject.ids), pa.int64())))
+        if "email" in table.column_names and subject.email:
+            drop = pc.or_(drop, pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(table["email"])),
+                                         subject.email.strip().lower()))
+        kept[name] = table.filter(pc.invert(pc.fill_null(drop, False)))
+    return kept
+
+
+def _rewrite_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], note: str,
+                      extra: dict[str, pa.Table] | None = None) -> None:
+    """Write the new tables (and the stages' ``extra`` ones) beside the snapshot, then swap directories
+    (two renames)."""
     manifest = read_manifest(snapshot)
     metadata = {k: v for k, v in manifest.items() if k not in ("tables", "ingested_at", "storeflow_version")}
     metadata["redactions"] = [*manifest.get("redactions", []), note]
     fresh = snapshot.with_name(f".{snapshot.name}.redacted")
     old = snapshot.with_name(f".{snapshot.name}.old")
     shutil.rmtree(fresh, ignore_errors=True)
-    write_snapshot(fresh, tables, metadata)
+    write_snapshot(fresh, {**tables, **(extra or {})}, metadata)
     os.rename(snapshot, old)
     os.rename(fresh, snapshot)
     shutil.rmtree(old)
@@ -221,9 +250,12 @@ def _rewrite_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], note: str
 def erase_snapshots(settings: Settings, subject: Subject, note: str) -> int:
     removed = 0
     for snapshot in _snapshots(settings):
-        tables, count = _without(read_tables(snapshot), subject)
+        original = read_tables(snapshot)
+        tables, count = _without(original, subject)
         if count:
-            _rewrite_snapshot(snapshot, tables, note)
+            erased_orders = set(original["orders"].loc[_masks(original, subject)["orders"], "order_id"])
+            extra = _extra_tables_without(snapshot, read_manifest(snapshot), subject, erased_orders)
+            _rewrite_snapshot(snapshot, tables, note, extra)
             removed += count
     return removed
 
