@@ -409,6 +409,19 @@ def hit_rates(before: dict, after: dict) -> dict[str, float | None]:
 def worker_rss(proc: subprocess.Popen) -> list[float]:
     """Resident memory (MB) of each server worker: the processes of the server's session that answer
     requests (uvicorn's spawned workers; the process itself when it has none)."""
+    return [rss for _, rss, _ in _workers(proc)]
+
+
+def worker_cpu(proc: subprocess.Popen) -> list[float]:
+    """CPU seconds (user + system) each server worker has used so far, in :func:`worker_rss`'s order: two
+    readings around a row show how the row's load split between the workers (the kernel hands each new
+    connection to one worker, and an uneven split caps the server at what its busiest worker can do)."""
+    return [cpu for _, _, cpu in _workers(proc)]
+
+
+def _workers(proc: subprocess.Popen) -> list[tuple[int, float, float]]:
+    """(pid, RSS in MB, CPU seconds) of each worker of ``proc``'s session, by pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -425,9 +438,10 @@ def worker_rss(proc: subprocess.Popen) -> list[float]:
             continue
         if "resource_tracker" in cmdline:
             continue
-        found.append((int(entry.name), "spawn_main" in cmdline, round(rss_kb / 1024, 1)))
-    workers = [rss for _, spawned, rss in sorted(found) if spawned]
-    return workers or [rss for _, _, rss in sorted(found)]
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        found.append((int(entry.name), "spawn_main" in cmdline, round(rss_kb / 1024, 1), cpu))
+    workers = [(pid, rss, cpu) for pid, spawned, rss, cpu in sorted(found) if spawned]
+    return workers or [(pid, rss, cpu) for pid, _, rss, cpu in sorted(found)]
 
 
 def machine_load() -> dict:
@@ -561,10 +575,11 @@ def measure_paired(names: list[str], work: Path, runs: list[tuple[dict, Path]], 
                     for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
                         proc, port = servers[name]
                         load = machine_load()["loadavg"]
-                        before = cache_counts(port)
+                        before, cpu = cache_counts(port), worker_cpu(proc)
                         result = wrk(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", script, c, args.duration,
                                      sent[name])
                         result["hit_rates"] = hit_rates(before, cache_counts(port))
+                        result["worker_cpu_s"] = [round(b - a, 2) for a, b in zip(cpu, worker_cpu(proc))]
                         result["loadavg_before"] = load
                         rounds[name].append(result)
                 for name, found in rounds.items():
