@@ -32,6 +32,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.recommend.availability import LiveCatalog, ProductState, ensure_view
 from storeflow.components.recommend.model import ItemItem, Neighbours
 from storeflow.serving.predlog import PredictionLog, now_iso
@@ -236,12 +237,9 @@ def _lean(app, settings: Settings) -> None:
     """What ``storeflow serve`` drops and freezes (:func:`storeflow.serving.server.build_app`): KServe's
     TimingMiddleware (a log line per request) when quiet, and the loaded objects out of the collector's view
     (a full GC pass over Feast's, KServe's and the model's objects stalls a worker under load)."""
-    import gc
-
     if settings.serving.quiet:
         app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()
 
 
 def resolve(settings: Settings, alias: str = "champion", version: str | None = None) -> tuple[str, Path]:

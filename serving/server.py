@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.serving.logs import quiet_logging
 from storeflow.serving.routes import HOT_ROUTES
 
@@ -149,10 +150,7 @@ def build_app(plan: Plan):
     app.state.storeflow = transformer
     # Feast, KServe, pandas and the model leave millions of long-lived objects; a full GC pass over them
     # stalls a worker for hundreds of ms under load. Freeze them out of the collector's view.
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()
     return app
 
 

@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from storeflow.components.config import Settings
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
 from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
@@ -374,6 +375,7 @@ def run_scorer(settings_json: str, receiver_pid: int | None = None) -> None:
     from storeflow.components.config import load_settings
 
     scorer = RiskScorer(load_settings(settings_json))
+    freeze_startup_objects()  # imports and the snapshot's history: walked by no full collection from here on
     scorer.start()
     try:
         while receiver_pid is None or os.getppid() == receiver_pid:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from storeflow.components.config import Settings
+from storeflow.components.heap import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
 
     settings = load_settings(settings_json)
     applier = Applier(settings)
+    freeze_startup_objects()
     failures = 0
     while receiver_pid is None or os.getppid() == receiver_pid:
         try:

@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from storeflow.components.config import Settings
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.shopify import layout, products
 from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
@@ -268,5 +269,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
                      risk_supervisor=scorer_supervisor(settings))
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
              port or cfg.webhook_port, PATH)
+    freeze_startup_objects()  # a full collection then walks what deliveries left, not every import
     uvicorn.run(app, host=host or cfg.webhook_host, port=port if port is not None else cfg.webhook_port,
                 access_log=False, log_level="warning")
