@@ -22,9 +22,10 @@ memory, inserts that never pay back, and objects the garbage collector walks. So
   is below :data:`MIN_HIT_RATE`. The gap keeps a cache whose true hit rate is near the line from
   flapping on the estimate's noise (a window's estimate at a true 3 % has a standard deviation of
   ~1 %): at 500,000 customers drawn uniformly (true hit rates 0.5-3 %) one threshold of 5 % let the
-  caches switch on now and then, and those rounds' p99 was the worst of the cached server's. The shadow costs one modulo per lookup and a dict operation per sampled one.
-  A new cache starts off: it is consulted and filled only once its first window (~4,000 lookups a
-  worker) says it would hit. (Started on, a worker facing traffic that does not repeat, a large store
+  caches switch on now and then, and those rounds' p99 was the worst of the cached server's. The
+  shadow costs one modulo per lookup and a dict operation per sampled one.
+  A new cache starts off: it is consulted and filled only once a window (~4,000 lookups a worker)
+  estimates at least :data:`ON_HIT_RATE`. (Started on, a worker facing traffic that does not repeat, a large store
   drawn uniformly, filled and consulted it for that whole window before switching it off, as
   ``/metrics`` showed at 500,000 customers.)
 
