@@ -167,7 +167,8 @@ def use_online_store(data: dict, kind: str, redis_address: str | None = None) ->
 
 
 # -- servers -----------------------------------------------------------------------------------------------
-def start(name: str, work: Path, port: int) -> subprocess.Popen:
+def start(name: str, work: Path, port: int, settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start server ``name``; a storeflow server runs with ``settings`` (``--variant``) on top of the store's config."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (work / f"{name}.log").open("w")
     if name.startswith("storeflow"):
@@ -175,6 +176,8 @@ def start(name: str, work: Path, port: int) -> subprocess.Popen:
         cmd = [*serve_command(work, port), "--alias", "challenger"]
         if name == "storeflow-uncached":
             cmd += ["--set", "serving.score_memo_rows=0", "--set", "serving.feature_cache_seconds=0"]
+        for key, value in (settings or {}).items():
+            cmd += ["--set", f"{key}={value}"]
     elif name == "mlserver":
         _mlserver_venv()
         _mlserver_repo(work, port)
@@ -296,22 +299,24 @@ def request_file(path: Path, bodies: list[bytes], authorizations: list[str] | No
 
 def lua(requests: Path, headers: dict[str, str], path: Path, think_ms: int = 0) -> Path:
     """A wrk script sending the requests of ``requests`` (see :func:`request_file`) in order, each wrk
-    thread from its own place in the list (moved on by wrk's first argument, the requests each thread
-    already sent from it: a row goes on where the warm-up stopped, as a running server's traffic would,
-    instead of sending the warm-up's customers again); with ``think_ms``, each connection waits that long before its next
-    request (wrk's ``delay()``), so servers of different speeds get about the same load, not each its own."""
+    thread from its own place in the list, moved on by the requests that thread already sent from it
+    (wrk's arguments, one per thread, printed by ``done()``): a row goes on where the warm-up stopped, as
+    a running server's traffic would, instead of sending the warm-up's customers again. Each thread's
+    count is its own: wrk's threads do not send alike (13,208 and 6,156 in one second here), and one
+    count for both made the busier thread send thousands of its requests again. With ``think_ms``, each
+    connection waits that long before its next request (wrk's ``delay()``), so servers of different
+    speeds get about the same load, not each its own."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     # Every request is formatted once per wrk thread, in init(): the load generator shares the two
     # cores with the server, so its per-request work must not count against any server.
     path.write_text(f"""wrk.method = "POST"
 {header_lines}
-local threads = 0
+local threads = {{}}
 function setup(thread)
-  thread:set("place", threads)
-  threads = threads + 1
+  thread:set("place", #threads)
+  table.insert(threads, thread)
 end
 local prepared = {{}}
-local n = 0
 function init(args)
   for line in io.lines("{requests}") do
     local headers = {{}}
@@ -324,11 +329,19 @@ function init(args)
     end
     prepared[#prepared + 1] = wrk.format(nil, nil, headers, body)
   end
-  n = (place or 0) * math.floor(#prepared / 2) + (tonumber(args[1]) or 0)
+  -- globals, so that done() can read them from each thread
+  local parts = #args > 0 and #args or 2  -- one skip per thread in args
+  start = (place or 0) * math.floor(#prepared / parts) + (tonumber(args[(place or 0) + 1]) or 0)
+  n = start
 end
 request = function()
   n = n + 1
   return prepared[(n % #prepared) + 1]
+end
+function done(summary, latency, requests)
+  for i, thread in ipairs(threads) do
+    io.write(string.format("sent by thread %d: %d\\n", i - 1, thread:get("n") - thread:get("start")))
+  end
 end
 """ + (f"function delay()\n  return {think_ms}\nend\n" if think_ms else ""))
     return path
@@ -353,14 +366,16 @@ def ensure_wrk() -> None:
 
 
 def wrk(url: str, script: Path, connections: int, duration: int, sent: dict | None = None) -> dict:
-    """One wrk run of ``script``; ``sent`` (per script: requests each wrk thread sent from its place so far)
-    makes it go on where the last run of the script stopped."""
+    """One wrk run of ``script``; ``sent`` (per script: the requests each wrk thread sent from its place so
+    far) makes it go on where the last run of the script stopped."""
     threads = min(2, connections)
-    skip = (sent or {}).get(script, 0)
+    skips = (sent or {}).get(script, [0] * threads)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "-s", str(script), url, "--", str(skip)], capture_output=True, text=True, check=True).stdout
+                          "-s", str(script), url, "--", *map(str, skips)], capture_output=True, text=True,
+                         check=True).stdout
     if sent is not None:
-        sent[script] = skip + -(-int(re.search(r"(\d+) requests in", out).group(1)) // threads)
+        counts = {int(t): int(k) for t, k in re.findall(r"sent by thread (\d+): (\d+)", out)}
+        sent[script] = [skip + counts[t] for t, skip in enumerate(skips)]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
@@ -553,7 +568,7 @@ def measure_paired(names: list[str], work: Path, runs: list[tuple[dict, Path]], 
         for name in names:
             port = free_port()
             print(f"starting {name} ({runs[0][0]}) ...", flush=True)
-            servers[name] = (start(name, work, port), port)
+            servers[name] = (start(name, work, port, args.variants.get(name)), port)
         for name, (proc, port) in list(servers.items()):
             try:
                 wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready")
@@ -595,6 +610,24 @@ def measure_paired(names: list[str], work: Path, runs: list[tuple[dict, Path]], 
             stop(proc)
     return rows
 
+def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
+    """``--variant`` values as {server name: {setting: value}}, with a clear error for a malformed one."""
+    variants: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, _, pairs = spec.partition(":")
+        if not name.startswith("storeflow-") or name == "storeflow-uncached" or not pairs:
+            raise SystemExit(f"--variant {spec!r}: expected storeflow-NAME:key=value[,key=value] "
+                             "(NAME not 'uncached')")
+        settings = {}
+        for pair in pairs.split(","):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise SystemExit(f"--variant {spec!r}: {pair!r} is not key=value")
+            settings[key.strip()] = value.strip()
+        variants[name] = settings
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="400,50000,500000", help="store sizes (customers)")
@@ -616,6 +649,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/storeflow-bench-serving", help="stores are kept here and reused")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
     parser.add_argument("--note", default="", help="said in the results (e.g. what ran beside the bench)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="a storeflow server with these settings, e.g. storeflow-nomemo:serving.score_memo_rows=0 "
+                             "(NAME starts with storeflow-; also list it in --servers)")
     parser.add_argument("--serve")
     parser.add_argument("--bench-dir")
     parser.add_argument("--port", type=int)
@@ -623,6 +659,7 @@ def main() -> None:
     if args.serve:
         return serve_inline(args.serve, Path(args.bench_dir), args.port)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.variants = parse_variants(args.variant)
     ensure_wrk()
     import time
 
