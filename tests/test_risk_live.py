@@ -6,6 +6,7 @@ snapshot, by the same functions."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from storeflow.components.ingest import generate_store, read_bulk_jsonl
 from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
 from storeflow.components.risk.live import LiveHistory, _last_week, online_velocity, risk_row
 from storeflow.components.risk.velocity import VELOCITY_FEATURES
+from storeflow.components.risk.velocity import batch as velocity_batch
 from storeflow.components.risk.orders import read_risk_fields
 from storeflow.components.shopify.payloads import PayloadError
 
@@ -157,3 +159,108 @@ def test_a_bad_field_is_named(replay: Replay, change: dict, named: str):
     history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None))
     with pytest.raises(PayloadError, match=named):
         history.features(payload)
+
+
+NEW_ADDRESS = {"address1": "1 Moved Street", "zip": "99999", "country_code": "CA"}
+
+
+def _with_contact(replay: Replay, n: int) -> list[pd.Series]:
+    """``n`` orders of different customers, each with an email and a shipping address."""
+    orders = replay.tables["orders"].sort_values(["created_at", "order_id"])
+    rows, customers = [], set()
+    for _, row in orders.iterrows():
+        payload = replay.order(row)
+        if payload["email"] and payload["shipping_address"] and payload["customer"] and \
+                payload["customer"]["id"] not in customers:
+            rows.append(row)
+            customers.add(payload["customer"]["id"])
+        if len(rows) == n:
+            return rows
+    raise AssertionError("the store has too few orders with an email and an address")
+
+
+def _at(payload: dict, when: pd.Timestamp, **change) -> dict:
+    return payload | {"created_at": when.isoformat(), "updated_at": when.isoformat()} | change
+
+
+def _training_velocity(payloads: list[dict]) -> pd.DataFrame:
+    """What training counts for these orders, keyed by each one's last version."""
+    frame = pd.DataFrame([{"order_id": p["id"], "customer_id": p["customer"]["id"], "email": p["email"],
+                           "created_at": p["created_at"], "address_key": risk_row(p)["address_key"]}
+                          for p in payloads])
+    return velocity_batch(frame, 1_000).set_index("order_id")
+
+
+@pytest.mark.parametrize("online_store", ["sqlite", "redis"])
+def test_an_order_whose_email_and_address_change_is_counted_under_its_new_ones(replay: Replay, tmp_path: Path,
+                                                                               online_store: str):
+    """orders/updated moves an order's velocity to its new email and address: the next order from the new ones
+    counts it and the next from the old ones does not, as training (keyed by the order's last version) counts."""
+    with contextlib.ExitStack() as stack:
+        address = stack.enter_context(redis_server(tmp_path)) if online_store == "redis" else None
+        history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None),
+                              velocity=online_velocity(_settings(tmp_path, address)))
+        a, b, c = (replay.order(row) for row in _with_contact(replay, 3))
+        t0 = pd.Timestamp("2031-03-01T10:00:00Z")
+        first = _at(a, t0)
+        history.features(first)
+        history.record("orders/create", first)
+        moved = first | {"email": "Moved@Example.com ", "shipping_address": NEW_ADDRESS,
+                         "updated_at": (t0 + pd.Timedelta(minutes=1)).isoformat()}
+        history.record("orders/updated", moved)
+        to_new = _at(b, t0 + pd.Timedelta(minutes=10), email="moved@example.com", shipping_address=NEW_ADDRESS)
+        to_old = _at(c, t0 + pd.Timedelta(minutes=20), email=first["email"], shipping_address=first["shipping_address"])
+        live = {}
+        for payload in (to_new, to_old):
+            live[payload["id"]] = history.features(payload)
+            history.record("orders/create", payload)
+
+    assert live[to_new["id"]]["email_orders_1h"] == 1 and live[to_new["id"]]["address_orders_1h"] == 1
+    assert live[to_old["id"]]["email_orders_1h"] == 0 and live[to_old["id"]]["address_orders_24h"] == 0
+    training = _training_velocity([moved, to_new, to_old])
+    for payload in (to_new, to_old):
+        assert {name: live[payload["id"]][name] for name in VELOCITY_FEATURES} == \
+            training.loc[payload["id"]].astype(float).to_dict()
+
+
+def test_a_snapshot_order_that_changes_email_is_counted_under_its_new_one(replay: Replay, tmp_path: Path):
+    settings = _settings(tmp_path)
+    orders = replay.tables["orders"].sort_values(["created_at", "order_id"])
+    target, other = _with_contact(replay, 2)
+    snapshot = orders[orders["created_at"] <= target["created_at"]]
+    velocity = online_velocity(settings)
+    velocity.seed(_last_week(snapshot, replay.risk))
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), {"orders": snapshot}, replay.risk,
+                          velocity)
+    was = replay.order(target)
+    history.record("orders/updated", was | {"email": "moved@example.com",
+                                            "updated_at": (target["created_at"] + pd.Timedelta(minutes=1)).isoformat()})
+    later = _at(replay.order(other), target["created_at"] + pd.Timedelta(minutes=5), email="moved@example.com")
+    assert history.features(later)["email_orders_1h"] == 1
+    back = _at(replay.order(other), target["created_at"] + pd.Timedelta(minutes=6), email=was["email"], id=10**15)
+    assert history.features(back)["email_orders_1h"] == 0
+
+
+def test_an_order_moved_to_another_customer_counts_for_that_customer(replay: Replay, tmp_path: Path):
+    """orders/updated naming another customer: the order leaves the first customer's velocity, joins the second's,
+    and the address it kept counts the second customer, not the first, among its week's customers."""
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
+    a, b, c = (replay.order(row) for row in _with_contact(replay, 3))
+    t0 = pd.Timestamp("2031-03-01T10:00:00Z")
+    first = _at(a, t0)
+    history.features(first)
+    history.record("orders/create", first)
+    moved = first | {"customer": b["customer"], "updated_at": (t0 + pd.Timedelta(minutes=1)).isoformat()}
+    history.record("orders/updated", moved)
+    by_b = _at(b, t0 + pd.Timedelta(minutes=10), shipping_address=first["shipping_address"])
+    by_a = _at(c, t0 + pd.Timedelta(minutes=20), customer=a["customer"], id=10**15)
+    live = {}
+    for payload in (by_b, by_a):
+        live[payload["id"]] = history.features(payload)
+        history.record("orders/create", payload)
+    assert live[by_b["id"]]["customer_orders_1h"] == 1 and live[by_b["id"]]["address_customers_7d"] == 1
+    assert live[by_a["id"]]["customer_orders_1h"] == 0
+    training = _training_velocity([moved, by_b, by_a])
+    for payload in (by_b, by_a):
+        assert {name: live[payload["id"]][name] for name in VELOCITY_FEATURES} == \
+            training.loc[payload["id"]].astype(float).to_dict()

@@ -148,6 +148,7 @@ class LiveHistory:
         self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
         self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
+        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None  # snapshot order ids sorted, and positions
         self._duck.execute("SET TimeZone = 'UTC'")
 
     @classmethod
@@ -192,21 +193,44 @@ class LiveHistory:
         if topic not in ORDER_TOPICS:
             raise ValueError(f"topic {topic!r} is not an order or refund topic")
         scored = self._scored.get(id(payload))
-        if scored is not None and scored[0] is payload:  # just scored by features_many: validated there
+        just_scored = scored is not None and scored[0] is payload
+        if just_scored:  # validated, and counted in velocity, by features_many
             _, order, risk, customer_created = scored
         else:
             order, _ = order_rows(dict(payload))
             risk, customer_created = _risk(payload, order["order_id"])
-        current = self.db.execute("SELECT updated_at FROM risk_live_orders WHERE order_id = ?",
-                                  (order["order_id"],)).fetchone()
+        current = self.db.execute("SELECT updated_at, customer_id, email, address_key FROM risk_live_orders "
+                                  "WHERE order_id = ?", (order["order_id"],)).fetchone()
         if current and current[0] and order["updated_at"] and \
                 pd.Timestamp(current[0]) > pd.Timestamp(order["updated_at"]):
             return  # an older version arrived late
+        if not just_scored and self.velocity is not None and order["created_at"] is not None:
+            # a version not just counted (an update): velocity keys the order by its newest customer, email and
+            # address, as training keys it by its last version
+            before = current[1:] if current else self._snapshot_keys(order["order_id"])
+            self.velocity.move(None if before is None else _velocity_order(
+                {"order_id": order["order_id"], "created_at": order["created_at"], "customer_id": before[0],
+                 "email": before[1]}, {"address_key": before[2]}), _velocity_order(order, risk))
         self.db.execute(
             "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
             "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
              json.dumps(order), json.dumps(risk), customer_created))
+
+    def _snapshot_keys(self, order_id: int) -> tuple | None:
+        """A snapshot order's customer id, email and address key (None: the snapshot does not hold it)."""
+        if self._sorted_ids is None:  # built on the first update of an order: 16 bytes a snapshot order
+            order = np.argsort(self._order_ids, kind="stable")
+            self._sorted_ids = (self._order_ids[order], order)
+        ids, positions = self._sorted_ids
+        at = int(np.searchsorted(ids, order_id))
+        if at == len(ids) or ids[at] != order_id:
+            return None
+        row = self.orders.iloc[int(positions[at])]
+        found = self._risk_of.get(order_id)
+        address = self.risk["address_key"].iat[int(found[0])] if found is not None else None
+        customer = None if pd.isna(row["customer_id"]) else int(row["customer_id"])
+        return customer, _email(row["email"]), None if pd.isna(address) else address
 
     # --- one order's features ---------------------------------------------------------------------------
 

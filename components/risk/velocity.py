@@ -91,6 +91,15 @@ def fold(state: Recent, order: Order, cap: int) -> bool:
     return True
 
 
+def unfold(state: Recent, order_id: int) -> bool:
+    """Take ``order_id`` out of one key's ``state`` (the order moved to another key); False when it was not there."""
+    if order_id not in state.ids:
+        return False
+    at = state.ids.index(order_id)
+    del state.ids[at], state.times[at], state.customers[at]
+    return True
+
+
 def _window(times: list[int], t: int, width: int) -> tuple[int, int]:
     """Positions of the orders created in [t - width, t - 1 µs]."""
     return bisect_left(times, t - width), bisect_left(times, t)
@@ -187,6 +196,27 @@ class OnlineVelocity:
         self._write(changed)
         return sum(len(keys) for keys in changed.values())
 
+    def move(self, old: Order | None, new: Order) -> bool:
+        """An order whose customer, email or shipping address changed after it was counted (``orders/updated``):
+        out of its old keys' lists, into its new keys' (None: it was never counted; it is counted now), as
+        training, which keys every order by its last version, counts it. False when nothing changed."""
+        if old is not None and old.keys() == new.keys():
+            return False
+        states = self._read([o for o in (old, new) if o is not None])
+        changed: dict[str, dict] = {view: {} for view in VELOCITY_VIEWS}
+        for view, before, after in zip(VELOCITY_VIEWS, old.keys() if old else (None,) * 3, new.keys()):
+            # out of every old list, the unchanged ones too: their entries carry the order's customer, which may
+            # be what changed (the address's distinct customers count it)
+            state = states[view].get(before) if before is not None else None
+            if state is not None and unfold(state, new.order_id):
+                changed[view][before] = state
+            if after is not None:
+                state = states[view].setdefault(after, Recent())
+                if fold(state, new, self.cap):
+                    changed[view][after] = state
+        self._write(changed)
+        return True
+
     def _read(self, orders: Sequence[Order]) -> dict[str, dict]:
         states: dict[str, dict] = {}
         self._protos = {}
@@ -214,7 +244,7 @@ class OnlineVelocity:
                 continue
             rows = []
             for key, state in states.items():  # each write later than the last: Redis keeps only a newer event time
-                state.written_us = max(state.written_us + 1, state.times[-1])
+                state.written_us = max(state.written_us + 1, state.times[-1] if state.times else 0)
                 flat = [v for triple in zip(state.ids, state.times, state.customers) for v in triple]
                 values = {VELOCITY_STATE: Value(int64_list_val=Int64List(val=flat))}
                 rows.append((self._protos.get((view, key)) or _entity_key(view, key), values, EPOCH + timedelta(microseconds=state.written_us), None))
