@@ -19,10 +19,11 @@ memory, inserts that never pay back, and objects the garbage collector walks. So
   lookup whose key was seen within the cache's horizon counts as a would-be hit. Every
   :data:`WINDOW` sampled lookups, a cache that is off switches on when that estimate is at least
   :data:`ON_HIT_RATE`, and one that is on switches off (emptied, not consulted, not filled) when it
-  is below :data:`MIN_HIT_RATE`. The gap keeps a cache whose true hit rate is near the line from
-  flapping on the estimate's noise (a window's estimate at a true 3 % has a standard deviation of
-  ~1 %): at 500,000 customers drawn uniformly (true hit rates 0.5-3 %) one threshold of 5 % let the
-  caches switch on now and then, and those rounds' p99 was the worst of the cached server's. The
+  is below :data:`MIN_HIT_RATE`. The gap keeps a cache whose true hit rate is near a line from
+  flapping on the estimate's noise (a window's estimate at a true 20 % has a standard deviation of
+  ~2.5 %): with one line, caches near it switched on whenever a window's estimate came out high, and
+  those rounds had the cached server's worst p99. The lines are high (30 % on, 20 % off) because a
+  cache that hits a fifth of the time did not pay here (see :data:`MIN_HIT_RATE`). The
   shadow costs one modulo per lookup and a dict operation per sampled one.
   A new cache starts off: it is consulted and filled only once a window (~4,000 lookups a worker)
   estimates at least :data:`ON_HIT_RATE`. (Started on, a worker facing traffic that does not repeat, a large store
@@ -44,10 +45,18 @@ from collections.abc import Hashable, Iterable
 
 from storeflow.serving import metrics
 
-# Below this estimated hit rate a cache costs more than it saves: a miss costs a lookup, an insert and
-# memory (~1-2 us), a hit saves an online store read (~40-100 us) or a model call.
-MIN_HIT_RATE = 0.05
-ON_HIT_RATE = 0.10  # an estimate this high switches a cache that is off on (see the module docstring)
+# The lines come from what the caches measured, not from per-operation costs (a miss's lookup and insert,
+# ~1-2 us, against a read, ~40-100 us, or a model call saved per hit, would put break-even near 2-5 %):
+# - a long-lived worker at 500,000 customers drawn uniformly estimates 16 % (feature cache: its 60 s horizon
+#   spans ~90,000 of a worker's lookups at 1,500/s) and 20 % (memo: 100,000 rows), windows' sd ~2 % (this
+#   estimator fed such a draw), so with the old 10 % line its caches switched on; the paired bench's 500,000-customer uniform rows had the cached server 5-18 %
+#   slower than the uncached one (bench/results/serving.json at 3dbb479);
+# - py-spy of both servers' workers in a paired 50,000-customer SQLite uniform run (29 % feature, 52 % score
+#   hits): the caches saved 18 % of the reads' time and 25 % of the model calls', and the cached workers
+#   were busy ~10 % longer for the same RPS (3,000 vs 2,986) and p99 (19.6 vs 19.3 ms).
+# So a cache goes on only where traffic repeats a lot: skewed draws estimate 64-96 % and gained 2-54 % RPS.
+MIN_HIT_RATE = 0.20  # on: a window's estimate below this switches it off
+ON_HIT_RATE = 0.30  # off: an estimate this high switches it on (the gap: see the module docstring)
 SAMPLE = 16  # one key in SAMPLE (by hash) feeds the hit-rate estimate
 WINDOW = 256  # sampled lookups per decision (~4,000 lookups)
 FLUSH_EVERY = 64  # lookups counted locally before they are added to the Prometheus counters
