@@ -7,6 +7,8 @@ shop's currency; timestamps are UTC at microsecond precision (Feast's DuckDB sto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pathlib import Path
 
 import pandas as pd
@@ -74,9 +76,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = tuple(SCHEMAS)
 
 
-def conform(name: str, frame: pd.DataFrame) -> pa.Table:
-    """Cast a frame to its table schema; a missing column is an error naming the table and column."""
-    schema = SCHEMAS[name]
+def conform(name: str, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pa.Table:
+    """Cast a frame to its table schema (only ``columns`` of it, in that order, when given); a missing column is
+    an error naming the table and column."""
+    schema = SCHEMAS[name] if columns is None else pa.schema([SCHEMAS[name].field(c) for c in columns])
     missing = [f.name for f in schema if f.name not in frame.columns]
     if missing:
         raise ValueError(f"table '{name}' is missing column(s): {', '.join(missing)}")

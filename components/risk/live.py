@@ -32,6 +32,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from storeflow.components.config import Settings
@@ -44,7 +46,7 @@ from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCH
                                               read_risk_fields, snapshot_risk_fields)
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row)
-from storeflow.components.tables import SCHEMAS, conform, empty_frame, read_table
+from storeflow.components.tables import SCHEMAS, conform, table_path
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
 TABLES = ("orders", "line_items", "customers", "refunds")
 DECODED_ROWS = 200_000  # live rows kept parsed in memory (about 1 KB each)
+# What RISK_FEATURES_SQL (and velocity's keys) read of the history's tables: only these are held.
+READ = {"orders": ("order_id", "customer_id", "email", "created_at", "cancelled_at", "total_price", "subtotal_price",
+                   "total_discounts"),
+        "refunds": ("refund_id", "order_id", "created_at"),
+        "customers": ("customer_id", "created_at")}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_live_orders (
@@ -124,27 +131,29 @@ def _risk(payload: Mapping, order_id: int) -> tuple[dict, str | None]:
 class LiveHistory:
     """Orders known so far (a snapshot and what arrived live), and one order's features against them."""
 
-    def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame] | None = None,
+    def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame | pa.Table] | None = None,
                  risk: pd.DataFrame | None = None, velocity: OnlineVelocity | None = None):
         self.db = db
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         db.executescript(SCHEMA)
         tables = tables or {}
-        # the snapshot as Arrow tables in the schema the query reads, conformed once; an order's related rows are
-        # taken from them by position (indexes by customer and order), not found by scanning
-        self._orders = conform("orders", tables.get("orders", empty_frame("orders")))
-        self._refunds = conform("refunds", tables.get("refunds", empty_frame("refunds")))
-        self._customers = conform("customers", tables.get("customers", empty_frame("customers")))
-        self.orders = self._orders.to_pandas()
+        # the snapshot as Arrow tables of the columns the query reads (READ), conformed once; an order's related rows
+        # are taken from them by position (indexes by customer and order), not found by scanning. Nothing else of
+        # the snapshot is kept: a pandas copy of the orders and of their risk fields (Python strings) was most of
+        # the receiver's memory.
+        self._orders = _snapshot("orders", tables.get("orders"))
+        self._refunds = _snapshot("refunds", tables.get("refunds"))
+        self._customers = _snapshot("customers", tables.get("customers"))
+        self._order_ids = self._orders.column("order_id").to_numpy()
         risk = risk if risk is not None else pd.DataFrame(columns=list(COLUMNS))
-        self.risk = risk[risk["order_id"].isin(self.orders["order_id"])].reset_index(drop=True)
-        self._risk = pa.Table.from_pandas(self.risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)
-        self._order_ids = self.orders["order_id"].to_numpy()
-        self._by_customer = _positions(self.orders["customer_id"])
-        self._risk_of = _positions(self.risk["order_id"])
-        self._refunds_of = _positions(self._refunds.column("order_id").to_pandas())
+        risk = risk[risk["order_id"].isin(self._order_ids)]
+        self._risk = pa.Table.from_pandas(risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)
+        del risk
+        self._by_customer = _Index(self._orders.column("customer_id"))
+        self._risk_of = _Index(self._risk.column("order_id"))
+        self._refunds_of = _Index(self._refunds.column("order_id"))
         self._refund_ids = self._refunds.column("refund_id").to_numpy(zero_copy_only=False)
-        self._customer_rows = _positions(self._customers.column("customer_id").to_pandas())
+        self._customer_rows = _Index(self._customers.column("customer_id"))
         self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
         self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
@@ -174,7 +183,12 @@ class LiveHistory:
                         newest.name)
         # the tables the history reads (an order's own line items come with its webhook): line items, the
         # largest table, and products stay on disk
-        tables = {name: read_table(newest, name) for name in ("orders", "refunds", "customers")}
+        # The process holds these tables for its life. Read with the system allocator, one thread and no
+        # pre-buffering: with Arrow's default (mimalloc) the parquet reader's freed buffers stayed in the
+        # process, 5,000,000 orders' 399 MB of columns took 938 MB more resident memory (448 MB this way).
+        pa.set_memory_pool(pa.system_memory_pool())
+        tables = {name: pq.read_table(table_path(newest, name), schema=SCHEMAS[name], columns=list(columns),
+                                      pre_buffer=False, use_threads=False) for name, columns in READ.items()}
         velocity = online_velocity(settings)
         seeded = velocity.seed(_last_week(tables["orders"], risk))
         log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
@@ -226,11 +240,11 @@ class LiveHistory:
         at = int(np.searchsorted(ids, order_id))
         if at == len(ids) or ids[at] != order_id:
             return None
-        row = self.orders.iloc[int(positions[at])]
-        found = self._risk_of.get(order_id)
-        address = self.risk["address_key"].iat[int(found[0])] if found is not None else None
-        customer = None if pd.isna(row["customer_id"]) else int(row["customer_id"])
-        return customer, _email(row["email"]), None if pd.isna(address) else address
+        position = int(positions[at])
+        found = self._risk_of.rows([order_id])
+        address = self._risk.column("address_key")[int(found[0])].as_py() if len(found) else None
+        return (self._orders.column("customer_id")[position].as_py(),
+                _email(self._orders.column("email")[position].as_py()), address)
 
     # --- one order's features ---------------------------------------------------------------------------
 
@@ -270,16 +284,16 @@ class LiveHistory:
             (json.dumps(ids_new), json.dumps(sorted(customers_of)))).fetchall()
         live_ids = {row[0] for row in live}
         live_orders, live_risks = [self._decode(r) for _, r, _, _ in live], [self._decode(r) for _, _, r, _ in live]
-        related = _union([self._by_customer], [customers_of])
+        related = self._by_customer.rows(customers_of)
         snap = related[~np.isin(self._order_ids[related], list(live_ids | set(ids_new)))]
         snap_ids = self._order_ids[snap].tolist()
         ids = [*snap_ids, *live_ids, *ids_new]
 
         live_refunds = [json.loads(r) for (r,) in self.db.execute(
             "SELECT row FROM risk_live_refunds WHERE order_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))]
-        refunds = _union([self._refunds_of], [ids])
+        refunds = self._refunds_of.rows(ids)
         refunds = refunds[~np.isin(self._refund_ids[refunds], [r["refund_id"] for r in live_refunds])]
-        customers = _union([self._customer_rows], [customers_of])
+        customers = self._customer_rows.rows(customers_of)
         known = set(self._customers.column("customer_id").take(customers).to_pylist())
         tables = {  # a customer the snapshot does not know yet: its creation time from the webhook
             "orders": _table("orders", self._orders.take(snap), live_orders + list(news.values())),
@@ -287,7 +301,7 @@ class LiveHistory:
             "customers": _table("customers", self._customers.take(customers),
                                 [row for cid, row in created_rows.items() if cid not in known]),
             "refunds": _table("refunds", self._refunds.take(refunds), live_refunds),
-            "risk": pa.concat_tables([self._risk.take(_union([self._risk_of], [snap_ids])),
+            "risk": pa.concat_tables([self._risk.take(self._risk_of.rows(snap_ids)),
                                       _arrow(TABLE_SCHEMA, live_risks + list(new_risks.values()))]),
         }
         for name, table in tables.items():
@@ -334,8 +348,15 @@ def _velocity_order(order: dict, risk: dict) -> Order:
                  email_digest(order["email"]), risk["address_key"])
 
 
-def _last_week(orders: pd.DataFrame, risk: pd.DataFrame | None) -> list[Order]:
+def _last_week(orders: pd.DataFrame | pa.Table, risk: pd.DataFrame | None) -> list[Order]:
     """The snapshot's orders of the week before its newest (what velocity can still count), as velocity orders."""
+    if isinstance(orders, pa.Table):  # only that week goes to pandas
+        if orders.num_rows == 0:
+            return []
+        created = orders.column("created_at").cast(pa.timestamp("us", tz="UTC"))
+        start = pa.scalar(pc.max(created).value - HORIZON_US, type=created.type)
+        orders = orders.filter(pc.greater_equal(created, start)).select(
+            ["order_id", "customer_id", "email", "created_at"]).to_pandas()
     if orders.empty:
         return []
     created = pd.to_datetime(orders["created_at"], utc=True)
@@ -345,23 +366,50 @@ def _last_week(orders: pd.DataFrame, risk: pd.DataFrame | None) -> list[Order]:
     return orders_of(recent[["order_id", "customer_id", "email", "created_at"]].merge(keys, on="order_id", how="left"))
 
 
-def _positions(keys: pd.Series) -> dict:
-    """Each key -> the positions of its rows (nulls left out)."""
-    return {key: rows for key, rows in keys.groupby(keys.to_numpy(), dropna=True, sort=False).indices.items()}
+class _Index:
+    """Each key of a table column -> the positions of its rows, as two arrays: the keys sorted and the rows'
+    positions in that order (nulls left out). A dict of one array per key held ~180 bytes a key more: 220 MB
+    for a store of 500,000 customers and 5,000,000 orders."""
+
+    def __init__(self, keys: pa.ChunkedArray):
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        valid = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
+        values = keys.fill_null(0).to_numpy(zero_copy_only=False)[valid].astype(np.int64)
+        order = np.argsort(values, kind="stable")
+        self.keys = values[order]
+        self.positions = valid[order].astype(np.int32 if len(keys) < 2**31 else np.int64)
+
+    def rows(self, wanted) -> np.ndarray:
+        """The positions, ascending and once each, of the rows of any key in ``wanted``."""
+        wanted = np.fromiter((int(k) for k in wanted), dtype=np.int64)
+        if not len(wanted) or not len(self.keys):
+            return np.empty(0, dtype=np.int64)
+        lo, hi = np.searchsorted(self.keys, wanted, "left"), np.searchsorted(self.keys, wanted, "right")
+        parts = [self.positions[a:b] for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+        return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
-def _union(indexes: list[dict], keys: list) -> np.ndarray:
-    """The positions, ascending and once each, of the rows any of ``keys[i]`` has in ``indexes[i]``."""
-    parts = [index[key] for index, wanted in zip(indexes, keys) for key in wanted if key in index]
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+def _schema(name: str) -> pa.Schema:
+    """The schema the query reads of a table: the READ columns, or all of it."""
+    return pa.schema([SCHEMAS[name].field(c) for c in READ[name]]) if name in READ else SCHEMAS[name]
+
+
+def _snapshot(name: str, frame: pd.DataFrame | pa.Table | None) -> pa.Table:
+    """A snapshot table as the history keeps it: its READ columns, conformed (an Arrow table read with that
+    schema as it is: no pandas copy, whose memory the process kept after it was dropped)."""
+    if frame is None:
+        return _schema(name).empty_table()
+    if isinstance(frame, pa.Table):
+        return frame.select(list(READ[name])).cast(_schema(name))
+    return conform(name, frame, READ[name])
 
 
 def _table(name: str, snapshot: pa.Table | None, rows: list[dict]) -> pa.Table:
-    """Snapshot rows and live rows in the table's schema."""
+    """Snapshot rows and live rows in the schema the query reads."""
     parts = [] if snapshot is None or snapshot.num_rows == 0 else [snapshot]
     if rows:
-        parts.append(_arrow(SCHEMAS[name], rows))
-    return pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
+        parts.append(_arrow(_schema(name), rows))
+    return pa.concat_tables(parts) if parts else _schema(name).empty_table()
 
 
 def _arrow(schema: pa.Schema, rows: list[dict]) -> pa.Table:
