@@ -645,7 +645,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3, help="rounds per storeflow row, servers alternating; "
                                                               "the row is their median")
-    parser.add_argument("--requests", type=int, default=200_000, help="drawn requests wrk cycles through")
+    parser.add_argument("--requests", type=int, default=400_000,
+                        help="drawn requests wrk cycles through; a server that sends more sees them again (200,000 "
+                             "wrapped around in the last of five rounds at 500,000 customers, and the memo, rightly, "
+                             "switched on for the repeat)")
     parser.add_argument("--work", default="/tmp/storeflow-bench-serving", help="stores are kept here and reused")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
     parser.add_argument("--note", default="", help="said in the results (e.g. what ran beside the bench)")
