@@ -269,7 +269,8 @@ def test_an_order_moved_to_another_customer_counts_for_that_customer(replay: Rep
 def test_the_history_holds_only_the_snapshot_columns_its_features_read(replay: Replay, tmp_path: Path):
     """The receiver's scorer keeps the newest snapshot for its life: only the columns the features read, as Arrow.
     With the whole tables and a pandas copy of the orders and their risk fields (Python strings), a store of
-    5,000,000 orders held 3.3 GB (peak 3.9 GB) in a pod whose limit is 1 GiB; now 0.7 GB (peak 0.95 GB)."""
+    5,000,000 orders held 3.3 GB (peak 3.9 GB) in a pod whose limit is 2 GiB for three processes; now 0.7 GB
+    (peak 0.95 GB)."""
     history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), replay.tables, replay.risk)
     assert history._orders.column_names == list(READ["orders"])
     assert history._refunds.column_names == list(READ["refunds"])
