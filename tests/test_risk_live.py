@@ -19,7 +19,7 @@ from redis_server import redis_server
 from storeflow.components.config import SyntheticStoreConfig, load_settings
 from storeflow.components.ingest import generate_store, read_bulk_jsonl
 from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
-from storeflow.components.risk.live import READ, LiveHistory, _last_week, online_velocity, risk_row
+from storeflow.components.risk.live import READ, SNAPSHOT_RISK, LiveHistory, _last_week, online_velocity, risk_row
 from storeflow.components.risk.velocity import VELOCITY_FEATURES
 from storeflow.components.risk.velocity import batch as velocity_batch
 from storeflow.components.risk.orders import read_risk_fields
@@ -275,5 +275,6 @@ def test_the_history_holds_only_the_snapshot_columns_its_features_read(replay: R
     assert history._orders.column_names == list(READ["orders"])
     assert history._refunds.column_names == list(READ["refunds"])
     assert history._customers.column_names == list(READ["customers"])
+    assert history._risk.column_names == list(SNAPSHOT_RISK)  # earlier orders' gateways, countries, disputes: unused
     held = [name for name, value in vars(history).items() if isinstance(value, (pd.DataFrame, pd.Series))]
     assert not held, f"pandas copies held: {held}"

@@ -54,6 +54,9 @@ HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
 TABLES = ("orders", "line_items", "customers", "refunds")
 DECODED_ROWS = 200_000  # live rows kept parsed in memory (about 1 KB each)
+# What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
+# (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
+SNAPSHOT_RISK = ("order_id", "cancel_reason", "address_key")
 # What RISK_FEATURES_SQL (and velocity's keys) read of the history's tables: only these are held.
 READ = {"orders": ("order_id", "customer_id", "email", "created_at", "cancelled_at", "total_price", "subtotal_price",
                    "total_discounts"),
@@ -147,7 +150,8 @@ class LiveHistory:
         self._order_ids = self._orders.column("order_id").to_numpy()
         risk = risk if risk is not None else pd.DataFrame(columns=list(COLUMNS))
         risk = risk[risk["order_id"].isin(self._order_ids)]
-        self._risk = pa.Table.from_pandas(risk[TABLE_SCHEMA.names], schema=TABLE_SCHEMA, preserve_index=False)
+        self._risk = pa.Table.from_pandas(risk[list(SNAPSHOT_RISK)], preserve_index=False,
+                                          schema=pa.schema([TABLE_SCHEMA.field(c) for c in SNAPSHOT_RISK]))
         del risk
         self._by_customer = _Index(self._orders.column("customer_id"))
         self._risk_of = _Index(self._risk.column("order_id"))
@@ -301,7 +305,7 @@ class LiveHistory:
             "customers": _table("customers", self._customers.take(customers),
                                 [row for cid, row in created_rows.items() if cid not in known]),
             "refunds": _table("refunds", self._refunds.take(refunds), live_refunds),
-            "risk": pa.concat_tables([self._risk.take(self._risk_of.rows(snap_ids)),
+            "risk": pa.concat_tables([_full_risk(self._risk.take(self._risk_of.rows(snap_ids))),
                                       _arrow(TABLE_SCHEMA, live_risks + list(new_risks.values()))]),
         }
         for name, table in tables.items():
@@ -364,6 +368,12 @@ def _last_week(orders: pd.DataFrame | pa.Table, risk: pd.DataFrame | None) -> li
     keys = risk[["order_id", "address_key"]].drop_duplicates("order_id") if risk is not None else \
         pd.DataFrame({"order_id": pd.Series(dtype="int64"), "address_key": pd.Series(dtype=object)})
     return orders_of(recent[["order_id", "customer_id", "email", "created_at"]].merge(keys, on="order_id", how="left"))
+
+
+def _full_risk(part: pa.Table) -> pa.Table:
+    """Snapshot risk rows (SNAPSHOT_RISK) in the risk table's schema, the other fields null."""
+    return pa.table([part.column(f.name) if f.name in SNAPSHOT_RISK else pa.nulls(part.num_rows, f.type)
+                     for f in TABLE_SCHEMA], schema=TABLE_SCHEMA)
 
 
 class _Index:
