@@ -8,7 +8,6 @@ shop's currency; timestamps are UTC at microsecond precision (Feast's DuckDB sto
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 
 import pandas as pd

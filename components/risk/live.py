@@ -161,7 +161,7 @@ class LiveHistory:
         self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
         self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
-        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None  # snapshot order ids sorted, and positions
+        self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
         self._duck.execute("SET TimeZone = 'UTC'")
 
     @classmethod
@@ -237,14 +237,12 @@ class LiveHistory:
 
     def _snapshot_keys(self, order_id: int) -> tuple | None:
         """A snapshot order's customer id, email and address key (None: the snapshot does not hold it)."""
-        if self._sorted_ids is None:  # built on the first update of an order: 16 bytes a snapshot order
-            order = np.argsort(self._order_ids, kind="stable")
-            self._sorted_ids = (self._order_ids[order], order)
-        ids, positions = self._sorted_ids
-        at = int(np.searchsorted(ids, order_id))
-        if at == len(ids) or ids[at] != order_id:
+        if self._order_rows is None:  # built on the first update of a snapshot order
+            self._order_rows = _Index(self._orders.column("order_id"))
+        found = self._order_rows.rows([order_id])
+        if not len(found):
             return None
-        position = int(positions[at])
+        position = int(found[0])
         found = self._risk_of.rows([order_id])
         address = self._risk.column("address_key")[int(found[0])].as_py() if len(found) else None
         return (self._orders.column("customer_id")[position].as_py(),
