@@ -17,7 +17,9 @@ from starlette.responses import Response
 
 STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request", 500: "internal",
+    413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request",
+    499: "client_closed_request",  # nginx's: the caller hung up before an answer; logged, never sent
+    500: "internal",
     501: "not_implemented", 503: "unavailable",
 }
 

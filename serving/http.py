@@ -220,7 +220,9 @@ class RequestObserver:
       selects (inference; none on the predictor, whose requests the transformer counts);
     * one JSON log line (:mod:`storeflow.serving.logs`) for every error answer, and for every request
       when ``request_log`` is on; nothing at all for a success otherwise;
-    * the 500 for an exception nothing else handled (logged once, with its traceback).
+    * the 500 for an exception nothing else handled (logged once, with its traceback);
+    * 499 (logged and counted, never sent) for a caller that hung up before it was answered: a dropped
+      connection is not a server error, and would count as one against a canary.
     """
 
     def __init__(self, app, meter=None, request_log: bool = False):
@@ -237,6 +239,14 @@ class RequestObserver:
         path = scope["path"]
         metered = self.meter is not None and scope["method"] != "OPTIONS" and self.meter(path)
         seen = [0, "none", b""]  # status (0: not answered yet), answering version, error body
+        gone = False  # the caller hung up: an unanswered request is its 499, not the server's 500
+
+        async def watched():
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
 
         async def observe(message):
             if message["type"] == "http.response.start":
@@ -251,7 +261,7 @@ class RequestObserver:
         failure = None
         try:
             if metered or is_served(path):  # inference paths are served: one regex on the hot path
-                await self.app(scope, receive, observe)
+                await self.app(scope, watched, observe)
             else:
                 await send_error(observe, 404, "not_found", f"no route {scope['method']} {path[:200]} here")
         except Exception as exc:
@@ -260,7 +270,7 @@ class RequestObserver:
             failure = exc
             await send_error(observe, 500, "internal", f"internal error: {type(exc).__name__}")
         finally:
-            status = seen[0] or 500
+            status = seen[0] or (499 if gone and failure is None else 500)
             if metered:
                 self.observe(seen[1], status, time.perf_counter() - started)
             if status >= 400 or self.request_log:

@@ -213,18 +213,23 @@ def _new_lines(log_path: Path, offset: int, marker: str) -> list[str]:
 
 
 def test_a_bad_request_is_one_json_log_line_without_a_traceback(served):
+    """The bad request's one line, and none for a success. Lines are picked by request id: an earlier
+    test's answer (a 501 logged at ERROR) can reach its client before the server writes its line, so
+    "every line after the offset" raced with it (CI, 2026-12-05)."""
     server, log_path = served
     offset = log_path.stat().st_size
-    request_id = uuid.uuid4().hex
+    good_id, bad_id = uuid.uuid4().hex, uuid.uuid4().hex
+    assert score(server, headers={**staff(), "x-request-id": good_id}).status_code == 200
     bad = httpx.post(f"http://{server}{V1}", json={"instances": [{"customer_id": "x"}]},
-                     headers={**staff(), "x-request-id": request_id}, timeout=30)
+                     headers={**staff(), "x-request-id": bad_id}, timeout=30)
     assert bad.status_code == 400
-    assert score(server, headers=staff()).status_code == 200  # a success writes nothing (request_log off)
-    lines = _new_lines(log_path, offset, request_id)
+    written = _new_lines(log_path, offset, bad_id)
+    assert not [line for line in written if good_id in line]  # a success writes nothing (request_log off)
+    lines = [line for line in written if bad_id in line]
     assert len(lines) == 1, lines
     line = json.loads(lines[0])
     assert line["level"] == "WARNING" and "exc_info" not in line and "Traceback" not in lines[0]
-    assert (line["status"], line["code"], line["path"], line["request_id"]) == (400, "bad_request", V1, request_id)
+    assert (line["status"], line["code"], line["path"], line["request_id"]) == (400, "bad_request", V1, bad_id)
     assert "customer_id" in line["error"] and line["duration_ms"] > 0
 
 
@@ -264,3 +269,24 @@ def test_fuzzed_credentials_never_get_5xx_and_always_the_one_shape(server, value
                               headers=headers, timeout=30)
         assert response.status_code in (401, 403), response.text
         assert_error_shape(response, response.status_code)
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error_in_the_log(served):
+    """A caller gone before its body arrived got no answer: its line says 499 (nginx's "client closed
+    request") at WARNING, not a 500 at ERROR, which would page someone for a dropped connection."""
+    import socket
+
+    server, log_path = served
+    host, port = server.split(":")
+    offset = log_path.stat().st_size
+    request_id = uuid.uuid4().hex
+    head = (f"POST {V1} HTTP/1.1\r\nhost: {server}\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n"
+            f"authorization: Bearer {token()}\r\nx-request-id: {request_id}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"instances": [')
+        time.sleep(0.3)
+    lines = [line for line in _new_lines(log_path, offset, request_id) if request_id in line]
+    assert len(lines) == 1, lines
+    line = json.loads(lines[0])
+    assert (line["level"], line["status"], line["code"]) == ("WARNING", 499, "client_closed_request"), line
+    assert score(server, headers=staff()).status_code == 200
