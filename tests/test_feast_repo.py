@@ -49,4 +49,6 @@ def test_feast_plan_and_apply_in_the_repo_change_nothing_storeflow_applied(tmp_p
     for name in ("order_velocity_customer", "order_velocity_email", "order_velocity_address"):  # risk.velocity's
         assert views[name] == ["orders"]
         assert store.get_feature_view(name).stream_source.name == f"{name}_push"
+    assert views["customer_order_history"] == ["events"]  # risk.history's ledgers
+    assert store.get_feature_view("customer_order_history").stream_source.name == "customer_order_history_push"
     assert {e.name for e in store.list_entities()} == {"customer", "product", "email_digest", "shipping_address"}

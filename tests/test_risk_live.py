@@ -19,7 +19,7 @@ from redis_server import redis_server
 from storeflow.components.config import SyntheticStoreConfig, load_settings
 from storeflow.components.ingest import generate_store, read_bulk_jsonl
 from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
-from storeflow.components.risk.live import READ, SNAPSHOT_RISK, LiveHistory, _last_week, online_velocity, risk_row
+from storeflow.components.risk.live import HELD, SNAPSHOT_RISK, LiveHistory, _last_week, online_velocity, risk_row
 from storeflow.components.risk.velocity import VELOCITY_FEATURES
 from storeflow.components.risk.velocity import batch as velocity_batch
 from storeflow.components.risk.orders import read_risk_fields
@@ -267,14 +267,131 @@ def test_an_order_moved_to_another_customer_counts_for_that_customer(replay: Rep
 
 
 def test_the_history_holds_only_the_snapshot_columns_its_features_read(replay: Replay, tmp_path: Path):
-    """The receiver's scorer keeps the newest snapshot for its life: only the columns the features read, as Arrow.
-    With the whole tables and a pandas copy of the orders and their risk fields (Python strings), a store of
-    5,000,000 orders held 3.3 GB (peak 3.9 GB) in a pod whose limit is 2 GiB for three processes; now 0.7 GB
-    (peak 0.95 GB)."""
-    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), replay.tables, replay.risk)
-    assert history._orders.column_names == list(READ["orders"])
-    assert history._refunds.column_names == list(READ["refunds"])
-    assert history._customers.column_names == list(READ["customers"])
+    """The receiver's scorer keeps the newest snapshot for its life: only what an order updated or refunded live
+    needs (its customer, email, address and refunds), as Arrow. Customers' histories are in Feast's online store
+    (risk.history), seeded from the snapshot. With the whole tables and a pandas copy of the orders and their risk
+    fields (Python strings), a store of 5,000,000 orders held 3.3 GB (peak 3.9 GB) in a pod whose limit is 2 GiB
+    for three processes."""
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), replay.tables, replay.risk,
+                          online_velocity(_settings(tmp_path)))
+    assert history._orders.column_names == list(HELD["orders"])
+    assert history._refunds.column_names == list(HELD["refunds"])
+    assert not hasattr(history, "_customers")
     assert history._risk.column_names == list(SNAPSHOT_RISK)  # earlier orders' gateways, countries, disputes: unused
     held = [name for name, value in vars(history).items() if isinstance(value, (pd.DataFrame, pd.Series))]
     assert not held, f"pandas copies held: {held}"
+
+
+# --- customer history (risk.history): ledgers in Feast's online store ------------------------------------------
+def _training(orders: list[dict], refunds: list[dict] = ()) -> pd.DataFrame:
+    """Training's features of these orders (each by its last version) and refunds: the batch query over them."""
+    from storeflow.components.shopify.payloads import order_rows, refund_row
+    from storeflow.components.tables import SCHEMAS, conform
+
+    parsed = [order_rows(dict(p)) for p in orders]
+    customers = {p["customer"]["id"]: {"customer_id": p["customer"]["id"], "email": p["customer"]["email"],
+                                       "created_at": p["customer"]["created_at"]} for p in orders if p["customer"]}
+    rows = {"orders": [o for o, _ in parsed], "line_items": [line for _, lines in parsed for line in lines],
+            "customers": list(customers.values()), "refunds": [refund_row(dict(r)) for r in refunds]}
+    tables = {name: conform(name, pd.DataFrame(rows[name], columns=SCHEMAS[name].names)).to_pandas() for name in rows}
+    return order_risk_features(tables, pd.DataFrame([risk_row(p) for p in orders])).set_index("order_id")
+
+
+HISTORY = ("prior_orders", "prior_spend", "prior_avg_order_value", "value_over_prior_avg", "days_since_prior_order",
+           "prior_refunds", "prior_fraud_cancels", "account_age_hours")
+
+
+def test_a_customers_history_follows_price_refund_fraud_cancel_and_a_move_to_another_customer(replay: Replay,
+                                                                                             tmp_path: Path):
+    """Updates after an order was scored change what later orders see of its customer: a new price (spend), a
+    refund, a fraud cancellation, and a move to another customer (out of the first's history, with its refund and
+    cancellation, into the second's), as training, which counts every order by its last version."""
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
+    a, b, c = (replay.order(row) for row in _with_contact(replay, 3))
+    t0 = pd.Timestamp("2031-03-01T10:00:00Z")
+    at = lambda minutes: (t0 + pd.Timedelta(minutes=minutes)).isoformat()  # noqa: E731
+    first = _at(a, t0)
+    history.features(first)
+    history.record("orders/create", first)
+    history.record("orders/updated", first | {"total_price": 500.0, "updated_at": at(1)})
+    refund = {"id": 7_700_001, "order_id": first["id"], "created_at": at(2),
+              "transactions": [{"kind": "refund", "status": "success", "amount": 20.0}]}
+    history.record("refunds/create", refund)
+    cancelled = first | {"total_price": 500.0, "cancelled_at": at(3), "cancel_reason": "fraud", "updated_at": at(3)}
+    history.record("orders/cancelled", cancelled)
+    second = _at(c, t0 + pd.Timedelta(minutes=10), customer=a["customer"], id=10**15)
+    seen = history.features(second)
+    history.record("orders/create", second)
+    assert (seen["prior_orders"], seen["prior_spend"], seen["prior_refunds"], seen["prior_fraud_cancels"]) == \
+        (1, 500.0, 1, 1)
+
+    moved = cancelled | {"customer": b["customer"], "updated_at": at(11)}
+    history.record("orders/updated", moved)
+    by_b = _at(b, t0 + pd.Timedelta(minutes=20))
+    by_a = _at(c, t0 + pd.Timedelta(minutes=21), customer=a["customer"], id=10**15 + 1)
+    live = {}
+    for payload in (by_b, by_a):
+        live[payload["id"]] = history.features(payload)
+        history.record("orders/create", payload)
+    assert (live[by_b["id"]]["prior_orders"], live[by_b["id"]]["prior_spend"], live[by_b["id"]]["prior_refunds"],
+            live[by_b["id"]]["prior_fraud_cancels"]) == (1, 500.0, 1, 1)
+    assert (live[by_a["id"]]["prior_orders"], live[by_a["id"]]["prior_refunds"],
+            live[by_a["id"]]["prior_fraud_cancels"]) == (1, 0, 0)
+    training = _training([moved, second, by_b, by_a], [refund])
+    for payload in (by_b, by_a):
+        assert {name: live[payload["id"]][name] for name in HISTORY} == \
+            pytest.approx(training.loc[payload["id"], list(HISTORY)].astype(float).to_dict(), rel=1e-12)
+
+
+def test_a_refund_that_arrives_before_its_order_counts_once_the_order_does(replay: Replay, tmp_path: Path):
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
+    a, c = (replay.order(row) for row in _with_contact(replay, 2))
+    t0 = pd.Timestamp("2031-03-01T10:00:00Z")
+    first = _at(a, t0)
+    refund = {"id": 7_700_002, "order_id": first["id"], "created_at": (t0 + pd.Timedelta(minutes=5)).isoformat(),
+              "transactions": [{"kind": "refund", "status": "success", "amount": 5.0}]}
+    history.record("refunds/create", refund)  # webhooks are not ordered: the refund came first
+    history.features(first)
+    history.record("orders/create", first)
+    later = _at(c, t0 + pd.Timedelta(minutes=30), customer=a["customer"], id=10**15)
+    seen = history.features(later)
+    assert seen["prior_refunds"] == 1 and seen["prior_orders"] == 1
+    assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]
+
+
+def test_history_is_seeded_once_per_snapshot_and_a_restart_keeps_what_arrived_live(replay: Replay, tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch):
+    """The scorer seeds customers' ledgers from the snapshot once (a marker row in the online store says which
+    snapshot); a restart neither seeds again nor puts back a snapshot order's price an update changed live. An
+    online store emptied since (a Redis without persistence) is seeded again."""
+    from storeflow.components.risk.online_lists import OnlineLists
+    from storeflow.components.shopify import online
+
+    writes = []
+    real_write = OnlineLists.write
+    monkeypatch.setattr(OnlineLists, "write", lambda self, view, rows: writes.append(view) or real_write(self, view, rows))
+    settings = _settings(tmp_path)
+    orders = replay.tables["orders"].sort_values(["created_at", "order_id"])
+    (target,) = _with_contact(replay, 1)
+    snapshot = {"orders": orders[orders["created_at"] <= target["created_at"]],
+                "refunds": replay.tables["refunds"].iloc[:0], "customers": replay.tables["customers"]}
+
+    def start() -> LiveHistory:
+        writes.clear()
+        return LiveHistory(sqlite3.connect(":memory:", isolation_level=None), snapshot, replay.risk,
+                           online_velocity(settings))
+
+    first = start()
+    assert first.history.seeded() is not None and "customer_order_history" in writes
+    was = replay.order(target)
+    first.record("orders/updated", was | {"total_price": 9_999.0,
+                                          "updated_at": (target["created_at"] + pd.Timedelta(minutes=1)).isoformat()})
+    again = start()  # a restart
+    assert writes == []
+    later = _at(replay.order(target), target["created_at"] + pd.Timedelta(minutes=5), id=10**15)
+    mine = orders[(orders["customer_id"] == target["customer_id"]) & (orders["created_at"] < target["created_at"])]
+    assert again.features(later)["prior_spend"] == pytest.approx(9_999.0 + mine["total_price"].sum(), rel=1e-12)
+    online.erase_all(again.velocity.store)
+    assert again.history.seeded() is None
+    start()
+    assert "customer_order_history" in writes

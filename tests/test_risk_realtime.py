@@ -360,6 +360,15 @@ def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, reque
     assert held("order_velocity_address", "address_key", address) is None
     kept = held("order_velocity_customer", "customer_id", 8800000006)
     assert (kept == [9200000006]) if left else kept is None
+    # the customer's order history (risk.history): the erased customer's ledger is gone, the kept one's stays
+
+    def ledger(customer: int) -> list | None:
+        found = store.get_online_features(features=["customer_order_history:events"],
+                                          entity_rows=[{"customer_id": customer}]).to_dict()["events"][0]
+        return None if found is None else found[1::4]  # (kind, id, time, amount) per event
+
+    assert ledger(8800000005) is None
+    assert (9200000006 in ledger(8800000006)) if left else ledger(8800000006) is None
 
 
 def test_the_cluster_container_serves_what_kserve_downloaded(stack: Stack):

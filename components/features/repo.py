@@ -53,6 +53,12 @@ VELOCITY_VIEWS = {"order_velocity_customer": CUSTOMER_KEY, "order_velocity_email
                   "order_velocity_address": "address_key"}
 VELOCITY_STATE = "orders"  # one Array(Int64): (order id, created µs, customer id or 0) per order, flattened
 VELOCITY_TTL = timedelta(days=8)  # a list holds one week: a row not written for longer counts nothing
+# A customer's order history (risk.history): every order, refund, fraud cancellation and the account's creation, as
+# (kind, id, time in µs, amount in millionths) flattened, pushed by the risk thread as webhooks arrive, seeded from the
+# snapshot. An order's prior orders, spend, refunds and fraud cancels are counted from it strictly before the order.
+HISTORY_VIEW = "customer_order_history"
+HISTORY_STATE = "events"
+RISK_VIEWS = {**VELOCITY_VIEWS, HISTORY_VIEW: CUSTOMER_KEY}  # what the risk thread reads and pushes
 
 
 def source_path(settings: Settings, view: str) -> Path:
@@ -180,10 +186,19 @@ def definitions_of(repo: Path, customer_features: list[str], ttl_days: int) -> t
                                  "customer id or 0 for a guest) per order, pushed as orders/create webhooks arrive "
                                  "(risk.velocity).")
         for name, key in VELOCITY_VIEWS.items()]
+    history_view = FeatureView(
+        name=HISTORY_VIEW, entities=[customer], ttl=timedelta(0),  # never expires: an account's whole history counts
+        schema=[Field(name=CUSTOMER_KEY, dtype=Int64), Field(name=HISTORY_STATE, dtype=Array(Int64))],
+        source=PushSource(name=f"{HISTORY_VIEW}_push", batch_source=FileSource(
+            name=f"{HISTORY_VIEW}_source", path=str(repo / "data" / f"{HISTORY_VIEW}.parquet"),
+            timestamp_field="event_timestamp")),
+        online=True, description="A customer's orders, refunds, fraud cancellations and account creation, flattened "
+                                 "(kind, id, time in microseconds, amount in millionths) per event, seeded from the "
+                                 "snapshot and pushed as order and refund webhooks arrive (risk.history).")
     service = FeatureService(name=SERVICE, features=[customer_view],
                              description="Inputs of the repeat-purchase propensity model.")
     return ([customer, product, email, address],
-            [customer_view, product_view, catalog_view, availability_view, *velocity_views], service)
+            [customer_view, product_view, catalog_view, availability_view, *velocity_views, history_view], service)
 
 
 def view_of(settings: Settings, name: str) -> FeatureView:

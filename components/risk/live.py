@@ -1,21 +1,25 @@
-"""One order's risk features at the moment its ``orders/create`` webhook arrives: its velocity from Feast's online
-store (:mod:`storeflow.components.risk.velocity`, which this pushes the order to), the rest from live history by the
-very query the batch features use (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`).
+"""One order's risk features at the moment its ``orders/create`` webhook arrives, all three parts from where
+training's come, served live:
 
-Every other feature of an order depends only on its own fields and on earlier orders of its customer (with their
-refunds and fraud cancellations). So those live features of an order are the batch query run over exactly those
-orders: the newest snapshot's and what arrived by webhook since, the live version of an order replacing the
-snapshot's. The query's windows end one microsecond before the order, so an order's live features equal its batch
-features once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks and
-compares, velocity included).
+* the order's own (value, discount, items, addresses, gateway, hour): the batch query
+  (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`) over the batch's orders alone;
+* its customer's history (prior orders, spend, refunds, fraud cancellations, account age): the customer's ledger in
+  Feast's online store (:mod:`storeflow.components.risk.history`), seeded from the snapshot once and kept by this
+  module as order and refund webhooks arrive;
+* velocity: its customer's, email's and address's lists there (:mod:`storeflow.components.risk.velocity`).
+
+Counts end one microsecond before the order, as the batch query's windows do, so an order's live features equal
+its batch features once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks
+and compares, history and velocity included).
 
 Webhooks carry the risk fields in Shopify's REST shape: ``payment_gateway_names``, ``shipping_address``
 (``address1``, ``zip``, ``country_code``), ``billing_address.country_code``, ``cancel_reason`` (lower case) and
 ``customer.created_at`` (the account age of a customer the snapshot does not know yet). Disputes never come
 with an order: they are labels, not features.
 
-History received live is kept in SQLite (``risk_live_orders``, ``risk_live_refunds``) inside the caller's
-transaction, so recording an order and queueing its assessment commit together.
+Orders and refunds received live are also kept in SQLite (``risk_live_orders``, ``risk_live_refunds``) inside the
+caller's transaction, so recording an order and queueing its assessment commit together; with the snapshot's order
+keys they say which customer, email and address an updated or refunded order was counted under.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from storeflow.components.config import Settings
 from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
-from storeflow.components.features.repo import VELOCITY_VIEWS, feature_store
+from storeflow.components.features.repo import RISK_VIEWS, feature_store
 from storeflow.components.features.repo import definitions as feast_definitions
+from storeflow.components.risk import history as ledger
 from storeflow.components.risk.features import ORDER_FEATURES, QUERY_FEATURES, RISK_FEATURES_SQL
-from storeflow.components.risk.velocity import EPOCH, HORIZON_US, OnlineVelocity, Order, email_digest, orders_of
+from storeflow.components.risk.history import HISTORY_FEATURES, Arrival, OnlineHistory
+from storeflow.components.risk.online_lists import EPOCH
+from storeflow.components.risk.velocity import HORIZON_US, OnlineVelocity, Order, email_digest, orders_of
 from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCHEMA, address_key,
                                               read_risk_fields, snapshot_risk_fields)
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
@@ -53,15 +60,18 @@ log = logging.getLogger(__name__)
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
 TABLES = ("orders", "line_items", "customers", "refunds")
-DECODED_ROWS = 200_000  # live rows kept parsed in memory (about 1 KB each)
+# The order's own features (value, items, addresses, gateway, hour): the batch query over the batch's orders alone.
+OWN_FEATURES = tuple(name for name in QUERY_FEATURES if name not in HISTORY_FEATURES)
 # What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
 # (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
 SNAPSHOT_RISK = ("order_id", "cancel_reason", "address_key")
-# What RISK_FEATURES_SQL (and velocity's keys) read of the history's tables: only these are held.
+# What the history reads of a snapshot's tables: to seed the customers' ledgers (risk.history) and velocity.
 READ = {"orders": ("order_id", "customer_id", "email", "created_at", "cancelled_at", "total_price", "subtotal_price",
                    "total_discounts"),
         "refunds": ("refund_id", "order_id", "created_at"),
         "customers": ("customer_id", "created_at")}
+# What is held afterwards, for an order updated or refunded live: its customer, email and address (to move it).
+HELD = {"orders": ("order_id", "customer_id", "email"), "refunds": ("refund_id", "order_id", "created_at")}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_live_orders (
@@ -135,32 +145,34 @@ class LiveHistory:
     """Orders known so far (a snapshot and what arrived live), and one order's features against them."""
 
     def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame | pa.Table] | None = None,
-                 risk: pd.DataFrame | None = None, velocity: OnlineVelocity | None = None):
+                 risk: pd.DataFrame | None = None, velocity: OnlineVelocity | None = None,
+                 history: OnlineHistory | None = None):
         self.db = db
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
+        # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
+        self.history = history if history is not None or velocity is None else OnlineHistory(velocity.store)
         db.executescript(SCHEMA)
         tables = tables or {}
-        # the snapshot as Arrow tables of the columns the query reads (READ), conformed once; an order's related rows
-        # are taken from them by position (indexes by customer and order), not found by scanning. Nothing else of
-        # the snapshot is kept: a pandas copy of the orders and of their risk fields (Python strings) was most of
-        # the receiver's memory.
-        self._orders = _snapshot("orders", tables.get("orders"))
-        self._refunds = _snapshot("refunds", tables.get("refunds"))
-        self._customers = _snapshot("customers", tables.get("customers"))
-        self._order_ids = self._orders.column("order_id").to_numpy()
+        orders, refunds = _snapshot("orders", tables.get("orders")), _snapshot("refunds", tables.get("refunds"))
         risk = risk if risk is not None else pd.DataFrame(columns=list(COLUMNS))
-        risk = risk[risk["order_id"].isin(self._order_ids)]
+        risk = risk[risk["order_id"].isin(orders.column("order_id").to_numpy())]
         self._risk = pa.Table.from_pandas(risk[list(SNAPSHOT_RISK)], preserve_index=False,
                                           schema=pa.schema([TABLE_SCHEMA.field(c) for c in SNAPSHOT_RISK]))
         del risk
-        self._by_customer = _Index(self._orders.column("customer_id"))
+        if self.history is not None and orders.num_rows:
+            customers = _snapshot("customers", tables.get("customers"))
+            seeded = self.history.seed(ledger.snapshot_events(orders, refunds, customers, self._risk),
+                                       ledger.fingerprint(orders, refunds, customers))
+            log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
+        # held afterwards: an order's keys and refunds, for an order updated or refunded live (HELD); its rows are
+        # found by position (indexes by order id), not by scanning
+        self._orders = orders.select(list(HELD["orders"]))
+        self._refunds = refunds.select(list(HELD["refunds"]))
+        del orders, refunds
         self._risk_of = _Index(self._risk.column("order_id"))
         self._refunds_of = _Index(self._refunds.column("order_id"))
-        self._refund_ids = self._refunds.column("refund_id").to_numpy(zero_copy_only=False)
-        self._customer_rows = _Index(self._customers.column("customer_id"))
         self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
-        self._decoded: dict[str, dict] = {}  # a live row's JSON -> its dict: related history is read batch after batch
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
         self._duck.execute("SET TimeZone = 'UTC'")
 
@@ -207,6 +219,10 @@ class LiveHistory:
             refund = refund_row(dict(payload))
             self.db.execute("INSERT OR REPLACE INTO risk_live_refunds (refund_id, order_id, row) VALUES (?, ?, ?)",
                             (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+            customer = self._customer_of(refund["order_id"]) if self.history is not None else None
+            if customer is not None and refund.get("created_at"):  # else counted when its order arrives
+                self.history.apply(customer, add=[ledger.Event(ledger.REFUND, refund["refund_id"],
+                                                               _micros(refund["created_at"]))])
             return
         if topic not in ORDER_TOPICS:
             raise ValueError(f"topic {topic!r} is not an order or refund topic")
@@ -229,11 +245,40 @@ class LiveHistory:
             self.velocity.move(None if before is None else _velocity_order(
                 {"order_id": order["order_id"], "created_at": order["created_at"], "customer_id": before[0],
                  "email": before[1]}, {"address_key": before[2]}), _velocity_order(order, risk))
+        if self.history is not None and order["created_at"] is not None:
+            self._update_history(order, risk, current[1] if current else None, just_scored)
         self.db.execute(
             "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
             "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
              json.dumps(order), json.dumps(risk), customer_created))
+
+    def _update_history(self, order: dict, risk: dict, live_customer: int | None, just_scored: bool) -> None:
+        """The order's events in its customer's ledger as its newest version has them: its price, a fraud
+        cancellation, another customer (out of the old one's ledger with its refunds, into the new one's), as
+        training counts every order by its last version. A just-scored order was folded by features_many: only
+        refunds that arrived before it are added."""
+        order_id, customer = order["order_id"], order["customer_id"]
+        if just_scored:
+            early = self._refund_events(order_id, snapshot=False)
+            if early and customer is not None:
+                self.history.apply(customer, add=early)
+            return
+        if live_customer is None:
+            keys = self._snapshot_keys(order_id)
+            live_customer = keys[0] if keys is not None else None
+        refunds = self._refund_events(order_id)
+        fraud = risk["cancel_reason"] == "FRAUD" and order.get("cancelled_at") is not None
+        if live_customer is not None and live_customer != customer:
+            self.history.apply(live_customer, remove=[(ledger.ORDER, order_id), (ledger.FRAUD_CANCEL, order_id),
+                                                      *((ledger.REFUND, e.id) for e in refunds)])
+        if customer is None:
+            return
+        events = [ledger.Event(ledger.ORDER, order_id, _micros(order["created_at"]), ledger.amount(order["total_price"])),
+                  *refunds]
+        if fraud:
+            events.append(ledger.Event(ledger.FRAUD_CANCEL, order_id, _micros(order["cancelled_at"])))
+        self.history.apply(customer, add=events, remove=[] if fraud else [(ledger.FRAUD_CANCEL, order_id)])
 
     def _snapshot_keys(self, order_id: int) -> tuple | None:
         """A snapshot order's customer id, email and address key (None: the snapshot does not hold it)."""
@@ -256,11 +301,12 @@ class LiveHistory:
         return self.features_many([payload])[0]
 
     def features_many(self, payloads: list[Mapping]) -> list[dict[str, float]]:
-        """The features of several new orders in one DuckDB query: each as :meth:`features` gives it after the
-        ones before it in ``payloads`` were recorded (the query is point-in-time per order, so orders of the same
-        batch see each other only when created before). One query per batch, not per order: the per-order cost
-        of the receiver's risk thread (bench/risk_throughput.py)."""
-        news, items, new_risks, created_rows, order_of, scored, scored_in_order = {}, [], {}, {}, [], {}, []
+        """The features of several new orders: each as :meth:`features` gives it after the ones before it in
+        ``payloads`` were recorded. The order's own features come from the batch query (over the batch's orders
+        alone: one query per batch, not per order), its customer's history from the ledgers in Feast's online store
+        (:mod:`storeflow.components.risk.history`) and velocity from its lists there; both are pushed the batch's
+        orders once every feature of the batch is known."""
+        news, items, new_risks, order_of, scored, scored_in_order = {}, [], {}, [], {}, []
         for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
             if order["created_at"] is None:
@@ -272,76 +318,70 @@ class LiveHistory:
             items.extend(lines)
             new_risks[order["order_id"]] = risk
             order_of.append(order["order_id"])
-            cid = order["customer_id"]
-            if cid is not None and cid not in created_rows and customer_created is not None:
-                created_rows[cid] = {"customer_id": cid, "email": order["email"], "created_at": customer_created,
-                                     "updated_at": None}
-        if self.velocity is None:
-            raise ValueError("order velocity needs Feast's online store: LiveHistory.from_settings, or velocity=")
-        customers_of = {o["customer_id"] for o in news.values()} - {None}
-        ids_new = list(news)
-        live = self.db.execute(
-            "SELECT order_id, row, risk, customer_created_at FROM risk_live_orders WHERE order_id NOT IN "
-            "(SELECT value FROM json_each(?)) AND customer_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(ids_new), json.dumps(sorted(customers_of)))).fetchall()
-        live_ids = {row[0] for row in live}
-        live_orders, live_risks = [self._decode(r) for _, r, _, _ in live], [self._decode(r) for _, _, r, _ in live]
-        related = self._by_customer.rows(customers_of)
-        snap = related[~np.isin(self._order_ids[related], list(live_ids | set(ids_new)))]
-        snap_ids = self._order_ids[snap].tolist()
-        ids = [*snap_ids, *live_ids, *ids_new]
-
-        live_refunds = [json.loads(r) for (r,) in self.db.execute(
-            "SELECT row FROM risk_live_refunds WHERE order_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))]
-        refunds = self._refunds_of.rows(ids)
-        refunds = refunds[~np.isin(self._refund_ids[refunds], [r["refund_id"] for r in live_refunds])]
-        customers = self._customer_rows.rows(customers_of)
-        known = set(self._customers.column("customer_id").take(customers).to_pylist())
-        tables = {  # a customer the snapshot does not know yet: its creation time from the webhook
-            "orders": _table("orders", self._orders.take(snap), live_orders + list(news.values())),
-            "line_items": _table("line_items", None, items),
-            "customers": _table("customers", self._customers.take(customers),
-                                [row for cid, row in created_rows.items() if cid not in known]),
-            "refunds": _table("refunds", self._refunds.take(refunds), live_refunds),
-            "risk": pa.concat_tables([_full_risk(self._risk.take(self._risk_of.rows(snap_ids))),
-                                      _arrow(TABLE_SCHEMA, live_risks + list(new_risks.values()))]),
-        }
+        if self.velocity is None or self.history is None:
+            raise ValueError("order velocity and history need Feast's online store: LiveHistory.from_settings, or "
+                             "velocity=")
+        tables = {"orders": _table("orders", None, list(news.values())), "line_items": _table("line_items", None, items),
+                  "customers": _schema("customers").empty_table(), "refunds": _schema("refunds").empty_table(),
+                  "risk": _arrow(TABLE_SCHEMA, list(new_risks.values()))}
         for name, table in tables.items():
             self._duck.register(name, table)
         try:
-            got = self._duck.execute(f"SELECT order_id, {', '.join(QUERY_FEATURES)} FROM ({RISK_FEATURES_SQL}) "
-                                     f"WHERE order_id IN (SELECT unnest(?::BIGINT[]))", [ids_new]).fetchnumpy()
+            got = self._duck.execute(f"SELECT order_id, {', '.join(OWN_FEATURES)} FROM ({RISK_FEATURES_SQL})"
+                                     ).fetchnumpy()
         finally:
             for name in tables:
                 self._duck.unregister(name)
         values = np.column_stack([np.ma.filled(np.ma.asarray(got[name], dtype=float), np.nan)
-                                  for name in QUERY_FEATURES])
-        rows = {int(oid): dict(zip(QUERY_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
-        # velocity last: the batch's orders go to the online store only once the rest of their features are known
-        velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in
-                                                (scored[key] for key in scored_in_order)])
+                                  for name in OWN_FEATURES])
+        rows = {int(oid): dict(zip(OWN_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
+        # history and velocity last: the batch's orders go to the online store only once the rest is known
+        batch = [scored[key] for key in scored_in_order]
+        history = self.history.features_many([
+            Arrival(order["order_id"], _micros(order["created_at"]), order["customer_id"], order["total_price"],
+                    None if created is None else _micros(created)) for (_, order, _, created) in batch])
+        velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
         self._scored = scored  # record() of these very payloads (the risk thread's next step) reuses their rows
-        return [{name: float(({**rows[oid], **counts})[name]) for name in ORDER_FEATURES}
-                for oid, counts in zip(order_of, velocity)]
+        return [{name: float(({**rows[oid], **past, **counts})[name]) for name in ORDER_FEATURES}
+                for oid, past, counts in zip(order_of, history, velocity)]
 
-    def _decode(self, text: str) -> dict:
-        """A live row's JSON, parsed once (the same text is the same row; the dicts are only read)."""
-        row = self._decoded.get(text)
-        if row is None:
-            if len(self._decoded) >= DECODED_ROWS:
-                self._decoded.clear()
-            row = self._decoded[text] = json.loads(text)
-        return row
+    def _customer_of(self, order_id: int) -> int | None:
+        """The customer of an order known live or to the snapshot (None: a guest's, or an order not known)."""
+        found = self.db.execute("SELECT customer_id FROM risk_live_orders WHERE order_id = ?", (order_id,)).fetchone()
+        if found is not None:
+            return found[0]
+        keys = self._snapshot_keys(order_id)
+        return keys[0] if keys is not None else None
 
+    def _refund_events(self, order_id: int, snapshot: bool = True) -> list[ledger.Event]:
+        """An order's refunds as history events: those received live, and the snapshot's."""
+        events = {}
+        positions = self._refunds_of.rows([order_id] if snapshot else [])
+        for refund_id, created in zip(self._refunds.column("refund_id").take(positions).to_pylist(),
+                                      self._refunds.column("created_at").take(positions).to_pylist()):
+            if created is not None:
+                events[refund_id] = ledger.Event(ledger.REFUND, refund_id, _micros(created))
+        for (text,) in self.db.execute("SELECT row FROM risk_live_refunds WHERE order_id = ?", (order_id,)):
+            refund = json.loads(text)
+            if refund.get("created_at"):
+                events[refund["refund_id"]] = ledger.Event(ledger.REFUND, refund["refund_id"],
+                                                           _micros(refund["created_at"]))
+        return list(events.values())
 
 def online_velocity(settings: Settings) -> OnlineVelocity:
     """Velocity against the configured Feast online store, its views registered first when they are not."""
     store = feature_store(settings)
     registered = {view.name for view in store.list_feature_views()}
-    if not set(VELOCITY_VIEWS) <= registered:
+    if not set(RISK_VIEWS) <= registered:
         entities, views, _ = feast_definitions(settings)
-        store.apply([*entities, *(view for view in views if view.name in VELOCITY_VIEWS)])
+        store.apply([*entities, *(view for view in views if view.name in RISK_VIEWS)])
     return OnlineVelocity(store, settings.risk.velocity_max_orders)
+
+
+def _micros(value) -> int:
+    """An ISO timestamp (or a datetime) as µs since the epoch."""
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return (when - EPOCH) // timedelta(microseconds=1)
 
 
 def _velocity_order(order: dict, risk: dict) -> Order:
@@ -366,12 +406,6 @@ def _last_week(orders: pd.DataFrame | pa.Table, risk: pd.DataFrame | None) -> li
     keys = risk[["order_id", "address_key"]].drop_duplicates("order_id") if risk is not None else \
         pd.DataFrame({"order_id": pd.Series(dtype="int64"), "address_key": pd.Series(dtype=object)})
     return orders_of(recent[["order_id", "customer_id", "email", "created_at"]].merge(keys, on="order_id", how="left"))
-
-
-def _full_risk(part: pa.Table) -> pa.Table:
-    """Snapshot risk rows (SNAPSHOT_RISK) in the risk table's schema, the other fields null."""
-    return pa.table([part.column(f.name) if f.name in SNAPSHOT_RISK else pa.nulls(part.num_rows, f.type)
-                     for f in TABLE_SCHEMA], schema=TABLE_SCHEMA)
 
 
 class _Index:

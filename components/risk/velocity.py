@@ -21,16 +21,16 @@ batch's orders in arrival order and pushes the changed lists back (``FeatureStor
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from storeflow.components.features.repo import CUSTOMER_KEY, VELOCITY_STATE, VELOCITY_VIEWS
+from storeflow.components.features.repo import VELOCITY_STATE, VELOCITY_VIEWS
+from storeflow.components.risk.online_lists import OnlineLists
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -40,8 +40,6 @@ HORIZON_US = 7 * DAY_US  # the longest window: older orders of a key are dropped
 VELOCITY_FEATURES = ("customer_orders_1h", "customer_orders_24h", "email_orders_1h", "email_orders_24h",
                      "address_orders_1h", "address_orders_24h", "address_orders_7d", "address_customers_7d")
 CUSTOMER_VIEW, EMAIL_VIEW, ADDRESS_VIEW = VELOCITY_VIEWS  # in that order: customer id, email digest, address key
-KEY_OF = dict(VELOCITY_VIEWS)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class Order(NamedTuple):
@@ -161,23 +159,13 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 class OnlineVelocity:
     """Serving's velocity: a batch of arriving orders counted against their keys' lists in Feast's online store,
-    then the lists with the batch folded in written back (one write per view and batch).
-
-    Reads and writes go through the configured Feast online store's own ``online_read`` / ``online_write_batch``
-    (SQLite locally, Redis in production) with the views looked up in the registry once: ``get_online_features`` and
-    ``push`` rebuild every feature view from the registry's protos and the rows through pandas and Arrow on each
-    call, ~0.5 ms per order of a 1,000-order batch, more than the rest of the risk thread's work per order. The rows
-    are what ``push`` to the views' PushSource writes (same entity keys, value types and event times)."""
+    then the lists with the batch folded in written back (one write per view and batch), through
+    :class:`~storeflow.components.risk.online_lists.OnlineLists`."""
 
     def __init__(self, store: FeatureStore, cap: int):
-        from feast.infra.online_stores.helpers import get_online_store_from_config
-
         self.store = store
         self.cap = cap
-        self.config = store.config
-        self.online = get_online_store_from_config(store.config.online_store)
-        self.views = {view: store.get_feature_view(view) for view in VELOCITY_VIEWS}
-        self._protos: dict[tuple, object] = {}  # this batch's entity keys, built once for the read and the write
+        self.lists = OnlineLists(store, VELOCITY_VIEWS, VELOCITY_STATE)
 
     def features_many(self, orders: Sequence[Order]) -> list[dict[str, int]]:
         """Each order's :data:`VELOCITY_FEATURES` as if the orders before it in ``orders`` had arrived before it;
@@ -219,41 +207,17 @@ class OnlineVelocity:
 
     def _read(self, orders: Sequence[Order]) -> dict[str, dict]:
         states: dict[str, dict] = {}
-        self._protos = {}
         for position, view in enumerate(VELOCITY_VIEWS):
             keys = list(dict.fromkeys(o.keys()[position] for o in orders if o.keys()[position] is not None))
-            states[view] = {}
-            if not keys:
-                continue
-            protos = [_entity_key(view, k) for k in keys]
-            self._protos.update(zip(((view, k) for k in keys), protos))
-            found = self.online.online_read(self.config, self.views[view], protos, [VELOCITY_STATE])
-            for key, (written, values) in zip(keys, found):
-                if values and VELOCITY_STATE in values and values[VELOCITY_STATE].HasField("int64_list_val"):
-                    flat = values[VELOCITY_STATE].int64_list_val.val
-                    written = written if written.tzinfo else written.replace(tzinfo=timezone.utc)
-                    states[view][key] = Recent(list(flat[0::3]), list(flat[1::3]), list(flat[2::3]),
-                                               (written - EPOCH) // timedelta(microseconds=1))
+            states[view] = {key: Recent(list(flat[0::3]), list(flat[1::3]), list(flat[2::3]), written)
+                            for key, (written, flat) in self.lists.read(view, keys).items()}
         return states
 
     def _write(self, changed: dict[str, dict]) -> None:
-        from feast.protos.feast.types.Value_pb2 import Int64List, Value
-
         for view, states in changed.items():
-            if not states:
-                continue
             rows = []
             for key, state in states.items():  # each write later than the last: Redis keeps only a newer event time
                 state.written_us = max(state.written_us + 1, state.times[-1] if state.times else 0)
-                flat = [v for triple in zip(state.ids, state.times, state.customers) for v in triple]
-                values = {VELOCITY_STATE: Value(int64_list_val=Int64List(val=flat))}
-                rows.append((self._protos.get((view, key)) or _entity_key(view, key), values, EPOCH + timedelta(microseconds=state.written_us), None))
-            self.online.online_write_batch(self.config, self.views[view], rows, None)
-
-
-def _entity_key(view: str, key):
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    value = Value(int64_val=int(key)) if KEY_OF[view] == CUSTOMER_KEY else Value(string_val=str(key))
-    return EntityKey(join_keys=[KEY_OF[view]], entity_values=[value])
+                rows.append((key, [v for triple in zip(state.ids, state.times, state.customers) for v in triple],
+                             state.written_us))
+            self.lists.write(view, rows)
