@@ -66,7 +66,8 @@ class Ledger:
 
     @classmethod
     def of(cls, flat: Sequence[int], written_us: int = 0) -> Ledger:
-        return cls([Event(*flat[i:i + 4]) for i in range(0, len(flat), 4)], written_us)
+        values = list(flat)  # a protobuf repeated field: slicing it is slow (~45 us a slice)
+        return cls(list(map(Event._make, zip(values[0::4], values[1::4], values[2::4], values[3::4]))), written_us)
 
 
 def amount(price) -> int:

@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -45,8 +44,8 @@ from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
 from storeflow.components.features.repo import RISK_VIEWS, feature_store
 from storeflow.components.features.repo import definitions as feast_definitions
 from storeflow.components.risk import history as ledger
-from storeflow.components.risk.features import ORDER_FEATURES, QUERY_FEATURES, RISK_FEATURES_SQL
-from storeflow.components.risk.history import HISTORY_FEATURES, Arrival, OnlineHistory
+from storeflow.components.risk.features import ORDER_FEATURES, own_features
+from storeflow.components.risk.history import Arrival, OnlineHistory
 from storeflow.components.risk.online_lists import EPOCH
 from storeflow.components.risk.velocity import HORIZON_US, OnlineVelocity, Order, email_digest, orders_of
 from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCHEMA, address_key,
@@ -60,8 +59,6 @@ log = logging.getLogger(__name__)
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
 TABLES = ("orders", "line_items", "customers", "refunds")
-# The order's own features (value, items, addresses, gateway, hour): the batch query over the batch's orders alone.
-OWN_FEATURES = tuple(name for name in QUERY_FEATURES if name not in HISTORY_FEATURES)
 # What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
 # (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
 SNAPSHOT_RISK = ("order_id", "cancel_reason", "address_key")
@@ -171,10 +168,8 @@ class LiveHistory:
         del orders, refunds
         self._risk_of = _Index(self._risk.column("order_id"))
         self._refunds_of = _Index(self._refunds.column("order_id"))
-        self._duck = duckdb.connect()  # one connection for the history's life: its start costs tens of ms
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
-        self._duck.execute("SET TimeZone = 'UTC'")
 
     @classmethod
     def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
@@ -302,11 +297,11 @@ class LiveHistory:
 
     def features_many(self, payloads: list[Mapping]) -> list[dict[str, float]]:
         """The features of several new orders: each as :meth:`features` gives it after the ones before it in
-        ``payloads`` were recorded. The order's own features come from the batch query (over the batch's orders
-        alone: one query per batch, not per order), its customer's history from the ledgers in Feast's online store
-        (:mod:`storeflow.components.risk.history`) and velocity from its lists there; both are pushed the batch's
-        orders once every feature of the batch is known."""
-        news, items, new_risks, order_of, scored, scored_in_order = {}, [], {}, [], {}, []
+        ``payloads`` were recorded. The order's own features from its fields (``features.own_features``), its
+        customer's history from the ledgers in Feast's online store (:mod:`storeflow.components.risk.history`) and
+        velocity from its lists there: one read and one write of each per batch, the batch's orders pushed once
+        every feature of the batch is known."""
+        own, scored, scored_in_order = [], {}, []
         for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
             if order["created_at"] is None:
@@ -314,27 +309,10 @@ class LiveHistory:
             risk, customer_created = _risk(payload, order["order_id"])
             scored[id(payload)] = (payload, order, risk, customer_created)
             scored_in_order.append(id(payload))
-            news[order["order_id"]] = order  # the same order twice: its last version, as record() keeps
-            items.extend(lines)
-            new_risks[order["order_id"]] = risk
-            order_of.append(order["order_id"])
+            own.append(own_features(order, lines, risk))
         if self.velocity is None or self.history is None:
             raise ValueError("order velocity and history need Feast's online store: LiveHistory.from_settings, or "
                              "velocity=")
-        tables = {"orders": _table("orders", None, list(news.values())), "line_items": _table("line_items", None, items),
-                  "customers": _schema("customers").empty_table(), "refunds": _schema("refunds").empty_table(),
-                  "risk": _arrow(TABLE_SCHEMA, list(new_risks.values()))}
-        for name, table in tables.items():
-            self._duck.register(name, table)
-        try:
-            got = self._duck.execute(f"SELECT order_id, {', '.join(OWN_FEATURES)} FROM ({RISK_FEATURES_SQL})"
-                                     ).fetchnumpy()
-        finally:
-            for name in tables:
-                self._duck.unregister(name)
-        values = np.column_stack([np.ma.filled(np.ma.asarray(got[name], dtype=float), np.nan)
-                                  for name in OWN_FEATURES])
-        rows = {int(oid): dict(zip(OWN_FEATURES, row)) for oid, row in zip(got["order_id"], values.tolist())}
         # history and velocity last: the batch's orders go to the online store only once the rest is known
         batch = [scored[key] for key in scored_in_order]
         history = self.history.features_many([
@@ -342,8 +320,8 @@ class LiveHistory:
                     None if created is None else _micros(created)) for (_, order, _, created) in batch])
         velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
         self._scored = scored  # record() of these very payloads (the risk thread's next step) reuses their rows
-        return [{name: float(({**rows[oid], **past, **counts})[name]) for name in ORDER_FEATURES}
-                for oid, past, counts in zip(order_of, history, velocity)]
+        return [{name: float(({**mine, **past, **counts})[name]) for name in ORDER_FEATURES}
+                for mine, past, counts in zip(own, history, velocity)]
 
     def _customer_of(self, order_id: int) -> int | None:
         """The customer of an order known live or to the snapshot (None: a guest's, or an order not known)."""
@@ -444,23 +422,3 @@ def _snapshot(name: str, frame: pd.DataFrame | pa.Table | None) -> pa.Table:
     if isinstance(frame, pa.Table):
         return frame.select(list(READ[name])).cast(_schema(name))
     return conform(name, frame, READ[name])
-
-
-def _table(name: str, snapshot: pa.Table | None, rows: list[dict]) -> pa.Table:
-    """Snapshot rows and live rows in the schema the query reads."""
-    parts = [] if snapshot is None or snapshot.num_rows == 0 else [snapshot]
-    if rows:
-        parts.append(_arrow(_schema(name), rows))
-    return pa.concat_tables(parts) if parts else _schema(name).empty_table()
-
-
-def _arrow(schema: pa.Schema, rows: list[dict]) -> pa.Table:
-    """Rows as ``order_rows``/``refund_row``/``risk_row`` give them (ISO timestamps, a missing key null) in
-    ``schema``, straight to Arrow: pandas' frame and its parsing cost more than the query on a few orders."""
-    columns = []
-    for field in schema:
-        values = [row.get(field.name) for row in rows]
-        if pa.types.is_timestamp(field.type):
-            values = [None if v is None else datetime.fromisoformat(v) for v in values]
-        columns.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
