@@ -137,7 +137,9 @@ def predictor_pod(objects: list[dict], isvc: str) -> Pod:
             container[key] = model[key]
     container.setdefault("volumeMounts", []).append(
         {"name": "kserve-provision-location", "mountPath": KSERVE_MODEL_DIR, "readOnly": True})
-    volumes = [*predictor.get("volumes", []), {"name": "kserve-provision-location", "emptyDir": {}}]
+    # the runtime's volumes (ServingRuntime spec.volumes) and the predictor's, as KServe puts both in the pod
+    volumes = [*runtime.get("volumes", []), *predictor.get("volumes", []),
+               {"name": "kserve-provision-location", "emptyDir": {}}]
     return Pod(f"{isvc}-predictor", [container], volumes, predictor.get("securityContext", {}))
 
 

@@ -554,6 +554,108 @@ def test_the_transformer_ships_its_prediction_log_to_the_object_store_the_config
     wait_ready(name, f"http://{cluster['transformer']}/v2/health/ready")
 
 
+# -- order risk: the webhooks pod with risk.endpoint set, its scorer a process of its own inside the container ----
+RISK = "storeflow-order-risk"
+RISK_STORE = {"customers": 800, "orders": 8_000, "products": 40, "seed": 7, "fraud_rate": 0.02}
+
+
+@pytest.fixture(scope="module")
+def risk_pods(cluster, rendered, stores, tmp_path_factory):
+    """A risk model registered in the cluster's MLflow (trained here on a synthetic store with fraud); the risk
+    InferenceService's predictor as KServe makes it (kustomize/base/risk-*.yaml, the model where the storage
+    initializer leaves it); and a second ``storeflow-webhooks`` pod, as kustomize/README.md turns order risk on:
+    ``STOREFLOW_RISK__ENDPOINT`` added to storeflow-config, the ``storeflow-shopify`` Secret's Admin API token.
+    Its own state volume (the first receiver's journal is not its), holding the snapshot the risk model learned from.
+    The Admin API is tests/fake_admin.py's on loopback, answering Shopify's recorded payloads."""
+    from fake_admin import running
+    from test_risk_writeback import FakeAdmin
+
+    from storeflow.components.config import RiskConfig, load_settings
+    from storeflow.components.ingest import ingest
+    from storeflow.components.risk.stage import risk_rows, train_and_register
+    from storeflow.serving.risk import resolve
+
+    root = tmp_path_factory.mktemp("risk-pods")
+    settings = load_settings(quick_overrides(root, registry={"tracking_uri": cluster["tracking"]},
+                                             ingest={"source": "synthetic", "synthetic": RISK_STORE}))
+    result = train_and_register(settings, risk_rows(ingest(settings).snapshot),
+                                RiskConfig(params={**RiskConfig().params, "max_iter": 60}, bootstrap_samples=50))
+    assert result.promoted, result.reason
+    version, model_dir = resolve(settings)
+
+    state = root / "state-volume"
+    shutil.copytree(settings.data_dir / "snapshots", state / "data" / "snapshots")  # the store the model learned
+    with running(FakeAdmin()) as admin, containers.shared_with_image_user(state):
+        objects = json.loads(json.dumps(rendered))
+        risk_port, webhooks_port = free_port(), free_port()
+        containers.find(objects, "ConfigMap", "storeflow-config")["data"].update(
+            STOREFLOW_RISK__ENDPOINT=f"http://{RISK}-predictor:{risk_port}", STOREFLOW_SHOPIFY__ADMIN_ORIGIN=admin.origin)
+        kubelet = containers.Kubelet(objects, {**cluster["secrets"], "storeflow-shopify": {"access-token": "shpat_pods"}},
+                                     root / "kubelet", claims={"storeflow-state": state},
+                                     emptydirs={"kserve-provision-location": model_dir})
+        hosts = {**HOSTS, f"{RISK}-predictor": "127.0.0.1"}
+        names = []
+        predictor = containers.predictor_pod(objects, RISK)
+        names.append(f"{predictor.name}-{predictor.containers[0]['name']}")
+        containers.remove(names[-1])
+        containers.start(kubelet.docker_run(predictor, predictor.containers[0], hosts=hosts,
+                                            extra_args=["--http_port", str(risk_port)]))
+        cluster["containers"].append(names[-1])
+        wait_ready(names[-1], f"http://127.0.0.1:{risk_port}/v2/models/{RISK}/ready")
+        pod = dataclasses.replace(containers.workload_pod(objects, "Deployment", "storeflow-webhooks"),
+                                  name="storeflow-webhooks-risk")
+        names.append(f"{pod.name}-{pod.containers[0]['name']}")
+        containers.remove(names[-1])
+        containers.start(kubelet.docker_run(pod, pod.containers[0], hosts=hosts,
+                                            extra_args=["--port", str(webhooks_port)]))
+        cluster["containers"].append(names[-1])
+        cluster["served"][names[-1]] = (pod.containers[0], webhooks_port)
+        wait_ready(names[-1], f"http://127.0.0.1:{webhooks_port}/livez")
+        yield {"webhooks": f"127.0.0.1:{webhooks_port}", "admin": admin, "version": version, "container": names[-1]}
+
+
+def test_the_webhooks_pod_scores_an_order_in_its_own_scorer_process_and_writes_the_assessment_back(cluster, risk_pods):
+    """orders/create in -> the scorer process the receiver started inside the container (risk.scorer: process, the
+    default) -> the risk predictor container -> orderRiskAssessmentCreate at the Admin API, once; the customer's
+    history and velocity in the namespace's Redis through the registry in Postgres."""
+    from test_webhook_signing import delivery, order
+
+    from storeflow.components.features.repo import feature_store
+
+    payload = order(990101, 9101, "c9101@example.com", 420.0) | {
+        "payment_gateway_names": ["shopify_payments"], "cancel_reason": None,
+        "shipping_address": {"address1": "9 Pod Street", "zip": "10001", "country_code": "US"},
+        "billing_address": {"country_code": "CA"}}
+    signed = delivery("orders/create", payload, "pods-risk-1", secret=API_SECRET, shop=SHOP)
+    url = f"http://{risk_pods['webhooks']}"
+    assert httpx.post(f"{url}/webhooks", timeout=30, **signed).status_code == 200
+    admin = risk_pods["admin"]
+    deadline = time.monotonic() + 180
+    while not admin.created and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [c["orderId"] for c in admin.created] == ["gid://shopify/Order/990101"], \
+        containers.logs(risk_pods["container"])[-6000:]
+    assert admin.created[0]["riskLevel"] in ("HIGH", "MEDIUM", "LOW")
+    health = httpx.get(f"{url}/healthz", timeout=10).json()
+    assert (health["risk"]["sent"], health["risk"]["unscored"], health["risk"]["last_error"]) == (1, 0, None), health
+    # the scorer is a process of its own in the container, beside the receiver and its applier
+    listing = ("import glob\nfor path in glob.glob('/proc/[0-9]*/cmdline'):\n    try:\n"
+               "        print(open(path, 'rb').read().replace(bytes(1), b' ').decode())\n    except OSError:\n        pass")
+    ps = subprocess.run(["docker", "exec", risk_pods["container"], "python", "-c", listing], capture_output=True,
+                        text=True)
+    assert ps.returncode == 0, ps.stderr
+    assert sum("spawn_main" in line for line in ps.stdout.splitlines()) >= 2, ps.stdout  # applier and scorer
+    # what the scorer pushed went to the namespace's online store (Redis) through the registry in Postgres
+    store = feature_store(cluster["settings"])
+    events = store.get_online_features(features=["customer_order_history:events"],
+                                       entity_rows=[{"customer_id": 9101}]).to_dict()["events"][0]
+    assert events is not None and 990101 in events[1::4]
+    # the same delivery again is one assessment
+    assert httpx.post(f"{url}/webhooks", timeout=30, **signed).status_code == 200
+    time.sleep(3)
+    assert len(admin.created) == 1
+
+
 def test_every_probe_the_manifests_declare_answers(cluster):
     """A liveness or readiness probe that fails restarts the pod or keeps it out of its Service."""
     checked = []
