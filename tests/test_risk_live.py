@@ -395,3 +395,22 @@ def test_history_is_seeded_once_per_snapshot_and_a_restart_keeps_what_arrived_li
     assert again.history.seeded() is None
     start()
     assert "customer_order_history" in writes
+
+
+def test_a_new_snapshot_adds_what_a_ledger_lacks_and_keeps_what_arrived_live(tmp_path: Path):
+    """Seeding from a newer snapshot (a new fingerprint) adds its events a ledger does not hold and leaves the ones it
+    holds as they are: an update received live is newer than any snapshot's version of the order."""
+    import pyarrow as pa
+
+    from storeflow.components.risk import history as ledger
+
+    online = ledger.OnlineHistory(online_velocity(_settings(tmp_path)).store)
+    hour = 3_600_000_000
+    online.apply(5, add=[ledger.Event(ledger.ORDER, 1, hour, ledger.amount(999.0))])  # its price, updated live
+    events = pa.table({"customer_id": [5, 5, 6], "kind": [ledger.ORDER] * 3, "id": [1, 2, 3],
+                       "t": [hour, 2 * hour, 3 * hour], "amount": [ledger.amount(10.0)] * 3})
+    assert online.seed(events, fingerprint=42) == 2 and online.seeded() == 42
+    held = online.read([5, 6])
+    assert [(e.id, e.amount) for e in held[5].events] == [(1, ledger.amount(999.0)), (2, ledger.amount(10.0))]
+    assert [e.id for e in held[6].events] == [3]
+    assert ledger.counts(held[5], 3 * hour, 1.0)["prior_spend"] == 1_009.0

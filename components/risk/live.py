@@ -158,14 +158,17 @@ class LiveHistory:
         del risk
         if self.history is not None and orders.num_rows:
             customers = _snapshot("customers", tables.get("customers"))
-            seeded = self.history.seed(ledger.snapshot_events(orders, refunds, customers, self._risk),
-                                       ledger.fingerprint(orders, refunds, customers))
-            log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
+            fingerprint = ledger.fingerprint(orders, refunds, customers)
+            if self.history.seeded() != fingerprint:  # once per snapshot: a restart reads the marker only
+                seeded = self.history.seed(ledger.snapshot_events(orders, refunds, customers, self._risk), fingerprint)
+                log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
+            del customers
         # held afterwards: an order's keys and refunds, for an order updated or refunded live (HELD); its rows are
         # found by position (indexes by order id), not by scanning
         self._orders = orders.select(list(HELD["orders"]))
         self._refunds = refunds.select(list(HELD["refunds"]))
-        del orders, refunds
+        del orders, refunds, tables
+        pa.default_memory_pool().release_unused()  # what reading and seeding freed, back to the system
         self._risk_of = _Index(self._risk.column("order_id"))
         self._refunds_of = _Index(self._refunds.column("order_id"))
         self._scored: dict[int, tuple] = {}  # the last features_many's payloads (by identity), validated
@@ -203,7 +206,10 @@ class LiveHistory:
         velocity = online_velocity(settings)
         seeded = velocity.seed(_last_week(tables["orders"], risk))
         log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
-        return cls(db, tables, risk, velocity)
+        history = cls(db, tables, risk, velocity)
+        del tables, risk
+        pa.default_memory_pool().release_unused()  # the snapshot's columns the history does not keep
+        return history
 
     # --- recording what arrived -------------------------------------------------------------------------
 
