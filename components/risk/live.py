@@ -184,6 +184,10 @@ class LiveHistory:
             return cls(db, velocity=online_velocity(settings))
         newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
         inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
+        # Everything read here with the system allocator, tables with one thread and no pre-buffering: with Arrow's
+        # default (mimalloc) freed buffers stayed in the process (5,000,000 orders' 399 MB of columns took 938 MB more
+        # resident memory), and what the history does not keep is handed back below.
+        pa.set_memory_pool(pa.system_memory_pool())
         risk = None
         try:
             risk = snapshot_risk_fields(newest)  # kept by ingest; else the export's
@@ -195,12 +199,8 @@ class LiveHistory:
         if risk is None:
             log.warning("snapshot %s names no readable export: earlier orders count without their risk fields",
                         newest.name)
-        # the tables the history reads (an order's own line items come with its webhook): line items, the
-        # largest table, and products stay on disk
-        # The process holds these tables for its life. Read with the system allocator, one thread and no
-        # pre-buffering: with Arrow's default (mimalloc) the parquet reader's freed buffers stayed in the
-        # process, 5,000,000 orders' 399 MB of columns took 938 MB more resident memory (448 MB this way).
-        pa.set_memory_pool(pa.system_memory_pool())
+        # the columns seeding reads (READ; an order's own line items come with its webhook): line items, the
+        # largest table, and products stay on disk; the history keeps fewer still (HELD)
         tables = {name: pq.read_table(table_path(newest, name), schema=SCHEMAS[name], columns=list(columns),
                                       pre_buffer=False, use_threads=False) for name, columns in READ.items()}
         velocity = online_velocity(settings)
