@@ -447,3 +447,26 @@ def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(st
     time.sleep(1.0)  # any second mutation of an order would come now
     assert sorted(c["orderId"] for c in admin.created) == ["gid://shopify/Order/9300000001",
                                                            "gid://shopify/Order/9300000002"]
+
+
+def test_a_data_request_exports_what_order_risk_holds_about_the_customer(tmp_path):
+    """customers/data_request: the orders the risk path kept as history, and the customer's rows in Feast's online
+    store (their order history ledger and their velocity list), beside everything else held about them."""
+    from storeflow.components.risk.realtime import RiskScorer
+    from storeflow.components.shopify import layout, privacy
+    from storeflow.components.shopify.journal import connect
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"},
+                                             project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}))
+    scorer = RiskScorer(settings, http=_answering([]))
+    _journal(settings, ("o1", "orders/create", new_order(9200000008, 8800000008, "Asks@example.com")),
+             ("o2", "orders/create", new_order(9200000009, 8800000009, "other@example.com")))
+    assert scorer.score_pending() == 2
+    scorer.stop()
+    conn = connect(layout.journal_path(settings))
+    path = privacy.export_customer(settings, conn, None, privacy.Subject(8800000008, "asks@example.com"), "r-1")
+    conn.close()
+    held = json.loads(path.read_text())["data"]["order_risk"]
+    assert [o["order_id"] for o in held["orders"]] == [9200000008]
+    assert [(e["kind"], e["id"]) for e in held["history"] if e["kind"] == "order"] == [("order", 9200000008)]
+    assert [v["order_id"] for v in held["velocity"]] == [9200000008]

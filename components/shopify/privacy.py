@@ -629,6 +629,7 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
     found["webhook_events"] = [dict(zip(("webhook_id", "topic", "received_at"), r)) for r in conn.execute(
         "SELECT webhook_id, topic, received_at FROM events WHERE customer_id = ?", (subject.customer_id,))]
     found["shopify_segments"] = metafields.held_for(settings, subject.customer_id)  # tier and probability written back
+    found["order_risk"] = _order_risk_held(settings, store, subject.customer_id)
     directory = layout.data_requests_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"customer-{subject.customer_id}-request-{request_id or 'unknown'}.json"
@@ -639,6 +640,40 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
     os.replace(tmp, out)
     log.info("customers/data_request %s: exported to %s", request_id, out)
     return out
+
+
+def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, object]:
+    """What order risk holds about a customer: the orders it kept as history (risk.db), and its rows in Feast's
+    online store, their order history ledger (risk.history) and their own velocity list (risk.velocity)."""
+    from storeflow.components.risk import history
+
+    held: dict[str, object] = {"orders": [], "history": None, "velocity": None}
+    if (risk := _risk_db(settings)) is not None:
+        with closing(risk):
+            held["orders"] = [{**json.loads(row), "risk": json.loads(fields)} for row, fields in risk.execute(
+                "SELECT row, risk FROM risk_live_orders WHERE customer_id = ?", (customer_id,))]
+    store = store if store is not None else _velocity_store(settings)
+    if store is None:
+        return held
+    names = {view.name for view in store.list_feature_views()}
+    wanted = [ref for ref in (f"{history.HISTORY_VIEW}:{history.HISTORY_STATE}", "order_velocity_customer:orders")
+              if ref.split(":")[0] in names]
+    if not wanted:
+        return held
+    row = store.get_online_features(features=wanted, entity_rows=[{"customer_id": customer_id}]).to_dict()
+    events = row.get(history.HISTORY_STATE, [None])[0]
+    if events:
+        kinds = {history.ACCOUNT: "account", history.ORDER: "order", history.REFUND: "refund",
+                 history.FRAUD_CANCEL: "fraud_cancellation"}
+        held["history"] = [{"kind": kinds.get(e.kind, str(e.kind)), "id": e.id,
+                            "at": datetime.fromtimestamp(e.t / 1e6, timezone.utc).isoformat(),
+                            "amount": None if e.kind != history.ORDER or e.amount == history.NO_AMOUNT
+                            else e.amount / history.MICROS} for e in history.Ledger.of(events).events]
+    orders = row.get("orders", [None])[0]
+    if orders:
+        held["velocity"] = [{"order_id": o, "at": datetime.fromtimestamp(t / 1e6, timezone.utc).isoformat()}
+                            for o, t in zip(orders[0::3], orders[1::3])]
+    return held
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
