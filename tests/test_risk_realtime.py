@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 
@@ -315,20 +314,27 @@ def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_
         scorer.stop()
 
 
-@pytest.mark.parametrize("request_kind", ["customers/redact", "shop/redact"])
-def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, request_kind):
+def _two_customers_scored(tmp_path, *orders: tuple[int, int, str]):
+    """Settings whose risk path scored one orders/create of each (order id, customer id, email), and the journal."""
     from storeflow.components.risk.realtime import RiskScorer
-    from storeflow.components.shopify import layout, privacy
+    from storeflow.components.shopify import layout
     from storeflow.components.shopify.journal import connect
 
     settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"},
                                              project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}))
     scorer = RiskScorer(settings, http=_answering([]))
-    _journal(settings, ("o1", "orders/create", new_order(9200000005, 8800000005, "Erase.Me@example.com")),
-             ("o2", "orders/create", new_order(9200000006, 8800000006, "keep@example.com")))
-    assert scorer.score_pending() == 2
+    _journal(settings, *((f"o{n}", "orders/create", new_order(*order)) for n, order in enumerate(orders)))
+    assert scorer.score_pending() == len(orders)
     scorer.stop()
-    conn = connect(layout.journal_path(settings))
+    return settings, connect(layout.journal_path(settings))
+
+
+@pytest.mark.parametrize("request_kind", ["customers/redact", "shop/redact"])
+def test_a_redacted_customer_leaves_no_trace_in_the_risk_history(tmp_path, request_kind):
+    from storeflow.components.shopify import layout, privacy
+
+    settings, conn = _two_customers_scored(tmp_path, (9200000005, 8800000005, "Erase.Me@example.com"),
+                                           (9200000006, 8800000006, "keep@example.com"))
     if request_kind == "customers/redact":
         removed = privacy.redact_customer(settings, conn, None, privacy.Subject(8800000005, "erase.me@example.com"))
         left = "keep@example.com"
@@ -452,18 +458,10 @@ def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(st
 def test_a_data_request_exports_what_order_risk_holds_about_the_customer(tmp_path):
     """customers/data_request: the orders the risk path kept as history, and the customer's rows in Feast's online
     store (their order history ledger and their velocity list), beside everything else held about them."""
-    from storeflow.components.risk.realtime import RiskScorer
-    from storeflow.components.shopify import layout, privacy
-    from storeflow.components.shopify.journal import connect
+    from storeflow.components.shopify import privacy
 
-    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"},
-                                             project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP}))
-    scorer = RiskScorer(settings, http=_answering([]))
-    _journal(settings, ("o1", "orders/create", new_order(9200000008, 8800000008, "Asks@example.com")),
-             ("o2", "orders/create", new_order(9200000009, 8800000009, "other@example.com")))
-    assert scorer.score_pending() == 2
-    scorer.stop()
-    conn = connect(layout.journal_path(settings))
+    settings, conn = _two_customers_scored(tmp_path, (9200000008, 8800000008, "Asks@example.com"),
+                                           (9200000009, 8800000009, "other@example.com"))
     path = privacy.export_customer(settings, conn, None, privacy.Subject(8800000008, "asks@example.com"), "r-1")
     conn.close()
     held = json.loads(path.read_text())["data"]["order_risk"]
