@@ -14,8 +14,8 @@ Rows one after the other on copies of the same trained state, the same deliverie
 ``storeflow`` (``storeflow serve-risk``: named features in, score, level and facts out, every prediction logged) and
 ``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
 file, features as lists in, scores out; the receiver makes the assessment). The receiver, its journal, live features
-(velocity in Feast's online store, ``--online-store``), outbox and write-back are the same in both. Each with the
-receiver's scorer as ``storeflow webhooks`` runs it by default (``risk.scorer: process``, a process of its own) and,
+(velocity and customers' history in Feast's online store, ``--online-store``), outbox and write-back are the same in
+both. Each with the receiver's scorer as ``storeflow webhooks`` runs it by default (``risk.scorer: process``, a process of its own) and,
 ``+thread``, in threads of the receiver (``risk.scorer: thread``).
 
 Shopify's own limit, modelled in a row of its own: a shop's Admin API cost bucket refills at 100 points/s (Standard),
@@ -498,7 +498,7 @@ def main() -> None:
                              "none: no bucket)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--online-store", choices=("redis", "sqlite"), default="redis",
-                        help="Feast's online store for velocity: redis (production's; a redis-server on loopback, one "
+                        help="Feast's online store for velocity and history: redis (production's; a redis-server on loopback, one "
                              "database per row) or sqlite (the local default)")
     args = parser.parse_args()
 
