@@ -15,8 +15,8 @@ Rows one after the other on copies of the same trained state, the same deliverie
 ``stock_kserve`` (bench/stock_kserve_risk.py: KServe's ModelServer with a plain predict_proba model on the model
 file, features as lists in, scores out; the receiver makes the assessment). The receiver, its journal, live features
 (velocity and customers' history in Feast's online store, ``--online-store``), outbox and write-back are the same in
-both. Each with the receiver's scorer as ``storeflow webhooks`` runs it by default (``risk.scorer: process``, a process of its own) and,
-``+thread``, in threads of the receiver (``risk.scorer: thread``).
+both. Each with the receiver's scorer as ``storeflow webhooks`` runs it by default (``risk.scorer: process``, a
+process of its own) and, ``+thread``, in threads of the receiver (``risk.scorer: thread``).
 
 Shopify's own limit, modelled in a row of its own: a shop's Admin API cost bucket refills at 100 points/s (Standard),
 200 (Advanced), 1,000 (Plus) or 2,000 (Enterprise) (shopify.dev/docs/apps/build/apis/graphql-admin/rate-limits), and
