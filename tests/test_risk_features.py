@@ -214,3 +214,19 @@ def test_an_export_without_the_risk_fields_is_read_a_batch_at_a_time(tmp_path: P
     found = read_risk_fields([mixed])
     assert found.loc[found["order_id"] == 2_999, "cancel_reason"].tolist() == ["FRAUD"]
     assert 0 < sum(framed) < 3_000  # only the batch that carries a value became a frame
+
+
+def test_an_order_line_longer_than_a_block_is_read(tmp_path: Path, monkeypatch):
+    """An order whose line is longer than a parse block (very many disputes or refunds) is read, in blocks that hold
+    it, with the orders before and after it once each (4 MB blocks since the scorer's memory was cut)."""
+    from storeflow.components.risk import orders
+
+    monkeypatch.setattr(orders, "BATCH_BYTES", 16 << 10)
+    disputes = [{"id": f"gid://shopify/ShopifyPaymentsDispute/{n}", "initiatedAs": "INQUIRY", "status": "WON"}
+                for n in range(400)]  # ~40 KB on one line
+    records = [_order(n, cancelReason="FRAUD" if n == 7 else None) for n in range(1, 500)]
+    records.insert(300, _order(900, disputes=disputes, cancelReason="CUSTOMER"))
+    found = read_risk_fields([_write(tmp_path / "long.jsonl", records)])
+    assert found["order_id"].is_unique and {7, 900} <= set(found["order_id"])  # batches with no value make no rows
+    assert found.set_index("order_id").loc[[7, 900], "cancel_reason"].tolist() == ["FRAUD", "CUSTOMER"]
+    assert found.set_index("order_id").loc[900, "disputes"] == 400

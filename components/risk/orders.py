@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from storeflow.components.ingest.encoding import numbered_lines
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import split_gids
 
@@ -89,16 +90,31 @@ def snapshot_risk_fields(snapshot: Path) -> pd.DataFrame | None:
 
 def _order_batches(path: Path) -> Iterator[tuple[pa.Table, pa.Array]]:
     """``path`` read batch by batch with the risk fields, each batch kept to its orders (a bulk export's
-    line items and other objects dropped), with the orders' numeric ids; batches without orders skipped."""
+    line items and other objects dropped), with the orders' numeric ids; batches without orders skipped. A line
+    longer than a block (an order with very many refunds) has the file read on, from the first row not yet given,
+    in blocks that hold it, as ingest does."""
     options = pajson.ParseOptions(explicit_schema=RISK_SCHEMA, unexpected_field_behavior="ignore")
-    for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BATCH_BYTES, use_threads=False),
-                                  parse_options=options):
-        table = pa.Table.from_batches([batch])
-        kind, number = split_gids(table["id"])
-        orders = pc.fill_null(pc.equal(kind, "Order"), False)
-        table, number = table.filter(orders), number.filter(orders)
-        if table.num_rows:
-            yield table, number
+    given, block, retried = 0, BATCH_BYTES, False  # rows already given (every record, orders or not)
+    while True:
+        seen = 0
+        try:
+            for batch in pajson.open_json(path, read_options=pajson.ReadOptions(block_size=block, use_threads=False),
+                                          parse_options=options):
+                start, seen = seen, seen + batch.num_rows
+                if seen <= given:
+                    continue
+                table = pa.Table.from_batches([batch]).slice(max(given - start, 0))
+                given = seen
+                kind, number = split_gids(table["id"])
+                orders = pc.fill_null(pc.equal(kind, "Order"), False)
+                table, number = table.filter(orders), number.filter(orders)
+                if table.num_rows:
+                    yield table, number
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or retried:
+                raise
+            block, retried = max(BATCH_BYTES, max(len(line) for _, _, line in numbered_lines(path)) + 1), True
 
 
 def snapshot_batches(path: Path) -> Iterator[pa.Table]:
