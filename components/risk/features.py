@@ -15,7 +15,6 @@ not mature yet (``mature_before``).
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 
 import duckdb
@@ -24,7 +23,7 @@ import pyarrow as pa
 
 from storeflow.components.config import RiskConfig
 from storeflow.components.risk import velocity
-from storeflow.components.risk.history import HISTORY_FEATURES
+from storeflow.components.risk.history import HISTORY_FEATURES, present
 from storeflow.components.risk.orders import TABLE_SCHEMA
 from storeflow.components.risk.velocity import DAY_US, VELOCITY_FEATURES
 
@@ -123,26 +122,22 @@ ORDER BY o.created_at, o.order_id
 """
 
 
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
 def own_features(order: dict, lines: list[dict], risk: dict) -> dict[str, float]:
     """One order's :data:`OWN_FEATURES` from its webhook's rows (``shopify.payloads.order_rows``, ``live.risk_row``):
     what the query computes of an order from its own fields, for one order in Python. Serving scores an order with
     these; the query's fixed cost (~20 ms whatever the batch) was most of an order's when orders came one by one.
     ``tests/test_risk_live.py`` replays a store as webhooks and finds them equal to the query's for every order."""
     total, subtotal, discounts = (order.get(k) for k in ("total_price", "subtotal_price", "total_discounts"))
-    quantities = [line["quantity"] for line in lines if _present(line.get("quantity"))]
-    prices = [line["price"] for line in lines if _present(line.get("price"))]
+    quantities = [line["quantity"] for line in lines if present(line.get("quantity"))]
+    prices = [line["price"] for line in lines if present(line.get("price"))]
     ship, bill, gateway = risk.get("ship_country"), risk.get("bill_country"), risk.get("gateway") or ""
     created = datetime.fromisoformat(order["created_at"]).astimezone(timezone.utc)
     nan = float("nan")
     values = {
-        "total_price": float(total) if _present(total) else nan,
-        "subtotal_price": float(subtotal) if _present(subtotal) else nan,
-        "total_discounts": float(discounts) if _present(discounts) else nan,
-        "discount_share": float(discounts) / float(subtotal) if _present(discounts) and _present(subtotal) and
+        "total_price": float(total) if present(total) else nan,
+        "subtotal_price": float(subtotal) if present(subtotal) else nan,
+        "total_discounts": float(discounts) if present(discounts) else nan,
+        "discount_share": float(discounts) / float(subtotal) if present(discounts) and present(subtotal) and
         subtotal != 0 else 0.0,
         "item_count": float(sum(quantities)), "line_count": float(len(lines)),
         "max_unit_price": float(max(prices)) if prices else 0.0,

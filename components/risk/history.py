@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 ACCOUNT, ORDER, REFUND, FRAUD_CANCEL = 0, 1, 2, 3
+KIND_NAMES = {ACCOUNT: "account", ORDER: "order", REFUND: "refund", FRAUD_CANCEL: "fraud_cancellation"}
 NO_AMOUNT = -(2**63)  # an order without a total price: counted, adds no spend (SQL's sum skips a null)
 MICROS = 1_000_000
 HISTORY_FEATURES = ("account_age_hours", "prior_orders", "prior_spend", "prior_avg_order_value", "value_over_prior_avg",
@@ -70,9 +71,14 @@ class Ledger:
         return cls(list(map(Event._make, zip(values[0::4], values[1::4], values[2::4], values[3::4]))), written_us)
 
 
+def present(value) -> bool:
+    """A value a webhook or a table gave: not None, not NaN (a null read through pandas)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def amount(price) -> int:
     """A price in millionths (NO_AMOUNT for none)."""
-    return NO_AMOUNT if price is None or (isinstance(price, float) and math.isnan(price)) else round(price * MICROS)
+    return round(price * MICROS) if present(price) else NO_AMOUNT
 
 
 def fold(ledger: Ledger, event: Event, replace: bool = True) -> bool:
@@ -120,7 +126,7 @@ def counts(ledger: Ledger | None, t: int, total_price: float | None, account_cre
                 frauds += 1
     spend_value = spend / MICROS
     average = spend_value / orders if orders else 0.0
-    price = 0.0 if total_price is None or (isinstance(total_price, float) and math.isnan(total_price)) else total_price
+    price = total_price if present(total_price) else 0.0
     age = 0.0 if account_created is None else max((t // MICROS - account_created // MICROS) / 3600.0, 0.0)
     return {"account_age_hours": age, "prior_orders": float(orders), "prior_spend": spend_value,
             "prior_avg_order_value": average, "value_over_prior_avg": price / average if average else 0.0,

@@ -1,8 +1,8 @@
 """One order's risk features at the moment its ``orders/create`` webhook arrives, all three parts from where
 training's come, served live:
 
-* the order's own (value, discount, items, addresses, gateway, hour): the batch query
-  (:data:`storeflow.components.risk.features.RISK_FEATURES_SQL`) over the batch's orders alone;
+* the order's own (value, discount, items, addresses, gateway, hour): from its fields
+  (:func:`storeflow.components.risk.features.own_features`, what the batch query computes of an order);
 * its customer's history (prior orders, spend, refunds, fraud cancellations, account age): the customer's ledger in
   Feast's online store (:mod:`storeflow.components.risk.history`), seeded from the snapshot once and kept by this
   module as order and refund webhooks arrive;
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
 SCORED_TOPIC = "orders/create"
-TABLES = ("orders", "line_items", "customers", "refunds")
 # What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
 # (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
 SNAPSHOT_RISK = ("order_id", "cancel_reason", "address_key")
@@ -352,6 +351,7 @@ class LiveHistory:
                                                            _micros(refund["created_at"]))
         return list(events.values())
 
+
 def online_velocity(settings: Settings) -> OnlineVelocity:
     """Velocity against the configured Feast online store, its views registered first when they are not."""
     store = feature_store(settings)
@@ -369,9 +369,8 @@ def _micros(value) -> int:
 
 
 def _velocity_order(order: dict, risk: dict) -> Order:
-    created = datetime.fromisoformat(order["created_at"])
-    return Order(order["order_id"], (created - EPOCH) // timedelta(microseconds=1), order["customer_id"],
-                 email_digest(order["email"]), risk["address_key"])
+    return Order(order["order_id"], _micros(order["created_at"]), order["customer_id"], email_digest(order["email"]),
+                 risk["address_key"])
 
 
 def _last_week(orders: pd.DataFrame | pa.Table, risk: pd.DataFrame | None) -> list[Order]:
@@ -416,7 +415,7 @@ class _Index:
 
 
 def _schema(name: str) -> pa.Schema:
-    """The schema the query reads of a table: the READ columns, or all of it."""
+    """The schema a snapshot table is read in: its READ columns, or all of it."""
     return pa.schema([SCHEMAS[name].field(c) for c in READ[name]]) if name in READ else SCHEMAS[name]
 
 

@@ -137,20 +137,17 @@ def _read(path: Path) -> tuple[list[pd.DataFrame], int, int]:
     Orders export, 5,000,000 orders) is read in one batch's memory. Listing every batch, then building every
     frame, took the order risk scorer's start to 1.8 GB for such a file, in a pod limited to 2 GiB."""
     frames, present, orders = [], 0, 0
-    batches = _order_batches(path)
-    while True:
-        try:
-            table, number = next(batches)
-        except StopIteration:
-            return frames, present, orders
-        except pa.ArrowInvalid as exc:
-            raise IngestError(f"cannot be read as bulk JSONL with the order risk fields: {exc}", path) from None
-        carried = sum(table.num_rows - table[name].null_count for name in RISK_FIELDS)
-        present, orders = present + carried, orders + table.num_rows
-        if carried:
-            frames.append(_frame(table, number, path))
-        elif table["risk"].null_count < table.num_rows:
-            _frame(table, number, path)  # Shopify's own levels are checked all the same, the frame not kept
+    try:
+        for table, number in _order_batches(path):
+            carried = sum(table.num_rows - table[name].null_count for name in RISK_FIELDS)
+            present, orders = present + carried, orders + table.num_rows
+            if carried:
+                frames.append(_frame(table, number, path))
+            elif table["risk"].null_count < table.num_rows:
+                _frame(table, number, path)  # Shopify's own levels are checked all the same, the frame not kept
+    except pa.ArrowInvalid as exc:
+        raise IngestError(f"cannot be read as bulk JSONL with the order risk fields: {exc}", path) from None
+    return frames, present, orders
 
 
 def _frame(table: pa.Table, number: pa.ChunkedArray, path: Path) -> pd.DataFrame:

@@ -645,7 +645,12 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
 def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, object]:
     """What order risk holds about a customer: the orders it kept as history (risk.db), and its rows in Feast's
     online store, their order history ledger (risk.history) and their own velocity list (risk.velocity)."""
+    from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW, VELOCITY_STATE
     from storeflow.components.risk import history
+    from storeflow.components.risk.velocity import CUSTOMER_VIEW
+
+    def at(micros: int) -> str:
+        return datetime.fromtimestamp(micros / 1e6, timezone.utc).isoformat()
 
     held: dict[str, object] = {"orders": [], "history": None, "velocity": None}
     if (risk := _risk_db(settings)) is not None:
@@ -656,23 +661,17 @@ def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, o
     if store is None:
         return held
     names = {view.name for view in store.list_feature_views()}
-    wanted = [ref for ref in (f"{history.HISTORY_VIEW}:{history.HISTORY_STATE}", "order_velocity_customer:orders")
-              if ref.split(":")[0] in names]
+    wanted = [f"{view}:{field}" for view, field in ((HISTORY_VIEW, HISTORY_STATE), (CUSTOMER_VIEW, VELOCITY_STATE))
+              if view in names]
     if not wanted:
         return held
     row = store.get_online_features(features=wanted, entity_rows=[{"customer_id": customer_id}]).to_dict()
-    events = row.get(history.HISTORY_STATE, [None])[0]
-    if events:
-        kinds = {history.ACCOUNT: "account", history.ORDER: "order", history.REFUND: "refund",
-                 history.FRAUD_CANCEL: "fraud_cancellation"}
-        held["history"] = [{"kind": kinds.get(e.kind, str(e.kind)), "id": e.id,
-                            "at": datetime.fromtimestamp(e.t / 1e6, timezone.utc).isoformat(),
-                            "amount": None if e.kind != history.ORDER or e.amount == history.NO_AMOUNT
-                            else e.amount / history.MICROS} for e in history.Ledger.of(events).events]
-    orders = row.get("orders", [None])[0]
-    if orders:
-        held["velocity"] = [{"order_id": o, "at": datetime.fromtimestamp(t / 1e6, timezone.utc).isoformat()}
-                            for o, t in zip(orders[0::3], orders[1::3])]
+    if events := row.get(HISTORY_STATE, [None])[0]:
+        held["history"] = [{"kind": history.KIND_NAMES.get(e.kind, str(e.kind)), "id": e.id, "at": at(e.t),
+                            "amount": e.amount / history.MICROS if e.kind == history.ORDER and
+                            e.amount != history.NO_AMOUNT else None} for e in history.Ledger.of(events).events]
+    if orders := row.get(VELOCITY_STATE, [None])[0]:
+        held["velocity"] = [{"order_id": o, "at": at(t)} for o, t in zip(orders[0::3], orders[1::3])]
     return held
 
 
