@@ -26,6 +26,9 @@ not reachable for one shop on any plan; it is the rate of many shops' orders thr
 ``storeflow`` and ``stock_kserve`` run with the bucket off (every answer reports a full bucket: what the path itself
 does), and ``storeflow@enterprise`` with Shopify's Enterprise bucket (2,000 points/s; the recorded answer's size,
 2,000 points), which caps its write-back at 200 orders/s by design.
+Each row also says where the machine's CPU went per journaled order, by process (the receiver, its scorer process,
+the risk server, redis-server, wrk, this process's loopback Admin API), from wrk's start until every order was written
+back: 3,000 orders/s on 2 cores leaves 0.667 ms of CPU per order for all of them together.
 Writes bench/results/risk_throughput.json (with the commit, the store's size and the load average).
 
     flock -x /tmp/storeflow-quiet.lock timeout 2400 nice -n 5 .venv/bin/python bench/risk_throughput.py
@@ -325,12 +328,48 @@ def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> di
             "orders_per_second_one_thread": round(samples / (f.sum() + sc.sum()), 1)}
 
 
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used: user + system, every thread) of a live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(parts: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process and all its descendants (the receiver's scorer process, the
+    risk server's workers), a descendant counted under the nearest named ancestor."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+    named = {pid: name for name, pid in parts.items()}
+    out = dict.fromkeys(parts, 0.0)
+    for pid, (parent, cpu) in stats.items():
+        at = pid
+        while at not in named and at in stats and at > 1:
+            at = stats[at][0]
+        if at in named:
+            out[named[at]] += cpu
+    return out
+
+
+def scorer_parts(receiver: int) -> dict[str, int]:
+    """The receiver's child processes by what they are: its scorer (risk.scorer: process) and multiprocessing's
+    resource tracker."""
+    out = {}
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        if (stat := _stat(pid)) is not None and stat[0] == receiver:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            out["receiver's resource tracker" if b"resource_tracker" in command else
+                "scorer process (journal read, live features, score call, outbox, write-back)"] = pid
+    return out
+
+
 def pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
 
 
 def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin, signed: Path, script: Path,
-             now: str, args: argparse.Namespace, scorer: str = "process") -> dict:
+             now: str, args: argparse.Namespace, scorer: str = "process", redis_pid: int | None = None) -> dict:
     """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it
     (``risk.scorer``: ``scorer``), wrk's deliveries in, every assessment drained to the Admin API (Shopify's cost
     bucket of plan ``bucket``, or none). Before wrk starts, one delivery is sent and waited for until Shopify has
@@ -381,14 +420,20 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         admin.reset(bucket)  # the warm-up's call not counted
         load_start = os.getloadavg()
         started = time.time()
-        wrk = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
-                              "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
-                              str(signed), str(args.threads)], capture_output=True, text=True)
-        sent = wrk_summary(wrk.stdout)
+        parts = {"receiver (uvicorn, journal)": receiver.pid, "risk server": model.pid,
+                 "redis-server (velocity, history)": redis_pid or -1,
+                 "bench process (loopback Admin API, drain poll)": os.getpid(), **scorer_parts(receiver.pid)}
+        cpu_start = cpu_by_part(parts)
+        with tempfile.TemporaryFile("w+") as wrk_out:
+            wrk = subprocess.Popen(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
+                                    "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
+                                    str(signed), str(args.threads)], stdout=wrk_out, text=True)
+            wrk_usage = os.wait4(wrk.pid, 0)[2]
+            wrk.returncode = 0
+            wrk_out.seek(0)
+            sent = wrk_summary(wrk_out.read())
         load_during = os.getloadavg()
 
-        # while the risk server is still up (storeflow's: the stock server does not take named features)
-        per_order = breakdown(config, model_port, now) if kind == "storeflow" else None
         journal = root / "state" / "shopify" / "webhooks.db"
         outbox = root / "state" / "shopify" / "risk.db"
 
@@ -403,6 +448,10 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                 break
             time.sleep(1)
         drained = time.time()
+        cpu = {part: used - cpu_start[part] for part, used in cpu_by_part(parts).items()}
+        cpu["wrk"] = wrk_usage.ru_utime + wrk_usage.ru_stime
+        # once drained, while the risk server is still up (storeflow's: the stock server does not take named features)
+        per_order = breakdown(config, model_port, now) if kind == "storeflow" else None
         with sqlite3.connect(journal) as db:
             # wrk's deliveries only: the warm-up order (number args.deliveries) came before wrk and its wait for the
             # scorer to start would stretch every rate's time span
@@ -463,6 +512,10 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                                                         "p99": pct(to_queue, 99)},
             "queued_to_mutation_answered": {"p50": pct(to_sent, 50), "p99": pct(to_sent, 99)}},
         "per_order_on_the_risk_thread": per_order,
+        "cpu_ms_per_journaled_order": {  # from wrk's start until every order was written back (or --drain ran out)
+            **{part: round(used * 1000 / max(len(received), 1), 3) for part, used in cpu.items()},
+            "all": round(sum(cpu.values()) * 1000 / max(len(received), 1), 3),
+            "machine_budget_at_3000_per_second": round(os.cpu_count() * 1000 / 3000, 3)},
         "target": {"orders_per_second": 3000, "p99_end_to_end_ms": 50, "lost": 0},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_at_wrk_start": [round(x, 2) for x in load_start],
@@ -539,7 +592,7 @@ def main() -> None:
                 config["features"] = {"feast": {"online_store": "redis",
                                                 "redis_connection_string": f"127.0.0.1:{redis_port},db={number}"}}
             rows.append(run_path(kind, bucket or None, here, config, admin, signed, script, now, args,
-                                 scorer=where or "process"))
+                                 scorer=where or "process", redis_pid=redis.pid if redis is not None else None))
             print(json.dumps(rows[-1], indent=2), flush=True)
     finally:
         admin.shutdown()
