@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -218,7 +219,7 @@ class LiveHistory:
         if topic in REFUND_TOPICS:
             refund = refund_row(dict(payload))
             self.db.execute("INSERT OR REPLACE INTO risk_live_refunds (refund_id, order_id, row) VALUES (?, ?, ?)",
-                            (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+                            (refund["refund_id"], refund["order_id"], _dumps(refund)))
             customer = self._customer_of(refund["order_id"]) if self.history is not None else None
             if customer is not None and refund.get("created_at"):  # else counted when its order arrives
                 self.history.apply(customer, add=[ledger.Event(ledger.REFUND, refund["refund_id"],
@@ -251,7 +252,7 @@ class LiveHistory:
             "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
             "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
-             json.dumps(order), json.dumps(risk), customer_created))
+             _dumps(order), _dumps(risk), customer_created))
 
     def _update_history(self, order: dict, risk: dict, live_customer: int | None, just_scored: bool) -> None:
         """The order's events in its customer's ledger as its newest version has them: its price, a fraud
@@ -325,8 +326,11 @@ class LiveHistory:
                     None if created is None else _micros(created)) for (_, order, _, created) in batch])
         velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
         self._scored = scored  # record() of these very payloads (the risk thread's next step) reuses their rows
-        return [{name: float(({**mine, **past, **counts})[name]) for name in ORDER_FEATURES}
-                for mine, past, counts in zip(own, history, velocity)]
+        out = []
+        for mine, past, counts in zip(own, history, velocity):
+            merged = {**mine, **past, **counts}
+            out.append({name: float(merged[name]) for name in ORDER_FEATURES})
+        return out
 
     def _customer_of(self, order_id: int) -> int | None:
         """The customer of an order known live or to the snapshot (None: a guest's, or an order not known)."""
@@ -339,17 +343,27 @@ class LiveHistory:
     def _refund_events(self, order_id: int, snapshot: bool = True) -> list[ledger.Event]:
         """An order's refunds as history events: those received live, and the snapshot's."""
         events = {}
-        positions = self._refunds_of.rows([order_id] if snapshot else [])
-        for refund_id, created in zip(self._refunds.column("refund_id").take(positions).to_pylist(),
-                                      self._refunds.column("created_at").take(positions).to_pylist()):
-            if created is not None:
-                events[refund_id] = ledger.Event(ledger.REFUND, refund_id, _micros(created))
+        positions = self._refunds_of.rows([order_id]) if snapshot else ()
+        if len(positions):
+            for refund_id, created in zip(self._refunds.column("refund_id").take(positions).to_pylist(),
+                                          self._refunds.column("created_at").take(positions).to_pylist()):
+                if created is not None:
+                    events[refund_id] = ledger.Event(ledger.REFUND, refund_id, _micros(created))
         for (text,) in self.db.execute("SELECT row FROM risk_live_refunds WHERE order_id = ?", (order_id,)):
             refund = json.loads(text)
             if refund.get("created_at"):
                 events[refund["refund_id"]] = ledger.Event(ledger.REFUND, refund["refund_id"],
                                                            _micros(refund["created_at"]))
         return list(events.values())
+
+
+def _dumps(row: dict) -> str:
+    """A row as JSON text: orjson (an order's row ~10x faster than json), json for what orjson refuses (an integer
+    past 64 bits)."""
+    try:
+        return orjson.dumps(row).decode()
+    except TypeError:
+        return json.dumps(row)
 
 
 def online_velocity(settings: Settings) -> OnlineVelocity:

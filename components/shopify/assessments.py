@@ -13,13 +13,14 @@ goes on with the others.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+import orjson
 
 from storeflow.components.shopify.admin import AdminClient, CostExceeded, PartialErrors, ShopifyError
 from storeflow.components.shopify.journal import transaction
@@ -99,7 +100,7 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
         raise ValueError(f"{len(facts)} facts: Shopify takes {MAX_FACTS} per assessment, one of them ours "
                          f"(the model version), so at most {MAX_FACTS - 1}")
     cursor = db.execute("INSERT OR IGNORE INTO risk_outbox (order_id, risk_level, facts, model_version, enqueued_at) "
-                        "VALUES (?, ?, ?, ?, ?)", (order, risk_level, json.dumps(written), model_version, time.time()))
+                        "VALUES (?, ?, ?, ?, ?)", (order, risk_level, orjson.dumps(written).decode(), model_version, time.time()))
     return cursor.rowcount == 1
 
 
@@ -236,7 +237,7 @@ def _ids(part: list[tuple]) -> dict:
 
 
 def _inputs(part: list[tuple]) -> dict:
-    return {f"i{j}": {"orderId": order, "riskLevel": level, "facts": json.loads(facts)}
+    return {f"i{j}": {"orderId": order, "riskLevel": level, "facts": orjson.loads(facts)}
             for j, (order, level, facts, *_) in enumerate(part)}
 
 
