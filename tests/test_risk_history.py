@@ -3,8 +3,15 @@ sees. The equality with training's query over a whole replayed store is in tests
 
 from __future__ import annotations
 
-from storeflow.components.risk.history import (ACCOUNT, FRAUD_CANCEL, NO_AMOUNT, ORDER, REFUND, Event, Ledger, amount,
-                                               counts, fold, unfold)
+from pathlib import Path
+
+import numpy as np
+
+from storeflow.components.config import load_settings
+from storeflow.components.risk.history import (ACCOUNT, FRAUD_CANCEL, KEEP_EVENTS, LATE_US, MAX_EVENTS, NO_AMOUNT,
+                                               ORDER, REFUND, Event, Ledger, OnlineHistory, amount, compact, counts,
+                                               fold, unfold)
+from storeflow.components.risk.live import online_velocity
 
 H = 3_600_000_000  # an hour in µs
 
@@ -40,3 +47,79 @@ def test_an_order_without_a_price_counts_but_adds_no_spend_and_a_guest_has_no_hi
     assert (seen["prior_orders"], seen["prior_spend"], seen["value_over_prior_avg"]) == (2, 30.0, 0.0)
     guest = counts(None, 3 * H, 10.0)
     assert (guest["prior_orders"], guest["account_age_hours"], guest["days_since_prior_order"]) == (0, 0.0, -1.0)
+
+
+def _long_ledger(n: int = 3_000, seed: int = 5) -> Ledger:
+    """A wholesale buyer's year: n orders (some without a price), a refund on every 10th, a fraud cancellation on
+    every 50th, the account, and the last 30 orders within one day."""
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.integers(0, 365 * 24 * H, n))
+    times[-30:] = times[-31] + np.arange(1, 31) * (H // 60)  # a burst: minutes apart
+    ledger = Ledger()
+    fold(ledger, Event(ACCOUNT, 99, -H))
+    for i, t in enumerate(times.tolist()):
+        fold(ledger, Event(ORDER, 1_000 + i, t, NO_AMOUNT if i % 97 == 0 else int(rng.integers(1, 500)) * 1_000_000))
+        if i % 10 == 0:
+            fold(ledger, Event(REFUND, 50_000 + i, t + H))
+        if i % 50 == 0:
+            fold(ledger, Event(FRAUD_CANCEL, 1_000 + i, t + 2 * H))
+    return ledger
+
+
+def test_a_long_ledger_is_compacted_and_orders_after_its_horizon_see_the_same_history():
+    """A customer with thousands of orders: their ledger is compacted to its newest events and a summary of the
+    rest, and every order at or after the horizon counts what the whole ledger counts."""
+    whole = _long_ledger()
+    ledger = Ledger.of(whole.flat())
+    assert compact(ledger)
+    assert ledger.summary is not None and len(ledger.events) <= KEEP_EVENTS + 1  # + the account
+    assert len(ledger.flat()) <= 4 * (KEEP_EVENTS + 3) < len(whole.flat()) // 10
+    back = Ledger.of(ledger.flat())  # what the online store holds, and back
+    assert (back.summary, back.events) == (ledger.summary, ledger.events)
+    newest = whole.events[-1].t
+    for t in (ledger.summary.horizon, ledger.summary.horizon + 1, newest - H // 2, newest, newest + 3 * H):
+        assert counts(back, t, 120.0) == counts(whole, t, 120.0), t
+    assert not compact(back)  # within bounds now
+
+
+def test_a_burst_within_the_late_window_is_kept_whole():
+    """Deliveries can come two days late: events of the two days before a ledger's newest are never compacted, so
+    even a customer with more orders than the ledger keeps in that window is counted exactly there."""
+    ledger = Ledger()
+    start = 10 * 24 * H
+    for i in range(MAX_EVENTS + 100):  # all within one day
+        fold(ledger, Event(ORDER, i, start + i * 1_000_000, 1_000_000))
+    fold(ledger, Event(ORDER, 9_999, start - 5 * 24 * H, 1_000_000))  # one old order
+    whole = Ledger(list(ledger.events))
+    assert compact(ledger)
+    assert ledger.summary.orders == 1 and ledger.summary.horizon == start
+    assert len(ledger.events) == MAX_EVENTS + 100
+    assert all(e.t >= ledger.events[-1].t - LATE_US for e in ledger.events)
+    assert counts(ledger, start + 5_000_000, 1.0) == counts(whole, start + 5_000_000, 1.0)
+
+
+def test_an_event_before_the_horizon_is_not_counted_twice():
+    """An old order delivered again after its customer's ledger was compacted (it is in the summary) changes
+    nothing; a new refund still counts."""
+    ledger = _long_ledger()
+    old = ledger.events[5]
+    compact(ledger)
+    before = counts(ledger, ledger.events[-1].t + H, 10.0)
+    assert old.t < ledger.summary.horizon
+    assert not fold(ledger, old) and not fold(ledger, old._replace(amount=old.amount + 1))
+    assert counts(ledger, ledger.events[-1].t + H, 10.0) == before
+    assert fold(ledger, Event(REFUND, 777_777, ledger.events[-1].t + 1))
+    assert counts(ledger, ledger.events[-1].t + H, 10.0)["prior_refunds"] == before["prior_refunds"] + 1
+
+
+def test_the_online_store_holds_a_compacted_ledger(tmp_path: Path):
+    """Written to Feast's online store (SQLite here), a long ledger is held compacted; read back it gives the
+    same history to the customer's next order."""
+    store = online_velocity(load_settings({"project": {"state_dir": str(tmp_path / "state")}})).store
+    history = OnlineHistory(store)
+    whole = _long_ledger()
+    history.write({42: Ledger.of(whole.flat())})
+    held = history.read([42])[42]
+    assert held.summary is not None and len(held.flat()) <= 4 * (KEEP_EVENTS + 3)
+    t = whole.events[-1].t + H
+    assert counts(held, t, 80.0) == counts(whole, t, 80.0)

@@ -468,3 +468,28 @@ def test_a_data_request_exports_what_order_risk_holds_about_the_customer(tmp_pat
     assert [o["order_id"] for o in held["orders"]] == [9200000008]
     assert [(e["kind"], e["id"]) for e in held["history"] if e["kind"] == "order"] == [("order", 9200000008)]
     assert [v["order_id"] for v in held["velocity"]] == [9200000008]
+    assert "history_before" not in held  # a short ledger has no compacted part
+
+
+def test_a_data_request_exports_the_summary_of_a_compacted_ledger(tmp_path):
+    """A customer with more orders than their ledger keeps: the data request names what its compacted part
+    counted (orders, spend, refunds, fraud cancellations, up to when), beside the events still kept."""
+    from storeflow.components.risk.history import KEEP_EVENTS, ORDER, Event, OnlineHistory
+    from storeflow.components.risk.live import online_velocity
+    from storeflow.components.shopify import privacy
+
+    settings, conn = _two_customers_scored(tmp_path, (9200000010, 8800000010, "many@example.com"))
+    history = OnlineHistory(online_velocity(settings).store)
+    ledger = history.read([8800000010])[8800000010]
+    for i in range(1_000):  # a year of orders before the scored one, 10.00 each
+        ledger.events.insert(i, Event(ORDER, 1_000 + i, 1_700_000_000_000_000 + i * 30_000_000_000, 10_000_000))
+    history.write({8800000010: ledger})
+    path = privacy.export_customer(settings, conn, None, privacy.Subject(8800000010, "many@example.com"), "r-2")
+    conn.close()
+    held = json.loads(path.read_text())["data"]["order_risk"]
+    kept = [e["id"] for e in held["history"] if e["kind"] == "order"]
+    assert len(held["history"]) <= KEEP_EVENTS + 1 and kept[-1] == 9200000010  # the events kept, the account's too
+    before = held["history_before"]
+    assert before["orders"] + len(kept) == 1_001 and before["orders"] >= 1_000 - KEEP_EVENTS
+    assert (before["spend"], before["refunds"], before["fraud_cancellations"]) == (10.0 * before["orders"], 0, 0)
+    assert before["last_order_at"] < before["before"] == min(e["at"] for e in held["history"] if e["kind"] == "order")

@@ -7,9 +7,10 @@ What is kept per customer is a :class:`Ledger`: every event of the customer's, i
 :data:`REFUND` (the refund's id and time), :data:`FRAUD_CANCEL` (the order's id and its cancellation time, for an
 order cancelled with reason fraud) and :data:`ACCOUNT` (the customer's id and creation time). An event is known by
 its kind and id: folding it again replaces it (an updated price), :func:`unfold` takes it out (an order moved to
-another customer). :func:`counts` gives an order's :data:`HISTORY_FEATURES` from its customer's ledger: the events
-strictly before the order, as training's query counts them (``risk.features.RISK_FEATURES_SQL``: windows end one
-microsecond before the order); ``tests/test_risk_live.py`` replays a store as webhooks and finds them equal.
+another customer). A ledger past :data:`MAX_EVENTS` is compacted (:func:`compact`) to its newest events and a
+:class:`Summary` of the rest. :func:`counts` gives an order's :data:`HISTORY_FEATURES` from its customer's ledger:
+the events strictly before the order, as training's query counts them (``risk.features.RISK_FEATURES_SQL``: windows
+end one microsecond before the order); ``tests/test_risk_live.py`` replays a store as webhooks and finds them equal.
 
 :class:`OnlineHistory` reads a batch's customers' ledgers, counts and folds the batch's orders in arrival order and
 writes the changed ledgers back; it seeds the online store from a snapshot once per snapshot (a marker row says
@@ -39,12 +40,18 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 ACCOUNT, ORDER, REFUND, FRAUD_CANCEL = 0, 1, 2, 3
+ORDERS_BEFORE, OTHERS_BEFORE = 4, 5  # a compacted ledger's summary, held as two events at its front (:class:`Summary`)
 KIND_NAMES = {ACCOUNT: "account", ORDER: "order", REFUND: "refund", FRAUD_CANCEL: "fraud_cancellation"}
 NO_AMOUNT = -(2**63)  # an order without a total price: counted, adds no spend (SQL's sum skips a null)
 MICROS = 1_000_000
 HISTORY_FEATURES = ("account_age_hours", "prior_orders", "prior_spend", "prior_avg_order_value", "value_over_prior_avg",
                     "days_since_prior_order", "prior_refunds", "prior_fraud_cancels")
 MARKER = -1  # the customer id of the row naming the snapshot the online store was seeded from (no customer has it)
+# A ledger past MAX_EVENTS is compacted before it is written: all but its newest KEEP_EVENTS events, and those of the
+# LATE_US before its newest, become its Summary. Unbounded, a customer with 20,000 orders (a wholesale buyer, a
+# point-of-sale walk-in customer) cost ~32 ms of Python and two 625 KB online-store values per order of theirs.
+MAX_EVENTS, KEEP_EVENTS = 512, 256
+LATE_US = 2 * DAY_US  # a delivery can come this late (Shopify retries for up to 48 h): its order's time stays exact
 SEED_CHUNK = 5_000  # customers read, folded and written at a time while seeding
 
 
@@ -55,20 +62,82 @@ class Event(NamedTuple):
     amount: int = 0  # millionths (an order's total price), NO_AMOUNT for none
 
 
+class Summary(NamedTuple):
+    """What a compacted ledger's events before ``horizon`` (µs) counted: every one of them is earlier than it."""
+
+    orders: int
+    spend: int  # millionths
+    last_order: int  # µs (0: no order compacted)
+    refunds: int
+    frauds: int
+    horizon: int
+
+    def events(self) -> tuple[Event, Event]:
+        return (Event(ORDERS_BEFORE, self.orders, self.last_order, self.spend),
+                Event(OTHERS_BEFORE, self.refunds, self.horizon, self.frauds))
+
+
 @dataclass
 class Ledger:
-    """One customer's events in time order (kind, then id, within the same microsecond)."""
+    """One customer's events in time order (kind, then id, within the same microsecond), and the summary of the
+    events compacted away (None: none were)."""
 
     events: list[Event] = field(default_factory=list)
     written_us: int = 0  # the event time (µs) of its last write to the online store (each write moves it on)
+    summary: Summary | None = None
 
     def flat(self) -> list[int]:
-        return [v for event in self.events for v in event]
+        head = self.summary.events() if self.summary is not None else ()
+        return [v for event in (*head, *self.events) for v in event]
 
     @classmethod
     def of(cls, flat: Sequence[int], written_us: int = 0) -> Ledger:
         values = list(flat)  # a protobuf repeated field, copied once and cut by stride
-        return cls(list(map(Event._make, zip(values[0::4], values[1::4], values[2::4], values[3::4]))), written_us)
+        events = list(map(Event._make, zip(values[0::4], values[1::4], values[2::4], values[3::4])))
+        summary = None
+        if len(events) >= 2 and events[0].kind == ORDERS_BEFORE and events[1].kind == OTHERS_BEFORE:
+            (_, orders, last, spend), (_, refunds, horizon, frauds) = events[0], events[1]
+            summary, events = Summary(orders, spend, last, refunds, frauds, horizon), events[2:]
+        return cls(events, written_us, summary)
+
+    def compacted(self, event: Event) -> bool:
+        """Whether ``event`` falls before the summary's horizon (an account's event never does: it is kept)."""
+        return self.summary is not None and event.kind != ACCOUNT and event.t < self.summary.horizon
+
+
+def compact(ledger: Ledger) -> bool:
+    """Fold all but the newest :data:`KEEP_EVENTS` events (and those of the :data:`LATE_US` before the newest) of a
+    ledger past :data:`MAX_EVENTS` into its summary; False when it is not past it. Accounts' events are kept.
+
+    Every feature of an order at or after the new horizon is what the whole ledger gives. What is lost: an edit of
+    an event before the horizon (an old order's new price, or it moved to another customer) leaves the summary as
+    it was, and an event arriving before the horizon is taken as counted already (:func:`fold`)."""
+    if len(ledger.events) <= MAX_EVENTS:
+        return False
+    events = ledger.events
+    cut = min(len(events) - KEEP_EVENTS, bisect_left(events, events[-1].t - LATE_US, key=lambda e: e.t))
+    while 0 < cut < len(events) and events[cut - 1].t == events[cut].t:
+        cut -= 1  # one microsecond's events on one side: the horizon is a time
+    if cut <= 0:
+        return False
+    before, kept = events[:cut], events[cut:]
+    orders, spend, last, refunds, frauds = ((s.orders, s.spend, s.last_order, s.refunds, s.frauds)
+                                            if (s := ledger.summary) is not None else (0, 0, 0, 0, 0))
+    accounts = []
+    for event in before:
+        if event.kind == ORDER:
+            orders += 1
+            spend += event.amount if event.amount != NO_AMOUNT else 0
+            last = max(last, event.t)
+        elif event.kind == REFUND:
+            refunds += 1
+        elif event.kind == FRAUD_CANCEL:
+            frauds += 1
+        elif event.kind == ACCOUNT:
+            accounts.append(event)
+    ledger.summary = Summary(orders, spend, last, refunds, frauds, kept[0].t)
+    ledger.events = accounts + kept
+    return True
 
 
 def present(value) -> bool:
@@ -83,13 +152,17 @@ def amount(price) -> int:
 
 def fold(ledger: Ledger, event: Event, replace: bool = True) -> bool:
     """Put ``event`` into ``ledger`` (the same kind and id replaced, unless ``replace`` is False); False when
-    nothing changed."""
+    nothing changed. An event before a compacted ledger's horizon that it does not hold is taken as one of the
+    summary's (:func:`compact`): counted already, not again."""
     for at, held in enumerate(ledger.events):
         if held.kind == event.kind and held.id == event.id:
             if held == event or not replace:
                 return False
             del ledger.events[at]
             break
+    else:
+        if ledger.compacted(event):
+            return False
     ledger.events.insert(bisect_left(ledger.events, (event.t, event.kind, event.id),
                                      key=lambda e: (e.t, e.kind, e.id)), event)
     return True
@@ -110,6 +183,9 @@ def counts(ledger: Ledger | None, t: int, total_price: float | None, account_cre
     a guest, or a customer with no history); ``account_created`` (µs) when the ledger has no account event."""
     orders = refunds = frauds = 0
     spend, last = 0, None
+    if ledger is not None and (summary := ledger.summary) is not None:  # each of its events was before the horizon
+        orders, spend, refunds, frauds = summary.orders, summary.spend, summary.refunds, summary.frauds
+        last = summary.last_order if summary.orders else None
     if ledger is not None:
         for event in ledger.events:
             if event.kind == ACCOUNT:  # whenever it is: an account created after the order is 0 hours old
@@ -158,6 +234,7 @@ class OnlineHistory:
     def write(self, ledgers: dict[int, Ledger]) -> None:
         rows = []
         for key, ledger in ledgers.items():  # each write later than the last: Redis keeps only a newer event time
+            compact(ledger)
             ledger.written_us = max(ledger.written_us + 1, ledger.events[-1].t if ledger.events else 0)
             rows.append((key, ledger.flat(), ledger.written_us))
         self.lists.write(HISTORY_VIEW, rows)
@@ -226,7 +303,7 @@ class OnlineHistory:
             for customer, found in by_customer.items():
                 ledger = ledgers.setdefault(customer, Ledger())
                 held = {(e.kind, e.id) for e in ledger.events}
-                new = [event for key, event in found.items() if key not in held]
+                new = [event for key, event in found.items() if key not in held and not ledger.compacted(event)]
                 if new:  # one sort, not a fold per event: a customer with thousands of orders stays linear
                     ledger.events = sorted(ledger.events + new, key=lambda e: (e.t, e.kind, e.id))
                     changed[customer] = ledger

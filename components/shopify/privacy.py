@@ -667,9 +667,15 @@ def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, o
         return held
     row = store.get_online_features(features=wanted, entity_rows=[{"customer_id": customer_id}]).to_dict()
     if events := row.get(HISTORY_STATE, [None])[0]:
+        ledger = history.Ledger.of(events)
         held["history"] = [{"kind": history.KIND_NAMES.get(e.kind, str(e.kind)), "id": e.id, "at": at(e.t),
                             "amount": e.amount / history.MICROS if e.kind == history.ORDER and
-                            e.amount != history.NO_AMOUNT else None} for e in history.Ledger.of(events).events]
+                            e.amount != history.NO_AMOUNT else None} for e in ledger.events]
+        if (summary := ledger.summary) is not None:  # what the ledger's compacted older events counted
+            held["history_before"] = {"before": at(summary.horizon), "orders": summary.orders,
+                                      "spend": summary.spend / history.MICROS, "refunds": summary.refunds,
+                                      "fraud_cancellations": summary.frauds,
+                                      "last_order_at": at(summary.last_order) if summary.orders else None}
     if orders := row.get(VELOCITY_STATE, [None])[0]:
         held["velocity"] = [{"order_id": o, "at": at(t)} for o, t in zip(orders[0::3], orders[1::3])]
     return held
