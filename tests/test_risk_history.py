@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from storeflow.components.config import load_settings
-from storeflow.components.risk.history import (ACCOUNT, FRAUD_CANCEL, KEEP_EVENTS, LATE_US, MAX_EVENTS, NO_AMOUNT,
-                                               ORDER, REFUND, Event, Ledger, OnlineHistory, amount, compact, counts,
-                                               fold, unfold)
+from storeflow.components.risk.history import (ACCOUNT, FRAUD_CANCEL, KEEP_EVENTS, LATE_US, MAX_EVENTS, MOST_EVENTS,
+                                               NO_AMOUNT, ORDER, REFUND, Event, Ledger, OnlineHistory, amount, compact,
+                                               counts, fold, unfold)
 from storeflow.components.risk.live import online_velocity
 
 H = 3_600_000_000  # an hour in µs
@@ -83,8 +83,8 @@ def test_a_long_ledger_is_compacted_and_orders_after_its_horizon_see_the_same_hi
 
 
 def test_a_burst_within_the_late_window_is_kept_whole():
-    """Deliveries can come two days late: events of the two days before a ledger's newest are never compacted, so
-    even a customer with more orders than the ledger keeps in that window is counted exactly there."""
+    """Deliveries can come two days late: events of the two days before a ledger's newest are not compacted (up to
+    MOST_EVENTS), so a customer with more orders than the ledger keeps in that window is counted exactly there."""
     ledger = Ledger()
     start = 10 * 24 * H
     for i in range(MAX_EVENTS + 100):  # all within one day
@@ -96,6 +96,11 @@ def test_a_burst_within_the_late_window_is_kept_whole():
     assert len(ledger.events) == MAX_EVENTS + 100
     assert all(e.t >= ledger.events[-1].t - LATE_US for e in ledger.events)
     assert counts(ledger, start + 5_000_000, 1.0) == counts(whole, start + 5_000_000, 1.0)
+    for i in range(MOST_EVENTS):  # thousands more within the hour: bounded all the same
+        fold(ledger, Event(ORDER, 100_000 + i, start + 86_400_000_000 + i * 1_000, 1_000_000))
+    compact(ledger)
+    assert len(ledger.events) == MOST_EVENTS and ledger.summary.orders == 1 + MAX_EVENTS + 100
+    assert counts(ledger, start + 2 * 86_400_000_000, 1.0)["prior_orders"] == 1 + MAX_EVENTS + 100 + MOST_EVENTS
 
 
 def test_an_event_before_the_horizon_is_not_counted_twice():

@@ -52,6 +52,7 @@ MARKER = -1  # the customer id of the row naming the snapshot the online store w
 # point-of-sale walk-in customer) cost ~32 ms of Python and two 625 KB online-store values per order of theirs.
 MAX_EVENTS, KEEP_EVENTS = 512, 256
 LATE_US = 2 * DAY_US  # a delivery can come this late (Shopify retries for up to 48 h): its order's time stays exact
+MOST_EVENTS = 2_048  # ... but not more than this many: a customer ordering thousands a day is bounded too
 SEED_CHUNK = 5_000  # customers read, folded and written at a time while seeding
 
 
@@ -106,8 +107,9 @@ class Ledger:
 
 
 def compact(ledger: Ledger) -> bool:
-    """Fold all but the newest :data:`KEEP_EVENTS` events (and those of the :data:`LATE_US` before the newest) of a
-    ledger past :data:`MAX_EVENTS` into its summary; False when it is not past it. Accounts' events are kept.
+    """Fold all but the newest :data:`KEEP_EVENTS` events (and those of the :data:`LATE_US` before the newest, up to
+    :data:`MOST_EVENTS` in all) of a ledger past :data:`MAX_EVENTS` into its summary; False when nothing was folded.
+    Accounts' events are kept.
 
     Every feature of an order at or after the new horizon is what the whole ledger gives. What is lost: an edit of
     an event before the horizon (an old order's new price, or it moved to another customer) leaves the summary as
@@ -116,6 +118,7 @@ def compact(ledger: Ledger) -> bool:
         return False
     events = ledger.events
     cut = min(len(events) - KEEP_EVENTS, bisect_left(events, events[-1].t - LATE_US, key=lambda e: e.t))
+    cut = max(cut, len(events) - MOST_EVENTS)
     while 0 < cut < len(events) and events[cut - 1].t == events[cut].t:
         cut -= 1  # one microsecond's events on one side: the horizon is a time
     if cut <= 0:
