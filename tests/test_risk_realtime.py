@@ -258,11 +258,14 @@ def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stac
     assert seen["9100000001"]["model_version"] == "1"
 
 
-def _answering(seen: list):
-    """A risk server's V1 answer for each request (the path's own logic, without a process)."""
+def _answering(seen: list, sizes: list | None = None):
+    """A risk server's V1 answer for each request (the path's own logic, without a process); each request's
+    instances are added to ``seen``, and their number to ``sizes``."""
     def handle(request: httpx.Request) -> httpx.Response:
         instances = json.loads(request.content)["instances"]
         seen.extend(instances)
+        if sizes is not None:
+            sizes.append(len(instances))
         return httpx.Response(200, json={"model_name": NAME, "model_version": "4", "predictions": [
             {"order_id": instance["order_id"], "score": 0.5, "level": "MEDIUM",
              "facts": [{"description": "Risk score 0.500", "sentiment": "NEUTRAL"}]} for instance in instances]})
@@ -310,6 +313,30 @@ def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_
         (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'bad'").fetchone()
         assert "cancel_reason" in reason and "hacked" in reason
         assert [i["order_id"] for i in seen] == ["9200000004"]
+    finally:
+        scorer.stop()
+
+
+def test_a_risk_server_answering_200_without_json_sets_no_order_aside(tmp_path):
+    """A proxy's HTML page with status 200 in front of the risk server is an outage, not the orders' fault: the pass
+    fails, nothing is skipped or queued, and the orders are scored once it answers again."""
+    from storeflow.components.risk.realtime import RiskScorer, ScoringUnavailable
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    broken = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, text="<html>ok</html>")))
+    scorer = RiskScorer(settings, http=broken)
+    try:
+        _journal(settings, ("one", "orders/create", new_order(9200000011, 11, "a@example.com")),
+                 ("two", "orders/create", new_order(9200000012, 12, "b@example.com")))
+        with pytest.raises(ScoringUnavailable, match="without JSON"):
+            scorer.score_pending()
+        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (0,)
+        seen: list = []
+        scorer.http = _answering(seen)
+        assert scorer.score_pending() == 2
+        assert [i["order_id"] for i in seen] == ["9200000011", "9200000012"]
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (2,)
     finally:
         scorer.stop()
 

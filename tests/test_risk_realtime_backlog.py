@@ -15,21 +15,14 @@ from tests.conftest import quick_overrides
 def test_assessments_go_out_batch_by_batch_while_a_backlog_is_scored(tmp_path):
     settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
     seen: list = []
-    scorer = RiskScorer(settings, http=_answering(seen))
+    requests: list[int] = []
+    scorer = RiskScorer(settings, http=_answering(seen, requests))
     queued_at_each_drain: list[int] = []
 
     def drain():
         queued_at_each_drain.append(scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone()[0])
 
     scorer.drain = drain
-    requests: list[int] = []
-    original = scorer.http.post
-
-    def counting(*args, **kwargs):
-        requests.append(len(kwargs["json"]["instances"]))
-        return original(*args, **kwargs)
-
-    scorer.http.post = counting
     try:
         orders = 2 * BATCH + 50
         _journal(settings, *((f"w{i}", "orders/create", new_order(9300000000 + i, i, f"c{i}@example.com"))
@@ -54,15 +47,8 @@ def test_a_backlog_is_scored_in_batches_with_each_orders_features_as_if_one_by_o
                                                    created_at=(start + timedelta(minutes=i)).isoformat()))
               for i in range(40)]
     batched_seen: list = []
-    scorer = RiskScorer(settings, http=_answering(batched_seen))
-    requests = []
-    original = scorer.http.post
-
-    def counting(*args, **kwargs):
-        requests.append(len(kwargs["json"]["instances"]))
-        return original(*args, **kwargs)
-
-    scorer.http.post = counting
+    requests: list[int] = []
+    scorer = RiskScorer(settings, http=_answering(batched_seen, requests))
     scorer.drain = lambda: None
     one_seen: list = []
     single = RiskScorer(alone, http=_answering(one_seen))

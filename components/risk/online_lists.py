@@ -35,15 +35,14 @@ class OnlineLists:
         self.config = store.config
         self.online = get_online_store_from_config(store.config.online_store)
         self.views = {view: store.get_feature_view(view) for view in views}
-        self._protos: dict[tuple, object] = {}  # the last read's entity keys, reused by the write that follows it
+        self._protos: dict[str, dict] = {}  # view -> its last read's entity keys, reused by the write that follows
 
     def read(self, view: str, keys: Sequence) -> dict:
         """key -> (its last write's event time in µs since the epoch, its flat list) for the keys that have a row."""
-        self._protos = {}
+        protos = [self._entity_key(view, k) for k in keys]
+        self._protos[view] = dict(zip(keys, protos))
         if not keys:
             return {}
-        protos = [self._entity_key(view, k) for k in keys]
-        self._protos.update(zip(((view, k) for k in keys), protos))
         out = {}
         for key, (written, values) in zip(keys, self.online.online_read(self.config, self.views[view], protos,
                                                                           [self.field])):
@@ -57,7 +56,8 @@ class OnlineLists:
         time is later than the stored one's: callers move it on with each write."""
         from feast.protos.feast.types.Value_pb2 import Int64List, Value
 
-        batch = [(self._protos.get((view, key)) or self._entity_key(view, key),
+        known = self._protos.get(view, {})
+        batch = [(known.get(key) or self._entity_key(view, key),
                   {self.field: Value(int64_list_val=Int64List(val=flat))}, EPOCH + timedelta(microseconds=written),
                   None) for key, flat, written in rows]
         if batch:

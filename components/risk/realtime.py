@@ -190,14 +190,18 @@ class RiskScorer:
         for start in range(0, len(instances), MAX_INSTANCES):  # as few requests as the server takes
             chunk = instances[start:start + MAX_INSTANCES]
             try:
-                answer = self.http.post(self.url, json={"instances": chunk})
+                answer = self.http.post(self.url, content=orjson.dumps({"instances": chunk}),
+                                        headers={"content-type": "application/json"})
             except httpx.HTTPError as exc:
                 raise ScoringUnavailable(f"risk server {self.url}: {type(exc).__name__}: {exc}") from exc
             if answer.status_code >= 500 or answer.status_code in (404, 408, 429):  # 404: not loaded yet
                 raise ScoringUnavailable(f"risk server {self.url} answered {answer.status_code}: {answer.text[:300]}")
             if answer.status_code != 200:
                 raise ValueError(f"risk server refused the order ({answer.status_code}): {answer.text[:300]}")
-            body = answer.json()
+            try:
+                body = orjson.loads(answer.content)
+            except orjson.JSONDecodeError as exc:
+                raise ScoringUnavailable(f"risk server {self.url} answered 200 without JSON: {exc}") from exc
             predictions = body["predictions"]
             if [str(p.get(ORDER_ID)) for p in predictions] != [i[ORDER_ID] for i in chunk]:
                 raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
