@@ -234,6 +234,44 @@ def test_erasing_a_parked_events_body_erases_its_reason(client, hooks):
     assert [r["reason"] for r in read_dead_letters(layout.journal_path(hooks))] == ["erased"]
 
 
+# --- a journal that cannot store -------------------------------------------------------------------------------
+
+class _FailingInserts:
+    """A journal connection whose inserts fail as a full or broken disk makes them."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("INSERT"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+
+def test_deliveries_the_journal_cannot_store_are_503s_and_their_retries_are_new(client, hooks):
+    """Every delivery waiting on a commit that fails hears 503 (Shopify retries it); nothing is stored, so the
+    retries are accepted as new, not taken for duplicates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = client.app.state.journal
+    deliveries = [delivery("orders/create", order(9100 + i, ADA, "ada@example.com", 10.0 + i), f"wh-down-{i}")
+                  for i in range(6)]
+    state.conn = _FailingInserts(state.conn)
+    try:
+        with ThreadPoolExecutor(6) as pool:  # waiting together: answered by one failed commit or a few
+            answers = list(pool.map(lambda d: client.post("/webhooks", **d), deliveries))
+    finally:
+        state.conn = state.conn.conn
+    assert [a.status_code for a in answers] == [503] * 6
+    assert {a.json()["code"] for a in answers} == {"journal_unavailable"}
+    assert journal(hooks, "SELECT count(*) FROM events WHERE webhook_id LIKE 'wh-down-%'") == [(0,)]
+    assert [client.post("/webhooks", **d).json()["status"] for d in deliveries] == ["accepted"] * 6
+
+
 # --- health ------------------------------------------------------------------------------------------------
 
 def test_health_says_behind_when_the_oldest_pending_event_waited_too_long(hooks):

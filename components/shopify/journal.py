@@ -179,9 +179,9 @@ class Journal:
 
     async def record(self, event: Event) -> bool:
         """True if new, False if this webhook id was journaled before."""
-        future: Future = Future()
+        future = asyncio.get_running_loop().create_future()
         self._queue.put((event, future))
-        return await asyncio.wrap_future(future)
+        return await future
 
     def record_now(self, event: Event) -> bool:
         future: Future = Future()
@@ -213,9 +213,36 @@ class Journal:
         except Exception as exc:  # noqa: BLE001 - every waiting request must hear about it (-> 503)
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            for _, future in items:
-                future.set_exception(exc)
+            _settle([(future, exc) for _, future in items])
             return
-        for (_, future), is_new in zip(items, fresh):
-            future.set_result(is_new)
+        _settle([(future, is_new) for (_, future), is_new in zip(items, fresh)])
         self.committed.set()
+
+
+def _settle(outcomes: list[tuple[asyncio.Future | Future, object]]) -> None:
+    """Each waiting request's outcome (True/False, or the exception): the requests of an event loop are resolved by
+    one callback in that loop per commit, not a wake-up of the loop per request (asyncio.wrap_future's, ~5% of the
+    receiver's CPU at a few thousand deliveries a second)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for future, outcome in outcomes:
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, pairs)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            pass
+
+
+def _resolve(pairs: list[tuple[asyncio.Future, object]]) -> None:
+    for future, outcome in pairs:
+        if future.done():  # the request was cancelled (its client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
