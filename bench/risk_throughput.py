@@ -79,7 +79,7 @@ RECEIVER_STOCK = ("import sys, json, functools, uvicorn; sys.path.insert(0, sys.
                   "stock_kserve_risk.run_scorer, *a))), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
-local deliveries, counter = {}, 0
+local deliveries, counter, pause = {}, 0, 0
 function setup(thread)
   counter = counter + 1
   thread:set("tid", counter)
@@ -94,6 +94,10 @@ function init(args)
     end
   end
   next_one = 1
+  pause = tonumber(args[3] or "0")
+end
+function delay()  -- a paced row: each connection waits this many ms before its next delivery (0: closed loop)
+  return pause
 end
 function request()
   local d = deliveries[next_one]
@@ -369,7 +373,8 @@ def pct(values: np.ndarray, q: float) -> float | None:
 
 
 def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin, signed: Path, script: Path,
-             now: str, args: argparse.Namespace, scorer: str = "process", redis_pid: int | None = None) -> dict:
+             now: str, args: argparse.Namespace, scorer: str = "process", redis_pid: int | None = None,
+             rate: float | None = None) -> dict:
     """One row: the risk server of ``kind`` (storeflow or stock_kserve) and a receiver scoring through it
     (``risk.scorer``: ``scorer``), wrk's deliveries in, every assessment drained to the Admin API (Shopify's cost
     bucket of plan ``bucket``, or none). Before wrk starts, one delivery is sent and waited for until Shopify has
@@ -427,7 +432,9 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         with tempfile.TemporaryFile("w+") as wrk_out:
             wrk = subprocess.Popen(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
                                     "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
-                                    str(signed), str(args.threads)], stdout=wrk_out, text=True)
+                                    str(signed), str(args.threads), str(round(args.connections * 1000 / rate)
+                                                                         if rate else 0)],
+                                   stdout=wrk_out, text=True)
             wrk_usage = os.wait4(wrk.pid, 0)[2]
             wrk.returncode = 0
             wrk_out.seek(0)
@@ -489,6 +496,9 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                      "features, level and facts, prediction log, metrics)",
                         "stock_kserve": "KServe ModelServer with a plain predict_proba Model on model.joblib "
                                         "(bench/stock_kserve_risk.py); level and facts made in the receiver"}[kind],
+        "offered": (f"paced: each of wrk's {args.connections} connections waits {round(args.connections * 1000 / rate)}"
+                    f" ms between deliveries, ~{rate:,.0f}/s" if rate else
+                    "closed loop: each connection sends its next delivery as soon as the last is acknowledged"),
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": seconds, **sent},
         "journaled_orders": len(received),  # wrk's (the warm-up order not counted)
         "assessments_sent": len(done),
@@ -544,12 +554,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     parser.add_argument("--drain", type=float, default=300)
     parser.add_argument("--paths", default="storeflow,stock_kserve,storeflow+thread,stock_kserve+thread,"
-                                           "storeflow@enterprise",
+                                           "storeflow@enterprise,storeflow:1000,storeflow:1500",
                         help="rows to run, in this order: the risk server (storeflow or stock_kserve), +thread for "
-                             "risk.scorer: thread (else process, the default), and after @ the "
+                             "risk.scorer: thread (else process, the default), after @ the "
                              f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
-                             "none: no bucket)")
+                             "none: no bucket), and after : deliveries a second offered (paced; none: closed loop, "
+                             "as fast as they are acknowledged)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (trained state, journals, "
+                        "logs; ~450 MB) under the temporary directory; else it is removed at the end")
     parser.add_argument("--online-store", choices=("redis", "sqlite"), default="redis",
                         help="Feast's online store for velocity and history: redis (production's; a redis-server on loopback, one "
                              "database per row) or sqlite (the local default)")
@@ -583,22 +596,28 @@ def main() -> None:
                                       "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         for number, row in enumerate(args.paths.split(",")):
+            row, _, rate = row.partition(":")
             kind, _, bucket = row.partition("@")
             kind, _, where = kind.partition("+")
-            here = root / row.replace("@", "-").replace("+", "-")  # a copy of the trained state each: journal, outbox, online store empty
+            here = root / f"{number}-{row.replace('@', '-').replace('+', '-')}"  # a copy of the trained state each: journal, outbox, online store empty
             shutil.copytree(root / "state", here / "state")
             config = {**base, "project": {**base["project"], "state_dir": str(here / "state")}}
             if redis is not None:
                 config["features"] = {"feast": {"online_store": "redis",
                                                 "redis_connection_string": f"127.0.0.1:{redis_port},db={number}"}}
             rows.append(run_path(kind, bucket or None, here, config, admin, signed, script, now, args,
-                                 scorer=where or "process", redis_pid=redis.pid if redis is not None else None))
+                                 scorer=where or "process", redis_pid=redis.pid if redis is not None else None,
+                                 rate=float(rate) if rate else None))
             print(json.dumps(rows[-1], indent=2), flush=True)
     finally:
         admin.shutdown()
         if redis is not None:
             redis.terminate()
             redis.wait(10)
+        if args.keep:
+            print(f"kept {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components/*.py", "serving/*.py", "bench/*.py"],
                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())  # code, not results or docs
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

@@ -391,6 +391,22 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closed(
 
 # --- a supervised applier ------------------------------------------------------------------------------------
 
+def test_waking_a_worker_never_blocks_the_receiver_even_when_nobody_reads():
+    """The receiver wakes its scorer process after every commit; with the scorer down (killed, restarting) the
+    wake-ups pile up in a full pipe and the receiver's set() returns at once; one clear() takes them all."""
+    from storeflow.components.shopify.supervisor import PipeWake
+
+    wake = PipeWake()
+    assert not wake.wait(0)
+    for _ in range(200_000):  # far past a pipe's 64 KB
+        wake.set()
+    assert wake.wait(0)
+    wake.clear()
+    assert not wake.wait(0)
+    wake.set()
+    assert wake.wait(1)
+
+
 @pytest.mark.slow
 def test_a_killed_applier_is_restarted_and_applies_what_arrived_meanwhile(tmp_path):
     """kill -9 of the applier process under the real ``storeflow webhooks``: health says so, the receiver

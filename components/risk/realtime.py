@@ -82,7 +82,8 @@ def open_risk_db(settings: Settings) -> sqlite3.Connection:
 
 
 class RiskScorer:
-    def __init__(self, settings: Settings, http: httpx.Client | None = None, admin: AdminClient | None = None):
+    def __init__(self, settings: Settings, http: httpx.Client | None = None, admin: AdminClient | None = None,
+                 wake=None):
         if not settings.risk.endpoint:
             raise ValueError("risk.endpoint is not set: the URL of the risk model server (storeflow serve-risk, or "
                              "the risk InferenceService on a cluster)")
@@ -97,6 +98,9 @@ class RiskScorer:
         self.admin = admin
         self._stop = threading.Event()
         self._wake = threading.Event()  # assessments were queued: the write-back thread wakes up
+        # deliveries were journaled: set by the receiver after each commit (a threading or multiprocessing Event);
+        # None: the scoring loop looks every shopify.apply_idle_seconds (0.2 s: most of an order's time end to end)
+        self.wake = wake
         self._thread: threading.Thread | None = None
         self._writer: threading.Thread | None = None
         self.last_error: str | None = None  # why the last pass failed (None once one succeeds)
@@ -279,6 +283,8 @@ class RiskScorer:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.wake is not None:
+            self.wake.set()
         for thread in (self._thread, self._writer):
             if thread:
                 thread.join()
@@ -298,13 +304,21 @@ class RiskScorer:
                     self._failing(self.db, "scoring", None)
                 self.last_error = None
                 wait = self.settings.risk.retry_seconds
-                self._stop.wait(idle)
+                self._idle(idle)
             except Exception as exc:  # noqa: BLE001 - deliveries stay journaled, assessments queued: retried
                 self.last_error = str(exc)[:500]
                 self._record_failure(self.db, "scoring", self.last_error)
                 log.warning("order risk: %s; retrying in %.1f s", exc, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, cap)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for the next delivery (at most ``seconds``: what a failed drain left is tried again then)."""
+        if self.wake is None:
+            self._stop.wait(seconds)
+            return
+        self.wake.wait(seconds)
+        self.wake.clear()  # before the next pass: a commit after this wakes the wait after it
 
     def _record_failure(self, db: sqlite3.Connection, part: str, error: str) -> None:
         try:
@@ -368,17 +382,18 @@ def risk_state(settings: Settings) -> dict:
             "last_error": failing.get("scoring") or failing.get("write_back")}
 
 
-def run_scorer(settings_json: str, receiver_pid: int | None = None) -> None:
+def run_scorer(settings_json: str, receiver_pid: int | None = None, wake=None) -> None:
     """The scorer's process (``risk.scorer: process``, started and restarted by the receiver): scoring and
     write-back threads as in the receiver, in a process of their own, so scoring never holds the receiver's GIL
     (bench/risk_throughput: about twice the deliveries acknowledged a second on 2 cores). It ends when the
-    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`)."""
+    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`). ``wake``: the event the
+    receiver sets after each journal commit."""
     import os
     import time
 
     from storeflow.components.config import load_settings
 
-    scorer = RiskScorer(load_settings(settings_json))
+    scorer = RiskScorer(load_settings(settings_json), wake=wake)
     freeze_startup_objects()  # imports and the snapshot's history: walked by no full collection from here on
     scorer.start()
     try:

@@ -173,6 +173,7 @@ class Journal:
         self.path = Path(path)
         self.conn = connect(self.path)
         self.committed = threading.Event()  # set after each commit: wakes the applier
+        self.listeners: list = []  # more events (threading or multiprocessing) set after each commit: the risk scorer
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._write, daemon=True, name="webhook-journal")
         self._thread.start()
@@ -217,6 +218,8 @@ class Journal:
             return
         _settle([(future, is_new) for (_, future), is_new in zip(items, fresh)])
         self.committed.set()
+        for listener in self.listeners:
+            listener.set()
 
 
 def _settle(outcomes: list[tuple[asyncio.Future | Future, object]]) -> None:

@@ -26,6 +26,36 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # how soon stop() is noticed by the watcher
 
 
+class PipeWake:
+    """A wake-up the receiver sets (after each journal commit) and a worker process waits on, with
+    ``threading.Event``'s ``set`` / ``wait`` / ``clear``. A pipe, not ``multiprocessing.Event``: that one's ``set``
+    waits for every sleeping waiter to acknowledge, so a worker killed (-9) while it waited left the receiver's
+    next ``set`` (and its intake) hanging for ever. A byte per ``set``; a full pipe (nobody reading: the worker is
+    down) already holds a wake-up, so the byte is dropped."""
+
+    def __init__(self):
+        self._reader, self._writer = multiprocessing.Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)
+
+    def set(self) -> None:
+        try:
+            os.write(self._writer.fileno(), b"\0")
+        except OSError:  # full (a wake-up is pending), or closed at shutdown
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._reader.poll(timeout)
+
+    def clear(self) -> None:
+        fd = self._reader.fileno()
+        os.set_blocking(fd, False)
+        try:
+            while os.read(fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+
 def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
     """The applier process's loop: apply, or sleep when there is nothing to apply.
 
@@ -52,12 +82,16 @@ def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
 
 
 class ProcessSupervisor:
-    """Starts ``target(settings_json, receiver_pid)`` as a process and restarts it, with backoff, whenever it
-    exits. ``target`` must be importable (the process is spawned) and end once ``receiver_pid`` has gone."""
+    """Starts ``target(settings_json, receiver_pid)`` (``wake``: ``target(settings_json, receiver_pid, event)``) as
+    a process and restarts it, with backoff, whenever it exits. ``target`` must be importable (the process is
+    spawned) and end once ``receiver_pid`` has gone."""
 
-    def __init__(self, settings: Settings, target: Callable[[str, int | None], None], name: str):
+    def __init__(self, settings: Settings, target: Callable[..., None], name: str, wake: bool = False):
         self.settings = settings
         self.target, self.name = target, name
+        # wake: a PipeWake passed to target as a third argument, for the receiver to set (each journal commit) so
+        # the process works at once instead of at its next poll
+        self.wake = PipeWake() if wake else None
         self.restarts = 0
         self._process: multiprocessing.Process | None = None
         self._running = False
@@ -89,7 +123,8 @@ class ProcessSupervisor:
 
     def _spawn(self) -> None:
         self._process = multiprocessing.get_context("spawn").Process(
-            target=self.target, args=(self.settings.to_json(), os.getpid()), name=self.name, daemon=True)
+            target=self.target, args=(self.settings.to_json(), os.getpid(), *((self.wake,) if self.wake else ())),
+            name=self.name, daemon=True)
         self._process.start()
         self._running = True
 

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -211,12 +212,15 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
             from storeflow.components.risk.realtime import open_risk_db
 
             open_risk_db(settings).close()  # where scoring starts: before the first delivery is taken
+            if risk_supervisor.wake is not None:  # each commit wakes the scorer (else it polls)
+                app.state.journal.listeners.append(risk_supervisor.wake)
             risk_supervisor.start()
         elif settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
             from storeflow.components.risk.realtime import RiskScorer
 
             try:
-                app.state.risk = RiskScorer(settings)
+                app.state.risk = RiskScorer(settings, wake=threading.Event())
+                app.state.journal.listeners.append(app.state.risk.wake)
             except Exception:  # noqa: BLE001 - intake goes on; orders wait in the journal for the next start
                 log.exception("order risk is not scoring: the receiver takes webhooks without it")
             else:
@@ -258,7 +262,7 @@ def scorer_supervisor(settings: Settings, target: Callable[[str, int | None], No
         return None
     if target is None:
         from storeflow.components.risk.realtime import run_scorer as target
-    return ProcessSupervisor(settings, target, "order-risk-scorer")
+    return ProcessSupervisor(settings, target, "order-risk-scorer", wake=True)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
