@@ -447,6 +447,37 @@ def test_a_killed_applier_is_restarted_and_applies_what_arrived_meanwhile(tmp_pa
         assert conn.execute("SELECT count(*) FROM live_orders").fetchone() == (30,)
 
 
+@pytest.mark.slow
+def test_a_delivery_wakes_the_applier_process_rather_than_waiting_for_its_next_look(tmp_path):
+    """Each journal commit wakes the applier process: with its poll set to a minute, a delivery that arrives while
+    it idles is applied within seconds (before, it waited for the next poll)."""
+    port = free_port()
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
+    cli = Path(sys.executable).with_name("storeflow")
+    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port),
+                                 "-s", f"project.state_dir={tmp_path / 'state'}", "-s", f"project.shop_domain={SHOP}",
+                                 "-s", "serving.shopify_client_id=test", "-s", "shopify.apply_idle_seconds=60"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.status_code == 200, receiver)
+        for n in (1, 2):  # the first applied once its process is up; the second while it idles, for up to a minute
+            answer = httpx.post(f"{base}/webhooks", **delivery("orders/create", order(9500 + n, ADA, "w@example.com",
+                                                                                      10.0), f"wh-wake-{n}"))
+            assert answer.status_code == 200
+            if n == 1:
+                until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.json()["pending"] == 0, receiver)
+                time.sleep(1.0)
+        applied = until(lambda: _get(f"{base}/healthz"),
+                        lambda r: r is not None and r.status_code == 200 and r.json()["pending"] == 0, receiver,
+                        seconds=15)
+        assert applied.json()["applier"] == "running"
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+
+
 def _get(url: str) -> httpx.Response | None:
     try:
         return httpx.get(url, timeout=5)

@@ -56,8 +56,9 @@ class PipeWake:
             pass
 
 
-def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
-    """The applier process's loop: apply, or sleep when there is nothing to apply.
+def run_applier(settings_json: str, receiver_pid: int | None = None, wake: PipeWake | None = None) -> None:
+    """The applier process's loop: apply, or wait when there is nothing to apply: for ``wake`` (the receiver sets
+    it after each journal commit) or ``shopify.apply_idle_seconds``.
 
     It ends when the receiver has gone: uvicorn re-raises the SIGTERM it handled, so the receiver dies
     without running its ``finally`` and would leave this process applying on its own.
@@ -72,7 +73,11 @@ def run_applier(settings_json: str, receiver_pid: int | None = None) -> None:
     while receiver_pid is None or os.getppid() == receiver_pid:
         try:
             if not applier.drain():
-                time.sleep(settings.shopify.apply_idle_seconds)
+                if wake is None:
+                    time.sleep(settings.shopify.apply_idle_seconds)
+                else:
+                    wake.wait(settings.shopify.apply_idle_seconds)
+                    wake.clear()  # before the next drain: a commit after this wakes the wait after it
             failures = 0
         except Exception:  # noqa: BLE001 - events stay journaled; retry
             failures += 1
@@ -156,4 +161,4 @@ class ApplierSupervisor(ProcessSupervisor):
     """The webhook applier (:func:`run_applier`) as a supervised process."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, run_applier, "webhook-applier")
+        super().__init__(settings, run_applier, "webhook-applier", wake=True)

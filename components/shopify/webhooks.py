@@ -206,13 +206,15 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
             app.state.applier = Applier(settings, app.state.journal.committed)
             app.state.applier.start()
         if supervisor is not None:
+            if getattr(supervisor, "wake", None) is not None:  # each commit wakes the applier process (else it polls)
+                app.state.journal.listeners.append(supervisor.wake)
             supervisor.start()
         app.state.risk = None
         if risk_supervisor is not None:
             from storeflow.components.risk.realtime import open_risk_db
 
             open_risk_db(settings).close()  # where scoring starts: before the first delivery is taken
-            if risk_supervisor.wake is not None:  # each commit wakes the scorer (else it polls)
+            if getattr(risk_supervisor, "wake", None) is not None:  # each commit wakes the scorer (else it polls)
                 app.state.journal.listeners.append(risk_supervisor.wake)
             risk_supervisor.start()
         elif settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
