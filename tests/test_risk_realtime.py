@@ -466,6 +466,13 @@ def test_a_delivery_wakes_the_scorer_rather_than_waiting_for_its_next_look(stack
     assert stack.deliver(second, f"wh-w-{base + 1}")["status"] == "accepted"
     until(lambda: len(admin.created) == 2, timeout=15)
     assert admin.created[-1]["orderId"] == f"gid://shopify/Order/{base + 1}"
+    # the receiver killed while its workers wait to be woken: they see it gone and end (a multiprocessing.Event
+    # here left the scorer blocked in its stop() for ever)
+    children = [int(p) for p in open(f"/proc/{stack.receiver.pid}/task/{stack.receiver.pid}/children").read().split()]
+    assert children
+    stack.kill(stack.receiver)
+    until(lambda: not any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+                          for pid in children), timeout=30)
 
 
 def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(stack: Stack, admin: FakeAdmin):

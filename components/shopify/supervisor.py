@@ -75,8 +75,8 @@ def run_applier(settings_json: str, receiver_pid: int | None = None, wake: PipeW
             if not applier.drain():
                 if wake is None:
                     time.sleep(settings.shopify.apply_idle_seconds)
-                else:
-                    wake.wait(settings.shopify.apply_idle_seconds)
+                else:  # at most POLL_SECONDS: the receiver's exit is noticed by this loop
+                    wake.wait(min(settings.shopify.apply_idle_seconds, POLL_SECONDS))
                     wake.clear()  # before the next drain: a commit after this wakes the wait after it
             failures = 0
         except Exception:  # noqa: BLE001 - events stay journaled; retry
