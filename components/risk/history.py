@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW
-from storeflow.components.risk.online_lists import OnlineLists
+from storeflow.components.risk.online_lists import OnlineLists, next_write_us
 from storeflow.components.risk.velocity import DAY_US
 
 if TYPE_CHECKING:
@@ -236,9 +236,9 @@ class OnlineHistory:
 
     def write(self, ledgers: dict[int, Ledger]) -> None:
         rows = []
-        for key, ledger in ledgers.items():  # each write later than the last: Redis keeps only a newer event time
+        for key, ledger in ledgers.items():
             compact(ledger)
-            ledger.written_us = max(ledger.written_us + 1, ledger.events[-1].t if ledger.events else 0)
+            ledger.written_us = next_write_us(ledger.written_us, ledger.events[-1].t if ledger.events else 0)
             rows.append((key, ledger.flat(), ledger.written_us))
         self.lists.write(HISTORY_VIEW, rows)
 

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def next_write_us(last_written_us: int, newest_us: int) -> int:
+    """The event time (µs) of a row's next write: later than its last one's (Redis's online store keeps a row only
+    when its event time is newer than the stored one's) and no earlier than the row's newest entry."""
+    return max(last_written_us + 1, newest_us)
+
+
 class OnlineLists:
     """One Array(Int64) feature (``field``) of each of ``views`` (view name -> join key), by key."""
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from storeflow.components.features.repo import VELOCITY_STATE, VELOCITY_VIEWS
-from storeflow.components.risk.online_lists import OnlineLists
+from storeflow.components.risk.online_lists import OnlineLists, next_write_us
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -216,8 +216,8 @@ class OnlineVelocity:
     def _write(self, changed: dict[str, dict]) -> None:
         for view, states in changed.items():
             rows = []
-            for key, state in states.items():  # each write later than the last: Redis keeps only a newer event time
-                state.written_us = max(state.written_us + 1, state.times[-1] if state.times else 0)
+            for key, state in states.items():
+                state.written_us = next_write_us(state.written_us, state.times[-1] if state.times else 0)
                 rows.append((key, [v for triple in zip(state.ids, state.times, state.customers) for v in triple],
                              state.written_us))
             self.lists.write(view, rows)
