@@ -253,8 +253,9 @@ def _demo_recommendations(settings) -> None:
 
 
 @contextmanager
-def _served(settings, snippet: str, ready_url: str, log: Path):
-    """A server of the demo's own settings in a process of its own; yields whether it came up (within 120 s)."""
+def _served(settings, snippet: str, ready_url: str, log: Path, env: dict[str, str] | None = None):
+    """A server of the demo's own settings in a process of its own (``env`` added to its environment); yields
+    whether it came up (within 120 s)."""
     import os
     import subprocess
     import sys
@@ -262,7 +263,7 @@ def _served(settings, snippet: str, ready_url: str, log: Path):
 
     log.parent.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen([sys.executable, "-c", snippet, settings.to_json()], stdout=log.open("wb"),
-                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     try:
         deadline = time.monotonic() + 120
         while not _ready(ready_url):
@@ -380,75 +381,80 @@ def _score_newest_orders(settings, url: str) -> None:
 DEMO_SECRET, DEMO_TOKEN = "storeflow-demo-secret", "shpat_storeflow_demo"  # the demo's own app secret and token
 
 
+# `storeflow webhooks`' receiver with the demo's own settings, its risk scorer in threads (no applier)
+_WEBHOOKS = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
+             "from storeflow.components.shopify.webhooks import create_app; s = load_settings(sys.argv[1]); "
+             "uvicorn.run(create_app(s, apply=False), host='127.0.0.1', port=s.shopify.webhook_port, "
+             "log_level='warning')")
+
+
 def _webhook_to_assessment(settings, url: str) -> None:
-    """One signed ``orders/create`` delivered over HTTP to the webhook receiver (its risk scorer in threads, as
-    ``storeflow webhooks --set risk.scorer=thread`` runs it), scored by the served model and written back as an
-    ``orderRiskAssessmentCreate``. There is no network here: Shopify's Admin API is stood in for on 127.0.0.1 by
-    a server answering in Shopify's format, which keeps the mutation (``<state>/risk/demo-assessment.json``). The
-    receiver keeps its journal and state under ``<state>/demo-webhook`` (the demo's own journal stays as it was)."""
+    """One signed ``orders/create`` delivered over HTTP to the webhook receiver (a process of its own, its risk
+    scorer in threads as ``storeflow webhooks --set risk.scorer=thread`` runs it), scored by the served model and
+    written back as an ``orderRiskAssessmentCreate``. There is no network here: Shopify's Admin API is stood in for
+    on 127.0.0.1 by a server answering in Shopify's format, which keeps the mutation
+    (``<state>/risk/demo-assessment.json``). The receiver keeps its journal and state under
+    ``<state>/demo-webhook`` (the demo's own journal stays as it was)."""
     import base64
     import hashlib
     import hmac
     import json
-    import os
+    import socket
     import threading
     import time
     from datetime import datetime, timedelta, timezone
 
     import httpx
-    import uvicorn
 
     from storeflow.components.config import load_settings
-    from storeflow.components.shopify.webhooks import create_app
 
     admin = _LoopbackAdmin()
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     shop = "storeflow-demo.myshopify.com"
+    with socket.socket() as probe:  # a free port for the receiver
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     base = json.loads(settings.to_json())
-    receiver_settings = load_settings({
+    receiver = load_settings({
         **base, "project": {**base["project"], "state_dir": str(settings.project.state_dir / "demo-webhook"),
                             "shop_domain": shop},
         "serving": {**base["serving"], "shopify_client_id": "storeflow-demo"},
         "risk": {**base["risk"], "endpoint": url, "scorer": "thread"},
-        "shopify": {**base["shopify"], "admin_origin": f"http://127.0.0.1:{admin.server_address[1]}"}})
-    names = (settings.serving.shopify_secret_env, settings.shopify.access_token_env)
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({names[0]: DEMO_SECRET, names[1]: DEMO_TOKEN})
-    server = uvicorn.Server(uvicorn.Config(create_app(receiver_settings, apply=False), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+        "shopify": {**base["shopify"], "webhook_port": port,
+                    "admin_origin": f"http://127.0.0.1:{admin.server_address[1]}"}})
+    env = {settings.serving.shopify_secret_env: DEMO_SECRET, settings.shopify.access_token_env: DEMO_TOKEN}
     try:
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not (server.started and server.servers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        now = datetime.now(timezone.utc).replace(microsecond=0)
-        order_id = 5_199_000_000_000 + int(now.timestamp()) % 1_000_000
-        body = json.dumps({
-            "id": order_id, "name": "#DEMO", "email": "new.buyer@example.com", "created_at": now.isoformat(),
-            "updated_at": now.isoformat(), "currency": "USD", "financial_status": "paid", "total_price": "640.00",
-            "subtotal_price": "640.00", "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
-            "customer": {"id": 8_199_000_000 + order_id % 1_000_000, "email": "new.buyer@example.com",
-                         "created_at": (now - timedelta(minutes=10)).isoformat()},
-            "shipping_address": {"address1": "9 Harbour Rd", "zip": "2000", "country_code": "AU"},
-            "billing_address": {"country_code": "US"},
-            "line_items": [{"id": order_id * 10, "product_id": 1, "title": "Gift card", "quantity": 4,
-                            "price": "160.00"}]}).encode()
-        headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
-                   "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(DEMO_SECRET.encode(), body,
-                                                                      hashlib.sha256).digest()).decode(),
-                   "X-Shopify-Shop-Domain": shop,
-                   "X-Shopify-Webhook-Id": f"demo-{order_id}", "X-Shopify-API-Version": "2026-01"}
-        answer = httpx.post(f"http://127.0.0.1:{port}/webhooks", content=body, headers=headers, timeout=30)
-        console.print(f"webhook orders/create for order {order_id} (a new account, $640 of gift cards, shipping to AU, "
-                      f"billed in the US): {answer.status_code} {answer.json().get('status')}", highlight=False)
-        deadline = time.monotonic() + 120
-        while not admin.mutations and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with _served(receiver, _WEBHOOKS, f"http://127.0.0.1:{port}/livez",
+                     settings.project.state_dir / "risk" / "demo-webhooks.log", env) as up:
+            if not up:
+                return
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            order_id = 5_199_000_000_000 + int(now.timestamp()) % 1_000_000
+            body = json.dumps({
+                "id": order_id, "name": "#DEMO", "email": "new.buyer@example.com", "created_at": now.isoformat(),
+                "updated_at": now.isoformat(), "currency": "USD", "financial_status": "paid",
+                "total_price": "640.00", "subtotal_price": "640.00", "total_discounts": "0.00",
+                "payment_gateway_names": ["shopify_payments"],
+                "customer": {"id": 8_199_000_000 + order_id % 1_000_000, "email": "new.buyer@example.com",
+                             "created_at": (now - timedelta(minutes=10)).isoformat()},
+                "shipping_address": {"address1": "9 Harbour Rd", "zip": "2000", "country_code": "AU"},
+                "billing_address": {"country_code": "US"},
+                "line_items": [{"id": order_id * 10, "product_id": 1, "title": "Gift card", "quantity": 4,
+                                "price": "160.00"}]}).encode()
+            signature = base64.b64encode(hmac.new(DEMO_SECRET.encode(), body, hashlib.sha256).digest()).decode()
+            headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
+                       "X-Shopify-Hmac-Sha256": signature, "X-Shopify-Shop-Domain": shop,
+                       "X-Shopify-Webhook-Id": f"demo-{order_id}", "X-Shopify-API-Version": "2026-01"}
+            answer = httpx.post(f"http://127.0.0.1:{port}/webhooks", content=body, headers=headers, timeout=30)
+            console.print(f"webhook orders/create for order {order_id} (a new account, $640 of gift cards, shipping "
+                          f"to AU, billed in the US): {answer.status_code} {answer.json().get('status')}",
+                          highlight=False)
+            deadline = time.monotonic() + 120
+            while not admin.mutations and time.monotonic() < deadline:
+                time.sleep(0.2)
         if not admin.mutations:
-            console.print("[red]no assessment reached the Admin API within 120 s[/red]; the receiver's state: "
-                          f"{receiver_settings.project.state_dir}")
+            console.print("[red]no assessment reached the Admin API within 120 s[/red]; the receiver's log: "
+                          f"{settings.project.state_dir / 'risk' / 'demo-webhooks.log'}")
             return
         recorded = settings.project.state_dir / "risk" / "demo-assessment.json"
         recorded.write_text(json.dumps(admin.mutations[0], indent=2))
@@ -458,14 +464,7 @@ def _webhook_to_assessment(settings, url: str) -> None:
                       f"(sent to a stand-in for Shopify's Admin API on 127.0.0.1; the mutation: {recorded})",
                       markup=False, highlight=False)
     finally:
-        server.should_exit = True
-        thread.join(30)
         admin.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _LoopbackAdmin:
