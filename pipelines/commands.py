@@ -408,7 +408,7 @@ def _webhook_to_assessment(settings, url: str) -> None:
 
     from storeflow.components.config import load_settings
 
-    admin = _LoopbackAdmin()
+    admin = _loopback_admin()
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     shop = "storeflow-demo.myshopify.com"
     with socket.socket() as probe:  # a free port for the receiver
@@ -467,45 +467,43 @@ def _webhook_to_assessment(settings, url: str) -> None:
         admin.shutdown()
 
 
-class _LoopbackAdmin:
-    """Shopify's GraphQL Admin API stood in for on 127.0.0.1 (the demo has no network): every
-    ``orderRiskAssessmentCreate`` alias of a document answered as Shopify answers it (the assessment it created,
-    no user errors, the cost extension), each document's query and variables kept in ``mutations``."""
+def _loopback_admin():
+    """Shopify's GraphQL Admin API stood in for on 127.0.0.1 (the demo has no network): a server answering every
+    ``orderRiskAssessmentCreate`` alias of a document as Shopify answers it (the assessment it created, no user
+    errors, the cost extension), each document's query and variables kept in its ``mutations``."""
+    import json
+    import re
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    def __new__(cls):
-        import json
-        import re
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    aliased = re.compile(r"(\w+): orderRiskAssessmentCreate\(orderRiskAssessmentInput: \$(\w+)\)")
 
-        aliased = re.compile(r"(\w+): orderRiskAssessmentCreate\(orderRiskAssessmentInput: \$(\w+)\)")
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        def do_POST(self):
+            document = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            data = {}
+            for alias, variable in aliased.findall(document.get("query", "")):
+                given = document.get("variables", {}).get(variable, {})
+                data[alias] = {"orderRiskAssessment": {"riskLevel": given.get("riskLevel"),
+                                                       "facts": given.get("facts", [])}, "userErrors": []}
+            if data:
+                server.mutations.append(document)
+            cost = 10 * len(data)
+            status = {"maximumAvailable": 2000.0, "currentlyAvailable": 2000 - cost, "restoreRate": 100.0}
+            body = json.dumps({"data": data, "extensions": {"cost": {
+                "requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": status}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-            def do_POST(self):
-                document = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                data = {}
-                for alias, variable in aliased.findall(document.get("query", "")):
-                    given = document.get("variables", {}).get(variable, {})
-                    data[alias] = {"orderRiskAssessment": {"riskLevel": given.get("riskLevel"),
-                                                           "facts": given.get("facts", [])}, "userErrors": []}
-                if data:
-                    server.mutations.append(document)
-                cost = 10 * len(data)
-                status = {"maximumAvailable": 2000.0, "currentlyAvailable": 2000 - cost, "restoreRate": 100.0}
-                body = json.dumps({"data": data, "extensions": {"cost": {
-                    "requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": status}}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.mutations = []
-        return server
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.mutations = []
+    return server
 
 
 def _demo_needs_a_champion(settings) -> None:

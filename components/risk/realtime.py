@@ -98,7 +98,7 @@ class RiskScorer:
         self.admin = admin
         self._stop = threading.Event()
         self._wake = threading.Event()  # assessments were queued: the write-back thread wakes up
-        # deliveries were journaled: set by the receiver after each commit (a threading or multiprocessing Event);
+        # deliveries were journaled: set by the receiver after each commit (a threading.Event, or a PipeWake);
         # None: the scoring loop looks every shopify.apply_idle_seconds (0.2 s: most of an order's time end to end)
         self.wake = wake
         self._thread: threading.Thread | None = None
@@ -386,8 +386,8 @@ def run_scorer(settings_json: str, receiver_pid: int | None = None, wake=None) -
     """The scorer's process (``risk.scorer: process``, started and restarted by the receiver): scoring and
     write-back threads as in the receiver, in a process of their own, so scoring never holds the receiver's GIL
     (bench/risk_throughput: about twice the deliveries acknowledged a second on 2 cores). It ends when the
-    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`). ``wake``: the event the
-    receiver sets after each journal commit."""
+    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`). ``wake``: the
+    ``supervisor.PipeWake`` the receiver sets after each journal commit."""
     import os
     import time
 

@@ -74,11 +74,11 @@ class Pending(NamedTuple):
 
 
 class Applier:
-    def __init__(self, settings: Settings, committed: threading.Event | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.conn = connect(layout.journal_path(settings))
         products.ensure_schema(self.conn)
-        self.committed = committed or threading.Event()
+        self.committed = threading.Event()  # the receiver adds it to its journal's listeners: set after each commit
         self.lock = threading.Lock()
         self.store = feature_store(settings)
         if CUSTOMER_VIEW not in {v.name for v in self.store.list_feature_views()}:

@@ -172,8 +172,9 @@ class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.conn = connect(self.path)
-        self.committed = threading.Event()  # set after each commit: wakes the applier
-        self.listeners: list = []  # more events (threading or multiprocessing) set after each commit: the risk scorer
+        # events set after each commit (threading.Event, supervisor.PipeWake): they wake the applier and the risk
+        # scorer, in this process or their own
+        self.listeners: list = []
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._write, daemon=True, name="webhook-journal")
         self._thread.start()
@@ -217,7 +218,6 @@ class Journal:
             _settle([(future, exc) for _, future in items])
             return
         _settle([(future, is_new) for (_, future), is_new in zip(items, fresh)])
-        self.committed.set()
         for listener in self.listeners:
             listener.set()
 

@@ -36,6 +36,7 @@ class PipeWake:
     def __init__(self):
         self._reader, self._writer = multiprocessing.Pipe(duplex=False)
         os.set_blocking(self._writer.fileno(), False)
+        os.set_blocking(self._reader.fileno(), False)  # clear() reads until empty; wait() polls
 
     def set(self) -> None:
         try:
@@ -47,10 +48,8 @@ class PipeWake:
         return self._reader.poll(timeout)
 
     def clear(self) -> None:
-        fd = self._reader.fileno()
-        os.set_blocking(fd, False)
         try:
-            while os.read(fd, 65536):
+            while os.read(self._reader.fileno(), 65536):
                 pass
         except BlockingIOError:
             pass

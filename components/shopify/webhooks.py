@@ -203,7 +203,8 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         if apply:
             from storeflow.components.shopify.apply import Applier
 
-            app.state.applier = Applier(settings, app.state.journal.committed)
+            app.state.applier = Applier(settings)
+            app.state.journal.listeners.append(app.state.applier.committed)
             app.state.applier.start()
         if supervisor is not None:
             if getattr(supervisor, "wake", None) is not None:  # each commit wakes the applier process (else it polls)
