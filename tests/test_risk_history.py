@@ -128,3 +128,4 @@ def test_the_online_store_holds_a_compacted_ledger(tmp_path: Path):
     assert held.summary is not None and len(held.flat()) <= 4 * (KEEP_EVENTS + 3)
     t = whole.events[-1].t + H
     assert counts(held, t, 80.0) == counts(whole, t, 80.0)
+

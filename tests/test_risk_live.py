@@ -414,3 +414,14 @@ def test_a_new_snapshot_adds_what_a_ledger_lacks_and_keeps_what_arrived_live(tmp
     assert [(e.id, e.amount) for e in held[5].events] == [(1, ledger.amount(999.0)), (2, ledger.amount(10.0))]
     assert [e.id for e in held[6].events] == [3]
     assert ledger.counts(held[5], 3 * hour, 1.0)["prior_spend"] == 1_009.0
+
+
+def test_a_row_orjson_refuses_is_still_written_as_json():
+    """Rows the scorer keeps are written with orjson; an integer past 64 bits (a malformed id) goes through json,
+    not a TypeError that would stop the scorer's pass."""
+    import json
+
+    from storeflow.components.risk.live import _dumps
+
+    assert json.loads(_dumps({"order_id": 5, "total_price": 1.5})) == {"order_id": 5, "total_price": 1.5}
+    assert json.loads(_dumps({"refund_id": 2**70})) == {"refund_id": 2**70}
