@@ -425,3 +425,41 @@ def test_a_row_orjson_refuses_is_still_written_as_json():
 
     assert json.loads(_dumps({"order_id": 5, "total_price": 1.5})) == {"order_id": 5, "total_price": 1.5}
     assert json.loads(_dumps({"refund_id": 2**70})) == {"refund_id": 2**70}
+
+
+def test_risk_lists_skip_redis_s_timestamp_read_and_the_materialized_views_keep_it(tmp_path: Path):
+    """The risk scorer is its lists' one writer: their writes go to Redis in one round (no HMGET of the stored event
+    time first, a quarter of the scorer's Redis work). Every other view of the store still refuses an older row."""
+    import redis
+    from datetime import datetime, timezone
+
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    from storeflow.components.features.repo import VELOCITY_STATE
+    from storeflow.components.risk.velocity import CUSTOMER_VIEW as VELOCITY_CUSTOMERS
+
+    with redis_server(tmp_path) as address:
+        host, port = address.split(":")
+        client = redis.Redis(host=host, port=int(port))
+        lists = online_velocity(_settings(tmp_path, address)).lists
+
+        def hmgets() -> int:
+            return int(client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+        before = hmgets()
+        lists.write(VELOCITY_CUSTOMERS, [(7, [11, 1_000, 7], 1_000)])
+        assert hmgets() == before  # written without reading first
+        assert lists.read(VELOCITY_CUSTOMERS, [7]) == {7: (1_000, [11, 1_000, 7])}
+        lists.write(VELOCITY_CUSTOMERS, [(7, [11, 1_000, 7, 12, 2_000, 7], 2_000)])
+        assert lists.read(VELOCITY_CUSTOMERS, [7])[7][1] == [11, 1_000, 7, 12, 2_000, 7]
+
+        store = lists.store  # through the store as configured (as materialization writes), an older row is refused
+        view = store.get_feature_view(VELOCITY_CUSTOMERS)
+        key = EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=8)])
+        provider = store._get_provider()
+        for day, value in ((2, 2), (1, 1)):
+            provider.online_write_batch(store.config, view, [(key, {VELOCITY_STATE: Value(
+                int64_list_val=Int64List(val=[value]))}, datetime(2026, 1, day, tzinfo=timezone.utc), None)], None)
+        [(_, stored)] = provider.online_read(store.config, view, [key], [VELOCITY_STATE])
+        assert list(stored[VELOCITY_STATE].int64_list_val.val) == [2]

@@ -7,6 +7,12 @@ Order risk keeps its per-key state this way: velocity's week of orders per custo
 pandas and Arrow on each call, ~0.5 ms per order of a 1,000-order batch, more than the rest of the risk thread's
 work per order; the rows written here are what ``push`` to the views' PushSource writes (same entity keys, value
 types and event times), with the views looked up in the registry once.
+
+Each list has one writer, the risk scorer (the webhooks Deployment runs one replica, replaced with ``Recreate``), and
+every write moves its row's event time on (:func:`next_write_us`). Feast's Redis store reads every row's stored event
+time before writing it, to keep an older write from replacing a newer one; that read cannot catch anything here, and
+was a quarter of a write's cost, so the lists are written with the store's own ``skip_dedup`` set (for these lists
+only: the materialized customer views keep the check).
 """
 
 from __future__ import annotations
@@ -29,6 +35,17 @@ def next_write_us(last_written_us: int, newest_us: int) -> int:
     return max(last_written_us + 1, newest_us)
 
 
+def _one_writer(config):
+    """``config`` with Redis's timestamp read before each write off (``skip_dedup``); other stores as they are."""
+    online = config.online_store
+    if getattr(online, "type", None) != "redis":
+        return config
+    lists = config.model_copy()
+    lists.online_config = online.model_copy(update={"skip_dedup": True})
+    lists._online_store = None  # built again from online_config on first use
+    return lists
+
+
 class OnlineLists:
     """One Array(Int64) feature (``field``) of each of ``views`` (view name -> join key), by key."""
 
@@ -38,8 +55,8 @@ class OnlineLists:
         self.store = store
         self.field = field
         self.join_keys = dict(views)
-        self.config = store.config
-        self.online = get_online_store_from_config(store.config.online_store)
+        self.config = _one_writer(store.config)
+        self.online = get_online_store_from_config(self.config.online_store)
         self.views = {view: store.get_feature_view(view) for view in views}
         self._protos: dict[str, dict] = {}  # view -> its last read's entity keys, reused by the write that follows
 
