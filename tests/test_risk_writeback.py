@@ -324,3 +324,36 @@ def test_an_outage_never_sets_an_order_aside(outbox, client, shopify) -> None:
     assert ids(outbox, "pending") == [7200]
     shopify.down_after = None
     assert drain(outbox, client, max_attempts=2).sent == 1
+
+
+def _sqlite_steps(db, work) -> int:
+    """SQLite virtual-machine steps (in hundreds) ``work`` made on ``db``: how much of the tables it read."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    db.set_progress_handler(count, 100)
+    try:
+        work()
+    finally:
+        db.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_a_drain_reads_the_pending_assessments_not_every_one_sent_before(outbox, client, shopify) -> None:
+    """The outbox keeps every order's assessment (a day of a busy store's orders); a drain's work follows what
+    waits, or each drain read them all."""
+    for order in range(7000, 7005):
+        enqueue(outbox, order, "LOW", FACTS, "3")
+    few = _sqlite_steps(outbox, lambda: drain(outbox, client))
+    with outbox:
+        outbox.executemany("INSERT INTO risk_outbox (order_id, risk_level, facts, model_version, state, enqueued_at, "
+                           "sent_at) VALUES (?, 'LOW', '[]', '3', 'sent', 0, 0)",
+                           [(f"gid://shopify/Order/{n}",) for n in range(100_001, 150_001)])
+    for order in range(7005, 7010):
+        enqueue(outbox, order, "LOW", FACTS, "3")
+    many = _sqlite_steps(outbox, lambda: drain(outbox, client))
+    assert len(shopify.created) == 10
+    assert many < few * 2 + 20  # 50,000 rows more read would be thousands of hundreds of steps

@@ -293,3 +293,27 @@ def test_a_data_request_exports_the_tier_and_probability_written_back_for_the_cu
     (row,) = json.loads(out.read_text())["data"]["shopify_segments"]
     assert (row["customer_id"], row["spend_tier"], row["repeat_probability"], row["model_version"]) == (
         _gid(8800000005), "HIGH", "0.80", "4")
+
+
+def test_a_drain_reads_the_pending_customers_not_every_customer_sent_before(outbox, client, shopify):
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    enqueue(outbox, _segments(5), "4")
+    outbox.set_progress_handler(count, 100)
+    drain(outbox, client)
+    few, steps[0] = steps[0], 0
+    outbox.set_progress_handler(None, 0)
+    with outbox:
+        outbox.executemany("INSERT INTO segment_outbox (customer_id, spend_tier, repeat_probability, model_version, "
+                           "state, enqueued_at) VALUES (?, 'LOW', '0.1', '4', 'sent', 0)",
+                           [(_gid(n),) for n in range(100_001, 150_001)])
+    enqueue(outbox, _segments(5, start=90_001), "4")
+    outbox.set_progress_handler(count, 100)
+    drain(outbox, client)
+    outbox.set_progress_handler(None, 0)
+    assert len(shopify.stored) == 20
+    assert steps[0] < few * 2 + 20  # every customer's row read would be thousands of hundreds of steps

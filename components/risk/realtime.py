@@ -73,7 +73,7 @@ def open_risk_db(settings: Settings) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(assessments.SCHEMA)
+    db.executescript(assessments.SCHEMA)
     db.executescript(SCHEMA)
     with closing(journal.connect(layout.journal_path(settings))) as events:
         (last,) = events.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()

@@ -53,7 +53,11 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS risk_outbox (
     last_error TEXT,
     enqueued_at REAL NOT NULL,
     sent_at REAL
-)"""
+);
+-- What a drain reads (the oldest pending) and counts: the pending rows only, however many were sent before; the
+-- table keeps every order's assessment, and without it each drain read them all (a store's day of orders)
+CREATE INDEX IF NOT EXISTS risk_outbox_pending ON risk_outbox (enqueued_at) WHERE state = 'pending';
+"""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(SCHEMA)
+    db.executescript(SCHEMA)
     return db
 
 

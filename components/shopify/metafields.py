@@ -74,7 +74,10 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS segment_outbox (
     last_error TEXT,
     enqueued_at REAL NOT NULL,
     sent_at REAL
-)"""
+);
+-- What a drain reads (the oldest pending) and counts: the pending rows only, not every customer's row
+CREATE INDEX IF NOT EXISTS segment_outbox_pending ON segment_outbox (enqueued_at, customer_id) WHERE state = 'pending';
+"""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(SCHEMA)
+    db.executescript(SCHEMA)
     return db
 
 
