@@ -6,8 +6,9 @@ goes (journal receipt -> assessment queued: live features and the score; queued 
 
 Trains the risk model on a synthetic store with fraud (``--customers``/``--orders``), starts the risk server and the
 webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`` distinct orders and lets wrk send
-them (closed loop, ``--connections`` in flight) for ``--seconds``, then waits up to ``--drain`` seconds for every
-journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
+them for ``--seconds`` (closed loop, ``--connections`` in flight; or paced, ``storeflow:2000``: that many a second on
+a timetable, as Shopify sends them whether or not the receiver keeps up), then waits up to ``--drain`` seconds for
+every journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
 
 Rows one after the other on copies of the same trained state, the same deliveries and the same loopback Admin API:
@@ -79,7 +80,17 @@ RECEIVER_STOCK = ("import sys, json, functools, uvicorn; sys.path.insert(0, sys.
                   "stock_kserve_risk.run_scorer, *a))), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
-local deliveries, counter, pause = {}, 0, 0
+local ffi = require("ffi")  -- wrk runs LuaJIT: the monotonic clock, for a paced row's timetable
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *out);
+]]
+local clock = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local deliveries, counter, every, slot = {}, 0, 0, nil
 function setup(thread)
   counter = counter + 1
   thread:set("tid", counter)
@@ -94,10 +105,16 @@ function init(args)
     end
   end
   next_one = 1
-  pause = tonumber(args[3] or "0")
+  every = tonumber(args[3] or "0")
 end
-function delay()  -- a paced row: each connection waits this many ms before its next delivery (0: closed loop)
-  return pause
+-- A paced row: this thread's deliveries go out on a timetable, one every `every` ms, each on whichever of its
+-- connections is free; a receiver that falls behind gets them as fast as it acknowledges, until it has caught up
+-- (the offered rate is the timetable's, not what the receiver lets through). 0: closed loop.
+function delay()
+  if every == 0 then return 0 end
+  local now = now_ms()
+  slot = (slot or now) + every
+  return math.max(0, slot - now)
 end
 function request()
   local d = deliveries[next_one]
@@ -432,8 +449,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         with tempfile.TemporaryFile("w+") as wrk_out:
             wrk = subprocess.Popen(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
                                     "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
-                                    str(signed), str(args.threads), str(round(args.connections * 1000 / rate)
-                                                                         if rate else 0)],
+                                    str(signed), str(args.threads), str(args.threads * 1000 / rate if rate else 0)],
                                    stdout=wrk_out, text=True)
             wrk_usage = os.wait4(wrk.pid, 0)[2]
             wrk.returncode = 0
@@ -496,8 +512,9 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                      "features, level and facts, prediction log, metrics)",
                         "stock_kserve": "KServe ModelServer with a plain predict_proba Model on model.joblib "
                                         "(bench/stock_kserve_risk.py); level and facts made in the receiver"}[kind],
-        "offered": (f"paced: each of wrk's {args.connections} connections waits {round(args.connections * 1000 / rate)}"
-                    f" ms between deliveries, ~{rate:,.0f}/s" if rate else
+        "offered": (f"paced: {rate:,.0f} deliveries a second on a timetable (each wrk thread's next one due every "
+                    f"{args.threads * 1000 / rate:.3g} ms, on whichever of its connections is free: "
+                    f"{args.connections} in all)" if rate else
                     "closed loop: each connection sends its next delivery as soon as the last is acknowledged"),
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": seconds, **sent},
         "journaled_orders": len(received),  # wrk's (the warm-up order not counted)
@@ -554,7 +571,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     parser.add_argument("--drain", type=float, default=300)
     parser.add_argument("--paths", default="storeflow,stock_kserve,storeflow+thread,stock_kserve+thread,"
-                                           "storeflow@enterprise,storeflow:1000,storeflow:1500",
+                                           "storeflow@enterprise,storeflow:1000,storeflow:1500,storeflow:2000,storeflow:3000,"
+                                           "stock_kserve:3000",
                         help="rows to run, in this order: the risk server (storeflow or stock_kserve), +thread for "
                              "risk.scorer: thread (else process, the default), after @ the "
                              f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
