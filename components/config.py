@@ -544,6 +544,12 @@ class ShopifyConfig(Section):
     applier_restart_seconds: float = Field(1, gt=0, description="Wait before restarting a dead applier process; "
                                                                 "doubles per crash in a row.")
     applier_restart_max_seconds: float = Field(60, gt=0, description="Longest wait between applier restarts.")
+    retention_days: float = Field(7, ge=1, description="Deliveries applied (and scored) longer ago leave the webhook "
+                                  "journal, and assessments written back longer ago the risk outbox. At least a "
+                                  "day: Shopify retries a delivery for 4 hours, and the journal knows a retry by "
+                                  "its id only while it holds the first.")
+    prune_every_seconds: float = Field(3600, gt=0, description="How often the receiver removes what is past "
+                                       "retention_days (in small transactions: deliveries keep being taken).")
 
 
 class FeatureThreshold(Section):

@@ -355,6 +355,19 @@ class RiskScorer:
             db.close()
 
 
+def journal_position(settings: Settings) -> int | None:
+    """The last journal row the scorer has handled (None: no scorer has started here yet)."""
+    path = risk_db(settings)
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            found = db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
+    except sqlite3.OperationalError:  # the scorer is creating it
+        return None
+    return None if found is None else int(found[0])
+
+
 def risk_state(settings: Settings) -> dict:
     """What waits, for the receiver's /healthz, read from the databases (the scorer may be another process):
     orders journaled and not scored yet (and how long the oldest has waited), assessments queued for Shopify,

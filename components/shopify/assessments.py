@@ -14,6 +14,7 @@ goes on with the others.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,26 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
     cursor = db.execute("INSERT OR IGNORE INTO risk_outbox (order_id, risk_level, facts, model_version, enqueued_at) "
                         "VALUES (?, ?, ?, ?, ?)", (order, risk_level, orjson.dumps(written).decode(), model_version, time.time()))
     return cursor.rowcount == 1
+
+
+def prune(db: sqlite3.Connection, before: float, rows_at_once: int = 500,
+          stopping: threading.Event | None = None) -> int:
+    """Remove the assessments Shopify accepted before ``before`` (seconds since the epoch); returns how many. What
+    waits or was set aside stays. An order's row is how a second delivery of its ``orders/create`` is known and not
+    scored again: past retention, Shopify has stopped retrying it. Found outside any transaction, removed
+    ``rows_at_once`` per transaction (the scorer's commits wait for one at most); ``stopping`` set, it ends after
+    the transaction under way."""
+    removed, after = 0, 0
+    while True:
+        rows = [rowid for (rowid,) in db.execute(
+            "SELECT rowid FROM risk_outbox WHERE rowid > ? AND state = 'sent' AND sent_at < ? ORDER BY rowid LIMIT ?",
+            (after, before, rows_at_once))]
+        if not rows or (stopping is not None and stopping.is_set()):
+            return removed
+        with transaction(db):
+            removed += db.execute(f"DELETE FROM risk_outbox WHERE rowid IN ({','.join('?' * len(rows))}) AND "
+                                  "state = 'sent'", rows).rowcount
+        after = rows[-1]
 
 
 def create_document(n: int) -> str:

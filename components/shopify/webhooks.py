@@ -50,6 +50,7 @@ from storeflow.components.shopify import layout, products
 from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
 from storeflow.components.shopify.products import AVAILABILITY_TOPICS
+from storeflow.components.shopify.retention import Retention
 from storeflow.components.shopify.supervisor import ApplierSupervisor, ProcessSupervisor
 from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
@@ -228,9 +229,12 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
                 log.exception("order risk is not scoring: the receiver takes webhooks without it")
             else:
                 app.state.risk.start()
+        app.state.retention = Retention(settings)  # what is past shopify.retention_days leaves the databases
+        app.state.retention.start()
         try:
             yield
         finally:
+            app.state.retention.stop()
             if app.state.risk is not None:
                 app.state.risk.stop()
             if risk_supervisor is not None:
