@@ -7,19 +7,22 @@ it at once: one disk write or one commit per burst instead of per item.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 
 STOP = object()  # put this on the queue to end :func:`batches` after what was queued before it
 
 
-def batches(source: queue.Queue, limit: int) -> Iterator[list]:
-    """Yield the queued items, at most ``limit`` at a time, until :data:`STOP` is taken.
+def batches(source: queue.Queue, limit: int, gather: float = 0.0) -> Iterator[list]:
+    """Yield the queued items, at most ``limit`` at a time, until :data:`STOP` is taken; with ``gather`` (seconds),
+    a batch waits that long after its first item for more (fewer, fuller writes when items come one by one).
 
     Nothing queued after STOP is taken: the writer is done once it reaches it.
     """
     while True:
         items, stopped = [], False
         item = source.get()
+        until = time.monotonic() + gather
         while True:
             if item is STOP:
                 stopped = True
@@ -30,7 +33,13 @@ def batches(source: queue.Queue, limit: int) -> Iterator[list]:
             try:
                 item = source.get_nowait()
             except queue.Empty:
-                break
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = source.get(timeout=left)
+                except queue.Empty:
+                    break
         if items:
             yield items
         if stopped:

@@ -311,3 +311,36 @@ def test_batches_of_ever_new_sizes_leave_no_compiled_query_behind(client, hooks)
     assert online(hooks, customers[-1])["frequency"] == [1000 + len(customers) - 1 + 1]
     # A statement per batch kept ~2 x 1,000 ids x 190 bytes each: ~15 MB over these 40 batches.
     assert grown < 3, f"SQLite's heap grew {grown:.1f} MB over 40 batches"
+
+
+@pytest.mark.parametrize(("gather", "shared"), [(1.0, True), (0.0, False)])
+def test_deliveries_arriving_one_by_one_share_a_commit_within_the_gather_window(tmp_path, gather, shared):
+    """shopify.journal_gather_seconds: a commit waits that long after its first delivery, so deliveries that come
+    one at a time share its fsync and wake-ups; none is answered before its commit."""
+    import threading
+
+    from storeflow.components.shopify.journal import Event, Journal
+
+    class Counted:
+        def __init__(self):
+            self.times = 0
+
+        def set(self):
+            self.times += 1
+
+    journal_ = Journal(tmp_path / "webhooks.db", gather=gather)
+    woken = Counted()
+    journal_.listeners.append(woken)
+    answers = []
+    senders = [threading.Thread(target=lambda n=n: answers.append(journal_.record_now(
+        Event(f"wh-{n}", "storeflow-test.myshopify.com", "orders/create", b"{}")))) for n in range(4)]
+    for sender in senders:
+        sender.start()
+        time.sleep(0.03)
+    for sender in senders:
+        sender.join()
+    journal_.close()
+    assert answers == [True] * 4
+    assert woken.times == 1 if shared else woken.times > 1  # 30 ms apart: each its own commit, unless one was slow
+    with sqlite3.connect(tmp_path / "webhooks.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)

@@ -199,8 +199,9 @@ def uninstalled_at(path: Path, shop: str) -> str | None:
 class Journal:
     """Durable, de-duplicated intake. :meth:`record` resolves after the event's commit."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, gather: float = 0.0):
         self.path = Path(path)
+        self.gather = gather  # seconds a commit waits after its first delivery for more (queues.batches)
         self.conn = connect(self.path)
         # events set after each commit (threading.Event, supervisor.PipeWake): they wake the applier and the risk
         # scorer, in this process or their own
@@ -226,7 +227,7 @@ class Journal:
         self.conn.close()
 
     def _write(self) -> None:
-        for items in batches(self._queue, 5000):
+        for items in batches(self._queue, 5000, self.gather):
             self._commit(items)
 
     def _commit(self, items: list[tuple[Event, Future]]) -> None:

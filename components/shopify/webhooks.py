@@ -196,7 +196,7 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        app.state.journal = Journal(layout.journal_path(settings))
+        app.state.journal = Journal(layout.journal_path(settings), cfg.journal_gather_seconds)
         app.state.reader = sqlite3.connect(layout.journal_path(settings), timeout=30)
         app.state.applier = None
         app.state.supervisor = supervisor
