@@ -141,3 +141,25 @@ def test_the_receiver_removes_what_is_past_retention_and_keeps_taking_deliveries
 def test_a_retention_shorter_than_shopifys_retries_is_refused(days) -> None:
     with pytest.raises(ConfigError, match=r"shopify\.retention_days: Input should be greater than or equal to 1"):
         load_settings({"shopify": {"retention_days": days}})
+
+
+def test_a_stopping_receiver_ends_pruning_after_the_transaction_under_way(tmp_path: Path) -> None:
+    """The receiver's stop waits for its pruning thread: a long prune ends between transactions, not at the end."""
+    import threading
+
+    path = tmp_path / "webhooks.db"
+    rows = _journal(path, *(f"old-{n}" for n in range(journal.PRUNE_ROWS * 3)))
+    for webhook_id in rows:
+        _set(path, webhook_id, OLD)
+
+    class StopsAfterOne(threading.Event):
+        asked = 0
+
+        def is_set(self) -> bool:  # asked once a batch is found: stopping from the second on
+            self.asked += 1
+            return self.asked > 1
+
+    conn = journal.connect(path)
+    assert journal.prune(conn, NOW.isoformat(), stopping=StopsAfterOne()) == journal.PRUNE_ROWS
+    assert journal.prune(conn, NOW.isoformat()) == journal.PRUNE_ROWS * 2 - 1  # the rest, the newest row kept
+    conn.close()

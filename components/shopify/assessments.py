@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 
 from storeflow.components.shopify.admin import AdminClient, CostExceeded, PartialErrors, ShopifyError
-from storeflow.components.shopify.journal import transaction
+from storeflow.components.shopify.journal import remove_rows, transaction
 
 LEVELS = ("HIGH", "MEDIUM", "LOW", "NONE")  # RiskAssessmentResult values an app may assign
 SENTIMENTS = ("NEGATIVE", "NEUTRAL", "POSITIVE")  # RiskFactSentiment
@@ -109,24 +109,11 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
     return cursor.rowcount == 1
 
 
-def prune(db: sqlite3.Connection, before: float, rows_at_once: int = 500,
-          stopping: threading.Event | None = None) -> int:
-    """Remove the assessments Shopify accepted before ``before`` (seconds since the epoch); returns how many. What
-    waits or was set aside stays. An order's row is how a second delivery of its ``orders/create`` is known and not
-    scored again: past retention, Shopify has stopped retrying it. Found outside any transaction, removed
-    ``rows_at_once`` per transaction (the scorer's commits wait for one at most); ``stopping`` set, it ends after
-    the transaction under way."""
-    removed, after = 0, 0
-    while True:
-        rows = [rowid for (rowid,) in db.execute(
-            "SELECT rowid FROM risk_outbox WHERE rowid > ? AND state = 'sent' AND sent_at < ? ORDER BY rowid LIMIT ?",
-            (after, before, rows_at_once))]
-        if not rows or (stopping is not None and stopping.is_set()):
-            return removed
-        with transaction(db):
-            removed += db.execute(f"DELETE FROM risk_outbox WHERE rowid IN ({','.join('?' * len(rows))}) AND "
-                                  "state = 'sent'", rows).rowcount
-        after = rows[-1]
+def prune(db: sqlite3.Connection, before: float, stopping: threading.Event | None = None) -> int:
+    """Remove the assessments Shopify accepted before ``before`` (seconds since the epoch); returns how many
+    (``journal.remove_rows``). What waits or was set aside stays. An order's row is how a second delivery of its
+    ``orders/create`` is known and not scored again: past retention, Shopify has stopped retrying it."""
+    return remove_rows(db, "risk_outbox", "state = 'sent' AND sent_at < ?", (before,), stopping=stopping)
 
 
 def create_document(n: int) -> str:

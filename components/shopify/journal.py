@@ -98,34 +98,40 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-PRUNE_ROWS = 500  # rows removed per write transaction: a delivery's commit waits for one at most
+PRUNE_ROWS = 500  # rows removed per write transaction: a writer's commit waits for one at most
+
+
+def remove_rows(conn: sqlite3.Connection, table: str, where: str, params: tuple = (), last_rowid: int | None = None,
+                stopping: threading.Event | None = None) -> int:
+    """Remove the rows of ``table`` (up to ``last_rowid``) that meet ``where``; returns how many. The pruning of the
+    receiver's databases (``retention``): the rows are found outside any transaction (a WAL reader never holds up a
+    writer's commits), oldest first, and removed :data:`PRUNE_ROWS` at a time, each still meeting ``where`` when it
+    goes; ``stopping`` set, it ends after the transaction under way."""
+    bound = "" if last_rowid is None else f" AND rowid <= {int(last_rowid)}"
+    removed, after = 0, 0
+    while True:
+        rows = [rowid for (rowid,) in conn.execute(
+            f"SELECT rowid FROM {table} WHERE rowid > ?{bound} AND ({where}) ORDER BY rowid LIMIT ?",
+            (after, *params, PRUNE_ROWS))]
+        if not rows or (stopping is not None and stopping.is_set()):
+            return removed
+        with transaction(conn):
+            removed += conn.execute(f"DELETE FROM {table} WHERE rowid IN ({','.join('?' * len(rows))}) AND ({where})",
+                                    (*rows, *params)).rowcount
+        after = rows[-1]
 
 
 def prune(conn: sqlite3.Connection, before: str, read_through: int | None = None,
           stopping: threading.Event | None = None) -> int:
     """Remove the deliveries received before ``before`` (an ISO time, as :func:`now` writes) that were applied,
     up to row ``read_through`` (what a reader that goes by row number, the risk scorer, has read); returns how
-    many went. Dead letters stay, with their bodies, until they are retried or resolved; so does the newest row,
-    whatever its age: SQLite numbers a new row after the highest one left, and a reader's place is such a number
-    (the journal emptied, the next delivery would be row 1, behind it).
-
-    The rows are found outside any transaction (a WAL reader never holds up the receiver's commits) and removed
-    :data:`PRUNE_ROWS` at a time, each still applied and still not a dead letter when it goes; ``stopping`` set, it
-    ends after the transaction under way."""
+    many went (:func:`remove_rows`). Dead letters stay, with their bodies, until they are retried or resolved; so
+    does the newest row, whatever its age: SQLite numbers a new row after the highest one left, and a reader's
+    place is such a number (the journal emptied, the next delivery would be row 1, behind it)."""
     (newest,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
     last = newest - 1 if read_through is None else min(newest - 1, read_through)
-    removed, after = 0, 0
-    while True:
-        rows = [rowid for (rowid,) in conn.execute(
-            "SELECT rowid FROM events WHERE rowid > ? AND rowid <= ? AND received_at < ? AND applied_at IS NOT NULL "
-            "AND outcome IS NOT ? ORDER BY rowid LIMIT ?", (after, last, before, DEAD_LETTER, PRUNE_ROWS))]
-        if not rows or (stopping is not None and stopping.is_set()):
-            return removed
-        marks = ",".join("?" * len(rows))
-        with transaction(conn):
-            removed += conn.execute(f"DELETE FROM events WHERE rowid IN ({marks}) AND applied_at IS NOT NULL AND "
-                                    "outcome IS NOT ?", (*rows, DEAD_LETTER)).rowcount
-        after = rows[-1]
+    return remove_rows(conn, "events", "received_at < ? AND applied_at IS NOT NULL AND outcome IS NOT ?",
+                       (before, DEAD_LETTER), last, stopping)
 
 
 @dataclass(frozen=True)
