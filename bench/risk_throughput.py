@@ -27,8 +27,8 @@ not reachable for one shop on any plan; it is the rate of many shops' orders thr
 ``storeflow`` and ``stock_kserve`` run with the bucket off (every answer reports a full bucket: what the path itself
 does), and ``storeflow@enterprise`` with Shopify's Enterprise bucket (2,000 points/s; the recorded answer's size,
 2,000 points), which caps its write-back at 200 orders/s by design.
-Each row also says where the machine's CPU went per journaled order, by process (the receiver, its scorer process,
-the risk server, redis-server, wrk, this process's loopback Admin API), from wrk's start until every order was written
+Each row also says where the machine's CPU went per journaled order, by process (the receiver, its scorer and
+write-back processes, the risk server, redis-server, wrk, this process's loopback Admin API), from wrk's start until every order was written
 back: 3,000 orders/s on 2 cores leaves 0.667 ms of CPU per order for all of them together.
 Writes bench/results/risk_throughput.json (with the commit, the store's size and the load average).
 
@@ -373,16 +373,30 @@ def cpu_by_part(parts: dict[str, int]) -> dict[str, float]:
     return out
 
 
+SCORER = "scorer process (journal read, live features, score call, outbox)"
+WRITER = "write-back process (outbox to the Admin API)"
+
+
 def scorer_parts(receiver: int) -> dict[str, int]:
-    """The receiver's child processes by what they are: its scorer (risk.scorer: process) and multiprocessing's
-    resource tracker."""
+    """The receiver's child processes by what they are: its scorer (risk.scorer: process; it holds the journal
+    and the outbox), the write-back (the outbox alone) and multiprocessing's resource tracker."""
     out = {}
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         if (stat := _stat(pid)) is not None and stat[0] == receiver:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            out["receiver's resource tracker" if b"resource_tracker" in command else
-                "scorer process (journal read, live features, score call, outbox, write-back)"] = pid
+            if b"resource_tracker" in command:
+                out["receiver's resource tracker"] = pid
+            else:
+                out[SCORER if _holding(pid, "webhooks.db") else WRITER] = pid
     return out
+
+
+def _holding(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a file called ``name`` open."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(f"/{name}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, PermissionError):
+        return False
 
 
 def pct(values: np.ndarray, q: float) -> float | None:
@@ -501,8 +515,8 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
     span = (times[:, 2].max() - times[:, 0].min()) if len(times) else None
     return {
         "path": kind,
-        "scorer": {"process": "risk.scorer: process (the default): a process of its own the receiver starts and "
-                              "restarts, as under storeflow webhooks",
+        "scorer": {"process": "risk.scorer: process (the default): scoring and write-back in a process each, "
+                              "the receiver starts and restarts them, as under storeflow webhooks",
                    "thread": "risk.scorer: thread: threads of the receiver's process"}[scorer],
         "shopify_bucket": (f"{bucket}: Shopify's leaky bucket at that plan's restore rate, {RESTORE_RATES[bucket]:,.0f} "
                            f"points/s (at most {RESTORE_RATES[bucket] / 10:,.0f} assessments/s), size 2,000 as in the "

@@ -90,13 +90,13 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
 
 
 def run_scorer(columns: list[str], high: float, medium: float, version: str, settings_json: str,
-               receiver_pid: int | None = None, wake=None) -> None:
+               receiver_pid: int | None = None, wake=None, writer_wake=None) -> None:
     """The receiver's scorer process (risk.scorer: process) speaking to the stock server (what
     ``functools.partial(run_scorer, columns, high, medium, version)`` gives the receiver's supervisor)."""
     from storeflow.components.risk import realtime
 
     patch_receiver(columns, high, medium, version)
-    realtime.run_scorer(settings_json, receiver_pid, wake)
+    realtime.run_scorer(settings_json, receiver_pid, wake, writer_wake)
 
 
 def main() -> None:

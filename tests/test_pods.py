@@ -638,13 +638,14 @@ def test_the_webhooks_pod_scores_an_order_in_its_own_scorer_process_and_writes_t
     assert admin.created[0]["riskLevel"] in ("HIGH", "MEDIUM", "LOW")
     health = httpx.get(f"{url}/healthz", timeout=10).json()
     assert (health["risk"]["sent"], health["risk"]["unscored"], health["risk"]["last_error"]) == (1, 0, None), health
-    # the scorer is a process of its own in the container, beside the receiver and its applier
+    assert (health["risk"]["scorer"], health["risk"]["writer"]) == ("running", "running"), health
+    # the scorer and the write-back are processes of their own in the container, beside the receiver and its applier
     listing = ("import glob\nfor path in glob.glob('/proc/[0-9]*/cmdline'):\n    try:\n"
                "        print(open(path, 'rb').read().replace(bytes(1), b' ').decode())\n    except OSError:\n        pass")
     ps = subprocess.run(["docker", "exec", risk_pods["container"], "python", "-c", listing], capture_output=True,
                         text=True)
     assert ps.returncode == 0, ps.stderr
-    assert sum("spawn_main" in line for line in ps.stdout.splitlines()) >= 2, ps.stdout  # applier and scorer
+    assert sum("spawn_main" in line for line in ps.stdout.splitlines()) >= 3, ps.stdout  # applier, scorer, writer
     # what the scorer pushed went to the namespace's online store (Redis) through the registry in Postgres
     store = feature_store(cluster["settings"])
     events = store.get_online_features(features=["customer_order_history:events"],

@@ -489,8 +489,8 @@ def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(st
     stack.start_model()
     until(lambda: len(admin.created) == 1)
     children = [int(p) for p in open(f"/proc/{stack.receiver.pid}/task/{stack.receiver.pid}/children").read().split()]
-    scorers = [pid for pid in children if _holding(pid, "risk.db")]
-    assert len(scorers) == 1, "one child process scores (the other applies)"
+    scorers = [pid for pid in children if _holding(pid, "risk.db") and _holding(pid, "webhooks.db")]
+    assert len(scorers) == 1, "one child process scores (the others apply and write back)"
     os.kill(scorers[0], signal.SIGKILL)
     down = until(lambda: (health := httpx.get(f"{stack.url}/healthz", timeout=10)).json()["risk"]["scorer"] == "down"
                  and health, timeout=10)
@@ -504,6 +504,35 @@ def test_storeflow_webhooks_scores_in_a_process_it_restarts_and_loses_nothing(st
     time.sleep(1.0)  # any second mutation of an order would come now
     assert sorted(c["orderId"] for c in admin.created) == ["gid://shopify/Order/9300000001",
                                                            "gid://shopify/Order/9300000002"]
+
+
+def test_the_write_back_runs_in_a_process_of_its_own_restarted_when_killed(stack: Stack, admin: FakeAdmin):
+    """Under risk.scorer: process the assessments go to Shopify from a process of their own (it holds the outbox,
+    not the journal): killed with -9, /healthz says behind while it is down, orders go on being scored into the
+    outbox meanwhile, and once it is restarted each is written back exactly once."""
+    base = 9300000041
+    first, second, third = (new_order(base + i, 8900000041 + i, f"wb{i}@example.com") for i in range(3))
+    stack.start_model()
+    stack.start_webhooks_command("shopify.applier_restart_seconds=15")  # down long enough to look
+    assert stack.deliver(first, f"wh-wb-{base}")["status"] == "accepted"
+    until(lambda: len(admin.created) == 1, timeout=60)
+    children = [int(p) for p in open(f"/proc/{stack.receiver.pid}/task/{stack.receiver.pid}/children").read().split()]
+    writers = [pid for pid in children if _holding(pid, "risk.db") and not _holding(pid, "webhooks.db")]
+    assert len(writers) == 1, "one child process holds the outbox alone: the write-back's"
+    os.kill(writers[0], signal.SIGKILL)
+    down = until(lambda: (health := httpx.get(f"{stack.url}/healthz", timeout=10)).json()["risk"]["writer"] == "down"
+                 and health, timeout=10)
+    assert down.status_code == 503 and down.json()["status"] == "behind" and down.json()["risk"]["scorer"] == "running"
+    assert stack.deliver(second, f"wh-wb-{base + 1}")["status"] == "accepted"
+    assert stack.deliver(third, f"wh-wb-{base + 2}")["status"] == "accepted"
+    queued = until(lambda: (r := httpx.get(f"{stack.url}/healthz", timeout=10).json()["risk"])["queued"] == 2 and r,
+                   timeout=30)  # scored while nothing writes back
+    assert queued["writer"] == "down" and len(admin.created) == 1
+    until(lambda: len(admin.created) == 3, timeout=60)  # the restarted write-back sends them
+    health = until(lambda: (h := httpx.get(f"{stack.url}/healthz", timeout=10)).status_code == 200 and h.json())
+    assert health["risk"]["writer"] == "running" and health["risk"]["queued"] == 0
+    time.sleep(1.0)
+    assert sorted(c["orderId"] for c in admin.created) == [f"gid://shopify/Order/{base + i}" for i in range(3)]
 
 
 def test_a_data_request_exports_what_order_risk_holds_about_the_customer(tmp_path):

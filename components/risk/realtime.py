@@ -8,9 +8,10 @@ computes the order's features from live history (:mod:`storeflow.components.risk
 (KServe V1, :mod:`storeflow.components.risk.protocol`) for the score, level and facts, and then, in one SQLite
 transaction, records the order as history, queues the assessment in the outbox
 (:mod:`storeflow.components.shopify.assessments`) and moves its place in the journal on. Other order and refund
-topics only add history. A second thread of the scorer drains the outbox to the Admin API as assessments are
-queued (its own SQLite connection), so scoring goes on while the write-back waits on Shopify's cost bucket (a
-shop's bucket admits 10-200 assessments a second: scoring would otherwise run at that pace).
+topics only add history. The write-back (:mod:`storeflow.components.risk.writeback`: a process of its own beside
+the scorer's under ``process``, a second thread under ``thread``) drains the outbox to the Admin API as assessments
+are queued, so scoring goes on while the write-back waits on Shopify's cost bucket (a shop's bucket admits 10-200
+assessments a second: scoring would otherwise run at that pace).
 
 Nothing is lost and nothing is sent twice: the journal keeps a delivery from the moment it was answered 200; its
 place in the journal moves only with the outbox row, so a crash or a risk server that does not answer leaves the
@@ -25,18 +26,20 @@ import logging
 import sqlite3
 import threading
 from contextlib import closing
-from pathlib import Path
 
 import httpx
 import orjson
 
 from storeflow.components.config import Settings
-from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
 from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
 from storeflow.components.shopify import assessments, journal, layout
-from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
+# BATCH: journal rows per pass, a backlog is scored in batches this large (ms per order falls with size); a drain
+# sends as many
+from storeflow.components.risk.writeback import (BATCH, FAILING_SCHEMA, WriteBack, record_failing, risk_db,
+                                                 run_while_receiver_lives)
+from storeflow.components.shopify.admin import AdminClient
 from storeflow.components.shopify.assessments import Fact
 from storeflow.components.shopify.journal import transaction
 from storeflow.components.shopify.payloads import PayloadError
@@ -47,19 +50,11 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), journal_rowid INTEGER NOT NULL);
 -- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
 CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
--- why the scoring or the write-back loop's last pass failed, while it does (/healthz reads it from any process)
-CREATE TABLE IF NOT EXISTS risk_failing (part TEXT PRIMARY KEY, error TEXT NOT NULL, at REAL);
 """
-BATCH = 1_000  # journal rows per pass: a backlog is scored in batches this large (ms per order falls with size)
 
 
 class ScoringUnavailable(RuntimeError):
     """The risk server did not answer (down, restarting, overloaded): the order stays in the journal."""
-
-
-def risk_db(settings: Settings) -> Path:
-    """SQLite (WAL): the assessment outbox, the orders received live as risk history, the journal position."""
-    return layout.connection_dir(settings) / "risk.db"
 
 
 def open_risk_db(settings: Settings) -> sqlite3.Connection:
@@ -75,6 +70,7 @@ def open_risk_db(settings: Settings) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(assessments.SCHEMA)
     db.executescript(SCHEMA)
+    db.execute(FAILING_SCHEMA)
     with closing(journal.connect(layout.journal_path(settings))) as events:
         (last,) = events.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
     db.execute("INSERT OR IGNORE INTO risk_cursor VALUES (0, ?)", (last,))
@@ -82,8 +78,12 @@ def open_risk_db(settings: Settings) -> sqlite3.Connection:
 
 
 class RiskScorer:
+    """Scores what the receiver journaled, queues the assessments, and writes them back: with a thread of its own
+    (:class:`~storeflow.components.risk.writeback.WriteBack`), or, given ``writer_wake``, by waking the write-back's
+    process (``risk.scorer: process``: :func:`~storeflow.components.risk.writeback.run_writer`)."""
+
     def __init__(self, settings: Settings, http: httpx.Client | None = None, admin: AdminClient | None = None,
-                 wake=None):
+                 wake=None, writer_wake=None):
         if not settings.risk.endpoint:
             raise ValueError("risk.endpoint is not set: the URL of the risk model server (storeflow serve-risk, or "
                              "the risk InferenceService on a cluster)")
@@ -95,16 +95,15 @@ class RiskScorer:
         self.journal = journal.connect(layout.journal_path(settings))
         self.history = LiveHistory.from_settings(settings, self.db)
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
-        self.admin = admin
         self._stop = threading.Event()
-        self._wake = threading.Event()  # assessments were queued: the write-back thread wakes up
+        # assessments were queued: the write-back wakes up (this process's thread, or the write-back's process)
+        self.write_back = WriteBack(settings, admin, wake=writer_wake, stop=self._stop)
+        self._own_writer = writer_wake is None
         # deliveries were journaled: set by the receiver after each commit (a threading.Event, or a PipeWake);
         # None: the scoring loop looks every shopify.apply_idle_seconds (0.2 s: most of an order's time end to end)
         self.wake = wake
         self._thread: threading.Thread | None = None
-        self._writer: threading.Thread | None = None
         self.last_error: str | None = None  # why the last pass failed (None once one succeeds)
-        self.write_error: str | None = None  # why the write-back thread's last drain failed (None once one succeeds)
 
     # --- one pass -------------------------------------------------------------------------------------
 
@@ -225,19 +224,9 @@ class RiskScorer:
             self._advance(rowid)
 
     def drain(self) -> assessments.DrainResult | None:
-        """Send queued assessments to Shopify (up to a batch's worth: a pass queues up to ``BATCH``); None while
-        the Admin API credentials are not set."""
-        return self._drain(self.db)
-
-    def _drain(self, db: sqlite3.Connection) -> assessments.DrainResult | None:
-        if self.admin is None:
-            try:
-                self.admin = AdminClient(self.settings, credentials(self.settings), sleep=self._pause)
-            except ShopifyError as exc:
-                log.warning("risk assessments stay queued: %s", exc)
-                return None
-        return assessments.drain(db, self.admin, limit=BATCH,  # as many as a pass may queue
-                                 max_attempts=self.settings.risk.writeback_max_attempts)
+        """Send queued assessments to Shopify (up to a batch's worth: a pass queues up to ``BATCH``), from this
+        thread; None while the Admin API credentials are not set."""
+        return self.write_back.drain(self.db)
 
     def step(self, drain: bool = True) -> int:
         """Score what arrived, writing back what is queued after each batch (under a steady stream of orders a
@@ -249,7 +238,7 @@ class RiskScorer:
             if drain:
                 self.drain()
             else:
-                self._wake.set()
+                self.write_back.wake.set()
         if not handled and drain:
             self.drain()  # assessments left queued by a failed drain
         return handled
@@ -258,39 +247,27 @@ class RiskScorer:
         """What waits, for the receiver's /healthz (see :func:`risk_state`)."""
         return risk_state(self.settings)
 
-    def _pause(self, seconds: float) -> None:
-        """The Admin API client's wait between retries, cut short by :meth:`stop` (a throttled or failing Shopify
-        had stop() wait out backoffs of up to ``shopify.max_backoff_seconds``, 60 s); the call is then abandoned
-        as an outage: its orders stay queued and ask Shopify before they go again."""
-        if self._stop.wait(seconds):
-            raise ShopifyError("the write-back is stopping: the call is abandoned and its orders stay queued")
-
-    def _failing(self, db: sqlite3.Connection, part: str, error: str | None) -> None:
-        """Record (or clear) why ``part``'s loop fails, where /healthz finds it whichever process asks."""
-        if error is None:
-            db.execute("DELETE FROM risk_failing WHERE part = ?", (part,))
-        else:
-            db.execute("INSERT OR REPLACE INTO risk_failing VALUES (?, ?, julianday('now'))", (part, error))
-
     # --- running --------------------------------------------------------------------------------------
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the write-back thread's last drain failed (None once one succeeds)."""
+        return self.write_back.error
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="order-risk")
-        self._writer = threading.Thread(target=self._write_back, daemon=True, name="order-risk-writeback")
         self._thread.start()
-        self._writer.start()
+        if self._own_writer:
+            self.write_back.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
         if self.wake is not None:
             self.wake.set()
-        for thread in (self._thread, self._writer):
-            if thread:
-                thread.join()
+        if self._thread:
+            self._thread.join()
+        self.write_back.stop()  # its thread (the same stop event), or only its Admin API client
         self.http.close()
-        if self.admin is not None:
-            self.admin.close()
         self.journal.close()
         self.db.close()
 
@@ -301,7 +278,7 @@ class RiskScorer:
             try:
                 self.step(drain=False)
                 if self.last_error is not None:
-                    self._failing(self.db, "scoring", None)
+                    record_failing(self.db, "scoring", None)
                 self.last_error = None
                 wait = self.settings.risk.retry_seconds
                 self._idle(idle)
@@ -322,37 +299,9 @@ class RiskScorer:
 
     def _record_failure(self, db: sqlite3.Connection, part: str, error: str) -> None:
         try:
-            self._failing(db, part, error)
+            record_failing(db, part, error)
         except sqlite3.Error:  # the database itself failing: the log says so
             pass
-
-    def _write_back(self) -> None:
-        """The write-back thread: drains the outbox whenever assessments were queued (and every idle interval, for
-        what a failed drain left), batch after batch while a drain makes progress; Shopify's waits stay here."""
-        idle, cap = self.settings.shopify.apply_idle_seconds, self.settings.shopify.max_backoff_seconds
-        wait = self.settings.risk.retry_seconds
-        db = assessments.connect(risk_db(self.settings))  # a connection of its own: one per thread
-        try:
-            while not self._stop.is_set():
-                self._wake.wait(idle)
-                self._wake.clear()
-                try:
-                    while not self._stop.is_set():
-                        result = self._drain(db)
-                        if result is None or not result.pending or not (result.sent or result.already_assessed or
-                                                                        result.rejected):
-                            break  # nothing left, or no progress (Shopify unreachable): try again when woken
-                    if self.write_error is not None:
-                        self._failing(db, "write_back", None)
-                    wait, self.write_error = self.settings.risk.retry_seconds, None
-                except Exception as exc:  # noqa: BLE001 - assessments stay queued: retried
-                    self.write_error = str(exc)[:500]
-                    self._record_failure(db, "write_back", self.write_error)
-                    log.warning("order risk write-back: %s; retrying in %.1f s", exc, wait)
-                    self._stop.wait(wait)
-                    wait = min(wait * 2, cap)
-        finally:
-            db.close()
 
 
 def journal_position(settings: Settings) -> int | None:
@@ -395,22 +344,14 @@ def risk_state(settings: Settings) -> dict:
             "last_error": failing.get("scoring") or failing.get("write_back")}
 
 
-def run_scorer(settings_json: str, receiver_pid: int | None = None, wake=None) -> None:
-    """The scorer's process (``risk.scorer: process``, started and restarted by the receiver): scoring and
-    write-back threads as in the receiver, in a process of their own, so scoring never holds the receiver's GIL
-    (bench/risk_throughput: about twice the deliveries acknowledged a second on 2 cores). It ends when the
-    receiver has gone (see :func:`storeflow.components.shopify.supervisor.run_applier`). ``wake``: the
-    ``supervisor.PipeWake`` the receiver sets after each journal commit."""
-    import os
-    import time
-
+def run_scorer(settings_json: str, receiver_pid: int | None = None, wake=None, writer_wake=None) -> None:
+    """The scorer's process (``risk.scorer: process``, started and restarted by the receiver): scoring as in the
+    receiver's threads, in a process of its own, so scoring never holds the receiver's GIL (bench/risk_throughput:
+    about twice the deliveries acknowledged a second on 2 cores). It ends when the receiver has gone (see
+    :func:`storeflow.components.shopify.supervisor.run_applier`). ``wake``: the ``supervisor.PipeWake`` the
+    receiver sets after each journal commit; ``writer_wake``: the one the write-back's process waits on
+    (:func:`~storeflow.components.risk.writeback.run_writer`; None: a write-back thread of this process)."""
     from storeflow.components.config import load_settings
 
-    scorer = RiskScorer(load_settings(settings_json), wake=wake)
-    freeze_startup_objects()  # imports and the snapshot's history: walked by no full collection from here on
-    scorer.start()
-    try:
-        while receiver_pid is None or os.getppid() == receiver_pid:
-            time.sleep(0.5)
-    finally:
-        scorer.stop()
+    scorer = RiskScorer(load_settings(settings_json), wake=wake, writer_wake=writer_wake)
+    run_while_receiver_lives(scorer, receiver_pid)

@@ -1,8 +1,9 @@
 """The receiver's workers as processes of their own, each restarted when it dies.
 
 Under ``storeflow webhooks`` the receiver only journals; a spawned process applies (Feast writes never
-hold the receiver's GIL), and with order risk on (``risk.scorer: process``) another scores orders and writes
-their assessments back (:func:`storeflow.components.risk.realtime.run_scorer`). If one dies (a crash, the OOM
+hold the receiver's GIL), and with order risk on (``risk.scorer: process``) another scores orders
+(:func:`storeflow.components.risk.realtime.run_scorer`) and a third writes their assessments back
+(:func:`storeflow.components.risk.writeback.run_writer`). If one dies (a crash, the OOM
 killer, kill -9), the receiver starts a new one after ``shopify.applier_restart_seconds``, doubling per crash
 in a row up to ``shopify.applier_restart_max_seconds``; the journal keeps every event meanwhile, and /healthz
 says ``behind`` while one is down.
@@ -86,13 +87,15 @@ def run_applier(settings_json: str, receiver_pid: int | None = None, wake: PipeW
 
 
 class ProcessSupervisor:
-    """Starts ``target(settings_json, receiver_pid)`` (``wake``: ``target(settings_json, receiver_pid, event)``) as
-    a process and restarts it, with backoff, whenever it exits. ``target`` must be importable (the process is
-    spawned) and end once ``receiver_pid`` has gone."""
+    """Starts ``target(settings_json, receiver_pid)`` (``wake``: ``target(settings_json, receiver_pid, event)``,
+    then any ``extra`` arguments) as a process and restarts it, with backoff, whenever it exits. ``target`` must be
+    importable (the process is spawned) and end once ``receiver_pid`` has gone."""
 
-    def __init__(self, settings: Settings, target: Callable[..., None], name: str, wake: bool = False):
+    def __init__(self, settings: Settings, target: Callable[..., None], name: str, wake: bool = False,
+                 extra: tuple = ()):
         self.settings = settings
         self.target, self.name = target, name
+        self.extra = extra  # passed to every process started (a PipeWake of another's, say)
         # wake: a PipeWake passed to target as a third argument, for the receiver to set (each journal commit) so
         # the process works at once instead of at its next poll
         self.wake = PipeWake() if wake else None
@@ -127,7 +130,8 @@ class ProcessSupervisor:
 
     def _spawn(self) -> None:
         self._process = multiprocessing.get_context("spawn").Process(
-            target=self.target, args=(self.settings.to_json(), os.getpid(), *((self.wake,) if self.wake else ())),
+            target=self.target,
+            args=(self.settings.to_json(), os.getpid(), *((self.wake,) if self.wake else ()), *self.extra),
             name=self.name, daemon=True)
         self._process.start()
         self._running = True
@@ -161,3 +165,28 @@ class ApplierSupervisor(ProcessSupervisor):
 
     def __init__(self, settings: Settings):
         super().__init__(settings, run_applier, "webhook-applier", wake=True)
+
+
+class RiskSupervisor:
+    """Order risk's two processes (``risk.scorer: process``): the scorer (``scorer(settings_json, receiver_pid,
+    wake, writer_wake)``), woken by each journal commit, and the write-back (``writer(settings_json, receiver_pid,
+    writer_wake)``), woken by the scorer after each batch it queued. Each restarted on its own when it dies: the
+    outbox between them keeps what one queued while the other was down."""
+
+    def __init__(self, settings: Settings, scorer: Callable[..., None], writer: Callable[..., None]):
+        self.writer = ProcessSupervisor(settings, writer, "order-risk-writer", wake=True)
+        self.scorer = ProcessSupervisor(settings, scorer, "order-risk-scorer", wake=True, extra=(self.writer.wake,))
+        self.wake = self.scorer.wake  # the receiver sets it after each journal commit
+
+    def states(self) -> dict[str, str]:
+        """``running`` or ``down``, of each, for /healthz."""
+        return {"scorer": "running" if self.scorer.running else "down",
+                "writer": "running" if self.writer.running else "down"}
+
+    def start(self) -> None:
+        self.writer.start()
+        self.scorer.start()
+
+    def stop(self) -> None:
+        self.scorer.stop()
+        self.writer.stop()

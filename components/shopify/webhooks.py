@@ -51,7 +51,7 @@ from storeflow.components.shopify.journal import Event, Journal, backlog
 from storeflow.components.shopify.payloads import TOPICS, PayloadError, check
 from storeflow.components.shopify.products import AVAILABILITY_TOPICS
 from storeflow.components.shopify.retention import Retention
-from storeflow.components.shopify.supervisor import ApplierSupervisor, ProcessSupervisor
+from storeflow.components.shopify.supervisor import ApplierSupervisor, RiskSupervisor
 from storeflow.components.shopify.verify import AuthError, ShopifyVerifier, shop_domain
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,11 @@ def header_problem(headers: Headers) -> JSONResponse | None:
 
 def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, apply: bool = True,
                supervisor: ApplierSupervisor | None = None,
-               risk_supervisor: ProcessSupervisor | None = None) -> Starlette:
+               risk_supervisor: RiskSupervisor | None = None) -> Starlette:
     """The receiver. ``apply=True`` applies in a thread of this process; ``apply=False`` only journals, and
     ``supervisor`` (if given) runs the applier as a process and restarts it (what ``serve`` does). With
     ``risk.endpoint`` set, orders are scored by threads of this process, or by the process ``risk_supervisor``
-    runs (what ``serve`` does under ``risk.scorer: process``)."""
+    runs: a scorer's and a write-back's (what ``serve`` does under ``risk.scorer: process``)."""
     verifier = verifier or ShopifyVerifier.from_settings(settings)
     cfg = settings.shopify
     limit = cfg.webhook_max_body_bytes
@@ -183,10 +183,10 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
         elif risk_supervisor is not None:  # by a process of its own
             from storeflow.components.risk.realtime import risk_state
 
-            risk = {"scorer": "running" if risk_supervisor.running else "down", **risk_state(settings)}
-        if risk is not None:  # orders waiting for a risk score, or no scorer, count as being behind too
+            risk = {**risk_supervisor.states(), **risk_state(settings)}
+        if risk is not None:  # orders waiting for a risk score, or no scorer or write-back, count as being behind too
             answer["risk"] = risk
-            behind = (behind or risk.get("scorer") == "down"
+            behind = (behind or risk.get("scorer") == "down" or risk.get("writer") == "down"
                       or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds)
         answer["status"] = "behind" if behind else "ok"
         return JSONResponse(answer, status_code=503 if behind else 200)
@@ -261,15 +261,17 @@ def _applier_state(app: Starlette) -> Callable[[], str]:
     return state
 
 
-def scorer_supervisor(settings: Settings, target: Callable[[str, int | None], None] | None = None
-                      ) -> ProcessSupervisor | None:
+def scorer_supervisor(settings: Settings, target: Callable[..., None] | None = None) -> RiskSupervisor | None:
     """The order risk scorer's process (``target``, by default :func:`~storeflow.components.risk.realtime.run_scorer`)
-    when order risk is on and ``risk.scorer`` is ``process``; else None (scored in the receiver's threads, or not)."""
+    and the write-back's (:func:`~storeflow.components.risk.writeback.run_writer`) when order risk is on and
+    ``risk.scorer`` is ``process``; else None (scored in the receiver's threads, or not)."""
     if not settings.risk.endpoint or settings.risk.scorer != "process":
         return None
     if target is None:
         from storeflow.components.risk.realtime import run_scorer as target
-    return ProcessSupervisor(settings, target, "order-risk-scorer", wake=True)
+    from storeflow.components.risk.writeback import run_writer
+
+    return RiskSupervisor(settings, target, run_writer)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
