@@ -68,8 +68,10 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
 
     levels = Levels(high=high, medium=medium)
 
-    def score_many(self, payloads):
-        rows = self.history.features_many(payloads)
+    def prepare(self, payloads):
+        return self.history.features_many(payloads)  # by name: the assessment's facts name them
+
+    def ask(self, payloads, rows):
         scores: list[float] = []
         for start in range(0, len(rows), MAX_INSTANCES):
             chunk = rows[start:start + MAX_INSTANCES]
@@ -86,7 +88,7 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
             out.append((int(payload["id"]), level, facts, version))
         return out
 
-    RiskScorer._score_many = score_many
+    RiskScorer._prepare, RiskScorer._ask = prepare, ask  # _score_many and the scoring loop's passes both use them
 
 
 def run_scorer(columns: list[str], high: float, medium: float, version: str, settings_json: str,

@@ -69,7 +69,8 @@ def test_the_patched_receiver_queues_the_assessment_of_the_stock_servers_score(s
         return httpx.Response(200, json=asyncio.run(_predict(model, body)))
 
     levels = Levels(high=0.8, medium=0.4)
-    monkeypatch.setattr(realtime.RiskScorer, "_score_many", realtime.RiskScorer._score_many)
+    monkeypatch.setattr(realtime.RiskScorer, "_prepare", realtime.RiskScorer._prepare)  # put back afterwards
+    monkeypatch.setattr(realtime.RiskScorer, "_ask", realtime.RiskScorer._ask)
     stock.patch_receiver(columns, levels.high, levels.medium, "7")
     rows = frame.head(300).to_dict("records")  # more than one request's worth (protocol.MAX_INSTANCES)
 
