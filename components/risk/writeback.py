@@ -8,7 +8,8 @@ exchange, the answer's marks) took an eighth of the scorer process's CPU, and, s
 for as long. With ``risk.scorer: thread`` it is a thread of the receiver's scorer
 (:class:`storeflow.components.risk.realtime.RiskScorer`).
 
-Imports stay light (no pandas, Arrow or Feast): the process holds the outbox, the Admin API client and nothing else.
+Imports stay light (no pandas, Feast or the order history): the process holds the outbox and the Admin API client,
+~85 MB resident.
 """
 
 from __future__ import annotations
