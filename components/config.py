@@ -698,9 +698,9 @@ class RiskConfig(Section):
                                         "towards it as failures and never set an order aside.")
     scorer: Literal["process", "thread"] = Field(
         "process", description="Where `storeflow webhooks` scores orders and writes assessments back: `process`, a "
-        "process of its own it starts and restarts like the applier (scoring never holds the receiver's GIL: "
-        "in bench/risk_throughput.json the receiver acknowledged ~2.4x the deliveries a second on 2 cores), or "
-        "`thread`, threads of the receiver's process.")
+        "process for scoring and one for the write-back, which it starts and restarts like the applier (scoring "
+        "never holds the receiver's GIL: in bench/risk_throughput.json the receiver acknowledged ~2.4x the "
+        "deliveries a second on 2 cores), or `thread`, threads of the receiver's process.")
     request_timeout_seconds: float = Field(5.0, gt=0, description="How long the receiver waits for a score; an "
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "
