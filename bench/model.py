@@ -30,7 +30,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 STORES = {  # name: (synthetic store config, purchase process); "csv": a directory of Shopify exports instead

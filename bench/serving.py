@@ -35,7 +35,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from common import CLIENT_ID, MODEL, SECRET, SHOP, free_port, serve_command, session_token, stop, wait_ready
@@ -213,7 +212,6 @@ def _mlserver_repo(work: Path, port: int) -> None:
 def stock_kserve_app():
     """A stock kserve.Model doing joblib predict_proba per request, with KServe's default logging."""
     import joblib
-    import numpy as np
     from kserve import Model, ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.model_server import app
