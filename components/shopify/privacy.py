@@ -393,12 +393,13 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
 
 # --- order risk history ------------------------------------------------------------------------------
 
-RISK_DB = "risk.db"  # under connection_dir: the order risk path's live history and outbox (components/risk/realtime.py)
 RISK_HISTORY = ("risk_live_refunds", "risk_live_orders")
 
 
 def _risk_db(settings: Settings) -> sqlite3.Connection | None:
-    path = layout.connection_dir(settings) / RISK_DB
+    from storeflow.components.risk.writeback import risk_db  # the order risk path's live history and outbox
+
+    path = risk_db(settings)
     if not path.exists():
         return None
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
