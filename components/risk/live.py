@@ -59,7 +59,7 @@ from storeflow.components.tables import SCHEMAS, conform, table_path
 log = logging.getLogger(__name__)
 
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
-SCORED_KEPT = 4_096  # orders features_many validated that record() may still take (two scoring passes' worth)
+SCORED_KEPT = 4_096  # orders features_many validated that record() may still take (a scoring pass's worth, and more)
 SCORED_TOPIC = "orders/create"
 # What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
 # (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
@@ -173,8 +173,8 @@ class LiveHistory:
         pa.default_memory_pool().release_unused()  # what reading and seeding freed, back to the system
         self._risk_of = _Index(self._risk.column("order_id"))
         self._refunds_of = _Index(self._refunds.column("order_id"))
-        # payloads features_many validated and counted (by identity), until record() takes them: the scorer records
-        # a batch after the next one's features (its risk server call meanwhile); at most SCORED_KEPT, oldest dropped
+        # payloads features_many validated and counted (by identity), until record() takes them (the scorer records
+        # a batch once the risk server answered; a caller may score ahead); at most SCORED_KEPT, oldest dropped
         self._scored: dict[int, tuple] = {}
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
 
