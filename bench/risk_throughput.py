@@ -90,12 +90,27 @@ local function now_ms()
   ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
   return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
 end
-local deliveries, counter, every, slot = {}, 0, 0, nil
+local wall = ffi.new("bench_timespec")
+local function now_us()  -- the wall clock, as the journal and the outbox stamp their times
+  ffi.C.clock_gettime(0, wall)  -- CLOCK_REALTIME
+  return tonumber(wall.tv_sec) * 1000000 + math.floor(tonumber(wall.tv_nsec) / 1000)
+end
+local deliveries, counter, every, slot, threads = {}, 0, 0, nil, {}
+sent = {}  -- "webhook id<TAB>µs since the epoch" of each delivery as it goes out (the row's end to end starts there)
 function setup(thread)
   counter = counter + 1
   thread:set("tid", counter)
+  threads[#threads + 1] = thread
+end
+function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    local out = io.open(thread:get("sent_file"), "a")
+    for _, line in ipairs(thread:get("sent")) do out:write(line, "\n") end
+    out:close()
+  end
 end
 function init(args)
+  sent_file = args[4]
   local n, k = tonumber(args[2]), 0
   for line in io.lines(args[1]) do
     k = k + 1
@@ -120,6 +135,7 @@ function request()
   local d = deliveries[next_one]
   if d == nil then d = deliveries[#deliveries] end  -- past the end: Shopify's retry of the last one
   next_one = next_one + 1
+  sent[#sent + 1] = d[1] .. "\t" .. string.format("%d", now_us())
   return wrk.format("POST", "/webhooks", {
     ["Content-Type"] = "application/json", ["X-Shopify-Topic"] = "orders/create",
     ["X-Shopify-Hmac-Sha256"] = d[2], ["X-Shopify-Shop-Domain"] = "%s",
@@ -460,10 +476,13 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                  "redis-server (velocity, history)": redis_pid or -1,
                  "bench process (loopback Admin API, drain poll)": os.getpid(), **scorer_parts(receiver.pid)}
         cpu_start = cpu_by_part(parts)
+        sent_file = root / "sent.tsv"  # each delivery's id and when wrk sent it (the Lua script's done())
+        sent_file.unlink(missing_ok=True)
         with tempfile.TemporaryFile("w+") as wrk_out:
             wrk = subprocess.Popen(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
                                     "--latency", "-s", str(script), f"http://127.0.0.1:{receiver_port}", "--",
-                                    str(signed), str(args.threads), str(args.threads * 1000 / rate if rate else 0)],
+                                    str(signed), str(args.threads), str(args.threads * 1000 / rate if rate else 0),
+                                    str(sent_file)],
                                    stdout=wrk_out, text=True)
             wrk_usage = os.wait4(wrk.pid, 0)[2]
             wrk.returncode = 0
@@ -499,6 +518,12 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         with sqlite3.connect(outbox) as db:
             queued = {o.rsplit("/", 1)[-1]: (e, s, st) for o, e, s, st in db.execute(
                 "SELECT order_id, enqueued_at, sent_at, state FROM risk_outbox")}
+        if not sent_file.exists():
+            raise RuntimeError(f"wrk wrote no send times ({sent_file}): its Lua done() failed; see its output")
+        wrk_sent: dict[str, float] = {}  # order id -> when wrk first sent its delivery (s since the epoch)
+        for line in sent_file.read_text().splitlines():
+            hook, _, micros = line.partition("\t")
+            wrk_sent.setdefault(str(6_000_000_000 + int(hook.rsplit("-", 1)[-1])), int(micros) / 1e6)
     finally:
         for proc in procs:
             proc.terminate()
@@ -509,10 +534,12 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                 proc.kill()
 
     scored = np.array([(received[o], queued[o][0]) for o in received if o in queued], dtype=float).reshape(-1, 2)
-    done = [(received[o], *queued[o][:2]) for o in received if o in queued and queued[o][2] == "sent"]
-    times = np.array(done, dtype=float) if done else np.zeros((0, 3))
-    to_queue, to_sent, end_to_end = times[:, 1] - times[:, 0], times[:, 2] - times[:, 1], times[:, 2] - times[:, 0]
-    span = (times[:, 2].max() - times[:, 0].min()) if len(times) else None
+    # each written-back order: wrk sent it, the receiver journaled it, the scorer queued it, Shopify answered it
+    done = [(wrk_sent[o], received[o], *queued[o][:2]) for o in received if o in queued and queued[o][2] == "sent"]
+    times = np.array(done, dtype=float) if done else np.zeros((0, 4))
+    to_journal, to_queue, to_sent = times[:, 1] - times[:, 0], times[:, 2] - times[:, 1], times[:, 3] - times[:, 2]
+    end_to_end, journaled_to_sent = times[:, 3] - times[:, 0], times[:, 3] - times[:, 1]
+    span = (times[:, 3].max() - times[:, 1].min()) if len(times) else None
     return {
         "path": kind,
         "scorer": {"process": "risk.scorer: process (the default): scoring and write-back in a process each, "
@@ -547,10 +574,16 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         "received_to_queued_ms_all_scored": {"p50": pct(scored[:, 1] - scored[:, 0], 50),
                                              "p99": pct(scored[:, 1] - scored[:, 0], 99)},
         "drain_seconds_after_wrk": round(drained - started - seconds, 1),
+        # from wrk's sending the delivery to the Admin API's answer to its assessment (the issue's "webhook in ->
+        # mutation out"); runs before 2026-12-06 10:30 UTC started at the journal's commit (journaled_to_...)
         "end_to_end_ms": {"p50": pct(end_to_end, 50), "p90": pct(end_to_end, 90), "p99": pct(end_to_end, 99)},
+        "journaled_to_mutation_answered_ms": {"p50": pct(journaled_to_sent, 50), "p90": pct(journaled_to_sent, 90),
+                                              "p99": pct(journaled_to_sent, 99)},
         "where_time_goes_ms": {
-            "received_to_queued (journal read, live features, score)": {"p50": pct(to_queue, 50),
-                                                                        "p99": pct(to_queue, 99)},
+            "sent_to_journaled (HTTP, signature, payload check, journal commit)": {"p50": pct(to_journal, 50),
+                                                                                   "p99": pct(to_journal, 99)},
+            "journaled_to_queued (journal read, live features, score)": {"p50": pct(to_queue, 50),
+                                                                         "p99": pct(to_queue, 99)},
             "queued_to_mutation_answered": {"p50": pct(to_sent, 50), "p99": pct(to_sent, 99)}},
         "per_order_on_the_risk_thread": per_order,
         "cpu_ms_per_journaled_order": {  # from wrk's start until every order was written back (or --drain ran out)
