@@ -28,6 +28,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.risk.assess import Levels, assessment
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.protocol import (FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT, LEVELS_METADATA,
@@ -232,8 +233,11 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     install_common(app, settings, meter=is_inference)
     RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
                settings.risk.port).create_application()
+    if settings.serving.quiet:  # KServe's TimingMiddleware reads the process's CPU time and logs a line per request
+        app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]
     print(f"storeflow serve-risk: {model.name} = {model.registered_name} v{model.version} scored by "
           f"{model.scorer.runtime}", file=sys.stderr, flush=True)
+    freeze_startup_objects()
     return app
 
 
@@ -264,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.model_server import app
 
     install_common(app, settings, meter=is_inference)
+    freeze_startup_objects()
     server.start([model])
 
 
