@@ -266,6 +266,46 @@ def test_an_order_moved_to_another_customer_counts_for_that_customer(replay: Rep
             training.loc[payload["id"]].astype(float).to_dict()
 
 
+OLD_LIVE_ORDERS = """
+CREATE TABLE risk_live_orders (
+    order_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT, address_key TEXT, updated_at TEXT,
+    row TEXT NOT NULL, risk TEXT NOT NULL, customer_created_at TEXT);
+CREATE INDEX risk_live_orders_customer ON risk_live_orders(customer_id);
+CREATE INDEX risk_live_orders_email ON risk_live_orders(email);
+CREATE INDEX risk_live_orders_address ON risk_live_orders(address_key);
+"""
+
+
+def test_live_orders_kept_with_their_payloads_by_an_earlier_scorer_keep_their_keys(replay: Replay, tmp_path: Path):
+    """Scorers before this one kept each live order's payload rows (~1 KB an order, read by nothing but a data
+    request) beside its keys. Opened by this one, the table holds the keys only, every order kept; an order such a
+    scorer counted, moved to another customer afterwards, still leaves the first customer's velocity."""
+    velocity = online_velocity(_settings(tmp_path))
+    a, b, c = (replay.order(row) for row in _with_contact(replay, 3))
+    t0 = pd.Timestamp("2031-03-01T10:00:00Z")
+    first = _at(a, t0)
+    earlier = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=velocity)
+    earlier.features(first)
+    earlier.record("orders/create", first)
+    (kept,) = earlier.db.execute("SELECT order_id, customer_id, email, address_key, updated_at, customer_created_at "
+                                 "FROM risk_live_orders").fetchall()
+    db = sqlite3.connect(str(tmp_path / "risk.db"), isolation_level=None)
+    db.executescript(OLD_LIVE_ORDERS)
+    db.execute("INSERT INTO risk_live_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*kept[:5], '{"order_id": 1}', "{}",
+                                                                                 kept[5]))
+    history = LiveHistory(db, velocity=velocity)
+    columns = [name for (_, name, *_) in db.execute("PRAGMA table_info(risk_live_orders)")]
+    assert columns == ["order_id", "customer_id", "email", "address_key", "updated_at", "customer_created_at"]
+    assert db.execute("SELECT * FROM risk_live_orders").fetchall() == [kept]
+    assert {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                           "tbl_name = 'risk_live_orders'")} == {"risk_live_orders_customer",
+                                                                                 "risk_live_orders_email"}
+    moved = first | {"customer": b["customer"], "updated_at": (t0 + pd.Timedelta(minutes=1)).isoformat()}
+    history.record("orders/updated", moved)
+    by_a = _at(c, t0 + pd.Timedelta(minutes=20), customer=a["customer"], id=10**15)
+    assert history.features(by_a)["customer_orders_1h"] == 0  # the move found the order under the first customer
+
+
 def test_the_history_holds_only_the_snapshot_columns_its_features_read(replay: Replay, tmp_path: Path):
     """The receiver's scorer keeps the newest snapshot for its life: only what an order updated or refunded live
     needs (its customer, email, address and refunds), as Arrow. Customers' histories are in Feast's online store

@@ -19,7 +19,9 @@ with an order: they are labels, not features.
 
 Orders and refunds received live are also kept in SQLite (``risk_live_orders``, ``risk_live_refunds``) inside the
 caller's transaction, so recording an order and queueing its assessment commit together; with the snapshot's order
-keys they say which customer, email and address an updated or refunded order was counted under.
+keys they say which customer, email and address an updated or refunded order was counted under. An order is kept as
+those keys and its newest ``updated_at`` (~100 bytes with its indexes), not as a copy of its payload: the copy,
+~1 KB an order, was read by nothing but a data request.
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ READ = {"orders": ("order_id", "customer_id", "email", "created_at", "cancelled_
 # What is held afterwards, for an order updated or refunded live: its customer, email and address (to move it).
 HELD = {"orders": ("order_id", "customer_id", "email"), "refunds": ("refund_id", "order_id", "created_at")}
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS risk_live_orders (
-    order_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT, address_key TEXT, updated_at TEXT,
-    row TEXT NOT NULL, risk TEXT NOT NULL, customer_created_at TEXT);
+# a live order: its keys (which customer, email and address it was counted under) and its newest version's time
+LIVE_ORDERS = ("order_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT, address_key TEXT, updated_at TEXT, "
+               "customer_created_at TEXT")
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS risk_live_orders ({LIVE_ORDERS});
 CREATE INDEX IF NOT EXISTS risk_live_orders_customer ON risk_live_orders(customer_id);
 CREATE INDEX IF NOT EXISTS risk_live_orders_email ON risk_live_orders(email);
-CREATE INDEX IF NOT EXISTS risk_live_orders_address ON risk_live_orders(address_key);
 CREATE TABLE IF NOT EXISTS risk_live_refunds (refund_id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, row TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS risk_live_refunds_order ON risk_live_refunds(order_id);
 """
@@ -150,6 +152,7 @@ class LiveHistory:
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
         self.history = history if history is not None or velocity is None else OnlineHistory(velocity.store)
+        _drop_order_copies(db)
         db.executescript(SCHEMA)
         tables = tables or {}
         orders, refunds = _snapshot("orders", tables.get("orders")), _snapshot("refunds", tables.get("refunds"))
@@ -253,10 +256,10 @@ class LiveHistory:
         if self.history is not None and order["created_at"] is not None:
             self._update_history(order, risk, current[1] if current else None, just_scored)
         self.db.execute(
-            "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, row, risk, "
-            "customer_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, "
+            "customer_created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
-             _dumps(order), _dumps(risk), customer_created))
+             customer_created))
 
     def _update_history(self, order: dict, risk: dict, live_customer: int | None, just_scored: bool) -> None:
         """The order's events in its customer's ledger as its newest version has them: its price, a fraud
@@ -361,6 +364,30 @@ class LiveHistory:
                 events[refund["refund_id"]] = ledger.Event(ledger.REFUND, refund["refund_id"],
                                                            _micros(refund["created_at"]))
         return list(events.values())
+
+
+def _drop_order_copies(db: sqlite3.Connection) -> None:
+    """Earlier scorers kept each live order's payload rows beside its keys (columns ``row`` and ``risk``, and an
+    index on the address nothing queried): the table is rebuilt with its keys only, every order kept, in one
+    transaction (a crash leaves the old table whole)."""
+    columns = {name for (_, name, *_) in db.execute("PRAGMA table_info(risk_live_orders)")}
+    if "row" not in columns:
+        return
+    keys = ", ".join(column.split()[0] for column in LIVE_ORDERS.split(", "))
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE risk_live_orders RENAME TO risk_live_orders_copies")
+        db.execute("DROP INDEX IF EXISTS risk_live_orders_customer")
+        db.execute("DROP INDEX IF EXISTS risk_live_orders_email")
+        db.execute("DROP INDEX IF EXISTS risk_live_orders_address")
+        db.execute(f"CREATE TABLE risk_live_orders ({LIVE_ORDERS})")
+        db.execute(f"INSERT INTO risk_live_orders ({keys}) SELECT {keys} FROM risk_live_orders_copies")
+        db.execute("DROP TABLE risk_live_orders_copies")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("order risk history: live orders kept as their keys only (payload copies dropped)")
 
 
 def _dumps(row: dict) -> str:

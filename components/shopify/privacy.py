@@ -656,8 +656,10 @@ def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, o
     held: dict[str, object] = {"orders": [], "history": None, "velocity": None}
     if (risk := _risk_db(settings)) is not None:
         with closing(risk):
-            held["orders"] = [{**json.loads(row), "risk": json.loads(fields)} for row, fields in risk.execute(
-                "SELECT row, risk FROM risk_live_orders WHERE customer_id = ?", (customer_id,))]
+            found = risk.execute("SELECT * FROM risk_live_orders WHERE customer_id = ? ORDER BY order_id",
+                                 (customer_id,))
+            names = [column[0] for column in found.description]
+            held["orders"] = [dict(zip(names, row)) for row in found]
     store = store if store is not None else _velocity_store(settings)
     if store is None:
         return held
