@@ -20,7 +20,7 @@ from storeflow.components.config import SyntheticStoreConfig, load_settings
 from storeflow.components.ingest import generate_store, read_bulk_jsonl
 from storeflow.components.risk.features import ORDER_FEATURES, order_risk_features
 from storeflow.components.risk.live import HELD, SNAPSHOT_RISK, LiveHistory, _last_week, online_velocity, risk_row
-from storeflow.components.risk.velocity import VELOCITY_FEATURES
+from storeflow.components.risk.velocity import VELOCITY_FEATURES, email_digest
 from storeflow.components.risk.velocity import batch as velocity_batch
 from storeflow.components.risk.orders import read_risk_fields
 from storeflow.components.shopify.payloads import PayloadError
@@ -132,12 +132,16 @@ def _replay_and_compare(replay: Replay, settings) -> None:
     for name in ("prior_orders", "prior_refunds", "prior_fraud_cancels", "country_mismatch",
                  *(name for name in VELOCITY_FEATURES if not name.endswith("_1h"))):  # no replayed burst within an hour
         assert (got[name] > 0).any(), name
-    # what serving read was in Feast: the online store answers get_online_features with the lists it pushed
+    # what serving read was in Feast: the online store answers get_online_features with the rows it pushed (a
+    # customer's velocity is counted from their history ledger; emails and addresses have lists)
     store = velocity.store
-    customer = int(later["customer_id"].dropna().iloc[-1])
-    found = store.get_online_features(features=["order_velocity_customer:orders"],
-                                      entity_rows=[{"customer_id": customer}]).to_dict()["orders"][0][0::3]
-    assert int(later[later["customer_id"] == customer]["order_id"].iloc[-1]) in found
+    last = later[later["customer_id"].notna()].iloc[-1]
+    found = store.get_online_features(features=["customer_order_history:events"],
+                                      entity_rows=[{"customer_id": int(last["customer_id"])}]).to_dict()["events"][0]
+    assert int(last["order_id"]) in found[1::4]
+    found = store.get_online_features(features=["order_velocity_email:orders"],
+                                      entity_rows=[{"email_digest": email_digest(last["email"])}]).to_dict()["orders"]
+    assert int(last["order_id"]) in found[0][0::3]
 
 
 def test_the_risk_fields_of_a_webhook_are_the_exports(replay: Replay):
@@ -504,6 +508,7 @@ def test_risk_lists_skip_redis_s_timestamp_read_and_the_materialized_views_keep_
 
     from storeflow.components.features.repo import VELOCITY_STATE
     from storeflow.components.risk.velocity import CUSTOMER_VIEW as VELOCITY_CUSTOMERS
+    from storeflow.components.risk.velocity import EMAIL_VIEW
 
     with redis_server(tmp_path) as address:
         host, port = address.split(":")
@@ -514,11 +519,11 @@ def test_risk_lists_skip_redis_s_timestamp_read_and_the_materialized_views_keep_
             return int(client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
 
         before = hmgets()
-        lists.write(VELOCITY_CUSTOMERS, [(7, [11, 1_000, 7], 1_000)])
+        lists.write(EMAIL_VIEW, [("e7", [11, 1_000, 7], 1_000)])
         assert hmgets() == before  # written without reading first
-        assert lists.read(VELOCITY_CUSTOMERS, [7]) == {7: (1_000, [11, 1_000, 7])}
-        lists.write(VELOCITY_CUSTOMERS, [(7, [11, 1_000, 7, 12, 2_000, 7], 2_000)])
-        assert lists.read(VELOCITY_CUSTOMERS, [7])[7][1] == [11, 1_000, 7, 12, 2_000, 7]
+        assert lists.read(EMAIL_VIEW, ["e7"]) == {"e7": (1_000, [11, 1_000, 7])}
+        lists.write(EMAIL_VIEW, [("e7", [11, 1_000, 7, 12, 2_000, 7], 2_000)])
+        assert lists.read(EMAIL_VIEW, ["e7"])["e7"][1] == [11, 1_000, 7, 12, 2_000, 7]
 
         store = lists.store  # through the store as configured (as materialization writes), an older row is refused
         view = store.get_feature_view(VELOCITY_CUSTOMERS)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from storeflow.components.config import load_settings
+from storeflow.components.risk.history import ORDER, Arrival, Event, Ledger, OnlineHistory, customer_velocity
 from storeflow.components.risk.live import online_velocity
 from storeflow.components.risk.velocity import (DAY_US, HOUR_US, VELOCITY_FEATURES, Recent, batch, counts, fold,
                                                 orders_of)
@@ -38,11 +39,25 @@ def _settings(tmp_path: Path, **risk):
     return load_settings({"project": {"state_dir": str(tmp_path / "state")}, "risk": risk})
 
 
+class Served:
+    """Serving's velocity as the scorer counts it: emails' and addresses' lists in Feast's online store
+    (OnlineVelocity), a customer's from their history ledger there (OnlineHistory)."""
+
+    def __init__(self, tmp_path: Path, cap: int = 1_000):
+        self.velocity = online_velocity(_settings(tmp_path, velocity_max_orders=cap))
+        self.history = OnlineHistory(self.velocity.store, cap)
+
+    def features_many(self, orders: list) -> list[dict]:
+        customers = self.history.features_many([Arrival(o.order_id, o.t, o.customer_id, None, None) for o in orders])
+        lists = self.velocity.features_many(orders)
+        return [{name: {**mine, **theirs}[name] for name in VELOCITY_FEATURES} for mine, theirs in zip(customers, lists)]
+
+
 def test_serving_from_feast_and_training_count_the_same_velocity(tmp_path: Path):
     frame = _burst_store()
     cap = 40  # small enough that busy keys reach it inside a week
     training = batch(frame, cap).set_index("order_id")
-    velocity = online_velocity(_settings(tmp_path, velocity_max_orders=cap))
+    velocity = Served(tmp_path, cap)
     arriving = sorted(orders_of(frame), key=lambda o: (o.t, o.order_id))  # webhooks arrive in creation order
     served = {}
     for start in range(0, len(arriving), 1_000):  # the risk thread's batches, each read from and pushed to Feast
@@ -55,8 +70,32 @@ def test_serving_from_feast_and_training_count_the_same_velocity(tmp_path: Path)
     assert served["address_orders_7d"].max() == cap  # a busy address stops at the cap, on both sides
 
 
+def test_a_customers_velocity_comes_from_their_history_not_a_list_of_its_own(tmp_path: Path):
+    """An order's customer velocity is counted from the customer's ledger, which the scorer reads and writes for
+    the history features anyway: the scorer no longer reads and writes a velocity list per customer (two of the
+    eight online-store keys an order: its CPU was about half Feast's Redis store)."""
+    from storeflow.components.features.repo import CUSTOMER_KEY, VELOCITY_STATE
+    from storeflow.components.risk.online_lists import OnlineLists
+    from storeflow.components.risk.velocity import CUSTOMER_VIEW
+
+    served = Served(tmp_path)
+    orders = [_order(k, 100 * DAY_US + k * HOUR_US // 4, customer=31) for k in range(3)]
+    rows = served.features_many(orders[:2]) + served.features_many(orders[2:])
+    assert [row["customer_orders_1h"] for row in rows] == [0, 1, 2]
+    customer_lists = OnlineLists(served.velocity.store, {CUSTOMER_VIEW: CUSTOMER_KEY}, VELOCITY_STATE)
+    assert customer_lists.read(CUSTOMER_VIEW, [31]) == {}  # no list of the customer's own in the online store
+    assert [e.id for e in served.history.read([31])[31].events] == [0, 1, 2]
+
+
+def test_a_customers_velocity_from_their_ledger_keeps_the_newest_orders_up_to_the_cap():
+    ledger = Ledger([Event(ORDER, k, k * HOUR_US) for k in range(10)])
+    assert customer_velocity(ledger, 10 * HOUR_US, cap=3)["customer_orders_24h"] == 3  # as the list's cap has it
+    assert customer_velocity(ledger, 10 * HOUR_US, cap=1_000) == {"customer_orders_1h": 1, "customer_orders_24h": 10}
+    assert customer_velocity(None, 10 * HOUR_US, cap=3) == {"customer_orders_1h": 0, "customer_orders_24h": 0}
+
+
 def test_a_second_delivery_counts_nothing_and_orders_see_only_earlier_ones(tmp_path: Path):
-    velocity = online_velocity(_settings(tmp_path))
+    velocity = Served(tmp_path)
     frame = _burst_store(n=50)
     orders = sorted(orders_of(frame), key=lambda o: (o.t, o.order_id))
     first = velocity.features_many(orders)

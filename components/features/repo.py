@@ -46,9 +46,10 @@ AVAILABILITY_CARD = ("title", "handle")  # what a storefront block shows and lin
 PRODUCT_TTL = timedelta(days=3650)  # a product keeps what it was last said to be until told otherwise
 INTEGER_FEATURES = frozenset({"frequency", "orders_last_90d"})
 FILE_REGISTRY_SCHEMES = frozenset({"", "file", "s3", "gs", "hdfs"})  # Feast's file registry stores
-# Order velocity (risk.velocity): per customer, email digest and shipping address, the orders of the last week as
-# lists, pushed by the webhook receiver's risk thread (a PushSource per view; its batch source is never written: the
-# snapshot is the offline history, folded by the same function).
+# Order velocity (risk.velocity): per email digest and shipping address, the orders of the last week as lists, pushed
+# by the webhook receiver's risk thread (a PushSource per view; its batch source is never written: the snapshot is the
+# offline history, folded by the same function). The customer's view holds what scorers before 2026-12-06 wrote (a
+# customer's velocity is now counted from their history ledger); it stays registered for them and for erasure.
 VELOCITY_VIEWS = {"order_velocity_customer": CUSTOMER_KEY, "order_velocity_email": "email_digest",
                   "order_velocity_address": "address_key"}
 VELOCITY_STATE = "orders"  # one Array(Int64): (order id, created µs, customer id or 0) per order, flattened

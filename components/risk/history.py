@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW
 from storeflow.components.risk.online_lists import OnlineLists, next_write_us
-from storeflow.components.risk.velocity import DAY_US
+from storeflow.components.risk.velocity import DAY_US, kept_from, window_counts
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -213,6 +213,17 @@ def counts(ledger: Ledger | None, t: int, total_price: float | None, account_cre
             "prior_refunds": float(refunds), "prior_fraud_cancels": float(frauds)}
 
 
+def customer_velocity(ledger: Ledger | None, t: int, cap: int) -> dict[str, int]:
+    """The customer's velocity features (``customer_orders_1h``, ``_24h``; ``risk.velocity.CUSTOMER_FEATURES``) of an
+    order created at ``t`` from the customer's ledger: its orders are what velocity's list of the customer holds
+    (the newest ``cap`` of the week before the newest, :func:`storeflow.components.risk.velocity.kept_from`), so
+    training, which folds that list (``velocity.batch``), counts the same. One exception: a ledger past
+    :data:`MAX_EVENTS` keeps its orders of the two days before its newest event (at most :data:`MOST_EVENTS`), so an
+    order arriving more than a day after that customer's newest event may count fewer."""
+    times = [event.t for event in ledger.events if event.kind == ORDER] if ledger is not None else []
+    return window_counts("customer", times[kept_from(times, cap):], t)
+
+
 class Arrival(NamedTuple):
     """What the history needs of an order arriving to be scored."""
 
@@ -224,10 +235,12 @@ class Arrival(NamedTuple):
 
 
 class OnlineHistory:
-    """Customers' ledgers in Feast's online store (:data:`HISTORY_VIEW`)."""
+    """Customers' ledgers in Feast's online store (:data:`HISTORY_VIEW`); ``velocity_cap``: ``risk.velocity_max_orders``
+    (a customer's velocity is counted from their ledger, :func:`customer_velocity`)."""
 
-    def __init__(self, store: FeatureStore):
+    def __init__(self, store: FeatureStore, velocity_cap: int = 1_000):
         self.store = store
+        self.velocity_cap = velocity_cap
         self.lists = OnlineLists(store, {HISTORY_VIEW: "customer_id"}, HISTORY_STATE)
 
     def read(self, customers: Iterable[int]) -> dict[int, Ledger]:
@@ -243,14 +256,16 @@ class OnlineHistory:
         self.lists.write(HISTORY_VIEW, rows)
 
     def features_many(self, orders: Sequence[Arrival]) -> list[dict[str, float]]:
-        """Each order's :data:`HISTORY_FEATURES` as if the orders before it in ``orders`` had arrived before it; the
-        orders (and accounts first dated by them) are in the online store afterwards."""
+        """Each order's :data:`HISTORY_FEATURES` and its customer's velocity (:func:`customer_velocity`) as if the
+        orders before it in ``orders`` had arrived before it; the orders (and accounts first dated by them) are in the
+        online store afterwards."""
         ledgers = self.read(o.customer_id for o in orders)
         changed: dict[int, Ledger] = {}
         out = []
         for order in orders:
             ledger = ledgers.get(order.customer_id) if order.customer_id is not None else None
-            out.append(counts(ledger, order.t, order.total_price, order.account_created))
+            out.append({**counts(ledger, order.t, order.total_price, order.account_created),
+                        **customer_velocity(ledger, order.t, self.velocity_cap)})
             if order.customer_id is None:
                 continue
             ledger = ledgers.setdefault(order.customer_id, Ledger())

@@ -6,7 +6,8 @@ training's come, served live:
 * its customer's history (prior orders, spend, refunds, fraud cancellations, account age): the customer's ledger in
   Feast's online store (:mod:`storeflow.components.risk.history`), seeded from the snapshot once and kept by this
   module as order and refund webhooks arrive;
-* velocity: its customer's, email's and address's lists there (:mod:`storeflow.components.risk.velocity`).
+* velocity: its email's and address's lists there (:mod:`storeflow.components.risk.velocity`), and its customer's
+  from the customer's ledger (:func:`storeflow.components.risk.history.customer_velocity`).
 
 Counts end one microsecond before the order, as the batch query's windows do, so an order's live features equal
 its batch features once the same history is known (``tests/test_risk_live.py`` replays a store's orders as webhooks
@@ -151,7 +152,8 @@ class LiveHistory:
         self.db = db
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
-        self.history = history if history is not None or velocity is None else OnlineHistory(velocity.store)
+        self.history = history if history is not None or velocity is None else \
+            OnlineHistory(velocity.store, velocity.cap)
         _drop_order_copies(db)
         db.executescript(SCHEMA)
         tables = tables or {}

@@ -13,9 +13,12 @@ before it (windows end one microsecond before the order, as the other risk featu
 Training and serving use the same two functions, so an order's velocity is the same on both sides by
 construction: training (:func:`batch`, called by ``risk.features.order_risk_features``) folds a snapshot's orders in
 creation order, each order counted against the lists as its earlier orders left them; serving
-(:class:`OnlineVelocity`) reads a batch's keys from the online store (``get_online_features``), counts and folds the
-batch's orders in arrival order and pushes the changed lists back (``FeatureStore.push`` to each view's
-``PushSource``). Nothing but a week of orders per key is held anywhere, in the receiver or the online store.
+(:class:`OnlineVelocity`) reads a batch's emails' and addresses' lists from the online store, counts and folds the
+batch's orders in arrival order and writes the changed lists back (what ``FeatureStore.push`` to each view's
+``PushSource`` writes). A customer's list is not kept online: serving takes it from the customer's history ledger,
+which holds every order of theirs (:func:`storeflow.components.risk.history.customer_velocity`, the same
+:func:`kept_from` and :func:`window_counts`), sparing two of an order's eight online-store keys. Nothing but a week of
+orders per key is held anywhere, in the receiver or the online store.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ HORIZON_US = 7 * DAY_US  # the longest window: older orders of a key are dropped
 VELOCITY_FEATURES = ("customer_orders_1h", "customer_orders_24h", "email_orders_1h", "email_orders_24h",
                      "address_orders_1h", "address_orders_24h", "address_orders_7d", "address_customers_7d")
 CUSTOMER_VIEW, EMAIL_VIEW, ADDRESS_VIEW = VELOCITY_VIEWS  # in that order: customer id, email digest, address key
+# Serving counts a customer's velocity from the customer's history ledger (risk.history.customer_velocity: its
+# orders are the customer's list), and keeps lists online for emails and addresses only: two online-store keys an
+# order fewer to read and write. CUSTOMER_VIEW stays registered: scorers before 2026-12-06 wrote it.
+SERVED_VIEWS = (EMAIL_VIEW, ADDRESS_VIEW)
+CUSTOMER_FEATURES = VELOCITY_FEATURES[:2]
+LIST_FEATURES = VELOCITY_FEATURES[2:]  # what OnlineVelocity's lists give
 
 
 class Order(NamedTuple):
@@ -83,10 +92,16 @@ def fold(state: Recent, order: Order, cap: int) -> bool:
     state.ids.insert(at, order.order_id)
     state.times.insert(at, order.t)
     state.customers.insert(at, order.customer_id or 0)
-    drop = max(bisect_left(state.times, state.times[-1] - HORIZON_US), len(state.times) - cap)
+    drop = kept_from(state.times, cap)
     if drop > 0:
         del state.ids[:drop], state.times[:drop], state.customers[:drop]
     return True
+
+
+def kept_from(times: list[int], cap: int) -> int:
+    """Where a key's list starts among orders at ``times`` (ascending): the newest ``cap`` of the week before the
+    newest."""
+    return max(bisect_left(times, times[-1] - HORIZON_US), len(times) - cap) if times else 0
 
 
 def unfold(state: Recent, order_id: int) -> bool:
@@ -107,10 +122,7 @@ def counts(customer: Recent | None, email: Recent | None, address: Recent | None
     """The :data:`VELOCITY_FEATURES` of an order created at ``t`` (µs) from its keys' lists (None: no such key)."""
     out = {}
     for prefix, state in (("customer", customer), ("email", email), ("address", address)):
-        times = state.times if state is not None else []
-        for suffix, width in (("1h", HOUR_US), ("24h", DAY_US)):
-            lo, hi = _window(times, t, width)
-            out[f"{prefix}_orders_{suffix}"] = hi - lo
+        out.update(window_counts(prefix, state.times if state is not None else [], t))
     times = address.times if address is not None else []
     lo, hi = _window(times, t, HORIZON_US)
     out["address_orders_7d"] = hi - lo
@@ -118,16 +130,26 @@ def counts(customer: Recent | None, email: Recent | None, address: Recent | None
     return {name: out[name] for name in VELOCITY_FEATURES}
 
 
+def window_counts(prefix: str, times: list[int], t: int) -> dict[str, int]:
+    """``<prefix>_orders_1h`` and ``_24h`` of an order created at ``t`` from a key's order ``times`` (ascending)."""
+    out = {}
+    for suffix, width in (("1h", HOUR_US), ("24h", DAY_US)):
+        lo, hi = _window(times, t, width)
+        out[f"{prefix}_orders_{suffix}"] = hi - lo
+    return out
+
+
 def _score_and_fold(orders: Iterable[Order], states: dict[str, dict], cap: int,
                     changed: dict[str, dict] | None = None) -> list[dict[str, int]]:
-    """Each order's counts against ``states`` (view -> key -> Recent) as the orders before it left them, then the
-    order folded in; keys whose list changed are noted in ``changed``."""
+    """Each order's counts against ``states`` (view -> key -> Recent: the views kept) as the orders before it left
+    them, then the order folded in; keys whose list changed are noted in ``changed``."""
     out = []
     for order in orders:
-        mine = [states[view].get(key) if key is not None else None for view, key in zip(VELOCITY_VIEWS, order.keys())]
+        mine = [states[view].get(key) if key is not None and view in states else None
+                for view, key in zip(VELOCITY_VIEWS, order.keys())]
         out.append(counts(*mine, order.t))
         for view, key, state in zip(VELOCITY_VIEWS, order.keys(), mine):
-            if key is None:
+            if key is None or view not in states:
                 continue
             if state is None:
                 state = states[view][key] = Recent()
@@ -158,28 +180,29 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 
 class OnlineVelocity:
-    """Serving's velocity: a batch of arriving orders counted against their keys' lists in Feast's online store,
-    then the lists with the batch folded in written back (one write per view and batch), through
-    :class:`~storeflow.components.risk.online_lists.OnlineLists`."""
+    """Serving's velocity of emails and addresses (:data:`SERVED_VIEWS`; a customer's comes from their history,
+    :func:`storeflow.components.risk.history.customer_velocity`): a batch of arriving orders counted against their
+    keys' lists in Feast's online store, then the lists with the batch folded in written back (one write per view and
+    batch), through :class:`~storeflow.components.risk.online_lists.OnlineLists`."""
 
     def __init__(self, store: FeatureStore, cap: int):
         self.store = store
         self.cap = cap
-        self.lists = OnlineLists(store, VELOCITY_VIEWS, VELOCITY_STATE)
+        self.lists = OnlineLists(store, {view: VELOCITY_VIEWS[view] for view in SERVED_VIEWS}, VELOCITY_STATE)
 
     def features_many(self, orders: Sequence[Order]) -> list[dict[str, int]]:
-        """Each order's :data:`VELOCITY_FEATURES` as if the orders before it in ``orders`` had arrived before it;
-        the orders are in the online store afterwards (written before this returns)."""
+        """Each order's :data:`LIST_FEATURES` as if the orders before it in ``orders`` had arrived before it; the
+        orders are in the online store afterwards (written before this returns)."""
         states = self._read(orders)
-        changed: dict[str, dict] = {view: {} for view in VELOCITY_VIEWS}
+        changed: dict[str, dict] = {view: {} for view in SERVED_VIEWS}
         out = _score_and_fold(orders, states, self.cap, changed)
         self._write(changed)
-        return out
+        return [{name: row[name] for name in LIST_FEATURES} for row in out]
 
     def seed(self, orders: Sequence[Order]) -> int:
         """Fold orders the online store may not have yet (a snapshot's last week) into it; returns keys written."""
         states = self._read(orders)
-        changed: dict[str, dict] = {view: {} for view in VELOCITY_VIEWS}
+        changed: dict[str, dict] = {view: {} for view in SERVED_VIEWS}
         _score_and_fold(sorted(orders, key=lambda o: (o.t, o.order_id)), states, self.cap, changed)
         self._write(changed)
         return sum(len(keys) for keys in changed.values())
@@ -191,8 +214,10 @@ class OnlineVelocity:
         if old is not None and old.keys() == new.keys():
             return False
         states = self._read([o for o in (old, new) if o is not None])
-        changed: dict[str, dict] = {view: {} for view in VELOCITY_VIEWS}
+        changed: dict[str, dict] = {view: {} for view in SERVED_VIEWS}
         for view, before, after in zip(VELOCITY_VIEWS, old.keys() if old else (None,) * 3, new.keys()):
+            if view not in states:
+                continue
             # out of every old list, the unchanged ones too: their entries carry the order's customer, which may
             # be what changed (the address's distinct customers count it)
             state = states[view].get(before) if before is not None else None
@@ -208,6 +233,8 @@ class OnlineVelocity:
     def _read(self, orders: Sequence[Order]) -> dict[str, dict]:
         states: dict[str, dict] = {}
         for position, view in enumerate(VELOCITY_VIEWS):
+            if view not in SERVED_VIEWS:
+                continue
             keys = list(dict.fromkeys(o.keys()[position] for o in orders if o.keys()[position] is not None))
             states[view] = {key: Recent(list(flat[0::3]), list(flat[1::3]), list(flat[2::3]), written)
                             for key, (written, flat) in self.lists.read(view, keys).items()}

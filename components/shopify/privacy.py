@@ -645,7 +645,8 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
 
 def _order_risk_held(settings: Settings, store, customer_id: int) -> dict[str, object]:
     """What order risk holds about a customer: the orders it kept as history (risk.db), and its rows in Feast's
-    online store, their order history ledger (risk.history) and their own velocity list (risk.velocity)."""
+    online store, their order history ledger (risk.history) and the velocity list scorers before 2026-12-06 kept of
+    them (risk.velocity; a customer's velocity is now counted from the ledger), while one is held."""
     from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW, VELOCITY_STATE
     from storeflow.components.risk import history
     from storeflow.components.risk.velocity import CUSTOMER_VIEW
