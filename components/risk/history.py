@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW
 from storeflow.components.risk.online_lists import OnlineLists, next_write_us
-from storeflow.components.risk.velocity import DAY_US, kept_from, window_counts
+from storeflow.components.risk.velocity import CUSTOMER_FEATURES, DAY_US, kept_from, window_counts
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -214,14 +214,15 @@ def counts(ledger: Ledger | None, t: int, total_price: float | None, account_cre
 
 
 def customer_velocity(ledger: Ledger | None, t: int, cap: int) -> dict[str, int]:
-    """The customer's velocity features (``customer_orders_1h``, ``_24h``; ``risk.velocity.CUSTOMER_FEATURES``) of an
+    """The customer's velocity features (:data:`~storeflow.components.risk.velocity.CUSTOMER_FEATURES`) of an
     order created at ``t`` from the customer's ledger: its orders are what velocity's list of the customer holds
     (the newest ``cap`` of the week before the newest, :func:`storeflow.components.risk.velocity.kept_from`), so
     training, which folds that list (``velocity.batch``), counts the same. One exception: a ledger past
     :data:`MAX_EVENTS` keeps its orders of the two days before its newest event (at most :data:`MOST_EVENTS`), so an
     order arriving more than a day after that customer's newest event may count fewer."""
     times = [event.t for event in ledger.events if event.kind == ORDER] if ledger is not None else []
-    return window_counts("customer", times[kept_from(times, cap):], t)
+    found = window_counts("customer", times[kept_from(times, cap):], t)
+    return {name: found[name] for name in CUSTOMER_FEATURES}
 
 
 class Arrival(NamedTuple):

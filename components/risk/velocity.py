@@ -47,8 +47,8 @@ CUSTOMER_VIEW, EMAIL_VIEW, ADDRESS_VIEW = VELOCITY_VIEWS  # in that order: custo
 # orders are the customer's list), and keeps lists online for emails and addresses only: two online-store keys an
 # order fewer to read and write. CUSTOMER_VIEW stays registered: scorers before 2026-12-06 wrote it.
 SERVED_VIEWS = (EMAIL_VIEW, ADDRESS_VIEW)
-CUSTOMER_FEATURES = VELOCITY_FEATURES[:2]
-LIST_FEATURES = VELOCITY_FEATURES[2:]  # what OnlineVelocity's lists give
+CUSTOMER_FEATURES = ("customer_orders_1h", "customer_orders_24h")  # history.customer_velocity's
+LIST_FEATURES = tuple(name for name in VELOCITY_FEATURES if name not in CUSTOMER_FEATURES)  # OnlineVelocity's
 
 
 class Order(NamedTuple):
