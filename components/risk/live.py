@@ -21,7 +21,7 @@ with an order: they are labels, not features.
 Orders and refunds received live are also kept in SQLite (``risk_live_orders``, ``risk_live_refunds``) inside the
 caller's transaction, so recording an order and queueing its assessment commit together; with the snapshot's order
 keys they say which customer, email and address an updated or refunded order was counted under. An order is kept as
-those keys and its newest ``updated_at`` (~100 bytes with its indexes), not as a copy of its payload: the copy,
+those keys and its newest ``updated_at`` (~170 bytes with its indexes), not as a copy of its payload: the copy,
 ~1 KB an order, was read by nothing but a data request.
 """
 
