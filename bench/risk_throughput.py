@@ -1,8 +1,10 @@
 """Order risk end to end: signed orders/create deliveries in (wrk + Lua, pre-signed), the order scored by the risk
 model server (``storeflow serve-risk``), the assessment out as an ``orderRiskAssessmentCreate`` mutation at a
 loopback Admin API answering in Shopify's recorded format. Issue 16 asks for >= 3,000 orders/s sustained with p99
-end to end <= 50 ms and zero loss on this 2-core machine; this measures what the path does today and where the time
-goes (journal receipt -> assessment queued: live features and the score; queued -> mutation answered).
+end to end <= 50 ms and zero loss on this 2-core machine; this measures what the path does today, end to end from
+wrk's sending each delivery (the Lua script stamps it with the wall clock) to the Admin API's answer to its mutation,
+and where the time goes (sent -> journaled: HTTP, signature, payload check, commit; journaled -> assessment queued:
+live features and the score; queued -> mutation answered).
 
 Trains the risk model on a synthetic store with fraud (``--customers``/``--orders``), starts the risk server and the
 webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`` distinct orders and lets wrk send
