@@ -67,6 +67,7 @@ RESULTS = Path(__file__).parent / "results" / "risk_throughput.json"
 CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.json"  # the recorded-format answers
 THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
+FIRST_ORDER = 6_000_000_000  # delivery number i carries order FIRST_ORDER + i (its webhook id ends in i)
 RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
             "from storeflow.components.shopify.webhooks import create_app, scorer_supervisor; s = load_settings(); "
             "uvicorn.run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s)), host='127.0.0.1', "
@@ -233,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
 def order(i: int, now: str) -> dict:
     customer = 7_000_000 + i % 5_000
     email = f"b{customer}@example.com"
-    return {"id": 6_000_000_000 + i, "name": f"#B{i}", "email": email, "created_at": now, "updated_at": now,
+    return {"id": FIRST_ORDER + i, "name": f"#B{i}", "email": email, "created_at": now, "updated_at": now,
             "cancelled_at": None, "currency": "USD", "financial_status": "paid", "total_price": "85.00",
             "subtotal_price": "85.00", "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
             "customer": {"id": customer, "email": email, "created_at": "2025-01-01T00:00:00+00:00"},
@@ -513,7 +514,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         with sqlite3.connect(journal) as db:
             # wrk's deliveries only: the warm-up order (number args.deliveries) came before wrk and its wait for the
             # scorer to start would stretch every rate's time span
-            received = {str(6_000_000_000 + number): datetime.fromisoformat(at).timestamp()
+            received = {str(FIRST_ORDER + number): datetime.fromisoformat(at).timestamp()
                         for hook, at in db.execute("SELECT webhook_id, received_at FROM events "
                                                    "WHERE topic = 'orders/create'")
                         if (number := int(hook.rsplit("-", 1)[-1])) < args.deliveries}
@@ -525,7 +526,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         wrk_sent: dict[str, float] = {}  # order id -> when wrk first sent its delivery (s since the epoch)
         for line in sent_file.read_text().splitlines():
             hook, _, micros = line.partition("\t")
-            wrk_sent.setdefault(str(6_000_000_000 + int(hook.rsplit("-", 1)[-1])), int(micros) / 1e6)
+            wrk_sent.setdefault(str(FIRST_ORDER + int(hook.rsplit("-", 1)[-1])), int(micros) / 1e6)
     finally:
         for proc in procs:
             proc.terminate()
@@ -577,7 +578,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                              "p99": pct(scored[:, 1] - scored[:, 0], 99)},
         "drain_seconds_after_wrk": round(drained - started - seconds, 1),
         # from wrk's sending the delivery to the Admin API's answer to its assessment (the issue's "webhook in ->
-        # mutation out"); runs before 2026-12-06 10:30 UTC started at the journal's commit (journaled_to_...)
+        # mutation out"); runs before 1dba2c6 started at the journal's commit (journaled_to_mutation_answered_ms)
         "end_to_end_ms": {"p50": pct(end_to_end, 50), "p90": pct(end_to_end, 90), "p99": pct(end_to_end, 99)},
         "journaled_to_mutation_answered_ms": {"p50": pct(journaled_to_sent, 50), "p90": pct(journaled_to_sent, 90),
                                               "p99": pct(journaled_to_sent, 99)},

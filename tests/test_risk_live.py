@@ -403,12 +403,10 @@ def test_a_refund_that_arrives_before_its_order_counts_once_the_order_does(repla
     assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]
 
 
-def test_recording_a_batch_after_the_next_ones_features_validates_neither_again(replay: Replay, tmp_path: Path,
-                                                                                  monkeypatch):
-    """The scorer records a batch once the next batch's features are computed (its risk server call meanwhile):
-    record() still takes the rows features_many validated and counted, for both batches, and drops what is never
-    recorded past live.SCORED_KEPT. Before, features_many kept only its last batch's rows: the first batch was
-    validated again (and its velocity keys read again) when recorded."""
+def test_recording_the_batch_just_counted_validates_none_of_its_orders_again(replay: Replay, tmp_path: Path,
+                                                                              monkeypatch):
+    """The scorer records a batch once the risk server answered it: record() takes the rows features_many validated
+    and counted for those very payloads, so no order is validated (nor its velocity keys read) a second time."""
     from storeflow.components.risk import live
 
     history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
@@ -418,15 +416,11 @@ def test_recording_a_batch_after_the_next_ones_features_validates_neither_again(
     validated = []
     risk = live._risk
     monkeypatch.setattr(live, "_risk", lambda payload, order_id: validated.append(order_id) or risk(payload, order_id))
-    history.features_many(orders[:2])
-    history.features_many(orders[2:])
-    for order in orders:
-        history.record("orders/create", order)
+    for batch in (orders[:2], orders[2:]):
+        history.features_many(batch)
+        for order in batch:
+            history.record("orders/create", order)
     assert validated == [o["id"] for o in orders]  # by features_many only
-    monkeypatch.setattr(live, "SCORED_KEPT", 3)
-    history.features_many(orders[:2])
-    history.features_many(orders[2:])  # nothing recorded: the oldest go
-    assert len(history._scored) == 3
 
 
 def test_history_is_seeded_once_per_snapshot_and_a_restart_keeps_what_arrived_live(replay: Replay, tmp_path: Path,

@@ -32,7 +32,6 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ from storeflow.components.tables import SCHEMAS, conform, table_path
 log = logging.getLogger(__name__)
 
 HISTORY_TOPICS = ORDER_TOPICS | REFUND_TOPICS  # what changes an order's history
-SCORED_KEPT = 4_096  # orders features_many validated that record() may still take (a scoring pass's worth, and more)
 SCORED_TOPIC = "orders/create"
 # What an earlier order's risk fields give a new order's features: its fraud cancellation (history) and its address
 # (velocity's keys). Its gateway, countries and disputes count only for itself (86 bytes an order held all, 32 these).
@@ -178,8 +176,8 @@ class LiveHistory:
         pa.default_memory_pool().release_unused()  # what reading and seeding freed, back to the system
         self._risk_of = _Index(self._risk.column("order_id"))
         self._refunds_of = _Index(self._refunds.column("order_id"))
-        # payloads features_many validated and counted (by identity), until record() takes them (the scorer records
-        # a batch once the risk server answered; a caller may score ahead); at most SCORED_KEPT, oldest dropped
+        # the last features_many's payloads (by identity), validated and counted: record() of them (the scorer's
+        # next step, once the risk server answered) reuses their rows
         self._scored: dict[int, tuple] = {}
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
 
@@ -334,9 +332,7 @@ class LiveHistory:
             Arrival(order["order_id"], _micros(order["created_at"]), order["customer_id"], order["total_price"],
                     None if created is None else _micros(created)) for (_, order, _, created) in batch])
         velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
-        self._scored.update(scored)  # record() of these very payloads (the risk thread's next steps) reuses their rows
-        for stale in list(islice(self._scored, max(0, len(self._scored) - SCORED_KEPT))):
-            del self._scored[stale]  # validated, never recorded (a batch the risk server refused, say)
+        self._scored = scored  # record() of these very payloads (the scorer's next step) reuses their rows
         out = []
         for mine, past, counts in zip(own, history, velocity):
             merged = {**mine, **past, **counts}
