@@ -166,18 +166,22 @@ def test_the_risk_server_freezes_its_startup_objects_before_serving(trained, tmp
     """A full garbage collection in the risk server walked every object its imports and model left (440,959 tracked:
     70-92 ms on a quiet machine); under load at 3,000 orders/s one stalled a batch's request 139 ms, which became
     the path's p99 (a backlog of 500 orders). storeflow serve-risk now freezes them before it serves, as the
-    repeat-purchase server did; before, nothing was frozen when uvicorn started."""
+    repeat-purchase server did; before, nothing was frozen when uvicorn started. Under serving.quiet (the default)
+    it also drops KServe's TimingMiddleware, as that server does."""
     root, config = trained
     path = tmp_path / "storeflow.yaml"
     path.write_text(yaml.safe_dump(config))
     probe = ("import gc, sys, uvicorn; from storeflow.serving.commands import serve_risk; "
-             "uvicorn.run = lambda *a, **k: print('frozen', gc.get_freeze_count()); "
+             "uvicorn.run = lambda app, **k: print('frozen', gc.get_freeze_count(), "
+             "sum(m.cls.__name__ == 'TimingMiddleware' for m in app.user_middleware)); "
              f"serve_risk(config=sys.argv[1], port={free_port()})")
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")})
     assert done.returncode == 0, done.stderr[-2000:]
-    (frozen,) = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("frozen ")]
+    ((frozen, timing),) = [tuple(map(int, line.split()[1:])) for line in done.stdout.splitlines()
+                           if line.startswith("frozen ")]
     assert frozen > 100_000  # KServe, pandas, scikit-learn, treelite and the model
+    assert timing == 0  # serving.quiet: no KServe TimingMiddleware reading the CPU clock on every request
 
 
 def test_the_risk_server_answers_v1_and_v2_alike_with_the_registered_models_score(stack: Stack):
