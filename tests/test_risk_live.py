@@ -528,3 +528,21 @@ def test_risk_lists_skip_redis_s_timestamp_read_and_the_materialized_views_keep_
                 int64_list_val=Int64List(val=[value]))}, datetime(2026, 1, day, tzinfo=timezone.utc), None)], None)
         [(_, stored)] = provider.online_read(store.config, view, [key], [VELOCITY_STATE])
         assert list(stored[VELOCITY_STATE].int64_list_val.val) == [2]
+
+
+def test_a_refund_that_arrived_before_its_order_counts_for_a_later_order_in_the_same_batch(replay: Replay,
+                                                                                            tmp_path: Path):
+    """A batch's orders are counted as if recorded one by one: a refund that came before its order is in the
+    customer's history for that customer's next order of the batch, as training counts it. (The refund once went
+    to the ledger only when the batch was recorded, after every feature of the batch: the next order saw 0.)"""
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
+    a, c = (replay.order(row) for row in _with_contact(replay, 2))
+    t0 = pd.Timestamp("2031-05-01T10:00:00Z")
+    first = _at(a, t0)
+    refund = {"id": 7_700_003, "order_id": first["id"], "created_at": (t0 + pd.Timedelta(minutes=5)).isoformat(),
+              "transactions": [{"kind": "refund", "status": "success", "amount": 5.0}]}
+    history.record("refunds/create", refund)
+    later = _at(c, t0 + pd.Timedelta(minutes=30), customer=a["customer"], id=10**15 + 7)
+    _, seen = history.features_many([first, later])
+    assert seen["prior_refunds"] == 1 and seen["prior_orders"] == 1
+    assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]

@@ -233,6 +233,7 @@ class Arrival(NamedTuple):
     customer_id: int | None
     total_price: float | None
     account_created: int | None  # the webhook's customer.created_at (µs), for a customer the history does not date
+    refunds: tuple[Event, ...] = ()  # the order's refunds that arrived before it (live): folded with it
 
 
 class OnlineHistory:
@@ -258,8 +259,8 @@ class OnlineHistory:
 
     def features_many(self, orders: Sequence[Arrival]) -> list[dict[str, float]]:
         """Each order's :data:`HISTORY_FEATURES` and its customer's velocity (:func:`customer_velocity`) as if the
-        orders before it in ``orders`` had arrived before it; the orders (and accounts first dated by them) are in the
-        online store afterwards."""
+        orders before it in ``orders`` had arrived (with their refunds) before it; the orders, their refunds and the
+        accounts first dated by them are in the online store afterwards."""
         ledgers = self.read(o.customer_id for o in orders)
         changed: dict[int, Ledger] = {}
         out = []
@@ -271,6 +272,8 @@ class OnlineHistory:
                 continue
             ledger = ledgers.setdefault(order.customer_id, Ledger())
             folded = fold(ledger, Event(ORDER, order.order_id, order.t, amount(order.total_price)), replace=False)
+            for refund in order.refunds:
+                folded |= fold(ledger, refund)
             if order.account_created is not None and not any(e.kind == ACCOUNT for e in ledger.events):
                 folded |= fold(ledger, Event(ACCOUNT, order.customer_id, order.account_created))
             if folded:
