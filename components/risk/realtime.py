@@ -91,6 +91,11 @@ class RiskScorer:
         self.url = f"{settings.risk.endpoint.rstrip('/')}/v1/models/{settings.risk.inference_service}:predict"
         # built here, used by the scoring thread (one user at a time)
         self.db = open_risk_db(settings)
+        # Its commits are not synced to disk (WAL, synchronous NORMAL): a machine losing power loses at most its last
+        # few, which puts the journal place back before orders the journal (synced) still holds; they are scored
+        # again and queued once (the outbox keeps one row per order). The write-back's synced commit before it sends
+        # syncs them with its own (assessments.drain). A sync cost ~170 us of CPU and ~400 us here, once a batch.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
         self.journal = journal.connect(layout.journal_path(settings))
         self.history = LiveHistory.from_settings(settings, self.db)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -81,11 +82,28 @@ def signature(model_version: str) -> str:
 
 
 def connect(path: Path) -> sqlite3.Connection:
+    """The outbox's database (WAL). Its commits are not synced to disk but the one that must be: a machine losing
+    power loses at most the last answers recorded, and those orders ask Shopify before going out again, as after a
+    crash (:func:`drain`). Each sync cost ~170 us of CPU and ~400 us here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
     return db
+
+
+@contextmanager
+def synced(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction synced to disk whatever the connection's ``synchronous`` (it syncs every commit
+    before it in the WAL too)."""
+    (level,) = db.execute("PRAGMA synchronous").fetchone()
+    db.execute("PRAGMA synchronous=FULL")
+    try:
+        with transaction(db):
+            yield
+    finally:
+        db.execute(f"PRAGMA synchronous={int(level)}")
 
 
 def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts: Sequence[Fact],
@@ -164,7 +182,7 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_att
     rows = db.execute("SELECT order_id, risk_level, facts, model_version, attempts FROM risk_outbox "
                       "WHERE state = 'pending' ORDER BY enqueued_at LIMIT ?", (limit,)).fetchall()
     if rows:
-        with transaction(db):
+        with synced(db):  # lost to a power cut, an order sent could be sent again without asking Shopify
             db.executemany("UPDATE risk_outbox SET attempts = attempts + 1 WHERE order_id = ?",
                            [(order,) for order, *_ in rows])
     marks: list[tuple[str, str, str | None, float]] = []  # (order, state, error, answered at): recorded together
