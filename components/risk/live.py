@@ -146,11 +146,8 @@ class LiveHistory:
 
     def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame | pa.Table] | None = None,
                  risk: pd.DataFrame | None = None, velocity: OnlineVelocity | None = None,
-                 history: OnlineHistory | None = None, reader: sqlite3.Connection | None = None):
-        self.db = db  # where record() writes, inside its caller's transaction
-        # where features_many reads (the risk database too): a connection of its own lets the scorer compute a batch's
-        # features while another thread records the batch before (on ``db``)
-        self.reader = reader if reader is not None else db
+                 history: OnlineHistory | None = None):
+        self.db = db
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
         self.history = history if history is not None or velocity is None else \
@@ -185,14 +182,13 @@ class LiveHistory:
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: sqlite3.Connection,
-                      reader: sqlite3.Connection | None = None) -> LiveHistory:
+    def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
         """History from the newest ingested snapshot and the export it came from; empty without one."""
         root = settings.data_dir / "snapshots"
         snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
         if not snaps:
             log.warning("no snapshot under %s: order risk sees only the orders received live", root)
-            return cls(db, velocity=online_velocity(settings), reader=reader)
+            return cls(db, velocity=online_velocity(settings))
         newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
         inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
         # Everything read here with the system allocator, tables with one thread and no pre-buffering: with Arrow's
@@ -217,7 +213,7 @@ class LiveHistory:
         velocity = online_velocity(settings)
         seeded = velocity.seed(_last_week(tables["orders"], risk))
         log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
-        history = cls(db, tables, risk, velocity, reader=reader)
+        history = cls(db, tables, risk, velocity)
         del tables, risk
         pa.default_memory_pool().release_unused()  # the snapshot's columns the history does not keep
         return history
@@ -314,11 +310,8 @@ class LiveHistory:
         ``payloads`` were recorded. The order's own features from its fields (``features.own_features``), its
         customer's history from the ledgers in Feast's online store (:mod:`storeflow.components.risk.history`) and
         velocity from its lists there: one read and one write of each per batch, the batch's orders pushed once
-        every feature of the batch is known; refunds of an order that arrived before it go there with it.
-
-        Only the online store is written here, and :meth:`record` of these payloads writes SQLite only: the scorer
-        records one batch on a thread of its own while it computes the next one's features
-        (:class:`storeflow.components.risk.realtime.RiskScorer`), so no ledger or list is read and written by both."""
+        every feature of the batch is known; refunds of an order that arrived before it go there with it (so
+        :meth:`record` of these payloads writes SQLite only)."""
         own, scored, scored_in_order = [], {}, []
         for payload in payloads:  # each payload validated once
             order, lines = order_rows(dict(payload))
@@ -339,7 +332,7 @@ class LiveHistory:
                     None if created is None else _micros(created), early.get(order["order_id"], ()))
             for (_, order, _, created) in batch])
         velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
-        self._scored.update(scored)  # record() of these very payloads (once the risk server answered) reuses their rows
+        self._scored = scored  # record() of these very payloads (the scorer's next step) reuses their rows
         out = []
         for mine, past, counts in zip(own, history, velocity):
             merged = {**mine, **past, **counts}
@@ -355,12 +348,11 @@ class LiveHistory:
         return keys[0] if keys is not None else None
 
     def _early_refunds(self, order_ids: list[int]) -> dict[int, tuple[ledger.Event, ...]]:
-        """Refunds received live before their order (a redelivery can come late), by order id, read with
-        ``reader``: one query per batch."""
+        """Refunds received live before their order (webhooks are not ordered), by order id: one query a batch."""
         found: dict[int, dict[int, ledger.Event]] = {}
         for start in range(0, len(order_ids), 500):
             chunk = order_ids[start:start + 500]
-            for order_id, text in self.reader.execute(
+            for order_id, text in self.db.execute(
                     f"SELECT order_id, row FROM risk_live_refunds WHERE order_id IN ({', '.join('?' * len(chunk))})",
                     chunk):
                 refund = json.loads(text)
@@ -368,11 +360,6 @@ class LiveHistory:
                     found.setdefault(order_id, {})[refund["refund_id"]] = ledger.Event(
                         ledger.REFUND, refund["refund_id"], _micros(refund["created_at"]))
         return {order_id: tuple(events.values()) for order_id, events in found.items()}
-
-    def forget_scored(self) -> None:
-        """Drop what :meth:`features_many` kept for :meth:`record` (the scorer gave up on those batches: they are
-        scored again)."""
-        self._scored.clear()
 
     def _refund_events(self, order_id: int) -> list[ledger.Event]:
         """An order's refunds as history events: those received live, and the snapshot's."""
