@@ -387,17 +387,23 @@ def test_a_customers_history_follows_price_refund_fraud_cancel_and_a_move_to_ano
             pytest.approx(training.loc[payload["id"], list(HISTORY)].astype(float).to_dict(), rel=1e-12)
 
 
-def test_a_refund_that_arrives_before_its_order_counts_once_the_order_does(replay: Replay, tmp_path: Path):
+def _refunded_before_its_order(replay: Replay, tmp_path: Path, t0: pd.Timestamp, refund_id: int, later_id: int):
+    """History that recorded a refund of an order not received yet, that order (created at ``t0``), the refund, and
+    a later order (30 minutes on) of the same customer."""
     history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
     a, c = (replay.order(row) for row in _with_contact(replay, 2))
-    t0 = pd.Timestamp("2031-03-01T10:00:00Z")
     first = _at(a, t0)
-    refund = {"id": 7_700_002, "order_id": first["id"], "created_at": (t0 + pd.Timedelta(minutes=5)).isoformat(),
+    refund = {"id": refund_id, "order_id": first["id"], "created_at": (t0 + pd.Timedelta(minutes=5)).isoformat(),
               "transactions": [{"kind": "refund", "status": "success", "amount": 5.0}]}
     history.record("refunds/create", refund)  # webhooks are not ordered: the refund came first
+    return history, first, refund, _at(c, t0 + pd.Timedelta(minutes=30), customer=a["customer"], id=later_id)
+
+
+def test_a_refund_that_arrives_before_its_order_counts_once_the_order_does(replay: Replay, tmp_path: Path):
+    history, first, refund, later = _refunded_before_its_order(replay, tmp_path, pd.Timestamp("2031-03-01T10:00:00Z"),
+                                                               7_700_002, 10**15)
     history.features(first)
     history.record("orders/create", first)
-    later = _at(c, t0 + pd.Timedelta(minutes=30), customer=a["customer"], id=10**15)
     seen = history.features(later)
     assert seen["prior_refunds"] == 1 and seen["prior_orders"] == 1
     assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]
@@ -535,14 +541,8 @@ def test_a_refund_that_arrived_before_its_order_counts_for_a_later_order_in_the_
     """A batch's orders are counted as if recorded one by one: a refund that came before its order is in the
     customer's history for that customer's next order of the batch, as training counts it. (The refund once went
     to the ledger only when the batch was recorded, after every feature of the batch: the next order saw 0.)"""
-    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
-    a, c = (replay.order(row) for row in _with_contact(replay, 2))
-    t0 = pd.Timestamp("2031-05-01T10:00:00Z")
-    first = _at(a, t0)
-    refund = {"id": 7_700_003, "order_id": first["id"], "created_at": (t0 + pd.Timedelta(minutes=5)).isoformat(),
-              "transactions": [{"kind": "refund", "status": "success", "amount": 5.0}]}
-    history.record("refunds/create", refund)
-    later = _at(c, t0 + pd.Timedelta(minutes=30), customer=a["customer"], id=10**15 + 7)
+    history, first, refund, later = _refunded_before_its_order(replay, tmp_path, pd.Timestamp("2031-05-01T10:00:00Z"),
+                                                               7_700_003, 10**15 + 7)
     _, seen = history.features_many([first, later])
     assert seen["prior_refunds"] == 1 and seen["prior_orders"] == 1
     assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]
