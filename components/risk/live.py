@@ -326,10 +326,10 @@ class LiveHistory:
                              "velocity=")
         # history and velocity last: the batch's orders go to the online store only once the rest is known
         batch = [scored[key] for key in scored_in_order]
-        early = self._early_refunds([order["order_id"] for (_, order, _, _) in batch])
+        early = self._live_refunds([order["order_id"] for (_, order, _, _) in batch])  # came before their order
         history = self.history.features_many([
             Arrival(order["order_id"], _micros(order["created_at"]), order["customer_id"], order["total_price"],
-                    None if created is None else _micros(created), early.get(order["order_id"], ()))
+                    None if created is None else _micros(created), tuple(early.get(order["order_id"], {}).values()))
             for (_, order, _, created) in batch])
         velocity = self.velocity.features_many([_velocity_order(order, risk) for (_, order, risk, _) in batch])
         self._scored = scored  # record() of these very payloads (the scorer's next step) reuses their rows
@@ -347,8 +347,9 @@ class LiveHistory:
         keys = self._snapshot_keys(order_id)
         return keys[0] if keys is not None else None
 
-    def _early_refunds(self, order_ids: list[int]) -> dict[int, tuple[ledger.Event, ...]]:
-        """Refunds received live before their order (webhooks are not ordered), by order id: one query a batch."""
+    def _live_refunds(self, order_ids: list[int]) -> dict[int, dict[int, ledger.Event]]:
+        """The refunds received live of these orders as history events (order id -> refund id -> event): one query
+        a batch. For a batch of new orders, those that came before their order (webhooks are not ordered)."""
         found: dict[int, dict[int, ledger.Event]] = {}
         for start in range(0, len(order_ids), 500):
             chunk = order_ids[start:start + 500]
@@ -359,7 +360,7 @@ class LiveHistory:
                 if refund.get("created_at"):
                     found.setdefault(order_id, {})[refund["refund_id"]] = ledger.Event(
                         ledger.REFUND, refund["refund_id"], _micros(refund["created_at"]))
-        return {order_id: tuple(events.values()) for order_id, events in found.items()}
+        return found
 
     def _refund_events(self, order_id: int) -> list[ledger.Event]:
         """An order's refunds as history events: those received live, and the snapshot's."""
@@ -370,11 +371,7 @@ class LiveHistory:
                                           self._refunds.column("created_at").take(positions).to_pylist()):
                 if created is not None:
                     events[refund_id] = ledger.Event(ledger.REFUND, refund_id, _micros(created))
-        for (text,) in self.db.execute("SELECT row FROM risk_live_refunds WHERE order_id = ?", (order_id,)):
-            refund = json.loads(text)
-            if refund.get("created_at"):
-                events[refund["refund_id"]] = ledger.Event(ledger.REFUND, refund["refund_id"],
-                                                           _micros(refund["created_at"]))
+        events.update(self._live_refunds([order_id]).get(order_id, {}))
         return list(events.values())
 
 
