@@ -84,7 +84,7 @@ def signature(model_version: str) -> str:
 def connect(path: Path) -> sqlite3.Connection:
     """The outbox's database (WAL). Its commits are not synced to disk but the one that must be: a machine losing
     power loses at most the last answers recorded, and those orders ask Shopify before going out again, as after a
-    crash (:func:`drain`). Each sync cost ~170 us of CPU and ~400 us here."""
+    crash (:func:`drain`). A synced commit cost 123-173 us of CPU and 277-396 us here, an unsynced one ~25 us."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
