@@ -689,6 +689,9 @@ class RiskConfig(Section):
                                    description="The risk model's name on its server: the KServe InferenceService "
                                    "(kustomize/base/risk-inference-service.yaml) and `storeflow serve-risk`'s model.")
     port: int = Field(8082, gt=0, lt=65536, description="`storeflow serve-risk` listens here.")
+    max_body_bytes: int = Field(1024 * 1024, ge=64 * 1024, description="Larger requests to the risk server get "
+                                "413 before anything parses them (local and on the cluster). The receiver's largest, "
+                                "256 orders of 31 features, is ~250 KB.")
     endpoint: str | None = Field(None, description="Base URL of the risk model server (http://127.0.0.1:8082 "
                                  "locally; the InferenceService's URL on a cluster). Set, the webhook receiver scores "
                                  "every orders/create and writes the assessment back to Shopify; unset, it does not.")

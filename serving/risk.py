@@ -1,5 +1,5 @@
 """Order risk over KServe (issue 16): the registered risk model (MLflow ``risk.model_name``) as a KServe ``Model``
-on a ModelServer of its own. The webhook receiver sends it each new order's 30 order-time features
+on a ModelServer of its own. The webhook receiver sends it each new order's 31 order-time features
 (:mod:`storeflow.components.risk.live`) and queues the answer for ``orderRiskAssessmentCreate``.
 
 KServe's contract: ``load`` the estimator and the assessment's cut points (MLmodel metadata ``risk_levels``, set by
@@ -12,7 +12,9 @@ counted on ``/metrics`` by version and level (``storeflow_risk_assessments_total
 the risk canary's alert rate reads: :func:`storeflow.components.risk.deploy.alert_queries`).
 
 No Shopify auth here, as for the cluster predictor: only the receiver calls it (loopback locally, the namespace's
-NetworkPolicy on a cluster); the served routes, the one error shape and the request metrics are storeflow's.
+NetworkPolicy on a cluster); the served routes, the one error shape and the request metrics are storeflow's, and a
+body over ``risk.max_body_bytes`` is 413 before anything parses it. Each order id is logged with its prediction:
+one that is not a short string or integer (``protocol.MAX_ORDER_ID_CHARS``) is refused, not written to the log.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.risk.assess import Levels, assessment
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.protocol import (FACTS_OUTPUT, FEATURES_INPUT, LEVEL_OUTPUT, LEVELS_METADATA,
-                                                MAX_INSTANCES, ORDER_ID, SCORE_OUTPUT)
+                                                MAX_INSTANCES, MAX_ORDER_ID_CHARS, ORDER_ID, SCORE_OUTPUT)
 from storeflow.serving.metrics import RISK_ASSESSMENTS
 from storeflow.serving.predictor import input_example, load_estimator, read_mlmodel, registered_version
 from storeflow.serving.predlog import PredictionLog, now_iso
@@ -43,7 +45,8 @@ from storeflow.serving.v1 import v1_request
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
 
-V1_EXAMPLE = '{"instances": [{"order_id": "gid://shopify/Order/1", "total_price": 42.5, ...the 30 features}]}'
+V1_EXAMPLE = ('{"instances": [{"order_id": "gid://shopify/Order/1", "total_price": 42.5, '
+              f'...the {len(ORDER_FEATURES)} features}}]}}')
 
 
 class RiskPredictor(Model):
@@ -92,7 +95,7 @@ class RiskPredictor(Model):
                 raise InvalidInput(f"instances[{i}] lacks feature(s) {', '.join(missing)}")
             if extra := set(item) - set(self.columns) - {ORDER_ID}:
                 raise InvalidInput(f"instances[{i}] has unknown field(s): {', '.join(sorted(map(str, extra)))}")
-            ids.append(None if item.get(ORDER_ID) is None else str(item[ORDER_ID]))
+            ids.append(_order_id(item.get(ORDER_ID), f"instances[{i}].{ORDER_ID}"))
             rows.append([item[c] for c in self.columns])
         return False, ids, _matrix(rows, len(self.columns))
 
@@ -111,9 +114,10 @@ class RiskPredictor(Model):
             raise InvalidInput(f"send 1 to {MAX_INSTANCES} orders per request, got {len(rows)}")
         ids: list[str | None] = [None] * len(rows)
         if ORDER_ID in inputs:
-            ids = [v.decode() if isinstance(v, bytes) else str(v) for v in inputs[ORDER_ID].data]
-            if len(ids) != len(rows):
-                raise InvalidInput(f"'{ORDER_ID}' has {len(ids)} values for {len(rows)} rows of features")
+            values = inputs[ORDER_ID].data
+            if len(values) != len(rows):
+                raise InvalidInput(f"'{ORDER_ID}' has {len(values)} values for {len(rows)} rows of features")
+            ids = [_order_id(v, f"{ORDER_ID}[{i}]") for i, v in enumerate(values)]
         return ids, rows
 
     async def predict(self, request, headers=None, response_headers=None):
@@ -156,6 +160,23 @@ class RiskPredictor(Model):
         return [{"name": SCORE_OUTPUT, "datatype": "FP64", "shape": [-1]},
                 {"name": LEVEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
                 {"name": FACTS_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+
+
+def _order_id(value, where: str) -> str | None:
+    """An order id as logged and answered: a string (V2: UTF-8 bytes) or an integer, at most MAX_ORDER_ID_CHARS."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where} is not UTF-8") from None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidInput(f"{where} must be a string or an integer, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > MAX_ORDER_ID_CHARS:
+        raise InvalidInput(f"{where} is {len(text)} characters long; an order id is at most {MAX_ORDER_ID_CHARS}")
+    return text
 
 
 def _matrix(rows, width: int) -> np.ndarray:
@@ -206,6 +227,16 @@ def resolve(settings: Settings, alias: str = "champion", version: str | None = N
     return version, target
 
 
+def _install(app, settings: Settings) -> None:
+    """storeflow's common middlewares, and the body limit (risk.max_body_bytes) on the inference routes."""
+    from storeflow.serving.app import install_common
+    from storeflow.serving.http import BodyLimitMiddleware
+    from storeflow.serving.routes import is_inference
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.risk.max_body_bytes, protect=is_inference)
+    install_common(app, settings, meter=is_inference)
+
+
 def _server(settings: Settings, model: RiskPredictor, port: int):
     from kserve import ModelServer
 
@@ -222,15 +253,12 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
-    from storeflow.serving.app import install_common
-    from storeflow.serving.routes import is_inference
-
     model = RiskPredictor(settings.risk.inference_service, model_dir, version, prediction_log(settings),
                           settings.serving.model_runtime)
     model.load()
     server = _server(settings, model, settings.risk.port)
     server.register_model(model)
-    install_common(app, settings, meter=is_inference)
+    _install(app, settings)
     RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
                settings.risk.port).create_application()
     if settings.serving.quiet:  # KServe's TimingMiddleware reads the process's CPU time and logs a line per request
@@ -250,9 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     from kserve import model_server
 
     from storeflow.components.config import load_settings
-    from storeflow.serving.app import install_common
     from storeflow.serving.predictor import DEFAULT_MODEL_DIR
-    from storeflow.serving.routes import is_inference
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
@@ -267,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     server = _server(settings, model, args.http_port)
     from kserve.model_server import app
 
-    install_common(app, settings, meter=is_inference)
+    _install(app, settings)
     freeze_startup_objects()
     server.start([model])
 

@@ -29,7 +29,7 @@ def stock():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A risk estimator as the risk stage logs it: scikit-learn on the 30 named features, an MLflow model."""
+    """A risk estimator as the risk stage logs it: scikit-learn on the 31 named features, an MLflow model."""
     import mlflow.sklearn
     from sklearn.ensemble import HistGradientBoostingClassifier
 

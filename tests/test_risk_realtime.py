@@ -227,6 +227,42 @@ def test_the_risk_server_answers_v1_and_v2_alike_with_the_registered_models_scor
     assert short.status_code == 400 and "lacks feature(s)" in short.text
 
 
+def test_the_risk_server_refuses_oversized_bodies_and_order_ids_and_logs_none_of_them(stack: Stack):
+    """Found by testing from outside: the risk server took a 200 MB body (200 orders, each id a million characters),
+    answered 200 and wrote all of it to the prediction log; an order id of any JSON type was logged as its text. Now a
+    body over risk.max_body_bytes (1 MiB; the receiver's largest is ~250 KB) is 413 before it is parsed, and an order
+    id that is not a string or integer of at most 255 characters is 400 naming it, in V1 and V2; nothing of either
+    reaches the log, and a request the receiver sends still does."""
+    from storeflow.components.risk.logs import local_dir
+
+    stack.start_model()
+    url = f"{stack.model_url}/v1/models/{NAME}:predict"
+    features = {name: 0.0 for name in ORDER_FEATURES}
+    marker = "x" * 300
+    big = httpx.post(url, json={"instances": [{**features, "order_id": marker * 20}] * 200}, timeout=30)
+    assert big.status_code == 413 and big.json()["code"] == "body_too_large", big.text
+    long_id = httpx.post(url, json={"instances": [{**features, "order_id": marker}]}, timeout=10)
+    assert long_id.status_code == 400 and "instances[0].order_id is 300 characters long" in long_id.text
+    as_object = httpx.post(url, json={"instances": [features, {**features, "order_id": {"x": marker}}]}, timeout=10)
+    assert as_object.status_code == 400 and "instances[1].order_id must be a string or an integer" in as_object.text
+    row = [0.0] * len(ORDER_FEATURES)
+    v2 = httpx.post(f"{stack.model_url}/v2/models/{NAME}/infer", json={"inputs": [
+        {"name": "features", "datatype": "FP64", "shape": [1, len(row)], "data": row},
+        {"name": "order_id", "datatype": "BYTES", "shape": [1], "data": [marker]}]}, timeout=10)
+    assert v2.status_code == 400 and "order_id[0] is 300 characters long" in v2.text
+    # the receiver's largest request: 256 orders (MAX_INSTANCES) with gid order ids
+    largest = [{**{name: 12345.678901 for name in ORDER_FEATURES}, "order_id": f"gid://shopify/Order/{6_000_000_000 + i}"}
+               for i in range(256)]
+    fits = httpx.post(url, json={"instances": largest}, timeout=30)
+    assert fits.status_code == 200, fits.text
+    assert [p["order_id"] for p in fits.json()["predictions"]] == [o["order_id"] for o in largest]
+
+    logs = local_dir(load_settings(path=stack.env["STOREFLOW_CONFIG"]))
+    text = lambda: "".join(p.read_text() for p in logs.glob("*.jsonl")) if logs.exists() else ""  # noqa: E731
+    until(lambda: largest[-1]["order_id"] in text())  # written in order: what came before is written by now
+    assert marker not in text()
+
+
 def test_a_delivery_ends_as_one_assessment_mutation_through_restarts(stack: Stack, admin: FakeAdmin):
     a = new_order(9100000001, 8800000001, "fresh@example.com")
     later = (datetime.fromisoformat(a["created_at"]) + timedelta(minutes=10)).isoformat()
@@ -477,6 +513,9 @@ def test_the_cluster_container_serves_what_kserve_downloaded(stack: Stack):
     assert answer.json()["model_version"] == version == "1"
     assert answer.json()["predictions"][0]["level"] in ("HIGH", "MEDIUM", "LOW")
     assert httpx.post(f"{stack.model_url}/v2/repository/models/{NAME}/unload", timeout=10).status_code == 404
+    too_big = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict", content=b"{" + b" " * (1024 * 1024),
+                         headers={"content-type": "application/json"}, timeout=10)
+    assert too_big.status_code == 413, too_big.text  # risk.max_body_bytes holds in the cluster's container too
 
 
 def test_healthz_says_behind_while_an_order_waits_for_its_score(tmp_path, monkeypatch):

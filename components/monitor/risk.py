@@ -1,7 +1,7 @@
 """The order risk model's served window, beside the propensity model's: score and feature drift, alert rate, and
 decay as dispute and chargeback labels mature weeks later.
 
-Read from the risk server's prediction log (:mod:`storeflow.components.risk.logs`: every scored order with the 30
+Read from the risk server's prediction log (:mod:`storeflow.components.risk.logs`: every scored order with the 31
 features it saw, locally and in ``<serving.prediction_log_store>/risk/``), against the version's holdout, which the
 risk stage logs on its MLflow run (``reference/holdout.parquet``: features, the model's score, the label).
 
@@ -134,7 +134,7 @@ def reasons(drift: drift_mod.DriftResult | None, alerts: dict, decay_: dict, fpr
 def read_logged(files: list[Path], start: datetime, end: datetime, model_version: str | None, max_rows: int,
                 seed: int = 0, features: bool = True) -> tuple[pd.DataFrame, dict[str, int], str | None, bool]:
     """Risk predictions logged in ``[start, end)`` by ``model_version`` (None: the most served one): order id,
-    score, level and (``features``) the 30 order features as floats, sampled uniformly down to ``max_rows``.
+    score, level and (``features``) the 31 order features as floats, sampled uniformly down to ``max_rows``.
     Returns the frame, counts per version, the version read and whether it was sampled."""
     import duckdb
 

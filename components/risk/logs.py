@@ -2,7 +2,7 @@
 (:mod:`storeflow.components.prediction_logs`), in a folder of its own.
 
 Each record is one scored order: ``ts``, ``model_name``, ``model_version``, ``order_id``, ``score``, ``level``,
-``facts`` and the 30 ``features`` it saw. Locally the files are under ``<state_dir>/risk/predictions``; with
+``facts`` and the 31 ``features`` it saw. Locally the files are under ``<state_dir>/risk/predictions``; with
 ``serving.prediction_log_store`` set, the risk server ships each closed file to ``<store>/risk/`` (the
 propensity reader lists its folder without recursing, so neither model's monitoring reads the other's records)
 and monitoring (:mod:`storeflow.components.monitor.risk`) reads both places.
