@@ -129,3 +129,36 @@ def test_the_online_store_holds_a_compacted_ledger(tmp_path: Path):
     t = whole.events[-1].t + H
     assert counts(held, t, 80.0) == counts(whole, t, 80.0)
 
+
+
+def test_a_price_past_what_the_ledger_holds_is_held_at_its_limit_live_and_from_a_snapshot(tmp_path: Path):
+    """Found by testing from outside: an orders/create with total_price 1e308 (a finite number, which the receiver
+    takes) raised OverflowError in amount() and stopped the risk path; in a snapshot the same price failed seeding.
+    Now a price is held within ±AMOUNT_LIMIT (4.6 trillion), in the ledger, its summary and the online store."""
+    import pyarrow as pa
+
+    from storeflow.components.risk.history import AMOUNT_LIMIT, snapshot_events
+
+    assert (amount(1e308), amount(-1e308), amount(float("nan"))) == (AMOUNT_LIMIT, -AMOUNT_LIMIT, NO_AMOUNT)
+    assert amount(42.5) == 42_500_000
+    whole = Ledger()
+    for i in range(MAX_EVENTS + 10):  # compacted: the summary's spend adds hundreds of limits, past int64
+        fold(whole, Event(ORDER, i + 1, i * H, amount(1e308)))
+    assert compact(whole) and whole.summary.spend == 2**63 - 1
+    store = online_velocity(load_settings({"project": {"state_dir": str(tmp_path / "state")}})).store
+    history = OnlineHistory(store)
+    history.write({7: whole})
+    seen = counts(history.read([7])[7], (MAX_EVENTS + 20) * H, 1e308)
+    assert seen["prior_orders"] == MAX_EVENTS + 10 and np.isfinite(list(seen.values())).all()
+
+    orders = pa.table({"order_id": [1, 2, 3, 4], "customer_id": [7, 7, 7, 7],
+                       "created_at": pa.array([H, 2 * H, 3 * H, 4 * H], pa.timestamp("us", tz="UTC")),
+                       "cancelled_at": pa.array([None] * 4, pa.timestamp("us", tz="UTC")),
+                       "total_price": [1e308, None, float("nan"), 42.5]})
+    empty_refunds = pa.table({"refund_id": pa.array([], pa.int64()), "order_id": pa.array([], pa.int64()),
+                              "created_at": pa.array([], pa.timestamp("us", tz="UTC"))})
+    customers = pa.table({"customer_id": [7], "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))})
+    risk = pa.table({"order_id": pa.array([], pa.int64()), "cancel_reason": pa.array([], pa.string())})
+    events = snapshot_events(orders, empty_refunds, customers, risk)
+    by_order = {i: a for k, i, a in zip(*(events.column(c).to_pylist() for c in ("kind", "id", "amount"))) if k == ORDER}
+    assert by_order == {1: AMOUNT_LIMIT, 2: NO_AMOUNT, 3: NO_AMOUNT, 4: 42_500_000}

@@ -375,6 +375,58 @@ def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_
         scorer.stop()
 
 
+def test_an_order_priced_past_what_history_holds_is_scored_and_so_is_the_customers_next(tmp_path):
+    """Found by testing from outside: one orders/create with total_price 1e308 (finite: the receiver takes it) raised
+    OverflowError in the customer's ledger, which the scorer took for an outage: it retried the same batch for ever
+    and no order after it was scored. Now the price is held at the ledger's limit and both orders are scored."""
+    from storeflow.components.risk.history import AMOUNT_LIMIT, MICROS
+    from storeflow.components.risk.realtime import RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        later = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+        _journal(settings, ("huge", "orders/create", new_order(9200000021, 21, "a@example.com", total_price=1e308)),
+                 ("next", "orders/create", new_order(9200000022, 21, "a@example.com", created_at=later,
+                                                     updated_at=later)))
+        assert scorer.score_pending() == 2
+        assert [i["order_id"] for i in seen] == ["9200000021", "9200000022"]
+        assert seen[1]["prior_orders"] == 1 and seen[1]["prior_spend"] == AMOUNT_LIMIT / MICROS
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (2,)
+        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
+    finally:
+        scorer.stop()
+
+
+def test_an_arithmetic_error_in_one_orders_features_sets_that_order_aside_and_the_next_goes_on(tmp_path, monkeypatch):
+    """Whatever else an order's values may overflow or divide by zero: that order is set aside with why (an
+    ArithmeticError is the order's, not an outage's), the rest of its batch is scored."""
+    from storeflow.components.risk import live
+    from storeflow.components.risk.realtime import RiskScorer
+
+    own = live.own_features
+
+    def failing(order, lines, risk):
+        if order["order_id"] == 9200000031:
+            raise ZeroDivisionError("float division by zero")
+        return own(order, lines, risk)
+
+    monkeypatch.setattr(live, "own_features", failing)
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        _journal(settings, ("zero", "orders/create", new_order(9200000031, 31, "a@example.com")),
+                 ("fine", "orders/create", new_order(9200000032, 32, "b@example.com")))
+        assert scorer.score_pending() == 2
+        assert [i["order_id"] for i in seen] == ["9200000032"]
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'zero'").fetchone()
+        assert reason == "ZeroDivisionError: float division by zero"
+    finally:
+        scorer.stop()
+
+
 def test_a_risk_server_answering_200_without_json_sets_no_order_aside(tmp_path):
     """A proxy's HTML page with status 200 in front of the risk server is an outage, not the orders' fault: the pass
     fails, nothing is skipped or queued, and the orders are scored once it answers again."""

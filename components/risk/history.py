@@ -44,6 +44,11 @@ ORDERS_BEFORE, OTHERS_BEFORE = 4, 5  # a compacted ledger's summary, held as two
 KIND_NAMES = {ACCOUNT: "account", ORDER: "order", REFUND: "refund", FRAUD_CANCEL: "fraud_cancellation"}
 NO_AMOUNT = -(2**63)  # an order without a total price: counted, adds no spend (SQL's sum skips a null)
 MICROS = 1_000_000
+# The most an amount holds (millionths, either sign): 4.6 trillion in the shop's currency, exact in a float64. A
+# webhook's price is any finite number; past this it is held as this (training's query sums the prices as they are,
+# so the two differ only for prices no store charges), and a summary's spend stops at int64's range.
+AMOUNT_LIMIT = 2**62
+INT64_MAX = 2**63 - 1
 HISTORY_FEATURES = ("account_age_hours", "prior_orders", "prior_spend", "prior_avg_order_value", "value_over_prior_avg",
                     "days_since_prior_order", "prior_refunds", "prior_fraud_cancels")
 MARKER = -1  # the customer id of the row naming the snapshot the online store was seeded from (no customer has it)
@@ -138,6 +143,7 @@ def compact(ledger: Ledger) -> bool:
             frauds += 1
         elif event.kind == ACCOUNT:
             accounts.append(event)
+    spend = max(-INT64_MAX, min(spend, INT64_MAX))  # an online-store value is an int64
     ledger.summary = Summary(orders, spend, last, refunds, frauds, kept[0].t)
     ledger.events = accounts + kept
     return True
@@ -149,8 +155,12 @@ def present(value) -> bool:
 
 
 def amount(price) -> int:
-    """A price in millionths (NO_AMOUNT for none)."""
-    return round(price * MICROS) if present(price) else NO_AMOUNT
+    """A price in millionths (NO_AMOUNT for none), held within ±AMOUNT_LIMIT (a price of 1e308 made the ledger's
+    integer overflow and stopped the risk path)."""
+    if not present(price):
+        return NO_AMOUNT
+    micros = price * MICROS
+    return round(micros) if -AMOUNT_LIMIT < micros < AMOUNT_LIMIT else AMOUNT_LIMIT if micros > 0 else -AMOUNT_LIMIT
 
 
 def fold(ledger: Ledger, event: Event, replace: bool = True) -> bool:
@@ -349,9 +359,11 @@ def snapshot_events(orders: pa.Table, refunds: pa.Table, customers: pa.Table, ri
         return table.filter(pc.and_(pc.is_valid(table.column("customer_id")), pc.is_valid(table.column("t"))))
 
     owner = orders.select(["order_id", "customer_id"]).filter(pc.is_valid(orders.column("customer_id")))
-    price = orders.column("total_price")
-    money = pc.if_else(pc.is_valid(price), pc.cast(pc.round(pc.multiply(pc.cast(price, pa.float64()), MICROS)),
-                                                   pa.int64()), pa.scalar(NO_AMOUNT, pa.int64()))
+    price = pc.cast(orders.column("total_price"), pa.float64())
+    millionths = pc.round(pc.multiply(price, MICROS))  # within ±AMOUNT_LIMIT, as amount(); NaN as none
+    millionths = pc.max_element_wise(pc.min_element_wise(millionths, float(AMOUNT_LIMIT)), float(-AMOUNT_LIMIT))
+    money = pc.if_else(pc.and_kleene(pc.is_valid(price), pc.invert(pc.is_nan(price))),
+                       pc.cast(millionths, pa.int64()), pa.scalar(NO_AMOUNT, pa.int64()))
     parts = [part(orders.column("customer_id"), ORDER, orders.column("order_id"), micros(orders.column("created_at")),
                   money)]
     if refunds.num_rows:

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT
 """
 
 
+# What an order's own data can raise on its way to a score: it is set aside with why and the next order goes on.
+# Anything else (the online store or the database failing) is an outage: the pass fails and the order waits.
+# ArithmeticError: an overflow from a value no order has (one stopped every order after it until it was caught here).
+REFUSED = (PayloadError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, ArithmeticError)
+
+
 class ScoringUnavailable(RuntimeError):
     """The risk server did not answer (down, restarting, overloaded): the order stays in the journal."""
 
@@ -162,7 +168,7 @@ class RiskScorer:
             return
         try:
             scored = self._score_many([item[4] for item in batch])
-        except (PayloadError, KeyError, TypeError, ValueError):
+        except REFUSED:
             for rowid, webhook_id, topic, body, _ in batch:
                 self._handle(rowid, webhook_id, topic, body)
             return
@@ -181,7 +187,7 @@ class RiskScorer:
             assessment = None
             if topic == SCORED_TOPIC and not self._queued(payload["id"]):
                 assessment = self._score(payload)
-        except (PayloadError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except REFUSED as exc:
             return self._skip(rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}")
         with transaction(self.db):
             self.history.record(topic, payload)
