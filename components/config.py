@@ -691,7 +691,7 @@ class RiskConfig(Section):
     port: int = Field(8082, gt=0, lt=65536, description="`storeflow serve-risk` listens here.")
     max_body_bytes: int = Field(1024 * 1024, ge=64 * 1024, description="Larger requests to the risk server get "
                                 "413 before anything parses them (local and on the cluster). The receiver's largest, "
-                                "256 orders of 31 features, is ~250 KB.")
+                                "256 orders of 31 features, is ~300 KB.")
     endpoint: str | None = Field(None, description="Base URL of the risk model server (http://127.0.0.1:8082 "
                                  "locally; the InferenceService's URL on a cluster). Set, the webhook receiver scores "
                                  "every orders/create and writes the assessment back to Shopify; unset, it does not.")

@@ -230,7 +230,7 @@ def test_the_risk_server_answers_v1_and_v2_alike_with_the_registered_models_scor
 def test_the_risk_server_refuses_oversized_bodies_and_order_ids_and_logs_none_of_them(stack: Stack):
     """Found by testing from outside: the risk server took a 200 MB body (200 orders, each id a million characters),
     answered 200 and wrote all of it to the prediction log; an order id of any JSON type was logged as its text. Now a
-    body over risk.max_body_bytes (1 MiB; the receiver's largest is ~250 KB) is 413 before it is parsed, and an order
+    body over risk.max_body_bytes (1 MiB; the receiver's largest is ~300 KB) is 413 before it is parsed, and an order
     id that is not a string or integer of at most 255 characters is 400 naming it, in V1 and V2; nothing of either
     reaches the log, and a request the receiver sends still does."""
     from storeflow.components.risk.logs import local_dir
