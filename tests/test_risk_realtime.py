@@ -427,6 +427,63 @@ def test_an_arithmetic_error_in_one_orders_features_sets_that_order_aside_and_th
         scorer.stop()
 
 
+def test_while_every_order_fails_alike_none_is_set_aside_and_all_are_scored_once_the_fault_is_fixed(tmp_path):
+    """A risk server that refuses every order (a model deployed that reads other features: 400 "lacks feature(s)")
+    is not the orders' fault: before, each order was set aside as refused and never assessed. Now, while every order
+    of a pass fails alike, they all wait in the journal (the pass raises OrdersFailAlike; the loop retries and
+    /healthz shows why), and once the server answers they are all scored."""
+    from storeflow.components.risk.realtime import OrdersFailAlike, RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    refusing = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(
+        400, json={"error": "instances[0] lacks feature(s) basket_entropy", "code": "bad_request"})))
+    scorer = RiskScorer(settings, http=refusing)
+    try:
+        _journal(settings, ("one", "orders/create", new_order(9200000041, 41, "a@example.com")),
+                 ("two", "orders/create", new_order(9200000042, 42, "b@example.com")))
+        with pytest.raises(OrdersFailAlike, match="2 order.* failed alike.*lacks feature"):
+            scorer.score_pending()
+        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (0,)
+        seen: list = []
+        scorer.http = _answering(seen)
+        assert scorer.score_pending() == 2
+        assert [i["order_id"] for i in seen] == ["9200000041", "9200000042"]
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (2,)
+    finally:
+        scorer.stop()
+
+
+def test_a_lone_order_that_fails_waits_until_another_is_scored_then_is_set_aside(tmp_path):
+    """Alone, an order the risk server refuses cannot be told from a server refusing every order: it waits, and is set
+    aside (with why) once an order after it is scored; an order with a malformed payload is set aside at once."""
+    from storeflow.components.risk.realtime import OrdersFailAlike, RiskScorer
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        instances = json.loads(request.content)["instances"]
+        if any(i["order_id"] == "9200000051" for i in instances):
+            return httpx.Response(400, json={"error": "features must be finite (no NaN or inf)", "code": "bad_request"})
+        return _answering(seen).post(str(request.url), content=request.content)
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=httpx.Client(transport=httpx.MockTransport(handle)))
+    try:
+        _journal(settings, ("malformed", "orders/create", new_order(9200000050, 50, "m@example.com", cancel_reason="x")),
+                 ("lone", "orders/create", new_order(9200000051, 51, "a@example.com")))
+        with pytest.raises(OrdersFailAlike):
+            scorer.score_pending()
+        skipped = dict(scorer.db.execute("SELECT webhook_id, reason FROM risk_skipped").fetchall())
+        assert list(skipped) == ["malformed"]  # its own fault: set aside at once; the lone one waits
+        _journal(settings, ("next", "orders/create", new_order(9200000052, 52, "b@example.com")))
+        assert scorer.score_pending() == 2
+        skipped = dict(scorer.db.execute("SELECT webhook_id, reason FROM risk_skipped").fetchall())
+        assert "features must be finite" in skipped["lone"]
+        assert [i["order_id"] for i in seen] == ["9200000052"]
+    finally:
+        scorer.stop()
+
+
 def test_a_risk_server_answering_200_without_json_sets_no_order_aside(tmp_path):
     """A proxy's HTML page with status 200 in front of the risk server is an outage, not the orders' fault: the pass
     fails, nothing is skipped or queued, and the orders are scored once it answers again."""

@@ -57,10 +57,19 @@ CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT
 # Anything else (the online store or the database failing) is an outage: the pass fails and the order waits.
 # ArithmeticError: an overflow from a value no order has (one stopped every order after it until it was caught here).
 REFUSED = (PayloadError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, ArithmeticError)
+# ... of which these say the order itself is malformed. The others may as well be a fault of the code, the config or
+# the model (a model whose features the server does not send: a 400 for every order): such an order is set aside
+# only once another order of the same pass was scored; while every order fails alike, they all wait (OrdersFailAlike).
+ORDER_FAULTS = (PayloadError, orjson.JSONDecodeError)
 
 
 class ScoringUnavailable(RuntimeError):
     """The risk server did not answer (down, restarting, overloaded): the order stays in the journal."""
+
+
+class OrdersFailAlike(RuntimeError):
+    """Every order of a pass failed on its way to a score, none for a malformed payload: a fault of the code, the
+    config or the model, not of the orders; they stay in the journal (the loop retries, /healthz says behind)."""
 
 
 def open_risk_db(settings: Settings) -> sqlite3.Connection:
@@ -158,7 +167,7 @@ class RiskScorer:
     def _flush(self, batch: list[tuple[int, str, str, bytes, dict]]) -> None:
         """Score a batch of new orders with one features query and one request to the risk server, then record,
         queue and advance past all of them in one transaction, and wake the write-back. An order the path refuses
-        sends the batch one by one (:meth:`_handle`), so that order is set aside with why and the others go on.
+        sends the batch one by one (:meth:`_one_by_one`), so that order is set aside with why and the others go on.
 
         Recorded as soon as answered: the scorer once computed the next batch's features while the risk server
         scored this one (the answer waited for them), which made each order wait a batch longer and cost more CPU
@@ -169,15 +178,37 @@ class RiskScorer:
         try:
             scored = self._score_many([item[4] for item in batch])
         except REFUSED:
-            for rowid, webhook_id, topic, body, _ in batch:
-                self._handle(rowid, webhook_id, topic, body)
-            return
+            return self._one_by_one(batch)
         with transaction(self.db):
             for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch, scored):
                 self.history.record(topic, payload)
                 assessments.enqueue(self.db, order, level, facts, version)
             self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (batch[-1][0],))
         self.write_back.wake.set()
+
+    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, dict]]) -> None:
+        """A batch the path refused, order by order, in journal order: each order scored is recorded at once; one
+        that fails is set aside with why once it is known to be the order's (a malformed payload, or another order
+        of the batch scored). While none scored, the failed orders wait: :class:`OrdersFailAlike` (the ones before
+        them with a malformed payload are set aside)."""
+        failed: list[tuple[int, str, str, str, bool]] = []  # (rowid, webhook id, topic, why, the payload's fault)
+        scored = False
+        for rowid, webhook_id, topic, _, payload in batch:
+            try:
+                assessment = self._score(payload)
+            except REFUSED as exc:
+                failed.append((rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}", isinstance(exc, ORDER_FAULTS)))
+                continue
+            scored = True
+            for *row, _ in failed:  # the path works: their failures were theirs
+                self._skip(*row)
+            failed = []
+            self._record(rowid, topic, payload, assessment)
+        while failed and (scored or failed[0][4]):
+            self._skip(*failed.pop(0)[:4])
+        if failed:
+            raise OrdersFailAlike(f"{len(failed)} order(s) failed alike and none scored, e.g. webhook {failed[0][1]}: "
+                                  f"{failed[0][3]}; they wait (a fault of the code, config or model, not theirs)")
 
     def _handle(self, rowid: int, webhook_id: str, topic: str, body: bytes | None) -> None:
         if body is None:  # erased before it was scored (a privacy request)
@@ -189,6 +220,11 @@ class RiskScorer:
                 assessment = self._score(payload)
         except REFUSED as exc:
             return self._skip(rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}")
+        self._record(rowid, topic, payload, assessment)
+
+    def _record(self, rowid: int, topic: str, payload: dict,
+                assessment: tuple[int, str, list[Fact], str] | None) -> None:
+        """One delivery's history, its assessment queued (if any) and the journal place past it, in one transaction."""
         with transaction(self.db):
             self.history.record(topic, payload)
             if assessment is not None:
