@@ -427,33 +427,6 @@ def test_an_arithmetic_error_in_one_orders_features_sets_that_order_aside_and_th
         scorer.stop()
 
 
-def test_while_every_order_fails_alike_none_is_set_aside_and_all_are_scored_once_the_fault_is_fixed(tmp_path):
-    """A risk server that refuses every order (a model deployed that reads other features: 400 "lacks feature(s)")
-    is not the orders' fault: before, each order was set aside as refused and never assessed. Now, while every order
-    of a pass fails alike, they all wait in the journal (the pass raises OrdersFailAlike; the loop retries and
-    /healthz shows why), and once the server answers they are all scored."""
-    from storeflow.components.risk.realtime import OrdersFailAlike, RiskScorer
-
-    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
-    refusing = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(
-        400, json={"error": "instances[0] lacks feature(s) basket_entropy", "code": "bad_request"})))
-    scorer = RiskScorer(settings, http=refusing)
-    try:
-        _journal(settings, ("one", "orders/create", new_order(9200000041, 41, "a@example.com")),
-                 ("two", "orders/create", new_order(9200000042, 42, "b@example.com")))
-        with pytest.raises(OrdersFailAlike, match="2 order.* failed alike.*lacks feature"):
-            scorer.score_pending()
-        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
-        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (0,)
-        seen: list = []
-        scorer.http = _answering(seen)
-        assert scorer.score_pending() == 2
-        assert [i["order_id"] for i in seen] == ["9200000041", "9200000042"]
-        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (2,)
-    finally:
-        scorer.stop()
-
-
 def test_a_lone_order_that_fails_waits_until_another_is_scored_then_is_set_aside(tmp_path):
     """Alone, an order the risk server refuses cannot be told from a server refusing every order: it waits, and is set
     aside (with why) once an order after it is scored; an order with a malformed payload is set aside at once."""
@@ -484,18 +457,24 @@ def test_a_lone_order_that_fails_waits_until_another_is_scored_then_is_set_aside
         scorer.stop()
 
 
-def test_a_risk_server_answering_200_without_json_sets_no_order_aside(tmp_path):
-    """A proxy's HTML page with status 200 in front of the risk server is an outage, not the orders' fault: the pass
-    fails, nothing is skipped or queued, and the orders are scored once it answers again."""
-    from storeflow.components.risk.realtime import RiskScorer, ScoringUnavailable
+@pytest.mark.parametrize("answer, error, match", [
+    (httpx.Response(200, text="<html>ok</html>"), "ScoringUnavailable", "without JSON"),
+    (httpx.Response(400, json={"error": "instances[0] lacks feature(s) basket_entropy", "code": "bad_request"}),
+     "OrdersFailAlike", "2 order.* failed alike.*lacks feature"),
+], ids=["200 without JSON", "400 to every order"])
+def test_a_risk_server_fault_sets_no_order_aside_and_all_are_scored_once_it_answers(tmp_path, answer, error, match):
+    """A proxy's HTML page with status 200 in front of the risk server is an outage, not the orders' fault; so is a
+    server refusing every order (a model deployed that reads other features: 400 "lacks feature(s)"), which set each
+    order aside for ever before (risk_skipped). The pass fails (the loop retries, /healthz shows why), nothing is
+    skipped or queued, and the orders are scored once it answers again."""
+    from storeflow.components.risk import realtime
 
     settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
-    broken = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, text="<html>ok</html>")))
-    scorer = RiskScorer(settings, http=broken)
+    scorer = realtime.RiskScorer(settings, http=httpx.Client(transport=httpx.MockTransport(lambda request: answer)))
     try:
         _journal(settings, ("one", "orders/create", new_order(9200000011, 11, "a@example.com")),
                  ("two", "orders/create", new_order(9200000012, 12, "b@example.com")))
-        with pytest.raises(ScoringUnavailable, match="without JSON"):
+        with pytest.raises(getattr(realtime, error), match=match):
             scorer.score_pending()
         assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
         assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (0,)
