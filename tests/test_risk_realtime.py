@@ -375,6 +375,30 @@ def test_an_order_the_risk_path_refuses_is_set_aside_with_why_and_the_next_goes_
         scorer.stop()
 
 
+@pytest.mark.parametrize("topic, payload", [
+    ("orders/cancelled", new_order(9200000061, 61, "a@example.com", cancel_reason="chargeback",
+                                   cancelled_at="2026-12-06T10:00:00+00:00")),
+    ("refunds/create", {"id": 9200000062, "order_id": 9200000061, "created_at": "not a time"}),
+], ids=["cancel reason Shopify does not document", "refund an older receiver journaled with a bad time"])
+def test_an_update_or_refund_the_history_refuses_is_set_aside_and_the_next_order_is_scored(tmp_path, topic, payload):
+    """Found by testing from outside: the receiver journals an orders/cancelled whatever its cancel_reason (its
+    order shape has none), and recording it as history raised PayloadError outside the scorer's guard: the pass
+    failed for ever and no order after it was scored. Now it is set aside with why, as a refused order is."""
+    from storeflow.components.risk.realtime import RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        _journal(settings, ("update", topic, payload), ("next", "orders/create", new_order(9200000063, 63, "b@x.com")))
+        assert scorer.score_pending() == 2
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'update'").fetchone()
+        assert reason.startswith("PayloadError: ") and ("'cancel_reason'" in reason or "'created_at'" in reason)
+        assert [i["order_id"] for i in seen] == ["9200000063"]
+    finally:
+        scorer.stop()
+
+
 def test_an_order_priced_past_what_history_holds_is_scored_and_so_is_the_customers_next(tmp_path):
     """Found by testing from outside: one orders/create with total_price 1e308 (finite: the receiver takes it) raised
     OverflowError in the customer's ledger, which the scorer took for an outage: it retried the same batch for ever

@@ -211,6 +211,9 @@ class RiskScorer:
                                   f"{failed[0][3]}; they wait (a fault of the code, config or model, not theirs)")
 
     def _handle(self, rowid: int, webhook_id: str, topic: str, body: bytes | None) -> None:
+        """One delivery on its own: an order update or refund (history only), or an order not scored in a batch.
+        One the path refuses, scoring it or recording it as history (an update whose cancel_reason is none Shopify
+        documents, which once stopped every order after it), is set aside with why."""
         if body is None:  # erased before it was scored (a privacy request)
             return self._advance(rowid)
         try:
@@ -218,9 +221,9 @@ class RiskScorer:
             assessment = None
             if topic == SCORED_TOPIC and not self._queued(payload["id"]):
                 assessment = self._score(payload)
+            self._record(rowid, topic, payload, assessment)
         except REFUSED as exc:
             return self._skip(rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}")
-        self._record(rowid, topic, payload, assessment)
 
     def _record(self, rowid: int, topic: str, payload: dict,
                 assessment: tuple[int, str, list[Fact], str] | None) -> None:
