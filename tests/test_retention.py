@@ -163,3 +163,31 @@ def test_a_stopping_receiver_ends_pruning_after_the_transaction_under_way(tmp_pa
     assert journal.prune(conn, NOW.isoformat(), stopping=StopsAfterOne()) == journal.PRUNE_ROWS
     assert journal.prune(conn, NOW.isoformat()) == journal.PRUNE_ROWS * 2 - 1  # the rest, the newest row kept
     conn.close()
+
+
+def test_a_failed_prune_is_tried_again_rather_than_ending_retention(tmp_path: Path, monkeypatch) -> None:
+    """A prune that fails with anything but a database error (a file gone, a bug) ended the pruning thread before:
+    from then on nothing past retention left the databases, and nothing said so but one traceback. Now it is logged
+    and tried again every shopify.prune_every_seconds."""
+    from storeflow.components.shopify import retention
+
+    calls: list[int] = []
+
+    def flaky(settings, at=None, stopping=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("No such file or directory: 'state/shopify/risk.db'")
+        return retention.Pruned(3, 0)
+
+    monkeypatch.setattr(retention, "prune", flaky)
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                              "shopify": {"prune_every_seconds": 0.05}})
+    worker = retention.Retention(settings)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker.last is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.last == retention.Pruned(3, 0) and len(calls) >= 2
+    finally:
+        worker.stop()

@@ -73,4 +73,6 @@ class Retention:
                              self.last.deliveries, self.last.assessments, self.settings.shopify.retention_days)
             except sqlite3.Error as exc:  # a busy or failing database: tried again next time, nothing lost
                 log.warning("retention: nothing removed this time: %s", exc)
+            except Exception:  # noqa: BLE001 - anything else: said, and tried again; the thread ended here before,
+                log.exception("retention: nothing removed this time")  # and nothing past retention was removed again
             self._stop.wait(self.settings.shopify.prune_every_seconds)
