@@ -399,6 +399,33 @@ def test_an_update_or_refund_the_history_refuses_is_set_aside_and_the_next_order
         scorer.stop()
 
 
+def test_an_answer_shopify_would_refuse_sets_that_order_aside_and_the_rest_of_its_batch_is_queued(tmp_path):
+    """Found by testing from outside: a risk server answering a level Shopify's enum lacks ("CRITICAL") for one
+    order made queueing it raise inside the batch's transaction, outside the scorer's guard: the pass failed for
+    ever and no order after it was scored. The answer is now checked as Shopify would (level, sentiments, a
+    description, at most 19 facts) before anything is queued: that order is set aside with why, the others go on."""
+    from storeflow.components.risk.realtime import RiskScorer
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        instances = json.loads(request.content)["instances"]
+        return httpx.Response(200, json={"model_name": NAME, "model_version": "4", "predictions": [
+            {"order_id": i["order_id"], "score": 0.99, "level": "CRITICAL" if i["order_id"] == "9200000071" else "HIGH",
+             "facts": [{"description": "Risk score 0.990", "sentiment": "NEUTRAL"}]} for i in instances]})
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    scorer = RiskScorer(settings, http=httpx.Client(transport=httpx.MockTransport(handle)))
+    try:
+        _journal(settings, ("odd", "orders/create", new_order(9200000071, 71, "a@example.com")),
+                 ("next", "orders/create", new_order(9200000072, 72, "b@example.com")))
+        assert scorer.score_pending() == 2
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'odd'").fetchone()
+        assert "risk server's answer for order 9200000071: risk_level 'CRITICAL' is not one of" in reason
+        assert scorer.db.execute("SELECT order_id, risk_level FROM risk_outbox").fetchall() == [
+            ("gid://shopify/Order/9200000072", "HIGH")]
+    finally:
+        scorer.stop()
+
+
 def test_an_order_priced_past_what_history_holds_is_scored_and_so_is_the_customers_next(tmp_path):
     """Found by testing from outside: one orders/create with total_price 1e308 (finite: the receiver takes it) raised
     OverflowError in the customer's ledger, which the scorer took for an outage: it retried the same batch for ever

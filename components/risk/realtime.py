@@ -277,8 +277,14 @@ class RiskScorer:
                 raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
                                          f"{len(chunk)} orders, or not in their order")
             answered.extend((p, str(body["model_version"])) for p in predictions)
-        return [(int(payload["id"]), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]],
-                 version) for payload, (p, version) in zip(payloads, answered)]
+        out = [(int(payload["id"]), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]], version)
+               for payload, (p, version) in zip(payloads, answered)]
+        for order, level, facts, _ in out:  # what Shopify would refuse is refused here, before it is queued
+            try:
+                assessments.check(level, facts)
+            except ValueError as exc:
+                raise ValueError(f"risk server's answer for order {order}: {exc}") from None
+        return out
 
     def _advance(self, rowid: int) -> None:
         self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))

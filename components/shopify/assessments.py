@@ -110,21 +110,29 @@ def enqueue(db: sqlite3.Connection, order_id: str | int, risk_level: str, facts:
             model_version: str) -> bool:
     """Queue the assessment of one order; False when that order is queued or assessed already.
 
-    Bad input raises ``ValueError`` naming the field, before anything is stored."""
+    Bad input raises ``ValueError`` naming the field, before anything is stored (:func:`check`)."""
     order = _order_gid(order_id)
+    check(risk_level, facts)
+    written = [{"description": signature(model_version), "sentiment": "NEUTRAL"}]
+    written += [{"description": _short(f.description), "sentiment": f.sentiment} for f in facts]
+    cursor = db.execute("INSERT OR IGNORE INTO risk_outbox (order_id, risk_level, facts, model_version, enqueued_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (order, risk_level, orjson.dumps(written).decode(), model_version, time.time()))
+    return cursor.rowcount == 1
+
+
+def check(risk_level: str, facts: Sequence[Fact]) -> None:
+    """``ValueError`` naming what Shopify's OrderRiskAssessmentCreateInput would refuse: a level or sentiment not
+    among its enum's values, a fact without a description, or more facts than it takes beside ours (the model
+    version)."""
     if risk_level not in LEVELS:
         raise ValueError(f"risk_level {risk_level!r} is not one of {', '.join(LEVELS)}")
     for fact in facts:
         if fact.sentiment not in SENTIMENTS:
             raise ValueError(f"fact sentiment {fact.sentiment!r} is not one of {', '.join(SENTIMENTS)}")
-    written = [{"description": signature(model_version), "sentiment": "NEUTRAL"}]
-    written += [{"description": _short(f.description), "sentiment": f.sentiment} for f in facts]
-    if len(written) > MAX_FACTS:
+        _short(fact.description)  # a fact without words
+    if len(facts) + 1 > MAX_FACTS:
         raise ValueError(f"{len(facts)} facts: Shopify takes {MAX_FACTS} per assessment, one of them ours "
                          f"(the model version), so at most {MAX_FACTS - 1}")
-    cursor = db.execute("INSERT OR IGNORE INTO risk_outbox (order_id, risk_level, facts, model_version, enqueued_at) "
-                        "VALUES (?, ?, ?, ?, ?)", (order, risk_level, orjson.dumps(written).decode(), model_version, time.time()))
-    return cursor.rowcount == 1
 
 
 def prune(db: sqlite3.Connection, before: float, stopping: threading.Event | None = None) -> int:
