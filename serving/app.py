@@ -23,7 +23,6 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
 
     from storeflow.components.shopify.verify import shop_domain
     from storeflow.serving.http import (
-        BodyLimitMiddleware,
         FlatV2,
         VersionPathMiddleware,
         metrics_route,
@@ -52,8 +51,7 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
                            customer_scope=cfg.customer_scope)
         auth = ShopifyAuthMiddleware(None, verifier=verifier, protect=is_inference, data_shop=data_shop,
                                      customer_scope=cfg.customer_scope)  # FlatV2's check: the same verifier
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, protect=is_inference)
-    install_common(app, settings, meter=is_inference)
+    install_common(app, settings, meter=is_inference, max_body_bytes=cfg.max_body_bytes)
     app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
                        expose_headers=[VERSION_HEADER], max_age=7200)
@@ -61,10 +59,13 @@ def install(server, settings: Settings, served_versions: list[str] | None) -> No
         app.add_middleware(FlatV2, dataplane=server.dataplane, max_bytes=cfg.max_body_bytes, auth=auth)
 
 
-def install_common(app, settings: Settings, meter=None) -> None:
+def install_common(app, settings: Settings, meter=None, max_body_bytes: int | None = None) -> None:
     """What every storeflow server has, the cluster predictor too: only the served routes, the one error
-    shape, request metrics (for the paths ``meter`` selects) and JSON request logs."""
-    from storeflow.serving.http import RequestObserver, install_error_handlers
+    shape, request metrics (for the paths ``meter`` selects) and JSON request logs; with ``max_body_bytes``, 413
+    for a larger inference body before anything parses it (inside the observer, which counts and logs the 413)."""
+    from storeflow.serving.http import BodyLimitMiddleware, RequestObserver, install_error_handlers
 
     install_error_handlers(app)
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, protect=is_inference)
     app.add_middleware(RequestObserver, meter=meter, request_log=settings.serving.request_log)

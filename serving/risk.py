@@ -227,16 +227,6 @@ def resolve(settings: Settings, alias: str = "champion", version: str | None = N
     return version, target
 
 
-def _install(app, settings: Settings) -> None:
-    """storeflow's common middlewares, and the body limit (risk.max_body_bytes) on the inference routes."""
-    from storeflow.serving.app import install_common
-    from storeflow.serving.http import BodyLimitMiddleware
-    from storeflow.serving.routes import is_inference
-
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.risk.max_body_bytes, protect=is_inference)
-    install_common(app, settings, meter=is_inference)
-
-
 def _server(settings: Settings, model: RiskPredictor, port: int):
     from kserve import ModelServer
 
@@ -253,12 +243,15 @@ def build_app(settings: Settings, version: str, model_dir: Path):
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
+    from storeflow.serving.app import install_common
+    from storeflow.serving.routes import is_inference
+
     model = RiskPredictor(settings.risk.inference_service, model_dir, version, prediction_log(settings),
                           settings.serving.model_runtime)
     model.load()
     server = _server(settings, model, settings.risk.port)
     server.register_model(model)
-    _install(app, settings)
+    install_common(app, settings, meter=is_inference, max_body_bytes=settings.risk.max_body_bytes)
     RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
                settings.risk.port).create_application()
     if settings.serving.quiet:  # KServe's TimingMiddleware reads the process's CPU time and logs a line per request
@@ -278,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     from kserve import model_server
 
     from storeflow.components.config import load_settings
+    from storeflow.serving.app import install_common
     from storeflow.serving.predictor import DEFAULT_MODEL_DIR
+    from storeflow.serving.routes import is_inference
 
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.add_argument("--model_dir", default=os.environ.get("STOREFLOW_MODEL_DIR", DEFAULT_MODEL_DIR))
@@ -293,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     server = _server(settings, model, args.http_port)
     from kserve.model_server import app
 
-    _install(app, settings)
+    install_common(app, settings, meter=is_inference, max_body_bytes=settings.risk.max_body_bytes)
     freeze_startup_objects()
     server.start([model])
 
