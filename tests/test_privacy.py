@@ -180,3 +180,32 @@ def test_customer_redact_keeps_everyone_elses_order_risk_fields(settings):
     assert left is not None and set(left["order_id"]) == others
     assert read_manifest(snapshot)["extra_tables"]["order_risk"]["rows"] == len(others)
     assert set(read_tables(snapshot)["orders"]["order_id"]) == others
+
+
+@pytest.mark.parametrize("email", ["", "   "])
+def test_a_customer_redact_with_a_blank_email_erases_no_one_elses_orders_without_an_email(settings, email):
+    """Orders without an email (a point-of-sale sale, a draft: Shopify's REST order says ``""``) matched a redact
+    whose customer's email was blank: ``" "`` trimmed to ``""``, and every email-less order of every customer was
+    erased with theirs, and those customers counted as the same person. A blank email is now no email: only the
+    customer's id and the orders the request names are erased."""
+    from conftest import small_store
+    from storeflow.components.ingest.snapshot import write_snapshot
+    from storeflow.components.shopify.privacy import Subject, erase_snapshots, resolve
+    from storeflow.components.shopify.journal import connect
+
+    tables = small_store(customers=20)
+    orders = tables["orders"]
+    erased = int(orders["customer_id"].iloc[0])
+    orders["email"] = orders["email"].astype(object)
+    orders.loc[orders.index % 3 == 0, "email"] = None  # every third order has no email
+    orders.loc[orders.index % 3 == 1, "email"] = ""
+    snapshot = settings.data_dir / "snapshots" / "2026-01-01"
+    write_snapshot(snapshot, tables, {})
+    with connect(settings.project.state_dir / "journal.db") as conn:
+        subject = resolve(settings, conn, Subject(erased, email))
+
+    assert subject.aliases == set()
+    assert erase_snapshots(settings, subject, "test") > 0
+
+    others = set(orders.loc[orders["customer_id"] != erased, "order_id"])
+    assert set(read_tables(snapshot)["orders"]["order_id"]) == others

@@ -131,3 +131,17 @@ def test_a_key_keeps_its_newest_orders_up_to_the_cap(cap: int):
         fold(state, _order(k, k * HOUR_US, customer=1), cap=cap)
     assert state.ids == [7, 8, 9]
     assert counts(state, None, None, 10 * HOUR_US)["customer_orders_24h"] == cap
+
+
+def test_orders_without_an_email_are_not_counted_as_one_buyers(tmp_path: Path):
+    """Shopify's REST order sends ``"email": ""`` for an order without one (a point-of-sale sale, a draft). Those
+    orders were one key: the tenth such order of a busy hour counted nine earlier ones of other customers in
+    email_orders_1h, live and in training alike. A blank email is now no email."""
+    frame = pd.DataFrame({"order_id": [1, 2, 3, 4], "customer_id": pd.array([11, 12, None, 14], dtype="Int64"),
+                          "email": ["", "  ", None, " A@Example.com "], "address_key": [None] * 4,
+                          "created_at": [START + pd.Timedelta(minutes=m) for m in range(4)]})
+    orders = orders_of(frame)
+    assert [o.email is None for o in orders] == [True, True, True, False]
+    training = batch(frame, 1_000)
+    assert training["email_orders_1h"].tolist() == [0, 0, 0, 0]
+    assert Served(tmp_path).features_many(orders) == training[list(VELOCITY_FEATURES)].to_dict("records")

@@ -110,8 +110,8 @@ class RiskFields(_Shape):
 
 
 def _email(value: Any) -> str | None:
-    """As the batch query compares emails: trimmed and lower case."""
-    return None if value is None or pd.isna(value) else str(value).strip().lower()
+    """As the batch query compares emails: trimmed and lower case; blank is none (:func:`velocity.email_digest`)."""
+    return None if value is None or pd.isna(value) else (str(value).strip().lower() or None)
 
 
 def risk_row(payload: Mapping) -> dict:

@@ -76,10 +76,12 @@ class Recent:
 
 def email_digest(email: str | None) -> str | None:
     """The key of an order's email, as the batch features compare emails (trimmed, lower case), digested: the
-    online store holds no address in clear."""
+    online store holds no address in clear. A blank email is no email: Shopify's REST order sends ``""`` for an
+    order without one (a point-of-sale sale, a draft), and those orders share no buyer."""
     if email is None or (isinstance(email, float) and np.isnan(email)):
         return None
-    return hashlib.sha256(str(email).strip().lower().encode()).hexdigest()[:32]
+    text = str(email).strip().lower()
+    return hashlib.sha256(text.encode()).hexdigest()[:32] if text else None
 
 
 def fold(state: Recent, order: Order, cap: int) -> bool:

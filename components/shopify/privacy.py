@@ -60,6 +60,11 @@ class Subject:
     order_ids: set[int] = field(default_factory=set)
     aliases: set[int] = field(default_factory=set)  # ids ingest derived for the same email
 
+    def __post_init__(self):
+        # as every store compares emails (trimmed, lower case); blank is none: " " once matched every order
+        # without an email (Shopify's REST order says "" for one), erasing them all with this customer's
+        self.email = _email_key(self.email)
+
     @property
     def gid(self) -> str:
         return f"gid://shopify/Customer/{self.customer_id}"
@@ -71,6 +76,11 @@ class Subject:
     @property
     def needles(self) -> Needles:
         return Needles(frozenset(self.ids), frozenset([self.email] if self.email else []))
+
+
+def _email_key(value) -> str | None:
+    """An email as stores are searched for it: trimmed and lower case; None when blank or missing."""
+    return value.strip().lower() or None if isinstance(value, str) else None
 
 
 class ErasureIncomplete(RuntimeError):
@@ -94,10 +104,10 @@ def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> S
     if email is None:
         for tables in frames:
             row = tables["customers"][tables["customers"]["customer_id"].eq(subject.customer_id).fillna(False)]
-            email = next((e for e in row["email"].dropna()), email)
+            email = next((e for e in map(_email_key, row["email"]) if e), email)
     aliases: set[int] = set()
     if email:
-        wanted = email.strip().lower()
+        wanted = _email_key(email)
         for tables in frames:
             for name in ("customers", "orders"):
                 frame = tables[name]
