@@ -546,3 +546,40 @@ def test_a_refund_that_arrived_before_its_order_counts_for_a_later_order_in_the_
     _, seen = history.features_many([first, later])
     assert seen["prior_refunds"] == 1 and seen["prior_orders"] == 1
     assert seen["prior_refunds"] == _training([first, later], [refund]).loc[later["id"], "prior_refunds"]
+
+
+def _full_order() -> dict:
+    return orjson.loads((Path(__file__).parent / "data" / "shopify_webhooks" / "orders_create.json").read_bytes())
+
+
+@pytest.mark.parametrize("change", [
+    {},
+    {"email": "", "contact_email": None, "customer": None},  # a guest sale without an email (a draft)
+    {"email": "", "contact_email": "", "customer": {"id": 7390123456891, "email": "", "phone": "+61 400 555 010",
+                                                    "created_at": "2025-06-02T18:12:44+10:00"}},  # point of sale
+    {"shipping_address": None, "shipping_lines": [], "payment_gateway_names": []},  # a digital order, no gateway
+    {"billing_address": {"country_code": "NZ", "country": "New Zealand", "zip": "1010"}},  # countries differ
+], ids=["web order", "guest without an email", "customer without an email", "digital", "country mismatch"])
+def test_a_full_size_orders_create_is_scored_with_the_features_training_gives_it(tmp_path: Path, change: dict):
+    """Shopify's orders/create at its full size (every documented field, tax lines, discount allocations, a
+    customer with a default address) and three variants: live features equal training's from the same order.
+    Two orders of each, ten minutes apart, so velocity and history count the first."""
+    base = {**_full_order(), **change}
+    second = {**base, "id": base["id"] + 1, "name": "#1043", "created_at": "2026-01-14T09:51:27+11:00",
+              "updated_at": "2026-01-14T09:51:29+11:00"}
+    history = LiveHistory(sqlite3.connect(":memory:", isolation_level=None), velocity=online_velocity(_settings(tmp_path)))
+    live = history.features_many([base, second])
+    training = _training([base, second])
+    for order, features in zip((base, second), live):
+        expected = training.loc[order["id"], list(ORDER_FEATURES)].astype(float).to_dict()
+        assert features == pytest.approx(expected), order["id"]
+    first = live[0]
+    assert (first["item_count"], first["line_count"], first["max_unit_price"]) == (3.0, 2.0, 48.0)
+    assert first["total_price"] == 128.75 and first["discount_share"] == pytest.approx(13.20 / 118.80)
+    assert first["country_mismatch"] == (1.0 if "billing_address" in change else 0.0)
+    assert first["is_guest"] == (1.0 if change.get("customer", "") is None else 0.0)
+    if "email" in change:  # no email: it does not tie the second order to the first (nor to any email-less one)
+        assert live[1]["email_orders_1h"] == 0
+        assert live[1]["customer_orders_1h"] == (0 if change["customer"] is None else 1)
+    else:
+        assert live[1]["email_orders_1h"] == 1
