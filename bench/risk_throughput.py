@@ -8,7 +8,8 @@ live features and the score; queued -> mutation answered).
 
 Trains the risk model on a synthetic store with fraud (``--customers``/``--orders``), starts the risk server and the
 webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`` distinct orders and lets wrk send
-them for ``--seconds`` (closed loop, ``--connections`` in flight; or paced, ``storeflow:2000``: that many a second on
+them for ``--seconds`` (each Shopify's whole ``orders/create``, ~9.5 KB, as a store's webhooks carry it; ``--body
+trimmed`` sends only the fields storeflow reads, ~0.7 KB, as runs before 2026-12-06 did) (closed loop, ``--connections`` in flight; or paced, ``storeflow:2000``: that many a second on
 a timetable, as Shopify sends them whether or not the receiver keeps up), then waits up to ``--drain`` seconds for
 every journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
@@ -231,9 +232,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
-def order(i: int, now: str) -> dict:
+FULL_ORDER = ROOT / "tests" / "data" / "shopify_webhooks" / "orders_create.json"  # Shopify's orders/create, 9.5 KB
+BODIES = ("full", "trimmed")
+
+
+def order(i: int, now: str, body: str = "full") -> dict:
+    """Delivery number ``i``: its own order, line item and address, one of 5,000 customers. ``full``: Shopify's
+    whole orders/create (tests/data/shopify_webhooks/orders_create.json, every documented field, ~9.5 KB) with
+    those changed; ``trimmed``: only the fields storeflow reads (~0.7 KB, what the bench sent before 2026-12-06)."""
     customer = 7_000_000 + i % 5_000
     email = f"b{customer}@example.com"
+    if body == "full":
+        return _full_order(i, now, customer, email)
     return {"id": FIRST_ORDER + i, "name": f"#B{i}", "email": email, "created_at": now, "updated_at": now,
             "cancelled_at": None, "currency": "USD", "financial_status": "paid", "total_price": "85.00",
             "subtotal_price": "85.00", "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
@@ -242,6 +252,29 @@ def order(i: int, now: str) -> dict:
             "billing_address": {"country_code": "US"},
             "line_items": [{"id": 8_000_000_000 + i, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 2,
                             "price": "42.50"}]}
+
+
+def _full_order(i: int, now: str, customer: int, email: str) -> dict:
+    template = json.loads(FULL_ORDER.read_bytes()) if not _TEMPLATE else _TEMPLATE[0]
+    _TEMPLATE[:] = [template]
+    payload = json.loads(json.dumps(template))  # a deep copy
+    number = FIRST_ORDER + i
+    street = f"{i % 997} Main St"
+    payload.update({"id": number, "admin_graphql_api_id": f"gid://shopify/Order/{number}", "name": f"#B{i}",
+                    "number": i, "order_number": 1000 + i, "email": email, "contact_email": email,
+                    "created_at": now, "updated_at": now, "processed_at": now})
+    payload["customer"].update({"id": customer, "email": email, "created_at": "2025-01-01T00:00:00+00:00",
+                                "admin_graphql_api_id": f"gid://shopify/Customer/{customer}"})
+    payload["customer"]["default_address"].update({"customer_id": customer, "address1": street})
+    for address in (payload["shipping_address"], payload["billing_address"]):
+        address["address1"] = street
+    for k, item in enumerate(payload["line_items"]):
+        item["id"] = 8_000_000_000 + 2 * i + k
+        item["admin_graphql_api_id"] = f"gid://shopify/LineItem/{item['id']}"
+    return payload
+
+
+_TEMPLATE: list[dict] = []
 
 
 def train(root: Path, config: dict) -> dict:
@@ -259,9 +292,9 @@ def train(root: Path, config: dict) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, log: Path) -> None:
+def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, log: Path, kind: str) -> None:
     """One delivery (order ``i``, past wrk's) in, and wait until Shopify has its assessment."""
-    body = json.dumps(order(i, now), separators=(",", ":")).encode()
+    body = json.dumps(order(i, now, kind), separators=(",", ":")).encode()
     headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
     answer = httpx.post(f"{url}/webhooks", content=body, headers=headers, timeout=30)
     if answer.status_code != 200:
@@ -315,7 +348,7 @@ def wrk_summary(text: str) -> dict:
     return out
 
 
-def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> dict:
+def breakdown(config: Path, model_port: int, now: str, body: str = "full", samples: int = 200) -> dict:
     """Where one order's time goes on the receiver's risk thread, measured here one order at a time: its live
     features (risk.live: the history's rows for its customer, email and address, then the DuckDB query) and the
     risk server's answer over HTTP, one order per request; then per order in batches of 100 and 1,000 (one features
@@ -335,7 +368,7 @@ def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> di
     features_s, score_s = [], []
     with httpx.Client(timeout=10) as http:
         for i in range(samples):
-            payload = order(10_000_000 + i, now)
+            payload = order(10_000_000 + i, now, body)
             t0 = time.perf_counter()
             row = history.features(payload)
             t1 = time.perf_counter()
@@ -348,7 +381,7 @@ def breakdown(config: Path, model_port: int, now: str, samples: int = 200) -> di
     by_batch, score_by_batch = {}, {}
     with httpx.Client(timeout=60) as http:
         for size, start in ((100, 11_000_000), (1_000, 12_000_000)):
-            batch = [order(start + i, now) for i in range(size)]
+            batch = [order(start + i, now, body) for i in range(size)]
             history.features_many(batch[:5])
             t0 = time.perf_counter()
             rows = history.features_many(batch)  # what the risk thread does per batch of journaled orders
@@ -471,7 +504,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                     stderr=subprocess.STDOUT)
         procs.append(receiver)
         wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, receiver_log)
-        warm_up(f"http://127.0.0.1:{receiver_port}", args.deliveries, now, root, receiver, receiver_log)
+        warm_up(f"http://127.0.0.1:{receiver_port}", args.deliveries, now, root, receiver, receiver_log, args.body)
         admin.reset(bucket)  # the warm-up's call not counted
         load_start = os.getloadavg()
         started = time.time()
@@ -510,7 +543,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         cpu = {part: used - cpu_start[part] for part, used in cpu_by_part(parts).items()}
         cpu["wrk"] = wrk_usage.ru_utime + wrk_usage.ru_stime
         # once drained, while the risk server is still up (storeflow's: the stock server does not take named features)
-        per_order = breakdown(config, model_port, now) if kind == "storeflow" else None
+        per_order = breakdown(config, model_port, now, args.body) if kind == "storeflow" else None
         with sqlite3.connect(journal) as db:
             # wrk's deliveries only: the warm-up order (number args.deliveries) came before wrk and its wait for the
             # scorer to start would stretch every rate's time span
@@ -628,6 +661,9 @@ def main() -> None:
                              f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
                              "none: no bucket), and after : deliveries a second offered (paced; none: closed loop, "
                              "as fast as they are acknowledged)")
+    parser.add_argument("--body", choices=BODIES, default="full", help="each delivery's orders/create: full "
+                        "(Shopify's whole payload, ~9.5 KB: tests/data/shopify_webhooks/orders_create.json) or trimmed "
+                        "(the fields storeflow reads, ~0.7 KB: what runs before 2026-12-06 sent)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (trained state, journals, "
                         "logs; ~450 MB) under the temporary directory; else it is removed at the end")
@@ -648,9 +684,11 @@ def main() -> None:
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     signed = root / "deliveries.tsv"
+    sizes: list[int] = []
     with signed.open("w") as out:
         for i in range(args.deliveries):
-            body = json.dumps(order(i, now), separators=(",", ":")).encode()
+            body = json.dumps(order(i, now, args.body), separators=(",", ":")).encode()
+            sizes.append(len(body))
             headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
             out.write(f"bench-risk-{i:07d}\t{headers['X-Shopify-Hmac-Sha256']}\t{body.decode()}\n")
     script = root / "deliveries.lua"
@@ -692,6 +730,7 @@ def main() -> None:
               "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
               "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
+              "delivery_body": {"kind": args.body, "bytes_median": int(np.median(sizes)) if sizes else None},
               "online_store": {"redis": "redis (a redis-server on loopback, as production's)",
                                "sqlite": "sqlite (Feast's local online store)"}[args.online_store],
               "load_average_before": [round(x, 2) for x in load_before],
