@@ -61,6 +61,7 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
     """Make the receiver's risk scorer speak to the stock server: features as lists in ``columns`` order, the
     answer's scores turned into the assessment here."""
     from storeflow.components.risk.assess import Levels, assessment
+    from storeflow.components.risk.live import order_id
     from storeflow.components.risk.protocol import MAX_INSTANCES
     from storeflow.components.risk.realtime import RiskScorer, ScoringUnavailable
 
@@ -85,7 +86,7 @@ def patch_receiver(columns: list[str], high: float, medium: float, version: str)
         out = []
         for payload, row, score in zip(payloads, rows, scores):
             level, facts = assessment(row, float(score), levels)
-            out.append((int(payload["id"]), level, facts, version))
+            out.append((int(order_id(payload)), level, facts, version))
         return out
 
     RiskScorer._prepare, RiskScorer._ask = prepare, ask  # _score_many and the scoring loop's passes both use them

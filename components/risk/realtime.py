@@ -32,7 +32,7 @@ import orjson
 
 from storeflow.components.config import Settings
 from storeflow.components.risk.features import ORDER_FEATURES
-from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory
+from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory, NewOrder, new_order, order_id
 from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
 from storeflow.components.shopify import assessments, journal, layout
 # BATCH: journal rows per pass, a backlog is scored in batches this large (ms per order falls with size); a drain
@@ -136,13 +136,13 @@ class RiskScorer:
         rows = self.journal.execute(
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
-        batch: list[tuple[int, str, str, bytes, dict]] = []  # consecutive new orders, scored together
+        batch: list[tuple[int, str, str, bytes, NewOrder]] = []  # consecutive new orders, scored together
         batched: set = set()  # their order ids
         for rowid, webhook_id, topic, body in rows:
-            payload = self._new_order(topic, body, batched)
-            if payload is not None:
-                batch.append((rowid, webhook_id, topic, body, payload))
-                batched.add(payload["id"])
+            order = self._new_order(topic, body, batched)
+            if order is not None:
+                batch.append((rowid, webhook_id, topic, body, order))
+                batched.add(order.id)
                 continue
             self._flush(batch)
             batch, batched = [], set()
@@ -150,21 +150,20 @@ class RiskScorer:
         self._flush(batch)
         return len(rows)
 
-    def _new_order(self, topic: str, body: bytes | None, batched: set) -> dict | None:
-        """The payload of an orders/create to score with the batch, or None to handle the row on its own (another
-        topic, erased, not JSON, already queued, or an order the batch holds already)."""
+    def _new_order(self, topic: str, body: bytes | None, batched: set) -> NewOrder | None:
+        """An orders/create to score with the batch, validated from its bytes, or None to handle the row on its
+        own (another topic, erased, not an order, already queued, or an order the batch holds already)."""
         if topic != SCORED_TOPIC or body is None:
             return None
         try:
-            payload = orjson.loads(body)
-            order_id = payload["id"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            order = new_order(body)
+        except REFUSED:  # on its own, it is set aside with why
             return None
-        if not isinstance(payload, dict) or order_id in batched or self._queued(order_id):
+        if order.id in batched or self._queued(order.id):
             return None
-        return payload
+        return order
 
-    def _flush(self, batch: list[tuple[int, str, str, bytes, dict]]) -> None:
+    def _flush(self, batch: list[tuple[int, str, str, bytes, NewOrder]]) -> None:
         """Score a batch of new orders with one features query and one request to the risk server, then record,
         queue and advance past all of them in one transaction, and wake the write-back. An order the path refuses
         sends the batch one by one (:meth:`_one_by_one`), so that order is set aside with why and the others go on.
@@ -186,7 +185,7 @@ class RiskScorer:
             self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (batch[-1][0],))
         self.write_back.wake.set()
 
-    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, dict]]) -> None:
+    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, NewOrder]]) -> None:
         """A batch the path refused, order by order, in journal order: each order scored is recorded at once; one
         that fails is set aside with why once it is known to be the order's (a malformed payload, or another order
         of the batch scored). While none scored, the failed orders wait: :class:`OrdersFailAlike` (the ones before
@@ -225,7 +224,7 @@ class RiskScorer:
         except REFUSED as exc:
             return self._skip(rowid, webhook_id, topic, f"{type(exc).__name__}: {exc}")
 
-    def _record(self, rowid: int, topic: str, payload: dict,
+    def _record(self, rowid: int, topic: str, payload: dict | NewOrder,
                 assessment: tuple[int, str, list[Fact], str] | None) -> None:
         """One delivery's history, its assessment queued (if any) and the journal place past it, in one transaction."""
         with transaction(self.db):
@@ -237,24 +236,24 @@ class RiskScorer:
         if assessment is not None:
             self.write_back.wake.set()
 
-    def _queued(self, order_id) -> bool:
+    def _queued(self, number) -> bool:
         return self.db.execute("SELECT 1 FROM risk_outbox WHERE order_id = ?",
-                               (f"{assessments.ORDER_GID}{order_id}",)).fetchone() is not None
+                               (f"{assessments.ORDER_GID}{number}",)).fetchone() is not None
 
-    def _score(self, payload: dict) -> tuple[int, str, list[Fact], str]:
+    def _score(self, payload: dict | NewOrder) -> tuple[int, str, list[Fact], str]:
         return self._score_many([payload])[0]
 
-    def _score_many(self, payloads: list[dict]) -> list[tuple[int, str, list[Fact], str]]:
+    def _score_many(self, payloads: list[dict | NewOrder]) -> list[tuple[int, str, list[Fact], str]]:
         return self._ask(payloads, self._prepare(payloads))
 
-    def _prepare(self, payloads: list[dict]) -> list[dict]:
+    def _prepare(self, payloads: list[dict | NewOrder]) -> list[dict]:
         """The orders' features (their velocity and history counted in the online store) as the risk server's
         instances."""
         rows = self.history.features_many(payloads)
-        return [{ORDER_ID: str(payload["id"]), **{name: features[name] for name in ORDER_FEATURES}}
+        return [{ORDER_ID: str(order_id(payload)), **{name: features[name] for name in ORDER_FEATURES}}
                 for payload, features in zip(payloads, rows)]
 
-    def _ask(self, payloads: list[dict], instances: list[dict]) -> list[tuple[int, str, list[Fact], str]]:
+    def _ask(self, payloads: list[dict | NewOrder], instances: list[dict]) -> list[tuple[int, str, list[Fact], str]]:
         """The risk server's score, level and facts of each order (as few requests as it takes)."""
         answered: list[tuple[dict, str]] = []  # each order's prediction and the version that made it
         for start in range(0, len(instances), MAX_INSTANCES):  # as few requests as the server takes
@@ -277,7 +276,7 @@ class RiskScorer:
                 raise ScoringUnavailable(f"risk server {self.url} answered {len(predictions)} predictions for "
                                          f"{len(chunk)} orders, or not in their order")
             answered.extend((p, str(body["model_version"])) for p in predictions)
-        out = [(int(payload["id"]), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]], version)
+        out = [(int(order_id(payload)), p["level"], [Fact(f["description"], f["sentiment"]) for f in p["facts"]], version)
                for payload, (p, version) in zip(payloads, answered)]
         for order, level, facts, _ in out:  # what Shopify would refuse is refused here, before it is queued
             try:

@@ -192,6 +192,11 @@ def order_rows(payload: dict) -> tuple[dict, list[dict]]:
     """An order webhook -> (orders row, line_items rows); :class:`PayloadError` if it is not an order."""
     order = parse("orders/create", payload, values=False)
     assert isinstance(order, Order)
+    return rows_of(order)
+
+
+def rows_of(order: Order) -> tuple[dict, list[dict]]:
+    """A validated order -> (orders row, line_items rows)."""
     customer = order.customer
     row = {
         "order_id": order.id,
