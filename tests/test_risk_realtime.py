@@ -839,3 +839,27 @@ def test_the_scorer_reads_journaled_orders_without_making_python_objects_of_thei
         assert [size for size in parsed_whole if size > 5_000] == []  # no journaled body made Python objects
     finally:
         scorer.stop()
+
+
+def test_a_fault_of_the_code_reading_every_order_sets_none_aside(tmp_path, monkeypatch):
+    """Reading orders from their bytes fails for every order with something that is not a malformed payload (here a
+    ValueError of the code's): the orders wait, none is set aside, as when scoring fails alike (OrdersFailAlike). A
+    malformed order alone is still set aside at once."""
+    from storeflow.components.risk import live
+    from storeflow.components.risk.realtime import OrdersFailAlike, RiskScorer
+
+    def broken(fields, order_id):
+        raise ValueError("a fault of the code")
+
+    monkeypatch.setattr(live, "_risk_of", broken)
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        _journal(settings, ("one", "orders/create", new_order(9200000401, 41, "a@example.com")),
+                 ("two", "orders/create", new_order(9200000402, 42, "b@example.com")))
+        with pytest.raises(OrdersFailAlike, match="a fault of the code"):
+            scorer.score_pending()
+        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,) and seen == []
+    finally:
+        scorer.stop()

@@ -136,13 +136,13 @@ class RiskScorer:
         rows = self.journal.execute(
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
-        batch: list[tuple[int, str, str, bytes, NewOrder]] = []  # consecutive new orders, scored together
+        batch: list[tuple[int, str, str, bytes, NewOrder | dict]] = []  # consecutive new orders, scored together
         batched: set = set()  # their order ids
         for rowid, webhook_id, topic, body in rows:
             order = self._new_order(topic, body, batched)
             if order is not None:
                 batch.append((rowid, webhook_id, topic, body, order))
-                batched.add(order.id)
+                batched.add(order_id(order))
                 continue
             self._flush(batch)
             batch, batched = [], set()
@@ -150,20 +150,23 @@ class RiskScorer:
         self._flush(batch)
         return len(rows)
 
-    def _new_order(self, topic: str, body: bytes | None, batched: set) -> NewOrder | None:
+    def _new_order(self, topic: str, body: bytes | None, batched: set) -> NewOrder | dict | None:
         """An orders/create to score with the batch, validated from its bytes, or None to handle the row on its
-        own (another topic, erased, not an order, already queued, or an order the batch holds already)."""
+        own (another topic, erased, malformed, already queued, or an order the batch holds already)."""
         if topic != SCORED_TOPIC or body is None:
             return None
         try:
             order = new_order(body)
-        except REFUSED:  # on its own, it is set aside with why
+        except ORDER_FAULTS:  # malformed: on its own, it is set aside with why
             return None
-        if order.id in batched or self._queued(order.id):
+        except REFUSED:  # any other failure is judged with the batch's (_one_by_one): it may be the code's
+            order = orjson.loads(body)
+        number = order_id(order)
+        if number in batched or self._queued(number):
             return None
         return order
 
-    def _flush(self, batch: list[tuple[int, str, str, bytes, NewOrder]]) -> None:
+    def _flush(self, batch: list[tuple[int, str, str, bytes, NewOrder | dict]]) -> None:
         """Score a batch of new orders with one features query and one request to the risk server, then record,
         queue and advance past all of them in one transaction, and wake the write-back. An order the path refuses
         sends the batch one by one (:meth:`_one_by_one`), so that order is set aside with why and the others go on.
@@ -185,7 +188,7 @@ class RiskScorer:
             self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (batch[-1][0],))
         self.write_back.wake.set()
 
-    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, NewOrder]]) -> None:
+    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, NewOrder | dict]]) -> None:
         """A batch the path refused, order by order, in journal order: each order scored is recorded at once; one
         that fails is set aside with why once it is known to be the order's (a malformed payload, or another order
         of the batch scored). While none scored, the failed orders wait: :class:`OrdersFailAlike` (the ones before
