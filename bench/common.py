@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 MODEL = "storeflow-repeat-purchase"
@@ -82,6 +84,34 @@ def order_payload(order_id: int, customer: int | None, created_at: str, line_ite
         "line_items": [{"id": item, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 1, "price": price}
                        for item in line_item_ids],
     }
+
+
+FULL_ORDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "shopify_webhooks" / "orders_create.json"
+
+
+@cache
+def _full_order_template() -> bytes:
+    return FULL_ORDER.read_bytes()
+
+
+def full_order_payload(order_id: int, customer: int, email: str, created_at: str, street: str,
+                       line_item_ids: tuple[int, int], name: str) -> dict:
+    """Shopify's whole orders/create (tests/data/shopify_webhooks/orders_create.json: every field the REST Order
+    documents, ~9.5 KB, two line items) as one delivery: its ids, customer, email, times, street and line items
+    replaced; what a store's webhooks carry, where :func:`order_payload` carries only the fields storeflow reads."""
+    payload = json.loads(_full_order_template())
+    payload.update({"id": order_id, "admin_graphql_api_id": f"gid://shopify/Order/{order_id}", "name": name,
+                    "email": email, "contact_email": email, "created_at": created_at, "updated_at": created_at,
+                    "processed_at": created_at})
+    payload["customer"].update({"id": customer, "email": email, "created_at": "2025-01-01T00:00:00+00:00",
+                                "admin_graphql_api_id": f"gid://shopify/Customer/{customer}"})
+    payload["customer"]["default_address"].update({"customer_id": customer, "address1": street})
+    for address in (payload["shipping_address"], payload["billing_address"]):
+        address["address1"] = street
+    for item, item_id in zip(payload["line_items"], line_item_ids):
+        item["id"] = item_id
+        item["admin_graphql_api_id"] = f"gid://shopify/LineItem/{item_id}"
+    return payload
 
 
 def request_bytes(port: int, path: str, body: bytes, headers: dict, content_length: int | None = None) -> bytes:

@@ -61,7 +61,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-from common import free_port, webhook_headers
+from common import free_port, full_order_payload, webhook_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "risk_throughput.json"
@@ -232,7 +232,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
-FULL_ORDER = ROOT / "tests" / "data" / "shopify_webhooks" / "orders_create.json"  # Shopify's orders/create, 9.5 KB
 BODIES = ("full", "trimmed")
 
 
@@ -243,7 +242,8 @@ def order(i: int, now: str, body: str = "full") -> dict:
     customer = 7_000_000 + i % 5_000
     email = f"b{customer}@example.com"
     if body == "full":
-        return _full_order(i, now, customer, email)
+        return full_order_payload(FIRST_ORDER + i, customer, email, now, f"{i % 997} Main St",
+                                  (8_000_000_000 + 2 * i, 8_000_000_001 + 2 * i), f"#B{i}")
     return {"id": FIRST_ORDER + i, "name": f"#B{i}", "email": email, "created_at": now, "updated_at": now,
             "cancelled_at": None, "currency": "USD", "financial_status": "paid", "total_price": "85.00",
             "subtotal_price": "85.00", "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
@@ -252,29 +252,6 @@ def order(i: int, now: str, body: str = "full") -> dict:
             "billing_address": {"country_code": "US"},
             "line_items": [{"id": 8_000_000_000 + i, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 2,
                             "price": "42.50"}]}
-
-
-def _full_order(i: int, now: str, customer: int, email: str) -> dict:
-    template = json.loads(FULL_ORDER.read_bytes()) if not _TEMPLATE else _TEMPLATE[0]
-    _TEMPLATE[:] = [template]
-    payload = json.loads(json.dumps(template))  # a deep copy
-    number = FIRST_ORDER + i
-    street = f"{i % 997} Main St"
-    payload.update({"id": number, "admin_graphql_api_id": f"gid://shopify/Order/{number}", "name": f"#B{i}",
-                    "number": i, "order_number": 1000 + i, "email": email, "contact_email": email,
-                    "created_at": now, "updated_at": now, "processed_at": now})
-    payload["customer"].update({"id": customer, "email": email, "created_at": "2025-01-01T00:00:00+00:00",
-                                "admin_graphql_api_id": f"gid://shopify/Customer/{customer}"})
-    payload["customer"]["default_address"].update({"customer_id": customer, "address1": street})
-    for address in (payload["shipping_address"], payload["billing_address"]):
-        address["address1"] = street
-    for k, item in enumerate(payload["line_items"]):
-        item["id"] = 8_000_000_000 + 2 * i + k
-        item["admin_graphql_api_id"] = f"gid://shopify/LineItem/{item['id']}"
-    return payload
-
-
-_TEMPLATE: list[dict] = []
 
 
 def train(root: Path, config: dict) -> dict:

@@ -26,19 +26,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from common import free_port, order_payload, request_bytes, webhook_headers
+from common import free_port, full_order_payload, order_payload, request_bytes, webhook_headers
 
 SECRET = "bench-secret"
 SHOP = "bench-store.myshopify.com"
 RESULTS = Path(__file__).parent / "results" / "webhooks.json"
 
 
-def deliveries(count: int, customers: int) -> list[tuple[str, bytes, dict]]:
+def deliveries(count: int, customers: int, kind: str = "full") -> list[tuple[str, bytes, dict]]:
+    """``full``: Shopify's whole orders/create (~9.5 KB, as a store's webhooks carry it); ``trimmed``: the fields
+    storeflow reads (~0.5 KB, what runs before 2026-12-06 sent)."""
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     out = []
     for i in range(count):
         customer = 1_000_000 + i % customers
-        body = json.dumps(order_payload(5_000_000_000 + i, customer, now, [9_000_000_000 + i], name=f"#{i}")).encode()
+        order = full_order_payload(5_000_000_000 + i, customer, f"c{customer}@example.com", now, f"{i % 997} Main St",
+                                   (9_000_000_000 + 2 * i, 9_000_000_001 + 2 * i), f"#{i}") if kind == "full" else \
+            order_payload(5_000_000_000 + i, customer, now, [9_000_000_000 + i], name=f"#{i}")
+        body = json.dumps(order).encode()
         webhook_id = f"bench-{i:06d}"
         out.append((webhook_id, body, webhook_headers("orders/create", webhook_id, body, secret=SECRET, shop=SHOP)))
     return out
@@ -93,10 +98,13 @@ def main() -> int:
     parser.add_argument("--duplicates", type=float, default=0.05, help="share re-delivered with the same webhook id")
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--body", choices=("full", "trimmed"), default="full", help="each orders/create: Shopify's "
+                        "whole order (~9.5 KB) or the fields storeflow reads (~0.5 KB, as runs before 2026-12-06)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     unique = int(args.rate * args.seconds)
-    base = deliveries(unique, args.customers)
+    base = deliveries(unique, args.customers, args.body)
     rng = random.Random(0)
     again = rng.sample(range(unique), int(unique * args.duplicates))
     plan = [(i / args.rate, d) for i, d in enumerate(base)]
@@ -147,6 +155,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "target_rate_per_s": args.rate, "seconds": args.seconds,
         "deliveries": len(plan), "unique_webhooks": unique, "redeliveries": len(again),
+        "delivery_body": {"kind": args.body, "bytes_median": sorted(len(b) for _, b, _ in base)[len(base) // 2]},
         "achieved_rate_per_s": round(len(results) / send_seconds, 1),
         "send_seconds": round(send_seconds, 2), "all_applied_after_s": round(applied_seconds, 2),
         "statuses": statuses,  # 200 accepted, 208 answered 200 as a duplicate
@@ -157,8 +166,8 @@ def main() -> int:
         "ok": ids == sent_ids and events == (unique, unique) and live_orders == unique
         and statuses.get("200") == unique and statuses.get("208") == len(again),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 
