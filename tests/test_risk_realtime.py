@@ -340,6 +340,15 @@ def _journal(settings, *events: tuple[str, str, dict]) -> None:
     journal.close()
 
 
+def _scoring(tmp_path):
+    """Settings with risk on, a scorer whose risk server answers every order (``_answering``), and what it saw."""
+    from storeflow.components.risk.realtime import RiskScorer
+
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
+    seen: list = []
+    return settings, RiskScorer(settings, http=_answering(seen)), seen
+
+
 def test_turning_risk_on_does_not_assess_orders_journaled_before(tmp_path):
     from storeflow.components.risk.realtime import RiskScorer
 
@@ -821,12 +830,9 @@ def test_the_scorer_reads_journaled_orders_without_making_python_objects_of_thei
     from pathlib import Path
 
     from storeflow.components.risk import live
-    from storeflow.components.risk.realtime import RiskScorer
 
     full = json.loads((Path(__file__).parent / "data" / "shopify_webhooks" / "orders_create.json").read_text())
-    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
-    seen: list = []
-    scorer = RiskScorer(settings, http=_answering(seen))
+    settings, scorer, seen = _scoring(tmp_path)
     orders = [{**full, "id": 9200000301 + i, "email": f"full{i}@example.com"} for i in range(5)]
     parsed_whole = []
     loads = live.orjson.loads
@@ -846,15 +852,13 @@ def test_a_fault_of_the_code_reading_every_order_sets_none_aside(tmp_path, monke
     ValueError of the code's): the orders wait, none is set aside, as when scoring fails alike (OrdersFailAlike). A
     malformed order alone is still set aside at once."""
     from storeflow.components.risk import live
-    from storeflow.components.risk.realtime import OrdersFailAlike, RiskScorer
+    from storeflow.components.risk.realtime import OrdersFailAlike
 
     def broken(fields, order_id):
         raise ValueError("a fault of the code")
 
     monkeypatch.setattr(live, "_risk_of", broken)
-    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
-    seen: list = []
-    scorer = RiskScorer(settings, http=_answering(seen))
+    settings, scorer, seen = _scoring(tmp_path)
     try:
         _journal(settings, ("one", "orders/create", new_order(9200000401, 41, "a@example.com")),
                  ("two", "orders/create", new_order(9200000402, 42, "b@example.com")))
