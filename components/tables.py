@@ -75,6 +75,13 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = tuple(SCHEMAS)
 
 
+def email_key(value) -> str | None:
+    """An email as every store compares it (velocity's keys, erasure's searches): trimmed and lower case. Blank or
+    missing is None: Shopify's REST order says ``""`` for an order without one (a point-of-sale sale, a draft), and
+    such orders share no buyer."""
+    return (value.strip().lower() or None) if isinstance(value, str) else None
+
+
 def conform(name: str, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pa.Table:
     """Cast a frame to its table schema (only ``columns`` of it, in that order, when given); a missing column is
     an error naming the table and column."""

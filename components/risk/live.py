@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -58,7 +57,7 @@ from storeflow.components.risk.orders import (CANCEL_REASONS, COLUMNS, TABLE_SCH
 from storeflow.components.shopify import payloads as webhook
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row, rows_of)
-from storeflow.components.tables import SCHEMAS, conform, table_path
+from storeflow.components.tables import SCHEMAS, conform, email_key, table_path
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +147,10 @@ def new_order(body: bytes) -> NewOrder:
         payload = orjson.loads(body)
         if not isinstance(payload, dict):
             raise PayloadError(f"orders/create body must be a JSON object, got {type(payload).__name__}") from None
-        order, lines = order_rows(payload)
-        risk, created = _risk(payload, order["order_id"])
-        return NewOrder(order["order_id"], order, lines, risk, created)
-    order, lines = rows_of(model)
-    risk, created = _risk_of(model, order["order_id"])
+        order, lines, risk, created = _to_score(payload)
+    else:
+        order, lines = rows_of(model)
+        risk, created = _risk_of(model, order["order_id"])
     return NewOrder(order["order_id"], order, lines, risk, created)
 
 
@@ -170,11 +168,6 @@ def _to_score(payload: Mapping | NewOrder) -> tuple[dict, list[dict], dict, str 
 def order_id(payload: Mapping | NewOrder) -> int:
     """An order webhook's id, parsed (:class:`NewOrder`) or not."""
     return payload.id if isinstance(payload, NewOrder) else payload["id"]
-
-
-def _email(value: Any) -> str | None:
-    """As the batch query compares emails: trimmed and lower case; blank is none (:func:`velocity.email_digest`)."""
-    return None if value is None or pd.isna(value) else (str(value).strip().lower() or None)
 
 
 def risk_row(payload: Mapping) -> dict:
@@ -327,7 +320,7 @@ class LiveHistory:
         self.db.execute(
             "INSERT OR REPLACE INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at, "
             "customer_created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (order["order_id"], order["customer_id"], _email(order["email"]), risk["address_key"], order["updated_at"],
+            (order["order_id"], order["customer_id"], email_key(order["email"]), risk["address_key"], order["updated_at"],
              customer_created))
 
     def _update_history(self, order: dict, risk: dict, live_customer: int | None, just_scored: bool) -> None:
@@ -365,7 +358,7 @@ class LiveHistory:
         found = self._risk_of.rows([order_id])
         address = self._risk.column("address_key")[int(found[0])].as_py() if len(found) else None
         return (self._orders.column("customer_id")[position].as_py(),
-                _email(self._orders.column("email")[position].as_py()), address)
+                email_key(self._orders.column("email")[position].as_py()), address)
 
     # --- one order's features ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from storeflow.components.features.repo import VELOCITY_STATE, VELOCITY_VIEWS
 from storeflow.components.risk.online_lists import OnlineLists, next_write_us
+from storeflow.components.tables import email_key
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -75,13 +76,10 @@ class Recent:
 
 
 def email_digest(email: str | None) -> str | None:
-    """The key of an order's email, as the batch features compare emails (trimmed, lower case), digested: the
-    online store holds no address in clear. A blank email is no email: Shopify's REST order sends ``""`` for an
-    order without one (a point-of-sale sale, a draft), and those orders share no buyer."""
-    if email is None or (isinstance(email, float) and np.isnan(email)):
-        return None
-    text = str(email).strip().lower()
-    return hashlib.sha256(text.encode()).hexdigest()[:32] if text else None
+    """The key of an order's email (:func:`~storeflow.components.tables.email_key`: blank is none), digested: the
+    online store holds no address in clear."""
+    key = email_key(email)
+    return hashlib.sha256(key.encode()).hexdigest()[:32] if key is not None else None
 
 
 def fold(state: Recent, order: Order, cap: int) -> bool:

@@ -45,7 +45,7 @@ from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_
 from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, metafields, online
 from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
-from storeflow.components.tables import TABLES, read_tables
+from storeflow.components.tables import TABLES, email_key, read_tables
 
 log = logging.getLogger(__name__)
 CUSTOMER_GID = re.compile(rb"gid://shopify/Customer/([0-9]+)")
@@ -63,7 +63,7 @@ class Subject:
     def __post_init__(self):
         # as every store compares emails (trimmed, lower case); blank is none: " " once matched every order
         # without an email (Shopify's REST order says "" for one), erasing them all with this customer's
-        self.email = _email_key(self.email)
+        self.email = email_key(self.email)
 
     @property
     def gid(self) -> str:
@@ -76,11 +76,6 @@ class Subject:
     @property
     def needles(self) -> Needles:
         return Needles(frozenset(self.ids), frozenset([self.email] if self.email else []))
-
-
-def _email_key(value) -> str | None:
-    """An email as stores are searched for it: trimmed and lower case; None when blank or missing."""
-    return value.strip().lower() or None if isinstance(value, str) else None
 
 
 class ErasureIncomplete(RuntimeError):
@@ -104,10 +99,10 @@ def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> S
     if email is None:
         for tables in frames:
             row = tables["customers"][tables["customers"]["customer_id"].eq(subject.customer_id).fillna(False)]
-            email = next((e for e in map(_email_key, row["email"]) if e), email)
+            email = next((e for e in map(email_key, row["email"]) if e), email)
     aliases: set[int] = set()
     if email:
-        wanted = _email_key(email)
+        wanted = email  # a key already (Subject, or email_key above)
         for tables in frames:
             for name in ("customers", "orders"):
                 frame = tables[name]
