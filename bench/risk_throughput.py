@@ -69,19 +69,18 @@ CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.jso
 THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
 FIRST_ORDER = 6_000_000_000  # delivery number i carries order FIRST_ORDER + i (its webhook id ends in i)
-RECEIVER = ("import sys, uvicorn; from storeflow.components.config import load_settings; "
-            "from storeflow.components.shopify.webhooks import create_app, scorer_supervisor; s = load_settings(); "
-            "uvicorn.run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s)), host='127.0.0.1', "
-            "port=int(sys.argv[1]), log_level='warning')")
+RECEIVER = ("import sys; from storeflow.components.config import load_settings; "
+            "from storeflow.components.shopify.webhooks import create_app, run, scorer_supervisor; s = load_settings(); "
+            "run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s)), '127.0.0.1', int(sys.argv[1]))")
 # the same receiver, its risk scorer (thread or process) speaking to the stock KServe server (argv: port, columns,
 # high, medium, version, this folder)
-RECEIVER_STOCK = ("import sys, json, functools, uvicorn; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
+RECEIVER_STOCK = ("import sys, json, functools; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
                   "from storeflow.components.config import load_settings; "
-                  "from storeflow.components.shopify.webhooks import create_app, scorer_supervisor; s = load_settings(); "
-                  "a = (json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]); "
+                  "from storeflow.components.shopify.webhooks import create_app, run, scorer_supervisor; "
+                  "s = load_settings(); a = (json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]); "
                   "stock_kserve_risk.patch_receiver(*a); "
-                  "uvicorn.run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s, functools.partial("
-                  "stock_kserve_risk.run_scorer, *a))), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
+                  "run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s, functools.partial("
+                  "stock_kserve_risk.run_scorer, *a))), '127.0.0.1', int(sys.argv[1]))")
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
 local ffi = require("ffi")  -- wrk runs LuaJIT: the monotonic clock, for a paced row's timetable
