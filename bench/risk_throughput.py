@@ -11,7 +11,9 @@ webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`
 them for ``--seconds`` (each Shopify's whole ``orders/create``, ~9.5 KB, as a store's webhooks carry it; ``--body
 trimmed`` sends only the fields storeflow reads, ~0.7 KB, as runs before 2026-12-06 did) (closed loop, ``--connections`` in flight; or paced, ``storeflow:2000``: that many a second on
 a timetable, as Shopify sends them whether or not the receiver keeps up), then waits up to ``--drain`` seconds for
-every journaled order to reach Shopify. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
+every journaled order to reach Shopify. ``--follow-ups K`` sends each order's K later deliveries too (orders/paid, then
+orders/updated, whole orders as well), interleaved with later orders' creates as a store's webhooks come: the scorer
+records them as history between the orders it scores. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
 
 Rows one after the other on copies of the same trained state, the same deliveries and the same loopback Admin API:
@@ -54,7 +56,8 @@ import tempfile
 import threading
 import time
 from contextlib import closing
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -82,7 +85,8 @@ RECEIVER_STOCK = ("import sys, json, functools; sys.path.insert(0, sys.argv[6]);
                   "run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s, functools.partial("
                   "stock_kserve_risk.run_scorer, *a))), '127.0.0.1', int(sys.argv[1]))")
 LUA = r"""
--- pre-signed deliveries, one per line: webhook id, HMAC, body (tab separated); thread t of n sends lines t, t+n, ...
+-- pre-signed deliveries, one per line: webhook id, HMAC, topic, body (tab separated); thread t of n sends lines t,
+-- t+n, ...
 local ffi = require("ffi")  -- wrk runs LuaJIT: the monotonic clock, for a paced row's timetable
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -118,8 +122,8 @@ function init(args)
   for line in io.lines(args[1]) do
     k = k + 1
     if (k - 1) % n == tid - 1 then
-      local id, hmac, body = line:match("([^\t]+)\t([^\t]+)\t(.*)")
-      deliveries[#deliveries + 1] = {id, hmac, body}
+      local id, hmac, topic, body = line:match("([^\t]+)\t([^\t]+)\t([^\t]+)\t(.*)")
+      deliveries[#deliveries + 1] = {id, hmac, body, topic}
     end
   end
   next_one = 1
@@ -140,7 +144,7 @@ function request()
   next_one = next_one + 1
   sent[#sent + 1] = d[1] .. "\t" .. string.format("%d", now_us())
   return wrk.format("POST", "/webhooks", {
-    ["Content-Type"] = "application/json", ["X-Shopify-Topic"] = "orders/create",
+    ["Content-Type"] = "application/json", ["X-Shopify-Topic"] = d[4],
     ["X-Shopify-Hmac-Sha256"] = d[2], ["X-Shopify-Shop-Domain"] = "%s",
     ["X-Shopify-Webhook-Id"] = d[1], ["X-Shopify-API-Version"] = "2026-01"}, d[3])
 end
@@ -251,6 +255,32 @@ def order(i: int, now: str, body: str = "full") -> dict:
             "billing_address": {"country_code": "US"},
             "line_items": [{"id": 8_000_000_000 + i, "product_id": 77, "sku": "SKU", "title": "Tea", "quantity": 2,
                             "price": "42.50"}]}
+
+
+FOLLOW_UP_GAP = 7  # an order's follow-up k goes out k * 7 creates after it: the stream interleaves topics, as a store's
+
+
+def follow_up(i: int, k: int, now: str, body: str = "full") -> tuple[str, dict]:
+    """Order ``i``'s ``k``-th delivery after its create, as Shopify sends them once it is paid and then changed
+    (fulfilled, tagged): orders/paid first, then orders/updated, each with a later ``updated_at``."""
+    payload = order(i, now, body)
+    later = (datetime.fromisoformat(now) + timedelta(minutes=k)).isoformat()
+    payload.update({"updated_at": later, "financial_status": "paid"})
+    return ("orders/paid" if k == 1 else "orders/updated"), payload
+
+
+def stream(deliveries: int, follow_ups: int) -> Iterator[tuple[str, int, int]]:
+    """(topic kind, order number, k) of each delivery wrk sends, ``deliveries`` in all: each order's create, and
+    after it the follow-ups (k = 1..``follow_ups``) of the orders created k * FOLLOW_UP_GAP before it."""
+    sent, i = 0, 0
+    while sent < deliveries:
+        yield "create", i, 0
+        sent += 1
+        for k in range(1, follow_ups + 1):
+            if sent < deliveries and i - k * FOLLOW_UP_GAP >= 0:
+                yield "follow-up", i - k * FOLLOW_UP_GAP, k
+                sent += 1
+        i += 1
 
 
 def train(root: Path, config: dict) -> dict:
@@ -535,6 +565,8 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         wrk_sent: dict[str, float] = {}  # order id -> when wrk first sent its delivery (s since the epoch)
         for line in sent_file.read_text().splitlines():
             hook, _, micros = line.partition("\t")
+            if "-followup" in hook:  # an order's later delivery: its end to end starts at its create
+                continue
             wrk_sent.setdefault(str(FIRST_ORDER + int(hook.rsplit("-", 1)[-1])), int(micros) / 1e6)
     finally:
         for proc in procs:
@@ -621,8 +653,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--orders", type=int, default=50_000)
     parser.add_argument("--fraud-rate", type=float, default=0.003)
-    parser.add_argument("--deliveries", type=int, default=100_000, help="distinct pre-signed orders (more than a "
-                        "row sends: past the end wrk repeats the last, a duplicate)")
+    parser.add_argument("--deliveries", type=int, default=100_000, help="distinct pre-signed deliveries (more than "
+                        "a row sends: past the end wrk repeats the last, a duplicate)")
+    parser.add_argument("--follow-ups", type=int, default=0, help="deliveries of each order after its create "
+                        "(orders/paid, then orders/updated), interleaved with later orders' creates as a store's "
+                        "webhooks come; 0: creates only (runs before 2026-12-06 21:00 UTC)")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--bucket-seconds", type=int, default=5, help="wrk's run in a row with Shopify's bucket "
                         "(@plan): at 200 assessments/s a 20 s row's orders would outlast --drain")
@@ -662,11 +697,14 @@ def main() -> None:
     signed = root / "deliveries.tsv"
     sizes: list[int] = []
     with signed.open("w") as out:
-        for i in range(args.deliveries):
-            body = json.dumps(order(i, now, args.body), separators=(",", ":")).encode()
+        for kind, i, k in stream(args.deliveries, args.follow_ups):
+            topic, payload = ("orders/create", order(i, now, args.body)) if kind == "create" else \
+                follow_up(i, k, now, args.body)
+            hook = f"bench-risk-{i:07d}" if kind == "create" else f"bench-risk-followup{k}-{i:07d}"
+            body = json.dumps(payload, separators=(",", ":")).encode()
             sizes.append(len(body))
-            headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
-            out.write(f"bench-risk-{i:07d}\t{headers['X-Shopify-Hmac-Sha256']}\t{body.decode()}\n")
+            headers = webhook_headers(topic, hook, body, secret=SECRET, shop=SHOP)
+            out.write(f"{hook}\t{headers['X-Shopify-Hmac-Sha256']}\t{topic}\t{body.decode()}\n")
     script = root / "deliveries.lua"
     script.write_text(LUA.replace("%s", SHOP))
     rows = []
@@ -707,6 +745,11 @@ def main() -> None:
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
               "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
               "delivery_body": {"kind": args.body, "bytes_median": int(np.median(sizes)) if sizes else None},
+              "follow_ups": {"per_order": args.follow_ups, "topics": "orders/paid, then orders/updated",
+                             "deliveries_per_order": 1 + args.follow_ups,
+                             "note": "each paced rate is deliveries a second: orders a second are that / "
+                                     f"{1 + args.follow_ups}; journaled, written back, end to end and CPU count "
+                                     "orders (creates)"},
               "online_store": {"redis": "redis (a redis-server on loopback, as production's)",
                                "sqlite": "sqlite (Feast's local online store)"}[args.online_store],
               "load_average_before": [round(x, 2) for x in load_before],
