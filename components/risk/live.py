@@ -398,6 +398,30 @@ class LiveHistory:
             out.append({name: float(merged[name]) for name in ORDER_FEATURES})
         return out
 
+    # --- what an order's features read, and what recording a delivery changes -----------------------------
+
+    def reads(self, order: NewOrder) -> frozenset:
+        """What a new order's features read besides its own fields, as :meth:`changes` names it: refunds of its order
+        id that came before it, its customer's history and velocity, its email's and its address's velocity."""
+        return _terms(order.id, order.order["customer_id"], email_key(order.order["email"]), order.risk["address_key"])
+
+    def changes(self, topic: str, payload: NewOrder | Mapping) -> frozenset:
+        """What recording this order (a :class:`NewOrder`) or refund delivery changes that another order's features
+        read (:meth:`reads`): its order, and every customer, email and address the order was counted under and will
+        be. An order whose reads share none of them is scored the same before this is recorded as after; the
+        scorer uses it to score the orders journaled after an update or a refund with those before it."""
+        if topic in REFUND_TOPICS:
+            refund = refund_row(dict(payload))
+            return _terms(refund["order_id"], self._customer_of(refund["order_id"]), None, None)
+        if not isinstance(payload, NewOrder):
+            raise TypeError("an order delivery's changes are read from its NewOrder")
+        order = payload.order
+        found = self.db.execute("SELECT customer_id, email, address_key FROM risk_live_orders WHERE order_id = ?",
+                                (order["order_id"],)).fetchone()
+        before = found if found is not None else self._snapshot_keys(order["order_id"])
+        now = _terms(order["order_id"], order["customer_id"], email_key(order["email"]), payload.risk["address_key"])
+        return now if before is None else now | _terms(order["order_id"], *before)
+
     def _customer_of(self, order_id: int) -> int | None:
         """The customer of an order known live or to the snapshot (None: a guest's, or an order not known)."""
         found = self.db.execute("SELECT customer_id FROM risk_live_orders WHERE order_id = ?", (order_id,)).fetchone()
@@ -432,6 +456,13 @@ class LiveHistory:
                     events[refund_id] = ledger.Event(ledger.REFUND, refund_id, _micros(created))
         events.update(self._live_refunds([order_id]).get(order_id, {}))
         return list(events.values())
+
+
+def _terms(order_id: int, customer_id: int | None, email: str | None, address: str | None) -> frozenset:
+    """An order's terms for :meth:`LiveHistory.reads` and :meth:`LiveHistory.changes` (an email as its
+    :func:`~storeflow.components.tables.email_key`); none for what it lacks."""
+    return frozenset(term for term in (("order", order_id), ("customer", customer_id), ("email", email),
+                                       ("address", address)) if term[1] is not None)
 
 
 def _drop_order_copies(db: sqlite3.Connection) -> None:

@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import threading
 from contextlib import closing
+from dataclasses import dataclass, field
 
 import httpx
 import orjson
@@ -42,7 +43,7 @@ from storeflow.components.risk.writeback import (BATCH, FAILING_SCHEMA, WriteBac
 from storeflow.components.shopify.admin import AdminClient
 from storeflow.components.shopify.assessments import Fact
 from storeflow.components.shopify.journal import transaction
-from storeflow.components.shopify.payloads import PayloadError
+from storeflow.components.shopify.payloads import REFUND_TOPICS, PayloadError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,36 @@ def open_risk_db(settings: Settings) -> sqlite3.Connection:
     return db
 
 
+@dataclass
+class _Batch:
+    """A pass's new orders scored together, and the deliveries journaled among them that wait to be recorded after
+    them (``later``: row, webhook id, topic, body, parsed payload), with what those change and what each order
+    reads."""
+
+    orders: list[tuple[int, str, str, bytes | None, NewOrder | dict]] = field(default_factory=list)
+    ids: set = field(default_factory=set)
+    reads: dict[int, frozenset | None] = field(default_factory=dict)
+    later: list[tuple[int, str, str, bytes | None, NewOrder | dict | None]] = field(default_factory=list)
+    changed: set = field(default_factory=set)
+
+    def add(self, rowid: int, webhook_id: str, topic: str, body: bytes | None, order: NewOrder | dict,
+            reads: frozenset | None) -> None:
+        number = order_id(order)
+        self.orders.append((rowid, webhook_id, topic, body, order))
+        self.ids.add(number)
+        self.reads[number] = reads
+
+    def defer(self, rowid: int, webhook_id: str, topic: str, body: bytes | None, payload: NewOrder | dict | None,
+              changes: frozenset) -> None:
+        self.later.append((rowid, webhook_id, topic, body, payload))
+        self.changed |= changes
+
+    @property
+    def last(self) -> int:
+        """The last journal row the batch holds."""
+        return max(self.orders[-1][0], self.later[-1][0] if self.later else 0)
+
+
 class RiskScorer:
     """Scores what the receiver journaled, queues the assessments, and writes them back: with a thread of its own
     (:class:`~storeflow.components.risk.writeback.WriteBack`), or, given ``writer_wake``, by waking the write-back's
@@ -130,25 +161,54 @@ class RiskScorer:
     def score_pending(self, limit: int = BATCH) -> int:
         """Handle up to ``limit`` journaled order and refund deliveries after the last one handled, each batch
         committed before the next is scored; returns how many. :class:`ScoringUnavailable` when the risk server
-        does not answer (the rest wait)."""
+        does not answer (the rest wait).
+
+        A store's deliveries interleave: each order's orders/paid and orders/updated come between later orders'
+        creates. An update or refund that changes nothing a later order of the batch reads
+        (:meth:`LiveHistory.changes`) waits for the batch and is recorded in its transaction, after its orders;
+        one that does, or whose effect cannot be told, ends the batch, as every such delivery once did (with two
+        follow-ups an order, that scored one order a request)."""
         (after,) = self.db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
         topics = sorted(HISTORY_TOPICS)
         rows = self.journal.execute(
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
-        batch: list[tuple[int, str, str, bytes, NewOrder | dict]] = []  # consecutive new orders, scored together
-        batched: set = set()  # their order ids
+        batch = _Batch()
         for rowid, webhook_id, topic, body in rows:
-            order = self._new_order(topic, body, batched)
+            order = self._new_order(topic, body, batch.ids)
             if order is not None:
-                batch.append((rowid, webhook_id, topic, body, order))
-                batched.add(order_id(order))
+                reads = self.history.reads(order) if isinstance(order, NewOrder) else None
+                if batch.changed and (reads is None or not reads.isdisjoint(batch.changed)):  # it must see them first
+                    self._flush(batch)
+                    batch = _Batch()
+                batch.add(rowid, webhook_id, topic, body, order, reads)
+                continue
+            if batch.orders and (later := self._later(topic, body, batch)) is not None:
+                batch.defer(rowid, webhook_id, topic, body, *later)
                 continue
             self._flush(batch)
-            batch, batched = [], set()
+            batch = _Batch()
             self._handle(rowid, webhook_id, topic, body)
         self._flush(batch)
         return len(rows)
+
+    def _later(self, topic: str, body: bytes | None, batch: _Batch) -> tuple[NewOrder | dict | None, frozenset] | None:
+        """A delivery that is not a new order of ``batch``, parsed, and what recording it changes, when it can wait
+        for the batch's later orders (see :meth:`score_pending`); None when it must be handled where it is."""
+        if body is None:  # erased before it was scored: nothing to record
+            return None, frozenset()
+        try:
+            payload = orjson.loads(body) if topic in REFUND_TOPICS else new_order(body)
+            if topic == SCORED_TOPIC and not (payload.id in batch.ids or self._queued(payload.id)):
+                return None  # an order to score on its own
+            changes = self.history.changes(topic, payload)
+        except REFUSED:  # handled on its own: set aside with why
+            return None
+        # an order of the batch itself (its orders/paid): it changes what that order reads too
+        theirs = [batch.reads[number] for kind, number in changes if kind == "order" and number in batch.ids]
+        if any(reads is None for reads in theirs):
+            return None
+        return payload, changes.union(*theirs)
 
     def _new_order(self, topic: str, body: bytes | None, batched: set) -> NewOrder | dict | None:
         """An orders/create to score with the batch, validated from its bytes, or None to handle the row on its
@@ -166,29 +226,66 @@ class RiskScorer:
             return None
         return order
 
-    def _flush(self, batch: list[tuple[int, str, str, bytes, NewOrder | dict]]) -> None:
+    def _flush(self, batch: _Batch) -> None:
         """Score a batch of new orders with one features query and one request to the risk server, then record,
-        queue and advance past all of them in one transaction, and wake the write-back. An order the path refuses
-        sends the batch one by one (:meth:`_one_by_one`), so that order is set aside with why and the others go on.
+        queue and advance past all of them in one transaction, with the deliveries that waited for them, and wake
+        the write-back. An order the path refuses sends the batch one by one (:meth:`_one_by_one`), so that order
+        is set aside with why and the others go on, in journal order with the deliveries that waited.
 
         Recorded as soon as answered: the scorer once computed the next batch's features while the risk server
         scored this one (the answer waited for them), which made each order wait a batch longer and cost more CPU
         (bench/risk_throughput, 5,000 customers, paced 2,500/s, two runs each: p50 journaled to answered 34-35 ->
         25-26 ms, scorer CPU 0.28-0.29 -> 0.26-0.27 ms an order)."""
-        if not batch:
+        if not batch.orders:
             return
         try:
-            scored = self._score_many([item[4] for item in batch])
+            scored = self._score_many([item[4] for item in batch.orders])
         except REFUSED:
-            return self._one_by_one(batch)
+            return self._in_journal_order(batch)
         with transaction(self.db):
-            for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch, scored):
+            for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch.orders, scored):
                 self.history.record(topic, payload)
                 assessments.enqueue(self.db, order, level, facts, version)
-            self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (batch[-1][0],))
+            for _, webhook_id, topic, _, payload in batch.later:
+                self._record_later(webhook_id, topic, payload)
+            self._advance(batch.last)
         self.write_back.wake.set()
 
-    def _one_by_one(self, batch: list[tuple[int, str, str, bytes, NewOrder | dict]]) -> None:
+    def _in_journal_order(self, batch: _Batch) -> None:
+        """A refused batch handled as the journal has it, as the scorer did before deliveries waited for batches:
+        the orders between two waiting deliveries one by one (:meth:`_one_by_one`), each waiting delivery on its
+        own (:meth:`_handle`), so the journal place never passes a delivery not handled yet."""
+        run: list[tuple[int, str, str, bytes | None, NewOrder | dict]] = []
+        waiting = iter(batch.later)
+        following = next(waiting, None)
+        for item in batch.orders:
+            while following is not None and following[0] < item[0]:
+                if run:
+                    self._one_by_one(run)
+                    run = []
+                self._handle(*following[:4])
+                following = next(waiting, None)
+            run.append(item)
+        if run:
+            self._one_by_one(run)
+        while following is not None:
+            self._handle(*following[:4])
+            following = next(waiting, None)
+
+    def _record_later(self, webhook_id: str, topic: str, payload: NewOrder | dict | None) -> None:
+        """A delivery that waited for a batch, recorded as history inside the caller's transaction; one the history
+        refuses is set aside with why, the rest of the transaction kept."""
+        if payload is None:
+            return
+        self.db.execute("SAVEPOINT later")
+        try:
+            self.history.record(topic, payload)
+        except REFUSED as exc:
+            self.db.execute("ROLLBACK TO later")
+            self._set_aside(webhook_id, topic, f"{type(exc).__name__}: {exc}")
+        self.db.execute("RELEASE later")
+
+    def _one_by_one(self, batch: list[tuple[int, str, str, bytes | None, NewOrder | dict]]) -> None:
         """A batch the path refused, order by order, in journal order: each order scored is recorded at once; one
         that fails is set aside with why once it is known to be the order's (a malformed payload, or another order
         of the batch scored). While none scored, the failed orders wait: :class:`OrdersFailAlike` (the ones before
@@ -292,11 +389,14 @@ class RiskScorer:
         self.db.execute("UPDATE risk_cursor SET journal_rowid = ?", (rowid,))
 
     def _skip(self, rowid: int, webhook_id: str, topic: str, reason: str) -> None:
-        log.error("order risk skipped webhook %s (%s): %s", webhook_id, topic, reason)
         with transaction(self.db):
-            self.db.execute("INSERT OR REPLACE INTO risk_skipped VALUES (?, ?, ?, julianday('now'))",
-                            (webhook_id, topic, reason[:500]))
+            self._set_aside(webhook_id, topic, reason)
             self._advance(rowid)
+
+    def _set_aside(self, webhook_id: str, topic: str, reason: str) -> None:
+        log.error("order risk skipped webhook %s (%s): %s", webhook_id, topic, reason)
+        self.db.execute("INSERT OR REPLACE INTO risk_skipped VALUES (?, ?, ?, julianday('now'))",
+                        (webhook_id, topic, reason[:500]))
 
     def drain(self) -> assessments.DrainResult | None:
         """Send queued assessments to Shopify (up to a batch's worth: a pass queues up to ``BATCH``), from this
