@@ -215,3 +215,35 @@ def test_a_refused_batch_is_handled_in_journal_order_and_a_crash_on_the_way_lose
         assert _cursor(again) == 4
     finally:
         again.stop()
+
+
+def test_the_deliveries_that_waited_for_a_batch_read_their_customers_ledgers_once(tmp_path):
+    """Each orders/paid read its customer's ledger from the online store to find it unchanged: a Redis round trip a
+    delivery, a third of the scorer's CPU with two follow-ups an order (py-spy, bench/risk_throughput). Now the
+    waiting deliveries' customers are read in one go and what changed is written once."""
+    orders = [order(9300000041 + n, 41 + n, f"a{n}@example.com", f"{n} Ash St", n) for n in range(4)]
+    events = [("c0", "orders/create", orders[0])]
+    for n in range(1, 4):
+        events += [(f"c{n}", "orders/create", orders[n]),
+                   (f"p{n - 1}", "orders/paid", later_version(orders[n - 1], 10 + n, financial_status="paid"))]
+    events.append(("r2", "refunds/create", {"id": 9300000099, "order_id": orders[2]["id"],
+                                            "created_at": (BASE + timedelta(minutes=20)).isoformat()}))
+    seen, sizes = [], []
+    settings, scorer = _scorer(tmp_path, _answering(seen, sizes))
+    reads: list[list[int]] = []
+    read = scorer.history.history.read
+
+    def counted(customers):
+        customers = list(customers)
+        reads.append(sorted(c for c in customers if c is not None))
+        return read(customers)
+    scorer.history.history.read = counted
+    try:
+        _journal(settings, *events)
+        assert scorer.score_pending() == len(events)
+        assert sizes == [4]
+        assert reads == [[41, 42, 43, 44], [41, 42, 43]]  # the batch's features, then the waiting deliveries' all at once
+        ledger = read([43])[43]  # the refund reached order 3's customer
+        assert any(event.id == 9300000099 for event in ledger.events)
+    finally:
+        scorer.stop()

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -254,6 +255,9 @@ class OnlineHistory:
         self.store = store
         self.velocity_cap = velocity_cap
         self.lists = OnlineLists(store, {HISTORY_VIEW: "customer_id"}, HISTORY_STATE)
+        self._gathered: dict[int, Ledger] | None = None  # see gathered()
+        self._gathered_keys: set[int] = set()
+        self._dirty: dict[int, Ledger] = {}
 
     def read(self, customers: Iterable[int]) -> dict[int, Ledger]:
         keys = list(dict.fromkeys(int(c) for c in customers if c is not None))
@@ -293,15 +297,37 @@ class OnlineHistory:
 
     def apply(self, customer_id: int, add: Iterable[Event] = (), remove: Iterable[tuple[int, int]] = ()) -> bool:
         """Events added to (or replaced in) and (kind, id) taken out of one customer's ledger; False when unchanged."""
-        ledger = self.read([customer_id]).get(customer_id, Ledger())
+        gathering = self._gathered is not None and customer_id in self._gathered_keys
+        if gathering:
+            ledger = self._gathered.setdefault(customer_id, Ledger())
+        else:
+            ledger = self.read([customer_id]).get(customer_id, Ledger())
         changed = False
         for kind, ident in remove:
             changed |= unfold(ledger, kind, [ident])
         for event in add:
             changed |= fold(ledger, event)
-        if changed:
+        if changed and gathering:
+            compact(ledger)  # as a write at once would: the next apply sees what it would have read
+            self._dirty[customer_id] = ledger
+        elif changed:
             self.write({customer_id: ledger})
         return changed
+
+    @contextmanager
+    def gathered(self, customers: Iterable[int]) -> Iterator[None]:
+        """:meth:`apply` calls inside read these customers' ledgers once, all in one read, and what they changed is
+        written once, at the end: a scorer's batch of updates and refunds costs a round trip each way, not one per
+        delivery (each orders/paid of an order read its customer's ledger to find it unchanged). Nothing is
+        written when the block raises: its caller's pass is retried."""
+        keys = {int(c) for c in customers if c is not None}
+        self._gathered, self._gathered_keys, self._dirty = self.read(keys), keys, {}
+        try:
+            yield
+            if self._dirty:
+                self.write(self._dirty)
+        finally:
+            self._gathered, self._gathered_keys, self._dirty = None, set(), {}
 
     # --- seeding from a snapshot -------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -421,6 +422,13 @@ class LiveHistory:
         before = found if found is not None else self._snapshot_keys(order["order_id"])
         now = _terms(order["order_id"], order["customer_id"], email_key(order["email"]), payload.risk["address_key"])
         return now if before is None else now | _terms(order["order_id"], *before)
+
+    def recording(self, changes: Iterable[tuple[str, object]]) -> AbstractContextManager:
+        """Deliveries recorded together (a scorer's batch's waiting ones): the ledgers of the customers in
+        ``changes`` (:meth:`changes`' terms) read once and written once (:meth:`OnlineHistory.gathered`)."""
+        if self.history is None:
+            return nullcontext()
+        return self.history.gathered(term for kind, term in changes if kind == "customer")
 
     def _customer_of(self, order_id: int) -> int | None:
         """The customer of an order known live or to the snapshot (None: a guest's, or an order not known)."""

@@ -246,8 +246,9 @@ class RiskScorer:
             for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch.orders, scored):
                 self.history.record(topic, payload)
                 assessments.enqueue(self.db, order, level, facts, version)
-            for _, webhook_id, topic, _, payload in batch.later:
-                self._record_later(webhook_id, topic, payload)
+            with self.history.recording(batch.changed):
+                for _, webhook_id, topic, _, payload in batch.later:
+                    self._record_later(webhook_id, topic, payload)
             self._advance(batch.last)
         self.write_back.wake.set()
 
