@@ -247,3 +247,31 @@ def test_the_deliveries_that_waited_for_a_batch_read_their_customers_ledgers_onc
         assert any(event.id == 9300000099 for event in ledger.events)
     finally:
         scorer.stop()
+
+
+def test_a_waiting_delivery_the_history_refuses_is_set_aside_and_its_batch_is_kept(tmp_path):
+    first = order(9300000051, 51, "a51@example.com", "51 Pine St", 0)
+    events = [("c1", "orders/create", first),
+              ("p1", "orders/paid", later_version(first, 2, financial_status="paid")),
+              ("c2", "orders/create", order(9300000052, 52, "a52@example.com", "52 Pine St", 3))]
+    seen, sizes = [], []
+    settings, scorer = _scorer(tmp_path, _answering(seen, sizes))
+    record = scorer.history.record
+
+    def refusing(topic, payload):
+        if topic == "orders/paid":
+            record(topic, payload)  # its rows written, then refused: none of it may stay
+            raise ValueError("an order the history cannot hold")
+        return record(topic, payload)
+    scorer.history.record = refusing
+    try:
+        _journal(settings, *events)
+        assert scorer.score_pending() == 3
+        assert sizes == [2]
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'p1'").fetchone()
+        assert reason == "ValueError: an order the history cannot hold"
+        assert dict((o, u) for o, _, _, _, u in _live(scorer))[9300000051] == first["updated_at"]  # rolled back
+        assert len(scorer.db.execute("SELECT order_id FROM risk_outbox").fetchall()) == 2
+        assert _cursor(scorer) == 3
+    finally:
+        scorer.stop()

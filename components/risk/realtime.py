@@ -246,9 +246,10 @@ class RiskScorer:
             for (_, _, topic, _, payload), (order, level, facts, version) in zip(batch.orders, scored):
                 self.history.record(topic, payload)
                 assessments.enqueue(self.db, order, level, facts, version)
-            with self.history.recording(batch.changed):
-                for _, webhook_id, topic, _, payload in batch.later:
-                    self._record_later(webhook_id, topic, payload)
+            if batch.later:
+                with self.history.recording(batch.changed):
+                    for _, webhook_id, topic, _, payload in batch.later:
+                        self._record_later(webhook_id, topic, payload)
             self._advance(batch.last)
         self.write_back.wake.set()
 
