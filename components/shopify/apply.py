@@ -174,8 +174,9 @@ class Applier:
 
     def _split(self, events: list[Pending], split: _Split) -> None:
         try:
+            payloads = _read_back(events)  # before the journal's write lock is taken: the receiver commits meanwhile
             with transaction(self.conn):
-                touched, done = self._upsert_all(events)
+                touched, done = self._upsert_all(events, payloads)
                 frame = self._features(touched)
         except INFRASTRUCTURE:
             raise
@@ -192,16 +193,22 @@ class Applier:
         self._mark(done)
         split.applied += len(done)
 
-    def _upsert_all(self, events: list[Pending]) -> tuple[set[int], list[tuple[str, str]]]:
+    def _upsert_all(self, events: list[Pending], payloads: list[dict] | None = None
+                    ) -> tuple[set[int], list[tuple[str, str]]]:
+        """Upsert the run's events (inside the caller's transaction). ``payloads``: theirs, parsed, every row read
+        back already (:func:`_read_back`); None: each event is parsed and read back here, on its own."""
         touched: set[int] = set()
         done: list[tuple[str, str]] = []
-        for event in events:
+        for number, event in enumerate(events):
             if event.body is None:
                 done.append((event.webhook_id, "erased"))
                 continue
             self.conn.execute("SAVEPOINT event")
             try:
-                customer = self._upsert(event.topic, orjson.loads(event.body))
+                if payloads is None:
+                    customer = self._upsert(event.topic, orjson.loads(event.body))
+                else:
+                    customer = self._upsert(event.topic, payloads[number], read_back=False)
             except (PayloadError, orjson.JSONDecodeError) as exc:  # this event's data: undo its writes, park it
                 self.conn.execute("ROLLBACK TO event")
                 self.conn.execute("RELEASE event")
@@ -266,12 +273,14 @@ class Applier:
 
     # --- live orders ---------------------------------------------------------------------------------
 
-    def _upsert(self, topic: str, payload: dict) -> int | None:
-        """Store the order or refund (inside the caller's transaction); returns whose features change."""
+    def _upsert(self, topic: str, payload: dict, read_back: bool = True) -> int | None:
+        """Store the order or refund (inside the caller's transaction); returns whose features change.
+        ``read_back``: check the rows read back as the features will read them (:func:`_read_back` did already)."""
         if topic in ORDER_TOPICS:
             order, items = order_rows(payload)
-            _rows("orders", [order])  # what the features will read must read back
-            _rows("line_items", items)
+            if read_back:
+                _rows("orders", [order])  # what the features will read must read back
+                _rows("line_items", items)
             current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
                                         (order["order_id"],)).fetchone()
             if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
@@ -284,7 +293,8 @@ class Applier:
                                   [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
             return order["customer_id"]
         refund = refund_row(payload)
-        _rows("refunds", [refund])
+        if read_back:
+            _rows("refunds", [refund])
         self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
                           (refund["refund_id"], refund["order_id"], json.dumps(refund)))
         return self._customer_of_order(refund["order_id"])
@@ -394,6 +404,34 @@ def _id_list(ids: list[int]) -> str:
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
+
+
+def _read_back(events: list[Pending]) -> list[dict] | None:
+    """The run's payloads, parsed, when every event parses and every row it stores reads back as the features will
+    read it (one cast per table for the whole run); None when one does not (each is then checked on its own, inside
+    the transaction, as before). Done before the transaction: casting each event's rows on its own, under the
+    journal's write lock, cost ~4 ms of CPU a full-size delivery and held off the receiver's commits (bench/
+    risk_throughput --applier: 170-240 deliveries a second acknowledged)."""
+    payloads: list[dict] = []
+    rows: dict[str, list[dict]] = {"orders": [], "line_items": [], "refunds": []}
+    try:
+        for event in events:
+            payload = orjson.loads(event.body) if event.body is not None else {}
+            payloads.append(payload)
+            if event.body is None:
+                continue
+            if event.topic in ORDER_TOPICS:
+                order, items = order_rows(payload)
+                rows["orders"].append(order)
+                rows["line_items"].extend(items)
+            else:
+                rows["refunds"].append(refund_row(payload))
+        for name, found in rows.items():
+            if found:
+                _rows(name, found)
+    except Exception:  # noqa: BLE001 - one event's data, or not: _upsert_all finds out event by event
+        return None
+    return payloads
 
 
 def _rows(name: str, rows: list[dict]) -> pa.Table:
