@@ -13,7 +13,10 @@ trimmed`` sends only the fields storeflow reads, ~0.7 KB, as runs before 2026-12
 a timetable, as Shopify sends them whether or not the receiver keeps up), then waits up to ``--drain`` seconds for
 every journaled order to reach Shopify. ``--follow-ups K`` sends each order's K later deliveries too (orders/paid, then
 orders/updated, whole orders as well), interleaved with later orders' creates as a store's webhooks come: the scorer
-records them as history between the orders it scores. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
+records them as history between the orders it scores. ``--applier`` runs storeflow's receiver as ``storeflow webhooks``
+does, with the applier process that applies every delivery to the customers' features in Feast (not on the way to
+the assessment, but on the same two cores); without it (the default, and every run before 2026-12-06 22:00 UTC) no
+process applies them. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
 drained; while some still wait in the journal or the outbox (not lost: they go out later) it is not known.
 
 Rows one after the other on copies of the same trained state, the same deliveries and the same loopback Admin API:
@@ -72,6 +75,10 @@ CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.jso
 THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
 FIRST_ORDER = 6_000_000_000  # delivery number i carries order FIRST_ORDER + i (its webhook id ends in i)
+# the receiver as `storeflow webhooks` runs it, applier process and all (--applier)
+RECEIVER_SERVE = ("import sys; from storeflow.components.config import load_settings; "
+                  "from storeflow.components.shopify.webhooks import serve; serve(load_settings(), '127.0.0.1', "
+                  "int(sys.argv[1]))")
 RECEIVER = ("import sys; from storeflow.components.config import load_settings; "
             "from storeflow.components.shopify.webhooks import create_app, run, scorer_supervisor; s = load_settings(); "
             "run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s)), '127.0.0.1', int(sys.argv[1]))")
@@ -80,10 +87,12 @@ RECEIVER = ("import sys; from storeflow.components.config import load_settings; 
 RECEIVER_STOCK = ("import sys, json, functools; sys.path.insert(0, sys.argv[6]); import stock_kserve_risk; "
                   "from storeflow.components.config import load_settings; "
                   "from storeflow.components.shopify.webhooks import create_app, run, scorer_supervisor; "
+                  "from storeflow.components.shopify.supervisor import ApplierSupervisor; "
                   "s = load_settings(); a = (json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]); "
                   "stock_kserve_risk.patch_receiver(*a); "
-                  "run(create_app(s, apply=False, risk_supervisor=scorer_supervisor(s, functools.partial("
-                  "stock_kserve_risk.run_scorer, *a))), '127.0.0.1', int(sys.argv[1]))")
+                  "run(create_app(s, apply=False, supervisor=ApplierSupervisor(s) if sys.argv[7:] == ['applier'] else None, "
+                  "risk_supervisor=scorer_supervisor(s, functools.partial(stock_kserve_risk.run_scorer, *a))), "
+                  "'127.0.0.1', int(sys.argv[1]))")
 LUA = r"""
 -- pre-signed deliveries, one per line: webhook id, HMAC, topic, body (tab separated); thread t of n sends lines t,
 -- t+n, ...
@@ -433,11 +442,13 @@ def cpu_by_part(parts: dict[str, int]) -> dict[str, float]:
 
 SCORER = "scorer process (journal read, live features, score call, outbox)"
 WRITER = "write-back process (outbox to the Admin API)"
+APPLIER = "applier process (every delivery to the customers' features in Feast; --applier)"
 
 
 def scorer_parts(receiver: int) -> dict[str, int]:
     """The receiver's child processes by what they are: its scorer (risk.scorer: process; it holds the journal
-    and the outbox), the write-back (the outbox alone) and multiprocessing's resource tracker."""
+    and the outbox), the write-back (the outbox alone), the applier (the journal alone; --applier) and
+    multiprocessing's resource tracker."""
     out = {}
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         if (stat := _stat(pid)) is not None and stat[0] == receiver:
@@ -445,7 +456,8 @@ def scorer_parts(receiver: int) -> dict[str, int]:
             if b"resource_tracker" in command:
                 out["receiver's resource tracker"] = pid
             else:
-                out[SCORER if _holding(pid, "webhooks.db") else WRITER] = pid
+                journal, outbox = _holding(pid, "webhooks.db"), _holding(pid, "risk.db")
+                out[SCORER if journal and outbox else APPLIER if journal else WRITER] = pid
     return out
 
 
@@ -486,7 +498,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         if kind == "storeflow":
             model = subprocess.Popen([str(cli), "serve-risk"], env=env, cwd=root, stdout=model_log.open("wb"),
                                      stderr=subprocess.STDOUT)
-            receiver_cmd = [sys.executable, "-c", RECEIVER, str(receiver_port)]
+            receiver_cmd = [sys.executable, "-c", RECEIVER_SERVE if args.applier else RECEIVER, str(receiver_port)]
         else:
             from stock_kserve_risk import export
 
@@ -503,7 +515,8 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
                                       settings.risk.inference_service, "--http_port", str(model_port)],
                                      env=env, cwd=root, stdout=model_log.open("wb"), stderr=subprocess.STDOUT)
             receiver_cmd = [sys.executable, "-c", RECEIVER_STOCK, str(receiver_port), json.dumps(columns),
-                            str(cuts["high"]), str(cuts["medium"]), str(version), str(Path(__file__).parent)]
+                            str(cuts["high"]), str(cuts["medium"]), str(version), str(Path(__file__).parent),
+                            *(["applier"] if args.applier else [])]
         procs.append(model)
         wait_ready(f"http://127.0.0.1:{model_port}/v2/models/storeflow-order-risk/ready", model, model_log)
         receiver = subprocess.Popen(receiver_cmd, env=env, cwd=root, stdout=receiver_log.open("wb"),
@@ -655,6 +668,9 @@ def main() -> None:
     parser.add_argument("--fraud-rate", type=float, default=0.003)
     parser.add_argument("--deliveries", type=int, default=100_000, help="distinct pre-signed deliveries (more than "
                         "a row sends: past the end wrk repeats the last, a duplicate)")
+    parser.add_argument("--applier", action="store_true", help="the receivers run their applier process as "
+                        "`storeflow webhooks` does (each delivery applied to the customers' features in Feast; not on "
+                        "the path to the assessment, but on the same cores); else none")
     parser.add_argument("--follow-ups", type=int, default=0, help="deliveries of each order after its create "
                         "(orders/paid, then orders/updated), interleaved with later orders' creates as a store's "
                         "webhooks come; 0: creates only (runs before 2026-12-06 21:00 UTC)")
@@ -745,6 +761,8 @@ def main() -> None:
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
               "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
               "delivery_body": {"kind": args.body, "bytes_median": int(np.median(sizes)) if sizes else None},
+              "applier": ("run: the receiver as storeflow webhooks runs it, applier process and all" if args.applier
+                          else "not run (the receiver journals; nothing applies deliveries to the customers' features)"),
               "follow_ups": {"per_order": args.follow_ups, "topics": "orders/paid, then orders/updated",
                              "deliveries_per_order": 1 + args.follow_ups,
                              "note": "each paced rate is deliveries a second: orders a second are that / "

@@ -10,17 +10,26 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "serving", "recommend_serving", "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
+ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "risk_stream", "serving", "recommend_serving",
+         "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
+# runs of a script with arguments of their own: a store's stream through order risk (each order's orders/paid and
+# orders/updated between later orders' creates, the applier running as under storeflow webhooks)
+VARIANTS = {"risk_stream": ("risk_throughput", ["--follow-ups", "2", "--applier", "--paths",
+                                                "storeflow,storeflow:1500,storeflow:3000,stock_kserve:3000",
+                                                "--deliveries", "90000",
+                                                "--out", str(Path(__file__).resolve().parent / "results" /
+                                                             "risk_stream.json")])}
 
 
 def main() -> int:
     failed = []
     for name in ORDER:
-        script = BENCH / f"{name}.py"
+        base, arguments = VARIANTS.get(name, (name, []))
+        script = BENCH / f"{base}.py"
         if not script.exists():
             continue
-        print(f"== bench/{name}.py", flush=True)
-        if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
+        print(f"== bench/{base}.py {' '.join(arguments)}".rstrip(), flush=True)
+        if subprocess.run([sys.executable, str(script), *arguments], check=False).returncode != 0:
             failed.append(name)
     if failed:
         print(f"failed benchmarks: {', '.join(failed)}")
