@@ -174,9 +174,9 @@ class Applier:
 
     def _split(self, events: list[Pending], split: _Split) -> None:
         try:
-            payloads = _read_back(events)  # before the journal's write lock is taken: the receiver commits meanwhile
+            stored = _read_back(events)  # before the journal's write lock is taken: the receiver commits meanwhile
             with transaction(self.conn):
-                touched, done = self._upsert_all(events, payloads)
+                touched, done = self._upsert_all(events, stored)
                 frame = self._features(touched)
         except INFRASTRUCTURE:
             raise
@@ -193,10 +193,10 @@ class Applier:
         self._mark(done)
         split.applied += len(done)
 
-    def _upsert_all(self, events: list[Pending], payloads: list[dict] | None = None
+    def _upsert_all(self, events: list[Pending], stored: list[dict[str, list[dict]] | None] | None = None
                     ) -> tuple[set[int], list[tuple[str, str]]]:
-        """Upsert the run's events (inside the caller's transaction). ``payloads``: theirs, parsed, every row read
-        back already (:func:`_read_back`); None: each event is parsed and read back here, on its own."""
+        """Upsert the run's events (inside the caller's transaction). ``stored``: their rows, every one read back
+        already (:func:`_read_back`); None: each event is parsed and its rows read back here, on its own."""
         touched: set[int] = set()
         done: list[tuple[str, str]] = []
         for number, event in enumerate(events):
@@ -205,10 +205,13 @@ class Applier:
                 continue
             self.conn.execute("SAVEPOINT event")
             try:
-                if payloads is None:
-                    customer = self._upsert(event.topic, orjson.loads(event.body))
+                if stored is None:
+                    rows = _rows_of(event.topic, orjson.loads(event.body))
+                    for name, found in rows.items():  # what the features will read must read back
+                        _rows(name, found)
                 else:
-                    customer = self._upsert(event.topic, payloads[number], read_back=False)
+                    rows = stored[number]
+                customer = self._upsert(rows)
             except (PayloadError, orjson.JSONDecodeError) as exc:  # this event's data: undo its writes, park it
                 self.conn.execute("ROLLBACK TO event")
                 self.conn.execute("RELEASE event")
@@ -273,14 +276,11 @@ class Applier:
 
     # --- live orders ---------------------------------------------------------------------------------
 
-    def _upsert(self, topic: str, payload: dict, read_back: bool = True) -> int | None:
-        """Store the order or refund (inside the caller's transaction); returns whose features change.
-        ``read_back``: check the rows read back as the features will read them (:func:`_read_back` did already)."""
-        if topic in ORDER_TOPICS:
-            order, items = order_rows(payload)
-            if read_back:
-                _rows("orders", [order])  # what the features will read must read back
-                _rows("line_items", items)
+    def _upsert(self, rows: dict[str, list[dict]]) -> int | None:
+        """Store an order's or a refund's rows (:func:`_rows_of`, inside the caller's transaction); returns whose
+        features change."""
+        if "orders" in rows:
+            (order,), items = rows["orders"], rows["line_items"]
             current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
                                         (order["order_id"],)).fetchone()
             if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
@@ -292,9 +292,7 @@ class Applier:
             self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
                                   [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
             return order["customer_id"]
-        refund = refund_row(payload)
-        if read_back:
-            _rows("refunds", [refund])
+        (refund,) = rows["refunds"]
         self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
                           (refund["refund_id"], refund["order_id"], json.dumps(refund)))
         return self._customer_of_order(refund["order_id"])
@@ -406,32 +404,34 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
 
 
-def _read_back(events: list[Pending]) -> list[dict] | None:
-    """The run's payloads, parsed, when every event parses and every row it stores reads back as the features will
-    read it (one cast per table for the whole run); None when one does not (each is then checked on its own, inside
-    the transaction, as before). Done before the transaction: casting each event's rows on its own, under the
-    journal's write lock, cost ~4 ms of CPU a full-size delivery and held off the receiver's commits (bench/
-    risk_throughput --applier: 170-240 deliveries a second acknowledged)."""
-    payloads: list[dict] = []
-    rows: dict[str, list[dict]] = {"orders": [], "line_items": [], "refunds": []}
+def _rows_of(topic: str, payload: dict) -> dict[str, list[dict]]:
+    """The rows an order or refund delivery stores, by table; :class:`PayloadError` when it is not one."""
+    if topic in ORDER_TOPICS:
+        order, items = order_rows(payload)
+        return {"orders": [order], "line_items": items}
+    return {"refunds": [refund_row(payload)]}
+
+
+def _read_back(events: list[Pending]) -> list[dict[str, list[dict]] | None] | None:
+    """Each event's rows (:func:`_rows_of`; None for an erased one) when every event parses and every row reads back
+    as the features will read it, one cast per table for the whole run; None when one does not (each is then
+    checked on its own, inside the transaction, as before). Done before the transaction: casting each event's rows
+    on its own, under the journal's write lock, cost ~4 ms of CPU a full-size delivery and held off the receiver's
+    commits (bench/risk_throughput --applier: 170-240 deliveries a second acknowledged)."""
+    stored: list[dict[str, list[dict]] | None] = []
+    by_table: dict[str, list[dict]] = {}
     try:
         for event in events:
-            payload = orjson.loads(event.body) if event.body is not None else {}
-            payloads.append(payload)
-            if event.body is None:
-                continue
-            if event.topic in ORDER_TOPICS:
-                order, items = order_rows(payload)
-                rows["orders"].append(order)
-                rows["line_items"].extend(items)
-            else:
-                rows["refunds"].append(refund_row(payload))
-        for name, found in rows.items():
+            rows = _rows_of(event.topic, orjson.loads(event.body)) if event.body is not None else None
+            stored.append(rows)
+            for name, found in (rows or {}).items():
+                by_table.setdefault(name, []).extend(found)
+        for name, found in by_table.items():
             if found:
                 _rows(name, found)
     except Exception:  # noqa: BLE001 - one event's data, or not: _upsert_all finds out event by event
         return None
-    return payloads
+    return stored
 
 
 def _rows(name: str, rows: list[dict]) -> pa.Table:
