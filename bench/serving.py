@@ -115,9 +115,11 @@ def customer_ids(settings) -> list[int]:
     """Every customer of the store's newest snapshot."""
     import pandas as pd
 
+    from storeflow.components.features import offline
     from storeflow.components.features.repo import CUSTOMER_VIEW, source_path
 
-    frame = pd.read_parquet(source_path(settings, CUSTOMER_VIEW), columns=["customer_id", "event_timestamp"])
+    frame = pd.read_parquet(offline.snapshot_part(source_path(settings, CUSTOMER_VIEW)),
+                            columns=["customer_id", "event_timestamp"])
     newest = frame[frame["event_timestamp"] == frame["event_timestamp"].max()]
     return sorted(int(i) for i in newest["customer_id"])
 
@@ -147,6 +149,7 @@ def use_online_store(data: dict, kind: str, redis_address: str | None = None) ->
     import pandas as pd
 
     from storeflow.components.config import load_settings
+    from storeflow.components.features import offline
     from storeflow.components.features.repo import CUSTOMER_VIEW, apply, source_path
 
     overrides = json.loads(json.dumps(data["overrides"]))
@@ -158,7 +161,8 @@ def use_online_store(data: dict, kind: str, redis_address: str | None = None) ->
     if kind != "redis" or data.get("materialized") == redis_address:
         return 0.0
     started = time.monotonic()
-    as_of = pd.read_parquet(source_path(settings, CUSTOMER_VIEW), columns=["event_timestamp"])["event_timestamp"].max()
+    as_of = pd.read_parquet(offline.snapshot_part(source_path(settings, CUSTOMER_VIEW)),
+                            columns=["event_timestamp"])["event_timestamp"].max()
     store.materialize(start_date=(as_of - timedelta(seconds=1)).to_pydatetime(),
                       end_date=(as_of + timedelta(seconds=1)).to_pydatetime(), feature_views=[CUSTOMER_VIEW])
     data["materialized"] = redis_address

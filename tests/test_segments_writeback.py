@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from fake_admin import FakeAdminServer, admin_client, running
 
@@ -199,6 +200,7 @@ def test_storeflow_write_segments_scores_every_customer_with_the_champion_and_se
     from conftest import quick_overrides, small_store, write_snapshot
     from storeflow.components.evaluate import evaluate
     from storeflow.components.features import build_features
+    from storeflow.components.features import offline
     from storeflow.components.features.repo import CUSTOMER_VIEW, source_path
     from storeflow.components.register import register
     from storeflow.components.train import train
@@ -214,10 +216,19 @@ def test_storeflow_write_segments_scores_every_customer_with_the_champion_and_se
     monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
     monkeypatch.setenv("SHOPIFY_SHOP_DOMAIN", SHOP)
 
+    # The webhook applier's rows of one customer, after the snapshot: the newest rows of the whole history. Segments
+    # are for every customer of the snapshot (before the history was a dataset, the last batch's customers only).
+    history = source_path(settings, CUSTOMER_VIEW)
+    snapshot_rows = pd.read_parquet(offline.snapshot_part(history))
+    customers = set(snapshot_rows.loc[snapshot_rows["event_timestamp"] == snapshot_rows["event_timestamp"].max(),
+                                      "customer_id"])
+    live = snapshot_rows[snapshot_rows["customer_id"] == min(customers)].tail(1).assign(
+        event_timestamp=snapshot_rows["event_timestamp"].max() + pd.Timedelta(days=1))
+    offline.append(history, pa.Table.from_pandas(live, preserve_index=False))
+
     result = CliRunner().invoke(app, ["write-segments", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    source = pd.read_parquet(source_path(settings, CUSTOMER_VIEW))
-    customers = set(source.loc[source["event_timestamp"] == source["event_timestamp"].max(), "customer_id"])
+    assert len(customers) > 100
     assert {owner for owner, _ in shopify.stored} == {_gid(c) for c in customers}
     assert all(len(call) <= 25 for call in shopify.calls)
     tiers = {m["value"] for (_, key), m in shopify.stored.items() if key == "predicted_spend_tier"}

@@ -20,6 +20,7 @@ from test_webhook_signing import SECRET, SHOP, delivery, order, refund
 from starlette.testclient import TestClient
 
 from storeflow.components.config import load_settings
+from storeflow.components.features import offline
 from storeflow.components.features.repo import CUSTOMER_VIEW, feature_store, source_path
 from storeflow.components.shopify import layout
 from storeflow.components.shopify.admin import ShopifyError
@@ -292,7 +293,9 @@ def applier_growth(settings_json: str) -> None:
         one = pd.read_parquet(path)
         history = one.loc[one.index.repeat(100_000)].reset_index(drop=True)  # a store's months of batches
         history["event_timestamp"] -= pd.to_timedelta(range(len(history)), unit="s")
-        history.to_parquet(path, index=False)
+        for part in offline.live_parts(path):  # the history below holds its row
+            part.unlink()
+        history.to_parquet(path / offline.SNAPSHOT_PART, index=False)
         history_mb = history.memory_usage(deep=True).sum() / 2**20
         apply(1)
         apply(2)  # first appends: DuckDB and Arrow allocate what they keep for good

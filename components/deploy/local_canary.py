@@ -230,9 +230,10 @@ def customer_ids(settings: Settings) -> np.ndarray:
     features stage materialized), else the customers with orders in the latest ingested snapshot."""
     import pandas as pd
 
+    from storeflow.components.features import offline
     from storeflow.components.features.repo import CUSTOMER_KEY, CUSTOMER_VIEW, source_path
 
-    source = source_path(settings, CUSTOMER_VIEW)
+    source = offline.snapshot_part(source_path(settings, CUSTOMER_VIEW))  # the applier's rows: its last batch's
     if source.exists():
         rows = pd.read_parquet(source, columns=[CUSTOMER_KEY, "event_timestamp"])
         ids = rows.loc[rows["event_timestamp"] == rows["event_timestamp"].max(), CUSTOMER_KEY]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from storeflow.components.artifacts import result_of
 from storeflow.components.config import Settings
-from storeflow.components.features import btyd
+from storeflow.components.features import btyd, offline
 from storeflow.components.features.compute import (
     cutoff_times,
     labelled_cutoffs,
@@ -169,7 +169,7 @@ def _write_with_btyd(raw: Path, out: Path, fitted: btyd.Fitted, horizon_days: in
     for name in btyd.BTYD_FEATURES:
         schema = schema.append(pa.field(name, pa.float64()))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f".{out.name}.tmp")  # hidden and not *.parquet: readers of the directory skip it
     with pq.ParquetWriter(tmp, schema) as writer:
         for batch in source.iter_batches(batch_size=SCORE_BATCH_ROWS):
             inputs = batch.select(["days_since_first_order", "recency_days", "frequency"]).to_pandas()
@@ -199,8 +199,11 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     fitted = btyd.fit(_rows_at(raw, [holdout_start]), holdout_start.to_pydatetime(),
                       max_customers=settings.features.btyd_fit_customers)
     btyd.save(fitted, baseline_model := btyd_model_path(settings))
-    _write_with_btyd(raw, source_path(settings, CUSTOMER_VIEW), fitted, label.horizon_days)
+    history = offline.dataset(source_path(settings, CUSTOMER_VIEW))  # the webhook applier appends its rows beside
+    _write_with_btyd(raw, history / offline.SNAPSHOT_PART, fitted, label.horizon_days)
     raw.unlink()
+    if dropped := offline.drop_superseded(history, as_of):
+        log.info("offline history: %d live part(s) at or before %s superseded by this snapshot", len(dropped), as_of)
     memory = {"memory_limit_mb": settings.features.duckdb_memory_mb, "spill_dir": work / "duckdb"}
     _write_source(product_features(snapshot, [*cutoffs, as_of], **memory), source_path(settings, PRODUCT_VIEW))
     store = apply(settings)
@@ -208,7 +211,7 @@ def build_features(settings: Settings, snapshot: Path) -> FeatureResult:
     entities = labelled_cutoffs(snapshot, cutoffs, label.horizon_days, **memory)
     if entities["label"].nunique() < 2:
         raise FeatureError("every training row has the same label; the model would learn nothing")
-    held = _rows_at(source_path(settings, CUSTOMER_VIEW), holdout_cutoffs)
+    held = _rows_at(history / offline.SNAPSHOT_PART, holdout_cutoffs)
     baselines = pd.concat([held[[CUSTOMER_KEY, "event_timestamp"]],
                            btyd.baseline_scores(fitted, held, label.horizon_days)], axis=1)
     del held

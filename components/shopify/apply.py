@@ -2,10 +2,11 @@
 
 Order and refund events upsert the live order tables, then the affected customers' features are
 recomputed with ``compute.customer_features`` (the newest snapshot plus everything received live, as of
-now) and written to the Feast online store and appended to the offline history, in one Feast write per
-batch. Privacy and app/uninstalled events are handled in arrival order. An event is marked applied
-only after its effects are written, so a crash re-applies it; recomputing from state makes that
-harmless, and the journal's webhook-id key makes a re-delivered event a no-op before it gets here.
+now) and written to the Feast online store (one Feast write per batch) and appended to the offline
+history (a Parquet part per batch, :mod:`~storeflow.components.features.offline`). Privacy and
+app/uninstalled events are handled in arrival order. An event is marked applied only after its effects
+are written, so a crash re-applies it; recomputing from state makes that harmless, and the journal's
+webhook-id key makes a re-delivered event a no-op before it gets here.
 
 An event that fails on its own data (it passed an older receiver's check, or a case the check misses)
 is parked in the journal's ``dead_letters`` with the reason, and the events after it go on applying.
@@ -19,8 +20,6 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from storeflow.components.config import Settings
+from storeflow.components.features import offline
 from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import customer_features
 from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply,
@@ -86,6 +86,7 @@ class Applier:
         self._snapshot: tuple[Path, dict[str, pd.DataFrame]] | None = None
         self.baseline = ServedBaseline(settings, layout.baselines_dir(settings))  # the served version's BG/NBD
         self.btyd = LiveScorer(self.baseline)
+        offline.finish_merges(source_path(settings, CUSTOMER_VIEW))  # one a crash cut short
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -361,35 +362,11 @@ class Applier:
         self._append_offline(frame)
 
     def _append_offline(self, frame: pd.DataFrame) -> None:
+        """A part of its own in the history's dataset (:mod:`~storeflow.components.features.offline`): Feast's own
+        append rewrote the whole history, every cutoff of every customer, for each batch."""
         path = source_path(self.settings, CUSTOMER_VIEW)
-        if path.exists():
-            with _own_ibis_backend():
-                self.store.write_to_offline_store(CUSTOMER_VIEW, frame)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            frame.to_parquet(tmp, index=False)
-            tmp.replace(path)
-
-
-@contextmanager
-def _own_ibis_backend() -> Iterator[None]:
-    """Feast's DuckDB offline store appends through ibis's default backend: it reads the whole history,
-    concatenates the batch and writes it back from ``ibis.memtable`` tables. ibis 12 keeps every memtable
-    registered in its backend until the process exits, so each append pinned another copy of the history
-    (the soak's applier grew 133 % in 10 minutes). The append gets a DuckDB connection of its own,
-    closed afterwards, which frees what it registered. The default is process-wide: the applier (one
-    thread, under its lock) is the only user of ibis in the webhook processes."""
-    import ibis
-
-    previous = ibis.options.default_backend
-    backend = ibis.duckdb.connect()
-    ibis.set_backend(backend)
-    try:
-        yield
-    finally:
-        ibis.options.default_backend = previous
-        backend.disconnect()
+        offline.append(path, pa.Table.from_pandas(frame, preserve_index=False))
+        offline.compact(path)
 
 
 def _ts(text: str) -> pd.Timestamp:

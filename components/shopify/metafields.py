@@ -268,6 +268,7 @@ def champion_segments(settings, version: str | None = None) -> tuple[str, list[S
     import pyarrow.parquet as pq
 
     from storeflow.components import tracking
+    from storeflow.components.features import offline
     from storeflow.components.features.repo import CUSTOMER_VIEW, source_path
     from storeflow.components.train import load_model, load_spend_model
 
@@ -283,10 +284,11 @@ def champion_segments(settings, version: str | None = None) -> tuple[str, list[S
     spend = load_spend_model(uri)
     if spend is None:
         raise ValueError(f"{name} version {version} carries no spend model (trained before spend tiers): retrain it")
-    path = source_path(settings, CUSTOMER_VIEW)
+    path = offline.snapshot_part(source_path(settings, CUSTOMER_VIEW))
     if not path.exists():
         raise ValueError(f"no customer features at {path}: run the features stage (storeflow run) first")
-    # The newest snapshot's rows only, read by filter: the file holds every cutoff's (5M rows at 100x).
+    # The newest snapshot's rows only, read by filter: the file holds every cutoff's (5M rows at 100x). The
+    # features stage's part, not the whole history: the applier's newest rows are the last batch's customers.
     newest = pc.max(pq.read_table(path, columns=["event_timestamp"])["event_timestamp"])
     rows = pq.read_table(path, filters=[("event_timestamp", "==", newest)]).to_pandas()
     return str(version), score_segments(rows, load_model(uri), *spend)

@@ -574,8 +574,8 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
     # Emptied in place, not removed: a running server goes on logging to the file monitoring reads.
     removed["prediction_log_lines"] = _rewrite_prediction_logs(settings, lambda line: False)
     sources = list(settings.feature_repo_dir.glob("data/*.parquet"))
-    for path in sources:
-        path.unlink()
+    for path in sources:  # a file, or a dataset directory (features.offline)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     removed["feature_sources"] = len(sources)
     # Any other Parquet with customer rows (a pipeline run's artifacts): every row in it is the shop's.
     held = [p for p in _parquet_files(settings) if {"customer_id", "email"} & set(pq.read_schema(p).names)]
