@@ -535,6 +535,10 @@ class ShopifyConfig(Section):
     webhook_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger webhook bodies get 413.")
     apply_batch_size: int = Field(1000, gt=0, description="Journaled events applied to Feast per batch at most.")
     apply_idle_seconds: float = Field(0.2, gt=0, description="How often the applier looks for new events.")
+    apply_gather_seconds: float = Field(0.1, ge=0, le=5, description="Woken by a commit, the applier waits this "
+                                        "long for more events before it applies them: a batch's cost (features "
+                                        "recomputed, Feast writes, a journal transaction the receiver's commits "
+                                        "wait on) is mostly the same for one event or hundreds.")
     baseline_refresh_seconds: float = Field(60, gt=0, description="How often the receiver asks MLflow which version "
                                                                   "is served, to score live BTYD features with its BG/NBD.")
     webhook_body_timeout_seconds: float = Field(10, gt=0, description="A body not fully received by then gets 408 "

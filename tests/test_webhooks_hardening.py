@@ -478,6 +478,45 @@ def test_a_delivery_wakes_the_applier_process_rather_than_waiting_for_its_next_l
         receiver.wait(30)
 
 
+@pytest.mark.slow
+def test_deliveries_arriving_together_are_applied_in_a_few_batches_not_one_each(tmp_path):
+    """Woken by a commit, the applier process waits shopify.apply_gather_seconds for the deliveries that follow and
+    applies them as one batch. It applied at once, so a stream of deliveries became a batch of a few each: its
+    fixed cost (features recomputed, Feast's writes, a journal transaction the receiver's commits wait on) paid
+    over and over, a core's worth of CPU at any rate (bench/risk_throughput --applier)."""
+    port = free_port()
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
+    cli = Path(sys.executable).with_name("storeflow")
+    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port),
+                                 "-s", f"project.state_dir={tmp_path / 'state'}", "-s", f"project.shop_domain={SHOP}",
+                                 "-s", "serving.shopify_client_id=test", "-s", "shopify.apply_gather_seconds=0.25"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    healthy = lambda r: r is not None and r.status_code == 200 and r.json()["pending"] == 0  # noqa: E731
+    try:
+        until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.status_code == 200, receiver)
+        with httpx.Client(base_url=base) as http:
+            first = http.post("/webhooks", **delivery("orders/create", order(9600, ADA, "g@example.com", 10.0), "wh-g-0"))
+            assert first.status_code == 200
+            until(lambda: _get(f"{base}/healthz"), healthy, receiver)  # the applier's first batch: its start-up
+            started = time.monotonic()
+            for n in range(1, 81):
+                answer = http.post("/webhooks", **delivery("orders/create", order(9600 + n, ADA + n % 7, "g@example.com",
+                                                                                  10.0 + n), f"wh-g-{n}"))
+                assert answer.status_code == 200
+            sent_in = time.monotonic() - started
+        until(lambda: _get(f"{base}/healthz"), healthy, receiver)
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+    with sqlite3.connect(tmp_path / "state" / "shopify" / "webhooks.db") as conn:
+        stamps = [s for (s,) in conn.execute("SELECT applied_at FROM events WHERE webhook_id != 'wh-g-0'")]
+    assert len(stamps) == 80 and None not in stamps
+    # a batch a gather, and one for what came during the last: the same stamp for every event of a batch
+    assert len(set(stamps)) <= sent_in / 0.25 + 2, f"{len(set(stamps))} batches for 80 deliveries sent in {sent_in:.2f} s"
+
+
 def _get(url: str) -> httpx.Response | None:
     try:
         return httpx.get(url, timeout=5)

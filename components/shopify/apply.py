@@ -107,9 +107,10 @@ class Applier:
         self.conn.close()
 
     def _loop(self) -> None:
-        idle = self.settings.shopify.apply_idle_seconds
+        idle, gather = self.settings.shopify.apply_idle_seconds, self.settings.shopify.apply_gather_seconds
         while not self._stop.is_set():
-            self.committed.wait(idle)
+            if self.committed.wait(idle):
+                self._stop.wait(gather)  # the events that follow this commit join its batch (supervisor.run_applier)
             self.committed.clear()
             try:
                 self.drain()
@@ -120,13 +121,15 @@ class Applier:
                 self._stop.wait(min(30.0, idle * 2 ** min(self.failures, 8)))
 
     def drain(self) -> int:
-        """Apply every committed event; returns how many were applied."""
+        """Apply every event committed before the call; returns how many were applied. It stops at the first batch
+        short of ``shopify.apply_batch_size``: that one took every event there was, and those committed since wait
+        for the loop's next batch rather than make one of a few events each."""
         total = 0
         while True:
             with self.lock:
                 count = self.apply_batch()
             total += count
-            if not count:
+            if count < self.settings.shopify.apply_batch_size:
                 return total
 
     def alive(self) -> bool:
