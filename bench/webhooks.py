@@ -4,6 +4,8 @@ Starts the real receiver (the CLI command) in a subprocess with a temporary stat
 ``--rate`` deliveries per second for ``--seconds`` (open loop: each send is scheduled at its time, not
 after the previous answer) plus ``--duplicates`` of them delivered again (Shopify's retries), waits until
 the applier has turned every event into Feast writes, then checks that no event was lost or applied twice.
+The offline history the applier appends to starts as a store's features stage left it (``--history-rows``, 5.2M
+rows: 500,000 customers); the peak memory of the receiver and its applier is reported beside the latencies.
 Writes bench/results/webhooks.json.
 
     .venv/bin/python bench/webhooks.py --rate 1000 --seconds 10
@@ -86,6 +88,65 @@ async def send_all(port: int, plan: list[tuple[float, tuple[str, bytes, dict]]],
     return results
 
 
+def history_dir(state: Path) -> Path:
+    from storeflow.components.features.repo import CUSTOMER_VIEW
+
+    return state / "feature_repo" / "data" / f"{CUSTOMER_VIEW}.parquet"
+
+
+def write_history(state: Path, rows: int) -> float:
+    """The features stage's rows of a store (a row per customer and cutoff, ten customers to a cutoff's hundred),
+    as the snapshot part of the offline history the applier appends to; returns the seconds it took."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storeflow.components.config import Settings
+    from storeflow.components.features import offline
+    from storeflow.components.features.repo import INTEGER_FEATURES
+
+    if not rows:
+        return 0.0
+    started = time.perf_counter()
+    path = offline.dataset(history_dir(state))
+    rng = np.random.default_rng(16)
+    cutoffs = 21
+    names = Settings().features.customer_features
+    schema = pa.schema([("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                        *((n, pa.int64() if n in INTEGER_FEATURES else pa.float64()) for n in names)])
+    end = np.datetime64("2026-11-01T00:00:00", "us")
+    with pq.ParquetWriter(path / offline.SNAPSHOT_PART, schema) as writer:
+        for cutoff in range(cutoffs):
+            n = rows // cutoffs + (cutoff < rows % cutoffs)
+            at = end - np.timedelta64(30 * (cutoffs - 1 - cutoff), "D")
+            columns = [pa.array(np.arange(n, dtype=np.int64) + 10_000_000),
+                       pa.array(np.full(n, at), schema.field(1).type)]
+            columns += [pa.array(rng.integers(0, 20, n)) if field.type == pa.int64() else pa.array(rng.gamma(2.0, 30.0, n))
+                        for field in list(schema)[2:]]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return round(time.perf_counter() - started, 1)
+
+
+def peak_memory(pid: int) -> dict[str, float]:
+    """Peak resident MB (Linux VmHWM) of the receiver and of the applier it started (risk is off here)."""
+    import psutil
+
+    peaks: dict[str, float] = {}
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            command = " ".join(process.cmdline())
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except (OSError, psutil.Error):
+            continue
+        if "resource_tracker" in command:
+            continue
+        name = "receiver" if process.pid == pid else "applier" if "spawn_main" in command else command[-40:]
+        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+        peaks[name] = round(int(hwm.split()[1]) / 1024, 1)
+    return peaks
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -100,6 +161,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--body", choices=("full", "trimmed"), default="full", help="each orders/create: Shopify's "
                         "whole order (~9.5 KB) or the fields storeflow reads (~0.5 KB, as runs before 2026-12-06)")
+    parser.add_argument("--history-rows", type=int, default=5_200_000, help="the customer features' offline history "
+                        "the features stage left (its rows at each cutoff): 5.2M is a 500,000-customer store's, 0 none")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -112,6 +175,7 @@ def main() -> int:
     plan.sort(key=lambda item: item[0])
 
     state = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
+    history_seconds = write_history(state / "state", args.history_rows)
     port = free_port()
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(state / "none.yaml")}
     (state / "none.yaml").write_text("{}\n")
@@ -137,6 +201,7 @@ def main() -> int:
         while httpx.get(f"{base_url}/healthz", timeout=5).json()["pending"]:
             time.sleep(0.2)
         applied_seconds = time.perf_counter() - started
+        peak_mb = peak_memory(server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -161,6 +226,9 @@ def main() -> int:
         "statuses": statuses,  # 200 accepted, 208 answered 200 as a duplicate
         "latency_ms": {f"p{int(q * 100)}": round(percentile(latencies, q) * 1000, 1) for q in (0.5, 0.95, 0.99)}
         | {"max": round(max(latencies) * 1000, 1) if latencies else None},
+        "offline_history": {"rows": args.history_rows, "written_in_s": history_seconds,
+                            "parts_after": len(list(history_dir(state / "state").glob("*.parquet")))},
+        "peak_rss_mb": peak_mb,  # the receiver and each process it started (the applier), VmHWM
         "journaled_events": events[0], "applied_events": events[1], "live_orders": live_orders,
         "lost": len(sent_ids - ids), "duplicated": events[0] - len(ids) + max(0, live_orders - unique),
         "ok": ids == sent_ids and events == (unique, unique) and live_orders == unique

@@ -3,10 +3,10 @@ features stage's rows in one part and the rows the webhook applier computed live
 
 Why a directory: Feast's file offline store appends by reading the whole file, concatenating the batch and
 writing everything back (feast 0.67, ``duckdb._write_data_source``). The features stage writes a row per customer
-and cutoff, 5.2M rows (462 MB) at a 500,000-customer store: there, offered 300 deliveries a second, the applier fell
-3,500 events behind in 15 s and peaked at 2.3 GB, more than the whole webhooks pod may hold (2 GiB). Feast's FileSource reads a directory of Parquet
-files as one table (DuckDB's ``read_parquet`` and pyarrow's datasets both do), so an append is one new file
-whatever the history holds.
+and cutoff, 5.2M rows (462 MB) at a 500,000-customer store: there, offered 300 deliveries a second, the applier
+fell 3,500 events behind in 15 s and peaked at 2.3 GB, more than the whole webhooks pod may hold (2 GiB). Feast's
+FileSource reads a directory of Parquet files as one table (DuckDB's ``read_parquet`` and pyarrow's datasets both
+do), so an append is one new file whatever the history holds.
 
 Parts merge by level: ``LEVEL_PARTS`` parts of one level make one of the next, so a live row is rewritten once a
 level (the log of its batches' count, base ``LEVEL_PARTS``) and a directory holds fewer than ``LEVEL_PARTS`` parts

@@ -1,0 +1,51 @@
+"""bench/webhooks.py's store-sized offline history: what it writes is a history the real applier appends to and
+Feast reads, so the bench measures the applier beside a features stage's rows, not beside an empty directory."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+from test_webhook_signing import delivery, order
+
+from storeflow.components.features import offline
+from storeflow.components.features.repo import CUSTOMER_VIEW, apply, feature_store, source_path
+from storeflow.components.shopify.webhooks import create_app
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_webhooks():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCH))
+        yield importlib.import_module("webhooks")
+
+
+def test_the_benchs_history_is_one_the_applier_appends_to_and_feast_reads(hooks, bench_webhooks):
+    bench_webhooks.write_history(hooks.project.state_dir, 2_100)
+    path = source_path(hooks, CUSTOMER_VIEW)
+    assert bench_webhooks.history_dir(hooks.project.state_dir) == path
+    written = pd.read_parquet(offline.snapshot_part(path))
+    assert len(written) == 2_100 and written["event_timestamp"].nunique() == 21  # a row per customer and cutoff
+    apply(hooks)
+
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as client:
+        client.post("/webhooks", **delivery("orders/create", order(9001, 42, "b@example.com", 40.0), "wh-b-1"))
+        client.app.state.applier.drain()
+        assert client.get("/healthz").json()["pending"] == 0
+
+    assert len(offline.live_parts(path)) == 1 and len(pd.read_parquet(path)) == 2_101
+    newest = written["event_timestamp"].max()
+    one = int(written.loc[written["event_timestamp"] == newest, "customer_id"].iloc[0])
+    after_the_order = pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1)
+    entities = pd.DataFrame({"customer_id": [one, 42], "event_timestamp": [newest, after_the_order]})
+    got = feature_store(hooks).get_historical_features(
+        entity_df=entities, features=[f"{CUSTOMER_VIEW}:frequency", f"{CUSTOMER_VIEW}:monetary"]).to_df()
+    got = got.set_index("customer_id")
+    mine = written[(written["customer_id"] == one) & (written["event_timestamp"] == newest)].iloc[0]
+    assert got.loc[one, "monetary"] == pytest.approx(mine["monetary"])
+    assert (got.loc[42, "frequency"], got.loc[42, "monetary"]) == (1, pytest.approx(40.0))
