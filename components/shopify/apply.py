@@ -66,6 +66,16 @@ class _Split:
     applied: int = 0
 
 
+@dataclass
+class _Pending:
+    """A run's rows as :meth:`Applier._upsert_all` will store them: each of its orders' version then (the stored one
+    when the run's is older), the line items of those it replaces, and its refunds in arrival order."""
+
+    orders: dict[int, dict]
+    items: list[tuple[int, list[dict]]] = field(default_factory=list)
+    refunds: list[dict] = field(default_factory=list)
+
+
 class Pending(NamedTuple):
     webhook_id: str
     shop: str
@@ -179,9 +189,22 @@ class Applier:
     def _split(self, events: list[Pending], split: _Split) -> None:
         try:
             stored = _read_back(events)  # before the journal's write lock is taken: the receiver commits meanwhile
-            with transaction(self.conn):
-                touched, done = self._upsert_all(events, stored)
-                frame = self._features(touched)
+            if stored is None:  # an event does not read back: each is checked, and may be parked, under the lock
+                with transaction(self.conn):
+                    touched, done = self._upsert_all(events, None)
+                    frame = self._features(touched)
+            else:
+                # The features of the state the run will leave, computed before the write lock: they took ~80 % of a
+                # batch's time, and the receiver's commits waited on the lock for all of it. A failure here is
+                # narrowed down as before: nothing was written yet.
+                touched, pending = self._pending(stored)
+                frame = self._features(touched, pending)
+                with transaction(self.conn):
+                    stored_for, done = self._upsert_all(events, stored)
+                if stored_for != touched:  # the run did not store what _pending foresaw: the stored state decides
+                    log.error("applier: the run touched customers %s, not %s as foreseen; features recomputed",
+                              sorted(stored_for), sorted(touched))
+                    frame = self._features(stored_for)
         except INFRASTRUCTURE:
             raise
         except Exception as exc:  # noqa: BLE001 - narrowed down below
@@ -287,7 +310,7 @@ class Applier:
             (order,), items = rows["orders"], rows["line_items"]
             current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
                                         (order["order_id"],)).fetchone()
-            if current and current[0] and order["updated_at"] and _ts(current[0]) > _ts(order["updated_at"]):
+            if current and _superseded(current[0], order["updated_at"]):
                 return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
             self.conn.execute(
                 "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
@@ -322,36 +345,79 @@ class Applier:
             self._snapshot = (newest, read_tables(newest))
         return self._snapshot[1]
 
-    def customer_tables(self, customers: set[int]) -> dict[str, pd.DataFrame]:
-        """The customers' orders: the snapshot's, with what arrived live replacing the same order ids."""
+    def _pending(self, stored: list[dict[str, list[dict]] | None]) -> tuple[set[int], _Pending]:
+        """What :meth:`_upsert_all` will store of a run's rows, read from the live tables without writing: the
+        customers whose features change, and the run's orders and refunds as they will then be stored."""
+        ids = [rows["orders"][0]["order_id"] for rows in stored if rows and "orders" in rows]
+        pending = _Pending({o["order_id"]: o for o in self._live_orders("order_id", ids)})
+        touched: set[int] = set()
+        for rows in stored:
+            if rows is None:
+                continue
+            if "orders" in rows:
+                (order,), items = rows["orders"], rows["line_items"]
+                current = pending.orders.get(order["order_id"])
+                if current is None or not _superseded(current["updated_at"], order["updated_at"]):
+                    pending.orders[order["order_id"]] = order
+                    pending.items.append((order["order_id"], items))
+                customer = order["customer_id"]
+            else:
+                (refund,) = rows["refunds"]
+                pending.refunds.append(refund)
+                version = pending.orders.get(refund["order_id"])
+                customer = version["customer_id"] if version else self._customer_of_order(refund["order_id"])
+            if customer is not None:
+                touched.add(customer)
+        return touched, pending
+
+    def _live_orders(self, column: str, ids: list[int]) -> list[dict]:
+        return [json.loads(r) for (r,) in self.conn.execute(
+            f"SELECT row FROM live_orders WHERE {column} IN {_ANY}", (_id_list(ids),))]
+
+    def customer_tables(self, customers: set[int], pending: _Pending | None = None) -> dict[str, pd.DataFrame]:
+        """The customers' orders: the snapshot's, with what arrived live replacing the same order ids; with
+        ``pending`` (:meth:`_pending`), as they will be once the run is stored."""
         snap = self._snapshot_tables()
         ids = sorted(customers)
-        live_orders = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_orders WHERE customer_id IN {_ANY}", (_id_list(ids),))]
-        live_ids = [o["order_id"] for o in live_orders]
+        live = {o["order_id"]: o for o in self._live_orders("customer_id", ids)}
+        if pending is not None:
+            live.update(pending.orders)  # each of the run's orders as it will be: another customer's now, perhaps
+            live = {key: order for key, order in live.items() if order["customer_id"] in customers}
+        live_ids = sorted(live)
         snap_orders = snap["orders"][snap["orders"]["customer_id"].isin(ids) & ~snap["orders"]["order_id"].isin(live_ids)]
         order_ids = [*snap_orders["order_id"].tolist(), *live_ids]
-        live_items = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_line_items WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
-        live_refunds = [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_refunds WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
-        refunds = snap["refunds"][snap["refunds"]["order_id"].isin(order_ids)
-                                  & ~snap["refunds"]["refund_id"].isin([r["refund_id"] for r in live_refunds])]
+        items = {i["line_item_id"]: i for i in self._live_rows("live_line_items", order_ids)}
+        refunds = {r["refund_id"]: r for r in self._live_rows("live_refunds", order_ids)}
+        if pending is not None:  # an order's line items are replaced with it; a row's id is its key in every order
+            for order_id, replaced in pending.items:  # in arrival order, as the run replaces them
+                items = {key: item for key, item in items.items() if item["order_id"] != order_id}
+                items.update((item["line_item_id"], item) for item in replaced)
+            refunds.update((refund["refund_id"], refund) for refund in pending.refunds)
+            wanted = set(order_ids)
+            items = {key: item for key, item in items.items() if item["order_id"] in wanted}
+            refunds = {key: refund for key, refund in refunds.items() if refund["order_id"] in wanted}
+        live_refunds = [refunds[key] for key in sorted(refunds)]
+        snap_refunds = snap["refunds"][snap["refunds"]["order_id"].isin(order_ids)
+                                       & ~snap["refunds"]["refund_id"].isin(list(refunds))]
         return {
-            "orders": _concat("orders", snap_orders, live_orders),
+            "orders": _concat("orders", snap_orders, [live[key] for key in live_ids]),
             "line_items": _concat("line_items", snap["line_items"][snap["line_items"]["order_id"].isin(
-                snap_orders["order_id"])], live_items),
-            "refunds": _concat("refunds", refunds, live_refunds),
+                snap_orders["order_id"])], [items[key] for key in sorted(items)]),
+            "refunds": _concat("refunds", snap_refunds, live_refunds),
             "products": snap["products"],
             "customers": snap["customers"][snap["customers"]["customer_id"].isin(ids)],
         }
 
-    def _features(self, customers: set[int]) -> pd.DataFrame | None:
+    def _live_rows(self, table: str, order_ids: list[int]) -> list[dict]:
+        return [json.loads(r) for (r,) in self.conn.execute(
+            f"SELECT row FROM {table} WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
+
+    def _features(self, customers: set[int], pending: _Pending | None = None) -> pd.DataFrame | None:
         """The customers' features as of now, from the snapshot and what arrived live (None: nobody)."""
         if not customers:
             return None
         as_of = datetime.now(timezone.utc) + pd.Timedelta(seconds=1)  # 1 s of clock skew; µs keep batches apart
-        frame = customer_features(self.customer_tables(customers), [as_of])
+        frame = customer_features(self.customer_tables(customers, pending), [as_of])
         if frame.empty:
             return None
         frame = frame.join(self.btyd.features(frame, self.settings.features.label.horizon_days))
@@ -370,6 +436,11 @@ class Applier:
         path = source_path(self.settings, CUSTOMER_VIEW)
         offline.append(path, pa.Table.from_pandas(frame, preserve_index=False))
         offline.compact(path)
+
+
+def _superseded(stored: str | None, arriving: str | None) -> bool:
+    """Whether an order version updated at ``arriving`` is older than the one stored (updated at ``stored``)."""
+    return bool(stored and arriving and _ts(stored) > _ts(arriving))
 
 
 def _ts(text: str) -> pd.Timestamp:
