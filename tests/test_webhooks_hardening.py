@@ -451,15 +451,7 @@ def test_a_killed_applier_is_restarted_and_applies_what_arrived_meanwhile(tmp_pa
 def test_a_delivery_wakes_the_applier_process_rather_than_waiting_for_its_next_look(tmp_path):
     """Each journal commit wakes the applier process: with its poll set to a minute, a delivery that arrives while
     it idles is applied within seconds (before, it waited for the next poll)."""
-    port = free_port()
-    (tmp_path / "none.yaml").write_text("{}\n")
-    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
-    cli = Path(sys.executable).with_name("storeflow")
-    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port),
-                                 "-s", f"project.state_dir={tmp_path / 'state'}", "-s", f"project.shop_domain={SHOP}",
-                                 "-s", "serving.shopify_client_id=test", "-s", "shopify.apply_idle_seconds=60"],
-                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    receiver, base = _start_webhooks(tmp_path, "shopify.apply_idle_seconds=60")
     try:
         until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.status_code == 200, receiver)
         for n in (1, 2):  # the first applied once its process is up; the second while it idles, for up to a minute
@@ -484,15 +476,7 @@ def test_deliveries_arriving_together_are_applied_in_a_few_batches_not_one_each(
     applies them as one batch. It applied at once, so a stream of deliveries became a batch of a few each: its
     fixed cost (features recomputed, Feast's writes, a journal transaction the receiver's commits wait on) paid
     over and over, a core's worth of CPU at any rate (bench/risk_throughput --applier)."""
-    port = free_port()
-    (tmp_path / "none.yaml").write_text("{}\n")
-    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
-    cli = Path(sys.executable).with_name("storeflow")
-    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port),
-                                 "-s", f"project.state_dir={tmp_path / 'state'}", "-s", f"project.shop_domain={SHOP}",
-                                 "-s", "serving.shopify_client_id=test", "-s", "shopify.apply_gather_seconds=0.25"],
-                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    receiver, base = _start_webhooks(tmp_path, "shopify.apply_gather_seconds=0.25")
     healthy = lambda r: r is not None and r.status_code == 200 and r.json()["pending"] == 0  # noqa: E731
     try:
         until(lambda: _get(f"{base}/healthz"), lambda r: r is not None and r.status_code == 200, receiver)
@@ -515,6 +499,19 @@ def test_deliveries_arriving_together_are_applied_in_a_few_batches_not_one_each(
     assert len(stamps) == 80 and None not in stamps
     # a batch a gather, and one for what came during the last: the same stamp for every event of a batch
     assert len(set(stamps)) <= sent_in / 0.25 + 2, f"{len(set(stamps))} batches for 80 deliveries sent in {sent_in:.2f} s"
+
+
+def _start_webhooks(tmp_path: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
+    """``storeflow webhooks`` as it is run (its applier a process of its own), state under ``tmp_path``."""
+    port = free_port()
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(tmp_path / "none.yaml")}
+    cli = Path(sys.executable).with_name("storeflow")
+    settings = [f"project.state_dir={tmp_path / 'state'}", f"project.shop_domain={SHOP}",
+                "serving.shopify_client_id=test", *overrides]
+    receiver = subprocess.Popen([str(cli), "webhooks", "--port", str(port), *(a for o in settings for a in ("-s", o))],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return receiver, f"http://127.0.0.1:{port}"
 
 
 def _get(url: str) -> httpx.Response | None:
