@@ -501,6 +501,28 @@ def test_deliveries_arriving_together_are_applied_in_a_few_batches_not_one_each(
     assert len(set(stamps)) <= sent_in / 0.25 + 2, f"{len(set(stamps))} batches for 80 deliveries sent in {sent_in:.2f} s"
 
 
+def test_the_applier_in_the_receivers_thread_gathers_its_batches_too(hooks):
+    """The same gather when the applier is a thread of the receiver (create_app(apply=True))."""
+    hooks = load_settings({**json.loads(hooks.to_json()), "shopify": {"apply_gather_seconds": 0.5}})
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as c:
+        post(c, "orders/create", order(9700, ADA, "t@example.com", 10.0), "wh-t-0")
+        deadline = time.monotonic() + 60
+        while c.get("/healthz").json()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        for n in range(1, 61):  # over two seconds or so: applied at once, a batch each time the last one ended
+            body = order(9700 + n, ADA + n % 5, "t@example.com", 10.0)
+            assert post(c, "orders/create", body, f"wh-t-{n}").status_code == 200
+            time.sleep(0.03)
+        sent_in = time.monotonic() - started
+        while c.get("/healthz").json()["pending"] and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+    stamps = [s for (s,) in journal(hooks, "SELECT applied_at FROM events WHERE webhook_id != 'wh-t-0'")]
+    assert len(stamps) == 60 and None not in stamps
+    batches = len(set(stamps))
+    assert batches <= sent_in / 0.5 + 2, f"{batches} batches for 60 deliveries sent in {sent_in:.2f} s"
+
+
 def _start_webhooks(tmp_path: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
     """``storeflow webhooks`` as it is run (its applier a process of its own), state under ``tmp_path``."""
     port = free_port()
