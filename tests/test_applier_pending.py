@@ -24,7 +24,7 @@ START = datetime(2026, 12, 1, tzinfo=timezone.utc)
 def an_order(rng: random.Random, order_id: int, customer: int | None, minute: int) -> dict:
     at = (START + timedelta(minutes=minute)).isoformat()
     items = rng.randint(1, 3)
-    base = rng.choice([order_id * 10, order_id * 10 + 1000])  # now and then another order's line item ids
+    base = rng.choice([order_id * 10, (order_id + 1) * 10])  # now and then the next order's line item ids
     return {"id": order_id, "email": f"c{customer}@example.com" if customer else "guest@example.com",
             "created_at": START.isoformat(), "updated_at": at, "cancelled_at": None, "currency": "USD",
             "financial_status": rng.choice(["paid", "partially_refunded"]), "total_price": f"{rng.uniform(5, 90):.2f}",
