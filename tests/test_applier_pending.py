@@ -96,7 +96,7 @@ def test_the_receiver_commits_while_the_applier_computes_features(hooks, monkeyp
     real = apply.customer_features
     commits: list[bool] = []
 
-    def while_computing(tables, times):
+    def while_computing(tables, times, *con):
         other = sqlite3.connect(layout.journal_path(hooks), timeout=0)  # a receiver's commit, that does not wait
         try:
             other.execute("BEGIN IMMEDIATE")
@@ -107,7 +107,7 @@ def test_the_receiver_commits_while_the_applier_computes_features(hooks, monkeyp
             commits.append(False)
         finally:
             other.close()
-        return real(tables, times)
+        return real(tables, times, *con)
 
     monkeypatch.setattr(apply, "customer_features", while_computing)
     applier = Applier(hooks)

@@ -139,10 +139,10 @@ def test_a_batch_whose_features_fail_is_split_until_only_the_bad_event_is_parked
 
     real = apply.customer_features
 
-    def fails_for_grace(tables, as_of):
+    def fails_for_grace(tables, as_of, *con):
         if GRACE in set(tables["orders"]["customer_id"]):
             raise ValueError("cannot compute features for this customer")
-        return real(tables, as_of)
+        return real(tables, as_of, *con)
 
     monkeypatch.setattr(apply, "customer_features", fails_for_grace)
     client.app.state.applier.stop()  # journal everything first: one batch
@@ -163,7 +163,7 @@ def test_when_every_event_fails_alike_nothing_is_parked_and_all_stay_pending(cli
     events' fault: parking every delivery would hide it; they wait, and health says the applier is behind."""
     from storeflow.components.shopify import apply
 
-    def broken(tables, as_of):
+    def broken(tables, as_of, *con):
         raise KeyError("a feature the config names but compute does not produce")
 
     monkeypatch.setattr(apply, "customer_features", broken)
@@ -185,10 +185,10 @@ def test_a_lone_event_that_fails_waits_until_another_applies_then_is_parked(clie
 
     real = apply.customer_features
 
-    def fails_for_grace(tables, as_of):
+    def fails_for_grace(tables, as_of, *con):
         if GRACE in set(tables["orders"]["customer_id"]):
             raise ValueError("cannot compute features for this customer")
-        return real(tables, as_of)
+        return real(tables, as_of, *con)
 
     monkeypatch.setattr(apply, "customer_features", fails_for_grace)
     client.app.state.applier.stop()
