@@ -351,7 +351,7 @@ class Applier:
         """What :meth:`_upsert_all` will store of a run's rows, read from the live tables without writing: the
         customers whose features change, and the run's orders and refunds as they will then be stored."""
         ids = [rows["orders"][0]["order_id"] for rows in stored if rows and "orders" in rows]
-        pending = _Pending({o["order_id"]: o for o in self._live_orders("order_id", ids)})
+        pending = _Pending({o["order_id"]: o for o in self._live("live_orders", "order_id", ids)})
         touched: set[int] = set()
         for rows in stored:
             if rows is None:
@@ -372,24 +372,20 @@ class Applier:
                 touched.add(customer)
         return touched, pending
 
-    def _live_orders(self, column: str, ids: list[int]) -> list[dict]:
-        return [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM live_orders WHERE {column} IN {_ANY}", (_id_list(ids),))]
-
     def customer_tables(self, customers: set[int], pending: _Pending | None = None) -> dict[str, pd.DataFrame]:
         """The customers' orders: the snapshot's, with what arrived live replacing the same order ids; with
         ``pending`` (:meth:`_pending`), as they will be once the run is stored."""
         snap = self._snapshot_tables()
         ids = sorted(customers)
-        live = {o["order_id"]: o for o in self._live_orders("customer_id", ids)}
+        live = {o["order_id"]: o for o in self._live("live_orders", "customer_id", ids)}
         if pending is not None:
             live.update(pending.orders)  # each of the run's orders as it will be: another customer's now, perhaps
             live = {key: order for key, order in live.items() if order["customer_id"] in customers}
         live_ids = sorted(live)
         snap_orders = snap["orders"][snap["orders"]["customer_id"].isin(ids) & ~snap["orders"]["order_id"].isin(live_ids)]
         order_ids = [*snap_orders["order_id"].tolist(), *live_ids]
-        items = {i["line_item_id"]: i for i in self._live_rows("live_line_items", order_ids)}
-        refunds = {r["refund_id"]: r for r in self._live_rows("live_refunds", order_ids)}
+        items = {i["line_item_id"]: i for i in self._live("live_line_items", "order_id", order_ids)}
+        refunds = {r["refund_id"]: r for r in self._live("live_refunds", "order_id", order_ids)}
         if pending is not None:  # an order's line items are replaced with it; a row's id is its key in every order
             _replace_items(items, pending.items)
             refunds.update((refund["refund_id"], refund) for refund in pending.refunds)
@@ -408,9 +404,10 @@ class Applier:
             "customers": snap["customers"][snap["customers"]["customer_id"].isin(ids)],
         }
 
-    def _live_rows(self, table: str, order_ids: list[int]) -> list[dict]:
+    def _live(self, table: str, column: str, ids: list[int]) -> list[dict]:
+        """The rows of a live table whose ``column`` is one of ``ids`` (both indexed), as stored."""
         return [json.loads(r) for (r,) in self.conn.execute(
-            f"SELECT row FROM {table} WHERE order_id IN {_ANY}", (_id_list(order_ids),))]
+            f"SELECT row FROM {table} WHERE {column} IN {_ANY}", (_id_list(ids),))]
 
     def _features(self, customers: set[int], pending: _Pending | None = None) -> pd.DataFrame | None:
         """The customers' features as of now, from the snapshot and what arrived live (None: nobody)."""
