@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 RESULT = "storeflow_result"  # metadata key of the stage result's JSON
 
 
-def publish(source: Path, artifact_path: str) -> Path:
-    """Copy a stage's output (a file or a directory) to where the task's output artifact is uploaded from."""
+def publish(source: Path, artifact_path: str,
+            ignore: Callable[[str, list[str]], Iterable[str]] | None = None) -> Path:
+    """Copy a stage's output (a file or a directory) to where the task's output artifact is uploaded from;
+    ``ignore`` names what in a directory is not output (as for ``shutil.copytree``)."""
     source, target = Path(source), Path(artifact_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
-        shutil.copytree(source, target, dirs_exist_ok=True)
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=ignore)
     else:
         shutil.copyfile(source, target)
     return target

@@ -24,9 +24,10 @@ def ingest(snapshot: dsl.Output[dsl.Dataset], config_json: str = "{}", source: s
     from storeflow.components.artifacts import describe, publish
     from storeflow.components.config import load_run_settings
     from storeflow.components.ingest import ingest as run
+    from storeflow.components.snapshot_index import local_only
 
     result = run(load_run_settings(config_json, {"ingest.source": source, "ingest.path": path}))
-    publish(result.snapshot, snapshot.path)
+    publish(result.snapshot, snapshot.path, ignore=local_only)  # a reused snapshot may hold the applier's index
     describe(snapshot.metadata, json.dumps(asdict(result), default=str), content_hash=result.content_hash,
              source=result.source, rows=result.row_counts)
     print(f"snapshot {result.content_hash[:12]} ({'reused' if result.reused else 'new'}): {result.row_counts}")

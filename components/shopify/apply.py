@@ -22,12 +22,12 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import NamedTuple
 
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storeflow.components.config import Settings
 from storeflow.components.features import offline
@@ -42,7 +42,8 @@ from storeflow.components.shopify.baseline import ServedBaseline
 from storeflow.components.shopify.journal import connect, now, park, transaction
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, customer_request, order_rows,
                                                   refund_row)
-from storeflow.components.tables import SCHEMAS, TABLES, conform, empty_frame, read_tables
+from storeflow.components.snapshot_index import SnapshotIndex
+from storeflow.components.tables import SCHEMAS, conform, empty_frame
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Applier:
         self.store = feature_store(settings)
         if CUSTOMER_VIEW not in {v.name for v in self.store.list_feature_views()}:
             self.store = feast_apply(settings)
-        self._snapshot: tuple[Path, dict[str, pd.DataFrame]] | None = None
+        self._snapshot: SnapshotIndex | None = None
         self.baseline = ServedBaseline(settings, layout.baselines_dir(settings))  # the served version's BG/NBD
         self.btyd = LiveScorer(self.baseline)
         offline.finish_merges(source_path(settings, CUSTOMER_VIEW))  # one a crash cut short
@@ -120,6 +121,11 @@ class Applier:
 
     def _loop(self) -> None:
         idle, gather = self.settings.shopify.apply_idle_seconds, self.settings.shopify.apply_gather_seconds
+        try:  # a large store's index takes seconds to build (~11 s at 5M orders): before the first batch, not in it
+            with self.lock:
+                self._snapshot_index()
+        except Exception:  # noqa: BLE001 - the first batch tries again, and says why if it fails too
+            log.exception("indexing the newest snapshot failed; the first batch tries again")
         while not self._stop.is_set():
             if self.committed.wait(idle):
                 self._stop.wait(gather)  # the events that follow this commit join its batch (supervisor.run_applier)
@@ -330,22 +336,22 @@ class Applier:
         row = self.conn.execute("SELECT customer_id FROM live_orders WHERE order_id = ?", (order_id,)).fetchone()
         if row:
             return row[0]
-        orders = self._snapshot_tables()["orders"]
-        match = orders.loc[orders["order_id"] == order_id, "customer_id"].dropna()
-        return int(match.iloc[0]) if len(match) else None
+        index = self._snapshot_index()
+        return index.customers_of_orders([order_id]).get(order_id) if index else None
 
     # --- features ------------------------------------------------------------------------------------
 
-    def _snapshot_tables(self) -> dict[str, pd.DataFrame]:
-        """The newest ingested snapshot (cached until another appears or a redaction rewrote it)."""
+    def _snapshot_index(self) -> SnapshotIndex | None:
+        """The newest ingested snapshot's index (:mod:`~storeflow.components.snapshot_index`), opened again when
+        another snapshot appears or a redaction rewrote this one; None before the first snapshot."""
         root = self.settings.data_dir / "snapshots"
         snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
         if not snaps:
-            return {name: empty_frame(name) for name in TABLES}
+            return None
         newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
-        if self._snapshot is None or self._snapshot[0] != newest:
-            self._snapshot = (newest, read_tables(newest))
-        return self._snapshot[1]
+        if self._snapshot is None or self._snapshot.snapshot != newest or not self._snapshot.current():
+            self._snapshot = SnapshotIndex.open(newest)
+        return self._snapshot
 
     def _pending(self, stored: list[dict[str, list[dict]] | None]) -> tuple[set[int], _Pending]:
         """What :meth:`_upsert_all` will store of a run's rows, read from the live tables without writing: the
@@ -375,15 +381,17 @@ class Applier:
     def customer_tables(self, customers: set[int], pending: _Pending | None = None) -> dict[str, pd.DataFrame]:
         """The customers' orders: the snapshot's, with what arrived live replacing the same order ids; with
         ``pending`` (:meth:`_pending`), as they will be once the run is stored."""
-        snap = self._snapshot_tables()
+        index = self._snapshot_index()
         ids = sorted(customers)
         live = {o["order_id"]: o for o in self._live("live_orders", "customer_id", ids)}
         if pending is not None:
             live.update(pending.orders)  # each of the run's orders as it will be: another customer's now, perhaps
             live = {key: order for key, order in live.items() if order["customer_id"] in customers}
         live_ids = sorted(live)
-        snap_orders = snap["orders"][snap["orders"]["customer_id"].isin(ids) & ~snap["orders"]["order_id"].isin(live_ids)]
-        order_ids = [*snap_orders["order_id"].tolist(), *live_ids]
+        snap_orders = _snapshot_rows(index, "orders", ids)
+        snap_orders = snap_orders.filter(pc.invert(pc.is_in(snap_orders["order_id"], pa.array(live_ids, pa.int64()))))
+        snap_order_ids = snap_orders["order_id"].to_pylist()
+        order_ids = [*snap_order_ids, *live_ids]
         items = {i["line_item_id"]: i for i in self._live("live_line_items", "order_id", order_ids)}
         refunds = {r["refund_id"]: r for r in self._live("live_refunds", "order_id", order_ids)}
         if pending is not None:  # an order's line items are replaced with it; a row's id is its key in every order
@@ -393,15 +401,16 @@ class Applier:
             items = {key: item for key, item in items.items() if item["order_id"] in wanted}
             refunds = {key: refund for key, refund in refunds.items() if refund["order_id"] in wanted}
         live_refunds = [refunds[key] for key in sorted(refunds)]
-        snap_refunds = snap["refunds"][snap["refunds"]["order_id"].isin(order_ids)
-                                       & ~snap["refunds"]["refund_id"].isin(list(refunds))]
+        snap_refunds = _snapshot_rows(index, "refunds", order_ids)
+        snap_refunds = snap_refunds.filter(pc.invert(pc.is_in(snap_refunds["refund_id"],
+                                                              pa.array(sorted(refunds), pa.int64()))))
         return {
             "orders": _concat("orders", snap_orders, [live[key] for key in live_ids]),
-            "line_items": _concat("line_items", snap["line_items"][snap["line_items"]["order_id"].isin(
-                snap_orders["order_id"])], [items[key] for key in sorted(items)]),
+            "line_items": _concat("line_items", _snapshot_rows(index, "line_items", snap_order_ids),
+                                  [items[key] for key in sorted(items)]),
             "refunds": _concat("refunds", snap_refunds, live_refunds),
-            "products": snap["products"],
-            "customers": snap["customers"][snap["customers"]["customer_id"].isin(ids)],
+            "products": index.products if index else empty_frame("products"),
+            "customers": _snapshot_rows(index, "customers", ids).to_pandas(),
         }
 
     def _live(self, table: str, column: str, ids: list[int]) -> list[dict]:
@@ -511,9 +520,11 @@ def _rows(name: str, rows: list[dict]) -> pa.Table:
     return conform(name, pd.DataFrame(rows, columns=SCHEMAS[name].names, dtype=object))
 
 
-def _concat(name: str, frame: pd.DataFrame, live: list[dict]) -> pd.DataFrame:
-    parts = [conform(name, frame).to_pandas()]
-    if live:
-        parts.append(_rows(name, live).to_pandas())
-    return pd.concat(parts, ignore_index=True)
+def _snapshot_rows(index: SnapshotIndex | None, name: str, keys: list[int]) -> pa.Table:
+    return index.rows(name, keys) if index else SCHEMAS[name].empty_table()
+
+
+def _concat(name: str, snapshot: pa.Table, live: list[dict]) -> pd.DataFrame:
+    """The snapshot's rows, then the live ones, as one frame of the table's schema."""
+    return (pa.concat_tables([snapshot, _rows(name, live)]) if live else snapshot).to_pandas()
 
