@@ -563,3 +563,22 @@ def appliers(pid: int) -> list[int]:
         if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
             found.append(int(child))
     return found
+
+
+@pytest.mark.slow
+def test_the_applier_process_indexes_the_newest_snapshot_before_any_delivery(tmp_path):
+    """A large store's index takes seconds to build (components/snapshot_index.py): the applier process builds it when
+    it starts, not in the first batch, whose deliveries would wait for it."""
+    from conftest import small_store, write_snapshot
+
+    from storeflow.components.ingest.snapshot import MANIFEST
+
+    snapshot = write_snapshot(small_store(customers=20), tmp_path / "state" / "data" / "snapshots" / "s1")
+    (snapshot / MANIFEST).write_text(json.dumps({"ingested_at": "2026-12-01T00:00:00+00:00"}))
+    receiver, base = _start_webhooks(tmp_path)
+    try:
+        until(lambda: [p for p in snapshot.glob(".index-*") if ".building-" not in p.name], bool, receiver, seconds=120)
+        assert httpx.get(f"{base}/healthz", timeout=5).json()["pending"] == 0  # no delivery was sent
+    finally:
+        receiver.terminate()
+        receiver.wait(30)

@@ -121,11 +121,7 @@ class Applier:
 
     def _loop(self) -> None:
         idle, gather = self.settings.shopify.apply_idle_seconds, self.settings.shopify.apply_gather_seconds
-        try:  # a large store's index takes seconds to build (~11 s at 5M orders): before the first batch, not in it
-            with self.lock:
-                self._snapshot_index()
-        except Exception:  # noqa: BLE001 - the first batch tries again, and says why if it fails too
-            log.exception("indexing the newest snapshot failed; the first batch tries again")
+        self.prepare()
         while not self._stop.is_set():
             if self.committed.wait(idle):
                 self._stop.wait(gather)  # the events that follow this commit join its batch (supervisor.run_applier)
@@ -137,6 +133,15 @@ class Applier:
                 self.failures += 1
                 log.exception("applying webhook events failed; they stay journaled and are retried")
                 self._stop.wait(min(30.0, idle * 2 ** min(self.failures, 8)))
+
+    def prepare(self) -> None:
+        """Index the newest snapshot now: a large store's takes seconds (~11 s at 5M orders), better spent before the
+        first batch than in it. A failure is logged; the first batch tries again and fails with it."""
+        try:
+            with self.lock:
+                self._snapshot_index()
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("indexing the newest snapshot failed; the first batch tries again")
 
     def drain(self) -> int:
         """Apply every event committed before the call; returns how many were applied. It stops at the first batch

@@ -72,6 +72,7 @@ def run_applier(settings_json: str, receiver_pid: int | None = None, wake: PipeW
 
     settings = load_settings(settings_json)
     applier = Applier(settings)
+    applier.prepare()
     freeze_startup_objects()
     failures = 0
     while receiver_pid is None or os.getppid() == receiver_pid:
