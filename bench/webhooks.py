@@ -4,8 +4,10 @@ Starts the real receiver (the CLI command) in a subprocess with a temporary stat
 ``--rate`` deliveries per second for ``--seconds`` (open loop: each send is scheduled at its time, not
 after the previous answer) plus ``--duplicates`` of them delivered again (Shopify's retries), waits until
 the applier has turned every event into Feast writes, then checks that no event was lost or applied twice.
-The offline history the applier appends to starts as a store's features stage left it (``--history-rows``, 5.2M
-rows: 500,000 customers); the peak memory of the receiver and its applier is reported beside the latencies.
+The applier reads the newest snapshot (``--snapshot-customers``, 500,000: a store of 5M orders and 8.5M line items,
+the deliveries' customers among them) and appends to the offline history as a store's features stage left it
+(``--history-rows``, 5.2M rows: 500,000 customers); the peak memory of the receiver and its applier is reported
+beside the latencies.
 Writes bench/results/webhooks.json.
 
     .venv/bin/python bench/webhooks.py --rate 1000 --seconds 10
@@ -23,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +36,7 @@ from common import free_port, full_order_payload, order_payload, request_bytes, 
 SECRET = "bench-secret"
 SHOP = "bench-store.myshopify.com"
 RESULTS = Path(__file__).parent / "results" / "webhooks.json"
+CUSTOMER_BASE = 1_000_000  # the first customer id: the deliveries' customers are the snapshot's first ones
 
 
 def deliveries(count: int, customers: int, kind: str = "full") -> list[tuple[str, bytes, dict]]:
@@ -41,7 +45,7 @@ def deliveries(count: int, customers: int, kind: str = "full") -> list[tuple[str
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     out = []
     for i in range(count):
-        customer = 1_000_000 + i % customers
+        customer = CUSTOMER_BASE + i % customers
         order = full_order_payload(5_000_000_000 + i, customer, f"c{customer}@example.com", now, f"{i % 997} Main St",
                                    (9_000_000_000 + 2 * i, 9_000_000_001 + 2 * i), f"#{i}") if kind == "full" else \
             order_payload(5_000_000_000 + i, customer, now, [9_000_000_000 + i], name=f"#{i}")
@@ -127,24 +131,132 @@ def write_history(state: Path, rows: int) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def peak_memory(pid: int) -> dict[str, float]:
-    """Peak resident MB (Linux VmHWM) of the receiver and of the applier it started (risk is off here)."""
+def write_store_snapshot(state: Path, customers: int) -> float:
+    """A store's newest snapshot as ingest leaves it: ``customers`` customers (ids from CUSTOMER_BASE, the
+    deliveries' among them) with ten orders each over two years, 1.7 line items an order, a refund for one order in
+    twenty; written a million orders at a time. Returns the seconds it took."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from storeflow.components.ingest.snapshot import MANIFEST
+    from storeflow.components.tables import SCHEMAS, table_path
+
+    if not customers:
+        return 0.0
+    started = time.perf_counter()
+    snapshot = state / "data" / "snapshots" / f"bench-{customers}-customers"
+    snapshot.mkdir(parents=True)
+    rng = np.random.default_rng(17)
+    orders_total, chunk = customers * 10, 1_000_000
+    end = np.datetime64("2026-11-01T00:00:00", "us")
+    writers = {name: pq.ParquetWriter(table_path(snapshot, name), SCHEMAS[name])
+               for name in ("orders", "line_items", "refunds")}
+
+    def text(prefix: str, values) -> pa.Array:
+        return pc.binary_join_element_wise(prefix, pc.cast(pa.array(values), pa.string()), "")
+
+    for first in range(0, orders_total, chunk):
+        n = min(chunk, orders_total - first)
+        order_ids = np.arange(first, first + n, dtype=np.int64) + 10**10
+        owner = CUSTOMER_BASE + rng.integers(0, customers, n)
+        created = end - rng.integers(0, 730 * 86_400_000_000, n).astype("timedelta64[us]")
+        total = np.round(rng.gamma(2.0, 40.0, n), 2)
+        writers["orders"].write_table(pa.Table.from_arrays([
+            pa.array(order_ids), text("#", order_ids - 10**10 + 1001), pa.array(owner), text("c", owner),
+            pa.array(created), pa.array(created), pa.nulls(n, SCHEMAS["orders"].field("cancelled_at").type),
+            pa.array(np.full(n, "USD")), pa.array(total), pa.array(total), pa.array(np.zeros(n)),
+            pa.array(np.full(n, "paid")), pa.array(np.full(n, "LOW"))], schema=SCHEMAS["orders"]))
+        per_order = 1 + (rng.random(n) < 0.7)  # 1.7 line items an order
+        item_order = np.repeat(order_ids, per_order)
+        product = rng.integers(0, 2000, len(item_order))
+        writers["line_items"].write_table(pa.Table.from_arrays([
+            pa.array(np.arange(len(item_order), dtype=np.int64) + 3 * first + 2 * 10**10), pa.array(item_order),
+            pa.array(product + 7_000_000), text("SKU-", product), text("Product ", product),
+            pa.array(rng.integers(1, 4, len(item_order))), pa.array(np.round(rng.gamma(2.0, 20.0, len(item_order)), 2))],
+            schema=SCHEMAS["line_items"]))
+        refunded = rng.random(n) < 0.05
+        writers["refunds"].write_table(pa.Table.from_arrays([
+            pa.array(order_ids[refunded] + 10**10), pa.array(order_ids[refunded]),
+            pa.array(created[refunded] + np.timedelta64(3, "D")), pa.array(total[refunded] / 2)],
+            schema=SCHEMAS["refunds"]))
+    for writer in writers.values():
+        writer.close()
+    ids = np.arange(customers, dtype=np.int64) + CUSTOMER_BASE
+    joined = end - np.timedelta64(800, "D")
+    pq.write_table(pa.Table.from_arrays([pa.array(ids), text("c", ids), pa.array(np.full(customers, joined)),
+                                         pa.array(np.full(customers, joined))], schema=SCHEMAS["customers"]),
+                   table_path(snapshot, "customers"))
+    pq.write_table(pa.Table.from_arrays([pa.array(np.arange(2000, dtype=np.int64) + 7_000_000),
+                                         text("Product ", np.arange(2000)), pa.array(np.full(2000, "tea")),
+                                         pa.array(np.full(2000, "bench")), pa.array(np.full(2000, joined))],
+                                        schema=SCHEMAS["products"]), table_path(snapshot, "products"))
+    (snapshot / MANIFEST).write_text(json.dumps({"ingested_at": datetime.now(timezone.utc).isoformat()}))
+    return round(time.perf_counter() - started, 1)
+
+
+def processes(pid: int) -> dict[str, int]:
+    """The receiver and the processes it started (risk is off here: the applier), by name."""
     import psutil
 
-    peaks: dict[str, float] = {}
+    found: dict[str, int] = {}
     root = psutil.Process(pid)
     for process in [root, *root.children(recursive=True)]:
         try:
             command = " ".join(process.cmdline())
-            status = Path(f"/proc/{process.pid}/status").read_text()
-        except (OSError, psutil.Error):
+        except psutil.Error:
             continue
-        if "resource_tracker" in command:
-            continue
-        name = "receiver" if process.pid == pid else "applier" if "spawn_main" in command else command[-40:]
-        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-        peaks[name] = round(int(hwm.split()[1]) / 1024, 1)
-    return peaks
+        if "resource_tracker" not in command:
+            found["receiver" if process.pid == pid else "applier" if "spawn_main" in command else command[-40:]] = \
+                process.pid
+    return found
+
+
+def _status_mb(pid: int, field: str) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith(field + ":")), None)
+    return round(int(line.split()[1]) / 1024, 1) if line else None
+
+
+class MemorySampler(threading.Thread):
+    """Peak memory of each process, sampled every 100 ms: ``RssAnon`` (the heap: what a pod's limit cannot take
+    back) beside Linux's own peak ``VmHWM``, which also counts memory-mapped files' pages (the applier's snapshot
+    index: page cache the kernel drops under pressure)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.anon, self.done = pid, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            for name, pid in processes(self.pid).items():
+                anon = _status_mb(pid, "RssAnon")
+                if anon is not None:
+                    self.anon[name] = max(anon, self.anon.get(name, 0.0))
+
+    def peaks(self) -> dict[str, dict[str, float | None]]:
+        self.done.set()
+        self.join()
+        return {name: {"anon_mb": self.anon.get(name), "hwm_mb": _status_mb(pid, "VmHWM")}
+                for name, pid in processes(self.pid).items()}
+
+
+def wait_for_index(state: Path, seconds: float = 600) -> float | None:
+    """Seconds until the applier has indexed the snapshot (it does on start: components/snapshot_index.py); None
+    without a snapshot. Deliveries are sent after it, so the latencies are the steady state's."""
+    snapshots = state / "data" / "snapshots"
+    if not snapshots.exists():
+        return None
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if any(".building-" not in p.name for p in snapshots.glob("*/.index-*")):
+            return round(time.perf_counter() - started, 1)
+        time.sleep(0.1)
+    raise SystemExit("the applier did not index the snapshot")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -163,8 +275,13 @@ def main() -> int:
                         "whole order (~9.5 KB) or the fields storeflow reads (~0.5 KB, as runs before 2026-12-06)")
     parser.add_argument("--history-rows", type=int, default=5_200_000, help="the customer features' offline history "
                         "the features stage left (its rows at each cutoff): 5.2M is a 500,000-customer store's, 0 none")
+    parser.add_argument("--snapshot-customers", type=int, default=500_000, help="the newest snapshot's store, ten "
+                        "orders a customer: 500,000 is 5M orders and 8.5M line items, 0 no snapshot (runs before "
+                        "2026-12-07 had none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.snapshot_customers and args.snapshot_customers < args.customers:
+        parser.error("--snapshot-customers must hold the deliveries' --customers")
 
     unique = int(args.rate * args.seconds)
     base = deliveries(unique, args.customers, args.body)
@@ -176,6 +293,7 @@ def main() -> int:
 
     state = Path(tempfile.mkdtemp(prefix="storeflow-bench-"))
     history_seconds = write_history(state / "state", args.history_rows)
+    snapshot_seconds = write_store_snapshot(state / "state", args.snapshot_customers)
     port = free_port()
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "STOREFLOW_CONFIG": str(state / "none.yaml")}
     (state / "none.yaml").write_text("{}\n")
@@ -195,13 +313,16 @@ def main() -> int:
             time.sleep(0.1)
         else:
             raise SystemExit("receiver did not start")
+        sampler = MemorySampler(server.pid)
+        sampler.start()
+        index_seconds = wait_for_index(state / "state")
         started = time.perf_counter()
         results = asyncio.run(send_all(port, plan, args.connections))
         send_seconds = time.perf_counter() - started
         while httpx.get(f"{base_url}/healthz", timeout=5).json()["pending"]:
             time.sleep(0.2)
         applied_seconds = time.perf_counter() - started
-        peak_mb = peak_memory(server.pid)
+        peak_mb = sampler.peaks()
     finally:
         server.terminate()
         server.wait(30)
@@ -226,9 +347,11 @@ def main() -> int:
         "statuses": statuses,  # 200 accepted, 208 answered 200 as a duplicate
         "latency_ms": {f"p{int(q * 100)}": round(percentile(latencies, q) * 1000, 1) for q in (0.5, 0.95, 0.99)}
         | {"max": round(max(latencies) * 1000, 1) if latencies else None},
+        "snapshot": {"customers": args.snapshot_customers, "orders": args.snapshot_customers * 10,
+                     "written_in_s": snapshot_seconds, "indexed_after_ready_s": index_seconds},
         "offline_history": {"rows": args.history_rows, "written_in_s": history_seconds,
                             "parts_after": len(list(history_dir(state / "state").glob("*.parquet")))},
-        "peak_rss_mb": peak_mb,  # the receiver and each process it started (the applier), VmHWM
+        "peak_memory": peak_mb,  # the receiver and the applier: peak RssAnon (sampled) and VmHWM (MemorySampler)
         "journaled_events": events[0], "applied_events": events[1], "live_orders": live_orders,
         "lost": len(sent_ids - ids), "duplicated": events[0] - len(ids) + max(0, live_orders - unique),
         "ok": ids == sent_ids and events == (unique, unique) and live_orders == unique

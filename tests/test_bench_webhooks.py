@@ -49,3 +49,26 @@ def test_the_benchs_history_is_one_the_applier_appends_to_and_feast_reads(hooks,
     mine = written[(written["customer_id"] == one) & (written["event_timestamp"] == newest)].iloc[0]
     assert got.loc[one, "monetary"] == pytest.approx(mine["monetary"])
     assert (got.loc[42, "frequency"], got.loc[42, "monetary"]) == (1, pytest.approx(40.0))
+
+
+def test_the_benchs_snapshot_is_one_the_applier_reads_its_customers_from(hooks, bench_webhooks):
+    """The deliveries' customers are the snapshot's: the applier's features count their snapshot orders too."""
+    bench_webhooks.write_store_snapshot(hooks.project.state_dir, 300)
+    (snapshot,) = (hooks.data_dir / "snapshots").iterdir()
+    tables = {name: pd.read_parquet(snapshot / f"{name}.parquet") for name in ("orders", "line_items", "customers")}
+    assert len(tables["orders"]) == 3_000 and tables["customers"]["customer_id"].min() == bench_webhooks.CUSTOMER_BASE
+    assert 1.6 < len(tables["line_items"]) / 3_000 < 1.8
+    (_, body, _), = bench_webhooks.deliveries(1, 2_000)
+    customer = bench_webhooks.CUSTOMER_BASE  # the first delivery's customer
+    before = int((tables["orders"]["customer_id"] == customer).sum())
+    assert before > 0
+    apply(hooks)
+
+    with TestClient(create_app(hooks), base_url="https://storeflow.example") as client:
+        client.post("/webhooks", **delivery("orders/create", order(9001, customer, "c@example.com", 40.0), "wh-c-1"))
+        client.app.state.applier.drain()
+        assert client.get("/healthz").json()["pending"] == 0
+
+    online = feature_store(hooks).get_online_features(features=[f"{CUSTOMER_VIEW}:frequency"],
+                                                      entity_rows=[{"customer_id": customer}]).to_dict()
+    assert online["frequency"] == [before + 1]  # its orders: the snapshot's and the live one
