@@ -48,6 +48,44 @@ def small_store(customers: int = 150, days: int = 400, seed: int = 3) -> dict[st
             for name in TABLES}
 
 
+def large_snapshot(directory: Path, orders: int, customers: int) -> Path:
+    """A store of ``orders`` orders (a line item each, customer ids 1..``customers``, emails customer<id>@example.com)
+    written as an ingested snapshot, manifest and all: for what must not hold a store's tables in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storeflow.components.ingest.snapshot import MANIFEST
+
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    order_ids = np.arange(orders, dtype=np.int64) + 10**9
+    owner = rng.integers(1, customers + 1, orders)
+    at = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 300 * 86400, orders), unit="s")
+    tables = {
+        "orders": pa.table({"order_id": order_ids, "name": [f"#{i}" for i in range(orders)], "customer_id": owner,
+                            "email": [f"customer{c}@example.com" for c in owner], "created_at": at, "updated_at": at,
+                            "cancelled_at": pa.nulls(orders, SCHEMAS["orders"].field("cancelled_at").type),
+                            "currency": ["USD"] * orders, "total_price": rng.uniform(5, 200, orders),
+                            "subtotal_price": rng.uniform(5, 200, orders), "total_discounts": np.zeros(orders),
+                            "financial_status": ["paid"] * orders, "risk_level": ["LOW"] * orders}),
+        "line_items": pa.table({"line_item_id": order_ids * 2, "order_id": order_ids, "product_id": np.full(orders, 7),
+                                "sku": [f"SKU-{i % 5000}" for i in range(orders)],
+                                "title": [f"A product with a long enough title {i % 5000}" for i in range(orders)],
+                                "quantity": np.ones(orders, np.int64), "price": rng.uniform(5, 200, orders)}),
+        "customers": pa.table({"customer_id": np.arange(1, customers + 1, dtype=np.int64),
+                               "email": [f"customer{c}@example.com" for c in range(1, customers + 1)],
+                               "created_at": pa.array([at[0]] * customers), "updated_at": pa.array([at[0]] * customers)}),
+        "products": pa.table({"product_id": [7], "title": ["Tea"], "product_type": ["tea"], "vendor": ["v"],
+                              "created_at": [at[0]]}),
+        "refunds": pa.table({"refund_id": np.arange(1000, dtype=np.int64), "order_id": order_ids[:1000],
+                             "created_at": at[:1000], "amount": np.ones(1000)}),
+    }
+    for name, table in tables.items():
+        pq.write_table(table.cast(SCHEMAS[name]), table_path(directory, name))
+    (directory / MANIFEST).write_text(json.dumps({"ingested_at": "2026-12-01T00:00:00+00:00"}))
+    return directory
+
+
 def write_snapshot(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():

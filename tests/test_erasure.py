@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import threading
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -415,3 +416,49 @@ def test_the_fraction_digits_of_a_decimal_are_no_customer_id(tmp_path: Path, man
     for found in (b"[7200000000016, 1.5]", b'"gid://shopify/Customer/7200000000016"', b"id a.7200000000016",
                   b"7200000000016.0"):
         assert needles.in_bytes(found, packed=False), found
+
+
+def test_redacting_a_customer_of_a_large_store_reads_its_snapshot_a_batch_at_a_time(settings):
+    """customers/redact runs in the webhook applier's process (a 2 GiB pod). It read every snapshot's tables whole,
+    twice (resolving the customer's aliases, then erasing): on a 500,000-customer store (5M orders) it peaked at
+    3,697 MB of heap, so the pod would be killed in it and again on every retry, every later event waiting behind
+    it. On a 1,000,000-order snapshot here: a peak of +919 MB above the start before, +222 MB now (a row group
+    at a time: ingest writes a million rows to one).
+    Measured in a fresh interpreter, the redaction in a thread as the applier runs it."""
+    from conftest import large_snapshot
+
+    snapshot = large_snapshot(settings.data_dir / "snapshots" / "big", orders=1_000_000, customers=100_000)
+    orders = pq.read_table(snapshot / "orders.parquet", columns=["customer_id"])["customer_id"].to_pylist()
+    theirs = orders.count(5)
+    assert theirs > 0
+    _journal(settings).close()
+    script = textwrap.dedent("""
+        import json, re, sys, threading
+        from pathlib import Path
+        import psutil
+        from storeflow.components.config import load_settings
+        from storeflow.components.shopify import journal, layout, privacy
+        import storeflow.components.risk.orders, storeflow.components.risk.velocity  # privacy's lazy imports
+
+        settings = load_settings(json.loads(sys.stdin.read()))
+        conn = journal.connect(layout.journal_path(settings))
+        before = psutil.Process().memory_info().rss
+        Path("/proc/self/clear_refs").write_text("5")  # the peak RSS (VmHWM) starts again from here
+        removed = {}
+        worker = threading.Thread(target=lambda: removed.update(privacy.redact_customer(
+            settings, conn, None, privacy.Subject(5, "customer5@example.com"))))
+        worker.start()
+        worker.join()
+        peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+        print(json.dumps({"peak_mb": (peak - before) / 2**20, "snapshot_rows": removed.get("snapshot_rows")}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], input=settings.to_json(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    tables = read_tables(snapshot)
+    assert 5 not in set(tables["orders"]["customer_id"]) and 5 not in set(tables["customers"]["customer_id"])
+    assert len(tables["orders"]) == 1_000_000 - theirs and len(tables["customers"]) == 100_000 - 1
+    assert len(tables["line_items"]) == 1_000_000 - theirs  # a line item an order
+    assert measured["snapshot_rows"] == 2 * theirs + 1  # orders, their line items, the customer row
+    assert measured["peak_mb"] < 400, measured

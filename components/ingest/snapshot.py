@@ -85,7 +85,8 @@ class SnapshotWriter:
                 continue
             if name not in self._writers:
                 self._writers[name] = pq.ParquetWriter(table_path(self.tmp, name), SCHEMAS[name])
-            self._writers[name].write_table(conform(name, frame))
+            self._writers[name].write_table(frame.cast(SCHEMAS[name]) if isinstance(frame, pa.Table)
+                                            else conform(name, frame))
 
     def close(self) -> None:
         self._written |= set(self._writers)
@@ -93,14 +94,17 @@ class SnapshotWriter:
             writer.close()
         self._writers.clear()
 
-    def commit(self, metadata: dict) -> bool:
+    def commit(self, metadata: dict, deduplicate: bool = True) -> bool:
+        """``deduplicate=False``: the rows are a snapshot's less some (an erasure), which has none to drop; DuckDB's
+        search for them takes up to ``DEDUP_MEMORY``, in the webhook applier's process for an erasure."""
         self.close()
         entries, dropped = {}, {}
         for name in SCHEMAS:
             path = table_path(self.tmp, name)
             if not path.exists():
                 pq.write_table(SCHEMAS[name].empty_table(), path)
-            rows, repeated = _drop_exact_duplicates(path, name, self.tmp)
+            rows, repeated = (_drop_exact_duplicates(path, name, self.tmp) if deduplicate
+                              else (pq.ParquetFile(path).metadata.num_rows, 0))
             if repeated:
                 dropped[name] = repeated
             entries[name] = {"file": path.name, "rows": rows, "sha256": file_sha256(path)}

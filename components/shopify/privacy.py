@@ -28,11 +28,13 @@ import os
 import re
 import shutil
 import sqlite3
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -41,11 +43,12 @@ import pyarrow.parquet as pq
 
 from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
-from storeflow.components.ingest.snapshot import MANIFEST, read_manifest, write_snapshot
+from storeflow.components.ingest.snapshot import MANIFEST, SnapshotWriter, read_manifest
 from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, metafields, online
+from storeflow.components.shopify import subject_rows
 from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
-from storeflow.components.tables import TABLES, email_key, read_tables
+from storeflow.components.tables import SCHEMAS, TABLES, email_key, table_path
 
 log = logging.getLogger(__name__)
 CUSTOMER_GID = re.compile(rb"gid://shopify/Customer/([0-9]+)")
@@ -95,22 +98,22 @@ def verify(settings: Settings, needles: Needles, request: str) -> None:
 def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> Subject:
     """The subject with their email (when only a store knows it) and every other id held for that email."""
     email = subject.email
-    frames = [read_tables(snapshot) for snapshot in _snapshots(settings)]
+    snapshots = _snapshots(settings)
     if email is None:
-        for tables in frames:
-            row = tables["customers"][tables["customers"]["customer_id"].eq(subject.customer_id).fillna(False)]
-            email = next((e for e in map(email_key, row["email"]) if e), email)
+        for snapshot in snapshots:
+            row = subject_rows.find(table_path(snapshot, "customers"), lambda t: subject_rows.is_in(t["customer_id"], [subject.customer_id]),
+                            ["customer_id", "email"])
+            email = next((e for e in map(email_key, row["email"].to_pylist()) if e), email)
     aliases: set[int] = set()
     if email:
-        wanted = email  # a key already (Subject, or email_key above)
-        for tables in frames:
+        for snapshot in snapshots:
             for name in ("customers", "orders"):
-                frame = tables[name]
-                mine = frame["email"].fillna("").str.strip().str.lower().eq(wanted)
-                aliases |= {int(c) for c in frame.loc[mine, "customer_id"].dropna()}
+                found = subject_rows.find(table_path(snapshot, name), lambda t: subject_rows.email_is(t["email"], email),
+                                  ["customer_id", "email"])
+                aliases |= {int(c) for c in found["customer_id"].to_pylist() if c is not None}
         aliases |= {int(c) for (c,) in conn.execute(
             "SELECT DISTINCT customer_id FROM live_orders WHERE lower(trim(email)) = ? AND customer_id IS NOT NULL",
-            (wanted,))}
+            (email,))}
     return Subject(subject.customer_id, email, set(subject.order_ids), (aliases | subject.aliases) - {subject.customer_id})
 
 
@@ -189,64 +192,75 @@ def _snapshots(settings: Settings) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
 
 
-def _masks(tables: dict[str, pd.DataFrame], subject: Subject) -> dict[str, pd.Series]:
-    """Rows about the subject: their customer row, their orders, and those orders' line items and refunds."""
-    orders = tables["orders"]
-    mine = orders["customer_id"].isin(subject.ids) | orders["order_id"].isin(subject.order_ids)
-    customers = tables["customers"]
-    me = customers["customer_id"].isin(subject.ids)
-    if subject.email:
-        wanted = subject.email.strip().lower()
-        mine |= orders["email"].fillna("").str.strip().str.lower().eq(wanted)
-        me |= customers["email"].fillna("").str.strip().str.lower().eq(wanted)
-    order_ids = set(orders.loc[mine, "order_id"])
-    return {"orders": mine, "customers": me, "line_items": tables["line_items"]["order_id"].isin(order_ids),
-            "refunds": tables["refunds"]["order_id"].isin(order_ids)}
+def _order_mask(subject: Subject) -> subject_rows.Mask:
+    """The subject's orders: theirs by customer id or email, and those Shopify names in the request."""
+    return lambda t: (subject_rows.is_in(t["customer_id"], subject.ids) | subject_rows.is_in(t["order_id"], subject.order_ids)
+                      | subject_rows.email_is(t["email"], subject.email))
 
 
-def _without(tables: dict[str, pd.DataFrame], subject: Subject) -> tuple[dict[str, pd.DataFrame], int]:
-    drop = _masks(tables, subject)
-    kept = {name: tables[name][~drop[name]].reset_index(drop=True) if name in drop else tables[name]
-            for name in TABLES}
-    return kept, sum(int(mask.sum()) for mask in drop.values())
+def _masks(subject: Subject, order_ids: set[int]) -> dict[str, subject_rows.Mask]:
+    """Rows about the subject: their customer row, their orders, and those orders' (``order_ids``) line items and
+    refunds."""
+    return {"orders": _order_mask(subject),
+            "customers": lambda t: subject_rows.is_in(t["customer_id"], subject.ids) | subject_rows.email_is(t["email"], subject.email),
+            "line_items": lambda t: subject_rows.is_in(t["order_id"], order_ids),
+            "refunds": lambda t: subject_rows.is_in(t["order_id"], order_ids)}
+
+
+def _subject_tables(snapshot: Path, subject: Subject) -> dict[str, pa.Table]:
+    """The subject's rows of each of the snapshot's tables (:func:`_masks`), read a batch at a time."""
+    orders = subject_rows.find(table_path(snapshot, "orders"), _order_mask(subject), list(SCHEMAS["orders"].names))
+    masks = _masks(subject, {o for o in orders["order_id"].to_pylist() if o is not None})
+    found = {"orders": orders}
+    for name in ("customers", "line_items", "refunds"):
+        found[name] = subject_rows.find(table_path(snapshot, name), masks[name], list(SCHEMAS[name].names))
+    return {name: found[name] for name in masks}
 
 
 def _extra_tables_without(snapshot: Path, manifest: dict, subject: Subject,
-                          order_ids: set[int]) -> dict[str, pa.Table]:
-    """The tables a stage keeps beside the store's (``extra_tables`` of the manifest: ``order_risk``), each
-    without the subject's rows (their orders by ``order_id``; ``customer_id`` and ``email`` where present).
+                          order_ids: set[int]) -> Iterator[tuple[str, pa.Table]]:
+    """The tables a stage keeps beside the store's (``extra_tables`` of the manifest: ``order_risk``), a batch at a
+    time, each without the subject's rows (their orders by ``order_id``; ``customer_id`` and ``email`` where present).
 
     Why: a rewrite that left them out dropped every customer's order risk fields to erase one customer's,
     and the risk stage then needed the bulk export again (which another pod may no longer have)."""
-    kept = {}
     for name, entry in manifest.get("extra_tables", {}).items():
         path = snapshot / entry["file"]
         if not path.exists():
             continue
-        table = pq.read_table(path)
-        drop = pa.array([False] * table.num_rows)
-        if "order_id" in table.column_names:
-            drop = pc.or_(drop, pc.is_in(table["order_id"], pa.array(sorted(order_ids), pa.int64())))
-        if "customer_id" in table.column_names:
-            drop = pc.or_(drop, pc.is_in(table["customer_id"], pa.array(sorted(subject.ids), pa.int64())))
-        if "email" in table.column_names and subject.email:
-            drop = pc.or_(drop, pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(table["email"])),
-                                         subject.email.strip().lower()))
-        kept[name] = table.filter(pc.invert(pc.fill_null(drop, False)))
-    return kept
+
+        def mine(t: pa.Table) -> np.ndarray:
+            found = np.zeros(t.num_rows, bool)
+            if "order_id" in t.column_names:
+                found |= subject_rows.is_in(t["order_id"], order_ids)
+            if "customer_id" in t.column_names:
+                found |= subject_rows.is_in(t["customer_id"], subject.ids)
+            if "email" in t.column_names:
+                found |= subject_rows.email_is(t["email"], subject.email)
+            return found
+
+        for batch in subject_rows.batches(path):
+            yield name, batch.filter(pa.array(~mine(batch)))
 
 
-def _rewrite_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], note: str,
-                      extra: dict[str, pa.Table] | None = None) -> None:
-    """Write the new tables (and the stages' ``extra`` ones) beside the snapshot, then swap directories
-    (two renames)."""
+def _rewrite_snapshot(snapshot: Path, masks: dict[str, subject_rows.Mask], note: str,
+                      extra: Iterable[tuple[str, pa.Table]] = ()) -> None:
+    """Write the tables without the rows ``masks`` pick (and the stages' ``extra`` ones) beside the snapshot, a
+    batch at a time, then swap directories (two renames)."""
     manifest = read_manifest(snapshot)
     metadata = {k: v for k, v in manifest.items() if k not in ("tables", "ingested_at", "storeflow_version")}
     metadata["redactions"] = [*manifest.get("redactions", []), note]
     fresh = snapshot.with_name(f".{snapshot.name}.redacted")
     old = snapshot.with_name(f".{snapshot.name}.old")
     shutil.rmtree(fresh, ignore_errors=True)
-    write_snapshot(fresh, {**tables, **(extra or {})}, metadata)
+    with SnapshotWriter(fresh) as writer:
+        for name in TABLES:
+            for batch in subject_rows.batches(table_path(snapshot, name), list(SCHEMAS[name].names)):
+                kept = batch.filter(pa.array(~masks[name](batch))) if name in masks else batch
+                writer.write({name: kept})
+        for name, batch in extra:
+            writer.write({name: batch})
+        writer.commit(metadata, deduplicate=False)  # ingest dropped them: fewer rows hold none
     os.rename(snapshot, old)
     os.rename(fresh, snapshot)
     shutil.rmtree(old)
@@ -255,12 +269,12 @@ def _rewrite_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], note: str
 def erase_snapshots(settings: Settings, subject: Subject, note: str) -> int:
     removed = 0
     for snapshot in _snapshots(settings):
-        original = read_tables(snapshot)
-        tables, count = _without(original, subject)
+        found = _subject_tables(snapshot, subject)
+        count = sum(table.num_rows for table in found.values())
         if count:
-            erased_orders = set(original["orders"].loc[_masks(original, subject)["orders"], "order_id"])
+            erased_orders = {o for o in found["orders"]["order_id"].to_pylist() if o is not None}
             extra = _extra_tables_without(snapshot, read_manifest(snapshot), subject, erased_orders)
-            _rewrite_snapshot(snapshot, tables, note, extra)
+            _rewrite_snapshot(snapshot, _masks(subject, erased_orders), note, extra)
             removed += count
     return removed
 
@@ -292,20 +306,22 @@ def erase_parquet(settings: Settings, subject: Subject) -> int:
     removed = 0
     for path in _parquet_files(settings):
         names = pq.read_schema(path).names
-        if "customer_id" not in names and "email" not in names:
+        columns = [c for c in ("customer_id", "email") if c in names]
+        if not columns:
             continue
-        table = pq.read_table(path)
-        frame = table.to_pandas()
-        mine = pd.Series(False, index=frame.index)
-        if "customer_id" in names:
-            mine |= frame["customer_id"].isin(subject.ids)
-        if "email" in names and subject.email:
-            mine |= frame["email"].fillna("").str.strip().str.lower().eq(subject.email.strip().lower())
-        if mine.any():
-            tmp = path.with_name(f".{path.name}.redact")
-            pq.write_table(table.filter(pd.Series(~mine).to_numpy()), tmp)
-            os.replace(tmp, path)
-            removed += int(mine.sum())
+
+        def mine(t: pa.Table) -> np.ndarray:
+            found = np.zeros(t.num_rows, bool)
+            if "customer_id" in t.column_names:
+                found |= subject_rows.is_in(t["customer_id"], subject.ids)
+            if "email" in t.column_names:
+                found |= subject_rows.email_is(t["email"], subject.email)
+            return found
+
+        count = subject_rows.count(path, mine, columns)
+        if count:
+            subject_rows.rewrite_without(path, mine)
+            removed += count
     return removed
 
 
@@ -444,7 +460,7 @@ def _velocity_keys(settings: Settings, subject: Subject) -> list[tuple[str, obje
     """The online rows of order velocity about the subject (risk.velocity): their customer ids, their email's
     digest, and the shipping addresses of their orders (whose lists hold their customer id), from the risk
     path's live history and the newest snapshot's risk fields."""
-    from storeflow.components.risk.orders import snapshot_risk_fields
+    from storeflow.components.risk.orders import SNAPSHOT_TABLE as RISK_TABLE
     from storeflow.components.risk.velocity import email_digest
 
     keys: list[tuple[str, object]] = [(online.CUSTOMER_KEY, c) for c in sorted(subject.ids)]
@@ -460,15 +476,13 @@ def _velocity_keys(settings: Settings, subject: Subject) -> list[tuple[str, obje
                 emails |= {email} if email else set()
                 addresses |= {address} if address else set()
     for snapshot in _snapshots(settings):
-        orders = read_tables(snapshot)["orders"]
-        mine = orders["customer_id"].isin(list(subject.ids)) | orders["order_id"].isin(list(subject.order_ids))
-        if subject.email:
-            mine |= orders["email"].fillna("").str.strip().str.lower().eq(subject.email.strip().lower())
-        emails |= set(orders.loc[mine, "email"].dropna())
-        risk_fields = snapshot_risk_fields(snapshot) if mine.any() else None
-        if risk_fields is not None:
-            addresses |= set(risk_fields.loc[risk_fields["order_id"].isin(orders.loc[mine, "order_id"]),
-                                             "address_key"].dropna())
+        mine = subject_rows.find(table_path(snapshot, "orders"), _order_mask(subject), ["order_id", "customer_id", "email"])
+        emails |= {e for e in mine["email"].to_pylist() if e is not None}
+        risk_fields = snapshot / f"{RISK_TABLE}.parquet"
+        if mine.num_rows and risk_fields.exists():  # every version's address: each is one the subject's order had
+            order_ids = {o for o in mine["order_id"].to_pylist() if o is not None}
+            found = subject_rows.find(risk_fields, lambda t: subject_rows.is_in(t["order_id"], order_ids), ["order_id", "address_key"])
+            addresses |= {a for a in found["address_key"].to_pylist() if a is not None}
     return [*keys, *(("email_digest", email_digest(e)) for e in sorted(emails)),
             *(("address_key", a) for a in sorted(addresses))]
 
@@ -541,10 +555,10 @@ def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
     ids: set[int] = set()
     emails: set[str] = set()
     for snapshot in _snapshots(settings):
-        tables = read_tables(snapshot)
         for name in ("customers", "orders"):
-            ids |= {int(c) for c in tables[name]["customer_id"].dropna()}
-            emails |= set(tables[name]["email"].dropna())
+            for batch in subject_rows.batches(table_path(snapshot, name), ["customer_id", "email"]):
+                ids |= {int(c) for c in pc.unique(batch["customer_id"]).to_pylist() if c is not None}
+                emails |= {e for e in pc.unique(batch["email"]).to_pylist() if e is not None}
     for path in _raw_files(settings):
         with path.open("rb") as handle:  # line by line: neither an email nor a gid spans lines
             for line in handle:
@@ -613,15 +627,13 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
     snapshots = _snapshots(settings)
     if snapshots:
         newest = max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", ""))
-        tables = read_tables(newest)
-        found["snapshot"] = {name: _records(tables[name][mask]) for name, mask in _masks(tables, subject).items()}
+        found["snapshot"] = {name: _records(table.to_pandas()) for name, table in _subject_tables(newest, subject).items()}
     offline = {}
     for path in _parquet_files(settings):
         if "customer_id" in pq.read_schema(path).names:
-            frame = pq.read_table(path).to_pandas()
-            rows = frame[frame["customer_id"].eq(subject.customer_id).fillna(False)]
-            if len(rows):
-                offline[str(path.relative_to(settings.project.state_dir))] = _records(rows)
+            mine = subject_rows.find(path, lambda t: subject_rows.is_in(t["customer_id"], [subject.customer_id]))
+            if mine.num_rows:
+                offline[str(path.relative_to(settings.project.state_dir))] = _records(mine.to_pandas())
     found["feature_history"] = offline
     if store is not None:
         from storeflow.components.features.repo import feature_refs
