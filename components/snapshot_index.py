@@ -110,6 +110,14 @@ class _Keyed:
         return found.drop_columns([ROW])
 
 
+def remove_others(snapshots: Path, keep: Path) -> None:
+    """Remove the indexes of every snapshot under ``snapshots`` but ``keep``: only the newest is read, and a large
+    store's index is as large as its tables uncompressed (~1.4 GB at 5M orders)."""
+    for folder in snapshots.glob("*/.index-*"):
+        if folder.parent != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def local_only(directory: str, names: list[str]) -> set[str]:
     """What of a snapshot's folder is this volume's cache, not the snapshot (a ``shutil.copytree`` ignore): its
     indexes, built or being built."""

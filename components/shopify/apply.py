@@ -42,7 +42,7 @@ from storeflow.components.shopify.baseline import ServedBaseline
 from storeflow.components.shopify.journal import connect, now, park, transaction
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, customer_request, order_rows,
                                                   refund_row)
-from storeflow.components.snapshot_index import SnapshotIndex
+from storeflow.components.snapshot_index import SnapshotIndex, remove_others
 from storeflow.components.tables import SCHEMAS, conform, empty_frame
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,7 @@ class Applier:
         newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
         if self._snapshot is None or self._snapshot.snapshot != newest or not self._snapshot.current():
             self._snapshot = SnapshotIndex.open(newest)
+            remove_others(root, newest)
         return self._snapshot
 
     def _pending(self, stored: list[dict[str, list[dict]] | None]) -> tuple[set[int], _Pending]:
