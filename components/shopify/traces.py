@@ -52,18 +52,25 @@ class Needles:
     customer_ids: frozenset[int] = frozenset()
     emails: frozenset[str] = frozenset()
     _literal: re.Pattern | None = field(init=False, repr=False, compare=False)
+    # What every match of _literal contains (an email, an id's digits): looked for first, with bytes' own search. The
+    # pattern's look-behind stops re from skipping ahead to a literal, so it tried every byte of every window: 86 % of
+    # a customers/redact's proving scan (~96 s at a 500,000-customer store), where most windows hold no needle.
+    _plain: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "emails", frozenset(e.strip().lower() for e in self.emails if e and e.strip()))
-        parts = []
+        parts, plain = [], []
         if len(self.emails) <= LITERAL_LIMIT:
             parts += [re.escape(e.encode()) for e in self.emails]
+            plain += [e.encode() for e in self.emails]
         if len(self.customer_ids) <= LITERAL_LIMIT:
+            plain += [str(c).encode() for c in self.customer_ids]
             for c in self.customer_ids:
                 number = str(c).encode() + rb"(?![0-9])"
                 parts += [NOT_A_FRACTION + number] if c >= SEARCHABLE_ID else [
                     rb"gid://shopify/customer/" + number, rb'"customer_id": ?"?' + number]
         object.__setattr__(self, "_literal", re.compile(b"|".join(parts)) if parts else None)
+        object.__setattr__(self, "_plain", tuple(plain))
 
     def __bool__(self) -> bool:
         return bool(self.customer_ids or self.emails)
@@ -77,7 +84,7 @@ class Needles:
     def in_text(self, data: bytes) -> bool:
         """An email, or an id as text (a whole number, a gid, a JSON ``customer_id``)."""
         lowered = data.lower()
-        if self._literal is not None and self._literal.search(lowered):
+        if self._literal is not None and any(p in lowered for p in self._plain) and self._literal.search(lowered):
             return True
         if len(self.emails) > LITERAL_LIMIT and any(m.group().decode() in self.emails for m in EMAIL.finditer(lowered)):
             return True
