@@ -117,3 +117,15 @@ def test_the_receiver_commits_while_the_applier_computes_features(hooks, monkeyp
     finally:
         applier.conn.close()
     assert commits == [True]
+
+
+def test_order_versions_compare_as_times_whatever_their_iso_form():
+    """An older version arriving late is recognised however its ``updated_at`` is written: an offset, Z, none (UTC),
+    or a form only pandas reads (``_ts`` falls back to it where ``datetime.fromisoformat`` gives up)."""
+    from storeflow.components.shopify.apply import _superseded
+
+    assert _superseded("2026-12-01T10:00:00-05:00", "2026-12-01T14:59:59Z")  # stored 15:00 UTC, arriving a second older
+    assert not _superseded("2026-12-01T10:00:00-05:00", "2026-12-01T15:00:01+00:00")
+    assert not _superseded("2026-12-01T15:00:00", "2026-12-01T10:00:00-05:00")  # the same moment: not older
+    assert _superseded("2026/12/01 15:00:00", "2026-12-01T14:00:00Z")  # a form fromisoformat refuses
+    assert not _superseded(None, "2026-12-01T14:00:00Z") and not _superseded("2026-12-01T14:00:00Z", None)
