@@ -483,3 +483,15 @@ def test_redacting_a_customer_of_a_large_store_reads_its_snapshot_a_batch_at_a_t
     assert len(tables["line_items"]) == 1_000_000 - theirs  # a line item an order
     assert measured["snapshot_rows"] == 2 * theirs + 1  # orders, their line items, the customer row
     assert measured["peak_mb"] < 400, measured
+
+
+def test_a_customer_column_of_any_type_is_searched_for_the_ids():
+    """Any Parquet under the state dir is searched by its customer_id column: an all-null column, a
+    dictionary-encoded or float one is compared value by value, not refused (the erasure would fail and be retried)."""
+    from storeflow.components.shopify.subject_rows import is_in
+
+    columns = {"null": pa.nulls(3), "dictionary": pa.array([ERASED, KEPT, ERASED]).dictionary_encode(),
+               "float": pa.array([float(KEPT), float(ERASED), None]), "int": pa.array([KEPT, None, ERASED])}
+    found = {name: is_in(pa.chunked_array([column]), {ERASED}).tolist() for name, column in columns.items()}
+    assert found == {"null": [False] * 3, "dictionary": [True, False, True], "float": [False, True, False],
+                     "int": [False, False, True]}

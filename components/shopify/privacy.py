@@ -101,15 +101,16 @@ def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> S
     snapshots = _snapshots(settings)
     if email is None:
         for snapshot in snapshots:
-            row = subject_rows.find(table_path(snapshot, "customers"), lambda t: subject_rows.is_in(t["customer_id"], [subject.customer_id]),
-                            ["customer_id", "email"])
+            row = subject_rows.find(table_path(snapshot, "customers"),
+                                    lambda t: subject_rows.is_in(t["customer_id"], [subject.customer_id]),
+                                    ["customer_id", "email"])
             email = next((e for e in map(email_key, row["email"].to_pylist()) if e), email)
     aliases: set[int] = set()
     if email:
         for snapshot in snapshots:
             for name in ("customers", "orders"):
-                found = subject_rows.find(table_path(snapshot, name), lambda t: subject_rows.email_is(t["email"], email),
-                                  ["customer_id", "email"])
+                found = subject_rows.find(table_path(snapshot, name),
+                                          lambda t: subject_rows.email_is(t["email"], email), ["customer_id", "email"])
                 aliases |= {int(c) for c in found["customer_id"].to_pylist() if c is not None}
         aliases |= {int(c) for (c,) in conn.execute(
             "SELECT DISTINCT customer_id FROM live_orders WHERE lower(trim(email)) = ? AND customer_id IS NOT NULL",
@@ -194,7 +195,8 @@ def _snapshots(settings: Settings) -> list[Path]:
 
 def _order_mask(subject: Subject) -> subject_rows.Mask:
     """The subject's orders: theirs by customer id or email, and those Shopify names in the request."""
-    return lambda t: (subject_rows.is_in(t["customer_id"], subject.ids) | subject_rows.is_in(t["order_id"], subject.order_ids)
+    return lambda t: (subject_rows.is_in(t["customer_id"], subject.ids)
+                      | subject_rows.is_in(t["order_id"], subject.order_ids)
                       | subject_rows.email_is(t["email"], subject.email))
 
 
@@ -202,7 +204,8 @@ def _masks(subject: Subject, order_ids: set[int]) -> dict[str, subject_rows.Mask
     """Rows about the subject: their customer row, their orders, and those orders' (``order_ids``) line items and
     refunds."""
     return {"orders": _order_mask(subject),
-            "customers": lambda t: subject_rows.is_in(t["customer_id"], subject.ids) | subject_rows.email_is(t["email"], subject.email),
+            "customers": lambda t: (subject_rows.is_in(t["customer_id"], subject.ids)
+                                    | subject_rows.email_is(t["email"], subject.email)),
             "line_items": lambda t: subject_rows.is_in(t["order_id"], order_ids),
             "refunds": lambda t: subject_rows.is_in(t["order_id"], order_ids)}
 

@@ -59,8 +59,14 @@ def rewrite_without(path: Path, mask: Mask) -> None:
 
 
 def is_in(values: pa.ChunkedArray, wanted: Iterable[int]) -> np.ndarray:
-    """Rows whose value is one of ``wanted`` (a null is none of them)."""
-    found = pc.is_in(values, pa.array(sorted(wanted), values.type))
+    """Rows whose value is one of ``wanted`` (a null is none of them). A column of another type than the ids (any
+    Parquet under the state dir is searched: all nulls, dictionary-encoded, text) is compared value by value."""
+    wanted = sorted(wanted)
+    try:
+        found = pc.is_in(values, pa.array(wanted, values.type))
+    except (pa.ArrowException, TypeError, ValueError):
+        members = set(wanted)
+        return np.fromiter((value in members for value in values.to_pylist()), bool, len(values))
     return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
 
 
