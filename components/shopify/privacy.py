@@ -210,6 +210,21 @@ def _masks(subject: Subject, order_ids: set[int]) -> dict[str, subject_rows.Mask
             "refunds": lambda t: subject_rows.is_in(t["order_id"], order_ids)}
 
 
+def _any_column_mask(subject: Subject, order_ids: set[int] = frozenset()) -> subject_rows.Mask:
+    """Rows of a table that is not one of the store's (a stage's, a run's artifact) about the subject, by whichever
+    of ``customer_id``, ``email`` and ``order_id`` (``order_ids``: their orders) it has."""
+    def mine(t: pa.Table) -> np.ndarray:
+        found = np.zeros(t.num_rows, bool)
+        if "customer_id" in t.column_names:
+            found |= subject_rows.is_in(t["customer_id"], subject.ids)
+        if "email" in t.column_names:
+            found |= subject_rows.email_is(t["email"], subject.email)
+        if order_ids and "order_id" in t.column_names:
+            found |= subject_rows.is_in(t["order_id"], order_ids)
+        return found
+    return mine
+
+
 def _subject_tables(snapshot: Path, subject: Subject) -> dict[str, pa.Table]:
     """The subject's rows of each of the snapshot's tables (:func:`_masks`), read a batch at a time."""
     orders = subject_rows.find(table_path(snapshot, "orders"), _order_mask(subject), list(SCHEMAS["orders"].names))
@@ -232,16 +247,7 @@ def _extra_tables_without(snapshot: Path, manifest: dict, subject: Subject,
         if not path.exists():
             continue
 
-        def mine(t: pa.Table) -> np.ndarray:
-            found = np.zeros(t.num_rows, bool)
-            if "order_id" in t.column_names:
-                found |= subject_rows.is_in(t["order_id"], order_ids)
-            if "customer_id" in t.column_names:
-                found |= subject_rows.is_in(t["customer_id"], subject.ids)
-            if "email" in t.column_names:
-                found |= subject_rows.email_is(t["email"], subject.email)
-            return found
-
+        mine = _any_column_mask(subject, order_ids)
         for batch in subject_rows.batches(path):
             yield name, batch.filter(pa.array(~mine(batch)))
 
@@ -312,15 +318,7 @@ def erase_parquet(settings: Settings, subject: Subject) -> int:
         columns = [c for c in ("customer_id", "email") if c in names]
         if not columns:
             continue
-
-        def mine(t: pa.Table) -> np.ndarray:
-            found = np.zeros(t.num_rows, bool)
-            if "customer_id" in t.column_names:
-                found |= subject_rows.is_in(t["customer_id"], subject.ids)
-            if "email" in t.column_names:
-                found |= subject_rows.email_is(t["email"], subject.email)
-            return found
-
+        mine = _any_column_mask(subject)
         count = subject_rows.count(path, mine, columns)
         if count:
             subject_rows.rewrite_without(path, mine)
