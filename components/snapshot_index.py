@@ -158,9 +158,17 @@ def build(snapshot: Path, folder: Path) -> None:
             raise
         shutil.rmtree(scratch, ignore_errors=True)
     for older in snapshot.glob(".index-*"):
-        building = ".building-" in older.name
-        if older != folder and (not building or time.time() - older.stat().st_mtime > ABANDONED_SECONDS):
+        if older != folder and (".building-" not in older.name or _abandoned(older)):
             shutil.rmtree(older, ignore_errors=True)
+
+
+def _abandoned(scratch: Path) -> bool:
+    """Whether another builder's scratch folder was left over an hour ago; one that finished (renamed it) or was
+    removed between the listing and this look is not (it was seen gone: FileNotFoundError failed the build)."""
+    try:
+        return time.time() - scratch.stat().st_mtime > ABANDONED_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def _scan(snapshot: Path, name: str) -> str:

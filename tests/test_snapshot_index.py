@@ -125,6 +125,26 @@ def test_builders_at_once_each_get_the_index_and_leave_one(tmp_path):
     assert len(list(snapshot.glob(".index-*"))) == 1
 
 
+def test_a_builder_finishing_while_another_looks_at_its_scratch_folder_fails_neither(tmp_path, monkeypatch):
+    """After building, a builder removes the scratch folders others left over an hour ago. One it listed may be
+    renamed into place (that builder finished) before it looks at its age: the look raised FileNotFoundError and
+    the applier's build failed (seen once in the four-builders test above)."""
+    import pathlib
+
+    store = awkward_store(8)
+    snapshot = write_snapshot(store, tmp_path / "snap")
+    listed = pathlib.Path.glob
+
+    def with_a_vanished_scratch(self, pattern):
+        found = list(listed(self, pattern))
+        return [*found, self / ".index-0123456789abcdef.building-1-gone"] if pattern == ".index-*" else found
+
+    monkeypatch.setattr(pathlib.Path, "glob", with_a_vanished_scratch)
+    customer = int(store["orders"]["customer_id"].dropna().iloc[0])
+    assert SnapshotIndex.open(snapshot).rows("orders", [customer]).num_rows == \
+        int((store["orders"]["customer_id"] == customer).sum())
+
+
 def test_the_applier_keeps_the_index_of_the_newest_snapshot_only(hooks):
     """A newer snapshot is indexed and the older one's index removed: at 5M orders an index is ~1.4 GB of disk."""
     from storeflow.components.ingest.snapshot import MANIFEST
