@@ -282,11 +282,10 @@ def _recommend_for_newest_cart(settings, url: str) -> None:
     """The newest order's products as a cart, sent over V1 as the theme block sends it; the answer by title."""
     import httpx
 
-    from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+    from storeflow.components.ingest.snapshot import newest_snapshot
     from storeflow.components.tables import read_table
 
-    snapshots = [p for p in (settings.data_dir / "snapshots").iterdir() if (p / MANIFEST).exists()]
-    snapshot = max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", ""))
+    snapshot = newest_snapshot(settings.data_dir / "snapshots")
     orders, items = read_table(snapshot, "orders"), read_table(snapshot, "line_items")
     titles = dict(zip(read_table(snapshot, "products")["product_id"], read_table(snapshot, "products")["title"]))
     newest = orders.sort_values("created_at").iloc[-1]
@@ -360,12 +359,11 @@ def _score_newest_orders(settings, url: str) -> None:
     import httpx
     import pandas as pd
 
-    from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+    from storeflow.components.ingest.snapshot import newest_snapshot
     from storeflow.components.risk.features import LABEL, ORDER_FEATURES
     from storeflow.components.risk.stage import risk_rows
 
-    snapshots = [p for p in (settings.data_dir / "snapshots").iterdir() if (p / MANIFEST).exists()]
-    rows = risk_rows(max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", "")))
+    rows = risk_rows(newest_snapshot(settings.data_dir / "snapshots"))
     chosen = pd.concat([rows[rows[LABEL] == 1].tail(1), rows[rows[LABEL] == 0].tail(2)])
     instances = [{"order_id": str(r.order_id), **{n: float(getattr(r, n)) for n in ORDER_FEATURES}}
                  for r in chosen.itertuples()]

@@ -87,9 +87,16 @@ def large_snapshot(directory: Path, orders: int, customers: int) -> Path:
 
 
 def write_snapshot(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
+    """The tables as a snapshot, with a manifest saying when it was ingested (what finds the newest snapshot reads;
+    a folder without one is a snapshot still being written)."""
+    from storeflow.components.ingest.snapshot import MANIFEST
+
     directory.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         conform(name, frame).to_pandas().to_parquet(table_path(directory, name), index=False)
+    if not (directory / MANIFEST).exists():
+        stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        (directory / MANIFEST).write_text(json.dumps({"ingested_at": stamp}))
     return directory
 
 

@@ -495,3 +495,45 @@ def test_a_customer_column_of_any_type_is_searched_for_the_ids():
     found = {name: is_in(pa.chunked_array([column]), {ERASED}).tolist() for name, column in columns.items()}
     assert found == {"null": [False] * 3, "dictionary": [True, False, True], "float": [False, True, False],
                      "int": [False, False, True]}
+
+
+def test_erasing_a_customer_from_an_older_snapshot_does_not_make_it_the_newest(settings):
+    """A redaction rewrites every snapshot holding the customer. It stamped each rewrite as ingested now, so an
+    older snapshot rewritten last became "the newest": the applier's index, the risk scorer's history and a data
+    request's export then read last month's store. The rewrite keeps when the snapshot was ingested."""
+    from conftest import large_snapshot
+
+    from storeflow.components.ingest.snapshot import MANIFEST, newest_snapshot, read_manifest
+
+    root = settings.data_dir / "snapshots"
+    # named so that the older sorts last: rewritten last, and first on a tie
+    older = large_snapshot(root / "z-older", orders=3_000, customers=100)
+    newer = large_snapshot(root / "a-newer", orders=3_000, customers=100)
+    (older / MANIFEST).write_text(json.dumps({"ingested_at": "2026-11-01T00:00:00+00:00"}))
+    (newer / MANIFEST).write_text(json.dumps({"ingested_at": "2026-12-01T00:00:00.250000+00:00"}))
+    assert newest_snapshot(root) == newer
+    conn = _journal(settings)
+    removed = privacy.redact_customer(settings, conn, None, privacy.Subject(5, "customer5@example.com"))
+    assert removed["snapshot_rows"] > 0
+    for snapshot in (older, newer):
+        assert 5 not in set(read_tables(snapshot)["orders"]["customer_id"])
+        assert read_manifest(snapshot)["redactions"]
+    assert read_manifest(older)["ingested_at"] == "2026-11-01T00:00:00+00:00"
+    assert newest_snapshot(root) == newer
+
+
+def test_the_newest_snapshot_is_chosen_by_time_whatever_the_stamps_precision(tmp_path: Path):
+    """Snapshots are ordered by when they were ingested, as times, not as text: a stamp with another zone offset
+    (a manifest written elsewhere) sorted by its digits, and manifests before 2026-12-07 stamp whole seconds, later
+    ones microseconds. A stamp without a zone counts as UTC; one that is no time, as the oldest."""
+    from storeflow.components.ingest.snapshot import MANIFEST, finished_snapshots, newest_snapshot
+
+    stamps = {"b": "2026-12-01T10:00:00.500000+00:00", "a": "2026-12-01T10:00:01+00:00",
+              "c": "2026-12-01T11:00:00+01:00", "d": "2026-12-01T09:59:59.999999", "e": "not a time"}
+    for name, stamp in stamps.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MANIFEST).write_text(json.dumps({"ingested_at": stamp}))
+    (tmp_path / "half-written").mkdir()  # no manifest yet
+    assert [p.name for p in finished_snapshots(tmp_path)] == ["a", "b", "c", "d", "e"]
+    assert newest_snapshot(tmp_path).name == "a"  # 11:00+01:00 is 10:00 UTC
+    assert newest_snapshot(tmp_path / "missing") is None

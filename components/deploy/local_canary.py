@@ -238,10 +238,10 @@ def customer_ids(settings: Settings) -> np.ndarray:
         rows = pd.read_parquet(source, columns=[CUSTOMER_KEY, "event_timestamp"])
         ids = rows.loc[rows["event_timestamp"] == rows["event_timestamp"].max(), CUSTOMER_KEY]
     else:
-        from storeflow.components.monitor.labels import latest_snapshot
+        from storeflow.components.ingest.snapshot import newest_snapshot
         from storeflow.components.tables import read_table
 
-        snapshot = latest_snapshot(settings.data_dir)
+        snapshot = newest_snapshot(settings.data_dir / "snapshots")
         if snapshot is None:
             raise LocalCanaryError(f"neither {source} nor a snapshot under {settings.data_dir}: no customers")
         ids = read_table(snapshot, "orders")["customer_id"]

@@ -39,6 +39,30 @@ def read_manifest(snapshot: Path) -> dict:
     return json.loads((Path(snapshot) / MANIFEST).read_text())
 
 
+def finished_snapshots(root: Path) -> list[Path]:
+    """The finished snapshots under ``root`` (a manifest written), by name; none when ``root`` is missing."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
+
+
+def ingested_at(snapshot: Path) -> datetime:
+    """When ``snapshot`` was ingested (its manifest's ``ingested_at``), as a time: manifests before 2026-12-07 wrote
+    whole seconds, later ones microseconds, and the two do not compare as text."""
+    try:
+        stamp = datetime.fromisoformat(read_manifest(snapshot).get("ingested_at", ""))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def newest_snapshot(root: Path) -> Path | None:
+    """The snapshot ingested last under ``root`` (what the applier, the risk scorer and a data request read), or
+    None. A redaction rewrites a snapshot but keeps when it was ingested (:meth:`SnapshotWriter.commit`), so
+    erasing a customer from an older snapshot does not make it the newest."""
+    found = finished_snapshots(root)
+    return max(found, key=lambda p: (ingested_at(p), p.name)) if found else None
+
+
 def write_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], metadata: dict) -> bool:
     """Write whole tables as a snapshot (see :class:`SnapshotWriter`); False if one was there first."""
     with SnapshotWriter(snapshot) as writer:
@@ -94,9 +118,11 @@ class SnapshotWriter:
             writer.close()
         self._writers.clear()
 
-    def commit(self, metadata: dict, deduplicate: bool = True) -> bool:
+    def commit(self, metadata: dict, deduplicate: bool = True, ingested_at: str | None = None) -> bool:
         """``deduplicate=False``: the rows are a snapshot's less some (an erasure), which has none to drop; DuckDB's
-        search for them takes up to ``DEDUP_MEMORY``, in the webhook applier's process for an erasure."""
+        search for them takes up to ``DEDUP_MEMORY``, in the webhook applier's process for an erasure.
+        ``ingested_at``: a rewrite's original time (else now), so the rewritten snapshot keeps its place among
+        the others (:func:`newest_snapshot`)."""
         self.close()
         entries, dropped = {}, {}
         for name in SCHEMAS:
@@ -118,7 +144,7 @@ class SnapshotWriter:
             # validate reports them; a rewrite (erasure) keeps what the first ingest dropped
             "duplicates_dropped": {**metadata.get("duplicates_dropped", {}), **dropped},
             "tables": entries,
-            "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "ingested_at": ingested_at or datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             "storeflow_version": __version__,
         }
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -25,13 +25,6 @@ ORDER BY p.row
 """
 
 
-def latest_snapshot(data_dir: Path) -> Path | None:
-    """The most recently written ingest snapshot (it holds the newest orders)."""
-    root = Path(data_dir) / "snapshots"
-    found = [d for d in root.iterdir() if (d / "orders.parquet").exists()] if root.is_dir() else []
-    return max(found, key=lambda d: (d / "orders.parquet").stat().st_mtime, default=None)
-
-
 def attach_labels(predictions: pd.DataFrame, snapshot: Path | None, horizon_days: int) -> pd.Series:
     """A label per prediction (index aligned), null while its horizon is not yet covered by the snapshot."""
     return matured_outcomes(predictions, snapshot, horizon_days)["label"]

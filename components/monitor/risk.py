@@ -256,9 +256,9 @@ def risk_window(settings: Settings, start: datetime, end: datetime, snapshot: Pa
     if not served.empty:
         label_snapshot = snapshot
         if label_snapshot is None:
-            from storeflow.components.monitor.labels import latest_snapshot
+            from storeflow.components.ingest.snapshot import newest_snapshot
 
-            label_snapshot = latest_snapshot(settings.data_dir)
+            label_snapshot = newest_snapshot(settings.data_dir / "snapshots")
         if label_snapshot is None:
             notes.append("no snapshot to take order risk labels from")
         else:

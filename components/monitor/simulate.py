@@ -21,7 +21,7 @@ from storeflow.components.config import Settings
 from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import customer_features, serving_time
 from storeflow.components.features.repo import btyd_model_path
-from storeflow.components.monitor.labels import latest_snapshot
+from storeflow.components.ingest.snapshot import newest_snapshot
 from storeflow.components.monitor.predictions import log_dir
 from storeflow.components.tables import conform, read_tables
 
@@ -80,7 +80,7 @@ def simulate_shift(settings: Settings, *, requests: int = 2_000, shift: bool = T
     from storeflow.components import tracking
     from storeflow.components.train import load_model
 
-    snapshot = snapshot or latest_snapshot(settings.data_dir)
+    snapshot = snapshot or newest_snapshot(settings.data_dir / "snapshots")
     if snapshot is None:
         raise FileNotFoundError(f"no ingested snapshot under {settings.data_dir}: run the training pipeline first")
     tables = read_tables(snapshot)

@@ -20,7 +20,8 @@ import pandas as pd
 
 from storeflow.components.config import Settings
 from storeflow.components.monitor import drift as drift_mod
-from storeflow.components.monitor.labels import latest_snapshot, matured_outcomes
+from storeflow.components.ingest.snapshot import newest_snapshot
+from storeflow.components.monitor.labels import matured_outcomes
 from storeflow.components.monitor.predictions import Window, log_dir, read_window
 from storeflow.components.monitor.reference import NoReference, Reference, champion_version, load_reference
 from storeflow.components.monitor.retrain import window_id
@@ -209,7 +210,7 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     current = window.frame
     labelled = pd.DataFrame()
     if not current.empty:
-        label_snapshot = snapshot or latest_snapshot(settings.data_dir)
+        label_snapshot = snapshot or newest_snapshot(settings.data_dir / "snapshots")
         outcomes = matured_outcomes(current, label_snapshot, settings.features.label.horizon_days)
         current = current.assign(label=outcomes["label"], label_spend=outcomes["label_spend"])
         labelled = current[current["label"].notna()]

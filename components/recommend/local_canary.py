@@ -78,10 +78,10 @@ def shoppers(tables: dict[str, pd.DataFrame]) -> list[Shopper]:
 
 
 def latest_shoppers(settings: Settings) -> list[Shopper]:
-    from storeflow.components.monitor.labels import latest_snapshot
+    from storeflow.components.ingest.snapshot import newest_snapshot
     from storeflow.components.tables import read_tables
 
-    snapshot = latest_snapshot(settings.data_dir)
+    snapshot = newest_snapshot(settings.data_dir / "snapshots")
     if snapshot is None:
         raise LocalCanaryError(f"no snapshot under {settings.data_dir}: no shoppers to replay")
     found = shoppers(read_tables(snapshot))

@@ -106,11 +106,11 @@ def risk_servers(settings: Settings, champion: str, canary: str) -> Iterator[tup
 # -- traffic --------------------------------------------------------------------------------------------
 def order_instances(settings: Settings) -> list[dict[str, Any]]:
     """The newest orders of the latest ingested snapshot as V1 instances (order id and order-time features)."""
-    from storeflow.components.monitor.labels import latest_snapshot
+    from storeflow.components.ingest.snapshot import newest_snapshot
     from storeflow.components.risk.features import ORDER_FEATURES, TIME
     from storeflow.components.risk.stage import risk_rows
 
-    snapshot = latest_snapshot(settings.data_dir)
+    snapshot = newest_snapshot(settings.data_dir / "snapshots")
     if snapshot is None:
         raise LocalCanaryError(f"no snapshot under {settings.data_dir}: no orders to send the risk canary")
     rows = risk_rows(snapshot).sort_values(TIME).tail(NEWEST_ORDERS)

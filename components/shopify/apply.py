@@ -35,7 +35,7 @@ from storeflow.components.features.btyd import LiveScorer
 from storeflow.components.features.compute import connection, customer_features
 from storeflow.components.features.repo import (CUSTOMER_KEY, CUSTOMER_VIEW, apply as feast_apply,
                                                 feature_store, source_path)
-from storeflow.components.ingest.snapshot import MANIFEST, read_manifest
+from storeflow.components.ingest.snapshot import newest_snapshot
 from storeflow.components.recommend import availability, catalog
 from storeflow.components.shopify import layout, online, privacy, products
 from storeflow.components.shopify.baseline import ServedBaseline
@@ -350,10 +350,9 @@ class Applier:
         """The newest ingested snapshot's index (:mod:`~storeflow.components.snapshot_index`), opened again when
         another snapshot appears or a redaction rewrote this one; None before the first snapshot."""
         root = self.settings.data_dir / "snapshots"
-        snaps = [p for p in root.iterdir() if (p / MANIFEST).exists()] if root.exists() else []
-        if not snaps:
+        newest = newest_snapshot(root)
+        if newest is None:
             return None
-        newest = max(snaps, key=lambda p: read_manifest(p).get("ingested_at", ""))
         if self._snapshot is None or self._snapshot.snapshot != newest or not self._snapshot.current():
             self._snapshot = SnapshotIndex.open(newest)
             remove_others(root, newest)

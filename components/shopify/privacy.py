@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
-from storeflow.components.ingest.snapshot import MANIFEST, SnapshotWriter, read_manifest
+from storeflow.components.ingest.snapshot import SnapshotWriter, finished_snapshots, newest_snapshot, read_manifest
 from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, metafields, online
 from storeflow.components.shopify import subject_rows
@@ -189,8 +189,7 @@ def erase_raw(settings: Settings, subject: Subject) -> int:
 
 
 def _snapshots(settings: Settings) -> list[Path]:
-    root = settings.data_dir / "snapshots"
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
+    return finished_snapshots(settings.data_dir / "snapshots")
 
 
 def _order_mask(subject: Subject) -> subject_rows.Mask:
@@ -269,7 +268,8 @@ def _rewrite_snapshot(snapshot: Path, masks: dict[str, subject_rows.Mask], note:
                 writer.write({name: kept})
         for name, batch in extra:
             writer.write({name: batch})
-        writer.commit(metadata, deduplicate=False)  # ingest dropped them: fewer rows hold none
+        # ingest dropped them: fewer rows hold none; ingested when it was, so it keeps its place among the snapshots
+        writer.commit(metadata, deduplicate=False, ingested_at=manifest.get("ingested_at"))
     os.rename(snapshot, old)
     os.rename(fresh, snapshot)
     shutil.rmtree(old)
@@ -625,9 +625,8 @@ def export_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         with path.open("rb") as handle:
             raw += [orjson.loads(line) for line in handle if _mentions(line, needles)]
     found["raw_records"] = raw
-    snapshots = _snapshots(settings)
-    if snapshots:
-        newest = max(snapshots, key=lambda p: read_manifest(p).get("ingested_at", ""))
+    newest = newest_snapshot(settings.data_dir / "snapshots")
+    if newest is not None:
         found["snapshot"] = {name: _records(table.to_pandas()) for name, table in _subject_tables(newest, subject).items()}
     offline = {}
     for path in _parquet_files(settings):
