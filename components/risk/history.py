@@ -382,6 +382,8 @@ def snapshot_events(orders: pa.Table, refunds: pa.Table, customers: pa.Table, ri
                           "kind": pa.array(np.full(len(customer), kind, dtype=np.int64)),
                           "id": pc.cast(ident, pa.int64()), "t": t,
                           "amount": money if money is not None else pa.array(np.zeros(len(customer), dtype=np.int64))})
+        if table.column("customer_id").null_count == 0 and table.column("t").null_count == 0:
+            return table  # a copy of every order's event kept out of the peak (~200 MB at 5M orders)
         return table.filter(pc.and_(pc.is_valid(table.column("customer_id")), pc.is_valid(table.column("t"))))
 
     owner = orders.select(["order_id", "customer_id"]).filter(pc.is_valid(orders.column("customer_id")))
