@@ -226,10 +226,8 @@ class LiveHistory:
             customers = _snapshot("customers", tables.get("customers"))
             fingerprint = ledger.fingerprint(orders, refunds, customers)
             if self.history.seeded() != fingerprint:  # once per snapshot: a restart reads the marker only
-                events = ledger.snapshot_events(orders, refunds, customers, self._risk)
-                pa.default_memory_pool().release_unused()  # making them freed ~2x the events (500 MB at 5M orders)
-                seeded = self.history.seed(events, fingerprint)
-                del events
+                seeded = self.history.seed(ledger.snapshot_event_shares(orders, refunds, customers, self._risk),
+                                           fingerprint)
                 log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
             del customers
         # held afterwards: an order's keys and refunds, for an order updated or refunded live (HELD); its rows are
