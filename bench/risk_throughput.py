@@ -75,6 +75,7 @@ CREATED = ROOT / "tests" / "data" / "shopify_api" / "risk_assessment_created.jso
 THROTTLED = ROOT / "tests" / "data" / "shopify_api" / "throttled.json"
 SECRET, SHOP = "bench-secret", "bench-store.myshopify.com"
 FIRST_ORDER = 6_000_000_000  # delivery number i carries order FIRST_ORDER + i (its webhook id ends in i)
+FIRST_CUSTOMER = 7_000_000  # and customer FIRST_CUSTOMER + i % 5,000
 # the receiver as `storeflow webhooks` runs it, applier process and all (--applier)
 RECEIVER_SERVE = ("import sys; from storeflow.components.config import load_settings; "
                   "from storeflow.components.shopify.webhooks import serve; serve(load_settings(), '127.0.0.1', "
@@ -251,7 +252,7 @@ def order(i: int, now: str, body: str = "full") -> dict:
     """Delivery number ``i``: its own order, line item and address, one of 5,000 customers. ``full``: Shopify's
     whole orders/create (tests/data/shopify_webhooks/orders_create.json, every documented field, ~9.5 KB) with
     those changed; ``trimmed``: only the fields storeflow reads (~0.7 KB, what the bench sent before 2026-12-06)."""
-    customer = 7_000_000 + i % 5_000
+    customer = FIRST_CUSTOMER + i % 5_000
     email = f"b{customer}@example.com"
     if body == "full":
         return full_order_payload(FIRST_ORDER + i, customer, email, now, f"{i % 997} Main St",
@@ -307,15 +308,17 @@ def train(root: Path, config: dict) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, log: Path, kind: str) -> None:
-    """One delivery (order ``i``, past wrk's) in, and wait until Shopify has its assessment."""
+def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, log: Path, kind: str,
+            seconds: float = 180) -> None:
+    """One delivery (order ``i``, past wrk's) in, and wait until Shopify has its assessment (``seconds`` at most:
+    on a large snapshot the scorer seeds its ledgers first)."""
     body = json.dumps(order(i, now, kind), separators=(",", ":")).encode()
     headers = webhook_headers("orders/create", f"bench-risk-{i:07d}", body, secret=SECRET, shop=SHOP)
     answer = httpx.post(f"{url}/webhooks", content=body, headers=headers, timeout=30)
     if answer.status_code != 200:
         sys.exit(f"warm-up delivery answered {answer.status_code}: {answer.text}")
     outbox = root / "state" / "shopify" / "risk.db"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if receiver.poll() is not None:
             sys.exit(f"receiver exited: {log.read_text()[-3000:]}")
@@ -326,7 +329,7 @@ def warm_up(url: str, i: int, now: str, root: Path, receiver: subprocess.Popen, 
         except sqlite3.OperationalError:
             pass
         time.sleep(0.3)
-    sys.exit(f"the warm-up order was not written back in 180 s: {log.read_text()[-3000:]}")
+    sys.exit(f"the warm-up order was not written back in {seconds:.0f} s: {log.read_text()[-3000:]}")
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -469,6 +472,51 @@ def _holding(pid: int, name: str) -> bool:
         return False
 
 
+class PodMemory(threading.Thread):
+    """The webhooks pod's memory as its limit sees it: every 100 ms, each process's heap (``RssAnon``) in the
+    receiver's tree (the receiver, its applier, scorer and write-back), and the peak of their sum. From the
+    receiver's start: a scorer seeding a large snapshot and an applier indexing it peak before the first delivery."""
+
+    def __init__(self, receiver: int):
+        super().__init__(daemon=True)
+        self.receiver, self.done = receiver, threading.Event()
+        self.peaks: dict[int, float] = {}
+        self.sum_peak = 0.0
+
+    def _tree(self) -> list[int]:
+        stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+        found = [self.receiver]
+        for pid, (parent, _) in stats.items():
+            if parent == self.receiver:
+                found.append(pid)
+        return found
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            total = 0.0
+            for pid in self._tree():
+                try:
+                    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                                if x.startswith("RssAnon:"))
+                except (OSError, StopIteration):
+                    continue
+                mb = int(line.split()[1]) / 1024
+                self.peaks[pid] = max(mb, self.peaks.get(pid, 0.0))
+                total += mb
+            self.sum_peak = max(self.sum_peak, total)
+
+    def report(self, names: dict[str, int]) -> dict:
+        self.done.set()
+        self.join()
+        by_pid = {pid: name for name, pid in names.items()}
+        return {"sum_of_heaps_peak_mb": round(self.sum_peak),
+                "each_process_peak_mb": {by_pid.get(pid, f"pid {pid} (exited or restarted)"): round(mb)
+                                         for pid, mb in sorted(self.peaks.items())},
+                "note": "RssAnon (heap: what the pod's limit cannot take back), sampled every 100 ms from the "
+                        "receiver's start, the scorer's seeding and the applier's indexing included; the "
+                        "webhooks pod's limit is 2 GiB (2,048 MB)"}
+
+
 def pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
 
@@ -522,8 +570,13 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         receiver = subprocess.Popen(receiver_cmd, env=env, cwd=root, stdout=receiver_log.open("wb"),
                                     stderr=subprocess.STDOUT)
         procs.append(receiver)
+        memory = PodMemory(receiver.pid)
+        memory.start()
         wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, receiver_log)
-        warm_up(f"http://127.0.0.1:{receiver_port}", args.deliveries, now, root, receiver, receiver_log, args.body)
+        started_at = time.perf_counter()
+        warm_up(f"http://127.0.0.1:{receiver_port}", args.deliveries, now, root, receiver, receiver_log, args.body,
+                seconds=1800 if args.snapshot_customers else 180)
+        first_written_back_seconds = round(time.perf_counter() - started_at, 1)
         admin.reset(bucket)  # the warm-up's call not counted
         load_start = os.getloadavg()
         started = time.time()
@@ -561,6 +614,7 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
         drained = time.time()
         cpu = {part: used - cpu_start[part] for part, used in cpu_by_part(parts).items()}
         cpu["wrk"] = wrk_usage.ru_utime + wrk_usage.ru_stime
+        pod_memory = memory.report(parts)
         # once drained, while the risk server is still up (storeflow's: the stock server does not take named features)
         per_order = breakdown(config, model_port, now, args.body) if kind == "storeflow" else None
         with sqlite3.connect(journal) as db:
@@ -648,6 +702,8 @@ def run_path(kind: str, bucket: str | None, root: Path, base: dict, admin: Admin
             "all": round(sum(cpu.values()) * 1000 / max(len(received), 1), 3),
             "machine_budget_at_3000_per_second": round(os.cpu_count() * 1000 / 3000, 3)},
         "target": {"orders_per_second": 3000, "p99_end_to_end_ms": 50, "lost": 0},
+        "pod_memory": pod_memory,
+        "receiver_ready_to_first_order_written_back_seconds": first_written_back_seconds,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_at_wrk_start": [round(x, 2) for x in load_start],
         "load_average_after_wrk": [round(x, 2) for x in load_during],
@@ -694,6 +750,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (trained state, journals, "
                         "logs; ~450 MB) under the temporary directory; else it is removed at the end")
+    parser.add_argument("--snapshot-customers", type=int, default=0, help="after training, a store of this many "
+                        "customers (ten orders each, with their risk fields, the deliveries' 5,000 customers among "
+                        "them) as the newest snapshot, which the scorer seeds and the applier indexes before the "
+                        "first delivery: 500,000 is 5M orders. 0: the trained store only (runs before 2026-12-07)")
     parser.add_argument("--online-store", choices=("redis", "sqlite"), default="redis",
                         help="Feast's online store for velocity and history: redis (production's; a redis-server on loopback, one "
                              "database per row) or sqlite (the local default)")
@@ -707,6 +767,11 @@ def main() -> None:
     base = {"project": {"state_dir": str(root / "state"), "shop_domain": SHOP},
             "ingest": {"source": "synthetic", "synthetic": store}}
     trained = train(root, base)
+    if args.snapshot_customers:  # bench/webhooks.py's store; customer ids from the deliveries' first (order())
+        from webhooks import write_store_snapshot
+
+        trained["snapshot_seconds"] = write_store_snapshot(root / "state", args.snapshot_customers,
+                                                           first_customer=FIRST_CUSTOMER, risk_fields=True)
     admin = Admin()
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
@@ -760,6 +825,10 @@ def main() -> None:
               "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
               "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},
+              "newest_snapshot": ({"customers": args.snapshot_customers, "orders": args.snapshot_customers * 10,
+                                   "risk_fields": True, "note": "written after training (bench/webhooks.py's "
+                                   "store): the scorer seeds its ledgers and the applier indexes it"}
+                                  if args.snapshot_customers else "the trained store's"),
               "delivery_body": {"kind": args.body, "bytes_median": int(np.median(sizes)) if sizes else None},
               "applier": ("run: the receiver as storeflow webhooks runs it, applier process and all" if args.applier
                           else "not run (the receiver journals; nothing applies deliveries to the customers' features)"),

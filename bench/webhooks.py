@@ -131,16 +131,20 @@ def write_history(state: Path, rows: int) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def write_store_snapshot(state: Path, customers: int) -> float:
-    """A store's newest snapshot as ingest leaves it: ``customers`` customers (ids from CUSTOMER_BASE, the
+def write_store_snapshot(state: Path, customers: int, first_customer: int = CUSTOMER_BASE,
+                         risk_fields: bool = False) -> float:
+    """A store's newest snapshot as ingest leaves it: ``customers`` customers (ids from ``first_customer``, the
     deliveries' among them) with ten orders each over two years, 1.7 line items an order, a refund for one order in
-    twenty; written a million orders at a time. Returns the seconds it took."""
+    twenty; written a million orders at a time. ``risk_fields``: with the orders' risk fields too (``order_risk``,
+    as ingest keeps them from a bulk export of the OrderRisk query: what the order risk scorer reads at its start).
+    Returns the seconds it took."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from storeflow.components.ingest.snapshot import MANIFEST
+    from storeflow.components.risk.orders import SNAPSHOT_TABLE, TABLE_SCHEMA
     from storeflow.components.tables import SCHEMAS, table_path
 
     if not customers:
@@ -148,7 +152,7 @@ def write_store_snapshot(state: Path, customers: int) -> float:
     started = time.perf_counter()
     snapshot = state / "data" / "snapshots" / f"bench-{customers}-customers"
     snapshot.mkdir(parents=True)
-    rng = np.random.default_rng(17)
+    rng, risk_rng = np.random.default_rng(17), np.random.default_rng(23)  # the store the same with risk fields or not
     orders_total, chunk = customers * 10, 1_000_000
     end = np.datetime64("2026-11-01T00:00:00", "us")
     writers = {name: pq.ParquetWriter(table_path(snapshot, name), SCHEMAS[name])
@@ -160,7 +164,7 @@ def write_store_snapshot(state: Path, customers: int) -> float:
     for first in range(0, orders_total, chunk):
         n = min(chunk, orders_total - first)
         order_ids = np.arange(first, first + n, dtype=np.int64) + 10**10
-        owner = CUSTOMER_BASE + rng.integers(0, customers, n)
+        owner = first_customer + rng.integers(0, customers, n)
         created = end - rng.integers(0, 730 * 86_400_000_000, n).astype("timedelta64[us]")
         total = np.round(rng.gamma(2.0, 40.0, n), 2)
         writers["orders"].write_table(pa.Table.from_arrays([
@@ -176,6 +180,9 @@ def write_store_snapshot(state: Path, customers: int) -> float:
             pa.array(product + 7_000_000), text("SKU-", product), text("Product ", product),
             pa.array(rng.integers(1, 4, len(item_order))), pa.array(np.round(rng.gamma(2.0, 20.0, len(item_order)), 2))],
             schema=SCHEMAS["line_items"]))
+        if risk_fields:
+            writers.setdefault("order_risk", pq.ParquetWriter(snapshot / f"{SNAPSHOT_TABLE}.parquet", TABLE_SCHEMA))
+            writers["order_risk"].write_table(_risk_fields(risk_rng, order_ids))
         refunded = rng.random(n) < 0.05
         writers["refunds"].write_table(pa.Table.from_arrays([
             pa.array(order_ids[refunded] + 10**10), pa.array(order_ids[refunded]),
@@ -183,7 +190,7 @@ def write_store_snapshot(state: Path, customers: int) -> float:
             schema=SCHEMAS["refunds"]))
     for writer in writers.values():
         writer.close()
-    ids = np.arange(customers, dtype=np.int64) + CUSTOMER_BASE
+    ids = np.arange(customers, dtype=np.int64) + first_customer
     joined = end - np.timedelta64(800, "D")
     pq.write_table(pa.Table.from_arrays([pa.array(ids), text("c", ids), pa.array(np.full(customers, joined)),
                                          pa.array(np.full(customers, joined))], schema=SCHEMAS["customers"]),
@@ -192,8 +199,34 @@ def write_store_snapshot(state: Path, customers: int) -> float:
                                          text("Product ", np.arange(2000)), pa.array(np.full(2000, "tea")),
                                          pa.array(np.full(2000, "bench")), pa.array(np.full(2000, joined))],
                                         schema=SCHEMAS["products"]), table_path(snapshot, "products"))
-    (snapshot / MANIFEST).write_text(json.dumps({"ingested_at": datetime.now(timezone.utc).isoformat()}))
+    extra = {"extra_tables": {SNAPSHOT_TABLE: {"file": f"{SNAPSHOT_TABLE}.parquet", "rows": orders_total}}} \
+        if risk_fields else {}
+    (snapshot / MANIFEST).write_text(json.dumps({"ingested_at": datetime.now(timezone.utc).isoformat(), **extra}))
     return round(time.perf_counter() - started, 1)
+
+
+def _risk_fields(rng, order_ids):
+    """Order risk fields as a bulk export carries them: ~1 % cancelled (0.2 % for fraud), a distinct address each,
+    disputes on 0.2 %, Shopify's own level mostly LOW."""
+    import numpy as np
+    import pyarrow as pa
+
+    from storeflow.components.risk.orders import TABLE_SCHEMA
+
+    n = len(order_ids)
+
+    def text(values, shares):
+        return pa.array(rng.choice(np.array(values, dtype=object), n, p=shares), pa.string())
+
+    disputed = rng.random(n) < 0.002
+    return pa.table({
+        "order_id": pa.array(order_ids), "cancel_reason": text([None, "CUSTOMER", "FRAUD"], [0.99, 0.008, 0.002]),
+        "gateway": text(["shopify_payments", "paypal", "manual"], [0.7, 0.25, 0.05]),
+        "ship_country": text(["US", "CA", "GB"], [0.8, 0.1, 0.1]), "bill_country": text(["US", "CA", "GB"], [0.8, 0.1, 0.1]),
+        "address_key": pa.array([f"{x:016x}" for x in rng.integers(0, 2**62, n)]),
+        "dispute_type": pa.array(np.where(disputed, "CHARGEBACK", None)), "dispute_status":
+            pa.array(np.where(disputed, "LOST", None)), "disputes": pa.array(disputed.astype(np.int64)),
+        "shopify_risk_level": text(["LOW", "MEDIUM", "HIGH"], [0.95, 0.04, 0.01])}, schema=TABLE_SCHEMA)
 
 
 def processes(pid: int) -> dict[str, int]:

@@ -72,3 +72,21 @@ def test_the_benchs_snapshot_is_one_the_applier_reads_its_customers_from(hooks, 
     online = feature_store(hooks).get_online_features(features=[f"{CUSTOMER_VIEW}:frequency"],
                                                       entity_rows=[{"customer_id": customer}]).to_dict()
     assert online["frequency"] == [before + 1]  # its orders: the snapshot's and the live one
+
+
+def test_the_benchs_store_with_risk_fields_is_what_the_risk_scorer_seeds_from(hooks, bench_webhooks):
+    """risk_throughput --snapshot-customers writes this store after training, customers from the deliveries' first:
+    the orders' risk fields are kept as ingest keeps them (one row an order, named in the manifest), so the scorer's
+    start reads them from the snapshot, as on a store exported with them (what its memory is measured on)."""
+    from storeflow.components.ingest.snapshot import newest_snapshot, read_manifest
+    from storeflow.components.risk.orders import snapshot_risk_table
+
+    bench_webhooks.write_store_snapshot(hooks.project.state_dir, 400, first_customer=7_000_000, risk_fields=True)
+    snapshot = newest_snapshot(hooks.data_dir / "snapshots")
+    orders = pd.read_parquet(snapshot / "orders.parquet")
+    risk = snapshot_risk_table(snapshot)
+    assert risk is not None and sorted(risk.column("order_id").to_pylist()) == sorted(orders["order_id"])
+    assert read_manifest(snapshot)["extra_tables"]["order_risk"]["rows"] == len(orders) == 4_000
+    assert pd.read_parquet(snapshot / "customers.parquet")["customer_id"].min() == 7_000_000
+    reasons = risk.column("cancel_reason").to_pylist()
+    assert 0 < reasons.count("FRAUD") < 40 and len(set(risk.column("address_key").to_pylist())) == 4_000
