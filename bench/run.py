@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "risk_applier", "risk_stream", "serving",
+ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "risk_applier", "risk_stream", "risk_pod", "serving",
          "recommend_serving", "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
 # runs of a script with arguments of their own: the issue's creates with the applier running as under storeflow
 # webhooks, and a store's stream through order risk (each order's orders/paid and orders/updated between later
@@ -21,7 +21,11 @@ VARIANTS = {"risk_applier": ("risk_throughput", ["--applier", "--paths",
             "risk_stream": ("risk_throughput", ["--follow-ups", "2", "--applier", "--paths",
                                                 "storeflow,storeflow:1500,storeflow:3000,stock_kserve:3000",
                                                 "--deliveries", "90000",
-                                                "--out", str(BENCH / "results" / "risk_stream.json")])}
+                                                "--out", str(BENCH / "results" / "risk_stream.json")]),
+            # the webhooks pod at a 500,000-customer store exported with its risk fields: the scorer seeds 5M orders'
+            # ledgers and the applier indexes them before the first delivery; its processes' memory, summed
+            "risk_pod": ("risk_throughput", ["--applier", "--snapshot-customers", "500000", "--paths",
+                                             "storeflow:1000", "--out", str(BENCH / "results" / "risk_pod.json")])}
 
 
 def main() -> int:
