@@ -712,6 +712,10 @@ class RiskConfig(Section):
                                            "order not scored stays queued and is retried.")
     retry_seconds: float = Field(1.0, gt=0, description="First wait after the risk server or Shopify failed, "
                                  "doubling up to shopify.max_backoff_seconds.")
+    snapshot_check_seconds: float = Field(60.0, gt=0, description="How often the scorer looks for a snapshot "
+                                          "ingested (or rewritten by a redaction) after the one its history was "
+                                          "built from, and rebuilds it from that one (seeding the ledgers with what "
+                                          "they lack), between two passes.")
     velocity_max_orders: int = Field(1000, ge=1, description="Orders of the last week kept per customer, email and "
                                      "shipping address for the velocity features (components/risk/velocity.py), the "
                                      "newest; counts of a key past this many orders in a week stop at it, in training "

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -865,5 +866,62 @@ def test_a_fault_of_the_code_reading_every_order_sets_none_aside(tmp_path, monke
         with pytest.raises(OrdersFailAlike, match="a fault of the code"):
             scorer.score_pending()
         assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,) and seen == []
+    finally:
+        scorer.stop()
+
+
+def _store_of(customer: int, orders: int) -> dict[str, pd.DataFrame]:
+    """A snapshot's tables with ``orders`` earlier orders of one customer (a month ago and before)."""
+    at = [datetime.now(timezone.utc) - timedelta(days=30 + i) for i in range(orders)]
+    return {
+        "orders": pd.DataFrame({
+            "order_id": [9300000000 + i for i in range(orders)], "name": [f"#{i}" for i in range(orders)],
+            "customer_id": [customer] * orders, "email": ["again@example.com"] * orders, "created_at": at,
+            "updated_at": at, "cancelled_at": [None] * orders, "currency": ["USD"] * orders,
+            "total_price": [50.0] * orders, "subtotal_price": [50.0] * orders, "total_discounts": [0.0] * orders,
+            "financial_status": ["paid"] * orders, "risk_level": ["LOW"] * orders}),
+        "refunds": pd.DataFrame({"refund_id": pd.Series([], dtype="int64"), "order_id": pd.Series([], dtype="int64"),
+                                 "created_at": pd.Series([], dtype="datetime64[us, UTC]"),
+                                 "amount": pd.Series([], dtype="float64")}),
+        "customers": pd.DataFrame({"customer_id": [customer], "email": ["again@example.com"],
+                                   "created_at": [at[-1] - timedelta(days=400)],
+                                   "updated_at": [at[-1] - timedelta(days=400)]}),
+    }
+
+
+def test_a_snapshot_ingested_while_the_scorer_runs_reaches_its_customers_histories(tmp_path):
+    """A daily ingest's snapshot reached the scorer only when its process restarted: until then an order's history
+    features missed what the snapshot held and no webhook brought (a delivery Shopify gave up on). The scorer now
+    looks for a newer snapshot between passes (risk.snapshot_check_seconds) and rebuilds its history from it."""
+    from conftest import write_snapshot
+    from storeflow.components.ingest.snapshot import snapshot_identity
+    from storeflow.components.risk.realtime import RiskScorer
+
+    customer = 8800000100
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test",
+                                                             "snapshot_check_seconds": 0.05}))
+    snapshots = settings.data_dir / "snapshots"
+    write_snapshot(_store_of(customer, 1), snapshots / "monday")
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    scorer.start()
+
+    def scored(order: int) -> dict:
+        deadline = time.monotonic() + 60
+        while not any(i["order_id"] == str(order) for i in seen):
+            assert time.monotonic() < deadline, f"order {order} not scored"
+            time.sleep(0.05)
+        return next(i for i in seen if i["order_id"] == str(order))
+
+    try:
+        _journal(settings, ("first", "orders/create", new_order(9200000100, customer, "again@example.com")))
+        assert scored(9200000100)["prior_orders"] == 1  # Monday's snapshot
+        write_snapshot(_store_of(customer, 3), snapshots / "tuesday")  # two more orders no webhook brought
+        deadline = time.monotonic() + 60
+        while scorer.history is None or scorer.history.snapshot != snapshot_identity(snapshots):
+            assert time.monotonic() < deadline, "the scorer did not rebuild its history from Tuesday's snapshot"
+            time.sleep(0.05)
+        _journal(settings, ("second", "orders/create", new_order(9200000101, customer, "again@example.com")))
+        assert scored(9200000101)["prior_orders"] == 4  # Tuesday's three and the first one, received live
     finally:
         scorer.stop()

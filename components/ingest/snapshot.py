@@ -63,6 +63,19 @@ def newest_snapshot(root: Path) -> Path | None:
     return max(found, key=lambda p: (ingested_at(p), p.name)) if found else None
 
 
+def snapshot_identity(root: Path) -> tuple[str, int] | None:
+    """Which snapshot is the newest under ``root`` and which version of it: its name and when its manifest was written
+    (a redaction's rewrite writes a new one), or None. What a reader built from the newest snapshot compares to know
+    it is behind."""
+    newest = newest_snapshot(root)
+    if newest is None:
+        return None
+    try:
+        return newest.name, (newest / MANIFEST).stat().st_mtime_ns
+    except FileNotFoundError:  # swapped by a rewrite between the two looks: the next look sees the new one
+        return newest.name, 0
+
+
 def write_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], metadata: dict) -> bool:
     """Write whole tables as a snapshot (see :class:`SnapshotWriter`); False if one was there first."""
     with SnapshotWriter(snapshot) as writer:

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from storeflow.components.config import Settings
 from storeflow.components.features.repo import RISK_VIEWS, feature_store
 from storeflow.components.features.repo import definitions as feast_definitions
-from storeflow.components.ingest.snapshot import newest_snapshot, read_manifest
+from storeflow.components.ingest.snapshot import newest_snapshot, read_manifest, snapshot_identity
 from storeflow.components.risk import history as ledger
 from storeflow.components.risk.features import ORDER_FEATURES, own_features
 from storeflow.components.risk.history import Arrival, OnlineHistory
@@ -209,6 +209,8 @@ class LiveHistory:
                  risk: pd.DataFrame | pa.Table | None = None, velocity: OnlineVelocity | None = None,
                  history: OnlineHistory | None = None):
         self.db = db
+        # the snapshot it was built from (ingest.snapshot.snapshot_identity), set by from_settings; None: none
+        self.snapshot: tuple[str, int] | None = None
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
         self.history = history if history is not None or velocity is None else \
@@ -247,10 +249,13 @@ class LiveHistory:
     def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
         """History from the newest ingested snapshot and the export it came from; empty without one."""
         root = settings.data_dir / "snapshots"
+        identity = snapshot_identity(root)  # before reading: a snapshot written meanwhile is seen as newer next time
         newest = newest_snapshot(root)
         if newest is None:
             log.warning("no snapshot under %s: order risk sees only the orders received live", root)
-            return cls(db, velocity=online_velocity(settings))
+            history = cls(db, velocity=online_velocity(settings))
+            history.snapshot = identity
+            return history
         inputs = [Path(p) for p in read_manifest(newest).get("inputs", []) if Path(p).exists()]
         # Everything read here with the system allocator, tables with one thread and no pre-buffering: with Arrow's
         # default (mimalloc) freed buffers stayed in the process (5,000,000 orders' 399 MB of columns took 938 MB more
@@ -276,6 +281,7 @@ class LiveHistory:
         seeded = velocity.seed(_last_week(tables["orders"], risk))
         log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
         history = cls(db, tables, risk, velocity)
+        history.snapshot = identity
         del tables, risk
         pa.default_memory_pool().release_unused()  # the snapshot's columns the history does not keep
         return history

@@ -22,16 +22,20 @@ The same delivery twice is one journal row; a second delivery of one order is on
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from storeflow.components.config import Settings
+from storeflow.components.ingest.snapshot import snapshot_identity
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory, NewOrder, new_order, order_id
 from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
@@ -144,7 +148,8 @@ class RiskScorer:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
         self.journal = journal.connect(layout.journal_path(settings))
-        self.history = LiveHistory.from_settings(settings, self.db)
+        self.history: LiveHistory | None = LiveHistory.from_settings(settings, self.db)
+        self._snapshot_looked = time.monotonic()
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self._stop = threading.Event()
         # assessments were queued: the write-back wakes up (this process's thread, or the write-back's process)
@@ -418,6 +423,24 @@ class RiskScorer:
             self.drain()  # assessments left queued by a failed drain
         return handled
 
+    def refresh_history(self) -> bool:
+        """Rebuild the history from the newest snapshot when it is not the one it was built from (a daily ingest,
+        or a redaction's rewrite); True if it did. The old history goes first: both at once would not fit the
+        webhooks pod at a large store (~770 MB held and ~1.1 GB building at 500,000 customers). Until this, a
+        snapshot reached the scorer only when its process restarted, and the ledgers missed what it holds and no
+        webhook brought. Scoring waits while it builds (~73 s at that size; deliveries wait in the journal); if
+        building fails, the next pass tries again and scores nothing until it succeeds."""
+        newest = snapshot_identity(self.settings.data_dir / "snapshots")
+        if self.history is not None:
+            if newest == self.history.snapshot:
+                return False
+            log.info("order risk: snapshot %s is not the history's (%s): rebuilding it", newest, self.history.snapshot)
+        self.history = None
+        gc.collect()
+        pa.default_memory_pool().release_unused()
+        self.history = LiveHistory.from_settings(self.settings, self.db)
+        return True
+
     def state(self) -> dict:
         """What waits, for the receiver's /healthz (see :func:`risk_state`)."""
         return risk_state(self.settings)
@@ -449,8 +472,12 @@ class RiskScorer:
     def _loop(self) -> None:
         idle, cap = self.settings.shopify.apply_idle_seconds, self.settings.shopify.max_backoff_seconds
         wait = self.settings.risk.retry_seconds
+        look = self.settings.risk.snapshot_check_seconds
         while not self._stop.is_set():
             try:
+                if self.history is None or time.monotonic() - self._snapshot_looked >= look:
+                    self._snapshot_looked = time.monotonic()
+                    self.refresh_history()
                 self.step(drain=False)
                 if self.last_error is not None:
                     record_failing(self.db, "scoring", None)
