@@ -35,6 +35,7 @@ import orjson
 import pyarrow as pa
 
 from storeflow.components.config import Settings
+from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.ingest.snapshot import snapshot_identity
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory, NewOrder, new_order, order_id
@@ -435,10 +436,15 @@ class RiskScorer:
             if newest == self.history.snapshot:
                 return False
             log.info("order risk: snapshot %s is not the history's (%s): rebuilding it", newest, self.history.snapshot)
+        frozen = gc.get_freeze_count() > 0  # the scorer's process froze what it built at its start (components.heap)
+        if frozen:
+            gc.unfreeze()  # else the old history, frozen, would never be collected if it were cyclic garbage
         self.history = None
         gc.collect()
         pa.default_memory_pool().release_unused()
         self.history = LiveHistory.from_settings(self.settings, self.db)
+        if frozen:
+            freeze_startup_objects()
         return True
 
     def state(self) -> dict:
