@@ -647,10 +647,11 @@ def _order_risk(snapshot: Path, order_ids: np.ndarray) -> None:
 def test_the_scorer_starts_on_a_large_store_with_its_risk_fields_within_the_pods_memory(tmp_path: Path):
     """A store exported with its risk fields keeps them in the snapshot (order_risk), and the scorer reads them when
     it starts, in the webhooks pod (2 GiB for four processes). It read all ten columns as a pandas frame and hashed
-    every order id to filter them: at a 500,000-customer store (5M orders) the start peaked at 2,525 MB of heap,
-    over the pod's limit alone, so the scorer was killed at every start. It now keeps the three columns it uses,
-    as Arrow, found by a binary search, and seeds a share of the customers at a time: 1,133 MB there. Here at 1,000,000 orders (100,000 customers), in a fresh
-    interpreter, on Redis as in production: 597 MB above the start before, 325-387 MB now."""
+    every order id to filter them: at a 500,000-customer store (5M orders) the start peaked at 2,525 MB of heap in
+    one process, over the pod's limit alone (bench/results/risk_pod.json: the pod's sum within 43 MB of it). It now
+    keeps the three columns it uses, as Arrow, found by a binary search, and seeds a share of the customers at a
+    time: 1,133 MB there. Here at 1,000,000 orders (100,000 customers), in a fresh interpreter, on Redis as in
+    production: 597 MB above the start before, 325-387 MB now."""
     import json
     import subprocess
     import sys
