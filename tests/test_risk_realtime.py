@@ -894,7 +894,7 @@ def test_a_snapshot_ingested_while_the_scorer_runs_reaches_its_customers_histori
     features missed what the snapshot held and no webhook brought (a delivery Shopify gave up on). The scorer now
     looks for a newer snapshot between passes (risk.snapshot_check_seconds) and rebuilds its history from it."""
     from conftest import write_snapshot
-    from storeflow.components.ingest.snapshot import snapshot_identity
+    from storeflow.components.ingest.snapshot import newest_snapshot, snapshot_identity
     from storeflow.components.risk.realtime import RiskScorer
 
     customer = 8800000100
@@ -918,7 +918,7 @@ def test_a_snapshot_ingested_while_the_scorer_runs_reaches_its_customers_histori
         assert scored(9200000100)["prior_orders"] == 1  # Monday's snapshot
         write_snapshot(_store_of(customer, 3), snapshots / "tuesday")  # two more orders no webhook brought
         deadline = time.monotonic() + 60
-        while scorer.history is None or scorer.history.snapshot != snapshot_identity(snapshots):
+        while scorer.history is None or scorer.history.snapshot != snapshot_identity(newest_snapshot(snapshots)):
             assert time.monotonic() < deadline, "the scorer did not rebuild its history from Tuesday's snapshot"
             time.sleep(0.05)
         _journal(settings, ("second", "orders/create", new_order(9200000101, customer, "again@example.com")))

@@ -63,17 +63,15 @@ def newest_snapshot(root: Path) -> Path | None:
     return max(found, key=lambda p: (ingested_at(p), p.name)) if found else None
 
 
-def snapshot_identity(root: Path) -> tuple[str, int] | None:
-    """Which snapshot is the newest under ``root`` and which version of it: its name and when its manifest was written
-    (a redaction's rewrite writes a new one), or None. What a reader built from the newest snapshot compares to know
-    it is behind."""
-    newest = newest_snapshot(root)
-    if newest is None:
+def snapshot_identity(snapshot: Path | None) -> tuple[str, int] | None:
+    """Which snapshot and which version of it: its name and when its manifest was written (a redaction's rewrite
+    writes a new one); None for none. What a reader built from the newest snapshot compares to know it is behind."""
+    if snapshot is None:
         return None
     try:
-        return newest.name, (newest / MANIFEST).stat().st_mtime_ns
-    except FileNotFoundError:  # swapped by a rewrite between the two looks: the next look sees the new one
-        return newest.name, 0
+        return snapshot.name, (snapshot / MANIFEST).stat().st_mtime_ns
+    except FileNotFoundError:  # swapped by a rewrite after it was found: the next look sees the new one
+        return snapshot.name, 0
 
 
 def write_snapshot(snapshot: Path, tables: dict[str, pd.DataFrame], metadata: dict) -> bool:

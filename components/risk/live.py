@@ -249,8 +249,8 @@ class LiveHistory:
     def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
         """History from the newest ingested snapshot and the export it came from; empty without one."""
         root = settings.data_dir / "snapshots"
-        identity = snapshot_identity(root)  # before reading: a snapshot written meanwhile is seen as newer next time
         newest = newest_snapshot(root)
+        identity = snapshot_identity(newest)  # before reading: a rewrite meanwhile is seen as newer next time
         if newest is None:
             log.warning("no snapshot under %s: order risk sees only the orders received live", root)
             history = cls(db, velocity=online_velocity(settings))

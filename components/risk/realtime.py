@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from storeflow.components.config import Settings
 from storeflow.components.heap import freeze_startup_objects
-from storeflow.components.ingest.snapshot import snapshot_identity
+from storeflow.components.ingest.snapshot import newest_snapshot, snapshot_identity
 from storeflow.components.risk.features import ORDER_FEATURES
 from storeflow.components.risk.live import HISTORY_TOPICS, SCORED_TOPIC, LiveHistory, NewOrder, new_order, order_id
 from storeflow.components.risk.protocol import MAX_INSTANCES, ORDER_ID
@@ -431,7 +431,7 @@ class RiskScorer:
         snapshot reached the scorer only when its process restarted, and the ledgers missed what it holds and no
         webhook brought. Scoring waits while it builds (~73 s at that size; deliveries wait in the journal); if
         building fails, the next pass tries again and scores nothing until it succeeds."""
-        newest = snapshot_identity(self.settings.data_dir / "snapshots")
+        newest = snapshot_identity(newest_snapshot(self.settings.data_dir / "snapshots"))
         if self.history is not None:
             if newest == self.history.snapshot:
                 return False
