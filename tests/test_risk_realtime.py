@@ -914,7 +914,9 @@ def test_a_snapshot_ingested_while_the_scorer_runs_reaches_its_customers_histori
         return next(i for i in seen if i["order_id"] == str(order))
 
     try:
-        _journal(settings, ("first", "orders/create", new_order(9200000100, customer, "again@example.com")))
+        a_minute_ago = (datetime.now(timezone.utc) - timedelta(minutes=1)).replace(microsecond=0).isoformat()
+        _journal(settings, ("first", "orders/create", new_order(9200000100, customer, "again@example.com",
+                                                                 created_at=a_minute_ago, updated_at=a_minute_ago)))
         assert scored(9200000100)["prior_orders"] == 1  # Monday's snapshot
         write_snapshot(_store_of(customer, 3), snapshots / "tuesday")  # two more orders no webhook brought
         deadline = time.monotonic() + 60
