@@ -17,12 +17,15 @@ def batches(source: queue.Queue, limit: int, gather: float = 0.0) -> Iterator[li
     """Yield the queued items, at most ``limit`` at a time, until :data:`STOP` is taken; with ``gather`` (seconds),
     a batch waits that long after its first item for more (fewer, fuller writes when items come one by one).
 
+    The writer sleeps through ``gather`` and then takes what came, rather than waiting on the queue for each next
+    item: a wait on the queue wakes the writer (and takes the GIL from the thread that put) once per item.
     Nothing queued after STOP is taken: the writer is done once it reaches it.
     """
     while True:
         items, stopped = [], False
         item = source.get()
-        until = time.monotonic() + gather
+        if gather and item is not STOP:
+            time.sleep(gather)
         while True:
             if item is STOP:
                 stopped = True
@@ -33,13 +36,7 @@ def batches(source: queue.Queue, limit: int, gather: float = 0.0) -> Iterator[li
             try:
                 item = source.get_nowait()
             except queue.Empty:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    item = source.get(timeout=left)
-                except queue.Empty:
-                    break
+                break
         if items:
             yield items
         if stopped:

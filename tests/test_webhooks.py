@@ -430,3 +430,32 @@ def test_the_applier_reads_a_runs_rows_back_before_it_takes_the_journals_write_l
     assert not [who for who, locked in casts if locked and who != "_concat"]  # only the features' own reads
     features = online(hooks, ADA)
     assert features["frequency"] == [2] and features["monetary"] == [pytest.approx(25.0)]
+
+
+def test_deliveries_of_one_loop_pass_share_a_commit_and_a_close_before_the_hand_over_still_commits(tmp_path):
+    """The receiver's requests hand their events to the journal's writer once per pass of the event loop (one
+    wake-up of the writer, not one per delivery); a journal closed in the pass its last event arrived in commits
+    that event before it stops, instead of leaving its request waiting for good."""
+    import asyncio
+
+    from storeflow.components.shopify.journal import Event, Journal
+
+    journal_ = Journal(tmp_path / "webhooks.db")
+    commits = []
+    journal_.listeners.append(type("Counted", (), {"set": lambda self: commits.append(1)})())
+
+    def event(n: int) -> Event:
+        return Event(f"wh-{n}", "storeflow-test.myshopify.com", "orders/create", b"{}")
+
+    async def deliveries() -> tuple[list[bool], bool]:
+        answers = await asyncio.wait_for(asyncio.gather(*(journal_.record(event(n)) for n in range(5))), 10)
+        last = asyncio.ensure_future(journal_.record(event(99)))
+        await asyncio.sleep(0)  # its event has arrived; the hand-over is due later in this pass
+        journal_.close()
+        return answers, await asyncio.wait_for(last, 10)
+
+    answers, last = asyncio.run(deliveries())
+    assert answers == [True] * 5 and last is True
+    assert len(commits) == 2  # the five of one pass together, then the one closed on
+    with sqlite3.connect(tmp_path / "webhooks.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (6,)

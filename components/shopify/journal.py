@@ -216,29 +216,41 @@ class Journal:
         # events set after each commit (threading.Event, supervisor.PipeWake): they wake the applier and the risk
         # scorer, in this process or their own
         self.listeners: list = []
+        # lists of (event, future): a request's event waits in _arrived until the loop's current pass ends, then
+        # that pass's events go to the writer in one put (one wake-up of it, not one per delivery)
         self._queue: queue.Queue = queue.Queue()
+        self._arrived: list[tuple[Event, asyncio.Future]] = []
         self._thread = threading.Thread(target=self._write, daemon=True, name="webhook-journal")
         self._thread.start()
 
     async def record(self, event: Event) -> bool:
         """True if new, False if this webhook id was journaled before."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put((event, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._arrived:
+            loop.call_soon(self._hand_over)
+        self._arrived.append((event, future))
         return await future
 
     def record_now(self, event: Event) -> bool:
         future: Future = Future()
-        self._queue.put((event, future))
+        self._queue.put([(event, future)])
         return future.result()
 
+    def _hand_over(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        self._queue.put(arrived)
+
     def close(self) -> None:
+        if self._arrived:  # closed from the loop before its pass ended: those requests still get their commit
+            self._hand_over()
         self._queue.put(STOP)
         self._thread.join()
         self.conn.close()
 
     def _write(self) -> None:
-        for items in batches(self._queue, 5000, self.gather):
-            self._commit(items)
+        for groups in batches(self._queue, 100, self.gather):
+            self._commit([item for group in groups for item in group])
 
     def _commit(self, items: list[tuple[Event, Future]]) -> None:
         received = now()
