@@ -54,7 +54,7 @@ from storeflow.components.risk.history import Arrival, OnlineHistory
 from storeflow.components.risk.online_lists import EPOCH
 from storeflow.components.risk.velocity import HORIZON_US, OnlineVelocity, Order, email_digest, orders_of
 from storeflow.components.risk.orders import (CANCEL_REASONS, TABLE_SCHEMA, address_key,
-                                              read_risk_fields, snapshot_risk_table)
+                                              export_risk_table, snapshot_risk_table)
 from storeflow.components.shopify import payloads as webhook
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row, rows_of)
@@ -265,7 +265,7 @@ class LiveHistory:
         try:
             risk = snapshot_risk_table(newest, SNAPSHOT_RISK)  # kept by ingest; else the export's
             if risk is None and inputs:
-                risk = _risk_table(read_risk_fields(inputs))
+                risk = export_risk_table(inputs, SNAPSHOT_RISK)
             pa.default_memory_pool().release_unused()  # what decoding them took beyond the table
         except Exception as exc:  # noqa: BLE001 - features still work, without the snapshot orders' risk fields
             log.warning("order risk fields of snapshot %s not readable (%s): earlier orders count without their "
