@@ -73,7 +73,7 @@ def test_the_scorer_takes_an_older_snapshots_risk_fields_from_its_export_without
     """A snapshot ingested before ingest kept the risk fields (no ``order_risk.parquet``): the order risk scorer
     takes them from the export, the three columns it keeps, batch by batch. It read them with read_risk_fields, all
     ten columns of every order as one pandas frame, at its start in the webhooks pod (2 GiB for four processes):
-    at 1,000,000 orders (a 1.4 GB export) that start peaked at 828-832 MB, now 384-409 MB."""
+    at 1,000,000 orders (a 1.4 GB export) that read alone peaked at 828-832 MB, now 384-409 MB."""
     import sqlite3
 
     from storeflow.components.risk import live
