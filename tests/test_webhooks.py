@@ -459,3 +459,42 @@ def test_deliveries_of_one_loop_pass_share_a_commit_and_a_close_before_the_hand_
     assert len(commits) == 2  # the five of one pass together, then the one closed on
     with sqlite3.connect(tmp_path / "webhooks.db") as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (6,)
+
+
+def test_a_delivery_waits_for_another_writers_lock_and_gives_up_only_after_the_journals_timeout(tmp_path,
+                                                                                               monkeypatch):
+    """The journal's commits wait for the applier's (or the scorer's, or retention's) write lock by trying again
+    every half millisecond instead of SQLite's own busy wait, whose sleeps grow to 100 ms: a delivery arriving
+    while the lock is held is committed once it is released, and refused (503, Shopify retries) only after
+    ``BUSY_SECONDS``, as with SQLite's timeout before."""
+    import threading
+
+    from storeflow.components.shopify import journal as journal_module
+    from storeflow.components.shopify.journal import Event, Journal, connect
+
+    journal_ = Journal(tmp_path / "webhooks.db")
+    other = connect(tmp_path / "webhooks.db")
+
+    def event(n: int) -> Event:
+        return Event(f"wh-{n}", "storeflow-test.myshopify.com", "orders/create", b"{}")
+
+    answers: list = []
+    other.execute("BEGIN IMMEDIATE")  # the applier's batch, say
+    sender = threading.Thread(target=lambda: answers.append(journal_.record_now(event(1))))
+    sender.start()
+    sender.join(0.3)
+    assert sender.is_alive() and answers == []  # waiting, not refused
+    other.execute("COMMIT")
+    sender.join(10)
+    assert answers == [True]
+
+    monkeypatch.setattr(journal_module, "BUSY_SECONDS", 0.05)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            journal_.record_now(event(2))
+    finally:
+        other.execute("COMMIT")
+    assert journal_.record_now(event(2)) is True  # nothing of the refused commit was kept
+    journal_.close()
+    other.close()

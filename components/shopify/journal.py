@@ -15,6 +15,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -206,6 +207,10 @@ def uninstalled_at(path: Path, shop: str) -> str | None:
     return row[0] if row else None
 
 
+BUSY_SECONDS = 30  # how long a commit waits for another connection's write lock (connect's timeout)
+BUSY_POLL_SECONDS = 0.0005
+
+
 class Journal:
     """Durable, de-duplicated intake. :meth:`record` resolves after the event's commit."""
 
@@ -213,6 +218,7 @@ class Journal:
         self.path = Path(path)
         self.gather = gather  # seconds a commit waits after its first delivery for more (queues.batches)
         self.conn = connect(self.path)
+        self.conn.execute("PRAGMA busy_timeout = 0")  # a write lock held elsewhere: _begin's own wait, not SQLite's
         # events set after each commit (threading.Event, supervisor.PipeWake): they wake the applier and the risk
         # scorer, in this process or their own
         self.listeners: list = []
@@ -255,7 +261,7 @@ class Journal:
     def _commit(self, items: list[tuple[Event, Future]]) -> None:
         received = now()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             fresh = [
                 self.conn.execute(
                     "INSERT OR IGNORE INTO events (webhook_id, shop, topic, received_at, triggered_at, customer_id, body)"
@@ -273,6 +279,22 @@ class Journal:
         _settle([(future, is_new) for (_, future), is_new in zip(items, fresh)])
         for listener in self.listeners:
             listener.set()
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, tried again every :data:`BUSY_POLL_SECONDS` while another connection holds the write lock
+        (the applier's batch, the scorer, retention), for :data:`BUSY_SECONDS` at most. SQLite's own busy wait
+        sleeps 1, 2, 5, 10 ... up to 100 ms between its tries, so the deliveries of a commit waited for the lock
+        past its release (bench/risk_throughput --applier, paced, two runs each: acknowledgement p99 24-29 ms at
+        1,000/s and 26-32 ms at 2,000/s, against 35-36 and 32-43 ms with SQLite's wait)."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(BUSY_POLL_SECONDS)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future | Future, object]]) -> None:
