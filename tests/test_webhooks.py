@@ -441,8 +441,10 @@ def test_deliveries_of_one_loop_pass_share_a_commit_and_a_close_before_the_hand_
     from storeflow.components.shopify.journal import Event, Journal
 
     journal_ = Journal(tmp_path / "webhooks.db")
-    commits = []
+    commits, handed = [], []
     journal_.listeners.append(type("Counted", (), {"set": lambda self: commits.append(1)})())
+    put = journal_._queue.put
+    journal_._queue.put = lambda item, *a, **k: handed.append(item) or put(item, *a, **k)  # what wakes the writer
 
     def event(n: int) -> Event:
         return Event(f"wh-{n}", "storeflow-test.myshopify.com", "orders/create", b"{}")
@@ -456,7 +458,8 @@ def test_deliveries_of_one_loop_pass_share_a_commit_and_a_close_before_the_hand_
 
     answers, last = asyncio.run(deliveries())
     assert answers == [True] * 5 and last is True
-    assert len(commits) == 2  # the five of one pass together, then the one closed on
+    assert [len(item) for item in handed[:2]] == [5, 1]  # the five of one pass in one hand-over, then the last
+    assert len(commits) == 2  # committed together, then the one closed on
     with sqlite3.connect(tmp_path / "webhooks.db") as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (6,)
 

@@ -77,9 +77,13 @@ class Event:
     triggered_at: str | None = None
 
 
+BUSY_SECONDS = 30  # how long a connection waits for another's write lock before it gives up
+BUSY_POLL_SECONDS = 0.0005  # the journal's commit tries again this often meanwhile (Journal._begin)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=BUSY_SECONDS, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA secure_delete=ON")
@@ -197,7 +201,7 @@ def uninstalled_at(path: Path, shop: str) -> str | None:
     """When app/uninstalled arrived for ``shop`` (and no reinstall since), else None."""
     if not path.exists():
         return None
-    conn = sqlite3.connect(path, timeout=30)
+    conn = sqlite3.connect(path, timeout=BUSY_SECONDS)
     try:
         row = conn.execute("SELECT uninstalled_at FROM shops WHERE shop = ?", (shop,)).fetchone()
     except sqlite3.OperationalError:
@@ -205,10 +209,6 @@ def uninstalled_at(path: Path, shop: str) -> str | None:
     finally:
         conn.close()
     return row[0] if row else None
-
-
-BUSY_SECONDS = 30  # how long a commit waits for another connection's write lock (connect's timeout)
-BUSY_POLL_SECONDS = 0.0005
 
 
 class Journal:
