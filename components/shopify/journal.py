@@ -78,7 +78,8 @@ class Event:
 
 
 BUSY_SECONDS = 30  # how long a connection waits for another's write lock before it gives up
-BUSY_POLL_SECONDS = 0.0005  # the journal's commit tries again this often meanwhile (Journal._begin)
+BUSY_POLL_SECONDS = 0.0005  # the journal's commit tries again this soon meanwhile (Journal._begin)
+BUSY_POLL_MAX_SECONDS = 0.004  # and at least this often however long the lock is held
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -281,12 +282,14 @@ class Journal:
             listener.set()
 
     def _begin(self) -> None:
-        """BEGIN IMMEDIATE, tried again every :data:`BUSY_POLL_SECONDS` while another connection holds the write lock
-        (the applier's batch, the scorer, retention), for :data:`BUSY_SECONDS` at most. SQLite's own busy wait
-        sleeps 1, 2, 5, 10 ... up to 100 ms between its tries, so the deliveries of a commit waited for the lock
-        past its release (bench/risk_throughput --applier, paced, two runs each: acknowledgement p99 24-29 ms at
-        1,000/s and 26-32 ms at 2,000/s, against 35-36 and 32-43 ms with SQLite's wait)."""
-        deadline = time.monotonic() + BUSY_SECONDS
+        """BEGIN IMMEDIATE, tried again while another connection holds the write lock (the applier's batch, the
+        scorer, retention), for :data:`BUSY_SECONDS` at most: every :data:`BUSY_POLL_SECONDS` at first, the wait
+        doubling up to :data:`BUSY_POLL_MAX_SECONDS` (a lock held for seconds, an erasure's, is not polled 2,000
+        times a second). SQLite's own busy wait sleeps 1, 2, 5, 10 ... up to 100 ms between its tries, so the
+        deliveries of a commit waited for the lock past its release (bench/risk_throughput --applier, paced, two
+        runs each: acknowledgement p99 24-29 ms at 1,000/s and 26-32 ms at 2,000/s, against 35-36 and 32-43 ms
+        with SQLite's wait; one run with the doubling wait: 26 and 31 ms)."""
+        deadline, wait = time.monotonic() + BUSY_SECONDS, BUSY_POLL_SECONDS
         while True:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -294,7 +297,8 @@ class Journal:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
-            time.sleep(BUSY_POLL_SECONDS)
+            time.sleep(wait)
+            wait = min(wait * 2, BUSY_POLL_MAX_SECONDS)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future | Future, object]]) -> None:
