@@ -1,5 +1,5 @@
-"""``storeflow webhooks`` (the receiver), ``storeflow dead-letters`` (events the applier parked) and
-``storeflow sync`` (one incremental bulk pull)."""
+"""``storeflow webhooks`` (the receiver), ``storeflow webhook-subscriptions`` (what to subscribe it to),
+``storeflow dead-letters`` (events the applier parked) and ``storeflow sync`` (one incremental bulk pull)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ def webhooks(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def webhook_subscriptions(
+    uri: Annotated[str, typer.Option(help="Where Shopify delivers: the receiver's public https address and path.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Print the webhooks table of shopify.app.toml: every topic the receiver takes, with the fields storeflow
+    reads (include_fields) at shopify.api_version, and the compliance topics."""
+    settings = settings_from(config, set_)
+    from storeflow.components.shopify.subscriptions import app_toml
+
+    typer.echo(app_toml(uri, settings.shopify.api_version), nl=False)
 
 
 def dead_letters(
