@@ -60,6 +60,7 @@ import threading
 import time
 from contextlib import closing
 from collections.abc import Iterator
+from functools import cache
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,7 +68,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-from common import free_port, full_order_payload, webhook_headers
+from common import free_port, full_order_payload, machine_gauge_ms, webhook_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "risk_throughput.json"
@@ -245,18 +246,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
-BODIES = ("full", "trimmed")
+BODIES = ("subscribed", "full", "trimmed")
 
 
-def order(i: int, now: str, body: str = "full") -> dict:
+def order(i: int, now: str, body: str = "subscribed") -> dict:
     """Delivery number ``i``: its own order, line item and address, one of 5,000 customers. ``full``: Shopify's
     whole orders/create (tests/data/shopify_webhooks/orders_create.json, every documented field, ~9.5 KB) with
-    those changed; ``trimmed``: only the fields storeflow reads (~0.7 KB, what the bench sent before 2026-12-06)."""
+    those changed, as a subscription without include_fields brings it; ``subscribed``: that order as Shopify sends
+    it under storeflow's subscription (``storeflow webhook-subscriptions``: the include_fields storeflow reads,
+    ~1.4 KB); ``trimmed``: a hand-made order of those fields (~0.7 KB, what the bench sent before 2026-12-06)."""
     customer = FIRST_CUSTOMER + i % 5_000
     email = f"b{customer}@example.com"
-    if body == "full":
-        return full_order_payload(FIRST_ORDER + i, customer, email, now, f"{i % 997} Main St",
-                                  (8_000_000_000 + 2 * i, 8_000_000_001 + 2 * i), f"#B{i}")
+    if body in ("full", "subscribed"):
+        whole = full_order_payload(FIRST_ORDER + i, customer, email, now, f"{i % 997} Main St",
+                                   (8_000_000_000 + 2 * i, 8_000_000_001 + 2 * i), f"#B{i}")
+        if body == "full":
+            return whole
+        from storeflow.components.shopify.subscriptions import filtered
+
+        return filtered(whole, _order_fields())
     return {"id": FIRST_ORDER + i, "name": f"#B{i}", "email": email, "created_at": now, "updated_at": now,
             "cancelled_at": None, "currency": "USD", "financial_status": "paid", "total_price": "85.00",
             "subtotal_price": "85.00", "total_discounts": "0.00", "payment_gateway_names": ["shopify_payments"],
@@ -267,10 +275,18 @@ def order(i: int, now: str, body: str = "full") -> dict:
                             "price": "42.50"}]}
 
 
+@cache
+def _order_fields() -> tuple[str, ...]:
+    """The include_fields of storeflow's orders subscription (imported once: they import the risk models)."""
+    from storeflow.components.shopify.subscriptions import include_fields
+
+    return include_fields("orders/create")
+
+
 FOLLOW_UP_GAP = 7  # an order's follow-up k goes out k * 7 creates after it: the stream interleaves topics, as a store's
 
 
-def follow_up(i: int, k: int, now: str, body: str = "full") -> tuple[str, dict]:
+def follow_up(i: int, k: int, now: str, body: str = "subscribed") -> tuple[str, dict]:
     """Order ``i``'s ``k``-th delivery after its create, as Shopify sends them once it is paid and then changed
     (fulfilled, tagged): orders/paid first, then orders/updated, each with a later ``updated_at``."""
     payload = order(i, now, body)
@@ -366,7 +382,7 @@ def wrk_summary(text: str) -> dict:
     return out
 
 
-def breakdown(config: Path, model_port: int, now: str, body: str = "full", samples: int = 200) -> dict:
+def breakdown(config: Path, model_port: int, now: str, body: str = "subscribed", samples: int = 200) -> dict:
     """Where one order's time goes on the receiver's risk thread, measured here one order at a time: its live
     features (risk.live: the history's rows for its customer, email and address, then the DuckDB query) and the
     risk server's answer over HTTP, one order per request; then per order in batches of 100 and 1,000 (one features
@@ -742,9 +758,12 @@ def main() -> None:
                              f"Shopify plan whose cost bucket the loopback Admin API keeps ({', '.join(RESTORE_RATES)}; "
                              "none: no bucket), and after : deliveries a second offered (paced; none: closed loop, "
                              "as fast as they are acknowledged)")
-    parser.add_argument("--body", choices=BODIES, default="full", help="each delivery's orders/create: full "
-                        "(Shopify's whole payload, ~9.5 KB: tests/data/shopify_webhooks/orders_create.json) or trimmed "
-                        "(the fields storeflow reads, ~0.7 KB: what runs before 2026-12-06 sent)")
+    parser.add_argument("--body", choices=BODIES, default="subscribed", help="each delivery's orders/create: "
+                        "subscribed (Shopify's whole payload cut to the include_fields of storeflow's subscription, "
+                        "~1.4 KB, as Shopify sends it to an app subscribed as `storeflow webhook-subscriptions` "
+                        "prints; runs before 2026-12-07 12:30 UTC sent full), full (the whole payload, ~9.5 KB: "
+                        "tests/data/shopify_webhooks/orders_create.json, a subscription without include_fields) or "
+                        "trimmed (a hand-made order of the fields storeflow reads, ~0.7 KB: runs before 2026-12-06)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (trained state, journals, "
                         "logs; ~450 MB) under the temporary directory; else it is removed at the end")
@@ -757,7 +776,7 @@ def main() -> None:
                              "database per row) or sqlite (the local default)")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
+    load_before, gauge = os.getloadavg(), machine_gauge_ms()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     root = Path(tempfile.mkdtemp(prefix="storeflow-bench-risk-"))
     store = {"customers": args.customers, "orders": args.orders, "products": 200, "seed": 16,
@@ -819,7 +838,9 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "components/*.py", "serving/*.py", "bench/*.py"],
                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())  # code, not results or docs
-    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "gauge_ms": gauge, "gauge": "bench/common.machine_gauge_ms: one fixed pure-Python loop "
+                                                      "before the rows, lower is faster"},
               "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
               "commit": commit, "uncommitted_changes_in_measured_code": dirty,
               "store": {"customers": args.customers, "orders": args.orders, "fraud_rate": args.fraud_rate, **trained},

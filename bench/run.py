@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "risk_applier", "risk_stream", "risk_pod", "serving",
+ORDER = ["pipeline", "recommendations", "risk", "risk_throughput", "risk_full_body", "risk_applier", "risk_stream", "risk_pod", "serving",
          "recommend_serving", "monitoring", "webhooks", "soak"]  # soak: 10 minutes of mixed traffic, last
 # runs of a script with arguments of their own: the issue's creates with the applier running as under storeflow
 # webhooks, and a store's stream through order risk (each order's orders/paid and orders/updated between later
 # orders' creates, the applier on)
-VARIANTS = {"risk_applier": ("risk_throughput", ["--applier", "--paths",
+VARIANTS = {# the same path for a subscription without include_fields: Shopify's whole orders/create, ~9.5 KB
+            "risk_full_body": ("risk_throughput", ["--body", "full", "--paths", "storeflow,storeflow:1500,storeflow:3000",
+                                                   "--out", str(BENCH / "results" / "risk_full_body.json")]),
+            "risk_applier": ("risk_throughput", ["--applier", "--paths",
                                                  "storeflow,storeflow:1000,storeflow:2000,storeflow:3000",
                                                  "--out", str(BENCH / "results" / "risk_applier.json")]),
             "risk_stream": ("risk_throughput", ["--follow-ups", "2", "--applier", "--paths",

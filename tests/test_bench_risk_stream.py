@@ -5,6 +5,7 @@ accounting finds the receiver's processes by what they hold open."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_each_orders_follow_ups_come_after_its_create_between_later_orders(bench
     assert list(bench.stream(50, 0)) == [("create", i, 0) for i in range(50)]
 
 
-@pytest.mark.parametrize("body", ["full", "trimmed"])
+@pytest.mark.parametrize("body", ["subscribed", "full", "trimmed"])
 def test_a_follow_up_is_the_same_order_paid_then_updated_later(bench, body):
     now = datetime(2026, 12, 7, tzinfo=timezone.utc).isoformat()
     create = bench.order(41, now, body)
@@ -53,6 +54,20 @@ def test_a_follow_up_is_the_same_order_paid_then_updated_later(bench, body):
     rows = [order_rows(p)[0] for p in (create, paid, updated)]
     assert len({r["order_id"] for r in rows}) == 1
     assert rows[0]["updated_at"] < rows[1]["updated_at"] < rows[2]["updated_at"]  # each replaces the one before
+
+
+def test_the_subscribed_body_is_the_whole_order_as_storeflows_subscription_has_shopify_send_it(bench):
+    """The default delivery: Shopify's whole orders/create cut to the subscription's include_fields, which the
+    receiver and the risk scorer read as the whole order."""
+    from storeflow.components.risk.live import new_order
+    from storeflow.components.shopify.subscriptions import filtered, include_fields
+
+    now = datetime(2026, 12, 7, tzinfo=timezone.utc).isoformat()
+    whole, sent = bench.order(41, now, "full"), bench.order(41, now)
+    assert sent == filtered(whole, include_fields("orders/create"))
+    assert len(json.dumps(sent)) < len(json.dumps(whole)) / 4
+    assert order_rows(sent) == order_rows(whole)
+    assert new_order(json.dumps(sent).encode()) == new_order(json.dumps(whole).encode())
 
 
 def test_the_receivers_processes_are_told_apart_by_the_files_they_hold(bench, tmp_path):
