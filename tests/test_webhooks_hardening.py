@@ -51,6 +51,22 @@ def stored_by_an_older_receiver(settings, topic: str, payload: dict, webhook_id:
 
 # --- 500s from unauthenticated or malformed input ------------------------------------------------------
 
+@pytest.mark.parametrize(("signatures", "status"), [("signed first", 200), ("bogus first", 401)])
+def test_a_repeated_header_is_read_by_its_first_value(client, hooks, signatures, status):
+    """As Starlette's Headers answers a lookup: a second X-Shopify-Hmac-Sha256 (or topic) neither rescues a bogus
+    first one nor spoils a good one."""
+    good = delivery("orders/create", order(9001, ADA, "ada@example.com", 40.0), f"wh-{status}")
+    signed = good["headers"]["X-Shopify-Hmac-Sha256"]
+    first, second = (signed, BOGUS_HMAC) if signatures == "signed first" else (BOGUS_HMAC, signed)
+    headers = [(k, v) for k, v in good["headers"].items() if k != "X-Shopify-Hmac-Sha256"]
+    headers += [("X-Shopify-Hmac-Sha256", first), ("X-Shopify-Hmac-Sha256", second), ("X-Shopify-Topic", "shop/redact")]
+
+    response = client.post("/webhooks", content=good["content"], headers=headers)
+
+    assert response.status_code == status, response.text
+    stored = journal(hooks, "SELECT topic FROM events")
+    assert stored == ([("orders/create",)] if status == 200 else [])
+
 def test_a_non_ascii_hmac_header_is_a_401_naming_the_header(client):
     bad = delivery("orders/create", order(9001, ADA, "ada@example.com", 40.0), "wh-1")
     bad["headers"]["X-Shopify-Hmac-Sha256"] = "\u00e9".encode() + BOGUS_HMAC[2:].encode()  # raw UTF-8 bytes
