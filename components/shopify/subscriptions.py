@@ -3,7 +3,7 @@ the pydantic models that validate them, so what Shopify is asked to send and wha
 
 Shopify sends the whole REST resource unless a subscription names ``include_fields`` (nested with a period, as
 ``line_items.price``); then it sends, and signs, only those. A whole ``orders/create`` is ~9.5 KB with two line
-items, of which storeflow reads ~1 KB: every byte more is read, signed, parsed, journaled and kept by the receiver
+items, of which storeflow reads ~1.4 KB: every byte more is read, signed, parsed, journaled and kept by the receiver
 and parsed again by the risk scorer. Kept bodies hold only what storeflow reads, too (personal data it never uses
 is not stored). Paths go two names deep at most, as Shopify's own example does (``variants.price``): a money set
 is kept whole below that (``total_price_set.shop_money``: amount and currency code).
@@ -29,14 +29,15 @@ COMPLIANCE_TOPICS = payloads.PRIVACY_TOPICS
 
 
 def _models() -> dict[str, tuple[type[BaseModel], ...]]:
-    """Topic -> the models its body is read through: the receiver's check, the applier's rows and, for orders,
-    the risk scorer's (its fields and the customer's account age)."""
-    from storeflow.components.risk.live import RiskFields, _OrderWithRisk
+    """Topic -> the models its body is read through: the receiver's check and the applier's rows and, for orders,
+    the risk scorer's fields (gateways, addresses, cancel reason, the customer's account age; its order model is
+    the two together)."""
+    from storeflow.components.risk.live import RiskFields
 
     models: dict[str, tuple[type[BaseModel], ...]] = {topic: (model,) for topic, model in payloads.MODELS.items()
                                                       if topic not in COMPLIANCE_TOPICS}
     for topic in payloads.ORDER_TOPICS:
-        models[topic] += (_OrderWithRisk, RiskFields)
+        models[topic] += (RiskFields,)
     models.update(dict.fromkeys(products.PRODUCT_TOPICS, (products.Product,)))
     models.update(dict.fromkeys(products.INVENTORY_TOPICS, (products.InventoryLevel,)))
     return models
