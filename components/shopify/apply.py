@@ -327,14 +327,14 @@ class Applier:
                 return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
             self.conn.execute(
                 "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
-                (order["order_id"], order["customer_id"], order["email"], order["updated_at"], json.dumps(order)))
+                (order["order_id"], order["customer_id"], order["email"], order["updated_at"], _text(order)))
             self.conn.execute("DELETE FROM live_line_items WHERE order_id = ?", (order["order_id"],))
             self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
-                                  [(i["line_item_id"], i["order_id"], json.dumps(i)) for i in items])
+                                  [(i["line_item_id"], i["order_id"], _text(i)) for i in items])
             return order["customer_id"]
         (refund,) = rows["refunds"]
         self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
-                          (refund["refund_id"], refund["order_id"], json.dumps(refund)))
+                          (refund["refund_id"], refund["order_id"], _text(refund)))
         return self._customer_of_order(refund["order_id"])
 
     def _customer_of_order(self, order_id: int) -> int | None:
@@ -420,7 +420,7 @@ class Applier:
 
     def _live(self, table: str, column: str, ids: list[int]) -> list[dict]:
         """The rows of a live table whose ``column`` is one of ``ids`` (both indexed), as stored."""
-        return [json.loads(r) for (r,) in self.conn.execute(
+        return [orjson.loads(r) for (r,) in self.conn.execute(
             f"SELECT row FROM {table} WHERE {column} IN {_ANY}", (_id_list(ids),))]
 
     def _features(self, customers: set[int], pending: _Pending | None = None) -> pd.DataFrame | None:
@@ -479,6 +479,12 @@ def _ts(text: str) -> datetime:
     except ValueError:
         value = pd.Timestamp(text).to_pydatetime()
     return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _text(row: dict) -> str:
+    """A live row as the JSON text its table keeps (orjson: the stdlib's encoder and decoder were ~6 % of the
+    applier's CPU under load, py-spy at 1,000 orders/s)."""
+    return orjson.dumps(row).decode()
 
 
 def _id_list(ids: list[int]) -> str:
