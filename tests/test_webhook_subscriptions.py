@@ -53,6 +53,14 @@ def test_the_readme_shows_the_subscriptions_storeflow_prints():
     assert shown == printed.output
 
 
+@pytest.mark.parametrize("uri", ["http://storeflow.example.com/webhooks", 'https://x.example/"]\ntopics = ["shop/redact',
+                                 "https://x.example/a b", "storeflow.example.com/webhooks"])
+def test_a_uri_shopify_cannot_deliver_to_or_that_would_break_the_toml_is_refused_naming_it(uri):
+    printed = CliRunner().invoke(app, ["webhook-subscriptions", "--uri", uri])
+    assert printed.exit_code == 2
+    assert "webhook uri" in printed.output and "[webhooks]" not in printed.output
+
+
 def test_every_topic_the_receiver_takes_is_subscribed_once_and_compliance_topics_without_fields():
     config = tomllib.loads(subscriptions.app_toml(URI, "2026-01"))["webhooks"]
     plain = [s for s in config["subscriptions"] if "topics" in s]

@@ -38,7 +38,11 @@ def webhook_subscriptions(
     settings = settings_from(config, set_)
     from storeflow.components.shopify.subscriptions import app_toml
 
-    typer.echo(app_toml(uri, settings.shopify.api_version), nl=False)
+    try:
+        typer.echo(app_toml(uri, settings.shopify.api_version), nl=False)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 def dead_letters(

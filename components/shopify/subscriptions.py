@@ -87,8 +87,21 @@ def subscriptions() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     return sorted(((tuple(topics), fields) for fields, topics in grouped.items()), key=lambda item: item[0])
 
 
+def check_uri(uri: str) -> str:
+    """``uri`` if Shopify can deliver to it (an https address; Google Pub/Sub or Amazon EventBridge as Shopify spells
+    them) and it fits a TOML string as it is; ``ValueError`` naming what is wrong."""
+    if not uri.startswith(("https://", "pubsub://", "arn:aws:events:")):
+        raise ValueError(f"webhook uri {uri!r} must start with https:// (or pubsub://, arn:aws:events:), as Shopify "
+                         "delivers only there")
+    if any(c in uri for c in '"\\') or not uri.isprintable() or any(c.isspace() for c in uri):
+        raise ValueError(f"webhook uri {uri!r} has a quote, backslash, space or control character")
+    return uri
+
+
 def app_toml(uri: str, api_version: str) -> str:
     """The ``[webhooks]`` part of ``shopify.app.toml`` for a receiver at ``uri``."""
+    check_uri(uri)
+
     def strings(values: Iterable[str]) -> str:
         return "[" + ", ".join(f'"{value}"' for value in values) + "]"
 
