@@ -33,10 +33,11 @@ def store(tmp_path_factory):
     settings = load_settings(quick_overrides(
         root,
         # Few requests so the test is quick: a step holds until each version has min_requests. With
-        # ~100 customers behind the 10% canary, score PSI between two healthy versions is ~0.2-0.5 from
-        # sampling alone (about buckets / customers), and the p99 of ~50 requests is their slowest one on a
-        # shared runner; the bounds are sized for that. A shifted model's PSI is above 2.
-        deploy={"min_requests": 50, "local_requests_per_step": 400, "max_score_psi": 1.0,
+        # ~75 requests behind the 10% canary, score PSI between two healthy versions is large from sampling
+        # alone (about buckets / requests): the healthy challenger below measured 0.92 at 10% and 0.38 at 50%
+        # (a bound of 1.0 once rolled it back in CI), the shifted one 9.4. The p99 of ~50 requests is their
+        # slowest one on a shared runner; the bounds are sized for that.
+        deploy={"min_requests": 50, "local_requests_per_step": 400, "max_score_psi": 2.0,
                 "max_p99_latency_ratio": 2.0},
     ))
     features = build_features(settings, write_snapshot(small_store(customers=1000), root / "snapshot"))
@@ -63,7 +64,7 @@ def test_healthy_challenger_goes_through_every_step_and_is_promoted(store):
                                {"max_iter": 40, "random_state": 1})
     outcome = deploy_local(settings, registered.version, registered.run_id, registered.previous_champion)
 
-    assert outcome["outcome"] == "promoted", outcome
+    assert outcome["outcome"] == "promoted", (outcome["reasons"], outcome["steps"])
     judged = [s for s in outcome["steps"] if s["action"] != "hold"]
     assert [(s["percent"], s["action"]) for s in judged] == [(10, "advance"), (50, "promote")]
     assert all(s["canary_requests"] >= 50 and s["champion_requests"] >= 50 for s in judged)
