@@ -716,6 +716,9 @@ class RiskConfig(Section):
                                           "ingested (or rewritten by a redaction) after the one its history was "
                                           "built from, and rebuilds it from that one (seeding the ledgers with what "
                                           "they lack), between two passes.")
+    seed_step_seconds: float = Field(0.5, ge=0, description="Seeding the ledgers from a newer snapshot (one that "
+                                     "replaces another, whose ledgers are there), the scorer folds in chunks of "
+                                     "customers for about this long, then scores what waits, until all are in.")
     velocity_max_orders: int = Field(1000, ge=1, description="Orders of the last week kept per customer, email and "
                                      "shipping address for the velocity features (components/risk/velocity.py), the "
                                      "newest; counts of a key past this many orders in a week stop at it, in training "

@@ -870,12 +870,12 @@ def test_a_fault_of_the_code_reading_every_order_sets_none_aside(tmp_path, monke
         scorer.stop()
 
 
-def _store_of(customer: int, orders: int) -> dict[str, pd.DataFrame]:
+def _store_of(customer: int, orders: int, first_order: int = 9300000000) -> dict[str, pd.DataFrame]:
     """A snapshot's tables with ``orders`` earlier orders of one customer (a month ago and before)."""
     at = [datetime.now(timezone.utc) - timedelta(days=30 + i) for i in range(orders)]
     return {
         "orders": pd.DataFrame({
-            "order_id": [9300000000 + i for i in range(orders)], "name": [f"#{i}" for i in range(orders)],
+            "order_id": [first_order + i for i in range(orders)], "name": [f"#{i}" for i in range(orders)],
             "customer_id": [customer] * orders, "email": ["again@example.com"] * orders, "created_at": at,
             "updated_at": at, "cancelled_at": [None] * orders, "currency": ["USD"] * orders,
             "total_price": [50.0] * orders, "subtotal_price": [50.0] * orders, "total_discounts": [0.0] * orders,
@@ -925,6 +925,74 @@ def test_a_snapshot_ingested_while_the_scorer_runs_reaches_its_customers_histori
             time.sleep(0.05)
         _journal(settings, ("second", "orders/create", new_order(9200000101, customer, "again@example.com")))
         assert scored(9200000101)["prior_orders"] == 4  # Tuesday's three and the first one, received live
+    finally:
+        scorer.stop()
+
+
+def _store_of_each(customers: list[int], orders: int) -> dict[str, pd.DataFrame]:
+    """:func:`_store_of` for several customers, in one snapshot."""
+    stores = [_store_of(customer, orders, 9300000000 + 100 * i) for i, customer in enumerate(customers)]
+    return {name: pd.concat([store[name] for store in stores], ignore_index=True) for name in stores[0]}
+
+
+def test_a_newer_snapshot_is_seeded_between_scoring_passes(tmp_path, monkeypatch):
+    """Seeding the ledgers from a newer snapshot held every order until all of it was in (~66 s at 500,000
+    customers, after the ~7 s the history takes to build). When the ledgers hold an earlier snapshot's, the scorer
+    now folds the new one in a chunk of customers at a time and scores what waits between chunks; a customer not
+    seeded yet counts as before the snapshot appeared, and the ledgers end as one seed leaves them."""
+    from conftest import write_snapshot
+    from storeflow.components.risk import history as ledger
+    from storeflow.components.risk.live import LiveHistory
+    from storeflow.components.risk.realtime import RiskScorer
+
+    monkeypatch.setattr(ledger, "SEED_CHUNK", 2)  # six customers: three chunks
+    settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test", "seed_step_seconds": 0}))
+    snapshots = settings.data_dir / "snapshots"
+    customers = [8800000300 + i for i in range(6)]
+    write_snapshot(_store_of_each(customers, 1), snapshots / "monday")
+    seen: list = []
+    scorer = RiskScorer(settings, http=_answering(seen))
+    try:
+        assert not scorer.history.seeding  # the first start seeds at once: empty ledgers would count nothing
+        write_snapshot(_store_of_each(customers, 3), snapshots / "tuesday")  # two more orders each, no webhook
+        assert scorer.refresh_history() and scorer.history.seeding
+
+        a_minute_ago = (datetime.now(timezone.utc) - timedelta(minutes=1)).replace(microsecond=0).isoformat()
+        last = customers[-1]  # in the last chunk
+        _journal(settings, ("during", "orders/create", new_order(9200000300, last, "again@example.com",
+                                                                  created_at=a_minute_ago, updated_at=a_minute_ago)))
+        scorer.step(drain=False)
+        during = [i for i in seen if i["order_id"] == "9200000300"]
+        assert during and during[0]["prior_orders"] == 1 and scorer.history.seeding  # scored before its chunk
+
+        # the online store fails while the second chunk is written: the seeding goes on from the start once it is
+        # back, not past the customers left out
+        real_write, writes = ledger.OnlineHistory.write, []
+
+        def failing_once(self, ledgers):
+            writes.append(len(ledgers))
+            if len(writes) == 2:
+                raise ConnectionError("online store unavailable")
+            return real_write(self, ledgers)
+
+        monkeypatch.setattr(ledger.OnlineHistory, "write", failing_once)
+        with pytest.raises(ConnectionError):
+            while scorer.history.seed_step(0):
+                pass
+        assert scorer.history.seeding
+        chunks = 0
+        while scorer.history.seed_step(0):
+            chunks += 1
+        assert chunks >= 3 and not scorer.history.seeding  # three chunks (and the share made before them)
+        _journal(settings, ("after", "orders/create", new_order(9200000301, last, "again@example.com")),
+                 ("first", "orders/create", new_order(9200000302, customers[0], "again@example.com")))
+        scorer.step(drain=False)
+        prior = {i["order_id"]: i["prior_orders"] for i in seen}
+        assert prior["9200000301"] == 4  # Tuesday's three and the one received live while seeding
+        assert prior["9200000302"] == 3
+        # the marker names Tuesday's snapshot: a restart has nothing to seed
+        assert not LiveHistory.from_settings(settings, sqlite3.connect(":memory:", isolation_level=None),
+                                             seed_in_steps=True).seeding
     finally:
         scorer.stop()
 

@@ -63,6 +63,9 @@ SEED_CHUNK = 5_000  # customers read, folded and written at a time while seeding
 # a snapshot's events are made for a share of its customers at a time, about this many orders' worth: all at once,
 # they and what making them took were +660 MB of the scorer's start at 5M orders
 SEED_SHARE_ORDERS = 1_000_000
+# ... and while orders are scored between chunks (LiveHistory.seed_step), fewer: a share's events are made in one go,
+# which no pass can interrupt (a million orders' share held scoring up to 8.6 s at 5M orders)
+SEED_STEP_SHARE_ORDERS = 200_000
 
 
 class Event(NamedTuple):
@@ -344,20 +347,26 @@ class OnlineHistory:
         customer in two) into the customers' ledgers, adding only what a ledger does not hold (what arrived live is
         newer than any snapshot), then mark the store seeded from ``fingerprint`` (callers check :meth:`seeded`
         first: once per snapshot). Returns the customers written."""
-        written = sum(self._seed_share(share) for share in ([events] if isinstance(events, pa.Table) else events))
-        self.write({MARKER: Ledger([Event(ACCOUNT, fingerprint, 0)])})
-        return written
+        return sum(self.seeding(events, fingerprint))
 
-    def _seed_share(self, events: pa.Table) -> int:
-        """:meth:`seed` of events whose customers have all their events here. Customers are taken a chunk at a time
-        by an index sorted on (customer, time): no sorted copy of the events is made."""
+    def seeding(self, events: pa.Table | Iterable[pa.Table], fingerprint: int) -> Iterator[int]:
+        """:meth:`seed` a chunk of :data:`SEED_CHUNK` customers at a time, yielding how many ledgers each chunk wrote;
+        the marker goes last, once every chunk is in. Between two chunks the caller may read and write ledgers (the
+        scorer scores what waits: :meth:`LiveHistory.seed_step`); a chunk adds only what a ledger lacks then."""
+        for share in ([events] if isinstance(events, pa.Table) else events):
+            yield from self._seed_share(share)
+        self.write({MARKER: Ledger([Event(ACCOUNT, fingerprint, 0)])})
+
+    def _seed_share(self, events: pa.Table) -> Iterator[int]:
+        """:meth:`seeding` of events whose customers have all their events here. Customers are taken a chunk at a
+        time by an index sorted on (customer, time): no sorted copy of the events is made."""
         customers = events.column("customer_id").to_numpy()
         order = np.lexsort((events.column("t").to_numpy(), customers))
         customers = customers[order]
         bounds = np.flatnonzero(np.diff(customers)) + 1
         starts = np.concatenate([[0], bounds]) if len(customers) else np.empty(0, dtype=np.int64)
         del customers
-        written = 0
+        yield 0  # the share's events made and sorted: a pass may run before its first chunk
         for first in range(0, len(starts), SEED_CHUNK):
             a = int(starts[first])
             b = int(starts[first + SEED_CHUNK]) if first + SEED_CHUNK < len(starts) else len(order)
@@ -376,8 +385,7 @@ class OnlineHistory:
                     ledger.events = sorted(ledger.events + new, key=lambda e: (e.t, e.kind, e.id))
                     changed[customer] = ledger
             self.write(changed)
-            written += len(changed)
-        return written
+            yield len(changed)
 
 
 def snapshot_events(orders: pa.Table, refunds: pa.Table, customers: pa.Table, risk: pa.Table) -> pa.Table:

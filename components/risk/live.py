@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -207,10 +208,16 @@ class LiveHistory:
 
     def __init__(self, db: sqlite3.Connection, tables: dict[str, pd.DataFrame | pa.Table] | None = None,
                  risk: pd.DataFrame | pa.Table | None = None, velocity: OnlineVelocity | None = None,
-                 history: OnlineHistory | None = None):
+                 history: OnlineHistory | None = None, seed_in_steps: bool = False):
+        """``seed_in_steps``: when the ledgers were seeded from another snapshot before, this snapshot's events are
+        folded in by :meth:`seed_step`, a chunk of customers at a time, not here (see :attr:`seeding`)."""
         self.db = db
         # the snapshot it was built from (ingest.snapshot.snapshot_identity), set by from_settings; None: none
         self.snapshot: tuple[str, int] | None = None
+        # the snapshot's ledger chunks still to fold in (seed_step), and the customers written so far
+        self._seeding: Iterator[int] | None = None
+        self._seed_chunks: Callable[[], Iterator[int]] | None = None  # those chunks from the first, again
+        self._seeding_since, self._seeded_customers = 0.0, 0
         self.velocity = velocity  # where velocity is read and pushed (None: features cannot be computed)
         # customers' ledgers (risk.history), in the same online store as velocity unless said otherwise
         self.history = history if history is not None or velocity is None else \
@@ -227,10 +234,22 @@ class LiveHistory:
         if self.history is not None and orders.num_rows:
             customers = _snapshot("customers", tables.get("customers"))
             fingerprint = ledger.fingerprint(orders, refunds, customers)
-            if self.history.seeded() != fingerprint:  # once per snapshot: a restart reads the marker only
-                seeded = self.history.seed(ledger.snapshot_event_shares(orders, refunds, customers, self._risk),
-                                           fingerprint)
-                log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
+            before = self.history.seeded()
+            if before != fingerprint:  # once per snapshot: a restart reads the marker only
+                if seed_in_steps and before is not None:
+                    # the ledgers hold another snapshot and what arrived live: orders can be scored meanwhile, as
+                    # they were before this snapshot appeared (the chunks hold the snapshot's tables until done)
+                    def chunks(history=self.history, tables=(orders, refunds, customers, self._risk)) -> Iterator[int]:
+                        return history.seeding(ledger.snapshot_event_shares(*tables, ledger.SEED_STEP_SHARE_ORDERS),
+                                               fingerprint)
+
+                    self._seed_chunks, self._seeding = chunks, chunks()
+                    self._seeding_since = time.monotonic()
+                    log.info("order history: seeding the ledgers from the snapshot between scoring passes")
+                else:  # the ledgers are empty (a first start, an emptied store): nothing can be scored before
+                    seeded = self.history.seed(ledger.snapshot_event_shares(orders, refunds, customers, self._risk),
+                                               fingerprint)
+                    log.info("order history: %d customers' ledgers seeded from the snapshot", seeded)
             del customers
         # held afterwards: an order's keys and refunds, for an order updated or refunded live (HELD); its rows are
         # found by position (indexes by order id), not by scanning
@@ -245,9 +264,38 @@ class LiveHistory:
         self._scored: dict[int, tuple] = {}
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
 
+    @property
+    def seeding(self) -> bool:
+        """Whether a snapshot's events are still being folded into the ledgers (:meth:`seed_step`)."""
+        return self._seeding is not None
+
+    def seed_step(self, seconds: float) -> bool:
+        """Fold the snapshot's next chunks of customers into their ledgers for about ``seconds`` (one chunk at
+        least); True while some remain. The scorer scores what waits between two calls: a newer snapshot's seeding,
+        ~66 s at 500,000 customers, held every order that long."""
+        if self._seeding is None:
+            return False
+        until = time.monotonic() + seconds
+        try:
+            for written in self._seeding:
+                self._seeded_customers += written
+                if time.monotonic() >= until:
+                    return True
+        except BaseException:
+            # a chunk that failed (the online store went away) ended the chunks: the next call starts them over, each
+            # adding only what a ledger lacks, rather than take the seeding for done with customers left out
+            self._seeding = self._seed_chunks()
+            raise
+        self._seeding = self._seed_chunks = None  # the shares, and the snapshot's tables they read, go with them
+        pa.default_memory_pool().release_unused()
+        log.info("order history: %d customers' ledgers seeded from the snapshot in %.1f s, between scoring passes",
+                 self._seeded_customers, time.monotonic() - self._seeding_since)
+        return False
+
     @classmethod
-    def from_settings(cls, settings: Settings, db: sqlite3.Connection) -> LiveHistory:
-        """History from the newest ingested snapshot and the export it came from; empty without one."""
+    def from_settings(cls, settings: Settings, db: sqlite3.Connection, seed_in_steps: bool = False) -> LiveHistory:
+        """History from the newest ingested snapshot and the export it came from; empty without one.
+        ``seed_in_steps``: see :class:`LiveHistory`."""
         root = settings.data_dir / "snapshots"
         newest = newest_snapshot(root)
         identity = snapshot_identity(newest)  # before reading: a rewrite meanwhile is seen as newer next time
@@ -280,7 +328,7 @@ class LiveHistory:
         velocity = online_velocity(settings)
         seeded = velocity.seed(_last_week(tables["orders"], risk))
         log.info("order velocity: %d keys of snapshot %s's last week written to the online store", seeded, newest.name)
-        history = cls(db, tables, risk, velocity)
+        history = cls(db, tables, risk, velocity, seed_in_steps=seed_in_steps)
         history.snapshot = identity
         del tables, risk
         pa.default_memory_pool().release_unused()  # the snapshot's columns the history does not keep

@@ -149,7 +149,7 @@ class RiskScorer:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
         self.journal = journal.connect(layout.journal_path(settings))
-        self.history: LiveHistory | None = LiveHistory.from_settings(settings, self.db)
+        self.history: LiveHistory | None = LiveHistory.from_settings(settings, self.db, seed_in_steps=True)
         self._snapshot_looked = time.monotonic()
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self._stop = threading.Event()
@@ -441,8 +441,10 @@ class RiskScorer:
         or a redaction's rewrite); True if it did. The old history goes first: both at once would not fit the
         webhooks pod at a large store (~770 MB held and ~1.1 GB building at 500,000 customers). Until this, a
         snapshot reached the scorer only when its process restarted, and the ledgers missed what it holds and no
-        webhook brought. Scoring waits while it builds (~73 s at that size; deliveries wait in the journal); if
-        building fails, the next pass tries again and scores nothing until it succeeds."""
+        webhook brought. Scoring waits while it builds (~7 s at that size; deliveries wait in the journal); the
+        snapshot's events are then folded into the ledgers a chunk of customers at a time between scoring passes
+        (:meth:`LiveHistory.seed_step`; all at once held every order ~66 s more there). If building fails, the next
+        pass tries again and scores nothing until it succeeds."""
         newest = snapshot_identity(newest_snapshot(self.settings.data_dir / "snapshots"))
         if self.history is not None:
             if newest == self.history.snapshot:
@@ -454,7 +456,7 @@ class RiskScorer:
         self.history = None
         gc.collect()
         pa.default_memory_pool().release_unused()
-        self.history = LiveHistory.from_settings(self.settings, self.db)
+        self.history = LiveHistory.from_settings(self.settings, self.db, seed_in_steps=True)
         if frozen:
             freeze_startup_objects()
         return True
@@ -496,12 +498,13 @@ class RiskScorer:
                 if self.history is None or time.monotonic() - self._snapshot_looked >= look:
                     self._snapshot_looked = time.monotonic()
                     self.refresh_history()
+                seeding = self.history.seed_step(self.settings.risk.seed_step_seconds)
                 self.step(drain=False)
                 if self.last_error is not None:
                     record_failing(self.db, "scoring", None)
                 self.last_error = None
                 wait = self.settings.risk.retry_seconds
-                self._idle(idle)
+                self._idle(0 if seeding else idle)
             except Exception as exc:  # noqa: BLE001 - deliveries stay journaled, assessments queued: retried
                 self.last_error = str(exc)[:500]
                 self._record_failure(self.db, "scoring", self.last_error)
