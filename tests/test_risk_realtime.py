@@ -759,7 +759,10 @@ def test_the_write_back_runs_in_a_process_of_its_own_restarted_when_killed(stack
     base = 9300000041
     first, second, third = (new_order(base + i, 8900000041 + i, f"wb{i}@example.com") for i in range(3))
     stack.start_model()
-    stack.start_webhooks_command("shopify.applier_restart_seconds=15")  # down long enough to look
+    # down long enough to look: finding it down, two deliveries and their scoring must fit before the restart, on a
+    # loaded runner too (with 15 s, this test failed once with another test file running beside it; which step
+    # did was not captured)
+    stack.start_webhooks_command("shopify.applier_restart_seconds=30")
     assert stack.deliver(first, f"wh-wb-{base}")["status"] == "accepted"
     until(lambda: len(admin.created) == 1, timeout=60)
     children = [int(p) for p in open(f"/proc/{stack.receiver.pid}/task/{stack.receiver.pid}/children").read().split()]
