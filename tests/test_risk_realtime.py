@@ -946,7 +946,7 @@ def test_a_newer_snapshot_is_seeded_between_scoring_passes(tmp_path, monkeypatch
     from conftest import write_snapshot
     from storeflow.components.risk import history as ledger
     from storeflow.components.risk.live import LiveHistory
-    from storeflow.components.risk.realtime import RiskScorer
+    from storeflow.components.risk.realtime import RiskScorer, risk_state
 
     monkeypatch.setattr(ledger, "SEED_CHUNK", 2)  # six customers: three chunks
     settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test", "seed_step_seconds": 0}))
@@ -957,8 +957,16 @@ def test_a_newer_snapshot_is_seeded_between_scoring_passes(tmp_path, monkeypatch
     scorer = RiskScorer(settings, http=_answering(seen))
     try:
         assert not scorer.history.seeding  # the first start seeds at once: empty ledgers would count nothing
+        assert risk_state(settings)["history"] == {"state": "ready"}
         write_snapshot(_store_of_each(customers, 3), snapshots / "tuesday")  # two more orders each, no webhook
+        # /healthz tells what the history does: building it (nothing is scored meanwhile), then seeding
+        building, from_settings = [], LiveHistory.from_settings
+        monkeypatch.setattr(LiveHistory, "from_settings", lambda *a, **k: (
+            building.append(risk_state(settings)["history"]), from_settings(*a, **k))[1])
         assert scorer.refresh_history() and scorer.history.seeding
+        monkeypatch.setattr(LiveHistory, "from_settings", from_settings)
+        assert [(b["state"], b["snapshot"]) for b in building] == [("building", "tuesday")]
+        assert risk_state(settings)["history"]["state"] == "seeding"
 
         a_minute_ago = (datetime.now(timezone.utc) - timedelta(minutes=1)).replace(microsecond=0).isoformat()
         last = customers[-1]  # in the last chunk
@@ -980,13 +988,16 @@ def test_a_newer_snapshot_is_seeded_between_scoring_passes(tmp_path, monkeypatch
 
         monkeypatch.setattr(ledger.OnlineHistory, "write", failing_once)
         with pytest.raises(ConnectionError):
-            while scorer.history.seed_step(0):
+            while scorer.seed_step():
                 pass
         assert scorer.history.seeding
+        seeded = risk_state(settings)["history"]
+        assert seeded["state"] == "seeding" and seeded["customers_seeded"] == 2  # the first chunk's
         chunks = 0
-        while scorer.history.seed_step(0):
+        while scorer.seed_step():
             chunks += 1
         assert chunks >= 3 and not scorer.history.seeding  # three chunks (and the share made before them)
+        assert risk_state(settings)["history"] == {"state": "ready"}
         _journal(settings, ("after", "orders/create", new_order(9200000301, last, "again@example.com")),
                  ("first", "orders/create", new_order(9200000302, customers[0], "again@example.com")))
         scorer.step(drain=False)

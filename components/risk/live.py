@@ -265,6 +265,11 @@ class LiveHistory:
         self._order_rows: _Index | None = None  # snapshot order id -> its row, for keys of an updated order
 
     @property
+    def seeded_customers(self) -> int:
+        """The ledgers :meth:`seed_step` has written so far."""
+        return self._seeded_customers
+
+    @property
     def seeding(self) -> bool:
         """Whether a snapshot's events are still being folded into the ledgers (:meth:`seed_step`)."""
         return self._seeding is not None

@@ -56,6 +56,10 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS risk_cursor (id INTEGER PRIMARY KEY CHECK (id = 0), journal_rowid INTEGER NOT NULL);
 -- deliveries the risk path could not use (a payload it refuses, a request the risk server refuses), with why
 CREATE TABLE IF NOT EXISTS risk_skipped (webhook_id TEXT PRIMARY KEY, topic TEXT, reason TEXT NOT NULL, at REAL);
+-- the history's work on a snapshot while it lasts, for /healthz: 'building' (nothing is scored meanwhile) or
+-- 'seeding' (scored meanwhile, a customer not folded in yet counted as before the snapshot); no row: ready
+CREATE TABLE IF NOT EXISTS risk_history_work (id INTEGER PRIMARY KEY CHECK (id = 0), state TEXT NOT NULL,
+    snapshot TEXT, customers INTEGER NOT NULL, since REAL NOT NULL);
 """
 
 
@@ -149,7 +153,8 @@ class RiskScorer:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
         self.journal = journal.connect(layout.journal_path(settings))
-        self.history: LiveHistory | None = LiveHistory.from_settings(settings, self.db, seed_in_steps=True)
+        self.history: LiveHistory | None = None
+        self._build_history()
         self._snapshot_looked = time.monotonic()
         self.http = http or httpx.Client(timeout=settings.risk.request_timeout_seconds)
         self._stop = threading.Event()
@@ -456,10 +461,38 @@ class RiskScorer:
         self.history = None
         gc.collect()
         pa.default_memory_pool().release_unused()
-        self.history = LiveHistory.from_settings(self.settings, self.db, seed_in_steps=True)
+        self._build_history()
         if frozen:
             freeze_startup_objects()
         return True
+
+    def seed_step(self) -> bool:
+        """Fold the next chunks of a newer snapshot into the ledgers for about ``risk.seed_step_seconds``
+        (:meth:`LiveHistory.seed_step`), what is done told to /healthz; True while some remain."""
+        if self.history is None or not self.history.seeding:
+            return False
+        seeding = self.history.seed_step(self.settings.risk.seed_step_seconds)
+        self._report_history("seeding" if seeding else None)
+        return seeding
+
+    def _build_history(self) -> None:
+        """The history from the newest snapshot, what it does meanwhile and afterwards told to /healthz
+        (``risk_history_work``): building it holds scoring; a first start's seeding too, a newer snapshot's not."""
+        newest = newest_snapshot(self.settings.data_dir / "snapshots")
+        self._report_history("building", None if newest is None else newest.name)
+        self.history = LiveHistory.from_settings(self.settings, self.db, seed_in_steps=True)
+        self._report_history("seeding" if self.history.seeding else None)
+
+    def _report_history(self, state: str | None, snapshot: str | None = None) -> None:
+        """Record what the history is doing (None: ready); a seeding's row keeps its start and counts customers."""
+        if state is None:
+            self.db.execute("DELETE FROM risk_history_work")
+        elif state == "seeding":
+            self.db.execute("UPDATE risk_history_work SET state = 'seeding', customers = ?",
+                            (self.history.seeded_customers,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO risk_history_work VALUES (0, ?, ?, 0, julianday('now'))",
+                            (state, snapshot))
 
     def state(self) -> dict:
         """What waits, for the receiver's /healthz (see :func:`risk_state`)."""
@@ -498,7 +531,7 @@ class RiskScorer:
                 if self.history is None or time.monotonic() - self._snapshot_looked >= look:
                     self._snapshot_looked = time.monotonic()
                     self.refresh_history()
-                seeding = self.history.seed_step(self.settings.risk.seed_step_seconds)
+                seeding = self.seed_step()
                 self.step(drain=False)
                 if self.last_error is not None:
                     record_failing(self.db, "scoring", None)
@@ -543,8 +576,10 @@ def journal_position(settings: Settings) -> int | None:
 def risk_state(settings: Settings) -> dict:
     """What waits, for the receiver's /healthz, read from the databases (the scorer may be another process):
     orders journaled and not scored yet (and how long the oldest has waited), assessments queued for Shopify,
-    sent, refused and set aside, and why the scoring or write-back loop fails, while it does. Before a scorer
-    first started there is nothing of its own to report."""
+    sent, refused and set aside, why the scoring or write-back loop fails, while it does, and the history's state:
+    ``ready``, ``building`` from a snapshot (scoring waits) or ``seeding`` a newer snapshot's events into the
+    customers' ledgers between passes (``customers_seeded`` so far). Before a scorer first started there is nothing
+    of its own to report."""
     from datetime import datetime, timezone
 
     path = risk_db(settings)
@@ -554,9 +589,11 @@ def risk_state(settings: Settings) -> dict:
             counts = dict(db.execute("SELECT state, count(*) FROM risk_outbox GROUP BY state").fetchall())
             (skipped,) = db.execute("SELECT count(*) FROM risk_skipped").fetchone()
             failing = dict(db.execute("SELECT part, error FROM risk_failing").fetchall())
+            work = db.execute("SELECT state, snapshot, customers, (julianday('now') - since) * 86400 "
+                              "FROM risk_history_work").fetchone()
     except (sqlite3.OperationalError, TypeError):  # no database or no cursor yet: the scorer is starting
         return {"unscored": 0, "oldest_unscored_seconds": None, "queued": 0, "sent": 0, "rejected": 0,
-                "skipped": 0, "last_error": None}
+                "skipped": 0, "last_error": None, "history": None}
     with closing(sqlite3.connect(layout.journal_path(settings), timeout=5)) as log_db:
         unscored, oldest = log_db.execute("SELECT count(*), min(received_at) FROM events WHERE rowid > ? AND "
                                           "topic = ?", (after, SCORED_TOPIC)).fetchone()
@@ -564,7 +601,9 @@ def risk_state(settings: Settings) -> dict:
     return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
             "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
             "rejected": counts.get("rejected", 0), "skipped": skipped,
-            "last_error": failing.get("scoring") or failing.get("write_back")}
+            "last_error": failing.get("scoring") or failing.get("write_back"),
+            "history": {"state": "ready"} if work is None else {
+                "state": work[0], "snapshot": work[1], "customers_seeded": work[2], "seconds": round(work[3], 1)}}
 
 
 def run_scorer(settings_json: str, receiver_pid: int | None = None, wake=None, writer_wake=None) -> None:
