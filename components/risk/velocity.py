@@ -186,6 +186,10 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
         raise ValueError(f"velocity: order ids repeated in the orders: {sorted(set(ids[repeated].tolist()))[:5]}")
     order = np.lexsort((ids, t))
     ids, t = ids[order], t[order]
+    # an order without a creation time (NaT) counts none and is counted by none, as folding it first gives (it
+    # leaves a list at the next fold, a week older than anything); its time is set aside, not wrapped around
+    timed = t != np.iinfo(np.int64).min
+    t = np.where(timed, t, 0)
     customer = frame["customer_id"].astype("Int64").iloc[order]
     customer_ids = customer.to_numpy(dtype=np.int64, na_value=0)
     emails = frame["email"].iloc[order].astype(object)
@@ -193,7 +197,8 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
     email_keys = emails.map(dict(zip(unique, (email_key(e) for e in unique)))).to_numpy()
     addresses = frame["address_key"].iloc[order].astype(object).to_numpy()
     keys = {"customer": customer_ids, "email": email_keys, "address": addresses}
-    valid = {"customer": customer.notna().to_numpy(), "email": pd.notna(email_keys), "address": pd.notna(addresses)}
+    valid = {"customer": customer.notna().to_numpy() & timed, "email": pd.notna(email_keys) & timed,
+             "address": pd.notna(addresses) & timed}
     out = {"order_id": ids}
     for prefix in ("customer", "email", "address"):
         widths = (HOUR_US, DAY_US, HORIZON_US) if prefix == "address" else (HOUR_US, DAY_US)
