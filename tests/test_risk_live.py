@@ -673,3 +673,46 @@ def test_the_scorer_starts_on_a_large_store_with_its_risk_fields_within_the_pods
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["rows"] == 1_000_000 and measured["columns"] == list(SNAPSHOT_RISK)
     assert measured["peak_mb"] < 470, measured  # 575-598 MB before
+
+
+def test_live_orders_and_refunds_a_snapshot_holds_are_forgotten_after_the_retention(tmp_path: Path):
+    """Every order and refund received live kept a row in risk.db for good (its keys, its email): ~170 bytes an
+    order, 1.7 GB a year at 10 million orders. Once a snapshot holds an order at least as new as the live version,
+    and the delivery is older than shopify.retention_days, the row goes (the snapshot's keys are the same); what no
+    snapshot holds yet, a version newer than the snapshot's and what arrived within the retention are kept."""
+    from datetime import datetime, timedelta, timezone
+
+    from conftest import write_snapshot
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    month, fortnight, days = now - timedelta(days=30), now - timedelta(days=20), now - timedelta(days=2)
+    ids = {"held": 9_500_000_001, "newer_live": 9_500_000_002, "not_held": 9_500_000_003, "recent": 9_500_000_004}
+    snapshot_orders = [ids["held"], ids["newer_live"], ids["recent"]]
+    updated = [month, month, days]
+    orders = pd.DataFrame({
+        "order_id": snapshot_orders, "name": ["#1", "#2", "#4"], "customer_id": [77] * 3,
+        "email": ["a@example.com"] * 3, "created_at": [month - timedelta(days=1)] * 3, "updated_at": updated,
+        "cancelled_at": [None] * 3, "currency": ["USD"] * 3, "total_price": [10.0] * 3, "subtotal_price": [10.0] * 3,
+        "total_discounts": [0.0] * 3, "financial_status": ["paid"] * 3, "risk_level": ["LOW"] * 3})
+    refunds = pd.DataFrame({"refund_id": [700], "order_id": [ids["held"]], "created_at": [month], "amount": [5.0]})
+    customers = pd.DataFrame({"customer_id": [77], "email": ["a@example.com"], "created_at": [month - timedelta(days=90)],
+                              "updated_at": [month - timedelta(days=90)]})
+    settings = _settings(tmp_path)
+    write_snapshot({"orders": orders, "refunds": refunds, "customers": customers},
+                   settings.data_dir / "snapshots" / "monday")
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    LiveHistory(db)  # its tables
+    db.executemany("INSERT INTO risk_live_orders (order_id, customer_id, email, address_key, updated_at) "
+                   "VALUES (?, 77, 'a@example.com', NULL, ?)", [
+                       (ids["held"], month.astimezone(timezone(timedelta(hours=-5))).isoformat()),  # another offset
+                       (ids["newer_live"], fortnight.isoformat()), (ids["not_held"], month.isoformat()),
+                       (ids["recent"], days.isoformat())])
+    db.executemany("INSERT INTO risk_live_refunds VALUES (?, ?, ?)", [
+        (700, ids["held"], orjson.dumps({"refund_id": 700, "created_at": month.isoformat()}).decode()),
+        (701, ids["not_held"], orjson.dumps({"refund_id": 701, "created_at": month.isoformat()}).decode())])
+
+    LiveHistory.from_settings(settings, db)
+
+    kept = [row[0] for row in db.execute("SELECT order_id FROM risk_live_orders ORDER BY order_id")]
+    assert kept == [ids["newer_live"], ids["not_held"], ids["recent"]]
+    assert [row[0] for row in db.execute("SELECT refund_id FROM risk_live_refunds")] == [701]
