@@ -8,8 +8,10 @@ The commands modules (next to what each command drives) and the CLI that registe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +19,11 @@ from rich.console import Console
 # soft_wrap: a line is never broken by rich at the console's width (80 where the width is unknown, as in CI
 # logs or a pipe, or where COLUMNS says so): an error stays one line and a printed path or URL stays whole to
 # copy; a terminal wraps long lines itself. Tables and progress bars still fit the width.
-console = Console(soft_wrap=True)
+# markup off: what is printed is printed as it is. With rich's markup read in every line, a path, a value or an
+# error naming one with brackets lost them ("--config /tmp/[x]/c.yaml" was said to be /tmp//c.yaml) or, with a
+# "[/x]", the command died of a MarkupError instead of saying what was wrong. Colour is given as a style
+# (fail, rich.text.Text.assemble).
+console = Console(soft_wrap=True, markup=False)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
 SetOption = Annotated[
@@ -34,18 +40,30 @@ def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            console.print(f"[red]--set expects dotted.key=value, got {item!r}[/red]")
-            raise typer.Exit(2)
+            fail(f"--set expects dotted.key=value, got {item!r}")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = _value(raw)
-    try:
+    with refusing(ConfigError):
         return load_settings(data, path=config)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Say what is wrong in one red line and exit: 2 (the default) for what the user gave (a value, a file, a
+    config), 1 for what failed on the way (a pipeline, a server, Shopify)."""
+    console.print(message, style="red")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def refusing(*errors: type[BaseException], code: int = 2) -> Iterator[None]:
+    """:func:`fail` with the message of any of ``errors`` raised inside."""
+    try:
+        yield
+    except errors as exc:
+        fail(str(exc), code)
 
 
 def _value(raw: str):

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, refusing, settings_from
 
 HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
@@ -35,8 +36,9 @@ def compile_(
     if check:
         result = check_stale(out or MANIFESTS, settings)
         if result.stale:
-            console.print(f"[red]stale compiled YAML: {', '.join(result.stale)}[/red] (run `storeflow compile`)")
-            console.print(result.diff, markup=False, highlight=False)
+            console.print(Text.assemble((f"stale compiled YAML: {', '.join(result.stale)}", "red"),
+                                        " (run `storeflow compile`)"))
+            console.print(result.diff, highlight=False)
             raise typer.Exit(1)
         console.print("compiled YAML is up to date")
         return
@@ -68,7 +70,7 @@ def _run_with_report(name: str, pipeline, stages, settings, *tasks: str):
     artifacts = result.log.parent / "artifacts"
     for task in tasks:
         for report in artifacts.glob(f"*/{task if '/' in task else f'{task}/report'}"):
-            console.print(report.read_text(), markup=False, highlight=False)
+            console.print(report.read_text(), highlight=False)
     console.print(f"model and report: {artifacts} · pipeline log: {result.log} · {result.seconds:.1f} s")
     return result
 
@@ -98,11 +100,12 @@ def _run_pipeline(title: str, pipeline, settings, stages):
     """One kfp.local run with a progress bar; a failure names its task and shows the log's tail."""
     from storeflow.pipelines.local import PipelineFailed, run_local
 
-    console.print(f"[bold]storeflow {title} pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
+    console.print(Text.assemble((f"storeflow {title} pipeline", "bold"),
+                                f" (kfp.local) · state in {settings.project.state_dir}"))
     try:
         return run_local(pipeline, settings, stages, console=console)
     except PipelineFailed as failed:
-        console.print(f"[red]pipeline failed at task {failed.failed_task or '?'}[/red]")
+        console.print(f"pipeline failed at task {failed.failed_task or '?'}", style="red")
         _print_failure_tail(failed.log)
         console.print(f"full log: {failed.log}")
         raise typer.Exit(1) from failed
@@ -112,7 +115,7 @@ def _print_failure_tail(log: Path, lines: int = 40) -> None:
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text()).splitlines()
-    console.print("\n".join(text[-lines:]), markup=False, highlight=False)
+    console.print("\n".join(text[-lines:]), highlight=False)
 
 
 def _print_summary(settings, result) -> None:
@@ -131,8 +134,8 @@ def _print_summary(settings, result) -> None:
         before = champion_metrics.get(name)
         table.add_row(name, f"{value:.4f}", "-" if before is None else f"{before:.4f}")
     console.print(table)
-    verdict = "[green]promoted to champion[/green]" if registration["promoted"] else "[yellow]champion kept[/yellow]"
-    console.print(f"{verdict}: {evaluation.get('reason', '')}")
+    verdict = ("promoted to champion", "green") if registration["promoted"] else ("champion kept", "yellow")
+    console.print(Text.assemble(verdict, f": {evaluation.get('reason', '')}"))
     console.print(f"champion: v{registration['champion_version']} · challenger: v{registration['version']}")
     console.print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
     console.print(f"Feast repo: {settings.feature_repo_dir}")
@@ -168,11 +171,8 @@ def submit(
     from storeflow.pipelines.submit import submit as do_submit
 
     settings = settings_from(config, set_)
-    try:
+    with refusing(ValueError, FileNotFoundError):
         submitted = do_submit(settings, host=host, token=token, run_name=run_name, pipeline=pipeline)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
     console.print(f"submitted run {submitted.run_id}: {submitted.url}")
 
 
@@ -189,11 +189,8 @@ def schedule(
     from storeflow.pipelines.submit import schedule as do_schedule
 
     settings = settings_from(config, set_)
-    try:
+    with refusing(ValueError, FileNotFoundError):
         job_id = do_schedule(settings, cron, host=host, token=token, name=name, pipeline=pipeline)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
     console.print(f"recurring run {job_id} created: {cron}")
 
 
@@ -268,7 +265,7 @@ def _served(settings, snippet: str, ready_url: str, log: Path, env: dict[str, st
         deadline = time.monotonic() + 120
         while not _ready(ready_url):
             if server.poll() is not None or time.monotonic() > deadline:
-                console.print(f"[red]the server did not start[/red]; its log: {log}")
+                console.print(Text.assemble(("the server did not start", "red"), f"; its log: {log}"))
                 yield False
                 return
             time.sleep(0.5)
@@ -295,8 +292,8 @@ def _recommend_for_newest_cart(settings, url: str) -> None:
     answer.raise_for_status()
     shown = [int(gid.rsplit("/", 1)[1]) for gid in answer.json()["predictions"][0]["products"]]
     console.print(f"cart of order {newest['order_id']}: " + ", ".join(str(titles.get(p, p)) for p in cart),
-                  markup=False, highlight=False)
-    console.print("recommended: " + ", ".join(str(titles.get(p, p)) for p in shown), markup=False, highlight=False)
+                  highlight=False)
+    console.print("recommended: " + ", ".join(str(titles.get(p, p)) for p in shown), highlight=False)
     console.print(f"answered by {settings.recommendations.model_name} v{answer.json()['model_version']} "
                   f"(KServe V1, {url})")
 
@@ -372,7 +369,7 @@ def _score_newest_orders(settings, url: str) -> None:
     for prediction, fraud in zip(answer["predictions"], chosen[LABEL]):
         facts = "; ".join(f["description"] for f in prediction["facts"][1:]) or "no signal either way"
         console.print(f"order {prediction['order_id']} ({'fraud' if fraud else 'genuine'}): {prediction['level']} "
-                      f"{prediction['score']:.3f} · {facts}", markup=False, highlight=False)
+                      f"{prediction['score']:.3f} · {facts}", highlight=False)
     console.print(f"answered by {answer['model_name']} v{answer['model_version']} (KServe V1, {url})")
 
 
@@ -451,8 +448,8 @@ def _webhook_to_assessment(settings, url: str) -> None:
             while not admin.mutations and time.monotonic() < deadline:
                 time.sleep(0.2)
         if not admin.mutations:
-            console.print("[red]no assessment reached the Admin API within 120 s[/red]; the receiver's log: "
-                          f"{settings.project.state_dir / 'risk' / 'demo-webhooks.log'}")
+            console.print(Text.assemble(("no assessment reached the Admin API within 120 s", "red"),
+                                        f"; the receiver's log: {settings.project.state_dir / 'risk' / 'demo-webhooks.log'}"))
             return
         recorded = settings.project.state_dir / "risk" / "demo-assessment.json"
         recorded.write_text(json.dumps(admin.mutations[0], indent=2))
@@ -460,7 +457,7 @@ def _webhook_to_assessment(settings, url: str) -> None:
         facts = "; ".join(f["description"] for f in written["facts"])
         console.print(f"orderRiskAssessmentCreate for {written['orderId']}: {written['riskLevel']} · {facts} "
                       f"(sent to a stand-in for Shopify's Admin API on 127.0.0.1; the mutation: {recorded})",
-                      markup=False, highlight=False)
+                      highlight=False)
     finally:
         admin.shutdown()
 
@@ -517,11 +514,10 @@ def _demo_needs_a_champion(settings) -> None:
     newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
     if newest is None:
         return
-    from rich.markup import escape
-
-    reason = escape(newest.tags.get("storeflow.reason", "see its evaluation in MLflow"))
-    console.print(f"[yellow]the gate kept v{newest.version} from serving[/yellow] ({reason}); the demo makes it "
-                  "champion by hand so the monitoring loop has a model to watch", markup=True, highlight=False)
+    reason = newest.tags.get("storeflow.reason", "see its evaluation in MLflow")
+    console.print(Text.assemble((f"the gate kept v{newest.version} from serving", "yellow"),
+                                f" ({reason}); the demo makes it champion by hand so the monitoring loop has a model "
+                                "to watch"), highlight=False)
     client.set_registered_model_alias(name, tracking.CHAMPION, newest.version)
 
 
@@ -549,7 +545,7 @@ def _demo_canary(settings, rollouts_before: int) -> None:
             counts = (f" canary {step['canary_requests']:g} / champion {step['champion_requests']:g} requests"
                       if "canary_requests" in step else "")
             console.print(f"  {step['percent']:>3}% → {step['action']:<8}{counts}: {'; '.join(step['reasons'])}",
-                          markup=False, highlight=False)
+                          highlight=False)
         colour = "green" if rollout["outcome"] == "promoted" else "yellow"
         console.print(f"[{colour}]{rollout['outcome']}[/{colour}] in {rollout.get('seconds', 0):.1f} s · "
                       "`storeflow status` shows the record")
@@ -564,11 +560,8 @@ def _show(result: dict) -> None:
 def _deploy_command(action, settings, **kwargs) -> None:
     from storeflow.components.deploy import DeployError
 
-    try:
+    with refusing(DeployError, code=1):
         _show(action(settings, **kwargs))
-    except DeployError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
 
 
 class Model(str, Enum):

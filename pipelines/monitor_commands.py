@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, refusing, settings_from
 
 
 def monitor(
@@ -39,12 +40,14 @@ def monitor(
         from storeflow.pipelines.local import PipelineFailed, run_local
         from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
 
-        console.print(f"[bold]storeflow monitoring pipeline[/bold] (kfp.local) · state in {settings.project.state_dir}")
+        console.print(Text.assemble(("storeflow monitoring pipeline", "bold"),
+                                    f" (kfp.local) · state in {settings.project.state_dir}"))
         try:
             run = run_local(monitoring_pipeline, settings, STAGES, console=console, window_end=end,
                             model_version=model_version or "")
         except PipelineFailed as failed:
-            console.print(f"[red]monitoring failed at task {failed.failed_task or '?'}[/red]; log: {failed.log}")
+            console.print(Text.assemble((f"monitoring failed at task {failed.failed_task or '?'}", "red"),
+                                        f"; log: {failed.log}"))
             raise typer.Exit(1) from failed
         decision = json.loads(run.output)
         summary, report = _latest_summary(settings)
@@ -81,11 +84,16 @@ def _print(summary: dict, decision: dict, report) -> None:
         console.print(f"served ROC-AUC {decay['roc_auc']:.3f} (holdout {decay.get('holdout_roc_auc') or float('nan'):.3f}),"
                       f" calibration error {decay['calibration_error']:.3f}")
     for line in summary["notes"]:
-        console.print(f"· {line}", markup=False)
-    console.print(f"retraining: {'[bold]started[/bold]' if decision.get('started') else 'not started'} "
-                  f"({decision.get('reason')})")
+        console.print(f"· {line}")
+    console.print(_retraining("retraining", decision))
     _print_recommendations(summary.get("recommendations") or {}, decision.get("recommendations") or {})
     console.print(f"report: {report}")
+
+
+def _retraining(what: str, decision: dict) -> Text:
+    """``<what>: started (why)`` (started in bold) or ``<what>: not started (why)``."""
+    return Text.assemble(f"{what}: ", ("started", "bold") if decision.get("started") else "not started",
+                         f" ({decision.get('reason')})")
 
 
 def _print_recommendations(part: dict, decision: dict) -> None:
@@ -95,8 +103,8 @@ def _print_recommendations(part: dict, decision: dict) -> None:
     if not part or part.get("status") == "no-data":
         return
     colour = {"ok": "green", "warning": "yellow", "critical": "red"}.get(part["level"], "white")
-    table = Table(title=f"recommendations v{part.get('model_version')}: {part['status']} · "
-                        f"[{colour}]{part['level']}[/{colour}]")
+    table = Table(title=Text.assemble(f"recommendations v{part.get('model_version')}: {part['status']} · ",
+                                      (part["level"], colour)))
     for name in ("model version", "answers", "impressions", "clicks", "CTR"):
         table.add_column(name)
     for row in part.get("ctr", []):
@@ -104,10 +112,9 @@ def _print_recommendations(part: dict, decision: dict) -> None:
                       "n/a" if row["ctr"] is None else f"{row['ctr']:.2%}")
     console.print(table)
     for line in part.get("reasons", []) + part.get("notes", []):
-        console.print(f"· {line}", markup=False)
+        console.print(f"· {line}")
     if decision:
-        console.print(f"recommender retraining: {'[bold]started[/bold]' if decision.get('started') else 'not started'} "
-                      f"({decision.get('reason')})")
+        console.print(_retraining("recommender retraining", decision))
 
 
 def simulate_shift(
@@ -120,10 +127,7 @@ def simulate_shift(
     from storeflow.components.monitor import simulate_shift as run
 
     settings = settings_from(config, set_)
-    try:
+    with refusing(FileNotFoundError, LookupError):
         sim = run(settings, requests=requests, shift=not no_shift)
-    except (FileNotFoundError, LookupError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
     console.print(f"logged {sim.records} predictions by v{sim.model_version} for {sim.customers} customers"
                   f"{' after a holiday promotion' if sim.shifted else ''}: {sim.path}")

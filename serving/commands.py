@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, refusing, settings_from
 
 
 def serve(
@@ -30,12 +30,9 @@ def serve(
     sys.argv = sys.argv[:1]
     from storeflow.serving.server import serve as run
 
-    try:
+    with refusing(ValueError):
         run(settings, version=version, alias=alias, canary_version=canary_version, canary_percent=canary_percent,
             host=host, port=port, workers=workers)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
 
 
 def serve_risk(
@@ -56,10 +53,7 @@ def serve_risk(
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported (see serve above)
     from storeflow.serving.risk import build_app, resolve
 
-    try:
+    with refusing(ValueError):
         served, model_dir = resolve(settings, alias, version)
         app = build_app(settings, served, model_dir)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
     uvicorn.run(app, host=host or settings.serving.host, port=settings.risk.port, log_config=None, access_log=False)

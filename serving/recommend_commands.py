@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, refusing, settings_from
 
 
 def serve_recommendations(
@@ -29,11 +29,8 @@ def serve_recommendations(
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported (see storeflow.serving.commands)
     from storeflow.serving.recommender import build_app, resolve
 
-    try:
+    with refusing(ValueError):
         served, model_dir = resolve(settings, alias, version)
         app = build_app(settings, served, model_dir)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
     uvicorn.run(app, host=host or settings.serving.host, port=port or settings.recommendations.port,
                 log_config=None, access_log=False)

@@ -30,3 +30,19 @@ def test_config_mistakes_exit_2_naming_the_problem(tmp_path: Path, monkeypatch: 
     (tmp_path / "broken.yaml").write_text("ingest: [\n")
     result = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "broken.yaml")])
     assert result.exit_code == 2 and "not valid YAML" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("given", [["--set", "[bold]"], ["--set", "x[/red]"],
+                                   ["--config", "{dir}/[bold]stores/c.yaml"], ["--config", "{dir}/a[/x]/c.yaml"],
+                                   ["--set", "train.[red]estimatr=1"]])
+def test_a_mistake_is_named_as_given_whatever_brackets_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 given: list[str]) -> None:
+    """Errors were printed through rich's markup: a path or value with brackets lost them ("--config
+    /tmp/[bold]stores/c.yaml" was said not to exist as /tmp/stores/c.yaml, "--set [bold]" as ''), and one holding
+    a closing tag ("[/x]") ended the command in a MarkupError traceback instead of the one line and exit code 2."""
+    monkeypatch.chdir(tmp_path)
+    option, value = given[0], given[1].format(dir=tmp_path)
+    result = CliRunner().invoke(app, ["compile", option, value])
+    assert result.exit_code == 2, result.output
+    named = value.partition("=")[0] if option == "--set" and "=" in value else value
+    assert named in " ".join(result.output.split()), result.output

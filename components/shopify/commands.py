@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, refusing, settings_from
 
 
 def webhooks(
@@ -21,11 +21,8 @@ def webhooks(
     settings = settings_from(config, set_)
     from storeflow.components.shopify.webhooks import serve
 
-    try:
+    with refusing(ValueError):
         serve(settings, host=host, port=port)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
 
 
 def webhook_subscriptions(
@@ -38,11 +35,8 @@ def webhook_subscriptions(
     settings = settings_from(config, set_)
     from storeflow.components.shopify.subscriptions import app_toml
 
-    try:
+    with refusing(ValueError):
         typer.echo(app_toml(uri, settings.shopify.api_version), nl=False)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
 
 
 def dead_letters(
@@ -75,11 +69,8 @@ def sync(config: ConfigOption = None, set_: SetOption = None) -> None:
     from storeflow.components.shopify.admin import ShopifyError
     from storeflow.components.shopify.sync import pull
 
-    try:
+    with refusing(ShopifyError, code=1):
         result = pull(settings)
-    except ShopifyError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
     since = result.since.isoformat() if result.since else "the beginning"
     console.print(f"pulled {result.records} records updated since {since} into {result.store}; "
                   f"next pull from {result.watermark.isoformat()}")
@@ -98,7 +89,7 @@ def write_segments(
     from storeflow.components.shopify import metafields
     from storeflow.components.shopify.admin import AdminClient, ShopifyError, credentials
 
-    try:
+    with refusing(ValueError, ShopifyError, code=1):
         served, segments = metafields.champion_segments(settings, version)
         db = metafields.connect(metafields.outbox_path(settings))
         try:
@@ -117,9 +108,6 @@ def write_segments(
                 client.close()
         finally:
             db.close()
-    except (ValueError, ShopifyError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
     console.print(f"sent {result.sent} customers in {result.calls} metafieldsSet call(s); rejected {result.rejected} "
                   f"(Shopify's reasons in {metafields.outbox_path(settings)}); still pending {result.pending}")
     if result.pending:
