@@ -11,9 +11,9 @@ webhook receiver (``risk.endpoint`` set) as processes, pre-signs ``--deliveries`
 them for ``--seconds`` (each Shopify's whole ``orders/create``, ~9.5 KB, as a store's webhooks carry it; ``--body
 trimmed`` sends only the fields storeflow reads, ~0.7 KB, as runs before 2026-12-06 did) (closed loop, ``--connections`` in flight; or paced, ``storeflow:2000``: that many a second on
 a timetable, as Shopify sends them whether or not the receiver keeps up), then waits up to ``--drain`` seconds for
-every journaled order to reach Shopify. ``--follow-ups K`` sends each order's K later deliveries too (orders/paid, then
-orders/updated, whole orders as well), interleaved with later orders' creates as a store's webhooks come: the scorer
-records them as history between the orders it scores. ``--applier`` runs storeflow's receiver as ``storeflow webhooks``
+every journaled order to reach Shopify. ``--follow-ups K`` sends each order's K later deliveries too (the first K of
+orders/paid, orders/updated, refunds/create and orders/cancelled, in the same body kind), interleaved with later
+orders' creates as a store's webhooks come: the scorer records them as history between the orders it scores. ``--applier`` runs storeflow's receiver as ``storeflow webhooks``
 does, with the applier process that applies every delivery to the customers' features in Feast (not on the way to
 the assessment, but on the same two cores); without it (the default, and every run before 2026-12-06 22:00 UTC) no
 process applies them. Loss = orders journaled (acknowledged 200) without a mutation answered once all were
@@ -286,13 +286,50 @@ def _order_fields() -> tuple[str, ...]:
 FOLLOW_UP_GAP = 7  # an order's follow-up k goes out k * 7 creates after it: the stream interleaves topics, as a store's
 
 
+FOLLOW_UP_TOPICS = ("orders/paid", "orders/updated", "refunds/create", "orders/cancelled")
+FRAUD_EVERY = 50  # of the orders cancelled (--follow-ups 4), one in this many for fraud: the rest as a customer asked
+
+
 def follow_up(i: int, k: int, now: str, body: str = "subscribed") -> tuple[str, dict]:
-    """Order ``i``'s ``k``-th delivery after its create, as Shopify sends them once it is paid and then changed
-    (fulfilled, tagged): orders/paid first, then orders/updated, each with a later ``updated_at``."""
-    payload = order(i, now, body)
+    """Order ``i``'s ``k``-th delivery after its create, each a minute later than the one before, as Shopify sends
+    them once it is paid and then changed (fulfilled, tagged), refunded and cancelled: orders/paid, orders/updated,
+    refunds/create (its first line item's 42.50 paid back) and orders/cancelled (one order in FRAUD_EVERY for fraud,
+    which the order's customer's history counts)."""
     later = (datetime.fromisoformat(now) + timedelta(minutes=k)).isoformat()
+    topic = FOLLOW_UP_TOPICS[k - 1]
+    if topic == "refunds/create":
+        return topic, refund(i, later, body)
+    payload = order(i, now, body)
     payload.update({"updated_at": later, "financial_status": "paid"})
-    return ("orders/paid" if k == 1 else "orders/updated"), payload
+    if topic == "orders/cancelled":
+        payload.update({"cancelled_at": later, "financial_status": "refunded",
+                        "cancel_reason": "fraud" if i % FRAUD_EVERY == 0 else "customer"})
+    return topic, payload
+
+
+def refund(i: int, at: str, body: str = "subscribed") -> dict:
+    """Order ``i``'s refunds/create as Shopify's REST Refund has it (its first line item, the payment paid back);
+    ``subscribed``: cut to the subscription's include_fields, as for the orders."""
+    item = 8_000_000_000 + 2 * i
+    money = {"amount": "42.50", "currency_code": "USD"}
+    whole = {"id": 9_100_000_000 + i, "order_id": FIRST_ORDER + i, "created_at": at, "processed_at": at,
+             "note": "bench", "restock": False, "user_id": None,
+             "admin_graphql_api_id": f"gid://shopify/Refund/{9_100_000_000 + i}",
+             "refund_line_items": [{"id": 9_200_000_000 + i, "line_item_id": item, "location_id": None,
+                                    "quantity": 1, "restock_type": "no_restock", "subtotal": 42.5, "total_tax": 0.0,
+                                    "subtotal_set": {"shop_money": money, "presentment_money": money},
+                                    "total_tax_set": {"shop_money": {**money, "amount": "0.00"},
+                                                      "presentment_money": {**money, "amount": "0.00"}}}],
+             "transactions": [{"id": 9_300_000_000 + i, "order_id": FIRST_ORDER + i, "kind": "refund",
+                               "gateway": "shopify_payments", "status": "success", "amount": "42.50",
+                               "currency": "USD", "created_at": at, "processed_at": at, "parent_id": None,
+                               "test": False, "message": None, "error_code": None}],
+             "order_adjustments": [], "duties": []}
+    if body != "subscribed":
+        return whole
+    from storeflow.components.shopify.subscriptions import filtered, include_fields
+
+    return filtered(whole, include_fields("refunds/create"))
 
 
 def stream(deliveries: int, follow_ups: int) -> Iterator[tuple[str, int, int]]:
@@ -741,8 +778,9 @@ def main() -> None:
     parser.add_argument("--applier", action="store_true", help="the receivers run their applier process as "
                         "`storeflow webhooks` does (each delivery applied to the customers' features in Feast; not on "
                         "the path to the assessment, but on the same cores); else none")
-    parser.add_argument("--follow-ups", type=int, default=0, help="deliveries of each order after its create "
-                        "(orders/paid, then orders/updated), interleaved with later orders' creates as a store's "
+    parser.add_argument("--follow-ups", type=int, default=0, choices=range(len(FOLLOW_UP_TOPICS) + 1),
+                        help="deliveries of each order after its create (orders/paid, orders/updated, refunds/create, "
+                        "orders/cancelled: the first K of them), interleaved with later orders' creates as a store's "
                         "webhooks come; 0: creates only (runs before 2026-12-06 21:00 UTC)")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--bucket-seconds", type=int, default=5, help="wrk's run in a row with Shopify's bucket "
@@ -851,7 +889,7 @@ def main() -> None:
               "delivery_body": {"kind": args.body, "bytes_median": int(np.median(sizes)) if sizes else None},
               "applier": ("run: the receiver as storeflow webhooks runs it, applier process and all" if args.applier
                           else "not run (the receiver journals; nothing applies deliveries to the customers' features)"),
-              "follow_ups": {"per_order": args.follow_ups, "topics": "orders/paid, then orders/updated",
+              "follow_ups": {"per_order": args.follow_ups, "topics": ", then ".join(FOLLOW_UP_TOPICS[:args.follow_ups]),
                              "deliveries_per_order": 1 + args.follow_ups,
                              "note": "each paced rate is deliveries a second: orders a second are that / "
                                      f"{1 + args.follow_ups}; journaled, written back, end to end and CPU count "

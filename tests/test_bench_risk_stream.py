@@ -56,6 +56,29 @@ def test_a_follow_up_is_the_same_order_paid_then_updated_later(bench, body):
     assert rows[0]["updated_at"] < rows[1]["updated_at"] < rows[2]["updated_at"]  # each replaces the one before
 
 
+@pytest.mark.parametrize("body", ["subscribed", "full"])
+def test_an_order_is_then_refunded_and_cancelled_some_for_fraud(bench, body):
+    """--follow-ups 4: each order's refunds/create and orders/cancelled after its paid and updated deliveries, as the
+    receiver accepts them; the refund pays back one line item, one cancellation in FRAUD_EVERY is for fraud."""
+    from storeflow.components.risk.live import risk_row
+    from storeflow.components.shopify.payloads import refund_row
+
+    now = datetime(2026, 12, 7, tzinfo=timezone.utc).isoformat()
+    create = bench.order(50, now, body)
+    (refund_topic, refund), (cancel_topic, cancelled) = bench.follow_up(50, 3, now, body), bench.follow_up(50, 4, now, body)
+    assert (refund_topic, cancel_topic) == ("refunds/create", "orders/cancelled")
+    check(refund_topic, refund)  # what the receiver accepts
+    assert check(cancel_topic, cancelled) == create["customer"]["id"]
+    row = refund_row(refund)
+    assert (row["order_id"], row["amount"]) == (create["id"], 42.5) and row["created_at"] > now
+    order = order_rows(cancelled)[0]
+    assert order["order_id"] == create["id"] and order["cancelled_at"] is not None
+    assert risk_row(cancelled)["cancel_reason"] == "FRAUD"  # order 50: one in FRAUD_EVERY
+    assert risk_row(bench.follow_up(51, 4, now, body)[1])["cancel_reason"] == "CUSTOMER"
+    assert {kind for kind, _, _ in bench.stream(200, 4)} == {"create", "follow-up"}
+    assert {k for _, _, k in bench.stream(200, 4)} == {0, 1, 2, 3, 4}
+
+
 def test_the_subscribed_body_is_the_whole_order_as_storeflows_subscription_has_shopify_send_it(bench):
     """The default delivery: Shopify's whole orders/create cut to the subscription's include_fields, which the
     receiver and the risk scorer read as the whole order."""
