@@ -249,6 +249,45 @@ def test_the_deliveries_that_waited_for_a_batch_read_their_customers_ledgers_onc
         scorer.stop()
 
 
+def test_a_pass_that_begins_with_follow_ups_records_them_with_its_orders(tmp_path):
+    """The deliveries before a pass's first order were each handled on their own: a transaction and a ledger read
+    and write apiece. At a shop's pace a pass holds a few deliveries, and with each order paid, updated, refunded and
+    cancelled four in five are follow-ups, so most passes began with one (bench/risk_throughput --follow-ups 4: the
+    scorer's CPU an order 2.0 ms, against 0.8-1.1 with two follow-ups). Now they wait for the pass's orders too."""
+    earlier = [order(9300000061 + n, 61 + n, f"e{n}@example.com", f"{n} Oak St", n) for n in range(3)]
+    later = [order(9300000071 + n, 71 + n, f"l{n}@example.com", f"{n} Pine St", 20 + n) for n in range(2)]
+    seen, sizes = [], []
+    settings, scorer = _scorer(tmp_path, _answering(seen, sizes))
+    reads: list[list[int]] = []
+    read = scorer.history.history.read
+
+    def counted(customers):
+        customers = list(customers)
+        reads.append(sorted(c for c in customers if c is not None))
+        return read(customers)
+    try:
+        _journal(settings, *((f"c{n}", "orders/create", o) for n, o in enumerate(earlier)))
+        assert scorer.score_pending() == 3
+        scorer.history.history.read = counted
+        follow_ups = [("p0", "orders/paid", later_version(earlier[0], 10, financial_status="paid")),
+                      ("r1", "refunds/create", {"id": 9300000169, "order_id": earlier[1]["id"],
+                                                "created_at": (BASE + timedelta(minutes=11)).isoformat()}),
+                      ("x2", "orders/cancelled", later_version(earlier[2], 12, cancelled_at=(
+                          BASE + timedelta(minutes=12)).isoformat(), cancel_reason="fraud"))]
+        _journal(settings, *follow_ups, *((f"d{n}", "orders/create", o) for n, o in enumerate(later)))
+        assert scorer.score_pending() == 5
+        assert sizes == [3, 2]
+        assert reads == [[71, 72], [61, 62, 63]]  # the orders' features, then the three follow-ups' ledgers at once
+        assert _cursor(scorer) == 8 and scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone()[0] == 0
+        ledgers = read([61, 62, 63])
+        assert any(e.id == 9300000169 for e in ledgers[62].events)  # the refund reached order 2's customer
+        assert any(e.kind == 3 and e.id == earlier[2]["id"] for e in ledgers[63].events)  # the fraud cancellation
+        assert dict((o, u) for o, _, _, _, u in _live(scorer))[earlier[0]["id"]] == later_version(earlier[0], 10)[
+            "updated_at"]
+    finally:
+        scorer.stop()
+
+
 def test_a_waiting_delivery_the_history_refuses_is_set_aside_and_its_batch_is_kept(tmp_path):
     first = order(9300000051, 51, "a51@example.com", "51 Pine St", 0)
     events = [("c1", "orders/create", first),

@@ -129,7 +129,7 @@ class _Batch:
     @property
     def last(self) -> int:
         """The last journal row the batch holds."""
-        return max(self.orders[-1][0], self.later[-1][0] if self.later else 0)
+        return max(self.orders[-1][0] if self.orders else 0, self.later[-1][0] if self.later else 0)
 
 
 class RiskScorer:
@@ -179,7 +179,9 @@ class RiskScorer:
         creates. An update or refund that changes nothing a later order of the batch reads
         (:meth:`LiveHistory.changes`) waits for the batch and is recorded in its transaction, after its orders;
         one that does, or whose effect cannot be told, ends the batch, as every such delivery once did (with two
-        follow-ups an order, that scored one order a request)."""
+        follow-ups an order, that scored one order a request). The deliveries before a pass's first order wait the
+        same way: each was handled on its own, a transaction and a ledger read and write apiece, and at a shop's
+        pace most passes began with one."""
         (after,) = self.db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
         topics = sorted(HISTORY_TOPICS)
         rows = self.journal.execute(
@@ -198,7 +200,7 @@ class RiskScorer:
                     batch = _Batch()
                 batch.add(rowid, webhook_id, topic, body, order, reads)
                 continue
-            if batch.orders and (later := self._later(topic, body, batch)) is not None:
+            if (later := self._later(topic, body, batch)) is not None:  # before the pass's first order too
                 batch.defer(rowid, webhook_id, topic, body, *later)
                 continue
             self._flush(batch)
@@ -257,10 +259,10 @@ class RiskScorer:
         scored this one (the answer waited for them), which made each order wait a batch longer and cost more CPU
         (bench/risk_throughput, 5,000 customers, paced 2,500/s, two runs each: p50 journaled to answered 34-35 ->
         25-26 ms, scorer CPU 0.28-0.29 -> 0.26-0.27 ms an order)."""
-        if not batch.orders:
+        if not batch.orders and not batch.later:
             return
         try:
-            scored = self._score_many([item[4] for item in batch.orders])
+            scored = self._score_many([item[4] for item in batch.orders]) if batch.orders else []
         except REFUSED:
             return self._in_journal_order(batch)
         with transaction(self.db):
@@ -272,8 +274,9 @@ class RiskScorer:
                     for _, webhook_id, topic, _, payload in batch.later:
                         self._record_later(webhook_id, topic, payload)
             self._advance(batch.last)
-        self._outbox |= batch.ids
-        self.write_back.wake.set()
+        if batch.orders:
+            self._outbox |= batch.ids
+            self.write_back.wake.set()
 
     def _in_journal_order(self, batch: _Batch) -> None:
         """A refused batch handled as the journal has it, as the scorer did before deliveries waited for batches:
