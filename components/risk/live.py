@@ -58,7 +58,7 @@ from storeflow.components.risk.velocity import HORIZON_US, OnlineVelocity, Order
 from storeflow.components.risk.orders import (CANCEL_REASONS, TABLE_SCHEMA, address_key,
                                               export_risk_table, snapshot_risk_table)
 from storeflow.components.shopify import payloads as webhook
-from storeflow.components.shopify.journal import PRUNE_ROWS, transaction
+from storeflow.components.shopify.live_rows import forget_held
 from storeflow.components.shopify.payloads import (ORDER_TOPICS, REFUND_TOPICS, PayloadError, Timestamp, describe,
                                                   order_rows, refund_row, rows_of)
 from storeflow.components.tables import SCHEMAS, conform, email_key, table_path
@@ -532,60 +532,18 @@ class LiveHistory:
         return list(events.values())
 
 
-FORGET_PAGE = 200_000  # live rows looked at a time when forgetting what a snapshot holds
-
-
 def forget_what_the_snapshot_holds(db: sqlite3.Connection, snapshot: Path, retention_days: float,
                                    now: datetime | None = None) -> tuple[int, int]:
     """Delete the live orders (``risk_live_orders``) and refunds (``risk_live_refunds``) received more than
-    ``retention_days`` ago that ``snapshot`` holds: an order whose snapshot version is at least as new as the live
-    one's, a refund by its id. The snapshot's keys of those orders are what the live rows said, so nothing an
-    update, a refund or a redaction reads changes; without this each order's row (~170 bytes and an email) stayed
-    in ``risk.db`` for good. What no snapshot holds yet (an ingest that stopped) is kept. Returns (orders,
-    refunds) deleted."""
-    cutoff = pd.Timestamp(now or datetime.now(timezone.utc)) - pd.Timedelta(days=retention_days)
-    return (_forget(db, "risk_live_orders", "order_id", "updated_at", table_path(snapshot, "orders"), "updated_at",
-                    cutoff),
-            _forget(db, "risk_live_refunds", "refund_id", "json_extract(row, '$.created_at')",
-                    table_path(snapshot, "refunds"), None, cutoff))
-
-
-def _forget(db: sqlite3.Connection, table: str, key: str, received: str, snapshot_table: Path,
-            snapshot_version: str | None, cutoff: pd.Timestamp) -> int:
-    """:func:`forget_what_the_snapshot_holds` for one table: its rows a page at a time by key, those whose time
-    (``received``, an SQL expression) is before ``cutoff`` looked up in the snapshot's table, and (``snapshot_version``
-    given) kept unless the snapshot's version is as new; deleted a page at a time."""
-    if not snapshot_table.exists():
-        return 0
-    after, forgotten = -(2**63), 0
-    while True:
-        page = db.execute(f"SELECT {key}, {received} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
-                          (after, FORGET_PAGE)).fetchall()
-        if not page:
-            return forgotten
-        after = page[-1][0]
-        ids = np.array([row[0] for row in page], dtype=np.int64)
-        times = pd.to_datetime(pd.Series([row[1] for row in page], dtype=object), utc=True, format="ISO8601",
-                               errors="coerce")
-        old = (times < cutoff).to_numpy()  # no time (NaT): kept
-        if not old.any():
-            continue
-        ids, times = ids[old], times[old].astype("datetime64[us, UTC]").astype("int64").to_numpy()
-        columns = [key] if snapshot_version is None else [key, snapshot_version]
-        held = pq.read_table(snapshot_table, columns=columns, filters=[(key, "in", ids.tolist())])
-        held_ids = held.column(key).to_numpy()
-        order = np.argsort(held_ids)
-        at = np.minimum(np.searchsorted(held_ids[order], ids), max(len(held_ids) - 1, 0))
-        found = (held_ids[order][at] == ids) if len(held_ids) else np.zeros(len(ids), dtype=bool)
-        if snapshot_version is not None and len(held_ids):
-            version = pc.fill_null(pc.cast(pc.cast(held.column(snapshot_version), pa.timestamp("us", tz="UTC")),
-                                           pa.int64()), np.iinfo(np.int64).min).to_numpy()[order][at]
-            found &= version >= times  # the snapshot's version is the live one or newer
-        gone = ids[found].tolist()
-        for start in range(0, len(gone), PRUNE_ROWS):  # small transactions: the write-back's commits wait little
-            with transaction(db):
-                db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in gone[start:start + PRUNE_ROWS]])
-        forgotten += len(gone)
+    ``retention_days`` ago that ``snapshot`` holds (:func:`~storeflow.components.shopify.live_rows.forget_held`):
+    the snapshot's keys of those orders are what the rows said, so nothing an update, a refund or a redaction reads
+    changes; without this each order's row (~170 bytes and an email) stayed in ``risk.db`` for good. Returns
+    (orders, refunds) deleted."""
+    before = pd.Timestamp(now or datetime.now(timezone.utc)) - pd.Timedelta(days=retention_days)
+    return (forget_held(db, "risk_live_orders", "order_id", "updated_at", table_path(snapshot, "orders"),
+                        "updated_at", before),
+            forget_held(db, "risk_live_refunds", "refund_id", "json_extract(row, '$.created_at')",
+                        table_path(snapshot, "refunds"), None, before))
 
 
 def _terms(order_id: int, customer_id: int | None, email: str | None, address: str | None) -> frozenset:
