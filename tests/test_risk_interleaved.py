@@ -217,6 +217,19 @@ def test_a_refused_batch_is_handled_in_journal_order_and_a_crash_on_the_way_lose
         again.stop()
 
 
+def _count_ledger_reads(scorer) -> list[list[int]]:
+    """The customers of each read of the ledgers from here on, as the scorer reads them."""
+    reads: list[list[int]] = []
+    read = scorer.history.history.read
+
+    def counted(customers):
+        customers = list(customers)
+        reads.append(sorted(c for c in customers if c is not None))
+        return read(customers)
+    scorer.history.history.read = counted
+    return reads
+
+
 def test_the_deliveries_that_waited_for_a_batch_read_their_customers_ledgers_once(tmp_path):
     """Each orders/paid read its customer's ledger from the online store to find it unchanged: a Redis round trip a
     delivery, a third of the scorer's CPU with two follow-ups an order (py-spy, bench/risk_throughput). Now the
@@ -230,14 +243,7 @@ def test_the_deliveries_that_waited_for_a_batch_read_their_customers_ledgers_onc
                                             "created_at": (BASE + timedelta(minutes=20)).isoformat()}))
     seen, sizes = [], []
     settings, scorer = _scorer(tmp_path, _answering(seen, sizes))
-    reads: list[list[int]] = []
-    read = scorer.history.history.read
-
-    def counted(customers):
-        customers = list(customers)
-        reads.append(sorted(c for c in customers if c is not None))
-        return read(customers)
-    scorer.history.history.read = counted
+    read, reads = scorer.history.history.read, _count_ledger_reads(scorer)
     try:
         _journal(settings, *events)
         assert scorer.score_pending() == len(events)
@@ -258,17 +264,11 @@ def test_a_pass_that_begins_with_follow_ups_records_them_with_its_orders(tmp_pat
     later = [order(9300000071 + n, 71 + n, f"l{n}@example.com", f"{n} Pine St", 20 + n) for n in range(2)]
     seen, sizes = [], []
     settings, scorer = _scorer(tmp_path, _answering(seen, sizes))
-    reads: list[list[int]] = []
     read = scorer.history.history.read
-
-    def counted(customers):
-        customers = list(customers)
-        reads.append(sorted(c for c in customers if c is not None))
-        return read(customers)
     try:
         _journal(settings, *((f"c{n}", "orders/create", o) for n, o in enumerate(earlier)))
         assert scorer.score_pending() == 3
-        scorer.history.history.read = counted
+        reads = _count_ledger_reads(scorer)
         follow_ups = [("p0", "orders/paid", later_version(earlier[0], 10, financial_status="paid")),
                       ("r1", "refunds/create", {"id": 9300000169, "order_id": earlier[1]["id"],
                                                 "created_at": (BASE + timedelta(minutes=11)).isoformat()}),
