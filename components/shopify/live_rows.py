@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from storeflow.components.shopify.journal import PRUNE_ROWS, transaction
 
-PAGE = 200_000  # live rows looked at a time
+PAGE = 50_000  # live rows looked at a time (the receiver's retention thread shares its process's GIL with intake)
 
 
 def forget_held(db: sqlite3.Connection, table: str, key: str, received: str, snapshot_table: Path,
