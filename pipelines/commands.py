@@ -547,8 +547,8 @@ def _demo_canary(settings, rollouts_before: int) -> None:
             console.print(f"  {step['percent']:>3}% → {step['action']:<8}{counts}: {'; '.join(step['reasons'])}",
                           highlight=False)
         colour = "green" if rollout["outcome"] == "promoted" else "yellow"
-        console.print(f"[{colour}]{rollout['outcome']}[/{colour}] in {rollout.get('seconds', 0):.1f} s · "
-                      "`storeflow status` shows the record")
+        console.print(Text.assemble((rollout["outcome"], colour), f" in {rollout.get('seconds', 0):.1f} s · "
+                                    "`storeflow status` shows the record"))
 
 
 def _show(result: dict) -> None:

@@ -66,9 +66,9 @@ def _print(summary: dict, decision: dict, report) -> None:
     from rich.table import Table
 
     colour = {"ok": "green", "warning": "yellow", "critical": "red"}[summary["level"]]
-    console.print(f"model v{summary['model_version']} · window {summary['window']['start'][:16]} → "
-                  f"{summary['window']['end'][:16]} · {summary['rows']['window']} predictions · "
-                  f"status {summary['status']} · [{colour}]{summary['level']}[/{colour}]")
+    console.print(Text.assemble(f"model v{summary['model_version']} · window {summary['window']['start'][:16]} → "
+                                f"{summary['window']['end'][:16]} · {summary['rows']['window']} predictions · "
+                                f"status {summary['status']} · ", (summary["level"], colour)))
     drift = summary.get("drift")
     if drift:
         table = Table(title=f"drift: {drift['drifted_count']} feature(s) drifted ({drift['drifted_share']:.0%})")

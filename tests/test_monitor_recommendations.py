@@ -5,6 +5,7 @@ once per window, from logs in the format the recommender server writes (answers 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -172,6 +173,9 @@ def test_storeflow_monitor_prints_ctr_and_starts_the_recommendations_pipeline_no
     assert "recommendations v2" in result.output and "CTR" in result.output
     assert "recommender retraining: started" in result.output
     assert started == ["recommend"]
+    # the verdict's colour is a style, not rich markup printed as it is (the console reads no markup)
+    assert re.search(r"status [\w-]+ · (ok|warning|critical)$", result.output, re.M), result.output
+    assert not re.search(r"\[/?(red|green|yellow|bold)\]", result.output), result.output
 
 
 def test_a_baseline_without_clicks_is_named_not_divided_by(settings):
