@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storeflow.components.shopify.journal import PRUNE_ROWS, transaction
+from storeflow.components.tables import table_path
 
 PAGE = 50_000  # live rows looked at a time (the receiver's retention thread shares its process's GIL with intake)
 
@@ -70,8 +71,6 @@ def forget_applied(db: sqlite3.Connection, snapshot: Path, before: pd.Timestamp,
                    stopping: threading.Event | None = None) -> tuple[int, int]:
     """:func:`forget_held` for the applier's live tables in the journal: orders (with their line items) and
     refunds received before ``before`` that ``snapshot`` holds. Returns (orders, refunds) deleted."""
-    from storeflow.components.tables import table_path
-
     return (forget_held(db, "live_orders", "order_id", "updated_at", table_path(snapshot, "orders"), "updated_at",
                         before, dependents=(("live_line_items", "order_id"),), stopping=stopping),
             forget_held(db, "live_refunds", "refund_id", "json_extract(row, '$.created_at')",
