@@ -41,8 +41,10 @@ def forget_held(db: sqlite3.Connection, table: str, key: str, received: str, sna
         return 0
     after, forgotten = -(2**63), 0
     while stopping is None or not stopping.is_set():
-        page = db.execute(f"SELECT {key}, {received} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
-                          (after, PAGE)).fetchall()
+        # only rows already past ``before`` (SQLite's julianday reads the offsets): the retention thread looks every
+        # hour, and most live rows are within the retention
+        page = db.execute(f"SELECT {key}, {received} FROM {table} WHERE {key} > ? AND julianday({received}) < "
+                          f"julianday(?) ORDER BY {key} LIMIT ?", (after, before.isoformat(), PAGE)).fetchall()
         if not page:
             return forgotten
         after = page[-1][0]
