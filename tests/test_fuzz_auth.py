@@ -143,6 +143,29 @@ def test_the_middleware_answers_401_or_403_in_the_one_shape_or_passes_its_own_sh
             assert body["code"] == "other_shop" and OTHER in body["error"]
 
 
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_a_token_nested_past_the_json_parsers_depth_is_401_not_500():
+    """Claims nested ~3,000 deep made json.loads raise RecursionError, which nothing caught: a 500 with a traceback
+    on every request (on /v1/feedback the connection was reset), from a token nobody signed; signed, PyJWT's parse
+    raised it too."""
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    for claims in (b'{"iss":' + b"[" * 3000 + b"]" * 3000 + b"}", b"[" * 3000 + b"]" * 3000):
+        unsigned = f"Bearer {header}.{_b64url(claims)}.sig"
+        signed = "Bearer " + jwt.PyJWS().encode(claims, SECRET, algorithm="HS256")
+        for value in (unsigned, signed):
+            try:
+                VERIFIER.verify("POST", URL, {"Authorization": value})
+            except AuthError as exc:
+                assert exc.code in ("malformed_credentials", "invalid_id_token")
+            else:
+                raise AssertionError("a nested token named a caller")
+            status, body = _through_middleware([(b"authorization", value.encode())], b"")
+            assert status == 401 and body["code"] in ("malformed_credentials", "invalid_id_token")
+
+
 def test_an_other_shops_valid_token_is_refused_with_other_shop():
     """Both shops may call (allowed_shops); the data here is SHOP's, so OTHER's staff get a 403 naming it."""
     now = int(time.time())

@@ -265,7 +265,8 @@ class ShopifyVerifier:
 # What shopifyapp and urllib raise on input that is not well-formed credentials at all: hmac.compare_digest
 # refuses a non-ASCII signature (TypeError), urlparse a Host header like "[x" (ValueError), shopifyapp a
 # signed token whose dest is not a string (AttributeError).
-MALFORMED = (TypeError, ValueError, UnicodeError, AttributeError)
+# RecursionError: a token whose JSON nests deeper than the parser recurses (json.loads, in PyJWT too)
+MALFORMED = (TypeError, ValueError, UnicodeError, AttributeError, RecursionError)
 
 
 def _first_present(headers: Mapping[str, str], *names: str) -> str:
@@ -293,7 +294,7 @@ def _issued_by_admin(authorization) -> bool:
         return False
     try:
         claims = json.loads(base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4)))
-    except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+    except (ValueError, TypeError, RecursionError):  # binascii.Error and UnicodeDecodeError are ValueErrors
         return False
     iss = claims.get("iss") if isinstance(claims, dict) else None
     return isinstance(iss, str) and urlparse(iss).path.rstrip("/") == "/admin"
