@@ -5,12 +5,14 @@ The YAML is what a cluster runs; CI fails when it is stale (``storeflow compile 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from storeflow.pipelines.packages import MANIFESTS, compiled
+from storeflow.pipelines.packages import MANIFESTS, compiled, compiled_now
 
 PIPELINES = ("training", "monitoring", "recommendations", "risk")
 
@@ -100,11 +102,35 @@ def check(out_dir: Path = MANIFESTS, settings=None) -> Staleness:
     return Staleness(stale, "\n".join(diffs[:200]))
 
 
+def _known(name: str) -> str:
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; pipelines are {', '.join(PIPELINES)}")
+    return name
+
+
+def pipeline_for(name: str, settings=None):
+    """Pipeline ``name`` built for ``settings`` (default: the config model's defaults)."""
+    _known(name)
+    from storeflow.pipelines.monitoring import build_monitoring_pipeline
+    from storeflow.pipelines.recommendations import build_recommendations_pipeline
+    from storeflow.pipelines.risk import build_risk_pipeline
+    from storeflow.pipelines.training import DEFAULTS, build_training_pipeline
+
+    build = {"training": build_training_pipeline, "monitoring": build_monitoring_pipeline,
+             "recommendations": build_recommendations_pipeline, "risk": build_risk_pipeline}[name]
+    return build(settings or DEFAULTS)
+
+
 def pipeline_package(name: str, manifests: Path = MANIFESTS) -> Path:
     """The compiled YAML of pipeline ``name``: the checked-in file, or, where the source tree is not
     (an installed package, the project image), the same pipeline compiled now into a temporary file
     (:func:`storeflow.pipelines.packages.compiled`)."""
-    if name not in PIPELINES:
-        raise ValueError(f"unknown pipeline {name!r}; pipelines are {', '.join(PIPELINES)}")
-    relative = f"pipelines/{name}.yaml"
-    return compiled(relative, lambda: _targets()[relative], manifests)
+    return compiled(f"pipelines/{_known(name)}.yaml", lambda: pipeline_for(name), manifests)
+
+
+@contextlib.contextmanager
+def package_for(name: str, settings) -> Iterator[Path]:
+    """Pipeline ``name`` compiled for ``settings`` (image, volume, Secrets, resources, retries, timeouts), as
+    ``storeflow compile --config`` writes it, in a temporary file for as long as the ``with`` lasts."""
+    with compiled_now(f"pipelines/{_known(name)}.yaml", lambda: pipeline_for(name, settings)) as path:
+        yield path

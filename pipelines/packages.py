@@ -8,7 +8,8 @@ from a compile (:mod:`storeflow.pipelines.compile`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -25,3 +26,16 @@ def compiled(relative: str, build: Callable[[], object], manifests: Path = MANIF
     fresh.parent.mkdir(parents=True)
     compiler.Compiler().compile(build(), str(fresh))
     return fresh
+
+
+@contextmanager
+def compiled_now(relative: str, build: Callable[[], object]) -> Iterator[Path]:
+    """What ``build()`` returns compiled to a temporary file, removed after: a pipeline built for settings of
+    the caller's, which the checked-in YAML (built from the defaults) does not hold."""
+    from kfp import compiler
+
+    with tempfile.TemporaryDirectory(prefix="storeflow-pipeline-") as tmp:
+        fresh = Path(tmp) / relative
+        fresh.parent.mkdir(parents=True)
+        compiler.Compiler().compile(build(), str(fresh))
+        yield fresh

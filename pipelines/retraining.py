@@ -68,14 +68,13 @@ def _start_cluster(settings: Settings) -> dict:
 
 
 def _submit(settings: Settings) -> dict:
-    """The checked-in training pipeline, or (in the image, which has no manifests/) the pipeline compiled
-    now for the settings this task has: its image, volume and resources as the cluster configured them."""
+    """The training pipeline compiled now for the settings this task has: its image, volume and resources as
+    the cluster configured them (the checked-in YAML holds the defaults)."""
+    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
-    from storeflow.pipelines.packages import compiled
-    from storeflow.pipelines.training import build_training_pipeline
 
-    package = compiled("pipelines/training.yaml", lambda: build_training_pipeline(settings))
-    submitted = start_run(settings, package, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    with package_for("training", settings) as package:
+        submitted = start_run(settings, package, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 
@@ -88,14 +87,13 @@ def _recommend_local(settings: Settings) -> dict:
 
 
 def _submit_recommendations(settings: Settings) -> dict:
-    """The recommendations pipeline, checked in or compiled now, as :func:`_submit` does for training."""
+    """The recommendations pipeline compiled now, as :func:`_submit` does for training."""
+    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
-    from storeflow.pipelines.packages import compiled
-    from storeflow.pipelines.recommendations import build_recommendations_pipeline
 
-    package = compiled("pipelines/recommendations.yaml", lambda: build_recommendations_pipeline(settings))
-    submitted = start_run(settings, package,
-                          run_name=f"retrain-recommendations-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    with package_for("recommendations", settings) as package:
+        submitted = start_run(settings, package,
+                              run_name=f"retrain-recommendations-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 
@@ -108,13 +106,13 @@ def _risk_local(settings: Settings) -> dict:
 
 
 def _submit_risk(settings: Settings) -> dict:
-    """The order risk pipeline, checked in or compiled now, as :func:`_submit` does for training."""
+    """The order risk pipeline compiled now, as :func:`_submit` does for training."""
+    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
-    from storeflow.pipelines.packages import compiled
-    from storeflow.pipelines.risk import build_risk_pipeline
 
-    package = compiled("pipelines/risk.yaml", lambda: build_risk_pipeline(settings))
-    submitted = start_run(settings, package, run_name=f"retrain-order-risk-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    with package_for("risk", settings) as package:
+        submitted = start_run(settings, package,
+                              run_name=f"retrain-order-risk-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
 
 

@@ -142,3 +142,22 @@ def test_a_connection_setting_the_cluster_cannot_resolve_is_refused_before_sendi
                for name, e in list(executors)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()}
     assert "storeflow-online-store" in secrets["exec-features"] and "storeflow-mlflow-client" in secrets["exec-train"]
     assert secrets["exec-validate"] == []  # a task gets only the Secrets it uses
+
+
+def test_submit_and_schedule_send_the_pipeline_compiled_for_the_users_config(cluster_settings) -> None:
+    """The image, resources, retries and timeouts are compiled into the tasks (config_json cannot change them):
+    a cluster config's image and a bigger train task must reach the cluster, not the checked-in defaults."""
+    settings = load_settings({**json.loads(cluster_settings.to_json()),
+                              "image": {"repository": "registry.example.com/shop/storeflow", "tag": "9.9.9"},
+                              "kfp": {**json.loads(cluster_settings.to_json())["kfp"],
+                                      "resources": {"train": {"memory_limit": "16Gi"}}}})
+    with KfpApi() as api:
+        submit(settings, host=api.url, token="t")
+        schedule(settings, "0 0 3 * * *", host=api.url, token="t")
+    sent = [r.body["pipeline_spec"]["pipeline_spec"] for r in api.requests
+            if r.path in ("/apis/v2beta1/runs", "/apis/v2beta1/recurringruns")]
+    assert len(sent) == 2
+    for spec in sent:
+        executors = spec["deploymentSpec"]["executors"]
+        assert {e["container"]["image"] for e in executors.values()} == {"registry.example.com/shop/storeflow:9.9.9"}
+        assert executors["exec-train"]["container"]["resources"]["resourceMemoryLimit"] == "16Gi"
