@@ -36,6 +36,46 @@ class PredictorUnavailable(RuntimeError):
     """The predictor container could not be reached (503 with Retry-After: worth retrying)."""
 
 
+# the attribute an exception carries once the request's answering version was chosen (:func:`answered_by`)
+_VERSION_ATTRIBUTE = "storeflow_model_version"
+
+
+def answered_by(exc: BaseException, version: str | None) -> BaseException:
+    """``exc`` marked as raised for a request ``version`` answers (``"2"``, or ``"1,2"`` for one split between
+    two): its error answer then carries the version header, so the request observer counts the error against
+    that version. Unmarked, every error counted as ``model_version="none"``, and a canary's failures never
+    reached its error-rate check, which selects by version. The first mark stays (the innermost knows best)."""
+    if version and getattr(exc, _VERSION_ATTRIBUTE, None) is None:
+        try:
+            setattr(exc, _VERSION_ATTRIBUTE, version)
+        except AttributeError:  # an exception type without a __dict__: counted as none, as before
+            pass
+    return exc
+
+
+def version_of(exc: BaseException | None) -> str | None:
+    """The version :func:`answered_by` marked ``exc`` (or an exception it was raised from) with, else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        version = getattr(exc, _VERSION_ATTRIBUTE, None)
+        if version:
+            return version
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class AnswersOneVersion:
+    """A KServe ``Model`` that serves one version (``self.version``): whatever it raises while answering carries
+    that version (:func:`answered_by`), so its error answers count against it, as its 200s do."""
+
+    async def __call__(self, *args, **kwargs):
+        try:
+            return await super().__call__(*args, **kwargs)
+        except Exception as exc:
+            raise answered_by(exc, getattr(self, "version", None))
+
+
 def status_code(status: int) -> str:
     return STATUS_CODES.get(status, "client_error" if status < 500 else "server_error")
 

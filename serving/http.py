@@ -29,6 +29,7 @@ from storeflow.serving.errors import (
     error_response,
     send_error,
     status_code,
+    version_of,
 )
 from storeflow.serving.logs import request_logger
 from storeflow.serving.protocol import PIN_HEADER, VERSION_HEADER
@@ -92,7 +93,11 @@ def error_handlers() -> dict:
             message = f"internal error: {type(exc).__name__}"  # the details go to the log, not the caller
         else:
             message = str(exc)
-        return error_response(status, code, message, {"retry-after": "1"} if status == 503 else None)
+        headers = {"retry-after": "1"} if status == 503 else {}
+        version = version_of(exc)
+        if version is not None:  # the request observer counts the error against the version that failed it
+            headers[VERSION_HEADER] = version
+        return error_response(status, code, message, headers or None)
 
     async def http_error(_: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, status_code(exc.status_code), str(exc.detail), exc.headers)
@@ -187,7 +192,10 @@ def v2_infer_route(dataplane, model_repository_extension=None):
                 binary = "inference-header-content-length" in result.headers
                 result.headers["content-type"] = "application/octet-stream" if binary else "application/json"
             return result
-        return ORJSONResponse(jsonable_encoder(result))
+        answer = ORJSONResponse(jsonable_encoder(result))
+        # the headers KServe put on the sub-response (the answering version among them), as FastAPI merges them
+        answer.headers.update({k: v for k, v in raw.headers.items() if k not in ("content-length", "content-type")})
+        return answer
 
     return infer
 
@@ -200,6 +208,12 @@ class RequestMeter:
         self._latency: dict = {}
 
     def observe(self, version: str, status: int, seconds: float) -> None:
+        """One request ``version`` answered (``"1,2"``: a request whose customers two versions answered counts
+        for each, so each version's error rate sees it)."""
+        if "," in version:
+            for each in dict.fromkeys(version.split(",")):
+                self.observe(each, status, seconds)
+            return
         counter = self._counters.get((version, status))
         if counter is None:
             counter = self._counters[version, status] = metrics.REQUESTS.labels(model_version=version,
@@ -268,7 +282,9 @@ class RequestObserver:
             if seen[0]:  # answered already: nothing left to say to the caller
                 raise
             failure = exc
-            await send_error(observe, 500, "internal", f"internal error: {type(exc).__name__}")
+            version = version_of(exc)
+            await send_error(observe, 500, "internal", f"internal error: {type(exc).__name__}",
+                             [] if version is None else [(_VERSION_HEADER, version.encode("latin-1"))])
         finally:
             status = seen[0] or (499 if gone and failure is None else 500)
             if metered:
@@ -496,19 +512,20 @@ class FlatV2(FlatRoute):
         response, response_headers = await model(request, headers=headers)
         response, encoded = dataplane.encode(model_name=model_name, response=response, headers=headers,
                                              req_attributes={})
+        response_headers.update(encoded)
+        response_headers.pop("content-length", None)
+        response_headers.pop("content-type", None)
         if not isinstance(response, bytes):
             # What V2Endpoints.infer and the route answer for a JSON InferResponse: KServe's pydantic
-            # model, encoded by FastAPI, without the model's response headers.
+            # model, encoded by FastAPI, with the model's response headers (the answering version).
             from fastapi.encoders import jsonable_encoder
             from fastapi.responses import ORJSONResponse
             from kserve.protocol.rest.v2_datamodels import InferenceResponse
 
             content = ORJSONResponse(jsonable_encoder(InferenceResponse.model_validate(response))).body
-            return ([(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
-                    content, "none")
-        response_headers.update(encoded)
-        response_headers.pop("content-length", None)
-        response_headers.pop("content-type", None)
+            out = [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]
+            out += [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response_headers.items()]
+            return out, content, response_headers.get(VERSION_HEADER, "none")
         binary = "inference-header-content-length" in response_headers
         out = [(b"content-length", str(len(response)).encode()),
                (b"content-type", b"application/octet-stream" if binary else b"application/json")]

@@ -1,7 +1,9 @@
 """Prometheus metrics the canary analysis and dashboards read (names are a contract: keep them).
 
 * ``storeflow_requests_total{model_version,status}``: answered inference requests; ``status`` is the
-  HTTP status code (``200``, ``400``, ``401``, ``500``...), ``model_version`` ``none`` when no model answered.
+  HTTP status code (``200``, ``400``, ``401``, ``500``...), ``model_version`` the version that answered or
+  failed it (an error raised once its version was chosen says so: ``errors.answered_by``), each version for a
+  request two answered, ``none`` when no model was reached (bad credentials, a malformed body).
 * ``storeflow_request_latency_seconds{model_version}``: whole-request latency, histogram.
 * ``storeflow_feature_lookup_seconds``: Feast online lookup (cache included) per request, histogram.
 * ``storeflow_prediction_score{model_version}``: served scores, histogram on [0, 1] (for PSI).

@@ -26,6 +26,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from storeflow.serving.errors import AnswersOneVersion
 from storeflow.serving.protocol import FEATURES_INPUT, SCORE_OUTPUT, SPEND_OUTPUT, SPEND_TIER_OUTPUT, VERSION_HEADER
 from storeflow.serving.runtime import Scorer, build_regressor, build_scorer
 
@@ -87,7 +88,7 @@ def registered_version(model_dir: Path) -> tuple[str | None, str | None]:
     return data.get("model_name"), None if version is None else str(version)
 
 
-class StoreflowPredictor(Model):
+class StoreflowPredictor(AnswersOneVersion, Model):
     """Propensity scores from one registered model version."""
 
     def __init__(self, name: str, model_dir: Path | str, version: str | None = None,

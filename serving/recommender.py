@@ -35,10 +35,12 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from storeflow.components.heap import freeze_startup_objects
 from storeflow.components.recommend.availability import LiveCatalog, ProductState, ensure_view
 from storeflow.components.recommend.model import ItemItem, Neighbours
+from storeflow.serving.errors import AnswersOneVersion
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.http import FlatRoute
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
+from storeflow.serving.v2 import check_outputs
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -66,7 +68,7 @@ def _k(value, default: int) -> int:
     return value
 
 
-class RecommenderModel(Model):
+class RecommenderModel(AnswersOneVersion, Model):
     """KServe's contract: ``load`` the item-item model, ``preprocess`` a request into baskets, ``predict``
     the recommendations, ``postprocess`` them into the protocol the request came in."""
 
@@ -116,6 +118,7 @@ class RecommenderModel(Model):
         return baskets
 
     def _parse_v2(self, request: InferRequest) -> tuple[list[int], int]:
+        check_outputs(request, ["products"])
         inputs = {tensor.name: tensor for tensor in request.inputs}
         if set(inputs) != {"products"}:
             raise InvalidInput("one input named 'products' (BYTES or INT64 [m]: the basket's product ids)")

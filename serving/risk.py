@@ -37,10 +37,12 @@ from storeflow.components.risk.protocol import (FACTS_OUTPUT, FEATURES_INPUT, LE
                                                 MAX_INSTANCES, MAX_ORDER_ID_CHARS, ORDER_ID, SCORE_OUTPUT)
 from storeflow.serving.metrics import RISK_ASSESSMENTS
 from storeflow.serving.predictor import input_example, load_estimator, read_mlmodel, registered_version
+from storeflow.serving.errors import AnswersOneVersion
 from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.runtime import Scorer, build_scorer
 from storeflow.serving.v1 import v1_request
+from storeflow.serving.v2 import check_outputs
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -49,7 +51,7 @@ V1_EXAMPLE = ('{"instances": [{"order_id": "gid://shopify/Order/1", "total_price
               f'...the {len(ORDER_FEATURES)} features}}]}}')
 
 
-class RiskPredictor(Model):
+class RiskPredictor(AnswersOneVersion, Model):
     """P(fraud) of orders, with the assessment (level and facts) of each."""
 
     def __init__(self, name: str, model_dir: Path | str, version: str | None = None,
@@ -100,6 +102,7 @@ class RiskPredictor(Model):
         return False, ids, _matrix(rows, len(self.columns))
 
     def _v2(self, request: InferRequest) -> tuple[list[str | None], np.ndarray]:
+        check_outputs(request, [SCORE_OUTPUT, LEVEL_OUTPUT, FACTS_OUTPUT])
         inputs = {tensor.name: tensor for tensor in request.inputs}
         if FEATURES_INPUT not in inputs or set(inputs) - {FEATURES_INPUT, ORDER_ID}:
             raise InvalidInput(f"inputs '{FEATURES_INPUT}' (FP64 [n, {len(self.columns)}]) and optionally "

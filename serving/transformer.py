@@ -40,7 +40,7 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from storeflow.serving import metrics
-from storeflow.serving.errors import ForbiddenCustomer, PredictorUnavailable, UnknownVersion
+from storeflow.serving.errors import ForbiddenCustomer, PredictorUnavailable, UnknownVersion, answered_by
 from storeflow.serving.features import BadCustomerId, OnlineFeatures, parse_customer_id
 from storeflow.serving.predictor import StoreflowPredictor
 from storeflow.serving.predlog import PredictionLog, now_iso
@@ -55,6 +55,7 @@ from storeflow.serving.protocol import (
     VERSION_HEADER,
 )
 from storeflow.serving.v1 import v1_request
+from storeflow.serving.v2 import check_outputs
 
 V2_INPUTS = {"customer_id", "cart_subtotal", "cart_item_count"}
 MAX_CART_SUBTOTAL = 1e9
@@ -197,7 +198,8 @@ class StoreflowTransformer(Model):
         try:
             scoring.rows, scoring.fallback = await self.features.rows(ids)
         except Exception as exc:  # noqa: BLE001 - Feast down is a server problem, said plainly
-            raise InferenceError(f"feature lookup failed: {type(exc).__name__}: {exc}") from exc
+            raise answered_by(InferenceError(f"feature lookup failed: {type(exc).__name__}: {exc}"),
+                              self._answering(scoring)) from exc
         metrics.FEATURE_LOOKUP.observe(time.perf_counter() - started)
         return scoring
 
@@ -293,11 +295,22 @@ class StoreflowTransformer(Model):
             return self.canary_version
         return self.main_version
 
+    def _answering(self, scoring: Scoring) -> str | None:
+        """The version(s) answering ``scoring`` ("1", "1,2"), for its error answer's version header; None when
+        not known (a predictor elsewhere that did not say)."""
+        versions = scoring.versions
+        if not versions and self.predictors:
+            versions = [scoring.pinned or self.version_for(cid) for cid in scoring.ids]
+        return ",".join(dict.fromkeys(versions)) or None
+
     async def predict(self, scoring: Scoring, headers=None, response_headers=None) -> Scoring:
-        if self.predictors:
-            await self._predict_local(scoring)
-        else:
-            await self._predict_remote(scoring, headers, response_headers)
+        try:
+            if self.predictors:
+                await self._predict_local(scoring)
+            else:
+                await self._predict_remote(scoring, headers, response_headers)
+        except Exception as exc:
+            raise answered_by(exc, self._answering(scoring))
         return scoring
 
     async def _predict_local(self, scoring: Scoring) -> None:
@@ -366,7 +379,8 @@ class StoreflowTransformer(Model):
             raise PredictorUnavailable(f"predictor {self.predictor_config.predictor_host} is unavailable: "
                                        f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - the predictor answered with an error
-            raise InferenceError(f"predictor failed: {type(exc).__name__}: {exc}") from exc
+            answered = getattr(getattr(exc, "response", None), "headers", {}).get(VERSION_HEADER)  # it said who
+            raise answered_by(InferenceError(f"predictor failed: {type(exc).__name__}: {exc}"), answered) from exc
         if isinstance(answer, InferResponse):
             output = answer.get_output_by_name(SCORE_OUTPUT)
             scores, version = output.as_numpy().astype(np.float64).reshape(-1), answer.model_version
@@ -390,9 +404,18 @@ class StoreflowTransformer(Model):
 
     # -- postprocess ---------------------------------------------------------------------------------
     async def postprocess(self, scoring: Scoring, headers=None, response_headers=None):
+        try:
+            return self._answer(scoring, headers, response_headers)
+        except Exception as exc:
+            raise answered_by(exc, self._answering(scoring))
+
+    def _answer(self, scoring: Scoring, headers, response_headers):
         answered = ",".join(dict.fromkeys(scoring.versions))
         if response_headers is not None:
             response_headers[VERSION_HEADER] = answered
+        if scoring.v2_request is not None:  # before any score is counted or logged
+            check_outputs(scoring.v2_request, [SCORE_OUTPUT, "model_version", "fallback",
+                                               *((SPEND_OUTPUT, SPEND_TIER_OUTPUT) if scoring.spend is not None else ())])
         scores = scoring.scores.tolist()
         for score, version in zip(scores, scoring.versions):
             self._score_histogram(version).observe(score)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -77,6 +78,20 @@ def test_exactly_min_requests_is_enough(policy):
 )
 def test_missing_metric_holds(policy, canary, reason):
     assert decide(policy, 10, 0, canary, CHAMPION) == Decision("hold", 10, (reason,))
+
+
+@pytest.mark.parametrize("canary", [metrics(error_rate=1.0, scores=()),
+                                    VersionMetrics(1000, 1.0, 0.1, (), impressions=0.0, clicks=0.0),
+                                    VersionMetrics(1000, 1.0, 0.1, (), orders=0.0, alerts=0.0)],
+                         ids=["scorer", "recommender", "order risk"])
+def test_a_canary_failing_every_request_rolls_back_at_the_first_look(policy, canary):
+    """It leaves no scores (nor impressions, nor scored orders): it held for want of them, step after step, until
+    max_holds_per_step, while a tenth of the traffic failed."""
+    champion = dataclasses.replace(CHAMPION, impressions=canary.impressions and 5000.0, clicks=canary.clicks and 50.0,
+                                   orders=canary.orders and 5000.0, alerts=canary.alerts and 50.0)
+    decision = decide(policy, 10, 0, canary, champion)
+    assert decision.action == "rollback" and decision.percent == 0
+    assert decision.reasons == ("error rate 1.0000 exceeds champion's 0.0100 by 0.9900 > 0.01",)
 
 
 def test_holding_too_long_rolls_back_with_the_reason(policy):

@@ -118,3 +118,22 @@ def test_a_malformed_body_is_the_stacks_400(server):
     answer = httpx.post(f"{url}/v1/models/{NAME}:predict", content=b'{"instances": [',
                         headers={"Authorization": f"Bearer {_token()}", "Content-Type": "application/json"})
     assert answer.status_code == 400 and set(answer.json()) == {"error", "code"}, answer.text
+
+
+def test_v2_answers_say_their_version_and_count_under_it(server):
+    """A V2 answer of the recommender carried no version header (the route dropped the headers KServe set), so
+    every V2 request counted as ``model_version="none"`` and the recommender's canary checks ignored V2 traffic.
+    An ``outputs`` entry naming no output is a 400 before anything is served."""
+    url, model = server
+    body = {"inputs": [{"name": "products", "shape": [1], "datatype": "INT64", "data": [int(model.products[3])]}]}
+    auth = {"Authorization": f"Bearer {_token()}"}
+    before = _answered(url)
+    for headers in (auth, {**auth, "Origin": f"https://{SHOP}"}):  # the flat V2 path, and the stack
+        answer = httpx.post(f"{url}/v2/models/{NAME}/infer", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-storeflow-model-version"] == "3"
+        assert answer.json()["outputs"][0]["name"] == "products"
+    assert _answered(url) - before == 2
+    refused = httpx.post(f"{url}/v2/models/{NAME}/infer", json={**body, "outputs": [{"name": "scores"}]},
+                         headers=auth)
+    assert refused.status_code == 400 and "'scores'" in refused.json()["error"], refused.text

@@ -54,30 +54,46 @@ def trained(tmp_path_factory):
     return root, overrides, settings
 
 
+# The canary's model failing as a broken challenger would: every score of version 2 raises.
+BROKEN_CANARY = ("from storeflow.serving.predictor import StoreflowPredictor; original = StoreflowPredictor.score; "
+                 "StoreflowPredictor.score = lambda self, rows: (_ for _ in ()).throw(RuntimeError('broken challenger')) "
+                 "if self.version == '2' else original(self, rows); ")
+
+
 @pytest.fixture(scope="module")
 def server(trained):
+    yield from _serve(trained, "server")
+
+
+@pytest.fixture(scope="module")
+def broken_canary_server(trained):
+    """The same champion and canary, the canary's model raising on every score."""
+    yield from _serve(trained, "broken-canary", BROKEN_CANARY)
+
+
+def _serve(trained, name: str, prelude: str = ""):
     root, overrides, _ = trained
     port = free_port()
-    ready = root / "ready"
-    script = ("import json, sys; from storeflow.components.config import load_settings; "
+    ready = root / f"{name}.ready"
+    script = (prelude + "import json, sys; from storeflow.components.config import load_settings; "
               "from storeflow.serving.server import serve; "
               "serve(load_settings(json.loads(sys.argv[1])), port=int(sys.argv[2]), ready_file=sys.argv[3])")
     # Metrics files of a server that ran before, in the multiprocess directory this one inherits.
-    stale = root / "inherited-metrics"
+    stale = root / f"{name}-inherited-metrics"
     stale.mkdir()
     subprocess.run([sys.executable, "-c", "from prometheus_client import Counter; "
                     "Counter('storeflow_requests', '', ['model_version', 'status']).labels('99', '200').inc(7)"],
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(stale)}, check=True)
     assert list(stale.glob("*.db"))
     env = {**os.environ, "SHOPIFY_API_SECRET": SECRET, "PROMETHEUS_MULTIPROC_DIR": str(stale)}
-    log = (root / "server.log").open("w")
+    log = (root / f"{name}.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(overrides), str(port), str(ready)],
                             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + (root / "server.log").read_text()[-3000:])
+                raise RuntimeError("server did not start:\n" + (root / f"{name}.log").read_text()[-3000:])
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
@@ -240,6 +256,40 @@ def test_health_metadata_and_metrics(server):
     assert 'storeflow_model_info{model_version="1",runtime="treelite"} 1.0' in text
     assert 'storeflow_model_info{model_version="2",runtime="treelite"} 1.0' in text
     assert 'model_version="99"' not in text  # another server's counts, left in the inherited metrics dir
+
+
+def test_a_failing_canarys_errors_count_against_it_and_roll_it_back(trained, broken_canary_server):
+    """An error answer carried no version, so every 500 counted as ``model_version="none"``: the canary checks
+    (Prometheus's queries and the local canary's scrape select by version) saw a canary failing every request as
+    flawless, and advanced it. Now the answer says which version failed it, and it counts against that version;
+    a request two versions answered counts for each."""
+    from storeflow.components.deploy.analysis import decide
+    from storeflow.components.deploy.local_canary import scrape, version_metrics
+
+    _, _, settings = trained
+    server = broken_canary_server
+    ids = list(range(1, 101))
+    canary = [i for i in ids if version_for(i) == "2"]
+    champion = [i for i in ids if version_for(i) == "1"]
+    assert canary and champion
+    for i in ids:
+        answer = post(server, V1, {"instances": [{"customer_id": i}]})
+        assert answer.status_code == (500 if i in canary else 200), answer.text
+        assert answer.headers["x-storeflow-model-version"] == version_for(i)
+    answer = post(server, V2, v2(("customer_id", [1], "INT64", [canary[0]])))  # the flat V2 path, then the stack
+    assert answer.status_code == 500 and answer.json()["code"] == "inference_failed"
+    assert answer.headers["x-storeflow-model-version"] == "2"
+    mixed = post(server, V1, {"instances": [{"customer_id": canary[0]}, {"customer_id": champion[0]}]})
+    assert mixed.status_code == 500 and sorted(mixed.headers["x-storeflow-model-version"].split(",")) == ["1", "2"]
+    text = httpx.get(f"http://{server}/metrics").text
+    assert 'model_version="1,2"' not in text and 'model_version="2,1"' not in text
+    counts = scrape(text, settings.deploy.error_status_regex)
+    assert counts["2"].requests == counts["2"].errors == len(canary) + 2
+    assert (counts["1"].requests, counts["1"].errors) == (len(champion) + 1, 1)
+    judged = settings.model_copy(update={"deploy": settings.deploy.model_copy(update={"min_requests": 20})})
+    decision = decide(judged, settings.deploy.canary_steps[0], 0, version_metrics(counts["2"]),
+                      version_metrics(counts["1"]))
+    assert decision.action == "rollback", decision
 
 
 def test_listens_on_loopback_only_by_default(server):
@@ -430,6 +480,33 @@ def test_every_answer_is_in_the_prediction_log(trained, server):
     assert record["model_version"] == version_for(11)
     assert list(record["features"]) == settings.features.customer_features
     assert 0 <= record["score"] <= 1 and record["ts"].endswith("+00:00")
+
+
+def _logged(root: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((root / "state" / "predictions").glob("*.jsonl"))
+            for line in f.read_text().splitlines() if line]
+
+
+@pytest.mark.parametrize("outputs", [[{"name": "no_such_output"}], [{"name": "score"}] * 3],
+                         ids=["unknown", "repeated"])
+def test_a_refused_v2_request_leaves_nothing_in_the_prediction_log(trained, server, outputs):
+    """KServe refuses an unknown output name only when it serializes the answer, after the scores were logged
+    and counted: each refused request left its customers' predictions in the log (twice on the flat V2 path,
+    which replays a failed request through the stack), feeding drift monitoring rows nobody was answered with.
+    A repeated name made the answer that many times larger. Both are 400s before anything is logged."""
+    root = trained[0]
+    refused = [880_001, 880_002, 880_003]
+    body = {**v2(("customer_id", [3], "INT64", refused)), "outputs": outputs}
+    for origin in ({}, {"Origin": f"https://{SHOP}"}):  # the flat V2 path, and the middleware stack
+        answer = post(server, V2, body, headers=origin)
+        assert answer.status_code == 400, answer.text
+        assert outputs[0]["name"] in answer.json()["error"]
+    post(server, V1, {"instances": [{"customer_id": 880_004}]})  # logged after them, so the log has caught up
+    deadline = time.monotonic() + 30
+    while not any(r["customer_id"] == 880_004 for r in _logged(root)):
+        assert time.monotonic() < deadline, "the answered request never reached the prediction log"
+        time.sleep(0.2)
+    assert not [r for r in _logged(root) if r["customer_id"] in refused]
 
 
 def test_the_documented_command_line_serves(trained, expected) -> None:

@@ -64,3 +64,42 @@ def test_log_files_carry_the_host_name(tmp_path, monkeypatch):
     [path] = tmp_path.glob("predictions-*.jsonl")  # the pattern monitoring reads
     assert "-transformer-7d9f-abcde-" in path.name
     assert json.loads(path.read_text()) == {"customer_id": 1, "score": 0.5}
+
+
+def test_a_predictor_error_counts_against_the_version_that_answered_it(monkeypatch):
+    """On a cluster the answering version comes from the predictor's header. A predictor's error answer now
+    carries it (a model serving one version marks what it raises), and the transformer's 500 passes it on: the
+    canary revision's failures count against its version, where every one counted as ``none`` before."""
+    import httpx
+    from kserve import Model as KServeModel
+
+    from storeflow.serving.errors import version_of
+    from storeflow.serving.http import error_handlers
+    from storeflow.serving.predictor import StoreflowPredictor
+
+    class Failing(StoreflowPredictor):  # the predictor pod's model, its scoring broken
+        def _matrix(self, payload):
+            raise RuntimeError("a broken challenger")
+
+    predictor = Failing.__new__(Failing)
+    KServeModel.__init__(predictor, "storeflow-repeat-purchase")
+    predictor.version, predictor.ready = "7", True
+    with pytest.raises(RuntimeError) as failed:
+        asyncio.run(predictor({"instances": [[0.0, 0.0, 0.0]]}))
+    assert version_of(failed.value) == "7"
+    said = asyncio.run(error_handlers()[Exception](None, failed.value))
+    assert said.status_code == 500 and said.headers["x-storeflow-model-version"] == "7"
+
+    request = httpx.Request("POST", "http://predictor/v2/models/m/infer")
+    answer = httpx.Response(500, headers=dict(said.headers), content=said.body, request=request)
+
+    async def predictor_call(self, payload, headers=None, response_headers=None):
+        raise httpx.HTTPStatusError("500 Internal Server Error", request=request, response=answer)
+
+    transformer = _transformer(monkeypatch, [0.1, 0.2], "7")
+    monkeypatch.setattr(Model, "predict", predictor_call)
+    transformer.predictors = {}  # scored elsewhere: the cluster's transformer
+    with pytest.raises(InferenceError) as caught:
+        asyncio.run(transformer.predict(_scoring(2), {}, {}))
+    ours = asyncio.run(error_handlers()[InferenceError](None, caught.value))
+    assert ours.status_code == 500 and ours.headers["x-storeflow-model-version"] == "7"

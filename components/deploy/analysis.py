@@ -101,6 +101,28 @@ def _beyond(value: float, bound: float) -> bool:
     return value > bound and not math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _serving_violations(deploy, canary: VersionMetrics, champion: VersionMetrics) -> list[str]:
+    """The canary's error rate and p99 latency beyond their bounds against the champion's (both known)."""
+    assert canary.error_rate is not None and champion.error_rate is not None  # checked by the caller
+    assert canary.p99_latency_seconds is not None and champion.p99_latency_seconds is not None
+    violations = []
+    error_increase = canary.error_rate - champion.error_rate
+    if _beyond(error_increase, deploy.max_error_rate_increase):
+        violations.append(
+            f"error rate {canary.error_rate:.4f} exceeds champion's {champion.error_rate:.4f} "
+            f"by {error_increase:.4f} > {deploy.max_error_rate_increase}"
+        )
+    latency_limit = max(champion.p99_latency_seconds * deploy.max_p99_latency_ratio,
+                        champion.p99_latency_seconds + deploy.min_p99_latency_increase_seconds)
+    if _beyond(canary.p99_latency_seconds, latency_limit):
+        violations.append(
+            f"p99 latency {canary.p99_latency_seconds:.4f}s exceeds {deploy.max_p99_latency_ratio} x "
+            f"champion's {champion.p99_latency_seconds:.4f}s (and it by more than "
+            f"{deploy.min_p99_latency_increase_seconds}s)"
+        )
+    return violations
+
+
 def decide(
     settings: Settings, percent: int, holds: int, canary: VersionMetrics, champion: VersionMetrics
 ) -> Decision:
@@ -125,6 +147,7 @@ def decide(
             for what, value in (("error rate", m.error_rate), ("p99 latency", m.p99_latency_seconds))
             if value is None
         ]
+    served = not missing  # enough requests, with their error rate and latency
     # A recommender is judged on its click-through rate (from its feedback log) where a scorer is judged on
     # the shift of its score histogram.
     by_ctr = canary.impressions is not None or champion.impressions is not None
@@ -142,28 +165,16 @@ def decide(
                    f"{settings.risk.canary_min_orders}" for who, m in (("canary", canary), ("champion", champion))
                    if (m.orders or 0) < settings.risk.canary_min_orders]
     if missing:
+        if served and (failing := _serving_violations(deploy, canary, champion)):
+            # what only answered requests leave (scores, impressions, orders) is missing, but the requests say
+            # enough: a canary failing every request leaves none of it, and held (until max_holds_per_step)
+            return Decision("rollback", 0, tuple(failing))
         if holds + 1 >= deploy.max_holds_per_step:
             reason = f"insufficient data after {holds + 1} analyses at {percent}%: " + "; ".join(missing)
             return Decision("rollback", 0, (reason,))
         return Decision("hold", percent, tuple(missing))
 
-    assert canary.error_rate is not None and champion.error_rate is not None  # checked above
-    assert canary.p99_latency_seconds is not None and champion.p99_latency_seconds is not None
-    violations = []
-    error_increase = canary.error_rate - champion.error_rate
-    if _beyond(error_increase, deploy.max_error_rate_increase):
-        violations.append(
-            f"error rate {canary.error_rate:.4f} exceeds champion's {champion.error_rate:.4f} "
-            f"by {error_increase:.4f} > {deploy.max_error_rate_increase}"
-        )
-    latency_limit = max(champion.p99_latency_seconds * deploy.max_p99_latency_ratio,
-                        champion.p99_latency_seconds + deploy.min_p99_latency_increase_seconds)
-    if _beyond(canary.p99_latency_seconds, latency_limit):
-        violations.append(
-            f"p99 latency {canary.p99_latency_seconds:.4f}s exceeds {deploy.max_p99_latency_ratio} x "
-            f"champion's {champion.p99_latency_seconds:.4f}s (and it by more than "
-            f"{deploy.min_p99_latency_increase_seconds}s)"
-        )
+    violations = _serving_violations(deploy, canary, champion)
     if psi is not None and _beyond(psi, deploy.max_score_psi):
         violations.append(f"prediction-score PSI {psi:.4f} against champion exceeds {deploy.max_score_psi}")
     if by_ctr and (drop := ctr_drop(canary, champion, deploy.max_ctr_drop)) is not None:
