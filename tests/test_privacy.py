@@ -210,3 +210,43 @@ def test_a_customer_redact_with_a_blank_email_erases_no_one_elses_orders_without
 
     others = set(orders.loc[orders["customer_id"] != erased, "order_id"])
     assert set(read_tables(snapshot)["orders"]["order_id"]) == others
+
+
+@pytest.mark.parametrize("fails", ["segment outbox locked", "proof scan finds a trace"])
+def test_a_customer_redact_that_fails_partway_is_carried_out_in_full_when_tried_again(shop, monkeypatch, fails):
+    """The erasure emptied every journal body naming the customer, its own request's among them, before the stores
+    after the journal (risk history, velocity, the segment outbox) and the proof scan: a try that failed there
+    (``database is locked`` on segments.db) left a request without a body, which the next try marked applied
+    ('erased') without erasing anything. The request now keeps its body until it is done."""
+    import sqlite3
+
+    from storeflow.components.shopify import metafields, privacy
+
+    hooks, client = shop
+    outbox = metafields.connect(metafields.outbox_path(hooks))
+    metafields.enqueue(outbox, [metafields.Segment(ADA, "HIGH", 0.9), metafields.Segment(GRACE, "LOW", 0.1)], "1")
+    outbox.close()
+    if fails == "segment outbox locked":
+        def broken(*args):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(privacy.metafields, "forget", broken)
+        raised = sqlite3.OperationalError
+    else:
+        real = privacy.find_traces
+        monkeypatch.setattr(privacy, "find_traces", lambda *args: [*real(*args), "somewhere a store left"])
+        raised = privacy.ErasureIncomplete
+    client.post("/webhooks", **delivery("customers/redact", redact_request(ADA, ADA_EMAIL, ADA_ORDERS), "wh-redact"))
+    with pytest.raises(raised):
+        client.app.state.applier.drain()
+    monkeypatch.undo()
+
+    client.app.state.applier.drain()
+
+    journal = client.app.state.applier.conn
+    applied, outcome, body = journal.execute(
+        "SELECT applied_at, outcome, body FROM events WHERE webhook_id = 'wh-redact'").fetchone()
+    assert applied is not None and body is None
+    assert outcome != "erased" and "journal_rows" in json.loads(outcome)  # carried out again, not passed over
+    assert traces(hooks.project.state_dir, ADA, ADA_EMAIL) == []
+    assert [c for c, in metafields.connect(metafields.outbox_path(hooks)).execute(
+        "SELECT customer_id FROM segment_outbox")] == [metafields.CUSTOMER_GID + str(GRACE)]

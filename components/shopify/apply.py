@@ -48,6 +48,8 @@ from storeflow.components.tables import SCHEMAS, conform, empty_frame
 log = logging.getLogger(__name__)
 
 LIVE_TOPICS = ORDER_TOPICS | REFUND_TOPICS
+# Their request's body stays until they are done: emptied by the erasure itself, a failed try was never tried again.
+ERASURES = frozenset({"customers/redact", "shop/redact"})
 # Not the event's fault: the whole batch stays pending and is retried with backoff instead of parked.
 INFRASTRUCTURE = (sqlite3.OperationalError, OSError, MemoryError)
 REASON_CHARS = 500
@@ -269,9 +271,16 @@ class Applier:
         """A privacy or app event, alone and in arrival order. One whose payload does not validate is parked;
         any other failure is retried (an erasure must not be skipped because a store was unavailable)."""
         try:
-            outcome = self._handle(event.topic, event.shop, orjson.loads(event.body))
+            outcome = self._handle(event.topic, event.shop, orjson.loads(event.body), event.webhook_id)
         except (PayloadError, orjson.JSONDecodeError) as exc:
             self._park(event, exc)
+            return
+        if event.topic in ERASURES:  # its body, kept for a retry until now, names the erased
+            with transaction(self.conn):
+                self.conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?",
+                                  (event.webhook_id,))
+                self._marked([(event.webhook_id, outcome)])
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # secure_delete zeroed it in the pages; the WAL too
             return
         self._mark([(event.webhook_id, outcome)])
 
@@ -282,12 +291,15 @@ class Applier:
 
     def _mark(self, done: list[tuple[str, str]]) -> None:
         if done:
-            stamp = now()
             with transaction(self.conn):
-                self.conn.executemany("UPDATE events SET applied_at = ?, outcome = ? WHERE webhook_id = ?",
-                                      [(stamp, outcome, webhook_id) for webhook_id, outcome in done])
+                self._marked(done)
 
-    def _handle(self, topic: str, shop: str, payload: dict) -> str:
+    def _marked(self, done: list[tuple[str, str]]) -> None:
+        stamp = now()
+        self.conn.executemany("UPDATE events SET applied_at = ?, outcome = ? WHERE webhook_id = ?",
+                              [(stamp, outcome, webhook_id) for webhook_id, outcome in done])
+
+    def _handle(self, topic: str, shop: str, payload: dict, webhook_id: str | None = None) -> str:
         if topic in products.AVAILABILITY_TOPICS:  # what recommendations may show (published, in stock)
             with transaction(self.conn):
                 rows = products.apply(self.conn, topic, payload)
@@ -305,12 +317,12 @@ class Applier:
             return "sync stopped"
         if topic == "shop/redact":
             self._snapshot = None
-            return json.dumps(privacy.redact_shop(self.settings, self.conn, self.store, shop))
+            return json.dumps(privacy.redact_shop(self.settings, self.conn, self.store, shop, webhook_id))
         customer_id, email, orders, request = customer_request(topic, payload)
         subject = privacy.Subject(customer_id, email, orders)
         if topic == "customers/redact":
             self._snapshot = None
-            return json.dumps(privacy.redact_customer(self.settings, self.conn, self.store, subject))
+            return json.dumps(privacy.redact_customer(self.settings, self.conn, self.store, subject, webhook_id))
         privacy.export_customer(self.settings, self.conn, self.store, subject, request)
         return f"exported for data request {request}"  # the file name holds the customer id: not here
 

@@ -47,7 +47,7 @@ from storeflow.components.ingest.snapshot import SnapshotWriter, finished_snapsh
 from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, metafields, online
 from storeflow.components.shopify import subject_rows
-from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Needles, find_traces
+from storeflow.components.shopify.traces import EMAIL, PARQUET_MAGIC, Held, Needles, find_traces
 from storeflow.components.tables import SCHEMAS, TABLES, email_key, table_path
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,21 @@ class ErasureIncomplete(RuntimeError):
     """Traces of the erased are still on disk after every known store was erased."""
 
 
-def verify(settings: Settings, needles: Needles, request: str) -> None:
-    """Scan every file storeflow writes; raise naming each one that still holds the erased."""
-    left: list = find_traces(layout.erasure_roots(settings), needles)
+def verify(settings: Settings, needles: Needles, request: str, webhook_id: str | None = None) -> None:
+    """Scan every file storeflow writes; raise naming each one that still holds the erased. ``webhook_id``: the
+    request's own journal row, which keeps its body until the request is marked done (:func:`held`)."""
+    left: list = find_traces(layout.erasure_roots(settings), needles, held(settings, webhook_id))
     if (store := log_store(settings)) is not None:  # the prediction logs serving shipped to the object store
         left += sorted({f"{store.uri.rstrip('/')}/{name}" for name, line in store.records() if needles.in_bytes(line)})
     if left:
         raise ErasureIncomplete(f"{request}: erased data is still in {len(left)} place(s): "
                                 + "; ".join(str(t) for t in left[:20]))
+
+
+def held(settings: Settings, webhook_id: str | None) -> Held | None:
+    """The request's journal row, left out of its proof: it names the erased until the applier marks it done (and
+    empties it, :meth:`Applier._apply_one`); emptied before that, a failed try was never tried again."""
+    return Held(layout.journal_path(settings), "events", "webhook_id", webhook_id) if webhook_id is not None else None
 
 
 def resolve(settings: Settings, conn: sqlite3.Connection, subject: Subject) -> Subject:
@@ -389,7 +396,8 @@ def erase_exports(settings: Settings, subject: Subject) -> int:
 # --- webhook journal ----------------------------------------------------------------------------------
 
 
-def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
+def erase_journal(conn: sqlite3.Connection, subject: Subject, keep: str | None = None) -> int:
+    """The subject's live rows and every event body about them, but ``keep``'s (the request being carried out)."""
     ids = sorted(subject.ids)
     who = ",".join("?" * len(ids))
     orders = {o for (o,) in conn.execute(f"SELECT order_id FROM live_orders WHERE customer_id IN ({who}) "
@@ -403,7 +411,8 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject) -> int:
         removed += conn.execute(f"DELETE FROM live_refunds WHERE order_id IN ({marks})", [*orders]).rowcount
         removed += conn.execute(f"DELETE FROM live_orders WHERE order_id IN ({marks})", [*orders]).rowcount
         # Row by row (the journal holds every delivery's body), then the few that mention them are emptied.
-        theirs = [webhook_id for (webhook_id, stored) in conn.execute("SELECT webhook_id, body FROM events WHERE body IS NOT NULL")
+        theirs = [webhook_id for (webhook_id, stored) in conn.execute(
+                  "SELECT webhook_id, body FROM events WHERE body IS NOT NULL AND webhook_id IS NOT ?", (keep,))
                   if _mentions(body := bytes(stored), needles) or subject.needles.in_bytes(body) or _order_event(body, orders)]
         for webhook_id in theirs:
             conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
@@ -525,8 +534,10 @@ def _compact(conn: sqlite3.Connection) -> None:
 # --- the three requests -------------------------------------------------------------------------------
 
 
-def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject: Subject) -> dict[str, int]:
+def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject: Subject,
+                    webhook_id: str | None = None) -> dict[str, int]:
     """customers/redact: remove the customer from every store, then prove it; returns what was removed where.
+    ``webhook_id``: the request's journal row, whose body is kept for a retry (the caller empties it when done).
 
     Raises :class:`ErasureIncomplete` (naming the files) when the final scan still finds them anywhere.
     """
@@ -540,13 +551,13 @@ def redact_customer(settings: Settings, conn: sqlite3.Connection, store, subject
         "online_rows": online.erase_customers(store, sorted(subject.ids)) if store is not None else 0,
         "prediction_log_lines": erase_prediction_logs(settings, subject),
         "data_request_exports": erase_exports(settings, subject),
-        "journal_rows": erase_journal(conn, subject),
+        "journal_rows": erase_journal(conn, subject, keep=webhook_id),
         "risk_history_rows": erase_risk_history(settings, subject),
         "velocity_rows": _erase_velocity(settings, store, velocity_keys),
         "segment_rows": metafields.forget(settings, sorted(subject.ids)),
     }
     bump_epoch(layout.erasure_epoch(settings))  # after the online store: a re-read finds nothing
-    verify(settings, subject.needles, "customers/redact")
+    verify(settings, subject.needles, "customers/redact", webhook_id)
     log.info("customers/redact done: %s", removed)
     return removed
 
@@ -578,9 +589,11 @@ def shop_needles(settings: Settings, conn: sqlite3.Connection) -> Needles:
     return Needles(frozenset(ids), frozenset(emails))
 
 
-def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) -> dict[str, int]:
+def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str,
+                webhook_id: str | None = None) -> dict[str, int]:
     """shop/redact (48 hours after uninstall): remove everything held about the shop's customers, then
-    prove it by scanning for every id and email the stores held. Raises :class:`ErasureIncomplete`."""
+    prove it by scanning for every id and email the stores held. Raises :class:`ErasureIncomplete`.
+    ``webhook_id``: the request's journal row, kept for a retry as in :func:`redact_customer`."""
     needles = shop_needles(settings, conn)
     removed: dict[str, int] = {}
     for name, path in {"data": settings.data_dir, "data_requests": layout.data_requests_dir(settings)}.items():
@@ -602,14 +615,15 @@ def redact_shop(settings: Settings, conn: sqlite3.Connection, store, shop: str) 
         removed["journal_rows"] = sum(conn.execute(f"DELETE FROM {table}").rowcount
                                       for table in ("live_line_items", "live_refunds", "live_orders"))
         removed["journal_rows"] += conn.execute(
-            "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL", (shop,)).rowcount
+            "UPDATE events SET body = NULL, customer_id = NULL WHERE shop = ? AND body IS NOT NULL AND webhook_id IS NOT ?",
+            (shop, webhook_id)).rowcount
     _compact(conn)
     removed["risk_history_rows"] = erase_risk_history(settings, None)
     if store is None and (velocity_store := _velocity_store(settings)) is not None:  # the risk thread's, alone
         removed["online_rows"] = online.erase_all(velocity_store)
     removed["segment_rows"] = metafields.forget(settings, None)
     bump_epoch(layout.erasure_epoch(settings))
-    verify(settings, needles, "shop/redact")
+    verify(settings, needles, "shop/redact", webhook_id)
     log.info("shop/redact for %s done: %s", shop, removed)
     return removed
 

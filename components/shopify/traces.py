@@ -160,10 +160,32 @@ def files_under(roots: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def find_traces(roots: Iterable[Path], needles: Needles) -> list[Trace]:
+@dataclass(frozen=True)
+class Held:
+    """A request being carried out: its own row of a SQLite database (``table`` where ``key`` is ``value``) names
+    the erased until it is done, and must stay so that a failed try is tried again. That database (compacted by
+    the erasure: no free pages, the WAL truncated) is scanned by its rows, without that one; its WAL and
+    shared-memory index are pages of the same rows."""
+
+    path: Path
+    table: str
+    key: str
+    value: object
+
+    def files(self) -> set[Path]:
+        path = Path(self.path).resolve()
+        return {path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")}
+
+
+def find_traces(roots: Iterable[Path], needles: Needles, held: Held | None = None) -> list[Trace]:
     """Every file under ``roots`` that still holds one of ``needles``, with where in it."""
     traces = []
+    skipped = held.files() if held is not None else set()
     for path in files_under(roots):
+        if path in skipped:
+            if path == Path(held.path).resolve():
+                traces += [Trace(path, f"column {c}") for c in _sqlite_columns(path, needles, held)]
+            continue
         try:
             traces += list(_file_traces(path, needles))
         except FileNotFoundError:  # removed while scanning (a rotated log, a finished temp file)
@@ -213,13 +235,17 @@ def _column_holds(column: pa.ChunkedArray, name: str, needles: Needles) -> bool:
     return False
 
 
-def _sqlite_columns(path: Path, needles: Needles) -> Iterator[str]:
-    """Decoded rows, read-only; the WAL and free pages are files/bytes the byte scan already saw."""
+def _sqlite_columns(path: Path, needles: Needles, held: Held | None = None) -> Iterator[str]:
+    """Decoded rows, read-only (without ``held``'s); the WAL and free pages are files/bytes the byte scan already
+    saw."""
     conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
     try:
         tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            if held is not None and table == held.table:
+                cursor = conn.execute(f'SELECT * FROM "{table}" WHERE "{held.key}" IS NOT ?', (held.value,))
+            else:
+                cursor = conn.execute(f'SELECT * FROM "{table}"')
             columns = [d[0] for d in cursor.description]
             hits = {c for row in cursor for c, v in zip(columns, row) if v is not None and needles.in_value(c, v)}
             yield from (f"{table}.{c}" for c in sorted(hits))
