@@ -28,7 +28,8 @@ console = Console(soft_wrap=True, markup=False)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="storeflow YAML config file.")]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML value), repeatable."),
+    typer.Option("--set", "-s", help="Override a config value: dotted.key=value, repeatable. The value is JSON "
+                "where it parses (numbers, true/false, lists), else text: image.tag='\"2.0\"' for text."),
 ]
 
 
@@ -43,8 +44,12 @@ def settings_from(config: Optional[Path], overrides: Optional[list[str]] = None)
             fail(f"--set expects dotted.key=value, got {item!r}")
         node = data
         *parents, leaf = key.split(".")
-        for part in parents:
+        if not all(key.split(".")):
+            fail(f"--set expects dotted.key=value, got {item!r}")
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # an earlier --set gave the parent a value: one of the two is a mistake
+                fail(f"--set {item}: an earlier --set gave {'.'.join(parents[:depth + 1])} a value, not keys")
         node[leaf] = _value(raw)
     with refusing(ConfigError):
         return load_settings(data, path=config)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from contextvars import ContextVar
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, ValidationError,
@@ -28,7 +29,9 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
+
 
 from storeflow.components.secrets import PasswordOf, is_literal, redis_password, reference, url_password
 from storeflow.components.version import __version__
@@ -104,7 +107,10 @@ class ProjectConfig(Section):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         # Absolute so that pipeline tasks (separate processes, other working dirs) find the same state.
-        return value.expanduser().resolve()
+        try:
+            return value.expanduser().resolve()
+        except RuntimeError as exc:  # ~name of a user without a home (or no home at all): a ValueError names the key
+            raise ValueError(f"cannot expand {value.parts[0]}: no such user's home directory") from exc
 
 
 class ImageConfig(Section):
@@ -302,6 +308,47 @@ class TaskResources(Section):
     def _quantity(cls, value: Any) -> Any:
         # `--set kfp.resources.train.cpu_limit=4` parses as a number; Kubernetes quantities are strings.
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("cpu_request", "cpu_limit")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        # What kfp's compiler accepts (it fails otherwise naming no key), which Kubernetes accepts too.
+        if not CPU_QUANTITY.match(value):
+            raise ValueError("a CPU quantity is a number of cores (2, 0.5) or millicores (500m)")
+        return value
+
+    @field_validator("memory_request", "memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        # kfp's compiler takes "K", which Kubernetes refuses, and refuses "k" and "16GB": both must accept it.
+        if not MEMORY_QUANTITY.match(value):
+            raise ValueError("a memory quantity is a whole number of bytes, or one with a suffix Ki, Mi, Gi, Ti, Pi, "
+                             "Ei (powers of 1024) or M, G, T, P, E (powers of 1000): 512Mi, 4Gi")
+        return value
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> TaskResources:
+        # Kubernetes refuses a pod whose request is above its limit, only once the run reaches the task.
+        for kind, size in (("cpu", _cpu_cores), ("memory", _memory_bytes)):
+            request, limit = getattr(self, f"{kind}_request"), getattr(self, f"{kind}_limit")
+            if size(request) > size(limit):
+                raise ValueError(f"{kind}_request {request} is above {kind}_limit {limit} (Kubernetes refuses such a pod)")
+        return self
+
+
+CPU_QUANTITY = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
+MEMORY_QUANTITY = re.compile(r"^[0-9]+(Ei|Pi|Ti|Gi|Mi|Ki|E|P|T|G|M)?$")
+_MEMORY_UNITS = {"": 1, **{suffix: 1000 ** (i + 2) for i, suffix in enumerate("MGTPE")},
+                 **{f"{suffix}i": 1024 ** (i + 1) for i, suffix in enumerate("KMGTPE")}}
+
+
+def _cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _memory_bytes(quantity: str) -> int:
+    digits = quantity.rstrip("EPTGMKi")
+    return int(digits) * _MEMORY_UNITS[quantity[len(digits):]]
 
 
 # Per-stage defaults: features (point-in-time join, materialization) and train (the estimator) hold the
@@ -778,7 +825,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Overrides beat the environment, which beats a mounted ConfigMap, which beats the YAML file,
         # which beats the defaults.
-        return (init_settings, env_settings, ConfigMapSource(settings_cls),
+        return (init_settings, CheckedEnvSource(settings_cls), ConfigMapSource(settings_cls),
                 InitSettingsSource(settings_cls, dict(_FILE_VALUES.get())))
 
     @model_validator(mode="before")
@@ -849,6 +896,82 @@ def _environment_name(path: tuple[str, ...]) -> str | None:
     return next((name for name in os.environ if name.upper() == wanted), None)
 
 
+# STOREFLOW_* variables the project reads that are no setting (the config's location, the KFP token, what the
+# deploy step and the server give serving processes, the image build's): never taken for a misspelt setting.
+OTHER_VARIABLES = frozenset({CONFIG_ENV, CONFIG_DIR_ENV, "STOREFLOW_KFP_TOKEN", "STOREFLOW_MODEL_NAME",
+                             "STOREFLOW_MODEL_VERSION", "STOREFLOW_MODEL_DIR", "STOREFLOW_MODEL_RUNTIME",
+                             "STOREFLOW_SERVING_PLAN", "STOREFLOW_GIT_COMMIT", "STOREFLOW_PYTHON"})
+
+
+def _section_names() -> list[str]:
+    return [field.alias or name for name, field in Settings.model_fields.items()]
+
+
+def _variable_field(name: str) -> tuple[bool, Any]:
+    """Whether the ``STOREFLOW_*`` variable ``name`` sets a setting, and that setting's type (None where the
+    variable sets a key of a dict setting, which the model itself checks)."""
+    model: Any = Settings
+    for part in name[len(ENV_PREFIX):].lower().split(ENV_DELIMITER):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return get_origin(model) is dict or model is dict, None
+        field = next((f for n, f in model.model_fields.items() if part in (n, (f.alias or n).lower())), None)
+        if field is None:
+            return False, None
+        model = field.annotation
+    return True, model
+
+
+def _variable_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with a ``STOREFLOW_*`` variable of the environment or the ConfigMap, else None.
+
+    pydantic-settings drops a variable that names no setting without a word, and fails on a plain value
+    for a list or object setting naming only the section: so a typo silently became the default."""
+    if name.upper() in OTHER_VARIABLES:
+        return None
+    known, kind = _variable_field(name)
+    if not known:
+        rest = name[len(ENV_PREFIX):].upper()
+        for section in _section_names():
+            head = f"{section.upper()}_"
+            if rest.startswith(head) and not rest.startswith(head + "_"):
+                fixed = f"{ENV_PREFIX}{head}_{rest[len(head):]}"
+                if _variable_field(fixed)[0]:
+                    return f"names no setting; levels are separated by two underscores: {fixed}"
+        return f"names no setting (sections: {', '.join(_section_names())}; levels are separated by __)"
+    wanted = {list: (list, "a JSON list", '["a", "b"]'), dict: (dict, "a JSON object", '{"key": "value"}')}
+    origin = get_origin(kind) or kind
+    if isinstance(origin, type) and issubclass(origin, BaseModel):
+        origin = dict
+    if origin in (tuple, set, frozenset):
+        origin = list
+    if origin in wanted and value is not None:
+        of, form, example = wanted[origin]
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, of):
+            return f"must be {form}, e.g. {example}"
+    return None
+
+
+def _check_variables(values: dict[str, str | None], where: str, exempt: frozenset[str] = frozenset()) -> None:
+    for name, value in values.items():
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in exempt:
+            if problem := _variable_problem(name, value):
+                raise ConfigError(f"{name.upper()} ({where}) {problem}")
+
+
+class CheckedEnvSource(EnvSettingsSource):
+    """The environment's ``STOREFLOW_*`` values, refusing one a list or object setting cannot parse, naming
+    the variable (pydantic-settings' own error names only the section, in a traceback)."""
+
+    def _load_env_vars(self):
+        values = super()._load_env_vars()
+        _check_variables({name: value for name, value in values.items() if _variable_field(name)[0]}, "environment")
+        return values
+
+
 class ConfigMapSource(EnvSettingsSource):
     """``STOREFLOW_*`` values from the files of the directory ``$STOREFLOW_CONFIG_DIR`` names (a ConfigMap
     volume: one file per key, the file's text the value), parsed as pydantic-settings parses the
@@ -861,14 +984,36 @@ class ConfigMapSource(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self):
-        values: dict[str, str] = {}
-        if self.directory is not None and self.directory.is_dir():
-            for path in sorted(self.directory.iterdir()):  # ConfigMap volumes also hold ..data links: skipped
-                if path.name.upper().startswith(ENV_PREFIX) and path.is_file():
-                    values[path.name] = path.read_text().strip()
-        elif self.directory is not None and self.directory.exists():
-            raise ConfigError(f"${CONFIG_DIR_ENV} names {self.directory}, which is not a directory")
+        values = _config_map_values(self.directory)
+        _check_variables({name: value for name, value in values.items() if _variable_field(name)[0]},
+                         f"file in {self.directory}")
         return values if self.case_sensitive else {name.lower(): value for name, value in values.items()}
+
+
+def _config_map_values(directory: Path | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if directory is not None and directory.is_dir():
+        for path in sorted(directory.iterdir()):  # ConfigMap volumes also hold ..data links: skipped
+            if path.name.upper().startswith(ENV_PREFIX) and path.is_file():
+                try:
+                    values[path.name] = path.read_text(encoding="utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(f"{path}: not UTF-8 text") from exc
+    elif directory is not None and directory.exists():
+        raise ConfigError(f"${CONFIG_DIR_ENV} names {directory}, which is not a directory")
+    return values
+
+
+def _variables_named_by(settings: BaseModel) -> frozenset[str]:
+    """The variables ``*_env`` settings name (shopify.access_token_env...): the user's, whatever their prefix."""
+    names = set()
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            names |= _variables_named_by(value)
+        elif name.endswith("_env") and isinstance(value, str):
+            names.add(value.upper())
+    return frozenset(names)
 
 
 class ConfigError(ValueError):
@@ -877,11 +1022,21 @@ class ConfigError(ValueError):
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                          "save the file as UTF-8") from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: top-level key {key!r} is not a section name (sections are "
+                              f"{', '.join(_section_names())})")
     return data
 
 
@@ -936,11 +1091,20 @@ def load_settings(overrides: dict[str, Any] | str | None = None, path: Path | st
         raise ConfigError(f"config file {file_path} does not exist")
     token = _FILE_VALUES.set(data)
     try:
-        return Settings(**_overrides_object(overrides))
+        settings = Settings(**_overrides_object(overrides))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid storeflow config: {problems}") from exc
+    except SettingsError as exc:  # what the checks before it did not foresee: still one line, with the cause
+        raise ConfigError(f"invalid storeflow config: {exc}: {exc.__cause__ or ''}".rstrip(": ")) from exc
     finally:
         _FILE_VALUES.reset(token)
+    # Typos last: a variable that names no setting would otherwise be dropped without a word.
+    exempt = _variables_named_by(settings)
+    _check_variables(dict(os.environ), "environment", exempt)
+    directory = os.environ.get(CONFIG_DIR_ENV)
+    _check_variables(_config_map_values(Path(directory) if directory else None), f"file in {directory}",
+                     exempt)
+    return settings

@@ -130,3 +130,111 @@ def test_a_config_file_read_once_leaves_no_values_behind(monkeypatch, tmp_path) 
     config.write_text("deploy:\n  min_replicas: 3\n")
     assert load_settings(path=config).deploy.min_replicas == 3
     assert Settings().deploy.min_replicas == load_settings().deploy.min_replicas != 3
+
+
+def _refused(capsys: pytest.CaptureFixture, config: Path | None = None, overrides: list[str] | None = None) -> str:
+    """What `storeflow <command> --config/--set` says of a bad config: one line, exit code 2, no traceback."""
+    import typer
+
+    from storeflow.components.cli_options import settings_from
+
+    with pytest.raises(typer.Exit) as exited:
+        settings_from(config, overrides)
+    said = " ".join(capsys.readouterr().out.split())
+    assert exited.value.exit_code == 2 and "Traceback" not in said
+    return said
+
+
+@pytest.mark.parametrize("where", ["environment", "configmap"])
+def test_a_plain_value_for_a_list_setting_names_the_variable_and_the_json_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, where: str) -> None:
+    """A plain value crashed every command (and on a cluster every task and pod) with pydantic-settings'
+    traceback naming only `serving`."""
+    monkeypatch.chdir(tmp_path)
+    variable = "STOREFLOW_SERVING__ALLOWED_SHOPS"
+
+    def given(value: str) -> None:
+        if where == "environment":
+            monkeypatch.setenv(variable, value)
+        else:
+            (tmp_path / "cm").mkdir(exist_ok=True)
+            (tmp_path / "cm" / variable).write_text(value + "\n")
+            monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(tmp_path / "cm"))
+
+    given("shop1.myshopify.com")
+    assert f"{variable} " in _refused(capsys) and "must be a JSON list" in _refused(capsys)
+    given('["shop1.myshopify.com"]')
+    assert load_settings().serving.allowed_shops == ["shop1.myshopify.com"]
+
+
+@pytest.mark.parametrize("variable, says", [
+    ("STOREFLOW_DEPLOYY__MAX_REPLICAS", "names no setting"),
+    ("STOREFLOW_DEPLOY_MIN_REPLICAS", "two underscores: STOREFLOW_DEPLOY__MIN_REPLICAS"),
+    ("STOREFLOW_SERVING_PORT", "two underscores: STOREFLOW_SERVING__PORT"),
+])
+@pytest.mark.parametrize("where", ["environment", "configmap"])
+def test_a_misspelt_variable_is_named_not_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture, variable: str, says: str,
+                                                  where: str) -> None:
+    """The setting silently kept its default: a replica count or port the operator believed set."""
+    monkeypatch.chdir(tmp_path)
+    if where == "environment":
+        monkeypatch.setenv(variable, "5")
+    else:
+        (tmp_path / "cm").mkdir()
+        (tmp_path / "cm" / variable).write_text("5")
+        monkeypatch.setenv("STOREFLOW_CONFIG_DIR", str(tmp_path / "cm"))
+    said = _refused(capsys)
+    assert said.startswith(variable) and says in said
+
+
+def test_the_projects_other_variables_are_no_typos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variables storeflow reads that are no setting, and one a `*_env` setting names, still load."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("STOREFLOW_MODEL_VERSION", "STOREFLOW_MODEL_NAME", "STOREFLOW_MODEL_DIR", "STOREFLOW_KFP_TOKEN",
+                 "STOREFLOW_SERVING_PLAN", "STOREFLOW_GIT_COMMIT", "STOREFLOW_PYTHON"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("STOREFLOW_SHOPIFY_TOKEN", "shpat_x")
+    monkeypatch.setenv("STOREFLOW_SHOPIFY__ACCESS_TOKEN_ENV", "STOREFLOW_SHOPIFY_TOKEN")
+    monkeypatch.setenv("STOREFLOW_KFP__RESOURCES__TRAIN__CPU_LIMIT", "4")
+    settings = load_settings()
+    assert settings.shopify.access_token_env == "STOREFLOW_SHOPIFY_TOKEN"
+    assert settings.kfp.resources["train"].cpu_limit == "4"
+
+
+def test_unreadable_config_files_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"serving:\n  port: 8081\n# caf\xe9\n")
+    assert "latin1.yaml, line 3: not UTF-8" in _refused(capsys, latin1)
+    (tmp_path / "dir.yaml").mkdir()
+    assert "dir.yaml cannot be read" in _refused(capsys, tmp_path / "dir.yaml")
+    (tmp_path / "intkey.yaml").write_text("1: 2\n")
+    assert "intkey.yaml: top-level key 1 is not a section name" in _refused(capsys, tmp_path / "intkey.yaml")
+
+
+def test_set_mistakes_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    said = _refused(capsys, overrides=["ingest=x", "ingest.source=csv"])
+    assert "--set ingest.source=csv: an earlier --set gave ingest a value" in said
+    said = _refused(capsys, overrides=["project.state_dir=~nosuchuser-7f3a/s"])
+    assert "project.state_dir" in said and "~nosuchuser-7f3a" in said
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"memory_limit": "16GB"}, "kfp.resources.train.memory_limit: .*memory quantity"),
+    ({"memory_limit": "16K"}, "kfp.resources.train.memory_limit: .*memory quantity"),  # kfp takes it, Kubernetes not
+    ({"cpu_limit": "two"}, "kfp.resources.train.cpu_limit: .*CPU quantity"),
+    ({"cpu_request": "8"}, "kfp.resources.train: .*cpu_request 8 is above cpu_limit 2"),
+    ({"memory_request": "9Gi", "memory_limit": "8G"}, "kfp.resources.train: .*memory_request 9Gi is above memory_limit 8G"),
+])
+def test_task_resources_kubernetes_would_refuse_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          overrides: dict, says: str) -> None:
+    """16GB passed config loading and died in compile with kfp's ValueError naming no key; a request above its
+    limit compiled, and Kubernetes refused the pod once the run reached the task."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=says):
+        load_settings({"kfp": {"resources": {"train": overrides}}})
+    sized = load_settings({"kfp": {"resources": {"train": {"cpu_request": "1500m", "memory_limit": "16Gi"}}}})
+    assert sized.kfp.resources["train"].memory_limit == "16Gi"
