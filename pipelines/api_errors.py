@@ -33,8 +33,16 @@ def refused(host: str, status: int, reason: str) -> KfpApiError:
     return KfpApiError(f"the Kubeflow Pipelines API at {host} answered HTTP {status} {reason}: {check}")
 
 
+def not_the_api(host: str, request: str, answer: str) -> KfpApiError:
+    """A 2xx that is not the API's JSON: a sign-in page or a proxy's answer, which kfp would take as success."""
+    return KfpApiError(f"the answer of {host} to {request} is not from the Kubeflow Pipelines API ({answer}): "
+                       f"check that --host / kfp.host is the pipelines API itself, e.g. {EXAMPLE_HOST}, "
+                       "and that no sign-in page stands before it")
+
+
 def probe(host: str, bearer: str | None, timeout: float = 10) -> None:
-    """One GET of the API's healthz with the caller's token; raises :class:`KfpApiError` unless it answers 2xx."""
+    """One GET of the API's healthz with the caller's token; raises :class:`KfpApiError` unless it answers 2xx
+    with a JSON object, as the API's healthz does."""
     import httpx
 
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
@@ -44,6 +52,13 @@ def probe(host: str, bearer: str | None, timeout: float = 10) -> None:
         raise unreachable(host, exc) from exc
     if not answer.is_success:
         raise refused(host, answer.status_code, answer.reason_phrase)
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        kind = answer.headers.get("content-type", "no content type").split(";")[0]
+        raise not_the_api(host, f"GET {HEALTHZ}", f"HTTP {answer.status_code} {kind}")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from storeflow.components.config import FEAST_REGISTRY_URL_ENV, REDIS_CONNECTION_STRING_ENV, Settings
 from storeflow.components.features.repo import connection_settings
 from storeflow.components.secrets import references
-from storeflow.pipelines.api_errors import api_errors, probe
+from storeflow.pipelines.api_errors import api_errors, not_the_api, probe
 
 CLUSTER_VARIABLES = frozenset({REDIS_CONNECTION_STRING_ENV, FEAST_REGISTRY_URL_ENV})  # see training.feast_credentials
 
@@ -84,4 +84,6 @@ def start_run(settings: Settings, package: Path, host: str | None = None, token:
             service_account=settings.kfp.service_account,
             enable_caching=settings.kfp.enable_caching,
         )
+    if not result.run_id:  # kfp reads any 2xx as a run; the API always gives one an id
+        raise not_the_api(str(host), "POST /apis/v2beta1/runs", "no run id")
     return Submitted(run_id=result.run_id, url=f"{str(host).rstrip('/')}/#/runs/details/{result.run_id}")

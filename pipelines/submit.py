@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from storeflow.components.config import Settings
-from storeflow.pipelines.api_errors import api_errors
+from storeflow.pipelines.api_errors import api_errors, not_the_api
 from storeflow.pipelines.compile import package_for
 from storeflow.pipelines.kfp_api import Submitted, client, cluster_config_json, start_run
 
@@ -45,6 +45,8 @@ def schedule(settings: Settings, cron: str, host: str | None = None, token: str 
                 enable_caching=settings.kfp.enable_caching,
                 max_concurrency=1,
             )
+    if not job.recurring_run_id:  # kfp reads any 2xx as a recurring run; the API always gives one an id
+        raise not_the_api(str(host or settings.kfp.host), "POST /apis/v2beta1/recurringruns", "no recurring run id")
     return job.recurring_run_id
 
 

@@ -113,3 +113,49 @@ def test_a_wrong_path_on_the_host_names_the_api_path(tmp_path) -> None:
         submit(settings, host=host, token="t")
     assert "\n" not in str(refused.value)
     assert f"{host} answered HTTP 404" in str(refused.value) and "is the pipelines API itself" in str(refused.value)
+
+
+@contextmanager
+def html_api(healthz_json: bool) -> Iterator[str]:
+    """Answers 200 with a sign-in page (text/html) to every request; healthz answers the API's JSON when
+    ``healthz_json`` (a proxy that lets only the health check through). Yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if healthz_json and self.path.startswith(HEALTHZ):
+                body = b'{"multi_user": false}'
+            elif self.path.startswith("/apis/v2beta1/experiments"):
+                body = b'{"experiment_id": "e1", "display_name": "Default"}'
+            else:
+                body = b"<html><body>Sign in</body></html>"
+            json_body = body.startswith(b"{")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json" if json_body else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("healthz_json", [False, True], ids=["sign-in-page", "past-healthz"])
+def test_a_200_that_is_not_the_api_is_an_error_not_a_run(tmp_path, monkeypatch, command, healthz_json) -> None:
+    """A sign-in page answering 200 was taken as success: 'submitted run None', exit 0."""
+    with html_api(healthz_json) as host:
+        code, lines = _cli(tmp_path, monkeypatch, command, host)
+    assert code == 2, lines
+    assert f"the answer of {host} to " in lines[-1] and "is not from the Kubeflow Pipelines API" in lines[-1]
+    assert not any("None" in line for line in lines if "submitted" in line or "created" in line)
