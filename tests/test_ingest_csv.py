@@ -94,6 +94,15 @@ def test_an_order_exported_twice_collapses(settings: Settings, tmp_path: Path):
          "row 5: 'Created at' value '02/04/2024' is not a timestamp"),
         (lambda text: text.replace(",5512345678903,", ",,", 1), "row 5: order #1003 has no numeric 'Id'"),
         (lambda text: text.replace("Lineitem quantity", "Qty", 1), "missing column(s) of the Shopify orders export: Lineitem quantity"),
+        # numbers that were silently changed: a decimal comma read as grouping (67,97 -> 6797), inf accepted,
+        # an Id or quantity past int64 cast to -9223372036854775808
+        (lambda text: text.replace(",67.97,", ',"67,97",', 1), "row 2: 'Total' value '67,97' has a comma that is not "
+                                                              "thousands grouping"),
+        (lambda text: text.replace(",67.97,", ',"1,234",', 1), "row 2: 'Total' value '1,234' has a comma"),
+        (lambda text: text.replace(",67.97,", ",inf,", 1), "row 2: 'Total' value 'inf' is not a finite number"),
+        (lambda text: text.replace(",2,House", ",99999999999999999999,House", 1),
+         "row 2: 'Lineitem quantity' '99999999999999999999' is not a whole number"),
+        (lambda text: text.replace("5512345678901", "99999999999999999999999", 1), "row 2: order #1001 has no numeric 'Id'"),
     ],
 )
 def test_bad_rows_are_named(settings: Settings, tmp_path: Path, edit, message: str):
@@ -193,3 +202,22 @@ def test_a_bad_customer_id_is_named(tmp_path: Path):
     bad.write_text(CUSTOMERS.read_text().replace("'7412345678902", "Ben", 1))
     with pytest.raises(IngestError, match=r"row 3: 'Customer ID' 'Ben' is not a Shopify customer id"):
         read_customers_csv(bad)
+
+
+def test_thousands_grouping_still_reads_and_a_negative_quantity_fails_validation(settings: Settings, tmp_path: Path):
+    """A quantity of -2 passed ingest and the validate gate: no rule looked at quantities."""
+    from storeflow.components.validate.report import ValidationFailed
+    from storeflow.components.validate.stage import validate
+
+    grouped = tmp_path / "grouped" / "orders_export.csv"
+    grouped.parent.mkdir()
+    grouped.write_text(EXPORT.read_text().replace(",67.97,", ',"1,067.97",', 1))
+    assert read_orders_csv(grouped)["orders"]["total_price"].iloc[0] == 1067.97
+    negative = tmp_path / "negative" / "orders_export.csv"
+    negative.parent.mkdir()
+    negative.write_text(EXPORT.read_text().replace(",2,House", ",-2,House", 1))
+    settings.ingest = IngestConfig(source="csv", path=negative)
+    with pytest.raises(ValidationFailed) as failed:
+        validate(ingest(settings).snapshot, settings.validate_)
+    assert failed.value.report.failed_rules == ["negative_quantities"]
+    assert "1 line item(s) with a negative quantity/price" in str(failed.value)

@@ -35,7 +35,8 @@ from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds.
-READER_VERSION = 3  # 3: refund times, vendors, Shopify customer ids from the customers export
+READER_VERSION = 4  # 4: refuses decimal commas, inf, ids and quantities past int64 (a snapshot read before held them)
+# 3: refund times, vendors, Shopify customer ids from the customers export
 # 2: rejects rows cut short, open quotes, non-UTF-8; manifest counts duplicates
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ OPTIONAL = ["Lineitem sku", "Paid at", "Fulfilled at", "Cancelled at", "Refunded
             "Risk Level", "Vendor"]
 CUSTOMERS_EXPORT = ["Customer ID", "Email"]  # the "Export customers" CSV: what keys orders by Shopify ids
 SHOPIFY_TIME = "%Y-%m-%d %H:%M:%S %z"
+THOUSANDS = r"[-+]?[0-9]{1,3}(,[0-9]{3})+\.[0-9]*|[-+]?[0-9]{1,3}(,[0-9]{3}){2,}"  # 1,234.50 or 1,234,567
+MAX_EXACT = 2 ** 53  # the largest whole number a float64 (what pandas parses numbers into) holds exactly
 
 
 def normalize_email(email: pd.Series) -> pd.Series:
@@ -140,12 +143,35 @@ class _Parser:
 
     def numbers(self, column: str, frame: pd.DataFrame | None = None) -> pd.Series:
         values = (self.raw if frame is None else frame)[column]
-        parsed = pd.to_numeric(values.str.replace(",", "", regex=False), errors="coerce")
+        # A comma is taken for thousands grouping only where it cannot be a decimal comma (1,234.50 or
+        # 1,234,567): "67,97" read as 6797 would be a hundred times the price, silently.
+        comma = values.str.contains(",", regex=False, na=False)
+        grouped = values.str.strip().str.fullmatch(THOUSANDS, na=False)
+        if (comma & ~grouped).any():
+            row = int((comma & ~grouped).idxmax())
+            raise self.fail(row, f"'{column}' value {values[row]!r} has a comma that is not thousands grouping "
+                                 "like 1,234.50 (a decimal comma? export with a decimal point)")
+        parsed = pd.to_numeric(values.str.replace(",", "", regex=False), errors="coerce").astype("float64")
         bad = values.notna() & parsed.isna()
         if bad.any():
             row = int(bad[bad].index[0])
             raise self.fail(row, f"'{column}' value {values[row]!r} is not a number")
-        return parsed.astype("float64")
+        infinite = np.isinf(parsed)
+        if infinite.any():
+            row = int(infinite[infinite].index[0])
+            raise self.fail(row, f"'{column}' value {values[row]!r} is not a finite number")
+        return parsed
+
+    def whole_numbers(self, column: str, frame: pd.DataFrame | None = None) -> pd.Series:
+        """Whole numbers that an int64 holds exactly: past 2**53 a float is no longer exact, and past int64
+        the cast gave -9223372036854775808 without a word."""
+        values = (self.raw if frame is None else frame)[column]
+        parsed = self.numbers(column, frame)
+        bad = parsed.isna() | (parsed % 1 != 0) | (parsed.abs() > MAX_EXACT)
+        if bad.any():
+            row = int(bad[bad].index[0])
+            raise self.fail(row, f"'{column}' {values[row]!r} is not a whole number")
+        return parsed.astype("int64")
 
     def times(self, column: str, frame: pd.DataFrame | None = None) -> pd.Series:
         values = (self.raw if frame is None else frame)[column]
@@ -177,18 +203,19 @@ class _Parser:
         }
 
     def orders(self, first: pd.DataFrame) -> pd.DataFrame:
-        order_id = pd.to_numeric(first["Id"], errors="coerce")
-        bad = order_id.isna() | (order_id % 1 != 0)
+        digits = first["Id"].str.strip()
+        bad = ~digits.str.fullmatch(r"[0-9]{1,18}(\.0*)?", na=False)  # 18 digits: always within int64
         if bad.any():
             row = int(bad[bad].index[0])
             raise self.fail(row, f"order {first.at[row, 'Name']} has no numeric 'Id' (got {first.at[row, 'Id']!r})")
+        order_id = digits.str.split(".").str[0].astype("int64")
         email = normalize_email(first["Email"])
         created = self.times("Created at", first)
         cancelled = self.times("Cancelled at", first)
         latest = pd.concat([created, self.times("Paid at", first), self.times("Fulfilled at", first), cancelled], axis=1)
         return pd.DataFrame(
             {
-                "order_id": order_id.astype("int64"),
+                "order_id": order_id,
                 "name": first["Name"],
                 "customer_id": stable_id(email, "email"),
                 "email": email,
@@ -205,11 +232,7 @@ class _Parser:
         )
 
     def line_items(self, raw: pd.DataFrame, order_id: np.ndarray, block: pd.Series) -> pd.DataFrame:
-        quantity = self.numbers("Lineitem quantity")
-        bad = quantity.isna() | (quantity % 1 != 0)
-        if bad.any():
-            row = int(bad[bad].index[0])
-            raise self.fail(row, f"'Lineitem quantity' {raw.at[row, 'Lineitem quantity']!r} is not a whole number")
+        quantity = self.whole_numbers("Lineitem quantity")
         order_id = pd.Series(order_id, index=raw.index)
         position = block.groupby(block).cumcount()  # per order block: a repeated block repeats its ids
         product_key = ("sku:" + raw["Lineitem sku"].str.strip()).fillna("name:" + raw["Lineitem name"].str.strip())
@@ -220,7 +243,7 @@ class _Parser:
                 "product_id": stable_id(product_key, "product"),
                 "sku": raw["Lineitem sku"],
                 "title": raw["Lineitem name"],
-                "quantity": quantity.astype("int64"),
+                "quantity": quantity,
                 "price": self.numbers("Lineitem price"),
                 "vendor": raw["Vendor"],
             }

@@ -2,7 +2,7 @@
 
 A rule returns one finding per table it fails on (none when it passes). Rules catch what would
 silently corrupt features and labels downstream: the same order twice, orders that belong to nobody,
-values the stages need left empty (a field renamed or missing in the input), money below zero, events
+values the stages need left empty (a field renamed or missing in the input), money or quantities below zero, events
 from the future, currencies the store does not take, line items whose order is gone, or nothing to
 learn from at all.
 """
@@ -131,6 +131,15 @@ def negative_totals(tables: Tables, ctx: Context) -> list[RuleFinding]:
                      f"{len(negative)} order(s) with a negative {'/'.join(MONEY_COLUMNS)}", ctx.config)]
 
 
+def negative_quantities(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    items = tables["line_items"]
+    negative = items[(items[["quantity", "price"]] < 0).any(axis=1)]
+    if negative.empty:
+        return []
+    return [_finding("negative_quantities", "line_items", negative,
+                     f"{len(negative)} line item(s) with a negative quantity/price", ctx.config)]
+
+
 def future_timestamps(tables: Tables, ctx: Context) -> list[RuleFinding]:
     limit = pd.Timestamp(ctx.now) + pd.Timedelta(minutes=ctx.config.max_clock_skew_minutes)
     findings = []
@@ -169,5 +178,5 @@ def orphan_line_items(tables: Tables, ctx: Context) -> list[RuleFinding]:
 RULES: dict[str, Callable[[Tables, Context], list[RuleFinding]]] = {
     rule.__name__: rule
     for rule in (empty_input, duplicate_lines, duplicate_order_ids, duplicate_ids, required_values, no_customers,
-                 missing_customer_ids, negative_totals, future_timestamps, unknown_currencies, orphan_line_items)
+                 missing_customer_ids, negative_totals, negative_quantities, future_timestamps, unknown_currencies, orphan_line_items)
 }
