@@ -537,3 +537,17 @@ def test_the_newest_snapshot_is_chosen_by_time_whatever_the_stamps_precision(tmp
     assert [p.name for p in finished_snapshots(tmp_path)] == ["a", "b", "c", "d", "e"]
     assert newest_snapshot(tmp_path).name == "a"  # 11:00+01:00 is 10:00 UTC
     assert newest_snapshot(tmp_path / "missing") is None
+
+
+def test_an_email_or_id_is_found_whole_not_inside_anothers(tmp_path: Path):
+    """jo@example.com is no trace in mojo@example.com nor in jo@example.com.au, customer 5 none in '"id":55': the
+    journal bodies of those others were emptied (their orders never applied) and the proof failed on their rows."""
+    needles = Needles(frozenset(), frozenset({"jo@example.com"}))
+    assert needles.in_bytes(b'{"email":"JO@example.com"}') and needles.in_bytes(b"jo@example.com.")
+    assert not needles.in_bytes(b'{"email":"mojo@example.com"}') and not needles.in_bytes(b"jo@example.com.au")
+    conn = journal.connect(tmp_path / "webhooks.db")
+    for webhook_id, body in (("mine", b'{"id":5,"email":"jo@example.com"}'), ("other", b'{"id":55,"email":"mojo@example.com"}')):
+        conn.execute("INSERT INTO events (webhook_id, shop, topic, received_at, body) VALUES (?, 's', 'orders/create', '', ?)",
+                     (webhook_id, body))
+    privacy.erase_journal(conn, privacy.Subject(5, "jo@example.com"))
+    assert dict(conn.execute("SELECT webhook_id, body IS NULL FROM events")) == {"mine": 1, "other": 0}

@@ -5,6 +5,7 @@ logs, event journal, earlier data-request exports); shop/redact leaves no custom
 from __future__ import annotations
 
 import json
+import re
 import struct
 import threading
 from datetime import datetime, timezone
@@ -250,3 +251,29 @@ def test_a_customer_redact_that_fails_partway_is_carried_out_in_full_when_tried_
     assert traces(hooks.project.state_dir, ADA, ADA_EMAIL) == []
     assert [c for c, in metafields.connect(metafields.outbox_path(hooks)).execute(
         "SELECT customer_id FROM segment_outbox")] == [metafields.CUSTOMER_GID + str(GRACE)]
+
+
+def test_redacting_an_email_leaves_the_customer_whose_email_ends_with_it(shop):
+    """jo@example.com was looked for as a substring: redacting it emptied the journal bodies of mojo@example.com's
+    orders (one not applied yet was then dropped as 'erased') and the proof scan failed on mojo's live rows."""
+    hooks, client = shop
+    jo, mojo = 1000000000111, 1000000000222
+    client.post("/webhooks", **delivery("orders/create", order(9101, jo, "jo@example.com", 10.0), "wh-jo"))
+    client.post("/webhooks", **delivery("orders/create", order(9102, mojo, "mojo@example.com", 20.0), "wh-mojo-1"))
+    client.app.state.applier.drain()
+    client.post("/webhooks", **delivery("customers/redact", redact_request(jo, "jo@example.com", [9101]), "wh-redact"))
+    client.post("/webhooks", **delivery("orders/create", order(9103, mojo, "mojo@example.com", 30.0), "wh-mojo-2"))
+
+    client.app.state.applier.drain()
+
+    journal = client.app.state.applier.conn
+    outcomes = dict(journal.execute("SELECT webhook_id, outcome FROM events WHERE webhook_id LIKE 'wh-%'"))
+    assert outcomes["wh-mojo-1"] == outcomes["wh-mojo-2"] == "live"
+    assert "journal_rows" in json.loads(outcomes["wh-redact"])
+    assert journal.execute("SELECT count(*) FROM events WHERE webhook_id LIKE 'wh-mojo-%' AND body IS NOT NULL"
+                           ).fetchone() == (2,)
+    assert sorted(journal.execute("SELECT order_id FROM live_orders WHERE customer_id = ?", (mojo,))) == [(9102,), (9103,)]
+    assert online(hooks, mojo) == [2]
+    left = [p for p in hooks.project.state_dir.rglob("*") if p.is_file() and (
+            str(jo).encode() in (data := p.read_bytes()) or re.search(rb"(?<![a-z0-9._%+-])jo@example\.com", data))]
+    assert left == []

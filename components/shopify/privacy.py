@@ -403,8 +403,9 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject, keep: str | None =
     orders = {o for (o,) in conn.execute(f"SELECT order_id FROM live_orders WHERE customer_id IN ({who}) "
                                          "OR lower(trim(email)) = lower(trim(?))", (*ids, subject.email))} | subject.order_ids
     marks = ",".join("?" * len(orders)) or "NULL"
-    needles = [subject.email.encode()] if subject.email else []
-    needles += [f'"{key}":{c}'.encode() for c in ids for key in ("id", "customer_id")]
+    # the ids as JSON values, a whole number each (an id of fewer digits than Needles searches as text); the email is
+    # the Needles' (a whole one)
+    named = re.compile(rb'"(?:id|customer_id)": ?(?:' + b"|".join(str(c).encode() for c in ids) + rb")(?![0-9.])")
     removed = 0
     with conn:
         removed += conn.execute(f"DELETE FROM live_line_items WHERE order_id IN ({marks})", [*orders]).rowcount
@@ -413,7 +414,7 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject, keep: str | None =
         # Row by row (the journal holds every delivery's body), then the few that mention them are emptied.
         theirs = [webhook_id for (webhook_id, stored) in conn.execute(
                   "SELECT webhook_id, body FROM events WHERE body IS NOT NULL AND webhook_id IS NOT ?", (keep,))
-                  if _mentions(body := bytes(stored), needles) or subject.needles.in_bytes(body) or _order_event(body, orders)]
+                  if named.search(body := bytes(stored)) or subject.needles.in_bytes(body) or _order_event(body, orders)]
         for webhook_id in theirs:
             conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
         removed += len(theirs)

@@ -30,6 +30,10 @@ PARQUET_MAGIC = b"PAR1"
 # checks every customer the shop had); below it each needle is searched for literally.
 LITERAL_LIMIT = 64
 EMAIL = re.compile(rb"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
+# A whole email: jo@example.com is not in mojo@example.com nor in jo@example.com.au (erasing one erased the other's
+# journal bodies and failed the proof on the other's rows).
+EMAIL_BEFORE = rb"(?<![a-z0-9._%+-])"
+EMAIL_AFTER = rb"(?![a-z0-9-])(?!\.[a-z0-9])"
 # A whole number: not the fraction digits of a decimal (1978.7200000000016 holds no customer 7200000000016;
 # float reprs in a report's data made shop/redact's scan fail on chance matches).
 NOT_A_FRACTION = rb"(?<![0-9])(?<![0-9]\.)"
@@ -61,7 +65,7 @@ class Needles:
         object.__setattr__(self, "emails", frozenset(e.strip().lower() for e in self.emails if e and e.strip()))
         parts, plain = [], []
         if len(self.emails) <= LITERAL_LIMIT:
-            parts += [re.escape(e.encode()) for e in self.emails]
+            parts += [EMAIL_BEFORE + re.escape(e.encode()) + EMAIL_AFTER for e in self.emails]
             plain += [e.encode() for e in self.emails]
         if len(self.customer_ids) <= LITERAL_LIMIT:
             plain += [str(c).encode() for c in self.customer_ids]
