@@ -9,6 +9,7 @@ rollback knows where to go back to. ``mlflow`` is imported only inside functions
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 STEPS_TAG_LIMIT = 5000  # MLflow tag values are bounded; the record keeps the full steps
 
+log = logging.getLogger(__name__)
+
 
 def rollout_record(settings: Settings) -> Path:
     return settings.project.state_dir / "serving" / "rollouts.jsonl"
@@ -33,18 +36,56 @@ def _append(settings: Settings, entry: dict[str, Any]) -> dict[str, Any]:
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = rollout_record(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _set_aside_torn_line(path)
     with path.open("a") as out:
         out.write(json.dumps(entry, default=str) + "\n")
     return entry
 
 
+def _set_aside_torn_line(path: Path) -> None:
+    """A record whose last line has no newline was cut short by a crash mid-append: the entry appended now
+    would join that line and be unreadable too. The fragment moves to ``<record>.torn`` (nothing is lost)
+    and the record ends at its last whole line."""
+    if not path.exists():
+        return
+    with path.open("rb+") as record:
+        data = record.read()
+        if not data or data.endswith(b"\n"):
+            return
+        whole = data.rfind(b"\n") + 1
+        with path.with_name(path.name + ".torn").open("ab") as torn:
+            torn.write(data[whole:] + b"\n")
+        record.truncate(whole)
+    log.warning("%s: its last line was cut short (a rollout recorded when the process died?); moved to %s.torn",
+                path, path.name)
+
+
 def rollouts(settings: Settings) -> list[dict[str, Any]]:
     """The local rollout history of ``registry.model_name``, oldest first (the record holds every model's:
-    the propensity model's and the recommender's version numbers are their own)."""
+    the propensity model's and the recommender's version numbers are their own).
+
+    A last line cut short (a crash mid-append) is skipped with a warning, so status and the emergency
+    rollback still work; any other unreadable line is an error naming the file and line."""
     path = rollout_record(settings)
-    lines = path.read_text().splitlines() if path.exists() else []
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    lines = text.splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s, line %d: skipped, cut short (a rollout being recorded when the process died?)",
+                            path, number)
+                continue
+            raise DeployError(f"{path}, line {number}: not a rollout record ({exc.msg}); fix or remove that line") from exc
+        if not isinstance(entry, dict):
+            raise DeployError(f"{path}, line {number}: not a rollout record (a JSON object); fix or remove that line")
+        entries.append(entry)
     name = settings.registry.model_name
-    return [entry for entry in map(json.loads, filter(str.strip, lines)) if entry.get("model_name", name) == name]
+    return [entry for entry in entries if entry.get("model_name", name) == name]
 
 
 def record_local_rollout(settings: Settings, model_version: str, run_id: str,
