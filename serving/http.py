@@ -142,6 +142,29 @@ class FinalHandlers(dict):
 
 def install_error_handlers(app) -> None:
     app.exception_handlers = FinalHandlers(app.exception_handlers, error_handlers())
+    _refuse_undecodable_requests()
+
+
+def _refuse_undecodable_requests() -> None:
+    """KServe's ``DataPlane.decode`` raises ``InferenceError`` (our 500) for a request it cannot decode, e.g. a
+    binary V2 BYTES element that is not UTF-8: the caller's fault, so it is ``InvalidInput`` (400) here. Wrapped
+    once per process on the class, which every storeflow server's DataPlane is; a model's own InferenceError,
+    raised later, stays a 500."""
+    from kserve.errors import InferenceError, InvalidInput
+    from kserve.protocol.dataplane import DataPlane
+
+    decode = DataPlane.decode
+    if getattr(decode, "refuses_undecodable", False):
+        return
+
+    def checked(self, *args, **kwargs):
+        try:
+            return decode(self, *args, **kwargs)
+        except InferenceError as exc:
+            raise InvalidInput(f"request body could not be decoded: {exc}") from exc
+
+    checked.refuses_undecodable = True
+    DataPlane.decode = checked
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -427,6 +427,16 @@ def test_binary_v2_header_lies_get_4xx(server):
     assert 400 <= response.status_code < 500
 
 
+def test_a_binary_bytes_element_that_is_not_utf8_is_a_400_not_a_500(server):
+    """KServe's decoder raised InferenceError for it, which is our 500 (a server fault a canary counts)."""
+    header = b'{"inputs":[{"name":"customer_id","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":6}}]}'
+    response = post(server, V2, content=header + b"\x02\x00\x00\x00\xff\xfe",
+                    headers={"Content-Type": "application/octet-stream",
+                             "Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request" and "UTF-8" in response.json()["error"]
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
