@@ -33,6 +33,19 @@ def refused(host: str, status: int, reason: str) -> KfpApiError:
     return KfpApiError(f"the Kubeflow Pipelines API at {host} answered HTTP {status} {reason}: {check}")
 
 
+def failed(host: str, status: int, reason: str, body: object) -> KfpApiError:
+    """Any other error answer, with the API's own message (``{"error": ..., "message": ...}``) when it gave one."""
+    import json
+
+    try:
+        answer = json.loads(body) if isinstance(body, (str, bytes)) else {}
+    except ValueError:
+        answer = {}
+    said = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
+    said = str(said).strip().splitlines()[0][:300] if said and str(said).strip() else "no message"
+    return KfpApiError(f"the Kubeflow Pipelines API at {host} answered HTTP {status} {reason}: {said}")
+
+
 def not_the_api(host: str, request: str, answer: str) -> KfpApiError:
     """A 2xx that is not the API's JSON: a sign-in page or a proxy's answer, which kfp would take as success."""
     return KfpApiError(f"the answer of {host} to {request} is not from the Kubeflow Pipelines API ({answer}): "
@@ -63,15 +76,15 @@ def probe(host: str, bearer: str | None, timeout: float = 10) -> None:
 
 @contextlib.contextmanager
 def api_errors(host: str) -> Iterator[None]:
-    """kfp's connection and auth failures as :class:`KfpApiError`; any other API error passes unchanged."""
+    """kfp's connection failures and the API's error answers as :class:`KfpApiError`."""
     import kfp_server_api
     import urllib3
 
     try:
         yield
     except kfp_server_api.ApiException as exc:
-        if exc.status in (401, 403):
+        if exc.status in (401, 403, 404):
             raise refused(host, exc.status, exc.reason) from exc
-        raise
+        raise failed(host, exc.status, exc.reason, exc.body) from exc
     except urllib3.exceptions.HTTPError as exc:
         raise unreachable(host, exc) from exc

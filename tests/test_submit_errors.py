@@ -159,3 +159,13 @@ def test_a_200_that_is_not_the_api_is_an_error_not_a_run(tmp_path, monkeypatch, 
     assert code == 2, lines
     assert f"the answer of {host} to " in lines[-1] and "is not from the Kubeflow Pipelines API" in lines[-1]
     assert not any("None" in line for line in lines if "submitted" in line or "created" in line)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("status", [500, 400])
+def test_any_other_error_answer_is_one_line_with_the_apis_message(tmp_path, monkeypatch, command, status) -> None:
+    """A 500 from the run or experiment call, or a 400 (a cron the server rejects), printed kfp's traceback."""
+    with refusing_api(status, healthz_status=200) as host:
+        code, lines = _cli(tmp_path, monkeypatch, command, host)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the Kubeflow Pipelines API at {host} answered HTTP {status}" in lines[0] and lines[0].endswith(": no")
