@@ -277,3 +277,24 @@ def test_redacting_an_email_leaves_the_customer_whose_email_ends_with_it(shop):
     left = [p for p in hooks.project.state_dir.rglob("*") if p.is_file() and (
             str(jo).encode() in (data := p.read_bytes()) or re.search(rb"(?<![a-z0-9._%+-])jo@example\.com", data))]
     assert left == []
+
+
+def test_a_customer_redact_naming_more_orders_than_sqlite_takes_variables_is_carried_out(shop):
+    """A placeholder per order Shopify named: a customers/redact naming 40,000 orders failed with 'too many SQL
+    variables' on every try, and the applier applied nothing after it."""
+    import sqlite3
+
+    hooks, client = shop
+    # SQLite's default build takes 32,766 (Debian's Python 250,000: Shopify's request may name more still)
+    client.app.state.applier.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+    named = [*ADA_ORDERS, 9001, *range(10**12, 10**12 + 40_000)]
+    client.post("/webhooks", **delivery("customers/redact", redact_request(ADA, ADA_EMAIL, named), "wh-redact"))
+    client.post("/webhooks", **delivery("orders/create", order(9003, GRACE, GRACE_EMAIL, 5.0), "wh-after"))
+
+    client.app.state.applier.drain()
+
+    journal = client.app.state.applier.conn
+    outcomes = dict(journal.execute("SELECT webhook_id, outcome FROM events WHERE webhook_id IN ('wh-redact', 'wh-after')"))
+    assert "journal_rows" in json.loads(outcomes["wh-redact"]) and outcomes["wh-after"] == "live"
+    assert sorted(journal.execute("SELECT order_id FROM live_orders")) == [(9002,), (9003,)]
+    assert online(hooks, ADA) == [None] and online(hooks, GRACE) == [3]

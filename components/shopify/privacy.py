@@ -393,24 +393,32 @@ def erase_exports(settings: Settings, subject: Subject) -> int:
     return len(files)
 
 
+# Ids as one JSON array parameter: SQLite caps the placeholders (32,766), and a customers/redact may name more orders
+# (one naming 260,000 failed with "too many SQL variables" on every try, and the applier applied nothing after it).
+_ANY = "(SELECT value FROM json_each(?))"
+
+
+def _ids(ids) -> str:
+    return json.dumps(sorted(int(i) for i in ids))
+
+
 # --- webhook journal ----------------------------------------------------------------------------------
 
 
 def erase_journal(conn: sqlite3.Connection, subject: Subject, keep: str | None = None) -> int:
     """The subject's live rows and every event body about them, but ``keep``'s (the request being carried out)."""
     ids = sorted(subject.ids)
-    who = ",".join("?" * len(ids))
-    orders = {o for (o,) in conn.execute(f"SELECT order_id FROM live_orders WHERE customer_id IN ({who}) "
-                                         "OR lower(trim(email)) = lower(trim(?))", (*ids, subject.email))} | subject.order_ids
-    marks = ",".join("?" * len(orders)) or "NULL"
+    orders = {o for (o,) in conn.execute(f"SELECT order_id FROM live_orders WHERE customer_id IN {_ANY} "
+                                         "OR lower(trim(email)) = lower(trim(?))", (_ids(ids), subject.email))} | subject.order_ids
+    marks = _ids(orders)
     # the ids as JSON values, a whole number each (an id of fewer digits than Needles searches as text); the email is
     # the Needles' (a whole one)
     named = re.compile(rb'"(?:id|customer_id)": ?(?:' + b"|".join(str(c).encode() for c in ids) + rb")(?![0-9.])")
     removed = 0
     with conn:
-        removed += conn.execute(f"DELETE FROM live_line_items WHERE order_id IN ({marks})", [*orders]).rowcount
-        removed += conn.execute(f"DELETE FROM live_refunds WHERE order_id IN ({marks})", [*orders]).rowcount
-        removed += conn.execute(f"DELETE FROM live_orders WHERE order_id IN ({marks})", [*orders]).rowcount
+        removed += conn.execute(f"DELETE FROM live_line_items WHERE order_id IN {_ANY}", (marks,)).rowcount
+        removed += conn.execute(f"DELETE FROM live_refunds WHERE order_id IN {_ANY}", (marks,)).rowcount
+        removed += conn.execute(f"DELETE FROM live_orders WHERE order_id IN {_ANY}", (marks,)).rowcount
         # Row by row (the journal holds every delivery's body), then the few that mention them are emptied.
         theirs = [webhook_id for (webhook_id, stored) in conn.execute(
                   "SELECT webhook_id, body FROM events WHERE body IS NOT NULL AND webhook_id IS NOT ?", (keep,))
@@ -418,7 +426,7 @@ def erase_journal(conn: sqlite3.Connection, subject: Subject, keep: str | None =
         for webhook_id in theirs:
             conn.execute("UPDATE events SET body = NULL, customer_id = NULL WHERE webhook_id = ?", (webhook_id,))
         removed += len(theirs)
-        conn.execute(f"UPDATE events SET customer_id = NULL WHERE customer_id IN ({who})", ids)
+        conn.execute(f"UPDATE events SET customer_id = NULL WHERE customer_id IN {_ANY}", (_ids(ids),))
     _compact(conn)
     return removed
 
@@ -453,12 +461,10 @@ def erase_risk_history(settings: Settings, subject: Subject | None) -> int:
         if subject is None:
             removed = sum(conn.execute(f"DELETE FROM {table}").rowcount for table in RISK_HISTORY)
         else:
-            ids = sorted(subject.ids)
             orders = {o for (o,) in conn.execute(
-                f"SELECT order_id FROM risk_live_orders WHERE customer_id IN ({','.join('?' * len(ids))}) "
-                "OR email = lower(trim(?))", (*ids, subject.email))} | subject.order_ids
-            marks = ",".join("?" * len(orders)) or "NULL"
-            removed = sum(conn.execute(f"DELETE FROM {table} WHERE order_id IN ({marks})", [*orders]).rowcount
+                f"SELECT order_id FROM risk_live_orders WHERE customer_id IN {_ANY} "
+                "OR email = lower(trim(?))", (_ids(subject.ids), subject.email))} | subject.order_ids
+            removed = sum(conn.execute(f"DELETE FROM {table} WHERE order_id IN {_ANY}", (_ids(orders),)).rowcount
                           for table in RISK_HISTORY)
         conn.execute("COMMIT")
         _compact(conn)
@@ -479,11 +485,10 @@ def _velocity_keys(settings: Settings, subject: Subject) -> list[tuple[str, obje
     addresses: set[str] = set()
     if (risk := _risk_db(settings)) is not None:
         with closing(risk):
-            ids = sorted(subject.ids)
             for email, address in risk.execute(
-                    f"SELECT email, address_key FROM risk_live_orders WHERE customer_id IN ({','.join('?' * len(ids))}) "
-                    "OR email = lower(trim(?)) OR order_id IN (SELECT value FROM json_each(?))",
-                    (*ids, subject.email, json.dumps(sorted(subject.order_ids)))):
+                    f"SELECT email, address_key FROM risk_live_orders WHERE customer_id IN {_ANY} "
+                    f"OR email = lower(trim(?)) OR order_id IN {_ANY}",
+                    (_ids(subject.ids), subject.email, _ids(subject.order_ids))):
                 emails |= {email} if email else set()
                 addresses |= {address} if address else set()
     for snapshot in _snapshots(settings):
