@@ -301,9 +301,16 @@ class Applier:
 
     def _handle(self, topic: str, shop: str, payload: dict, webhook_id: str | None = None) -> str:
         if topic in products.AVAILABILITY_TOPICS:  # what recommendations may show (published, in stock)
-            with transaction(self.conn):
-                rows = products.apply(self.conn, topic, payload)
-                named = products.category_rows(self.conn, topic, payload)
+            try:
+                with transaction(self.conn):
+                    rows = products.apply(self.conn, topic, payload)
+                    named = products.category_rows(self.conn, topic, payload)
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if isinstance(exc, PayloadError) or not _own_data(exc):
+                    raise
+                # the payload and the journal alone: a failure not the journal's own is this event's data, which
+                # fails the same on every try (two levels of 2**63-1 overflowed a sum, retried for ever)
+                raise PayloadError(f"{topic}: {_reason(exc)}") from exc
             availability.write(self.store, self.settings, rows)
             # a product created or recategorized since the last pipeline run: its category, for the fallback
             described = catalog.describe_online(self.store, self.settings, named)
@@ -501,6 +508,14 @@ def _text(row: dict) -> str:
 
 def _id_list(ids: list[int]) -> str:
     return json.dumps([int(i) for i in ids])
+
+
+def _own_data(exc: Exception) -> bool:
+    """Whether a failure of storing an event in the journal is the event's data: anything but the journal being
+    unavailable (locked, disk, memory); SQLite says an integer overflow or a value too big with the same class."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(words in str(exc) for words in ("integer overflow", "too big"))
+    return not isinstance(exc, INFRASTRUCTURE)
 
 
 def _reason(exc: Exception) -> str:
