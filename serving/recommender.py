@@ -40,7 +40,7 @@ from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.http import FlatRoute
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.v1 import v1_request
-from storeflow.serving.v2 import check_outputs
+from storeflow.serving.v2 import check_json_data, check_outputs
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -125,6 +125,7 @@ class RecommenderModel(AnswersOneVersion, Model):
         tensor = inputs["products"]
         if tensor.datatype not in ("BYTES", "INT64"):
             raise InvalidInput(f"input 'products' must be BYTES or INT64, got {tensor.datatype}")
+        check_json_data(tensor)
         try:
             values = list(tensor.data) if tensor.datatype == "BYTES" else tensor.as_numpy().reshape(-1).tolist()
         except Exception as exc:  # noqa: BLE001 - numpy says many things about bad data

@@ -42,7 +42,7 @@ from storeflow.serving.predlog import PredictionLog, now_iso
 from storeflow.serving.protocol import VERSION_HEADER
 from storeflow.serving.runtime import Scorer, build_scorer
 from storeflow.serving.v1 import v1_request
-from storeflow.serving.v2 import check_outputs
+from storeflow.serving.v2 import check_json_data, check_outputs
 
 if TYPE_CHECKING:
     from storeflow.components.config import Settings
@@ -98,7 +98,11 @@ class RiskPredictor(AnswersOneVersion, Model):
             if extra := set(item) - set(self.columns) - {ORDER_ID}:
                 raise InvalidInput(f"instances[{i}] has unknown field(s): {', '.join(sorted(map(str, extra)))}")
             ids.append(_order_id(item.get(ORDER_ID), f"instances[{i}].{ORDER_ID}"))
-            rows.append([item[c] for c in self.columns])
+            row = [item[c] for c in self.columns]
+            if not all(type(v) in NUMBERS for v in row):  # "12" and true were read as 12.0 and 1.0
+                bad = next(c for c, v in zip(self.columns, row) if type(v) not in NUMBERS)
+                raise InvalidInput(f"instances[{i}].{bad}: features must be numbers, got {item[bad]!r}"[:200])
+            rows.append(row)
         return False, ids, _matrix(rows, len(self.columns))
 
     def _v2(self, request: InferRequest) -> tuple[list[str | None], np.ndarray]:
@@ -107,6 +111,9 @@ class RiskPredictor(AnswersOneVersion, Model):
         if FEATURES_INPUT not in inputs or set(inputs) - {FEATURES_INPUT, ORDER_ID}:
             raise InvalidInput(f"inputs '{FEATURES_INPUT}' (FP64 [n, {len(self.columns)}]) and optionally "
                                f"'{ORDER_ID}' (BYTES [n]), got {sorted(inputs)}")
+        if inputs[FEATURES_INPUT].datatype not in ("FP64", "FP32"):
+            raise InvalidInput(f"input '{FEATURES_INPUT}' must be FP64 or FP32, got {inputs[FEATURES_INPUT].datatype}")
+        check_json_data(inputs[FEATURES_INPUT])
         try:
             rows = _matrix(inputs[FEATURES_INPUT].as_numpy(), len(self.columns))
         except InvalidInput:
@@ -180,6 +187,9 @@ def _order_id(value, where: str) -> str | None:
     if len(text) > MAX_ORDER_ID_CHARS:
         raise InvalidInput(f"{where} is {len(text)} characters long; an order id is at most {MAX_ORDER_ID_CHARS}")
     return text
+
+
+NUMBERS = (int, float)  # a feature's JSON types (bool and str are not numbers here, whatever numpy makes of them)
 
 
 def _matrix(rows, width: int) -> np.ndarray:

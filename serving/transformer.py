@@ -55,7 +55,7 @@ from storeflow.serving.protocol import (
     VERSION_HEADER,
 )
 from storeflow.serving.v1 import v1_request
-from storeflow.serving.v2 import check_outputs
+from storeflow.serving.v2 import check_json_data, check_outputs
 
 V2_INPUTS = {"customer_id", "cart_subtotal", "cart_item_count"}
 MAX_CART_SUBTOTAL = 1e9
@@ -258,6 +258,7 @@ class StoreflowTransformer(Model):
             if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(
                     not isinstance(d, int) or d < 0 for d in shape):
                 raise InvalidInput(f"input '{name}' must have shape [n], got {shape}")
+            check_json_data(tensor)
             try:
                 arrays[name] = tensor.as_numpy().reshape(-1)
             except InvalidInput:

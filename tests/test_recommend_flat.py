@@ -137,3 +137,12 @@ def test_v2_answers_say_their_version_and_count_under_it(server):
     refused = httpx.post(f"{url}/v2/models/{NAME}/infer", json={**body, "outputs": [{"name": "scores"}]},
                          headers=auth)
     assert refused.status_code == 400 and "'scores'" in refused.json()["error"], refused.text
+
+
+@pytest.mark.parametrize("data", [[1000.5], [True]])
+def test_a_v2_int64_product_that_is_not_an_integer_is_a_400(server, data):
+    """numpy's cast made 1000.5 (or true) product 1000 (or 1), answered with that product's neighbours."""
+    url, _ = server
+    answer = httpx.post(f"{url}/v2/models/{NAME}/infer", headers={"Authorization": f"Bearer {_token()}"},
+                        json={"inputs": [{"name": "products", "shape": [1], "datatype": "INT64", "data": data}]})
+    assert answer.status_code == 400 and "INT64, but holds" in answer.json()["error"], answer.text

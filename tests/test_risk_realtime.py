@@ -223,6 +223,18 @@ def test_the_risk_server_answers_v1_and_v2_alike_with_the_registered_models_scor
     bad = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict",
                      json={"instances": [{"order_id": "7002", **features, "account_age_hours": "recent"}]}, timeout=10)
     assert bad.status_code == 400 and "must be numbers" in bad.text
+    # numpy read "12" and true as 12.0 and 1.0: scored, and logged with features nobody sent as numbers
+    for value in ("12", True):
+        cast = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict",
+                          json={"instances": [{"order_id": "7003", **features, "account_age_hours": value}]}, timeout=10)
+        assert cast.status_code == 400 and "account_age_hours: features must be numbers" in cast.text, cast.text
+    for datatype, data in (("BOOL", [True] * len(row)), ("BYTES", [str(v) for v in row])):
+        cast = httpx.post(f"{stack.model_url}/v2/models/{NAME}/infer", json={"inputs": [
+            {"name": "features", "datatype": datatype, "shape": [1, len(row)], "data": data}]}, timeout=10)
+        assert cast.status_code == 400 and "features' must be FP64 or FP32" in cast.text, cast.text
+    cast = httpx.post(f"{stack.model_url}/v2/models/{NAME}/infer", json={"inputs": [
+        {"name": "features", "datatype": "FP64", "shape": [1, len(row)], "data": [*row[:-1], "1"]}]}, timeout=10)
+    assert cast.status_code == 400 and "FP64, but holds '1'" in cast.text, cast.text
     short = httpx.post(f"{stack.model_url}/v1/models/{NAME}:predict", json={"instances": [{"total_price": 1}]},
                        timeout=10)
     assert short.status_code == 400 and "lacks feature(s)" in short.text

@@ -404,6 +404,11 @@ BAD = [
     (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_subtotal", [1], "FP64", ["inf"])), None, ""),
     (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_subtotal", [2], "FP64", [1.0, 2.0])), None, ""),
     (V2, v2(("features", [1, 9], "FP64", [0.0] * 9)), None, "unknown input"),
+    # numpy's cast made these customer 1, a count of 2 and a subtotal of 1.0, answered 200
+    (V2, v2(("customer_id", [1], "INT64", [1.7])), None, "INT64, but holds 1.7"),
+    (V2, v2(("customer_id", [1], "INT64", [True])), None, "INT64, but holds True"),
+    (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_item_count", [1], "INT64", [2.9])), None, "cart_item_count"),
+    (V2, v2(("customer_id", [1], "INT64", [1]), ("cart_subtotal", [1], "FP64", ["1"])), None, "cart_subtotal"),
     (V2, {"inputs": "x"}, None, ""),
     (V2, None, b"\x00\x01binary", ""),
     (f"/v2/models/{MODEL}/versions/99/infer", v2(("customer_id", [1], "INT64", [1])), None, "version 99"),
