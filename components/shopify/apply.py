@@ -253,7 +253,7 @@ class Applier:
                         _rows(name, found)
                 else:
                     rows = stored[number]
-                customer = self._upsert(rows)
+                customer, moved_from = self._upsert(rows)
             except (PayloadError, orjson.JSONDecodeError) as exc:  # this event's data: undo its writes, park it
                 self.conn.execute("ROLLBACK TO event")
                 self.conn.execute("RELEASE event")
@@ -263,6 +263,8 @@ class Applier:
             if customer is not None:
                 self.conn.execute("UPDATE events SET customer_id = ? WHERE webhook_id = ?", (customer, event.webhook_id))
                 touched.add(customer)
+            if moved_from is not None:
+                touched.add(moved_from)
             self.conn.execute("RELEASE event")
             done.append((event.webhook_id, "live"))
         return touched, done
@@ -335,26 +337,32 @@ class Applier:
 
     # --- live orders ---------------------------------------------------------------------------------
 
-    def _upsert(self, rows: dict[str, list[dict]]) -> int | None:
+    def _upsert(self, rows: dict[str, list[dict]]) -> tuple[int | None, int | None]:
         """Store an order's or a refund's rows (:func:`_rows_of`, inside the caller's transaction); returns whose
-        features change."""
+        features change: the order's customer, and the one it was moved from (None: it was not)."""
         if "orders" in rows:
             (order,), items = rows["orders"], rows["line_items"]
-            current = self.conn.execute("SELECT updated_at FROM live_orders WHERE order_id = ?",
+            current = self.conn.execute("SELECT updated_at, customer_id FROM live_orders WHERE order_id = ?",
                                         (order["order_id"],)).fetchone()
             if current and _superseded(current[0], order["updated_at"]):
-                return order["customer_id"]  # an older version arrived late (Shopify does not order deliveries)
+                return order["customer_id"], None  # an older version arrived late (Shopify does not order deliveries)
+            before = current[1] if current else self._snapshot_owners([order["order_id"]]).get(order["order_id"])
             self.conn.execute(
                 "INSERT OR REPLACE INTO live_orders (order_id, customer_id, email, updated_at, row) VALUES (?,?,?,?,?)",
                 (order["order_id"], order["customer_id"], order["email"], order["updated_at"], _text(order)))
             self.conn.execute("DELETE FROM live_line_items WHERE order_id = ?", (order["order_id"],))
             self.conn.executemany("INSERT OR REPLACE INTO live_line_items (line_item_id, order_id, row) VALUES (?,?,?)",
                                   [(i["line_item_id"], i["order_id"], _text(i)) for i in items])
-            return order["customer_id"]
+            return order["customer_id"], _moved_from(before, order["customer_id"])
         (refund,) = rows["refunds"]
         self.conn.execute("INSERT OR REPLACE INTO live_refunds (refund_id, order_id, row) VALUES (?,?,?)",
                           (refund["refund_id"], refund["order_id"], _text(refund)))
-        return self._customer_of_order(refund["order_id"])
+        return self._customer_of_order(refund["order_id"]), None
+
+    def _snapshot_owners(self, order_ids: list[int]) -> dict[int, int]:
+        """The customer of each order the newest snapshot holds with one."""
+        index = self._snapshot_index()
+        return index.customers_of_orders(order_ids) if index and order_ids else {}
 
     def _customer_of_order(self, order_id: int) -> int | None:
         row = self.conn.execute("SELECT customer_id FROM live_orders WHERE order_id = ?", (order_id,)).fetchone()
@@ -382,6 +390,7 @@ class Applier:
         customers whose features change, and the run's orders and refunds as they will then be stored."""
         ids = [rows["orders"][0]["order_id"] for rows in stored if rows and "orders" in rows]
         pending = _Pending({o["order_id"]: o for o in self._live("live_orders", "order_id", ids)})
+        owners = self._snapshot_owners([i for i in ids if i not in pending.orders])  # of those not received live yet
         touched: set[int] = set()
         for rows in stored:
             if rows is None:
@@ -392,6 +401,9 @@ class Applier:
                 if current is None or not _superseded(current["updated_at"], order["updated_at"]):
                     pending.orders[order["order_id"]] = order
                     pending.items.append((order["order_id"], items))
+                    before = current["customer_id"] if current else owners.get(order["order_id"])
+                    if (moved_from := _moved_from(before, order["customer_id"])) is not None:
+                        touched.add(moved_from)
                 customer = order["customer_id"]
             else:
                 (refund,) = rows["refunds"]
@@ -413,7 +425,11 @@ class Applier:
             live = {key: order for key, order in live.items() if order["customer_id"] in customers}
         live_ids = sorted(live)
         snap_orders = _snapshot_rows(index, "orders", ids)
-        snap_orders = snap_orders.filter(pc.invert(pc.is_in(snap_orders["order_id"], pa.array(live_ids, pa.int64()))))
+        # an order received live replaces the snapshot's, whoever it belongs to now (moved to another customer: gone)
+        received = {o["order_id"] for o in self._live("live_orders", "order_id", snap_orders["order_id"].to_pylist())}
+        received |= set(pending.orders) if pending is not None else set()
+        snap_orders = snap_orders.filter(pc.invert(pc.is_in(snap_orders["order_id"],
+                                                            pa.array(sorted({*live_ids, *received}), pa.int64()))))
         snap_order_ids = snap_orders["order_id"].to_pylist()
         order_ids = [*snap_order_ids, *live_ids]
         items = {i["line_item_id"]: i for i in self._live("live_line_items", "order_id", order_ids)}
@@ -483,6 +499,12 @@ def _replace_items(items: dict[int, dict], replaced: list[tuple[int, list[dict]]
                 by_order[items[key]["order_id"]].discard(key)
             items[key] = item
             by_order.setdefault(order_id, set()).add(key)
+
+
+def _moved_from(before: int | None, after: int | None) -> int | None:
+    """The customer an order version takes the order from (None: the same owner, or none before): their features
+    lose it. Only the new owner's were recomputed, and the old one went on counting it."""
+    return before if before is not None and before != after else None
 
 
 def _superseded(stored: str | None, arriving: str | None) -> bool:
