@@ -133,6 +133,24 @@ def test_app_uninstalled_stops_syncing(client, hooks):
         pull(hooks)
 
 
+def test_deliveries_after_an_uninstall_say_the_app_is_installed_again_and_syncing_resumes(client, hooks):
+    """Nothing cleared app/uninstalled's mark: ``storeflow sync`` refused for good, though it says reinstalling resumes
+    it. Shopify sends a subscription's deliveries only to an installed app; the compliance topics come regardless."""
+    from storeflow.components.shopify.journal import uninstalled_at
+
+    post(client, "app/uninstalled", {"id": 548380009, "name": "Kettle & Leaf", "myshopify_domain": SHOP}, "wh-bye")
+    client.app.state.applier.drain()
+    post(client, "customers/data_request", {"shop_domain": SHOP, "customer": {"id": ADA, "email": "ada@example.com"},
+                                            "orders_requested": [], "data_request": {"id": 1}}, "wh-asked")
+    client.app.state.applier.drain()
+    assert uninstalled_at(layout.journal_path(hooks), SHOP) is not None  # sent to an uninstalled app too
+
+    post(client, "orders/create", order(9001, ADA, "ada@example.com", 30.0), "wh-back")
+    client.app.state.applier.drain()
+
+    assert uninstalled_at(layout.journal_path(hooks), SHOP) is None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]

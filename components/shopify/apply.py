@@ -48,6 +48,8 @@ from storeflow.components.tables import SCHEMAS, conform, empty_frame
 log = logging.getLogger(__name__)
 
 LIVE_TOPICS = ORDER_TOPICS | REFUND_TOPICS
+# Sent only to an app installed on the shop (the compliance topics come after an uninstall too).
+INSTALLED_TOPICS = LIVE_TOPICS | products.AVAILABILITY_TOPICS
 # Their request's body stays until they are done: emptied by the erasure itself, a failed try was never tried again.
 ERASURES = frozenset({"customers/redact", "shop/redact"})
 # Not the event's fault: the whole batch stays pending and is retried with backoff instead of parked.
@@ -180,7 +182,23 @@ class Applier:
             run = []
             self._apply_one(event)
         self._apply_live(run)
+        self._reinstalled([event.webhook_id for event in rows if event.topic in INSTALLED_TOPICS])
         return len(rows)
+
+    def _reinstalled(self, webhook_ids: list[str]) -> None:
+        """Syncing resumes for a shop that sent a subscription's delivery received after its app/uninstalled was
+        applied: Shopify sends those only to an installed app. Nothing cleared the mark, and ``storeflow sync``
+        refused for good although it says reinstalling resumes it."""
+        if not webhook_ids:
+            return
+        with transaction(self.conn):
+            shops = [shop for (shop,) in self.conn.execute(
+                "SELECT s.shop FROM shops s WHERE s.uninstalled_at IS NOT NULL AND EXISTS (SELECT 1 FROM events e "
+                f"WHERE e.webhook_id IN {_ANY} AND e.shop = s.shop AND e.received_at > s.uninstalled_at)",
+                (json.dumps(webhook_ids),))]
+            self.conn.executemany("UPDATE shops SET uninstalled_at = NULL WHERE shop = ?", [(shop,) for shop in shops])
+        for shop in shops:
+            log.info("deliveries from %s again: the app was reinstalled, syncing resumes", shop)
 
     def _apply_live(self, events: list[Pending]) -> None:
         """Upsert orders and refunds and recompute their customers' features, in one transaction.
