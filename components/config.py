@@ -590,6 +590,9 @@ class ShopifyConfig(Section):
                                                                   "is served, to score live BTYD features with its BG/NBD.")
     webhook_body_timeout_seconds: float = Field(10, gt=0, description="A body not fully received by then gets 408 "
                                                                       "and the connection closed (Shopify gives up after 5 s).")
+    webhook_header_timeout_seconds: float = Field(10, gt=0, description="A connection whose request headers have "
+                                                  "not all arrived by then (from the connection, or the request's "
+                                                  "first byte) is closed: slow senders could hold every socket.")
     apply_max_lag_seconds: float = Field(120, gt=0, description="/healthz says 503 behind once the oldest pending "
                                                                 "event waited longer than this.")
     applier_restart_seconds: float = Field(1, gt=0, description="Wait before restarting a dead applier process; "

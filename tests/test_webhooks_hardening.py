@@ -598,3 +598,43 @@ def test_the_applier_process_indexes_the_newest_snapshot_before_any_delivery(tmp
     finally:
         receiver.terminate()
         receiver.wait(30)
+
+
+def test_a_client_whose_headers_never_end_is_closed_and_deliveries_go_on(tmp_path):
+    """uvicorn timed out neither a connection sending nothing nor headers sent a byte at a time: each held a socket
+    for ever, and enough of them (the open-file limit) had every signed delivery refused while they lasted."""
+    receiver, url = _start_webhooks(tmp_path, "shopify.webhook_header_timeout_seconds=1")
+    try:
+        until(lambda: _get(f"{url}/healthz"), lambda r: r is not None and r.status_code == 200, receiver, 60)
+        port = int(url.rsplit(":", 1)[1])
+        silent = socket.create_connection(("127.0.0.1", port))
+        dripping = socket.create_connection(("127.0.0.1", port))
+        dripping.sendall(b"POST /webhooks HTTP/1.1\r\nHost: x\r\n")
+        closed = {"silent": False, "dripping": False}
+        deadline = time.monotonic() + 15
+        for sock in (silent, dripping):
+            sock.settimeout(0.3)
+        while not all(closed.values()) and time.monotonic() < deadline:
+            for name, sock in (("silent", silent), ("dripping", dripping)):
+                if closed[name]:
+                    continue
+                if name == "dripping":
+                    try:
+                        sock.sendall(b"X")  # a header byte now and then, never the end of the headers
+                    except OSError:
+                        closed[name] = True
+                        continue
+                try:
+                    closed[name] = sock.recv(1024) == b""
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed[name] = True
+        assert closed == {"silent": True, "dripping": True}
+        with httpx.Client() as client:  # a keep-alive client's requests are answered as before
+            for _ in range(3):
+                assert client.get(f"{url}/healthz", timeout=5).status_code == 200
+                time.sleep(0.5)
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=30)

@@ -291,10 +291,52 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
                      risk_supervisor=scorer_supervisor(settings))
     log.info("webhooks for %s on %s:%s%s", shop_domain(settings.project.shop_domain), host or cfg.webhook_host,
              port or cfg.webhook_port, PATH)
-    run(app, host or cfg.webhook_host, port if port is not None else cfg.webhook_port)
+    run(app, host or cfg.webhook_host, port if port is not None else cfg.webhook_port,
+        cfg.webhook_header_timeout_seconds)
 
 
-def run(app: Starlette, host: str, port: int) -> None:
+def headers_in_time(seconds: float):
+    """uvicorn's HTTP protocol (httptools), closing a connection whose request headers have not all arrived
+    ``seconds`` after the connection, or after the request's first byte. uvicorn times out neither: a client
+    sending a header byte now and then held its socket for ever, and ~20,000 such (the receiver's open-file
+    limit) had every signed delivery and /healthz refused while they lasted (found by testing from outside).
+    Bodies have their own limit (``webhook_body_timeout_seconds``); idle keep-alive connections uvicorn's."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeadersInTime(HttpToolsProtocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(seconds, self._late)
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):  # a next request
+                self._deadline = self.loop.call_later(seconds, self._late)
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadersInTime
+
+
+def run(app: Starlette, host: str, port: int, header_timeout: float = 10.0) -> None:
     """Take deliveries on ``app`` as ``storeflow webhooks`` does: what startup built frozen first, then uvicorn
     without access lines. Unfrozen, each full collection walks every import again: at 2,000 full-size
     deliveries/s a receiver fell behind (p99 acknowledged 100-120 ms against 17-28 ms frozen; bench/risk_throughput
@@ -302,4 +344,5 @@ def run(app: Starlette, host: str, port: int) -> None:
     import uvicorn
 
     freeze_startup_objects()  # a full collection then walks what deliveries left, not every import
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
+                http=headers_in_time(header_timeout))
