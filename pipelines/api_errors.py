@@ -86,5 +86,9 @@ def api_errors(host: str) -> Iterator[None]:
         if exc.status in (401, 403, 404):
             raise refused(host, exc.status, exc.reason) from exc
         raise failed(host, exc.status, exc.reason, exc.body) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise KfpApiError(f"the Kubeflow Pipelines API at {host} accepted the connection but did not answer "
+                          f"({str(exc).split(': ', 1)[-1]}): check that it is up; a run or recurring run "
+                          "may have been created, so look in the KFP UI before trying again") from exc
     except urllib3.exceptions.HTTPError as exc:
         raise unreachable(host, exc) from exc

@@ -22,6 +22,7 @@ from storeflow.components.secrets import references
 from storeflow.pipelines.api_errors import api_errors, not_the_api, probe
 
 CLUSTER_VARIABLES = frozenset({REDIS_CONNECTION_STRING_ENV, FEAST_REGISTRY_URL_ENV})  # see training.feast_credentials
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, and to wait for each answer, per Kubeflow Pipelines API call
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,22 @@ def client(settings: Settings, host: str | None = None, token: str | None = None
         kwargs["credentials"] = kfp.client.ServiceAccountTokenVolumeCredentials(path=str(token_file))
     probe(host, token or (token_file.read_text().strip() if token_file.exists() else None))
     with api_errors(host):
-        return kfp.Client(**kwargs)
+        return _timed(kfp.Client(**kwargs))
+
+
+def _timed(kfp_client):
+    """``kfp_client`` with :data:`REQUEST_TIMEOUT` on every call. kfp.Client passes kfp_server_api no
+    ``_request_timeout``, so an API that accepts the connection and never answers held ``submit`` forever;
+    a call past it is urllib3's timeout error, which :func:`api_errors` says in one line."""
+    rest = kfp_client._run_api.api_client.rest_client  # the one ApiClient all of the client's services share
+    request = rest.request
+
+    def timed(*args, **kwargs):
+        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or REQUEST_TIMEOUT
+        return request(*args, **kwargs)
+
+    rest.request = timed
+    return kfp_client
 
 
 def start_run(settings: Settings, package: Path, host: str | None = None, token: str | None = None,

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 
 from storeflow.components.config import Settings
 
+SUBMIT_TIMEOUT = 600  # seconds for a child process that compiles and submits a pipeline (cluster retrain)
+
 
 def _in_kfp_task() -> bool:
     return os.environ.get("_KFP_RUNTIME") == "true"
@@ -31,10 +33,17 @@ def _in_full_sdk(mode: str, settings: Settings) -> dict:
     'PipelineTask' from 'kfp.dsl'``)."""
     env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
     code = "import sys; from storeflow.pipelines.retraining import _launch_here; _launch_here(sys.argv[1], sys.stdin.read())"
-    done = subprocess.run([sys.executable, "-c", code, mode], input=settings.to_json(), env=env, text=True,
-                          capture_output=True)
+    what = "recommendations" if mode.startswith("recommendations") else "risk" if mode.startswith("risk") else "training"
+    # A submit is bounded (each API call has its timeout) but a child stuck anyway would hold the monitoring
+    # task to its own timeout; a local run is the whole pipeline, bounded by the retrain task's timeout.
+    timeout = SUBMIT_TIMEOUT if mode.endswith("cluster") else None
+    try:
+        done = subprocess.run([sys.executable, "-c", code, mode], input=settings.to_json(), env=env, text=True,
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ConnectionError(f"submitting the {what} pipeline did not finish within {timeout} s; a run may have "
+                              f"been created: look in the KFP UI") from exc
     if done.returncode != 0:
-        what = "recommendations" if mode.startswith("recommendations") else "risk" if mode.startswith("risk") else "training"
         if mode.endswith("cluster"):  # no run was created: the window stays open for the next monitoring run
             raise ConnectionError(f"submitting the {what} pipeline failed:\n{done.stderr[-4000:]}")
         raise RuntimeError(f"local {what} run failed:\n{done.stderr[-4000:]}")

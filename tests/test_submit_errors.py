@@ -169,3 +169,69 @@ def test_any_other_error_answer_is_one_line_with_the_apis_message(tmp_path, monk
         code, lines = _cli(tmp_path, monkeypatch, command, host)
     assert code == 2 and len(lines) == 1, lines
     assert f"the Kubeflow Pipelines API at {host} answered HTTP {status}" in lines[0] and lines[0].endswith(": no")
+
+
+@contextmanager
+def silent_api() -> Iterator[str]:
+    """Answers healthz and the experiment lookup; takes every POST and never answers it. Yields its URL."""
+    released = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith(HEALTHZ):
+                body = b'{"multi_user": false}'
+            else:
+                body = b'{"experiments": [{"experiment_id": "e1", "display_name": "Default"}], "total_size": 1}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            released.wait()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_api_that_never_answers_is_one_line_not_a_hang(tmp_path, monkeypatch, command) -> None:
+    """kfp.Client sets no timeout: an API that accepted the connection and never answered held submit until
+    killed. The CLI runs in a thread here only so that the test ends either way."""
+    from storeflow.pipelines import kfp_api
+
+    monkeypatch.setattr(kfp_api, "REQUEST_TIMEOUT", (2, 2), raising=False)
+    outcome: list = []
+    with silent_api() as host:
+        cli = threading.Thread(target=lambda: outcome.append(_cli(tmp_path, monkeypatch, command, host)), daemon=True)
+        cli.start()
+        cli.join(60)
+    assert outcome, f"storeflow {command} still waiting on an API that does not answer"
+    code, lines = outcome[0]
+    assert code == 2, lines
+    assert f"the Kubeflow Pipelines API at {host} accepted the connection but did not answer" in lines[-1]
+    assert "look in the KFP UI" in lines[-1]
+
+
+def test_monitorings_cluster_retrain_gives_up_on_a_submit_that_does_not_finish(tmp_path, monkeypatch) -> None:
+    """Inside a KFP task the retrain submits from a child process, which was waited on without a timeout."""
+    from storeflow.pipelines import retraining
+
+    monkeypatch.setattr(retraining, "SUBMIT_TIMEOUT", 1, raising=False)
+    monkeypatch.setenv("_KFP_RUNTIME", "true")
+    with silent_api() as host:
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                                  "kfp": {"host": host, "token_path": str(tmp_path / "no-token")}})
+        with pytest.raises(ConnectionError, match=r"submitting the training pipeline did not finish within 1 s; "
+                                                  r"a run may have been created"):
+            retraining.LAUNCHERS["cluster"](settings)
