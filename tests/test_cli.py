@@ -46,3 +46,38 @@ def test_a_mistake_is_named_as_given_whatever_brackets_it_holds(tmp_path: Path, 
     assert result.exit_code == 2, result.output
     named = value.partition("=")[0] if option == "--set" and "=" in value else value
     assert named in " ".join(result.output.split()), result.output
+
+
+def _orders_csv(tmp_path: Path, broken: str) -> Path:
+    """The test store's orders export, its first order with no Currency, or saved as latin-1 with a name in é."""
+    source = Path(__file__).parent / "data" / "shopify" / "orders_export.csv"
+    header, first, *rest = source.read_text().splitlines()
+    columns, cells = header.split(","), first.split(",")
+    if broken == "no-currency":
+        cells[columns.index("Currency")], encoding = "", "utf-8"
+    else:
+        cells[columns.index("Billing Name")], encoding = "José Núñez", "latin-1"
+    csv = tmp_path / "orders_export.csv"
+    csv.write_bytes(("\n".join([header, ",".join(cells), *rest]) + "\n").encode(encoding))
+    return csv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("broken", "task", "said"), [
+    ("no-currency", "validate", ["Validation FAILED for snapshot", "have no currency: order_id"]),
+    ("latin-1", "ingest", ["orders_export.csv: line 2: not UTF-8", "save or export the file as UTF-8"])])
+def test_a_failed_run_says_the_stages_error_first_and_whole_not_its_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str, task: str, said: list[str]) -> None:
+    """The last 40 lines of the task's log were printed: ~30 lines of traceback before the message, and a long
+    validation report could be pushed out of them."""
+    monkeypatch.chdir(tmp_path)
+    csv = _orders_csv(tmp_path, broken)
+    result = CliRunner().invoke(app, ["run", "--set", f"project.state_dir={tmp_path / 'state'}",
+                                      "--set", "ingest.source=csv", "--set", f"ingest.path={csv}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    after = result.output[result.output.index(f"pipeline failed at task {task}: "):]
+    assert "Traceback" not in result.output and 'File "' not in result.output
+    assert all(part in after for part in said), after
+    log = after.splitlines()[-1].split("full log (with the traceback): ")[1]
+    assert "Traceback (most recent call last):" in Path(log).read_text()
