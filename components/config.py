@@ -501,6 +501,16 @@ class DeployConfig(Section):
         for kind in ("requests", "limits"):
             if not {"cpu", "memory"} <= set(value.get(kind, {})):
                 raise ValueError(f"resources need {kind} for cpu and memory, got {value}")
+        # Checked here as for pipeline tasks (kfp.resources): KServe would take any string, and Kubernetes refuse
+        # the InferenceService's pods only once the rollout created them.
+        for kind, pattern, size in (("cpu", CPU_QUANTITY, _cpu_cores), ("memory", MEMORY_QUANTITY, _memory_bytes)):
+            for bound in ("requests", "limits"):
+                if not pattern.match(str(value[bound][kind])):
+                    raise ValueError(f"{bound}.{kind} {value[bound][kind]!r} is not a Kubernetes {kind} quantity "
+                                     f"(e.g. {'500m or 2' if kind == 'cpu' else '512Mi or 4Gi'})")
+            if size(value["requests"][kind]) > size(value["limits"][kind]):
+                raise ValueError(f"requests.{kind} {value['requests'][kind]} is above limits.{kind} "
+                                 f"{value['limits'][kind]} (Kubernetes refuses such a pod)")
         return value
 
 

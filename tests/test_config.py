@@ -238,3 +238,26 @@ def test_task_resources_kubernetes_would_refuse_are_named(tmp_path: Path, monkey
         load_settings({"kfp": {"resources": {"train": overrides}}})
     sized = load_settings({"kfp": {"resources": {"train": {"cpu_request": "1500m", "memory_limit": "16Gi"}}}})
     assert sized.kfp.resources["train"].memory_limit == "16Gi"
+
+
+@pytest.mark.parametrize(("resources", "says"), [
+    ({"requests": {"cpu": "250m", "memory": "512MB"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+     "requests.memory '512MB' is not a Kubernetes memory quantity"),
+    ({"requests": {"cpu": "one", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+     "requests.cpu 'one' is not a Kubernetes cpu quantity"),
+    ({"requests": {"cpu": "2", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+     "requests.cpu 2 is above limits.cpu 1"),
+    ({"requests": {"cpu": "250m", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+     "requests.memory 2Gi is above limits.memory 1Gi"),
+])
+def test_inference_service_resources_kubernetes_would_refuse_are_named(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       resources: dict, says: str) -> None:
+    """deploy.predictor_resources and transformer_resources took any string: KServe accepted the spec, and
+    Kubernetes refused the InferenceService's pods only once a rollout created them."""
+    monkeypatch.chdir(tmp_path)
+    for field in ("predictor_resources", "transformer_resources"):
+        with pytest.raises(ConfigError, match=says):
+            load_settings({"deploy": {field: resources}})
+    assert load_settings({"deploy": {"predictor_resources": {"requests": {"cpu": "1500m", "memory": "4Gi"},
+                                                             "limits": {"cpu": "2", "memory": "4Gi"}}}})
