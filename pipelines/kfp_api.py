@@ -12,6 +12,7 @@ retraining (:mod:`storeflow.pipelines.retraining`) the training pipeline.
 from __future__ import annotations
 
 import json
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,11 @@ def client(settings: Settings, host: str | None = None, token: str | None = None
     elif token_file.exists():
         kwargs["credentials"] = kfp.client.ServiceAccountTokenVolumeCredentials(path=str(token_file))
     probe(host, token or (token_file.read_text().strip() if token_file.exists() else None))
-    with api_errors(host):
+    with api_errors(host), warnings.catch_warnings():
+        # kfp.Client warns on every construction that it needs KFP 2.0.0-beta.2 or later: two lines of
+        # stderr each submit, about nothing the user did (the API's answers are checked instead).
+        warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline",
+                                category=FutureWarning)
         return _timed(kfp.Client(**kwargs))
 
 

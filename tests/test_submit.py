@@ -161,3 +161,20 @@ def test_submit_and_schedule_send_the_pipeline_compiled_for_the_users_config(clu
         executors = spec["deploymentSpec"]["executors"]
         assert {e["container"]["image"] for e in executors.values()} == {"registry.example.com/shop/storeflow:9.9.9"}
         assert executors["exec-train"]["container"]["resources"]["resourceMemoryLimit"] == "16Gi"
+
+
+def test_submit_prints_the_run_and_no_warning(tmp_path: Path) -> None:
+    """kfp.Client's FutureWarning about KFP versions came out on stderr on every submit, with a source path."""
+    import os
+    import subprocess
+    import sys
+
+    with KfpApi() as api:
+        done = subprocess.run([str(Path(sys.executable).parent / "storeflow"), "submit", "--host", api.url,
+                               "--token", "t", "--set", f"kfp.token_path={tmp_path / 'no-token'}",
+                               "--set", f"project.state_dir={tmp_path / 'state'}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("STOREFLOW_")})
+    assert done.returncode == 0, done.stderr
+    assert "submitted run 0b5c9a3e-0000-4000-8000-00000000abcd" in done.stdout
+    assert "Warning" not in done.stderr, done.stderr
