@@ -45,7 +45,7 @@ def _in_full_sdk(mode: str, settings: Settings) -> dict:
                               f"been created: look in the KFP UI") from exc
     if done.returncode != 0:
         if mode.endswith("cluster"):  # no run was created: the window stays open for the next monitoring run
-            raise ConnectionError(f"submitting the {what} pipeline failed:\n{done.stderr[-4000:]}")
+            raise ConnectionError(f"submitting the {what} pipeline failed: {done.stderr.strip()[-4000:]}")
         raise RuntimeError(f"local {what} run failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -53,7 +53,10 @@ def _in_full_sdk(mode: str, settings: Settings) -> dict:
 def _launch_here(mode: str, config_json: str) -> None:
     from storeflow.components.config import load_settings
 
-    print(json.dumps(_LAUNCH[mode](load_settings(config_json))))
+    try:
+        print(json.dumps(_LAUNCH[mode](load_settings(config_json))))
+    except (ValueError, FileNotFoundError, OSError) as exc:  # nothing started, said in one line (KfpApiError)
+        sys.exit(str(exc))
 
 
 def _start_local(settings: Settings) -> dict:

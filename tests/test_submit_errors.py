@@ -235,3 +235,17 @@ def test_monitorings_cluster_retrain_gives_up_on_a_submit_that_does_not_finish(t
         with pytest.raises(ConnectionError, match=r"submitting the training pipeline did not finish within 1 s; "
                                                   r"a run may have been created"):
             retraining.LAUNCHERS["cluster"](settings)
+
+
+def test_monitorings_cluster_retrain_says_why_a_submit_failed_in_one_line(tmp_path, monkeypatch) -> None:
+    """The submitting child's whole traceback was the retrain error, the API's answer at its end."""
+    from storeflow.pipelines import retraining
+
+    monkeypatch.setenv("_KFP_RUNTIME", "true")
+    with refusing_api(500, healthz_status=200) as host:
+        settings = load_settings({"project": {"state_dir": str(tmp_path / "state")},
+                                  "kfp": {"host": host, "token_path": str(tmp_path / "no-token")}})
+        with pytest.raises(ConnectionError) as failed:
+            retraining.LAUNCHERS["cluster"](settings)
+    assert str(failed.value) == (f"submitting the training pipeline failed: the Kubeflow Pipelines API at {host} "
+                                 "answered HTTP 500 Internal Server Error: no")
