@@ -21,6 +21,29 @@ from storeflow.pipelines.submit import submit
 COMMANDS = {"submit": ["submit"], "schedule": ["schedule", "0 0 3 * * *"]}
 
 
+def _reply(handler: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str = "application/json") -> None:
+    handler.send_response(code)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler], before_stop=None) -> Iterator[str]:
+    """``handler`` on a loopback port for the block; yields its URL. ``before_stop`` runs first on the way out
+    (releasing a handler that waits)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        if before_stop is not None:
+            before_stop()
+        server.shutdown()
+        server.server_close()
+
+
 @contextmanager
 def refusing_api(status: int, healthz_status: int | None = None) -> Iterator[str]:
     """Answers ``status`` to every request (healthz gets ``healthz_status`` when given); yields its URL."""
@@ -32,23 +55,12 @@ def refusing_api(status: int, healthz_status: int | None = None) -> Iterator[str
         def _answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             code = healthz_status if healthz_status and self.path.startswith(HEALTHZ) else status
-            body = b'{"multi_user": false}' if code == 200 else b'{"error": "no", "code": 16}'
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _reply(self, code, b'{"multi_user": false}' if code == 200 else b'{"error": "no", "code": 16}')
 
         do_GET = do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        yield url
 
 
 def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, host: str) -> tuple[int, list[str]]:
@@ -132,22 +144,12 @@ def html_api(healthz_json: bool) -> Iterator[str]:
                 body = b'{"experiment_id": "e1", "display_name": "Default"}'
             else:
                 body = b"<html><body>Sign in</body></html>"
-            json_body = body.startswith(b"{")
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json" if json_body else "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _reply(self, 200, body, "application/json" if body.startswith(b"{") else "text/html")
 
         do_GET = do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -185,23 +187,13 @@ def silent_api() -> Iterator[str]:
                 body = b'{"multi_user": false}'
             else:
                 body = b'{"experiments": [{"experiment_id": "e1", "display_name": "Default"}], "total_size": 1}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _reply(self, 200, body)
 
         def do_POST(self) -> None:
             released.wait()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        released.set()
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler, before_stop=released.set) as url:
+        yield url
 
 
 @pytest.mark.parametrize("command", COMMANDS)
