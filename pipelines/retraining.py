@@ -82,10 +82,12 @@ def _start_cluster(settings: Settings) -> dict:
 def _submit(settings: Settings) -> dict:
     """The training pipeline compiled now for the settings this task has: its image, volume and resources as
     the cluster configured them (the checked-in YAML holds the defaults)."""
-    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled_now
+    from storeflow.pipelines.training import build_training_pipeline
 
-    with package_for("training", settings) as package:
+    # compiled here, not through compile.package_for: compile imports monitoring, which imports this module
+    with compiled_now("pipelines/training.yaml", lambda: build_training_pipeline(settings)) as package:
         submitted = start_run(settings, package, run_name=f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
 
@@ -100,10 +102,11 @@ def _recommend_local(settings: Settings) -> dict:
 
 def _submit_recommendations(settings: Settings) -> dict:
     """The recommendations pipeline compiled now, as :func:`_submit` does for training."""
-    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled_now
+    from storeflow.pipelines.recommendations import build_recommendations_pipeline
 
-    with package_for("recommendations", settings) as package:
+    with compiled_now("pipelines/recommendations.yaml", lambda: build_recommendations_pipeline(settings)) as package:
         submitted = start_run(settings, package,
                               run_name=f"retrain-recommendations-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}
@@ -119,10 +122,11 @@ def _risk_local(settings: Settings) -> dict:
 
 def _submit_risk(settings: Settings) -> dict:
     """The order risk pipeline compiled now, as :func:`_submit` does for training."""
-    from storeflow.pipelines.compile import package_for
     from storeflow.pipelines.kfp_api import start_run
+    from storeflow.pipelines.packages import compiled_now
+    from storeflow.pipelines.risk import build_risk_pipeline
 
-    with package_for("risk", settings) as package:
+    with compiled_now("pipelines/risk.yaml", lambda: build_risk_pipeline(settings)) as package:
         submitted = start_run(settings, package,
                               run_name=f"retrain-order-risk-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     return {"run_id": submitted.run_id, "url": submitted.url}

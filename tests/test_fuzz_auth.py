@@ -14,6 +14,7 @@ import time
 from urllib.parse import quote_from_bytes
 
 import jwt
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.datastructures import Headers
 
@@ -156,14 +157,12 @@ def test_a_token_nested_past_the_json_parsers_depth_is_401_not_500():
         unsigned = f"Bearer {header}.{_b64url(claims)}.sig"
         signed = "Bearer " + jwt.PyJWS().encode(claims, SECRET, algorithm="HS256")
         for value in (unsigned, signed):
-            try:
+            # an AuthError, whichever: where the parser's recursion limit is higher (pytest-xdist's workers), the
+            # signed claims parse, and lack an audience
+            with pytest.raises(AuthError):
                 VERIFIER.verify("POST", URL, {"Authorization": value})
-            except AuthError as exc:
-                assert exc.code in ("malformed_credentials", "invalid_id_token")
-            else:
-                raise AssertionError("a nested token named a caller")
             status, body = _through_middleware([(b"authorization", value.encode())], b"")
-            assert status == 401 and body["code"] in ("malformed_credentials", "invalid_id_token")
+            assert status == 401 and body["code"] in ("malformed_credentials", "invalid_id_token", "invalid_aud")
 
 
 def test_an_other_shops_valid_token_is_refused_with_other_shop():
