@@ -145,17 +145,15 @@ def availability(conn: sqlite3.Connection, products: list[int]) -> pd.DataFrame:
                              (product_id,)).fetchone()
         if found is None:
             continue
-        # Summed here, not by SQLite's sum(): two levels of 2**63-1 (each a valid count) overflowed it, and the
-        # event was retried for ever; a total past int64 is as good as endless stock
-        items = conn.execute("SELECT inventory_item_id, always_in_stock, quantity FROM catalog_items WHERE product_id = ?",
-                             (product_id,)).fetchall()
-        levels: dict[int, int] = {}
-        for item, available in conn.execute(
-                "SELECT l.inventory_item_id, l.available FROM inventory_levels l JOIN catalog_items i "
-                "USING (inventory_item_id) WHERE i.product_id = ?", (product_id,)):
-            levels[item] = levels.get(item, 0) + available
-        units = min(sum(max(levels.get(item, quantity), 0) for item, _, quantity in items), MAX_UNITS)
-        in_stock = any(always for _, always, _ in items) or units > 0
+        # total(), not sum(): sum() overflowed on two levels of 2**63-1 (each a valid count) and the event was
+        # retried for ever; total() is a float, and a total past int64 is as good as endless stock
+        items = conn.execute(
+            "SELECT i.always_in_stock, i.quantity, total(l.available), count(l.location_id) FROM catalog_items i "
+            "LEFT JOIN inventory_levels l USING (inventory_item_id) WHERE i.product_id = ? "
+            "GROUP BY i.inventory_item_id", (product_id,)).fetchall()
+        units = int(min(sum(max(levels if counted else quantity, 0) for _, quantity, levels, counted in items),
+                        MAX_UNITS))
+        in_stock = any(always for always, *_ in items) or units > 0
         rows.append({"product_id": product_id, "published": found[0], "in_stock": int(in_stock),
                      "inventory": units, "title": found[1] or "", "handle": found[2] or "", "event_timestamp": stamp})
     return pd.DataFrame(rows, columns=list(COLUMNS))
