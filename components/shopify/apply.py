@@ -189,7 +189,8 @@ class Applier:
         """Syncing resumes for a shop that sent a subscription's delivery received after its app/uninstalled was
         applied: Shopify sends those only to an installed app. Nothing cleared the mark, and ``storeflow sync``
         refused for good although it says reinstalling resumes it."""
-        if not webhook_ids:
+        if not webhook_ids or self.conn.execute(  # the common case: no shop uninstalled, no write lock taken
+                "SELECT 1 FROM shops WHERE uninstalled_at IS NOT NULL LIMIT 1").fetchone() is None:
             return
         with transaction(self.conn):
             shops = [shop for (shop,) in self.conn.execute(
