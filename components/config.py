@@ -1033,6 +1033,26 @@ class ConfigError(ValueError):
     """A config file, variable or override is wrong; the message names the key and the problem."""
 
 
+MAX_CONFIG_VALUES = 100_000
+"""More values than any storeflow config holds. YAML aliases share one object however often they are named, so
+a few lines of nested aliases load small, then grow to billions of values wherever the settings are written out
+whole (``config_json`` of a submitted run): ``storeflow submit`` died out of memory on a 10-line file."""
+
+
+def _expanded_values(node: Any, limit: int) -> int:
+    """How many values ``node`` holds with every alias expanded, counting no further than just past ``limit``."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -1046,6 +1066,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if _expanded_values(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{path}: holds over {MAX_CONFIG_VALUES:,} values once its YAML aliases (*name) are "
+                          "expanded; a config that size is an alias bomb, not settings")
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"{path}: top-level key {key!r} is not a section name (sections are "

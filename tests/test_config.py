@@ -261,3 +261,21 @@ def test_inference_service_resources_kubernetes_would_refuse_are_named(tmp_path:
             load_settings({"deploy": {field: resources}})
     assert load_settings({"deploy": {"predictor_resources": {"requests": {"cpu": "1500m", "memory": "4Gi"},
                                                              "limits": {"cpu": "2", "memory": "4Gi"}}}})
+
+
+def test_a_yaml_alias_bomb_is_refused_and_a_few_aliases_still_load(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten lines of nested aliases load as a few shared lists, and grew to 9**10 values where the settings are
+    written out whole (storeflow submit's config_json): it died out of memory, now the file is refused by name."""
+    monkeypatch.chdir(tmp_path)
+    lines = ["train:", "  params:", '    l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: holds over 100,000 values once its YAML aliases"):
+        load_settings(path=bomb)
+    shared = tmp_path / "shared.yaml"  # what aliases are for: one block named twice
+    shared.write_text("train:\n  params:\n    grid: &g {max_iter: [100, 200]}\n    again: *g\n")
+    settings = load_settings(path=shared)
+    assert settings.train.params["again"] == {"max_iter": [100, 200]}
+    assert '"again":{"max_iter":[100,200]}' in settings.model_dump_json()
