@@ -15,6 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TS = pa.timestamp("us", tz="UTC")
+MAX_AMOUNT = 1e12
+"""The largest money amount (shop currency, either sign) storeflow takes from any source: a trillion, past any
+real order in any currency, and small enough that a store's sums stay finite. Two totals of 1.7e308 each were
+taken, summed to inf: the customer's monetary feature was infinite and the data-request export said Infinity."""
 
 SCHEMAS: dict[str, pa.Schema] = {
     "orders": pa.schema(

@@ -160,6 +160,8 @@ def test_exact_duplicates_collapse_but_conflicting_records_are_kept(settings: Se
         ('{"id":"gid://shopify/Order/9223372036854775808"}', "malformed id 'gid://shopify/Order/9223372036854775808'"),
         ('{"id":"gid://shopify/Order/1","totalPriceSet":{"shopMoney":{"amount":"NaN"}}}',
          "totalPriceSet.shopMoney.amount 'NaN' is not a finite number"),
+        ('{"id":"gid://shopify/Order/1","totalPriceSet":{"shopMoney":{"amount":"1.7e308"}}}',
+         "totalPriceSet.shopMoney.amount '1.7e308' is past the largest amount taken (1e+12)"),
         ('{"id":"gid://shopify/Order/1","id":"gid://shopify/Order/2"}', "key(s) 'id' given twice in one object"),
         ('{"name":"#9","createdAt":"2025-03-05T19:22:10Z"}', "record has no id"),
         ('[1, 2]', "expected a JSON object, got list"),

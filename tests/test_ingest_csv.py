@@ -100,6 +100,8 @@ def test_an_order_exported_twice_collapses(settings: Settings, tmp_path: Path):
                                                               "thousands grouping"),
         (lambda text: text.replace(",67.97,", ',"1,234",', 1), "row 2: 'Total' value '1,234' has a comma"),
         (lambda text: text.replace(",67.97,", ",inf,", 1), "row 2: 'Total' value 'inf' is not a finite number"),
+        (lambda text: text.replace(",67.97,", ",1.7e308,", 1), "row 2: 'Total' value '1.7e308' is past the largest "
+                                                               "amount taken (1e+12)"),
         (lambda text: text.replace(",2,House", ",99999999999999999999,House", 1),
          "row 2: 'Lineitem quantity' '99999999999999999999' is not a whole number"),
         (lambda text: text.replace("5512345678901", "99999999999999999999999", 1), "row 2: order #1001 has no numeric 'Id'"),

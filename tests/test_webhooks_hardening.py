@@ -111,8 +111,11 @@ def test_a_deeply_nested_signed_body_is_a_400(client):
     ("orders/create", {"total_price_set": [1]}, "total_price_set"),
     ("orders/create", {"customer": {"id": "7390245781931"}}, "customer.id"),
     ("orders/create", {"id": 2**64}, "id"),
+    # finite, but two such summed to inf (a customer's monetary feature; Infinity in a data-request export)
+    ("orders/create", {"total_price": "1.7e308", "total_price_set": None}, "total_price"),
     ("orders/paid", {"email": 5}, "email"),
     ("refunds/create", {"transactions": [{"kind": "refund", "amount": "lots"}]}, "transactions[0].amount"),
+    ("refunds/create", {"transactions": [{"kind": "refund", "amount": "-2e12"}]}, "transactions[0].amount"),
     ("customers/redact", {"orders_to_redact": "all"}, "orders_to_redact"),
 ])
 def test_a_signed_payload_with_a_wrong_type_is_a_400_naming_the_field(client, hooks, topic, change, field):

@@ -24,13 +24,13 @@ import pyarrow.json as pajson
 from storeflow.components.ingest.encoding import decode_line, numbered_lines
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import split_gids
-from storeflow.components.tables import SCHEMAS, TS, empty_frame
+from storeflow.components.tables import MAX_AMOUNT, SCHEMAS, TS, empty_frame
 
 log = logging.getLogger(__name__)
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds, so inputs
 # ingested before are parsed again instead of reused.
-READER_VERSION = 2  # 2: rejects non-UTF-8, absent required fields, NaN/inf amounts; manifest counts duplicates
+READER_VERSION = 3  # 2: rejects non-UTF-8, absent required fields, NaN/inf amounts; manifest counts duplicates; 3: amounts past MAX_AMOUNT
 
 _str = pa.string()
 
@@ -291,6 +291,8 @@ def _amount(rows: pa.Table, name: str, rownum: np.ndarray) -> pd.Series:
     amount = _parsed(rows, name, pa.float64(), "a number", rownum).astype("float64")
     given = pc.is_valid(rows[name]).to_numpy(zero_copy_only=False)
     _check(pa.array(given & ~np.isfinite(amount.to_numpy())), rows[name], f"{name} {{!r}} is not a finite number", rownum)
+    _check(pa.array(given & (amount.abs() > MAX_AMOUNT).to_numpy()), rows[name],
+           f"{name} {{!r}} is past the largest amount taken ({MAX_AMOUNT:.0e})", rownum)
     return amount
 
 

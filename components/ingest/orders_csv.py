@@ -33,9 +33,11 @@ import pandas as pd
 from storeflow.components.ingest.csv_rows import read_csv_strings, read_header
 from storeflow.components.ingest.errors import IngestError
 from storeflow.components.ingest.gids import stable_id
+from storeflow.components.tables import MAX_AMOUNT
 
 # Part of every snapshot's name: bump it when a change here changes what a snapshot holds.
-READER_VERSION = 4  # 4: refuses decimal commas, inf, ids and quantities past int64 (a snapshot read before held them)
+READER_VERSION = 5  # 4: refuses decimal commas, inf, ids and quantities past int64 (a snapshot read before held
+# them); 5: amounts past tables.MAX_AMOUNT
 # 3: refund times, vendors, Shopify customer ids from the customers export
 # 2: rejects rows cut short, open quotes, non-UTF-8; manifest counts duplicates
 
@@ -162,6 +164,17 @@ class _Parser:
             raise self.fail(row, f"'{column}' value {values[row]!r} is not a finite number")
         return parsed
 
+    def amounts(self, column: str, frame: pd.DataFrame | None = None) -> pd.Series:
+        """Money: numbers within :data:`~storeflow.components.tables.MAX_AMOUNT` either way."""
+        values = (self.raw if frame is None else frame)[column]
+        parsed = self.numbers(column, frame)
+        past = parsed.abs() > MAX_AMOUNT
+        if past.any():
+            row = int(past[past].index[0])
+            raise self.fail(row, f"'{column}' value {values[row]!r} is past the largest amount taken "
+                                 f"({MAX_AMOUNT:.0e})")
+        return parsed
+
     def whole_numbers(self, column: str, frame: pd.DataFrame | None = None) -> pd.Series:
         """Whole numbers that an int64 holds exactly: past 2**53 a float is no longer exact, and past int64
         the cast gave -9223372036854775808 without a word."""
@@ -223,9 +236,9 @@ class _Parser:
                 "updated_at": latest.max(axis=1),
                 "cancelled_at": cancelled,
                 "currency": first["Currency"].str.strip().str.upper(),
-                "total_price": self.numbers("Total", first),
-                "subtotal_price": self.numbers("Subtotal", first),
-                "total_discounts": self.numbers("Discount Amount", first).fillna(0.0),
+                "total_price": self.amounts("Total", first),
+                "subtotal_price": self.amounts("Subtotal", first),
+                "total_discounts": self.amounts("Discount Amount", first).fillna(0.0),
                 "financial_status": first["Financial Status"].str.strip().str.upper(),
                 "risk_level": first["Risk Level"].str.strip().str.upper(),
             }
@@ -244,7 +257,7 @@ class _Parser:
                 "sku": raw["Lineitem sku"],
                 "title": raw["Lineitem name"],
                 "quantity": quantity,
-                "price": self.numbers("Lineitem price"),
+                "price": self.amounts("Lineitem price"),
                 "vendor": raw["Vendor"],
             }
         ).reset_index(drop=True)
@@ -269,7 +282,7 @@ class _Parser:
         ).reset_index()
 
     def refunds(self, first: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
-        amount = self.numbers("Refunded Amount", first)
+        amount = self.amounts("Refunded Amount", first)
         refunded = (amount > 0).to_numpy()
         order_id = orders["order_id"][refunded].reset_index(drop=True)
         # The admin export has no refund time: the order's latest known time stands in (a refund follows

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from storeflow.components.tables import MAX_AMOUNT
+
 # Each carries the whole order; the newest updated_at wins, so an edit or a cancellation replaces it.
 ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
 REFUND_TOPICS = frozenset({"refunds/create"})
@@ -47,7 +49,7 @@ def _in_range(value: datetime) -> datetime:
 
 Id = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 Count = Annotated[StrictInt, Field(ge=-INT64_MAX, le=INT64_MAX)]
-Amount = Annotated[float, Field(allow_inf_nan=False)]  # Shopify sends "42.50"; a JSON number works too
+Amount = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT)]  # "42.50"; a number works too
 Timestamp = Annotated[datetime, BeforeValidator(_text_only), AfterValidator(_in_range)]
 
 
