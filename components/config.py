@@ -99,6 +99,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
+MAX_DAYS = 36_500
+"""The longest window, history or retention any setting may ask for: a century. Windows are taken from real
+timestamps, and one far past any history (a horizon of 10**9 days) leaves the calendar: the stage failed with
+'date value out of range' naming no setting."""
+
+
 class ProjectConfig(Section):
     state_dir: Path = Field(Path(".storeflow"), validate_default=True, description="Local state: data, Feast repo, MLflow db, logs.")
     shop_domain: str = Field("demo-store.myshopify.com", description="The store this project models.")
@@ -132,7 +138,7 @@ class ImageConfig(Section):
 class SyntheticStoreConfig(Section):
     customers: int = Field(5_000, gt=0)
     orders: int = Field(50_000, gt=0)
-    days: int = Field(730, gt=30, description="Length of the order history.")
+    days: int = Field(730, gt=30, le=MAX_DAYS, description="Length of the order history.")
     products: int = Field(400, gt=0)
     end: datetime = Field(datetime(2026, 11, 1), description="Time of the last possible order (UTC).")
     seed: int = 7
@@ -200,16 +206,16 @@ class FeastConfig(Section):
     redis_connection_string: RedisConnection = Field(
         "127.0.0.1:6379", description="Feast's host:port[,key=value...]; password as password=${VAR}, or the whole "
                                       f"value as ${{{REDIS_CONNECTION_STRING_ENV}}} on a cluster.")
-    ttl_days: int = Field(400, gt=0, description="How old a feature row may be and still join.")
+    ttl_days: int = Field(400, gt=0, le=MAX_DAYS, description="How old a feature row may be and still join.")
     online_write_batch_size: int = Field(
         10_000, gt=0, description="Materialization writes the online store this many entity rows at a time "
                                   "(Feast's materialization.online_write_batch_size): memory bounded at any store size.")
 
 
 class LabelConfig(Section):
-    horizon_days: int = Field(90, gt=0, description="Label: the customer orders again within this many days.")
-    cutoff_every_days: int = Field(28, gt=0, description="Spacing of training cutoffs (and feature snapshots).")
-    min_history_days: int = Field(90, ge=0, description="First cutoff is this long after the first order.")
+    horizon_days: int = Field(90, gt=0, le=MAX_DAYS, description="Label: the customer orders again within this many days.")
+    cutoff_every_days: int = Field(28, gt=0, le=MAX_DAYS, description="Spacing of training cutoffs (and feature snapshots).")
+    min_history_days: int = Field(90, ge=0, le=MAX_DAYS, description="First cutoff is this long after the first order.")
     holdout_cutoffs: int = Field(2, gt=0, description="The latest cutoffs are held out for evaluation.")
 
 
@@ -612,7 +618,7 @@ class ShopifyConfig(Section):
                                           "its first delivery for more, committed together: deliveries that arrive "
                                           "one by one share a commit's fsync and wake-ups (at 2,000 a second, 14 % "
                                           "less of the receiver's CPU a delivery for 2 ms more before each 200).")
-    retention_days: float = Field(7, ge=1, description="Deliveries applied (and scored) longer ago leave the webhook "
+    retention_days: float = Field(7, ge=1, le=MAX_DAYS, description="Deliveries applied (and scored) longer ago leave the webhook "
                                   "journal, and assessments written back longer ago the risk outbox. At least a "
                                   "day: Shopify retries a delivery for 4 hours, and the journal knows a retry by "
                                   "its id only while it holds the first.")
@@ -641,7 +647,7 @@ class MonitorConfig(Section):
     pipeline the same way.
     """
 
-    window_hours: float = Field(24, gt=0, description="Trailing window of prediction logs; also the retraining cooldown.")
+    window_hours: float = Field(24, gt=0, le=MAX_DAYS * 24, description="Trailing window of prediction logs; also the retraining cooldown.")
     min_rows: int = Field(100, ge=1, description="Fewer logged predictions: status insufficient-data, no verdict.")
     max_rows: int = Field(100_000, ge=1_000, description="Uniform sample of the window analysed (error is reported).")
     reference_rows: int = Field(100_000, ge=1_000, description="Sample of the training set used as reference.")
@@ -658,7 +664,7 @@ class MonitorConfig(Section):
     auc_drop_critical: float = Field(0.07, ge=0)
     calibration_warning: float = Field(0.05, ge=0, description="Expected calibration error of served scores.")
     calibration_critical: float = Field(0.1, ge=0)
-    ctr_baseline_hours: float = Field(168, gt=0, description="Recommendations: the window's click-through rate and "
+    ctr_baseline_hours: float = Field(168, gt=0, le=MAX_DAYS * 24, description="Recommendations: the window's click-through rate and "
                                       "the products asked about are compared with this many hours before it.")
     ctr_min_impressions: int = Field(500, ge=1, description="Impressions a CTR needs (in the window and in the "
                                      "baseline) before a drop is judged.")
@@ -671,7 +677,7 @@ class MonitorConfig(Section):
                                             "HIGH or MEDIUM against the holdout's, as a ratio either way, at 95 % "
                                             "confidence (Wilson interval of the window's share).")
     risk_alert_ratio_critical: float = Field(2.0, gt=1)
-    risk_decay_days: float = Field(30, gt=0, description="Order risk decay: predictions logged in this many days "
+    risk_decay_days: float = Field(30, gt=0, le=MAX_DAYS, description="Order risk decay: predictions logged in this many days "
                                    "before the labels' maturity line (risk.maturity_days before the window's end), "
                                    "judged on the labels the snapshot has by then.")
     risk_min_frauds: int = Field(10, ge=1, description="Matured fraud labels needed to judge order risk decay.")
@@ -707,7 +713,7 @@ class RecommendationsConfig(Section):
     model_name: str = Field("storeflow-recommendations", description="Registered model name in MLflow.")
     port: int = Field(8081, gt=0, lt=65536, description="`storeflow serve-recommendations` listens here.")
     k: int = Field(10, gt=0, description="Products recommended per customer, product page or cart.")
-    horizon_days: int = Field(90, gt=0, description="Holdout: what customers newly buy this many days after "
+    horizon_days: int = Field(90, gt=0, le=MAX_DAYS, description="Holdout: what customers newly buy this many days after "
                               "the cutoff (the last purchase minus this) is what they should have been shown.")
     neighbours: int = Field(50, gt=0, description="Similar products kept per product.")
     availability_refresh_seconds: float = Field(
@@ -736,10 +742,10 @@ class RiskConfig(Section):
         default_factory=lambda: {"class_weight": "balanced", "learning_rate": 0.05, "max_iter": 300,
                                  "max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0,
                                  "random_state": 0})
-    maturity_days: int = Field(90, gt=0, description="Days after an order by which its fraud label is known "
+    maturity_days: int = Field(90, gt=0, le=MAX_DAYS, description="Days after an order by which its fraud label is known "
                                "(chargebacks come up to ~11 weeks later): the holdout ends this long before the last "
                                "order, training orders this long before the holdout.")
-    holdout_days: int = Field(180, gt=0, description="The holdout: orders of this many days before the labels' "
+    holdout_days: int = Field(180, gt=0, le=MAX_DAYS, description="The holdout: orders of this many days before the labels' "
                               "maturity line.")
     fpr: float = Field(0.01, gt=0, lt=1, description="Recall is reported at this false-positive rate.")
     shopify_level_as_input: bool = Field(

@@ -1,5 +1,6 @@
 """The one config model: precedence, clear errors, and a lossless round trip through config_json."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,22 @@ def test_a_yaml_alias_bomb_is_refused_and_a_few_aliases_still_load(tmp_path: Pat
     settings = load_settings(path=shared)
     assert settings.train.params["again"] == {"max_iter": [100, 200]}
     assert '"again":{"max_iter":[100,200]}' in settings.model_dump_json()
+
+
+@pytest.mark.parametrize("key", [
+    "features.label.horizon_days", "features.label.cutoff_every_days", "features.label.min_history_days",
+    "features.feast.ttl_days", "recommendations.horizon_days", "risk.maturity_days", "risk.holdout_days",
+    "shopify.retention_days", "monitor.risk_decay_days", "monitor.window_hours", "monitor.ctr_baseline_hours",
+    "ingest.synthetic.days",
+])
+def test_a_window_past_a_century_is_a_config_error_naming_it(key: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's typed input (label_horizon_days, window_hours) or a setting of 10**9 days went through, and the
+    stage that used it failed with 'date value out of range' (or 'days=1000000000; must have magnitude <=
+    999999999'), naming no setting. Found by testing from outside."""
+    from storeflow.components.config import load_run_settings
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(key) + ": Input should be less than or equal to"):
+        load_run_settings("{}", {key: 10**9})
+    assert load_run_settings("{}", {key: 36_500 if key.endswith("days") else 36_500 * 24})  # a century is fine
