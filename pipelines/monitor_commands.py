@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, refusing, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, fail, refusing, settings_from
 
 
 def monitor(
@@ -51,7 +51,14 @@ def monitor(
             raise typer.Exit(1) from failed
         decision = json.loads(run.output)
         summary, report = _latest_summary(settings)
+    if summary["status"] == "no-model" and not any(_served(summary.get(part)) for part in ("recommendations", "risk")):
+        fail(next(n for n in summary["notes"] if n.startswith("no model to monitor")), 1)
     _print(summary, decision, report)
+
+
+def _served(part: dict | None) -> bool:
+    """Whether the recommender's or order risk's part of the window has traffic to report on."""
+    return bool(part) and part.get("status") not in ("no-data", "error")
 
 
 def _latest_summary(settings):
@@ -66,7 +73,8 @@ def _print(summary: dict, decision: dict, report) -> None:
     from rich.table import Table
 
     colour = {"ok": "green", "warning": "yellow", "critical": "red"}[summary["level"]]
-    console.print(Text.assemble(f"model v{summary['model_version']} · window {summary['window']['start'][:16]} → "
+    version = summary["model_version"]
+    console.print(Text.assemble(f"model {'(none registered)' if version is None else f'v{version}'} · window {summary['window']['start'][:16]} → "
                                 f"{summary['window']['end'][:16]} · {summary['rows']['window']} predictions · "
                                 f"status {summary['status']} · ", (summary["level"], colour)))
     drift = summary.get("drift")

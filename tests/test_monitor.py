@@ -306,3 +306,16 @@ def test_cluster_retraining_starts_from_inside_a_kfp_task(tmp_path) -> None:
     created = [r for r in api.requests if r.path == "/apis/v2beta1/runs"]
     assert len(created) == 1 and created[0].headers["authorization"] == "Bearer projected-token"
     assert created[0].body["display_name"].startswith("retrain-")
+
+
+def test_monitor_with_no_model_registered_says_so_and_fails(settings) -> None:
+    """It printed 'model vNone · ... no-data · ok' and exited 0, as if a model had been watched and found fine."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["monitor", "--in-process", "--set",
+                                      f"project.state_dir={settings.project.state_dir}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    assert "no model to monitor: storeflow-repeat-purchase has no champion in the registry" in result.output
+    assert "storeflow run" in result.output and "vNone" not in result.output and "Traceback" not in result.output

@@ -2,8 +2,9 @@
 
 Statuses a person reads first (``summary['status']``): ``analysed``; ``no-data`` (no predictions by the
 model version in the window); ``insufficient-data`` (fewer than ``monitor.min_rows``); ``no-reference``
-(the version's training set cannot be found); ``no-columns`` (every feature missing or null). Only
-``analysed`` carries a drift verdict; the others never raise, so a scheduled run always leaves a report.
+(the version's training set cannot be found); ``no-columns`` (every feature missing or null); ``no-model`` (no
+champion and no version in the logs: nothing is registered or served yet). Only ``analysed`` carries a drift
+verdict; the others never raise, so a scheduled run always leaves a report.
 """
 
 from __future__ import annotations
@@ -125,12 +126,16 @@ def _banner(summary: dict) -> str:
     window = summary["window"]
     return (f'<div style="font-family:sans-serif;padding:12px 16px;border-left:6px solid {colour};margin:8px">'
             f"<h2 style=\"margin:0\">storeflow monitoring · model {html.escape(str(summary['model_name']))} "
-            f"v{html.escape(str(summary['model_version']))} · <span style=\"color:{colour}\">"
+            f"{_version_text(summary['model_version'])} · <span style=\"color:{colour}\">"
             f"{html.escape(summary['status'])} / {html.escape(summary['level'])}</span></h2>"
             f"<p>window {html.escape(window['start'])} → {html.escape(window['end'])} · "
             f"{summary['rows']['window']} predictions, {summary['rows']['sampled']} analysed, "
             f"{summary['rows']['labelled']} labelled</p><ul>{rows}</ul>{_decay_link(summary)}"
             f"{_recommendations_html(summary.get('recommendations'))}{_risk_html(summary.get('risk'))}</div>")
+
+
+def _version_text(version: str | None) -> str:
+    return "(none registered)" if version is None else f"v{html.escape(str(version))}"
 
 
 def _decay_link(summary: dict) -> str:
@@ -175,10 +180,12 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     start = end - timedelta(hours=cfg.window_hours)
     notes: list[str] = []
     version = model_version
+    lookup_failed = False
     if version is None:
         try:
             version = champion_version(settings)
         except Exception as exc:  # noqa: BLE001 - registry unreachable: fall back to the logs
+            lookup_failed = True
             notes.append(f"champion lookup failed ({exc}); monitoring the most served version")
 
     reference, no_reference = None, None
@@ -216,7 +223,13 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
         labelled = current[current["label"].notna()]
 
     drift = None
-    if window.rows == 0:
+    if version is None:  # neither a champion nor a logged version: there is nothing to monitor
+        status = "no-model"
+        why = ("the registry could not be asked for the champion" if lookup_failed else
+               f"{settings.registry.model_name} has no champion in the registry at {settings.tracking_uri}")
+        notes.append(f"no model to monitor: {why}, and no model version's predictions were logged between "
+                     f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC; train and register one first (storeflow run)")
+    elif window.rows == 0:
         status = "no-data"
         notes.append(f"no logged predictions for v{version} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
                      f"UTC in {log_dir(settings)}{' and ' + store if (store := settings.serving.prediction_log_store) else ''} "
@@ -259,7 +272,7 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     summary = json.loads(json.dumps(summary, default=_plain))
 
     root = out_dir or (cfg.report_dir or settings.project.state_dir / "monitoring") / "reports"
-    out = Path(root) / f"v{version}-{end:%Y%m%dT%H%M%SZ}"
+    out = Path(root) / f"{'no-model' if version is None else f'v{version}'}-{end:%Y%m%dT%H%M%SZ}"
     out.mkdir(parents=True, exist_ok=True)
     report_html, report_json = out / "report.html", None
     classification_html = None
