@@ -99,12 +99,13 @@ def _run_training(settings):
 def _run_pipeline(title: str, pipeline, settings, stages):
     """One kfp.local run with a progress bar; a failure names its task and says the task's own error, whole,
     the traceback left in the log it points to."""
-    from storeflow.pipelines.local import PipelineFailed, run_local
+    from storeflow.pipelines.local import PipelineFailed, RunDirError, run_local
 
     console.print(Text.assemble((f"storeflow {title} pipeline", "bold"),
                                 f" (kfp.local) · state in {settings.project.state_dir}"))
     try:
-        return run_local(pipeline, settings, stages, console=console)
+        with refusing(RunDirError):
+            return run_local(pipeline, settings, stages, console=console)
     except PipelineFailed as failed:
         error = _task_error(failed.log)
         console.print(f"pipeline failed at task {failed.failed_task or '?'}" + (f": {error}" if error else ""),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import re
 import sys
 import time
@@ -33,6 +34,28 @@ class PipelineFailed(RuntimeError):
         super().__init__(message)
         self.log = log
         self.failed_task = failed_task
+
+
+class RunDirError(RuntimeError):
+    """The run's directory (its log and the pipeline root) cannot be made under the state dir."""
+
+
+def new_run_dir(state_dir: Path) -> Path:
+    """A directory of this run's own under ``<state_dir>/runs``, named by when it started: a second run started
+    in the same second gets ``-2``, not the first one's log. A state dir that cannot be written is a
+    :class:`RunDirError` naming it, before any task runs."""
+    runs = Path(state_dir) / "runs"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        for name in itertools.chain([stamp], (f"{stamp}-{n}" for n in itertools.count(2))):
+            with contextlib.suppress(FileExistsError):
+                (runs / name).mkdir()
+                return runs / name
+    except OSError as exc:
+        raise RunDirError(f"cannot write the run's log and artifacts under {runs} (project.state_dir): "
+                          f"{exc.strerror or exc}") from exc
+    raise AssertionError("itertools.count never ends")
 
 
 @dataclass
@@ -121,7 +144,7 @@ def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], con
     """Run ``pipeline`` with kfp.local; raise :class:`PipelineFailed` naming the failed task and log."""
     from kfp import local
 
-    run_dir = settings.project.state_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = new_run_dir(settings.project.state_dir)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
                raise_on_error=True)
     log_path = run_dir / "pipeline.log"

@@ -81,3 +81,38 @@ def test_a_failed_run_says_the_stages_error_first_and_whole_not_its_traceback(
     assert all(part in after for part in said), after
     log = after.splitlines()[-1].split("full log (with the traceback): ")[1]
     assert "Traceback (most recent call last):" in Path(log).read_text()
+
+
+def test_a_state_dir_that_cannot_be_written_is_one_line_before_any_task(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """storeflow run printed a rich traceback of pathlib's mkdir (exit 1) when project.state_dir could not hold
+    the run's log and pipeline root. Found by testing from outside."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(app, ["run", "--set", f"project.state_dir={tmp_path / 'a-file' / 'state'}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "mkdir" not in result.output
+    assert f"cannot write the run's log and artifacts under {tmp_path / 'a-file' / 'state' / 'runs'} " \
+           "(project.state_dir): Not a directory" in result.output
+
+
+def test_runs_started_in_the_same_second_keep_their_own_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run dirs were named by the second a run started: a second run started in it wrote the first's pipeline.log
+    over. Found by testing from outside."""
+    import time
+
+    from storeflow.components.config import load_settings
+    from storeflow.pipelines import local
+
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261208-000000")
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state")}})
+
+    def pipeline(config_json: str, said: str) -> str:
+        print(said)
+        return said
+
+    first = local.run_local(pipeline, settings, [], said="first run")
+    second = local.run_local(pipeline, settings, [], said="second run")
+    assert first.log != second.log
+    assert first.log.read_text() == "first run\n" and second.log.read_text() == "second run\n"
