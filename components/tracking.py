@@ -16,6 +16,9 @@ from storeflow.components.config import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# On a version made champion: the version it replaced. The local rollout record says the same once the deploy
+# step has run; a pipeline stopped between register and the end of its canary leaves only this.
+PREVIOUS_CHAMPION_TAG = "storeflow.previous_champion"
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -71,6 +74,24 @@ def current_champion(client: MlflowClient, model_name: str) -> str | None:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def crown(client: MlflowClient, model_name: str, version: str, previous: str | None) -> None:
+    """Make ``version`` the champion, tagging it first with the ``previous`` champion it replaces, so a rollback
+    finds its way back even when the rollout that should follow never records one (killed mid-canary)."""
+    if previous is not None and str(previous) != str(version):
+        client.set_model_version_tag(model_name, str(version), PREVIOUS_CHAMPION_TAG, str(previous))
+    client.set_registered_model_alias(model_name, CHAMPION, str(version))
+
+
+def replaced_champion(client: MlflowClient, model_name: str, version: str) -> str | None:
+    """The champion ``version`` replaced when it was made champion (:func:`crown`), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, str(version)).tags.get(PREVIOUS_CHAMPION_TAG)
+    except MlflowException:
+        return None
 
 
 def skops_trusted_types(estimator) -> list[str]:

@@ -58,3 +58,46 @@ def test_any_other_bad_line_is_named(settings: Settings, mlflow: _Aliases) -> No
     with pytest.raises(DeployError, match=rf"{record}, line 2: not a rollout record"):
         local.rollback(settings)
     assert mlflow.champion == "2"
+
+
+def _registered(settings: Settings, promote: bool) -> str:
+    """A version registered as the register stage registers one (a tiny model: only the registry is under test)."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from storeflow.components import tracking
+    from storeflow.components.evaluate import EvaluationResult
+    from storeflow.components.register import register
+    from storeflow.components.train import TrainResult
+
+    client = tracking.connect(settings)
+    model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, client)) as run:
+        info = mlflow.sklearn.log_model(model, name="model")
+    trained = TrainResult(run.info.run_id, info.model_uri, ["x"], 4, {})
+    evaluation = EvaluationResult(promote, "test", {"roc_auc": 1.0}, None, None, None)
+    return register(settings, trained, evaluation).version
+
+
+def test_rollback_after_a_rollout_killed_before_it_was_recorded_returns_to_the_previous_champion(
+        settings: Settings) -> None:
+    """register makes the new version champion before the deploy step canaries it; a pipeline killed in between
+    (or mid-canary) left it champion with no line in the record, and rollback said 'nothing to roll back to'."""
+    from typer.testing import CliRunner
+
+    from storeflow.components import tracking
+    from storeflow.pipelines.cli import app
+
+    first = _registered(settings, promote=True)
+    local.deploy_local(settings, first, "run-1", None)  # the first champion's deploy step: recorded
+    second = _registered(settings, promote=True)  # ... and the pipeline is killed before its deploy step records
+    assert local.status(settings)["champion_version"] == second
+    result = CliRunner().invoke(app, ["rollback", "--set", f"project.state_dir={settings.project.state_dir}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    client = tracking.connect(settings)
+    assert tracking.current_champion(client, settings.registry.model_name) == first
+    assert local.rollouts(settings)[-1] | {"at": None} == {
+        "model_name": settings.registry.model_name, "outcome": "rolled-back-manually", "model_version": second,
+        "previous_champion": first, "reasons": ["manual rollback"], "recorded_in_mlflow": True, "at": None}

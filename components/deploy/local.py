@@ -176,12 +176,16 @@ def promote(settings: Settings) -> dict[str, Any]:
 
 
 def rollback(settings: Settings, reason: str = "manual rollback") -> dict[str, Any]:
-    """Give the champion alias back to the version the current champion's last promotion replaced."""
+    """Give the champion alias back to the version the current champion's last promotion replaced: as the
+    record says, else as the registry tagged it when it was made champion (its rollout stopped before the
+    record got a line: the pipeline killed mid-canary)."""
     from storeflow.components import tracking
 
     champion = _aliases(settings)["champion"]
-    previous = next((r.get("previous_champion") for r in reversed(rollouts(settings))
-                     if r.get("model_version") == champion and r.get("outcome", "").startswith("promoted")), None)
+    promotion = next((r for r in reversed(rollouts(settings))
+                      if r.get("model_version") == champion and r.get("outcome", "").startswith("promoted")), None)
+    previous = (promotion.get("previous_champion") if promotion is not None else
+                champion and tracking.replaced_champion(_client(settings), settings.registry.model_name, champion))
     if champion is None or not previous:
         raise DeployError(f"nothing to roll back to: champion v{champion} replaced no earlier version "
                           f"in {rollout_record(settings)}")

@@ -84,7 +84,7 @@ def register_judged(settings: Settings, model_dir: Path, report: RecommenderRepo
         "storeflow.run_id": run.info.run_id}).version
     client.set_registered_model_alias(name, tracking.CHALLENGER, version)
     if promoted:
-        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+        tracking.crown(client, name, version, champion)
     return RecommenderRegistration(name, str(version), promoted, reason, run.info.run_id, champion)
 
 

@@ -71,7 +71,7 @@ def register(settings: Settings, trained: TrainResult, evaluation: EvaluationRes
     client.set_model_version_tag(name, version.version, BASELINE_TAG, baseline_verdict(evaluation))
     client.set_registered_model_alias(name, tracking.CHALLENGER, version.version)
     if promoted:
-        client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+        tracking.crown(client, name, version.version, previous)
     champion = version.version if promoted else previous
     return RegistrationResult(name, str(version.version), promoted, champion and str(champion),
                               previous, version.source, trained.run_id)

@@ -122,7 +122,7 @@ def train_and_register(settings: Settings, rows: pd.DataFrame,
         "storeflow.reason": decision.reason[:5000], "storeflow.run_id": run.info.run_id}).version)
     client.set_registered_model_alias(risk.model_name, tracking.CHALLENGER, version)
     if decision.promote:
-        client.set_registered_model_alias(risk.model_name, tracking.CHAMPION, version)
+        tracking.crown(client, risk.model_name, version, champion)
     return RiskResult(run.info.run_id, info.model_uri, risk.model_name, version, decision.promote, decision.reason,
                       {**evaluation.to_dict(), "report": text,
                        "champion": None if versus is None else asdict(versus)},
