@@ -21,13 +21,25 @@ CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "storeflow.previous_champion"
 
 
+class RegistryUnavailable(RuntimeError):
+    """The registry's database cannot be opened (a damaged or foreign SQLite file, a locked or unreachable
+    database); the message names it and the database's own reason."""
+
+
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured server (or the embedded SQLite store) and return a client."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     if settings.tracking_uri.startswith("sqlite:///"):
         Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:  # a database store is opened (and its tables checked) here
+        return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise RegistryUnavailable(f"the MLflow registry {settings.tracking_uri} (registry.tracking_uri) cannot be "
+                                  f"read: {reason}") from exc
 
 
 def experiment_id(settings: Settings, client: MlflowClient) -> str:

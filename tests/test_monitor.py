@@ -319,3 +319,19 @@ def test_monitor_with_no_model_registered_says_so_and_fails(settings) -> None:
     assert result.exit_code == 1, result.output
     assert "no model to monitor: storeflow-repeat-purchase has no champion in the registry" in result.output
     assert "storeflow run" in result.output and "vNone" not in result.output and "Traceback" not in result.output
+
+
+def test_monitor_with_a_registry_it_cannot_read_names_why(settings) -> None:
+    """The reason stayed in the report's notes; the line said only that the champion could not be asked for."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    settings.project.state_dir.mkdir(parents=True)
+    (settings.project.state_dir / "mlflow.db").write_bytes(b"not a database " * 100)
+    result = CliRunner().invoke(app, ["monitor", "--in-process", "--set",
+                                      f"project.state_dir={settings.project.state_dir}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"no model to monitor: the champion could not be looked up (the MLflow registry "
+                                    f"{settings.tracking_uri} (registry.tracking_uri) cannot be read: file is not a "
+                                    "database), and no model version's predictions were logged"), result.output

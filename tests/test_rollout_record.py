@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 
 import pytest
 
@@ -101,3 +102,30 @@ def test_rollback_after_a_rollout_killed_before_it_was_recorded_returns_to_the_p
     assert local.rollouts(settings)[-1] | {"at": None} == {
         "model_name": settings.registry.model_name, "outcome": "rolled-back-manually", "model_version": second,
         "previous_champion": first, "reasons": ["manual rollback"], "recorded_in_mlflow": True, "at": None}
+
+
+@pytest.mark.parametrize("command", ["status", "rollback", "promote"])
+def test_a_damaged_registry_database_is_one_line_naming_it_and_is_left_as_it_was(settings: Settings,
+                                                                                 command: str) -> None:
+    """A truncated mlflow.db (a crash or a full disk mid-write) made status and the emergency rollback print
+    SQLAlchemy's 300-line traceback."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    database = settings.project.state_dir / "mlflow.db"
+    database.parent.mkdir(parents=True)
+    with sqlite3.connect(database) as db:  # a database of many pages (as MLflow's is)...
+        db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO runs (body) VALUES (?)", [("x" * 500,)] * 200)
+        for n in range(30):
+            db.execute(f"CREATE TABLE t{n} (id INTEGER PRIMARY KEY, body TEXT)")
+            db.execute(f"INSERT INTO t{n} (body) VALUES (?)", ("x" * 3000,))
+    damaged = database.read_bytes()[: database.stat().st_size // 2]  # ... cut short
+    database.write_bytes(damaged)
+    result = CliRunner().invoke(app, [command, "--set", f"project.state_dir={settings.project.state_dir}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    assert result.output == (f"the MLflow registry {settings.tracking_uri} (registry.tracking_uri) cannot be read: "
+                             "database disk image is malformed\n")
+    assert database.read_bytes() == damaged

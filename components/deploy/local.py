@@ -102,7 +102,10 @@ def record_local_rollout(settings: Settings, model_version: str, run_id: str,
 def _client(settings: Settings):
     from storeflow.components import tracking
 
-    return tracking.connect(settings)
+    try:
+        return tracking.connect(settings)
+    except tracking.RegistryUnavailable as exc:  # status and rollback say so in one line, not a traceback
+        raise DeployError(str(exc)) from exc
 
 
 def deploy_local(settings: Settings, model_version: str, run_id: str, previous_champion: str | None,

@@ -180,12 +180,12 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     start = end - timedelta(hours=cfg.window_hours)
     notes: list[str] = []
     version = model_version
-    lookup_failed = False
+    lookup_failed = None
     if version is None:
         try:
             version = champion_version(settings)
         except Exception as exc:  # noqa: BLE001 - registry unreachable: fall back to the logs
-            lookup_failed = True
+            lookup_failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             notes.append(f"champion lookup failed ({exc}); monitoring the most served version")
 
     reference, no_reference = None, None
@@ -225,10 +225,11 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     drift = None
     if version is None:  # neither a champion nor a logged version: there is nothing to monitor
         status = "no-model"
-        why = ("the registry could not be asked for the champion" if lookup_failed else
-               f"{settings.registry.model_name} has no champion in the registry at {settings.tracking_uri}")
+        why, then = ((f"the champion could not be looked up ({lookup_failed})", "") if lookup_failed is not None else
+                     (f"{settings.registry.model_name} has no champion in the registry at {settings.tracking_uri}",
+                      "; train and register one first (storeflow run)"))
         notes.append(f"no model to monitor: {why}, and no model version's predictions were logged between "
-                     f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC; train and register one first (storeflow run)")
+                     f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC{then}")
     elif window.rows == 0:
         status = "no-data"
         notes.append(f"no logged predictions for v{version} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
