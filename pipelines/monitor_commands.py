@@ -27,7 +27,10 @@ def monitor(
         from storeflow.components.monitor import monitor as run, retrain_if_needed, retrain_recommender_if_needed
         from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS
 
-        result = run(settings, model_version=model_version, end=window_end)
+        from storeflow.components.config import ConfigError
+
+        with refusing(ConfigError):
+            result = run(settings, model_version=model_version, end=window_end)
         summary, decision = result.summary, json.loads(retrain_if_needed(settings, result.summary, LAUNCHERS).to_json())
         decision["recommendations"] = json.loads(
             retrain_recommender_if_needed(settings, result.summary, RECOMMENDER_LAUNCHERS).to_json())

@@ -335,3 +335,18 @@ def test_monitor_with_a_registry_it_cannot_read_names_why(settings) -> None:
     assert result.output.startswith(f"no model to monitor: the champion could not be looked up (the MLflow registry "
                                     f"{settings.tracking_uri} (registry.tracking_uri) cannot be read: file is not a "
                                     "database), and no model version's predictions were logged"), result.output
+
+
+@pytest.mark.parametrize("method", ["bogus", "chisquare"])
+def test_a_drift_method_evidently_has_no_numerical_test_of_is_a_config_error(settings, method: str) -> None:
+    """It was taken, and monitoring died in Evidently's StatTestNotFoundError traceback once the report ran."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["monitor", "--in-process", "--set", f"project.state_dir={settings.project.state_dir}",
+                                      "--set", f"monitor.drift_method={method}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"monitor.drift_method '{method}' is not an Evidently drift test of numerical "
+                                    "features"), result.output
+    assert len(result.output.splitlines()) == 1 and not (settings.project.state_dir / "monitoring").exists()

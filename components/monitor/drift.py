@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from storeflow.components.config import MonitorConfig
+from storeflow.components.config import ConfigError, MonitorConfig
 
 LEVELS = ("ok", "warning", "critical")
 SCORE = "score"
@@ -76,6 +76,21 @@ def _screen(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str],
         else:
             usable.append(column)
     return usable, skipped
+
+
+def check_method(cfg: MonitorConfig) -> None:
+    """A ``monitor.drift_method`` Evidently has no numerical-feature test of is a config error naming it, raised
+    before any window is read: Evidently itself refuses it only once the report runs, in a traceback."""
+    if cfg.drift_method is None:
+        return
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType
+
+    try:
+        get_registered_stattest(cfg.drift_method, ColumnType.Numerical)
+    except ValueError as exc:
+        raise ConfigError(f"monitor.drift_method {cfg.drift_method!r} is not an Evidently drift test of numerical "
+                          f"features, which every monitored column is: {exc}") from exc
 
 
 def analyse(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], present: list[str],

@@ -176,6 +176,7 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
     from storeflow.components.monitor.metrics import publish as publish_metrics
 
     cfg = settings.monitor
+    drift_mod.check_method(cfg)
     end = (end or datetime.now(timezone.utc)).astimezone(timezone.utc)
     start = end - timedelta(hours=cfg.window_hours)
     notes: list[str] = []
