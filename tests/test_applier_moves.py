@@ -34,3 +34,18 @@ def test_an_order_moved_away_from_a_customer_no_longer_counts_for_them(shop, to)
     client.app.state.applier.drain()
     assert online(hooks, ADA) == [1]
     assert online(hooks, GRACE) == [4 if customer else 2]
+
+
+def test_a_customer_whose_last_order_moved_away_has_no_features_left_online(shop):  # noqa: F811
+    """Their features were recomputed from no orders, which gave no row, so nothing was written and the online
+    store went on saying they had ordered: predictions for them used the orders they no longer had."""
+    hooks, client = shop
+    assert online(hooks, ADA) == [3]
+    for webhook_id, payload in (("wh-live", order(9001, ADA, ADA_EMAIL, 30.0)),
+                                *((f"wh-pulled-{o}", order(o, ADA, ADA_EMAIL, 30.0, hours_ago=24 * 30))
+                                  for o in ADA_ORDERS)):
+        client.post("/webhooks", **delivery("orders/updated", _moved(payload, GRACE, GRACE_EMAIL), webhook_id))
+    client.app.state.applier.drain()
+
+    assert online(hooks, ADA) == [None]
+    assert online(hooks, GRACE) == [5]

@@ -56,3 +56,29 @@ def test_privacy_erasure_reaches_the_redis_online_store(tmp_path: Path, store_ta
         assert frequency(first) is None and frequency(second) is not None
         assert erase_all(store) >= 1
         assert frequency(second) is None
+
+
+def test_forgetting_a_customers_features_keeps_their_order_risk_ledger_in_the_same_redis_key(tmp_path: Path,
+                                                                                            store_tables) -> None:
+    """A customer whose last order moved away has no customer features any more; in Redis their order risk history
+    ledger is a field of the same key, and must stay."""
+    from storeflow.components.risk.history import ORDER, Event, Ledger, OnlineHistory, amount, fold
+    from storeflow.components.shopify.online import forget
+
+    with redis_server(tmp_path) as address:
+        settings = _redis_settings(tmp_path, address)
+        build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
+        store = feature_store(settings)
+        first, second = (int(c) for c in store_tables["orders"]["customer_id"].drop_duplicates().iloc[:2])
+        history, ledger = OnlineHistory(store), Ledger()
+        fold(ledger, Event(ORDER, 1, 3_600_000_000, amount(42.5)))
+        history.write({first: ledger})
+        assert first in history.read([first])
+
+        def frequency(customer: int):
+            return store.get_online_features(features=feature_refs(settings),
+                                             entity_rows=[{CUSTOMER_KEY: customer}]).to_dict()["frequency"][0]
+
+        assert forget(store, [first]) == 1
+        assert frequency(first) is None and frequency(second) is not None
+        assert first in history.read([first])  # the ledger in the same key stays

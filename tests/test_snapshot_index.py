@@ -102,7 +102,7 @@ def test_the_applier_reads_a_large_snapshot_without_holding_it(tmp_path, hooks):
 
         applier = Applier(load_settings(json.loads(sys.argv[1])))
         before = anon()
-        frame = applier._features(set(range(1, 151)))
+        frame = applier._features(set(range(1, 151))).frame
         print(json.dumps({"grew_mb": anon() - before, "rows": len(frame)}))
     """)
     done = subprocess.run([sys.executable, "-c", script, hooks.to_json()], capture_output=True, text=True, timeout=600)

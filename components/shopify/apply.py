@@ -226,19 +226,19 @@ class Applier:
             if stored is None:  # an event does not read back: each is checked, and may be parked, under the lock
                 with transaction(self.conn):
                     touched, done = self._upsert_all(events, None)
-                    frame = self._features(touched)
+                    computed = self._features(touched)
             else:
                 # The features of the state the run will leave, computed before the write lock: they took ~80 % of a
                 # batch's time, and the receiver's commits waited on the lock for all of it. A failure here is
                 # narrowed down as before: nothing was written yet.
                 touched, pending = self._pending(stored)
-                frame = self._features(touched, pending)
+                computed = self._features(touched, pending)
                 with transaction(self.conn):
                     stored_for, done = self._upsert_all(events, stored)
                 if stored_for != touched:  # the run did not store what _pending foresaw: the stored state decides
                     log.error("applier: the run touched customers %s, not %s as foreseen; features recomputed",
                               sorted(stored_for), sorted(touched))
-                    frame = self._features(stored_for)
+                    computed = self._features(stored_for)
         except INFRASTRUCTURE:
             raise
         except Exception as exc:  # noqa: BLE001 - narrowed down below
@@ -250,7 +250,7 @@ class Applier:
                 self._split(events[half:], split)
             # else: many lone failures and no success yet: leave this run pending rather than bisect it all
             return
-        self._write_features(frame)
+        self._write_features(computed)
         self._mark(done)
         split.applied += len(done)
 
@@ -477,23 +477,26 @@ class Applier:
         return [orjson.loads(r) for (r,) in self.conn.execute(
             f"SELECT row FROM {table} WHERE {column} IN {_ANY}", (_id_list(ids),))]
 
-    def _features(self, customers: set[int], pending: _Pending | None = None) -> pd.DataFrame | None:
-        """The customers' features as of now, from the snapshot and what arrived live (None: nobody)."""
+    def _features(self, customers: set[int], pending: _Pending | None = None) -> _Computed:
+        """The customers' features as of now, from the snapshot and what arrived live."""
         if not customers:
-            return None
+            return _Computed(None, [])
         as_of = datetime.now(timezone.utc) + pd.Timedelta(seconds=1)  # 1 s of clock skew; µs keep batches apart
         frame = customer_features(self.customer_tables(customers, pending), [as_of], self._duck)
+        gone = sorted(customers - set(frame[CUSTOMER_KEY].tolist())) if not frame.empty else sorted(customers)
         if frame.empty:
-            return None
+            return _Computed(None, gone)
         frame = frame.join(self.btyd.features(frame, self.settings.features.label.horizon_days))
-        return frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]]
+        return _Computed(frame[[CUSTOMER_KEY, "event_timestamp", *self.settings.features.customer_features]], gone)
 
-    def _write_features(self, frame: pd.DataFrame | None) -> None:
-        """Online (the next prediction) and offline (history)."""
-        if frame is None:
+    def _write_features(self, computed: _Computed) -> None:
+        """Online (the next prediction) and offline (history); online, customers with none left have none."""
+        if computed.gone:
+            online.forget(self.store, computed.gone)
+        if computed.frame is None:
             return
-        online.write(self.store, frame)
-        self._append_offline(frame)
+        online.write(self.store, computed.frame)
+        self._append_offline(computed.frame)
 
     def _append_offline(self, frame: pd.DataFrame) -> None:
         """A part of its own in the history's dataset (:mod:`~storeflow.components.features.offline`): Feast's own
@@ -501,6 +504,14 @@ class Applier:
         path = source_path(self.settings, CUSTOMER_VIEW)
         offline.append(path, pa.Table.from_pandas(frame, preserve_index=False))
         offline.compact(path)
+
+
+class _Computed(NamedTuple):
+    """A run's customer features: ``frame`` (None: no one has any), and the customers ``gone``, touched but with no
+    features any more (their last order moved to another customer)."""
+
+    frame: pd.DataFrame | None
+    gone: list[int]
 
 
 def _replace_items(items: dict[int, dict], replaced: list[tuple[int, list[dict]]]) -> None:

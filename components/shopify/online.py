@@ -93,6 +93,42 @@ def erase_all(store) -> int:
         conn.close()
 
 
+def forget(store, customer_ids: Iterable[int]) -> int:
+    """Drop the customer feature view's rows of these customers, and nothing else of theirs (in Redis order risk's
+    history ledger sits in the same key); returns rows dropped. For customers with no features any more (their
+    last order moved to another customer): nothing written left their old row, counting orders they no longer
+    had, and Feast writes no row of nulls (it refuses an all-null frame) nor deletes one entity's row in one view,
+    so this goes to the backend, by Feast's own table and field names."""
+    keys = [_entity_key(CUSTOMER_KEY, c) for c in customer_ids]
+    if not keys:
+        return 0
+    view = store.get_feature_view(CUSTOMER_VIEW)
+    version = store.config.entity_key_serialization_version
+    versioned = store.config.registry.enable_online_feature_view_versioning
+    if store.config.online_store.type == "redis":
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key
+        from feast.infra.online_stores.redis import _versioned_fv_name
+
+        name = _versioned_fv_name(view, store.config)
+        fields = [_mmh3(f"{name}:{feature.name}") for feature in view.features] + [f"_ts:{name}".encode()]
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hdel(_redis_key(store.project, key, version), *fields)
+            return sum(1 for removed in pipe.execute() if removed)
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.sqlite import _table_id
+
+    table = _table_id(store.project, view, versioned)
+    conn = _sqlite(store)
+    try:
+        with conn:
+            return sum(conn.execute(f'DELETE FROM "{table}" WHERE entity_key = ?',
+                                    (serialize_entity_key(key, version),)).rowcount > 0 for key in keys)
+    finally:
+        conn.close()
+
+
 def write(store, frame) -> None:
     """Customer feature rows (as ``compute.customer_features`` makes them) into the online store."""
     if len(frame):
