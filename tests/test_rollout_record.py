@@ -129,3 +129,27 @@ def test_a_damaged_registry_database_is_one_line_naming_it_and_is_left_as_it_was
     assert result.output == (f"the MLflow registry {settings.tracking_uri} (registry.tracking_uri) cannot be read: "
                              "database disk image is malformed\n")
     assert database.read_bytes() == damaged
+
+
+@pytest.mark.parametrize(("command", "said"), [
+    ("promote", "nothing to promote: storeflow-repeat-purchase has no challenger in the registry at "),
+    ("rollback", "nothing to roll back to: storeflow-repeat-purchase has no champion in the registry at ")])
+def test_promote_or_rollback_before_any_model_is_registered_says_so(settings: Settings, command: str,
+                                                                    said: str) -> None:
+    """They said 'champion vNone, challenger vNone' and 'champion vNone replaced no earlier version'."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, [command, "--set", f"project.state_dir={settings.project.state_dir}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    # (MLflow logs creating the empty registry's tables before it)
+    assert result.output.splitlines()[-1] == f"{said}{settings.tracking_uri}; train and register one first (storeflow run)"
+
+
+def test_promoting_the_champion_again_says_it_already_is(settings: Settings) -> None:
+    """Promote twice: the second said 'no challenger to promote: champion v1, challenger v1'."""
+    _registered(settings, promote=True)
+    with pytest.raises(DeployError, match=r"^nothing to promote: the challenger, v1, is already champion$"):
+        local.promote(settings)

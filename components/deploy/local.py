@@ -151,6 +151,11 @@ def _aliases(settings: Settings) -> dict[str, str | None]:
     return found
 
 
+def _nothing_registered(settings: Settings, alias: str) -> str:
+    return (f"{settings.registry.model_name} has no {alias} in the registry at {settings.tracking_uri}; train and "
+            "register one first (storeflow run)")
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """What `storeflow serve` would serve now (the champion alias) and the last local rollout."""
     aliases = _aliases(settings)
@@ -167,8 +172,10 @@ def promote(settings: Settings) -> dict[str, Any]:
 
     aliases = _aliases(settings)
     challenger, champion = aliases["challenger"], aliases["champion"]
-    if challenger is None or challenger == champion:
-        raise DeployError(f"no challenger to promote: champion v{champion}, challenger v{challenger}")
+    if challenger is None:
+        raise DeployError(f"nothing to promote: {_nothing_registered(settings, 'challenger')}")
+    if challenger == champion:
+        raise DeployError(f"nothing to promote: the challenger, v{challenger}, is already champion")
     _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, challenger)
     recorded = record_rollout(settings, challenger, {"storeflow.deploy.state": "promoted",
                                                      "storeflow.deploy.target": "local",
@@ -189,7 +196,9 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> dict[str, A
                       if r.get("model_version") == champion and r.get("outcome", "").startswith("promoted")), None)
     previous = (promotion.get("previous_champion") if promotion is not None else
                 champion and tracking.replaced_champion(_client(settings), settings.registry.model_name, champion))
-    if champion is None or not previous:
+    if champion is None:
+        raise DeployError(f"nothing to roll back to: {_nothing_registered(settings, 'champion')}")
+    if not previous:
         raise DeployError(f"nothing to roll back to: champion v{champion} replaced no earlier version "
                           f"in {rollout_record(settings)}")
     _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, previous)
