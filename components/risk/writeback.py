@@ -55,18 +55,35 @@ class WriteBack:
         self.wake = wake if wake is not None else threading.Event()
         self.stopping = stop if stop is not None else threading.Event()
         self.error: str | None = None  # why the last drain failed (None once one succeeds)
+        self.unable = ""  # why no Admin API client could be built (drain returned None)
         self._thread: threading.Thread | None = None
 
     def drain(self, db: sqlite3.Connection) -> assessments.DrainResult | None:
         """Send queued assessments (up to a pass's worth) over ``db``; None while the Admin API credentials are not
-        set."""
+        set (``unable`` says why)."""
         if self.admin is None:
             try:
                 self.admin = AdminClient(self.settings, credentials(self.settings), sleep=self._pause)
             except ShopifyError as exc:
-                log.warning("risk assessments stay queued: %s", exc)
+                self.unable = f"risk assessments stay queued: {exc}"
                 return None
         return assessments.drain(db, self.admin, limit=BATCH, max_attempts=self.settings.risk.writeback_max_attempts)
+
+    def drain_all(self, db: sqlite3.Connection) -> None:
+        """Drain batch after batch while drains make progress; :class:`ShopifyError` when one could send nothing
+        for a reason (no credentials, Shopify down, the token refused): the loop backs off and says why. Taken as
+        an empty outbox, such a drain was tried again at every wake-up (``shopify.apply_idle_seconds``, and each
+        batch scored), a request every 0.2 s for as long as the token stayed revoked, with nothing logged and
+        /healthz saying no error."""
+        while not self.stopping.is_set():
+            result = self.drain(db)
+            if result is None:
+                raise ShopifyError(self.unable)
+            progress = result.sent or result.already_assessed or result.rejected
+            if result.error is not None and not progress:
+                raise ShopifyError(f"{result.pending} assessment(s) wait: {result.error}")
+            if not result.pending or not progress:
+                return
 
     def run(self) -> None:
         """The loop, until ``stopping`` is set, over a connection of its own (one per thread)."""
@@ -79,11 +96,7 @@ class WriteBack:
                 self.wake.wait(idle)
                 self.wake.clear()  # before the drain: what is queued after this wakes the next wait
                 try:
-                    while not self.stopping.is_set():
-                        result = self.drain(db)
-                        if result is None or not result.pending or not (result.sent or result.already_assessed or
-                                                                        result.rejected):
-                            break  # nothing left, or no progress (Shopify unreachable): try again when woken
+                    self.drain_all(db)
                     if self.error is not None:
                         record_failing(db, "write_back", None)
                     wait, self.error = self.settings.risk.retry_seconds, None

@@ -74,6 +74,7 @@ class DrainResult:
     already_assessed: int  # found on Shopify after a crash between sending and recording: not sent again
     rejected: int  # Shopify's user errors: parked with its message
     pending: int  # still waiting (Shopify unreachable or throttled beyond the client's retries)
+    error: str | None = None  # why the drain stopped short (an outage, a refused token); None: it did not
 
 
 def signature(model_version: str) -> str:
@@ -242,7 +243,7 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_att
     sent = sum(1 for order, state, *_ in marks if state == "sent" and order not in mine)
     rejected = sum(1 for _, state, *_ in marks if state == "rejected")
     pending = db.execute("SELECT count(*) FROM risk_outbox WHERE state = 'pending'").fetchone()[0]
-    return DrainResult(sent, len(mine), rejected, pending)
+    return DrainResult(sent, len(mine), rejected, pending, error)
 
 
 def _documents(client: AdminClient, items: list[tuple], cost: int, document, variables, flight: list[tuple]):

@@ -1,0 +1,134 @@
+"""The order risk write-back when Shopify's Admin API fails it, from outside: the write-back loop
+(risk/writeback.py) and the Admin API client against answers a real Admin API or what stands in front of it gives
+(a revoked token, an outage, a page that is not GraphQL), served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fake_admin import running
+
+from storeflow.components.config import load_settings
+from storeflow.components.shopify import assessments
+
+SHOP = "kettle-and-leaf.myshopify.com"
+REVOKED = b'{"errors":"[API] Invalid API key or access token (unrecognized login or wrong password)"}'
+
+
+class Answers(ThreadingHTTPServer):
+    """Answers every POST with ``status`` and ``body`` (bytes, as sent), ``headers`` too; counts the requests."""
+
+    daemon_threads = True
+
+    def __init__(self, status: int, body: bytes, headers: dict | None = None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        self.status, self.body, self.headers = status, body, headers or {}
+        self.requests = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Answers
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.server.requests += 1
+        self.send_response(self.server.status)
+        for name, value in self.server.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+
+def _until(what, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (value := what()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+def _failing(settings) -> str | None:
+    from storeflow.components.risk.realtime import risk_state
+
+    return risk_state(settings)["last_error"]
+
+
+@pytest.mark.parametrize(("status", "body", "token", "why"), [
+    (401, REVOKED, "shpat_revoked", "HTTP 401"),  # the app uninstalled: its token revoked
+    (503, b'{"errors":"Service Unavailable"}', "shpat_test", "HTTP 503"),
+    (200, b"{}", None, "SHOPIFY_ACCESS_TOKEN"),  # no credentials given to the receiver
+], ids=["revoked-token", "shopify-down", "no-credentials"])
+def test_a_write_back_shopify_refuses_backs_off_and_says_why(tmp_path, monkeypatch, caplog, status, body, token,
+                                                              why) -> None:
+    """Every drain that could send nothing was taken as an empty outbox: the loop asked again at its next wake-up
+    (0.2 s, and every scored batch), for as long as the token stayed revoked, logged nothing, and /healthz showed no
+    error. Now it backs off (risk.retry_seconds, doubling), logs why and /healthz says it."""
+    from storeflow.components.risk.realtime import open_risk_db
+    from storeflow.components.risk.writeback import WriteBack
+
+    if token is None:
+        monkeypatch.delenv("SHOPIFY_ACCESS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", token)
+    with running(Answers(status, body)) as shopify:
+        settings = load_settings({
+            "project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+            "shopify": {"admin_origin": shopify.origin, "max_retries": 0, "apply_idle_seconds": 0.01},
+            "risk": {"endpoint": "http://risk.test", "retry_seconds": 3600}})  # one failure: an hour's wait
+        open_risk_db(settings).close()
+        with sqlite3.connect(tmp_path / "state" / "shopify" / "risk.db") as db:
+            assessments.enqueue(db, 5001, "HIGH", [], "3")
+        stop = threading.Event()
+        writer = WriteBack(settings, stop=stop)
+        with caplog.at_level(logging.WARNING, logger="storeflow.components.risk.writeback"):
+            writer.start()
+            try:
+                error = _until(lambda: _failing(settings))
+                failed_with = shopify.requests  # the requests of the drain that failed
+                time.sleep(0.5)  # fifty wake-ups at 0.01 s
+                requests = shopify.requests
+            finally:
+                writer.stop()
+    assert why in error and ("1 assessment(s) wait" in error or "stay queued" in error)
+    assert requests == failed_with and (requests > 0) == (token is not None)  # then the backoff: none more
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and why in warnings[0]
+
+
+def test_the_write_back_says_nothing_once_shopify_takes_assessments_again(tmp_path, monkeypatch) -> None:
+    """Shopify back (the outage over): the next drain sends what waited and the error is gone from /healthz."""
+    from storeflow.components.risk.realtime import open_risk_db
+    from storeflow.components.risk.writeback import WriteBack
+
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+    from test_risk_writeback import FakeAdmin
+
+    with running(FakeAdmin()) as shopify:
+        settings = load_settings({
+            "project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+            "shopify": {"admin_origin": shopify.origin, "max_retries": 0, "apply_idle_seconds": 0.01},
+            "risk": {"endpoint": "http://risk.test", "retry_seconds": 0.05}})
+        open_risk_db(settings).close()
+        with sqlite3.connect(tmp_path / "state" / "shopify" / "risk.db") as db:
+            assessments.enqueue(db, 5002, "LOW", [], "3")
+        shopify.down = True
+        writer = WriteBack(settings)
+        writer.start()
+        try:
+            assert "503" in _until(lambda: _failing(settings))
+            shopify.down = False
+            _until(lambda: len(shopify.created) == 1 and _failing(settings) is None)
+        finally:
+            writer.stop()
+    assert [c["orderId"] for c in shopify.created] == ["gid://shopify/Order/5002"]
+
