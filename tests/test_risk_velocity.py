@@ -77,7 +77,7 @@ def _replayed(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
     rows = []
     for order in sorted(orders_of(frame), key=lambda o: (o.t, o.order_id)):
         mine = [states[view].get(key) if key is not None else None for view, key in enumerate(order.keys())]
-        rows.append({"order_id": order.order_id, **counts(*mine, order.t)})
+        rows.append({"order_id": order.order_id, **counts(*mine, order.t, order.order_id)})
         for view, key in enumerate(order.keys()):
             if key is not None:
                 fold(states[view].setdefault(key, Recent()), order, cap)
@@ -126,9 +126,32 @@ def test_a_customers_velocity_comes_from_their_history_not_a_list_of_its_own(tmp
 
 def test_a_customers_velocity_from_their_ledger_keeps_the_newest_orders_up_to_the_cap():
     ledger = Ledger([Event(ORDER, k, k * HOUR_US) for k in range(10)])
-    assert customer_velocity(ledger, 10 * HOUR_US, cap=3)["customer_orders_24h"] == 3  # as the list's cap has it
-    assert customer_velocity(ledger, 10 * HOUR_US, cap=1_000) == {"customer_orders_1h": 1, "customer_orders_24h": 10}
-    assert customer_velocity(None, 10 * HOUR_US, cap=3) == {"customer_orders_1h": 0, "customer_orders_24h": 0}
+    assert customer_velocity(ledger, 10 * HOUR_US, 10, cap=3)["customer_orders_24h"] == 3  # as the list's cap has it
+    assert customer_velocity(ledger, 10 * HOUR_US, 10, cap=1_000) == {"customer_orders_1h": 1,
+                                                                      "customer_orders_24h": 10}
+    assert customer_velocity(None, 10 * HOUR_US, 10, cap=3) == {"customer_orders_1h": 0, "customer_orders_24h": 0}
+
+
+def test_a_burst_placed_in_one_second_counts_its_earlier_orders_in_serving_and_training(tmp_path: Path):
+    """Shopify's creation times are whole seconds: four orders a card-testing bot placed in one second from one
+    account, email and address each counted none of the others (windows ended one microsecond before the order),
+    so velocity missed the very burst it is for. Orders of the same instant now count those of lower ids, alike in
+    serving (whatever order they arrive in) and training; a second delivery still counts nothing more."""
+    t = START + pd.Timedelta(days=3)
+    frame = pd.DataFrame({"order_id": [5101, 5102, 5103, 5104], "customer_id": pd.array([77] * 4, dtype="Int64"),
+                          "email": ["bot@example.com"] * 4, "address_key": ["addr-bot"] * 4, "created_at": [t] * 4})
+    training = batch(frame, 1_000).set_index("order_id")
+    burst = ("customer_orders_1h", "email_orders_1h", "address_orders_24h", "address_orders_7d")
+    for name in burst:
+        assert training[name].tolist() == [0, 1, 2, 3], name
+    assert training["address_customers_7d"].tolist() == [0, 1, 1, 1]
+
+    orders = orders_of(frame)
+    served = Served(tmp_path).features_many([orders[1], orders[0], orders[3], orders[2]])  # arriving out of order
+    by_id = dict(zip([5102, 5101, 5104, 5103], served))
+    assert [by_id[o][name] for o in (5101, 5103) for name in burst] == [0] * 4 + [2] * 4  # all lower ids there
+    in_order = Served(tmp_path / "in-order").features_many(orders)
+    assert [row[name] for row in in_order for name in burst] == [k for k in range(4) for _ in burst]
 
 
 def test_a_second_delivery_counts_nothing_and_orders_see_only_earlier_ones(tmp_path: Path):
@@ -147,7 +170,7 @@ def test_counts_are_the_windows_before_the_order():
     for k, at in enumerate([t - 8 * DAY_US, t - 2 * DAY_US, t - DAY_US, t - DAY_US + 1, t - HOUR_US, t - 1, t, t + 5]):
         fold(state, _order(k, at, customer=k % 2 + 1), cap=1_000)
     assert fold(state, _order(3, t - DAY_US + 1, customer=2), cap=1_000) is False  # already there
-    got = counts(state, state, state, t)
+    got = counts(state, state, state, t, 6)  # the order at t itself (its second delivery)
     # [t - 1 h, t - 1 µs]: t - 1 h and t - 1; [t - 24 h, t - 1 µs]: also t - 24 h and t - 24 h + 1 µs; the order at t
     # itself and later ones never; the one of eight days ago was dropped from the list (older than a week)
     assert got["customer_orders_1h"] == 2 and got["email_orders_24h"] == 4
@@ -167,7 +190,7 @@ def test_a_key_keeps_its_newest_orders_up_to_the_cap(cap: int):
     for k in range(10):
         fold(state, _order(k, k * HOUR_US, customer=1), cap=cap)
     assert state.ids == [7, 8, 9]
-    assert counts(state, None, None, 10 * HOUR_US)["customer_orders_24h"] == cap
+    assert counts(state, None, None, 10 * HOUR_US, 10)["customer_orders_24h"] == cap
 
 
 def test_orders_without_an_email_are_not_counted_as_one_buyers(tmp_path: Path):

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from storeflow.components.features.repo import HISTORY_STATE, HISTORY_VIEW
 from storeflow.components.risk.online_lists import OnlineLists, next_write_us
-from storeflow.components.risk.velocity import CUSTOMER_FEATURES, DAY_US, kept_from, window_counts
+from storeflow.components.risk.velocity import CUSTOMER_FEATURES, DAY_US, before, kept_from, window_counts
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -230,15 +230,18 @@ def counts(ledger: Ledger | None, t: int, total_price: float | None, account_cre
             "prior_refunds": float(refunds), "prior_fraud_cancels": float(frauds)}
 
 
-def customer_velocity(ledger: Ledger | None, t: int, cap: int) -> dict[str, int]:
-    """The customer's velocity features (:data:`~storeflow.components.risk.velocity.CUSTOMER_FEATURES`) of an
-    order created at ``t`` from the customer's ledger: its orders are what velocity's list of the customer holds
+def customer_velocity(ledger: Ledger | None, t: int, order_id: int, cap: int) -> dict[str, int]:
+    """The customer's velocity features (:data:`~storeflow.components.risk.velocity.CUSTOMER_FEATURES`) of the
+    order ``order_id`` created at ``t`` from the customer's ledger: its orders are what velocity's list of the customer holds
     (the newest ``cap`` of the week before the newest, :func:`storeflow.components.risk.velocity.kept_from`), so
     training, which counts that list (``velocity.batch``), counts the same. One exception: a ledger past
     :data:`MAX_EVENTS` keeps its orders of the two days before its newest event (at most :data:`MOST_EVENTS`), so an
     order arriving more than a day after that customer's newest event may count fewer."""
-    times = [event.t for event in ledger.events if event.kind == ORDER] if ledger is not None else []
-    found = window_counts("customer", times[kept_from(times, cap):], t)
+    orders = [event for event in ledger.events if event.kind == ORDER] if ledger is not None else []
+    times, ids = [event.t for event in orders], [event.id for event in orders]  # a ledger's ties are in id order
+    start = kept_from(times, cap)
+    times, ids = times[start:], ids[start:]
+    found = window_counts("customer", times, t, before(times, ids, t, order_id))
     return {name: found[name] for name in CUSTOMER_FEATURES}
 
 
@@ -287,7 +290,7 @@ class OnlineHistory:
         for order in orders:
             ledger = ledgers.get(order.customer_id) if order.customer_id is not None else None
             out.append({**counts(ledger, order.t, order.total_price, order.account_created),
-                        **customer_velocity(ledger, order.t, self.velocity_cap)})
+                        **customer_velocity(ledger, order.t, order.order_id, self.velocity_cap)})
             if order.customer_id is None:
                 continue
             ledger = ledgers.setdefault(order.customer_id, Ledger())

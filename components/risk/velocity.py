@@ -7,8 +7,10 @@ key's orders of the week before its newest one, at most ``risk.velocity_max_orde
 order: order id, creation time (microseconds since the epoch) and customer id (0: a guest) of each, one flattened
 Array(Int64) feature online (``orders``), three lists here (:class:`Recent`).
 Two pure functions work on it: :func:`fold` adds an order (once: a second delivery changes nothing) and
-:func:`counts` gives an order's :data:`VELOCITY_FEATURES` from its three keys' lists: orders created strictly
-before it (windows end one microsecond before the order, as the other risk features' do).
+:func:`counts` gives an order's :data:`VELOCITY_FEATURES` from its three keys' lists: orders created before it, which
+in the same microsecond means a lower order id (Shopify's times are whole seconds and its order ids grow: a burst of
+orders placed in one second, a card-testing bot's, counted none of each other when windows ended one microsecond
+before the order).
 
 Training gives each order what these two functions would, folding a snapshot's orders in creation order, each order
 counted against the lists as its earlier orders left them: :func:`batch` (called by
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 HOUR_US, DAY_US = 3_600_000_000, 86_400_000_000
+NO_TIME = int(np.iinfo(np.int64).min)  # :func:`orders_of`'s time of an order without one (NaT): it counts no order
 HORIZON_US = 7 * DAY_US  # the longest window: older orders of a key are dropped from its list
 VELOCITY_FEATURES = ("customer_orders_1h", "customer_orders_24h", "email_orders_1h", "email_orders_24h",
                      "address_orders_1h", "address_orders_24h", "address_orders_7d", "address_customers_7d")
@@ -114,28 +117,42 @@ def unfold(state: Recent, order_id: int) -> bool:
     return True
 
 
-def _window(times: list[int], t: int, width: int) -> tuple[int, int]:
-    """Positions of the orders created in [t - width, t - 1 µs]."""
-    return bisect_left(times, t - width), bisect_left(times, t)
+def before(times: list[int], ids: list[int], t: int, order_id: int) -> int:
+    """How many of a key's orders (``times`` ascending, ties in ``ids`` order) were created before the order
+    ``order_id`` created at ``t``: earlier, or in the same microsecond with a lower id. Itself (a second delivery)
+    is not before itself, nor is an order without a creation time (:data:`NO_TIME`) before another."""
+    end = bisect_left(times, t)
+    while t != NO_TIME and end < len(times) and times[end] == t and ids[end] < order_id:
+        end += 1
+    return end
 
 
-def counts(customer: Recent | None, email: Recent | None, address: Recent | None, t: int) -> dict[str, int]:
-    """The :data:`VELOCITY_FEATURES` of an order created at ``t`` (µs) from its keys' lists (None: no such key)."""
+def _window(times: list[int], t: int, width: int, end: int) -> tuple[int, int]:
+    """Positions of the orders created in [t - width, t] before the order (``end``: :func:`before`)."""
+    return bisect_left(times, t - width), end
+
+
+def counts(customer: Recent | None, email: Recent | None, address: Recent | None, t: int, order_id: int
+           ) -> dict[str, int]:
+    """The :data:`VELOCITY_FEATURES` of the order ``order_id`` created at ``t`` (µs) from its keys' lists (None: no
+    such key)."""
     out = {}
     for prefix, state in (("customer", customer), ("email", email), ("address", address)):
-        out.update(window_counts(prefix, state.times if state is not None else [], t))
+        times, ids = (state.times, state.ids) if state is not None else ([], [])
+        out.update(window_counts(prefix, times, t, before(times, ids, t, order_id)))
     times = address.times if address is not None else []
-    lo, hi = _window(times, t, HORIZON_US)
+    lo, hi = _window(times, t, HORIZON_US, before(times, address.ids, t, order_id) if address is not None else 0)
     out["address_orders_7d"] = hi - lo
     out["address_customers_7d"] = len({c for c in address.customers[lo:hi] if c}) if address is not None else 0
     return {name: out[name] for name in VELOCITY_FEATURES}
 
 
-def window_counts(prefix: str, times: list[int], t: int) -> dict[str, int]:
-    """``<prefix>_orders_1h`` and ``_24h`` of an order created at ``t`` from a key's order ``times`` (ascending)."""
+def window_counts(prefix: str, times: list[int], t: int, end: int) -> dict[str, int]:
+    """``<prefix>_orders_1h`` and ``_24h`` of an order created at ``t`` from a key's order ``times`` (ascending), the
+    first ``end`` of which were created before it (:func:`before`)."""
     out = {}
     for suffix, width in (("1h", HOUR_US), ("24h", DAY_US)):
-        lo, hi = _window(times, t, width)
+        lo, hi = _window(times, t, width, end)
         out[f"{prefix}_orders_{suffix}"] = hi - lo
     return out
 
@@ -148,7 +165,7 @@ def _score_and_fold(orders: Iterable[Order], states: dict[str, dict], cap: int,
     for order in orders:
         mine = [states[view].get(key) if key is not None and view in states else None
                 for view, key in zip(VELOCITY_VIEWS, order.keys())]
-        out.append(counts(*mine, order.t))
+        out.append(counts(*mine, order.t, order.order_id))
         for view, key, state in zip(VELOCITY_VIEWS, order.keys(), mine):
             if key is None or view not in states:
                 continue
@@ -173,12 +190,12 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
     """Training's velocity: every order of ``frame`` (see :func:`orders_of`) counted as of its creation against the
     lists its earlier orders built, in creation order (order id within the same microsecond), with each key's list
     kept as :func:`fold` keeps it: what serving's :func:`counts` gives each order after :func:`fold` of every earlier
-    one (``tests/test_risk_velocity.py`` replays stores both ways and compares).
+    one (in the same microsecond, of a lower order id) (``tests/test_risk_velocity.py`` replays stores both ways and compares).
 
     Computed over arrays, not by folding each order (~25 µs an order: 14 s at 500,000 orders): in creation order, a
     key's list before its ``k``-th order holds its orders ``max(k - cap, week) .. k - 1``, the week's start never
-    later than a window's, so an order's count in a window is ``hi - max(lo, k - cap)`` (``lo``/``hi``: the key's
-    first orders at or after the window's start and at or after the order's own time)."""
+    later than a window's, so an order's count in a window is ``k - max(lo, k - cap)`` (``lo``: the key's first
+    order at or after the window's start)."""
     ids = frame["order_id"].to_numpy(dtype=np.int64)
     t = pd.to_datetime(frame["created_at"], utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy()
     repeated = pd.Index(ids).duplicated()
@@ -212,8 +229,8 @@ def batch(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 
 def _list_windows(keys: np.ndarray, valid: np.ndarray, t: np.ndarray, cap: int, widths: Sequence[int]) -> dict:
-    """For orders in creation order (``t``) and their keys (``valid``: the order has one): per width, each order's
-    count in its key's list of orders in [t - width, t - 1 µs], and (as row numbers of the key's orders in creation
+    """For orders in creation order (``t``, ties in order id order) and their keys (``valid``: the order has one): per
+    width, each order's count in its key's list of the orders before it created in [t - width, t], and (as row numbers of the key's orders in creation
     order, and each order's row) where that window starts and ends in the list."""
     n = len(t)
     # each time, and each window's start, as its rank among them all: ascending like the times, small enough to sit
@@ -227,8 +244,8 @@ def _list_windows(keys: np.ndarray, valid: np.ndarray, t: np.ndarray, cap: int, 
     rows, codes = rows[within], codes[within] * scale
     combined = codes + rank[rows]  # ascending: (key, time)
     first = np.searchsorted(combined, codes)  # the key's first order's place
-    k = np.arange(len(rows)) - first
-    hi = np.searchsorted(combined, combined) - first  # the key's orders before this one's time
+    k = np.arange(len(rows)) - first  # the key's orders before this one: earlier, or as early with a lower id
+    hi = k
     out = {}
     for width in widths:
         lo = np.searchsorted(combined, codes + np.searchsorted(values, t - width)[rows]) - first
