@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 import pyarrow as pa
@@ -17,7 +20,10 @@ import pyarrow.parquet as pq
 from storeflow.components.tables import SCHEMAS, conform, table_path
 from storeflow.components.version import __version__
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "_manifest.json"
+WRITING = ".writing-"  # in the name of a snapshot being written: .<snapshot name>.writing-<random>
 DEDUP_MEMORY = "1GB"  # DuckDB's limit while it finds duplicate rows; beyond it, it spills to the snapshot's temp dir
 
 
@@ -95,7 +101,13 @@ class SnapshotWriter:
     def __init__(self, snapshot: Path):
         self.snapshot = Path(snapshot)
         self.snapshot.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.snapshot.name}.", dir=self.snapshot.parent))
+        self._lock = _join_writers(self.snapshot.parent)
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.snapshot.name}{WRITING}", dir=self.snapshot.parent))
+        except BaseException:
+            if self._lock:
+                self._lock.close()
+            raise
         self.tmp.chmod(0o755)  # mkdtemp is private; snapshots are read by other users (pipeline pods)
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._written: set[str] = set()  # every table written (close empties _writers)
@@ -107,6 +119,8 @@ class SnapshotWriter:
     def __exit__(self, *exc) -> None:
         self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock:
+            self._lock.close()  # leaves the writers: a later writer may sweep again
 
     def write(self, tables: dict[str, pd.DataFrame | pa.Table]) -> None:
         for name, frame in tables.items():
@@ -167,6 +181,35 @@ class SnapshotWriter:
                 return False
             raise
         return True
+
+
+def _join_writers(root: Path) -> IO | None:
+    """Join the writers of snapshots under ``root`` (a shared lock on ``.<root>.lock`` beside it, held while writing),
+    first removing, when no other writer holds it, the temp dirs of writers that died: an ingest killed midway (OOM,
+    a pod evicted, a retried task) left its half-written tables, customers' emails among them, for good, out of
+    reach of erasure, and each retry of a large export one more copy filling the volume. The kernel drops a dead
+    writer's lock, so only a live writer keeps its temp dir. None (nothing swept) where the lock cannot be made."""
+    try:
+        handle = (root.parent / f".{root.name}.lock").open("a+")
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another writer is at work: the next one alone sweeps
+        else:
+            abandoned = [path for path in root.glob(f".*{WRITING}*") if path.is_dir()]
+            for path in abandoned:
+                shutil.rmtree(path, ignore_errors=True)
+            if abandoned:
+                log.warning("removed %d snapshot(s) left half-written under %s by a writer that stopped (killed?): "
+                            "%s", len(abandoned), root, ", ".join(path.name for path in abandoned))
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    except OSError:  # a filesystem without locks: write as before, sweep nothing
+        handle.close()
+        return None
+    return handle
 
 
 def _drop_exact_duplicates(path: Path, name: str, scratch: Path) -> tuple[int, int]:
