@@ -132,3 +132,39 @@ def test_the_write_back_says_nothing_once_shopify_takes_assessments_again(tmp_pa
             writer.stop()
     assert [c["orderId"] for c in shopify.created] == ["gid://shopify/Order/5002"]
 
+
+@pytest.mark.parametrize("lost", [500, 502, 504, "cut"])
+def test_a_document_whose_answer_is_lost_is_not_sent_again_blind(tmp_path, lost) -> None:
+    """Shopify ran the mutation and its answer was lost (a gateway's 5xx, the connection cut): the client sent the
+    same document again at once (and shopifyapp twice more itself for 502-504), so every order of it was assessed
+    twice. Now the drain stops there, and the next one asks Shopify first: each order is assessed once."""
+    from fake_admin import admin_client
+    from test_risk_writeback import FakeAdmin
+
+    class Lossy(FakeAdmin):
+        """Runs the first mutation document, then loses its answer."""
+
+        lose = True
+
+        def respond(self, body: dict) -> tuple[int, dict]:
+            status, answer = super().respond(body)
+            if self.lose and "orderRiskAssessmentCreate" in body["query"]:
+                self.lose = False
+                if lost == "cut":
+                    raise ConnectionResetError("cut before the answer")
+                return lost, {"errors": "Bad gateway"}
+            return status, answer
+
+    db = assessments.connect(tmp_path / "risk.db")
+    for order in (5101, 5102, 5103):
+        assessments.enqueue(db, order, "HIGH", [], "3")
+    with running(Lossy()) as shopify:
+        client = admin_client(shopify, SHOP)
+        try:
+            first = assessments.drain(db, client)
+            second = assessments.drain(db, client)
+        finally:
+            client.close()
+    assert first.error and (first.sent, first.pending) == (0, 3)
+    assert (second.sent, second.already_assessed, second.pending) == (0, 3, 0)
+    assert sorted(c["orderId"] for c in shopify.created) == [f"gid://shopify/Order/{o}" for o in (5101, 5102, 5103)]

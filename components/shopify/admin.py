@@ -113,8 +113,13 @@ class AdminClient:
     def close(self) -> None:
         self.http.close()
 
-    def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict:
-        """Run a query or mutation; returns ``data``. Raises :class:`ShopifyError` once retries are used up."""
+    def execute(self, query: str, variables: dict[str, Any] | None = None, repeat: bool = True) -> dict:
+        """Run a query or mutation; returns ``data``. Raises :class:`ShopifyError` once retries are used up.
+
+        ``repeat`` False: a document that must not run twice (one creating something). Its answer lost (the
+        connection failed, a 5xx, no GraphQL answer) it may have run, so it is not sent again: ShopifyError, and the
+        caller asks Shopify what ran. Only answers saying it did not run (THROTTLED, 429) are retried. Every retry
+        is made here: shopifyapp's own (a 502, 503 or 504 sent again twice) is turned off."""
         from shopify_app import admin_graphql_request
 
         problem = ""
@@ -123,7 +128,7 @@ class AdminClient:
                 log.info("Admin API retry %d/%d after: %s", attempt, self.cfg.max_retries, problem)
             result = admin_graphql_request(
                 query, shop=self.creds.shop.removesuffix(SHOP_SUFFIX), access_token=self.creds.access_token,
-                api_version=self.cfg.api_version, variables=variables, http_client=self.http,
+                api_version=self.cfg.api_version, variables=variables, http_client=self.http, max_retries=0,
             )
             body = _json(result.response.body)
             cost = _cost(body)
@@ -148,9 +153,12 @@ class AdminClient:
             if "THROTTLED" in codes:
                 problem = "THROTTLED"
                 self._wait(max(_refill_seconds(cost), 1.0))
-            elif result.log.code in ("network_error", "rate_limited") or status >= 500:
+            elif result.log.code == "rate_limited" or (repeat and (result.log.code == "network_error" or status >= 500)):
                 problem = f"{result.log.code} (HTTP {status})"
                 self._wait(min(2.0 ** attempt, self.cfg.max_backoff_seconds))
+            elif result.log.code == "network_error" or status >= 500:
+                raise ShopifyError(f"Admin API call for {self.creds.shop} unanswered ({result.log.code}, HTTP {status}): "
+                                   f"it may have run, so it is not sent again")
             else:
                 raise ShopifyError(f"Admin API {self.cfg.api_version} call failed for {self.creds.shop}: "
                                    f"{result.log.code}, HTTP {status}: {_messages(body) or result.log.detail}")

@@ -206,7 +206,8 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_att
             mine.update(order for j, (order, version) in enumerate(part) if _assessed_by_us(data.get(f"o{j}"), version))
         marks += [(order, "sent", None, time.time()) for order, *_ in rows if order in mine]
         fresh = [row for row in rows if row[0] not in mine]
-        for part, data, problems in _documents(client, fresh, MUTATION_COST, create_document, _inputs, flight):
+        for part, data, problems in _documents(client, fresh, MUTATION_COST, create_document, _inputs, flight,
+                                               repeat=False):  # an answer lost: asked about next drain
             at = time.time()
             for j, (order, *_) in enumerate(part):
                 answer = data.get(f"a{j}")
@@ -246,17 +247,19 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_att
     return DrainResult(sent, len(mine), rejected, pending, error)
 
 
-def _documents(client: AdminClient, items: list[tuple], cost: int, document, variables, flight: list[tuple]):
+def _documents(client: AdminClient, items: list[tuple], cost: int, document, variables, flight: list[tuple],
+               repeat: bool = True):
     """Runs ``items`` in as few aliased documents as Shopify admits, oldest first; yields each document's items,
     its ``data`` and why aliases Shopify ran the document without failed (alias -> message). ``flight`` holds the items of the request being made (cleared once answered); a document
-    refused as too costly ran not at all and goes again halved, for this call's rest too."""
+    refused as too costly ran not at all and goes again halved, for this call's rest too; ``repeat`` False: a
+    document whose answer was lost is not sent again (:meth:`AdminClient.execute`): its items ask Shopify first."""
     size, at = per_document(client, cost), 0
     while at < len(items):
         part = items[at:at + size]
         flight[:] = part
         problems: dict[str, str] = {}
         try:
-            data = client.execute(document(len(part)), variables(part))
+            data = client.execute(document(len(part)), variables(part), repeat=repeat)
         except CostExceeded:
             flight.clear()  # refused before anything ran
             if len(part) == 1:
