@@ -413,6 +413,11 @@ class KfpConfig(Section):
         "retrain, product_features, train_recommender, evaluate_recommender, risk, risk_deploy): cpu/memory requests and limits and timeout_seconds; a value set here overrides that stage's "
         "default, the other values keep theirs.")
     retry: TaskRetry = Field(TaskRetry(), description="Retries with backoff of the tasks that call network services.")
+    connect_timeout_seconds: float = Field(10, gt=0, le=600, description="How long each Kubeflow Pipelines API call "
+                                           "(submit, schedule, runs) waits to connect.")
+    answer_timeout_seconds: float = Field(60, gt=0, le=3600, description="How long each Kubeflow Pipelines API call "
+                                          "waits for its answer; past it the command fails saying the API did not "
+                                          "answer (kfp.Client waits forever).")
 
     @field_validator("resources", mode="before")
     @classmethod

@@ -53,14 +53,15 @@ def not_the_api(host: str, request: str, answer: str) -> KfpApiError:
                        "and that no sign-in page stands before it")
 
 
-def probe(host: str, bearer: str | None, timeout: float = 10) -> None:
+def probe(host: str, bearer: str | None, connect_timeout: float = 10, answer_timeout: float = 60) -> None:
     """One GET of the API's healthz with the caller's token; raises :class:`KfpApiError` unless it answers 2xx
     with a JSON object, as the API's healthz does."""
     import httpx
 
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     try:
-        answer = httpx.get(f"{host.rstrip('/')}{HEALTHZ}", headers=headers, timeout=timeout)
+        answer = httpx.get(f"{host.rstrip('/')}{HEALTHZ}", headers=headers,
+                           timeout=httpx.Timeout(answer_timeout, connect=connect_timeout))
     except httpx.HTTPError as exc:
         raise unreachable(host, exc) from exc
     if not answer.is_success:

@@ -23,7 +23,6 @@ from storeflow.components.secrets import references
 from storeflow.pipelines.api_errors import api_errors, not_the_api, probe
 
 CLUSTER_VARIABLES = frozenset({REDIS_CONNECTION_STRING_ENV, FEAST_REGISTRY_URL_ENV})  # see training.feast_credentials
-REQUEST_TIMEOUT = (10, 60)  # seconds to connect, and to wait for each answer, per Kubeflow Pipelines API call
 
 
 @dataclass(frozen=True)
@@ -63,24 +62,25 @@ def client(settings: Settings, host: str | None = None, token: str | None = None
         kwargs["existing_token"] = token
     elif token_file.exists():
         kwargs["credentials"] = kfp.client.ServiceAccountTokenVolumeCredentials(path=str(token_file))
-    probe(host, token or (token_file.read_text().strip() if token_file.exists() else None))
+    probe(host, token or (token_file.read_text().strip() if token_file.exists() else None),
+          settings.kfp.connect_timeout_seconds, settings.kfp.answer_timeout_seconds)
     with api_errors(host), warnings.catch_warnings():
         # kfp.Client warns on every construction that it needs KFP 2.0.0-beta.2 or later: two lines of
         # stderr each submit, about nothing the user did (the API's answers are checked instead).
         warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline",
                                 category=FutureWarning)
-        return _timed(kfp.Client(**kwargs))
+        return _timed(kfp.Client(**kwargs), (settings.kfp.connect_timeout_seconds, settings.kfp.answer_timeout_seconds))
 
 
-def _timed(kfp_client):
-    """``kfp_client`` with :data:`REQUEST_TIMEOUT` on every call. kfp.Client passes kfp_server_api no
+def _timed(kfp_client, timeout: tuple[float, float]):
+    """``kfp_client`` with ``timeout`` (to connect, to answer) on every call. kfp.Client passes kfp_server_api no
     ``_request_timeout``, so an API that accepts the connection and never answers held ``submit`` forever;
     a call past it is urllib3's timeout error, which :func:`api_errors` says in one line."""
     rest = kfp_client._run_api.api_client.rest_client  # the one ApiClient all of the client's services share
     request = rest.request
 
     def timed(*args, **kwargs):
-        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or REQUEST_TIMEOUT
+        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or timeout
         return request(*args, **kwargs)
 
     rest.request = timed
