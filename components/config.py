@@ -437,6 +437,14 @@ class KfpConfig(Section):
         return merged
 
 
+def _replicas_in_order(section: str, minimum: int, maximum: int) -> None:
+    """KServe's webhook refuses an InferenceService whose minReplicas is above its maxReplicas: the deploy step's
+    patch failed at the end of a training run; the config fails first, naming both."""
+    if minimum > maximum:
+        raise ValueError(f"{section}.min_replicas {minimum} is above {section}.max_replicas {maximum} (KServe refuses "
+                         "such an InferenceService)")
+
+
 class DeployConfig(Section):
     """KServe rollout of a registered model version; canary steps and the bounds that gate them."""
 
@@ -523,6 +531,11 @@ class DeployConfig(Section):
                 raise ValueError(f"requests.{kind} {value['requests'][kind]} is above limits.{kind} "
                                  f"{value['limits'][kind]} (Kubernetes refuses such a pod)")
         return value
+
+    @model_validator(mode="after")
+    def _replicas(self) -> DeployConfig:
+        _replicas_in_order("deploy", self.min_replicas, self.max_replicas)
+        return self
 
 
 class ServingConfig(Section):
@@ -808,6 +821,11 @@ class RiskConfig(Section):
     canary_metrics_selector: str = Field("", description="PromQL label matchers added to the risk canary's request "
                                          "and alert queries (risk and propensity versions share numbers); '' selects the risk "
                                          "service's pods: pod=~\"<risk.inference_service>-.*\".")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> RiskConfig:
+        _replicas_in_order("risk", self.min_replicas, self.max_replicas)
+        return self
 
 
 class Settings(BaseSettings):

@@ -299,3 +299,17 @@ def test_a_window_past_a_century_is_a_config_error_naming_it(key: str, tmp_path:
     with pytest.raises(ConfigError, match=re.escape(key) + ": Input should be less than or equal to"):
         load_run_settings("{}", {key: 10**9})
     assert load_run_settings("{}", {key: 36_500 if key.endswith("days") else 36_500 * 24})  # a century is fine
+
+
+@pytest.mark.parametrize(("section", "maximum"), [("deploy", 3), ("risk", 4)])
+def test_min_replicas_above_max_replicas_is_a_config_error_naming_both(section: str, maximum: int, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy.min_replicas 5 with max_replicas 3 was taken, and KServe's webhook refused the InferenceService the
+    deploy step patched ('MinReplicas cannot be greater than MaxReplicas'), at the end of a training run. Found by
+    testing from outside."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"STOREFLOW_{section.upper()}__MIN_REPLICAS", "5")
+    with pytest.raises(ConfigError, match=rf"{section}\.min_replicas 5 is above {section}\.max_replicas {maximum}"):
+        load_settings()
+    monkeypatch.setenv(f"STOREFLOW_{section.upper()}__MAX_REPLICAS", "5")
+    assert getattr(load_settings(), section).min_replicas == 5
