@@ -1,6 +1,6 @@
 """A Shopify Admin API on 127.0.0.1 for write-back tests: a subclass answers each GraphQL body it is posted
-(status and JSON, composed from tests/data/shopify_api); the server does the HTTP, an outage (``down``) and
-throttling (``throttle_next`` calls answered THROTTLED) for all of them."""
+(status and JSON, composed from tests/data/shopify_api, or bytes sent as they are); the server does the HTTP, an
+outage (``down``) and throttling (``throttle_next`` calls answered THROTTLED) for all of them."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class FakeAdminServer(ThreadingHTTPServer):
         self.throttle_next = 0
         self.down = False
 
-    def answer(self, body: dict) -> tuple[int, dict]:
+    def answer(self, body: dict) -> tuple[int, dict | bytes]:
         if self.down:
             return 503, {"errors": "Service Unavailable"}
         if self.throttle_next:
@@ -43,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         status, body = self.server.answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

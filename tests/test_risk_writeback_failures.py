@@ -168,3 +168,46 @@ def test_a_document_whose_answer_is_lost_is_not_sent_again_blind(tmp_path, lost)
     assert first.error and (first.sent, first.pending) == (0, 3)
     assert (second.sent, second.already_assessed, second.pending) == (0, 3, 0)
     assert sorted(c["orderId"] for c in shopify.created) == [f"gid://shopify/Order/{o}" for o in (5101, 5102, 5103)]
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    (b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>", "<!DOCTYPE html>"),  # a proxy's page
+    (b'{"data": {"a0": {"orderRiskAssessment": {"riskLevel": "ME', '{"data": {"a0"'),  # the answer cut short
+    (b'{"data": {}}', "held no answer for it"),  # an answer holding nothing for the orders sent
+], ids=["html-page", "cut-short", "no-alias"])
+def test_an_answer_that_is_not_graphql_is_an_error_naming_it_and_nothing_is_assessed_twice(tmp_path, answer,
+                                                                                          said) -> None:
+    """A 200 whose body was no GraphQL answer was taken as an answer holding nothing: the orders stayed pending with
+    no error recorded, nothing was logged and /healthz said nothing. Now each order waits with what came back as its
+    error (a failed drain: the write-back backs off and says it), and as the document may have run, it asks Shopify
+    before going again."""
+    from fake_admin import admin_client
+    from test_risk_writeback import FakeAdmin
+
+    class Garbled(FakeAdmin):
+        """Runs the first mutation document, and answers it with ``answer``."""
+
+        garble = True
+
+        def respond(self, body: dict) -> tuple[int, dict | bytes]:
+            status, reply = super().respond(body)
+            if self.garble and "orderRiskAssessmentCreate" in body["query"]:
+                self.garble = False
+                return 200, answer
+            return status, reply
+
+    db = assessments.connect(tmp_path / "risk.db")
+    for order in (5201, 5202):
+        assessments.enqueue(db, order, "MEDIUM", [], "3")
+    with running(Garbled()) as shopify:
+        client = admin_client(shopify, SHOP)
+        try:
+            first = assessments.drain(db, client)
+            errors = [error for (error,) in db.execute("SELECT last_error FROM risk_outbox")]
+            second = assessments.drain(db, client)
+        finally:
+            client.close()
+    assert (first.sent, first.pending) == (0, 2)
+    assert len(errors) == 2 and all(said in (error or "") for error in errors), errors
+    assert (second.sent, second.already_assessed, second.pending) == (0, 2, 0)
+    assert sorted(c["orderId"] for c in shopify.created) == ["gid://shopify/Order/5201", "gid://shopify/Order/5202"]

@@ -132,6 +132,15 @@ class AdminClient:
             )
             body = _json(result.response.body)
             cost = _cost(body)
+            if result.ok and not isinstance(body.get("data"), dict):
+                # HTTP 200 and no GraphQL answer (a proxy's page, a body cut short): shopifyapp calls it a success
+                # with no data, which read as an answer holding nothing, and the orders sent waited without a word
+                problem = f"HTTP 200 that is not a GraphQL answer: {result.response.body[:200]!r}"
+                if not repeat:
+                    raise ShopifyError(f"Admin API call for {self.creds.shop} answered {problem}; it may have run, "
+                                       f"so it is not sent again")
+                self._wait(min(2.0 ** attempt, self.cfg.max_backoff_seconds))
+                continue
             if result.ok:
                 self.last_cost = cost
                 # Keep a reserve for the next call of the same size rather than run into THROTTLED.

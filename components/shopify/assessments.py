@@ -212,12 +212,11 @@ def drain(db: sqlite3.Connection, client: AdminClient, limit: int = 100, max_att
             for j, (order, *_) in enumerate(part):
                 answer = data.get(f"a{j}")
                 if not isinstance(answer, dict):  # no answer: stays pending, and asks Shopify before going again
-                    if f"a{j}" in problems:
-                        why = problems[f"a{j}"][:2000]
-                        if tries[order] + 1 >= max_attempts:
-                            marks.append((order, "rejected", f"given up after {max_attempts} attempts: {why}", at))
-                        else:
-                            failed_alone.append((why, order))
+                    why = problems.get(f"a{j}", "Shopify's answer held no answer for it")[:2000]
+                    if tries[order] + 1 >= max_attempts:
+                        marks.append((order, "rejected", f"given up after {max_attempts} attempts: {why}", at))
+                    else:
+                        failed_alone.append((why, order))
                     continue
                 if errors := answer.get("userErrors"):
                     marks.append((order, "rejected", "; ".join(
