@@ -66,7 +66,7 @@ def _run_with_report(name: str, pipeline, stages, settings, *tasks: str):
     """Run a pipeline whose tasks write a Markdown report (risk; the recommender's evaluate, register's model
     card) and print those reports, in the order of ``tasks`` (``<task>`` for its ``report``, or
     ``<task>/<output>``)."""
-    result = _run_pipeline(name, pipeline, settings, stages)
+    result = run_pipeline(name, pipeline, settings, stages)
     artifacts = result.log.parent / "artifacts"
     for task in tasks:
         for report in artifacts.glob(f"*/{task if '/' in task else f'{task}/report'}"):
@@ -91,21 +91,21 @@ def _run_recommendations(settings):
 def _run_training(settings):
     from storeflow.pipelines.training import STAGES, training_pipeline
 
-    result = _run_pipeline("training", training_pipeline, settings, STAGES)
+    result = run_pipeline("training", training_pipeline, settings, STAGES)
     _print_summary(settings, result)
     return result
 
 
-def _run_pipeline(title: str, pipeline, settings, stages):
-    """One kfp.local run with a progress bar; a failure names its task and says the task's own error, whole,
-    the traceback left in the log it points to."""
+def run_pipeline(title: str, pipeline, settings, stages, **inputs):
+    """One kfp.local run (with the pipeline's ``inputs``) with a progress bar; a failure names its task and says
+    the task's own error, whole, the traceback left in the log it points to."""
     from storeflow.pipelines.local import PipelineFailed, RunDirError, run_local
 
     console.print(Text.assemble((f"storeflow {title} pipeline", "bold"),
                                 f" (kfp.local) · state in {settings.project.state_dir}"))
     try:
         with refusing(RunDirError):
-            return run_local(pipeline, settings, stages, console=console)
+            return run_local(pipeline, settings, stages, console=console, **inputs)
     except PipelineFailed as failed:
         error = _task_error(failed.log)
         console.print(f"pipeline failed at task {failed.failed_task or '?'}" + (f": {error}" if error else ""),

@@ -40,18 +40,12 @@ def monitor(
         decision["risk"] = json.loads(retrain_risk_if_needed(settings, result.summary, RISK_LAUNCHERS).to_json())
         report = result.report_html
     else:
-        from storeflow.pipelines.local import PipelineFailed, run_local
+        from storeflow.pipelines.commands import run_pipeline
         from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
 
-        console.print(Text.assemble(("storeflow monitoring pipeline", "bold"),
-                                    f" (kfp.local) · state in {settings.project.state_dir}"))
-        try:
-            run = run_local(monitoring_pipeline, settings, STAGES, console=console, window_end=end,
+        # a failed task is named with its own error, as storeflow run says it
+        run = run_pipeline("monitoring", monitoring_pipeline, settings, STAGES, window_end=end,
                             model_version=model_version or "")
-        except PipelineFailed as failed:
-            console.print(Text.assemble((f"monitoring failed at task {failed.failed_task or '?'}", "red"),
-                                        f"; log: {failed.log}"))
-            raise typer.Exit(1) from failed
         decision = json.loads(run.output)
         summary, report = _latest_summary(settings)
     if summary["status"] == "no-model" and not any(_served(summary.get(part)) for part in ("recommendations", "risk")):

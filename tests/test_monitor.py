@@ -350,3 +350,22 @@ def test_a_drift_method_evidently_has_no_numerical_test_of_is_a_config_error(set
     assert result.output.startswith(f"monitor.drift_method '{method}' is not an Evidently drift test of numerical "
                                     "features"), result.output
     assert len(result.output.splitlines()) == 1 and not (settings.project.state_dir / "monitoring").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_monitoring_pipeline_says_the_tasks_error(settings, tmp_path: Path) -> None:
+    """storeflow monitor (kfp.local) said only 'monitoring failed at task validate; log: ...': the validation
+    report naming the rule and rows was left in the log; storeflow run says the task's error."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+    from test_cli import _orders_csv
+
+    csv = _orders_csv(tmp_path, "no-currency")
+    result = CliRunner().invoke(app, ["monitor", "--set", f"project.state_dir={settings.project.state_dir}",
+                                      "--set", "ingest.source=csv", "--set", f"ingest.path={csv}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    said = result.output[result.output.index("pipeline failed at task validate: "):]
+    assert "Validation FAILED for snapshot" in said and "have no currency: order_id" in said, result.output
+    assert "Traceback" not in result.output and "full log (with the traceback): " in result.output
