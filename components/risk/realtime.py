@@ -187,6 +187,8 @@ class RiskScorer:
         rows = self.journal.execute(
             f"SELECT rowid, webhook_id, topic, body FROM events WHERE rowid > ? AND topic IN "
             f"({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?", (after, *topics, limit)).fetchall()
+        if rows:
+            self._check_ledgers()
         batch = _Batch()
         orders = [self._new_order(topic, body) for _, _, topic, body in rows]
         self._outbox = self._in_outbox({order_id(order) for order in orders if order is not None})
@@ -484,7 +486,22 @@ class RiskScorer:
         newest = newest_snapshot(self.settings.data_dir / "snapshots")
         self._report_history("building", None if newest is None else newest.name)
         self.history = LiveHistory.from_settings(self.settings, self.db, seed_in_steps=True)
+        ledgers = self.history.history
+        self._seeded = ledgers is not None and ledgers.seeded() is not None  # the marker _check_ledgers looks for
         self._report_history("seeding" if self.history.seeding else None)
+
+    def _check_ledgers(self) -> None:
+        """Seed the ledgers again when the online store lost them, before a pass's orders are counted against them:
+        one read of the seed marker a pass. A Redis restarted without persistence (or flushed, or failed over to
+        an empty replica) held no ledger and no velocity list, and until the next snapshot or a restart of the
+        scorer every returning customer was scored as a first-time one (no prior orders, spend or recent orders:
+        another risk level). What arrived live since the snapshot is not restored: the scorer keeps its keys only."""
+        if not self._seeded or self.history.history.seeded() is not None:
+            return
+        log.warning("order risk: the online store has lost the customers' ledgers (restarted empty?): seeding them "
+                    "again from the newest snapshot before scoring")
+        self.history.snapshot = None  # not the snapshot's any more: rebuilt from it
+        self.refresh_history()
 
     def _report_history(self, state: str | None, snapshot: str | None = None) -> None:
         """Record what the history is doing (None: ready); a seeding's row keeps its start and counts customers."""
