@@ -20,8 +20,8 @@ from contextvars import ContextVar
 from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, ValidationError,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler,
+                      ValidationError, field_validator, model_serializer, model_validator)
 from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
@@ -87,6 +87,30 @@ class NoPassword:
 
 RedisConnection = Annotated[str, Credential(redis_password)]
 CredentialUrl = Annotated[str | None, Credential(url_password)]
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def _kubernetes_name(kind: str, pattern: str, characters: str, longest: int, empty: bool = False):
+    """A check that a setting names a Kubernetes object as the API server takes it. Compiled into a pipeline or
+    patched into an InferenceService, a name it refuses (Storeflow_Config) failed only on the cluster: the first
+    task's pod refused at creation, or the deploy step's API call, after a whole training run."""
+    valid = re.compile(rf"^{pattern}$")
+
+    def check(value: str | None) -> str | None:
+        if value is None or (empty and value == ""):
+            return value
+        if len(value) > longest or not valid.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes {kind}: {characters}, starting and ending with a letter "
+                             f"or digit, at most {longest} characters")
+        return value
+    return AfterValidator(check)
+
+
+_OBJECT_NAME = (rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", "lowercase letters, digits, '-' and '.'", 253)
+K8sName = Annotated[str, _kubernetes_name("object name", *_OBJECT_NAME)]
+K8sNameOrEmpty = Annotated[str, _kubernetes_name("object name", *_OBJECT_NAME, empty=True)]
+K8sNamespace = Annotated[str, _kubernetes_name("namespace", _DNS_LABEL, "lowercase letters, digits and '-'", 63)]
+
 MLFLOW_CREDENTIALS = ("MLflow reads a tracking server's credentials from MLFLOW_TRACKING_USERNAME / "
                       "MLFLOW_TRACKING_PASSWORD, a database driver its own (PGPASSWORD for PostgreSQL), "
                       "S3 clients AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
@@ -200,7 +224,7 @@ class FeastConfig(Section):
     repo_dir: Path | None = Field(None, description="Feature repo; default <state_dir>/feature_repo.")
     registry: CredentialUrl = Field(
         None, description="Registry path or SQL URL (password as ${VAR}); default file in repo_dir.")
-    registry_secret: str = Field("storeflow-feast-registry", description="Secret (key url) given to the tasks "
+    registry_secret: K8sName = Field("storeflow-feast-registry", description="Secret (key url) given to the tasks "
                                  f"that use Feast on a cluster, as {FEAST_REGISTRY_URL_ENV}; optional.")
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: RedisConnection = Field(
@@ -293,7 +317,7 @@ class RegistryConfig(Section):
     artifacts_destination: Annotated[str | None, NoPassword(MLFLOW_CREDENTIALS)] = Field(
         None, description="The tracking server's --artifacts-destination (e.g. s3://mlflow): where its proxied "
         "mlflow-artifacts:/ locations are, so the deploy step gives KServe a URI it can download.")
-    credentials_secret: str = Field(
+    credentials_secret: K8sName = Field(
         "storeflow-mlflow-client", description="Secret (keys username, password) given to the tasks that use "
         "MLflow on a cluster, as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; optional.")
     experiment: str = "storeflow-training"
@@ -391,13 +415,13 @@ class TaskRetry(Section):
 
 class KfpConfig(Section):
     host: Annotated[str | None, NoPassword("a token comes from --token / STOREFLOW_KFP_TOKEN or kfp.token_path")] = None
-    namespace: str = "kubeflow"
+    namespace: K8sNamespace = "kubeflow"
     experiment: str = "storeflow"
-    service_account: str | None = "storeflow-pipeline-runner"
+    service_account: K8sName | None = "storeflow-pipeline-runner"
     pipeline_root: str | None = None
     token_path: Path = Field(Path("/var/run/secrets/kfp/token"),
                              description="Projected service-account token, used when present (in-cluster).")
-    state_pvc: str = Field("storeflow-state", description="PVC mounted into every task on a cluster at "
+    state_pvc: K8sNameOrEmpty = Field("storeflow-state", description="PVC mounted into every task on a cluster at "
                            "state_mount_path; empty: each task gets a private emptyDir there instead (stages pass "
                            "KFP artifacts, so training needs no shared volume; see kustomize/README.md for what "
                            "still reads the volume).")
@@ -451,19 +475,19 @@ class DeployConfig(Section):
     target: Literal["local", "kserve"] = Field(
         "local", description="kserve: roll out to the InferenceService; local: record it for `storeflow serve`."
     )
-    namespace: str = Field("storeflow", description="Namespace of the InferenceService.")
+    namespace: K8sNamespace = Field("storeflow", description="Namespace of the InferenceService.")
     inference_service: str = Field("storeflow-repeat-purchase", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$")
     mode: Literal["Serverless", "Standard"] = Field(
         "Serverless", description="serving.kserve.io/deploymentMode; an existing InferenceService's annotation wins."
     )
-    serving_runtime: str = "storeflow-predictor"
+    serving_runtime: K8sName = "storeflow-predictor"
     model_format: str = "storeflow"
-    service_account: str = "storeflow-serving"
-    config_map: str = Field("storeflow-config", description="STOREFLOW_* variables of the namespace: envFrom of the "
+    service_account: K8sName = "storeflow-serving"
+    config_map: K8sName = Field("storeflow-config", description="STOREFLOW_* variables of the namespace: envFrom of the "
                             "serving containers, mounted into every pipeline task (kfp.config_mount_path).")
-    feast_config_map: str = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
-    online_store_secret: str = Field("storeflow-online-store", description="Secret with the Redis connection-string.")
-    shopify_app_secret: str = Field("storeflow-shopify-app", description="Secret (keys client-id, api-secret) with "
+    feast_config_map: K8sName = Field("storeflow-feast", description="feature_store.yaml for the transformer.")
+    online_store_secret: K8sName = Field("storeflow-online-store", description="Secret with the Redis connection-string.")
+    shopify_app_secret: K8sName = Field("storeflow-shopify-app", description="Secret (keys client-id, api-secret) with "
                                                                        "which the transformer checks session tokens.")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(3, ge=1)
@@ -579,7 +603,7 @@ class ServingConfig(Section):
                           "AWS_* variables); unset: the local directory only.")
     prediction_log_ship_seconds: float = Field(300, gt=0, description="With a store: a file is closed and shipped "
                                                                       "at least this often, so monitoring sees it.")
-    prediction_log_store_secret: str = Field(
+    prediction_log_store_secret: K8sName = Field(
         "storeflow-artifact-store", description="Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
         "MLFLOW_S3_ENDPOINT_URL: the MLflow server's) given to the transformer and the monitor task on a cluster; optional.")
     prediction_log_queue: int = Field(10_000, gt=0, description="Records waiting to be written; more are dropped.")
@@ -601,7 +625,7 @@ class ShopifyConfig(Section):
                              description="Admin API version, pinned; bulkOperation(id:) needs 2026-01+.")
     shop_domain_env: str = Field("SHOPIFY_SHOP_DOMAIN", description="Variable with the shop; default project.shop_domain.")
     access_token_env: str = Field("SHOPIFY_ACCESS_TOKEN", description="Variable with the Admin API access token.")
-    credentials_secret: str = Field("storeflow-shopify", description="Secret (keys shop-domain, access-token) "
+    credentials_secret: K8sName = Field("storeflow-shopify", description="Secret (keys shop-domain, access-token) "
                                                                      "given to the ingest task on a cluster.")
     admin_origin: str | None = Field(None, description="Send Admin API calls here instead of https://<shop> "
                                                        "(a proxy or a recording server).")
@@ -740,7 +764,7 @@ class RecommendationsConfig(Section):
     inference_service: str = Field("storeflow-recommendations", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$",
                                    description="The recommender's KServe InferenceService (kustomize/components/"
                                    "recommendations).")
-    serving_runtime: str = Field("storeflow-recommender", description="Its ServingRuntime.")
+    serving_runtime: K8sName = Field("storeflow-recommender", description="Its ServingRuntime.")
     model_format: str = Field("storeflow-recommender", description="The model format that runtime serves.")
     metric: Literal["recall", "ndcg", "map"] = Field("ndcg", description="Ranking metric (at k) the model must "
                                                      "beat the best baseline on, with a CI above zero.")

@@ -313,3 +313,35 @@ def test_min_replicas_above_max_replicas_is_a_config_error_naming_both(section: 
         load_settings()
     monkeypatch.setenv(f"STOREFLOW_{section.upper()}__MAX_REPLICAS", "5")
     assert getattr(load_settings(), section).min_replicas == 5
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("deploy.config_map", "Storeflow_Config"), ("kfp.state_pvc", "State Volume"), ("deploy.namespace", "shop.ml"),
+    ("kfp.namespace", "Kubeflow"), ("kfp.service_account", "runner_sa"), ("deploy.online_store_secret", "-redis"),
+    ("shopify.credentials_secret", "shop/admin"), ("registry.credentials_secret", "x" * 254),
+    ("features.feast.registry_secret", "FEAST"), ("serving.prediction_log_store_secret", "s3 login"),
+    ("deploy.service_account", ""), ("recommendations.serving_runtime", "Recommender"),
+])
+def test_a_kubernetes_name_the_api_server_would_refuse_is_a_config_error(key: str, value: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storeflow compile --set deploy.config_map=Storeflow_Config` wrote a pipeline whose every task's pod the API
+    server refuses at creation; a namespace or account name it refuses failed the deploy step's call after a whole
+    training run. Found by testing from outside."""
+    monkeypatch.chdir(tmp_path)
+    *sections, leaf = key.split(".")
+    overrides: dict = {}
+    node = overrides
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=re.escape(key) + ": Value error, .* is not a Kubernetes (object name|namespace)"):
+        load_settings(overrides)
+
+
+def test_names_kubernetes_takes_are_kept_and_an_empty_state_pvc_means_scratch(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"kfp": {"state_pvc": "", "namespace": "team-ml", "service_account": None},
+                              "deploy": {"config_map": "storeflow.config-2", "namespace": "shop-ml"}})
+    assert (settings.kfp.state_pvc, settings.kfp.namespace, settings.kfp.service_account) == ("", "team-ml", None)
+    assert (settings.deploy.config_map, settings.deploy.namespace) == ("storeflow.config-2", "shop-ml")
