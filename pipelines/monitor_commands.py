@@ -49,7 +49,8 @@ def monitor(
         decision = json.loads(run.output)
         summary, report = _latest_summary(settings)
     if summary["status"] == "no-model" and not any(_served(summary.get(part)) for part in ("recommendations", "risk")):
-        fail(next(n for n in summary["notes"] if n.startswith("no model to monitor")), 1)
+        # a version the user named that does not exist is their value (2); nothing registered yet, the state (1)
+        fail(next(n for n in summary["notes"] if n.startswith("no model to monitor")), 2 if model_version else 1)
     _print(summary, decision, report)
 
 

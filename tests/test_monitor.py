@@ -369,3 +369,18 @@ def test_a_failed_monitoring_pipeline_says_the_tasks_error(settings, tmp_path: P
     said = result.output[result.output.index("pipeline failed at task validate: "):]
     assert "Validation FAILED for snapshot" in said and "have no currency: order_id" in said, result.output
     assert "Traceback" not in result.output and "full log (with the traceback): " in result.output
+
+
+@pytest.mark.parametrize("version", ["99", "abc"])
+def test_monitoring_a_version_that_is_neither_registered_nor_served_is_an_error(settings, version: str) -> None:
+    """--model-version 99 (a typo) printed 'no logged predictions for v99 ... ok' and exited 0."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["monitor", "--in-process", "--model-version", version, "--set",
+                                      f"project.state_dir={settings.project.state_dir}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(
+        f"no model to monitor: storeflow-repeat-purchase has no version '{version}' in the registry at "
+        f"{settings.tracking_uri}, and no predictions of v{version} were logged between "), result.output

@@ -81,7 +81,7 @@ def test_bad_data_gives_a_status_never_a_crash(served) -> None:
     simulate_shift(settings, requests=50, shift=False)
     assert monitor(settings).status == "insufficient-data"
     unknown = monitor(settings, model_version="99")
-    assert unknown.status == "no-data" and "v" + champion in " ".join(unknown.summary["notes"])
+    assert unknown.status == "no-model" and "v" + champion in " ".join(unknown.summary["notes"])
 
     log = simulate_shift(settings, requests=300, shift=False, model_version=champion).path
     stray = log.with_name("predictions-stray.jsonl")

@@ -22,6 +22,10 @@ class NoReference(LookupError):
     """The model version, its run or its training set cannot be found; the message says which."""
 
 
+class UnknownVersion(NoReference):
+    """The registry answered that the model has no such version (or that it is not a version number)."""
+
+
 @dataclass
 class Reference:
     model_name: str
@@ -98,7 +102,10 @@ def load_reference(settings: Settings, model_version: str, max_rows: int, seed: 
     try:
         version = client.get_model_version(name, str(model_version))
     except MlflowException as exc:
-        raise NoReference(f"model {name} has no version {model_version!r} in the registry") from exc
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UnknownVersion(f"{name} has no version {model_version!r} in the registry at "
+                                 f"{settings.tracking_uri}") from exc
+        raise NoReference(f"{name} v{model_version} could not be read from the registry: {exc}") from exc
     run_id = version.run_id or version.tags.get("storeflow.run_id")
     if not run_id:
         raise NoReference(f"{name} v{model_version} has no MLflow run, so no recorded training set")

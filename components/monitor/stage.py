@@ -3,7 +3,8 @@
 Statuses a person reads first (``summary['status']``): ``analysed``; ``no-data`` (no predictions by the
 model version in the window); ``insufficient-data`` (fewer than ``monitor.min_rows``); ``no-reference``
 (the version's training set cannot be found); ``no-columns`` (every feature missing or null); ``no-model`` (no
-champion and no version in the logs: nothing is registered or served yet). Only ``analysed`` carries a drift
+champion and no version in the logs: nothing is registered or served yet; or the version asked for is neither
+registered nor in the logs). Only ``analysed`` carries a drift
 verdict; the others never raise, so a scheduled run always leaves a report.
 """
 
@@ -24,7 +25,8 @@ from storeflow.components.monitor import drift as drift_mod
 from storeflow.components.ingest.snapshot import newest_snapshot
 from storeflow.components.monitor.labels import matured_outcomes
 from storeflow.components.monitor.predictions import Window, log_dir, read_window
-from storeflow.components.monitor.reference import NoReference, Reference, champion_version, load_reference
+from storeflow.components.monitor.reference import (NoReference, Reference, UnknownVersion, champion_version,
+                                                     load_reference)
 from storeflow.components.monitor.retrain import window_id
 from storeflow.components.prediction_logs import window_files
 
@@ -189,17 +191,17 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
             lookup_failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             notes.append(f"champion lookup failed ({exc}); monitoring the most served version")
 
-    reference, no_reference = None, None
+    reference, no_reference, unknown = None, None, False
 
     def reference_for(v: str | None) -> None:
-        nonlocal reference, no_reference
+        nonlocal reference, no_reference, unknown
         if v is None or v == "none":
             no_reference = "no model version to compare (no champion and no logged version)"
             return
         try:
             reference = load_reference(settings, v, cfg.reference_rows, cfg.seed, cfg.reference_cutoffs)
         except NoReference as exc:
-            no_reference = str(exc)
+            no_reference, unknown = str(exc), isinstance(exc, UnknownVersion)
 
     reference_for(version)
     columns = reference.columns if reference else list(settings.features.customer_features)
@@ -231,6 +233,10 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
                       "; train and register one first (storeflow run)"))
         notes.append(f"no model to monitor: {why}, and no model version's predictions were logged between "
                      f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC{then}")
+    elif unknown and window.rows == 0:  # a version neither registered nor served (a typo of --model-version)
+        status = "no-model"
+        notes.append(f"no model to monitor: {no_reference}, and no predictions of v{version} were logged between "
+                     f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC")
     elif window.rows == 0:
         status = "no-data"
         notes.append(f"no logged predictions for v{version} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} "
