@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import write_snapshot
 from storeflow.components.config import MonitorConfig
 from storeflow.components.monitor import drift, metrics, retrain_if_needed, window_id
+from storeflow.components.monitor.retrain import marker_path
 from storeflow.components.monitor.labels import attach_labels
 from storeflow.components.monitor.predictions import read_window
 
@@ -235,6 +236,39 @@ def test_failed_launch_leaves_the_window_open_for_a_retry(settings) -> None:
         retrain_if_needed(cluster, _summary("critical"), {"cluster": unreachable})
     assert retrain_if_needed(cluster, _summary("critical"), {"cluster": lambda s: {"run_id": "r1"}}).started
 
+
+
+def test_a_retraining_start_that_was_killed_is_started_again_by_the_next_run(settings) -> None:
+    """A monitor killed while its local training run went (kill -9, Ctrl-C) left the window's marker, and every
+    later run said 'retraining already started for v3 in this window' with nothing running: the window's
+    retraining was lost. While the start goes on, another run still starts nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    summary = _summary("critical")
+    code = ("import json, sys, time; from storeflow.components.config import load_settings; "
+            "from storeflow.components.monitor import retrain_if_needed; "
+            "settings, summary = load_settings(sys.stdin.readline()), json.loads(sys.stdin.readline()); "
+            "retrain_if_needed(settings, summary, {'local': lambda s: time.sleep(600)})")
+    starting = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+    starting.stdin.write(settings.to_json() + "\n" + json.dumps(summary) + "\n")
+    starting.stdin.close()
+    marker = marker_path(settings, "3", END)
+    try:
+        while not (marker.exists() and marker.read_text()):  # its training run has started
+            assert starting.poll() is None, "the starting process ended"
+            time.sleep(0.1)
+        launchers = {"local": lambda s: {"run": "again"}}
+        assert "already started" in retrain_if_needed(settings, summary, launchers).reason  # it still goes on
+    finally:
+        starting.send_signal(signal.SIGKILL)
+        starting.wait()
+    again = retrain_if_needed(settings, summary, launchers)
+    assert again.started and again.run == {"run": "again"}
+    assert json.loads(marker.read_text())["run"] == {"run": "again"}
+    assert not retrain_if_needed(settings, summary, launchers).started  # and only once
 
 def test_cluster_mode_submits_the_compiled_training_pipeline(settings, monkeypatch) -> None:
     from storeflow.pipelines import kfp_api

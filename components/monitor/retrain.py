@@ -1,5 +1,5 @@
 """The action: a critical monitoring level starts the training pipeline, at most once per model version
-and window, however often monitoring runs (a marker file is created exclusively before anything starts).
+and window, however often monitoring runs (a marker file, locked while its run is being started, says so).
 
 The training pipeline's evaluation gate and the canary decide what ships; monitoring only asks. How a
 run is started is the pipelines' business: the caller hands the launchers in
@@ -8,9 +8,9 @@ run is started is the pipelines' business: the caller hands the launchers in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -83,22 +83,45 @@ def _once(settings: Settings, summary: dict, launchers: dict[str, Callable[[Sett
     marker.parent.mkdir(parents=True, exist_ok=True)
     record = {"model_version": version, "window": summary["window"], "reasons": summary.get("reasons", []),
               "mode": mode, "started_at": datetime.now(timezone.utc).isoformat()}
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return RetrainDecision(False, f"retraining already started for v{version} in this window", str(marker), mode)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(record))
-    launch = launchers[mode]
-    try:
-        run = launch(settings)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        # Nothing started (no KFP host, no compiled package, unreachable API): let the next run try again.
-        marker.unlink(missing_ok=True)
-        raise RuntimeError(f"could not start retraining ({mode}): {exc}") from exc
-    except Exception as exc:
-        # A run started and failed: keep the marker so a broken pipeline is not restarted every run.
-        marker.write_text(json.dumps({**record, "error": str(exc)[:2000]}))
-        raise
-    marker.write_text(json.dumps({**record, "run": run}, default=str))
+    already = RetrainDecision(False, f"retraining already started for v{version} in this window", str(marker), mode)
+    # The marker stays locked while its run is being started (a local run: until the training ends). A lock the
+    # system released with the process that held it, on a marker that records neither a run nor an error, is a
+    # start that was killed (kill -9, Ctrl-C, a lost machine): nothing runs, so this window's retraining starts now.
+    with open(marker, "a+") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return already
+        held.seek(0)
+        if _settled(held.read()):
+            return already
+
+        def note(entry: dict) -> None:
+            held.seek(0)
+            held.truncate()
+            held.write(json.dumps(entry, default=str))
+            held.flush()
+
+        note(record)
+        launch = launchers[mode]
+        try:
+            run = launch(settings)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            # Nothing started (no KFP host, no compiled package, unreachable API): let the next run try again.
+            marker.unlink(missing_ok=True)
+            raise RuntimeError(f"could not start retraining ({mode}): {exc}") from exc
+        except Exception as exc:
+            # A run started and failed: keep the marker so a broken pipeline is not restarted every run.
+            note({**record, "error": str(exc)[:2000]})
+            raise
+        note({**record, "run": run})
     return RetrainDecision(True, "; ".join(summary.get("reasons", [])) or "critical", str(marker), mode, run)
+
+
+def _settled(text: str) -> bool:
+    """Whether a marker's text records a start that finished (its run, or the error it ended in)."""
+    try:
+        entry = json.loads(text)
+    except ValueError:  # empty, or cut short by the kill: a start that never finished
+        return False
+    return isinstance(entry, dict) and ("run" in entry or "error" in entry)
