@@ -1,17 +1,23 @@
-"""Order risk when the online store loses what the scorer keeps there: a Redis restarted without persistence (the
-production online store), found empty by the next pass."""
+"""Order risk when the online store (Redis in production) fails the scorer: restarted without persistence, found
+empty by the next pass; down when the receiver starts its scorer."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
+import redis_server as throwaway
 from redis_server import redis_server
 from test_risk_realtime import _answering, _journal, new_order
+from test_webhook_signing import SECRET, SHOP, delivery
 
 from storeflow.components.config import load_settings
-from tests.conftest import quick_overrides
+from tests.conftest import free_port, quick_overrides
 
 STORE = {"customers": 200, "orders": 2000, "products": 20, "seed": 3}
 
@@ -48,3 +54,68 @@ def test_a_redis_restarted_empty_is_seeded_again_before_the_next_order_is_counte
             scorer.stop()
     # the snapshot's orders again (the live one before it is not: the scorer keeps its keys, not its price)
     assert seen[-1]["order_id"] == "9400000002" and seen[-1]["prior_orders"] == known
+
+
+class _RiskServer(ThreadingHTTPServer):
+    """A risk model server answering every order MEDIUM (KServe V1)."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Predict)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Predict(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        instances = json.loads(self.rfile.read(int(self.headers["content-length"])))["instances"]
+        body = json.dumps({"model_name": "storeflow-order-risk", "model_version": "4", "predictions": [
+            {"order_id": i["order_id"], "score": 0.5, "level": "MEDIUM",
+             "facts": [{"description": "Risk score 0.500", "sentiment": "NEUTRAL"}]} for i in instances]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_thread_scorer_the_online_store_kept_from_starting_says_so_and_starts_once_it_can(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """Under risk.scorer: thread, Redis down when the receiver started: building the scorer failed once, the receiver
+    took webhooks with no scorer for as long as it ran (no order assessed until someone restarted it) and /healthz
+    said ok, with no order risk in it at all. Now /healthz says the scorer is down and why (503 behind), the scorer
+    is built again with backoff, and the order delivered meanwhile is scored once Redis is up."""
+    from starlette.testclient import TestClient
+
+    from storeflow.components.shopify.webhooks import create_app
+
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    monkeypatch.delenv("SHOPIFY_ACCESS_TOKEN", raising=False)  # assessments stay queued: nothing to write back to
+    port = free_port()
+    server = _RiskServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = load_settings(quick_overrides(
+        tmp_path, project={"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+        serving={"shopify_client_id": "storeflow-test-app"}, shopify={"max_backoff_seconds": 0.5},
+        risk={"endpoint": server.url, "scorer": "thread", "retry_seconds": 0.1},
+        features={"feast": {"online_store": "redis", "redis_connection_string": f"127.0.0.1:{port}"}}))
+    try:
+        with TestClient(create_app(settings, apply=False)) as client:
+            down = client.get("/healthz")
+            assert down.status_code == 503 and down.json()["status"] == "behind", down.json()
+            assert down.json()["risk"]["scorer"] == "down" and "ConnectionError" in down.json()["risk"]["last_error"]
+            order = new_order(9400000101, 101, "t@example.com")
+            assert client.post("/webhooks", **delivery("orders/create", order, "t1")).status_code == 200
+            monkeypatch.setattr(throwaway, "_free_port", lambda: port)
+            with redis_server(tmp_path):  # Redis up on the port the scorer was given
+                deadline = time.monotonic() + 60
+                while (risk := client.get("/healthz").json()["risk"])["queued"] != 1:
+                    assert time.monotonic() < deadline, risk
+                    time.sleep(0.1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert risk.get("scorer") != "down" and risk["unscored"] == 0

@@ -580,6 +580,55 @@ class RiskScorer:
             pass
 
 
+class ReceiverScorer:
+    """The scorer of ``risk.scorer: thread``: a :class:`RiskScorer` in threads of the receiver, built again with
+    backoff (``risk.retry_seconds``, doubling) while building it fails. Building seeds the online store from the
+    snapshot: with Redis down at the receiver's start, the receiver took webhooks with no scorer for as long as it
+    ran, and /healthz, reporting no order risk at all, said ok. Meanwhile /healthz says the scorer is down and why."""
+
+    def __init__(self, settings: Settings, wake: threading.Event):
+        self.settings, self.wake = settings, wake
+        self.scorer: RiskScorer | None = None
+        self.error: str | None = None  # why the last build failed (None once one succeeded)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Build and start the scorer here (the receiver's start, as before), or keep trying in a thread."""
+        if not self._build():
+            self._thread = threading.Thread(target=self._retry, daemon=True, name="order-risk-start")
+            self._thread.start()
+
+    def _build(self) -> bool:
+        try:
+            scorer = RiskScorer(self.settings, wake=self.wake)
+        except Exception as exc:  # noqa: BLE001 - intake goes on; orders wait in the journal until one is built
+            self.error = f"the scorer could not start: {type(exc).__name__}: {exc}"[:500]
+            log.exception("order risk is not scoring yet (the receiver takes webhooks; they wait in the journal)")
+            return False
+        self.scorer, self.error = scorer, None
+        scorer.start()
+        return True
+
+    def _retry(self) -> None:
+        wait = self.settings.risk.retry_seconds
+        while not self._stop.wait(wait) and not self._build():
+            wait = min(wait * 2, self.settings.shopify.max_backoff_seconds)
+
+    def state(self) -> dict:
+        """The scorer's :func:`risk_state`; while none runs, ``scorer`` down (/healthz: behind) and why."""
+        if self.scorer is not None:
+            return self.scorer.state()
+        return {"scorer": "down", **risk_state(self.settings), "last_error": self.error}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.scorer is not None:
+            self.scorer.stop()
+
+
 def journal_position(settings: Settings) -> int | None:
     """The last journal row the scorer has handled (None: no scorer has started here yet)."""
     path = risk_db(settings)

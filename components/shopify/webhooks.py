@@ -231,15 +231,12 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
                 app.state.journal.listeners.append(risk_supervisor.wake)
             risk_supervisor.start()
         elif settings.risk.endpoint:  # orders/create scored by the risk model server, assessed on Shopify
-            from storeflow.components.risk.realtime import RiskScorer
+            from storeflow.components.risk.realtime import ReceiverScorer, open_risk_db
 
-            try:
-                app.state.risk = RiskScorer(settings, wake=threading.Event())
-                app.state.journal.listeners.append(app.state.risk.wake)
-            except Exception:  # noqa: BLE001 - intake goes on; orders wait in the journal for the next start
-                log.exception("order risk is not scoring: the receiver takes webhooks without it")
-            else:
-                app.state.risk.start()
+            open_risk_db(settings).close()  # where scoring starts: before the first delivery is taken
+            app.state.risk = ReceiverScorer(settings, wake=threading.Event())  # built again while it cannot be
+            app.state.journal.listeners.append(app.state.risk.wake)
+            app.state.risk.start()
         app.state.retention = Retention(settings)  # what is past shopify.retention_days leaves the databases
         app.state.retention.start()
         try:
