@@ -271,8 +271,37 @@ def test_storeflow_config_is_generated_and_overlays_merge_into_it(tmp_path):
 
 # --- 7. example Ingress -------------------------------------------------------------------------------------
 
+# ingress-nginx's validation of Exact and Prefix paths (its admission webhook refuses others): letters, digits, _ - /
+NGINX_PATH = re.compile(r"^/[A-Za-z0-9_/-]*$")
+
+
+def routed(ingress: dict[str, Any], request_path: str) -> dict[str, Any] | None:
+    """The backend an Ingress sends ``request_path`` to as the Ingress spec defines the path types (Exact: the whole
+    path; Prefix: whole path elements, /foo matching /foo and /foo/bar, never /foo:bar nor /foobar), longest path
+    first; None when no path matches (the controller's 404)."""
+    elements = [e for e in request_path.split("/") if e]
+    matches = []
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["pathType"] in ("Exact", "Prefix") and NGINX_PATH.match(path["path"]), path
+            prefix = [e for e in path["path"].split("/") if e]
+            if (path["path"] == request_path if path["pathType"] == "Exact"
+                    else elements[:len(prefix)] == prefix):
+                matches.append((path["pathType"] == "Exact", len(path["path"]), path["backend"]))
+    return max(matches, key=lambda m: m[:2])[2] if matches else None
+
+
+def test_the_ingress_path_matcher_follows_the_spec():
+    ingress = {"spec": {"rules": [{"http": {"paths": [{"path": "/v1/models/m", "pathType": "Prefix", "backend": 1}]}}]}}
+    assert routed(ingress, "/v1/models/m") == routed(ingress, "/v1/models/m/x") == 1
+    assert routed(ingress, "/v1/models/m:predict") is routed(ingress, "/v1/models/mm") is None
+
+
 @needs_kubectl
 def test_production_ingress_rate_limits_the_storefront_and_routes_webhooks():
+    """The storefront path was /v1/models/storeflow-repeat-purchase, Prefix: it matches whole path elements, so
+    every /v1/models/storeflow-repeat-purchase:predict a storefront sent got ingress-nginx's 404. Found by testing
+    from outside."""
     objects = render("production")
     ingresses = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Ingress"}
     services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
@@ -280,15 +309,16 @@ def test_production_ingress_rate_limits_the_storefront_and_routes_webhooks():
         kubernetes_validate.validate(ingress, KUBERNETES_VERSION, strict=True)
     storefront = ingresses["storeflow-storefront"]
     assert int(storefront["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rps"]) > 0
-    [path] = storefront["spec"]["rules"][0]["http"]["paths"]
     isvc = next(o for o in objects if o["kind"] == "InferenceService" and o["metadata"]["name"] == "storeflow-repeat-purchase")["metadata"]["name"]
-    assert path["path"] == f"/v1/models/{isvc}" and path["backend"]["service"]["name"] == isvc
+    # what a storefront sends (README: fetch(".../v1/models/storeflow-repeat-purchase:predict")) reaches the model
+    backend = routed(storefront, f"/v1/models/{isvc}:predict")
+    assert backend is not None and backend["service"]["name"] == isvc, "the storefront's :predict matches no path"
     from storeflow.components.shopify.webhooks import PATH
 
     webhooks = ingresses["storeflow-webhooks"]
     assert "nginx.ingress.kubernetes.io/limit-rps" not in webhooks["metadata"].get("annotations", {})
     [path] = webhooks["spec"]["rules"][0]["http"]["paths"]
-    assert path["path"] == PATH
+    assert path["path"] == PATH and routed(webhooks, PATH) == path["backend"]
     backend = path["backend"]["service"]
     assert backend["port"]["name"] in {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
 
