@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -211,3 +212,29 @@ def test_an_answer_that_is_not_graphql_is_an_error_naming_it_and_nothing_is_asse
     assert len(errors) == 2 and all(said in (error or "") for error in errors), errors
     assert (second.sent, second.already_assessed, second.pending) == (0, 2, 0)
     assert sorted(c["orderId"] for c in shopify.created) == ["gid://shopify/Order/5201", "gid://shopify/Order/5202"]
+
+
+def test_healthz_says_behind_while_assessments_wait_for_shopify(tmp_path, monkeypatch) -> None:
+    """Shopify down for hours (or the app's token revoked): no order was assessed, and /healthz said ok (200) for
+    as long, queued growing, whatever the wait. The oldest queued assessment's wait is now shown and, past
+    shopify.apply_max_lag_seconds, /healthz says behind (503), as for orders waiting for their score."""
+    from starlette.testclient import TestClient
+    from test_webhook_signing import SECRET
+
+    from storeflow.components.risk.realtime import open_risk_db
+    from storeflow.components.shopify.webhooks import create_app
+
+    monkeypatch.setenv("SHOPIFY_API_SECRET", SECRET)
+    monkeypatch.delenv("SHOPIFY_ACCESS_TOKEN", raising=False)  # nothing to write back with: they stay queued
+    settings = load_settings({
+        "project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+        "serving": {"shopify_client_id": "storeflow-test-app"},
+        "shopify": {"apply_max_lag_seconds": 120},
+        "risk": {"endpoint": "http://127.0.0.1:9", "scorer": "thread"}})
+    with closing(open_risk_db(settings)) as db:
+        assessments.enqueue(db, 5301, "HIGH", [], "3")
+        db.execute("UPDATE risk_outbox SET enqueued_at = enqueued_at - 3 * 3600")  # queued three hours ago
+    with TestClient(create_app(settings, apply=False)) as client:
+        health = client.get("/healthz")
+    assert health.status_code == 503 and health.json()["status"] == "behind", health.json()
+    assert health.json()["risk"]["queued"] == 1 and health.json()["risk"]["oldest_queued_seconds"] >= 3 * 3600

@@ -644,8 +644,9 @@ def journal_position(settings: Settings) -> int | None:
 
 def risk_state(settings: Settings) -> dict:
     """What waits, for the receiver's /healthz, read from the databases (the scorer may be another process):
-    orders journaled and not scored yet (and how long the oldest has waited), assessments queued for Shopify,
-    sent, refused and set aside, why the scoring or write-back loop fails, while it does, and the history's state:
+    orders journaled and not scored yet (and how long the oldest has waited), assessments queued for Shopify (and
+    how long the oldest has waited: Shopify down or the app's token revoked, no order is assessed), sent, refused
+    and set aside, why the scoring or write-back loop fails, while it does, and the history's state:
     ``ready``, ``building`` from a snapshot (scoring waits) or ``seeding`` a newer snapshot's events into the
     customers' ledgers between passes (``customers_seeded`` so far). Before a scorer first started there is nothing
     of its own to report."""
@@ -656,19 +657,23 @@ def risk_state(settings: Settings) -> dict:
         with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
             (after,) = db.execute("SELECT journal_rowid FROM risk_cursor").fetchone()
             counts = dict(db.execute("SELECT state, count(*) FROM risk_outbox GROUP BY state").fetchall())
+            (queued_since,) = db.execute("SELECT min(enqueued_at) FROM risk_outbox WHERE state = 'pending'").fetchone()
             (skipped,) = db.execute("SELECT count(*) FROM risk_skipped").fetchone()
             failing = dict(db.execute("SELECT part, error FROM risk_failing").fetchall())
             work = db.execute("SELECT state, snapshot, customers, (julianday('now') - since) * 86400 "
                               "FROM risk_history_work").fetchone()
     except (sqlite3.OperationalError, TypeError):  # no database or no cursor yet: the scorer is starting
-        return {"unscored": 0, "oldest_unscored_seconds": None, "queued": 0, "sent": 0, "rejected": 0,
+        return {"unscored": 0, "oldest_unscored_seconds": None, "queued": 0, "oldest_queued_seconds": None, "sent": 0,
+                "rejected": 0,
                 "skipped": 0, "last_error": None, "history": None}
     with closing(sqlite3.connect(layout.journal_path(settings), timeout=5)) as log_db:
         unscored, oldest = log_db.execute("SELECT count(*), min(received_at) FROM events WHERE rowid > ? AND "
                                           "topic = ?", (after, SCORED_TOPIC)).fetchone()
     age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else None
     return {"unscored": unscored, "oldest_unscored_seconds": None if age is None else round(age, 3),
-            "queued": counts.get("pending", 0), "sent": counts.get("sent", 0),
+            "queued": counts.get("pending", 0),
+            "oldest_queued_seconds": None if queued_since is None else round(max(0.0, time.time() - queued_since), 3),
+            "sent": counts.get("sent", 0),
             "rejected": counts.get("rejected", 0), "skipped": skipped,
             "last_error": failing.get("scoring") or failing.get("write_back"),
             "history": {"state": "ready"} if work is None else {

@@ -195,10 +195,11 @@ def create_app(settings: Settings, verifier: ShopifyVerifier | None = None, appl
             from storeflow.components.risk.realtime import risk_state
 
             risk = {**risk_supervisor.states(), **risk_state(settings)}
-        if risk is not None:  # orders waiting for a risk score, or no scorer or write-back, count as being behind too
-            answer["risk"] = risk
+        if risk is not None:  # orders waiting for a risk score or for Shopify to take it, or no scorer or write-back,
+            answer["risk"] = risk  # count as being behind too
             behind = (behind or risk.get("scorer") == "down" or risk.get("writer") == "down"
-                      or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds)
+                      or (risk["oldest_unscored_seconds"] or 0) > cfg.apply_max_lag_seconds
+                      or (risk["oldest_queued_seconds"] or 0) > cfg.apply_max_lag_seconds)
         answer["status"] = "behind" if behind else "ok"
         return JSONResponse(answer, status_code=503 if behind else 200)
 
