@@ -418,3 +418,24 @@ def test_monitoring_a_version_that_is_neither_registered_nor_served_is_an_error(
     assert result.output.splitlines()[-1].startswith(
         f"no model to monitor: storeflow-repeat-purchase has no version '{version}' in the registry at "
         f"{settings.tracking_uri}, and no predictions of v{version} were logged between "), result.output
+
+
+def test_a_window_end_without_a_zone_is_utc_whatever_the_machines_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`storeflow monitor --window-end 2026-12-07T12:00` ("UTC end of the window") analysed the window ending 17:00 UTC
+    on a machine in New York: a time without a zone was taken as local time. Found by testing from outside."""
+    import time
+
+    from conftest import quick_overrides
+    from storeflow.components.config import load_settings
+    from storeflow.components.monitor import monitor
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        settings = load_settings(quick_overrides(tmp_path))
+        result = monitor(settings, end=datetime(2026, 12, 7, 12), log_to_mlflow=False, publish=False)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result.summary["window"]["end"] == "2026-12-07T12:00:00+00:00"
+    assert result.summary["window"]["start"] == "2026-12-06T12:00:00+00:00"
