@@ -22,6 +22,7 @@ class FakeAdminServer(ThreadingHTTPServer):
         self.origin = f"http://127.0.0.1:{self.server_address[1]}"
         self.throttle_next = 0
         self.down = False
+        self.retry_after: str | None = None  # sent with a 429
 
     def answer(self, body: dict) -> tuple[int, dict | bytes]:
         if self.down:
@@ -46,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if status == 429 and self.server.retry_after is not None:
+            self.send_header("Retry-After", self.server.retry_after)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -238,3 +238,47 @@ def test_healthz_says_behind_while_assessments_wait_for_shopify(tmp_path, monkey
         health = client.get("/healthz")
     assert health.status_code == 503 and health.json()["status"] == "behind", health.json()
     assert health.json()["risk"]["queued"] == 1 and health.json()["risk"]["oldest_queued_seconds"] >= 3 * 3600
+
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [
+    ("7", (7.0, 7.0)),
+    ("2.5", (2.5, 2.5)),  # Shopify's REST limits send 2.0
+    (30, (25.0, 30.0)),  # an HTTP date 30 s ahead
+    ("86400", (60.0, 60.0)),  # a day: held to shopify.max_backoff_seconds
+    ("soon", (1.0, 1.0)),  # unreadable: the client's own backoff
+], ids=["seconds", "fraction", "http-date", "huge", "garbage"])
+def test_a_429_is_retried_when_its_retry_after_says(tmp_path, retry_after, waited) -> None:
+    """shopifyapp looks Retry-After up by a name its lower-cased headers never have: a 429 was retried after 1 s
+    whatever Shopify asked. The client now waits what Retry-After says, seconds or an HTTP date, at most
+    shopify.max_backoff_seconds (the wait asked of the client's sleep, not timed)."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from test_risk_writeback import FakeAdmin
+
+    from storeflow.components.shopify.admin import AdminClient, Credentials
+
+    class Limited(FakeAdmin):
+        limited = True
+
+        def answer(self, body: dict):
+            if self.limited:
+                self.limited = False
+                return 429, b'{"errors":"Exceeded 2 calls per second for api client. Reduce request rates."}'
+            return super().answer(body)
+
+    if isinstance(retry_after, int):
+        retry_after = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=retry_after), usegmt=True)
+    waits: list[float] = []
+    db = assessments.connect(tmp_path / "risk.db")
+    assessments.enqueue(db, 5401, "LOW", [], "3")
+    with running(Limited()) as shopify:
+        shopify.retry_after = retry_after
+        settings = load_settings({"shopify": {"admin_origin": shopify.origin, "max_retries": 2}})
+        client = AdminClient(settings, Credentials(SHOP, "shpat_test"), sleep=waits.append)
+        try:
+            assert assessments.drain(db, client).sent == 1
+        finally:
+            client.close()
+    assert waited[0] <= waits[0] <= waited[1] and len(shopify.created) == 1

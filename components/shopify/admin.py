@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -164,7 +165,8 @@ class AdminClient:
                 self._wait(max(_refill_seconds(cost), 1.0))
             elif result.log.code == "rate_limited" or (repeat and (result.log.code == "network_error" or status >= 500)):
                 problem = f"{result.log.code} (HTTP {status})"
-                self._wait(min(2.0 ** attempt, self.cfg.max_backoff_seconds))
+                asked = retry_after(result) if result.log.code == "rate_limited" else None
+                self._wait(min(2.0 ** attempt, self.cfg.max_backoff_seconds) if asked is None else asked)
             elif result.log.code == "network_error" or status >= 500:
                 raise ShopifyError(f"Admin API call for {self.creds.shop} unanswered ({result.log.code}, HTTP {status}): "
                                    f"it may have run, so it is not sent again")
@@ -177,6 +179,29 @@ class AdminClient:
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
             self.sleep(min(seconds, self.cfg.max_backoff_seconds))
+
+
+def retry_after(result) -> float | None:
+    """The seconds a 429's ``Retry-After`` asks for (a number, or an HTTP date), None when it has none or it cannot
+    be read; waits are held to ``shopify.max_backoff_seconds``. shopifyapp looks the header up by a name its
+    lower-cased headers never have, so a 429 was retried on the client's own schedule (1, 2, 4 s...), not Shopify's."""
+    from email.utils import parsedate_to_datetime
+
+    value = next((log.res.headers.get("retry-after") for log in reversed(result.http_logs or [])
+                  if log.res is not None and log.res.status == 429), None)
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _json(text: str) -> dict:
