@@ -198,6 +198,18 @@ def test_missing_input_and_empty_directory_are_reported(settings: Settings, tmp_
         ingest(use(settings, "jsonl", tmp_path / "empty"))
 
 
+def test_a_macs_hidden_metadata_files_beside_the_export_are_not_read(settings: Settings, tmp_path: Path):
+    """A folder of exports copied from a Mac holds ._orders.jsonl (AppleDouble, binary) beside orders.jsonl: ingest
+    read it and failed with 'not UTF-8 ... save or export the file as UTF-8' for a file Finder never shows. Found by
+    testing from outside."""
+    exports = tmp_path / "exports"
+    shutil.copytree(BULK, exports)
+    clean = ingest(use(settings, "jsonl", exports))
+    (exports / "._orders.jsonl").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\xb0")
+    again = ingest(use(settings, "jsonl", exports))
+    assert again.reused and again.snapshot == clean.snapshot
+
+
 def test_a_failed_write_leaves_no_partial_snapshot(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     import storeflow.components.ingest.snapshot as snapshot
 

@@ -97,9 +97,12 @@ def synthetic_store(config: SyntheticStoreConfig, data_dir: Path) -> Path:
 
 
 def input_files(path: Path, suffix: str) -> list[Path]:
-    """A file, or every ``*<suffix>`` file of a directory (e.g. one JSONL result per bulk query)."""
+    """A file, or every ``*<suffix>`` file of a directory (e.g. one JSONL result per bulk query). Hidden files are
+    not the export's: a folder copied from a Mac holds ``._orders.jsonl`` (Finder's AppleDouble metadata, binary),
+    which ingest read and failed on ("not UTF-8 ... save or export the file as UTF-8") for a file nobody sees."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(suffix))
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.name.endswith(suffix) and not p.name.startswith("."))
         if not files:
             raise IngestError(f"directory has no {suffix} files", path)
         return files
