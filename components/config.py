@@ -212,6 +212,9 @@ class ValidateConfig(Section):
         description="ISO 4217 codes the store accepts; anything else fails the gate.",
     )
     max_clock_skew_minutes: int = Field(10, ge=0, description="Timestamps later than now + skew are 'future'.")
+    earliest: datetime = Field(datetime(1990, 1, 1), description="Timestamps before this (UTC) are 'ancient': a "
+                               "placeholder date (0001-01-01, 1900-01-01) no order has. Before 1677 the features stage "
+                               "could not even hold one (OutOfBoundsDatetime, naming nothing).")
     max_failures_listed: int = Field(20, gt=0, description="Rows named per rule in the report.")
     warn_only: list[str] = Field(
         default_factory=lambda: ["missing_customer_ids"],

@@ -184,3 +184,22 @@ def test_validate_passes_and_records_a_clean_snapshot(tmp_path: Path):
     assert report.passed and report.snapshot == str(tmp_path)
     assert json.loads((tmp_path / "validation_report.json").read_text())["passed"] is True
     assert sorted(p.stem for p in tmp_path.glob("*.parquet")) == sorted(TABLES)
+
+
+@pytest.mark.parametrize("placeholder", ["0001-01-01T00:00:00Z", "1900-01-01T00:00:00Z"])
+def test_a_placeholder_date_stops_the_gate_naming_the_order(settings: Settings, tmp_path: Path, placeholder: str):
+    """An order created 0001-01-01 (a placeholder for an unknown time) passed ingest and validation, and the features
+    stage failed with pandas' 'OutOfBoundsDatetime: Out of bounds nanosecond timestamp, at position 0', naming neither
+    the order nor the column. Found by testing from outside."""
+    bulk = Path(__file__).parent / "data" / "shopify" / "bulk" / "orders.jsonl"
+    records = [json.loads(line) for line in bulk.read_text().splitlines() if line.strip()]
+    records[0]["createdAt"] = placeholder
+    export = tmp_path / "orders.jsonl"
+    export.write_text("".join(json.dumps(record) + "\n" for record in records))
+    settings.ingest = IngestConfig(source="jsonl", path=export)
+    snapshot = ingest(settings).snapshot
+    with pytest.raises(ValidationFailed) as failed:
+        validate(snapshot, STRICT, NOW)
+    finding = next(f for f in failed.value.report.findings if f.rule == "ancient_timestamps")
+    assert (finding.table, finding.count, finding.examples) == ("orders", 1, [5601001])
+    assert "created_at before 1990-01-01T00:00:00+00:00" in finding.message

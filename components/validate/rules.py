@@ -3,8 +3,8 @@
 A rule returns one finding per table it fails on (none when it passes). Rules catch what would
 silently corrupt features and labels downstream: the same order twice, orders that belong to nobody,
 values the stages need left empty (a field renamed or missing in the input), money or quantities below zero, events
-from the future, currencies the store does not take, line items whose order is gone, or nothing to
-learn from at all.
+from the future or from before any store (placeholder dates), currencies the store does not take, line items whose
+order is gone, or nothing to learn from at all.
 """
 
 from __future__ import annotations
@@ -156,6 +156,24 @@ def future_timestamps(tables: Tables, ctx: Context) -> list[RuleFinding]:
     return findings
 
 
+def ancient_timestamps(tables: Tables, ctx: Context) -> list[RuleFinding]:
+    """Times before ``validate.earliest``: placeholders (0001-01-01) that features cannot hold, or would count
+    decades of empty cutoffs from."""
+    floor = pd.Timestamp(ctx.config.earliest)
+    floor = floor.tz_localize("UTC") if floor.tzinfo is None else floor.tz_convert("UTC")
+    findings = []
+    for table, schema in SCHEMAS.items():
+        columns = [f.name for f in schema if f.name in tables[table] and str(f.type).startswith("timestamp")]
+        early = {column: tables[table][column].lt(floor) for column in columns}
+        rows = pd.concat(early.values(), axis=1).any(axis=1) if early else pd.Series(dtype=bool)
+        if rows.any():
+            which = [column for column, mask in early.items() if mask.any()]
+            findings.append(_finding("ancient_timestamps", table, tables[table][rows],
+                                     f"{int(rows.sum())} row(s) with {'/'.join(which)} before {floor.isoformat()} "
+                                     "(a placeholder date? validate.earliest)", ctx.config))
+    return findings
+
+
 def unknown_currencies(tables: Tables, ctx: Context) -> list[RuleFinding]:
     orders = tables["orders"]
     unknown = orders[orders["currency"].notna() & ~orders["currency"].isin(ctx.config.currencies)]
@@ -178,5 +196,6 @@ def orphan_line_items(tables: Tables, ctx: Context) -> list[RuleFinding]:
 RULES: dict[str, Callable[[Tables, Context], list[RuleFinding]]] = {
     rule.__name__: rule
     for rule in (empty_input, duplicate_lines, duplicate_order_ids, duplicate_ids, required_values, no_customers,
-                 missing_customer_ids, negative_totals, negative_quantities, future_timestamps, unknown_currencies, orphan_line_items)
+                 missing_customer_ids, negative_totals, negative_quantities, future_timestamps, ancient_timestamps, unknown_currencies,
+                 orphan_line_items)
 }
