@@ -153,3 +153,30 @@ def test_promoting_the_champion_again_says_it_already_is(settings: Settings) -> 
     _registered(settings, promote=True)
     with pytest.raises(DeployError, match=r"^nothing to promote: the challenger, v1, is already champion$"):
         local.promote(settings)
+
+
+def test_promote_while_another_process_writes_the_registry_changes_nothing_and_says_so(settings: Settings) -> None:
+    """A registry whose database another writer held (a training run registering, MLflow's UI) made promote print
+    MLflow's 510-line traceback of 'database is locked'."""
+    from typer.testing import CliRunner
+
+    from storeflow.components import tracking
+    from storeflow.pipelines.cli import app
+
+    first = _registered(settings, promote=True)
+    second = _registered(settings, promote=False)
+    record = local.rollout_record(settings)
+    writer = sqlite3.connect(settings.project.state_dir / "mlflow.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        result = CliRunner().invoke(app, ["promote", "--set", f"project.state_dir={settings.project.state_dir}"],
+                                    env={"COLUMNS": "1000"})
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert result.exit_code == 1, result.output
+    assert result.output == (f"the champion of storeflow-repeat-purchase could not be moved to v{second} in the "
+                             f"registry at {settings.tracking_uri}: (sqlite3.OperationalError) database is locked; "
+                             "nothing was changed: try again\n")
+    assert tracking.current_champion(tracking.connect(settings), settings.registry.model_name) == first
+    assert not record.exists()

@@ -117,7 +117,6 @@ def deploy_local(settings: Settings, model_version: str, run_id: str, previous_c
     Promoted: the ``champion`` alias (set by register) stays. Rolled back: it returns to the previous
     version. Either way the outcome, each analysis and its reasons go to the record and the version's tags.
     """
-    from storeflow.components import tracking
     from storeflow.components.deploy.local_canary import run_local_canary
 
     version = str(model_version)
@@ -129,8 +128,7 @@ def deploy_local(settings: Settings, model_version: str, run_id: str, previous_c
             "storeflow.deploy.reason": reason[:STEPS_TAG_LIMIT],
             "storeflow.deploy.steps": json.dumps(result.steps, default=str)[:STEPS_TAG_LIMIT]}
     if result.outcome == "rolled-back":
-        _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION,
-                                                     result.previous_champion)
+        _move_champion(settings, result.previous_champion)
     recorded = record_rollout(settings, version, tags)
     return _append(settings, {"outcome": result.outcome, "model_version": version, "run_id": run_id,
                               "previous_champion": result.previous_champion, "steps": result.steps,
@@ -140,15 +138,46 @@ def deploy_local(settings: Settings, model_version: str, run_id: str, previous_c
 
 # -- storeflow status | promote | rollback, when deploy.target is local ---------------------------------------
 def _aliases(settings: Settings) -> dict[str, str | None]:
+    """The champion and challenger versions (None: no such alias); a registry that fails to answer is a
+    DeployError, never read as 'no champion'."""
     from mlflow.exceptions import MlflowException
 
     client, name, found = _client(settings), settings.registry.model_name, {}
     for alias in ("champion", "challenger"):
         try:
             found[alias] = str(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise DeployError(f"the {alias} of {name} could not be read from the registry at "
+                                  f"{settings.tracking_uri}: {_first_line(exc)}") from exc
             found[alias] = None
     return found
+
+
+def _move_champion(settings: Settings, version: str) -> None:
+    """Point the ``champion`` alias at ``version``: what promote and rollback change. A registry that refuses
+    the write (another process holding its database's write lock, a server error) is a DeployError saying
+    nothing changed, not MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from storeflow.components import tracking
+
+    name = settings.registry.model_name
+    client = _client(settings)
+    store_log = logging.getLogger("mlflow.store.db.utils")  # logs the refused write's traceback, then raises it
+    level = store_log.level
+    store_log.setLevel(logging.CRITICAL)
+    try:
+        client.set_registered_model_alias(name, tracking.CHAMPION, str(version))
+    except MlflowException as exc:
+        raise DeployError(f"the champion of {name} could not be moved to v{version} in the registry at "
+                          f"{settings.tracking_uri}: {_first_line(exc)}; nothing was changed: try again") from exc
+    finally:
+        store_log.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _nothing_registered(settings: Settings, alias: str) -> str:
@@ -168,15 +197,13 @@ def status(settings: Settings) -> dict[str, Any]:
 
 def promote(settings: Settings) -> dict[str, Any]:
     """Make the challenger champion now, without a canary (an operator's override of a rollback)."""
-    from storeflow.components import tracking
-
     aliases = _aliases(settings)
     challenger, champion = aliases["challenger"], aliases["champion"]
     if challenger is None:
         raise DeployError(f"nothing to promote: {_nothing_registered(settings, 'challenger')}")
     if challenger == champion:
         raise DeployError(f"nothing to promote: the challenger, v{challenger}, is already champion")
-    _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, challenger)
+    _move_champion(settings, challenger)
     recorded = record_rollout(settings, challenger, {"storeflow.deploy.state": "promoted",
                                                      "storeflow.deploy.target": "local",
                                                      "storeflow.deploy.reason": "manual promote"})
@@ -201,7 +228,7 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> dict[str, A
     if not previous:
         raise DeployError(f"nothing to roll back to: champion v{champion} replaced no earlier version "
                           f"in {rollout_record(settings)}")
-    _client(settings).set_registered_model_alias(settings.registry.model_name, tracking.CHAMPION, previous)
+    _move_champion(settings, previous)
     recorded = record_rollout(settings, champion, {"storeflow.deploy.state": "rolled-back",
                                                    "storeflow.deploy.target": "local",
                                                    "storeflow.deploy.reason": reason[:STEPS_TAG_LIMIT]})
