@@ -282,3 +282,28 @@ def test_a_429_is_retried_when_its_retry_after_says(tmp_path, retry_after, waite
         finally:
             client.close()
     assert waited[0] <= waits[0] <= waited[1] and len(shopify.created) == 1
+
+
+def test_a_restarted_write_back_does_not_leave_its_predecessors_error_in_healthz(tmp_path, monkeypatch) -> None:
+    """The write-back's process killed (or restarted by the receiver) while Shopify failed: the new one cleared only
+    errors of its own, so once Shopify took assessments again /healthz kept showing the old one's error for good."""
+    from storeflow.components.risk.realtime import open_risk_db
+    from storeflow.components.risk.writeback import WriteBack, record_failing
+    from test_risk_writeback import FakeAdmin
+
+    monkeypatch.setenv("SHOPIFY_ACCESS_TOKEN", "shpat_test")
+    with running(FakeAdmin()) as shopify:
+        settings = load_settings({
+            "project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+            "shopify": {"admin_origin": shopify.origin, "max_retries": 0, "apply_idle_seconds": 0.01},
+            "risk": {"endpoint": "http://risk.test"}})
+        with closing(open_risk_db(settings)) as db:
+            assessments.enqueue(db, 5501, "LOW", [], "3")
+            record_failing(db, "write_back", "1 assessment(s) wait: ... HTTP 503")  # the killed one's last word
+        writer = WriteBack(settings)
+        writer.start()
+        try:
+            _until(lambda: len(shopify.created) == 1)
+            _until(lambda: _failing(settings) is None, timeout=10)
+        finally:
+            writer.stop()
