@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Optional
 
 import typer
@@ -22,12 +22,10 @@ def monitor(
     import json
 
     settings = settings_from(config, set_)
-    end = window_end.isoformat() if window_end else ""
     if in_process:
+        from storeflow.components.config import ConfigError
         from storeflow.components.monitor import monitor as run, retrain_if_needed, retrain_recommender_if_needed
         from storeflow.pipelines.retraining import LAUNCHERS, RECOMMENDER_LAUNCHERS
-
-        from storeflow.components.config import ConfigError
 
         with refusing(ConfigError):
             result = run(settings, model_version=model_version, end=window_end)
@@ -43,11 +41,13 @@ def monitor(
         from storeflow.pipelines.commands import run_pipeline
         from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
 
-        # a failed task is named with its own error, as storeflow run says it
-        run = run_pipeline("monitoring", monitoring_pipeline, settings, STAGES, window_end=end,
-                            model_version=model_version or "")
+        # The window's end is fixed here, so this run's report is the one named by it (the newest report may be
+        # another monitoring run's). A failed task is named with its own error, as storeflow run says it.
+        end = (window_end or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        run = run_pipeline("monitoring", monitoring_pipeline, settings, STAGES, window_end=end.isoformat(),
+                           model_version=model_version or "")
         decision = json.loads(run.output)
-        summary, report = _latest_summary(settings)
+        summary, report = _summary_of(settings, end)
     if summary["status"] == "no-model" and not any(_served(summary.get(part)) for part in ("recommendations", "risk")):
         # a version the user named that does not exist is their value (2); nothing registered yet, the state (1)
         fail(next(n for n in summary["notes"] if n.startswith("no model to monitor")), 2 if model_version else 1)
@@ -59,11 +59,12 @@ def _served(part: dict | None) -> bool:
     return bool(part) and part.get("status") not in ("no-data", "error")
 
 
-def _latest_summary(settings):
+def _summary_of(settings, end: datetime):
+    """The summary and report of the window ending at ``end`` (reports are named ``<version>-<end>``)."""
     import json
 
     root = (settings.monitor.report_dir or settings.project.state_dir / "monitoring") / "reports"
-    latest = max(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    latest = max(root.glob(f"*-{end:%Y%m%dT%H%M%SZ}/summary.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(latest.read_text()), latest.parent / "report.html"
 
 

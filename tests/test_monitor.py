@@ -439,3 +439,30 @@ def test_a_window_end_without_a_zone_is_utc_whatever_the_machines_zone(tmp_path:
         time.tzset()
     assert result.summary["window"]["end"] == "2026-12-07T12:00:00+00:00"
     assert result.summary["window"]["start"] == "2026-12-06T12:00:00+00:00"
+
+
+@pytest.mark.slow
+def test_monitor_prints_its_own_runs_report_not_the_newest_one(settings) -> None:
+    """storeflow monitor (kfp.local) printed the newest summary.json under the reports folder: a monitoring run
+    that finished beside it (a scheduled one, a second terminal) had its verdict printed as this run's."""
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    other = settings.project.state_dir / "monitoring" / "reports" / "v7-20261208T000000Z"
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(json.dumps({
+        "status": "analysed", "level": "critical", "model_version": "7", "rows": {"window": 900}, "notes": [],
+        "reasons": ["critical: the other run's verdict"], "window": {"start": "2026-12-07T00:00:00+00:00",
+                                                                     "end": "2026-12-08T00:00:00+00:00"}}))
+    later = time.time() + 3600
+    os.utime(other / "summary.json", (later, later))  # it finishes after this one
+    result = CliRunner().invoke(app, ["monitor", "--set", f"project.state_dir={settings.project.state_dir}",
+                                      "--set", "ingest.synthetic.customers=50", "--set", "ingest.synthetic.orders=300"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output  # this run: nothing registered, nothing to monitor
+    assert "no model to monitor: storeflow-repeat-purchase has no champion" in result.output
+    assert "v7" not in result.output and "the other run's verdict" not in result.output
