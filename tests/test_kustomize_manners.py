@@ -269,6 +269,23 @@ def test_storeflow_config_is_generated_and_overlays_merge_into_it(tmp_path):
     assert config["data"]["STOREFLOW_DEPLOY__MIN_REQUESTS"] == "30"
 
 
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dashboards_monitoring_panels_have_a_source_on_the_cluster(overlay):
+    """The Grafana dashboard's drift and decay panels query the monitor task's gauges (storeflow_monitor_level,
+    storeflow_feature_psi, ...), but storeflow-config named no Pushgateway: the task, a pipeline pod no Prometheus
+    scrapes, wrote them to a textfile on its volume, and the panels stayed empty on every cluster. Found by testing
+    from outside."""
+    from storeflow.components.monitor.metrics import build_registry
+
+    objects = render(overlay)
+    dashboard = next(o for o in objects if o["metadata"]["name"] == "storeflow-grafana-dashboard")["data"]["storeflow.json"]
+    pushed = {metric.name for metric in build_registry({"model_version": "1", "level": "ok", "rows": {}}).collect()}
+    assert pushed & set(re.findall(r"storeflow_[a-z_]+", dashboard)), "the dashboard shows no monitor gauge"
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "storeflow-config")
+    assert config["data"].get("STOREFLOW_MONITOR__PUSHGATEWAY", "").startswith("http://")
+
+
 # --- 7. example Ingress -------------------------------------------------------------------------------------
 
 # ingress-nginx's validation of Exact and Prefix paths (its admission webhook refuses others): letters, digits, _ - /
