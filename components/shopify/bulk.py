@@ -69,6 +69,10 @@ class BulkExporter:
         operations = self._load()
         for name, query in queries.items():
             if name not in operations or operations[name]["status"] in ENDED_BADLY:
+                # What was downloaded, or partly, is an earlier operation's result (one that EXPIRED a week after
+                # a cut download): resumed with a Range request, the new result's rest was appended to it.
+                for stale in (self.directory / f"{name}.jsonl.part", self.directory / f"{name}.jsonl"):
+                    stale.unlink(missing_ok=True)
                 operations[name] = self._submit(name, query)
                 self._save(operations)
         files = {}
