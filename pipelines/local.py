@@ -139,6 +139,21 @@ def _stage_of(task: str, ids: dict[str, int]) -> str | None:
     return base if base in ids else None
 
 
+def without_retries(pipeline):
+    """A copy of ``pipeline`` whose tasks are not retried. kfp.local honours a task's retry policy (kfp.retry,
+    for a cluster's passing outages): a local run would repeat a config or data error after 30 s, 60 s and
+    120 s of backoff, three and a half minutes before saying it. The pipeline itself (what compile writes)
+    keeps its policy."""
+    import copy
+
+    local = copy.deepcopy(pipeline)
+    spec = local.pipeline_spec
+    for dag in [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return local
+
+
 def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], console: Console | None = None,
               **arguments) -> LocalRun:
     """Run ``pipeline`` with kfp.local; raise :class:`PipelineFailed` naming the failed task and log."""
@@ -152,10 +167,10 @@ def run_local(pipeline: Callable, settings: Settings, stages: Sequence[str], con
     with _captured(log_path, stages, console) as stream, warnings.catch_warnings():
         # Tasks run in this environment on purpose (it has storeflow installed, as the image does).
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        # Resources, retries and timeouts are for the cluster; kfp.local says so once per task, a dozen lines.
+        # Resources and timeouts are for the cluster; kfp.local says so once per task, a dozen lines.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
-            output = pipeline(config_json=settings.to_json(), **arguments)
+            output = without_retries(pipeline)(config_json=settings.to_json(), **arguments)
         except RuntimeError as exc:
             raise PipelineFailed(str(ANSI.sub("", str(exc))), log_path, stream.failed_task) from exc
     return LocalRun(output=getattr(output, "output", output), log=log_path,

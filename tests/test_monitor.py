@@ -466,3 +466,19 @@ def test_monitor_prints_its_own_runs_report_not_the_newest_one(settings) -> None
     assert result.exit_code == 1, result.output  # this run: nothing registered, nothing to monitor
     assert "no model to monitor: storeflow-repeat-purchase has no champion" in result.output
     assert "v7" not in result.output and "the other run's verdict" not in result.output
+
+
+@pytest.mark.slow
+def test_a_local_run_does_not_retry_a_failed_task(settings) -> None:
+    """kfp.local honours the tasks' retry policy (kfp.retry, for a cluster's passing outages): a config error in
+    the monitor task was run four times, 30 s, 60 s and 120 s apart, before the run failed."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["monitor", "--set", f"project.state_dir={settings.project.state_dir}",
+                                      "--set", "ingest.synthetic.customers=50", "--set", "ingest.synthetic.orders=300",
+                                      "--set", "monitor.drift_method=bogus"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 1 and "pipeline failed at task monitor: " in result.output, result.output
+    log = Path(result.output.split("full log (with the traceback): ")[1].split()[0]).read_text()
+    assert log.count("Executing task 'monitor'") == 1 and "Retrying in" not in log
