@@ -171,7 +171,7 @@ def _move_champion(settings: Settings, version: str) -> None:
         client.set_registered_model_alias(name, tracking.CHAMPION, str(version))
     except MlflowException as exc:
         raise DeployError(f"the champion of {name} could not be moved to v{version} in the registry at "
-                          f"{settings.tracking_uri}: {_first_line(exc)}; nothing was changed: try again") from exc
+                          f"{settings.tracking_uri}: {_first_line(exc)}; nothing was changed") from exc
     finally:
         store_log.setLevel(level)
 
