@@ -482,3 +482,35 @@ def test_a_local_run_does_not_retry_a_failed_task(settings) -> None:
     assert result.exit_code == 1 and "pipeline failed at task monitor: " in result.output, result.output
     log = Path(result.output.split("full log (with the traceback): ")[1].split()[0]).read_text()
     assert log.count("Executing task 'monitor'") == 1 and "Retrying in" not in log
+
+
+def test_a_version_whose_model_files_are_gone_is_reported_not_a_crash(settings) -> None:
+    """Its artifacts deleted (a pruned artifact store, a copied state dir), monitoring died in MLflow's 'No such
+    artifact' traceback, though a scheduled run always leaves a report."""
+    import shutil
+    from urllib.parse import urlparse
+
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    from storeflow.components import tracking
+    from storeflow.components.monitor import monitor
+    from storeflow.components.monitor.predictions import log_dir
+
+    client, name, digest = tracking.connect(settings), settings.registry.model_name, "0123456789abcdef" * 2
+    training = _frame(300, seed=1)
+    (settings.data_dir / "training").mkdir(parents=True)
+    training.to_parquet(settings.data_dir / "training" / f"{digest[:16]}.parquet")  # the version's training set
+    model = LogisticRegression().fit(training[COLUMNS], training["score"] > 0.3)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, client),
+                          tags={"storeflow.dataset_hash": digest}):
+        info = mlflow.sklearn.log_model(model, name="model")
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version)
+    files = urlparse(client.get_model_version_download_uri(name, version)).path
+    shutil.rmtree(files)  # ... and its model's files are gone
+    _log(log_dir(settings), _frame(150, seed=2), version=version)
+
+    result = monitor(settings, end=END, publish=False)
+    assert result.status == "no-reference" and result.summary_json.exists()
+    assert f"{name} v{version}: its model could not be loaded from file://{files}: " in " ".join(result.summary["notes"])

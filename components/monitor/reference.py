@@ -117,7 +117,15 @@ def load_reference(settings: Settings, model_version: str, max_rows: int, seed: 
                           f"storeflow.dataset_hash={run.data.tags.get('storeflow.dataset_hash')!r})")
     frame = latest_cutoffs_sample(pd.read_parquet(path), cutoffs, max_rows, seed)
     model_uri = f"models:/{name}/{model_version}"
-    model = load_model(model_uri)
+    try:
+        model = load_model(model_uri)
+    except (MlflowException, OSError) as exc:  # its artifacts deleted, unreachable or unreadable
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        try:
+            where = client.get_model_version_download_uri(name, str(model_version))
+        except MlflowException:
+            where = version.source
+        raise NoReference(f"{name} v{model_version}: its model could not be loaded from {where}: {reason}") from exc
     names = getattr(model, "feature_names_in_", None)
     columns = [str(c) for c in names] if names is not None else list(settings.features.customer_features)
     missing = [c for c in columns if c not in frame.columns]
