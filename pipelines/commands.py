@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from storeflow.components.cli_options import ConfigOption, SetOption, console, refusing, settings_from
+from storeflow.components.cli_options import ConfigOption, SetOption, console, fail, refusing, settings_from
 
 HostOption = Annotated[Optional[str], typer.Option("--host", help="Kubeflow Pipelines API URL (default kfp.host).")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="STOREFLOW_KFP_TOKEN",
@@ -42,7 +42,11 @@ def compile_(
             raise typer.Exit(1)
         console.print("compiled YAML is up to date")
         return
-    for path in compile_to(out or MANIFESTS, settings):
+    try:
+        written = compile_to(out or MANIFESTS, settings)
+    except OSError as exc:  # --out a file, a directory without write permission
+        fail(f"cannot write the compiled YAML under {out or MANIFESTS}: {exc.strerror or exc} ({exc.filename})")
+    for path in written:
         console.print(f"wrote {path}")
 
 

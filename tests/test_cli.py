@@ -108,11 +108,30 @@ def test_runs_started_in_the_same_second_keep_their_own_logs(tmp_path: Path, mon
     monkeypatch.setattr(time, "strftime", lambda *_: "20261208-000000")
     settings = load_settings({"project": {"state_dir": str(tmp_path / "state")}})
 
-    def pipeline(config_json: str, said: str) -> str:
-        print(said)
-        return said
+    from kfp import dsl
+
+    @dsl.component
+    def say(text: str):
+        print(text)
+
+    @dsl.pipeline
+    def pipeline(config_json: str, said: str):
+        say(text=said)
 
     first = local.run_local(pipeline, settings, [], said="first run")
     second = local.run_local(pipeline, settings, [], said="second run")
     assert first.log != second.log
-    assert first.log.read_text() == "first run\n" and second.log.read_text() == "second run\n"
+    assert "first run" in first.log.read_text() and "second run" not in first.log.read_text()
+    assert "second run" in second.log.read_text()
+
+
+def test_compile_to_a_place_it_cannot_write_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """storeflow compile --out <a file> printed a rich traceback of pathlib's mkdir, exit 1. Found by testing from
+    outside."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").write_text("")
+    result = CliRunner().invoke(app, ["compile", "--out", str(tmp_path / "build")], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "mkdir" not in result.output
+    assert result.output.strip() == (f"cannot write the compiled YAML under {tmp_path / 'build'}: Not a directory "
+                                     f"({tmp_path / 'build' / 'pipelines'})")
