@@ -233,6 +233,10 @@ class FeastConfig(Section):
     redis_connection_string: RedisConnection = Field(
         "127.0.0.1:6379", description="Feast's host:port[,key=value...]; password as password=${VAR}, or the whole "
                                       f"value as ${{{REDIS_CONNECTION_STRING_ENV}}} on a cluster.")
+    redis_timeout_seconds: float = Field(10.0, gt=0, description="Redis socket connect and read timeout (Feast's "
+                                         "socket_timeout and socket_connect_timeout, unless the connection string "
+                                         "gives its own): a Redis that accepts and never answers (hung, or a "
+                                         "failover's old address black-holed) held its caller for ever.")
     ttl_days: int = Field(400, gt=0, le=MAX_DAYS, description="How old a feature row may be and still join.")
     online_write_batch_size: int = Field(
         10_000, gt=0, description="Materialization writes the online store this many entity rows at a time "

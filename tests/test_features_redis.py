@@ -25,7 +25,8 @@ def test_redis_online_store_serves_materialized_features(tmp_path: Path, store_t
 
     with redis_server(tmp_path) as address:
         settings = _redis_settings(tmp_path, address)
-        assert store_config(settings)["online_store"] == {"type": "redis", "connection_string": address}
+        assert store_config(settings)["online_store"] == {
+            "type": "redis", "connection_string": f"socket_timeout=10.0,socket_connect_timeout=10.0,{address}"}
         result = build_features(settings, write_snapshot(store_tables, tmp_path / "snapshot"))
         customer = int(store_tables["orders"]["customer_id"].iloc[0])
         online = feature_store(settings).get_online_features(

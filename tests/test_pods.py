@@ -505,7 +505,8 @@ def test_the_webhook_receiver_uses_the_namespaces_feast_registry(cluster):
         written = yaml.safe_load((repo / "feature_store.yaml").read_text())
         assert written["registry"] == {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}",
                                        "serve_features_while_materializing": True}
-        assert written["online_store"]["connection_string"] == "${REDIS_CONNECTION_STRING}"
+        assert written["online_store"]["connection_string"] == \
+            "socket_timeout=10.0,socket_connect_timeout=10.0,${REDIS_CONNECTION_STRING}"  # the Secret's value last
 
 
 def test_the_feast_feature_server_serves_the_materialized_features(cluster, expected):

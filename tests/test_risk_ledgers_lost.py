@@ -119,3 +119,48 @@ def test_a_thread_scorer_the_online_store_kept_from_starting_says_so_and_starts_
         server.shutdown()
         server.server_close()
     assert risk.get("scorer") != "down" and risk["unscored"] == 0
+
+
+def test_a_redis_that_accepts_and_never_answers_fails_the_pass_rather_than_holding_it_for_ever(tmp_path: Path) -> None:
+    """A Redis that takes connections and never answers (hung, or a failover's old address black-holed): the
+    scorer's read waited for ever, with no timeout anywhere, so the scorer never failed, never logged, never
+    recovered once Redis was back. Now the read times out (features.feast.redis_timeout_seconds): the pass fails
+    with why, and the loop retries on a fresh connection."""
+    import socket
+
+    import redis
+
+    from storeflow.components.risk.realtime import RiskScorer
+
+    with redis_server(tmp_path) as address:
+        settings = load_settings(quick_overrides(
+            tmp_path, risk={"endpoint": "http://risk.test"},
+            features={"feast": {"online_store": "redis", "redis_connection_string": address,
+                                "redis_timeout_seconds": 1}}))
+        seen: list = []
+        scorer = RiskScorer(settings, http=_answering(seen))
+        _journal(settings, ("a", "orders/create", new_order(9600000001, 1, "a@example.com")))
+        assert scorer.score_pending() == 1
+    hole = socket.socket()  # Redis gone; on its port, something that accepts and never answers
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", int(address.split(":")[1])))
+    hole.listen(64)
+    outcome: list = []
+
+    def score() -> None:
+        try:
+            outcome.append(scorer.score_pending())
+        except Exception as exc:  # noqa: BLE001 - what the scorer's loop would log and retry
+            outcome.append(exc)
+
+    try:
+        _journal(settings, ("b", "orders/create", new_order(9600000002, 2, "b@example.com")))
+        worker = threading.Thread(target=score, daemon=True)
+        worker.start()
+        worker.join(120)  # a hang guard, far above the 1 s timeout
+        assert not worker.is_alive(), "the scorer's pass is still waiting on a Redis that never answers"
+    finally:
+        hole.close()
+        if not worker.is_alive():
+            scorer.stop()
+    assert len(outcome) == 1 and isinstance(outcome[0], redis.exceptions.TimeoutError), outcome

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from conftest import quick_overrides
 from kfp_api import KfpApi
@@ -104,7 +105,8 @@ def test_feature_store_yaml_keeps_the_reference_and_is_private(clean_env: Path,
     settings = load_settings(quick_overrides(clean_env, features={"feast": {"online_store": "redis"}}))
     feature_store(settings)
     written = (settings.feature_repo_dir / "feature_store.yaml")
-    assert f"connection_string: ${{{CONNECTION_VARIABLE}}}" in written.read_text()
+    assert yaml.safe_load(written.read_text())["online_store"]["connection_string"] == \
+        f"socket_timeout=10.0,socket_connect_timeout=10.0,${{{CONNECTION_VARIABLE}}}"
     assert REDIS_PASSWORD not in written.read_text()
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     written.chmod(0o644)  # a file an older version left readable to all becomes private

@@ -76,7 +76,10 @@ def store_config(settings: Settings) -> dict:
     feast_cfg = settings.features.feast
     repo = settings.feature_repo_dir
     if feast_cfg.online_store == "redis":
-        online = {"type": "redis", "connection_string": feast_cfg.redis_connection_string}
+        # the timeouts first: Feast takes a key's last value, so one the connection string gives wins
+        timeout = feast_cfg.redis_timeout_seconds
+        online = {"type": "redis", "connection_string": f"socket_timeout={timeout},socket_connect_timeout={timeout},"
+                                                        f"{feast_cfg.redis_connection_string}"}
     else:
         online = {"type": "sqlite", "path": str(repo / "data" / "online.db")}
     return {
