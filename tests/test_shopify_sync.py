@@ -274,3 +274,25 @@ def test_a_download_cut_short_then_expired_starts_the_new_result_from_its_first_
     assert len(shopify.submitted()) == 4  # the expired operation submitted again
     expected = newer.read_bytes() + b"".join((RECORDED / f"{n}.jsonl").read_bytes() for n in ("customers", "products"))
     assert sorted(result.store.read_bytes().splitlines()) == sorted(expected.splitlines())
+
+
+def test_a_result_cut_short_is_named_removed_and_downloaded_anew_and_the_store_is_kept(live, shopify, tmp_path):
+    """A result whose end was lost without an error (a proxy that drops Content-Length closes the body early) made
+    the merge die with orjson's JSONDecodeError traceback, and every later pull too: the file counted as
+    downloaded. Found by testing from outside."""
+    first = pull(live, sleep=Sleeps())
+    kept = first.store.read_bytes()
+    good = RECORDED / "orders_incremental.jsonl"
+    cut = tmp_path / "orders-cut.jsonl"
+    cut.write_bytes(good.read_bytes()[:-40])
+    shopify.results["orders"] = cut
+    with pytest.raises(ShopifyError, match=r"Orders\.jsonl line \d+ is not a record of the bulk export .*run again"):
+        pull(live, sleep=Sleeps())
+    assert first.store.read_bytes() == kept and read_watermark(live) == first.watermark  # nothing lost
+
+    shopify.results["orders"] = good
+    again = pull(live, sleep=Sleeps())
+
+    assert again.records == len(good.read_bytes().splitlines()) + sum(
+        len((RECORDED / f"{n}.jsonl").read_bytes().splitlines()) for n in ("customers", "products"))
+    assert set(good.read_bytes().splitlines()) <= set(again.store.read_bytes().splitlines())

@@ -90,14 +90,24 @@ def merge(store: Path, exports: list[Path]) -> int:
     (and an exported order replacing all of its old line items). Returns the exported record count."""
     fresh: set[str] = set()
     for path in exports:
-        for line in _lines(path):
-            fresh.add(orjson.loads(line)["id"])
+        for number, line in enumerate(_lines(path), start=1):
+            try:
+                fresh.add(_record(line)["id"])
+            except ValueError as exc:  # a download whose end was lost (a proxy without Content-Length)
+                path.unlink()
+                raise ShopifyError(f"{path.name} line {number} is not a record of the bulk export ({exc}): a download "
+                                   "cut short? It is removed, the store left as it was; run again to download it "
+                                   "anew") from None
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.with_name(store.name + ".tmp")
     with tmp.open("wb") as out:
         if store.exists():
-            for line in _lines(store):
-                record = orjson.loads(line)
+            for number, line in enumerate(_lines(store), start=1):
+                try:
+                    record = _record(line)
+                except ValueError as exc:
+                    raise ShopifyError(f"{store} line {number} is not a record ({exc}); nothing was merged: restore "
+                                       "the file, or move it away for a full pull") from None
                 if record["id"] not in fresh and record.get("__parentId") not in fresh:
                     out.write(line)
         for path in exports:
@@ -107,6 +117,14 @@ def merge(store: Path, exports: list[Path]) -> int:
         os.fsync(out.fileno())
     os.replace(tmp, store)
     return len(fresh)
+
+
+def _record(line: bytes) -> dict:
+    """One JSONL line as a record with a string ``id``; a ValueError saying what it is instead."""
+    record = orjson.loads(line)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        raise ValueError("no string id")
+    return record
 
 
 def _lines(path: Path):
