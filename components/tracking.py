@@ -31,7 +31,13 @@ def connect(settings: Settings) -> MlflowClient:
     from sqlalchemy.exc import SQLAlchemyError
 
     if settings.tracking_uri.startswith("sqlite:///"):
-        Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path through a file, no permission
+            reason = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+            raise RegistryUnavailable(f"the MLflow registry {settings.tracking_uri} (registry.tracking_uri) cannot be "
+                                      f"created: {reason}: {exc.filename or folder}") from exc
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     try:  # a database store is opened (and its tables checked) here

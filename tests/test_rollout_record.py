@@ -180,3 +180,23 @@ def test_promote_while_another_process_writes_the_registry_changes_nothing_and_s
                              "nothing was changed\n")
     assert tracking.current_champion(tracking.connect(settings), settings.registry.model_name) == first
     assert not record.exists()
+
+
+@pytest.mark.parametrize("where", ["registry.tracking_uri=sqlite:///{file}/mlflow.db", "project.state_dir={file}/state"])
+def test_a_registry_that_cannot_be_created_is_one_line_naming_it(settings: Settings, where: str) -> None:
+    """A registry path through a file made status and rollback print pathlib's FileExistsError or
+    NotADirectoryError traceback."""
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    file = settings.project.state_dir.parent / "a-file"
+    file.write_text("not a folder")
+    for command in ("status", "rollback"):
+        result = CliRunner().invoke(app, [command, "--set", f"project.state_dir={settings.project.state_dir}",
+                                          "--set", where.format(file=file)], env={"COLUMNS": "1000"})
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"the MLflow registry sqlite:///{file}/") and result.output.endswith(
+            f"/mlflow.db (registry.tracking_uri) cannot be created: Not a directory: {file}"
+            f"{'/state' if 'state_dir' in where else ''}\n"), result.output
+        assert file.read_text() == "not a folder"
