@@ -307,3 +307,21 @@ def test_a_restarted_write_back_does_not_leave_its_predecessors_error_in_healthz
             _until(lambda: _failing(settings) is None, timeout=10)
         finally:
             writer.stop()
+
+
+def test_a_restarted_scorer_leaves_the_write_backs_error_in_healthz(tmp_path) -> None:
+    """The scorer's process restarted (a crash, an OOM kill) while the write-back failed on Shopify: the new scorer
+    cleared every loop's error, the write-back's too, and /healthz said no error while assessments still waited."""
+    from storeflow.components.risk.realtime import RiskScorer, open_risk_db
+    from storeflow.components.risk.writeback import record_failing
+
+    settings = load_settings({"project": {"state_dir": str(tmp_path / "state"), "shop_domain": SHOP},
+                              "risk": {"endpoint": "http://risk.test"}})
+    with closing(open_risk_db(settings)) as db:
+        record_failing(db, "scoring", "risk server http://risk.test: ConnectError")  # the dead scorer's
+        record_failing(db, "write_back", "1 assessment(s) wait: ... HTTP 401")  # the running write-back's
+    scorer = RiskScorer(settings)  # the scorer's process, started again
+    try:
+        assert "HTTP 401" in (_failing(settings) or "")
+    finally:
+        scorer.stop()

@@ -151,7 +151,9 @@ class RiskScorer:
         # again and queued once (the outbox keeps one row per order). The write-back's synced commit before it sends
         # syncs them with its own (assessments.drain). A sync cost 123-173 us of CPU and 277-396 us here, once a batch.
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("DELETE FROM risk_failing")  # a scorer before this one's: this one has not failed yet
+        # a scorer before this one's: this one has not failed yet (the write-back's error is the write-back's to
+        # clear: a scorer restarted while Shopify failed emptied /healthz's last_error until its next failure)
+        record_failing(self.db, "scoring", None)
         self.journal = journal.connect(layout.journal_path(settings))
         self.history: LiveHistory | None = None
         self._build_history()
