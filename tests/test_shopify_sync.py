@@ -296,3 +296,19 @@ def test_a_result_cut_short_is_named_removed_and_downloaded_anew_and_the_store_i
     assert again.records == len(good.read_bytes().splitlines()) + sum(
         len((RECORDED / f"{n}.jsonl").read_bytes().splitlines()) for n in ("customers", "products"))
     assert set(good.read_bytes().splitlines()) <= set(again.store.read_bytes().splitlines())
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"since": "2026-03-0'])
+def test_a_pending_export_marker_cut_short_starts_the_export_over(live, shopify, torn):
+    """The pending export's marker was written in place: a pull killed while writing it left it empty or cut, and
+    every later pull died on it with json's JSONDecodeError traceback until the folder was removed by hand. Found by
+    testing from outside."""
+    pending = layout.pending_dir(live)
+    pending.mkdir(parents=True)
+    (pending / "_export.json").write_bytes(torn)
+
+    result = pull(live, sleep=Sleeps())
+
+    assert result.since is None and len(shopify.submitted()) == 3  # a first pull: everything exported
+    expected = b"".join((RECORDED / f"{n}.jsonl").read_bytes() for n in ("orders", "customers", "products"))
+    assert sorted(result.store.read_bytes().splitlines()) == sorted(expected.splitlines())

@@ -54,16 +54,16 @@ def pull(settings: Settings, client: AdminClient | None = None, sleep: Callable[
                            "(reinstalling the app resumes it)")
     pending = layout.pending_dir(settings)
     marker = pending / "_export.json"
-    if marker.exists():
-        since_text = json.loads(marker.read_text())["since"]
+    interrupted, since_text = _interrupted(marker)
+    if interrupted:
         since = datetime.fromisoformat(since_text) if since_text else None
         log.info("resuming the interrupted export in %s", pending)
     else:
         watermark = read_watermark(settings)
         since = watermark - timedelta(seconds=settings.shopify.overlap_seconds) if watermark else None
         pending.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"since": since.isoformat() if since else None,
-                                      "api_version": settings.shopify.api_version}))
+        _write_json(marker, {"since": since.isoformat() if since else None,
+                             "api_version": settings.shopify.api_version})
     own_client = client is None
     client = client or AdminClient(settings, creds, sleep=sleep)
     try:
@@ -83,6 +83,21 @@ def pull(settings: Settings, client: AdminClient | None = None, sleep: Callable[
     shutil.rmtree(pending)
     log.info("pulled %d records from %s (updated since %s)", records, creds.shop, since or "the beginning")
     return SyncResult(store, since, watermark, records)
+
+
+def _interrupted(marker: Path) -> tuple[bool, str | None]:
+    """Whether an interrupted export waits in the marker's folder, and the ``since`` it asked for. A marker that does
+    not read (written whole and renamed into place now, it was written in place: a pull killed meanwhile left it
+    empty, and every later pull died on it with a JSONDecodeError) is no export: its folder is started over, the
+    store left as it is."""
+    if not marker.exists():
+        return False, None
+    try:
+        return True, json.loads(marker.read_text())["since"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s does not read (a pull stopped while writing it): starting the export over", marker)
+        shutil.rmtree(marker.parent)
+        return False, None
 
 
 def merge(store: Path, exports: list[Path]) -> int:
