@@ -448,11 +448,11 @@ def test_an_answer_shopify_would_refuse_sets_that_order_aside_and_the_rest_of_it
         scorer.stop()
 
 
-def test_an_order_priced_past_what_history_holds_is_scored_and_so_is_the_customers_next(tmp_path):
-    """Found by testing from outside: one orders/create with total_price 1e308 (finite: the receiver takes it) raised
+def test_an_order_priced_past_any_real_amount_is_set_aside_and_the_customers_next_is_scored(tmp_path):
+    """Found by testing from outside: one orders/create with total_price 1e308 (finite: the receiver took it) raised
     OverflowError in the customer's ledger, which the scorer took for an outage: it retried the same batch for ever
-    and no order after it was scored. Now the price is held at the ledger's limit and both orders are scored."""
-    from storeflow.components.risk.history import AMOUNT_LIMIT, MICROS
+    and no order after it was scored. The receiver now refuses an amount past tables.MAX_AMOUNT (a 400 naming it);
+    one journaled before that is set aside by the scorer with why, and the customer's next order is scored."""
     from storeflow.components.risk.realtime import RiskScorer
 
     settings = load_settings(quick_overrides(tmp_path, risk={"endpoint": "http://risk.test"}))
@@ -464,10 +464,11 @@ def test_an_order_priced_past_what_history_holds_is_scored_and_so_is_the_custome
                  ("next", "orders/create", new_order(9200000022, 21, "a@example.com", created_at=later,
                                                      updated_at=later)))
         assert scorer.score_pending() == 2
-        assert [i["order_id"] for i in seen] == ["9200000021", "9200000022"]
-        assert seen[1]["prior_orders"] == 1 and seen[1]["prior_spend"] == AMOUNT_LIMIT / MICROS
-        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (2,)
-        assert scorer.db.execute("SELECT count(*) FROM risk_skipped").fetchone() == (0,)
+        assert [i["order_id"] for i in seen] == ["9200000022"]
+        assert seen[0]["prior_orders"] == 0
+        assert scorer.db.execute("SELECT count(*) FROM risk_outbox").fetchone() == (1,)
+        (reason,) = scorer.db.execute("SELECT reason FROM risk_skipped WHERE webhook_id = 'huge'").fetchone()
+        assert "total_price" in reason, reason
     finally:
         scorer.stop()
 

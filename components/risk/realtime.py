@@ -143,7 +143,7 @@ class RiskScorer:
             raise ValueError("risk.endpoint is not set: the URL of the risk model server (storeflow serve-risk, or "
                              "the risk InferenceService on a cluster)")
         self.settings = settings
-        self.url = f"{settings.risk.endpoint.rstrip('/')}/v1/models/{settings.risk.inference_service}:predict"
+        self.url = predict_url(settings)
         # built here, used by the scoring thread (one user at a time)
         self.db = open_risk_db(settings)
         # Its commits are not synced to disk (WAL, synchronous NORMAL): a machine losing power loses at most its last
@@ -629,6 +629,12 @@ class ReceiverScorer:
             self._thread.join()
         if self.scorer is not None:
             self.scorer.stop()
+
+
+def predict_url(settings: Settings) -> str:
+    """Where the scorer asks for scores: the risk model server at ``risk.endpoint`` (KServe V1), the model named
+    after its InferenceService, as the ServingRuntime serves it (``--model_name={{.Name}}``)."""
+    return f"{settings.risk.endpoint.rstrip('/')}/v1/models/{settings.risk.inference_service}:predict"
 
 
 def journal_position(settings: Settings) -> int | None:
