@@ -160,3 +160,34 @@ def test_the_bootstrap_scores_each_resample_as_scikit_learn_does_with_ties_and_u
         assert ranked.roc_auc(weights) == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights), abs=1e-12)
         assert ranked.average_precision(weights) == pytest.approx(
             average_precision_score(labels, scores, sample_weight=weights), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_a_champion_whose_model_files_are_gone_keeps_its_place_and_the_challenger_is_registered(settings) -> None:
+    """Its files deleted (a pruned artifact store), every training run failed at evaluate with MLflow's
+    'No such artifact' and its challenger was never registered."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from conftest import small_store, write_snapshot
+    from storeflow.components import tracking
+    from storeflow.components.evaluate import evaluate
+    from storeflow.components.features import build_features
+    from storeflow.components.register import register
+    from storeflow.components.train import train
+
+    features = build_features(settings, write_snapshot(small_store(customers=120, days=360),
+                                                       settings.data_dir / "snapshots" / "s1"))
+    first = train(settings, features)
+    champion = register(settings, first, evaluate(settings, features, first)).version
+    client, name = tracking.connect(settings), settings.registry.model_name
+    files = urlparse(client.get_model_version_download_uri(name, champion)).path
+    shutil.rmtree(files)
+
+    second = train(settings, features)
+    judged = evaluate(settings, features, second)
+    assert not judged.promote and judged.champion_version == champion
+    assert judged.reason.startswith(f"champion v{champion}'s model could not be loaded from file://{files} ("), judged.reason
+    registered = register(settings, second, judged)
+    assert not registered.promoted and tracking.current_champion(client, name) == champion
+    assert str(client.get_model_version_by_alias(name, tracking.CHALLENGER).version) == registered.version

@@ -108,7 +108,23 @@ def evaluate(settings: Settings, features: FeatureResult, trained: TrainResult) 
     return replace(result, evaluation_run_id=log_evaluation_run(settings, client, trained, result))
 
 
+def _unloadable(client, name: str, version: str, exc: BaseException) -> str:
+    """Why a champion whose model cannot be loaded keeps its place: the challenger is registered, not promoted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        where = client.get_model_version_download_uri(name, version)
+    except MlflowException:
+        where = f"models:/{name}/{version}"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"champion v{version}'s model could not be loaded from {where} ({reason}), so the challenger cannot be "
+            "compared with it; not promoting automatically: restore the champion's files, or make the challenger "
+            "champion by hand (storeflow promote)")
+
+
 def _judge(settings: Settings, client, features: FeatureResult, trained: TrainResult) -> EvaluationResult:
+    from mlflow.exceptions import MlflowException
+
     from storeflow.components import tracking
 
     frame = holdout(settings, features)
@@ -131,7 +147,11 @@ def _judge(settings: Settings, client, features: FeatureResult, trained: TrainRe
         decision: Decision = decide(None, cfg.margin, versus, best or "", cfg.baseline_gate)
         return EvaluationResult(decision.promote, decision.reason, challenger_metrics, None, None, None, **found)
 
-    champion = load_model(f"models:/{settings.registry.model_name}/{champion_version}")
+    try:
+        champion = load_model(f"models:/{settings.registry.model_name}/{champion_version}")
+    except (MlflowException, OSError) as exc:  # its files deleted, unreachable or unreadable
+        return EvaluationResult(False, _unloadable(client, settings.registry.model_name, champion_version, exc),
+                                challenger_metrics, None, champion_version, None, **found)
     columns = _model_columns(champion, trained.features)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
