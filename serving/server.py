@@ -88,7 +88,14 @@ def resolve(settings: Settings, version: str | None = None, alias: str | None = 
         target = settings.project.state_dir / "serving" / "models" / name / v
         if not (target / "MLmodel").exists():
             target.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v}", dst_path=str(target))
+            try:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v}", dst_path=str(target))
+                missing = "" if (target / "MLmodel").exists() else "no MLmodel file there"
+            except (MlflowException, OSError) as exc:
+                missing = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if missing:  # its files deleted or unreachable: a line naming where, not the server's traceback
+                raise ValueError(f"{name} v{v}'s model could not be fetched from "
+                                 f"{client.get_model_version_download_uri(name, v)}: {missing}")
         served.append(ServedModel(v, str(target)))
     return Plan(settings.to_json(), name, name, main, served,
                 str(canary_version) if canary_version else None, canary_percent if canary_version else 0)

@@ -290,3 +290,30 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error_in_the_log(served):
     line = json.loads(lines[0])
     assert (line["level"], line["status"], line["code"]) == ("WARNING", 499, "client_closed_request"), line
     assert score(server, headers=staff()).status_code == 200
+
+
+def test_serving_a_version_whose_model_files_are_gone_is_one_line_naming_where(settings) -> None:
+    """The champion's files deleted (a pruned artifact store), storeflow serve died in a 74-line traceback saying
+    its own download folder was 'not an MLflow model directory'."""
+    import shutil
+    from urllib.parse import urlparse
+
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from typer.testing import CliRunner
+
+    from storeflow.components import tracking
+    from storeflow.pipelines.cli import app
+
+    client, name = tracking.connect(settings), settings.registry.model_name
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, client)):
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(np.array([[0.0], [1.0]]), [0, 1]), name="model")
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version)
+    where = client.get_model_version_download_uri(name, version)
+    shutil.rmtree(urlparse(where).path)
+    result = CliRunner().invoke(app, ["serve", "--no-auth", "--set", f"project.state_dir={settings.project.state_dir}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == f"{name} v{version}'s model could not be fetched from {where}: no MLmodel file there"
