@@ -38,12 +38,13 @@ def monitor(
         decision["risk"] = json.loads(retrain_risk_if_needed(settings, result.summary, RISK_LAUNCHERS).to_json())
         report = result.report_html
     else:
+        from storeflow.components.monitor.stage import as_utc
         from storeflow.pipelines.commands import run_pipeline
         from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
 
         # The window's end is fixed here, so this run's report is the one named by it (the newest report may be
         # another monitoring run's). A failed task is named with its own error, as storeflow run says it.
-        end = (window_end or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        end = as_utc(window_end or datetime.now(timezone.utc))  # one without a zone is UTC, as the stage reads it
         run = run_pipeline("monitoring", monitoring_pipeline, settings, STAGES, window_end=end.isoformat(),
                            model_version=model_version or "")
         decision = json.loads(run.output)

@@ -514,3 +514,27 @@ def test_a_version_whose_model_files_are_gone_is_reported_not_a_crash(settings) 
     result = monitor(settings, end=END, publish=False)
     assert result.status == "no-reference" and result.summary_json.exists()
     assert f"{name} v{version}: its model could not be loaded from file://{files}: " in " ".join(result.summary["notes"])
+
+
+@pytest.mark.slow
+def test_the_monitoring_pipelines_window_end_without_a_zone_is_utc_too(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """storeflow monitor (kfp.local) fixes the window's end itself (9706325) and took a --window-end without a zone
+    as this machine's local time there, as the stage did before 7de8596."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from storeflow.pipelines.cli import app
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        result = CliRunner().invoke(app, ["monitor", "--window-end", "2026-12-07T12:00", "--set",
+                                          f"project.state_dir={settings.project.state_dir}",
+                                          "--set", "ingest.synthetic.customers=50", "--set",
+                                          "ingest.synthetic.orders=300"], env={"COLUMNS": "1000"})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result.exit_code == 1, result.output  # nothing registered: the line names the window
+    assert "logged between 2026-12-06 12:00 and 2026-12-07 12:00 UTC" in result.output, result.output

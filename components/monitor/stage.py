@@ -169,7 +169,7 @@ def _write_html(path: Path, summary: dict, snapshot) -> None:
     path.write_text(text)
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """``moment`` in UTC, one without a zone taken as UTC (``--window-end`` and the pipeline's window_end say so, as
     ingest reads times), not as this machine's local time, which ``astimezone`` takes it for: on a laptop in New
     York a window ending 12:00 ended 17:00 UTC."""
@@ -186,7 +186,7 @@ def monitor(settings: Settings, *, model_version: str | None = None, end: dateti
 
     cfg = settings.monitor
     drift_mod.check_method(cfg)
-    end = _utc(end or datetime.now(timezone.utc))
+    end = as_utc(end or datetime.now(timezone.utc))
     start = end - timedelta(hours=cfg.window_hours)
     notes: list[str] = []
     version = model_version
