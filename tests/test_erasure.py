@@ -551,3 +551,43 @@ def test_an_email_or_id_is_found_whole_not_inside_anothers(tmp_path: Path):
                      (webhook_id, body))
     privacy.erase_journal(conn, privacy.Subject(5, "jo@example.com"))
     assert dict(conn.execute("SELECT webhook_id, body IS NULL FROM events")) == {"mine": 1, "other": 0}
+
+
+class _Killed(BaseException):
+    """What a kill -9 between two renames leaves: nothing after them runs."""
+
+
+def test_a_snapshot_rewrite_cut_short_between_its_renames_is_finished_by_the_retried_redact(synthetic, monkeypatch):
+    """A redaction rewrites a snapshot beside it, then swaps the two with two renames. Killed between them, the
+    snapshot was gone: only .<name>.old (the erased customer in it, for good) and .<name>.redacted were left, and
+    the snapshot listing took both hidden folders for snapshots (the old copy a reader could use as the store). The
+    listing skips hidden folders, and the retried redaction finishes the swap first."""
+    from storeflow.components.ingest.snapshot import finished_snapshots, newest_snapshot
+
+    settings, customer, email = synthetic
+    root = settings.data_dir / "snapshots"
+    (snapshot,) = finished_snapshots(root)
+    real = privacy.os.rename
+
+    def killed_before_the_second(source, target):
+        if Path(source).name == f".{snapshot.name}.redacted":  # the rewrite in, the snapshot out already
+            raise _Killed
+        real(source, target)
+
+    monkeypatch.setattr(privacy.os, "rename", killed_before_the_second)
+    conn = _journal(settings)
+    with pytest.raises(_Killed):
+        privacy.redact_customer(settings, conn, None, privacy.Subject(customer, email))
+    monkeypatch.setattr(privacy.os, "rename", real)
+    assert not snapshot.exists() and {p.name for p in root.iterdir() if p.is_dir()} >= {
+        f".{snapshot.name}.old", f".{snapshot.name}.redacted"}
+    assert finished_snapshots(root) == [] and newest_snapshot(root) is None  # never the hidden copies
+
+    privacy.redact_customer(settings, conn, None, privacy.Subject(customer, email))  # the applier's retry
+    conn.close()
+
+    assert finished_snapshots(root) == [snapshot]
+    assert [p.name for p in root.iterdir() if p.name.startswith(f".{snapshot.name}")] == []
+    tables = read_tables(snapshot)
+    assert customer not in set(tables["customers"]["customer_id"]) and len(tables["customers"]) == 39
+    assert on_disk([settings.project.state_dir], customer, email) == []

@@ -46,9 +46,13 @@ def read_manifest(snapshot: Path) -> dict:
 
 
 def finished_snapshots(root: Path) -> list[Path]:
-    """The finished snapshots under ``root`` (a manifest written), by name; none when ``root`` is missing."""
+    """The finished snapshots under ``root`` (a manifest written), by name; none when ``root`` is missing. A hidden
+    folder is never one: a redaction's rewrite (``.<name>.redacted``) and the copy it replaces (``.<name>.old``, the
+    erased customer still in it) have manifests too, and a rewrite cut short between its renames left them both
+    listed, the old copy a reader could take for the store."""
     root = Path(root)
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).exists()) \
+        if root.exists() else []
 
 
 def ingested_at(snapshot: Path) -> datetime:

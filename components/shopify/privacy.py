@@ -43,7 +43,8 @@ import pyarrow.parquet as pq
 
 from storeflow.components.config import Settings
 from storeflow.components.erasure import bump_epoch, rewrite_in_place
-from storeflow.components.ingest.snapshot import SnapshotWriter, finished_snapshots, newest_snapshot, read_manifest
+from storeflow.components.ingest.snapshot import (MANIFEST, SnapshotWriter, finished_snapshots, newest_snapshot,
+                                                 read_manifest)
 from storeflow.components.prediction_logs import log_store
 from storeflow.components.shopify import layout, metafields, online
 from storeflow.components.shopify import subject_rows
@@ -282,8 +283,27 @@ def _rewrite_snapshot(snapshot: Path, masks: dict[str, subject_rows.Mask], note:
     shutil.rmtree(old)
 
 
+def finish_rewrites(root: Path) -> list[str]:
+    """Complete the snapshot rewrites :func:`_rewrite_snapshot` left cut short (a kill between its two renames, or
+    before it removed the old copy); returns the snapshots repaired. Without this the snapshot was gone, held only
+    as ``.<name>.old`` (the erased customer still in it, for good) beside its finished ``.<name>.redacted``. A
+    rewrite is finished once its manifest is written, so it takes the snapshot's place; an old copy whose
+    rewrite is not there goes back (the retried redaction then rewrites it)."""
+    repaired = []
+    for old in sorted(root.glob(".*.old")) if root.exists() else []:
+        name = old.name[1:-len(".old")]
+        snapshot, fresh = root / name, root / f".{name}.redacted"
+        if not snapshot.exists():
+            os.rename(fresh if (fresh / MANIFEST).exists() else old, snapshot)
+            repaired.append(name)
+        shutil.rmtree(old, ignore_errors=True)
+    return repaired
+
+
 def erase_snapshots(settings: Settings, subject: Subject, note: str) -> int:
     removed = 0
+    if repaired := finish_rewrites(settings.data_dir / "snapshots"):
+        log.warning("finished the rewrite of snapshot(s) %s, cut short before", ", ".join(repaired))
     for snapshot in _snapshots(settings):
         found = _subject_tables(snapshot, subject)
         count = sum(table.num_rows for table in found.values())
