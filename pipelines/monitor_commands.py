@@ -39,7 +39,7 @@ def monitor(
         report = result.report_html
     else:
         from storeflow.components.monitor.stage import as_utc
-        from storeflow.pipelines.commands import run_pipeline
+        from storeflow.pipelines.pipeline_runs import run_pipeline
         from storeflow.pipelines.monitoring import STAGES, monitoring_pipeline
 
         # The window's end is fixed here, so this run's report is the one named by it (the newest report may be

@@ -77,7 +77,7 @@ class _WaitingShopify:
         self.last_cost: dict = {}
         self.created: list[str] = []
 
-    def execute(self, query: str, variables: dict | None = None) -> dict:
+    def execute(self, query: str, variables: dict | None = None, repeat: bool = True) -> dict:
         self.release.wait(30)
         self.created += [given["orderId"] for given in (variables or {}).values()]
         return {alias: {"orderRiskAssessment": {}, "userErrors": []} for alias in (f"a{j}" for j in range(len(variables)))}
